@@ -1,0 +1,56 @@
+.DEFAULT_GOAL := all
+sources = $(wildcard okra_sidecar tests bench protos)
+
+VENV = .venv
+BIN = $(VENV)/bin
+# Touched after each install; pip runs again only when pyproject.toml is newer.
+STAMP = $(VENV)/.install-stamp
+
+.PHONY: all venv install proto proto-check format lint typecheck test test-unit run bench clean
+
+all: lint test
+
+$(BIN)/python:
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+venv install: $(STAMP)
+
+proto: install
+	$(BIN)/python protos/generate.py
+
+proto-check: install
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BIN)/python protos/generate.py "$$tmp" && \
+	diff -r -x __pycache__ "$$tmp" okra_sidecar/gen && echo "okra_sidecar/gen is up to date"
+
+format: install
+	$(BIN)/ruff check --fix $(sources)
+	$(BIN)/ruff format $(sources)
+
+lint: install proto-check
+	$(BIN)/ruff check $(sources)
+	$(BIN)/ruff format --check $(sources)
+	$(BIN)/mypy $(sources)
+
+typecheck: install
+	$(BIN)/mypy $(sources)
+
+test: install
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m 'not slow'
+
+run: install
+	$(BIN)/okra-sidecar serve --workflows examples/workflows
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .coverage
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

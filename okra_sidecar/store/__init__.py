@@ -1,0 +1,1 @@
+"""Redis persistence: the Store protocol, the Redis store and an own redis-server."""

@@ -1,0 +1,1 @@
+"""okra-sidecar's test suite."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: one redis-server for the whole run and a clean client for each test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from okra_sidecar.store.embedded import EmbeddedRedis
+
+TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The run's Redis: `OKRA_TEST_REDIS_URL` if set, else one embedded redis-server."""
+    configured = os.environ.get(TEST_REDIS_URL_ENV)
+    if configured:
+        yield configured
+        return
+    # The server's subprocess belongs to the session loop, which outlives every test's loop.
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), appendfsync="no")
+    try:
+        yield await server.start()
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client (bytes in, bytes out) on a database flushed before the test."""
+    client = Redis.from_url(redis_url, decode_responses=False)
+    try:
+        await client.flushall()
+        yield client
+    finally:
+        await client.aclose()
