@@ -9,7 +9,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from okra_sidecar.server import Sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
+from tests.helpers import Stub, make_settings, running_sidecar
 
 TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
 
@@ -38,3 +40,18 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def sidecar(
+    redis: Redis,
+    redis_url: str,
+) -> AsyncIterator[tuple[Sidecar, Stub]]:
+    """A sidecar with the test workflows, on a flushed Redis, and a stub to call it."""
+    async with running_sidecar(make_settings(redis_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def stub(sidecar: tuple[Sidecar, Stub]) -> Stub:
+    return sidecar[1]

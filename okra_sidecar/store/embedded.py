@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -258,6 +260,9 @@ class EmbeddedRedis:
                     # Its own session keeps a terminal's Ctrl-C away from redis-server, so
                     # the sidecar drains its work before it stops Redis.
                     start_new_session=True,
+                    # And if the sidecar dies without stopping it (SIGKILL), Redis gets
+                    # SIGTERM, flushes its AOF and exits, so a restart finds the dir free.
+                    preexec_fn=_terminate_with_parent,
                 )
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run redis-server {binary!r}: {exc}") from exc
@@ -287,3 +292,27 @@ class EmbeddedRedis:
         except OSError:
             return "(no log)"
         return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (no-op elsewhere).
+
+    Only async-signal-safe work here: libc was looked up in the parent, at import.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl  # noqa: B018 - only Linux has it
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()

@@ -1,0 +1,79 @@
+"""Conversions between protobuf messages and the sidecar's plain records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.instances import InstanceRecord, InstanceStatus
+
+STATUS_TO_PB = {
+    InstanceStatus.PENDING: pb.WORKFLOW_STATUS_PENDING,
+    InstanceStatus.RUNNING: pb.WORKFLOW_STATUS_RUNNING,
+    InstanceStatus.WAITING: pb.WORKFLOW_STATUS_WAITING,
+    InstanceStatus.COMPLETED: pb.WORKFLOW_STATUS_COMPLETED,
+    InstanceStatus.FAILED: pb.WORKFLOW_STATUS_FAILED,
+    InstanceStatus.CANCELLED: pb.WORKFLOW_STATUS_CANCELLED,
+    InstanceStatus.SUSPENDED: pb.WORKFLOW_STATUS_SUSPENDED,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A google.protobuf.Value as plain JSON data (an unset Value is null)."""
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return json_format.MessageToDict(value.struct_value)
+    if kind == "list_value":
+        return json_format.MessageToDict(value.list_value)
+    return getattr(value, kind)
+
+
+def python_to_value(data: Any, target: struct_pb2.Value) -> None:
+    """Fill a Value field in place from plain JSON data."""
+    if data is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    else:
+        json_format.ParseDict(data, target)
+
+
+def timestamp_ms(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+def _set_time(target: timestamp_pb2.Timestamp, ms: int) -> None:
+    if ms:
+        target.FromMilliseconds(ms)
+
+
+def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
+    message = pb.WorkflowInstance(
+        instance_id=record.instance_id,
+        workflow_id=record.workflow_id,
+        status=STATUS_TO_PB[record.status],
+        correlation_id=record.correlation_id,
+        tags=record.tags,
+        current_step=record.current_step,
+        cancel_reason=record.cancel_reason,
+    )
+    python_to_value(record.input, message.input)
+    if record.output is not None:
+        python_to_value(record.output, message.output)
+    if record.error:
+        error = record.error
+        message.error.type = str(error.get("type", ""))
+        message.error.status = int(error.get("status") or 0)
+        message.error.title = str(error.get("title") or "")
+        message.error.detail = str(error.get("detail") or "")
+        message.error.instance = str(error.get("instance") or "")
+    if record.context:
+        message.variables.update(record.context)
+    _set_time(message.created_at, record.created_ms)
+    _set_time(message.started_at, record.started_ms)
+    _set_time(message.updated_at, record.updated_ms)
+    _set_time(message.completed_at, record.completed_ms)
+    return message

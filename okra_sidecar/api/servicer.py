@@ -1,0 +1,209 @@
+"""WorkflowHostServicer: the six rpcs, from protobuf to the store and engine and back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from okra_sidecar.api.convert import (
+    STATUS_FROM_PB,
+    record_to_pb,
+    timestamp_ms,
+    value_to_python,
+)
+from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.interpreter import start_state
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_sidecar.instances import NewInstance, QueryFilter
+from okra_sidecar.policy import rules
+from okra_sidecar.store.base import Store
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Run ids derived from a request_id are stable, so a retried Run lands on the same instance.
+REQUEST_ID_NAMESPACE = uuid.UUID("6f6b7261-7369-6465-6361-722d72756e21")
+CALLER_WORKFLOW_METADATA = "okra-caller-workflow"
+MAX_TAGS = 64
+MAX_TEXT = 256
+MAX_REASON = 1024
+SIGNAL_SOURCE = "okra-sidecar"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
+    if len(value) > limit:
+        raise InvalidInputError.for_field(field, f"is {len(value)} characters; at most {limit}")
+
+
+def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
+    if len(tags) > MAX_TAGS:
+        raise InvalidInputError.for_field(field, f"has {len(tags)} tags; at most {MAX_TAGS}")
+    for name, value in tags.items():
+        if not name:
+            raise InvalidInputError.for_field(field, "a tag name may not be empty")
+        _check_text(name, f"{field}.{name}")
+        _check_text(value, f"{field}.{name}")
+
+
+def _caller_workflow(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_WORKFLOW_METADATA:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
+    """Validates each request by the code-level rules, then calls the store and engine."""
+
+    def __init__(self, *, store: Store, registry: WorkflowRegistry, settings: HostSettings) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+
+    async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
+        rules.check_workflow_id(request.workflow_id)
+        rules.check_input_size(request.input.ByteSize(), self._settings.max_input_bytes)
+        _check_text(request.correlation_id, "correlation_id")
+        _check_text(request.request_id, "request_id")
+        tags = dict(request.tags)
+        _check_tags(tags)
+        registered = await self._registry.resolve(request.workflow_id)
+        definition = registered.definition
+        if not self._settings.enable_manual_triggers:
+            raise FailedPreconditionError(
+                "manual runs are disabled on this sidecar (enableManualTriggers: false); "
+                f"workflow {definition.id} starts only from its schedule"
+            )
+        rules.check_not_self(definition.key, _caller_workflow(context))
+        data = value_to_python(request.input) if request.HasField("input") else {}
+        rules.check_input_schema(data, registered.input_validator)
+        if request.request_id:
+            key = f"{definition.id}\0{request.request_id}"
+            instance_id = str(uuid.uuid5(REQUEST_ID_NAMESPACE, key))
+        else:
+            instance_id = str(uuid.uuid4())
+        created_us = time.time_ns() // 1000
+        state = start_state(
+            definition, instance_id=instance_id, workflow_input=data, now_ms=created_us // 1000
+        )
+        await self._store.create_instance(
+            NewInstance(
+                instance_id=instance_id,
+                workflow_id=definition.id,
+                input=data,
+                correlation_id=request.correlation_id,
+                tags=tags,
+                state=state,
+                created_us=created_us,
+            ),
+            max_active=self._settings.max_concurrent_instances,
+        )
+        return pb.RunResponse(instance_id=instance_id)
+
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        rules.check_instance_id(request.instance_id)
+        rules.check_signal_name(request.signal)
+        rules.check_input_size(
+            request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
+        )
+        _check_text(request.signal_id, "signal_id")
+        signal_id = request.signal_id or str(uuid.uuid4())
+        sent = now_ms()
+        event = {
+            "specversion": "1.0",
+            "id": signal_id,
+            "source": SIGNAL_SOURCE,
+            "type": request.signal,
+            "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
+            "datacontenttype": "application/json",
+            "data": value_to_python(request.payload) if request.HasField("payload") else None,
+        }
+        duplicate = await self._store.signal(
+            request.instance_id, signal_id=signal_id, event=event, now_ms=sent
+        )
+        return pb.SignalResponse(signal_id=signal_id, duplicate=duplicate)
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.WorkflowInstance:
+        rules.check_instance_id(request.instance_id)
+        record = await self._store.get_instance(request.instance_id)
+        if record is None:
+            raise NotFoundError(f"instance {request.instance_id} does not exist")
+        return record_to_pb(record)
+
+    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        limit = rules.check_query_limit(request.limit)
+        if request.workflow_id:
+            rules.check_workflow_id(request.workflow_id)
+        statuses = set()
+        for index, status in enumerate(request.status):
+            if status not in STATUS_FROM_PB:
+                raise InvalidInputError.for_field(
+                    f"status[{index}]",
+                    "must be a WorkflowStatus other than WORKFLOW_STATUS_UNSPECIFIED",
+                )
+            statuses.add(STATUS_FROM_PB[status])
+        tags = dict(request.tags)
+        _check_tags(tags)
+        _check_text(request.correlation_id, "correlation_id")
+        after = timestamp_ms(request.started_after) if request.HasField("started_after") else None
+        before = (
+            timestamp_ms(request.started_before) if request.HasField("started_before") else None
+        )
+        if after is not None and before is not None and after >= before:
+            raise InvalidInputError.for_field(
+                "started_after", "must be earlier than started_before"
+            )
+        page = await self._store.query(
+            QueryFilter(
+                workflow_id=request.workflow_id,
+                statuses=frozenset(statuses),
+                tags=tags,
+                correlation_id=request.correlation_id,
+                started_after_ms=after,
+                started_before_ms=before,
+                limit=limit,
+                cursor=request.cursor,
+            )
+        )
+        return pb.QueryResponse(
+            instances=[record_to_pb(r) for r in page.instances], cursor=page.cursor
+        )
+
+    async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
+        rules.check_instance_id(request.instance_id)
+        _check_text(request.reason, "reason", MAX_REASON)
+        await self._store.cancel(request.instance_id, reason=request.reason, now_ms=now_ms())
+        return pb.CancelResponse()
+
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: Context
+    ) -> pb.ListWorkflowsResponse:
+        manual = ["manual"] if self._settings.enable_manual_triggers else []
+        return pb.ListWorkflowsResponse(
+            workflows=[
+                pb.WorkflowInfo(
+                    workflow_id=d.id,
+                    version=d.version,
+                    triggers=[*manual, *d.triggers],
+                    namespace=d.namespace,
+                    name=d.name,
+                    title=d.title,
+                    summary=d.summary,
+                )
+                for d in await self._registry.list()
+            ]
+        )
+
+
+__all__ = ["WorkflowHostServicer"]

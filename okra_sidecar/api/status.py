@@ -1,0 +1,128 @@
+"""Error to gRPC status mapping, applied once by ErrorInterceptor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from okra_sidecar.errors import (
+    AlreadyExistsError,
+    DefinitionError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    OkraError,
+    PolicyDeniedError,
+    ResourceExhaustedError,
+    StoreUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[OkraError], grpc.StatusCode] = {
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    DefinitionError: grpc.StatusCode.INVALID_ARGUMENT,
+    PolicyDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+ERROR_DOMAIN = "okra.dev"
+RETRY_AFTER_UNAVAILABLE_S = 1
+
+
+def status_code_for(exc: OkraError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        code = STATUS_BY_ERROR.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _details(exc: OkraError) -> list[any_pb2.Any]:
+    details: list[Any] = []
+    if isinstance(exc, InvalidInputError) and exc.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+    if isinstance(exc, PolicyDeniedError):
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason="POLICY_DENIED", domain=ERROR_DOMAIN, metadata={"policy": exc.policy}
+            )
+        )
+    if isinstance(exc, StoreUnavailableError):
+        details.append(
+            error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_UNAVAILABLE_S)
+            )
+        )
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return packed
+
+
+def status_metadata(code: grpc.StatusCode, message: str, exc: OkraError) -> tuple[Any, ...]:
+    """Trailing metadata carrying google.rpc.Status with its details, as grpcio-status reads it."""
+    details = _details(exc)
+    if not details:
+        return ()
+    rich = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return (("grpc-status-details-bin", rich.SerializeToString()),)
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _guard(behavior: Behavior) -> Behavior:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except OkraError as exc:
+            code = status_code_for(exc)
+            message = str(exc)
+            await context.abort(code, message, status_metadata(code, message, exc))
+        except Exception:
+            logger.exception("unexpected error")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; the sidecar log has the details"
+            )
+
+    return guarded
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns OkraError into the mapped status with google.rpc details, anything else INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            _guard(handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,81 @@
+"""Command line: `okra-sidecar serve` and `okra-sidecar validate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from okra_sidecar import __version__
+from okra_sidecar.config import ConfigError, Settings
+from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.errors import AlreadyExistsError, DefinitionError, StoreUnavailableError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="okra-sidecar", description="A durable workflow sidecar over Redis."
+    )
+    parser.add_argument("--version", action="version", version=f"okra-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the sidecar")
+    serve.add_argument("--config", help="YAML config file (env OKRA_CONFIG)")
+    serve.add_argument("--listen", help="HOST:PORT to serve on (env OKRA_LISTEN)")
+    serve.add_argument("--redis-url", help="Redis URL; none starts an embedded redis-server")
+    serve.add_argument("--workflows", help="directory of workflow definitions (env OKRA_WORKFLOWS)")
+    serve.add_argument("--policies", help="policy file (env OKRA_POLICIES)")
+    serve.add_argument("--data-dir", help="folder for the embedded Redis (env OKRA_DATA_DIR)")
+    serve.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING (env OKRA_LOG_LEVEL)"
+    )
+    validate = commands.add_parser("validate", help="check a directory of workflow definitions")
+    validate.add_argument("directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        try:
+            definitions = read_directory(Path(args.directory))
+        except DefinitionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for definition in definitions:
+            print(f"ok {definition.id}")
+        return 0
+    level = args.log_level or os.environ.get("OKRA_LOG_LEVEL", "INFO")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    flags = {
+        key: getattr(args, key)
+        for key in ("config", "listen", "redis_url", "workflows", "policies", "data_dir")
+    }
+    try:
+        settings = Settings.load(flags=flags, environ=os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from okra_sidecar.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except (DefinitionError, AlreadyExistsError) as exc:
+        print(f"error: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

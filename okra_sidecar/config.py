@@ -1,0 +1,242 @@
+"""Settings: frozen dataclasses built once from flags, OKRA_* variables and a YAML file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+ISO_DURATION_RE = re.compile(
+    r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names where it came from."""
+
+
+def parse_duration(value: object, *, name: str) -> float:
+    """Seconds from `30`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"250ms"` or ISO 8601 `"PT1H"`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        plain, iso = DURATION_RE.match(text), ISO_DURATION_RE.match(text)
+        if plain:
+            seconds = float(plain.group(1)) * UNIT_SECONDS[plain.group(2)]
+        elif iso and text not in ("P", "PT"):
+            parts = {k: float(v) for k, v in iso.groupdict().items() if v}
+            seconds = (
+                parts.get("d", 0) * 86400
+                + parts.get("h", 0) * 3600
+                + parts.get("m", 0) * 60
+                + parts.get("s", 0)
+            )
+        else:
+            raise ConfigError(
+                f"{name}: {text!r} is not a duration (use e.g. 30s, 5m, 2h, 1d or PT1H)"
+            )
+    if seconds <= 0:
+        raise ConfigError(f"{name}: a duration must be positive, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The WorkflowHostAPIConfig: limits and switches for the API."""
+
+    max_concurrent_instances: int = 0  # 0: no limit
+    max_instance_duration_s: float | None = None
+    enable_manual_triggers: bool = True
+    retention_days: int = 30
+    default_timeout_s: float | None = None
+    max_input_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50051"
+    grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None = None  # None: start an embedded redis-server
+    data_dir: Path = Path(".okra")
+    key_prefix: str = "okra:"
+    partitions: int = 8
+    durability: str = "memory"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    concurrency: int = 64
+    claim_idle_ms: int = 30_000
+    timer_interval_ms: int = 100
+    max_steps_per_turn: int = 1000
+    read_block_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    host: HostSettings = field(default_factory=HostSettings)
+    workflows_dir: Path | None = None
+    policies_file: Path | None = None
+
+    @classmethod
+    def load(cls, *, flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
+        """Defaults, then the YAML config file, then OKRA_* variables, then flags."""
+        config_path = flags.get("config") or environ.get("OKRA_CONFIG")
+        values: dict[str, Any] = {}
+        if config_path:
+            values.update(read_config_file(Path(config_path)))
+        for var, key in ENV_VARIABLES.items():
+            if var in environ and environ[var] != "":
+                values[key] = (environ[var], var)
+        for flag, key in FLAG_KEYS.items():
+            if flags.get(flag):
+                values[key] = (flags[flag], f"--{flag.replace('_', '-')}")
+        return build_settings(values)
+
+
+# Every setting by its dotted key: (section, attribute, converter).
+def _bool(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _int(minimum: int) -> Any:
+    def convert(value: object, name: str) -> int:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name}: must be at least {minimum}, got {number}")
+        return number
+
+    return convert
+
+
+def _str(value: object, name: str) -> str:
+    return str(value)
+
+
+def _path(value: object, name: str) -> Path:
+    return Path(str(value))
+
+
+def _seconds(value: object, name: str) -> float:
+    return parse_duration(value, name=name)
+
+
+def _durability(value: object, name: str) -> str:
+    if value not in ("memory", "aof", "replicas"):
+        raise ConfigError(f"{name}: must be memory, aof or replicas, got {value!r}")
+    return str(value)
+
+
+def _listen(value: object, name: str) -> str:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    return str(value)
+
+
+SETTINGS: dict[str, tuple[str | None, str, Any]] = {
+    "listen": ("server", "listen", _listen),
+    "graceSeconds": ("server", "grace_s", _seconds),
+    "redisUrl": ("redis", "url", _str),
+    "dataDir": ("redis", "data_dir", _path),
+    "keyPrefix": ("redis", "key_prefix", _str),
+    "partitions": ("redis", "partitions", _int(1)),
+    "durability": ("redis", "durability", _durability),
+    "engineConcurrency": ("engine", "concurrency", _int(1)),
+    "claimIdleMs": ("engine", "claim_idle_ms", _int(100)),
+    "timerIntervalMs": ("engine", "timer_interval_ms", _int(1)),
+    "maxStepsPerTurn": ("engine", "max_steps_per_turn", _int(1)),
+    "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
+    "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
+    "enableManualTriggers": ("host", "enable_manual_triggers", _bool),
+    "retentionDays": ("host", "retention_days", _int(1)),
+    "defaultTimeout": ("host", "default_timeout_s", _seconds),
+    "maxInputBytes": ("host", "max_input_bytes", _int(1)),
+    "workflows": (None, "workflows_dir", _path),
+    "policies": (None, "policies_file", _path),
+}
+ENV_VARIABLES = {
+    "OKRA_LISTEN": "listen",
+    "OKRA_REDIS_URL": "redisUrl",
+    "OKRA_DATA_DIR": "dataDir",
+    "OKRA_KEY_PREFIX": "keyPrefix",
+    "OKRA_PARTITIONS": "partitions",
+    "OKRA_DURABILITY": "durability",
+    "OKRA_ENGINE_CONCURRENCY": "engineConcurrency",
+    "OKRA_CLAIM_IDLE_MS": "claimIdleMs",
+    "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
+    "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
+    "OKRA_ENABLE_MANUAL_TRIGGERS": "enableManualTriggers",
+    "OKRA_WORKFLOWS": "workflows",
+    "OKRA_POLICIES": "policies",
+}
+FLAG_KEYS = {
+    "listen": "listen",
+    "redis_url": "redisUrl",
+    "workflows": "workflows",
+    "policies": "policies",
+    "data_dir": "dataDir",
+}
+
+
+def read_config_file(path: Path) -> dict[str, tuple[object, str]]:
+    """Settings from a YAML file: top-level keys, and the host API's under `workflowHostAPI`."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    flat = dict(document)
+    host = flat.pop("workflowHostAPI", None) or {}
+    if not isinstance(host, dict):
+        raise ConfigError(f"config file {path}: workflowHostAPI must be a mapping")
+    flat.update(host)
+    unknown = sorted(set(flat) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r} "
+            f"(known: {', '.join(sorted(SETTINGS))})"
+        )
+    return {key: (value, f"{path}: {key}") for key, value in flat.items()}
+
+
+def build_settings(values: Mapping[str, tuple[object, str]]) -> Settings:
+    sections: dict[str | None, dict[str, Any]] = {}
+    for key, (raw, origin) in values.items():
+        section, attribute, convert = SETTINGS[key]
+        sections.setdefault(section, {})[attribute] = convert(raw, origin)
+    settings = Settings(**sections.get(None, {}))
+    for section in (f.name for f in fields(Settings)):
+        if section in sections:
+            current = getattr(settings, section)
+            settings = replace(settings, **{section: replace(current, **sections[section])})
+    return settings

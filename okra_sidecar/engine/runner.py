@@ -1,0 +1,216 @@
+"""EngineRunner: takes turns from the work streams and applies their effects through the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from okra_sidecar.config import EngineSettings
+from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, TurnResult, advance
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.errors import NotFoundError, StoreUnavailableError
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
+
+logger = logging.getLogger(__name__)
+
+OUTCOME_STATUS = {
+    TurnOutcome.RUNNING: InstanceStatus.RUNNING,
+    TurnOutcome.WAITING: InstanceStatus.WAITING,
+    TurnOutcome.COMPLETED: InstanceStatus.COMPLETED,
+    TurnOutcome.FAILED: InstanceStatus.FAILED,
+}
+MAX_COMMIT_ATTEMPTS = 8
+RUNTIME_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EngineRunner:
+    """One per sidecar: every sidecar's runner reads every partition through one consumer group.
+
+    A turn loads the snapshot, runs the pure interpreter and commits guarded by the revision
+    it loaded. A turn that runs twice (a crash before the ack, a duplicate work item) finds the
+    revision moved or nothing to do, so it changes nothing the second time.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: WorkflowRegistry,
+        settings: EngineSettings,
+        consumer: str,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._consumer = consumer
+        self._clock = clock
+        # Instances with a turn in flight, and work that arrived for them meanwhile.
+        self._inflight: dict[str, list[WorkItem]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._turns: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._store.ensure_groups()
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(self._loop("work", self._read_once), name="okra-work"),
+            asyncio.create_task(self._loop("timers", self._timers_once), name="okra-timers"),
+            asyncio.create_task(self._loop("reclaim", self._reclaim_once), name="okra-reclaim"),
+        ]
+
+    async def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop reading new work and let the turns in flight finish (unacked ones are retried)."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._turns:
+            await asyncio.wait(self._turns, timeout=timeout_s)
+        for task in self._turns:
+            task.cancel()
+        self._tasks = []
+
+    async def _loop(self, name: str, once: Callable[[], Any]) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailableError as exc:
+                logger.warning("engine %s loop: %s; retrying in %.1fs", name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                logger.exception("engine %s loop failed; retrying", name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _read_once(self) -> None:
+        while len(self._turns) >= self._settings.concurrency:
+            await asyncio.wait(self._turns, return_when=asyncio.FIRST_COMPLETED)
+        free = self._settings.concurrency - len(self._turns)
+        items = await self._store.read_work(
+            self._consumer, count=free, block_ms=self._settings.read_block_ms
+        )
+        self.dispatch(items)
+
+    async def _timers_once(self) -> None:
+        await self._store.fire_timers(self._clock(), limit=1000)
+        await asyncio.sleep(self._settings.timer_interval_ms / 1000)
+
+    async def _reclaim_once(self) -> None:
+        await asyncio.sleep(self._settings.claim_idle_ms / 2000)
+        items = await self._store.claim_stale_work(
+            self._consumer, min_idle_ms=self._settings.claim_idle_ms, count=100
+        )
+        if items:
+            logger.info("reclaimed %d work items left by a stopped worker", len(items))
+        self.dispatch(items)
+
+    def dispatch(self, items: list[WorkItem]) -> None:
+        """Start a turn per instance; work for an instance already in a turn waits for it."""
+        for item in items:
+            waiting = self._inflight.get(item.instance_id)
+            if waiting is not None:
+                waiting.append(item)
+                continue
+            self._inflight[item.instance_id] = []
+            task = asyncio.create_task(self._serve_instance(item))
+            self._turns.add(task)
+            task.add_done_callback(self._turns.discard)
+
+    async def _serve_instance(self, first: WorkItem) -> None:
+        instance_id = first.instance_id
+        batch = [first]
+        try:
+            while batch:
+                await self.run_turn(instance_id)
+                await self._store.ack_work(batch)
+                batch = self._inflight.get(instance_id) or []
+                self._inflight[instance_id] = []
+        except StoreUnavailableError as exc:
+            # Unacknowledged: the work stays pending and is reclaimed when Redis is back.
+            logger.warning("turn of %s interrupted: %s", instance_id, exc)
+        except Exception:
+            logger.exception("turn of %s failed; its work will be retried", instance_id)
+        finally:
+            self._inflight.pop(instance_id, None)
+
+    async def run_turn(self, instance_id: str) -> None:
+        """Carry one instance forward until it blocks or ends, retrying on a revision race."""
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            snapshot = await self._store.load_turn(instance_id)
+            if snapshot is None or snapshot.status.finished:
+                return
+            if snapshot.status is InstanceStatus.SUSPENDED:
+                return
+            now = self._clock()
+            result = await self._advance(snapshot, now)
+            if not result.changed and result.wake_at_ms is None:
+                return
+            if await self._store.commit_turn(snapshot, self._to_commit(result, now)):
+                return
+        logger.warning("instance %s kept changing under its turn; requeued", instance_id)
+
+    async def _advance(self, snapshot: TurnSnapshot, now: int) -> TurnResult:
+        signals = [InboxSignal(entry.entry_id, entry.event) for entry in snapshot.inbox]
+        try:
+            registered = await self._registry.get(snapshot.workflow_id)
+        except NotFoundError as exc:
+            return self._fault(snapshot, now, "definition not found", str(exc))
+        try:
+            return advance(
+                registered.definition,
+                snapshot.state,
+                signals=signals,
+                now_ms=now,
+                max_steps=self._settings.max_steps_per_turn,
+            )
+        except Exception as exc:
+            # A bug must fail one instance, not loop on it forever.
+            logger.exception("interpreter failed on instance %s", snapshot.instance_id)
+            return self._fault(snapshot, now, "runtime error", f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _fault(snapshot: TurnSnapshot, now: int, title: str, detail: str) -> TurnResult:
+        error = {"type": RUNTIME_ERROR_TYPE, "status": 500, "title": title, "detail": detail}
+        return TurnResult(
+            state=snapshot.state,
+            outcome=TurnOutcome.FAILED,
+            current_step="",
+            output=None,
+            error={**error, "instance": "/"},
+            context=snapshot.state.get("context", {}),
+            consumed=[],
+            wake_at_ms=None,
+            history=[{"type": "workflow.faulted", "time": now, "error": error}],
+            changed=True,
+        )
+
+    @staticmethod
+    def _to_commit(result: TurnResult, now: int) -> TurnCommit:
+        return TurnCommit(
+            status=OUTCOME_STATUS[result.outcome],
+            state=result.state,
+            current_step=result.current_step,
+            context=result.context,
+            output=result.output,
+            error=result.error,
+            consumed=result.consumed,
+            wake_at_ms=result.wake_at_ms,
+            requeue=result.outcome is TurnOutcome.RUNNING,
+            history=result.history,
+            now_ms=now,
+        )

@@ -1,0 +1,90 @@
+"""Instance records, statuses and query filters shared by the api, engine and store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+INSTANCE_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class InstanceStatus(StrEnum):
+    """Lifecycle of an instance; values are what Redis stores."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset(
+    {InstanceStatus.COMPLETED, InstanceStatus.FAILED, InstanceStatus.CANCELLED}
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What GetStatus and Query return: the instance snapshot without engine state."""
+
+    instance_id: str
+    workflow_id: str
+    status: InstanceStatus
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    correlation_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    current_step: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    created_ms: int = 0
+    started_ms: int = 0
+    updated_ms: int = 0
+    completed_ms: int = 0
+    cancel_reason: str = ""
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """Everything Run persists for a new instance."""
+
+    instance_id: str
+    workflow_id: str
+    input: Any
+    correlation_id: str
+    tags: dict[str, str]
+    state: dict[str, Any]
+    # Microseconds order the Query index finely enough that one caller's runs keep their order.
+    created_us: int
+
+    @property
+    def created_ms(self) -> int:
+        return self.created_us // 1000
+
+
+@dataclass(frozen=True)
+class QueryFilter:
+    """Query's filters; every given one must match."""
+
+    workflow_id: str = ""
+    statuses: frozenset[InstanceStatus] = frozenset()
+    tags: dict[str, str] = field(default_factory=dict)
+    correlation_id: str = ""
+    started_after_ms: int | None = None
+    started_before_ms: int | None = None
+    limit: int = 100
+    cursor: str = ""
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    instances: list[InstanceRecord]
+    cursor: str

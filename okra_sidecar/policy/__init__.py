@@ -1,0 +1,1 @@
+"""Who may do what: code-level rules now, CEL policies and identity next."""

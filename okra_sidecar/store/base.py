@@ -1,0 +1,101 @@
+"""The store seam: what the engine and the api need from durable storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from okra_sidecar.instances import (
+    InstanceRecord,
+    InstanceStatus,
+    NewInstance,
+    QueryFilter,
+    QueryPage,
+)
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """A signal waiting in an instance's inbox."""
+
+    entry_id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TurnSnapshot:
+    """What an engine turn loads: engine state, revision and unconsumed signals."""
+
+    instance_id: str
+    workflow_id: str
+    status: InstanceStatus
+    revision: str
+    state: dict[str, Any]
+    index_member: str
+    inbox: list[InboxEntry]
+
+
+@dataclass(frozen=True)
+class TurnCommit:
+    """What an engine turn writes, applied only if the revision is unchanged."""
+
+    status: InstanceStatus
+    state: dict[str, Any]
+    current_step: str
+    context: dict[str, Any]
+    output: Any
+    error: dict[str, Any] | None
+    consumed: list[str]
+    wake_at_ms: int | None
+    requeue: bool
+    history: list[dict[str, Any]]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One "instance X needs a turn" entry read from a work stream."""
+
+    partition: int
+    entry_id: str
+    instance_id: str
+
+
+class Store(Protocol):
+    """Durable instance storage; RedisStore is the one implementation."""
+
+    async def ping(self) -> None: ...
+
+    async def ensure_groups(self) -> None: ...
+
+    async def create_instance(self, new: NewInstance, *, max_active: int) -> bool: ...
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
+
+    async def signal(
+        self, instance_id: str, *, signal_id: str, event: dict[str, Any], now_ms: int
+    ) -> bool: ...
+
+    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> None: ...
+
+    async def query(self, query: QueryFilter) -> QueryPage: ...
+
+    async def load_turn(self, instance_id: str) -> TurnSnapshot | None: ...
+
+    async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool: ...
+
+    async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]: ...
+
+    async def claim_stale_work(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[WorkItem]: ...
+
+    async def ack_work(self, items: list[WorkItem]) -> None: ...
+
+    async def fire_timers(self, now_ms: int, *, limit: int) -> int: ...
+
+    async def register_definition(self, workflow_id: str, content: str) -> bool: ...
+
+    async def get_definition(self, workflow_id: str) -> str | None: ...
+
+    async def list_definitions(self) -> dict[str, str]: ...

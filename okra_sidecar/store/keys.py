@@ -1,0 +1,77 @@
+"""Every Redis key, stream and group name the sidecar uses, in one place."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from okra_sidecar.instances import InstanceStatus
+
+ENGINE_GROUP = "engine"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key names under one prefix.
+
+    Every key of one instance carries its id as a hash tag (`okra:{id}:...`) so an instance
+    lives in one Redis Cluster slot. The prefix lets tests and tenants share one Redis.
+    """
+
+    prefix: str = "okra:"
+    partitions: int = 8
+
+    def partition(self, instance_id: str) -> int:
+        return zlib.crc32(instance_id.encode()) % self.partitions
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}{{{instance_id}}}"
+
+    def history(self, instance_id: str) -> str:
+        return f"{self.prefix}{{{instance_id}}}:history"
+
+    def inbox(self, instance_id: str) -> str:
+        return f"{self.prefix}{{{instance_id}}}:inbox"
+
+    def signal_ids(self, instance_id: str) -> str:
+        return f"{self.prefix}{{{instance_id}}}:signal-ids"
+
+    def work(self, partition: int) -> str:
+        return f"{self.prefix}work:{partition}"
+
+    def timers(self, partition: int) -> str:
+        return f"{self.prefix}timers:{partition}"
+
+    def all_work(self) -> list[str]:
+        return [self.work(p) for p in range(self.partitions)]
+
+    def all_timers(self) -> list[str]:
+        return [self.timers(p) for p in range(self.partitions)]
+
+    @property
+    def definitions(self) -> str:
+        return f"{self.prefix}definitions"
+
+    @property
+    def active_count(self) -> str:
+        return f"{self.prefix}active"
+
+    @property
+    def index_all(self) -> str:
+        return f"{self.prefix}idx:all"
+
+    def index_workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}idx:wf:{workflow_id}"
+
+    def index_status(self, status: InstanceStatus) -> str:
+        return f"{self.prefix}idx:status:{status.value}"
+
+    def index_correlation(self, correlation_id: str) -> str:
+        return f"{self.prefix}idx:corr:{correlation_id}"
+
+    def index_tag(self, name: str, value: str) -> str:
+        # The name's length keeps `a=b=c` unambiguous whichever side holds the `=`.
+        return f"{self.prefix}idx:tag:{len(name)}:{name}={value}"
+
+    def status_indexes(self) -> list[str]:
+        return [self.index_status(s) for s in InstanceStatus]

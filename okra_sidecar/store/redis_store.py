@@ -1,0 +1,506 @@
+"""RedisStore: instances, signals, work streams, timers and indexes in Redis."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from okra_sidecar.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+    StoreUnavailableError,
+)
+from okra_sidecar.instances import (
+    FINISHED_STATUSES,
+    InstanceRecord,
+    InstanceStatus,
+    NewInstance,
+    QueryFilter,
+    QueryPage,
+)
+from okra_sidecar.store.base import InboxEntry, TurnCommit, TurnSnapshot, WorkItem
+from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
+from okra_sidecar.store.scripts import load_script
+
+logger = logging.getLogger(__name__)
+
+RECORD_FIELDS = (
+    "wf",
+    "status",
+    "input",
+    "output",
+    "error",
+    "corr",
+    "tags",
+    "step",
+    "ctx",
+    "created",
+    "updated",
+    "completed",
+    "reason",
+)
+DURABILITY_LEVELS = ("memory", "aof", "replicas")
+# Index members sort by creation time as text: fixed-width microseconds, then the id.
+MEMBER_TIME_WIDTH = 17
+QUERY_SCAN_BATCH = 200
+QUERY_SCAN_BUDGET = 5000
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def index_member(created_us: int, instance_id: str) -> str:
+    return f"{created_us:0{MEMBER_TIME_WIDTH}d}:{instance_id}"
+
+
+@contextmanager
+def map_redis_errors() -> Iterator[None]:
+    """Turn a lost connection into StoreUnavailableError, the one error the api maps to it."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly") from exc
+    except redis_errors.BusyLoadingError as exc:
+        raise StoreUnavailableError("Redis is loading its data; retry shortly") from exc
+
+
+def encode_cursor(member: str) -> str:
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        member = ""
+    prefix, _, rest = member.partition(":")
+    if len(prefix) != MEMBER_TIME_WIDTH or not prefix.isdigit() or not rest:
+        raise InvalidInputError.for_field("cursor", "is not a cursor returned by Query")
+    return member
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _json(value: bytes | str | None, default: Any = None) -> Any:
+    return json.loads(value) if value else default
+
+
+def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> InstanceRecord | None:
+    """Build a record from HMGET of RECORD_FIELDS; None when the instance does not exist."""
+    (wf, status, inp, out, err, corr, tags, step, ctx, created, updated, completed, reason) = values
+    if wf is None or status is None:
+        return None
+    return InstanceRecord(
+        instance_id=instance_id,
+        workflow_id=_text(wf),
+        status=InstanceStatus(_text(status)),
+        input=_json(inp),
+        output=_json(out),
+        error=_json(err),
+        correlation_id=_text(corr),
+        tags=_json(tags, {}),
+        current_step=_text(step),
+        context=_json(ctx, {}),
+        created_ms=int(created or 0),
+        started_ms=int(created or 0),
+        updated_ms=int(updated or 0),
+        completed_ms=int(completed or 0),
+        cancel_reason=_text(reason),
+    )
+
+
+class RedisStore:
+    """The one Store implementation, on a redis.asyncio client it does not own."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        durability: str = "memory",
+        replicas: int = 1,
+        durability_timeout_ms: int = 1000,
+    ) -> None:
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
+        self.redis = redis
+        self.keys = keys
+        self._durability = durability
+        self._replicas = replicas
+        self._durability_timeout_ms = durability_timeout_ms
+        self._waitaof: bool | None = None
+        self._create = redis.register_script(load_script("create"))
+        self._commit = redis.register_script(load_script("commit"))
+        self._cancel = redis.register_script(load_script("cancel"))
+        self._signal = redis.register_script(load_script("signal"))
+        self._timers = redis.register_script(load_script("timers"))
+        self._stream_partition = {k.encode(): p for p, k in enumerate(keys.all_work())}
+
+    async def ping(self) -> None:
+        with map_redis_errors():
+            await self.redis.ping()
+
+    async def ensure_groups(self) -> None:
+        """Create the engine consumer group on every work stream (from the start, so no
+        entry written before the group existed is skipped)."""
+        with map_redis_errors():
+            for stream in self.keys.all_work():
+                try:
+                    await self.redis.xgroup_create(stream, ENGINE_GROUP, id="0", mkstream=True)
+                except redis_errors.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def _make_durable(self) -> None:
+        """Wait until the last write reached the configured durability level."""
+        if self._durability == "memory":
+            return
+        timeout = self._durability_timeout_ms
+        if self._durability == "replicas":
+            acked = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "WAIT", self._replicas, timeout
+            )
+            if int(acked) < self._replicas:
+                raise StoreUnavailableError(
+                    f"only {acked} of {self._replicas} Redis replicas acknowledged the write"
+                )
+            return
+        if self._waitaof is None:
+            info = await self.redis.info("server")
+            major, minor = (int(x) for x in str(info["redis_version"]).split(".")[:2])
+            self._waitaof = (major, minor) >= (7, 2)
+        if self._waitaof:
+            await self.redis.execute_command("WAITAOF", 1, 0, timeout)  # type: ignore[no-untyped-call]
+        # Below 7.2, `aof` relies on `appendfsync always`, which the embedded server sets.
+
+    # -- instances ------------------------------------------------------------------------
+
+    async def create_instance(self, new: NewInstance, *, max_active: int) -> bool:
+        """Persist a new instance and ask for its first turn; False if the id exists."""
+        keys = self.keys
+        member = index_member(new.created_us, new.instance_id)
+        index_keys = [
+            keys.index_all,
+            keys.index_workflow(new.workflow_id),
+            keys.index_status(InstanceStatus.PENDING),
+        ]
+        if new.correlation_id:
+            index_keys.append(keys.index_correlation(new.correlation_id))
+        index_keys.extend(keys.index_tag(k, v) for k, v in new.tags.items())
+        fields = [
+            *("wf", new.workflow_id, "status", InstanceStatus.PENDING.value),
+            *("input", dumps(new.input), "corr", new.correlation_id, "tags", dumps(new.tags)),
+            *("state", dumps(new.state), "rev", "0", "ikey", member, "step", ""),
+            *("created", str(new.created_ms), "updated", str(new.created_ms)),
+        ]
+        event = dumps({"type": "workflow.created", "time": new.created_ms})
+        with map_redis_errors():
+            created = await self._create(
+                keys=[
+                    keys.instance(new.instance_id),
+                    keys.history(new.instance_id),
+                    keys.work(keys.partition(new.instance_id)),
+                    keys.active_count,
+                    *index_keys,
+                ],
+                args=[new.instance_id, member, max_active, dumps(fields), event],
+            )
+            if int(created) == -1:
+                raise ResourceExhaustedError(
+                    f"the limit of {max_active} concurrent instances is reached; "
+                    "retry when some have finished"
+                )
+            await self._make_durable()
+        return int(created) == 1
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        with map_redis_errors():
+            values = await self.redis.hmget(self.keys.instance(instance_id), RECORD_FIELDS)
+        return decode_record(instance_id, values)
+
+    async def signal(
+        self, instance_id: str, *, signal_id: str, event: dict[str, Any], now_ms: int
+    ) -> bool:
+        """Deliver a signal; returns True when signal_id was delivered before."""
+        keys = self.keys
+        with map_redis_errors():
+            result = await self._signal(
+                keys=[
+                    keys.instance(instance_id),
+                    keys.inbox(instance_id),
+                    keys.signal_ids(instance_id),
+                    keys.work(keys.partition(instance_id)),
+                ],
+                args=[instance_id, signal_id, dumps(event), now_ms],
+            )
+            outcome = [_text(x) for x in result]
+            self._raise_for(instance_id, outcome, "signal")
+            if outcome[0] == "ok":
+                await self._make_durable()
+        return outcome[0] == "duplicate"
+
+    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> None:
+        keys = self.keys
+        event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
+        with map_redis_errors():
+            result = await self._cancel(
+                keys=[
+                    keys.instance(instance_id),
+                    keys.history(instance_id),
+                    keys.timers(keys.partition(instance_id)),
+                    keys.active_count,
+                    *keys.status_indexes(),
+                ],
+                args=[instance_id, reason, now_ms, event],
+            )
+            self._raise_for(instance_id, [_text(x) for x in result], "cancel")
+            await self._make_durable()
+
+    @staticmethod
+    def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
+        if outcome[0] == "missing":
+            raise NotFoundError(f"instance {instance_id} does not exist")
+        if outcome[0] == "finished":
+            raise FailedPreconditionError(
+                f"instance {instance_id} is already {outcome[1]}; only a pending, running "
+                f"or waiting instance can be sent a {verb}"
+                if verb == "signal"
+                else f"instance {instance_id} is already {outcome[1]} and cannot be cancelled"
+            )
+
+    # -- query ------------------------------------------------------------------------------
+
+    def _query_index(self, query: QueryFilter) -> str:
+        """The most selective index for the filters; the rest are checked per record."""
+        keys = self.keys
+        if query.correlation_id:
+            return keys.index_correlation(query.correlation_id)
+        if query.tags:
+            name, value = next(iter(sorted(query.tags.items())))
+            return keys.index_tag(name, value)
+        if query.workflow_id:
+            return keys.index_workflow(query.workflow_id)
+        if len(query.statuses) == 1:
+            return keys.index_status(next(iter(query.statuses)))
+        return keys.index_all
+
+    async def query(self, query: QueryFilter) -> QueryPage:
+        """Newest first. The index may lag a status change, so each record is re-checked."""
+        index = self._query_index(query)
+        upper = "+"
+        if query.cursor:
+            upper = "(" + decode_cursor(query.cursor)
+        if query.started_before_ms is not None:
+            bound = "(" + f"{query.started_before_ms * 1000:0{MEMBER_TIME_WIDTH}d}"
+            upper = bound if upper == "+" else min(upper, bound)
+        lower = "-"
+        if query.started_after_ms is not None:
+            lower = "[" + f"{(query.started_after_ms + 1) * 1000:0{MEMBER_TIME_WIDTH}d}"
+        found: list[InstanceRecord] = []
+        scanned = 0
+        with map_redis_errors():
+            while True:
+                batch = min(QUERY_SCAN_BATCH, max(query.limit - len(found), 1) * 2)
+                members: Any = await self.redis.zrange(
+                    index, upper, lower, desc=True, bylex=True, offset=0, num=batch
+                )
+                if not members:
+                    return QueryPage(found, "")
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for raw in members:
+                        pipe.hmget(self.keys.instance(_text(raw).split(":", 1)[1]), RECORD_FIELDS)
+                    rows = await pipe.execute()
+                for raw, values in zip(members, rows, strict=True):
+                    member = _text(raw)
+                    record = decode_record(member.split(":", 1)[1], values)
+                    if record is not None and _matches(record, query):
+                        found.append(record)
+                        if len(found) == query.limit:
+                            return QueryPage(found, encode_cursor(member))
+                scanned += len(members)
+                upper = "(" + _text(members[-1])
+                if len(members) < batch:
+                    return QueryPage(found, "")
+                if scanned >= QUERY_SCAN_BUDGET:
+                    # A sparse filter: return what we have and let the caller continue.
+                    return QueryPage(found, encode_cursor(_text(members[-1])))
+
+    # -- engine turns ---------------------------------------------------------------------
+
+    async def load_turn(self, instance_id: str) -> TurnSnapshot | None:
+        keys = self.keys
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.instance(instance_id), "wf", "status", "rev", "state", "ikey")
+                pipe.xrange(keys.inbox(instance_id), count=1000)
+                (wf, status, rev, state, ikey), inbox = await pipe.execute()
+        if wf is None or status is None:
+            return None
+        return TurnSnapshot(
+            instance_id=instance_id,
+            workflow_id=_text(wf),
+            status=InstanceStatus(_text(status)),
+            revision=_text(rev),
+            state=_json(state, {}),
+            index_member=_text(ikey),
+            inbox=[InboxEntry(_text(eid), json.loads(fields[b"e"])) for eid, fields in inbox],
+        )
+
+    async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
+        """Apply a turn atomically; False if the instance changed since it was loaded."""
+        keys = self.keys
+        iid = snapshot.instance_id
+        now = str(commit.now_ms)
+        fields = [
+            *("status", commit.status.value, "state", dumps(commit.state)),
+            *("step", commit.current_step, "ctx", dumps(commit.context), "updated", now),
+        ]
+        if commit.status in FINISHED_STATUSES:
+            fields += ["completed", now, "output", dumps(commit.output)]
+            if commit.error is not None:
+                fields += ["error", dumps(commit.error)]
+        partition = keys.partition(iid)
+        with map_redis_errors():
+            applied = await self._commit(
+                keys=[
+                    keys.instance(iid),
+                    keys.inbox(iid),
+                    keys.history(iid),
+                    keys.work(partition),
+                    keys.timers(partition),
+                    keys.active_count,
+                    *keys.status_indexes(),
+                ],
+                args=[
+                    iid,
+                    snapshot.revision,
+                    dumps(fields),
+                    commit.status.value,
+                    dumps(commit.consumed),
+                    "" if commit.wake_at_ms is None else str(commit.wake_at_ms),
+                    "1" if commit.requeue else "0",
+                    dumps([dumps(e) for e in commit.history]),
+                    snapshot.index_member,
+                ],
+            )
+        return int(applied) == 1
+
+    async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]:
+        streams: dict[Any, Any] = {k: ">" for k in self.keys.all_work()}
+        with map_redis_errors():
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    ENGINE_GROUP, consumer, streams, count=count, block=block_ms
+                )
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (restarted without persistence): recreate the group.
+                await self.ensure_groups()
+                return []
+        return [
+            WorkItem(self._stream_partition[_bytes(stream)], _text(eid), _text(fields[b"i"]))
+            for stream, entries in reply or []
+            for eid, fields in entries
+            if fields
+        ]
+
+    async def claim_stale_work(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[WorkItem]:
+        """Take over entries another worker read but never acknowledged (it died)."""
+        items: list[WorkItem] = []
+        with map_redis_errors():
+            for partition, stream in enumerate(self.keys.all_work()):
+                reply = await self.redis.xautoclaim(
+                    stream, ENGINE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+                )
+                items.extend(
+                    WorkItem(partition, _text(eid), _text(fields[b"i"]))
+                    for eid, fields in reply[1]
+                    if fields
+                )
+        return items
+
+    async def ack_work(self, items: list[WorkItem]) -> None:
+        if not items:
+            return
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in items:
+                    stream = self.keys.work(item.partition)
+                    pipe.xack(stream, ENGINE_GROUP, item.entry_id)
+                    pipe.xdel(stream, item.entry_id)
+                await pipe.execute()
+
+    async def fire_timers(self, now_ms: int, *, limit: int) -> int:
+        keys = self.keys
+        with map_redis_errors():
+            moved = await self._timers(
+                keys=[*keys.all_timers(), *keys.all_work()],
+                args=[keys.partitions, now_ms, limit],
+            )
+        return int(moved)
+
+    # -- definitions ----------------------------------------------------------------------
+
+    async def register_definition(self, workflow_id: str, content: str) -> bool:
+        """Register immutable content under an id; True if new, False if identical.
+
+        Raises:
+            AlreadyExistsError: other content is registered under this id.
+        """
+        with map_redis_errors():
+            if await self.redis.hsetnx(self.keys.definitions, workflow_id, content):
+                return True
+            existing = await self.redis.hget(self.keys.definitions, workflow_id)
+        if _text(existing) != content:
+            raise AlreadyExistsError(
+                f"workflow {workflow_id} is already registered with different content; "
+                "a registered version is immutable, so bump document.version"
+            )
+        return False
+
+    async def get_definition(self, workflow_id: str) -> str | None:
+        with map_redis_errors():
+            content = await self.redis.hget(self.keys.definitions, workflow_id)
+        return None if content is None else _text(content)
+
+    async def list_definitions(self) -> dict[str, str]:
+        with map_redis_errors():
+            entries = await self.redis.hgetall(self.keys.definitions)
+        return {_text(k): _text(v) for k, v in entries.items()}
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _matches(record: InstanceRecord, query: QueryFilter) -> bool:
+    if query.workflow_id and record.workflow_id != query.workflow_id:
+        return False
+    if query.statuses and record.status not in query.statuses:
+        return False
+    if query.correlation_id and record.correlation_id != query.correlation_id:
+        return False
+    if any(record.tags.get(k) != v for k, v in query.tags.items()):
+        return False
+    if query.started_after_ms is not None and record.started_ms <= query.started_after_ms:
+        return False
+    return query.started_before_ms is None or record.started_ms < query.started_before_ms

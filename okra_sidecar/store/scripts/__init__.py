@@ -1,0 +1,22 @@
+"""Lua scripts run atomically inside Redis; see each file's header for KEYS and ARGV."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
+
+# Scripts that touch status indexes receive them as KEYS in InstanceStatus order from this slot.
+STATUS_SLOTS = {"commit": 7, "cancel": 5}
+
+
+def _preamble(first_slot: int) -> str:
+    slots = ", ".join(f"{s.value} = {first_slot + i}" for i, s in enumerate(InstanceStatus))
+    finished = ", ".join(f"{s.value} = true" for s in sorted(FINISHED_STATUSES))
+    return f"local STATUS_SLOT = {{{slots}}}\nlocal FINISHED = {{{finished}}}\n"
+
+
+def load_script(name: str) -> str:
+    """The Lua source of `name`, with the status tables it relies on prepended."""
+    body = resources.files(__package__).joinpath(f"{name}.lua").read_text()
+    return _preamble(STATUS_SLOTS.get(name, 0)) + body

@@ -1,0 +1,19 @@
+-- Cancel an unfinished instance, recording the reason.
+-- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT).
+-- ARGV: instance id, reason, now ms, history event.
+local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey')
+if not cur[1] then
+  return {'missing'}
+end
+if FINISHED[cur[1]] then
+  return {'finished', cur[1]}
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'reason', ARGV[2], 'completed', ARGV[3],
+  'updated', ARGV[3], 'step', '')
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
+redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
+redis.call('DECR', KEYS[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
+return {'ok'}

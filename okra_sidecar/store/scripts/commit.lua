@@ -1,0 +1,35 @@
+-- Apply one engine turn if nobody else changed the instance since it was loaded.
+-- KEYS: instance, inbox, history, work stream, timers, active counter, then the status
+--       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot).
+-- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
+--       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
+--       index member.
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'status')
+if cur[1] ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[3])))
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+for _, entry in ipairs(cjson.decode(ARGV[5])) do
+  redis.call('XDEL', KEYS[2], entry)
+end
+if ARGV[6] ~= '' then
+  -- LT keeps an earlier wake-up (and adds a new one): a spurious turn is harmless,
+  -- a missed one is not.
+  redis.call('ZADD', KEYS[5], 'LT', ARGV[6], ARGV[1])
+end
+if ARGV[7] == '1' then
+  redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+end
+local old, new = cur[2], ARGV[4]
+if old ~= new then
+  redis.call('ZREM', KEYS[STATUS_SLOT[old]], ARGV[9])
+  redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ARGV[9])
+  if FINISHED[new] and not FINISHED[old] then
+    redis.call('DECR', KEYS[6])
+  end
+end
+for _, event in ipairs(cjson.decode(ARGV[8])) do
+  redis.call('XADD', KEYS[3], '*', 'e', event)
+end
+return 1

@@ -1,0 +1,16 @@
+-- Deliver a signal to an unfinished instance once per signal id, and ask for a turn.
+-- KEYS: instance, inbox, delivered signal ids, work stream.
+-- ARGV: instance id, signal id, event (JSON), now ms.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return {'missing'}
+end
+if FINISHED[status] then
+  return {'finished', status}
+end
+if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
+  return {'duplicate'}
+end
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+return {'ok'}

@@ -1,0 +1,131 @@
+"""The sidecar as a process: SIGKILL mid-flight loses nothing, SIGTERM drains and exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.helpers import WORKFLOWS_DIR, Stub, to_python, value, wait_for_status
+
+pytestmark = pytest.mark.slow
+DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_process(redis_url: str, port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "OKRA_CLAIM_IDLE_MS": "500", "OKRA_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "okra_sidecar",
+        "serve",
+        f"--listen=127.0.0.1:{port}",
+        f"--redis-url={redis_url}",
+        f"--workflows={WORKFLOWS_DIR}",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=Path(__file__).parent.parent.parent,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    assert b"listening on" in line, line
+    return process
+
+
+@asynccontextmanager
+async def channel_to(port: int) -> AsyncIterator[Stub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Stub(channel)
+
+
+async def completions(redis: Redis, instance_id: str) -> int:
+    events: Any = await redis.xrange(f"okra:{{{instance_id}}}:history")
+    return sum(b'"workflow.completed"' in fields[b"e"] for _, fields in events)
+
+
+async def test_sigkill_loses_no_instance_and_finishes_none_twice(
+    redis: Redis, redis_url: str
+) -> None:
+    port = free_port()
+    first = await start_process(redis_url, port)
+    async with channel_to(port) as stub:
+        approvals = [
+            (
+                await stub.Run(
+                    pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": i}))
+                )
+            ).instance_id
+            for i in range(20)
+        ]
+        naps = [
+            (
+                await stub.Run(
+                    pb.RunRequest(workflow_id="tests.nap.1.0.0", input=value({"minutes": i}))
+                )
+            ).instance_id
+            for i in range(20)
+        ]
+        steps = [
+            (
+                await stub.Run(
+                    pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": i}))
+                )
+            ).instance_id
+            for i in range(100)
+        ]
+        await wait_for_status(stub, approvals[-1], {pb.WORKFLOW_STATUS_WAITING})
+    first.kill()  # SIGKILL: no drain, no acks for turns in flight
+    await first.wait()
+
+    second = await start_process(redis_url, port)
+    try:
+        async with channel_to(port) as stub:
+            for i, instance_id in enumerate(approvals):
+                await stub.Signal(
+                    pb.SignalRequest(
+                        instance_id=instance_id, signal="approve", payload=value({"by": f"p{i}"})
+                    )
+                )
+            for i, instance_id in enumerate(approvals):
+                done = await wait_for_status(stub, instance_id, DONE, timeout_s=20)
+                assert to_python(done.output) == {"amount": i, "approvedBy": f"p{i}"}
+            for i, instance_id in enumerate(naps):
+                done = await wait_for_status(stub, instance_id, DONE, timeout_s=20)
+                assert to_python(done.output) == {"slept": i}
+            for i, instance_id in enumerate(steps):
+                done = await wait_for_status(stub, instance_id, DONE, timeout_s=20)
+                assert to_python(done.output) == {"n": (i + 1) * 10 + 2, "done": True}
+        for instance_id in approvals + naps + steps:
+            assert await completions(redis, instance_id) == 1
+    finally:
+        second.terminate()
+        await second.wait()
+
+
+async def test_sigterm_drains_and_exits_cleanly(redis: Redis, redis_url: str) -> None:
+    port = free_port()
+    process = await start_process(redis_url, port)
+    async with channel_to(port) as stub:
+        waiting = (await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))).instance_id
+        await wait_for_status(stub, waiting, {pb.WORKFLOW_STATUS_WAITING})
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+    assert await redis.hget(f"okra:{{{waiting}}}", "status") == b"waiting"

@@ -1,0 +1,157 @@
+"""Test helpers: a running sidecar on a free port, status polling and error assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+from redis.asyncio import Redis
+
+from okra_sidecar.config import (
+    EngineSettings,
+    HostSettings,
+    RedisSettings,
+    ServerSettings,
+    Settings,
+)
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_sidecar.server import Sidecar, start_sidecar
+
+if TYPE_CHECKING:
+    # Only the type stubs know the async flavour of the generated stub.
+    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub as Stub
+else:
+    Stub = pb_grpc.WorkflowHostAPIStub
+
+WORKFLOWS_DIR = Path(__file__).parent / "workflows"
+FAST_ENGINE = EngineSettings(claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
+T = TypeVar("T")
+
+
+def make_settings(
+    redis_url: str,
+    *,
+    host: HostSettings | None = None,
+    engine: EngineSettings = FAST_ENGINE,
+    workflows: Path | None = WORKFLOWS_DIR,
+) -> Settings:
+    return Settings(
+        server=ServerSettings(listen="127.0.0.1:0", grace_s=1.0),
+        redis=RedisSettings(url=redis_url),
+        engine=engine,
+        host=host or HostSettings(),
+        workflows_dir=workflows,
+    )
+
+
+@asynccontextmanager
+async def running_sidecar(
+    settings: Settings,
+) -> AsyncIterator[tuple[Sidecar, Stub]]:
+    """A sidecar started from server.start_sidecar on a free port, with a stub on it."""
+    sidecar = await start_sidecar(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
+    try:
+        yield sidecar, pb_grpc.WorkflowHostAPIStub(channel)
+    finally:
+        await channel.close()
+        await sidecar.stop(None)
+
+
+def with_host(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, host=replace(settings.host, **changes))
+
+
+def value(data: Any) -> struct_pb2.Value:
+    message = struct_pb2.Value()
+    json_format.ParseDict(data, message)
+    return message
+
+
+def to_python(message: struct_pb2.Value) -> Any:
+    return json_format.MessageToDict(message)
+
+
+async def wait_for_status(
+    stub: Stub,
+    instance_id: str,
+    statuses: Iterable[int],
+    *,
+    timeout_s: float = 10.0,
+) -> pb.WorkflowInstance:
+    """Poll GetStatus until the instance reaches one of `statuses`."""
+    wanted = set(statuses)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        instance = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        if instance.status in wanted:
+            return instance
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"instance {instance_id} stayed {pb.WorkflowStatus.Name(instance.status)}"
+            )
+        await asyncio.sleep(0.02)
+
+
+async def expect_rpc_error(call: Awaitable[T], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Await a call that must fail with `code`; returns the error for further checks."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == code, f"expected {code.name}, got {exc.code().name}: {exc.details()}"
+        return exc
+    raise AssertionError(f"expected {code.name}, the call succeeded")
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, raw in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            assert isinstance(raw, bytes)
+            return status_pb2.Status.FromString(raw)
+    return status_pb2.Status()
+
+
+def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    """The field paths of the google.rpc.BadRequest detail, empty when there is none."""
+    fields: list[str] = []
+    for detail in rich_status(error).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return fields
+
+
+async def redis_fingerprint(redis: Redis) -> dict[bytes | str, str]:
+    """Every key with a digest of its value: equal fingerprints mean nothing was written."""
+    fingerprint = {}
+    for key in sorted(await redis.keys("*")):
+        dumped = await redis.dump(key)
+        fingerprint[key] = hashlib.sha256(dumped or b"").hexdigest()
+    return fingerprint
+
+
+__all__ = [
+    "FAST_ENGINE",
+    "Stub",
+    "WORKFLOWS_DIR",
+    "bad_request_fields",
+    "expect_rpc_error",
+    "make_settings",
+    "redis_fingerprint",
+    "rich_status",
+    "running_sidecar",
+    "to_python",
+    "value",
+    "wait_for_status",
+    "with_host",
+]

@@ -1,0 +1,150 @@
+"""RedisStore against a real redis-server: the atomic steps the engine's safety rests on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
+from okra_sidecar.store.base import TurnCommit
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.redis_store import RedisStore
+
+IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(10)]
+
+
+@pytest.fixture
+def store(redis: Redis) -> RedisStore:
+    return RedisStore(redis=redis, keys=RedisKeys(partitions=2))
+
+
+def new(instance_id: str, created_us: int = 1_000_000, **tags: str) -> NewInstance:
+    return NewInstance(
+        instance_id=instance_id,
+        workflow_id="t.w.1.0.0",
+        input={"a": 1},
+        correlation_id="",
+        tags=tags,
+        state={"pos": 0},
+        created_us=created_us,
+    )
+
+
+def commit(status: InstanceStatus, **changes: object) -> TurnCommit:
+    base: dict[str, object] = {
+        "status": status,
+        "state": {"pos": 1},
+        "current_step": "/do/0/x",
+        "context": {},
+        "output": None,
+        "error": None,
+        "consumed": [],
+        "wake_at_ms": None,
+        "requeue": False,
+        "history": [],
+        "now_ms": 5,
+    }
+    base.update(changes)
+    return TurnCommit(**base)  # type: ignore[arg-type]
+
+
+async def test_create_is_once_per_id(store: RedisStore, redis: Redis) -> None:
+    await store.ensure_groups()
+    assert await store.create_instance(new(IDS[0]), max_active=0) is True
+    assert await store.create_instance(new(IDS[0]), max_active=0) is False
+    assert await redis.get("okra:active") == b"1"
+    work = await store.read_work("c1", count=10, block_ms=10)
+    assert [w.instance_id for w in work] == [IDS[0]]
+
+
+async def test_commit_is_guarded_by_revision(store: RedisStore, redis: Redis) -> None:
+    await store.create_instance(new(IDS[0]), max_active=0)
+    first = await store.load_turn(IDS[0])
+    assert first is not None
+    assert await store.commit_turn(first, commit(InstanceStatus.WAITING)) is True
+    before = await redis.hgetall(f"okra:{{{IDS[0]}}}")
+    # The same turn applied again (a crash before its ack) must change nothing.
+    assert await store.commit_turn(first, commit(InstanceStatus.COMPLETED)) is False
+    assert await redis.hgetall(f"okra:{{{IDS[0]}}}") == before
+    assert await redis.zrange("okra:idx:status:waiting", 0, -1) != []
+    assert await redis.zrange("okra:idx:status:pending", 0, -1) == []
+
+
+async def test_finishing_frees_the_active_slot(store: RedisStore, redis: Redis) -> None:
+    await store.create_instance(new(IDS[0]), max_active=1)
+    with pytest.raises(Exception, match="limit of 1"):
+        await store.create_instance(new(IDS[1]), max_active=1)
+    snapshot = await store.load_turn(IDS[0])
+    assert snapshot is not None
+    await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED, output={"ok": 1}))
+    assert await store.create_instance(new(IDS[1]), max_active=1) is True
+
+
+async def test_consumed_signals_leave_the_inbox_atomically(store: RedisStore) -> None:
+    await store.create_instance(new(IDS[0]), max_active=0)
+    for n in range(3):
+        await store.signal(IDS[0], signal_id=f"s{n}", event={"type": "t", "n": n}, now_ms=1)
+    snapshot = await store.load_turn(IDS[0])
+    assert snapshot is not None and len(snapshot.inbox) == 3
+    consumed = [snapshot.inbox[1].entry_id]
+    await store.commit_turn(snapshot, commit(InstanceStatus.WAITING, consumed=consumed))
+    after = await store.load_turn(IDS[0])
+    assert after is not None
+    assert [e.event["n"] for e in after.inbox] == [0, 2]
+
+
+async def test_signal_and_cancel_refuse_missing_and_finished(store: RedisStore) -> None:
+    with pytest.raises(NotFoundError):
+        await store.signal(IDS[5], signal_id="s", event={}, now_ms=1)
+    with pytest.raises(NotFoundError):
+        await store.cancel(IDS[5], reason="", now_ms=1)
+    await store.create_instance(new(IDS[0]), max_active=0)
+    await store.cancel(IDS[0], reason="stop", now_ms=1)
+    with pytest.raises(FailedPreconditionError, match="already cancelled"):
+        await store.cancel(IDS[0], reason="again", now_ms=2)
+    with pytest.raises(FailedPreconditionError, match="already cancelled"):
+        await store.signal(IDS[0], signal_id="s", event={}, now_ms=1)
+
+
+async def test_due_timers_fire_once(store: RedisStore) -> None:
+    await store.ensure_groups()
+    await store.create_instance(new(IDS[0]), max_active=0)
+    await store.create_instance(new(IDS[1]), max_active=0)
+    await store.read_work("c1", count=10, block_ms=10)  # the creation turns
+    for instance_id, wake in ((IDS[0], 100), (IDS[1], 300)):
+        snapshot = await store.load_turn(instance_id)
+        assert snapshot is not None
+        await store.commit_turn(snapshot, commit(InstanceStatus.WAITING, wake_at_ms=wake))
+    results = await asyncio.gather(*(store.fire_timers(200, limit=10) for _ in range(5)))
+    assert sum(results) == 1
+    work = await store.read_work("c1", count=10, block_ms=10)
+    assert [w.instance_id for w in work] == [IDS[0]]
+    assert await store.fire_timers(300, limit=10) == 1
+
+
+async def test_work_of_a_dead_consumer_is_reclaimed(store: RedisStore) -> None:
+    await store.ensure_groups()
+    await store.create_instance(new(IDS[0]), max_active=0)
+    taken = await store.read_work("dead", count=10, block_ms=10)
+    assert len(taken) == 1
+    assert await store.claim_stale_work("alive", min_idle_ms=60_000, count=10) == []
+    await asyncio.sleep(0.12)
+    reclaimed = await store.claim_stale_work("alive", min_idle_ms=100, count=10)
+    assert [w.instance_id for w in reclaimed] == [IDS[0]]
+    await store.ack_work(reclaimed)
+    assert await store.claim_stale_work("other", min_idle_ms=0, count=10) == []
+
+
+async def test_query_pages_by_cursor(store: RedisStore) -> None:
+    for i, instance_id in enumerate(IDS):
+        await store.create_instance(new(instance_id, 1_000_000 + i, team="a"), max_active=0)
+    page = await store.query(QueryFilter(limit=4, tags={"team": "a"}))
+    assert [r.instance_id for r in page.instances] == IDS[::-1][:4]
+    rest = await store.query(QueryFilter(limit=100, cursor=page.cursor))
+    assert [r.instance_id for r in rest.instances] == IDS[::-1][4:]
+    assert rest.cursor == ""
+    with pytest.raises(InvalidInputError, match="cursor"):
+        await store.query(QueryFilter(cursor="bm90LWEtbWVtYmVy"))
