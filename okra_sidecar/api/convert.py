@@ -54,6 +54,7 @@ def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
     message = pb.WorkflowInstance(
         instance_id=record.instance_id,
         workflow_id=record.workflow_id,
+        version=record.workflow_id.split(".", 2)[2] if record.workflow_id.count(".") >= 2 else "",
         status=STATUS_TO_PB[record.status],
         correlation_id=record.correlation_id,
         tags=record.tags,
@@ -72,8 +73,7 @@ def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
         message.error.instance = str(error.get("instance") or "")
     if record.context:
         message.variables.update(record.context)
-    _set_time(message.created_at, record.created_ms)
-    _set_time(message.started_at, record.started_ms)
+    _set_time(message.start_time, record.started_ms)
+    _set_time(message.end_time, record.completed_ms)
     _set_time(message.updated_at, record.updated_ms)
-    _set_time(message.completed_at, record.completed_ms)
     return message

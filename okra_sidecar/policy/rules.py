@@ -13,7 +13,7 @@ from okra_sidecar.instances import INSTANCE_ID_RE
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 SEMVER = r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
 WORKFLOW_ID_RE = re.compile(rf"^{LABEL}\.{LABEL}(?:\.{SEMVER})?$")
-SIGNAL_NAME_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,256}$")
+SIGNAL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_QUERY_LIMIT = 1000
 MAX_SCHEMA_VIOLATIONS = 20
 
@@ -52,11 +52,11 @@ def check_input_schema(data: Any, validator: Validator | None, *, field: str = "
 
 
 def check_signal_name(name: str) -> None:
-    """Rule 3: signal names are 1-256 letters, digits and `._:/-` (CloudEvent type friendly)."""
+    """Rule 3: signal names are 1-128 letters, digits, underscores and dashes."""
     if not SIGNAL_NAME_RE.match(name):
         raise InvalidInputError.for_field(
             "signal",
-            f"{name[:100]!r} is not a signal name: use 1 to 256 letters, digits and . _ : / -",
+            f"{name[:100]!r} is not a signal name: use 1 to 128 letters, digits, _ and -",
         )
 
 

@@ -135,6 +135,13 @@ CASES = [
         ("signal",),
     ),
     Case(
+        "signal: dots are not allowed",
+        lambda s: s.Signal(pb.SignalRequest(instance_id=MISSING_ID, signal="order.approved")),
+        INVALID,
+        "use 1 to 128 letters, digits, _ and -",
+        ("signal",),
+    ),
+    Case(
         "signal: empty name",
         lambda s: s.Signal(pb.SignalRequest(instance_id=MISSING_ID)),
         INVALID,

@@ -40,7 +40,8 @@ async def test_run_returns_before_tasks_and_completes(stub: Stub) -> None:
     done = await wait_for_status(stub, instance_id, DONE)
     assert done.status == pb.WORKFLOW_STATUS_COMPLETED
     assert to_python(done.output) == {"n": 22, "done": True}
-    assert done.completed_at.ToMilliseconds() >= done.created_at.ToMilliseconds() > 0
+    assert done.end_time.ToMilliseconds() >= done.start_time.ToMilliseconds() > 0
+    assert done.version == "1.0.0"
 
 
 async def test_signal_resumes_a_waiting_instance(stub: Stub) -> None:
@@ -212,7 +213,7 @@ async def test_query_filters_newest_first(stub: Stub) -> None:
         == ids[::-1]
     )
     third = await stub.GetStatus(pb.GetStatusRequest(instance_id=ids[2]))
-    after = third.created_at.ToMilliseconds()
+    after = third.start_time.ToMilliseconds()
     assert await query(started_after=ts(after)) == [ids[5], ids[4], ids[3]]
     assert await query(started_before=ts(after)) == [ids[1], ids[0]]
 

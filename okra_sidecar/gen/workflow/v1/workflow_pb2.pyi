@@ -160,7 +160,7 @@ class SignalRequest(_message.Message):
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     signal: _builtins.str
-    """Signal name: letters, digits and `._-:/`, at most 256 characters."""
+    """Signal name: letters, digits, `_` and `-`, at most 128 characters."""
     signal_id: _builtins.str
     """De-duplication key: a signal_id already delivered to this instance is
     accepted again but not delivered twice.
@@ -294,24 +294,32 @@ class WorkflowInstance(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     CURRENT_STEP_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
-    CREATED_AT_FIELD_NUMBER: _builtins.int
-    STARTED_AT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
-    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     workflow_id: _builtins.str
+    """Fully qualified id of the definition the instance runs on."""
     status: Global___WorkflowStatus.ValueType
     correlation_id: _builtins.str
     current_step: _builtins.str
-    """The task the instance is executing or waiting in."""
+    """JSON pointer of the task the instance is executing or waiting in."""
+    version: _builtins.str
+    """The version part of workflow_id."""
     cancel_reason: _builtins.str
+    """The reason given to Cancel."""
     @_builtins.property
     def input(self) -> _struct_pb2.Value: ...
     @_builtins.property
-    def output(self) -> _struct_pb2.Value: ...
+    def output(self) -> _struct_pb2.Value:
+        """The workflow output once completed."""
+
     @_builtins.property
-    def error(self) -> Global___WorkflowError: ...
+    def error(self) -> Global___WorkflowError:
+        """Set when failed: the DSL's RFC 7807 problem details."""
+
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -319,13 +327,17 @@ class WorkflowInstance(_message.Message):
         """The workflow's `$context`."""
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When Run accepted the instance."""
+
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it completed, failed or was cancelled."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When anything about it last changed."""
+
     def __init__(
         self,
         *,
@@ -339,15 +351,15 @@ class WorkflowInstance(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         current_step: _builtins.str = ...,
         variables: _struct_pb2.Struct | None = ...,
-        created_at: _timestamp_pb2.Timestamp | None = ...,
-        started_at: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
-        completed_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
         cancel_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "input", b"input", "output", b"output", "started_at", b"started_at", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "output", b"output", "start_time", b"start_time", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "completed_at", b"completed_at", "correlation_id", b"correlation_id", "created_at", b"created_at", "current_step", b"current_step", "error", b"error", "input", b"input", "instance_id", b"instance_id", "output", b"output", "started_at", b"started_at", "status", b"status", "tags", b"tags", "updated_at", b"updated_at", "variables", b"variables", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "correlation_id", b"correlation_id", "current_step", b"current_step", "end_time", b"end_time", "error", b"error", "input", b"input", "instance_id", b"instance_id", "output", b"output", "start_time", b"start_time", "status", b"status", "tags", b"tags", "updated_at", b"updated_at", "variables", b"variables", "version", b"version", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
