@@ -1,0 +1,159 @@
+"""The spec's conformance scenarios (ctk/features) whose tasks this engine supports."""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text, parse_yaml
+from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
+from okra_sidecar.errors import DefinitionError
+
+from .support import SPEC_DIR_ENV, run, spec_dir
+
+# Every scenario whose tasks are all supported; the others must be refused as unsupported.
+SUPPORTED_SCENARIOS = {
+    "data-flow: Input Filtering",
+    "do: Task With Sequential Sub Tasks",
+    "flow: Explicit Sequence Flow",
+    "flow: Implicit Sequence Flow",
+    "raise: Raise task with inline error",
+    "set: Set Task",
+    "switch: Switch task with explicit default case",
+    "switch: Switch task with implicit default case",
+    "switch: Switch task with matching case",
+}
+
+
+@dataclass
+class Step:
+    text: str
+    doc: str | None = None
+
+
+@dataclass
+class Scenario:
+    feature: str
+    name: str
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.feature}: {self.name}"
+
+
+def parse_feature(path: Path) -> list[Scenario]:
+    """Scenarios with their steps and `\"\"\"` doc strings; just enough Gherkin for the CTK."""
+    scenarios: list[Scenario] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        index += 1
+        if line.startswith("Scenario:"):
+            scenarios.append(Scenario(path.stem, line.removeprefix("Scenario:").strip()))
+        elif scenarios and re.match(r"(Given|And|When|Then|But)\b", line):
+            scenarios[-1].steps.append(Step(line.split(" ", 1)[1]))
+        elif line.startswith('"""') and scenarios and scenarios[-1].steps:
+            body: list[str] = []
+            while not lines[index].strip().startswith('"""'):
+                body.append(lines[index])
+                index += 1
+            index += 1
+            scenarios[-1].steps[-1].doc = textwrap.dedent("\n".join(body))
+    return scenarios
+
+
+def collect() -> list[Any]:
+    default = Path(__file__).resolve().parents[2].parent / "shared" / "serverless-workflow"
+    folder = Path(os.environ.get(SPEC_DIR_ENV) or default) / "ctk" / "features"
+    if not folder.is_dir():
+        reason = f"CTK features not found at {folder}; set {SPEC_DIR_ENV}"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-spec")]
+    scenarios = [s for f in sorted(folder.glob("*.feature")) for s in parse_feature(f)]
+    return [pytest.param(s, id=s.id) for s in scenarios]
+
+
+def lookup(value: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        assert isinstance(value, dict) and part in value, f"no '{dotted}' in {value!r}"
+        value = value[part]
+    return value
+
+
+def started_names(result: TurnResult) -> list[str]:
+    return [e["task"].rsplit("/", 1)[-1] for e in result.history if e["type"] == "task.started"]
+
+
+def check_step(step: Step, result: TurnResult) -> None:
+    text = step.text
+    output = result.output
+    if text == "the workflow should complete":
+        assert result.outcome is TurnOutcome.COMPLETED, result.error
+    elif text == "the workflow should complete with output:":
+        assert result.outcome is TurnOutcome.COMPLETED, result.error
+        assert output == parse_yaml(step.doc or "")
+    elif text == "the workflow should fault with error:":
+        assert result.outcome is TurnOutcome.FAILED
+        expected = parse_yaml(step.doc or "")
+        assert result.error is not None
+        assert {k: result.error.get(k) for k in expected} == expected
+    elif match := re.fullmatch(r"the workflow output should have properties (.+)", text):
+        for dotted in re.findall(r"'([^']+)'", match[1]):
+            lookup(output, dotted)
+    elif match := re.fullmatch(
+        r"the workflow output should have a '(.+)' property with value:", text
+    ):
+        assert lookup(output, match[1]) == parse_yaml(step.doc or "")
+    elif match := re.fullmatch(
+        r"the workflow output should have a '(.+)' property containing (\d+) items", text
+    ):
+        assert len(lookup(output, match[1])) == int(match[2])
+    elif match := re.fullmatch(r"(\w+) should run first", text):
+        assert started_names(result)[0] == match[1]
+    elif match := re.fullmatch(r"(\w+) should run last", text):
+        assert started_names(result)[-1] == match[1]
+    elif match := re.fullmatch(r"(\w+) should run after (\w+)", text):
+        names = started_names(result)
+        assert names.index(match[1]) > names.index(match[2])
+    else:
+        raise AssertionError(f"unknown CTK step: {text}")
+
+
+@pytest.mark.parametrize("scenario", collect())
+def test_ctk_scenario(scenario: Scenario) -> None:
+    definition: WorkflowDefinition | None = None
+    workflow_input: Any = {}
+    checks: list[Step] = []
+    for step in scenario.steps:
+        if step.text == "a workflow with definition:":
+            try:
+                definition = load_definition_text(
+                    step.doc or "", source=f"{scenario.feature}.feature"
+                )
+            except DefinitionError as exc:
+                assert scenario.id not in SUPPORTED_SCENARIOS, str(exc)
+                assert "does not support" in exc.problem or "not supported" in exc.problem, exc
+                pytest.skip(f"unsupported: {exc}")
+        elif step.text == "given the workflow input is:":
+            workflow_input = parse_yaml(step.doc or "")
+        elif step.text != "the workflow is executed":
+            checks.append(step)
+    assert scenario.id in SUPPORTED_SCENARIOS, "this scenario loads: add it to the expected set"
+    assert definition is not None
+    result = run(definition, workflow_input)
+    assert checks
+    for step in checks:
+        check_step(step, result)
+
+
+def test_every_expected_scenario_exists() -> None:
+    folder = spec_dir() / "ctk" / "features"
+    found = {s.id for f in folder.glob("*.feature") for s in parse_feature(f)}
+    assert SUPPORTED_SCENARIOS <= found

@@ -1,0 +1,145 @@
+"""The spec's example definitions: each is accepted or refused as unsupported, never as broken.
+
+Every definition this loader accepts (examples and CTK) must also be valid against the
+official JSON schema, which is only available in the spec folder, not at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from okra_sidecar.engine.dsl import load_definition_text, parse_yaml
+from okra_sidecar.engine.interpreter import TurnOutcome
+from okra_sidecar.errors import DefinitionError
+
+from .support import begin, run, signal, spec_dir
+from .test_ctk import parse_feature
+
+ACCEPTED = {
+    "listen-to-all read-envelope.yaml",
+    "listen-to-all.yaml",
+    "listen-to-any-filter.yaml",
+    "listen-to-any-until-condition.yaml",
+    "listen-to-any-until-consumed.yaml",
+    "listen-to-any.yaml",
+    "raise-inline.yaml",
+    "raise-reusable.yaml",
+    "set-expression.yaml",
+    "set.yaml",
+    "switch-then-string.yaml",
+    "wait-duration-inline.yaml",
+    "wait-duration-iso8601.yaml",
+}
+
+
+def example_files() -> list[Path]:
+    files = sorted((spec_dir() / "examples").glob("*.yaml"))
+    assert files, "no examples found"
+    return files
+
+
+@pytest.fixture(scope="module")
+def official_schema() -> Draft202012Validator:
+    schema = parse_yaml((spec_dir() / "schema" / "workflow.yaml").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def test_examples_are_accepted_or_refused_as_unsupported() -> None:
+    accepted: set[str] = set()
+    for path in example_files():
+        try:
+            load_definition_text(path.read_text(encoding="utf-8"), source=path.name)
+        except DefinitionError as exc:
+            unsupported = "does not support" in exc.problem or "not supported" in exc.problem
+            assert unsupported, f"{path.name} refused for another reason: {exc}"
+            assert exc.source == path.name and exc.path
+        else:
+            accepted.add(path.name)
+    assert accepted == ACCEPTED
+
+
+def accepted_documents() -> list[tuple[str, Any]]:
+    documents: list[tuple[str, Any]] = []
+    for path in example_files():
+        if path.name in ACCEPTED:
+            documents.append((path.name, parse_yaml(path.read_text(encoding="utf-8"))))
+    for feature in sorted((spec_dir() / "ctk" / "features").glob("*.feature")):
+        for scenario in parse_feature(feature):
+            doc = scenario.steps[0].doc or ""
+            try:
+                load_definition_text(doc, source=scenario.id)
+            except DefinitionError:
+                continue
+            documents.append((scenario.id, parse_yaml(doc)))
+    return documents
+
+
+def test_accepted_definitions_are_valid_against_the_official_schema(
+    official_schema: Draft202012Validator,
+) -> None:
+    documents = accepted_documents()
+    assert len(documents) >= len(ACCEPTED)
+    for name, document in documents:
+        errors = [e.message for e in official_schema.iter_errors(document)]
+        assert not errors, f"{name}: {errors}"
+
+
+def load_example(name: str) -> Any:
+    path = spec_dir() / "examples" / name
+    return load_definition_text(path.read_text(encoding="utf-8"), source=name)
+
+
+def test_example_raise_inline_runs() -> None:
+    result = run(load_example("raise-inline.yaml"))
+    assert result.outcome is TurnOutcome.FAILED
+    assert result.error == {
+        "type": "https://serverlessworkflow.io/errors/not-implemented",
+        "status": 500,
+        "title": "Not Implemented",
+        "detail": "The workflow 'raise-not-implemented:0.1.0' is a work in progress and cannot "
+        "be run yet",
+        "instance": "/do/0/notImplemented",
+    }
+    assert run(load_example("raise-reusable.yaml")).error == result.error
+
+
+def test_example_switch_then_string_runs() -> None:
+    definition = load_example("switch-then-string.yaml")
+    assert run(definition, {"orderType": "electronic"}).output == {
+        "validate": True,
+        "status": "fulfilled",
+    }
+    assert run(definition, {"orderType": "other"}).output == {
+        "log": "warn",
+        "message": "something's wrong",
+    }
+
+
+def test_example_set_reads_the_triggering_event() -> None:
+    event = {"type": "io.serverlessworkflow.samples.events.trigger.v1", "data": {"n": 1}}
+    assert run(load_example("set.yaml"), [event]).output == {"startEvent": event}
+    assert run(load_example("set-expression.yaml"), [event]).output == event
+
+
+def test_example_listen_to_all_reads_envelopes() -> None:
+    definition = load_example("listen-to-all read-envelope.yaml")
+    inbox = [
+        signal("1-0", "com.fake-hospital.vitals.measurements.bpm", {"bpm": 130}),
+        signal("2-0", "com.fake-hospital.vitals.measurements.temperature", {"temperature": 36}),
+        signal("3-0", "com.fake-hospital.vitals.measurements.temperature", {"temperature": 39}),
+    ]
+    result = begin(definition, signals=inbox)
+    assert result.consumed == ["1-0", "3-0"]
+    assert result.output == [inbox[0].event, inbox[2].event]
+
+
+def test_example_wait_durations_agree() -> None:
+    inline = begin(load_example("wait-duration-inline.yaml"))
+    iso = begin(load_example("wait-duration-iso8601.yaml"))
+    assert inline.wake_at_ms == iso.wake_at_ms
+    assert inline.wake_at_ms is not None
