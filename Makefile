@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 # Touched after each install; pip runs again only when pyproject.toml is newer.
 STAMP = $(VENV)/.install-stamp
 
-.PHONY: all venv install proto proto-check format lint typecheck test test-unit run bench clean
+.PHONY: all venv install proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench clean
 
 all: lint test
 
@@ -27,11 +27,31 @@ proto-check: install
 	$(BIN)/python protos/generate.py "$$tmp" && \
 	diff -r -x __pycache__ "$$tmp" okra_sidecar/gen && echo "okra_sidecar/gen is up to date"
 
+# The last released descriptor set; `make proto-release VERSION=x.y.z` adds the next one.
+PROTO_RELEASED = $(shell ls protos/released/v*.json | sort -V | tail -n 1)
+
+proto-lint: install
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/buf breaking --against $(PROTO_RELEASED)
+	@echo "protos lint clean and compatible with $(PROTO_RELEASED)"
+
+proto-release: install
+	@test -n "$(VERSION)" || { echo "usage: make proto-release VERSION=x.y.z"; exit 2; }
+	$(BIN)/buf build --exclude-source-info -o protos/released/v$(VERSION).json
+	$(BIN)/python -c "import json, sys; p = sys.argv[1]; \
+	d = json.load(open(p)); open(p, 'w').write(json.dumps(d, indent=1) + '\n')" \
+	protos/released/v$(VERSION).json
+
+# Go, Java and TypeScript stubs per buf.gen.yaml; needs the plugins it names (docs/clients.md).
+stubs: install
+	$(BIN)/buf generate
+
 format: install
 	$(BIN)/ruff check --fix $(sources)
 	$(BIN)/ruff format $(sources)
 
-lint: install proto-check
+lint: install proto-check proto-lint
 	$(BIN)/ruff check $(sources)
 	$(BIN)/ruff format --check $(sources)
 	$(BIN)/mypy $(sources)

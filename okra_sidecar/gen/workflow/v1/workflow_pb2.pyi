@@ -69,6 +69,8 @@ Global___WorkflowStatus: _TypeAlias = WorkflowStatus  # noqa: Y015
 
 @_typing.final
 class RunRequest(_message.Message):
+    """RunRequest starts one instance of a workflow: the seed's `WorkflowInput`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -133,10 +135,13 @@ Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 
 @_typing.final
 class RunResponse(_message.Message):
+    """RunResponse names the instance that Run created (or found, for a repeated request_id)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    """The new instance's id, a UUID; pass it to GetStatus, Signal and Cancel."""
     def __init__(
         self,
         *,
@@ -152,6 +157,8 @@ Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
 
 @_typing.final
 class SignalRequest(_message.Message):
+    """SignalRequest delivers one named signal to one instance: the seed's `SignalInput`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
@@ -159,6 +166,7 @@ class SignalRequest(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    """The instance to deliver to, as Run returned it."""
     signal: _builtins.str
     """Signal name: letters, digits, `_` and `-`, at most 128 characters."""
     signal_id: _builtins.str
@@ -166,7 +174,9 @@ class SignalRequest(_message.Message):
     accepted again but not delivered twice.
     """
     @_builtins.property
-    def payload(self) -> _struct_pb2.Value: ...
+    def payload(self) -> _struct_pb2.Value:
+        """Any JSON value; the `data` of the CloudEvent that a `listen` task receives."""
+
     def __init__(
         self,
         *,
@@ -185,6 +195,8 @@ Global___SignalRequest: _TypeAlias = SignalRequest  # noqa: Y015
 
 @_typing.final
 class SignalResponse(_message.Message):
+    """SignalResponse says under which id the signal was stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
@@ -209,10 +221,13 @@ Global___SignalResponse: _TypeAlias = SignalResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
+    """GetStatusRequest names the instance to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    """The instance's id, as Run returned it."""
     def __init__(
         self,
         *,
@@ -238,9 +253,15 @@ class WorkflowError(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """A URI that identifies the kind of error, e.g.
+    `https://serverlessworkflow.io/spec/1.0.0/errors/runtime`.
+    """
     status: _builtins.int
+    """The HTTP-like status code the error carries, e.g. 400 or 500."""
     title: _builtins.str
+    """A short, human-readable summary of the kind of error."""
     detail: _builtins.str
+    """A human-readable explanation of this occurrence."""
     instance: _builtins.str
     """JSON pointer of the task that raised it."""
     def __init__(
@@ -262,6 +283,10 @@ Global___WorkflowError: _TypeAlias = WorkflowError  # noqa: Y015
 
 @_typing.final
 class WorkflowInstance(_message.Message):
+    """WorkflowInstance is the snapshot of one instance, as GetStatus and Query return it.
+    Status is eventually consistent: it may trail the engine by one turn.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -300,10 +325,13 @@ class WorkflowInstance(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    """The instance's id, a UUID."""
     workflow_id: _builtins.str
     """Fully qualified id of the definition the instance runs on."""
     status: Global___WorkflowStatus.ValueType
+    """Where the instance is in its lifecycle."""
     correlation_id: _builtins.str
+    """The correlation_id Run was given, empty if none."""
     current_step: _builtins.str
     """JSON pointer of the task the instance is executing or waiting in."""
     version: _builtins.str
@@ -311,7 +339,9 @@ class WorkflowInstance(_message.Message):
     cancel_reason: _builtins.str
     """The reason given to Cancel."""
     @_builtins.property
-    def input(self) -> _struct_pb2.Value: ...
+    def input(self) -> _struct_pb2.Value:
+        """The input Run was given."""
+
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """The workflow output once completed."""
@@ -321,7 +351,9 @@ class WorkflowInstance(_message.Message):
         """Set when failed: the DSL's RFC 7807 problem details."""
 
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The tags Run was given."""
+
     @_builtins.property
     def variables(self) -> _struct_pb2.Struct:
         """The workflow's `$context`."""
@@ -367,6 +399,8 @@ Global___WorkflowInstance: _TypeAlias = WorkflowInstance  # noqa: Y015
 
 @_typing.final
 class QueryRequest(_message.Message):
+    """QueryRequest filters instances; every filter given must match: the seed's `QueryOptions`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -398,11 +432,13 @@ class QueryRequest(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
+    """Only instances of this workflow version, by its fully qualified id."""
     limit: _builtins.int
     """Page size, 1 to 1000; 0 means 100."""
     cursor: _builtins.str
     """Opaque cursor from a previous QueryResponse."""
     correlation_id: _builtins.str
+    """Only instances run with this correlation_id."""
     @_builtins.property
     def status(self) -> _containers.RepeatedScalarFieldContainer[Global___WorkflowStatus.ValueType]:
         """Any of these statuses; empty means all."""
@@ -412,9 +448,13 @@ class QueryRequest(_message.Message):
         """Every tag given must match."""
 
     @_builtins.property
-    def started_after(self) -> _timestamp_pb2.Timestamp: ...
+    def started_after(self) -> _timestamp_pb2.Timestamp:
+        """Only instances started after this time."""
+
     @_builtins.property
-    def started_before(self) -> _timestamp_pb2.Timestamp: ...
+    def started_before(self) -> _timestamp_pb2.Timestamp:
+        """Only instances started before this time."""
+
     def __init__(
         self,
         *,
@@ -437,6 +477,8 @@ Global___QueryRequest: _TypeAlias = QueryRequest  # noqa: Y015
 
 @_typing.final
 class QueryResponse(_message.Message):
+    """QueryResponse is one page of matching instances."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCES_FIELD_NUMBER: _builtins.int
@@ -444,7 +486,9 @@ class QueryResponse(_message.Message):
     cursor: _builtins.str
     """Pass back to get the next page; empty when there is none."""
     @_builtins.property
-    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowInstance]: ...
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowInstance]:
+        """At most `limit` instances, newest first."""
+
     def __init__(
         self,
         *,
@@ -461,12 +505,16 @@ Global___QueryResponse: _TypeAlias = QueryResponse  # noqa: Y015
 
 @_typing.final
 class CancelRequest(_message.Message):
+    """CancelRequest names the instance to cancel and why."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    """The instance's id, as Run returned it."""
     reason: _builtins.str
+    """Why it is cancelled; kept as the instance's `cancel_reason`."""
     def __init__(
         self,
         *,
@@ -483,6 +531,8 @@ Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
 
 @_typing.final
 class CancelResponse(_message.Message):
+    """CancelResponse is empty: the instance is cancelled once Cancel returns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -498,6 +548,8 @@ Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015
 
 @_typing.final
 class ListWorkflowsRequest(_message.Message):
+    """ListWorkflowsRequest takes no parameters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -513,6 +565,8 @@ Global___ListWorkflowsRequest: _TypeAlias = ListWorkflowsRequest  # noqa: Y015
 
 @_typing.final
 class WorkflowInfo(_message.Message):
+    """WorkflowInfo describes one registered workflow version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
@@ -525,10 +579,15 @@ class WorkflowInfo(_message.Message):
     workflow_id: _builtins.str
     """Fully qualified id `namespace.name.version`."""
     version: _builtins.str
+    """The definition's `document.version`, a semantic version."""
     namespace: _builtins.str
+    """The definition's `document.namespace`."""
     name: _builtins.str
+    """The definition's `document.name`."""
     title: _builtins.str
+    """The definition's `document.title`, empty if none."""
     summary: _builtins.str
+    """The definition's `document.summary`, empty if none."""
     @_builtins.property
     def triggers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """`manual` and any schedule triggers (`cron`, `every`, `after`, `event`)."""
@@ -554,11 +613,15 @@ Global___WorkflowInfo: _TypeAlias = WorkflowInfo  # noqa: Y015
 
 @_typing.final
 class ListWorkflowsResponse(_message.Message):
+    """ListWorkflowsResponse lists the workflows this caller may run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOWS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowInfo]: ...
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowInfo]:
+        """One entry per registered version, ordered by namespace, name and version."""
+
     def __init__(
         self,
         *,
