@@ -1,0 +1,336 @@
+"""OkraClient: the async Python client of the WorkflowHostAPI, with the seed's method names.
+
+This is a gRPC edge like `api/`, so it imports grpc and the generated stubs; nothing in the
+sidecar imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from okra_sidecar.client.errors import OkraRpcError, error_from_rpc
+from okra_sidecar.client.models import (
+    STATUS_TO_PB,
+    Json,
+    QueryPage,
+    SignalResult,
+    WorkflowInfo,
+    WorkflowInstance,
+    WorkflowStatus,
+    info_from_pb,
+    instance_from_pb,
+    to_timestamp,
+    to_value,
+)
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    # Only the type stubs know the async flavour of the generated stub.
+    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
+
+__all__ = ["DEFAULT_TARGET", "OkraClient", "RetryPolicy"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 10.0
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent calls: exponential backoff with full jitter.
+
+    A failed attempt is retried when its code is in `codes`, or when the server sent a
+    google.rpc.RetryInfo (then after at least that delay), as long as attempts remain and the
+    retry can start before the call's deadline.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+    def delay_s(self, attempt: int, error: OkraRpcError) -> float | None:
+        """Seconds to wait before attempt `attempt + 1`, or None to give up."""
+        if attempt >= self.max_attempts:
+            return None
+        if error.code not in self.codes and error.retry_delay_s is None:
+            return None
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return max(error.retry_delay_s or 0.0, random.uniform(0, ceiling))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class OkraClient:
+    """Runs, signals, reads, queries and cancels workflow instances through a sidecar.
+
+    Use it as an async context manager, or call `close()`:
+
+        async with OkraClient("127.0.0.1:50051") as client:
+            instance_id = await client.run("examples.approval.1.0.0", {"requester": "ada"})
+
+    Every method takes `timeout_s` (seconds, for the whole call including retries; the client's
+    default when None). GetStatus, Query and ListWorkflows are retried on UNAVAILABLE; so are
+    Run with a `request_id` and Signal with a `signal_id`, which the sidecar de-duplicates.
+    Failures raise `OkraRpcError` subclasses (see `okra_sidecar.client.errors`).
+
+    Args:
+        target: The sidecar's `host:port` (or any gRPC target, e.g. `unix:///run/okra.sock`).
+        channel: A channel to use instead of opening one on `target`; it is not closed here.
+        timeout_s: Default deadline of each call in seconds; None means no deadline.
+        retry: How idempotent calls are retried.
+        metadata: Sent with every call, e.g. `[("authorization", "Bearer ...")]`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._stub: WorkflowHostAPIAsyncStub = pb_grpc.WorkflowHostAPIStub(self._channel)
+        self._timeout_s = timeout_s
+        self._retry = retry or RetryPolicy()
+        self._metadata = tuple(metadata)
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> OkraClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def run(
+        self,
+        workflow_id: str,
+        input: Json,
+        *,
+        correlation_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Start an instance of `workflow_id` (`namespace.name.version`); returns its id.
+
+        With a `request_id`, a repeated call returns the instance the first one created, so
+        the call is retried on UNAVAILABLE; without one it is never retried.
+        """
+        request = pb.RunRequest(
+            workflow_id=workflow_id,
+            input=to_value(input),
+            correlation_id=correlation_id or "",
+            tags=dict(tags or {}),
+            request_id=request_id or "",
+        )
+        response = await self._call(
+            lambda t: self._stub.Run(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=bool(request_id),
+        )
+        return response.instance_id
+
+    async def signal(
+        self,
+        instance_id: str,
+        signal: str,
+        payload: Json = None,
+        *,
+        signal_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> SignalResult:
+        """Deliver signal `signal` with `payload` to an instance.
+
+        With a `signal_id` the sidecar delivers it at most once, so the call is retried.
+        """
+        request = pb.SignalRequest(
+            instance_id=instance_id,
+            signal=signal,
+            payload=to_value(payload),
+            signal_id=signal_id or "",
+        )
+        response = await self._call(
+            lambda t: self._stub.Signal(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=bool(signal_id),
+        )
+        return SignalResult(response.signal_id, response.duplicate)
+
+    async def get_status(
+        self, instance_id: str, *, timeout_s: float | None = None
+    ) -> WorkflowInstance:
+        """The current snapshot of one instance."""
+        request = pb.GetStatusRequest(instance_id=instance_id)
+        message = await self._call(
+            lambda t: self._stub.GetStatus(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return instance_from_pb(message)
+
+    async def query(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: Iterable[WorkflowStatus | str] = (),
+        tags: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        timeout_s: float | None = None,
+    ) -> QueryPage:
+        """One page of the instances matching every filter given, newest first."""
+        request = pb.QueryRequest(
+            workflow_id=workflow_id or "",
+            status=[STATUS_TO_PB[WorkflowStatus(s)] for s in status],
+            tags=dict(tags or {}),
+            correlation_id=correlation_id or "",
+            limit=limit or 0,
+            cursor=cursor or "",
+        )
+        if started_after is not None:
+            request.started_after.CopyFrom(to_timestamp(started_after))
+        if started_before is not None:
+            request.started_before.CopyFrom(to_timestamp(started_before))
+        response = await self._call(
+            lambda t: self._stub.Query(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return QueryPage(
+            instances=[instance_from_pb(m) for m in response.instances],
+            cursor=response.cursor or None,
+        )
+
+    async def query_all(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: Iterable[WorkflowStatus | str] = (),
+        tags: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        page_size: int | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[WorkflowInstance]:
+        """Every matching instance, newest first, fetching pages of `page_size` as needed.
+
+        `timeout_s` applies to each page's call.
+        """
+        statuses = list(status)
+        cursor: str | None = None
+        while True:
+            page = await self.query(
+                workflow_id=workflow_id,
+                status=statuses,
+                tags=tags,
+                correlation_id=correlation_id,
+                started_after=started_after,
+                started_before=started_before,
+                limit=page_size,
+                cursor=cursor,
+                timeout_s=timeout_s,
+            )
+            for instance in page.instances:
+                yield instance
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def cancel(
+        self, instance_id: str, reason: str | None = None, *, timeout_s: float | None = None
+    ) -> None:
+        """Cancel a pending, running or waiting instance (never retried)."""
+        request = pb.CancelRequest(instance_id=instance_id, reason=reason or "")
+        await self._call(
+            lambda t: self._stub.Cancel(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=False,
+        )
+
+    async def list_workflows(self, *, timeout_s: float | None = None) -> list[WorkflowInfo]:
+        """Every registered workflow version this caller may run."""
+        response = await self._call(
+            lambda t: self._stub.ListWorkflows(
+                pb.ListWorkflowsRequest(), timeout=t, metadata=self._metadata
+            ),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return [info_from_pb(m) for m in response.workflows]
+
+    async def wait(
+        self,
+        instance_id: str,
+        *,
+        until: Iterable[WorkflowStatus | str] = (
+            WorkflowStatus.COMPLETED,
+            WorkflowStatus.FAILED,
+            WorkflowStatus.CANCELLED,
+        ),
+        timeout_s: float = 30.0,
+        poll_s: float = 0.1,
+    ) -> WorkflowInstance:
+        """Poll GetStatus until the instance reaches a status in `until` (finished by default).
+
+        Raises:
+            TimeoutError: it did not within `timeout_s` seconds.
+        """
+        wanted = {WorkflowStatus(s) for s in until}
+        async with asyncio.timeout(timeout_s):
+            while True:
+                instance = await self.get_status(instance_id)
+                if instance.status in wanted:
+                    return instance
+                await asyncio.sleep(poll_s)
+
+    async def _call(
+        self,
+        attempt_call: Callable[[float | None], Awaitable[R]],
+        *,
+        timeout_s: float | None,
+        idempotent: bool,
+    ) -> R:
+        """One call, retried per the policy if idempotent, within one overall deadline."""
+        loop = asyncio.get_running_loop()
+        budget = self._timeout_s if timeout_s is None else timeout_s
+        deadline = None if budget is None else loop.time() + budget
+        policy = self._retry if idempotent else NO_RETRY
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                return await attempt_call(remaining)
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc(exc)
+                delay = policy.delay_s(attempt, error)
+                if delay is None or (deadline is not None and loop.time() + delay >= deadline):
+                    raise error from None
+            await asyncio.sleep(delay)

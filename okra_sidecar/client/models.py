@@ -1,0 +1,199 @@
+"""What the client returns: plain dataclasses with JSON values, converted from the messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.instances import FINISHED_STATUSES
+from okra_sidecar.instances import InstanceStatus as WorkflowStatus
+
+__all__ = [
+    "Json",
+    "QueryPage",
+    "SignalResult",
+    "WorkflowError",
+    "WorkflowInfo",
+    "WorkflowInstance",
+    "WorkflowStatus",
+]
+
+# A JSON value as json.loads returns it; typed shims (`okra-sidecar codegen`) narrow it.
+Json: TypeAlias = Any
+
+STATUS_FROM_PB = {
+    pb.WORKFLOW_STATUS_PENDING: WorkflowStatus.PENDING,
+    pb.WORKFLOW_STATUS_RUNNING: WorkflowStatus.RUNNING,
+    pb.WORKFLOW_STATUS_WAITING: WorkflowStatus.WAITING,
+    pb.WORKFLOW_STATUS_COMPLETED: WorkflowStatus.COMPLETED,
+    pb.WORKFLOW_STATUS_FAILED: WorkflowStatus.FAILED,
+    pb.WORKFLOW_STATUS_CANCELLED: WorkflowStatus.CANCELLED,
+    pb.WORKFLOW_STATUS_SUSPENDED: WorkflowStatus.SUSPENDED,
+}
+STATUS_TO_PB = {v: k for k, v in STATUS_FROM_PB.items()}
+
+
+@dataclass(frozen=True)
+class WorkflowError:
+    """The RFC 7807 problem a failed instance carries."""
+
+    type: str
+    status: int
+    title: str
+    detail: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class WorkflowInstance:
+    """One instance's snapshot: the seed's WorkflowInstance, with Python names."""
+
+    instance_id: str
+    workflow_id: str
+    version: str
+    status: WorkflowStatus
+    input: Json
+    start_time: datetime | None
+    output: Json = None
+    error: WorkflowError | None = None
+    current_step: str | None = None
+    end_time: datetime | None = None
+    updated_at: datetime | None = None
+    variables: dict[str, Json] = field(default_factory=dict)
+    correlation_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    cancel_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Completed, failed or cancelled: nothing will change any more."""
+        return self.status in FINISHED_STATUSES
+
+    def to_json(self) -> dict[str, Json]:
+        """The seed's JSON shape (camelCase keys, ISO 8601 times), without unset fields."""
+        data: dict[str, Json] = {
+            "instanceId": self.instance_id,
+            "workflowId": self.workflow_id,
+            "version": self.version,
+            "status": self.status.value,
+            "currentStep": self.current_step,
+            "startTime": _iso(self.start_time),
+            "endTime": _iso(self.end_time),
+            "input": self.input,
+            "output": self.output,
+            "error": self.error.detail or self.error.title if self.error else None,
+            "variables": self.variables,
+            "correlationId": self.correlation_id,
+            "tags": self.tags or None,
+        }
+        return {key: item for key, item in data.items() if item is not None}
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """One page of Query; pass `cursor` back for the next one (None when there is none)."""
+
+    instances: list[WorkflowInstance]
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A registered workflow version, as ListWorkflows reports it."""
+
+    workflow_id: str
+    version: str
+    triggers: list[str]
+    namespace: str
+    name: str
+    title: str = ""
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    """Under which id a signal was stored, and whether that id had been delivered before."""
+
+    signal_id: str
+    duplicate: bool
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def to_value(data: Json) -> struct_pb2.Value:
+    """A JSON value as google.protobuf.Value.
+
+    Raises:
+        TypeError: `data` is not JSON (e.g. a set, bytes or a datetime).
+    """
+    message = struct_pb2.Value()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        raise TypeError(f"not a JSON value: {exc}") from exc
+    return message
+
+
+def from_value(message: struct_pb2.Value) -> Json:
+    """A google.protobuf.Value as plain JSON data; an unset Value is None."""
+    if message.WhichOneof("kind") is None:
+        return None
+    return json_format.MessageToDict(message)
+
+
+def to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    """A Timestamp; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _time(message: pb.WorkflowInstance, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]  # name is a Timestamp field
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def instance_from_pb(message: pb.WorkflowInstance) -> WorkflowInstance:
+    error = None
+    if message.HasField("error"):
+        e = message.error
+        error = WorkflowError(e.type, e.status, e.title, e.detail, e.instance)
+    return WorkflowInstance(
+        instance_id=message.instance_id,
+        workflow_id=message.workflow_id,
+        version=message.version,
+        status=STATUS_FROM_PB[message.status],
+        input=from_value(message.input),
+        output=from_value(message.output) if message.HasField("output") else None,
+        error=error,
+        current_step=message.current_step or None,
+        start_time=_time(message, "start_time"),
+        end_time=_time(message, "end_time"),
+        updated_at=_time(message, "updated_at"),
+        variables=json_format.MessageToDict(message.variables),
+        correlation_id=message.correlation_id or None,
+        tags=dict(message.tags),
+        cancel_reason=message.cancel_reason or None,
+    )
+
+
+def info_from_pb(message: pb.WorkflowInfo) -> WorkflowInfo:
+    return WorkflowInfo(
+        workflow_id=message.workflow_id,
+        version=message.version,
+        triggers=list(message.triggers),
+        namespace=message.namespace,
+        name=message.name,
+        title=message.title,
+        summary=message.summary,
+    )

@@ -1,0 +1,128 @@
+"""OkraClient against a real sidecar: every method, JSON in and out, and the typed errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from okra_sidecar.client import (
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    OkraClient,
+    WorkflowInstance,
+    WorkflowStatus,
+)
+from okra_sidecar.server import Sidecar
+from tests.helpers import Stub
+
+
+@pytest_asyncio.fixture
+async def client(sidecar: tuple[Sidecar, Stub]) -> AsyncIterator[OkraClient]:
+    async with OkraClient(f"127.0.0.1:{sidecar[0].port}", timeout_s=5.0) as made:
+        yield made
+
+
+async def test_run_signal_and_read_back_json(client: OkraClient) -> None:
+    instance_id = await client.run(
+        "tests.approval.1.0.0", {"amount": 120}, correlation_id="order-7", tags={"team": "a"}
+    )
+    waiting = await client.wait(instance_id, until=["waiting"])
+    assert waiting.current_step == "/do/0/askForApproval"
+    assert (waiting.input, waiting.correlation_id, waiting.tags) == (
+        {"amount": 120},
+        "order-7",
+        {"team": "a"},
+    )
+    result = await client.signal(instance_id, "approve", {"by": "bo"})
+    assert result.signal_id and not result.duplicate
+    done = await client.wait(instance_id)
+    assert done.status is WorkflowStatus.COMPLETED and done.finished
+    assert done.output == {"amount": 120, "approvedBy": "bo"}
+    assert done.start_time is not None and done.end_time is not None
+    assert done.start_time <= done.end_time
+    seed_shape = done.to_json()
+    assert seed_shape["instanceId"] == instance_id
+    assert seed_shape["status"] == "completed"
+    assert seed_shape["startTime"].endswith("Z")
+    assert {"workflowId", "version", "input", "output", "variables"} <= seed_shape.keys()
+
+
+async def test_scalar_and_null_json_round_trip(client: OkraClient) -> None:
+    instance_id = await client.run("tests.forever.1.0.0", [1, "two", None, {"x": 3.5}])
+    assert (await client.get_status(instance_id)).input == [1, "two", None, {"x": 3.5}]
+    with pytest.raises(TypeError, match="not a JSON value"):
+        await client.run("tests.forever.1.0.0", {"when": datetime.now(UTC)})
+
+
+async def test_request_id_and_signal_id_make_calls_repeatable(client: OkraClient) -> None:
+    first = await client.run("tests.forever.1.0.0", None, request_id="req-1")
+    assert await client.run("tests.forever.1.0.0", None, request_id="req-1") == first
+    sent = await client.signal(first, "other", signal_id="sig-1")
+    again = await client.signal(first, "other", signal_id="sig-1")
+    assert (sent.signal_id, sent.duplicate, again.duplicate) == ("sig-1", False, True)
+
+
+async def test_query_pages_and_iterates_over_all_pages(client: OkraClient) -> None:
+    ids = [await client.run("tests.forever.1.0.0", {"n": n}, tags={"batch": "q"}) for n in range(5)]
+    page = await client.query(tags={"batch": "q"}, limit=2)
+    assert [i.instance_id for i in page.instances] == ids[::-1][:2]
+    assert page.cursor is not None
+    seen = [i.instance_id async for i in client.query_all(tags={"batch": "q"}, page_size=2)]
+    assert seen == ids[::-1]
+    waiting = [
+        i
+        async for i in client.query_all(
+            workflow_id="tests.forever.1.0.0",
+            status=[WorkflowStatus.PENDING, WorkflowStatus.WAITING],
+            started_after=datetime.now(UTC) - timedelta(minutes=5),
+            started_before=datetime.now(UTC) + timedelta(minutes=5),
+        )
+    ]
+    assert {i.instance_id for i in waiting} == set(ids)
+    assert all(isinstance(i, WorkflowInstance) for i in waiting)
+    assert [i async for i in client.query_all(correlation_id="nobody")] == []
+
+
+async def test_cancel_then_cancel_again_fails_typed(client: OkraClient) -> None:
+    instance_id = await client.run("tests.forever.1.0.0", None)
+    await client.cancel(instance_id, "no longer needed")
+    cancelled = await client.get_status(instance_id)
+    assert cancelled.status is WorkflowStatus.CANCELLED
+    assert cancelled.cancel_reason == "no longer needed"
+    with pytest.raises(FailedPreconditionError) as caught:
+        await client.cancel(instance_id)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(FailedPreconditionError):
+        await client.signal(instance_id, "approve")
+
+
+async def test_list_workflows(client: OkraClient) -> None:
+    workflows = {w.workflow_id: w for w in await client.list_workflows()}
+    approval = workflows["tests.approval.1.0.0"]
+    assert (approval.namespace, approval.name, approval.version) == ("tests", "approval", "1.0.0")
+    assert "manual" in approval.triggers
+
+
+async def test_errors_are_typed_with_their_details(client: OkraClient) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(NotFoundError) as not_found:
+        await client.get_status(missing)
+    assert missing in not_found.value.message
+    with pytest.raises(InvalidArgumentError) as bad_input:
+        await client.run("tests.approval.1.0.0", {"amount": -1})
+    assert bad_input.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in bad_input.value.field_violations] == ["input.amount"]
+    with pytest.raises(InvalidArgumentError) as bad_id:
+        await client.get_status("not-an-id")
+    assert bad_id.value.field_violations == (
+        FieldViolation("instance_id", bad_id.value.field_violations[0].description),
+    )
+    with pytest.raises(ValueError):
+        await client.query(status=["sleeping"])
