@@ -1,0 +1,185 @@
+"""`python -m bench`: start the servers, run the selected workloads, print the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.cleanup import delete_prefixed_keys
+from bench.cpu import CpuMeter
+from bench.load import Result
+from bench.processes import ServerStartError, echo_process, sidecar_process
+from bench.progress import ProgressTimeoutError
+from bench.report import format_ratios, format_table, to_json
+from bench.workloads import (
+    HOLD,
+    BenchError,
+    Client,
+    measure_completion,
+    measure_echo,
+    measure_get_status,
+    measure_run,
+    measure_signal,
+    run_request,
+    warm_up,
+)
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+
+WORKLOADS = ("echo", "W1", "W2", "W3", "W4")
+FULL_COUNTS = {"echo": 5000, "W1": 2000, "W2": 1000, "W3": 500, "W4": 5000}
+QUICK_COUNTS = {"echo": 1000, "W1": 300, "W2": 200, "W3": 100, "W4": 1000}
+# The rows whose ratio to echo is reported; selecting one runs the echo baseline too.
+NEEDS_ECHO = ("W1", "W4")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: workload name -> number of calls (or instances), and how."""
+
+    counts: dict[str, int]
+    concurrency: int = 64
+    redis_url: str | None = None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_only(text: str | None) -> list[str]:
+    if not text:
+        return list(WORKLOADS)
+    chosen = {w.strip().upper() for w in text.split(",") if w.strip()}
+    unknown = chosen - {w.upper() for w in WORKLOADS}
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {sorted(unknown)[0]!r}; choose from {', '.join(WORKLOADS)}"
+        )
+    if chosen & set(NEEDS_ECHO):
+        chosen.add("ECHO")
+    return [w for w in WORKLOADS if w.upper() in chosen]
+
+
+async def run_echo(plan: Plan, work_dir: Path) -> Result:
+    async with echo_process(work_dir) as server:
+        log(f"echo: {plan.counts['echo']} calls at concurrency {plan.concurrency}")
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            return await measure_echo(
+                channel,
+                count=plan.counts["echo"],
+                concurrency=plan.concurrency,
+                meter=CpuMeter.for_process(server.pid),
+                payload=run_request(HOLD).SerializeToString(),
+            )
+
+
+async def run_workloads(client: Client, plan: Plan) -> list[Result]:
+    """The selected W1-W4, in order, against one ready sidecar."""
+    counts = plan.counts
+    results: list[Result] = []
+    completed_ids: list[str] = []
+    if "W1" in counts:
+        log(f"W1: {counts['W1']} Runs of a workflow that waits")
+        results.append(await measure_run(client, counts["W1"]))
+    if "W2" in counts:
+        log(f"W2: {counts['W2']} Runs of three set tasks, until all complete")
+        row, completed_ids = await measure_completion(client, counts["W2"])
+        results.append(row)
+    if "W3" in counts:
+        log(f"W3: {counts['W3']} instances parked in a listen, then signalled")
+        results.extend(await measure_signal(client, counts["W3"]))
+    if "W4" in counts:
+        log(f"W4: {counts['W4']} GetStatus calls")
+        results.append(await measure_get_status(client, counts["W4"], completed_ids))
+    return results
+
+
+async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
+    # A shared Redis gets keys under a prefix of their own, removed once the sidecar stopped.
+    prefix = f"okra-bench-{uuid.uuid4().hex[:8]}:" if plan.redis_url else None
+    started = False
+    try:
+        async with sidecar_process(work_dir, redis_url=plan.redis_url, key_prefix=prefix) as server:
+            started = True
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                client = Client(
+                    stub=pb_grpc.WorkflowHostAPIStub(channel),
+                    concurrency=plan.concurrency,
+                    meter=CpuMeter.for_process(server.pid),
+                )
+                log(f"sidecar ready on {server.address}; warming up")
+                await warm_up(client)
+                return await run_workloads(client, plan)
+    finally:
+        if started and plan.redis_url and prefix:
+            removed = await delete_prefixed_keys(plan.redis_url, prefix)
+            log(
+                f"removed {removed} keys under {prefix}"
+                if removed >= 0
+                else f"warning: could not remove the keys under {prefix}"
+            )
+
+
+async def run_bench(plan: Plan) -> list[Result]:
+    """Every selected workload, each server in its own process, in a scratch directory."""
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="okra-bench-") as scratch:
+        work_dir = Path(scratch)
+        if "echo" in plan.counts:
+            results.append(await run_echo(plan, work_dir))
+        if any(w in plan.counts for w in WORKLOADS if w != "echo"):
+            results.extend(await run_sidecar(plan, work_dir))
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure the okra sidecar, run as its own process, against a grpc.aio echo.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts (about 10 s)")
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        default=list(WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (W1 and W4 bring echo along)",
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (64)")
+    parser.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    counts = QUICK_COUNTS if args.quick else FULL_COUNTS
+    plan = Plan(
+        counts={w: counts[w] for w in args.only},
+        concurrency=args.concurrency,
+        redis_url=args.redis_url,
+    )
+    try:
+        results = asyncio.run(run_bench(plan))
+    except (ServerStartError, BenchError, ProgressTimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        settings = {
+            "counts": plan.counts,
+            "concurrency": plan.concurrency,
+            "redis": "external" if plan.redis_url else "embedded",
+        }
+        print(to_json(results, settings))
+    else:
+        print(format_table(results))
+        ratios = format_ratios(results)
+        if ratios:
+            print("\n" + ratios)
+    return 0

@@ -1,0 +1,93 @@
+"""CPU used by the client, the server and the server's redis-server over a window, from /proc."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+# utime and stime are fields 14 and 15 of /proc/PID/stat, counted after the `(comm)` field.
+STAT_UTIME_INDEX = 11
+TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """Percent of one core each process used over a window (None: not measured)."""
+
+    client: float
+    server: float | None
+    redis: float | None
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall_s: float
+    client_s: float
+    server_s: float | None
+    redis_s: float | None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a process and its threads; None if unreadable."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return (int(fields[STAT_UTIME_INDEX]) + int(fields[STAT_UTIME_INDEX + 1])) / TICKS_PER_S
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (Linux 3.5+), empty when /proc does not tell."""
+    children: list[int] = []
+    try:
+        for task in (PROC / str(pid) / "task").iterdir():
+            children.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        return []
+    return children
+
+
+class CpuMeter:
+    """Samples CPU time of this process (the client), a server process and its Redis.
+
+    Args:
+        server_pid: The server's process, or None when it runs in this process (tests).
+        redis_pid: The embedded redis-server, or None for an external Redis or none at all.
+    """
+
+    def __init__(self, *, server_pid: int | None = None, redis_pid: int | None = None) -> None:
+        self._server_pid = server_pid
+        self._redis_pid = redis_pid
+
+    @classmethod
+    def for_process(cls, pid: int) -> CpuMeter:
+        """A meter on `pid` and its first child (the sidecar's embedded redis-server)."""
+        children = child_pids(pid)
+        return cls(server_pid=pid, redis_pid=children[0] if children else None)
+
+    def sample(self) -> CpuSample:
+        return CpuSample(
+            wall_s=time.perf_counter(),
+            client_s=time.process_time(),
+            server_s=None if self._server_pid is None else process_cpu_s(self._server_pid),
+            redis_s=None if self._redis_pid is None else process_cpu_s(self._redis_pid),
+        )
+
+    def share_since(self, start: CpuSample) -> CpuShare:
+        end = self.sample()
+        wall = max(end.wall_s - start.wall_s, 1e-9)
+
+        def percent(before: float | None, after: float | None) -> float | None:
+            if before is None or after is None:
+                return None
+            return 100 * (after - before) / wall
+
+        return CpuShare(
+            client=100 * (end.client_s - start.client_s) / wall,
+            server=percent(start.server_s, end.server_s),
+            redis=percent(start.redis_s, end.redis_s),
+        )

@@ -1,0 +1,140 @@
+"""The results as one text table, or as JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from bench.cpu import CpuShare
+from bench.load import Result
+from bench.workloads import ECHO
+
+# Rows that are plain rpc rates, comparable with the echo baseline, and their targets.
+RPC_ROWS = {"W1 Run": 0.40, "W3 Signal rpc": None, "W4 GetStatus": 0.60}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    value: float
+    target: float | None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.value >= self.target
+
+
+def ratios(results: Sequence[Result]) -> list[Ratio]:
+    """Each rpc row's rate over the echo rate, when both were measured."""
+    by_name = {r.name: r for r in results}
+    echo = by_name.get(ECHO)
+    if echo is None or echo.rate <= 0:
+        return []
+    return [
+        Ratio(name, by_name[name].rate / echo.rate, target)
+        for name, target in RPC_ROWS.items()
+        if name in by_name
+    ]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def format_table(results: Sequence[Result]) -> str:
+    by_ratio = {r.name: r for r in ratios(results)}
+    header: tuple[str, ...] = (
+        "workload",
+        "count",
+        "rate/s",
+        "p50 ms",
+        "p99 ms",
+        "vs echo",
+        "retried",
+        "cpu% client/server/redis",
+    )
+    rows: list[tuple[str, ...]] = [header]
+    for result in results:
+        ratio = by_ratio.get(result.name)
+        cpu = result.cpu
+        rows.append(
+            (
+                result.name,
+                str(result.count),
+                f"{result.rate:.0f}",
+                f"{result.p50_ms:.1f}",
+                f"{result.p99_ms:.1f}",
+                f"{ratio.value:.1%}" if ratio else "",
+                str(result.errors) if result.errors else "",
+                "/".join(_percent(v) for v in (cpu.client, cpu.server, cpu.redis)) if cpu else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_ratios(results: Sequence[Result]) -> str:
+    lines = []
+    for ratio in ratios(results):
+        if ratio.target is None:
+            continue
+        verdict = "met" if ratio.met else "NOT met"
+        lines.append(
+            f"{ratio.name} / echo = {ratio.value:.1%} (target >= {ratio.target:.0%}: {verdict})"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+
+
+def _cpu_json(cpu: CpuShare) -> dict[str, float | None]:
+    shares = {"client": cpu.client, "server": cpu.server, "redis": cpu.redis}
+    return {k: None if v is None else round(v, 1) for k, v in shares.items()}
+
+
+def to_json(results: Sequence[Result], settings: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {
+            "machine": machine(),
+            "settings": dict(settings),
+            "results": [
+                {
+                    "workload": r.name,
+                    "count": r.count,
+                    "elapsed_s": round(r.elapsed_s, 4),
+                    "rate_per_s": round(r.rate, 1),
+                    "p50_ms": round(r.p50_ms, 2),
+                    "p99_ms": round(r.p99_ms, 2),
+                    "retried_errors": r.errors,
+                    "cpu_percent": None if r.cpu is None else _cpu_json(r.cpu),
+                }
+                for r in results
+            ],
+            "ratios": [
+                {"workload": q.name, "to_echo": round(q.value, 3), "target": q.target, "met": q.met}
+                for q in ratios(results)
+            ],
+        },
+        indent=2,
+    )

@@ -1,0 +1,121 @@
+"""Smoke tests for the benchmark code: tiny counts, no assertion on speed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from bench.cli import Plan, parse_only, run_bench
+from bench.cpu import CpuMeter
+from bench.echo import build_echo_server
+from bench.load import Result, drive, percentile
+from bench.processes import WORKFLOWS_DIR
+from bench.report import format_ratios, format_table, to_json
+from bench.workloads import (
+    Client,
+    measure_completion,
+    measure_echo,
+    measure_get_status,
+    measure_run,
+    measure_signal,
+)
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from tests.helpers import make_settings, running_sidecar
+
+
+@pytest_asyncio.fixture
+async def client(redis: Redis, redis_url: str) -> AsyncIterator[Client]:
+    """The `sidecar` fixture's setup, with the bench workflows instead of the test ones."""
+    async with running_sidecar(make_settings(redis_url, workflows=WORKFLOWS_DIR)) as (sidecar, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            yield Client(stub=pb_grpc.WorkflowHostAPIStub(channel), concurrency=3)
+
+
+def check_row(row: Result, name: str, count: int) -> None:
+    assert (row.name, row.count, len(row.latencies_ms)) == (name, count, count)
+    assert row.elapsed_s > 0 and row.rate > 0
+    assert 0 <= row.p50_ms <= row.p99_ms
+
+
+async def test_sidecar_workloads_measure(client: Client) -> None:
+    check_row(await measure_run(client, 4), "W1 Run", 4)
+    row, ids = await measure_completion(client, 5)
+    check_row(row, "W2 Run->completed", 5)
+    assert len(set(ids)) == 5
+    rpc, completion = await measure_signal(client, 3)
+    check_row(rpc, "W3 Signal rpc", 3)
+    check_row(completion, "W3 Signal->completed", 3)
+    check_row(await measure_get_status(client, 7, ids), "W4 GetStatus", 7)
+
+
+async def test_get_status_makes_its_own_instances(client: Client) -> None:
+    check_row(await measure_get_status(client, 3), "W4 GetStatus", 3)
+
+
+async def test_echo_baseline_measures() -> None:
+
+    server, port = build_echo_server("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            row = await measure_echo(
+                channel,
+                count=6,
+                concurrency=2,
+                meter=CpuMeter(),
+                payload=b"x",
+            )
+    finally:
+        await server.stop(None)
+    check_row(row, "echo (grpc.aio)", 6)
+    assert row.cpu is not None and row.cpu.server is None
+
+
+def test_report_shows_ratios_to_echo() -> None:
+    results = [
+        Result("echo (grpc.aio)", 100, 1.0, [1.0] * 100),
+        Result("W1 Run", 50, 1.0, [2.0] * 50),
+        Result("W4 GetStatus", 80, 1.0, [1.5] * 80),
+    ]
+    table = format_table(results)
+    assert "W1 Run" in table and "50.0%" in table and "80.0%" in table
+    assert format_ratios(results).splitlines() == [
+        "W1 Run / echo = 50.0% (target >= 40%: met)",
+        "W4 GetStatus / echo = 80.0% (target >= 60%: met)",
+    ]
+    document = json.loads(to_json(results, {"concurrency": 64}))
+    assert [r["to_echo"] for r in document["ratios"]] == [0.5, 0.8]
+
+
+async def test_drive_retries_unavailable_and_counts_it() -> None:
+    failures = {2: 2}
+
+    async def call(index: int) -> int:
+        if failures.get(index, 0):
+            failures[index] -= 1
+            empty = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, "busy")
+        return index * 10
+
+    timing = await drive(call, count=4, concurrency=2)
+    assert timing.replies == [0, 10, 20, 30]
+    assert timing.errors == {"UNAVAILABLE": 2}
+
+
+def test_percentile_and_selection() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([float(v) for v in range(1, 101)], 99) == 99.0
+    assert parse_only("w4") == ["echo", "W4"]
+    assert parse_only("W2,W3") == ["W2", "W3"]
+
+
+@pytest.mark.slow
+async def test_bench_runs_its_own_processes() -> None:
+    plan = Plan(counts={"echo": 3, "W1": 3, "W4": 3}, concurrency=2)
+    results = await run_bench(plan)
+    assert [r.name for r in results] == ["echo (grpc.aio)", "W1 Run", "W4 GetStatus"]
