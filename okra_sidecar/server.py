@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
 HEALTH_INTERVAL_S = 1.0
+REDIS_POOL_BASE = 128
+REDIS_POOL_WAIT_S = 5.0
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
@@ -116,7 +118,15 @@ async def start_sidecar(settings: Settings) -> Sidecar:
             data_dir=settings.redis.data_dir / "redis", appendfsync=appendfsync
         )
         url = await embedded.start()
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    # A blocking pool makes a burst wait for a free connection instead of failing the call.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_POOL_BASE + 2 * settings.engine.concurrency,
+        timeout=REDIS_POOL_WAIT_S,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+    )
+    client = aioredis.Redis.from_pool(pool)
     try:
         store = RedisStore(
             redis=client,

@@ -1,4 +1,4 @@
-"""With no Redis URL the sidecar runs its own redis-server, and what it stored survives a restart."""
+"""With no Redis URL the sidecar runs its own redis-server, and its data survives a restart."""
 
 from __future__ import annotations
 
