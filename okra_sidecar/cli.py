@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from okra_sidecar import __version__
 from okra_sidecar.config import ConfigError, Settings
 from okra_sidecar.engine.registry import read_directory
 from okra_sidecar.errors import AlreadyExistsError, DefinitionError, StoreUnavailableError
+from okra_sidecar.telemetry.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING (env OKRA_LOG_LEVEL)"
     )
+    serve.add_argument(
+        "--log-format", default=None, help="json (default) or text (env OKRA_LOG_FORMAT)"
+    )
+    serve.add_argument(
+        "--admin-listen",
+        default=None,
+        help="HOST:PORT serving Prometheus /metrics; off by default (env OKRA_ADMIN_LISTEN)",
+    )
     validate = commands.add_parser("validate", help="check a directory of workflow definitions")
     validate.add_argument("directory")
     return parser
@@ -48,19 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for definition in definitions:
             print(f"ok {definition.id}")
         return 0
-    level = args.log_level or os.environ.get("OKRA_LOG_LEVEL", "INFO")
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     flags = {
         key: getattr(args, key)
-        for key in ("config", "listen", "redis_url", "workflows", "policies", "data_dir")
+        for key in (
+            *("config", "listen", "redis_url", "workflows", "policies", "data_dir"),
+            *("admin_listen", "log_level", "log_format"),
+        )
     }
     try:
         settings = Settings.load(flags=flags, environ=os.environ)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.telemetry)
     from okra_sidecar.server import serve
 
     try:

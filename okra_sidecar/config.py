@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -85,12 +86,62 @@ class EngineSettings:
     read_block_ms: int = 1000
 
 
+EXPORTERS = ("none", "otlp", "console")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Traces, metrics and logs; the standard OTEL_* variables set most of it.
+
+    Exporters default to `none`: a sidecar started on a laptop sends nothing anywhere and pays
+    nothing for tracing. `otlp_*_endpoint` left None means the exporter's own default.
+    """
+
+    service_name: str = "okra-sidecar"
+    service_namespace: str = ""
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    traces_exporter: str = "none"
+    metrics_exporter: str = "none"
+    otlp_protocol: str = "grpc"
+    otlp_traces_protocol: str | None = None
+    otlp_metrics_protocol: str | None = None
+    otlp_endpoint: str | None = None
+    otlp_traces_endpoint: str | None = None
+    otlp_metrics_endpoint: str | None = None
+    sampler: str = "parentbased_always_on"
+    sampler_arg: float = 1.0
+    metric_export_interval_s: float = 60.0
+    admin_listen: str | None = None  # None: no Prometheus scrape endpoint
+    gauge_interval_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @property
+    def tracing(self) -> bool:
+        return self.traces_exporter != "none"
+
+    @property
+    def metrics(self) -> bool:
+        return self.metrics_exporter != "none" or self.admin_listen is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     host: HostSettings = field(default_factory=HostSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     workflows_dir: Path | None = None
     policies_file: Path | None = None
 
@@ -104,6 +155,9 @@ class Settings:
         for var, key in ENV_VARIABLES.items():
             if var in environ and environ[var] != "":
                 values[key] = (environ[var], var)
+        if _bool(environ.get("OTEL_SDK_DISABLED", "false"), "OTEL_SDK_DISABLED"):
+            for key in ("tracesExporter", "metricsExporter"):
+                values[key] = ("none", "OTEL_SDK_DISABLED")
         for flag, key in FLAG_KEYS.items():
             if flags.get(flag):
                 values[key] = (flags[flag], f"--{flag.replace('_', '-')}")
@@ -153,6 +207,57 @@ def _durability(value: object, name: str) -> str:
     return str(value)
 
 
+def _choice(options: tuple[str, ...]) -> Any:
+    def convert(value: object, name: str) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ConfigError(f"{name}: must be one of {', '.join(options)}, got {value!r}")
+        return text
+
+    return convert
+
+
+def _metrics_exporter(value: object, name: str) -> str:
+    # `prometheus` is the standard name for a pull exporter: here, the admin port's /metrics.
+    return _choice((*EXPORTERS, "prometheus"))(value, name)  # type: ignore[no-any-return]
+
+
+def _ratio(value: object, name: str) -> float:
+    try:
+        ratio = float(str(value))
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number from 0 to 1, got {value!r}") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"{name}: expected a number from 0 to 1, got {value!r}")
+    return ratio
+
+
+def _milliseconds(value: object, name: str) -> float:
+    return _int(1)(value, name) / 1000  # type: ignore[no-any-return]
+
+
+def _log_level(value: object, name: str) -> str:
+    level = str(value).strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{name}: must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+    return level
+
+
+def _resource_attributes(value: object, name: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key2=value2` (OTEL_RESOURCE_ATTRIBUTES; values may be percent-encoded)."""
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    pairs = []
+    for item in str(value).split(","):
+        if not item.strip():
+            continue
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{name}: expected key=value pairs separated by commas, got {item!r}")
+        pairs.append((key.strip(), unquote(text.strip())))
+    return tuple(pairs)
+
+
 def _listen(value: object, name: str) -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -178,6 +283,24 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "retentionDays": ("host", "retention_days", _int(1)),
     "defaultTimeout": ("host", "default_timeout_s", _seconds),
     "maxInputBytes": ("host", "max_input_bytes", _int(1)),
+    "serviceName": ("telemetry", "service_name", _str),
+    "serviceNamespace": ("telemetry", "service_namespace", _str),
+    "resourceAttributes": ("telemetry", "resource_attributes", _resource_attributes),
+    "tracesExporter": ("telemetry", "traces_exporter", _choice(EXPORTERS)),
+    "metricsExporter": ("telemetry", "metrics_exporter", _metrics_exporter),
+    "otlpProtocol": ("telemetry", "otlp_protocol", _choice(OTLP_PROTOCOLS)),
+    "otlpTracesProtocol": ("telemetry", "otlp_traces_protocol", _choice(OTLP_PROTOCOLS)),
+    "otlpMetricsProtocol": ("telemetry", "otlp_metrics_protocol", _choice(OTLP_PROTOCOLS)),
+    "otlpEndpoint": ("telemetry", "otlp_endpoint", _str),
+    "otlpTracesEndpoint": ("telemetry", "otlp_traces_endpoint", _str),
+    "otlpMetricsEndpoint": ("telemetry", "otlp_metrics_endpoint", _str),
+    "tracesSampler": ("telemetry", "sampler", _choice(SAMPLERS)),
+    "tracesSamplerArg": ("telemetry", "sampler_arg", _ratio),
+    "metricExportIntervalMs": ("telemetry", "metric_export_interval_s", _milliseconds),
+    "adminListen": ("telemetry", "admin_listen", _listen),
+    "gaugeInterval": ("telemetry", "gauge_interval_s", _seconds),
+    "logLevel": ("telemetry", "log_level", _log_level),
+    "logFormat": ("telemetry", "log_format", _choice(LOG_FORMATS)),
     "workflows": (None, "workflows_dir", _path),
     "policies": (None, "policies_file", _path),
 }
@@ -195,6 +318,25 @@ ENV_VARIABLES = {
     "OKRA_ENABLE_MANUAL_TRIGGERS": "enableManualTriggers",
     "OKRA_WORKFLOWS": "workflows",
     "OKRA_POLICIES": "policies",
+    # The standard OpenTelemetry variables, by their specified names.
+    "OTEL_SERVICE_NAME": "serviceName",
+    "OTEL_RESOURCE_ATTRIBUTES": "resourceAttributes",
+    "OTEL_TRACES_EXPORTER": "tracesExporter",
+    "OTEL_METRICS_EXPORTER": "metricsExporter",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "otlpProtocol",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "otlpTracesProtocol",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "otlpMetricsProtocol",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otlpEndpoint",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "otlpTracesEndpoint",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "otlpMetricsEndpoint",
+    "OTEL_TRACES_SAMPLER": "tracesSampler",
+    "OTEL_TRACES_SAMPLER_ARG": "tracesSamplerArg",
+    "OTEL_METRIC_EXPORT_INTERVAL": "metricExportIntervalMs",
+    "OKRA_SERVICE_NAMESPACE": "serviceNamespace",
+    "OKRA_ADMIN_LISTEN": "adminListen",
+    "OKRA_GAUGE_INTERVAL": "gaugeInterval",
+    "OKRA_LOG_LEVEL": "logLevel",
+    "OKRA_LOG_FORMAT": "logFormat",
 }
 FLAG_KEYS = {
     "listen": "listen",
@@ -202,6 +344,9 @@ FLAG_KEYS = {
     "workflows": "workflows",
     "policies": "policies",
     "data_dir": "dataDir",
+    "admin_listen": "adminListen",
+    "log_level": "logLevel",
+    "log_format": "logFormat",
 }
 
 

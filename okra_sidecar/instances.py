@@ -64,6 +64,8 @@ class NewInstance:
     state: dict[str, Any]
     # Microseconds order the Query index finely enough that one caller's runs keep their order.
     created_us: int
+    # The Run's W3C trace context (JSON), so engine turns join the caller's trace.
+    trace_context: str = ""
 
     @property
     def created_ms(self) -> int:

@@ -9,8 +9,9 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
+from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.runner import EngineRunner
@@ -30,6 +32,9 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.telemetry import ClusterGauges, Telemetry
+from okra_sidecar.telemetry.admin import AdminServer
+from okra_sidecar.telemetry.providers import scrape_listen
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +61,47 @@ class Sidecar:
     embedded: EmbeddedRedis | None
     redis_url: str
     health_task: asyncio.Task[None]
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    owns_telemetry: bool = False
+    admin: AdminServer | None = None
+    gauge_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
-        # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, close Redis.
+        # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
+        # telemetry, close Redis.
         await self.health.enter_graceful_shutdown()
         self.health_task.cancel()
         await self.server.stop(grace_s)
         await self.runner.stop(timeout_s=grace_s or 0.0)
+        if self.gauge_task is not None:
+            self.gauge_task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        # Exporters block while they flush: off the loop, which may serve their receiver.
+        if self.owns_telemetry:
+            await asyncio.to_thread(self.telemetry.shutdown)
         await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
 
 
 def build_server(
-    *, servicer: WorkflowHostServicer, health_servicer: health_aio.HealthServicer, listen: str
+    *,
+    servicer: WorkflowHostServicer,
+    health_servicer: health_aio.HealthServicer,
+    listen: str,
+    telemetry: Telemetry | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, reflection and health, bound to `listen`."""
-    # Interceptor order, outermost first: errors (map OkraError to status), then the servicer.
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=GRPC_OPTIONS)
+    # Interceptor order, outermost first: tracing and rpc metrics (so the span covers every
+    # layer and their errors), errors (map OkraError to status), then the servicer.
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if telemetry is not None and telemetry.active:
+        interceptors.append(
+            TelemetryInterceptor(tracer=telemetry.tracer, metrics=telemetry.metrics)
+        )
+    interceptors.append(ErrorInterceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -108,8 +136,27 @@ async def _watch_redis(store: RedisStore, health_servicer: health_aio.HealthServ
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
-async def start_sidecar(settings: Settings) -> Sidecar:
-    """Start Redis (embedded if no URL), register definitions, start the engine and server."""
+async def _read_gauges(store: RedisStore) -> ClusterGauges:
+    stats = await store.stats()
+    now = time.time() * 1000
+    return ClusterGauges(
+        running=stats.running,
+        waiting=stats.waiting,
+        backlog=stats.backlog,
+        oldest_age_s={p: max(now - ms, 0.0) / 1000 for p, ms in stats.oldest_ms.items()},
+    )
+
+
+async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = None) -> Sidecar:
+    """Start Redis (embedded if no URL), register definitions, start the engine and server.
+
+    `telemetry` replaces the one built from settings.telemetry (tests pass in-memory
+    exporters); the caller then shuts it down.
+    """
+    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owns_telemetry = telemetry is None
+    if telemetry is None:
+        telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
     embedded = None
     url = settings.redis.url
     if url is None:
@@ -141,21 +188,41 @@ async def start_sidecar(settings: Settings) -> Sidecar:
             store=store,
             registry=registry,
             settings=settings.engine,
-            consumer=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            consumer=consumer,
+            turns=telemetry.turns,
         )
         health_servicer = health_aio.HealthServicer()
-        servicer = WorkflowHostServicer(store=store, registry=registry, settings=settings.host)
-        server, port = build_server(
-            servicer=servicer, health_servicer=health_servicer, listen=settings.server.listen
+        servicer = WorkflowHostServicer(
+            store=store, registry=registry, settings=settings.host, metrics=telemetry.metrics
         )
+        server, port = build_server(
+            servicer=servicer,
+            health_servicer=health_servicer,
+            listen=settings.server.listen,
+            telemetry=telemetry,
+        )
+        admin = None
+        listen = scrape_listen(settings.telemetry)
+        if telemetry.registry is not None and listen is not None:
+            admin = AdminServer(registry=telemetry.registry, listen=listen)
+            await admin.start()
         await runner.start()
         await server.start()
     except BaseException:
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
+        if owns_telemetry:
+            telemetry.shutdown()
         raise
     watcher = asyncio.create_task(_watch_redis(store, health_servicer))
+    gauge_task = None
+    if telemetry.meter_provider is not None:
+        gauge_task = asyncio.create_task(
+            telemetry.metrics.sample_forever(
+                lambda: _read_gauges(store), interval_s=settings.telemetry.gauge_interval_s
+            )
+        )
     return Sidecar(
         server=server,
         port=port,
@@ -166,6 +233,10 @@ async def start_sidecar(settings: Settings) -> Sidecar:
         embedded=embedded,
         redis_url=url,
         health_task=watcher,
+        telemetry=telemetry,
+        owns_telemetry=owns_telemetry,
+        admin=admin,
+        gauge_task=gauge_task,
     )
 
 

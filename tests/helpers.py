@@ -25,6 +25,7 @@ from okra_sidecar.config import (
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar, start_sidecar
+from okra_sidecar.telemetry import Telemetry
 
 if TYPE_CHECKING:
     # Only the type stubs know the async flavour of the generated stub.
@@ -56,9 +57,11 @@ def make_settings(
 @asynccontextmanager
 async def running_sidecar(
     settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[tuple[Sidecar, Stub]]:
     """A sidecar started from server.start_sidecar on a free port, with a stub on it."""
-    sidecar = await start_sidecar(settings)
+    sidecar = await start_sidecar(settings, telemetry=telemetry)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
     try:
         yield sidecar, pb_grpc.WorkflowHostAPIStub(channel)

@@ -24,6 +24,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import NewInstance, QueryFilter
 from okra_sidecar.policy import rules
 from okra_sidecar.store.base import Store
+from okra_sidecar.telemetry import SidecarMetrics, tracing
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Run ids derived from a request_id are stable, so a retried Run lands on the same instance.
@@ -64,10 +65,18 @@ def _caller_workflow(context: Context) -> str:
 class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     """Validates each request by the code-level rules, then calls the store and engine."""
 
-    def __init__(self, *, store: Store, registry: WorkflowRegistry, settings: HostSettings) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: WorkflowRegistry,
+        settings: HostSettings,
+        metrics: SidecarMetrics | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._settings = settings
+        self._metrics = metrics or SidecarMetrics()
 
     async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
         rules.check_workflow_id(request.workflow_id)
@@ -95,7 +104,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         state = start_state(
             definition, instance_id=instance_id, workflow_input=data, now_ms=created_us // 1000
         )
-        await self._store.create_instance(
+        tracing.annotate(instance_id=instance_id)
+        created = await self._store.create_instance(
             NewInstance(
                 instance_id=instance_id,
                 workflow_id=definition.id,
@@ -104,9 +114,13 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 tags=tags,
                 state=state,
                 created_us=created_us,
+                # Turns on any sidecar continue the trace of this Run.
+                trace_context=tracing.dump_carrier(tracing.current_carrier()),
             ),
             max_active=self._settings.max_concurrent_instances,
         )
+        if created:
+            self._metrics.instance_started(definition.id)
         return pb.RunResponse(instance_id=instance_id)
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
@@ -126,10 +140,14 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
             "datacontenttype": "application/json",
             "data": value_to_python(request.payload) if request.HasField("payload") else None,
+            # CloudEvents distributed tracing: the turn that consumes it links to this call.
+            **tracing.event_trace_fields(),
         }
         duplicate = await self._store.signal(
             request.instance_id, signal_id=signal_id, event=event, now_ms=sent
         )
+        if not duplicate:
+            self._metrics.signal_delivered()
         return pb.SignalResponse(signal_id=signal_id, duplicate=duplicate)
 
     async def GetStatus(
@@ -183,7 +201,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         rules.check_instance_id(request.instance_id)
         _check_text(request.reason, "reason", MAX_REASON)
-        await self._store.cancel(request.instance_id, reason=request.reason, now_ms=now_ms())
+        workflow_id = await self._store.cancel(
+            request.instance_id, reason=request.reason, now_ms=now_ms()
+        )
+        self._metrics.instance_finished(workflow_id, "cancelled")
         return pb.CancelResponse()
 
     async def ListWorkflows(

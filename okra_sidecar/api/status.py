@@ -21,6 +21,7 @@ from okra_sidecar.errors import (
     ResourceExhaustedError,
     StoreUnavailableError,
 )
+from okra_sidecar.telemetry import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ STATUS_BY_ERROR: dict[type[OkraError], grpc.StatusCode] = {
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
+# Codes that are the server's fault, not the caller's: they mark the rpc span as an error.
+SERVER_FAULT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 ERROR_DOMAIN = "okra.dev"
 RETRY_AFTER_UNAVAILABLE_S = 1
 
@@ -98,9 +101,13 @@ def _guard(behavior: Behavior) -> Behavior:
         except OkraError as exc:
             code = status_code_for(exc)
             message = str(exc)
+            tracing.record_error(exc, server_fault=code in SERVER_FAULT_CODES)
+            if isinstance(exc, PolicyDeniedError):
+                tracing.note_policy_denial(exc.policy)
             await context.abort(code, message, status_metadata(code, message, exc))
-        except Exception:
+        except Exception as exc:
             logger.exception("unexpected error")
+            tracing.record_error(exc, server_fault=True)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "internal error; the sidecar log has the details"
             )

@@ -14,6 +14,8 @@ from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
+from okra_sidecar.telemetry.metrics import SidecarMetrics
+from okra_sidecar.telemetry.turns import TurnTracer
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ class EngineRunner:
         settings: EngineSettings,
         consumer: str,
         clock: Callable[[], int] = now_ms,
+        turns: TurnTracer | None = None,
     ) -> None:
         self._store = store
+        self._turn_telemetry = turns or TurnTracer(tracer=None, metrics=SidecarMetrics())
         self._registry = registry
         self._settings = settings
         self._consumer = consumer
@@ -136,7 +140,7 @@ class EngineRunner:
         batch = [first]
         try:
             while batch:
-                await self.run_turn(instance_id)
+                await self.run_turn(instance_id, work=batch)
                 await self._store.ack_work(batch)
                 batch = self._inflight.get(instance_id) or []
                 self._inflight[instance_id] = []
@@ -148,20 +152,30 @@ class EngineRunner:
         finally:
             self._inflight.pop(instance_id, None)
 
-    async def run_turn(self, instance_id: str) -> None:
+    async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> None:
         """Carry one instance forward until it blocks or ends, retrying on a revision race."""
+        due = [item.due_ms for item in work or () if item.due_ms is not None]
         for _ in range(MAX_COMMIT_ATTEMPTS):
+            started_ns = time.time_ns()
             snapshot = await self._store.load_turn(instance_id)
             if snapshot is None or snapshot.status.finished:
                 return
             if snapshot.status is InstanceStatus.SUSPENDED:
                 return
-            now = self._clock()
-            result = await self._advance(snapshot, now)
-            if not result.changed and result.wake_at_ms is None:
-                return
-            if await self._store.commit_turn(snapshot, self._to_commit(result, now)):
-                return
+            # Each attempt is a span in the Run's trace, current while it runs.
+            with self._turn_telemetry.turn(snapshot, started_ns=started_ns, due_ms=due) as turn:
+                due = []
+                now = self._clock()
+                interpreting_ns = time.time_ns()
+                result = await self._advance(snapshot, now)
+                turn.interpreted(interpreting_ns)
+                if not result.changed and result.wake_at_ms is None:
+                    return
+                commit = self._to_commit(result, now)
+                committed = await self._store.commit_turn(snapshot, commit)
+                turn.finish(result, committed=committed, status=commit.status.value)
+                if committed:
+                    return
         logger.warning("instance %s kept changing under its turn; requeued", instance_id)
 
     async def _advance(self, snapshot: TurnSnapshot, now: int) -> TurnResult:

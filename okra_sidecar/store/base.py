@@ -33,6 +33,7 @@ class TurnSnapshot:
     state: dict[str, Any]
     index_member: str
     inbox: list[InboxEntry]
+    trace_context: str = ""  # stored at creation; see NewInstance.trace_context
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class WorkItem:
     partition: int
     entry_id: str
     instance_id: str
+    due_ms: int | None = None  # set when a due timer asked for this turn
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Cluster-wide numbers for the gauges: instances by status and work not yet done."""
+
+    running: int
+    waiting: int
+    backlog: dict[int, int]  # partition -> work entries not yet acknowledged
+    oldest_ms: dict[int, int]  # partition -> when its oldest such entry was written
 
 
 class Store(Protocol):
@@ -76,7 +88,7 @@ class Store(Protocol):
         self, instance_id: str, *, signal_id: str, event: dict[str, Any], now_ms: int
     ) -> bool: ...
 
-    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> None: ...
+    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> str: ...
 
     async def query(self, query: QueryFilter) -> QueryPage: ...
 
@@ -93,6 +105,8 @@ class Store(Protocol):
     async def ack_work(self, items: list[WorkItem]) -> None: ...
 
     async def fire_timers(self, now_ms: int, *, limit: int) -> int: ...
+
+    async def stats(self) -> StoreStats: ...
 
     async def register_definition(self, workflow_id: str, content: str) -> bool: ...
 

@@ -29,7 +29,7 @@ from okra_sidecar.instances import (
     QueryFilter,
     QueryPage,
 )
-from okra_sidecar.store.base import InboxEntry, TurnCommit, TurnSnapshot, WorkItem
+from okra_sidecar.store.base import InboxEntry, StoreStats, TurnCommit, TurnSnapshot, WorkItem
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
 from okra_sidecar.store.scripts import load_script
 
@@ -209,6 +209,8 @@ class RedisStore:
             *("state", dumps(new.state), "rev", "0", "ikey", member, "step", ""),
             *("created", str(new.created_ms), "updated", str(new.created_ms)),
         ]
+        if new.trace_context:
+            fields += ["otel", new.trace_context]
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         with map_redis_errors():
             created = await self._create(
@@ -255,7 +257,8 @@ class RedisStore:
                 await self._make_durable()
         return outcome[0] == "duplicate"
 
-    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> None:
+    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> str:
+        """Cancel an unfinished instance; returns its workflow id."""
         keys = self.keys
         event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
         with map_redis_errors():
@@ -269,8 +272,10 @@ class RedisStore:
                 ],
                 args=[instance_id, reason, now_ms, event],
             )
-            self._raise_for(instance_id, [_text(x) for x in result], "cancel")
+            outcome = [_text(x) for x in result]
+            self._raise_for(instance_id, outcome, "cancel")
             await self._make_durable()
+        return outcome[1]
 
     @staticmethod
     def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
@@ -347,9 +352,11 @@ class RedisStore:
         keys = self.keys
         with map_redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.instance(instance_id), "wf", "status", "rev", "state", "ikey")
+                pipe.hmget(
+                    keys.instance(instance_id), "wf", "status", "rev", "state", "ikey", "otel"
+                )
                 pipe.xrange(keys.inbox(instance_id), count=1000)
-                (wf, status, rev, state, ikey), inbox = await pipe.execute()
+                (wf, status, rev, state, ikey, otel), inbox = await pipe.execute()
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -360,6 +367,7 @@ class RedisStore:
             state=_json(state, {}),
             index_member=_text(ikey),
             inbox=[InboxEntry(_text(eid), json.loads(fields[b"e"])) for eid, fields in inbox],
+            trace_context=_text(otel),
         )
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
@@ -415,7 +423,7 @@ class RedisStore:
                 await self.ensure_groups()
                 return []
         return [
-            WorkItem(self._stream_partition[_bytes(stream)], _text(eid), _text(fields[b"i"]))
+            _work_item(self._stream_partition[_bytes(stream)], eid, fields)
             for stream, entries in reply or []
             for eid, fields in entries
             if fields
@@ -432,9 +440,7 @@ class RedisStore:
                     stream, ENGINE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
                 )
                 items.extend(
-                    WorkItem(partition, _text(eid), _text(fields[b"i"]))
-                    for eid, fields in reply[1]
-                    if fields
+                    _work_item(partition, eid, fields) for eid, fields in reply[1] if fields
                 )
         return items
 
@@ -457,6 +463,32 @@ class RedisStore:
                 args=[keys.partitions, now_ms, limit],
             )
         return int(moved)
+
+    async def stats(self) -> StoreStats:
+        """Instances running and waiting, and each work stream's unfinished entries.
+
+        Acknowledged work entries are deleted, so a stream's length is its backlog and its
+        first entry, whose id starts with the time it was written, is the oldest one.
+        """
+        keys = self.keys
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(keys.index_status(InstanceStatus.RUNNING))
+                pipe.zcard(keys.index_status(InstanceStatus.WAITING))
+                for stream in keys.all_work():
+                    pipe.xlen(stream)
+                    pipe.xrange(stream, count=1)
+                replies = await pipe.execute()
+        backlog: dict[int, int] = {}
+        oldest: dict[int, int] = {}
+        for partition in range(keys.partitions):
+            length, first = replies[2 + 2 * partition : 4 + 2 * partition]
+            backlog[partition] = int(length)
+            if first:
+                oldest[partition] = int(_text(first[0][0]).partition("-")[0])
+        return StoreStats(
+            running=int(replies[0]), waiting=int(replies[1]), backlog=backlog, oldest_ms=oldest
+        )
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -486,6 +518,13 @@ class RedisStore:
         with map_redis_errors():
             entries = await self.redis.hgetall(self.keys.definitions)
         return {_text(k): _text(v) for k, v in entries.items()}
+
+
+def _work_item(partition: int, entry_id: bytes | str, fields: dict[bytes, bytes]) -> WorkItem:
+    due = fields.get(b"d")
+    return WorkItem(
+        partition, _text(entry_id), _text(fields[b"i"]), None if due is None else int(due)
+    )
 
 
 def _bytes(value: bytes | str) -> bytes:

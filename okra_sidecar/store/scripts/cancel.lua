@@ -1,7 +1,7 @@
--- Cancel an unfinished instance, recording the reason.
+-- Cancel an unfinished instance, recording the reason; returns {'ok', workflow id}.
 -- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT).
 -- ARGV: instance id, reason, now ms, history event.
-local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf')
 if not cur[1] then
   return {'missing'}
 end
@@ -16,4 +16,4 @@ redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
 redis.call('DECR', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
-return {'ok'}
+return {'ok', cur[3]}
