@@ -1,4 +1,4 @@
-"""Command line: `okra-sidecar serve` and `okra-sidecar validate`."""
+"""Command line: `okra-sidecar serve`, `validate` and `health`."""
 
 from __future__ import annotations
 
@@ -42,11 +42,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = commands.add_parser("validate", help="check a directory of workflow definitions")
     validate.add_argument("directory")
+    health = commands.add_parser(
+        "health", help="exit 0 if the sidecar's gRPC health service reports SERVING"
+    )
+    health.add_argument(
+        "--address", help="HOST:PORT to check (default: OKRA_LISTEN, else 127.0.0.1:50051)"
+    )
+    health.add_argument("--service", default="", help="service name; '' is the whole server")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     return parser
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """The container health check: prints the status, exit 0 only when SERVING."""
+    import grpc
+
+    from okra_sidecar.client.health import check_health, local_target
+
+    target = args.address or local_target(os.environ.get("OKRA_LISTEN") or "127.0.0.1:50051")
+    try:
+        status = check_health(target, service=args.service, timeout_s=args.timeout)
+    except grpc.RpcError as exc:
+        code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
+        print(f"{target}: {code}", file=sys.stderr)
+        return 1
+    print(f"{target}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return run_health(args)
     if args.command == "validate":
         try:
             definitions = read_directory(Path(args.directory))

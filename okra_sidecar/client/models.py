@@ -35,6 +35,8 @@ STATUS_FROM_PB = {
     pb.WORKFLOW_STATUS_SUSPENDED: WorkflowStatus.SUSPENDED,
 }
 STATUS_TO_PB = {v: k for k, v in STATUS_FROM_PB.items()}
+# Above 2**53 a double no longer holds every whole number exactly.
+MAX_SAFE_INTEGER = 2**53
 
 
 @dataclass(frozen=True)
@@ -140,11 +142,22 @@ def to_value(data: Json) -> struct_pb2.Value:
     return message
 
 
+def _integral(data: Json) -> Json:
+    """JSON numbers travel as doubles; give back whole ones as int, as json.loads would."""
+    if isinstance(data, float) and data.is_integer() and abs(data) <= MAX_SAFE_INTEGER:
+        return int(data)
+    if isinstance(data, dict):
+        return {key: _integral(item) for key, item in data.items()}
+    if isinstance(data, list):
+        return [_integral(item) for item in data]
+    return data
+
+
 def from_value(message: struct_pb2.Value) -> Json:
     """A google.protobuf.Value as plain JSON data; an unset Value is None."""
     if message.WhichOneof("kind") is None:
         return None
-    return json_format.MessageToDict(message)
+    return _integral(json_format.MessageToDict(message))
 
 
 def to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -180,7 +193,7 @@ def instance_from_pb(message: pb.WorkflowInstance) -> WorkflowInstance:
         start_time=_time(message, "start_time"),
         end_time=_time(message, "end_time"),
         updated_at=_time(message, "updated_at"),
-        variables=json_format.MessageToDict(message.variables),
+        variables=_integral(json_format.MessageToDict(message.variables)),
         correlation_id=message.correlation_id or None,
         tags=dict(message.tags),
         cancel_reason=message.cancel_reason or None,

@@ -55,8 +55,12 @@ async def test_run_signal_and_read_back_json(client: OkraClient) -> None:
 
 
 async def test_scalar_and_null_json_round_trip(client: OkraClient) -> None:
-    instance_id = await client.run("tests.forever.1.0.0", [1, "two", None, {"x": 3.5}])
-    assert (await client.get_status(instance_id)).input == [1, "two", None, {"x": 3.5}]
+    data = [1, "two", None, {"x": 3.5, "n": -7, "big": 2**60}, True]
+    instance_id = await client.run("tests.forever.1.0.0", data)
+    read = (await client.get_status(instance_id)).input
+    assert read == [1, "two", None, {"x": 3.5, "n": -7, "big": float(2**60)}, True]
+    assert [type(item) for item in read] == [int, str, type(None), dict, bool]
+    assert type(read[3]["n"]) is int and type(read[3]["big"]) is float
     with pytest.raises(TypeError, match="not a JSON value"):
         await client.run("tests.forever.1.0.0", {"when": datetime.now(UTC)})
 
