@@ -136,12 +136,39 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """JWT bearer tokens: where the keys come from and what every token must say."""
+
+    mode: str = "optional"  # required: no token -> UNAUTHENTICATED; optional: claims empty
+    issuer: str | None = None
+    audience: str | None = None
+    hs256_secret: str | None = None
+    public_key_file: Path | None = None  # PEM; RS256 or ES256 by the key's type
+    jwks_file: Path | None = None
+    leeway_s: int = 30
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """CEL policy inputs beyond the policy file: `env` and the admin rpc's claim."""
+
+    env_allow: tuple[str, ...] = ("DEPLOYMENT_ENV",)
+    # The allow-listed variables' values, captured once by Settings.load.
+    env: dict[str, str] = field(default_factory=dict)
+    admin_claim: str = "okra_policy_admin"
+    audit_max_length: int = 100_000
+    watch_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     host: HostSettings = field(default_factory=HostSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     workflows_dir: Path | None = None
     policies_file: Path | None = None
 
@@ -161,7 +188,10 @@ class Settings:
         for flag, key in FLAG_KEYS.items():
             if flags.get(flag):
                 values[key] = (flags[flag], f"--{flag.replace('_', '-')}")
-        return build_settings(values)
+        settings = build_settings(values)
+        # Policies see only allow-listed variables, read here and nowhere else.
+        allowed = {name: environ[name] for name in settings.policy.env_allow if name in environ}
+        return replace(settings, policy=replace(settings.policy, env=allowed))
 
 
 # Every setting by its dotted key: (section, attribute, converter).
@@ -258,6 +288,22 @@ def _resource_attributes(value: object, name: str) -> tuple[tuple[str, str], ...
     return tuple(pairs)
 
 
+def _auth_mode(value: object, name: str) -> str:
+    if value not in ("required", "optional"):
+        raise ConfigError(f"{name}: must be required or optional, got {value!r}")
+    return str(value)
+
+
+def _names(value: object, name: str) -> tuple[str, ...]:
+    """A list of names, from a YAML list or a comma-separated string."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    for item in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", item):
+            raise ConfigError(f"{name}: {item!r} is not an environment variable name")
+    return names
+
+
 def _listen(value: object, name: str) -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -301,6 +347,17 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "gaugeInterval": ("telemetry", "gauge_interval_s", _seconds),
     "logLevel": ("telemetry", "log_level", _log_level),
     "logFormat": ("telemetry", "log_format", _choice(LOG_FORMATS)),
+    "authMode": ("auth", "mode", _auth_mode),
+    "authIssuer": ("auth", "issuer", _str),
+    "authAudience": ("auth", "audience", _str),
+    "authHs256Secret": ("auth", "hs256_secret", _str),
+    "authPublicKeyFile": ("auth", "public_key_file", _path),
+    "authJwksFile": ("auth", "jwks_file", _path),
+    "authLeewaySeconds": ("auth", "leeway_s", _int(0)),
+    "policyEnv": ("policy", "env_allow", _names),
+    "policyAdminClaim": ("policy", "admin_claim", _str),
+    "auditMaxLength": ("policy", "audit_max_length", _int(1)),
+    "policyWatchInterval": ("policy", "watch_interval_s", _seconds),
     "workflows": (None, "workflows_dir", _path),
     "policies": (None, "policies_file", _path),
 }
@@ -333,6 +390,16 @@ ENV_VARIABLES = {
     "OTEL_TRACES_SAMPLER_ARG": "tracesSamplerArg",
     "OTEL_METRIC_EXPORT_INTERVAL": "metricExportIntervalMs",
     "OKRA_SERVICE_NAMESPACE": "serviceNamespace",
+    "OKRA_SERVICE_NAME": "serviceName",
+    "OKRA_AUTH_MODE": "authMode",
+    "OKRA_AUTH_ISSUER": "authIssuer",
+    "OKRA_AUTH_AUDIENCE": "authAudience",
+    "OKRA_AUTH_HS256_SECRET": "authHs256Secret",
+    "OKRA_AUTH_PUBLIC_KEY_FILE": "authPublicKeyFile",
+    "OKRA_AUTH_JWKS_FILE": "authJwksFile",
+    "OKRA_POLICY_ENV": "policyEnv",
+    "OKRA_POLICY_ADMIN_CLAIM": "policyAdminClaim",
+    "OKRA_AUDIT_MAX_LENGTH": "auditMaxLength",
     "OKRA_ADMIN_LISTEN": "adminListen",
     "OKRA_GAUGE_INTERVAL": "gaugeInterval",
     "OKRA_LOG_LEVEL": "logLevel",

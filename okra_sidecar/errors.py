@@ -4,10 +4,13 @@
     ├── NotFoundError
     ├── AlreadyExistsError
     ├── InvalidInputError          (field violations for google.rpc.BadRequest)
+    │   └── PolicyLoadError        (a policy set refused whole, a violation per key)
     ├── DefinitionError            (a workflow file that cannot be loaded)
     ├── PolicyDeniedError
+    ├── UnauthenticatedError
     ├── FailedPreconditionError
-    ├── ResourceExhaustedError
+    │   └── InstanceChangedError   (the status a policy checked moved; re-check)
+    ├── ResourceExhaustedError     (the limit's policy key; when to retry)
     └── StoreUnavailableError
 
 api/status.py maps each class to a gRPC status code.
@@ -50,6 +53,10 @@ class InvalidInputError(OkraError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 
+class PolicyLoadError(InvalidInputError):
+    """A policy set that cannot be used; each violation names a key and its problem."""
+
+
 class DefinitionError(OkraError):
     """A workflow definition that cannot be loaded, with where and why."""
 
@@ -69,12 +76,35 @@ class PolicyDeniedError(OkraError):
         self.policy = policy
 
 
+class UnauthenticatedError(OkraError):
+    """A bearer token is required, or the one given cannot be verified."""
+
+
 class FailedPreconditionError(OkraError):
     """The target is in a state where the call makes no sense (e.g. already finished)."""
 
 
+class InstanceChangedError(FailedPreconditionError):
+    """The instance's status changed after a policy checked it; nothing was written."""
+
+    def __init__(self, instance_id: str, status: str) -> None:
+        super().__init__(
+            f"instance {instance_id} changed to {status} while the call was being checked; "
+            "retry the call"
+        )
+        self.instance_id = instance_id
+        self.status = status
+
+
 class ResourceExhaustedError(OkraError):
-    """A rate or instance limit is reached."""
+    """A rate or instance limit is reached; `policy` names it, `retry_after_s` says when."""
+
+    def __init__(
+        self, message: str, *, policy: str = "", retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.policy = policy
+        self.retry_after_s = retry_after_s
 
 
 class StoreUnavailableError(OkraError):

@@ -96,3 +96,45 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ConfigError, match="x:"):
         parse_duration(text, name="x")
+
+
+def test_auth_and_policy_settings(tmp_path: Path) -> None:
+    config = tmp_path / "okra.yaml"
+    config.write_text(
+        "serviceName: orders\n"
+        "authMode: required\n"
+        "authIssuer: https://issuer.example\n"
+        "policyEnv: [DEPLOYMENT_ENV, REGION]\n"
+    )
+    settings = Settings.load(
+        flags={"config": str(config)},
+        environ={
+            "OKRA_SERVICE_NAMESPACE": "app",
+            "OKRA_AUTH_AUDIENCE": "okra",
+            "DEPLOYMENT_ENV": "production",
+            "HOME": "/home/someone",
+        },
+    )
+    assert (settings.telemetry.service_name, settings.telemetry.service_namespace) == (
+        "orders",
+        "app",
+    )
+    assert settings.auth.mode == "required"
+    assert (settings.auth.issuer, settings.auth.audience) == ("https://issuer.example", "okra")
+    # Policies see allow-listed variables only, and only those that are set.
+    assert settings.policy.env == {"DEPLOYMENT_ENV": "production"}
+    assert Settings.load(flags={}, environ={"OKRA_SERVICE_NAME": "svc"}).telemetry.service_name == (
+        "svc"
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OKRA_AUTH_MODE": "maybe"}, "OKRA_AUTH_MODE: must be required or optional"),
+        ({"OKRA_POLICY_ENV": "A,B-C"}, "OKRA_POLICY_ENV: 'B-C' is not an environment variable"),
+    ],
+)
+def test_bad_auth_or_policy_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(flags={}, environ=environ)

@@ -20,6 +20,7 @@ from okra_sidecar.errors import (
     PolicyDeniedError,
     ResourceExhaustedError,
     StoreUnavailableError,
+    UnauthenticatedError,
 )
 from okra_sidecar.telemetry import tracing
 
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: dict[type[OkraError], grpc.StatusCode] = {
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
 }
 # Codes that are the server's fault, not the caller's: they mark the rpc span as an error.
 SERVER_FAULT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
@@ -68,6 +70,16 @@ def _details(exc: OkraError) -> list[any_pb2.Any]:
                 reason="POLICY_DENIED", domain=ERROR_DOMAIN, metadata={"policy": exc.policy}
             )
         )
+    if isinstance(exc, ResourceExhaustedError) and exc.policy:
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason="RESOURCE_EXHAUSTED", domain=ERROR_DOMAIN, metadata={"policy": exc.policy}
+            )
+        )
+    if isinstance(exc, ResourceExhaustedError) and exc.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(int(exc.retry_after_s * 1e9), 1_000_000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     if isinstance(exc, StoreUnavailableError):
         details.append(
             error_details_pb2.RetryInfo(
