@@ -1,0 +1,162 @@
+"""What the policy layer knows about a call: who, which workflow or instance, what it decided."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller, from a verified bearer token; anonymous callers have no claims."""
+
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.claims)
+
+    @property
+    def subject(self) -> str:
+        return str(self.claims.get("sub", "")) if self.claims else ""
+
+    @property
+    def issuer(self) -> str:
+        return str(self.claims.get("iss", "")) if self.claims else ""
+
+    def describe(self) -> str:
+        return self.subject or ("an authenticated caller" if self.claims else "anonymous")
+
+
+ANONYMOUS = Identity()
+
+
+@dataclass(frozen=True)
+class WorkflowRef:
+    """A workflow as policies see it: `id` is `namespace.name`, `fullId` adds the version."""
+
+    namespace: str
+    name: str
+    version: str = ""
+
+    @classmethod
+    def parse(cls, workflow_id: str) -> WorkflowRef:
+        namespace, _, rest = workflow_id.partition(".")
+        name, _, version = rest.partition(".")
+        return cls(namespace, name, version)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}.{self.name}" if self.namespace else ""
+
+    @property
+    def full_id(self) -> str:
+        return f"{self.key}.{self.version}" if self.version else self.key
+
+    def names(self) -> tuple[str, ...]:
+        """What allowed/blocked globs are matched against."""
+        return (self.key, self.full_id) if self.version else (self.key,)
+
+    def to_activation(self) -> dict[str, str]:
+        return {
+            "id": self.key,
+            "fullId": self.full_id,
+            "namespace": self.namespace,
+            "name": self.name,
+            "version": self.version,
+        }
+
+
+NO_WORKFLOW = WorkflowRef("", "")
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """The part of an instance that signal and cancel policies read."""
+
+    instance_id: str
+    status: str
+    workflow_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_activation(self) -> dict[str, Any]:
+        return {
+            "id": self.instance_id,
+            "status": self.status,
+            "workflow": self.workflow_id,
+            "tags": self.tags,
+        }
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Admission limits and engine timeouts for one Run, from the policy set that allowed it."""
+
+    max_active: int = 0  # 0: no limit
+    max_active_policy: str = ""
+    max_per_workflow: int = 0
+    max_duration_ms: int | None = None
+    step_timeout_ms: int | None = None
+    timeout_action: str = "fail"
+
+
+@dataclass(frozen=True)
+class CallGrant:
+    """What the policy interceptor allowed, handed to the servicer for the store's atomic step.
+
+    `expected_status` is the instance status a signal or cancel policy was evaluated on; the
+    store applies the call only if the status is still that, so a concurrent change cannot
+    slip past the policy.
+    """
+
+    identity: Identity = ANONYMOUS
+    expected_status: str | None = None
+    run_limits: RunLimits = RunLimits()
+    # Query narrowed by policy: the statuses it may return and its page size (None: as asked).
+    query_statuses: tuple[str, ...] | None = None
+    query_limit: int | None = None
+
+
+NO_GRANT = CallGrant()
+_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar(
+    "okra_identity", default=ANONYMOUS
+)
+_grant: contextvars.ContextVar[CallGrant] = contextvars.ContextVar("okra_grant", default=NO_GRANT)
+
+
+def current_identity() -> Identity:
+    return _identity.get()
+
+
+def set_identity(identity: Identity) -> contextvars.Token[Identity]:
+    return _identity.set(identity)
+
+
+def current_grant() -> CallGrant:
+    return _grant.get()
+
+
+def set_grant(grant: CallGrant) -> contextvars.Token[CallGrant]:
+    return _grant.set(grant)
+
+
+def reset_grant(token: contextvars.Token[CallGrant]) -> None:
+    _grant.reset(token)
+
+
+__all__ = [
+    "ANONYMOUS",
+    "NO_GRANT",
+    "NO_WORKFLOW",
+    "CallGrant",
+    "Identity",
+    "InstanceView",
+    "RunLimits",
+    "WorkflowRef",
+    "current_grant",
+    "current_identity",
+    "reset_grant",
+    "set_grant",
+    "set_identity",
+]

@@ -1,0 +1,81 @@
+"""CEL conditions: names checked at load, JSON activations, errors that deny."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from okra_sidecar.policy.cel import CelCompileError, CelEngine, CelEvaluationError, to_cel
+
+ROOTS = frozenset({"request", "workflow", "instance", "service", "env"})
+ENV = frozenset({"DEPLOYMENT_ENV"})
+
+
+def evaluate(cel: CelEngine, source: str, **activation: Any) -> bool:
+    program = cel.compile(source, roots=ROOTS, env_names=ENV)
+    return program.evaluate({name: to_cel(value) for name, value in activation.items()})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "request.metadata['x-team'] == 'a' && [1, 2].exists(x, x > 1)",
+        "has(request.auth.claims.role) && request.auth.claims.role == 'admin'",
+        "instance.tags.team == 'a' && instance.workflow.startsWith('a.')",
+        "size(request.auth.claims) > 0 || service.namespace == workflow.namespace",
+        "workflow.id.matches('^test\\\\.')",
+    ],
+)
+def test_names_the_activation_has_compile(cel: CelEngine, source: str) -> None:
+    cel.compile(source, roots=ROOTS, env_names=ENV)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("user.role == 'admin'", "unknown name `user`"),
+        ("request.claims.role == 'a'", "request has no field `claims`"),
+        ("service.id == 'a'", "service has no field `id`"),
+        ("env.PATH == '/bin'", "env.PATH is not in the environment allow-list"),
+        ("request.auth.claims.role ==", "not valid CEL"),
+        ("  ", "non-empty CEL expression"),
+    ],
+)
+def test_unknown_names_are_refused_at_load(cel: CelEngine, source: str, problem: str) -> None:
+    with pytest.raises(CelCompileError, match=problem):
+        cel.compile(source, roots=ROOTS, env_names=ENV)
+
+
+def test_json_activation_compares_like_cel(cel: CelEngine) -> None:
+    claims = {"role": "admin", "level": 3, "canSignal": True, "groups": ["ops"]}
+    request = {"auth": {"claims": claims}}
+    assert evaluate(cel, "request.auth.claims.level >= 3", request=request)
+    assert evaluate(cel, "'ops' in request.auth.claims.groups", request=request)
+    assert evaluate(cel, "request.auth.claims.canSignal", request=request)
+    assert not evaluate(cel, "request.auth.claims.role in ['operator']", request=request)
+
+
+@pytest.mark.parametrize(
+    ("source", "activation", "message"),
+    [
+        (
+            "request.auth.claims.role == 'admin'",
+            {"request": {"auth": {"claims": {}}}},
+            "no such member in mapping: 'role'",
+        ),
+        ("request.auth.claims.n / 0 == 1", {"request": {"auth": {"claims": {"n": 1}}}}, "zero"),
+        (
+            "request.auth.claims.role == 1",
+            {"request": {"auth": {"claims": {"role": "a"}}}},
+            "overload",
+        ),
+        ("request.method", {"request": {"method": "Run"}}, "not true or false"),
+        ("env.DEPLOYMENT_ENV == 'production'", {"env": {}}, "DEPLOYMENT_ENV"),
+    ],
+)
+def test_evaluation_errors_raise(
+    cel: CelEngine, source: str, activation: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CelEvaluationError, match=message):
+        evaluate(cel, source, **activation)
