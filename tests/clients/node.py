@@ -1,0 +1,61 @@
+"""The Node.js toolchain for tests: `npm ci` into clients/node when needed, and `tsc`.
+
+clients/node/package-lock.json pins every package; node_modules is installed once and reused
+until the lockfile changes. Tests that need Node skip, saying why, where `node` or `npm` is
+missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+NODE_DIR = REPO_ROOT / "clients" / "node"
+STAMP_NAME = ".okra-lock-sha256"
+INSTALL_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class NodeToolchain:
+    node: str
+    project: Path
+
+    @property
+    def tsc(self) -> list[str]:
+        return [self.node, str(self.project / "node_modules" / "typescript" / "bin" / "tsc")]
+
+
+def _lock_digest() -> str:
+    return hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+def ensure_node_modules() -> NodeToolchain:
+    """Node and clients/node/node_modules as package-lock.json pins it; skips without Node."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are not installed: the Node.js client and tsc tests need them")
+    stamp = NODE_DIR / "node_modules" / STAMP_NAME
+    digest = _lock_digest()
+    if not stamp.is_file() or stamp.read_text() != digest:
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+        )
+        assert result.returncode == 0, f"npm ci in {NODE_DIR} failed:\n{result.stderr}"
+        stamp.write_text(digest)
+    return NodeToolchain(node=node, project=NODE_DIR)
+
+
+def run_tsc(toolchain: NodeToolchain, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*toolchain.tsc, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
