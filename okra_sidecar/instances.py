@@ -66,6 +66,10 @@ class NewInstance:
     created_us: int
     # The Run's W3C trace context (JSON), so engine turns join the caller's trace.
     trace_context: str = ""
+    # Policy timeouts fixed at creation (timeoutAction applies when one passes).
+    deadline_ms: int | None = None
+    step_timeout_ms: int | None = None
+    timeout_action: str = ""
 
     @property
     def created_ms(self) -> int:

@@ -35,6 +35,12 @@ class TurnSnapshot:
     inbox: list[InboxEntry]
     trace_context: str = ""  # stored at creation; see NewInstance.trace_context
 
+    # Policy timeouts (see NewInstance) and when the instance entered its current step.
+    deadline_ms: int | None = None
+    step_timeout_ms: int | None = None
+    timeout_action: str = ""
+    current_step: str = ""
+    step_started_ms: int = 0
 
 @dataclass(frozen=True)
 class TurnCommit:
@@ -52,6 +58,9 @@ class TurnCommit:
     history: list[dict[str, Any]]
     now_ms: int
 
+    cancel_reason: str = ""
+    step_started_ms: int | None = None  # set when the instance enters a new step
+    clear_deadline: bool = False  # a passed deadline that timeoutAction `continue` let go
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -80,15 +89,31 @@ class Store(Protocol):
 
     async def ensure_groups(self) -> None: ...
 
-    async def create_instance(self, new: NewInstance, *, max_active: int) -> bool: ...
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+    ) -> bool: ...
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 
     async def signal(
-        self, instance_id: str, *, signal_id: str, event: dict[str, Any], now_ms: int
+        self,
+        instance_id: str,
+        *,
+        signal_id: str,
+        event: dict[str, Any],
+        now_ms: int,
+        expect_status: str | None = None,
     ) -> bool: ...
 
-    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> str: ...
+    async def cancel(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str: ...
 
     async def query(self, query: QueryFilter) -> QueryPage: ...
 

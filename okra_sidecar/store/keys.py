@@ -65,6 +65,25 @@ class RedisKeys:
 
     def index_status(self, status: InstanceStatus) -> str:
         return f"{self.prefix}idx:status:{status.value}"
+    def active_workflow(self, workflow_key: str) -> str:
+        """Unfinished instances of one workflow (`namespace.name`, every version together)."""
+        return f"{self.prefix}active:wf:{workflow_key}"
+
+    @property
+    def policies(self) -> str:
+        return f"{self.prefix}policies"
+
+    @property
+    def policy_channel(self) -> str:
+        return f"{self.prefix}policies:changed"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    def rate_limit(self, name: str) -> str:
+        return f"{self.prefix}ratelimit:{name}"
+
 
     def index_correlation(self, correlation_id: str) -> str:
         return f"{self.prefix}idx:corr:{correlation_id}"

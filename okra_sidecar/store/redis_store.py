@@ -16,6 +16,7 @@ from redis import exceptions as redis_errors
 from okra_sidecar.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
+    InstanceChangedError,
     InvalidInputError,
     NotFoundError,
     ResourceExhaustedError,
@@ -191,8 +192,21 @@ class RedisStore:
 
     # -- instances ------------------------------------------------------------------------
 
-    async def create_instance(self, new: NewInstance, *, max_active: int) -> bool:
-        """Persist a new instance and ask for its first turn; False if the id exists."""
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+    ) -> bool:
+        """Persist a new instance and ask for its first turn; False if the id exists.
+
+        Raises:
+            ResourceExhaustedError: `max_active` unfinished instances exist, or
+                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
+        """
         keys = self.keys
         member = index_member(new.created_us, new.instance_id)
         index_keys = [
@@ -211,6 +225,13 @@ class RedisStore:
         ]
         if new.trace_context:
             fields += ["otel", new.trace_context]
+        if new.deadline_ms is not None:
+            fields += ["deadline", str(new.deadline_ms)]
+        if new.step_timeout_ms is not None:
+            fields += ["steptmo", str(new.step_timeout_ms)]
+        if new.timeout_action:
+            fields += ["tmoact", new.timeout_action]
+        workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         with map_redis_errors():
             created = await self._create(
@@ -221,12 +242,24 @@ class RedisStore:
                     keys.active_count,
                     *index_keys,
                 ],
-                args=[new.instance_id, member, max_active, dumps(fields), event],
+                args=[
+                    *(new.instance_id, member, max_active, dumps(fields), event),
+                    *(keys.active_workflow(workflow_key), max_per_workflow),
+                ],
             )
             if int(created) == -1:
+                source = f" ({limit_policy})" if limit_policy else ""
                 raise ResourceExhaustedError(
-                    f"the limit of {max_active} concurrent instances is reached; "
-                    "retry when some have finished"
+                    f"the limit of {max_active} concurrent instances{source} is reached; "
+                    "retry when some have finished",
+                    policy=limit_policy,
+                )
+            if int(created) == -2:
+                source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
+                raise ResourceExhaustedError(
+                    f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
+                    f"{source} is reached; retry when some have finished",
+                    policy=workflow_limit_policy,
                 )
             await self._make_durable()
         return int(created) == 1
@@ -237,9 +270,19 @@ class RedisStore:
         return decode_record(instance_id, values)
 
     async def signal(
-        self, instance_id: str, *, signal_id: str, event: dict[str, Any], now_ms: int
+        self,
+        instance_id: str,
+        *,
+        signal_id: str,
+        event: dict[str, Any],
+        now_ms: int,
+        expect_status: str | None = None,
     ) -> bool:
-        """Deliver a signal; returns True when signal_id was delivered before."""
+        """Deliver a signal; returns True when signal_id was delivered before.
+
+        Raises:
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
         keys = self.keys
         with map_redis_errors():
             result = await self._signal(
@@ -249,7 +292,7 @@ class RedisStore:
                     keys.signal_ids(instance_id),
                     keys.work(keys.partition(instance_id)),
                 ],
-                args=[instance_id, signal_id, dumps(event), now_ms],
+                args=[instance_id, signal_id, dumps(event), now_ms, expect_status or ""],
             )
             outcome = [_text(x) for x in result]
             self._raise_for(instance_id, outcome, "signal")
@@ -257,8 +300,14 @@ class RedisStore:
                 await self._make_durable()
         return outcome[0] == "duplicate"
 
-    async def cancel(self, instance_id: str, *, reason: str, now_ms: int) -> str:
-        """Cancel an unfinished instance; returns its workflow id."""
+    async def cancel(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str:
+        """Cancel an unfinished instance; returns its workflow id.
+
+        Raises:
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
         keys = self.keys
         event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
         with map_redis_errors():
@@ -270,7 +319,7 @@ class RedisStore:
                     keys.active_count,
                     *keys.status_indexes(),
                 ],
-                args=[instance_id, reason, now_ms, event],
+                args=[instance_id, reason, now_ms, event, expect_status or ""],
             )
             outcome = [_text(x) for x in result]
             self._raise_for(instance_id, outcome, "cancel")
@@ -281,6 +330,8 @@ class RedisStore:
     def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
         if outcome[0] == "missing":
             raise NotFoundError(f"instance {instance_id} does not exist")
+        if outcome[0] == "changed":
+            raise InstanceChangedError(instance_id, outcome[1])
         if outcome[0] == "finished":
             raise FailedPreconditionError(
                 f"instance {instance_id} is already {outcome[1]}; only a pending, running "
@@ -353,10 +404,13 @@ class RedisStore:
         with map_redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(
-                    keys.instance(instance_id), "wf", "status", "rev", "state", "ikey", "otel"
+                    keys.instance(instance_id),
+                    *("wf", "status", "rev", "state", "ikey", "otel"),
+                    *("deadline", "steptmo", "tmoact", "step", "stepat"),
                 )
                 pipe.xrange(keys.inbox(instance_id), count=1000)
-                (wf, status, rev, state, ikey, otel), inbox = await pipe.execute()
+                (wf, status, rev, state, ikey, otel, *limits), inbox = await pipe.execute()
+        deadline, step_timeout, action, step, step_at = limits
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -368,6 +422,11 @@ class RedisStore:
             index_member=_text(ikey),
             inbox=[InboxEntry(_text(eid), json.loads(fields[b"e"])) for eid, fields in inbox],
             trace_context=_text(otel),
+            deadline_ms=int(deadline) if deadline else None,
+            step_timeout_ms=int(step_timeout) if step_timeout else None,
+            timeout_action=_text(action),
+            current_step=_text(step),
+            step_started_ms=int(step_at or 0),
         )
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
@@ -383,6 +442,12 @@ class RedisStore:
             fields += ["completed", now, "output", dumps(commit.output)]
             if commit.error is not None:
                 fields += ["error", dumps(commit.error)]
+        if commit.cancel_reason:
+            fields += ["reason", commit.cancel_reason]
+        if commit.step_started_ms is not None:
+            fields += ["stepat", str(commit.step_started_ms)]
+        if commit.clear_deadline:
+            fields += ["deadline", ""]
         partition = keys.partition(iid)
         with map_redis_errors():
             applied = await self._commit(

@@ -1,12 +1,17 @@
 -- Cancel an unfinished instance, recording the reason; returns {'ok', workflow id}.
 -- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT).
--- ARGV: instance id, reason, now ms, history event.
-local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf')
+-- ARGV: instance id, reason, now ms, history event, expected status ('' = any).
+-- A policy that allowed the cancel on one status passes it as expected: if the status moved
+-- meanwhile, nothing is written and {'changed', status} asks for the policy to decide again.
+local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf', 'wfc')
 if not cur[1] then
   return {'missing'}
 end
 if FINISHED[cur[1]] then
   return {'finished', cur[1]}
+end
+if ARGV[5] ~= '' and cur[1] ~= ARGV[5] then
+  return {'changed', cur[1]}
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'reason', ARGV[2], 'completed', ARGV[3],
   'updated', ARGV[3], 'step', '')
@@ -14,6 +19,9 @@ redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
 redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
 redis.call('DECR', KEYS[4])
+if cur[4] then
+  redis.call('DECR', cur[4])
+end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 return {'ok', cur[3]}

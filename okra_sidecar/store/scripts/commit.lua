@@ -4,7 +4,8 @@
 -- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
 --       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
 --       index member.
-local cur = redis.call('HMGET', KEYS[1], 'rev', 'status')
+-- Finishing frees the instance's slots: the active counter and its workflow's ('wfc').
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'wfc')
 if cur[1] ~= ARGV[2] then
   return 0
 end
@@ -27,6 +28,9 @@ if old ~= new then
   redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ARGV[9])
   if FINISHED[new] and not FINISHED[old] then
     redis.call('DECR', KEYS[6])
+    if cur[3] then
+      redis.call('DECR', cur[3])
+    end
   end
 end
 for _, event in ipairs(cjson.decode(ARGV[8])) do

@@ -1,12 +1,16 @@
 -- Deliver a signal to an unfinished instance once per signal id, and ask for a turn.
 -- KEYS: instance, inbox, delivered signal ids, work stream.
--- ARGV: instance id, signal id, event (JSON), now ms.
+-- ARGV: instance id, signal id, event (JSON), now ms, expected status ('' = any).
+-- As in cancel.lua, a status that moved since the policy checked it writes nothing.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {'missing'}
 end
 if FINISHED[status] then
   return {'finished', status}
+end
+if ARGV[5] ~= '' and status ~= ARGV[5] then
+  return {'changed', status}
 end
 if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
   return {'duplicate'}

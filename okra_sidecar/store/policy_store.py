@@ -1,0 +1,175 @@
+"""RedisPolicyStore: the shared policy set, its change channel, rate limits and the audit stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from okra_sidecar.errors import InvalidInputError
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.scripts import load_script
+
+MAX_AUDIT_PAGE = 1000
+AUDIT_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+@dataclass(frozen=True)
+class StoredPolicies:
+    """The policy set every sidecar sharing the Redis applies."""
+
+    version: int
+    document: dict[str, Any]
+    source: str
+    digest: str
+    file_digest: str
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    entry_id: str
+    record: dict[str, Any]
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class PolicyChanges:
+    """A subscription to policy changes; `next` yields announced versions."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def next(self, timeout_s: float) -> int | None:
+        """The next announced version, or None if none came within `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            # Subscription confirmations also arrive here; they count as nothing.
+            with map_redis_errors():
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=left
+                )
+            if message is not None and message.get("type") == "message":
+                try:
+                    return int(_text(message["data"]))
+                except ValueError:
+                    continue
+        return None
+
+
+class RedisPolicyStore:
+    """Policy state shared through Redis, on a client it does not own."""
+
+    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys, audit_max_length: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._audit_max_length = audit_max_length
+        self._gcra = redis.register_script(load_script("gcra"))
+        self._set = redis.register_script(load_script("policy_set"))
+
+    # -- the policy set ---------------------------------------------------------------------
+
+    async def get_policies(self) -> StoredPolicies | None:
+        with map_redis_errors():
+            values = await self.redis.hmget(
+                self.keys.policies,
+                ["version", "document", "source", "digest", "fileDigest", "updated"],
+            )
+        version, document, source, digest, file_digest, updated = values
+        if version is None or document is None:
+            return None
+        return StoredPolicies(
+            version=int(version),
+            document=json.loads(document),
+            source=_text(source),
+            digest=_text(digest),
+            file_digest=_text(file_digest),
+            updated_ms=int(updated or 0),
+        )
+
+    async def get_policy_version(self) -> int:
+        with map_redis_errors():
+            version = await self.redis.hget(self.keys.policies, "version")
+        return int(version or 0)
+
+    async def publish_policies(
+        self, document: str, *, source: str, digest: str, file_digest: str = ""
+    ) -> int:
+        """Store a new set and announce it; returns its version."""
+        with map_redis_errors():
+            version = await self._set(
+                keys=[self.keys.policies],
+                args=[
+                    document,
+                    source,
+                    digest,
+                    file_digest,
+                    int(time.time() * 1000),
+                    self.keys.policy_channel,
+                ],
+            )
+        return int(version)
+
+    @asynccontextmanager
+    async def policy_changes(self) -> AsyncIterator[PolicyChanges]:
+        """Subscribe to announcements (a dedicated connection while the block runs)."""
+        pubsub = self.redis.pubsub()
+        try:
+            with map_redis_errors():
+                await pubsub.subscribe(self.keys.policy_channel)
+            yield PolicyChanges(pubsub)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    async def acquire_rate(self, name: str, *, interval_ms: float, period_ms: int) -> float | None:
+        """None when the call may go ahead, else seconds until it may (GCRA, one round trip)."""
+        with map_redis_errors():
+            wait_ms = await self._gcra(
+                keys=[self.keys.rate_limit(name)], args=[repr(interval_ms), period_ms]
+            )
+        wait = float(_text(wait_ms))
+        return None if wait <= 0 else wait / 1000
+
+    # -- audit ------------------------------------------------------------------------------
+
+    async def append_audit(self, record: dict[str, Any]) -> None:
+        """Add a record to the capped audit stream (trimmed approximately, as XADD allows)."""
+        with map_redis_errors():
+            await self.redis.xadd(
+                self.keys.audit,
+                {"r": json.dumps(record, separators=(",", ":"), default=str)},
+                maxlen=self._audit_max_length,
+                approximate=True,
+            )
+
+    async def list_audit(self, *, limit: int, before: str = "") -> list[AuditEntry]:
+        """Newest first; `before` is an entry id from a previous page (exclusive)."""
+        if before and not AUDIT_ID_RE.match(before):
+            raise InvalidInputError.for_field("cursor", "is not a cursor from a previous page")
+        upper = f"({before}" if before else "+"
+        with map_redis_errors():
+            entries: Any = await self.redis.xrevrange(
+                self.keys.audit, max=upper, min="-", count=min(limit, MAX_AUDIT_PAGE)
+            )
+        return [
+            AuditEntry(_text(entry_id), json.loads(fields[b"r"])) for entry_id, fields in entries
+        ]
+
+
+__all__ = ["AuditEntry", "PolicyChanges", "RedisPolicyStore", "StoredPolicies"]
