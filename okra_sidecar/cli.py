@@ -1,4 +1,4 @@
-"""Command line: `okra-sidecar serve`, `validate` and `health`."""
+"""Command line: `okra-sidecar serve`, `validate`, `health` and `codegen`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--service", default="", help="service name; '' is the whole server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    codegen = commands.add_parser(
+        "codegen", help="write typed input types and run helpers from workflow input schemas"
+    )
+    codegen.add_argument("--lang", required=True, choices=["python", "typescript"])
+    codegen.add_argument("--workflows", required=True, help="directory of workflow definitions")
+    codegen.add_argument("--out", required=True, help="directory to write the modules into")
     return parser
+
+
+def run_codegen(args: argparse.Namespace) -> int:
+    """Write one typed module per workflow version; exit 1 naming the problem if any."""
+    from okra_sidecar.codegen import CodegenError, generate
+
+    try:
+        written = generate(args.lang, read_directory(Path(args.workflows)), Path(args.out))
+    except (DefinitionError, CodegenError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def run_health(args: argparse.Namespace) -> int:
@@ -74,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":
         return run_health(args)
+    if args.command == "codegen":
+        return run_codegen(args)
     if args.command == "validate":
         try:
             definitions = read_directory(Path(args.directory))

@@ -1,0 +1,319 @@
+"""JSON Schema to a small type model that the Python and TypeScript writers render.
+
+Handles objects (properties, required, additionalProperties), arrays, enums and const,
+type lists, anyOf/oneOf (unions), allOf of objects (merged), nested schemas and `$ref`s within
+the document (`#/$defs/...`, `#/definitions/...` or any JSON pointer). Validation-only keywords
+(minimum, pattern, minLength, ...) have no static type and are left to the sidecar, which
+checks every Run against the full schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from okra_sidecar.errors import OkraError
+
+__all__ = [
+    "AliasDecl",
+    "AnyType",
+    "CodegenError",
+    "Field",
+    "ListType",
+    "LiteralType",
+    "MapType",
+    "NamedType",
+    "ObjectDecl",
+    "PrimitiveType",
+    "SchemaTypes",
+    "TypeRef",
+    "UnionType",
+    "pascal_case",
+    "translate_schema",
+]
+
+
+class CodegenError(OkraError):
+    """A schema the generator cannot turn into types, with where in which workflow."""
+
+
+@dataclass(frozen=True)
+class PrimitiveType:
+    name: str  # "string", "integer", "number", "boolean", "null"
+
+
+@dataclass(frozen=True)
+class AnyType:
+    pass
+
+
+@dataclass(frozen=True)
+class LiteralType:
+    values: tuple[str | int | bool | None, ...]
+
+
+@dataclass(frozen=True)
+class ListType:
+    item: TypeRef
+
+
+@dataclass(frozen=True)
+class MapType:
+    value: TypeRef
+
+
+@dataclass(frozen=True)
+class UnionType:
+    options: tuple[TypeRef, ...]
+
+
+@dataclass(frozen=True)
+class NamedType:
+    name: str
+
+
+TypeRef = PrimitiveType | AnyType | LiteralType | ListType | MapType | UnionType | NamedType
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    type: TypeRef
+    required: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ObjectDecl:
+    """A named object type: a TypedDict or a TypeScript interface."""
+
+    name: str
+    fields: tuple[Field, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AliasDecl:
+    """A named non-object type: a type alias."""
+
+    name: str
+    type: TypeRef
+    description: str = ""
+
+
+@dataclass
+class SchemaTypes:
+    """What one schema becomes: the declarations and the root's name."""
+
+    root: str
+    declarations: list[ObjectDecl | AliasDecl] = field(default_factory=list)
+
+
+PRIMITIVES = ("string", "integer", "number", "boolean", "null")
+
+
+def pascal_case(text: str) -> str:
+    """`ship-to` / `ship_to` / `shipTo` -> `ShipTo`; digits first get an underscore."""
+    words = [w for w in re.split(r"[^0-9A-Za-z]+", text) if w]
+    name = "".join(w[0].upper() + w[1:] for w in words) or "Value"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+class _Translator:
+    def __init__(self, document: Mapping[str, Any], *, source: str, prefix: str) -> None:
+        self.document = document
+        self.source = source
+        # Names of $ref'd declarations start with the workflow's: OrderAddress.
+        self.prefix = prefix
+        self.result = SchemaTypes(root="")
+        self.taken: set[str] = set()
+        self.by_pointer: dict[str, str] = {}
+
+    def fail(self, where: str, problem: str) -> CodegenError:
+        return CodegenError(f"{self.source}: input.schema at {where or '/'}: {problem}")
+
+    def unique(self, wanted: str) -> str:
+        name, n = wanted, 2
+        while name in self.taken:
+            name, n = f"{wanted}{n}", n + 1
+        self.taken.add(name)
+        return name
+
+    def resolve(self, ref: str, where: str) -> Mapping[str, Any]:
+        if not ref.startswith("#"):
+            raise self.fail(where, f"$ref {ref!r} points outside the document; only '#...' works")
+        node: Any = self.document
+        for raw in ref[1:].split("/")[1:] if ref != "#" else []:
+            token = unquote(raw).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, Mapping) and token in node:
+                node = node[token]
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                raise self.fail(where, f"$ref {ref!r} points at nothing")
+        if node is True:
+            return {}
+        if not isinstance(node, Mapping):
+            raise self.fail(where, f"$ref {ref!r} is not a schema (or is `false`)")
+        return node
+
+    def named(self, ref: str, where: str) -> TypeRef:
+        """The declaration a `$ref` stands for, declared once however often it is used."""
+        if ref in self.by_pointer:
+            return NamedType(self.by_pointer[ref])
+        schema = self.resolve(ref, where)
+        last = unquote(ref.rstrip("/").rsplit("/", 1)[-1])
+        name = self.unique(self.prefix + pascal_case(last))
+        self.by_pointer[ref] = name
+        declared = self.declare(name, schema, ref)
+        assert declared == NamedType(name)
+        return declared
+
+    def declare(self, name: str, schema: Mapping[str, Any], where: str) -> TypeRef:
+        """Declare `name` for `schema` (an object or an alias) and refer to it."""
+        description = str(schema.get("description") or schema.get("title") or "")
+        if self.is_object(schema, where):
+            fields = self.object_fields(name, schema, where)
+            self.result.declarations.append(ObjectDecl(name, tuple(fields), description))
+        else:
+            # Reserve the slot first so that a recursive alias finds its own name.
+            index = len(self.result.declarations)
+            self.result.declarations.append(AliasDecl(name, AnyType(), description))
+            self.result.declarations[index] = AliasDecl(
+                name, self.type_of(schema, where, name), description
+            )
+        return NamedType(name)
+
+    def is_object(self, schema: Mapping[str, Any], where: str) -> bool:
+        if "$ref" in schema or any(k in schema for k in ("anyOf", "oneOf", "enum", "const")):
+            return False
+        if "allOf" in schema:
+            return all(self.is_object(self.part(p, where), where) for p in schema["allOf"])
+        kind = schema.get("type")
+        return (kind == "object" or (kind is None and "properties" in schema)) and bool(
+            schema.get("properties") or schema.get("allOf")
+        )
+
+    def part(self, sub: Any, where: str) -> Mapping[str, Any]:
+        if sub is True:
+            return {}
+        if not isinstance(sub, Mapping):
+            raise self.fail(where, f"expected a schema, got {sub!r}")
+        if "$ref" in sub:
+            return self.resolve(str(sub["$ref"]), where)
+        return sub
+
+    def object_fields(self, name: str, schema: Mapping[str, Any], where: str) -> list[Field]:
+        parts = [self.part(p, where) for p in schema.get("allOf", [])] or [schema]
+        if schema.get("allOf") and schema.get("properties"):
+            parts.append(schema)
+        fields: dict[str, Field] = {}
+        for part in parts:
+            required = set(part.get("required", []))
+            for key, sub in (part.get("properties") or {}).items():
+                at = f"{where}/properties/{key}"
+                kind = self.type_of(sub, at, name + pascal_case(key))
+                description = str(sub.get("description") or "") if isinstance(sub, Mapping) else ""
+                fields[key] = Field(key, kind, key in required, description)
+            for key in required - set(part.get("properties") or {}):
+                if key in fields:
+                    fields[key] = Field(key, fields[key].type, True, fields[key].description)
+        return list(fields.values())
+
+    def type_of(self, schema: Any, where: str, name_hint: str) -> TypeRef:
+        if schema is True or schema == {}:
+            return AnyType()
+        if schema is False:
+            raise self.fail(where, "a `false` schema accepts nothing")
+        if not isinstance(schema, Mapping):
+            raise self.fail(where, f"expected a schema, got {schema!r}")
+        if "$ref" in schema:
+            return self.named(str(schema["$ref"]), where)
+        if "const" in schema:
+            return self.literal([schema["const"]], where)
+        if "enum" in schema:
+            return self.literal(list(schema["enum"]), where)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                options = [
+                    self.type_of(sub, f"{where}/{keyword}/{i}", f"{name_hint}Option{i + 1}")
+                    for i, sub in enumerate(schema[keyword])
+                ]
+                return union(options)
+        if "allOf" in schema:
+            if self.is_object(schema, where):
+                return self.declare(self.unique(name_hint), schema, where)
+            members = schema["allOf"]
+            if len(members) == 1:
+                return self.type_of(members[0], f"{where}/allOf/0", name_hint)
+            return AnyType()
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            return union([self.type_of({**schema, "type": k}, where, name_hint) for k in kind])
+        if kind is None and "properties" in schema:
+            kind = "object"
+        if kind == "object":
+            if schema.get("properties"):
+                return self.declare(self.unique(name_hint), schema, where)
+            extra = schema.get("additionalProperties", True)
+            value = (
+                AnyType()
+                if extra in (True, False)
+                else self.type_of(extra, f"{where}/additionalProperties", name_hint + "Value")
+            )
+            return MapType(value)
+        if kind == "array":
+            items = schema.get("items", True)
+            return ListType(self.type_of(items, f"{where}/items", name_hint + "Item"))
+        if kind in PRIMITIVES:
+            return PrimitiveType(kind)
+        if kind is None:
+            return AnyType()
+        raise self.fail(where, f"unknown type {kind!r}")
+
+    def literal(self, values: list[Any], where: str) -> TypeRef:
+        plain = [v for v in values if v is None or isinstance(v, str | bool | int)]
+        if len(plain) == len(values) and values:
+            return LiteralType(tuple(plain))
+        # Floats, arrays and objects have no literal type: fall back to their JSON types.
+        kinds = {type(v) for v in values}
+        if kinds <= {int, float}:
+            return PrimitiveType("number")
+        return AnyType()
+
+
+def union(options: list[TypeRef]) -> TypeRef:
+    flat: list[TypeRef] = []
+    for option in options:
+        for each in option.options if isinstance(option, UnionType) else (option,):
+            if each not in flat:
+                flat.append(each)
+    if any(isinstance(o, AnyType) for o in flat):
+        return AnyType()
+    return flat[0] if len(flat) == 1 else UnionType(tuple(flat))
+
+
+def translate_schema(
+    schema: Mapping[str, Any] | None, *, root_name: str, source: str
+) -> SchemaTypes:
+    """The declarations for `schema`, the root one named `root_name`.
+
+    Raises:
+        CodegenError: an external or dangling `$ref`, a `false` schema, an unknown type.
+    """
+    translator = _Translator(schema or {}, source=source, prefix=root_name.removesuffix("Input"))
+    translator.result.root = translator.unique(root_name)
+    translator.by_pointer["#"] = translator.result.root
+    root = schema or {}
+    if translator.is_object(root, ""):
+        translator.declare(translator.result.root, root, "")
+    else:
+        translator.result.declarations.append(AliasDecl(translator.result.root, AnyType()))
+        kind = translator.type_of(root, "", translator.result.root)
+        translator.result.declarations[0] = AliasDecl(
+            translator.result.root, kind, str(root.get("description") or "")
+        )
+    return translator.result

@@ -1,0 +1,1 @@
+"""Tests of okra_sidecar.codegen and `okra-sidecar codegen`."""

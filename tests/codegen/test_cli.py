@@ -1,0 +1,88 @@
+"""`okra-sidecar codegen` on the command line: arguments, output and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from okra_sidecar.cli import main as cli_main
+from tests.codegen.support import WORKFLOWS_DIR
+
+
+def test_writes_each_module_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ts"
+    code = cli_main(
+        ["codegen", "--lang", "typescript", "--workflows", str(WORKFLOWS_DIR), "--out", str(out)]
+    )
+    assert code == 0
+    written = sorted(line.removeprefix("wrote ") for line in capsys.readouterr().out.splitlines())
+    assert written == sorted(str(p) for p in out.iterdir())
+    assert {p.name for p in out.iterdir()} == {
+        "_runtime.ts",
+        "shop_checkout_v2_1_0.ts",
+        "shop_ping_v1_0_0.ts",
+    }
+
+
+def test_unknown_language_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli_main(
+            [
+                "codegen",
+                "--lang",
+                "cobol",
+                "--workflows",
+                str(WORKFLOWS_DIR),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert caught.value.code == 2
+
+
+def test_external_ref_is_refused_with_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "bad.yaml").write_text(
+        (WORKFLOWS_DIR / "ping.yaml")
+        .read_text()
+        .replace(
+            "do:",
+            "input:\n  schema:\n    format: json\n    document:\n      type: object\n"
+            "      properties:\n        who: {$ref: 'https://example.com/person.json'}\ndo:",
+        )
+    )
+    code = cli_main(
+        [
+            "codegen",
+            "--lang",
+            "python",
+            "--workflows",
+            str(workflows),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "shop.ping.1.0.0" in error and "/properties/who" in error
+    assert "points outside the document" in error
+
+
+def test_broken_definitions_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(
+        [
+            "codegen",
+            "--lang",
+            "python",
+            "--workflows",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 1
+    assert "is not a directory" in capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""JSON Schema -> types: each construct, rendered as TypeScript (the terser of the two)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from okra_sidecar.codegen.python import render_python
+from okra_sidecar.codegen.schema import CodegenError, pascal_case, translate_schema
+from okra_sidecar.codegen.typescript import render_typescript
+
+
+def ts(schema: dict[str, Any] | None) -> str:
+    types = translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+    text = render_typescript(
+        types, workflow_id="t.order.1.0.0", title="", function="runOrder", marker="m"
+    )
+    return text.split('export const WORKFLOW_ID = "t.order.1.0.0";\n\n', 1)[1].split("/** Start")[0]
+
+
+def py(schema: dict[str, Any] | None) -> str:
+    types = translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+    text = render_python(
+        types, workflow_id="t.order.1.0.0", title="", function="run_order", marker="m"
+    )
+    return text.split('WORKFLOW_ID = "t.order.1.0.0"\n\n\n', 1)[1].split("async def")[0].strip()
+
+
+def test_no_schema_is_any_json() -> None:
+    assert ts(None).strip() == "export type OrderInput = unknown;"
+    assert py(None) == 'OrderInput: TypeAlias = "Any"'
+
+
+def test_required_and_optional_properties() -> None:
+    schema = {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "integer"}, "note": {"type": "string"}},
+    }
+    assert ts(schema).strip() == "export interface OrderInput {\n  id: number;\n  note?: string;\n}"
+    assert py(schema) == "class OrderInput(TypedDict):\n    id: int\n    note: NotRequired[str]"
+
+
+def test_type_lists_enums_and_const() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "maybe": {"type": ["string", "null"]},
+            "size": {"enum": ["s", "m", 3, True, None]},
+            "ratio": {"enum": [0.5, 1]},
+            "kind": {"const": "order"},
+        },
+    }
+    text = ts(schema)
+    assert "maybe?: string | null;" in text
+    assert 'size?: "s" | "m" | 3 | true | null;' in text
+    assert "ratio?: number;" in text
+    assert 'kind?: "order";' in text
+    assert 'size: NotRequired[Literal["s", "m", 3, True] | None]' in py(schema)
+
+
+def test_arrays_maps_and_nested_objects() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "anything": {"type": "array"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "free": {"type": "object"},
+            "rows": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"n": {"type": "number"}}},
+            },
+        },
+    }
+    text = ts(schema)
+    assert "tags?: Array<string>;" in text
+    assert "anything?: Array<unknown>;" in text
+    assert "counts?: Record<string, number>;" in text
+    assert "free?: Record<string, unknown>;" in text
+    assert "export interface OrderInputRowsItem {\n  n?: number;\n}" in text
+    assert "rows?: Array<OrderInputRowsItem>;" in text
+
+
+def test_refs_are_declared_once_and_may_recurse() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+            },
+            "id": {"type": "string"},
+        },
+        "properties": {
+            "tree": {"$ref": "#/$defs/node"},
+            "other": {"$ref": "#/$defs/node"},
+            "key": {"$ref": "#/$defs/id"},
+            "same": {"$ref": "#/properties/key"},
+            "self": {"$ref": "#"},
+        },
+    }
+    text = ts(schema)
+    assert text.count("export interface OrderNode {") == 1
+    assert "children?: Array<OrderNode>;" in text
+    assert "tree?: OrderNode;" in text and "other?: OrderNode;" in text
+    assert "export type OrderId = string;" in text and "key?: OrderId;" in text
+    assert "self?: OrderInput;" in text
+    assert 'OrderId: TypeAlias = "str"' in py(schema)
+
+
+def test_unions_and_all_of() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "merged": {
+                "allOf": [
+                    {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}},
+                    {"type": "object", "properties": {"b": {"type": "boolean"}}},
+                ]
+            },
+            "vague": {"allOf": [{"type": "string"}, {"minLength": 2}]},
+        },
+    }
+    text = ts(schema)
+    assert "either?: string | number;" in text
+    assert "export interface OrderInputMerged {\n  a: string;\n  b?: boolean;\n}" in text
+    assert "vague?: unknown;" in text
+
+
+def test_non_object_root() -> None:
+    assert ts({"type": "array", "items": {"type": "integer"}}).strip() == (
+        "export type OrderInput = Array<number>;"
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"properties": {"a": {"$ref": "other.json#/x"}}}, "points outside the document"),
+        ({"properties": {"a": {"$ref": "#/$defs/missing"}}}, "points at nothing"),
+        ({"properties": {"a": False}}, "accepts nothing"),
+        ({"properties": {"a": {"type": "decimal"}}}, "unknown type 'decimal'"),
+    ],
+)
+def test_refusals_name_the_workflow_and_place(schema: dict[str, Any], problem: str) -> None:
+    with pytest.raises(CodegenError, match=problem) as caught:
+        translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+    assert str(caught.value).startswith("t.order.1.0.0: input.schema at /properties/a")
+
+
+def test_names() -> None:
+    assert pascal_case("ship-to") == pascal_case("ship_to") == "ShipTo"
+    assert pascal_case("shipTo") == "ShipTo"
+    assert pascal_case("3d") == "_3d"
+    schema = {
+        "type": "object",
+        "$defs": {"input": {"type": "string"}},
+        "properties": {"a": {"$ref": "#/$defs/input"}, "b": {"type": "object", "properties": {}}},
+    }
+    assert "export type OrderInput2 = string;" in ts(schema)
