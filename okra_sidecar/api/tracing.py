@@ -221,6 +221,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _describe_call(self, span: Span, request: Any, context: Context) -> None:
         """Attributes that cost something to find: only for recorded spans."""
+        peer = context.peer()
+        attributes = _peer_attributes(peer) if peer else {}
         descriptor = getattr(request, "DESCRIPTOR", None)
         if descriptor is not None:
             fields = self._request_fields.get(descriptor.full_name)
@@ -230,19 +232,15 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             for field_name, attribute in fields:
                 value = getattr(request, field_name)
                 if value:
-                    span.set_attribute(attribute, value)
-        peer = context.peer()
-        if peer:
-            span.set_attributes(_peer_attributes(peer))
+                    attributes[attribute] = value
         for key, value in context.invocation_metadata() or ():
-            if key == "user-agent":
-                span.set_attribute("user_agent.original", str(value))
-            elif key == "okra-caller-workflow":
-                span.set_attribute(tracing.CALLER_WORKFLOW, str(value))
-        identities = list(context.peer_identities() or ())
+            if key == "okra-caller-workflow":
+                attributes[tracing.CALLER_WORKFLOW] = str(value)
+        identities = context.peer_identities()
         if identities:
             # A TLS client certificate names the caller until the auth layer says more.
-            span.set_attribute(tracing.CALLER_ID, identities[0].decode(errors="replace"))
+            attributes[tracing.CALLER_ID] = next(iter(identities)).decode(errors="replace")
+        span.set_attributes(attributes)
 
     @staticmethod
     def _code(context: Context, failure: BaseException | None) -> grpc.StatusCode:

@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
@@ -28,7 +29,7 @@ from okra_sidecar import __version__
 from okra_sidecar.config import TelemetrySettings
 from okra_sidecar.telemetry.metrics import METER_NAME, SidecarMetrics
 from okra_sidecar.telemetry.tracing import TRACER_NAME, build_tracer_provider
-from okra_sidecar.telemetry.turns import TurnTracer
+from okra_sidecar.telemetry.turns import SpanSink, TurnTracer
 
 DEFAULT_SERVICE_NAME = "okra-sidecar"
 PROMETHEUS_DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -95,6 +96,7 @@ class Telemetry:
     tracer: Tracer | None = None
     metrics: SidecarMetrics = field(default_factory=SidecarMetrics)
     tracer_provider: TracerProvider | None = None
+    span_processor: SpanProcessor | None = None  # feeds every processor of the provider
     meter_provider: MeterProvider | None = None
     registry: CollectorRegistry | None = None  # for the Prometheus scrape endpoint
     # True when an rpc interceptor is worth installing (spans or rpc metrics are wanted).
@@ -102,7 +104,14 @@ class Telemetry:
 
     @property
     def turns(self) -> TurnTracer:
-        return TurnTracer(tracer=self.tracer, metrics=self.metrics)
+        sink = None
+        if self.tracer_provider is not None and self.span_processor is not None:
+            sink = SpanSink(
+                emit=self.span_processor.on_end,
+                resource=self.tracer_provider.resource,
+                scope=InstrumentationScope(TRACER_NAME, __version__),
+            )
+        return TurnTracer(tracer=self.tracer, metrics=self.metrics, sink=sink)
 
     @classmethod
     def create(
@@ -116,9 +125,8 @@ class Telemetry:
         """Providers for `settings`, plus extra processors and readers (tests use in-memory
         ones); a Telemetry that does nothing when no exporter is configured."""
         resource = build_resource(settings, instance_id=instance_id)
-        tracer_provider = build_tracer_provider(
-            settings, resource, processors=tuple(span_processors)
-        )
+        built = build_tracer_provider(settings, resource, processors=tuple(span_processors))
+        tracer_provider, span_processor = built if built is not None else (None, None)
         readers = list(metric_readers)
         exporter = build_metric_exporter(settings)
         if exporter is not None:
@@ -148,6 +156,7 @@ class Telemetry:
             tracer=tracer,
             metrics=metrics,
             tracer_provider=tracer_provider,
+            span_processor=span_processor,
             meter_provider=meter_provider,
             registry=registry,
             active=tracer is not None or meter_provider is not None,

@@ -20,9 +20,14 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace import (
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    TracerProvider,
+    sampling,
+)
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from okra_sidecar.config import TelemetrySettings
@@ -46,10 +51,9 @@ SIGNAL_NAME = "okra.signal.name"
 TASK_REFERENCE = "okra.task.reference"
 TASK_NAME = "okra.task.name"
 TASK_STATUS = "okra.task.status"
+TASK_RESUMED = "okra.task.resumed"
 TURN_OUTCOME = "okra.turn.outcome"
 TURN_COMMITTED = "okra.turn.committed"
-TURN_CHANGED = "okra.turn.changed"
-TURN_REVISION = "okra.turn.revision"
 TURN_STEP = "okra.turn.current_step"
 TIMER_DUE = "okra.timer.due_ms"
 
@@ -200,10 +204,6 @@ def span_context_of(carrier: Mapping[str, Any]) -> SpanContext | None:
     return span_context if span_context.is_valid else None
 
 
-def parse_traceparent(value: str) -> SpanContext | None:
-    return span_context_of({TRACEPARENT: value})
-
-
 # -- the provider ----------------------------------------------------------------------------
 
 
@@ -230,11 +230,9 @@ def build_span_exporter(settings: TelemetrySettings) -> SpanExporter | None:
     protocol = settings.otlp_traces_protocol or settings.otlp_protocol
     endpoint = settings.otlp_traces_endpoint
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
+        from okra_sidecar.telemetry.otlp import FastGrpcSpanExporter
 
-        return GrpcSpanExporter(endpoint=endpoint or settings.otlp_endpoint)
+        return FastGrpcSpanExporter(endpoint=endpoint or settings.otlp_endpoint)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
@@ -250,18 +248,26 @@ def build_tracer_provider(
     resource: Resource,
     *,
     processors: tuple[SpanProcessor, ...] = (),
-) -> TracerProvider | None:
+) -> tuple[TracerProvider, SpanProcessor] | None:
     """A provider with a batch processor for the configured exporter, plus `processors`
-    (tests pass in-memory ones); None when there is nothing to send spans to."""
+    (tests pass in-memory ones), and the processor that feeds them all; None when there is
+    nothing to send spans to."""
     exporter = build_span_exporter(settings)
     if exporter is None and not processors:
         return None
-    provider = TracerProvider(resource=resource, sampler=build_sampler(settings))
+    every = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]  # SDK: untyped
+    provider = TracerProvider(
+        resource=resource,
+        sampler=build_sampler(settings),
+        active_span_processor=every,
+        # The sidecar shuts its provider down itself, in order; no handler per provider.
+        shutdown_on_exit=False,
+    )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     for processor in processors:
         provider.add_span_processor(processor)
-    return provider
+    return provider, every
 
 
 def event_trace_fields() -> dict[str, str]:
@@ -275,19 +281,9 @@ def event_trace_fields() -> dict[str, str]:
     return fields
 
 
-def link_to(span_context: SpanContext, **attributes: str) -> trace.Link:
-    return trace.Link(span_context, attributes)
-
-
-def non_recording(span_context: SpanContext) -> Span:
-    return trace.NonRecordingSpan(span_context)
-
-
 __all__ = [
     "CURRENT_CALL",
     "RpcCall",
-    "TraceFlags",
-    "TraceState",
     "annotate",
     "build_tracer_provider",
     "current_carrier",
@@ -297,7 +293,6 @@ __all__ = [
     "inject_traceparent",
     "load_context",
     "note_policy_denial",
-    "parse_traceparent",
     "record_error",
     "set_caller",
     "span_context_of",

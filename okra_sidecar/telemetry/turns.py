@@ -7,19 +7,25 @@ asked for carries the timer's due time. Task spans are children of the turn they
 are made from the history events the pure interpreter reports, so a task that waits across
 turns (a `listen`, a `wait`) has one span per turn it was active in, the first marked
 `waiting`. The interpreter does not time tasks one by one: a task span covers the turn's
-interpretation.
+interpretation. The turn's committed state, not each attempt, makes task spans, so a turn
+retried after a revision race reports its tasks once.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 
 from okra_sidecar.telemetry import tracing
 from okra_sidecar.telemetry.metrics import SidecarMetrics
@@ -27,6 +33,8 @@ from okra_sidecar.telemetry.metrics import SidecarMetrics
 NS_PER_MS = 1_000_000
 TASK_END_EVENTS = {"task.completed": "completed", "task.faulted": "faulted"}
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
+FAULTED = Status(StatusCode.ERROR, "the task faulted")
+UNSET = Status(StatusCode.UNSET)
 
 
 class TurnInput(Protocol):
@@ -67,20 +75,34 @@ class TurnOutput(Protocol):
     def outcome(self) -> Any: ...
 
 
+@dataclass(frozen=True)
+class SpanSink:
+    """Where finished task spans go: the provider's processors, its resource and scope.
+
+    Task spans are made as finished ReadableSpans and handed to the processors directly:
+    the interpreter has already run them, so the SDK's live-span machinery (locks, bounded
+    attributes, sampling again under a parent that decided) would only add cost.
+    """
+
+    emit: Callable[[ReadableSpan], None]
+    resource: Resource
+    scope: InstrumentationScope
+
+
 class TurnScope:
     """One attempt at a turn; `finish()` records its outcome once the commit returned."""
 
-    __slots__ = ("_metrics", "_snapshot", "_span", "_started_ns", "_tracer", "interpreted_ns")
+    __slots__ = ("_metrics", "_sink", "_snapshot", "_span", "_started_ns", "interpreted_ns")
 
     def __init__(
         self,
-        tracer: Tracer | None,
+        sink: SpanSink | None,
         metrics: SidecarMetrics,
         snapshot: TurnInput,
         span: Span | None,
         started_ns: int,
     ) -> None:
-        self._tracer = tracer
+        self._sink = sink
         self._metrics = metrics
         self._snapshot = snapshot
         self._span = span
@@ -103,19 +125,21 @@ class TurnScope:
         span = self._span
         if span is None or not span.is_recording():
             return
-        span.set_attribute(tracing.TURN_OUTCOME, outcome)
-        span.set_attribute(tracing.TURN_COMMITTED, committed)
-        span.set_attribute(tracing.TURN_CHANGED, result.changed)
+        attributes: dict[str, str | bool] = {
+            tracing.TURN_OUTCOME: outcome,
+            tracing.TURN_COMMITTED: committed,
+        }
         if result.current_step:
-            span.set_attribute(tracing.TURN_STEP, result.current_step)
+            attributes[tracing.TURN_STEP] = result.current_step
+        span.set_attributes(attributes)
         if outcome == "failed":
             span.set_status(trace.StatusCode.ERROR, "the instance failed")
         if not committed:
             return
         if result.consumed:
             self._link_signals(span, result.consumed)
-        if result.history and self._tracer is not None:
-            self._task_spans(span, result.history)
+        if result.history and self._sink is not None:
+            self._task_spans(span.get_span_context(), result.history)
 
     def _link_signals(self, span: Span, consumed: list[str]) -> None:
         wanted = set(consumed)
@@ -133,56 +157,68 @@ class TurnScope:
                     },
                 )
 
-    def _task_spans(self, turn_span: Span, history: list[dict[str, Any]]) -> None:
-        assert self._tracer is not None
+    def _task_spans(self, turn: SpanContext, history: list[dict[str, Any]]) -> None:
+        """One span per task that did something in this turn, child of the turn's span."""
+        sink = self._sink
+        assert sink is not None
         start_ns, end_ns = self.interpreted_ns or (self._started_ns, time.time_ns())
-        parent = trace.set_span_in_context(turn_span)
-        open_tasks: dict[str, Span] = {}
+        started: dict[str, bool] = {}
+        ended: list[tuple[str, str, bool]] = []
         for event in history:
             reference = event.get("task")
             if not reference:
                 continue
             kind = event.get("type")
             if kind == "task.started":
-                open_tasks[reference] = self._start_task(reference, parent, start_ns, False)
+                started[reference] = True
             elif kind in TASK_END_EVENTS:
-                span = open_tasks.pop(reference, None)
-                if span is None:  # started in an earlier turn: resumed here
-                    span = self._start_task(reference, parent, start_ns, True)
-                span.set_attribute(tracing.TASK_STATUS, TASK_END_EVENTS[kind])
-                if kind == "task.faulted":
-                    span.set_status(trace.StatusCode.ERROR, "the task faulted")
-                span.end(end_ns)
-        for span in open_tasks.values():
-            span.set_attribute(tracing.TASK_STATUS, "waiting")
-            span.end(end_ns)
+                resumed = started.pop(reference, None) is None  # started in an earlier turn
+                ended.append((reference, TASK_END_EVENTS[kind], resumed))
+        ended.extend((reference, "waiting", False) for reference in started)
+        for reference, task_status, resumed in ended:
+            name = reference.rsplit("/", 1)[-1]
+            attributes: dict[str, str | bool] = {
+                tracing.TASK_REFERENCE: reference,
+                tracing.TASK_NAME: name,
+                tracing.TASK_STATUS: task_status,
+            }
+            if resumed:
+                attributes[tracing.TASK_RESUMED] = True
+            sink.emit(
+                ReadableSpan(
+                    name=tracing.TASK_SPAN.format(task=name),
+                    context=SpanContext(
+                        turn.trace_id,
+                        _new_span_id(),
+                        is_remote=False,
+                        trace_flags=turn.trace_flags,
+                        trace_state=turn.trace_state,
+                    ),
+                    parent=turn,
+                    resource=sink.resource,
+                    attributes=attributes,
+                    kind=SpanKind.INTERNAL,
+                    status=FAULTED if task_status == "faulted" else UNSET,
+                    start_time=start_ns,
+                    end_time=end_ns,
+                    instrumentation_scope=sink.scope,
+                )
+            )
 
-    def _start_task(
-        self, reference: str, parent: context_api.Context, start_ns: int, resumed: bool
-    ) -> Span:
-        assert self._tracer is not None
-        name = reference.rsplit("/", 1)[-1]
-        attributes: dict[str, str | bool] = {
-            tracing.TASK_REFERENCE: reference,
-            tracing.TASK_NAME: name,
-            tracing.INSTANCE_ID: self._snapshot.instance_id,
-        }
-        if resumed:
-            attributes["okra.task.resumed"] = True
-        return self._tracer.start_span(
-            tracing.TASK_SPAN.format(task=name),
-            context=parent,
-            attributes=attributes,
-            start_time=start_ns,
-        )
+
+def _new_span_id() -> int:
+    return random.getrandbits(64) or 1
 
 
 class TurnTracer:
     """Makes turn scopes for the engine runner; with tracing off it only feeds metrics."""
 
-    def __init__(self, *, tracer: Tracer | None, metrics: SidecarMetrics) -> None:
+    def __init__(
+        self, *, tracer: Tracer | None, metrics: SidecarMetrics, sink: SpanSink | None = None
+    ) -> None:
         self._tracer = tracer
         self._metrics = metrics
+        self._sink = sink
 
     @contextmanager
     def turn(
@@ -199,22 +235,23 @@ class TurnTracer:
             yield TurnScope(None, self._metrics, snapshot, None, started_ns)
             return
         parent = tracing.load_context(snapshot.trace_context)
+        attributes: dict[str, str | int] = {
+            tracing.WORKFLOW_ID: snapshot.workflow_id,
+            tracing.INSTANCE_ID: snapshot.instance_id,
+        }
+        if due_ms:
+            attributes[tracing.TIMER_DUE] = max(due_ms)
         span = tracer.start_span(
             tracing.TURN_SPAN.format(workflow=snapshot.workflow_id),
             context=parent,
             kind=SpanKind.CONSUMER,
+            attributes=attributes,
             start_time=started_ns,
         )
-        if span.is_recording():
-            span.set_attribute(tracing.WORKFLOW_ID, snapshot.workflow_id)
-            span.set_attribute(tracing.INSTANCE_ID, snapshot.instance_id)
-            span.set_attribute(tracing.TURN_REVISION, snapshot.revision)
-            if due_ms:
-                span.set_attribute(tracing.TIMER_DUE, max(due_ms))
         # Keep the stored baggage current too, so outgoing calls made in the turn carry it.
         token = context_api.attach(trace.set_span_in_context(span, parent))
         try:
-            yield TurnScope(tracer, self._metrics, snapshot, span, started_ns)
+            yield TurnScope(self._sink, self._metrics, snapshot, span, started_ns)
         except BaseException as exc:
             if span.is_recording():
                 span.record_exception(exc)
@@ -225,4 +262,4 @@ class TurnTracer:
             span.end()
 
 
-__all__ = ["TurnScope", "TurnTracer"]
+__all__ = ["SpanSink", "TurnScope", "TurnTracer"]
