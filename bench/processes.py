@@ -132,7 +132,11 @@ async def _echo_answers(channel: grpc.aio.Channel) -> bool:
 
 @asynccontextmanager
 async def sidecar_process(
-    work_dir: Path, *, redis_url: str | None = None, key_prefix: str | None = None
+    work_dir: Path,
+    *,
+    redis_url: str | None = None,
+    key_prefix: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """`python -m okra_sidecar serve` with the bench workflows, stopped with SIGTERM on exit.
 
@@ -140,15 +144,16 @@ async def sidecar_process(
         work_dir: Holds the log and, without `redis_url`, the embedded Redis's data.
         redis_url: An external Redis instead of the embedded one.
         key_prefix: Key prefix for the sidecar's keys (keeps a shared Redis tidy).
+        env: Variables added to the sidecar's environment (e.g. OTEL_* for tracing).
     """
     address = f"127.0.0.1:{free_port()}"
     args = ["-m", "okra_sidecar", "serve", "--listen", address, "--workflows", str(WORKFLOWS_DIR)]
     args += ["--redis-url", redis_url] if redis_url else ["--data-dir", str(work_dir / "data")]
-    env = dict(os.environ)
+    environ = {**os.environ, **(env or {})}
     if key_prefix:
-        env["OKRA_KEY_PREFIX"] = key_prefix
+        environ["OKRA_KEY_PREFIX"] = key_prefix
     server = await _spawn(
-        "sidecar", args, log_path=work_dir / "sidecar.log", address=address, env=env
+        "sidecar", args, log_path=work_dir / "sidecar.log", address=address, env=environ
     )
     await _wait_until_ready(server, _health_serving)
     try:
