@@ -1,0 +1,1 @@
+"""Tests that run the commands of the documentation (docs/)."""
