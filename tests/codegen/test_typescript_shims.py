@@ -80,6 +80,7 @@ def tsc(node: NodeToolchain, project: Path, *files: str) -> subprocess.Completed
     types = str(NODE_DIR / "node_modules" / "@types")
     options = ["--noEmit", "--strict", "--target", "ES2022", "--module", "commonjs"]
     options += ["--moduleResolution", "node", "--typeRoots", types, "--types", "node"]
+    options += ["--skipLibCheck"]
     return run_tsc(node, *options, *files, cwd=project)
 
 
