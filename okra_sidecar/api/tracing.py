@@ -95,6 +95,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._methods: dict[str, _Method] = {}
         self._metric_attributes: dict[tuple[str, int], dict[str, str | int]] = {}
         self._request_fields: dict[str, tuple[tuple[str, str], ...]] = {}
+        # The metadata keys the configured propagators read (OTEL_PROPAGATORS).
+        self._propagated = frozenset(get_global_textmap().fields)
 
     async def intercept_service(
         self,
@@ -211,13 +213,15 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
         return traced
 
-    @staticmethod
-    def _extract(context: Context) -> context_api.Context | None:
-        metadata = context.invocation_metadata()
-        if not metadata:
-            return None
-        carrier = {key: value for key, value in metadata if isinstance(value, str)}
-        return get_global_textmap().extract(carrier)
+    def _extract(self, context: Context) -> context_api.Context | None:
+        """The caller's context, if its metadata has any of the propagators' fields."""
+        fields = self._propagated
+        carrier = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if key in fields and isinstance(value, str)
+        }
+        return get_global_textmap().extract(carrier) if carrier else None
 
     def _describe_call(self, span: Span, request: Any, context: Context) -> None:
         """Attributes that cost something to find: only for recorded spans."""

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import (
     sampling,
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from okra_sidecar.config import TelemetrySettings
@@ -172,13 +172,40 @@ def current_carrier() -> dict[str, str]:
 
 
 def dump_carrier(carrier: Mapping[str, str]) -> str:
-    return json.dumps(carrier, separators=(",", ":")) if carrier else ""
+    """A carrier as stored with an instance: the bare traceparent when that is all (the
+    usual case, read back without a JSON parse), else JSON."""
+    if not carrier:
+        return ""
+    if len(carrier) == 1 and TRACEPARENT in carrier:
+        return carrier[TRACEPARENT]
+    return json.dumps(carrier, separators=(",", ":"))
+
+
+def _remote_span_context(traceparent: str) -> SpanContext | None:
+    """A version-00 traceparent parsed by hand; None for anything else."""
+    version, _, rest = traceparent.partition("-")
+    trace_hex, _, rest = rest.partition("-")
+    span_hex, _, flags_hex = rest.partition("-")
+    if version != "00" or len(trace_hex) != 32 or len(span_hex) != 16 or len(flags_hex) != 2:
+        return None
+    try:
+        trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
 
 
 def load_context(stored: str) -> Context | None:
     """The context saved by `dump_carrier(current_carrier())`; None when nothing usable."""
     if not stored:
         return None
+    if not stored.startswith("{"):
+        span_context = _remote_span_context(stored)
+        if span_context is None:
+            return None
+        return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
     try:
         carrier = json.loads(stored)
     except ValueError:
