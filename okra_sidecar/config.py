@@ -161,6 +161,20 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class EffectSettings:
+    """The executors of outside work: calls, child runs, worker tasks and the event router.
+
+    `http_hosts` sends calls for a host elsewhere (host -> base URL; see executors/hosts.py).
+    A worker task whose worker sends no heartbeat for `task_lease_ms` goes to another worker.
+    """
+
+    concurrency: int = 64
+    call_timeout_s: float = 30.0
+    http_hosts: tuple[tuple[str, str], ...] = ()
+    task_lease_ms: int = 30_000
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -169,6 +183,7 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    effects: EffectSettings = field(default_factory=EffectSettings)
     workflows_dir: Path | None = None
     policies_file: Path | None = None
 
@@ -304,6 +319,24 @@ def _names(value: object, name: str) -> tuple[str, ...]:
     return names
 
 
+def _http_hosts(value: object, name: str) -> tuple[tuple[str, str], ...]:
+    """`host=target,...` or a YAML mapping; executors/hosts.py says what a target may be."""
+    items = (
+        [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else str(value).split(",")
+    )
+    pairs = []
+    for item in items:
+        host, sep, target = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or not host.strip() or not target.strip():
+            raise ConfigError(
+                f"{name}: expected host=target pairs separated by commas, got {item!r}"
+            )
+        pairs.append((host.strip().lower(), target.strip()))
+    return tuple(pairs)
+
+
 def _listen(value: object, name: str) -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -358,6 +391,10 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "policyAdminClaim": ("policy", "admin_claim", _str),
     "auditMaxLength": ("policy", "audit_max_length", _int(1)),
     "policyWatchInterval": ("policy", "watch_interval_s", _seconds),
+    "effectConcurrency": ("effects", "concurrency", _int(1)),
+    "callTimeout": ("effects", "call_timeout_s", _seconds),
+    "httpHosts": ("effects", "http_hosts", _http_hosts),
+    "taskLeaseMs": ("effects", "task_lease_ms", _int(100)),
     "workflows": (None, "workflows_dir", _path),
     "policies": (None, "policies_file", _path),
 }
@@ -404,6 +441,10 @@ ENV_VARIABLES = {
     "OKRA_GAUGE_INTERVAL": "gaugeInterval",
     "OKRA_LOG_LEVEL": "logLevel",
     "OKRA_LOG_FORMAT": "logFormat",
+    "OKRA_EFFECT_CONCURRENCY": "effectConcurrency",
+    "OKRA_CALL_TIMEOUT": "callTimeout",
+    "OKRA_HTTP_HOSTS": "httpHosts",
+    "OKRA_TASK_LEASE_MS": "taskLeaseMs",
 }
 FLAG_KEYS = {
     "listen": "listen",

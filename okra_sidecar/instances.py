@@ -53,6 +53,16 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True)
+class ParentLink:
+    """A child run's parent: the instance awaiting it, the effect it awaits it as, and the
+    workflow ids of every ancestor (the recursion check walks them)."""
+
+    instance_id: str
+    effect_id: str
+    ancestors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NewInstance:
     """Everything Run persists for a new instance."""
 
@@ -70,6 +80,7 @@ class NewInstance:
     deadline_ms: int | None = None
     step_timeout_ms: int | None = None
     timeout_action: str = ""
+    parent: ParentLink | None = None
 
     @property
     def created_ms(self) -> int:

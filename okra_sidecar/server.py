@@ -22,11 +22,15 @@ from grpc_reflection.v1alpha import reflection
 
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
+from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.runner import EngineRunner
 from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.executors.runtime import EffectRuntime
+from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
+from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
@@ -39,6 +43,7 @@ from okra_sidecar.telemetry.providers import scrape_listen
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
+TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
@@ -65,6 +70,7 @@ class Sidecar:
     owns_telemetry: bool = False
     admin: AdminServer | None = None
     gauge_task: asyncio.Task[None] | None = None
+    effects: EffectRuntime | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -73,6 +79,8 @@ class Sidecar:
         self.health_task.cancel()
         await self.server.stop(grace_s)
         await self.runner.stop(timeout_s=grace_s or 0.0)
+        if self.effects is not None:
+            await self.effects.stop(timeout_s=grace_s or 0.0)
         if self.gauge_task is not None:
             self.gauge_task.cancel()
         if self.admin is not None:
@@ -91,6 +99,7 @@ def build_server(
     health_servicer: health_aio.HealthServicer,
     listen: str,
     telemetry: Telemetry | None = None,
+    task_worker: TaskWorkerServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, reflection and health, bound to `listen`."""
     # Interceptor order, outermost first: tracing and rpc metrics (so the span covers every
@@ -104,9 +113,11 @@ def build_server(
     server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if task_worker is not None:
+        wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, server)
+        services.append(TASK_WORKER_SERVICE)
+    reflection.enable_server_reflection(services, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
@@ -168,7 +179,10 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
     # A blocking pool makes a burst wait for a free connection instead of failing the call.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=REDIS_POOL_BASE + 2 * settings.engine.concurrency,
+        # Effects hold connections too: blocking reads (executors, router, one per task poller).
+        max_connections=REDIS_POOL_BASE
+        + 2 * settings.engine.concurrency
+        + settings.effects.concurrency,
         timeout=REDIS_POOL_WAIT_S,
         socket_connect_timeout=2,
         socket_timeout=10,
@@ -191,15 +205,33 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
             consumer=consumer,
             turns=telemetry.turns,
         )
+        effects = EffectRuntime.build(
+            redis=client,
+            keys=store.keys,
+            store=store,
+            registry=registry,
+            settings=settings,
+            consumer=consumer,
+        )
         health_servicer = health_aio.HealthServicer()
         servicer = WorkflowHostServicer(
-            store=store, registry=registry, settings=settings.host, metrics=telemetry.metrics
+            store=store,
+            registry=registry,
+            settings=settings.host,
+            metrics=telemetry.metrics,
+            effects=effects.effects,
+        )
+        task_worker = TaskWorkerServicer(
+            effects=effects.effects,
+            lease_ms=settings.effects.task_lease_ms,
+            read_block_ms=settings.engine.read_block_ms,
         )
         server, port = build_server(
             servicer=servicer,
             health_servicer=health_servicer,
             listen=settings.server.listen,
             telemetry=telemetry,
+            task_worker=task_worker,
         )
         admin = None
         listen = scrape_listen(settings.telemetry)
@@ -207,6 +239,7 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
             admin = AdminServer(registry=telemetry.registry, listen=listen)
             await admin.start()
         await runner.start()
+        await effects.start()
         await server.start()
     except BaseException:
         await client.aclose()
@@ -237,6 +270,7 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
         owns_telemetry=owns_telemetry,
         admin=admin,
         gauge_task=gauge_task,
+        effects=effects,
     )
 
 

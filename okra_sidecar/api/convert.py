@@ -77,3 +77,17 @@ def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
     _set_time(message.end_time, record.completed_ms)
     _set_time(message.updated_at, record.updated_ms)
     return message
+
+
+def history_event_to_pb(entry_id: str, event: dict[str, Any]) -> pb.HistoryEvent:
+    """One history stream entry as a HistoryEvent; fields beyond type, task, time go in details."""
+    message = pb.HistoryEvent(
+        id=entry_id, type=str(event.get("type", "")), task=str(event.get("task") or "")
+    )
+    when = event.get("time")
+    if isinstance(when, int):
+        message.time.FromMilliseconds(when)
+    details = {k: v for k, v in event.items() if k not in ("type", "task", "time")}
+    if details:
+        message.details.update(details)
+    return message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ import grpc
 
 from okra_sidecar.api.convert import (
     STATUS_FROM_PB,
+    history_event_to_pb,
     record_to_pb,
     timestamp_ms,
     value_to_python,
@@ -24,6 +26,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import NewInstance, QueryFilter
 from okra_sidecar.policy import rules
 from okra_sidecar.store.base import Store
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,6 +37,7 @@ MAX_TAGS = 64
 MAX_TEXT = 256
 MAX_REASON = 1024
 SIGNAL_SOURCE = "okra-sidecar"
+RESERVED_EVENT_PREFIX = "io.okra."
 
 
 def now_ms() -> int:
@@ -72,8 +76,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         registry: WorkflowRegistry,
         settings: HostSettings,
         metrics: SidecarMetrics | None = None,
+        effects: RedisEffectStore | None = None,
     ) -> None:
         self._store = store
+        self._effects = effects
         self._registry = registry
         self._settings = settings
         self._metrics = metrics or SidecarMetrics()
@@ -224,6 +230,59 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 )
                 for d in await self._registry.list()
             ]
+        )
+
+    async def Emit(self, request: pb.EmitRequest, context: Context) -> pb.EmitResponse:
+        if not request.type:
+            raise InvalidInputError.for_field("type", "is required")
+        if request.type.startswith(RESERVED_EVENT_PREFIX):
+            raise InvalidInputError.for_field(
+                "type", f"types starting {RESERVED_EVENT_PREFIX!r} are the sidecar's own"
+            )
+        if not request.source:
+            raise InvalidInputError.for_field("source", "is required")
+        for name, text in (("type", request.type), ("source", request.source)):
+            _check_text(text, name)
+        _check_text(request.id, "id")
+        _check_text(request.subject, "subject")
+        rules.check_input_size(
+            request.data.ByteSize(), self._settings.max_input_bytes, field="data"
+        )
+        reserved = {"specversion", "id", "source", "type", "subject", "time", "data"}
+        for name in request.extensions:
+            if not re.fullmatch(r"[a-z0-9]{1,20}", name) or name in reserved:
+                raise InvalidInputError.for_field(
+                    f"extensions.{name}",
+                    "must be 1-20 lowercase letters or digits, not a core name",
+                )
+        sent = timestamp_ms(request.time) if request.HasField("time") else now_ms()
+        event: dict[str, Any] = {
+            **dict(request.extensions),
+            "specversion": "1.0",
+            "id": request.id or str(uuid.uuid4()),
+            "source": request.source,
+            "type": request.type,
+            "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
+        }
+        if request.subject:
+            event["subject"] = request.subject
+        if request.HasField("data"):
+            event["datacontenttype"] = "application/json"
+            event["data"] = value_to_python(request.data)
+        if self._effects is None:
+            raise FailedPreconditionError("this sidecar does not route events")
+        await self._effects.publish(event)
+        return pb.EmitResponse(id=event["id"])
+
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: Context
+    ) -> pb.GetHistoryResponse:
+        rules.check_instance_id(request.instance_id)
+        limit = rules.check_query_limit(request.limit)
+        page = await self._store.history(request.instance_id, after=request.cursor, limit=limit)
+        return pb.GetHistoryResponse(
+            events=[history_event_to_pb(eid, event) for eid, event in page.events],
+            cursor=page.cursor,
         )
 
 

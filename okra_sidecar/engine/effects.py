@@ -11,6 +11,7 @@ plus attempt), so a result delivered twice or too late is recognised and dropped
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +24,7 @@ RESULT_SOURCE = "okra-sidecar/effects"
 class EffectKind(StrEnum):
     HTTP = "http"
     GRPC = "grpc"
+    OPENAPI = "openapi"
     WORKER = "worker"
     CHILD = "child"
     EMIT = "emit"
@@ -82,3 +84,19 @@ def result_event(
 
 def is_result_event(event: dict[str, Any]) -> bool:
     return event.get("type") == RESULT_EVENT_TYPE
+
+
+def iso_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+RUNTIME_ERROR = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
+
+
+def cancelled_result_event(
+    effect_id: str, child_id: str, reason: str, now_ms: int
+) -> dict[str, Any]:
+    """The outcome a cancelled child run hands to its parent: a runtime error."""
+    detail = f"child run {child_id} was cancelled" + (f": {reason}" if reason else "")
+    error = {"type": RUNTIME_ERROR, "status": 499, "title": "Child run cancelled", "detail": detail}
+    return result_event(effect_id, time_iso=iso_time(now_ms), error=error)

@@ -10,6 +10,7 @@ from typing import Any
 
 from okra_sidecar.config import EngineSettings
 from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, TurnResult, advance
+from okra_sidecar.engine.outbox import turn_extras
 from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
@@ -171,7 +172,7 @@ class EngineRunner:
                 turn.interpreted(interpreting_ns)
                 if not result.changed and result.wake_at_ms is None:
                     return
-                commit = self._to_commit(result, now)
+                commit = self._to_commit(result, now, snapshot)
                 committed = await self._store.commit_turn(snapshot, commit)
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
@@ -214,7 +215,7 @@ class EngineRunner:
         )
 
     @staticmethod
-    def _to_commit(result: TurnResult, now: int) -> TurnCommit:
+    def _to_commit(result: TurnResult, now: int, snapshot: TurnSnapshot) -> TurnCommit:
         return TurnCommit(
             status=OUTCOME_STATUS[result.outcome],
             state=result.state,
@@ -227,4 +228,5 @@ class EngineRunner:
             requeue=result.outcome is TurnOutcome.RUNNING,
             history=result.history,
             now_ms=now,
+            extras=turn_extras(snapshot, result, now),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from okra_sidecar.instances import (
@@ -34,6 +34,11 @@ class TurnSnapshot:
     index_member: str
     inbox: list[InboxEntry]
     trace_context: str = ""  # stored at creation; see NewInstance.trace_context
+    # A child run's link to the parent awaiting it ('' for top-level instances).
+    parent_id: str = ""
+    parent_effect: str = ""
+    # The listen subscriptions registered by the previous turn (the stored JSON record, or '').
+    subscriptions: str = ""
 
     # Policy timeouts (see NewInstance) and when the instance entered its current step.
     deadline_ms: int | None = None
@@ -41,6 +46,7 @@ class TurnSnapshot:
     timeout_action: str = ""
     current_step: str = ""
     step_started_ms: int = 0
+
 
 @dataclass(frozen=True)
 class TurnCommit:
@@ -61,6 +67,42 @@ class TurnCommit:
     cancel_reason: str = ""
     step_started_ms: int | None = None  # set when the instance enters a new step
     clear_deadline: bool = False  # a passed deadline that timeoutAction `continue` let go
+    extras: TurnExtras | None = None  # None for the common turn with nothing more to write
+
+
+@dataclass(frozen=True)
+class Subscriptions:
+    """What a turn waiting in a listen wants routed to it: filters, by the event types they name
+    ('' stands for filters without a type, which see every event)."""
+
+    types: tuple[str, ...]
+    filters: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TurnExtras:
+    """What a turn writes beyond state and history, in the same atomic step.
+
+    `effects` go to the executors (Effect.to_json()), `events` are published, `inbox` events go
+    straight back to the instance itself (with a turn to read them), `subscriptions` replace the
+    registered ones (None: unchanged; empty filters: none) and `parent_event` is the outcome a
+    finished child hands to the parent awaiting it.
+    """
+
+    effects: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: Subscriptions | None = None
+    parent_event: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of an instance's history: (stream id, event) pairs, and where the next starts."""
+
+    events: list[tuple[str, dict[str, Any]]]
+    cursor: str
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -116,6 +158,8 @@ class Store(Protocol):
     ) -> str: ...
 
     async def query(self, query: QueryFilter) -> QueryPage: ...
+
+    async def history(self, instance_id: str, *, after: str, limit: int) -> HistoryPage: ...
 
     async def load_turn(self, instance_id: str) -> TurnSnapshot | None: ...
 

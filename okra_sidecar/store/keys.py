@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from okra_sidecar.instances import InstanceStatus
 
 ENGINE_GROUP = "engine"
+# Effects are read by every sidecar's executors, events by every sidecar's router, worker
+# tasks by the workers polling a service's stream: one consumer group each.
+EXECUTOR_GROUP = "executors"
+ROUTER_GROUP = "router"
+WORKER_GROUP = "workers"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,30 @@ class RedisKeys:
 
     def signal_ids(self, instance_id: str) -> str:
         return f"{self.prefix}{{{instance_id}}}:signal-ids"
+
+    def delivered(self, instance_id: str) -> str:
+        """Ids of effect results and routed events already put in the inbox (de-duplication)."""
+        return f"{self.prefix}{{{instance_id}}}:delivered"
+
+    def children(self, instance_id: str) -> str:
+        return f"{self.prefix}{{{instance_id}}}:children"
+
+    def effects(self, partition: int) -> str:
+        return f"{self.prefix}effects:{partition}"
+
+    def all_effects(self) -> list[str]:
+        return [self.effects(p) for p in range(self.partitions)]
+
+    def tasks(self, service: str) -> str:
+        return f"{self.prefix}tasks:{service}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    def subscribers(self, event_type: str) -> str:
+        """Instances whose listen waits for events of this type ('' for filters without one)."""
+        return f"{self.prefix}subs:{event_type}"
 
     def work(self, partition: int) -> str:
         return f"{self.prefix}work:{partition}"
@@ -65,6 +94,7 @@ class RedisKeys:
 
     def index_status(self, status: InstanceStatus) -> str:
         return f"{self.prefix}idx:status:{status.value}"
+
     def active_workflow(self, workflow_key: str) -> str:
         """Unfinished instances of one workflow (`namespace.name`, every version together)."""
         return f"{self.prefix}active:wf:{workflow_key}"
@@ -83,7 +113,6 @@ class RedisKeys:
 
     def rate_limit(self, name: str) -> str:
         return f"{self.prefix}ratelimit:{name}"
-
 
     def index_correlation(self, correlation_id: str) -> str:
         return f"{self.prefix}idx:corr:{correlation_id}"

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from okra_sidecar.engine.effects import cancelled_result_event
 from okra_sidecar.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -30,7 +32,15 @@ from okra_sidecar.instances import (
     QueryFilter,
     QueryPage,
 )
-from okra_sidecar.store.base import InboxEntry, StoreStats, TurnCommit, TurnSnapshot, WorkItem
+from okra_sidecar.store.base import (
+    HistoryPage,
+    InboxEntry,
+    StoreStats,
+    TurnCommit,
+    TurnExtras,
+    TurnSnapshot,
+    WorkItem,
+)
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
 from okra_sidecar.store.scripts import load_script
 
@@ -56,6 +66,7 @@ DURABILITY_LEVELS = ("memory", "aof", "replicas")
 MEMBER_TIME_WIDTH = 17
 QUERY_SCAN_BATCH = 200
 QUERY_SCAN_BUDGET = 5000
+STREAM_ID_RE = re.compile(r"^\d+-\d+$")
 
 
 def dumps(value: Any) -> str:
@@ -233,6 +244,13 @@ class RedisStore:
             fields += ["tmoact", new.timeout_action]
         workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
+        child = "0"
+        if new.parent is not None:
+            parent = new.parent
+            fields += ["parent", parent.instance_id, "peffect", parent.effect_id]
+            fields += ["anc", dumps(list(parent.ancestors))]
+            index_keys += [keys.instance(parent.instance_id), keys.children(parent.instance_id)]
+            child = "1"
         with map_redis_errors():
             created = await self._create(
                 keys=[
@@ -244,9 +262,13 @@ class RedisStore:
                 ],
                 args=[
                     *(new.instance_id, member, max_active, dumps(fields), event),
-                    *(keys.active_workflow(workflow_key), max_per_workflow),
+                    *(keys.active_workflow(workflow_key), max_per_workflow, child),
                 ],
             )
+            if int(created) == -3:
+                raise FailedPreconditionError(
+                    f"the parent of child run {new.instance_id} has already finished"
+                )
             if int(created) == -1:
                 source = f" ({limit_policy})" if limit_policy else ""
                 raise ResourceExhaustedError(
@@ -303,7 +325,8 @@ class RedisStore:
     async def cancel(
         self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
     ) -> str:
-        """Cancel an unfinished instance; returns its workflow id.
+        """Cancel an unfinished instance, then its child runs (whose parent then can start no
+        more); returns its workflow id.
 
         Raises:
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
@@ -311,20 +334,71 @@ class RedisStore:
         keys = self.keys
         event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
         with map_redis_errors():
-            result = await self._cancel(
-                keys=[
+            for _ in range(8):
+                base = [
                     keys.instance(instance_id),
                     keys.history(instance_id),
                     keys.timers(keys.partition(instance_id)),
                     keys.active_count,
                     *keys.status_indexes(),
-                ],
-                args=[instance_id, reason, now_ms, event, expect_status or ""],
-            )
-            outcome = [_text(x) for x in result]
+                ]
+                extra_keys, extras = await self._cancel_extras(instance_id, reason, now_ms, base)
+                result = await self._cancel(
+                    keys=[*base, *extra_keys],
+                    args=[instance_id, reason, now_ms, event, expect_status or "", extras],
+                )
+                outcome = [_text(x) for x in result]
+                if outcome[0] != "retry":  # 'retry': a turn changed the subscriptions meanwhile
+                    break
             self._raise_for(instance_id, outcome, "cancel")
             await self._make_durable()
+            children = await self.redis.smembers(keys.children(instance_id))
+        for child in sorted(_text(c) for c in children):
+            try:
+                await self.cancel(child, reason=f"parent {instance_id} cancelled", now_ms=now_ms)
+            except (NotFoundError, FailedPreconditionError):
+                pass  # finished on its own already
         return outcome[1]
+
+    async def _cancel_extras(
+        self, instance_id: str, reason: str, now_ms: int, base: list[str]
+    ) -> tuple[list[str], str]:
+        """cancel.lua's extras: subscriptions to drop and, for a child, the parent to tell."""
+        keys = self.keys
+        subs, parent, peffect = await self.redis.hmget(
+            keys.instance(instance_id), "subs", "parent", "peffect"
+        )
+        extra_keys = [keys.subscribers(t) for t in subscription_types(_text(subs))]
+        slot = len(base) + 1
+        extras: dict[str, Any] = {
+            "subs": {
+                "record": _text(subs),
+                "old": list(range(slot, slot + len(extra_keys))),
+                "new": [],
+            }
+        }
+        if parent:
+            parent_id = _text(parent)
+            first = slot + len(extra_keys)
+            extra_keys += self._inbox_keys(parent_id)
+            result = cancelled_result_event(_text(peffect), instance_id, reason, now_ms)
+            extras["parent"] = {
+                "k": list(range(first, first + 4)),
+                "id": parent_id,
+                "dedup": result["id"],
+                "event": dumps(result),
+            }
+        return extra_keys, dumps(extras)
+
+    def _inbox_keys(self, instance_id: str) -> list[str]:
+        """The keys lib.lua's deliver() takes, in its order."""
+        keys = self.keys
+        return [
+            keys.instance(instance_id),
+            keys.inbox(instance_id),
+            keys.delivered(instance_id),
+            keys.work(keys.partition(instance_id)),
+        ]
 
     @staticmethod
     def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
@@ -407,10 +481,11 @@ class RedisStore:
                     keys.instance(instance_id),
                     *("wf", "status", "rev", "state", "ikey", "otel"),
                     *("deadline", "steptmo", "tmoact", "step", "stepat"),
+                    *("parent", "peffect", "subs"),
                 )
                 pipe.xrange(keys.inbox(instance_id), count=1000)
-                (wf, status, rev, state, ikey, otel, *limits), inbox = await pipe.execute()
-        deadline, step_timeout, action, step, step_at = limits
+                (wf, status, rev, state, ikey, otel, *more), inbox = await pipe.execute()
+        deadline, step_timeout, action, step, step_at, parent, peffect, subs = more
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -427,6 +502,9 @@ class RedisStore:
             timeout_action=_text(action),
             current_step=_text(step),
             step_started_ms=int(step_at or 0),
+            parent_id=_text(parent),
+            parent_effect=_text(peffect),
+            subscriptions=_text(subs),
         )
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
@@ -449,17 +527,21 @@ class RedisStore:
         if commit.clear_deadline:
             fields += ["deadline", ""]
         partition = keys.partition(iid)
+        commit_keys = [
+            keys.instance(iid),
+            keys.inbox(iid),
+            keys.history(iid),
+            keys.work(partition),
+            keys.timers(partition),
+            keys.active_count,
+            *keys.status_indexes(),
+        ]
+        extras = ""
+        if commit.extras is not None:
+            extras = self._commit_extras(snapshot, commit.extras, commit_keys)
         with map_redis_errors():
             applied = await self._commit(
-                keys=[
-                    keys.instance(iid),
-                    keys.inbox(iid),
-                    keys.history(iid),
-                    keys.work(partition),
-                    keys.timers(partition),
-                    keys.active_count,
-                    *keys.status_indexes(),
-                ],
+                keys=commit_keys,
                 args=[
                     iid,
                     snapshot.revision,
@@ -470,9 +552,71 @@ class RedisStore:
                     "1" if commit.requeue else "0",
                     dumps([dumps(e) for e in commit.history]),
                     snapshot.index_member,
+                    extras,
                 ],
             )
         return int(applied) == 1
+
+    def _commit_extras(self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]) -> str:
+        """commit.lua's extras (JSON), appending the keys they need to `keys`."""
+        iid = snapshot.instance_id
+
+        def slot(key: str) -> int:
+            keys.append(key)
+            return len(keys)
+
+        out: dict[str, Any] = {}
+        if extras.effects:
+            out["effects"] = [dumps(effect) for effect in extras.effects]
+            out["effectSlot"] = slot(self.keys.effects(self.keys.partition(iid)))
+        if extras.events:
+            out["events"] = [dumps(event) for event in extras.events]
+            out["eventSlot"] = slot(self.keys.events)
+        if extras.inbox:
+            out["inbox"] = [dumps(event) for event in extras.inbox]
+        subs = extras.subscriptions
+        if subs is not None:
+            old = subscription_types(snapshot.subscriptions)
+            record = dumps({"types": list(subs.types), "filters": subs.filters})
+            if not subs.filters:
+                record = ""
+            if record != snapshot.subscriptions:
+                new = sorted(set(subs.types)) if record else []
+                out["subs"] = {
+                    "old": [slot(self.keys.subscribers(t)) for t in old if t not in new],
+                    "new": [slot(self.keys.subscribers(t)) for t in new if t not in old],
+                    "record": record,
+                }
+        if extras.parent_event is not None and snapshot.parent_id:
+            parent_keys = [slot(k) for k in self._inbox_keys(snapshot.parent_id)]
+            out["parent"] = {
+                "k": parent_keys,
+                "id": snapshot.parent_id,
+                "dedup": extras.parent_event["id"],
+                "event": dumps(extras.parent_event),
+            }
+        return dumps(out) if out else ""
+
+    async def history(self, instance_id: str, *, after: str, limit: int) -> HistoryPage:
+        """Up to `limit` history events after stream id `after` ('' from the start).
+
+        Raises:
+            InvalidInputError: `after` is not a stream id returned as a cursor.
+            NotFoundError: the instance does not exist.
+        """
+        if after and not STREAM_ID_RE.match(after):
+            raise InvalidInputError.for_field("cursor", "is not a cursor returned by GetHistory")
+        keys = self.keys
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(keys.instance(instance_id))
+                pipe.xrange(keys.history(instance_id), f"({after}" if after else "-", count=limit)
+                exists, entries = await pipe.execute()
+        if not exists:
+            raise NotFoundError(f"instance {instance_id} does not exist")
+        events = [(_text(eid), json.loads(fields[b"e"])) for eid, fields in entries]
+        cursor = events[-1][0] if len(events) == limit else ""
+        return HistoryPage(events, cursor)
 
     async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]:
         streams: dict[Any, Any] = {k: ">" for k in self.keys.all_work()}
@@ -590,6 +734,13 @@ def _work_item(partition: int, entry_id: bytes | str, fields: dict[bytes, bytes]
     return WorkItem(
         partition, _text(entry_id), _text(fields[b"i"]), None if due is None else int(due)
     )
+
+
+def subscription_types(record: str) -> list[str]:
+    """The event types a stored subscription record is indexed under."""
+    if not record:
+        return []
+    return [str(t) for t in json.loads(record).get("types", [])]
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -104,7 +104,7 @@ class FlakyServicer(pb_grpc.WorkflowHostAPIServicer):
 
 @pytest_asyncio.fixture
 async def flaky() -> AsyncIterator[tuple[FlakyServicer, str]]:
-    servicer = FlakyServicer(failures=2)
+    servicer = FlakyServicer(failures=2)  # type: ignore[abstract]  # rpcs it does not serve
     server = grpc.aio.server()
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

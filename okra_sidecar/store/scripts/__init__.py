@@ -8,6 +8,8 @@ from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 
 # Scripts that touch status indexes receive them as KEYS in InstanceStatus order from this slot.
 STATUS_SLOTS = {"commit": 7, "cancel": 5}
+# Scripts that hand events to instances get the helpers of lib.lua (deliver, resubscribe, ...).
+LIBRARY_USERS = frozenset({"commit", "cancel", "deliver", "complete_task"})
 
 
 def _preamble(first_slot: int) -> str:
@@ -17,6 +19,9 @@ def _preamble(first_slot: int) -> str:
 
 
 def load_script(name: str) -> str:
-    """The Lua source of `name`, with the status tables it relies on prepended."""
-    body = resources.files(__package__).joinpath(f"{name}.lua").read_text()
+    """The Lua source of `name`, with the status tables (and helpers) it relies on prepended."""
+    folder = resources.files(__package__)
+    body = folder.joinpath(f"{name}.lua").read_text()
+    if name in LIBRARY_USERS:
+        body = folder.joinpath("lib.lua").read_text() + body
     return _preamble(STATUS_SLOTS.get(name, 0)) + body

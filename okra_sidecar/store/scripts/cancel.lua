@@ -1,6 +1,8 @@
 -- Cancel an unfinished instance, recording the reason; returns {'ok', workflow id}.
 -- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT).
--- ARGV: instance id, reason, now ms, history event, expected status ('' = any).
+-- ARGV: instance id, reason, now ms, history event, expected status ('' = any), extras
+--       (JSON): the listen subscriptions to drop (`subs`: the record read before, its
+--       type-set slots) and the parent to tell; {'retry'} when the record moved meanwhile.
 -- A policy that allowed the cancel on one status passes it as expected: if the status moved
 -- meanwhile, nothing is written and {'changed', status} asks for the policy to decide again.
 local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf', 'wfc')
@@ -13,6 +15,10 @@ end
 if ARGV[5] ~= '' and cur[1] ~= ARGV[5] then
   return {'changed', cur[1]}
 end
+local extras = cjson.decode(ARGV[6])
+if (redis.call('HGET', KEYS[1], 'subs') or '') ~= extras.subs.record then
+  return {'retry'}
+end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'reason', ARGV[2], 'completed', ARGV[3],
   'updated', ARGV[3], 'step', '')
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
@@ -24,4 +30,8 @@ if cur[4] then
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
+resubscribe(KEYS[1], ARGV[1], extras.subs.old, {}, '')
+if extras.parent then
+  notify_parent(extras.parent)
+end
 return {'ok', cur[3]}

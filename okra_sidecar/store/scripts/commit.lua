@@ -3,7 +3,7 @@
 --       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot).
 -- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
 --       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
---       index member.
+--       index member, extras (JSON, or '' when the turn has none; see below).
 -- Finishing frees the instance's slots: the active counter and its workflow's ('wfc').
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'wfc')
 if cur[1] ~= ARGV[2] then
@@ -35,5 +35,35 @@ if old ~= new then
 end
 for _, event in ipairs(cjson.decode(ARGV[8])) do
   redis.call('XADD', KEYS[3], '*', 'e', event)
+end
+-- Extras, only for turns that have them (so plain turns pay nothing): effects for the
+-- executors, events to publish, results for the instance's own inbox, the outcome for a
+-- parent awaiting this child, and listen subscriptions. Slots are indexes into KEYS.
+if ARGV[10] and ARGV[10] ~= '' then
+  local x = cjson.decode(ARGV[10])
+  if x.effects then
+    for _, effect in ipairs(x.effects) do
+      redis.call('XADD', KEYS[x.effectSlot], '*', 'i', ARGV[1], 'e', effect)
+    end
+  end
+  if x.events then
+    for _, event in ipairs(x.events) do
+      redis.call('XADD', KEYS[x.eventSlot], '*', 'e', event)
+    end
+  end
+  if x.inbox then
+    for _, event in ipairs(x.inbox) do
+      redis.call('XADD', KEYS[2], '*', 'e', event)
+    end
+    if ARGV[7] ~= '1' then
+      redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+    end
+  end
+  if x.subs then
+    resubscribe(KEYS[1], ARGV[1], x.subs.old, x.subs.new, x.subs.record)
+  end
+  if x.parent then
+    notify_parent(x.parent)
+  end
 end
 return 1

@@ -66,6 +66,16 @@ class WorkflowHostAPIStub:
                 request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.Emit = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowHostAPI/Emit',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitResponse.FromString,
+                _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowHostAPI/GetHistory',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowHostAPIServicer:
@@ -117,6 +127,21 @@ class WorkflowHostAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Emit(self, request, context):
+        """Emit publishes a CloudEvent; every instance whose `listen` matches it (type,
+        attributes, `correlate`) receives it. Types starting `io.okra.` are reserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """GetHistory pages through an instance's lifecycle events, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowHostAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +174,16 @@ def add_WorkflowHostAPIServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'Emit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Emit,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +350,60 @@ class WorkflowHostAPI:
             '/okra.workflow.v1.WorkflowHostAPI/ListWorkflows',
             okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.SerializeToString,
             okra_dot_workflow_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Emit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/Emit',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.EmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/GetHistory',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

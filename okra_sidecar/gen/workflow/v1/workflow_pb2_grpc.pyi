@@ -53,6 +53,12 @@ class WorkflowHostAPIStub:
     """Cancel moves a pending, running or waiting instance to cancelled."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.ListWorkflowsRequest, _workflow_pb2.ListWorkflowsResponse]
     """ListWorkflows returns every registered workflow version this caller may run."""
+    Emit: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.EmitRequest, _workflow_pb2.EmitResponse]
+    """Emit publishes a CloudEvent; every instance whose `listen` matches it (type,
+    attributes, `correlate`) receives it. Types starting `io.okra.` are reserved.
+    """
+    GetHistory: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.GetHistoryRequest, _workflow_pb2.GetHistoryResponse]
+    """GetHistory pages through an instance's lifecycle events, oldest first."""
 
 @_typing.type_check_only
 class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
@@ -77,6 +83,12 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     """Cancel moves a pending, running or waiting instance to cancelled."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflow_pb2.ListWorkflowsRequest, _workflow_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """ListWorkflows returns every registered workflow version this caller may run."""
+    Emit: _aio.UnaryUnaryMultiCallable[_workflow_pb2.EmitRequest, _workflow_pb2.EmitResponse]  # type: ignore[assignment]
+    """Emit publishes a CloudEvent; every instance whose `listen` matches it (type,
+    attributes, `correlate`) receives it. Types starting `io.okra.` are reserved.
+    """
+    GetHistory: _aio.UnaryUnaryMultiCallable[_workflow_pb2.GetHistoryRequest, _workflow_pb2.GetHistoryResponse]  # type: ignore[assignment]
+    """GetHistory pages through an instance's lifecycle events, oldest first."""
 
 class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowHostAPI is served by every sidecar. All sidecars sharing one Redis
@@ -134,5 +146,23 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_pb2.ListWorkflowsResponse, _abc.Awaitable[_workflow_pb2.ListWorkflowsResponse]]:
         """ListWorkflows returns every registered workflow version this caller may run."""
+
+    @_abc_1.abstractmethod
+    def Emit(
+        self,
+        request: _workflow_pb2.EmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.EmitResponse, _abc.Awaitable[_workflow_pb2.EmitResponse]]:
+        """Emit publishes a CloudEvent; every instance whose `listen` matches it (type,
+        attributes, `correlate`) receives it. Types starting `io.okra.` are reserved.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHistory(
+        self,
+        request: _workflow_pb2.GetHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.GetHistoryResponse, _abc.Awaitable[_workflow_pb2.GetHistoryResponse]]:
+        """GetHistory pages through an instance's lifecycle events, oldest first."""
 
 def add_WorkflowHostAPIServicer_to_server(servicer: WorkflowHostAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,213 @@
+"""TaskWorkerServicer: hands a service's worker tasks to its workers, and takes their outcomes.
+
+A worker task is an entry of the service's task stream. PollTasks reads it for the worker
+(through the stream's consumer group, under the worker's id), which leases it: the entry stays
+pending until CompleteTask or FailTask removes it, and Heartbeat re-claims it to reset its
+idle time. Pollers also claim entries idle longer than the lease (their worker stopped) and
+hand them out again, so every task is done at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from okra_sidecar.api.convert import python_to_value, value_to_python
+from okra_sidecar.api.status import status_code_for, status_metadata
+from okra_sidecar.engine.effects import iso_time, result_event
+from okra_sidecar.errors import InvalidInputError, OkraError
+from okra_sidecar.executors.problems import ERROR_TYPES
+from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
+from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
+
+__all__ = ["TaskWorkerServicer"]
+
+logger = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+MAX_IN_FLIGHT = 1000
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def parse_task_id(task_id: str) -> tuple[str, str]:
+    """(service, stream entry id) from a task id.
+
+    Raises:
+        InvalidInputError: not a task id PollTasks handed out.
+    """
+    service, _, entry = task_id.partition("/")
+    if not SERVICE_RE.match(service) or not re.match(r"^\d+-\d+$", entry):
+        raise InvalidInputError.for_field("task_id", "is not a task id PollTasks handed out")
+    return service, entry
+
+
+class _Poller:
+    """One PollTasks stream: the tasks it handed out and not yet finished, by lease end."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: dict[str, int] = {}
+        self.freed = asyncio.Event()
+
+    def release(self, task_id: str) -> None:
+        if self.held.pop(task_id, None) is not None:
+            self.freed.set()
+
+    def prune(self, now_ms: int) -> None:
+        """Forget tasks whose lease ran out: another worker may have them now."""
+        for task_id, until in list(self.held.items()):
+            if until <= now_ms:
+                self.release(task_id)
+
+
+class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
+    def __init__(
+        self, *, effects: RedisEffectStore, lease_ms: int, read_block_ms: int = 1000
+    ) -> None:
+        self._effects = effects
+        self._lease_ms = lease_ms
+        self._read_block_ms = read_block_ms
+        self._pollers: dict[str, list[_Poller]] = {}
+
+    def _to_pb(self, task: TaskEntry, attempt: int, lease_until: int) -> wpb.PollTasksResponse:
+        message = wpb.Task(
+            task_id=f"{task.service}/{task.entry_id}",
+            function=task.function,
+            instance_id=task.instance_id,
+            effect_id=task.effect_id,
+            lease_expires_at=_timestamp(lease_until),
+            attempt=attempt,
+        )
+        python_to_value(task.arguments, message.arguments)
+        if task.deadline_ms:
+            message.deadline.CopyFrom(_timestamp(task.deadline_ms))
+        return wpb.PollTasksResponse(task=message)
+
+    async def PollTasks(  # noqa: N802 - the rpc's name
+        self, request: wpb.PollTasksRequest, context: Context
+    ) -> AsyncIterator[wpb.PollTasksResponse]:
+        try:
+            if not SERVICE_RE.match(request.service):
+                raise InvalidInputError.for_field(
+                    "service", "must be a lowercase label (letters, digits, dashes)"
+                )
+            if not WORKER_ID_RE.match(request.worker_id):
+                raise InvalidInputError.for_field(
+                    "worker_id", "must be 1 to 128 letters, digits or ._:@/-"
+                )
+            if not 0 <= request.max_in_flight <= MAX_IN_FLIGHT:
+                raise InvalidInputError.for_field(
+                    "max_in_flight", f"must be from 0 to {MAX_IN_FLIGHT}"
+                )
+        except OkraError as exc:
+            # Streaming rpcs are not wrapped by ErrorInterceptor: map the error here.
+            code = status_code_for(exc)
+            await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
+        poller = _Poller(max(1, request.max_in_flight))
+        pollers = self._pollers.setdefault(request.worker_id, [])
+        pollers.append(poller)
+        service, worker = request.service, request.worker_id
+        next_claim = 0.0
+        try:
+            while True:
+                poller.prune(_now_ms())
+                if len(poller.held) >= poller.capacity:
+                    poller.freed.clear()
+                    try:
+                        await asyncio.wait_for(poller.freed.wait(), self._lease_ms / 2000)
+                    except TimeoutError:
+                        pass
+                    continue
+                free = poller.capacity - len(poller.held)
+                batch: list[tuple[TaskEntry, int]] = []
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self._lease_ms / 2000
+                    claimed = await self._effects.claim_expired_tasks(
+                        service, worker, lease_ms=self._lease_ms, count=free
+                    )
+                    for task in claimed:
+                        batch.append((task, await self._effects.task_attempt(task)))
+                if not batch:
+                    fresh = await self._effects.read_tasks(
+                        service, worker, count=free, block_ms=self._read_block_ms
+                    )
+                    batch = [(task, 1) for task in fresh]
+                for task, attempt in batch:
+                    lease_until = _now_ms() + self._lease_ms
+                    poller.held[f"{task.service}/{task.entry_id}"] = lease_until
+                    yield self._to_pb(task, attempt, lease_until)
+        finally:
+            pollers.remove(poller)
+            if not pollers:
+                self._pollers.pop(request.worker_id, None)
+
+    def _release(self, task_id: str) -> None:
+        for pollers in self._pollers.values():
+            for poller in pollers:
+                poller.release(task_id)
+
+    async def _finish(self, task_id: str, value: Any, error: dict[str, Any] | None) -> bool:
+        service, entry_id = parse_task_id(task_id)
+        self._release(task_id)
+        task = await self._effects.get_task(service, entry_id)
+        if task is None:
+            return False
+        event = result_event(task.effect_id, time_iso=iso_time(_now_ms()), value=value, error=error)
+        return await self._effects.complete_task(task, event) != "gone"
+
+    async def CompleteTask(  # noqa: N802 - the rpc's name
+        self, request: wpb.CompleteTaskRequest, context: Context
+    ) -> wpb.CompleteTaskResponse:
+        result = value_to_python(request.result) if request.HasField("result") else None
+        accepted = await self._finish(request.task_id, result, None)
+        return wpb.CompleteTaskResponse(accepted=accepted)
+
+    async def FailTask(  # noqa: N802 - the rpc's name
+        self, request: wpb.FailTaskRequest, context: Context
+    ) -> wpb.FailTaskResponse:
+        error = {
+            "type": request.type or ERROR_TYPES + "runtime",
+            "status": request.status or 500,
+            "title": request.title or "Worker task failed",
+            "detail": request.detail,
+        }
+        accepted = await self._finish(request.task_id, None, error)
+        return wpb.FailTaskResponse(accepted=accepted)
+
+    async def Heartbeat(  # noqa: N802 - the rpc's name
+        self, request: wpb.HeartbeatRequest, context: Context
+    ) -> wpb.HeartbeatResponse:
+        if not WORKER_ID_RE.match(request.worker_id):
+            raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
+        by_service: dict[str, list[str]] = {}
+        for task_id in request.task_ids:
+            service, entry_id = parse_task_id(task_id)
+            by_service.setdefault(service, []).append(entry_id)
+        held: list[str] = []
+        for service, entries in by_service.items():
+            kept = await self._effects.heartbeat(service, request.worker_id, entries)
+            held += [f"{service}/{entry}" for entry in kept]
+        until = _now_ms() + self._lease_ms
+        for poller in self._pollers.get(request.worker_id, []):
+            for task_id in held:
+                if task_id in poller.held:
+                    poller.held[task_id] = until
+        return wpb.HeartbeatResponse(held_task_ids=held, lease_expires_at=_timestamp(until))

@@ -1,0 +1,71 @@
+"""What a turn hands to the world beside its new state: effects, events, subscriptions and,
+for a finished child run, the outcome its parent awaits. All of it is committed with the state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
+from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
+from okra_sidecar.engine.routing import subscription_types
+from okra_sidecar.store.base import Subscriptions, TurnExtras, TurnSnapshot
+
+__all__ = ["EMITTED_EVENT_NAMESPACE", "emitted_event", "turn_extras"]
+
+# Ids of emitted events derive from instance and effect, so a re-run turn emits the same event.
+EMITTED_EVENT_NAMESPACE = uuid.UUID("6f6b7261-656d-6974-2d65-76656e742d31")
+FINISHED = (TurnOutcome.COMPLETED, TurnOutcome.FAILED)
+
+
+def emitted_event(instance_id: str, effect: Effect, now_ms: int) -> dict[str, Any]:
+    """The CloudEvent an emit task publishes: its attributes, completed as CloudEvents require."""
+    event: dict[str, Any] = dict(effect.request.get("event") or {})
+    event.setdefault("specversion", "1.0")
+    if not event.get("id"):
+        event["id"] = str(uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{instance_id}/{effect.effect_id}"))
+    event.setdefault("time", iso_time(now_ms))
+    if "data" in event:
+        event.setdefault("datacontenttype", "application/json")
+    return event
+
+
+def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> TurnExtras | None:
+    """The extras of a turn, or None when it has none (the common case costs nothing)."""
+    effects: list[Effect] = getattr(result, "effects", None) or []
+    subscriptions: list[dict[str, Any]] | None = getattr(result, "subscriptions", None)
+    parent_event = None
+    if snapshot.parent_id and result.outcome in FINISHED:
+        parent_event = result_event(
+            snapshot.parent_effect,
+            time_iso=iso_time(now_ms),
+            value=result.output,
+            error=result.error,
+        )
+    subs = None
+    if subscriptions:
+        subs = Subscriptions(subscription_types(subscriptions), list(subscriptions))
+    elif snapshot.subscriptions:
+        subs = Subscriptions((), [])  # stopped waiting: drop what the last turn registered
+    if not effects and subs is None and parent_event is None:
+        return None
+    outgoing: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    inbox: list[dict[str, Any]] = []
+    for effect in effects:
+        if effect.kind is EffectKind.EMIT:
+            # Publishing is the whole of an emit: it happens in this commit, so its result is
+            # known now and goes straight back to the instance.
+            event = emitted_event(snapshot.instance_id, effect, now_ms)
+            events.append(event)
+            inbox.append(result_event(effect.effect_id, time_iso=iso_time(now_ms), value=event))
+        else:
+            outgoing.append(effect.to_json())
+    return TurnExtras(
+        effects=outgoing,
+        events=events,
+        inbox=inbox,
+        subscriptions=subs,
+        parent_event=parent_event,
+    )

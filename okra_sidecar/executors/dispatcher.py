@@ -1,0 +1,207 @@
+"""EffectDispatcher: every sidecar's executors, reading the effects streams.
+
+Effects are read through one consumer group with bounded concurrency. An effect is
+acknowledged only in the step that delivers its result (deliver.lua) or hands it on (a worker
+task, a child run), so a sidecar that dies mid-call leaves it pending: another sidecar claims
+it once it has been idle for `claim_idle_ms` and runs it again (at least once). Effects still
+running here are kept from looking idle by re-claiming them to ourselves now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
+from okra_sidecar.engine.outbox import emitted_event
+from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.executors.children import ChildStarter
+from okra_sidecar.executors.grpc_call import GrpcCaller
+from okra_sidecar.executors.http import HttpCaller
+from okra_sidecar.executors.openapi import OpenApiCaller
+from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
+
+__all__ = ["EffectDispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def default_service(workflow_id: str) -> str:
+    """Worker tasks of a workflow go to the service named like its namespace by default."""
+    return workflow_id.split(".", 1)[0]
+
+
+class EffectDispatcher:
+    def __init__(
+        self,
+        *,
+        effects: RedisEffectStore,
+        http: HttpCaller,
+        openapi: OpenApiCaller,
+        grpc: GrpcCaller,
+        children: ChildStarter,
+        consumer: str,
+        concurrency: int,
+        claim_idle_ms: int,
+        read_block_ms: int = 1000,
+    ) -> None:
+        self._effects = effects
+        self._http = http
+        self._openapi = openapi
+        self._grpc = grpc
+        self._children = children
+        self._consumer = consumer
+        self._concurrency = concurrency
+        self._claim_idle_ms = claim_idle_ms
+        self._read_block_ms = read_block_ms
+        self._running: dict[str, tuple[EffectEntry, asyncio.Task[None]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._effects.ensure_groups()
+        self._stopping.clear()
+        self._loops = [
+            asyncio.create_task(self._loop("read", self._read_once), name="okra-effects"),
+            asyncio.create_task(self._loop("claim", self._claim_once), name="okra-effects-claim"),
+        ]
+
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Stop reading; effects in flight get `timeout_s`, then stay pending for another."""
+        self._stopping.set()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops = []
+
+    async def _loop(self, name: str, once: Callable[[], Awaitable[None]]) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
+                logger.log(level, "effects %s loop: %s; retrying", name, exc, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _read_once(self) -> None:
+        while len(self._running) >= self._concurrency:
+            await asyncio.wait(
+                [task for _, task in self._running.values()], return_when=asyncio.FIRST_COMPLETED
+            )
+        free = self._concurrency - len(self._running)
+        entries = await self._effects.read_effects(
+            self._consumer, count=free, block_ms=self._read_block_ms
+        )
+        self.dispatch(entries)
+
+    async def _claim_once(self) -> None:
+        await asyncio.sleep(self._claim_idle_ms / 3000)
+        running = [entry for entry, _ in self._running.values()]
+        if running:
+            await self._effects.keep_effects(self._consumer, running)
+        entries = await self._effects.claim_stale_effects(
+            self._consumer, min_idle_ms=self._claim_idle_ms, count=100
+        )
+        entries = [e for e in entries if e.entry_id not in self._running]
+        if entries:
+            logger.info("claimed %d effects left by a stopped executor", len(entries))
+        self.dispatch(entries)
+
+    def dispatch(self, entries: list[EffectEntry]) -> None:
+        for entry in entries:
+            if entry.entry_id in self._running:
+                continue
+            task = asyncio.create_task(self._execute(entry))
+            self._running[entry.entry_id] = (entry, task)
+            task.add_done_callback(self._forget(entry.entry_id))
+
+    def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_: asyncio.Task[None]) -> None:
+            self._running.pop(entry_id, None)
+
+        return forget
+
+    async def _execute(self, entry: EffectEntry) -> None:
+        effect = entry.effect
+        effect_id = str(effect.get("id"))
+        try:
+            kind = EffectKind(str(effect.get("kind")))
+            request: dict[str, Any] = effect.get("request") or {}
+            if kind is EffectKind.WORKER:
+                await self._enqueue(entry, request)
+                return
+            value: Any = None
+            error: dict[str, Any] | None = None
+            try:
+                if kind is EffectKind.CHILD:
+                    await self._children.start(entry, request)
+                    await self._effects.ack_effect(entry)
+                    return  # the child's final commit delivers its outcome
+                if kind is EffectKind.EMIT:
+                    # Turns publish emits in their commit; this path serves effects written
+                    # without that step, and completes the event the same way.
+                    value = emitted_event(entry.instance_id, Effect.from_json(effect), _wall_ms())
+                    await self._effects.publish(value)
+                else:
+                    value = await self._call(kind, request, effect.get("timeoutMs"))
+            except EffectFailedError as exc:
+                error = exc.error
+            event = result_event(effect_id, time_iso=iso_time(_wall_ms()), value=value, error=error)
+            await self._effects.deliver_result(entry, event)
+        except StoreUnavailableError as exc:
+            logger.warning("effect %s of %s not delivered: %s", effect_id, entry.instance_id, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug in an executor fails the effect (the workflow may catch it), not the loop.
+            logger.exception("effect %s of %s failed", effect_id, entry.instance_id)
+            error = problem("runtime", 500, f"{type(exc).__name__}: {exc}")
+            event = result_event(effect_id, time_iso=iso_time(_wall_ms()), error=error)
+            try:
+                await self._effects.deliver_result(entry, event)
+            except StoreUnavailableError:
+                pass
+
+    async def _call(self, kind: EffectKind, request: dict[str, Any], timeout_ms: Any) -> Any:
+        timeout = int(timeout_ms) if timeout_ms else None
+        if kind is EffectKind.HTTP:
+            return await self._http.call(request, timeout_ms=timeout)
+        if kind is EffectKind.OPENAPI:
+            return await self._openapi.call(request, timeout_ms=timeout)
+        if kind is EffectKind.GRPC:
+            return await self._grpc.call(request, timeout_ms=timeout)
+        raise EffectFailedError(problem("configuration", 400, f"unknown effect kind {kind}"))
+
+    async def _enqueue(self, entry: EffectEntry, request: dict[str, Any]) -> None:
+        effect = entry.effect
+        service = str(request.get("service") or "")
+        if not service:
+            workflow_id = (await self._effects.instance_fields(entry.instance_id, "wf"))[0] or ""
+            service = default_service(workflow_id)
+        timeout_ms = effect.get("timeoutMs")
+        task = {
+            "effectId": effect["id"],
+            "function": request.get("function") or effect.get("task") or "",
+            "arguments": request.get("arguments"),
+            "deadlineMs": _wall_ms() + int(timeout_ms) if timeout_ms else 0,
+        }
+        await self._effects.enqueue_task(entry, service, task)

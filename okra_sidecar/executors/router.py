@@ -1,0 +1,97 @@
+"""EventRouter: delivers published CloudEvents to the instances whose listen wants them.
+
+Every sidecar reads the events stream through one consumer group, so each event is routed
+once (again, after a crash, by whoever claims it: delivery is de-duplicated per instance by
+the event's source and id). Candidates come from the subscription sets of the event's type
+and of filters without a type; each candidate's filters are checked before delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from okra_sidecar.engine.routing import ANY_TYPE, subscription_matches
+from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store.effect_store import EventEntry, RedisEffectStore
+
+__all__ = ["RESERVED_TYPE_PREFIX", "EventRouter"]
+
+logger = logging.getLogger(__name__)
+# Types of the sidecar's own events (effect results): never routed from outside.
+RESERVED_TYPE_PREFIX = "io.okra."
+
+
+class EventRouter:
+    def __init__(
+        self,
+        *,
+        effects: RedisEffectStore,
+        consumer: str,
+        claim_idle_ms: int,
+        read_block_ms: int = 1000,
+    ) -> None:
+        self._effects = effects
+        self._consumer = consumer
+        self._claim_idle_ms = claim_idle_ms
+        self._read_block_ms = read_block_ms
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._effects.ensure_groups()
+        self._loops = [
+            asyncio.create_task(self._loop(self._read_once), name="okra-router"),
+            asyncio.create_task(self._loop(self._claim_once), name="okra-router-claim"),
+        ]
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+    async def _loop(self, once: Callable[[], Awaitable[None]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
+                logger.log(level, "event router: %s; retrying", exc, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _read_once(self) -> None:
+        entries = await self._effects.read_events(
+            self._consumer, count=100, block_ms=self._read_block_ms
+        )
+        await self.route(entries)
+
+    async def _claim_once(self) -> None:
+        await asyncio.sleep(self._claim_idle_ms / 2000)
+        entries = await self._effects.claim_stale_events(
+            self._consumer, min_idle_ms=self._claim_idle_ms, count=100
+        )
+        await self.route(entries)
+
+    async def route(self, entries: list[EventEntry]) -> None:
+        for entry in entries:
+            await self._route_one(entry.event)
+        await self._effects.ack_events([e.entry_id for e in entries])
+
+    async def _route_one(self, event: dict[str, Any]) -> None:
+        event_type = str(event.get("type") or "")
+        if event_type.startswith(RESERVED_TYPE_PREFIX):
+            return
+        candidates = await self._effects.subscribers(sorted({event_type, ANY_TYPE}))
+        dedup = f"event:{event.get('source', '')}\n{event.get('id', '')}"
+        for instance_id, record in candidates.items():
+            filters = json.loads(record).get("filters") or []
+            if subscription_matches(filters, event):
+                await self._effects.deliver(instance_id, dedup, event)

@@ -1,0 +1,85 @@
+"""EffectRuntime: the executors, the event router and what they share, started and stopped
+together by the composition root (server.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from okra_sidecar.config import Settings
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.executors.children import ChildStarter
+from okra_sidecar.executors.dispatcher import EffectDispatcher
+from okra_sidecar.executors.grpc_call import GrpcCaller
+from okra_sidecar.executors.hosts import HostMap
+from okra_sidecar.executors.http import HttpCaller
+from okra_sidecar.executors.openapi import OpenApiCaller
+from okra_sidecar.executors.router import EventRouter
+from okra_sidecar.store.base import Store
+from okra_sidecar.store.effect_store import RedisEffectStore
+from okra_sidecar.store.keys import RedisKeys
+
+__all__ = ["EffectRuntime"]
+
+
+@dataclass
+class EffectRuntime:
+    effects: RedisEffectStore
+    http: HttpCaller
+    openapi: OpenApiCaller
+    grpc: GrpcCaller
+    dispatcher: EffectDispatcher
+    router: EventRouter
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        store: Store,
+        registry: WorkflowRegistry,
+        settings: Settings,
+        consumer: str,
+    ) -> EffectRuntime:
+        effects = RedisEffectStore(redis=redis, keys=keys)
+        hosts = HostMap(settings.effects.http_hosts)
+        timeout_s = settings.effects.call_timeout_s
+        http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s)
+        base_dir = settings.workflows_dir or Path.cwd()
+        grpc = GrpcCaller(hosts=hosts, base_dir=base_dir, default_timeout_s=timeout_s)
+        openapi = OpenApiCaller(http=http, hosts=hosts)
+        children = ChildStarter(store=store, effects=effects, registry=registry)
+        engine = settings.engine
+        dispatcher = EffectDispatcher(
+            effects=effects,
+            http=http,
+            openapi=openapi,
+            grpc=grpc,
+            children=children,
+            consumer=consumer,
+            concurrency=settings.effects.concurrency,
+            claim_idle_ms=engine.claim_idle_ms,
+            read_block_ms=engine.read_block_ms,
+        )
+        router = EventRouter(
+            effects=effects,
+            consumer=consumer,
+            claim_idle_ms=engine.claim_idle_ms,
+            read_block_ms=engine.read_block_ms,
+        )
+        return cls(effects, http, openapi, grpc, dispatcher, router)
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        await self.router.start()
+
+    async def stop(self, *, timeout_s: float) -> None:
+        """Stop reading; calls in flight get `timeout_s`, then stay pending for another sidecar."""
+        await self.router.stop()
+        await self.dispatcher.stop(timeout_s=timeout_s)
+        await self.http.aclose()
+        await self.openapi.aclose()
+        await self.grpc.aclose()

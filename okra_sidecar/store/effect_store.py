@@ -1,0 +1,375 @@
+"""RedisEffectStore: the streams between turns and the outside world.
+
+Three kinds of streams, each read through a consumer group so that every sidecar shares the
+work and a stopped reader's entries are claimed by another (XAUTOCLAIM):
+
+- `effects:{p}`: effects committed by turns (http, grpc, openapi, child, worker), read by the
+  executors. A result goes back with deliver.lua, which also acknowledges the effect.
+- `tasks:{service}`: worker tasks, read by the workers polling through TaskWorker. A task stays
+  pending (leased) until CompleteTask or FailTask; a heartbeat re-claims it to reset its idle
+  time, and a task idle longer than the lease is claimed for another worker.
+- `events`: CloudEvents published by emit tasks and the Emit rpc, read by the event router,
+  which delivers each to the instances whose listen subscriptions match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
+from okra_sidecar.store.redis_store import dumps, map_redis_errors
+from okra_sidecar.store.scripts import load_script
+
+__all__ = [
+    "EffectEntry",
+    "EventEntry",
+    "RedisEffectStore",
+    "TaskEntry",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class EffectEntry:
+    """An effect read from an effects stream: its stream, entry id, instance and effect JSON."""
+
+    partition: int
+    entry_id: str
+    instance_id: str
+    effect: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A worker task read from a service's task stream."""
+
+    service: str
+    entry_id: str
+    instance_id: str
+    effect_id: str
+    function: str
+    arguments: Any
+    deadline_ms: int  # 0: none
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    entry_id: str
+    event: dict[str, Any]
+
+
+class RedisEffectStore:
+    """Effects, worker tasks and events in Redis, on a client it does not own."""
+
+    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._deliver = redis.register_script(load_script("deliver"))
+        self._complete = redis.register_script(load_script("complete_task"))
+        self._enqueue = redis.register_script(load_script("enqueue_task"))
+        self._heartbeat = redis.register_script(load_script("heartbeat"))
+        self._effect_partition = {k.encode(): p for p, k in enumerate(keys.all_effects())}
+        self._task_groups: set[str] = set()
+
+    async def _ensure_group(self, stream: str, group: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def ensure_groups(self) -> None:
+        with map_redis_errors():
+            for stream in self.keys.all_effects():
+                await self._ensure_group(stream, EXECUTOR_GROUP)
+            await self._ensure_group(self.keys.events, ROUTER_GROUP)
+            for service in self._task_groups:
+                await self._ensure_group(self.keys.tasks(service), WORKER_GROUP)
+
+    # -- effects ------------------------------------------------------------------------------
+
+    def _effect_entry(self, partition: int, eid: Any, fields: dict[bytes, bytes]) -> EffectEntry:
+        return EffectEntry(partition, _text(eid), _text(fields[b"i"]), json.loads(fields[b"e"]))
+
+    async def read_effects(self, consumer: str, *, count: int, block_ms: int) -> list[EffectEntry]:
+        streams: dict[Any, Any] = {k: ">" for k in self.keys.all_effects()}
+        with map_redis_errors():
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    EXECUTOR_GROUP, consumer, streams, count=count, block=block_ms
+                )
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_groups()
+                return []
+        return [
+            self._effect_entry(self._effect_partition[_bytes(stream)], eid, fields)
+            for stream, entries in reply or []
+            for eid, fields in entries
+            if fields
+        ]
+
+    async def claim_stale_effects(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[EffectEntry]:
+        """Effects another executor read but neither finished nor kept alive (it stopped)."""
+        found: list[EffectEntry] = []
+        with map_redis_errors():
+            for partition, stream in enumerate(self.keys.all_effects()):
+                reply = await self.redis.xautoclaim(
+                    stream, EXECUTOR_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+                )
+                found.extend(
+                    self._effect_entry(partition, eid, fields) for eid, fields in reply[1] if fields
+                )
+        return found
+
+    async def keep_effects(self, consumer: str, entries: Sequence[EffectEntry]) -> None:
+        """Reset the idle time of effects still running here, so nobody claims them."""
+        by_stream: dict[str, list[Any]] = {}
+        for entry in entries:
+            by_stream.setdefault(self.keys.effects(entry.partition), []).append(entry.entry_id)
+        with map_redis_errors():
+            for stream, ids in by_stream.items():
+                await self.redis.xclaim(stream, EXECUTOR_GROUP, consumer, 0, ids, justid=True)
+
+    async def ack_effect(self, entry: EffectEntry) -> None:
+        stream = self.keys.effects(entry.partition)
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(stream, EXECUTOR_GROUP, entry.entry_id)
+                pipe.xdel(stream, entry.entry_id)
+                await pipe.execute()
+
+    def _inbox_keys(self, instance_id: str) -> list[str]:
+        keys = self.keys
+        return [
+            keys.instance(instance_id),
+            keys.inbox(instance_id),
+            keys.delivered(instance_id),
+            keys.work(keys.partition(instance_id)),
+        ]
+
+    async def deliver_result(self, entry: EffectEntry, event: dict[str, Any]) -> str:
+        """Put an effect's result event in its instance's inbox and acknowledge the effect."""
+        with map_redis_errors():
+            outcome = await self._deliver(
+                keys=[*self._inbox_keys(entry.instance_id), self.keys.effects(entry.partition)],
+                args=[entry.instance_id, event["id"], dumps(event), EXECUTOR_GROUP, entry.entry_id],
+            )
+        return _text(outcome)
+
+    async def deliver(self, instance_id: str, dedup: str, event: dict[str, Any]) -> str:
+        """Put an event in an instance's inbox once per dedup id ('ok', 'duplicate', ...)."""
+        with map_redis_errors():
+            outcome = await self._deliver(
+                keys=self._inbox_keys(instance_id), args=[instance_id, dedup, dumps(event)]
+            )
+        return _text(outcome)
+
+    async def instance_fields(self, instance_id: str, *names: str) -> list[str | None]:
+        with map_redis_errors():
+            values = await self.redis.hmget(self.keys.instance(instance_id), list(names))
+        return [None if v is None else _text(v) for v in values]
+
+    # -- worker tasks ---------------------------------------------------------------------------
+
+    async def enqueue_task(self, entry: EffectEntry, service: str, task: dict[str, Any]) -> bool:
+        """Move a worker effect to its service's task stream (False: another executor did)."""
+        fields = [
+            *("i", entry.instance_id, "x", task["effectId"], "f", task["function"]),
+            *("a", dumps(task.get("arguments")), "d", str(task.get("deadlineMs") or 0)),
+        ]
+        if task.get("trace"):
+            fields += ["t", task["trace"]]
+        with map_redis_errors():
+            await self.ensure_task_group(service)
+            moved = await self._enqueue(
+                keys=[self.keys.tasks(service), self.keys.effects(entry.partition)],
+                args=[EXECUTOR_GROUP, entry.entry_id, dumps(fields)],
+            )
+        return int(moved) == 1
+
+    async def ensure_task_group(self, service: str) -> None:
+        if service not in self._task_groups:
+            with map_redis_errors():
+                await self._ensure_group(self.keys.tasks(service), WORKER_GROUP)
+            self._task_groups.add(service)
+
+    def _task_entry(self, service: str, eid: Any, raw: dict[bytes, bytes]) -> TaskEntry:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return TaskEntry(
+            service=service,
+            entry_id=_text(eid),
+            instance_id=fields["i"],
+            effect_id=fields["x"],
+            function=fields["f"],
+            arguments=json.loads(fields.get("a") or "null"),
+            deadline_ms=int(fields.get("d") or 0),
+            fields=fields,
+        )
+
+    async def read_tasks(
+        self, service: str, worker: str, *, count: int, block_ms: int
+    ) -> list[TaskEntry]:
+        await self.ensure_task_group(service)
+        stream = self.keys.tasks(service)
+        with map_redis_errors():
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    WORKER_GROUP, worker, {stream: ">"}, count=count, block=block_ms
+                )
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._task_groups.discard(service)
+                return []
+        return [
+            self._task_entry(service, eid, fields)
+            for _, entries in reply or []
+            for eid, fields in entries
+            if fields
+        ]
+
+    async def claim_expired_tasks(
+        self, service: str, worker: str, *, lease_ms: int, count: int
+    ) -> list[TaskEntry]:
+        """Tasks whose worker let the lease run out (it stopped): they go to `worker`."""
+        await self.ensure_task_group(service)
+        with map_redis_errors():
+            reply = await self.redis.xautoclaim(
+                self.keys.tasks(service),
+                WORKER_GROUP,
+                worker,
+                lease_ms,
+                start_id="0-0",
+                count=count,
+            )
+        return [self._task_entry(service, eid, fields) for eid, fields in reply[1] if fields]
+
+    async def heartbeat(self, service: str, worker: str, entry_ids: Sequence[str]) -> list[str]:
+        """Extend the leases `worker` still holds; returns those ids."""
+        if not entry_ids:
+            return []
+        with map_redis_errors():
+            held = await self._heartbeat(
+                keys=[self.keys.tasks(service)], args=[WORKER_GROUP, worker, *entry_ids]
+            )
+        return [_text(x) for x in held]
+
+    async def task_attempt(self, task: TaskEntry) -> int:
+        """How many times the task was handed out (1 the first time)."""
+        with map_redis_errors():
+            pending: Any = await self.redis.xpending_range(
+                self.keys.tasks(task.service), WORKER_GROUP, task.entry_id, task.entry_id, 1
+            )
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def get_task(self, service: str, entry_id: str) -> TaskEntry | None:
+        with map_redis_errors():
+            entries: Any = await self.redis.xrange(self.keys.tasks(service), entry_id, entry_id)
+        if not entries:
+            return None
+        eid, fields = entries[0]
+        return self._task_entry(service, eid, fields)
+
+    async def complete_task(self, task: TaskEntry, event: dict[str, Any]) -> str:
+        """Deliver a task's result and remove the task; 'gone' if it was completed before."""
+        with map_redis_errors():
+            outcome = await self._complete(
+                keys=[self.keys.tasks(task.service), *self._inbox_keys(task.instance_id)],
+                args=[WORKER_GROUP, task.entry_id, task.instance_id, event["id"], dumps(event)],
+            )
+        return _text(outcome)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def publish(self, event: dict[str, Any]) -> str:
+        with map_redis_errors():
+            entry_id = await self.redis.xadd(self.keys.events, {"e": dumps(event)})
+        return _text(entry_id)
+
+    async def read_events(self, consumer: str, *, count: int, block_ms: int) -> list[EventEntry]:
+        with map_redis_errors():
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    ROUTER_GROUP, consumer, {self.keys.events: ">"}, count=count, block=block_ms
+                )
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_groups()
+                return []
+        return [
+            EventEntry(_text(eid), json.loads(fields[b"e"]))
+            for _, entries in reply or []
+            for eid, fields in entries
+            if fields
+        ]
+
+    async def claim_stale_events(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[EventEntry]:
+        with map_redis_errors():
+            reply = await self.redis.xautoclaim(
+                self.keys.events, ROUTER_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+            )
+        return [EventEntry(_text(eid), json.loads(f[b"e"])) for eid, f in reply[1] if f]
+
+    async def ack_events(self, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.keys.events, ROUTER_GROUP, *entry_ids)
+                pipe.xdel(self.keys.events, *entry_ids)
+                await pipe.execute()
+
+    async def subscribers(self, event_types: Sequence[str]) -> dict[str, str]:
+        """Instance id -> its subscription record, for every instance listening to the types."""
+        with map_redis_errors():
+            members = await self.redis.sunion([self.keys.subscribers(t) for t in event_types])
+            ids = sorted(_text(m) for m in members)
+            if not ids:
+                return {}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for instance_id in ids:
+                    pipe.hmget(self.keys.instance(instance_id), "subs", "status")
+                rows = await pipe.execute()
+        found: dict[str, str] = {}
+        stale: list[tuple[str, str]] = []
+        for instance_id, (record, status) in zip(ids, rows, strict=True):
+            if record and status and InstanceStatus(_text(status)) is not InstanceStatus.CANCELLED:
+                found[instance_id] = _text(record)
+            elif not record:
+                stale += [(t, instance_id) for t in event_types]
+        if stale:
+            # Left behind by an instance that stopped listening without cleaning up (a crash
+            # between steps cannot cause this, but an old sidecar version could).
+            with map_redis_errors():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for event_type, instance_id in stale:
+                        pipe.srem(self.keys.subscribers(event_type), instance_id)
+                    await pipe.execute()
+        return found
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

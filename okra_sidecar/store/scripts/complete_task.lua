@@ -1,0 +1,11 @@
+-- A worker's outcome for a task: deliver it to the instance and remove the task, once.
+-- KEYS: task stream, instance, inbox, delivered ids, work stream.
+-- ARGV: group, task entry id, instance id, dedup id, event (JSON).
+-- Returns 'gone' when the task was completed already (by another worker after a lease ran out).
+if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
+  return 'gone'
+end
+local outcome = deliver(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return outcome

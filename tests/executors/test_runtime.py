@@ -1,0 +1,325 @@
+"""The effect runtime in a real sidecar: effects committed with a turn come back as results.
+
+The turns here are committed by hand (what an interpreter turn asking for outside work
+commits), so these tests pin the runtime's side of the effect contract on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from okra_sidecar.engine.effects import RESULT_EVENT_TYPE, Effect, EffectKind
+from okra_sidecar.executors.children import child_instance_id
+from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
+from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.server import Sidecar
+from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras
+from tests.helpers import (
+    Stub,
+    expect_rpc_error,
+    make_settings,
+    running_sidecar,
+    to_python,
+    value,
+    wait_for_status,
+)
+
+from .stand_in import http_stand_in
+
+
+async def start_waiting(stub: Stub) -> str:
+    reply = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    return reply.instance_id
+
+
+async def commit_extras(sidecar: Sidecar, instance_id: str, extras: TurnExtras) -> None:
+    """Commit a turn that changes nothing but asks for `extras`, as a turn would."""
+    store = sidecar.store
+    for _ in range(20):
+        snapshot = await store.load_turn(instance_id)
+        assert snapshot is not None
+        commit = TurnCommit(
+            status=InstanceStatus.WAITING,
+            state=snapshot.state,
+            current_step="hold",
+            context={},
+            output=None,
+            error=None,
+            consumed=[],
+            wake_at_ms=None,
+            requeue=False,
+            history=[],
+            now_ms=int(time.time() * 1000),
+            extras=extras,
+        )
+        if await store.commit_turn(snapshot, commit):
+            return
+    raise AssertionError("could not commit")
+
+
+async def inbox_events(redis: Redis, instance_id: str) -> list[dict[str, Any]]:
+    entries: Any = await redis.xrange(f"okra:{{{instance_id}}}:inbox")
+    return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+async def wait_for_result(redis: Redis, instance_id: str, effect_id: str) -> dict[str, Any]:
+    for _ in range(300):
+        for event in await inbox_events(redis, instance_id):
+            if event["type"] == RESULT_EVENT_TYPE and event["data"]["effectId"] == effect_id:
+                return dict(event["data"])
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no result for {effect_id}")
+
+
+async def read_task(call: Any) -> wpb.Task:
+    reply = await call.read()
+    assert isinstance(reply, wpb.PollTasksResponse)
+    return reply.task
+
+
+async def wait_created(redis: Redis, instance_id: str) -> None:
+    for _ in range(300):
+        if await redis.exists(f"okra:{{{instance_id}}}"):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{instance_id} never created")
+
+
+def effect(effect_id: str, kind: EffectKind, request: dict[str, Any]) -> dict[str, Any]:
+    return Effect(effect_id, kind, "/do/0/hold", request).to_json()
+
+
+async def test_http_effect_result_reaches_the_inbox(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    instance_id = await start_waiting(stub)
+    with http_stand_in() as (base, _):
+        extras = TurnExtras(
+            effects=[
+                effect("get#1", EffectKind.HTTP, {"method": "get", "uri": f"{base}/pets/5"}),
+                effect("miss#1", EffectKind.HTTP, {"method": "get", "uri": f"{base}/nope"}),
+            ]
+        )
+        await commit_extras(running, instance_id, extras)
+        ok = await wait_for_result(redis, instance_id, "get#1")
+        failed = await wait_for_result(redis, instance_id, "miss#1")
+    assert ok == {"effectId": "get#1", "ok": True, "value": {"id": 5, "name": "Rex"}, "error": None}
+    assert failed["ok"] is False and failed["error"]["status"] == 404
+    # Delivered means acknowledged: nothing is left pending on the effects streams.
+    for partition in range(8):
+        assert await redis.xlen(f"okra:effects:{partition}") == 0
+
+
+async def test_emit_publishes_and_routes_to_matching_listeners(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    paid, other = await start_waiting(stub), await start_waiting(stub)
+    for instance_id, order in ((paid, "o-1"), (other, "o-2")):
+        subs = Subscriptions(
+            ("com.example.paid",),
+            [
+                {
+                    "with": {"type": "com.example.paid"},
+                    "correlate": {"order": {"from": ".data.order", "expect": order}},
+                }
+            ],
+        )
+        await commit_extras(running, instance_id, TurnExtras(subscriptions=subs))
+    await expect_rpc_error(
+        stub.Emit(pb.EmitRequest(type="io.okra.effect.result", source="me")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_rpc_error(stub.Emit(pb.EmitRequest(type="x.y")), grpc.StatusCode.INVALID_ARGUMENT)
+    request = pb.EmitRequest(type="com.example.paid", source="shop", data=value({"order": "o-1"}))
+    first = await stub.Emit(request)
+    request.id = first.id
+    await stub.Emit(request)  # the same event again: delivered once
+    for _ in range(200):
+        if await inbox_events(redis, paid):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    delivered = await inbox_events(redis, paid)
+    assert [e["data"] for e in delivered] == [{"order": "o-1"}]
+    assert delivered[0]["id"] == first.id and delivered[0]["source"] == "shop"
+    assert await inbox_events(redis, other) == []
+    # A workflow's emit is published by its commit and answered at once.
+    event = {"source": "wf", "type": "com.example.paid", "data": {"order": "o-2"}}
+    await commit_extras(
+        running, paid, TurnExtras(effects=[effect("emit#1", EffectKind.EMIT, {"event": event})])
+    )
+    result = await wait_for_result(redis, paid, "emit#1")
+    assert result["value"]["type"] == "com.example.paid" and result["value"]["id"]
+    for _ in range(200):
+        if await inbox_events(redis, other):
+            break
+        await asyncio.sleep(0.02)
+    assert [e["data"] for e in await inbox_events(redis, other)] == [{"order": "o-2"}]
+    # Cancelling drops the subscriptions.
+    await stub.Cancel(pb.CancelRequest(instance_id=other))
+    assert await redis.smembers("okra:subs:com.example.paid") == {paid.encode()}
+
+
+async def test_child_run_reports_to_its_parent_and_recursion_is_refused(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    parent = await start_waiting(stub)
+    steps = {"namespace": "tests", "name": "steps", "version": "1.0.0"}
+    forever = {"namespace": "tests", "name": "forever", "version": "1.0.0"}
+    approval = {"namespace": "tests", "name": "approval", "version": "1.0.0"}
+    extras = TurnExtras(
+        effects=[
+            effect("child#1", EffectKind.CHILD, {"workflow": steps, "input": {"n": 1}}),
+            effect("self#1", EffectKind.CHILD, {"workflow": forever, "input": {}}),
+            effect("mid#1", EffectKind.CHILD, {"workflow": approval, "input": {"amount": 2}}),
+        ]
+    )
+    await commit_extras(running, parent, extras)
+    done = await wait_for_result(redis, parent, "child#1")
+    assert done["ok"] is True and done["value"] == {"n": 22, "done": True}
+    child = await stub.GetStatus(
+        pb.GetStatusRequest(instance_id=child_instance_id(parent, "child#1"))
+    )
+    assert to_python(child.output) == {"n": 22, "done": True}
+    refused = await wait_for_result(redis, parent, "self#1")
+    assert refused["ok"] is False and refused["error"]["status"] == 508
+    assert "tests.forever.1.0.0 -> tests.forever.1.0.0" in refused["error"]["detail"]
+
+
+async def test_cancelling_a_parent_cancels_its_children(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    grandparent = await start_waiting(stub)
+    approval = {"namespace": "tests", "name": "approval", "version": "1.0.0"}
+    await commit_extras(
+        running,
+        grandparent,
+        TurnExtras(
+            effects=[
+                effect("c#1", EffectKind.CHILD, {"workflow": approval, "input": {"amount": 1}})
+            ]
+        ),
+    )
+    child_id = child_instance_id(grandparent, "c#1")
+    await wait_created(redis, child_id)
+    await wait_for_status(stub, child_id, {pb.WORKFLOW_STATUS_WAITING})
+    await stub.Cancel(pb.CancelRequest(instance_id=grandparent, reason="enough"))
+    child = await stub.GetStatus(pb.GetStatusRequest(instance_id=child_id))
+    assert child.status == pb.WORKFLOW_STATUS_CANCELLED
+    assert child.cancel_reason == f"parent {grandparent} cancelled"
+
+
+async def test_worker_tasks_are_leased_completed_and_failed(redis: Redis, redis_url: str) -> None:
+    settings = make_settings(redis_url)
+    settings = type(settings)(
+        **{**settings.__dict__, "effects": type(settings.effects)(task_lease_ms=400)}
+    )
+    async with running_sidecar(settings) as (running, stub):
+        instance_id = await start_waiting(stub)
+        work = {"function": "charge", "arguments": {"amount": 3}}
+        await commit_extras(
+            running,
+            instance_id,
+            TurnExtras(
+                effects=[
+                    effect("charge#1", EffectKind.WORKER, {**work, "service": "payments"}),
+                    effect("charge#2", EffectKind.WORKER, {**work, "service": "payments"}),
+                ]
+            ),
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            worker = wpb_grpc.TaskWorkerStub(channel)
+            dead = worker.PollTasks(
+                wpb.PollTasksRequest(service="payments", worker_id="dead", max_in_flight=1)
+            )
+            abandoned = await read_task(dead)
+            dead.cancel()  # holds charge#1 and never finishes it
+            alive = worker.PollTasks(
+                wpb.PollTasksRequest(service="payments", worker_id="alive", max_in_flight=2)
+            )
+            seen = [await read_task(alive) for _ in range(2)]
+            alive.cancel()
+        assert {t.effect_id for t in seen} == {"charge#1", "charge#2"}
+        retried = next(t for t in seen if t.task_id == abandoned.task_id)
+        assert retried.attempt == 2 and to_python(retried.arguments) == {"amount": 3}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            worker = wpb_grpc.TaskWorkerStub(channel)
+            beat = await worker.Heartbeat(
+                wpb.HeartbeatRequest(worker_id="alive", task_ids=[t.task_id for t in seen])
+            )
+            assert sorted(beat.held_task_ids) == sorted(t.task_id for t in seen)
+            other = next(t for t in seen if t.task_id != abandoned.task_id)
+            done = await worker.CompleteTask(
+                wpb.CompleteTaskRequest(task_id=retried.task_id, result=value({"paid": True}))
+            )
+            late = await worker.CompleteTask(
+                wpb.CompleteTaskRequest(task_id=retried.task_id, result=value({"paid": 2}))
+            )
+            failed = await worker.FailTask(
+                wpb.FailTaskRequest(task_id=other.task_id, status=402, detail="card declined")
+            )
+            assert (done.accepted, late.accepted, failed.accepted) == (True, False, True)
+            await expect_rpc_error(
+                worker.CompleteTask(wpb.CompleteTaskRequest(task_id="bogus")),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        paid = await wait_for_result(redis, instance_id, retried.effect_id)
+        declined = await wait_for_result(redis, instance_id, other.effect_id)
+        assert paid["value"] == {"paid": True}
+        assert declined["error"]["status"] == 402 and declined["error"]["detail"] == "card declined"
+
+
+async def test_get_history_pages_through_lifecycle_events(stub: Stub) -> None:
+    reply = await stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1})))
+    await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    events: list[pb.HistoryEvent] = []
+    cursor = ""
+    while True:
+        page = await stub.GetHistory(
+            pb.GetHistoryRequest(instance_id=reply.instance_id, limit=2, cursor=cursor)
+        )
+        events.extend(page.events)
+        assert len(page.events) <= 2
+        if not page.cursor:
+            break
+        cursor = page.cursor
+    types = [e.type for e in events]
+    assert types[0] == "workflow.created" and types[-1] == "workflow.completed"
+    assert types.count("workflow.completed") == 1
+    assert any(e.task for e in events if e.type == "task.started")
+    assert events[0].time.ToMilliseconds() > 0
+    await expect_rpc_error(
+        stub.GetHistory(pb.GetHistoryRequest(instance_id=reply.instance_id, cursor="x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_rpc_error(
+        stub.GetHistory(pb.GetHistoryRequest(instance_id="00000000-0000-0000-0000-000000000000")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@pytest.mark.parametrize("bad", ["", "Payments", "a/b"])
+async def test_poll_tasks_rejects_a_bad_service(
+    stub: Stub, sidecar: tuple[Sidecar, Stub], bad: str
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        call = wpb_grpc.TaskWorkerStub(channel).PollTasks(
+            wpb.PollTasksRequest(service=bad, worker_id="w")
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
