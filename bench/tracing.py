@@ -115,9 +115,13 @@ async def run_rounds(rounds: int, counts: dict[str, int]) -> list[Round]:
         async with otlp_sink(work_dir) as endpoint:
             for index in range(rounds):
                 for traced in (False, True):
-                    log(f"round {index + 1}/{rounds}, tracing {'on' if traced else 'off'}")
+                    mode = "on" if traced else "off"
+                    log(f"round {index + 1}/{rounds}, tracing {mode}")
+                    # A fresh embedded Redis each time: no round inherits another's instances.
+                    round_dir = work_dir / f"round-{index}-{mode}"
+                    round_dir.mkdir()
                     results.append(
-                        await measure_round(work_dir, counts, endpoint if traced else None)
+                        await measure_round(round_dir, counts, endpoint if traced else None)
                     )
     return results
 
