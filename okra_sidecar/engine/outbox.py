@@ -52,20 +52,16 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         return None
     outgoing: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    inbox: list[dict[str, Any]] = []
     for effect in effects:
         if effect.kind is EffectKind.EMIT:
-            # Publishing is the whole of an emit: it happens in this commit, so its result is
-            # known now and goes straight back to the instance.
-            event = emitted_event(snapshot.instance_id, effect, now_ms)
-            events.append(event)
-            inbox.append(result_event(effect.effect_id, time_iso=iso_time(now_ms), value=event))
+            # Publishing is the whole of an emit, done by this commit; the task does not wait
+            # for a result, so none is sent.
+            events.append(emitted_event(snapshot.instance_id, effect, now_ms))
         else:
             outgoing.append(effect.to_json())
     return TurnExtras(
         effects=outgoing,
         events=events,
-        inbox=inbox,
         subscriptions=subs,
         parent_event=parent_event,
     )

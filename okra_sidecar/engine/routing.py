@@ -49,8 +49,8 @@ def _holds(expected: Any, actual: Any) -> bool:
     if not (isinstance(expected, str) and is_expression(expected)):
         return bool(expected == actual)
     compiled = _compiled(expected)
-    if compiled is None:
-        return True
+    if compiled is None or compiled.names:
+        return True  # unknown, or needs the instance's arguments: let the interpreter decide
     try:
         result = compiled.evaluate(actual, {})
     except ExpressionError:
@@ -63,7 +63,7 @@ def _correlates(correlation: Mapping[str, Any], event: Mapping[str, Any]) -> boo
     if not isinstance(source, str) or "expect" not in correlation:
         return True
     compiled = _compiled(source, bare=not is_expression(source))
-    if compiled is None:
+    if compiled is None or compiled.names:
         return True
     try:
         value = compiled.evaluate(dict(event), {})

@@ -17,7 +17,8 @@ from typing import Any
 
 from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
 from okra_sidecar.engine.outbox import emitted_event
-from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.grpc_call import GrpcCaller
 from okra_sidecar.executors.http import HttpCaller
@@ -34,9 +35,22 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def default_service(workflow_id: str) -> str:
-    """Worker tasks of a workflow go to the service named like its namespace by default."""
-    return workflow_id.split(".", 1)[0]
+def task_service(document: Any, task: str, workflow_id: str) -> str:
+    """The service whose workers get a worker task: the call task's `metadata.service`, else
+    the workflow's namespace. `task` is the task's JSON pointer in the definition."""
+    node = document
+    for part in task.strip("/").split("/") if task else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            node = None
+            break
+    metadata = node.get("metadata") if isinstance(node, dict) else None
+    service = metadata.get("service") if isinstance(metadata, dict) else None
+    return str(service) if isinstance(service, str) and service else workflow_id.split(".", 1)[0]
 
 
 class EffectDispatcher:
@@ -48,6 +62,7 @@ class EffectDispatcher:
         openapi: OpenApiCaller,
         grpc: GrpcCaller,
         children: ChildStarter,
+        registry: WorkflowRegistry,
         consumer: str,
         concurrency: int,
         claim_idle_ms: int,
@@ -58,6 +73,7 @@ class EffectDispatcher:
         self._openapi = openapi
         self._grpc = grpc
         self._children = children
+        self._registry = registry
         self._consumer = consumer
         self._concurrency = concurrency
         self._claim_idle_ms = claim_idle_ms
@@ -196,7 +212,11 @@ class EffectDispatcher:
         service = str(request.get("service") or "")
         if not service:
             workflow_id = (await self._effects.instance_fields(entry.instance_id, "wf"))[0] or ""
-            service = default_service(workflow_id)
+            try:
+                document = (await self._registry.get(workflow_id)).definition.document
+            except NotFoundError:
+                document = None
+            service = task_service(document, str(effect.get("task") or ""), workflow_id)
         timeout_ms = effect.get("timeoutMs")
         task = {
             "effectId": effect["id"],

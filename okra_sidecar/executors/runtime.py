@@ -59,6 +59,7 @@ class EffectRuntime:
             openapi=openapi,
             grpc=grpc,
             children=children,
+            registry=registry,
             consumer=consumer,
             concurrency=settings.effects.concurrency,
             claim_idle_ms=engine.claim_idle_ms,

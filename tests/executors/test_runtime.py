@@ -43,13 +43,17 @@ async def start_waiting(stub: Stub) -> str:
 
 
 async def commit_extras(sidecar: Sidecar, instance_id: str, extras: TurnExtras) -> None:
-    """Commit a turn that changes nothing but asks for `extras`, as a turn would."""
+    """Commit a turn that asks for `extras`, as a turn would.
+
+    It also suspends the instance, so no interpreter turn consumes what arrives in its inbox
+    (an interpreter drops results it does not await): the test reads them there.
+    """
     store = sidecar.store
     for _ in range(20):
         snapshot = await store.load_turn(instance_id)
         assert snapshot is not None
         commit = TurnCommit(
-            status=InstanceStatus.WAITING,
+            status=InstanceStatus.SUSPENDED,
             state=snapshot.state,
             current_step="hold",
             context={},
@@ -155,7 +159,8 @@ async def test_emit_publishes_and_routes_to_matching_listeners(
     assert [e["data"] for e in delivered] == [{"order": "o-1"}]
     assert delivered[0]["id"] == first.id and delivered[0]["source"] == "shop"
     assert await inbox_events(redis, other) == []
-    # A workflow's emit is published by its commit and answered at once.
+    # An emit effect that reached the executors is published there (turns publish theirs in
+    # the commit, see test_outbox).
     event = {"source": "wf", "type": "com.example.paid", "data": {"order": "o-2"}}
     await commit_extras(
         running, paid, TurnExtras(effects=[effect("emit#1", EffectKind.EMIT, {"event": event})])
