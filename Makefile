@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := all
-sources = $(wildcard okra_sidecar tests bench protos)
+sources = $(wildcard okra_sidecar tests bench protos deploy)
 
 VENV = .venv
 BIN = $(VENV)/bin
