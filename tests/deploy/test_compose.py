@@ -44,6 +44,9 @@ def test_redis_persists_its_append_only_file() -> None:
     (name,) = load(COMPOSE)[0]["volumes"]
     assert redis["volumes"][0].startswith(f"{name}:")
     assert redis["healthcheck"]["test"][-1] == "ping"
+    if services()["sidecar"]["environment"].get("OKRA_DURABILITY") == "aof":
+        # Else every WAITAOF waits for the next once-a-second fsync.
+        assert command[command.index("--appendfsync") + 1] == "always"
 
 
 def test_sidecar_builds_the_image_and_reads_real_settings() -> None:

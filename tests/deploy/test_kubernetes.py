@@ -152,6 +152,8 @@ def test_redis_url_names_the_statefulset_and_its_port() -> None:
     assert int(port) == service["spec"]["ports"][0]["port"]
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
+    if env_list(sidecar_container()).get("OKRA_DURABILITY") == "aof":
+        assert redis["args"][redis["args"].index("--appendfsync") + 1] == "always"
     data_dir = redis["args"][redis["args"].index("--dir") + 1]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": data_dir} in redis["volumeMounts"]
