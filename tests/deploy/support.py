@@ -1,14 +1,14 @@
-"""Reading deploy/: a small Dockerfile parser, .dockerignore matching, manifest helpers."""
+"""Reading deploy/: the Dockerfile (with Docker's parser), .dockerignore, manifests."""
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dockerfile  # type: ignore[import-not-found]  # a compiled module without stubs
 import yaml
 
 from okra_sidecar.config import ENV_VARIABLES
@@ -25,17 +25,18 @@ EXAMPLE_VARIABLES = frozenset({"OKRA_ADDRESS"})
 
 @dataclass(frozen=True)
 class Instruction:
+    """One Dockerfile instruction as Docker's own parser (moby/buildkit) reads it."""
+
     keyword: str
-    arguments: str
+    values: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+    json: bool = False
 
     def exec_form(self) -> list[str]:
-        """The JSON array of `CMD ["a", "b"]`; AssertionError for the shell form."""
-        text = self.arguments
-        if self.keyword == "HEALTHCHECK":
-            text = text[text.index("CMD") + len("CMD") :]
-        loaded = yaml.safe_load(text.strip())
-        assert isinstance(loaded, list), f"{self.keyword} must use the exec (JSON) form"
-        return [str(item) for item in loaded]
+        """The argv of `CMD ["a", "b"]` (or HEALTHCHECK's after CMD); fails for shell form."""
+        assert self.json, f"{self.keyword} must use the exec (JSON) form"
+        values = list(self.values)
+        return values[1:] if self.keyword == "HEALTHCHECK" and values[0] == "CMD" else values
 
 
 @dataclass
@@ -48,45 +49,31 @@ class Stage:
         return [i for i in self.instructions if i.keyword == keyword]
 
     def env(self) -> dict[str, str]:
-        """ENV KEY=VALUE pairs (the only ENV form this Dockerfile uses)."""
         values: dict[str, str] = {}
         for instruction in self.all("ENV"):
-            for pair in shlex.split(instruction.arguments):
-                key, sep, value = pair.partition("=")
-                assert sep, f"ENV {instruction.arguments!r}: use KEY=VALUE"
-                values[key] = value
+            pairs = instruction.values
+            values.update(zip(pairs[::2], pairs[1::2], strict=True))
         return values
 
 
-def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARGs and the stages; continuation lines joined, comments dropped."""
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        logical.append(current + line)
-        current = ""
-    assert not current, "the Dockerfile ends in a continuation"
+def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARGs and the stages, parsed by Docker's own Dockerfile parser."""
     args: dict[str, str] = {}
     stages: list[Stage] = []
-    for line in logical:
-        keyword, _, rest = line.partition(" ")
-        keyword = keyword.upper()
+    for command in dockerfile.parse_file(str(path)):
+        keyword = command.cmd.upper()
         if keyword == "FROM":
-            parts = rest.split()
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=parts[0], name=name))
+            values = command.value
+            name = values[2] if len(values) == 3 and values[1].upper() == "AS" else None
+            stages.append(Stage(base=values[0], name=name))
         elif not stages and keyword == "ARG":
-            key, _, default = rest.partition("=")
+            key, _, default = command.value[0].partition("=")
             args[key] = default
         else:
             assert stages, f"{keyword} before the first FROM"
-            stages[-1].instructions.append(Instruction(keyword, rest.strip()))
+            stages[-1].instructions.append(
+                Instruction(keyword, tuple(command.value), tuple(command.flags), command.json)
+            )
     return args, stages
 
 

@@ -96,9 +96,9 @@ def test_sidecar_is_a_native_sidecar_listening_on_its_port() -> None:
     (port,) = init["ports"]
     assert port_of(env["OKRA_LISTEN"]) == port["containerPort"]
     assert env["OKRA_LISTEN"].startswith("0.0.0.0:"), "kubelet probes dial the pod IP"
-    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    _, stages = parse_dockerfile(DOCKERFILE)
     (expose,) = stages[-1].all("EXPOSE")
-    assert int(expose.arguments) == port["containerPort"]
+    assert expose.values == (str(port["containerPort"]),)
 
 
 def test_probes_use_grpc_health_on_the_served_port_and_names() -> None:
@@ -114,9 +114,9 @@ def test_probes_use_grpc_health_on_the_served_port_and_names() -> None:
 def test_every_container_has_resources_and_a_locked_down_context() -> None:
     spec = pod_spec()
     assert spec["securityContext"]["runAsNonRoot"] is True
-    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    _, stages = parse_dockerfile(DOCKERFILE)
     (user,) = stages[-1].all("USER")
-    assert str(spec["securityContext"]["runAsUser"]) == user.arguments.partition(":")[0]
+    assert str(spec["securityContext"]["runAsUser"]) == user.values[0].partition(":")[0]
     assert spec["automountServiceAccountToken"] is False
     statefulset = manifests()[("StatefulSet", "okra-redis")]["spec"]["template"]["spec"]
     for container in [*containers().values(), *statefulset["containers"]]:
