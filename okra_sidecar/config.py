@@ -86,6 +86,19 @@ class EngineSettings:
     read_block_ms: int = 1000
 
 
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """The scheduler and retention loops every sidecar runs."""
+
+    tick_ms: int = 250  # how often the scheduler looks for due schedules
+    batch: int = 100  # most schedules one tick takes on
+    # A fire time found later than this was missed (no sidecar was up): the schedule's
+    # catch-up policy decides whether it still fires.
+    misfire_grace_s: float = 60.0
+    retention_interval_s: float = 60.0  # how often finished instances past retention are purged
+    retention_batch: int = 100  # instances purged per Redis call
+
+
 EXPORTERS = ("none", "otlp", "console")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 SAMPLERS = (
@@ -180,6 +193,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     host: HostSettings = field(default_factory=HostSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
@@ -362,6 +376,9 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "retentionDays": ("host", "retention_days", _int(1)),
     "defaultTimeout": ("host", "default_timeout_s", _seconds),
     "maxInputBytes": ("host", "max_input_bytes", _int(1)),
+    "scheduleTickMs": ("schedule", "tick_ms", _int(10)),
+    "scheduleMisfireGrace": ("schedule", "misfire_grace_s", _seconds),
+    "retentionInterval": ("schedule", "retention_interval_s", _seconds),
     "serviceName": ("telemetry", "service_name", _str),
     "serviceNamespace": ("telemetry", "service_namespace", _str),
     "resourceAttributes": ("telemetry", "resource_attributes", _resource_attributes),
@@ -410,6 +427,11 @@ ENV_VARIABLES = {
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
     "OKRA_ENABLE_MANUAL_TRIGGERS": "enableManualTriggers",
+    "OKRA_MAX_INSTANCE_DURATION": "maxInstanceDuration",
+    "OKRA_RETENTION_DAYS": "retentionDays",
+    "OKRA_SCHEDULE_TICK_MS": "scheduleTickMs",
+    "OKRA_SCHEDULE_MISFIRE_GRACE": "scheduleMisfireGrace",
+    "OKRA_RETENTION_INTERVAL": "retentionInterval",
     "OKRA_WORKFLOWS": "workflows",
     "OKRA_POLICIES": "policies",
     # The standard OpenTelemetry variables, by their specified names.

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -20,15 +21,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
 from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
+from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
+from okra_sidecar.engine.scheduler import Scheduler
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
+from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
+from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
@@ -36,6 +42,8 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.store.retention_store import RedisRetentionStore
+from okra_sidecar.store.schedule_store import RedisScheduleStore
 from okra_sidecar.telemetry import ClusterGauges, Telemetry
 from okra_sidecar.telemetry.admin import AdminServer
 from okra_sidecar.telemetry.providers import scrape_listen
@@ -43,6 +51,7 @@ from okra_sidecar.telemetry.providers import scrape_listen
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
+SCHEDULE_SERVICE_NAME = spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name
 TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
@@ -70,6 +79,8 @@ class Sidecar:
     owns_telemetry: bool = False
     admin: AdminServer | None = None
     gauge_task: asyncio.Task[None] | None = None
+    scheduler: Scheduler | None = None
+    retention: RetentionKeeper | None = None
     effects: EffectRuntime | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -78,6 +89,9 @@ class Sidecar:
         await self.health.enter_graceful_shutdown()
         self.health_task.cancel()
         await self.server.stop(grace_s)
+        for loop in (self.scheduler, self.retention):
+            if loop is not None:
+                await loop.stop()
         await self.runner.stop(timeout_s=grace_s or 0.0)
         if self.effects is not None:
             await self.effects.stop(timeout_s=grace_s or 0.0)
@@ -97,6 +111,7 @@ def build_server(
     *,
     servicer: WorkflowHostServicer,
     health_servicer: health_aio.HealthServicer,
+    schedules: ScheduleHostServicer | None = None,
     listen: str,
     telemetry: Telemetry | None = None,
     task_worker: TaskWorkerServicer | None = None,
@@ -113,7 +128,11 @@ def build_server(
     server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if schedules is not None:
+        spb_grpc.add_ScheduleHostAPIServicer_to_server(schedules, server)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if schedules is not None:
+        services.append(SCHEDULE_SERVICE_NAME)
     if task_worker is not None:
         wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, server)
         services.append(TASK_WORKER_SERVICE)
@@ -147,6 +166,10 @@ async def _watch_redis(store: RedisStore, health_servicer: health_aio.HealthServ
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
 async def _read_gauges(store: RedisStore) -> ClusterGauges:
     stats = await store.stats()
     now = time.time() * 1000
@@ -158,12 +181,19 @@ async def _read_gauges(store: RedisStore) -> ClusterGauges:
     )
 
 
-async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = None) -> Sidecar:
+async def start_sidecar(
+    settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
+    clock: Callable[[], int] | None = None,
+) -> Sidecar:
     """Start Redis (embedded if no URL), register definitions, start the engine and server.
 
     `telemetry` replaces the one built from settings.telemetry (tests pass in-memory
-    exporters); the caller then shuts it down.
+    exporters); the caller then shuts it down. `clock` (epoch ms) replaces the wall clock
+    for the engine, the scheduler and retention, so tests can move time.
     """
+    now_ms = clock or wall_clock_ms
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     owns_telemetry = telemetry is None
     if telemetry is None:
@@ -188,6 +218,8 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
         socket_timeout=10,
     )
     client = aioredis.Redis.from_pool(pool)
+    scheduler: Scheduler | None = None
+    retention: RetentionKeeper | None = None
     try:
         store = RedisStore(
             redis=client,
@@ -196,14 +228,33 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
         )
         await store.ping()
         registry = WorkflowRegistry(store=store)
+        definitions = []
         if settings.workflows_dir is not None:
-            await registry.register(read_directory(settings.workflows_dir))
+            definitions = read_directory(settings.workflows_dir)
+            await registry.register(definitions)
         runner = EngineRunner(
             store=store,
             registry=registry,
             settings=settings.engine,
             consumer=consumer,
             turns=telemetry.turns,
+            clock=now_ms,
+        )
+        scheduler = Scheduler(
+            schedules=RedisScheduleStore(redis=client, keys=store.keys),
+            store=store,
+            registry=registry,
+            host=settings.host,
+            settings=settings.schedule,
+            on_started=telemetry.metrics.instance_started,
+            clock=now_ms,
+        )
+        await scheduler.sync_definitions(definitions)
+        retention = RetentionKeeper(
+            store=RedisRetentionStore(redis=client, keys=store.keys),
+            host=settings.host,
+            settings=settings.schedule,
+            clock=now_ms,
         )
         effects = EffectRuntime.build(
             redis=client,
@@ -229,6 +280,9 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
         server, port = build_server(
             servicer=servicer,
             health_servicer=health_servicer,
+            schedules=ScheduleHostServicer(
+                scheduler=scheduler, registry=registry, settings=settings.host
+            ),
             listen=settings.server.listen,
             telemetry=telemetry,
             task_worker=task_worker,
@@ -239,9 +293,14 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
             admin = AdminServer(registry=telemetry.registry, listen=listen)
             await admin.start()
         await runner.start()
+        await scheduler.start()
+        await retention.start()
         await effects.start()
         await server.start()
     except BaseException:
+        for loop in (scheduler, retention):
+            if loop is not None:
+                await loop.stop()
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
@@ -270,6 +329,8 @@ async def start_sidecar(settings: Settings, *, telemetry: Telemetry | None = Non
         owns_telemetry=owns_telemetry,
         admin=admin,
         gauge_task=gauge_task,
+        scheduler=scheduler,
+        retention=retention,
         effects=effects,
     )
 

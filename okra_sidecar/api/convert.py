@@ -6,8 +6,10 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceRecord, InstanceStatus
+from okra_sidecar.schedules import CatchUpPolicy, OverlapPolicy, ScheduleRecord, ScheduleSource
 
 STATUS_TO_PB = {
     InstanceStatus.PENDING: pb.WORKFLOW_STATUS_PENDING,
@@ -76,6 +78,70 @@ def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
     _set_time(message.start_time, record.started_ms)
     _set_time(message.end_time, record.completed_ms)
     _set_time(message.updated_at, record.updated_ms)
+    return message
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+OVERLAP_FROM_PB = {
+    spb.OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ALLOW,
+    spb.OVERLAP_POLICY_ALLOW: OverlapPolicy.ALLOW,
+    spb.OVERLAP_POLICY_SKIP: OverlapPolicy.SKIP,
+    spb.OVERLAP_POLICY_BUFFER_ONE: OverlapPolicy.BUFFER_ONE,
+}
+OVERLAP_TO_PB = {
+    OverlapPolicy.ALLOW: spb.OVERLAP_POLICY_ALLOW,
+    OverlapPolicy.SKIP: spb.OVERLAP_POLICY_SKIP,
+    OverlapPolicy.BUFFER_ONE: spb.OVERLAP_POLICY_BUFFER_ONE,
+}
+CATCH_UP_FROM_PB = {
+    spb.CATCH_UP_POLICY_UNSPECIFIED: CatchUpPolicy.FIRE_ONCE,
+    spb.CATCH_UP_POLICY_SKIP_MISSED: CatchUpPolicy.SKIP_MISSED,
+    spb.CATCH_UP_POLICY_FIRE_ONCE: CatchUpPolicy.FIRE_ONCE,
+}
+CATCH_UP_TO_PB = {
+    CatchUpPolicy.SKIP_MISSED: spb.CATCH_UP_POLICY_SKIP_MISSED,
+    CatchUpPolicy.FIRE_ONCE: spb.CATCH_UP_POLICY_FIRE_ONCE,
+}
+SOURCE_TO_PB = {
+    ScheduleSource.API: spb.SCHEDULE_SOURCE_API,
+    ScheduleSource.DEFINITION: spb.SCHEDULE_SOURCE_DEFINITION,
+}
+
+
+def schedule_to_pb(record: ScheduleRecord, next_fire_times: list[int]) -> spb.Schedule:
+    spec = record.spec
+    message = spb.Schedule(
+        schedule_id=record.schedule_id,
+        workflow_id=spec.workflow_id,
+        cron_expression=spec.cron,
+        time_zone=spec.time_zone or ("UTC" if spec.cron else ""),
+        overlap_policy=OVERLAP_TO_PB[spec.overlap],
+        catch_up_policy=CATCH_UP_TO_PB[spec.catch_up],
+        tags=spec.tags,
+        source=SOURCE_TO_PB[record.source],
+        paused=record.paused,
+        last_instance_id=record.last_instance_id,
+        fired_count=record.fired,
+        skipped_count=record.skipped,
+        last_error=record.last_error,
+        definition_version=record.definition_version,
+    )
+    python_to_value(spec.input, message.input)
+    if spec.start_ms is not None:
+        message.start_time.FromMilliseconds(spec.start_ms)
+    if spec.end_ms is not None:
+        message.end_time.FromMilliseconds(spec.end_ms)
+    for fire_ms in next_fire_times:
+        message.next_fire_times.add().FromMilliseconds(fire_ms)
+    if record.last_fire_ms is not None:
+        message.last_fire_time.FromMilliseconds(record.last_fire_ms)
+    if spec.every_ms is not None:
+        message.every.FromMilliseconds(spec.every_ms)
+    if spec.after_ms is not None:
+        message.after.FromMilliseconds(spec.after_ms)
+    message.create_time.FromMilliseconds(record.created_ms)
+    message.update_time.FromMilliseconds(record.updated_ms)
     return message
 
 

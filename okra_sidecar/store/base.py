@@ -12,6 +12,7 @@ from okra_sidecar.instances import (
     QueryFilter,
     QueryPage,
 )
+from okra_sidecar.schedules import PreviousRun, SchedulePage, ScheduleRecord
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,6 @@ class TurnCommit:
     requeue: bool
     history: list[dict[str, Any]]
     now_ms: int
-
     cancel_reason: str = ""
     step_started_ms: int | None = None  # set when the instance enters a new step
     clear_deadline: bool = False  # a passed deadline that timeoutAction `continue` let go
@@ -182,3 +182,27 @@ class Store(Protocol):
     async def get_definition(self, workflow_id: str) -> str | None: ...
 
     async def list_definitions(self) -> dict[str, str]: ...
+
+
+class ScheduleStore(Protocol):
+    """Durable schedules; RedisScheduleStore is the one implementation."""
+
+    async def get(self, schedule_id: str) -> ScheduleRecord | None: ...
+
+    async def save(
+        self, record: ScheduleRecord, *, new: bool = False, check_at_ms: int | None
+    ) -> int: ...
+
+    async def delete(self, schedule_id: str, *, revision: int) -> int: ...
+
+    async def due(self, now_ms: int, *, limit: int) -> list[str]: ...
+
+    async def list_page(self, *, workflow_id: str, limit: int, cursor: str) -> SchedulePage: ...
+
+    async def run_end(self, instance_id: str) -> PreviousRun | None: ...
+
+
+class RetentionStore(Protocol):
+    """Purges finished instances; RedisRetentionStore is the one implementation."""
+
+    async def purge_finished(self, *, finished_before_ms: int, limit: int) -> int: ...

@@ -45,6 +45,17 @@ class RedisKeys:
         """Ids of effect results and routed events already put in the inbox (de-duplication)."""
         return f"{self.prefix}{{{instance_id}}}:delivered"
 
+    def instance_keys(self, instance_id: str) -> list[str]:
+        """Every key of one instance, as retention deletes them."""
+        return [
+            self.instance(instance_id),
+            self.history(instance_id),
+            self.inbox(instance_id),
+            self.signal_ids(instance_id),
+            self.delivered(instance_id),
+            self.children(instance_id),
+        ]
+
     def children(self, instance_id: str) -> str:
         return f"{self.prefix}{{{instance_id}}}:children"
 
@@ -123,3 +134,21 @@ class RedisKeys:
 
     def status_indexes(self) -> list[str]:
         return [self.index_status(s) for s in InstanceStatus]
+
+    @property
+    def index_finished(self) -> str:
+        """Finished instances scored by when they finished: what retention purges from."""
+        return f"{self.prefix}idx:finished"
+
+    def schedule(self, schedule_id: str) -> str:
+        return f"{self.prefix}schedule:{{{schedule_id}}}"
+
+    @property
+    def schedules_all(self) -> str:
+        """Every schedule id (score 0, ordered by id) for ListSchedules."""
+        return f"{self.prefix}schedules"
+
+    @property
+    def schedules_due(self) -> str:
+        """Schedule ids scored by when a scheduler must next look at them."""
+        return f"{self.prefix}schedules:due"

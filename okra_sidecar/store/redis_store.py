@@ -341,6 +341,7 @@ class RedisStore:
                     keys.timers(keys.partition(instance_id)),
                     keys.active_count,
                     *keys.status_indexes(),
+                    keys.index_finished,
                 ]
                 extra_keys, extras = await self._cancel_extras(instance_id, reason, now_ms, base)
                 result = await self._cancel(
@@ -535,6 +536,7 @@ class RedisStore:
             keys.timers(partition),
             keys.active_count,
             *keys.status_indexes(),
+            keys.index_finished,
         ]
         extras = ""
         if commit.extras is not None:

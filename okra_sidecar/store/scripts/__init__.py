@@ -15,7 +15,12 @@ LIBRARY_USERS = frozenset({"commit", "cancel", "deliver", "complete_task"})
 def _preamble(first_slot: int) -> str:
     slots = ", ".join(f"{s.value} = {first_slot + i}" for i, s in enumerate(InstanceStatus))
     finished = ", ".join(f"{s.value} = true" for s in sorted(FINISHED_STATUSES))
-    return f"local STATUS_SLOT = {{{slots}}}\nlocal FINISHED = {{{finished}}}\n"
+    # The finished-time index follows the status indexes in the scripts that finish instances.
+    finished_index = first_slot + len(InstanceStatus)
+    return (
+        f"local STATUS_SLOT = {{{slots}}}\nlocal FINISHED = {{{finished}}}\n"
+        f"local FINISHED_INDEX = {finished_index}\n"
+    )
 
 
 def load_script(name: str) -> str:

@@ -1,5 +1,6 @@
 -- Cancel an unfinished instance, recording the reason; returns {'ok', workflow id}.
--- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT).
+-- KEYS: instance, history, timers, active counter, then the status indexes (STATUS_SLOT), then
+--       the finished-time index (FINISHED_INDEX), then the extras' keys.
 -- ARGV: instance id, reason, now ms, history event, expected status ('' = any), extras
 --       (JSON): the listen subscriptions to drop (`subs`: the record read before, its
 --       type-set slots) and the parent to tell; {'retry'} when the record moved meanwhile.
@@ -25,6 +26,7 @@ redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
 redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
 redis.call('DECR', KEYS[4])
+redis.call('ZADD', KEYS[FINISHED_INDEX], ARGV[3], cur[2])
 if cur[4] then
   redis.call('DECR', cur[4])
 end

@@ -1,6 +1,7 @@
 -- Apply one engine turn if nobody else changed the instance since it was loaded.
 -- KEYS: instance, inbox, history, work stream, timers, active counter, then the status
---       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot).
+--       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot), then
+--       the finished-time index (FINISHED_INDEX).
 -- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
 --       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
 --       index member, extras (JSON, or '' when the turn has none; see below).
@@ -28,6 +29,7 @@ if old ~= new then
   redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ARGV[9])
   if FINISHED[new] and not FINISHED[old] then
     redis.call('DECR', KEYS[6])
+    redis.call('ZADD', KEYS[FINISHED_INDEX], redis.call('HGET', KEYS[1], 'completed'), ARGV[9])
     if cur[3] then
       redis.call('DECR', cur[3])
     end

@@ -1,0 +1,74 @@
+"""RedisRetentionStore: purges instances finished before a cutoff, a small batch at a time."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.scripts import load_script
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisRetentionStore:
+    """Reads the finished-time index (written by the commit and cancel scripts)."""
+
+    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._purge = redis.register_script(load_script("purge"))
+
+    async def purge_finished(self, *, finished_before_ms: int, limit: int) -> int:
+        """Purge up to `limit` instances finished at or before the cutoff; returns how many.
+
+        Each instance goes in its own script call, so no call holds Redis for long.
+        """
+        keys = self.keys
+        with map_redis_errors():
+            members: Any = await self.redis.zrangebyscore(
+                keys.index_finished, "-inf", finished_before_ms, start=0, num=limit
+            )
+            if not members:
+                return 0
+            ids = [_text(m).split(":", 1)[1] for m in members]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for instance_id in ids:
+                    pipe.hmget(keys.instance(instance_id), ["wf", "status", "corr", "tags"])
+                rows = await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, instance_id, row in zip(members, ids, rows, strict=True):
+                    instance_keys = keys.instance_keys(instance_id)
+                    # A script called on a pipeline is loaded (if needed) when it executes.
+                    await self._purge(
+                        keys=[keys.index_finished, *instance_keys, *self._indexes(row)],
+                        args=[_text(member), finished_before_ms, len(instance_keys)],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    def _indexes(self, row: list[bytes | None]) -> list[str]:
+        """The index sets that hold an instance's member, from its wf, status, corr and tags."""
+        workflow_id, status, correlation_id, tags = row
+        keys = self.keys
+        if workflow_id is None or status is None:
+            return []
+        indexes = [
+            keys.index_all,
+            keys.index_workflow(_text(workflow_id)),
+            keys.index_status(InstanceStatus(_text(status))),
+        ]
+        if correlation_id:
+            indexes.append(keys.index_correlation(_text(correlation_id)))
+        tag_map: dict[str, str] = json.loads(tags) if tags else {}
+        indexes.extend(keys.index_tag(name, value) for name, value in tag_map.items())
+        return indexes
