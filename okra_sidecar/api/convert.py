@@ -24,15 +24,29 @@ STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
-    """A google.protobuf.Value as plain JSON data (an unset Value is null)."""
+    """A google.protobuf.Value as plain JSON data (an unset Value is null).
+
+    A Value carries every number as a double; whole numbers come back as ints, as they were
+    written in the caller's JSON, so that `{petId}` in a URI becomes `1`, not `1.0`.
+    """
     kind = value.WhichOneof("kind")
     if kind is None or kind == "null_value":
         return None
     if kind == "struct_value":
-        return json_format.MessageToDict(value.struct_value)
+        return _whole_numbers(json_format.MessageToDict(value.struct_value))
     if kind == "list_value":
-        return json_format.MessageToDict(value.list_value)
-    return getattr(value, kind)
+        return _whole_numbers(json_format.MessageToDict(value.list_value))
+    return _whole_numbers(getattr(value, kind))
+
+
+def _whole_numbers(data: Any) -> Any:
+    if isinstance(data, float):
+        return int(data) if data.is_integer() and abs(data) < 2**53 else data
+    if isinstance(data, dict):
+        return {key: _whole_numbers(item) for key, item in data.items()}
+    if isinstance(data, list):
+        return [_whole_numbers(item) for item in data]
+    return data
 
 
 def python_to_value(data: Any, target: struct_pb2.Value) -> None:
