@@ -263,6 +263,7 @@ async def start_sidecar(
             registry=registry,
             settings=settings,
             consumer=consumer,
+            tracer=telemetry.tracer,
         )
         health_servicer = health_aio.HealthServicer()
         servicer = WorkflowHostServicer(

@@ -95,6 +95,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             effect_id=task.effect_id,
             lease_expires_at=_timestamp(lease_until),
             attempt=attempt,
+            traceparent=task.fields.get("t", ""),
         )
         python_to_value(task.arguments, message.arguments)
         if task.deadline_ms:

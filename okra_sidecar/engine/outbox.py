@@ -11,6 +11,7 @@ from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_eve
 from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
 from okra_sidecar.engine.routing import subscription_types
 from okra_sidecar.store.base import Subscriptions, TurnExtras, TurnSnapshot
+from okra_sidecar.telemetry import tracing
 
 __all__ = ["EMITTED_EVENT_NAMESPACE", "emitted_event", "turn_extras"]
 
@@ -52,13 +53,18 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         return None
     outgoing: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    # The turn's span context (CloudEvents' traceparent): executors and event consumers
+    # continue its trace.
+    trace_fields = tracing.event_trace_fields()
+    if parent_event is not None:
+        parent_event.update(trace_fields)  # the parent's turn links to the child's last one
     for effect in effects:
         if effect.kind is EffectKind.EMIT:
             # Publishing is the whole of an emit, done by this commit; the task does not wait
             # for a result, so none is sent.
-            events.append(emitted_event(snapshot.instance_id, effect, now_ms))
+            events.append({**trace_fields, **emitted_event(snapshot.instance_id, effect, now_ms)})
         else:
-            outgoing.append(effect.to_json())
+            outgoing.append({**effect.to_json(), **trace_fields})
     return TurnExtras(
         effects=outgoing,
         events=events,

@@ -21,6 +21,7 @@ from okra_sidecar.instances import NewInstance, ParentLink
 from okra_sidecar.policy import rules
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
+from okra_sidecar.telemetry import tracing
 
 __all__ = ["CHILD_NAMESPACE", "ChildStarter", "child_instance_id"]
 
@@ -101,6 +102,8 @@ class ChildStarter:
                     state=state,
                     created_us=created_us,
                     parent=ParentLink(entry.instance_id, effect_id, tuple(ancestors)),
+                    # The child's turns continue the trace under this effect's span.
+                    trace_context=tracing.dump_carrier(tracing.current_carrier()),
                 ),
                 max_active=0,
             )

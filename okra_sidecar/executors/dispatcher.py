@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
 from okra_sidecar.engine.outbox import emitted_event
 from okra_sidecar.engine.registry import WorkflowRegistry
@@ -25,6 +27,8 @@ from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
+from okra_sidecar.telemetry import tracing
+from okra_sidecar.telemetry.effects import EffectTracer
 
 __all__ = ["EffectDispatcher"]
 
@@ -67,6 +71,7 @@ class EffectDispatcher:
         concurrency: int,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
+        tracer: Tracer | None = None,
     ) -> None:
         self._effects = effects
         self._http = http
@@ -81,6 +86,7 @@ class EffectDispatcher:
         self._running: dict[str, tuple[EffectEntry, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._spans = EffectTracer(tracer)
 
     async def start(self) -> None:
         await self._effects.ensure_groups()
@@ -157,6 +163,11 @@ class EffectDispatcher:
         return forget
 
     async def _execute(self, entry: EffectEntry) -> None:
+        # A span in the trace of the turn that asked for the effect, current while it runs.
+        with self._spans.span(entry.effect, instance_id=entry.instance_id):
+            await self._run_effect(entry)
+
+    async def _run_effect(self, entry: EffectEntry) -> None:
         effect = entry.effect
         effect_id = str(effect.get("id"))
         try:
@@ -181,7 +192,10 @@ class EffectDispatcher:
                     value = await self._call(kind, request, effect.get("timeoutMs"))
             except EffectFailedError as exc:
                 error = exc.error
+                tracing.record_error(exc, server_fault=True)
             event = result_event(effect_id, time_iso=iso_time(_wall_ms()), value=value, error=error)
+            # The turn that consumes the result links to this effect's span.
+            event.update(tracing.event_trace_fields())
             await self._effects.deliver_result(entry, event)
         except StoreUnavailableError as exc:
             logger.warning("effect %s of %s not delivered: %s", effect_id, entry.instance_id, exc)
@@ -223,5 +237,7 @@ class EffectDispatcher:
             "function": request.get("function") or effect.get("task") or "",
             "arguments": request.get("arguments"),
             "deadlineMs": _wall_ms() + int(timeout_ms) if timeout_ms else 0,
+            # The worker continues the trace from this effect's span.
+            "trace": tracing.event_trace_fields().get(tracing.TRACEPARENT, ""),
         }
         await self._effects.enqueue_task(entry, service, task)

@@ -21,6 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["GrpcCaller", "http_status"]
 
@@ -177,7 +178,9 @@ class GrpcCaller:
         )
         timeout = (timeout_ms / 1000) if timeout_ms else self._default_timeout_s
         try:
-            reply = await invoke(message, timeout=timeout)
+            # The called service continues the trace.
+            metadata = tuple(inject_traceparent({}).items()) or None
+            reply = await invoke(message, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:

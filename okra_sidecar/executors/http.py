@@ -10,6 +10,7 @@ import httpx
 
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["HttpCaller", "encode_content"]
 
@@ -69,6 +70,10 @@ class HttpCaller:
         uri = str(request["uri"])
         headers = {str(k): _text(v) for k, v in (request.get("headers") or {}).items()}
         headers.update(_auth_headers(request.get("authentication")))
+        # The called service continues the trace (headers the workflow set win).
+        for name, value in inject_traceparent({}).items():
+            if not any(k.lower() == name for k in headers):
+                headers[name] = value
         query = {str(k): _text(v) for k, v in (request.get("query") or {}).items()}
         body = request.get("body")
         content: bytes | None = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from opentelemetry.trace import Tracer
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import WorkflowRegistry
@@ -43,6 +44,7 @@ class EffectRuntime:
         registry: WorkflowRegistry,
         settings: Settings,
         consumer: str,
+        tracer: Tracer | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         hosts = HostMap(settings.effects.http_hosts)
@@ -64,6 +66,7 @@ class EffectRuntime:
             concurrency=settings.effects.concurrency,
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,
+            tracer=tracer,
         )
         router = EventRouter(
             effects=effects,

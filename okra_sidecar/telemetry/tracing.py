@@ -56,6 +56,8 @@ TURN_OUTCOME = "okra.turn.outcome"
 TURN_COMMITTED = "okra.turn.committed"
 TURN_STEP = "okra.turn.current_step"
 TIMER_DUE = "okra.timer.due_ms"
+EFFECT_ID = "okra.effect.id"
+EFFECT_KIND = "okra.effect.kind"
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

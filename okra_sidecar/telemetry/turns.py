@@ -33,6 +33,8 @@ from okra_sidecar.telemetry.metrics import SidecarMetrics
 NS_PER_MS = 1_000_000
 TASK_END_EVENTS = {"task.completed": "completed", "task.faulted": "faulted"}
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
+# engine.effects.RESULT_EVENT_TYPE (the engine depends on telemetry, not the reverse).
+EFFECT_RESULT_TYPE = "io.okra.effect.result"
 FAULTED = Status(StatusCode.ERROR, "the task faulted")
 UNSET = Status(StatusCode.UNSET)
 
@@ -137,25 +139,30 @@ class TurnScope:
         if not committed:
             return
         if result.consumed:
-            self._link_signals(span, result.consumed)
+            self._link_senders(span, result.consumed)
         if result.history and self._sink is not None:
             self._task_spans(span.get_span_context(), result.history)
 
-    def _link_signals(self, span: Span, consumed: list[str]) -> None:
+    def _link_senders(self, span: Span, consumed: list[str]) -> None:
+        """Link to the span that sent each consumed event: a Signal call, or the executor
+        that ran an effect and delivered its result."""
         wanted = set(consumed)
         for entry in self._snapshot.inbox:
             if entry.entry_id not in wanted:
                 continue
             event: Mapping[str, Any] = entry.event
             sender = tracing.span_context_of(event)
-            if sender is not None:
-                span.add_link(
-                    sender,
-                    {
-                        tracing.SIGNAL_ID: str(event.get("id", "")),
-                        tracing.SIGNAL_NAME: str(event.get("type", "")),
-                    },
-                )
+            if sender is None:
+                continue
+            if event.get("type") == EFFECT_RESULT_TYPE:
+                data = event.get("data") or {}
+                attributes = {tracing.EFFECT_ID: str(data.get("effectId", ""))}
+            else:
+                attributes = {
+                    tracing.SIGNAL_ID: str(event.get("id", "")),
+                    tracing.SIGNAL_NAME: str(event.get("type", "")),
+                }
+            span.add_link(sender, attributes)
 
     def _task_spans(self, turn: SpanContext, history: list[dict[str, Any]]) -> None:
         """One span per task that did something in this turn, child of the turn's span."""

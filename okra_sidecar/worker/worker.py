@@ -7,11 +7,15 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.context import Context
 
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -155,6 +159,7 @@ class TaskWorker:
             self._call = None
 
     async def _handle(self, stub: Stub, task: wpb.Task) -> None:
+        trace_token: Token[Context] | None = None
         try:
             handler = self._handlers.get(task.function)
             context = TaskContext(
@@ -171,6 +176,13 @@ class TaskWorker:
                 )
                 return
             arguments = _to_python(task.arguments) if task.HasField("arguments") else None
+            # The handler runs in the workflow's trace: spans it makes (with this process's
+            # OpenTelemetry setup) continue from the step that enqueued the task.
+            trace_token = (
+                otel_context.attach(propagate.extract({"traceparent": task.traceparent}))
+                if task.traceparent
+                else None
+            )
             try:
                 takes_context = handler.__code__.co_argcount > 1
                 result = await (
@@ -201,6 +213,8 @@ class TaskWorker:
             logger.warning("task %s: could not report its outcome (%s)", task.task_id, exc)
         finally:
             self._running.pop(task.task_id, None)
+            if trace_token is not None:
+                otel_context.detach(trace_token)
 
     async def _heartbeats(self, stub: Stub) -> None:
         while True:

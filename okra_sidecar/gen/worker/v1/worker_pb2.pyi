@@ -94,6 +94,7 @@ class Task(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Opaque id to echo in CompleteTask, FailTask and Heartbeat. The same task
     re-delivered after a lease ran out keeps its id.
@@ -106,6 +107,11 @@ class Task(_message.Message):
     """Unique within the instance: the task reference and attempt."""
     attempt: _builtins.int
     """Which delivery this is: 1 the first time, more after leases ran out."""
+    traceparent: _builtins.str
+    """The W3C traceparent of the span that enqueued the task, in the trace of the
+    workflow instance; empty when the sidecar does not trace. A worker that traces
+    continues the trace from it.
+    """
     @_builtins.property
     def arguments(self) -> _struct_pb2.Value:
         """The evaluated `with` arguments."""
@@ -129,10 +135,11 @@ class Task(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "deadline", b"deadline", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempt", b"attempt", "deadline", b"deadline", "effect_id", b"effect_id", "function", b"function", "instance_id", b"instance_id", "lease_expires_at", b"lease_expires_at", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempt", b"attempt", "deadline", b"deadline", "effect_id", b"effect_id", "function", b"function", "instance_id", b"instance_id", "lease_expires_at", b"lease_expires_at", "task_id", b"task_id", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
