@@ -175,6 +175,10 @@ def test_example_app_calls_the_sidecar_on_loopback() -> None:
 
 
 def test_workflows_configmap_loads(tmp_path: Path) -> None:
+    files = sorted((KUBERNETES_DIR.parent / "workflows").glob("*.yaml"))
+    assert configmap_data("okra-workflows") == {p.name: p.read_text() for p in files}, (
+        "the okra-workflows ConfigMap and deploy/workflows differ"
+    )
     lay_out_like_a_configmap(configmap_data("okra-workflows"), tmp_path / "workflows")
     ids = [d.id for d in read_directory(tmp_path / "workflows")]
     assert ids == ["examples.approval.1.0.0"]
