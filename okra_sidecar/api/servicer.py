@@ -111,7 +111,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             definition, instance_id=instance_id, workflow_input=data, now_ms=created_us // 1000
         )
         tracing.annotate(instance_id=instance_id)
-        created = await self._store.create_instance(
+        await self._store.create_instance(
             NewInstance(
                 instance_id=instance_id,
                 workflow_id=definition.id,
@@ -125,8 +125,6 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             ),
             max_active=self._settings.max_concurrent_instances,
         )
-        if created:
-            self._metrics.instance_started(definition.id)
         return pb.RunResponse(instance_id=instance_id)
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:

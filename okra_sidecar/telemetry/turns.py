@@ -52,6 +52,9 @@ class TurnInput(Protocol):
     def revision(self) -> str: ...
 
     @property
+    def status(self) -> str: ...
+
+    @property
     def trace_context(self) -> str: ...
 
     @property
@@ -122,6 +125,9 @@ class TurnScope:
             self._metrics.turn_finished(
                 (time.time_ns() - self._started_ns) / 1e9, snapshot.workflow_id, outcome
             )
+            # Counted here, not at Run, so scheduled runs and child runs count too.
+            if snapshot.status == "pending":
+                self._metrics.instance_started(snapshot.workflow_id)
             if status in FINISHED_STATUSES:
                 self._metrics.instance_finished(snapshot.workflow_id, status)
         span = self._span

@@ -151,7 +151,8 @@ async def test_prometheus_scrape_endpoint_on_the_admin_port(redis: Redis, redis_
     settings = with_telemetry(make_settings(redis_url), admin_listen="127.0.0.1:0")
     async with running_sidecar(settings) as (sidecar, stub):
         assert sidecar.admin is not None
-        await stub.Run(pb.RunRequest(workflow_id=STEPS, input=value({"n": 1})))
+        reply = await stub.Run(pb.RunRequest(workflow_id=STEPS, input=value({"n": 1})))
+        await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
         url = f"http://127.0.0.1:{sidecar.admin.port}"
         body = await asyncio.to_thread(_fetch, f"{url}/metrics")
         missing = await asyncio.to_thread(_fetch, f"{url}/other")
