@@ -17,6 +17,8 @@ from okra_sidecar.client.errors import (
     UnavailableError,
 )
 from okra_sidecar.client.models import (
+    HistoryEvent,
+    HistoryPage,
     Json,
     QueryPage,
     SignalResult,
@@ -33,6 +35,8 @@ __all__ = [
     "ErrorInfo",
     "FailedPreconditionError",
     "FieldViolation",
+    "HistoryEvent",
+    "HistoryPage",
     "InternalError",
     "InvalidArgumentError",
     "Json",

@@ -19,12 +19,15 @@ import grpc
 from okra_sidecar.client.errors import OkraRpcError, error_from_rpc
 from okra_sidecar.client.models import (
     STATUS_TO_PB,
+    HistoryEvent,
+    HistoryPage,
     Json,
     QueryPage,
     SignalResult,
     WorkflowInfo,
     WorkflowInstance,
     WorkflowStatus,
+    event_from_pb,
     info_from_pb,
     instance_from_pb,
     to_timestamp,
@@ -273,6 +276,76 @@ class OkraClient:
             timeout_s=timeout_s,
             idempotent=False,
         )
+
+    async def emit(
+        self,
+        event_type: str,
+        *,
+        source: str,
+        data: Json = None,
+        event_id: str | None = None,
+        subject: str | None = None,
+        extensions: Mapping[str, str] | None = None,
+        event_time: datetime | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Publish a CloudEvent to every instance whose `listen` matches it; returns its id.
+
+        With an `event_id` the sidecar delivers the event to each instance once, so the call
+        is retried on UNAVAILABLE; without one it is never retried.
+        """
+        request = pb.EmitRequest(
+            type=event_type,
+            source=source,
+            id=event_id or "",
+            subject=subject or "",
+            data=to_value(data),
+            extensions=dict(extensions or {}),
+        )
+        if event_time is not None:
+            request.time.CopyFrom(to_timestamp(event_time))
+        response = await self._call(
+            lambda t: self._stub.Emit(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=bool(event_id),
+        )
+        return response.id
+
+    async def get_history(
+        self,
+        instance_id: str,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        timeout_s: float | None = None,
+    ) -> HistoryPage:
+        """One page of an instance's lifecycle events, oldest first."""
+        request = pb.GetHistoryRequest(
+            instance_id=instance_id, limit=limit or 0, cursor=cursor or ""
+        )
+        response = await self._call(
+            lambda t: self._stub.GetHistory(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return HistoryPage(
+            events=[event_from_pb(m) for m in response.events], cursor=response.cursor or None
+        )
+
+    async def history(
+        self, instance_id: str, *, page_size: int | None = None, timeout_s: float | None = None
+    ) -> AsyncIterator[HistoryEvent]:
+        """Every lifecycle event of an instance, oldest first, page after page."""
+        cursor: str | None = None
+        while True:
+            page = await self.get_history(
+                instance_id, limit=page_size, cursor=cursor, timeout_s=timeout_s
+            )
+            for event in page.events:
+                yield event
+            if page.cursor is None:
+                return
+            cursor = page.cursor
 
     async def list_workflows(self, *, timeout_s: float | None = None) -> list[WorkflowInfo]:
         """Every registered workflow version this caller may run."""

@@ -13,6 +13,8 @@ from okra_sidecar.instances import FINISHED_STATUSES
 from okra_sidecar.instances import InstanceStatus as WorkflowStatus
 
 __all__ = [
+    "HistoryEvent",
+    "HistoryPage",
     "Json",
     "QueryPage",
     "SignalResult",
@@ -117,6 +119,25 @@ class WorkflowInfo:
 
 
 @dataclass(frozen=True)
+class HistoryEvent:
+    """One lifecycle event of an instance (`workflow.created`, `task.completed`, ...)."""
+
+    id: str
+    type: str
+    time: datetime | None
+    task: str | None = None
+    details: dict[str, Json] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of GetHistory, oldest first; `cursor` is None after the last page."""
+
+    events: list[HistoryEvent]
+    cursor: str | None
+
+
+@dataclass(frozen=True)
 class SignalResult:
     """Under which id a signal was stored, and whether that id had been delivered before."""
 
@@ -197,6 +218,16 @@ def instance_from_pb(message: pb.WorkflowInstance) -> WorkflowInstance:
         correlation_id=message.correlation_id or None,
         tags=dict(message.tags),
         cancel_reason=message.cancel_reason or None,
+    )
+
+
+def event_from_pb(message: pb.HistoryEvent) -> HistoryEvent:
+    return HistoryEvent(
+        id=message.id,
+        type=message.type,
+        time=message.time.ToDatetime(tzinfo=UTC) if message.HasField("time") else None,
+        task=message.task or None,
+        details=_integral(json_format.MessageToDict(message.details)),
     )
 
 

@@ -130,3 +130,23 @@ async def test_errors_are_typed_with_their_details(client: OkraClient) -> None:
     )
     with pytest.raises(ValueError):
         await client.query(status=["sleeping"])
+
+
+async def test_history_pages_and_emit(client: OkraClient) -> None:
+    instance_id = await client.run("tests.steps.1.0.0", {"n": 1})
+    await client.wait(instance_id)
+    page = await client.get_history(instance_id, limit=2)
+    assert [e.type for e in page.events][:1] == ["workflow.created"]
+    assert len(page.events) == 2 and page.cursor is not None
+    events = [e async for e in client.history(instance_id, page_size=2)]
+    assert events[:2] == page.events
+    assert events[-1].type == "workflow.completed"
+    assert all(e.time is not None for e in events)
+    assert len({e.id for e in events}) == len(events) > 2
+    sent = await client.emit(
+        "com.example.order.paid.v1", source="tests", data={"order": 7}, event_id="paid-7"
+    )
+    assert sent == "paid-7"
+    with pytest.raises(InvalidArgumentError) as refused:
+        await client.emit("com.example.order.paid.v1", source="")
+    assert [v.field for v in refused.value.field_violations] == ["source"]
