@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from okra_sidecar.engine.expressions import CompiledExpression, compile_expression, is_expression
+from okra_sidecar.engine.expressions import (
+    NO_VARIABLES,
+    CompiledExpression,
+    compile_expression,
+    is_expression,
+)
 
 __all__ = ["INLINE_UNITS", "DurationSpec", "iso_duration_ms", "parse_duration"]
 
@@ -90,15 +95,15 @@ def _inline_ms(value: Mapping[str, Any]) -> int:
     return total
 
 
-def parse_duration(value: Any) -> DurationSpec:
-    """Parse a duration as written in a definition.
+def parse_duration(value: Any, *, variables: frozenset[str] = NO_VARIABLES) -> DurationSpec:
+    """Parse a duration as written in a definition (`variables`: those in scope).
 
     Raises:
         ValueError: with the problem, for the caller to place in a DefinitionError.
         ExpressionError: an expression duration does not compile.
     """
     if is_expression(value):
-        return DurationSpec(None, compile_expression(value))
+        return DurationSpec(None, compile_expression(value, variables=variables))
     if isinstance(value, str):
         return DurationSpec(iso_duration_ms(value))
     if isinstance(value, dict):

@@ -16,6 +16,7 @@ from okra_sidecar.errors import OkraError
 __all__ = [
     "ALWAYS_EXPRESSION_FIELDS",
     "ARGUMENT_NAMES",
+    "NO_VARIABLES",
     "CompiledExpression",
     "CompiledValue",
     "ConstantValue",
@@ -46,7 +47,10 @@ ALWAYS_EXPRESSION_FIELDS = frozenset(
     {"when", "if", "for.in", "input.from", "output.as", "export.as"}
 )
 
-_ARG_RE = re.compile(r"\$(" + "|".join(ARGUMENT_NAMES) + r")\b")
+# Names a definition binds for the tasks inside it (for.each/at, catch.as, foreach.item/at).
+NO_VARIABLES: frozenset[str] = frozenset()
+_ARGUMENTS = frozenset(ARGUMENT_NAMES)
+_VAR_RE = re.compile(r"\$([A-Za-z_]\w*)\b")
 _NOW_RE = re.compile(r"\bnow\b")
 _ENV_RE = re.compile(r"\benv\b|\$ENV\b")
 # `.`, `.a.b`, `$input`, `$context.user.id`: evaluated in Python, without a jq round trip.
@@ -126,9 +130,9 @@ def _jq_message(exc: Exception) -> str:
     return re.sub(r" at <top-level>, line \d+(, column \d+)?:?$", "", first)
 
 
-def _compile_message(source: str, exc: ValueError) -> str:
+def _compile_message(source: str, exc: ValueError, names: tuple[str, ...]) -> str:
     """jq's message for `source` alone: the wrapper's closing parenthesis must not show."""
-    bindings = "".join(f". as ${name} | " for name in ARGUMENT_NAMES)
+    bindings = "".join(f". as ${name} | " for name in sorted(_ARGUMENTS.union(names)))
     try:
         jq.compile(bindings + source)
     except ValueError as plain:
@@ -152,12 +156,16 @@ class CompiledExpression:
 
     __slots__ = ("_path", "_program", "_root", "names", "source", "text", "uses_now")
 
-    def __init__(self, text: str, *, bare: bool = False) -> None:
+    def __init__(
+        self, text: str, *, bare: bool = False, variables: frozenset[str] = NO_VARIABLES
+    ) -> None:
         self.text = text
         self.source = text if bare else _inner(text)
         if not self.source.strip():
             raise ExpressionError(text, "empty expression")
-        self.names = tuple(sorted(set(_ARG_RE.findall(self.source))))
+        # Runtime arguments and the variables in scope are bound only when the text names them.
+        known = _ARGUMENTS | variables if variables else _ARGUMENTS
+        self.names = tuple(sorted({n for n in _VAR_RE.findall(self.source) if n in known}))
         self.uses_now = bool(_NOW_RE.search(self.source))
         uses_env = bool(_ENV_RE.search(self.source))
         program = _program_prefix(self.names, self.uses_now, uses_env)
@@ -167,13 +175,13 @@ class CompiledExpression:
         try:
             self._program: Any = jq.compile(program)
         except ValueError as exc:
-            raise ExpressionError(text, _compile_message(self.source, exc)) from None
+            raise ExpressionError(text, _compile_message(self.source, exc, self.names)) from None
         self._root: str | None = None
         self._path: tuple[str, ...] | None = None
         match = _PATH_RE.match(self.source)
         if match and (match["root"] or match["path"]) and not uses_env:
             root = match["root"]
-            if root is None or root in ARGUMENT_NAMES:
+            if root is None or root in known:
                 self._root = root
                 path = match["path"] or "."
                 self._path = tuple(part for part in path.split(".") if part)
@@ -205,21 +213,26 @@ class CompiledExpression:
         return value
 
 
-_CACHE: dict[tuple[str, bool], CompiledExpression] = {}
+_CACHE: dict[tuple[str, bool, frozenset[str]], CompiledExpression] = {}
 _CACHE_LOCK = threading.Lock()
 _CACHE_LIMIT = 8192
 
 
-def compile_expression(text: str, *, bare: bool = False) -> CompiledExpression:
+def compile_expression(
+    text: str, *, bare: bool = False, variables: frozenset[str] = NO_VARIABLES
+) -> CompiledExpression:
     """Compile `${ expr }` (or, with `bare`, the jq text itself) once and cache it.
+
+    `variables` names the variables in scope (e.g. a `for.each` item): `$name` reads them
+    from the arguments, like the runtime arguments (`$input`, `$context`...).
 
     Raises:
         ExpressionError: the expression does not compile.
     """
-    key = (text, bare)
+    key = (text, bare, variables)
     compiled = _CACHE.get(key)
     if compiled is None:
-        compiled = CompiledExpression(text, bare=bare)
+        compiled = CompiledExpression(text, bare=bare, variables=variables)
         with _CACHE_LOCK:
             if len(_CACHE) >= _CACHE_LIMIT:
                 _CACHE.clear()
@@ -227,15 +240,15 @@ def compile_expression(text: str, *, bare: bool = False) -> CompiledExpression:
     return compiled
 
 
-def compile_field(value: Any) -> CompiledValue:
+def compile_field(value: Any, *, variables: frozenset[str] = NO_VARIABLES) -> CompiledValue:
     """Compile a field that is always an expression when it is a string (`if`, `output.as`...).
 
     Raises:
         ExpressionError: an expression inside does not compile.
     """
     if isinstance(value, str):
-        return compile_expression(value, bare=not is_expression(value))
-    return compile_value(value)
+        return compile_expression(value, bare=not is_expression(value), variables=variables)
+    return compile_value(value, variables=variables)
 
 
 class TemplateValue:
@@ -296,31 +309,31 @@ def _build(shape: Any, data: Any, args: Mapping[str, Any]) -> Any:
     return [_build(v, data, args) for v in shape]
 
 
-def _shape_of(value: Any, found: list[CompiledExpression]) -> Any:
+def _shape_of(value: Any, found: list[CompiledExpression], variables: frozenset[str]) -> Any:
     """Replace each expression by its compiled form and each constant subtree by a ConstantValue."""
     if is_expression(value):
-        compiled = compile_expression(value)
+        compiled = compile_expression(value, variables=variables)
         found.append(compiled)
         return compiled
     if isinstance(value, dict):
         before = len(found)
-        shape = {k: _shape_of(v, found) for k, v in value.items()}
+        shape = {k: _shape_of(v, found, variables) for k, v in value.items()}
         return shape if len(found) > before else ConstantValue(value)
     if isinstance(value, list):
         before = len(found)
-        items = [_shape_of(v, found) for v in value]
+        items = [_shape_of(v, found, variables) for v in value]
         return items if len(found) > before else ConstantValue(value)
     return ConstantValue(value)
 
 
-def compile_value(value: Any) -> CompiledValue:
+def compile_value(value: Any, *, variables: frozenset[str] = NO_VARIABLES) -> CompiledValue:
     """Compile every `${ }` string inside `value`; a value without any stays a constant.
 
     Raises:
         ExpressionError: an expression inside does not compile.
     """
     found: list[CompiledExpression] = []
-    shape = _shape_of(value, found)
+    shape = _shape_of(value, found, variables)
     if isinstance(shape, CompiledExpression | ConstantValue):
         return shape
     return TemplateValue(shape, found, json.dumps(value, default=str))

@@ -189,3 +189,21 @@ def test_conditions_use_jq_truthiness(source: str, expected: bool) -> None:
 def test_expression_repr_names_its_text() -> None:
     assert repr(compile_expression("${ .a }")) == "CompiledExpression('${ .a }')"
     assert isinstance(compile_expression("${ .a }"), CompiledExpression)
+
+
+def test_variables_in_scope_are_read_from_the_arguments() -> None:
+    scope = frozenset({"color", "index"})
+    args = {"color": "red", "index": 2, "input": {"n": 1}}
+    fast = compile_expression("${ $color }", variables=scope)
+    slow = compile_expression('${ "\\($color)-\\($index)-\\($input.n)" }', variables=scope)
+    assert fast.evaluate(None, args) == "red"
+    assert slow.evaluate(None, args) == "red-2-1"
+    assert compile_field(".x + $index", variables=scope).evaluate({"x": 1}, args) == 3
+    assert compile_value({"c": "${ $color }", "i": "${ $index + 1 }"}, variables=scope).evaluate(
+        None, args
+    ) == {"c": "red", "i": 3}
+    assert compile_expression("${ $color }", variables=scope) is fast
+    with pytest.raises(ExpressionError, match=r"\$color is not defined"):
+        compile_expression("${ $color }")
+    with pytest.raises(ExpressionError, match="syntax error"):
+        compile_expression("${ $color | }", variables=scope)
