@@ -220,6 +220,7 @@ async def start_sidecar(
     client = aioredis.Redis.from_pool(pool)
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
+    admin: AdminServer | None = None
     try:
         store = RedisStore(
             redis=client,
@@ -246,7 +247,6 @@ async def start_sidecar(
             registry=registry,
             host=settings.host,
             settings=settings.schedule,
-            on_started=telemetry.metrics.instance_started,
             clock=now_ms,
         )
         await scheduler.sync_definitions(definitions)
@@ -288,7 +288,6 @@ async def start_sidecar(
             telemetry=telemetry,
             task_worker=task_worker,
         )
-        admin = None
         listen = scrape_listen(settings.telemetry)
         if telemetry.registry is not None and listen is not None:
             admin = AdminServer(registry=telemetry.registry, listen=listen)
@@ -299,6 +298,8 @@ async def start_sidecar(
         await effects.start()
         await server.start()
     except BaseException:
+        if admin is not None:
+            await admin.stop()
         for loop in (scheduler, retention):
             if loop is not None:
                 await loop.stop()
@@ -357,6 +358,13 @@ def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:
         file=out,
         flush=True,
     )
+    if sidecar.admin is not None:
+        print(
+            f"Prometheus metrics: curl http://{host}:{sidecar.admin.port}/metrics "
+            "(see docs/observability.md)",
+            file=out,
+            flush=True,
+        )
 
 
 async def serve(settings: Settings, *, out: TextIO = sys.stdout) -> None:
