@@ -33,27 +33,42 @@ class WorkflowScope(Protocol):
 
     def workflow_descriptor(self) -> dict[str, Any]: ...
 
+    def variable(self, name: str) -> Any:
+        """A variable bound by an enclosing task (for.each, catch.as...), or None."""
+        ...
+
 
 class TaskArguments(Mapping[str, Any]):
     """The arguments of one task (or of the workflow when `node` is None).
 
     Expressions read only the arguments they name, so descriptors are built on first use.
-    `now` (seconds) is the turn's clock, for jq's `now`.
+    `now` (seconds) is the turn's clock, for jq's `now`. Any other name is a variable: from
+    `variables` when given, else from the enclosing tasks of the running turn.
     """
 
     __slots__ = (
         "_descriptor",
         "_raw_output",
         "_scope",
+        "authorization",
         "context",
         "input",
         "node",
         "output",
         "raw",
         "started",
+        "variables",
     )
 
-    def __init__(self, scope: WorkflowScope, node: TaskNode | None, raw: Any, started: int) -> None:
+    def __init__(
+        self,
+        scope: WorkflowScope,
+        node: TaskNode | None,
+        raw: Any,
+        started: int,
+        *,
+        variables: Mapping[str, Any] | None = None,
+    ) -> None:
         self._scope = scope
         self._descriptor: dict[str, Any] | None = None
         self._raw_output: Any = None
@@ -63,6 +78,9 @@ class TaskArguments(Mapping[str, Any]):
         self.context: Any = scope.context
         self.input: Any = None
         self.output: Any = None
+        # The resolved authorization of a call ({scheme, parameter}), for `$authorization`.
+        self.authorization: dict[str, Any] | None = None
+        self.variables = variables
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "context":
@@ -81,7 +99,12 @@ class TaskArguments(Mapping[str, Any]):
             return {}  # no secret store yet
         if key == "now":
             return self._scope.now / 1000
-        return default  # `authorization`: no call task resolves one yet
+        if key == "authorization":
+            return self.authorization
+        variables = self.variables
+        if variables is not None and key in variables:
+            return variables[key]
+        return self._scope.variable(key)
 
     def __getitem__(self, key: str) -> Any:
         if key not in _KEYS:

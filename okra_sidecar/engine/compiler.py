@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
+from okra_sidecar.engine import calls, events, retries
 from okra_sidecar.engine.durations import DurationSpec, parse_duration
 from okra_sidecar.engine.expressions import (
+    ARGUMENT_NAMES,
+    NO_VARIABLES,
     CompiledValue,
     ExpressionError,
     compile_field,
     compile_value,
-    is_expression,
 )
+from okra_sidecar.engine.pointers import kind_of, pointer, pointer_join
 from okra_sidecar.engine.tasks import (
     CONTINUE,
     END,
     EXIT,
-    Consumption,
-    EventFilter,
     FlowDirective,
-    ListenSpec,
+    ForkSpec,
+    ForSpec,
     SchemaCheck,
     SwitchCase,
     TaskList,
@@ -29,7 +33,7 @@ from okra_sidecar.engine.tasks import (
 )
 from okra_sidecar.errors import DefinitionError
 
-__all__ = ["SUPPORTED_TASKS", "TASK_TYPES", "TaskCompiler", "pointer"]
+__all__ = ["SUPPORTED_TASKS", "TASK_TYPES", "TaskCompiler", "pointer", "pointer_join"]
 
 TASK_TYPES: tuple[str, ...] = (
     "call",
@@ -45,47 +49,35 @@ TASK_TYPES: tuple[str, ...] = (
     "try",
     "wait",
 )
-SUPPORTED_TASKS = frozenset({"do", "set", "switch", "raise", "listen", "wait"})
+SUPPORTED_TASKS = frozenset(TASK_TYPES)
 _BASE_KEYS = frozenset({"if", "input", "output", "export", "timeout", "then", "metadata"})
 _TYPE_KEYS: Mapping[str, frozenset[str]] = {
+    "call": frozenset({"call", "with"}),
     "do": frozenset({"do"}),
+    "emit": frozenset({"emit"}),
+    "for": frozenset({"for", "while", "do"}),
+    "fork": frozenset({"fork"}),
+    "listen": frozenset({"listen", "foreach"}),
+    "raise": frozenset({"raise"}),
+    "run": frozenset({"run"}),
     "set": frozenset({"set"}),
     "switch": frozenset({"switch"}),
-    "raise": frozenset({"raise"}),
-    "listen": frozenset({"listen", "foreach"}),
+    "try": frozenset({"try", "catch"}),
     "wait": frozenset({"wait"}),
 }
 _DIRECTIVES = {"continue": CONTINUE, "exit": EXIT, "end": END}
 _ERROR_KEYS = ("type", "status", "instance", "title", "detail")
-_STRING_ATTRIBUTES = frozenset(
-    {"id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "specversion"}
-)
-_READ_MODES = ("data", "envelope", "raw")
-
-
-def pointer(*parts: str | int) -> str:
-    """A JSON pointer from raw parts (RFC 6901 escaping of `~` and `/`)."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+_VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_VARIABLES = frozenset({*ARGUMENT_NAMES, "ENV", "__loc__", "__prog_args"})
+_PROCESSES = ("container", "script", "shell", "workflow")
 
 
 class TaskCompiler:
-    """Walks task lists, raising DefinitionError(source, path, problem) at the first problem."""
+    """Walks task lists, raising DefinitionError(source, path, problem) at the first problem.
+
+    `variables` is the set of variable names in scope where the compiler is (for.each,
+    catch.as...): expressions compiled there may read them.
+    """
 
     def __init__(
         self,
@@ -93,21 +85,46 @@ class TaskCompiler:
         *,
         errors: Mapping[str, Any],
         timeouts: Mapping[str, DurationSpec],
+        retries: Mapping[str, Any] | None = None,
+        authentications: Mapping[str, Any] | None = None,
+        functions: Mapping[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.errors = errors
         self.timeouts = timeouts
+        self.retries: Mapping[str, Any] = retries or {}
+        self.authentications: Mapping[str, Any] = authentications or {}
+        self.functions: Mapping[str, Any] = functions or {}
         self.lists: dict[str, TaskList] = {}
         self.nodes: dict[str, TaskNode] = {}
+        self.variables: frozenset[str] = NO_VARIABLES
+        self._compiled_functions: dict[str, str] = {}
+        self._compiling: list[str] = []
 
     def fail(self, path: str, problem: str) -> NoReturn:
         raise DefinitionError(self.source, path, problem)
 
+    @contextmanager
+    def scope(self, *names: tuple[str, str]) -> Iterator[None]:
+        """Compile with more variables in scope; each is (name, pointer of its declaration)."""
+        for name, path in names:
+            if not isinstance(name, str) or not _VARIABLE_RE.match(name):
+                self.fail(path, f"'{name}' is not a valid variable name (letters, digits, _)")
+            if name in _RESERVED_VARIABLES:
+                self.fail(path, f"'{name}' is a reserved name; choose another variable name")
+        outer = self.variables
+        self.variables = outer | {name for name, _ in names}
+        try:
+            yield
+        finally:
+            self.variables = outer
+
     # -- task lists and tasks ----------------------------------------------------------------
 
-    def task_list(self, value: Any, path: str, *, key: str = "do") -> TaskList:
+    def task_list(self, value: Any, path: str, *, key: str = "do", jumps: bool = True) -> TaskList:
+        """Compile a task list; with `jumps` False (fork branches) no task may `then` jump."""
         if not isinstance(value, list):
-            self.fail(path, f"'{key}' must be a list of tasks, not {_kind(value)}")
+            self.fail(path, f"'{key}' must be a list of tasks, not {kind_of(value)}")
         if not value:
             self.fail(path, f"'{key}' must list at least one task")
         names: dict[str, int] = {}
@@ -127,8 +144,9 @@ class TaskCompiler:
                     f"(also at {pointer_join(path, names[name], name)})",
                 )
             names[name] = index
+        targets: Mapping[str, int] = names if jumps else {}
         tasks = tuple(
-            self.task(name, body, pointer_join(path, index, name), names)
+            self.task(name, body, pointer_join(path, index, name), targets)
             for index, item in enumerate(value)
             for name, body in item.items()
         )
@@ -138,7 +156,7 @@ class TaskCompiler:
 
     def task(self, name: str, body: Any, path: str, names: Mapping[str, int]) -> TaskNode:
         if not isinstance(body, dict):
-            self.fail(path, f"task '{name}' must be an object, not {_kind(body)}")
+            self.fail(path, f"task '{name}' must be an object, not {kind_of(body)}")
         kinds = [k for k in TASK_TYPES if k in body]
         if "for" in kinds and "do" in kinds:
             kinds.remove("do")  # a `for` task carries its body under `do`
@@ -159,17 +177,17 @@ class TaskCompiler:
                         f"task '{name}' uses 'run.{process}', which is not supported by this "
                         "runtime",
                     )
-        if kind not in SUPPORTED_TASKS:
-            self.fail(path, f"task '{name}' uses '{kind}', which this runtime does not support yet")
+        if kind == "call":
+            target = body.get("call")
+            if isinstance(target, str) and target in calls.UNSUPPORTED_CALLS:
+                self.fail(
+                    pointer_join(path, "call"),
+                    f"task '{name}' uses 'call: {target}', which is not supported by this runtime",
+                )
         allowed = _BASE_KEYS | _TYPE_KEYS[kind]
         for key in body:
             if key not in allowed:
                 self.fail(pointer_join(path, key), f"unknown property '{key}' in a '{kind}' task")
-        if "foreach" in body:
-            self.fail(
-                pointer_join(path, "foreach"),
-                f"task '{name}' uses 'listen.foreach', which this runtime does not support yet",
-            )
         node_body = self._body(kind, name, body, path, names)
         input_from, input_schema = self.io(body.get("input"), pointer_join(path, "input"), "from")
         output_as, output_schema = self.io(body.get("output"), pointer_join(path, "output"), "as")
@@ -199,12 +217,22 @@ class TaskCompiler:
         return node
 
     def _body(self, kind: str, name: str, body: dict[str, Any], path: str, names: Any) -> Any:
+        if kind == "call":
+            return self.call_body(name, body, path)
+        if kind == "for":
+            return self.for_body(body, path)
+        if kind == "try":
+            return retries.compile_try(self, body, path)
+        if kind == "listen":
+            return events.compile_listen(self, body, path)
         builders: dict[str, Callable[[Any, str], Any]] = {
             "do": lambda v, p: self.task_list(v, p).reference,
+            "emit": lambda v, p: calls.compile_emit(self, v, p),
+            "fork": self.fork_body,
+            "raise": self.raise_body,
+            "run": self.run_body,
             "set": self.set_body,
             "switch": lambda v, p: self.switch_body(v, p, names),
-            "raise": self.raise_body,
-            "listen": self.listen_body,
             "wait": self.duration,
         }
         return builders[kind](body[kind], pointer_join(path, kind))
@@ -217,6 +245,8 @@ class TaskCompiler:
         directive = _DIRECTIVES.get(value)
         if directive is not None:
             return directive
+        if not names:
+            self.fail(path, f"a fork branch cannot jump to '{value}'; use continue, exit or end")
         if value not in names:
             self.fail(path, f"'{value}' is not a task in this list")
         return FlowDirective("goto", names[value], value)
@@ -225,20 +255,22 @@ class TaskCompiler:
 
     def condition(self, value: Any, path: str) -> CompiledValue:
         if not isinstance(value, str):
-            self.fail(path, f"a condition must be a runtime expression string, not {_kind(value)}")
+            self.fail(
+                path, f"a condition must be a runtime expression string, not {kind_of(value)}"
+            )
         return self.field(value, path)
 
     def field(self, value: Any, path: str) -> CompiledValue:
         """A field that is an expression even without `${ }` when it is a string."""
         try:
-            return compile_field(value)
+            return compile_field(value, variables=self.variables)
         except ExpressionError as exc:
             self.fail(path, f"invalid expression '{exc.expression}': {exc.message}")
 
     def value(self, value: Any, path: str) -> CompiledValue:
         """A value whose `${ }` strings are expressions."""
         try:
-            return compile_value(value)
+            return compile_value(value, variables=self.variables)
         except ExpressionError as exc:
             self.fail(path, f"invalid expression '{exc.expression}': {exc.message}")
 
@@ -280,7 +312,7 @@ class TaskCompiler:
 
     def duration(self, value: Any, path: str) -> DurationSpec:
         try:
-            return parse_duration(value)
+            return parse_duration(value, variables=self.variables)
         except ExpressionError as exc:
             self.fail(path, f"invalid expression '{exc.expression}': {exc.message}")
         except ValueError as exc:
@@ -307,7 +339,7 @@ class TaskCompiler:
             return self.value(value, path)
         if isinstance(value, str):
             return self.value(value, path)
-        self.fail(path, f"'set' must be an object or a runtime expression, not {_kind(value)}")
+        self.fail(path, f"'set' must be an object or a runtime expression, not {kind_of(value)}")
 
     def switch_body(
         self, value: Any, path: str, names: Mapping[str, int]
@@ -379,97 +411,111 @@ class TaskCompiler:
                 self.fail(pointer_join(path, key), f"error '{key}' must be a string")
         self.value(value, path)
 
-    def listen_body(self, value: Any, path: str) -> ListenSpec:
-        if not isinstance(value, dict):
-            self.fail(path, "'listen' must be an object with 'to'")
-        for key in value:
-            if key not in ("to", "read"):
-                self.fail(pointer_join(path, key), f"unknown property '{key}' in 'listen'")
-        if "to" not in value:
-            self.fail(path, "'listen' needs 'to'")
-        read = value.get("read", "data")
-        if read not in _READ_MODES:
-            self.fail(pointer_join(path, "read"), "'read' must be one of data, envelope, raw")
-        return ListenSpec(self.consumption(value["to"], pointer_join(path, "to")), read)
+    def for_body(self, body: dict[str, Any], path: str) -> ForSpec:
+        loop = body["for"]
+        loop_path = pointer_join(path, "for")
+        if not isinstance(loop, dict):
+            self.fail(loop_path, "'for' must be an object with 'in' (and 'each', 'at')")
+        for key in loop:
+            if key not in ("each", "in", "at"):
+                self.fail(pointer_join(loop_path, key), f"unknown property '{key}' in 'for'")
+        if "in" not in loop:
+            self.fail(loop_path, "'for' needs 'in', the collection to enumerate")
+        if not isinstance(loop["in"], str):
+            self.fail(pointer_join(loop_path, "in"), "'in' must be a runtime expression")
+        collection = self.field(loop["in"], pointer_join(loop_path, "in"))
+        each = loop.get("each", "item")
+        at = loop.get("at", "index")
+        if each == at:
+            self.fail(loop_path, f"'each' and 'at' must name different variables, not both '{at}'")
+        if "do" not in body:
+            self.fail(path, "a 'for' task needs 'do', the tasks to run for each item")
+        with self.scope(
+            (each, pointer_join(loop_path, "each")), (at, pointer_join(loop_path, "at"))
+        ):
+            condition = None
+            if "while" in body:
+                condition = self.condition(body["while"], pointer_join(path, "while"))
+            do = self.task_list(body["do"], pointer_join(path, "do")).reference
+        return ForSpec(each, at, collection, condition, do)
 
-    def consumption(self, value: Any, path: str, *, nested: bool = False) -> Consumption:
-        label = path.rsplit("/", 1)[-1]
+    def fork_body(self, value: Any, path: str) -> ForkSpec:
         if not isinstance(value, dict):
-            self.fail(path, f"'{label}' must be an object with one of 'one', 'any', 'all'")
+            self.fail(path, "'fork' must be an object with 'branches'")
         for key in value:
-            if key not in ("one", "any", "all", "until"):
-                self.fail(pointer_join(path, key), f"unknown property '{key}' in '{label}'")
-        modes = [m for m in ("one", "any", "all") if m in value]
-        if len(modes) != 1:
-            self.fail(path, f"'{label}' needs exactly one of 'one', 'any', 'all'")
-        mode = modes[0]
-        mode_path = pointer_join(path, mode)
-        if mode == "one":
-            filters: tuple[EventFilter, ...] = (self.event_filter(value["one"], mode_path),)
-        else:
-            items = value[mode]
-            if not isinstance(items, list):
-                self.fail(mode_path, f"'{mode}' must be a list of event filters")
-            filters = tuple(
-                self.event_filter(item, pointer_join(mode_path, i)) for i, item in enumerate(items)
-            )
-        until_expression = until = None
-        if "until" in value:
-            until_path = pointer_join(path, "until")
-            if nested:
-                self.fail(until_path, "'until' cannot be nested inside 'until'")
-            if mode != "any":
-                self.fail(until_path, "'until' applies only to 'any'")
-            raw = value["until"]
-            if isinstance(raw, str):
-                until_expression = self.field(raw, until_path)
-            else:
-                until = self.consumption(raw, until_path, nested=True)
-        return Consumption(mode, filters, until_expression, until)
+            if key not in ("branches", "compete"):
+                self.fail(pointer_join(path, key), f"unknown property '{key}' in 'fork'")
+        if "branches" not in value:
+            self.fail(path, "'fork' needs 'branches', the tasks to run concurrently")
+        compete = value.get("compete", False)
+        if not isinstance(compete, bool):
+            self.fail(pointer_join(path, "compete"), "'compete' must be true or false")
+        branches = self.task_list(
+            value["branches"], pointer_join(path, "branches"), key="branches", jumps=False
+        )
+        # Each branch runs as its own one-task list, so that it ends with its task.
+        references: list[str] = []
+        for index, node in enumerate(branches.tasks):
+            reference = pointer_join(branches.reference, index)
+            self.lists[reference] = TaskList(reference, (node,))
+            references.append(reference)
+        return ForkSpec(tuple(references), compete)
 
-    def event_filter(self, value: Any, path: str) -> EventFilter:
-        if not isinstance(value, dict):
-            self.fail(path, "an event filter must be an object with 'with'")
-        for key in value:
-            if key == "correlate":
-                self.fail(
-                    pointer_join(path, key),
-                    "event correlation ('correlate') is something this runtime does not "
-                    "support yet",
-                )
-            if key != "with":
-                self.fail(pointer_join(path, key), f"unknown property '{key}' in an event filter")
-        if "with" not in value:
-            self.fail(path, "an event filter needs 'with'")
-        attributes = value.get("with")
+    def call_body(self, name: str, body: dict[str, Any], path: str) -> Any:
+        target = body["call"]
+        call_path = pointer_join(path, "call")
+        arguments = body.get("with")
         with_path = pointer_join(path, "with")
-        if not isinstance(attributes, dict) or not attributes:
-            self.fail(with_path, "'with' must be an object naming at least one event attribute")
-        constants: list[tuple[str, CompiledValue]] = []
-        dynamic: list[tuple[str, CompiledValue]] = []
-        for name, expected in attributes.items():
-            attr_path = pointer_join(with_path, name)
-            if name in _STRING_ATTRIBUTES and not isinstance(expected, str):
-                self.fail(attr_path, f"event attribute '{name}' must be a string")
-            compiled = self.value(expected, attr_path)
-            target = dynamic if _has_expression(expected) else constants
-            target.append((name, compiled))
-        return EventFilter(tuple(constants + dynamic))
+        if not isinstance(target, str) or not target:
+            self.fail(call_path, "'call' must name a function: http, grpc, openapi or a custom one")
+        if target == "http":
+            return calls.compile_http(self, name, arguments, with_path)
+        if target == "grpc":
+            return calls.compile_grpc(self, name, arguments, with_path)
+        if target == "openapi":
+            return calls.compile_openapi(self, name, arguments, with_path)
+        if target in self.functions:
+            reference = self.function(target, call_path)
+            if arguments is not None and not isinstance(arguments, dict):
+                self.fail(with_path, "'with' must be an object of the function's arguments")
+            compiled = None if arguments is None else self.value(arguments, with_path)
+            return calls.FunctionCall(target, reference, compiled)
+        if calls.is_catalog_reference(target):
+            self.fail(
+                call_path,
+                f"task '{name}' calls '{target}', a cataloged or remote function, which is not "
+                "supported by this runtime; define it in use.functions or name a worker function",
+            )
+        return calls.compile_worker(self, target, arguments, with_path)
 
+    def function(self, name: str, path: str) -> str:
+        """The TaskList reference of a `use.functions` entry, compiled on first use."""
+        found = self._compiled_functions.get(name)
+        if found is not None:
+            return found
+        if name in self._compiling:
+            chain = " -> ".join([*self._compiling[self._compiling.index(name) :], name])
+            self.fail(path, f"function '{name}' calls itself ({chain})")
+        self._compiling.append(name)
+        outer = self.variables
+        self.variables = NO_VARIABLES  # a function sees only its own input, not the caller's
+        try:
+            reference = pointer("use", "functions", name)
+            node = self.task(name, self.functions[name], reference, {name: 0})
+            self.lists[reference] = TaskList(reference, (node,))
+        finally:
+            self.variables = outer
+            self._compiling.pop()
+        self._compiled_functions[name] = reference
+        return reference
 
-def _has_expression(value: Any) -> bool:
-    if is_expression(value):
-        return True
-    if isinstance(value, dict):
-        return any(_has_expression(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_expression(v) for v in value)
-    return False
-
-
-def pointer_join(base: str, *parts: str | int) -> str:
-    """`base` (already a pointer) extended by raw parts."""
-    return base + pointer(*parts)
+    def run_body(self, value: Any, path: str) -> calls.RunWorkflow:
+        if not isinstance(value, dict):
+            self.fail(path, "'run' must be an object with 'workflow'")
+        processes = [p for p in _PROCESSES if p in value]
+        if processes != ["workflow"]:
+            self.fail(path, "'run' needs exactly one process to run: here, 'workflow'")
+        return calls.compile_run_workflow(self, value, path)
 
 
 def schema_document(value: Any, path: str, fail: Callable[[str, str], NoReturn]) -> Any:

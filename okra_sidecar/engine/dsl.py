@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from okra_sidecar.engine import calls, events, retries
 from okra_sidecar.engine.compiler import TaskCompiler, pointer, pointer_join
 from okra_sidecar.engine.durations import DurationSpec
 from okra_sidecar.engine.tasks import WorkflowPlan
@@ -142,9 +143,30 @@ class _DefinitionLoader:
         self.find_self_run(document.get("do"), "/do", namespace, name)
         use = self.use(document.get("use"))
         errors, timeouts = self.reusables(use)
-        compiler = TaskCompiler(self.source, errors=errors, timeouts=timeouts)
+        compiler = TaskCompiler(
+            self.source,
+            errors=errors,
+            timeouts=timeouts,
+            retries=use.get("retries", {}),
+            authentications=use.get("authentications", {}),
+            functions=use.get("functions", {}),
+        )
         for error_name, error in errors.items():
             compiler.check_error(error, pointer("use", "errors", error_name))
+        # Every reusable component is checked, used or not.
+        for name, authentication in use.get("authentications", {}).items():
+            if "use" in authentication:
+                self.fail(
+                    pointer("use", "authentications", name, "use"),
+                    "an authentication defined in use.authentications cannot 'use' another one",
+                )
+            calls.compile_authentication(
+                compiler, authentication, pointer("use", "authentications", name)
+            )
+        for name, policy in use.get("retries", {}).items():
+            retries.compile_retry(compiler, policy, pointer("use", "retries", name))
+        for name in use.get("functions", {}):
+            compiler.function(name, pointer("use", "functions", name))
         input_from, input_check = compiler.io(document.get("input"), "/input", "from")
         compiler.task_list(document["do"], "/do")
         output_as, output_check = compiler.io(document.get("output"), "/output", "as")
@@ -311,5 +333,5 @@ class _DefinitionLoader:
                 if spec.ms is not None and spec.ms <= 0:
                     self.fail(pointer("schedule", key), f"'{key}' must be longer than zero")
         if "on" in value:
-            compiler.consumption(value["on"], "/schedule/on")
+            events.compile_consumption(compiler, value["on"], "/schedule/on")
         return tuple(trigger for key, trigger in _SCHEDULE_TRIGGERS if key in value)

@@ -1,22 +1,68 @@
-"""Listening: match inbox CloudEvents against a consumption strategy, consuming each once."""
+"""Listening: compile `listen` tasks, match inbox CloudEvents against them, tell routers.
+
+Correlation (`correlate` on an event filter): each key's `from` is evaluated on the event's
+envelope; the value must equal the key's expectation, which is `expect` (evaluated when the
+listen starts, against the task input) or, without `expect`, the value of the first event the
+listen consumed for that key. Keys are shared by name across the filters of one listen, and
+kept in the listen's state (`corr`).
+
+Subscriptions (subscriptions()) tell an event router which events to bring to an instance's
+inbox while it listens. One per event filter (those of `until` included):
+
+    {"task": "/do/0/wait", "with": {"type": "com.example.done", ...},
+     "correlate": {"orderId": {"from": ".data.orderId", "expect": "o-1"}}}
+
+`with` holds only the filter's constant attributes (an event must equal each of them); an
+attribute given by an expression is left out and checked here, so the router delivers a
+superset. `correlate` is present when the filter correlates: `from` is the jq text to evaluate
+on the event's envelope and `expect` the value it must give, absent while not known yet.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from okra_sidecar.engine.effects import RESULT_EVENT_TYPE
 from okra_sidecar.engine.expressions import (
     CompiledExpression,
+    CompiledValue,
     ConstantValue,
     ExpressionError,
     evaluate_condition,
+    is_expression,
 )
-from okra_sidecar.engine.tasks import Consumption, EventFilter
+from okra_sidecar.engine.pointers import pointer_join
+from okra_sidecar.engine.tasks import (
+    Consumption,
+    Correlation,
+    EventFilter,
+    ForeachSpec,
+    ListenSpec,
+)
 
-__all__ = ["ListenProgress", "Signal", "advance_listen", "event_matches", "read_event"]
+if TYPE_CHECKING:
+    from okra_sidecar.engine.compiler import TaskCompiler
+
+__all__ = [
+    "ListenProgress",
+    "Signal",
+    "advance_listen",
+    "compile_consumption",
+    "compile_listen",
+    "event_matches",
+    "expected_correlation",
+    "read_event",
+    "subscriptions",
+]
+
+_STRING_ATTRIBUTES = frozenset(
+    {"id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "specversion"}
+)
+_READ_MODES = ("data", "envelope", "raw")
+_MISSING = object()
 
 
 class Signal(Protocol):
@@ -91,38 +137,70 @@ def event_matches(
     return True
 
 
+def _correlated(
+    event_filter: EventFilter,
+    event: Mapping[str, Any],
+    args: Mapping[str, Any],
+    keys: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """The correlation keys this event would fix, or None when it does not correlate."""
+    fixed: dict[str, Any] = {}
+    for correlation in event_filter.correlate:
+        try:
+            value = correlation.extract.evaluate(event, args)
+        except ExpressionError:
+            return None  # like a failing filter expression: the event is not for us
+        expected = fixed.get(correlation.key, keys.get(correlation.key, _MISSING))
+        if expected is _MISSING:
+            fixed[correlation.key] = value
+        elif not _same(expected, value):
+            return None
+    return fixed
+
+
 class ListenProgress:
     """What a listen (or its `until`) has matched so far; JSON round trip via `to_state`."""
 
-    __slots__ = ("events", "matched", "until_matched")
+    __slots__ = ("correlation", "events", "matched", "until_matched")
 
     def __init__(self, state: Mapping[str, Any] | None = None) -> None:
         state = state or {}
         self.events: list[dict[str, Any]] = list(state.get("events", ()))
         self.matched: list[int] = list(state.get("matched", ()))
         self.until_matched: list[int] = list(state.get("untilMatched", ()))
+        self.correlation: dict[str, Any] = dict(state.get("corr", {}))
 
     def to_state(self) -> dict[str, Any]:
-        return {"events": self.events, "matched": self.matched, "untilMatched": self.until_matched}
+        state = {"events": self.events, "matched": self.matched, "untilMatched": self.until_matched}
+        if self.correlation:
+            state["corr"] = self.correlation
+        return state
 
 
 def _take(
-    strategy: Consumption, matched: list[int], event: Mapping[str, Any], args: Mapping[str, Any]
+    strategy: Consumption,
+    matched: list[int],
+    event: Mapping[str, Any],
+    args: Mapping[str, Any],
+    keys: dict[str, Any],
 ) -> bool:
     """Offer one event to a strategy; True when it takes it (recording which filter matched)."""
-    if strategy.mode == "all":
-        for index, event_filter in enumerate(strategy.filters):
-            if index not in matched and event_matches(event_filter, event, args):
-                matched.append(index)
-                return True
-        return False
     if strategy.mode == "any" and not strategy.filters:
         matched.append(0)  # an empty `any` takes every event
         return True
+    every = strategy.mode == "all"
     for index, event_filter in enumerate(strategy.filters):
-        if event_matches(event_filter, event, args):
-            matched.append(index)
-            return True
+        if every and index in matched:
+            continue
+        if not event_matches(event_filter, event, args):
+            continue
+        if event_filter.correlate:
+            fixed = _correlated(event_filter, event, args, keys)
+            if fixed is None:
+                continue
+            keys.update(fixed)
+        matched.append(index)
+        return True
     return False
 
 
@@ -155,14 +233,15 @@ def advance_listen(
         # Effect results share the inbox; only the task that asked for one may consume it.
         if signal.entry_id in taken or event.get("type") == RESULT_EVENT_TYPE:
             continue
-        if to.until is not None and _take(to.until, progress.until_matched, event, args):
+        keys = progress.correlation
+        if to.until is not None and _take(to.until, progress.until_matched, event, args, keys):
             # Events that stop the listening are consumed but not part of the output.
             taken.add(signal.entry_id)
             consumed.append(signal.entry_id)
             if _satisfied(to.until, progress.until_matched):
                 return consumed, True
             continue
-        if not _take(to, progress.matched, event, args):
+        if not _take(to, progress.matched, event, args, keys):
             continue
         taken.add(signal.entry_id)
         consumed.append(signal.entry_id)
@@ -177,3 +256,185 @@ def advance_listen(
         elif to.until is None:
             return consumed, True
     return consumed, False
+
+
+def expected_correlation(to: Consumption, data: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys whose `expect` is given, evaluated when the listen starts.
+
+    Raises:
+        ExpressionError: an `expect` expression fails.
+    """
+    keys: dict[str, Any] = {}
+    for event_filter in _filters(to):
+        for correlation in event_filter.correlate:
+            if correlation.expect is not None and correlation.key not in keys:
+                keys[correlation.key] = correlation.expect.evaluate(data, args)
+    return keys
+
+
+def _filters(to: Consumption) -> list[EventFilter]:
+    filters = list(to.filters)
+    if to.until is not None:
+        filters.extend(to.until.filters)
+    return filters
+
+
+def subscriptions(task: str, to: Consumption, keys: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What a router must bring to the inbox of a listen (see the module docstring)."""
+    if not to.filters and to.mode == "any":
+        found: list[dict[str, Any]] = [{"task": task, "with": {}}]
+    else:
+        found = []
+    for event_filter in _filters(to):
+        entry: dict[str, Any] = {
+            "task": task,
+            "with": {
+                name: expected.value
+                for name, expected in event_filter.attributes
+                if isinstance(expected, ConstantValue)
+            },
+        }
+        if event_filter.correlate:
+            correlate: dict[str, Any] = {}
+            for correlation in event_filter.correlate:
+                item: dict[str, Any] = {"from": correlation.source}
+                if correlation.key in keys:
+                    item["expect"] = keys[correlation.key]
+                correlate[correlation.key] = item
+            entry["correlate"] = correlate
+        found.append(entry)
+    return found
+
+
+# -- compiling -----------------------------------------------------------------------------------
+
+
+def compile_listen(c: TaskCompiler, body: Mapping[str, Any], path: str) -> ListenSpec:
+    """A `listen` task: `listen` (`to`, `read`) and its `foreach`, if any."""
+    value = body["listen"]
+    listen_path = pointer_join(path, "listen")
+    if not isinstance(value, dict):
+        c.fail(listen_path, "'listen' must be an object with 'to'")
+    for key in value:
+        if key not in ("to", "read"):
+            c.fail(pointer_join(listen_path, key), f"unknown property '{key}' in 'listen'")
+    if "to" not in value:
+        c.fail(listen_path, "'listen' needs 'to'")
+    read = value.get("read", "data")
+    if read not in _READ_MODES:
+        c.fail(pointer_join(listen_path, "read"), "'read' must be one of data, envelope, raw")
+    to = compile_consumption(c, value["to"], pointer_join(listen_path, "to"))
+    foreach = None
+    if "foreach" in body:
+        foreach = _foreach(c, body["foreach"], pointer_join(path, "foreach"))
+    return ListenSpec(to, read, foreach)
+
+
+def _foreach(c: TaskCompiler, value: Any, path: str) -> ForeachSpec:
+    if not isinstance(value, dict):
+        c.fail(path, "'foreach' must be an object (item, at, do, output, export)")
+    for key in value:
+        if key not in ("item", "at", "do", "output", "export"):
+            c.fail(pointer_join(path, key), f"unknown property '{key}' in 'foreach'")
+    item = value.get("item", "item")
+    at = value.get("at", "index")
+    if item == at:
+        c.fail(path, f"'item' and 'at' must name different variables, not both '{at}'")
+    with c.scope((item, pointer_join(path, "item")), (at, pointer_join(path, "at"))):
+        do = None
+        if "do" in value:
+            do = c.task_list(value["do"], pointer_join(path, "do")).reference
+        output_as, output_schema = c.io(value.get("output"), pointer_join(path, "output"), "as")
+        export_as, export_schema = c.io(value.get("export"), pointer_join(path, "export"), "as")
+    return ForeachSpec(item, at, do, output_as, output_schema, export_as, export_schema)
+
+
+def compile_consumption(
+    c: TaskCompiler, value: Any, path: str, *, nested: bool = False
+) -> Consumption:
+    """An event consumption strategy (`listen.to`, `schedule.on`, `until`)."""
+    label = path.rsplit("/", 1)[-1]
+    if not isinstance(value, dict):
+        c.fail(path, f"'{label}' must be an object with one of 'one', 'any', 'all'")
+    for key in value:
+        if key not in ("one", "any", "all", "until"):
+            c.fail(pointer_join(path, key), f"unknown property '{key}' in '{label}'")
+    modes = [m for m in ("one", "any", "all") if m in value]
+    if len(modes) != 1:
+        c.fail(path, f"'{label}' needs exactly one of 'one', 'any', 'all'")
+    mode = modes[0]
+    mode_path = pointer_join(path, mode)
+    if mode == "one":
+        filters: tuple[EventFilter, ...] = (_event_filter(c, value["one"], mode_path),)
+    else:
+        items = value[mode]
+        if not isinstance(items, list):
+            c.fail(mode_path, f"'{mode}' must be a list of event filters")
+        filters = tuple(
+            _event_filter(c, item, pointer_join(mode_path, i)) for i, item in enumerate(items)
+        )
+    until_expression = until = None
+    if "until" in value:
+        until_path = pointer_join(path, "until")
+        if nested:
+            c.fail(until_path, "'until' cannot be nested inside 'until'")
+        if mode != "any":
+            c.fail(until_path, "'until' applies only to 'any'")
+        raw = value["until"]
+        if isinstance(raw, str):
+            until_expression = c.field(raw, until_path)
+        else:
+            until = compile_consumption(c, raw, until_path, nested=True)
+    return Consumption(mode, filters, until_expression, until)
+
+
+def _event_filter(c: TaskCompiler, value: Any, path: str) -> EventFilter:
+    if not isinstance(value, dict):
+        c.fail(path, "an event filter must be an object with 'with'")
+    for key in value:
+        if key not in ("with", "correlate"):
+            c.fail(pointer_join(path, key), f"unknown property '{key}' in an event filter")
+    if "with" not in value:
+        c.fail(path, "an event filter needs 'with'")
+    attributes = value.get("with")
+    with_path = pointer_join(path, "with")
+    if not isinstance(attributes, dict) or not attributes:
+        c.fail(with_path, "'with' must be an object naming at least one event attribute")
+    constants: list[tuple[str, CompiledValue]] = []
+    dynamic: list[tuple[str, CompiledValue]] = []
+    for name, expected in attributes.items():
+        attr_path = pointer_join(with_path, name)
+        if name in _STRING_ATTRIBUTES and not isinstance(expected, str):
+            c.fail(attr_path, f"event attribute '{name}' must be a string")
+        compiled = c.value(expected, attr_path)
+        target = constants if isinstance(compiled, ConstantValue) else dynamic
+        target.append((name, compiled))
+    correlate: tuple[Correlation, ...] = ()
+    if "correlate" in value:
+        correlate = _correlate(c, value["correlate"], pointer_join(path, "correlate"))
+    return EventFilter(tuple(constants + dynamic), correlate)
+
+
+def _correlate(c: TaskCompiler, value: Any, path: str) -> tuple[Correlation, ...]:
+    if not isinstance(value, dict) or not value:
+        c.fail(path, "'correlate' must map correlation keys to {from, expect}")
+    found: list[Correlation] = []
+    for key, item in value.items():
+        item_path = pointer_join(path, key)
+        if not isinstance(item, dict):
+            c.fail(item_path, f"correlation '{key}' must be an object with 'from'")
+        for name in item:
+            if name not in ("from", "expect"):
+                c.fail(pointer_join(item_path, name), f"unknown property '{name}' in '{key}'")
+        source = item.get("from")
+        if not isinstance(source, str) or not source.strip():
+            c.fail(item_path, f"correlation '{key}' needs 'from', a runtime expression")
+        expect = None
+        if "expect" in item:
+            raw = item["expect"]
+            expect_path = pointer_join(item_path, "expect")
+            # A constant or an expression: only `${ }` marks an expression here.
+            expect = c.value(raw, expect_path) if is_expression(raw) else ConstantValue(raw)
+        extract = c.field(source, pointer_join(item_path, "from"))
+        found.append(Correlation(key, source, extract, expect))
+    return tuple(found)

@@ -16,14 +16,21 @@ __all__ = [
     "CONTINUE",
     "END",
     "EXIT",
+    "CatchSpec",
     "Consumption",
+    "Correlation",
     "EventFilter",
     "FlowDirective",
+    "ForSpec",
+    "ForeachSpec",
+    "ForkSpec",
     "ListenSpec",
+    "RetryPolicy",
     "SchemaCheck",
     "SwitchCase",
     "TaskList",
     "TaskNode",
+    "TrySpec",
     "WorkflowPlan",
     "compile_schema",
 ]
@@ -89,10 +96,21 @@ class SwitchCase:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class Correlation:
+    """One correlation key of an event filter: `source` is the text of `from`, for routers."""
+
+    key: str
+    source: str
+    extract: CompiledValue
+    expect: CompiledValue | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class EventFilter:
     """Attribute name -> expected value; constants come first so that cheap checks run first."""
 
     attributes: tuple[tuple[str, CompiledValue], ...]
+    correlate: tuple[Correlation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -106,9 +124,72 @@ class Consumption:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class ForeachSpec:
+    """`listen.foreach`: the tasks run for each consumed event, one event at a time."""
+
+    item: str
+    at: str
+    do: str | None
+    output_as: CompiledValue | None = None
+    output_schema: SchemaCheck | None = None
+    export_as: CompiledValue | None = None
+    export_schema: SchemaCheck | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class ListenSpec:
     to: Consumption
     read: str
+    foreach: ForeachSpec | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ForSpec:
+    """`for`: `do` (a TaskList reference) for each item of `collection`, while `condition`."""
+
+    each: str
+    at: str
+    collection: CompiledValue
+    condition: CompiledValue | None
+    do: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ForkSpec:
+    """`fork`: one single-task TaskList reference per branch."""
+
+    branches: tuple[str, ...]
+    compete: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RetryPolicy:
+    """A retry policy; durations are resolved when an error is caught."""
+
+    when: CompiledValue | None = None
+    except_when: CompiledValue | None = None
+    delay: DurationSpec | None = None
+    backoff: str = "constant"
+    count: int | None = None
+    attempt_duration: DurationSpec | None = None
+    duration: DurationSpec | None = None
+    jitter: tuple[DurationSpec, DurationSpec] | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CatchSpec:
+    errors: dict[str, Any] | None
+    as_: str
+    when: CompiledValue | None = None
+    except_when: CompiledValue | None = None
+    retry: RetryPolicy | None = None
+    do: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrySpec:
+    do: str
+    catch: CatchSpec
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,7 +198,8 @@ class TaskNode:
 
     `body` is: do -> the reference of its TaskList; set -> CompiledValue; switch ->
     tuple[SwitchCase, ...]; raise -> CompiledValue of the error; listen -> ListenSpec;
-    wait -> DurationSpec.
+    wait -> DurationSpec; for -> ForSpec; fork -> ForkSpec; try -> TrySpec; call, emit and
+    run -> a body of calls.py.
     """
 
     name: str

@@ -1,34 +1,107 @@
-"""The spec's conformance scenarios (ctk/features) whose tasks this engine supports."""
+"""The spec's conformance scenarios (ctk/features), run through the interpreter.
+
+Outside calls are answered by a fake that stands in for the endpoints the scenarios name (the
+CTK runner through the real sidecar and a local HTTP server lives elsewhere).
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text, parse_yaml
+from okra_sidecar.engine.effects import Effect, EffectKind
 from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
 from okra_sidecar.errors import DefinitionError
 
-from .support import SPEC_DIR_ENV, run, spec_dir
+from .support import SPEC_DIR_ENV, Answer, HttpFake, drive, spec_dir
 
-# Every scenario whose tasks are all supported; the others must be refused as unsupported.
+# Every scenario whose tasks are all supported (all of them); others would have to be refused
+# as unsupported.
 SUPPORTED_SCENARIOS = {
+    "branch: Fork Task With Competing Concurrent Sub Tasks",
+    "call: Call HTTP With Content Output",
+    "call: Call HTTP With Response Output",
+    "call: Call HTTP Using Basic Authentication",
+    "call: Call OpenAPI With Content Output",
+    "call: Call OpenAPI With Response Output",
     "data-flow: Input Filtering",
+    "data-flow: Output Filtering",
+    "data-flow: Use Non-object Output",
     "do: Task With Sequential Sub Tasks",
+    "emit: Emit Task",
     "flow: Explicit Sequence Flow",
     "flow: Implicit Sequence Flow",
+    "for: For Task",
     "raise: Raise task with inline error",
     "set: Set Task",
     "switch: Switch task with explicit default case",
     "switch: Switch task with implicit default case",
     "switch: Switch task with matching case",
+    "try: Try Handle Caught Error",
+    "try: Try Raise Uncaught Error",
 }
+PETSTORE = "https://petstore.swagger.io/v2/pet"
+BASIC_AUTH = "Basic " + base64.b64encode(b"serverless-workflow:conformance-test").decode()
+
+
+def pet(pet_id: int) -> dict[str, Any]:
+    return {"id": pet_id, "name": f"pet-{pet_id}", "status": "available"}
+
+
+def basic_auth(request: dict[str, Any]) -> tuple[int, Any]:
+    granted = request["headers"].get("Authorization") == BASIC_AUTH
+    return (200, {"authenticated": True}) if granted else (401, {"authenticated": False})
+
+
+def answer_ctk(effect: Effect) -> Answer:
+    """The CTK's endpoints; an OpenAPI operation answers as the petstore's document says."""
+    if effect.kind is not EffectKind.OPENAPI:
+        return ctk_endpoints().answer(effect)
+    request = effect.request
+    assert request["document"] == {"endpoint": "https://petstore.swagger.io/v2/swagger.json"}
+    operations = {
+        "findPetsByStatus": ("GET", f"{PETSTORE}/findByStatus", "query", "status"),
+        "getPetById": ("GET", PETSTORE, "path", "petId"),
+    }
+    method, uri, where, name = operations[request["operationId"]]
+    value = request["parameters"][name]
+    if where == "path":
+        uri, query = f"{uri}/{value}", {}
+    else:
+        query = {name: value}
+    call = {
+        "method": method,
+        "uri": uri,
+        "headers": {},
+        "query": query,
+        "body": None,
+        "output": request["output"],
+        "redirect": request["redirect"],
+    }
+    return ctk_endpoints().answer(replace(effect, kind=EffectKind.HTTP, request=call))
+
+
+def ctk_endpoints() -> HttpFake:
+    """The endpoints the CTK scenarios call, as the public services answer them."""
+    return HttpFake(
+        {
+            ("GET", f"{PETSTORE}/findByStatus?status=available"): (200, [pet(1), pet(2)]),
+            ("GET", f"{PETSTORE}/1"): (200, pet(1)),
+            ("GET", f"{PETSTORE}/2"): (200, pet(2)),
+            (
+                "GET",
+                "https://httpbin.org/basic-auth/serverless-workflow/conformance-test",
+            ): basic_auth,
+        }
+    )
 
 
 @dataclass
@@ -99,6 +172,8 @@ def check_step(step: Step, result: TurnResult) -> None:
     elif text == "the workflow should complete with output:":
         assert result.outcome is TurnOutcome.COMPLETED, result.error
         assert output == parse_yaml(step.doc or "")
+    elif text == "the workflow should fault":
+        assert result.outcome is TurnOutcome.FAILED, result.output
     elif text == "the workflow should fault with error:":
         assert result.outcome is TurnOutcome.FAILED
         expected = parse_yaml(step.doc or "")
@@ -147,7 +222,7 @@ def test_ctk_scenario(scenario: Scenario) -> None:
             checks.append(step)
     assert scenario.id in SUPPORTED_SCENARIOS, "this scenario loads: add it to the expected set"
     assert definition is not None
-    result = run(definition, workflow_input)
+    result = drive(definition, workflow_input, answer=answer_ctk)
     assert checks
     for step in checks:
         check_step(step, result)

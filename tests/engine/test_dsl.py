@@ -422,19 +422,25 @@ def test_broken_definitions(text: str, path: str, problem: str) -> None:
 
 UNSUPPORTED: list[tuple[str, str, str]] = [
     (
-        "do: [{get: {call: http, with: {method: get, endpoint: 'https://x'}}}]",
-        "/do/0/get",
-        "task 'get' uses 'call', which this runtime does not support yet",
+        "do: [{a: {set: {x: 1}}}, {b: {do: [{c: {call: asyncapi, with: {operation: x}}}]}}]",
+        "/do/1/b/do/0/c/call",
+        "task 'c' uses 'call: asyncapi', which is not supported by this runtime",
     ),
     (
-        "do: [{a: {set: {x: 1}}}, {b: {do: [{c: {emit: {event: {with: {type: t}}}}}]}}]",
-        "/do/1/b/do/0/c",
-        "task 'c' uses 'emit', which this runtime does not support yet",
+        "do: [{m: {call: mcp, with: {method: tools/list}}}]",
+        "/do/0/m/call",
+        "task 'm' uses 'call: mcp', which is not supported by this runtime",
     ),
     (
-        "do: [{each: {for: {in: .items}, do: [{x: {set: {a: 1}}}]}}]",
-        "/do/0/each",
-        "task 'each' uses 'for', which this runtime does not support yet",
+        "do: [{a: {call: a2a, with: {method: message/send}}}]",
+        "/do/0/a/call",
+        "task 'a' uses 'call: a2a', which is not supported by this runtime",
+    ),
+    (
+        "do: [{log: {call: 'log:1.0.0@default', with: {message: hi}}}]",
+        "/do/0/log/call",
+        "task 'log' calls 'log:1.0.0@default', a cataloged or remote function, which is not "
+        "supported by this runtime; define it in use.functions or name a worker function",
     ),
     (
         "do: [{box: {run: {container: {image: alpine}}}}]",
@@ -447,19 +453,35 @@ UNSUPPORTED: list[tuple[str, str, str]] = [
         "task 'sh' uses 'run.shell', which is not supported by this runtime",
     ),
     (
-        "do: [{sub: {run: {workflow: {namespace: test, name: other, version: '1.0.0'}}}}]",
-        "/do/0/sub",
-        "task 'sub' uses 'run', which this runtime does not support yet",
+        "do: [{js: {run: {script: {language: js, code: '1'}}}}]",
+        "/do/0/js/run/script",
+        "task 'js' uses 'run.script', which is not supported by this runtime",
     ),
     (
-        "do: [{l: {listen: {to: {any: []}}, foreach: {do: [{x: {set: {a: 1}}}]}}}]",
-        "/do/0/l/foreach",
-        "task 'l' uses 'listen.foreach', which this runtime does not support yet",
+        "do: [{sub: {run: {workflow: {namespace: test, name: other, version: '1.0.0'}, "
+        "return: code}}}]",
+        "/do/0/sub/run/return",
+        "'return: code' is not supported by this runtime for a workflow (stdout, the child's "
+        "output, or none)",
     ),
     (
-        "do: [{l: {listen: {to: {one: {with: {type: t}, correlate: {k: {from: .id}}}}}}}]",
-        "/do/0/l/listen/to/one/correlate",
-        "event correlation ('correlate') is something this runtime does not support yet",
+        "do: [{get: {call: http, with: {method: get, endpoint: {uri: 'https://x', "
+        "authentication: {oauth2: {authority: 'https://a', grant: client_credentials}}}}}}]",
+        "/do/0/get/with/endpoint/authentication/oauth2",
+        "'oauth2' authentication is not supported by this runtime",
+    ),
+    (
+        "use: {secrets: [pw]}\ndo: [{get: {call: http, with: {method: get, endpoint: "
+        "{uri: 'https://x', authentication: {basic: {use: pw}}}}}}]",
+        "/do/0/get/with/endpoint/authentication/basic/use",
+        "secret-based authentication is not supported by this runtime (no secret store)",
+    ),
+    (
+        "do: [{t: {try: [{a: {set: {x: 1}}}], catch: {retry: {delay: PT1S, "
+        "backoff: {exponential: {multiplier: 3}}}}}}]",
+        "/do/0/t/catch/retry/backoff/exponential",
+        "'exponential' backoff settings are not supported by this runtime; the retry 'delay' is "
+        "the base of every backoff",
     ),
     (
         "use: {extensions: [{log: {extend: all}}]}\ndo: [{a: {set: {x: 1}}}]",
@@ -497,7 +519,7 @@ def test_a_workflow_may_not_run_itself() -> None:
 def test_self_run_is_reported_before_unsupported_tasks() -> None:
     body = """
         do:
-          - get: {call: http, with: {method: get, endpoint: 'https://x'}}
+          - get: {call: mcp, with: {method: tools/list}}
           - loop: {run: {workflow: {namespace: test, name: wf, version: '1.0.0'}}}
         """
     with pytest.raises(DefinitionError, match="a workflow may not run itself"):

@@ -131,7 +131,10 @@ def test_listen_any_empty_takes_any_event() -> None:
 def test_listen_never_takes_effect_results() -> None:
     definition = workflow("do: [{anything: {listen: {to: {any: []}}}}]")
     inbox = [signal("1-0", "io.okra.effect.result", {"ok": True}), signal("2-0", "hello", 2)]
-    assert begin(definition, signals=inbox).consumed == ["2-0"]
+    result = begin(definition, signals=inbox)
+    assert result.output == [2]
+    # The result is for no awaited effect: it is dropped (consumed) after the listen took "2-0".
+    assert result.consumed == ["2-0", "1-0"]
 
 
 def test_listen_any_with_expression_filters() -> None:
