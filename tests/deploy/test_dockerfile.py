@@ -60,7 +60,8 @@ def test_runs_as_the_non_root_user_it_creates() -> None:
     (user,) = runtime.all("USER")
     uid, _, gid = user.values[0].partition(":")
     assert uid.isdigit() and int(uid) > 0 and (not gid or int(gid) > 0)
-    assert ("OKRA_UID=" + uid,) in [arg.values for arg in runtime.all("ARG")]
+    runs = " ".join(" ".join(run.values) for run in runtime.all("RUN"))
+    assert f"useradd --system --uid {uid} " in runs and f"--gid {gid or uid} " in runs
 
 
 def test_env_names_are_settings_the_sidecar_reads() -> None:
