@@ -21,6 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from okra_sidecar.api.admin import PolicyAdminServicer
+from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
@@ -34,14 +36,23 @@ from okra_sidecar.engine.scheduler import Scheduler
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
+from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
+from okra_sidecar.policy.alerts import FailureAlerts
+from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
+from okra_sidecar.policy.auth import TokenVerifier
+from okra_sidecar.policy.cel import CelEngine
+from okra_sidecar.policy.evaluator import PolicyEvaluator
+from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.retention_store import RedisRetentionStore
 from okra_sidecar.store.schedule_store import RedisScheduleStore
 from okra_sidecar.telemetry import ClusterGauges, Telemetry
@@ -53,6 +64,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
 SCHEDULE_SERVICE_NAME = spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name
 TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
@@ -82,6 +94,7 @@ class Sidecar:
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
     effects: EffectRuntime | None = None
+    policies: PolicyManager | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -94,6 +107,8 @@ class Sidecar:
                 await loop.stop()
         await self.runner.stop(timeout_s=grace_s or 0.0)
         if self.effects is not None:
+        if self.policies is not None:
+            await self.policies.stop()
             await self.effects.stop(timeout_s=grace_s or 0.0)
         if self.gauge_task is not None:
             self.gauge_task.cancel()
@@ -108,6 +123,60 @@ class Sidecar:
 
 
 def build_server(
+@dataclass
+class PolicyLayer:
+    """Identity and policies: two interceptors, the admin api and the live policy set."""
+
+    manager: PolicyManager
+    auth: AuthInterceptor
+    policy: PolicyInterceptor
+    admin: PolicyAdminServicer
+    audit: AuditLog
+    alerts: FailureAlerts
+
+
+def build_policy_layer(
+    settings: Settings, *, client: aioredis.Redis, store: RedisStore, registry: WorkflowRegistry
+) -> PolicyLayer:
+    """Everything policies need, sharing the sidecar's Redis client; start `manager` next."""
+    service = ServiceIdentity(
+        name=settings.telemetry.service_name, namespace=settings.telemetry.service_namespace
+    )
+    policy_store = RedisPolicyStore(
+        redis=client, keys=store.keys, audit_max_length=settings.policy.audit_max_length
+    )
+    audit = AuditLog(sink=policy_store, service=service)
+    manager = PolicyManager(
+        storage=policy_store,
+        cel=CelEngine(),
+        env_names=frozenset(settings.policy.env_allow),
+        audit=audit,
+        file=settings.policies_file,
+        watch_interval_s=settings.policy.watch_interval_s,
+    )
+    evaluator = PolicyEvaluator(
+        policies=manager,
+        limiter=policy_store,
+        audit=audit,
+        service=service,
+        env=settings.policy.env,
+    )
+    return PolicyLayer(
+        manager=manager,
+        auth=AuthInterceptor(
+            verifier=TokenVerifier(settings.auth),
+            # Probes and tooling reach health and reflection without a token.
+            exempt_services=frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME}),
+        ),
+        policy=PolicyInterceptor(evaluator=evaluator, store=store, registry=registry),
+        admin=PolicyAdminServicer(
+            manager=manager, store=policy_store, admin_claim=settings.policy.admin_claim
+        ),
+        audit=audit,
+        alerts=FailureAlerts(policies=manager, audit=audit),
+    )
+
+
     *,
     servicer: WorkflowHostServicer,
     health_servicer: health_aio.HealthServicer,
@@ -115,10 +184,12 @@ def build_server(
     listen: str,
     telemetry: Telemetry | None = None,
     task_worker: TaskWorkerServicer | None = None,
+    policies: PolicyLayer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, reflection and health, bound to `listen`."""
     # Interceptor order, outermost first: tracing and rpc metrics (so the span covers every
-    # layer and their errors), errors (map OkraError to status), then the servicer.
+    # layer and their errors), errors (map OkraError to status), auth (the caller's identity
+    # from the bearer token), policy (decides with that identity), then the servicer.
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if telemetry is not None and telemetry.active:
         interceptors.append(
@@ -126,6 +197,8 @@ def build_server(
         )
     interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    if policies is not None:
+        interceptors += [policies.auth, policies.policy]
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if schedules is not None:
@@ -134,6 +207,9 @@ def build_server(
     if schedules is not None:
         services.append(SCHEDULE_SERVICE_NAME)
     if task_worker is not None:
+    if policies is not None:
+        admin_pb_grpc.add_PolicyAdminServiceServicer_to_server(policies.admin, server)
+        services.append(ADMIN_SERVICE_NAME)
         wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, server)
         services.append(TASK_WORKER_SERVICE)
     reflection.enable_server_reflection(services, server)
@@ -221,6 +297,7 @@ async def start_sidecar(
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
     admin: AdminServer | None = None
+    policies: PolicyLayer | None = None
     try:
         store = RedisStore(
             redis=client,
@@ -234,6 +311,8 @@ async def start_sidecar(
             definitions = read_directory(settings.workflows_dir)
             await registry.register(definitions)
         runner = EngineRunner(
+        policies = build_policy_layer(settings, client=client, store=store, registry=registry)
+        await policies.manager.start()
             store=store,
             registry=registry,
             settings=settings.engine,
@@ -241,6 +320,7 @@ async def start_sidecar(
             turns=telemetry.turns,
             clock=now_ms,
         )
+            on_failure=policies.alerts,
         scheduler = Scheduler(
             schedules=RedisScheduleStore(redis=client, keys=store.keys),
             store=store,
@@ -294,6 +374,7 @@ async def start_sidecar(
             await admin.start()
         await runner.start()
         await scheduler.start()
+            policies=policies,
         await retention.start()
         await effects.start()
         await server.start()
@@ -311,6 +392,8 @@ async def start_sidecar(
         raise
     watcher = asyncio.create_task(_watch_redis(store, health_servicer))
     gauge_task = None
+        if policies is not None:
+            await policies.manager.stop()
     if telemetry.meter_provider is not None:
         gauge_task = asyncio.create_task(
             telemetry.metrics.sample_forever(
@@ -341,6 +424,7 @@ def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:
     host = settings.server.listen.rpartition(":")[0]
     address = f"{host}:{sidecar.port}"
     redis_line = (
+        policies=policies.manager,
         f"embedded redis-server, data in {settings.redis.data_dir / 'redis'}"
         if sidecar.embedded
         else sidecar.redis_url

@@ -25,6 +25,8 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import NewInstance, QueryFilter
 from okra_sidecar.policy import rules
+from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
+from okra_sidecar.policy.model import RunLimits, current_grant
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
@@ -57,6 +59,13 @@ def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
             raise InvalidInputError.for_field(field, "a tag name may not be empty")
         _check_text(name, f"{field}.{name}")
         _check_text(value, f"{field}.{name}")
+
+
+def _active_limit(configured: int, limits: RunLimits) -> tuple[int, str]:
+    """The tighter of the sidecar's maxConcurrentInstances and the policy's, and its name."""
+    if limits.max_active and (not configured or limits.max_active < configured):
+        return limits.max_active, limits.max_active_policy
+    return configured, "maxConcurrentInstances (sidecar config)" if configured else ""
 
 
 def _caller_workflow(context: Context) -> str:
@@ -111,6 +120,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             definition, instance_id=instance_id, workflow_input=data, now_ms=created_us // 1000
         )
         tracing.annotate(instance_id=instance_id)
+        # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
+        limits = current_grant().run_limits
+        max_active, active_policy = _active_limit(self._settings.max_concurrent_instances, limits)
+        created_ms = created_us // 1000
         await self._store.create_instance(
             NewInstance(
                 instance_id=instance_id,
@@ -122,8 +135,18 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 created_us=created_us,
                 # Turns on any sidecar continue the trace of this Run.
                 trace_context=tracing.dump_carrier(tracing.current_carrier()),
+                deadline_ms=None
+                if limits.max_duration_ms is None
+                else created_ms + limits.max_duration_ms,
+                step_timeout_ms=limits.step_timeout_ms,
+                timeout_action=limits.timeout_action
+                if limits.max_duration_ms or limits.step_timeout_ms
+                else "",
             ),
-            max_active=self._settings.max_concurrent_instances,
+            max_active=max_active,
+            limit_policy=active_policy,
+            max_per_workflow=limits.max_per_workflow,
+            workflow_limit_policy=MAX_INSTANCES_PER_WORKFLOW,
         )
         return pb.RunResponse(instance_id=instance_id)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from okra_sidecar.config import EngineSettings
+from okra_sidecar.engine import deadlines
 from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, TurnResult, advance
 from okra_sidecar.engine.outbox import turn_extras
 from okra_sidecar.engine.registry import WorkflowRegistry
@@ -30,8 +32,33 @@ MAX_COMMIT_ATTEMPTS = 8
 RUNTIME_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
 
 
+# Told of every instance that fails: (instance id, workflow id, error). Policies raise alerts.
+FailureHook = Callable[[str, str, dict[str, Any] | None], Awaitable[None]]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class _PolicyTimeout:
+    """A timed-out turn, as the turn telemetry reads a result."""
+
+    commit: TurnCommit
+    changed: bool = True
+    consumed: list[str] = field(default_factory=list)
+
+    @property
+    def current_step(self) -> str:
+        return self.commit.current_step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.commit.history
+
+    @property
+    def outcome(self) -> str:
+        return self.commit.status.value
 
 
 class EngineRunner:
@@ -51,8 +78,10 @@ class EngineRunner:
         consumer: str,
         clock: Callable[[], int] = now_ms,
         turns: TurnTracer | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self._store = store
+        self._on_failure = on_failure
         self._turn_telemetry = turns or TurnTracer(tracer=None, metrics=SidecarMetrics())
         self._registry = registry
         self._settings = settings
@@ -156,6 +185,7 @@ class EngineRunner:
     async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> None:
         """Carry one instance forward until it blocks or ends, retrying on a revision race."""
         due = [item.due_ms for item in work or () if item.due_ms is not None]
+        timer_fired = bool(due)
         for _ in range(MAX_COMMIT_ATTEMPTS):
             started_ns = time.time_ns()
             snapshot = await self._store.load_turn(instance_id)
@@ -167,17 +197,48 @@ class EngineRunner:
             with self._turn_telemetry.turn(snapshot, started_ns=started_ns, due_ms=due) as turn:
                 due = []
                 now = self._clock()
+                definition = await self._definition_of(snapshot)
+                # Policy timeouts (maxDurationMinutes, defaultTimeoutMs) come before the turn.
+                expiry = deadlines.expired(snapshot, definition, now)
+                if expiry is not None:
+                    commit = deadlines.timeout_commit(snapshot, expiry, now)
+                    committed = await self._store.commit_turn(snapshot, commit)
+                    outcome = _PolicyTimeout(commit)
+                    turn.finish(outcome, committed=committed, status=commit.status.value)
+                    if committed:
+                        await self._after_commit(snapshot, commit)
+                        return
+                    continue
                 interpreting_ns = time.time_ns()
                 result = await self._advance(snapshot, now)
                 turn.interpreted(interpreting_ns)
-                if not result.changed and result.wake_at_ms is None:
+                # A timer that fired early took the policy timer with it: commit to re-arm it.
+                rearm = timer_fired and deadlines.has_policy_timeouts(snapshot)
+                if not result.changed and result.wake_at_ms is None and not rearm:
                     return
                 commit = self._to_commit(result, now, snapshot)
+                commit = deadlines.arm(commit, snapshot, definition)
                 committed = await self._store.commit_turn(snapshot, commit)
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
+                    await self._after_commit(snapshot, commit)
                     return
         logger.warning("instance %s kept changing under its turn; requeued", instance_id)
+
+    async def _definition_of(self, snapshot: TurnSnapshot) -> Any:
+        try:
+            return (await self._registry.get(snapshot.workflow_id)).definition
+        except NotFoundError:
+            return None
+
+    async def _after_commit(self, snapshot: TurnSnapshot, commit: TurnCommit) -> None:
+        if commit.status is not InstanceStatus.FAILED or self._on_failure is None:
+            return
+        try:
+            await self._on_failure(snapshot.instance_id, snapshot.workflow_id, commit.error)
+        except Exception:
+            # An alert that cannot be raised must not undo or repeat the turn.
+            logger.exception("failure hook for instance %s failed", snapshot.instance_id)
 
     async def _advance(self, snapshot: TurnSnapshot, now: int) -> TurnResult:
         signals = [InboxSignal(entry.entry_id, entry.event) for entry in snapshot.inbox]

@@ -52,6 +52,7 @@ class CelProgram:
 
     source: str
     runner: celpy.Runner
+    env_names: frozenset[str] = frozenset()  # the `env.X` names it reads
 
     def evaluate(self, activation: Mapping[str, celtypes.Value]) -> bool:
         """True or False; anything else (an error, a non-bool) raises CelEvaluationError."""
@@ -116,7 +117,8 @@ class CelEngine:
             runner = self._env.program(tree)
         except (CELEvalError, CELUnsupportedError, ValueError, TypeError) as exc:
             raise CelCompileError(f"cannot be compiled: {describe_error(exc)}") from None
-        return CelProgram(source=source, runner=runner)
+        read_env = frozenset(p[1] for p in _paths(tree) if p[0] == "env" and len(p) > 1)
+        return CelProgram(source=source, runner=runner, env_names=read_env)
 
 
 def to_cel(data: Any) -> celtypes.Value:

@@ -133,6 +133,10 @@ def set_identity(identity: Identity) -> contextvars.Token[Identity]:
     return _identity.set(identity)
 
 
+def reset_identity(token: contextvars.Token[Identity]) -> None:
+    _identity.reset(token)
+
+
 def current_grant() -> CallGrant:
     return _grant.get()
 
@@ -157,6 +161,7 @@ __all__ = [
     "current_grant",
     "current_identity",
     "reset_grant",
+    "reset_identity",
     "set_grant",
     "set_identity",
 ]

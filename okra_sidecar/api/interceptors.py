@@ -1,0 +1,280 @@
+"""AuthInterceptor and PolicyInterceptor: grpc.aio adapters for policy/.
+
+AuthInterceptor turns the `authorization` metadata into the caller's Identity (or
+UNAUTHENTICATED) for everything below it. PolicyInterceptor reads each WorkflowHostAPI request,
+runs the code-level checks that identify its target, asks the PolicyEvaluator, and hands what
+it allowed (instance limits, the instance status it checked, narrowed query filters) to the
+servicer in a CallGrant. Both wrap the returned handler, so they see the deserialized request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, value_to_python
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.errors import InstanceChangedError, NotFoundError
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.policy import rules
+from okra_sidecar.policy.audit import Call
+from okra_sidecar.policy.auth import TokenVerifier
+from okra_sidecar.policy.evaluator import PolicyEvaluator
+from okra_sidecar.policy.model import (
+    InstanceView,
+    WorkflowRef,
+    current_identity,
+    reset_grant,
+    reset_identity,
+    set_grant,
+    set_identity,
+)
+from okra_sidecar.store.base import Store
+from okra_sidecar.telemetry import tracing
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Behavior = Callable[[Any, Context], Awaitable[Any]]
+if TYPE_CHECKING:
+    Continuation = Callable[
+        [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+    ]
+WORKFLOW_SERVICE = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
+AUTHORIZATION = "authorization"
+# Metadata a policy may not read: the raw token, and binary values.
+HIDDEN_METADATA = frozenset({AUTHORIZATION})
+# A status a policy checked may move under a signal or cancel; decide again this often.
+MAX_DECISIONS = 3
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    service, _, method = full.lstrip("/").rpartition("/")
+    return service, method
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler[Any, Any], behavior: Behavior
+) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def metadata_of(context: Context) -> dict[str, str]:
+    """The call's text metadata as policies see it (no token, no `-bin` values)."""
+    seen: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in HIDDEN_METADATA or key.endswith("-bin") or not isinstance(value, str):
+            continue
+        seen[key] = value
+    return seen
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the bearer token of every unary rpc except health and reflection."""
+
+    def __init__(self, *, verifier: TokenVerifier, exempt_services: frozenset[str]) -> None:
+        self._verifier = verifier
+        self._exempt = exempt_services
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        service, _ = _split_method(handler_call_details.method)
+        if handler is None or handler.unary_unary is None or service in self._exempt:
+            return handler
+        behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
+        verifier = self._verifier
+
+        async def authenticated(request: Any, context: Context) -> Any:
+            identity = verifier.identify(_authorization(context))
+            if identity.authenticated:
+                tracing.set_caller(identity.describe(), issuer=identity.issuer)
+            token = set_identity(identity)
+            try:
+                return await behavior(request, context)
+            finally:
+                reset_identity(token)
+
+        return _rewrap(handler, authenticated)
+
+
+class PolicyInterceptor(grpc.aio.ServerInterceptor):
+    """Asks the PolicyEvaluator about every WorkflowHostAPI call before the servicer runs."""
+
+    def __init__(
+        self, *, evaluator: PolicyEvaluator, store: Store, registry: WorkflowRegistry
+    ) -> None:
+        self._evaluator = evaluator
+        self._store = store
+        self._registry = registry
+        self._checks: Mapping[str, Callable[[Behavior, Any, Context], Awaitable[Any]]] = {
+            "Run": self._run,
+            "Signal": self._act_on_instance,
+            "Cancel": self._act_on_instance,
+            "Query": self._query,
+            "GetStatus": self._get_status,
+            "ListWorkflows": self._list_workflows,
+        }
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        service, method = _split_method(handler_call_details.method)
+        check = self._checks.get(method)
+        if handler is None or handler.unary_unary is None or service != WORKFLOW_SERVICE:
+            return handler
+        if check is None:
+            return handler
+        behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
+
+        async def checked(request: Any, context: Context) -> Any:
+            return await check(behavior, request, context)
+
+        return _rewrap(handler, checked)
+
+    async def _call_with(self, grant: Any, behavior: Behavior, request: Any, ctx: Context) -> Any:
+        token = set_grant(grant)
+        try:
+            return await behavior(request, ctx)
+        finally:
+            reset_grant(token)
+
+    async def _workflow_ref(self, workflow_id: str) -> WorkflowRef:
+        """The workflow a Run names; `namespace.name` resolves to its newest version."""
+        workflow = WorkflowRef.parse(workflow_id)
+        if workflow.version:
+            return workflow
+        try:
+            registered = await self._registry.resolve(workflow_id)
+        except NotFoundError:
+            return workflow  # the servicer says NOT_FOUND once the policies allow the call
+        return WorkflowRef.parse(registered.definition.id)
+
+    async def _run(self, behavior: Behavior, request: pb.RunRequest, context: Context) -> Any:
+        rules.check_workflow_id(request.workflow_id)
+        policies = self._evaluator.policies
+        data = None
+        if policies.run_required_input_fields and request.HasField("input"):
+            data = value_to_python(request.input)
+        call = Call(
+            method="Run",
+            identity=current_identity(),
+            metadata=metadata_of(context),
+            workflow=await self._workflow_ref(request.workflow_id),
+            tags=dict(request.tags),
+            input_bytes=request.input.ByteSize(),
+            input=data,
+        )
+        grant = await self._evaluator.authorize(call, policies)
+        return await self._call_with(grant, behavior, request, context)
+
+    async def _act_on_instance(self, behavior: Behavior, request: Any, context: Context) -> Any:
+        """Signal and Cancel: decide on the instance as it is, and apply only if it still is."""
+        method = "Signal" if isinstance(request, pb.SignalRequest) else "Cancel"
+        rules.check_instance_id(request.instance_id)
+        if method == "Signal":
+            rules.check_signal_name(request.signal)
+        for attempt in range(1, MAX_DECISIONS + 1):
+            policies = self._evaluator.policies
+            instance = None
+            if self._evaluator.needs_instance(method, policies):
+                record = await self._store.get_instance(request.instance_id)
+                if record is None:
+                    raise NotFoundError(f"instance {request.instance_id} does not exist")
+                instance = InstanceView(
+                    record.instance_id, record.status.value, record.workflow_id, record.tags
+                )
+            call = Call(
+                method=method,
+                identity=current_identity(),
+                metadata=metadata_of(context),
+                workflow=WorkflowRef.parse(instance.workflow_id) if instance else None,
+                instance=instance,
+                instance_id=request.instance_id,
+                signal=request.signal if method == "Signal" else "",
+                reason=request.reason if method == "Cancel" else "",
+            )
+            grant = await self._evaluator.authorize(call, policies)
+            try:
+                return await self._call_with(grant, behavior, request, context)
+            except InstanceChangedError:
+                if attempt == MAX_DECISIONS:
+                    raise
+                logger.debug("instance %s moved during %s; deciding again", call.target, method)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _query(self, behavior: Behavior, request: pb.QueryRequest, context: Context) -> Any:
+        rules.check_query_limit(request.limit)
+        if request.workflow_id:
+            rules.check_workflow_id(request.workflow_id)
+        statuses = tuple(STATUS_FROM_PB[s].value for s in request.status if s in STATUS_FROM_PB)
+        call = Call(
+            method="Query",
+            identity=current_identity(),
+            metadata=metadata_of(context),
+            workflow=WorkflowRef.parse(request.workflow_id) if request.workflow_id else None,
+            tags=dict(request.tags),
+            query_statuses=statuses,
+            query_limit=request.limit,
+        )
+        grant = await self._evaluator.authorize(call, self._evaluator.policies)
+        if grant.query_statuses is not None and not request.status:
+            request.status.extend(STATUS_TO_PB[InstanceStatus(s)] for s in grant.query_statuses)
+        if grant.query_limit is not None:
+            request.limit = grant.query_limit
+        return await self._call_with(grant, behavior, request, context)
+
+    async def _get_status(
+        self, behavior: Behavior, request: pb.GetStatusRequest, context: Context
+    ) -> Any:
+        # A read has no side effect, so the policy decides on the instance the servicer read.
+        response: pb.WorkflowInstance = await behavior(request, context)
+        call = Call(
+            method="GetStatus",
+            identity=current_identity(),
+            metadata=metadata_of(context),
+            workflow=WorkflowRef.parse(response.workflow_id),
+            instance_id=request.instance_id,
+        )
+        await self._evaluator.authorize(call, self._evaluator.policies)
+        return response
+
+    async def _list_workflows(
+        self, behavior: Behavior, request: pb.ListWorkflowsRequest, context: Context
+    ) -> Any:
+        policies = self._evaluator.policies
+        response: pb.ListWorkflowsResponse = await behavior(request, context)
+        call = Call(
+            method="ListWorkflows", identity=current_identity(), metadata=metadata_of(context)
+        )
+        await self._evaluator.authorize(call, policies)
+        if policies.document:
+            # "The workflows they may run": hide what the run policies would refuse.
+            runnable = [
+                w
+                for w in response.workflows
+                if self._evaluator.may_run(call, policies, WorkflowRef.parse(w.workflow_id))
+            ]
+            del response.workflows[:]
+            response.workflows.extend(runnable)
+        return response
+
+
+__all__ = ["AuthInterceptor", "PolicyInterceptor", "metadata_of"]

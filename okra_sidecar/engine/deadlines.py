@@ -1,0 +1,178 @@
+"""Policy timeouts, enforced by the runner around the pure interpreter.
+
+Two limits are fixed on an instance when it is created, from the policy set that allowed the
+Run: a deadline for the whole instance (`policy.workflow.maxDurationMinutes`) and a timeout for
+each step it blocks in (`policy.workflow.defaultTimeoutMs`, for steps whose definition sets no
+`timeout` of its own). Each commit arms a timer for the nearer of them; the turn that finds one
+passed applies `policy.workflow.timeoutAction`: `fail` the instance with a timeout error,
+`cancel` it, or `continue` (record the event, keep going, and warn again a step timeout later).
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
+from okra_sidecar.store.base import TurnCommit, TurnSnapshot
+
+MAX_DURATION_POLICY = "policy.workflow.maxDurationMinutes"
+STEP_TIMEOUT_POLICY = "policy.workflow.defaultTimeoutMs"
+TIMEOUT_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
+EXCEEDED_EVENT = "workflow.timeoutExceeded"
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A policy timeout that has passed."""
+
+    policy: str
+    limit_ms: int
+    action: str
+
+    def describe(self) -> str:
+        if self.policy == MAX_DURATION_POLICY:
+            return (
+                f"the instance ran longer than {self.limit_ms / 60_000:g} minutes ({self.policy})"
+            )
+        return f"a step took longer than {self.limit_ms} ms ({self.policy})"
+
+
+def _step_has_own_timeout(definition: Any, step: str) -> bool:
+    nodes = getattr(getattr(definition, "plan", None), "nodes", None) or {}
+    node = nodes.get(step)
+    return getattr(node, "timeout", None) is not None
+
+
+def step_deadline(snapshot: TurnSnapshot, definition: Any) -> int | None:
+    """When the step the instance waits in times out, if defaultTimeoutMs applies to it."""
+    if (
+        snapshot.step_timeout_ms is None
+        or snapshot.status is not InstanceStatus.WAITING
+        or not snapshot.current_step
+        or not snapshot.step_started_ms
+        or _step_has_own_timeout(definition, snapshot.current_step)
+    ):
+        return None
+    return snapshot.step_started_ms + snapshot.step_timeout_ms
+
+
+def expired(snapshot: TurnSnapshot, definition: Any, now_ms: int) -> Expiry | None:
+    """The policy timeout that has passed at `now_ms`, the instance deadline first."""
+    action = snapshot.timeout_action or "fail"
+    if snapshot.deadline_ms is not None and now_ms >= snapshot.deadline_ms:
+        state_started = snapshot.state.get("startedAt")
+        started = int(state_started) if isinstance(state_started, int) else snapshot.deadline_ms
+        return Expiry(MAX_DURATION_POLICY, snapshot.deadline_ms - started, action)
+    deadline = step_deadline(snapshot, definition)
+    if deadline is not None and now_ms >= deadline:
+        return Expiry(STEP_TIMEOUT_POLICY, snapshot.step_timeout_ms or 0, action)
+    return None
+
+
+def timeout_commit(snapshot: TurnSnapshot, expiry: Expiry, now_ms: int) -> TurnCommit:
+    """What the timed-out turn writes, per `expiry.action`."""
+    event = {
+        "type": EXCEEDED_EVENT,
+        "time": now_ms,
+        "policy": expiry.policy,
+        "action": expiry.action,
+        "step": snapshot.current_step,
+    }
+    state = snapshot.state
+    context = state.get("context", {})
+    if expiry.action == "continue":
+        return TurnCommit(
+            status=snapshot.status,
+            state=state,
+            current_step=snapshot.current_step,
+            context=context,
+            output=None,
+            error=None,
+            consumed=[],
+            wake_at_ms=None,
+            requeue=False,
+            history=[event],
+            now_ms=now_ms,
+            # The deadline is spent; a step's clock restarts, so it warns again later.
+            step_started_ms=now_ms if expiry.policy == STEP_TIMEOUT_POLICY else None,
+            clear_deadline=expiry.policy == MAX_DURATION_POLICY,
+        )
+    if expiry.action == "cancel":
+        return TurnCommit(
+            status=InstanceStatus.CANCELLED,
+            state={**state, "status": "cancelled"},
+            current_step="",
+            context=context,
+            output=None,
+            error=None,
+            consumed=[],
+            wake_at_ms=None,
+            requeue=False,
+            history=[event, {"type": "workflow.cancelled", "time": now_ms}],
+            now_ms=now_ms,
+            cancel_reason=f"cancelled by policy: {expiry.describe()}",
+        )
+    error = {
+        "type": TIMEOUT_ERROR_TYPE,
+        "status": 408,
+        "title": "Timed out by policy",
+        "detail": expiry.describe(),
+        "instance": snapshot.current_step or "/",
+    }
+    return TurnCommit(
+        status=InstanceStatus.FAILED,
+        state={**state, "status": "failed", "error": error},
+        current_step="",
+        context=context,
+        output=None,
+        error=error,
+        consumed=[],
+        wake_at_ms=None,
+        requeue=False,
+        history=[event, {"type": "workflow.faulted", "time": now_ms, "error": error}],
+        now_ms=now_ms,
+    )
+
+
+def arm(commit: TurnCommit, snapshot: TurnSnapshot, definition: Any) -> TurnCommit:
+    """Start the step clock on a new step and wake the instance when a policy timeout is due."""
+    if commit.status in FINISHED_STATUSES:
+        return commit
+    changes: dict[str, Any] = {}
+    step_started = snapshot.step_started_ms
+    if commit.current_step != snapshot.current_step or not step_started:
+        step_started = commit.now_ms
+        changes["step_started_ms"] = step_started
+    wakes = [commit.wake_at_ms] if commit.wake_at_ms is not None else []
+    if snapshot.deadline_ms is not None:
+        wakes.append(snapshot.deadline_ms)
+    if (
+        snapshot.step_timeout_ms is not None
+        and commit.status is InstanceStatus.WAITING
+        and commit.current_step
+        and not _step_has_own_timeout(definition, commit.current_step)
+    ):
+        wakes.append(step_started + snapshot.step_timeout_ms)
+    if wakes:
+        changes["wake_at_ms"] = min(wakes)
+    return replace(commit, **changes) if changes else commit
+
+
+def has_policy_timeouts(snapshot: TurnSnapshot) -> bool:
+    return snapshot.deadline_ms is not None or snapshot.step_timeout_ms is not None
+
+
+__all__ = [
+    "EXCEEDED_EVENT",
+    "MAX_DURATION_POLICY",
+    "STEP_TIMEOUT_POLICY",
+    "TIMEOUT_ERROR_TYPE",
+    "Expiry",
+    "arm",
+    "expired",
+    "has_policy_timeouts",
+    "step_deadline",
+    "timeout_commit",
+]

@@ -1,0 +1,380 @@
+"""PolicyEvaluator: the CEL policies and lists applied to one call, with a record of each.
+
+Checks run in a fixed order per rpc: lists and switches first, then input rules, then the
+conditions, then the rate limit, so a denied call never spends rate. Every decision is audited
+before the call goes on or is refused. A condition that fails to evaluate denies the call and
+says which policy failed (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, NoReturn, Protocol
+
+from okra_sidecar.errors import PolicyDeniedError, ResourceExhaustedError
+from okra_sidecar.policy import document as keys
+from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
+from okra_sidecar.policy.cel import CelEvaluationError, to_cel
+from okra_sidecar.policy.document import PolicySet
+from okra_sidecar.policy.model import (
+    NO_WORKFLOW,
+    CallGrant,
+    RunLimits,
+    WorkflowRef,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUERY_LIMIT = 100
+
+
+class PolicyHolder(Protocol):
+    """Holds the policy set in force; PolicyManager swaps it at run time."""
+
+    @property
+    def current(self) -> PolicySet: ...
+
+
+class RateLimiter(Protocol):
+    """Shared rate limits; None when the call may go ahead, else seconds until it may."""
+
+    async def acquire_rate(
+        self, name: str, *, interval_ms: float, period_ms: int
+    ) -> float | None: ...
+
+
+def _listed(patterns: tuple[str, ...]) -> str:
+    return ", ".join(patterns)
+
+
+def _has_field(data: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data or data[part] is None:
+            return False
+        data = data[part]
+    return True
+
+
+class PolicyEvaluator:
+    """Decides each call by the policy set in force when the call started."""
+
+    def __init__(
+        self,
+        *,
+        policies: PolicyHolder,
+        limiter: RateLimiter,
+        audit: AuditLog,
+        service: ServiceIdentity,
+        env: Mapping[str, str],
+    ) -> None:
+        self._policies = policies
+        self._limiter = limiter
+        self._audit = audit
+        self._service = service
+        # These never change while the sidecar runs: convert them to CEL values once.
+        self._static = {
+            "service": to_cel({"name": service.name, "namespace": service.namespace}),
+            "env": to_cel(dict(env)),
+        }
+        self._env_set = frozenset(env)
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies.current
+
+    def needs_instance(self, method: str, policies: PolicySet) -> bool:
+        """Whether a Signal or Cancel decision reads the instance (so it must be loaded)."""
+        own = {"Signal": keys.SIGNAL_CONDITION, "Cancel": keys.CANCEL_CONDITION}.get(method)
+        return own is not None and bool(
+            policies.condition(own) or policies.condition(keys.CONDITION)
+        )
+
+    # -- per rpc -------------------------------------------------------------------------------
+
+    async def authorize(self, call: Call, policies: PolicySet) -> CallGrant:
+        """Allow the call (returning what the servicer must enforce) or raise a denial.
+
+        Raises:
+            PolicyDeniedError: a policy refused the call; `policy` names it.
+            ResourceExhaustedError: a rate limit is reached; `retry_after_s` says when to retry.
+        """
+        check = {
+            "Run": self._check_run,
+            "Signal": self._check_signal,
+            "Cancel": self._check_cancel,
+            "Query": self._check_query,
+            "GetStatus": self._check_read,
+        }.get(call.method)
+        grant = CallGrant(identity=call.identity)
+        if check is not None:
+            grant = await check(call, policies, grant)
+        await self._audit.decision(policies.audit_level, call, allowed=True)
+        return grant
+
+    async def _check_run(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        workflow = call.workflow or NO_WORKFLOW
+        await self._check_runnable(call, policies, workflow)
+        limit = policies.run_max_input_bytes
+        if limit is not None and call.input_bytes > limit:
+            await self._deny(
+                call,
+                policies,
+                keys.RUN_MAX_INPUT_SIZE_KB,
+                f"the input is {call.input_bytes} bytes and {keys.RUN_MAX_INPUT_SIZE_KB} allows "
+                f"{limit} bytes ({limit / 1024:g} KiB); send a smaller input or raise the limit",
+            )
+        for patterns, fields in policies.run_required_input_fields:
+            if patterns.match(workflow.names()):
+                missing = [f for f in fields if not _has_field(call.input, f)]
+                if missing:
+                    await self._deny(
+                        call,
+                        policies,
+                        keys.RUN_REQUIRED_INPUT_FIELDS,
+                        f"the input lacks {', '.join(missing)}, which "
+                        f"{keys.RUN_REQUIRED_INPUT_FIELDS} requires for {patterns.patterns[0]}; "
+                        "add them to the input",
+                    )
+        await self._check_conditions(call, policies, (keys.RUN_CONDITION, keys.CONDITION))
+        await self._check_rate(call, policies, "run")
+        # The servicer takes the tighter of this and the sidecar's own maxConcurrentInstances.
+        limits = RunLimits(
+            max_active=policies.max_concurrent_instances,
+            max_active_policy=keys.MAX_CONCURRENT_INSTANCES,
+            max_per_workflow=policies.workflow_limit(workflow.key),
+            max_duration_ms=policies.max_duration_ms,
+            step_timeout_ms=policies.default_timeout_ms,
+            timeout_action=policies.timeout_action,
+        )
+        return CallGrant(identity=call.identity, run_limits=limits)
+
+    async def _check_runnable(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> None:
+        """The lists and namespace rules that decide whether a workflow may be run at all."""
+        problem = self.run_list_problem(policies, workflow)
+        if problem is not None:
+            await self._deny(call, policies, *problem)
+
+    def run_list_problem(
+        self, policies: PolicySet, workflow: WorkflowRef
+    ) -> tuple[str, str] | None:
+        """(policy key, message) when the allow/block lists or namespace rules forbid a run."""
+        names = workflow.names()
+        blocked = policies.run_blocked.match(names)
+        if blocked is not None:
+            return (
+                keys.RUN_BLOCKED,
+                f"{keys.RUN_BLOCKED} lists {blocked!r}; remove it from that list to run "
+                f"{workflow.key}",
+            )
+        allowed = policies.run_allowed
+        if allowed and allowed.match(names) is None:
+            return (
+                keys.RUN_ALLOWED,
+                f"{workflow.key} is not in {keys.RUN_ALLOWED} ({_listed(allowed.patterns)}); "
+                "add it to that list to run it",
+            )
+        own = self._service.namespace
+        if workflow.namespace != own:
+            namespaces = policies.run_allowed_namespaces
+            if namespaces and namespaces.match([workflow.namespace]) is None:
+                return (
+                    keys.RUN_ALLOWED_NAMESPACES,
+                    f"namespace {workflow.namespace!r} is not in {keys.RUN_ALLOWED_NAMESPACES} "
+                    f"({_listed(namespaces.patterns)}) and is not this service's namespace "
+                    f"{own!r}; add it to that list to run {workflow.key}",
+                )
+            if not namespaces and not policies.run_cross_namespace:
+                return (
+                    keys.RUN_CROSS_NAMESPACE,
+                    f"{workflow.key} is in namespace {workflow.namespace!r}, not this service's "
+                    f"namespace {own!r} (serviceNamespace), and {keys.RUN_CROSS_NAMESPACE} is "
+                    f"false; set it to true or list {workflow.namespace!r} in "
+                    f"{keys.RUN_ALLOWED_NAMESPACES}",
+                )
+        return None
+
+    async def _check_signal(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        if not policies.signal_allowed:
+            await self._deny(
+                call,
+                policies,
+                keys.SIGNAL_ALLOWED,
+                f"signals are turned off ({keys.SIGNAL_ALLOWED} is false); set it to true",
+            )
+        allowed = policies.signal_allowed_signals
+        if allowed and allowed.match([call.signal]) is None:
+            await self._deny(
+                call,
+                policies,
+                keys.SIGNAL_ALLOWED_SIGNALS,
+                f"signal {call.signal!r} is not in {keys.SIGNAL_ALLOWED_SIGNALS} "
+                f"({_listed(allowed.patterns)}); send one of those or add it to the list",
+            )
+        await self._check_conditions(call, policies, (keys.SIGNAL_CONDITION, keys.CONDITION))
+        await self._check_rate(call, policies, "signal")
+        return self._with_expectation(call, grant)
+
+    async def _check_cancel(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        if not policies.cancel_allowed:
+            await self._deny(
+                call,
+                policies,
+                keys.CANCEL_ALLOWED,
+                f"cancelling is turned off ({keys.CANCEL_ALLOWED} is false); set it to true",
+            )
+        if policies.cancel_require_reason and not call.reason.strip():
+            await self._deny(
+                call,
+                policies,
+                keys.CANCEL_REQUIRE_REASON,
+                f"{keys.CANCEL_REQUIRE_REASON} is true: say why in the request's `reason`",
+            )
+        await self._check_conditions(call, policies, (keys.CANCEL_CONDITION, keys.CONDITION))
+        return self._with_expectation(call, grant)
+
+    @staticmethod
+    def _with_expectation(call: Call, grant: CallGrant) -> CallGrant:
+        if call.instance is None:
+            return grant
+        return CallGrant(identity=grant.identity, expected_status=call.instance.status)
+
+    async def _check_query(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        statuses: tuple[str, ...] | None = None
+        allowed = policies.query_allowed_statuses
+        if allowed:
+            outside = [s for s in call.query_statuses if s not in allowed]
+            if outside:
+                await self._deny(
+                    call,
+                    policies,
+                    keys.QUERY_ALLOWED_STATUSES,
+                    f"status {', '.join(outside)} may not be queried; "
+                    f"{keys.QUERY_ALLOWED_STATUSES} allows {', '.join(allowed)}",
+                )
+            # No status filter means "every status this caller may see".
+            statuses = call.query_statuses or allowed
+        limit: int | None = None
+        maximum = policies.query_max_results
+        if maximum is not None:
+            if call.query_limit > maximum:
+                await self._deny(
+                    call,
+                    policies,
+                    keys.QUERY_MAX_RESULTS,
+                    f"limit {call.query_limit} is above {keys.QUERY_MAX_RESULTS} ({maximum}); "
+                    f"ask for at most {maximum} per page and follow the cursor",
+                )
+            if call.query_limit == 0:
+                limit = min(DEFAULT_QUERY_LIMIT, maximum)
+        await self._check_conditions(call, policies, (keys.QUERY_CONDITION, keys.CONDITION))
+        await self._check_rate(call, policies, "query")
+        return CallGrant(identity=call.identity, query_statuses=statuses, query_limit=limit)
+
+    async def _check_read(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        # GetStatus reads one instance whose id the caller holds: only the general condition
+        # applies, not the query group (a service may poll the runs it started).
+        await self._check_conditions(call, policies, (keys.CONDITION,))
+        return grant
+
+    def may_run(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> bool:
+        """Whether ListWorkflows shows `workflow` to this caller (a failing condition hides it)."""
+        if self.run_list_problem(policies, workflow) is not None:
+            return False
+        probe = Call(
+            method="Run", identity=call.identity, metadata=call.metadata, workflow=workflow
+        )
+        for key in (keys.RUN_CONDITION, keys.CONDITION):
+            program = policies.condition(key)
+            if program is None:
+                continue
+            try:
+                if not program.evaluate(self._activation(probe)):
+                    return False
+            except CelEvaluationError:
+                return False
+        return True
+
+    # -- shared steps --------------------------------------------------------------------------
+
+    def _activation(self, call: Call) -> dict[str, Any]:
+        request = {
+            "method": call.method,
+            "auth": {"claims": call.identity.claims},
+            "metadata": dict(call.metadata),
+        }
+        activation = {
+            **self._static,
+            "request": to_cel(request),
+            "workflow": to_cel((call.workflow or NO_WORKFLOW).to_activation()),
+        }
+        if call.instance is not None:
+            activation["instance"] = to_cel(call.instance.to_activation())
+        return activation
+
+    async def _check_conditions(
+        self, call: Call, policies: PolicySet, condition_keys: tuple[str, ...]
+    ) -> None:
+        activation: dict[str, Any] | None = None
+        for key in condition_keys:
+            program = policies.condition(key)
+            if program is None:
+                continue
+            if activation is None:
+                activation = self._activation(call)
+            try:
+                allowed = program.evaluate(activation)
+            except CelEvaluationError as exc:
+                unset = sorted(program.env_names - self._env_set)
+                if unset:
+                    exc = CelEvaluationError(
+                        f"{exc}; env.{unset[0]} is not set on this sidecar, set it in its "
+                        "environment"
+                    )
+                logger.warning("%s failed to evaluate for %s: %s", key, call.method, exc)
+                await self._deny(
+                    call,
+                    policies,
+                    key,
+                    f"{key} could not be evaluated ({exc}), and a policy that cannot be "
+                    "evaluated denies; fix the condition or send what it reads",
+                )
+            if not allowed:
+                await self._deny(
+                    call,
+                    policies,
+                    key,
+                    f"{key} `{program.source}` is false for this call by "
+                    f"{call.identity.describe()}; change the condition or call with what it "
+                    "requires",
+                )
+
+    async def _check_rate(self, call: Call, policies: PolicySet, verb: str) -> None:
+        rate = policies.rates.get(verb)
+        if rate is None:
+            return
+        wait_s = await self._limiter.acquire_rate(
+            f"{self._service.name}:{verb}", interval_ms=rate.interval_ms, period_ms=rate.period_ms
+        )
+        if wait_s is None:
+            return
+        key = keys.RATE_KEYS[verb]
+        message = (
+            f"{call.method} is rate limited by {key} ({rate.text}, shared by every sidecar of "
+            f"service {self._service.name or '(unnamed)'}); retry in {wait_s:.2f}s"
+        )
+        await self._audit.decision(
+            policies.audit_level, call, allowed=False, policy=key, message=message
+        )
+        raise ResourceExhaustedError(message, policy=key, retry_after_s=wait_s)
+
+    async def _deny(self, call: Call, policies: PolicySet, key: str, reason: str) -> NoReturn:
+        target = f" of {call.target}" if call.target else ""
+        message = f"{call.method}{target} denied: {reason}"
+        await self._audit.decision(
+            policies.audit_level, call, allowed=False, policy=key, message=message
+        )
+        raise PolicyDeniedError(message, policy=key)
+
+
+__all__ = ["PolicyEvaluator", "PolicyHolder", "RateLimiter"]

@@ -1,0 +1,670 @@
+"""Each of the seed's twelve policy snippets, verbatim, allowing and denying on a real sidecar.
+
+Every denial is checked for its status, its message, the policy key in its ErrorInfo and that
+nothing was written to Redis; the audit stream is the one exception, by design (with audit on,
+a denial is recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest_asyncio
+from google.protobuf import json_format
+from redis.asyncio import Redis
+
+from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.runner import EngineRunner, now_ms
+from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.policy import document as keys
+from tests.helpers import FAST_ENGINE, expect_rpc_error, to_python, value, wait_for_status
+from tests.policy import seed
+from tests.policy.support import (
+    Policed,
+    audit_records,
+    bearer,
+    denied_by,
+    policed_sidecar,
+    policy_settings,
+    retry_delay_s,
+    run,
+    write_policies,
+    writes_during,
+)
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+WAITING = {pb.WORKFLOW_STATUS_WAITING}
+
+
+async def expect_denied(
+    redis: Redis,
+    call: Any,
+    *,
+    policy: str,
+    message: str,
+    code: grpc.StatusCode = DENIED,
+    wait_quiet: bool = True,
+) -> grpc.aio.AioRpcError:
+    """The call fails with `code`, names `policy` and says `message`, and writes nothing."""
+    error: list[grpc.aio.AioRpcError] = []
+
+    async def attempt() -> None:
+        error.append(await expect_rpc_error(call, code))
+
+    assert await writes_during(redis, attempt, wait_quiet=wait_quiet) == set()
+    assert denied_by(error[0]) == policy
+    assert message in (error[0].details() or "")
+    return error[0]
+
+
+# -- 1. Workflow execution permissions -------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def permissions(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.EXECUTION_PERMISSIONS))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_1_allowed_workflows_run(permissions: Policed) -> None:
+    assert await run(permissions.stub, "user.onboarding.1.0.0")
+    assert await run(permissions.stub, "report.generation.1.0.0")  # by the glob report.*
+    assert await run(permissions.stub, "order.processing")  # namespace.name: newest version
+
+
+async def test_1_blocked_or_unlisted_workflows_are_denied(
+    permissions: Policed, redis: Redis
+) -> None:
+    stub = permissions.stub
+    await expect_denied(
+        redis,
+        stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
+        policy=keys.RUN_BLOCKED,
+        message="policy.workflow.run.blocked lists 'legacy.*'; remove it from that list",
+    )
+    # Blocked wins even where nothing else would refuse.
+    await expect_denied(
+        redis,
+        stub.Run(pb.RunRequest(workflow_id="admin.dangerous.1.0.0")),
+        policy=keys.RUN_BLOCKED,
+        message="lists 'admin.dangerous'",
+    )
+    await expect_denied(
+        redis,
+        stub.Run(pb.RunRequest(workflow_id="billing.invoice.1.0.0")),
+        policy=keys.RUN_ALLOWED,
+        message="billing.invoice is not in policy.workflow.run.allowed (user.onboarding, "
+        "order.processing, report.*); add it to that list to run it",
+    )
+
+
+async def test_1_list_workflows_shows_only_what_may_run(permissions: Policed) -> None:
+    listed = await permissions.stub.ListWorkflows(pb.ListWorkflowsRequest())
+    assert sorted(w.workflow_id for w in listed.workflows) == [
+        "order.processing.1.0.0",
+        "report.generation.1.0.0",
+        "user.onboarding.1.0.0",
+    ]
+
+
+# -- 2. Conditional execution ------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def conditional(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.CONDITIONAL_EXECUTION))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_2_payment_admins_run_payments_and_anyone_runs_the_rest(
+    conditional: Policed,
+) -> None:
+    admin = bearer(sub="pat", role="payment_admin")
+    assert await run(conditional.stub, "payment.process.1.0.0", metadata=admin)
+    assert await run(conditional.stub, "user.onboarding.1.0.0")  # no token needed
+
+
+async def test_2_others_may_not_run_payments(conditional: Policed, redis: Redis) -> None:
+    await expect_denied(
+        redis,
+        conditional.stub.Run(
+            pb.RunRequest(workflow_id="payment.process.1.0.0"),
+            metadata=bearer(sub="cle", role="clerk"),
+        ),
+        policy=keys.RUN_CONDITION,
+        message="is false for this call by cle; change the condition or call with what it requires",
+    )
+    # No role claim at all: the condition cannot be evaluated, and that denies (fail closed).
+    await expect_denied(
+        redis,
+        conditional.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
+        policy=keys.RUN_CONDITION,
+        message="policy.workflow.run.condition could not be evaluated (no such member in "
+        "mapping: 'role'), and a policy that cannot be evaluated denies",
+    )
+
+
+# -- 3. Signal permissions ---------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def signals(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.SIGNAL_PERMISSIONS))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_3_listed_signal_to_a_waiting_instance_by_a_signaller(signals: Policed) -> None:
+    instance_id = await run(signals.stub, "user.onboarding.1.0.0")
+    await wait_for_status(signals.stub, instance_id, WAITING)
+    await signals.stub.Signal(
+        pb.SignalRequest(instance_id=instance_id, signal="approved"),
+        metadata=bearer(sub="sig", canSignal=True),
+    )
+    done = await wait_for_status(signals.stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output) == {"decision": "approved"}
+
+
+async def test_3_unlisted_signal_or_caller_or_status_is_denied(
+    signals: Policed, redis: Redis
+) -> None:
+    stub = signals.stub
+    instance_id = await run(stub, "user.onboarding.1.0.0")
+    await wait_for_status(stub, instance_id, WAITING)
+    signaller = bearer(sub="sig", canSignal=True)
+    await expect_denied(
+        redis,
+        stub.Signal(
+            pb.SignalRequest(instance_id=instance_id, signal="escalate"), metadata=signaller
+        ),
+        policy=keys.SIGNAL_ALLOWED_SIGNALS,
+        message="signal 'escalate' is not in policy.workflow.signal.allowedSignals (approved, "
+        "rejected, timeout)",
+    )
+    await expect_denied(
+        redis,
+        stub.Signal(
+            pb.SignalRequest(instance_id=instance_id, signal="approved"),
+            metadata=bearer(sub="viewer", canSignal=False),
+        ),
+        policy=keys.SIGNAL_CONDITION,
+        message="is false for this call by viewer",
+    )
+    await stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="done"))
+    await expect_denied(
+        redis,
+        stub.Signal(
+            pb.SignalRequest(instance_id=instance_id, signal="approved"), metadata=signaller
+        ),
+        policy=keys.SIGNAL_CONDITION,
+        message="`instance.status == 'waiting' && request.auth.claims.canSignal` is false",
+    )
+
+
+# -- 4. Query restrictions ---------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def queries(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.QUERY_RESTRICTIONS))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_4_operators_see_finished_instances_only(queries: Policed) -> None:
+    stub = queries.stub
+    done = await run(stub, "billing.quick.1.0.0")
+    await wait_for_status(stub, done, {pb.WORKFLOW_STATUS_COMPLETED})
+    waiting = await run(stub, "user.onboarding.1.0.0")
+    await wait_for_status(stub, waiting, WAITING)
+    operator = bearer(sub="op", role="operator")
+    # No status filter: narrowed to the allowed statuses, and the page to maxResults.
+    page = await stub.Query(pb.QueryRequest(), metadata=operator)
+    assert [i.instance_id for i in page.instances] == [done]
+    page = await stub.Query(
+        pb.QueryRequest(status=[pb.WORKFLOW_STATUS_COMPLETED], limit=100),
+        metadata=bearer(sub="ad", role="admin"),
+    )
+    assert [i.instance_id for i in page.instances] == [done]
+    status = await stub.GetStatus(pb.GetStatusRequest(instance_id=waiting), metadata=operator)
+    assert status.status == pb.WORKFLOW_STATUS_WAITING
+
+
+async def test_4_other_roles_statuses_and_page_sizes_are_denied(
+    queries: Policed, redis: Redis
+) -> None:
+    stub = queries.stub
+    operator = bearer(sub="op", role="operator")
+    await expect_denied(
+        redis,
+        stub.Query(pb.QueryRequest(), metadata=bearer(sub="v", role="viewer")),
+        policy=keys.QUERY_CONDITION,
+        message="`request.auth.claims.role in ['admin', 'operator']` is false for this call by v",
+    )
+    await expect_denied(
+        redis,
+        stub.Query(pb.QueryRequest(status=[pb.WORKFLOW_STATUS_WAITING]), metadata=operator),
+        policy=keys.QUERY_ALLOWED_STATUSES,
+        message="status waiting may not be queried; policy.workflow.query.allowedStatuses "
+        "allows completed, failed",
+    )
+    await expect_denied(
+        redis,
+        stub.Query(pb.QueryRequest(limit=500), metadata=operator),
+        policy=keys.QUERY_MAX_RESULTS,
+        message="limit 500 is above policy.workflow.query.maxResults (100); ask for at most "
+        "100 per page and follow the cursor",
+    )
+
+
+# -- 5. Rate limiting --------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def rates(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.RATE_LIMITING))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def exhaust(call: Callable[[], Awaitable[object]], *, margin_s: float) -> int:
+    """Call until the rate limit refuses with at least `margin_s` to wait; returns how many
+    calls went through. (A slot comes back every period/limit, so a slow run sees more.)"""
+    allowed = 0
+    while True:
+        try:
+            await call()
+            allowed += 1
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == EXHAUSTED, exc.details()
+            delay = retry_delay_s(exc)
+            assert delay is not None
+            if delay >= margin_s:
+                return allowed
+            await asyncio.sleep(delay)
+
+
+async def test_5_calls_within_the_rate_go_through_and_the_next_waits(
+    rates: Policed, redis: Redis
+) -> None:
+    stub = rates.stub
+    # The engine is paused so that nothing but these calls writes to Redis.
+    await rates.sidecar.runner.stop()
+    started = time.monotonic()
+    allowed = await exhaust(lambda: run(stub, "billing.quick.1.0.0"), margin_s=0.3)
+    # 100 at once, then one more per 600 ms while the burst was being spent.
+    assert 100 <= allowed <= 100 + int((time.monotonic() - started) / 0.6) + 1
+    error = await expect_denied(
+        redis,
+        stub.Run(pb.RunRequest(workflow_id="billing.quick.1.0.0")),
+        policy=keys.RUN_RATE_LIMIT,
+        message="Run is rate limited by policy.workflow.run.rateLimit (100/minute, shared by "
+        "every sidecar of service orders); retry in",
+        code=EXHAUSTED,
+        wait_quiet=False,
+    )
+    delay = retry_delay_s(error)
+    assert delay is not None and 0 < delay <= 0.6
+    allowed = await exhaust(lambda: stub.Query(pb.QueryRequest()), margin_s=0.3)
+    assert allowed >= 100
+    await expect_denied(
+        redis,
+        stub.Query(pb.QueryRequest()),
+        policy=keys.QUERY_RATE_LIMIT,
+        message="Query is rate limited by policy.workflow.query.rateLimit (100/minute",
+        code=EXHAUSTED,
+        wait_quiet=False,
+    )
+
+
+async def test_5_signal_rate(rates: Policed, redis: Redis) -> None:
+    stub = rates.stub
+    instance_id = await run(stub, "user.onboarding.1.0.0")
+    await wait_for_status(stub, instance_id, WAITING)
+    await rates.sidecar.runner.stop()
+
+    async def noise() -> None:
+        await stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="noise"))
+
+    started = time.monotonic()
+    allowed = await exhaust(noise, margin_s=0.04)
+    assert 1000 <= allowed <= 1000 + int((time.monotonic() - started) / 0.06) + 1
+    await expect_denied(
+        redis,
+        stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="approved")),
+        policy=keys.SIGNAL_RATE_LIMIT,
+        message="Signal is rate limited by policy.workflow.signal.rateLimit (1000/minute",
+        code=EXHAUSTED,
+        wait_quiet=False,
+    )
+
+
+# -- 6. Instance limits (the concurrency test is in test_instance_limits.py) --------------------
+
+
+@pytest_asyncio.fixture
+async def limits(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.INSTANCE_LIMITS))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_6_runs_within_the_per_workflow_limit(limits: Policed) -> None:
+    for _ in range(10):
+        await run(limits.stub, "report.generation.1.0.0")
+
+
+async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Redis) -> None:
+    for _ in range(10):
+        await run(limits.stub, "report.generation.1.0.0")
+    error = await expect_denied(
+        redis,
+        limits.stub.Run(pb.RunRequest(workflow_id="report.generation.1.0.0")),
+        policy=keys.MAX_INSTANCES_PER_WORKFLOW,
+        message="the limit of 10 concurrent instances of report.generation "
+        "(policy.workflow.maxInstancesPerWorkflow) is reached; retry when some have finished",
+        code=EXHAUSTED,
+    )
+    assert retry_delay_s(error) is None
+    assert await run(limits.stub, "user.onboarding.1.0.0")  # another workflow's count
+
+
+# -- 7. Environment-specific policies ----------------------------------------------------------
+
+
+async def test_7_production_allows_its_workflows(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.ENVIRONMENT_POLICIES))
+    settings = policy_settings(redis_url, path, env={"DEPLOYMENT_ENV": "production"})
+    async with policed_sidecar(settings) as running:
+        assert await run(running.stub, "app.orders.1.0.0")
+        # As the seed writes it, `workflow.id != 'test.*'` compares strings: CEL has no globs,
+        # so a test workflow is not singled out. docs/policies.md gives the form that is.
+        assert await run(running.stub, "test.smoke.1.0.0")
+
+
+async def test_7_without_the_deployment_env_every_call_is_denied(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.ENVIRONMENT_POLICIES))
+    async with policed_sidecar(policy_settings(redis_url, path, env={})) as running:
+        await expect_denied(
+            redis,
+            running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
+            policy=keys.CONDITION,
+            message="env.DEPLOYMENT_ENV is not set on this sidecar, set it in its environment), "
+            "and a policy that cannot be evaluated denies",
+        )
+
+
+# -- 8. Input validation -----------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def inputs(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.INPUT_VALIDATION))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+PAYMENT = {"amount": 12.5, "currency": "EUR", "customerId": "c-1"}
+
+
+async def test_8_complete_small_inputs_run(inputs: Policed) -> None:
+    assert await run(inputs.stub, "payment.process.1.0.0", PAYMENT)
+    assert await run(inputs.stub, "user.onboarding.1.0.0", {"note": "x" * 50_000})
+
+
+async def test_8_missing_fields_and_big_inputs_are_denied(inputs: Policed, redis: Redis) -> None:
+    partial = pb.RunRequest(workflow_id="payment.process.1.0.0")
+    partial.input.CopyFrom(value({"amount": 12.5}))
+    await expect_denied(
+        redis,
+        inputs.stub.Run(partial),
+        policy=keys.RUN_REQUIRED_INPUT_FIELDS,
+        message="the input lacks currency, customerId, which "
+        "policy.workflow.run.requiredInputFields requires for payment.process; add them",
+    )
+    big = pb.RunRequest(workflow_id="user.onboarding.1.0.0")
+    big.input.CopyFrom(value({"note": "x" * 200_000}))
+    await expect_denied(
+        redis,
+        inputs.stub.Run(big),
+        policy=keys.RUN_MAX_INPUT_SIZE_KB,
+        message="and policy.workflow.run.maxInputSizeKb allows 102400 bytes (100 KiB); send a "
+        "smaller input or raise the limit",
+    )
+
+
+# -- 9. Cancellation policies ------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def cancels(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.CANCELLATION_POLICIES))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+ADMIN_ROLE = bearer(sub="ad", role="admin")
+
+
+async def test_9_admins_cancel_pending_instances_with_a_reason(cancels: Policed) -> None:
+    # With the engine paused the instance stays pending, which the condition allows.
+    await cancels.sidecar.runner.stop()
+    instance_id = await run(cancels.stub, "user.onboarding.1.0.0")
+    await cancels.stub.Cancel(
+        pb.CancelRequest(instance_id=instance_id, reason="customer left"), metadata=ADMIN_ROLE
+    )
+    status = await cancels.stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+    assert status.status == pb.WORKFLOW_STATUS_CANCELLED
+    assert status.cancel_reason == "customer left"
+
+
+async def test_9_no_reason_no_admin_or_a_waiting_instance_is_denied(
+    cancels: Policed, redis: Redis
+) -> None:
+    stub = cancels.stub
+    await cancels.sidecar.runner.stop()
+    pending = await run(stub, "user.onboarding.1.0.0")
+    await expect_denied(
+        redis,
+        stub.Cancel(pb.CancelRequest(instance_id=pending), metadata=ADMIN_ROLE),
+        policy=keys.CANCEL_REQUIRE_REASON,
+        message="policy.workflow.cancel.requireReason is true: say why in the request's `reason`",
+    )
+    await expect_denied(
+        redis,
+        stub.Cancel(
+            pb.CancelRequest(instance_id=pending, reason="r"),
+            metadata=bearer(sub="u", role="user"),
+        ),
+        policy=keys.CANCEL_CONDITION,
+        message="is false for this call by u",
+    )
+    await cancels.sidecar.runner.start()
+    await wait_for_status(stub, pending, WAITING)
+    await expect_denied(
+        redis,
+        stub.Cancel(pb.CancelRequest(instance_id=pending, reason="r"), metadata=ADMIN_ROLE),
+        policy=keys.CANCEL_CONDITION,
+        message="`instance.status in ['pending', 'running'] && request.auth.claims.role == "
+        "'admin'` is false for this call by ad",
+    )
+
+
+# -- 10. Audit and monitoring ------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def audited(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    # The audit snippet beside the permissions snippet, so that something is denied.
+    text = seed.document(seed.AUDIT_AND_MONITORING + "," + seed.EXECUTION_PERMISSIONS)
+    path = write_policies(tmp_path, text)
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def test_10_allowed_calls_are_recorded_in_full(audited: Policed) -> None:
+    instance_id = await run(
+        audited.stub,
+        "user.onboarding.1.0.0",
+        {"a": 1},
+        metadata=bearer(sub="ada", team="growth"),
+    )
+    records = await audit_records(audited.admin)
+    decision = next(r for r in records if r.method == "Run")
+    assert decision.kind == admin_pb.AUDIT_RECORD_KIND_DECISION
+    assert (decision.subject, decision.allowed, decision.workflow_id) == (
+        "ada",
+        True,
+        "user.onboarding.1.0.0",
+    )
+    details = to_python_struct(decision.details)
+    assert details["claims"]["team"] == "growth"
+    assert details["request"]["inputBytes"] > 0
+    assert instance_id
+
+
+async def test_10_denials_and_watched_failures_are_recorded(
+    audited: Policed, redis: Redis, caplog: Any
+) -> None:
+    await expect_denied(
+        redis,
+        audited.stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
+        policy=keys.RUN_BLOCKED,
+        message="lists 'legacy.*'",
+    )
+    records = await audit_records(audited.admin)
+    denial = next(r for r in records if r.method == "Run")
+    assert (denial.allowed, denial.policy, denial.subject) == (False, keys.RUN_BLOCKED, "")
+    assert "Run of legacy.export.1.0.0 denied" in denial.message
+    await audited.admin.SetPolicies(
+        admin_pb.SetPoliciesRequest(
+            text=seed.document(seed.AUDIT_AND_MONITORING + ',"policy.workflow.run.allowed": []')
+        ),
+        metadata=bearer(sub="platform", okra_policy_admin=True),
+    )
+    failing = await run(audited.stub, "compliance.check.1.0.0")
+    await wait_for_status(audited.stub, failing, {pb.WORKFLOW_STATUS_FAILED})
+    alerts: list[admin_pb.AuditRecord] = []
+    for _ in range(100):
+        alerts = [
+            r
+            for r in await audit_records(audited.admin)
+            if r.kind == admin_pb.AUDIT_RECORD_KIND_ALERT
+        ]
+        if alerts:
+            break
+        await asyncio.sleep(0.02)
+    assert [(a.instance_id, a.policy) for a in alerts] == [
+        (failing, "policy.workflow.alertOnFailure")
+    ]
+    assert "Compliance check failed" in alerts[0].message
+    assert any(
+        r.levelname == "ERROR" and "alertOnFailure compliance.*" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def to_python_struct(message: Any) -> Any:
+    return json_format.MessageToDict(message)
+
+
+# -- 11. Cross-service restrictions ------------------------------------------------------------
+
+
+async def test_11_own_and_common_namespaces_run(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.CROSS_SERVICE_RESTRICTIONS))
+    async with policed_sidecar(policy_settings(redis_url, path, namespace="app")) as running:
+        assert await run(running.stub, "app.orders.1.0.0")
+        assert await run(running.stub, "common.notify.1.0.0")
+
+
+async def test_11_other_namespaces_are_denied(tmp_path: Path, redis: Redis, redis_url: str) -> None:
+    path = write_policies(tmp_path, seed.document(seed.CROSS_SERVICE_RESTRICTIONS))
+    async with policed_sidecar(policy_settings(redis_url, path, namespace="app")) as running:
+        await expect_denied(
+            redis,
+            running.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
+            policy=keys.RUN_ALLOWED_NAMESPACES,
+            message="namespace 'payment' is not in policy.workflow.run.allowedNamespaces "
+            "(app, common) and is not this service's namespace 'app'",
+        )
+    # A billing service may reach `app` by the list, but the condition keeps it home.
+    async with policed_sidecar(policy_settings(redis_url, path, namespace="billing")) as running:
+        assert await run(running.stub, "billing.invoice.1.0.0")
+        await expect_denied(
+            redis,
+            running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
+            policy=keys.RUN_CONDITION,
+            message="`workflow.namespace == service.namespace || workflow.namespace == "
+            "'common'` is false",
+        )
+
+
+# -- 12. Timeout policies ----------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def timeouts(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[Policed]:
+    path = write_policies(tmp_path, seed.document(seed.TIMEOUT_POLICIES))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        yield running
+
+
+async def later_runner(policed: Policed, minutes: float) -> EngineRunner:
+    """A second engine on the same Redis whose clock reads `minutes` ahead."""
+    store = policed.sidecar.store
+    return EngineRunner(
+        store=store,
+        registry=WorkflowRegistry(store=store),
+        settings=FAST_ENGINE,
+        consumer="later",
+        clock=lambda: now_ms() + int(minutes * 60_000),
+    )
+
+
+async def test_12_instances_within_their_time_carry_on(timeouts: Policed, redis: Redis) -> None:
+    instance_id = await run(timeouts.stub, "user.onboarding.1.0.0")
+    await wait_for_status(timeouts.stub, instance_id, WAITING)
+    fields = await redis.hmget(f"okra:{{{instance_id}}}", ["deadline", "steptmo", "tmoact"])
+    created = int(await redis.hget(f"okra:{{{instance_id}}}", "created") or 0)
+    assert fields[0] is not None and int(fields[0]) == created + 60 * 60_000
+    assert (fields[1], fields[2]) == (b"300000", b"fail")
+    # Four minutes on, neither the step (5 minutes) nor the instance (60) has run out.
+    await (await later_runner(timeouts, 4)).run_turn(instance_id)
+    status = await timeouts.stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+    assert status.status == pb.WORKFLOW_STATUS_WAITING
+
+
+async def test_12_a_step_or_instance_out_of_time_fails(timeouts: Policed) -> None:
+    step = await run(timeouts.stub, "user.onboarding.1.0.0")
+    await wait_for_status(timeouts.stub, step, WAITING)
+    await (await later_runner(timeouts, 6)).run_turn(step)
+    failed = await timeouts.stub.GetStatus(pb.GetStatusRequest(instance_id=step))
+    assert failed.status == pb.WORKFLOW_STATUS_FAILED
+    assert failed.error.status == 408
+    assert "a step took longer than 300000 ms (policy.workflow.defaultTimeoutMs)" in (
+        failed.error.detail
+    )
+    whole = await run(timeouts.stub, "user.onboarding.1.0.0")
+    await wait_for_status(timeouts.stub, whole, WAITING)
+    await (await later_runner(timeouts, 61)).run_turn(whole)
+    failed = await timeouts.stub.GetStatus(pb.GetStatusRequest(instance_id=whole))
+    assert failed.status == pb.WORKFLOW_STATUS_FAILED
+    assert "ran longer than 60 minutes (policy.workflow.maxDurationMinutes)" in (
+        failed.error.detail
+    )
