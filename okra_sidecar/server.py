@@ -35,24 +35,24 @@ from okra_sidecar.engine.runner import EngineRunner
 from okra_sidecar.engine.scheduler import Scheduler
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
+from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
-from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
 from okra_sidecar.policy.cel import CelEngine
 from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.live import PolicyManager
+from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.policy_store import RedisPolicyStore
+from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.retention_store import RedisRetentionStore
 from okra_sidecar.store.schedule_store import RedisScheduleStore
 from okra_sidecar.telemetry import ClusterGauges, Telemetry
@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
 SCHEDULE_SERVICE_NAME = spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name
-TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
+TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
@@ -93,8 +93,8 @@ class Sidecar:
     gauge_task: asyncio.Task[None] | None = None
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
-    effects: EffectRuntime | None = None
     policies: PolicyManager | None = None
+    effects: EffectRuntime | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -106,9 +106,9 @@ class Sidecar:
             if loop is not None:
                 await loop.stop()
         await self.runner.stop(timeout_s=grace_s or 0.0)
-        if self.effects is not None:
         if self.policies is not None:
             await self.policies.stop()
+        if self.effects is not None:
             await self.effects.stop(timeout_s=grace_s or 0.0)
         if self.gauge_task is not None:
             self.gauge_task.cancel()
@@ -122,7 +122,6 @@ class Sidecar:
             await self.embedded.stop()
 
 
-def build_server(
 @dataclass
 class PolicyLayer:
     """Identity and policies: two interceptors, the admin api and the live policy set."""
@@ -177,14 +176,15 @@ def build_policy_layer(
     )
 
 
+def build_server(
     *,
     servicer: WorkflowHostServicer,
     health_servicer: health_aio.HealthServicer,
     schedules: ScheduleHostServicer | None = None,
     listen: str,
     telemetry: Telemetry | None = None,
-    task_worker: TaskWorkerServicer | None = None,
     policies: PolicyLayer | None = None,
+    task_worker: TaskWorkerServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, reflection and health, bound to `listen`."""
     # Interceptor order, outermost first: tracing and rpc metrics (so the span covers every
@@ -196,9 +196,9 @@ def build_policy_layer(
             TelemetryInterceptor(tracer=telemetry.tracer, metrics=telemetry.metrics)
         )
     interceptors.append(ErrorInterceptor())
-    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
     if policies is not None:
         interceptors += [policies.auth, policies.policy]
+    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if schedules is not None:
@@ -206,10 +206,10 @@ def build_policy_layer(
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if schedules is not None:
         services.append(SCHEDULE_SERVICE_NAME)
-    if task_worker is not None:
     if policies is not None:
         admin_pb_grpc.add_PolicyAdminServiceServicer_to_server(policies.admin, server)
         services.append(ADMIN_SERVICE_NAME)
+    if task_worker is not None:
         wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, server)
         services.append(TASK_WORKER_SERVICE)
     reflection.enable_server_reflection(services, server)
@@ -296,8 +296,8 @@ async def start_sidecar(
     client = aioredis.Redis.from_pool(pool)
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
-    admin: AdminServer | None = None
     policies: PolicyLayer | None = None
+    admin: AdminServer | None = None
     try:
         store = RedisStore(
             redis=client,
@@ -310,17 +310,17 @@ async def start_sidecar(
         if settings.workflows_dir is not None:
             definitions = read_directory(settings.workflows_dir)
             await registry.register(definitions)
-        runner = EngineRunner(
         policies = build_policy_layer(settings, client=client, store=store, registry=registry)
         await policies.manager.start()
+        runner = EngineRunner(
             store=store,
             registry=registry,
             settings=settings.engine,
             consumer=consumer,
             turns=telemetry.turns,
             clock=now_ms,
-        )
             on_failure=policies.alerts,
+        )
         scheduler = Scheduler(
             schedules=RedisScheduleStore(redis=client, keys=store.keys),
             store=store,
@@ -366,6 +366,7 @@ async def start_sidecar(
             ),
             listen=settings.server.listen,
             telemetry=telemetry,
+            policies=policies,
             task_worker=task_worker,
         )
         listen = scrape_listen(settings.telemetry)
@@ -374,7 +375,6 @@ async def start_sidecar(
             await admin.start()
         await runner.start()
         await scheduler.start()
-            policies=policies,
         await retention.start()
         await effects.start()
         await server.start()
@@ -384,6 +384,8 @@ async def start_sidecar(
         for loop in (scheduler, retention):
             if loop is not None:
                 await loop.stop()
+        if policies is not None:
+            await policies.manager.stop()
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
@@ -392,8 +394,6 @@ async def start_sidecar(
         raise
     watcher = asyncio.create_task(_watch_redis(store, health_servicer))
     gauge_task = None
-        if policies is not None:
-            await policies.manager.stop()
     if telemetry.meter_provider is not None:
         gauge_task = asyncio.create_task(
             telemetry.metrics.sample_forever(
@@ -416,6 +416,7 @@ async def start_sidecar(
         gauge_task=gauge_task,
         scheduler=scheduler,
         retention=retention,
+        policies=policies.manager,
         effects=effects,
     )
 
@@ -424,7 +425,6 @@ def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:
     host = settings.server.listen.rpartition(":")[0]
     address = f"{host}:{sidecar.port}"
     redis_line = (
-        policies=policies.manager,
         f"embedded redis-server, data in {settings.redis.data_dir / 'redis'}"
         if sidecar.embedded
         else sidecar.redis_url
