@@ -25,6 +25,7 @@ from okra_sidecar.engine.registry import WorkflowRegistry, semver_key
 from okra_sidecar.engine.starter import build_instance
 from okra_sidecar.engine.timing import FireTimes
 from okra_sidecar.errors import (
+    DefinitionError,
     FailedPreconditionError,
     InvalidInputError,
     NotFoundError,
@@ -47,7 +48,7 @@ from okra_sidecar.store.base import ScheduleStore, Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FiringAuthorizer", "Scheduler", "definition_spec"]
+__all__ = ["FiringAuthorizer", "Scheduler", "checked_definition_spec", "definition_spec"]
 
 MAX_STEPS_PER_SCHEDULE = 100
 SAVE_ATTEMPTS = 8
@@ -89,6 +90,23 @@ def definition_spec(definition: WorkflowDefinition) -> ScheduleSpec | None:
     return None
 
 
+def checked_definition_spec(definition: WorkflowDefinition) -> ScheduleSpec | None:
+    """definition_spec(), with its fire times checked.
+
+    Raises:
+        DefinitionError: the cron expression or duration cannot be used.
+    """
+    try:
+        spec = definition_spec(definition)
+        if spec is not None and spec.after_ms is None:
+            FireTimes(spec, anchor_ms=0)
+    except ValueError as exc:
+        schedule = definition.document.get("schedule") or {}
+        key = next((k for k in ("cron", "every", "after") if k in schedule), "")
+        raise DefinitionError(f"workflow {definition.id}", f"/schedule/{key}", str(exc)) from None
+    return spec
+
+
 def _fixed_duration_ms(value: Any) -> int:
     if isinstance(value, str) and not value.startswith("${"):
         return iso_duration_ms(value)
@@ -122,6 +140,10 @@ class Scheduler:
         self._authorize = authorize
         self._on_started = on_started
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def schedules(self) -> ScheduleStore:
+        return self._schedules
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -368,7 +390,7 @@ class Scheduler:
 
     async def _sync_one(self, definition: WorkflowDefinition) -> bool:
         schedule_id = definition_schedule_id(definition.key)
-        spec = definition_spec(definition)
+        spec = checked_definition_spec(definition)
         existing = await self._schedules.get(schedule_id)
         now = self._clock()
         if existing is not None:

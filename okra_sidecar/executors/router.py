@@ -33,8 +33,12 @@ class EventRouter:
         consumer: str,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
+        triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
     ) -> None:
         self._effects = effects
+        # Definitions' `schedule.on` event triggers (engine/event_triggers.py), offered every
+        # routed event after the listening instances.
+        self._triggers = triggers
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
         self._read_block_ms = read_block_ms
@@ -95,3 +99,5 @@ class EventRouter:
             filters = json.loads(record).get("filters") or []
             if subscription_matches(filters, event):
                 await self._effects.deliver(instance_id, dedup, event)
+        if self._triggers is not None:
+            await self._triggers(event)

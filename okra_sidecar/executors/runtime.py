@@ -3,8 +3,10 @@ together by the composition root (server.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from opentelemetry.trace import Tracer
@@ -45,6 +47,7 @@ class EffectRuntime:
         settings: Settings,
         consumer: str,
         tracer: Tracer | None = None,
+        triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         hosts = HostMap(settings.effects.http_hosts)
@@ -73,6 +76,7 @@ class EffectRuntime:
             consumer=consumer,
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,
+            triggers=triggers,
         )
         return cls(effects, http, openapi, grpc, dispatcher, router)
 

@@ -201,6 +201,10 @@ class ScheduleStore(Protocol):
 
     async def run_end(self, instance_id: str) -> PreviousRun | None: ...
 
+    async def collect_trigger_event(
+        self, workflow_key: str, *, index: int, needed: int, event: dict[str, Any]
+    ) -> list[dict[str, Any]] | None: ...
+
 
 class RetentionStore(Protocol):
     """Purges finished instances; RedisRetentionStore is the one implementation."""

@@ -152,3 +152,7 @@ class RedisKeys:
     def schedules_due(self) -> str:
         """Schedule ids scored by when a scheduler must next look at them."""
         return f"{self.prefix}schedules:due"
+
+    def trigger_events(self, workflow_key: str) -> str:
+        """Events collected so far for a definition's `schedule.on: all`, by filter index."""
+        return f"{self.prefix}trigger:{{{workflow_key}}}"

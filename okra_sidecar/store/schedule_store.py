@@ -48,6 +48,7 @@ class RedisScheduleStore:
         self.keys = keys
         self._save = redis.register_script(load_script("schedule_save"))
         self._delete = redis.register_script(load_script("schedule_delete"))
+        self._collect = redis.register_script(load_script("trigger_collect"))
 
     async def get(self, schedule_id: str) -> ScheduleRecord | None:
         with map_redis_errors():
@@ -139,3 +140,14 @@ class RedisScheduleStore:
             return None
         finished = InstanceStatus(_text(status)).finished
         return PreviousRun(finished=finished, finished_ms=int(completed) if completed else None)
+
+    async def collect_trigger_event(
+        self, workflow_key: str, *, index: int, needed: int, event: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """Add an event matching filter `index` of an `all` trigger; all events once complete."""
+        with map_redis_errors():
+            events: Any = await self._collect(
+                keys=[self.keys.trigger_events(workflow_key)],
+                args=[index, needed, json.dumps(event, separators=(",", ":"))],
+            )
+        return [json.loads(e) for e in events] if events else None

@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_process(redis_url: str, port: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "OKRA_CLAIM_IDLE_MS": "500", "OKRA_LOG_LEVEL": "WARNING"}
+async def start_process(
+    redis_url: str, port: int, *, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    environ = {
+        **os.environ,
+        "OKRA_CLAIM_IDLE_MS": "500",
+        "OKRA_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,7 +46,7 @@ async def start_process(redis_url: str, port: int) -> asyncio.subprocess.Process
         f"--listen=127.0.0.1:{port}",
         f"--redis-url={redis_url}",
         f"--workflows={WORKFLOWS_DIR}",
-        env=env,
+        env=environ,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=Path(__file__).parent.parent.parent,

@@ -17,7 +17,7 @@ from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.scheduler import Scheduler
-from okra_sidecar.errors import FailedPreconditionError, PolicyDeniedError
+from okra_sidecar.errors import DefinitionError, FailedPreconditionError, PolicyDeniedError
 from okra_sidecar.instances import InstanceRecord, QueryFilter
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,
@@ -313,3 +313,14 @@ def _definition(version: str, schedule: str | None) -> WorkflowDefinition:
         lines += ["schedule:", f"  {schedule}"]
     lines += ["do:", "  - mark:", "      set:", "        ticked: true"]
     return load_definition_text("\n".join(lines) + "\n", source=f"tick {version}")
+
+
+async def test_a_definition_with_an_unusable_cron_stops_the_sync(world: World) -> None:
+    broken = load_definition_text(
+        "document: {dsl: '1.0.0', namespace: sched, name: broken, version: '1.0.0'}\n"
+        "schedule: {cron: '61 * * * *'}\n"
+        "do: [{mark: {set: {ran: true}}}]\n",
+        source="broken.yaml",
+    )
+    with pytest.raises(DefinitionError, match=r"/schedule/cron: '61 \* \* \* \*' is not a valid"):
+        await world.scheduler().sync_definitions([broken])
