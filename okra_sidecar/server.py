@@ -29,6 +29,7 @@ from okra_sidecar.api.status import ErrorInterceptor
 from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
+from okra_sidecar.engine.event_triggers import EventTriggers
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
@@ -344,6 +345,13 @@ async def start_sidecar(
             settings=settings,
             consumer=consumer,
             tracer=telemetry.tracer,
+            triggers=EventTriggers(
+                store=store,
+                schedules=scheduler.schedules,
+                registry=registry,
+                host=settings.host,
+                clock=now_ms,
+            ).offer,
         )
         health_servicer = health_aio.HealthServicer()
         servicer = WorkflowHostServicer(
