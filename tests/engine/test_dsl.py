@@ -409,6 +409,88 @@ BROKEN: list[tuple[str, str, str]] = [
         "/timeout",
         "'timeout' must be {after: <duration>} or the name of a use.timeouts entry",
     ),
+    (
+        f"{DOC}\nuse: {{functions: {{a: {{call: b}}, b: {{call: a}}}}}}\n{SET}",
+        "/use/functions/b/call",
+        "function 'a' calls itself (a -> b -> a)",
+    ),
+    (
+        f"{DOC}\nuse: {{authentications: {{a: {{use: b}}}}}}\n{SET}",
+        "/use/authentications/a/use",
+        "an authentication defined in use.authentications cannot 'use' another one",
+    ),
+    (
+        f"{DOC}\ndo: [{{get: {{call: http, with: {{method: get, endpoint: {{uri: 'https://x', "
+        "authentication: {use: nope}}}}}]",
+        "/do/0/get/with/endpoint/authentication/use",
+        "'nope' is not an authentication defined in use.authentications",
+    ),
+    (
+        f"{DOC}\ndo: [{{get: {{call: http, with: {{method: get, endpoint: 'https://x', "
+        "verb: get}}}]",
+        "/do/0/get/with/verb",
+        "unknown property 'verb' in 'with'",
+    ),
+    (
+        f"{DOC}\ndo: [{{get: {{call: http, with: {{method: get, endpoint: 'https://x', "
+        "output: json}}}]",
+        "/do/0/get/with/output",
+        "'output' must be one of content, response, raw",
+    ),
+    (
+        f"{DOC}\ndo: [{{get: {{call: http, with: {{endpoint: 'https://x'}}}}}}]",
+        "/do/0/get/with",
+        "an http call needs 'method'",
+    ),
+    (
+        f"{DOC}\ndo: [{{g: {{call: grpc, with: {{proto: {{endpoint: 'file://a.proto'}}, "
+        "method: M, service: {name: S}}}}]",
+        "/do/0/g/with/service",
+        "'service' needs 'host', a string",
+    ),
+    (
+        f"{DOC}\ndo: [{{o: {{call: openapi, with: {{document: {{endpoint: 'https://x'}}}}}}}}]",
+        "/do/0/o/with",
+        "an openapi call needs 'operationId'",
+    ),
+    (
+        f"{DOC}\ndo: [{{e: {{emit: {{event: {{with: {{type: t}}}}}}}}}}]",
+        "/do/0/e/emit/event/with",
+        "an emitted event needs 'source', a string",
+    ),
+    (
+        f"{DOC}\ndo: [{{f: {{fork: {{branches: [{{a: {{set: {{a: 1}}}}}}], compete: yes}}}}}}]",
+        "/do/0/f/fork/compete",
+        "'compete' must be true or false",
+    ),
+    (
+        f"{DOC}\ndo: [{{t: {{try: [{{a: {{set: {{a: 1}}}}}}]}}}}]",
+        "/do/0/t",
+        "a 'try' task needs 'catch'",
+    ),
+    (
+        f"{DOC}\ndo: [{{t: {{try: [{{a: {{set: {{a: 1}}}}}}], catch: {{errors: {{with: "
+        "{status: '503'}}}}}]",
+        "/do/0/t/catch/errors/with/status",
+        "error filter 'status' must be an integer",
+    ),
+    (
+        f"{DOC}\ndo: [{{t: {{try: [{{a: {{set: {{a: 1}}}}}}], catch: {{retry: {{limit: "
+        "{attempt: {count: -1}}}}}}]",
+        "/do/0/t/catch/retry/limit/attempt/count",
+        "'count' must be a non-negative integer",
+    ),
+    (
+        f"{DOC}\ndo: [{{t: {{try: [{{a: {{set: {{a: 1}}}}}}], catch: {{retry: {{jitter: "
+        "{from: PT2S, to: PT1S}}}}}]",
+        "/do/0/t/catch/retry/jitter",
+        "'jitter.from' must not be longer than 'jitter.to'",
+    ),
+    (
+        f"{DOC}\ndo: [{{r: {{run: {{workflow: {{namespace: a, name: b}}}}}}}}]",
+        "/do/0/r/run/workflow",
+        "'workflow' needs 'version', a string",
+    ),
 ]
 
 

@@ -13,10 +13,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from okra_sidecar.engine.dsl import load_definition_text, parse_yaml
-from okra_sidecar.engine.interpreter import TurnOutcome
+from okra_sidecar.engine.interpreter import TurnOutcome, advance
 from okra_sidecar.errors import DefinitionError
 
-from .support import begin, run, signal, spec_dir
+from .support import T0, HttpFake, begin, drive, result_signal, run, signal, spec_dir
 from .test_ctk import parse_feature
 
 ACCEPTED = {
@@ -201,3 +201,99 @@ def test_example_wait_durations_agree() -> None:
     iso = begin(load_example("wait-duration-iso8601.yaml"))
     assert inline.wake_at_ms == iso.wake_at_ms
     assert inline.wake_at_ms is not None
+
+
+PET = "https://petstore.swagger.io/v2/pet"
+
+
+def test_example_try_catch_retry_reusable_retries_then_succeeds() -> None:
+    definition = load_example("try-catch-retry-reusable.yaml")
+    attempts: list[int] = []
+
+    def flaky(request: dict[str, Any]) -> tuple[int, Any]:
+        attempts.append(len(attempts))
+        return (503, None) if len(attempts) < 3 else (200, {"id": 1, "name": "Milou"})
+
+    fake = HttpFake({("GET", f"{PET}/1"): flaky})
+    result = drive(definition, {"petId": 1}, answer=fake.answer)
+    assert result.output == {"id": 1, "name": "Milou"}
+    assert len(attempts) == 3
+    retried = [e["time"] - T0 for e in result.history if e["type"] == "task.retried"]
+    assert retried == [3_000, 9_000]  # exponential backoff from a 3 s delay
+
+
+def test_example_try_catch_then_emits_and_skips_the_purchase() -> None:
+    definition = load_example("try-catch-then.yaml")
+    result = drive(definition, {"petId": 9}, answer=HttpFake().answer)
+    assert result.outcome is TurnOutcome.COMPLETED
+    assert result.context["error"]["status"] == 404
+    started = [e["task"] for e in result.history if e["type"] == "task.started"]
+    assert "/do/0/tryGetPet/catch/do/0/notifySupport" in started
+    assert "/do/1/buyPet" not in started
+
+
+def test_example_try_catch_swallows_a_404() -> None:
+    result = drive(load_example("try-catch.yaml"), {"petId": 9}, answer=HttpFake().answer)
+    assert result.output == {"petId": 9}
+
+
+def test_example_star_wars_homeworld_follows_the_exported_link() -> None:
+    planet = "https://swapi.dev/api/planets/1/"
+    fake = HttpFake(
+        {
+            ("GET", "https://swapi.dev/api/people/1"): (200, {"homeworld": planet}),
+            ("GET", planet): (200, {"name": "Tatooine"}),
+        }
+    )
+    result = drive(load_example("star-wars-homeworld.yaml"), {"id": 1}, answer=fake.answer)
+    assert result.output == {"name": "Tatooine"}
+    assert result.context == {"homeworld": planet}
+
+
+def test_example_for_listens_in_the_loop_and_its_output_as_fails_as_written() -> None:
+    definition = load_example("for.yaml")
+    result = begin(definition, {"pets": [{"id": 1}, {"id": 2}], "vet": "dr"})
+    assert result.current_step == "/do/0/checkup/do/0/waitForCheckup"
+    event = "com.fake.petclinic.pets.checkup.completed.v2"
+    inbox = [signal("1-0", event, {"vet": "dr", "pets": []})]
+    result = advance(definition, result.state, signals=inbox, now_ms=T0)
+    # A listen outputs the array of the events it consumed: `.pets` cannot index it.
+    assert result.error is not None
+    assert result.error["detail"] == (
+        'expression \'.pets + [{ "id": $pet.id }]\' failed: Cannot index array with string ("pets")'
+    )
+
+
+def test_example_fork_competes_two_calls() -> None:
+    definition = load_example("fork.yaml")
+    first = begin(definition, {"patient": {"fullName": "Ann"}, "room": {"number": 3}})
+    assert [e.request["uri"] for e in first.effects] == [
+        "https://fake-hospital.com/api/v3/alert/nurses",
+        "https://fake-hospital.com/api/v3/alert/doctor",
+    ]
+    assert first.effects[0].request["body"] == {"patientId": "Ann", "room": 3}
+    done = advance(
+        definition, first.state, signals=[result_signal("e2", value="doctor")], now_ms=T0
+    )
+    assert done.output == "doctor"
+
+
+def test_example_listen_forever_posts_each_event() -> None:
+    definition = load_example("listen-to-any-forever-foreach.yaml")
+    gossip = signal("1-0", "gossip", {"roomId": "r1", "g": 1})
+    first = begin(definition, signals=[gossip])
+    (effect,) = first.effects  # each event is the input of its iteration
+    assert effect.request["uri"] == "https://fake-chat-api.com/room/r1"
+    assert effect.request["body"] == {"event": {"roomId": "r1", "g": 1}}
+    after = advance(definition, first.state, signals=[result_signal("e1")], now_ms=T0)
+    assert after.outcome is TurnOutcome.WAITING
+    assert after.subscriptions == [{"task": "/do/0/listenToGossips", "with": {}}]
+
+
+def test_example_run_subflow_asks_for_the_child() -> None:
+    first = begin(load_example("run-subflow.yaml"), {"user": {"id": 1}})
+    (effect,) = first.effects
+    assert effect.request == {
+        "workflow": {"namespace": "test", "name": "register-customer", "version": "0.1.0"},
+        "input": {"customer": ".user"},  # strict mode: `.user` without ${ } is a string
+    }

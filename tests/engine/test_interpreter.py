@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from okra_sidecar import __version__
 from okra_sidecar.engine.interpreter import TurnOutcome, advance, start_state
 
@@ -505,3 +507,15 @@ def test_composite_timeout_names_the_composite() -> None:
     assert first.wake_at_ms == T0 + 5_000
     late = advance(definition, first.state, signals=(), now_ms=T0 + 6_000)
     assert late.error is not None and late.error["instance"] == "/do/0/phase"
+
+
+def test_a_version_1_state_goes_on_as_a_version_2_one() -> None:
+    definition = workflow("do: [{hold: {wait: PT1S}}, {after: {call: ping}}]")
+    waiting = begin(definition).state
+    old = {k: v for k, v in waiting.items() if k != "seq"}
+    old["v"] = 1
+    result = advance(definition, old, signals=(), now_ms=T0 + 1_000)
+    assert (result.state["v"], result.state["seq"]) == (2, 1)
+    assert [e.effect_id for e in result.effects] == ["e1"]
+    with pytest.raises(ValueError, match="unknown state version 3"):
+        advance(definition, {**waiting, "v": 3}, signals=(), now_ms=T0)
