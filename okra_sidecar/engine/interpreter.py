@@ -40,7 +40,7 @@ from okra_sidecar.engine.faults import WorkflowFaultError, problem, timeout_faul
 from okra_sidecar.engine.pointers import kind_of
 from okra_sidecar.engine.tasks import FlowDirective, ForSpec, SwitchCase, TaskNode, WorkflowPlan
 from okra_sidecar.engine.threads import awaited_effects, threads, wake_at
-from okra_sidecar.engine.turn import STATE_VERSION, truthy
+from okra_sidecar.engine.turn import STATE_VERSION, WorkflowEndedError, truthy
 from okra_sidecar.engine.waiting import WaitingTurn
 
 __all__ = [
@@ -171,7 +171,12 @@ class _Turn(CatchingTurn, WaitingTurn):
             if self.deadline is not None and self.deadline <= self.now:
                 self.changed = True
                 raise timeout_fault(self.deadline - self.state["startedAt"], _WORKFLOW_INSTANCE)
-            status = self.run_thread()
+            try:
+                status = self.run_thread()
+            except WorkflowEndedError as ended:
+                # Every other branch is abandoned: the workflow's output is the ending one's.
+                self.stack, self.slot, self.data = [], None, ended.data
+                status = _DONE
             if status == _DONE:
                 return self.complete_workflow()
         except WorkflowFaultError as fault:
@@ -417,7 +422,11 @@ class _Turn(CatchingTurn, WaitingTurn):
                 self.stack = [dict(f) for f in branch["stack"]]
                 self.data = branch["data"]
                 self.slot = branch["task"]
-                ran = self.run_thread()
+                self.forks += 1
+                try:
+                    ran = self.run_thread()
+                finally:
+                    self.forks -= 1
                 if ran == _DONE:
                     branches[index] = {"done": True, "output": self.data}
                     if compete:

@@ -26,7 +26,7 @@ from okra_sidecar.engine.faults import (
 from okra_sidecar.engine.pointers import kind_of
 from okra_sidecar.engine.tasks import FlowDirective, SchemaCheck, TaskNode, WorkflowPlan
 
-__all__ = ["STATE_VERSION", "TurnBase", "truthy"]
+__all__ = ["STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
 
 # 2: effects, fork branches, for/try/catch/foreach frames, `seq`. A version 1 state (no such
 # parts) reads as a version 2 one.
@@ -36,6 +36,14 @@ STATE_VERSION = 2
 def truthy(value: Any) -> bool:
     """jq's truth: everything but false and null."""
     return value is not None and value is not False
+
+
+class WorkflowEndedError(Exception):
+    """`then: end` in a fork branch: the whole workflow ends with the branch's data."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__("the workflow ended in a fork branch")
+        self.data = data
 
 
 class TurnBase:
@@ -69,6 +77,7 @@ class TurnBase:
         self.effects: list[Effect] = []
         self.unawaited: set[str] = set()  # effects nobody waits for: emits, unawaited runs
         self.next_task = ""  # the task a thread stopped before when the budget ran out
+        self.forks = 0  # how many fork branches deep the running thread is
         self.changed = False
         self._workflow: dict[str, Any] | None = None
         self._results: dict[str, Signal] | None = None
@@ -217,8 +226,10 @@ class TurnBase:
             frame["index"] = len(self.plan.lists[frame["list"]].tasks)
             if frame.get("kind") == "for":
                 frame["at"] = len(frame["items"])  # `exit` leaves the loop, not the iteration
-        else:  # end: finish the workflow (or the fork branch) now, composites included
+        else:  # end: finish the workflow now, composites (and forks around) included
             self.stack.clear()
+            if self.forks:
+                raise WorkflowEndedError(self.data)
 
     def snapshot(self, status: str, *, output: Any = None, error: Any = None) -> dict[str, Any]:
         state = dict(self.state)

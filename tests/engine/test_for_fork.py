@@ -377,3 +377,21 @@ def test_a_fork_timeout_abandons_its_branches() -> None:
     assert failed.error is not None
     assert (failed.error["status"], failed.error["instance"]) == (408, "/do/0/split")
     assert failed.consumed == ["result-e1"]
+
+
+def test_end_in_a_branch_ends_the_workflow_with_its_data() -> None:
+    definition = workflow(
+        """
+        do:
+          - split:
+              fork:
+                branches:
+                  - slow: {call: slow.work}
+                  - stop: {set: {stopped: true}, then: end}
+          - never: {set: {never: true}}
+        """
+    )
+    result = begin(definition)
+    assert result.outcome is TurnOutcome.COMPLETED
+    assert result.output == {"stopped": True}
+    assert result.effects == []  # the other branch's call was abandoned in the same turn
