@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.dsl import load_definition_text
-from okra_sidecar.errors import DefinitionError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
 
@@ -16,20 +13,9 @@ EVENTS_DIR = Path(__file__).parent / "events"
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
 
 
-def supported() -> None:
-    for path in EVENTS_DIR.glob("*.yaml"):
-        try:
-            load_definition_text(path.read_text(), source=path.name)
-        except DefinitionError as exc:
-            if "not support" in exc.problem:
-                pytest.skip(f"the engine does not run these tasks yet: {exc}")
-            raise
-
-
 async def test_emit_and_the_emit_rpc_reach_the_correlated_listener(
     redis: Redis, redis_url: str
 ) -> None:
-    supported()
     async with running_sidecar(make_settings(redis_url, workflows=EVENTS_DIR)) as (_, stub):
         listeners = {
             order: (

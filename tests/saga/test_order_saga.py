@@ -7,27 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.dsl import load_definition_text
-from okra_sidecar.errors import DefinitionError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.worker import TaskContext, TaskFailedError, TaskWorker
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value, wait_for_status
 
 SAGA_DIR = Path(__file__).resolve().parents[2] / "examples" / "saga"
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
-
-
-def saga_supported() -> None:
-    try:
-        load_definition_text((SAGA_DIR / "order-saga.yaml").read_text(), source="order-saga")
-    except DefinitionError as exc:
-        if "not support" in exc.problem:
-            pytest.skip(f"the engine does not run the saga's tasks yet: {exc}")
-        raise
 
 
 class Shop:
@@ -61,7 +49,6 @@ class Shop:
 
 @pytest_asyncio.fixture
 async def shop(redis: Redis, redis_url: str) -> AsyncIterator[tuple[Stub, Shop]]:
-    saga_supported()
     async with running_sidecar(make_settings(redis_url, workflows=SAGA_DIR)) as (sidecar, stub):
         worker = TaskWorker(target=f"127.0.0.1:{sidecar.port}", service="shop", heartbeat_s=0.5)
         state = Shop(worker)
