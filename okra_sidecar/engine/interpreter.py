@@ -75,6 +75,9 @@ class TurnOutcome(StrEnum):
     FAILED = "failed"
 
 
+_FINISHED = (TurnOutcome.COMPLETED, TurnOutcome.FAILED)
+
+
 @dataclass
 class TurnResult:
     """What a turn did.
@@ -485,27 +488,26 @@ class _Turn(CatchingTurn, WaitingTurn):
 
     def blocked(self) -> TurnResult:
         current = ""
+        for _, waiting in threads(self.stack, self.slot):
+            if waiting is not None:
+                current = waiting["ref"]
+                break
+        wake = wake_at(self.stack, self.slot, self.deadline)
+        return self.result(TurnOutcome.WAITING, current, wake_at_ms=wake)
+
+    def listening(self) -> list[dict[str, Any]]:
+        """The subscriptions of every listen still open in the threads (events.py)."""
         found: list[dict[str, Any]] = []
         nodes = self.plan.nodes
         for frames, waiting in threads(self.stack, self.slot):
-            if waiting is not None:
-                current = current or waiting["ref"]
-                node = nodes[waiting["ref"]]
-                if node.kind == "listen" and not waiting.get("done"):
-                    found.extend(
-                        subscriptions(node.reference, node.body.to, waiting.get("corr", {}))
-                    )
-            for frame in frames:
-                listen = frame.get("listen")
-                if listen is not None and not listen.get("done"):
-                    node = nodes[frame["task"]]
-                    found.extend(
-                        subscriptions(node.reference, node.body.to, listen.get("corr", {}))
-                    )
-        wake = wake_at(self.stack, self.slot, self.deadline)
-        result = self.result(TurnOutcome.WAITING, current, wake_at_ms=wake)
-        result.subscriptions = found
-        return result
+            listens = [] if waiting is None else [(waiting["ref"], waiting)]
+            listens.extend((f["task"], f["listen"]) for f in frames if "listen" in f)
+            for ref, listen in listens:
+                node = nodes[ref]
+                if node.kind == "listen" and not listen.get("done"):
+                    keys = listen.get("corr", {})
+                    found.extend(subscriptions(node.reference, node.body.to, keys))
+        return found
 
     def fail(self, fault: WorkflowFaultError) -> TurnResult:
         self.changed = True
@@ -553,6 +555,7 @@ class _Turn(CatchingTurn, WaitingTurn):
             history=self.history,
             changed=self.changed,
             effects=effects,
+            subscriptions=[] if outcome in _FINISHED else self.listening(),
         )
 
 

@@ -270,3 +270,62 @@ def test_bad_listens_are_refused(listen: str, path: str, problem: str) -> None:
     with pytest.raises(DefinitionError) as caught:
         workflow(f"do: [{{l: {listen}}}]")
     assert (caught.value.path, caught.value.problem) == (path, problem)
+
+
+def test_a_running_turn_keeps_the_subscriptions_of_open_listens() -> None:
+    definition = workflow(
+        """
+        do:
+          - split:
+              fork:
+                branches:
+                  - wait: {listen: {to: {one: {with: {type: go}}}}}
+                  - busy: {do: [{a: {set: {a: 1}}}, {b: {set: {b: 1}}}, {c: {set: {c: 1}}}]}
+        """
+    )
+    running = begin(definition, max_steps=3)
+    assert running.outcome is TurnOutcome.RUNNING
+    assert running.subscriptions == [
+        {"task": "/do/0/split/fork/branches/0/wait", "with": {"type": "go"}}
+    ]
+
+
+def test_correlated_events_run_foreach_one_by_one() -> None:
+    definition = workflow(
+        """
+        do:
+          - collect:
+              listen:
+                to:
+                  any:
+                    - with: {type: line}
+                      correlate: {order: {from: .data.order, expect: '${ .id }'}}
+                  until: '${ length == 2 }'
+              foreach:
+                item: line
+                do: [{price: {call: pricing.quote, with: {sku: '${ $line.sku }'}}}]
+                output: {as: .price}
+        """
+    )
+    first = begin(definition, {"id": "o-1"})
+    inbox = [
+        signal("1-0", "line", {"order": "o-2", "sku": "x"}),
+        signal("2-0", "line", {"order": "o-1", "sku": "a"}),
+        signal("3-0", "line", {"order": "o-1", "sku": "b"}),
+    ]
+    quoting = advance(definition, first.state, signals=inbox, now_ms=T0)
+    assert quoting.consumed == ["2-0", "3-0"]
+    prices = []
+    result = quoting
+    while result.outcome is TurnOutcome.WAITING:
+        (effect,) = result.effects
+        prices.append(effect.request["arguments"]["sku"])
+        value = {"price": len(prices) * 10}
+        result = advance(
+            definition,
+            result.state,
+            signals=[result_signal(effect.effect_id, value=value)],
+            now_ms=T0,
+        )
+    assert prices == ["a", "b"]
+    assert result.output == [10, 20]
