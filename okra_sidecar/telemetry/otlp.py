@@ -10,14 +10,18 @@ sidecar makes, so the wire format stays the collector's.
 
 from __future__ import annotations
 
+import logging
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanContext
+
+logger = logging.getLogger(__name__)
 
 # SpanFlags: bit 8 says bit 9 is known; bit 9 says the parent (or linked span) is remote.
 HAS_IS_REMOTE = 0x100
@@ -166,40 +170,165 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def _group_key(span: ReadableSpan) -> tuple[int, Any]:
+    return id(span.resource), span.instrumentation_scope or None
+
+
+def _request_bytes(groups: dict[tuple[int, Any], tuple[Any, list[bytes]]]) -> bytes:
+    """ExportTraceServiceRequest bytes from encoded Span fields grouped by resource and scope."""
+    by_resource: dict[int, tuple[Any, list[bytes]]] = {}
+    for (resource_id, scope), (resource, spans) in groups.items():
+        scope_bytes = b""
+        if scope is not None:
+            scope_bytes = (
+                _text(1, scope.name) + _text(2, scope.version) + _attributes(3, scope.attributes)
+            )
+        schema = _text(3, scope.schema_url) if scope is not None else b""
+        scope_spans = _field(2, _field(1, scope_bytes) + b"".join(spans) + schema)
+        by_resource.setdefault(resource_id, (resource, []))[1].append(scope_spans)
+    out = []
+    for resource, scopes in by_resource.values():
+        body = _field(1, _attributes(1, resource.attributes)) + b"".join(scopes)
+        out.append(_field(1, body + _text(3, resource.schema_url)))
+    return b"".join(out)
+
+
 def encode_spans_bytes(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialized ExportTraceServiceRequest for `spans`, grouped by resource and scope."""
-    groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
+    groups: dict[tuple[int, Any], tuple[Any, list[bytes]]] = {}
     for span in spans:
-        _, scopes = groups.setdefault(id(span.resource), (span.resource, {}))
-        scopes.setdefault(span.instrumentation_scope or None, []).append(_field(2, _span(span)))
-    out = []
-    for resource, scopes in groups.values():
-        body = [_field(1, _attributes(1, resource.attributes))]
-        for scope, encoded in scopes.items():
-            scope_bytes = b""
-            if scope is not None:
-                scope_bytes = (
-                    _text(1, scope.name)
-                    + _text(2, scope.version)
-                    + _attributes(3, scope.attributes)
-                )
-            schema = _text(3, scope.schema_url) if scope is not None else b""
-            body.append(_field(2, _field(1, scope_bytes) + b"".join(encoded) + schema))
-        body.append(_text(3, resource.schema_url))
-        out.append(_field(1, b"".join(body)))
-    return b"".join(out)
+        groups.setdefault(_group_key(span), (span.resource, []))[1].append(_field(2, _span(span)))
+    return _request_bytes(groups)
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest.FromString(encode_spans_bytes(spans))
 
 
+class EncodedBatch:
+    """Spans already encoded as an ExportTraceServiceRequest; its length is the span count."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data = data
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class FastGrpcSpanExporter(OTLPSpanExporter):
     """The stock OTLP/gRPC span exporter (transport, retries, TLS, headers and compression
-    as OTEL_EXPORTER_OTLP_* configure them) with the byte-level encoder."""
+    as OTEL_EXPORTER_OTLP_* configure them) with the byte-level encoder; it also takes an
+    EncodedBatch, which EncodingSpanProcessor hands it."""
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+        if isinstance(data, EncodedBatch):
+            return ExportTraceServiceRequest.FromString(data.data)
         return encode_spans(data)
 
 
-__all__ = ["FastGrpcSpanExporter", "encode_spans", "encode_spans_bytes"]
+class EncodingSpanProcessor(SpanProcessor):
+    """A batch processor that encodes each span as it ends, on the thread that ended it.
+
+    The stock BatchSpanProcessor encodes whole batches on its export thread, which then holds
+    the GIL for milliseconds at a time and stalls the event loop that serves calls. Here the
+    loop encodes a span in a few microseconds when it ends, and the export thread only joins
+    bytes and sends them (gRPC releases the GIL while it waits). Spans beyond `max_queue`
+    waiting for export are dropped, as the stock processor drops them.
+    """
+
+    def __init__(
+        self,
+        exporter: FastGrpcSpanExporter,
+        *,
+        schedule_delay_s: float = 1.0,
+        max_batch: int = 512,
+        max_queue: int = 16384,
+    ) -> None:
+        self._exporter = exporter
+        self._delay_s = schedule_delay_s
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._lock = threading.Condition()
+        self._groups: dict[tuple[int, Any], tuple[Any, list[bytes]]] = {}
+        self._count = 0
+        self._dropped = 0
+        self._flushes = 0  # requests to export now, served by the worker
+        self._flushed = 0
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run, name="okra-otlp-export", daemon=True)
+        self._worker.start()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
+        encoded = _field(2, _span(span))
+        with self._lock:
+            if self._count >= self._max_queue:
+                self._dropped += 1
+                return
+            self._groups.setdefault(_group_key(span), (span.resource, []))[1].append(encoded)
+            self._count += 1
+            if self._count >= self._max_batch:
+                self._lock.notify()
+
+    def _take(self) -> EncodedBatch | None:
+        if not self._count:
+            return None
+        batch = EncodedBatch(_request_bytes(self._groups), self._count)
+        self._groups = {}
+        self._count = 0
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                idle = self._flushed >= self._flushes and self._count < self._max_batch
+                if idle and not self._stopping:
+                    self._lock.wait(self._delay_s)
+                batch = self._take()
+                stopping, flushes = self._stopping, self._flushes
+            if batch is not None:
+                try:
+                    self._exporter.export(batch)  # type: ignore[arg-type]  # see _translate_data
+                except Exception:
+                    logger.exception("could not export %d spans", batch.count)
+            with self._lock:
+                self._flushed = max(self._flushed, flushes)
+                self._lock.notify_all()
+                if stopping and not self._count:
+                    return
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        with self._lock:
+            self._flushes += 1
+            target = self._flushes
+            self._lock.notify_all()
+            return self._lock.wait_for(
+                lambda: self._flushed >= target or not self._worker.is_alive(),
+                timeout_millis / 1000,
+            )
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._worker.join(timeout=30)
+        if self._dropped:
+            logger.warning("dropped %d spans: the export queue was full", self._dropped)
+        self._exporter.shutdown()
+
+
+__all__ = [
+    "EncodedBatch",
+    "EncodingSpanProcessor",
+    "FastGrpcSpanExporter",
+    "encode_spans",
+    "encode_spans_bytes",
+]

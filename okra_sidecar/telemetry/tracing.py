@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from okra_sidecar.config import TelemetrySettings
+from okra_sidecar.telemetry.otlp import EncodingSpanProcessor, FastGrpcSpanExporter
 
 TRACER_NAME = "okra_sidecar"
 
@@ -259,8 +260,6 @@ def build_span_exporter(settings: TelemetrySettings) -> SpanExporter | None:
     protocol = settings.otlp_traces_protocol or settings.otlp_protocol
     endpoint = settings.otlp_traces_endpoint
     if protocol == "grpc":
-        from okra_sidecar.telemetry.otlp import FastGrpcSpanExporter
-
         return FastGrpcSpanExporter(endpoint=endpoint or settings.otlp_endpoint)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
@@ -292,7 +291,9 @@ def build_tracer_provider(
         # The sidecar shuts its provider down itself, in order; no handler per provider.
         shutdown_on_exit=False,
     )
-    if exporter is not None:
+    if isinstance(exporter, FastGrpcSpanExporter):
+        provider.add_span_processor(EncodingSpanProcessor(exporter))
+    elif exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     for processor in processors:
         provider.add_span_processor(processor)
