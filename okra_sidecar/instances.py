@@ -80,6 +80,8 @@ class NewInstance:
     deadline_ms: int | None = None
     step_timeout_ms: int | None = None
     timeout_action: str = ""
+    # What set deadline_ms when it was not the policy: `maxInstanceDuration` (the config).
+    deadline_source: str = ""
     parent: ParentLink | None = None
 
     @property

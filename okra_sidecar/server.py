@@ -49,7 +49,9 @@ from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
 from okra_sidecar.policy.cel import CelEngine
 from okra_sidecar.policy.evaluator import PolicyEvaluator
+from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
+from okra_sidecar.policy.model import current_identity
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.policy_store import RedisPolicyStore
@@ -133,6 +135,8 @@ class PolicyLayer:
     admin: PolicyAdminServicer
     audit: AuditLog
     alerts: FailureAlerts
+    # Schedule firings and event triggers go through the run policies too.
+    firings: PolicyFiringAuthorizer
 
 
 def build_policy_layer(
@@ -174,6 +178,7 @@ def build_policy_layer(
         ),
         audit=audit,
         alerts=FailureAlerts(policies=manager, audit=audit),
+        firings=PolicyFiringAuthorizer(evaluator=evaluator),
     )
 
 
@@ -329,6 +334,7 @@ async def start_sidecar(
             host=settings.host,
             settings=settings.schedule,
             clock=now_ms,
+            authorize=policies.firings,
         )
         await scheduler.sync_definitions(definitions)
         retention = RetentionKeeper(
@@ -351,6 +357,7 @@ async def start_sidecar(
                 registry=registry,
                 host=settings.host,
                 clock=now_ms,
+                authorize=policies.firings,
             ).offer,
         )
         health_servicer = health_aio.HealthServicer()
@@ -370,7 +377,12 @@ async def start_sidecar(
             servicer=servicer,
             health_servicer=health_servicer,
             schedules=ScheduleHostServicer(
-                scheduler=scheduler, registry=registry, settings=settings.host
+                scheduler=scheduler,
+                registry=registry,
+                settings=settings.host,
+                # The schedule keeps its creator's claims: firings run as that caller.
+                owner=lambda: current_identity().claims,
+                authorize=policies.firings,
             ),
             listen=settings.server.listen,
             telemetry=telemetry,

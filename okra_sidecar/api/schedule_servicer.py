@@ -16,7 +16,7 @@ from okra_sidecar.api.convert import (
 )
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.scheduler import Scheduler
+from okra_sidecar.engine.scheduler import FiringAuthorizer, Scheduler
 from okra_sidecar.engine.timing import CronExpression, TimingError, parse_time_zone
 from okra_sidecar.errors import InvalidInputError
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
@@ -77,8 +77,8 @@ def no_owner() -> Mapping[str, Any]:
 class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
     """Checks each request, then hands it to the scheduler.
 
-    `owner` returns the verified claims of the caller (empty without a bearer token): firings
-    go through the run policies as that caller.
+    `owner` returns the verified claims of the caller (empty without a bearer token): the
+    schedule is checked by the run policies as a Run by that caller now, and so is each firing.
     """
 
     def __init__(
@@ -88,7 +88,9 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
         registry: WorkflowRegistry,
         settings: HostSettings,
         owner: Callable[[], Mapping[str, Any]] = no_owner,
+        authorize: FiringAuthorizer | None = None,
     ) -> None:
+        self._authorize = authorize
         self._scheduler = scheduler
         self._registry = registry
         self._settings = settings
@@ -126,6 +128,11 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
         registered = await self._registry.resolve(request.workflow_id)
         data = value_to_python(request.input) if request.HasField("input") else {}
         rules.check_input_schema(data, registered.input_validator)
+        owner = self._owner()
+        if self._authorize is not None:
+            await self._authorize(
+                owner=owner, workflow_id=registered.definition.id, workflow_input=data
+            )
         spec = ScheduleSpec(
             workflow_id=request.workflow_id,
             input=data,
@@ -137,9 +144,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
             catch_up=CATCH_UP_FROM_PB[request.catch_up_policy],
             tags=tags,
         )
-        record = await self._scheduler.create(
-            spec, owner=self._owner(), request_id=request.request_id
-        )
+        record = await self._scheduler.create(spec, owner=owner, request_id=request.request_id)
         return spb.TriggerWorkflowResponse(schedule_id=record.schedule_id)
 
     async def ListSchedules(

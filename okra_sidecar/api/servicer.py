@@ -18,12 +18,12 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
-from okra_sidecar.engine.interpreter import start_state
 from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.starter import build_instance, deadline_fields
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
-from okra_sidecar.instances import NewInstance, QueryFilter
+from okra_sidecar.instances import QueryFilter
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.policy.model import RunLimits, current_grant
@@ -116,32 +116,29 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         else:
             instance_id = str(uuid.uuid4())
         created_us = time.time_ns() // 1000
-        state = start_state(
-            definition, instance_id=instance_id, workflow_input=data, now_ms=created_us // 1000
-        )
         tracing.annotate(instance_id=instance_id)
         # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
         limits = current_grant().run_limits
         max_active, active_policy = _active_limit(self._settings.max_concurrent_instances, limits)
-        created_ms = created_us // 1000
         await self._store.create_instance(
-            NewInstance(
+            build_instance(
+                definition,
                 instance_id=instance_id,
-                workflow_id=definition.id,
-                input=data,
+                workflow_input=data,
+                created_us=created_us,
                 correlation_id=request.correlation_id,
                 tags=tags,
-                state=state,
-                created_us=created_us,
                 # Turns on any sidecar continue the trace of this Run.
                 trace_context=tracing.dump_carrier(tracing.current_carrier()),
-                deadline_ms=None
-                if limits.max_duration_ms is None
-                else created_ms + limits.max_duration_ms,
                 step_timeout_ms=limits.step_timeout_ms,
                 timeout_action=limits.timeout_action
                 if limits.max_duration_ms or limits.step_timeout_ms
                 else "",
+                **deadline_fields(
+                    created_ms=created_us // 1000,
+                    policy_max_ms=limits.max_duration_ms,
+                    config_max_s=self._settings.max_instance_duration_s,
+                ),
             ),
             max_active=max_active,
             limit_policy=active_policy,

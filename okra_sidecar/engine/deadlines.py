@@ -3,9 +3,11 @@
 Two limits are fixed on an instance when it is created, from the policy set that allowed the
 Run: a deadline for the whole instance (`policy.workflow.maxDurationMinutes`) and a timeout for
 each step it blocks in (`policy.workflow.defaultTimeoutMs`, for steps whose definition sets no
-`timeout` of its own). Each commit arms a timer for the nearer of them; the turn that finds one
-passed applies `policy.workflow.timeoutAction`: `fail` the instance with a timeout error,
-`cancel` it, or `continue` (record the event, keep going, and warn again a step timeout later).
+`timeout` of its own). The sidecar's `maxInstanceDuration` sets the same deadline when it is the
+tighter one (the instance records which: `deadline_source`). Each commit arms a timer for the
+nearer of them; the turn that finds one passed applies `policy.workflow.timeoutAction`: `fail`
+the instance with a timeout error, `cancel` it, or `continue` (record the event, keep going,
+and warn again a step timeout later).
 Nothing here does I/O.
 """
 
@@ -18,6 +20,8 @@ from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 from okra_sidecar.store.base import TurnCommit, TurnSnapshot
 
 MAX_DURATION_POLICY = "policy.workflow.maxDurationMinutes"
+# The sidecar's own limit (WorkflowHostAPIConfig.maxInstanceDuration) uses the same deadline.
+MAX_INSTANCE_DURATION = "maxInstanceDuration"
 STEP_TIMEOUT_POLICY = "policy.workflow.defaultTimeoutMs"
 TIMEOUT_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
 EXCEEDED_EVENT = "workflow.timeoutExceeded"
@@ -32,10 +36,13 @@ class Expiry:
     action: str
 
     def describe(self) -> str:
-        if self.policy == MAX_DURATION_POLICY:
-            return (
-                f"the instance ran longer than {self.limit_ms / 60_000:g} minutes ({self.policy})"
+        if self.policy != STEP_TIMEOUT_POLICY:
+            length = (
+                f"{self.limit_ms / 60_000:g} minutes"
+                if self.limit_ms % 60_000 == 0
+                else f"{self.limit_ms / 1000:g} s"
             )
+            return f"the instance ran longer than {length} ({self.policy})"
         return f"a step took longer than {self.limit_ms} ms ({self.policy})"
 
 
@@ -64,7 +71,8 @@ def expired(snapshot: TurnSnapshot, definition: Any, now_ms: int) -> Expiry | No
     if snapshot.deadline_ms is not None and now_ms >= snapshot.deadline_ms:
         state_started = snapshot.state.get("startedAt")
         started = int(state_started) if isinstance(state_started, int) else snapshot.deadline_ms
-        return Expiry(MAX_DURATION_POLICY, snapshot.deadline_ms - started, action)
+        source = snapshot.deadline_source or MAX_DURATION_POLICY
+        return Expiry(source, snapshot.deadline_ms - started, action)
     deadline = step_deadline(snapshot, definition)
     if deadline is not None and now_ms >= deadline:
         return Expiry(STEP_TIMEOUT_POLICY, snapshot.step_timeout_ms or 0, action)
@@ -97,7 +105,7 @@ def timeout_commit(snapshot: TurnSnapshot, expiry: Expiry, now_ms: int) -> TurnC
             now_ms=now_ms,
             # The deadline is spent; a step's clock restarts, so it warns again later.
             step_started_ms=now_ms if expiry.policy == STEP_TIMEOUT_POLICY else None,
-            clear_deadline=expiry.policy == MAX_DURATION_POLICY,
+            clear_deadline=expiry.policy != STEP_TIMEOUT_POLICY,
         )
     if expiry.action == "cancel":
         return TurnCommit(
@@ -117,7 +125,7 @@ def timeout_commit(snapshot: TurnSnapshot, expiry: Expiry, now_ms: int) -> TurnC
     error = {
         "type": TIMEOUT_ERROR_TYPE,
         "status": 408,
-        "title": "Timed out by policy",
+        "title": "Timed out" if expiry.policy == MAX_INSTANCE_DURATION else "Timed out by policy",
         "detail": expiry.describe(),
         "instance": snapshot.current_step or "/",
     }
@@ -167,6 +175,7 @@ def has_policy_timeouts(snapshot: TurnSnapshot) -> bool:
 __all__ = [
     "EXCEEDED_EVENT",
     "MAX_DURATION_POLICY",
+    "MAX_INSTANCE_DURATION",
     "STEP_TIMEOUT_POLICY",
     "TIMEOUT_ERROR_TYPE",
     "Expiry",

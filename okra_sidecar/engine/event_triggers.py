@@ -23,8 +23,10 @@ from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.dsl import WorkflowDefinition
 from okra_sidecar.engine.registry import WorkflowRegistry, semver_key
 from okra_sidecar.engine.routing import subscription_matches
-from okra_sidecar.engine.starter import build_instance
+from okra_sidecar.engine.scheduler import FiringAuthorizer
+from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import OkraError, StoreUnavailableError
+from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import ScheduleStore, Store
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,9 @@ class EventTriggers:
         host: HostSettings,
         clock: Callable[[], int] = now_ms,
         refresh_s: float = REFRESH_S,
+        authorize: FiringAuthorizer | None = None,
     ) -> None:
+        self._authorize = authorize
         self._store = store
         self._schedules = schedules
         self._registry = registry
@@ -140,15 +144,24 @@ class EventTriggers:
         tags = {TRIGGER_TAG: "event", EVENT_TAG: str(events[-1].get("id", ""))[:256]}
         try:
             registered = await self._registry.get(definition.id)
+            limits = RunLimits()
+            if self._authorize is not None:
+                # Triggers belong to the sidecar's own service: no caller's claims.
+                limits = await self._authorize(
+                    owner={}, workflow_id=definition.id, workflow_input=events
+                )
             new = build_instance(
                 registered.definition,
                 instance_id=instance_id,
                 workflow_input=events,
                 created_us=now * 1000,
                 tags=tags,
+                **timeout_fields(
+                    limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
+                ),
             )
             return await self._store.create_instance(
-                new, max_active=self._host.max_concurrent_instances
+                new, **admission(self._host.max_concurrent_instances, limits)
             )
         except StoreUnavailableError:
             raise

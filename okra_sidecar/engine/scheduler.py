@@ -22,7 +22,7 @@ from okra_sidecar.engine.dsl import WorkflowDefinition
 from okra_sidecar.engine.durations import iso_duration_ms, parse_duration
 from okra_sidecar.engine.firing import decide, first_fire
 from okra_sidecar.engine.registry import WorkflowRegistry, semver_key
-from okra_sidecar.engine.starter import build_instance
+from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
 from okra_sidecar.engine.timing import FireTimes
 from okra_sidecar.errors import (
     DefinitionError,
@@ -32,6 +32,7 @@ from okra_sidecar.errors import (
     OkraError,
     StoreUnavailableError,
 )
+from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,
     REQUEST_ID_NAMESPACE,
@@ -60,14 +61,15 @@ def now_ms() -> int:
 
 
 class FiringAuthorizer(Protocol):
-    """Decides whether a schedule may start its workflow, as the caller who created it.
+    """Decides a firing as a Run by the schedule's owner (policy/firing.py).
 
-    Raises an OkraError (a policy denial, a limit) to refuse the firing.
+    Returns the limits the Run would get; raises an OkraError (a policy denial, a limit) to
+    refuse the firing.
     """
 
     async def __call__(
-        self, *, owner: Mapping[str, Any], definition: WorkflowDefinition, workflow_input: Any
-    ) -> None: ...
+        self, *, owner: Mapping[str, Any], workflow_id: str, workflow_input: Any
+    ) -> RunLimits: ...
 
 
 def definition_spec(definition: WorkflowDefinition) -> ScheduleSpec | None:
@@ -245,10 +247,11 @@ class Scheduler:
                         f"the schedule's input does not match {registered.definition.id}'s "
                         f"input schema: {error.message}"
                     )
+            limits = RunLimits()
             if self._authorize is not None:
-                await self._authorize(
+                limits = await self._authorize(
                     owner=record.owner,
-                    definition=registered.definition,
+                    workflow_id=registered.definition.id,
                     workflow_input=spec.input,
                 )
             instance_id = firing_instance_id(record, fire_ms)
@@ -260,9 +263,12 @@ class Scheduler:
                 workflow_input=spec.input,
                 created_us=now * 1000,
                 tags=tags,
+                **timeout_fields(
+                    limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
+                ),
             )
             created = await self._store.create_instance(
-                new, max_active=self._host.max_concurrent_instances
+                new, **admission(self._host.max_concurrent_instances, limits)
             )
         except StoreUnavailableError:
             raise

@@ -5,11 +5,59 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from okra_sidecar.engine.deadlines import MAX_INSTANCE_DURATION
 from okra_sidecar.engine.dsl import WorkflowDefinition
 from okra_sidecar.engine.interpreter import start_state
 from okra_sidecar.instances import NewInstance
+from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
+from okra_sidecar.policy.model import RunLimits
 
-__all__ = ["build_instance"]
+__all__ = ["admission", "build_instance", "deadline_fields", "timeout_fields"]
+
+
+def admission(configured_max_active: int, limits: RunLimits) -> dict[str, Any]:
+    """create_instance's limits: the tighter of maxConcurrentInstances and the policy's, each
+    named, and the policy's per-workflow limit."""
+    if limits.max_active and (
+        not configured_max_active or limits.max_active < configured_max_active
+    ):
+        max_active, policy = limits.max_active, limits.max_active_policy
+    else:
+        max_active = configured_max_active
+        policy = "maxConcurrentInstances" if configured_max_active else ""
+    return {
+        "max_active": max_active,
+        "limit_policy": policy,
+        "max_per_workflow": limits.max_per_workflow,
+        "workflow_limit_policy": MAX_INSTANCES_PER_WORKFLOW,
+    }
+
+
+def timeout_fields(
+    limits: RunLimits, *, created_ms: int, config_max_s: float | None
+) -> dict[str, Any]:
+    """NewInstance's timeouts: the instance deadline, the step timeout and what ends them."""
+    fields = deadline_fields(
+        created_ms=created_ms, policy_max_ms=limits.max_duration_ms, config_max_s=config_max_s
+    )
+    if limits.step_timeout_ms is not None:
+        fields["step_timeout_ms"] = limits.step_timeout_ms
+    if limits.max_duration_ms or limits.step_timeout_ms:
+        fields["timeout_action"] = limits.timeout_action
+    return fields
+
+
+def deadline_fields(
+    *, created_ms: int, policy_max_ms: int | None, config_max_s: float | None
+) -> dict[str, Any]:
+    """NewInstance's deadline: the tighter of the policy's maxDurationMinutes and the sidecar's
+    maxInstanceDuration (named in `deadline_source`, so the timeout error says which)."""
+    config_ms = None if config_max_s is None else int(config_max_s * 1000)
+    if config_ms is not None and (policy_max_ms is None or config_ms < policy_max_ms):
+        return {"deadline_ms": created_ms + config_ms, "deadline_source": MAX_INSTANCE_DURATION}
+    if policy_max_ms is not None:
+        return {"deadline_ms": created_ms + policy_max_ms}
+    return {}
 
 
 def build_instance(

@@ -45,6 +45,7 @@ class TurnSnapshot:
     deadline_ms: int | None = None
     step_timeout_ms: int | None = None
     timeout_action: str = ""
+    deadline_source: str = ""
     current_step: str = ""
     step_started_ms: int = 0
 

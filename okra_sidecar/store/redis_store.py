@@ -242,6 +242,8 @@ class RedisStore:
             fields += ["steptmo", str(new.step_timeout_ms)]
         if new.timeout_action:
             fields += ["tmoact", new.timeout_action]
+        if new.deadline_source:
+            fields += ["dlsrc", new.deadline_source]
         workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         child = "0"
@@ -482,11 +484,11 @@ class RedisStore:
                     keys.instance(instance_id),
                     *("wf", "status", "rev", "state", "ikey", "otel"),
                     *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                    *("parent", "peffect", "subs"),
+                    *("parent", "peffect", "subs", "dlsrc"),
                 )
                 pipe.xrange(keys.inbox(instance_id), count=1000)
                 (wf, status, rev, state, ikey, otel, *more), inbox = await pipe.execute()
-        deadline, step_timeout, action, step, step_at, parent, peffect, subs = more
+        deadline, step_timeout, action, step, step_at, parent, peffect, subs, source = more
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -501,6 +503,7 @@ class RedisStore:
             deadline_ms=int(deadline) if deadline else None,
             step_timeout_ms=int(step_timeout) if step_timeout else None,
             timeout_action=_text(action),
+            deadline_source=_text(source),
             current_step=_text(step),
             step_started_ms=int(step_at or 0),
             parent_id=_text(parent),

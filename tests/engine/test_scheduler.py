@@ -19,6 +19,7 @@ from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.scheduler import Scheduler
 from okra_sidecar.errors import DefinitionError, FailedPreconditionError, PolicyDeniedError
 from okra_sidecar.instances import InstanceRecord, QueryFilter
+from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,
     SCHEDULE_TAG,
@@ -220,12 +221,10 @@ async def test_paused_schedules_do_not_fire_and_resume_from_now(world: World) ->
 
 
 async def test_a_refused_firing_is_skipped_with_the_reason(world: World) -> None:
-    async def deny(
-        *, owner: Mapping[str, Any], definition: WorkflowDefinition, workflow_input: Any
-    ) -> None:
+    async def deny(*, owner: Mapping[str, Any], workflow_id: str, workflow_input: Any) -> RunLimits:
         assert owner == {"sub": "reports-service"}
         raise PolicyDeniedError(
-            f"Run of {definition.id} denied", policy="policy.workflow.run.blocked"
+            f"Run of {workflow_id} denied", policy="policy.workflow.run.blocked"
         )
 
     scheduler = world.scheduler(authorize=deny)
