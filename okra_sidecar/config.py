@@ -170,7 +170,7 @@ class PolicySettings:
     env: dict[str, str] = field(default_factory=dict)
     admin_claim: str = "okra_policy_admin"
     audit_max_length: int = 100_000
-    watch_interval_s: float = 1.0
+    watch_interval_s: float = 0.5  # how often the policy file is checked for changes
 
 
 @dataclass(frozen=True)

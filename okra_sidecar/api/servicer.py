@@ -65,7 +65,8 @@ def _active_limit(configured: int, limits: RunLimits) -> tuple[int, str]:
     """The tighter of the sidecar's maxConcurrentInstances and the policy's, and its name."""
     if limits.max_active and (not configured or limits.max_active < configured):
         return limits.max_active, limits.max_active_policy
-    return configured, "maxConcurrentInstances (sidecar config)" if configured else ""
+    # The sidecar's own setting is named by its config key, as the seed's config spells it.
+    return configured, "maxConcurrentInstances" if configured else ""
 
 
 def _caller_workflow(context: Context) -> str:
@@ -168,7 +169,12 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             **tracing.event_trace_fields(),
         }
         duplicate = await self._store.signal(
-            request.instance_id, signal_id=signal_id, event=event, now_ms=sent
+            request.instance_id,
+            signal_id=signal_id,
+            event=event,
+            now_ms=sent,
+            # Applied only if the status the policy decided on still holds.
+            expect_status=current_grant().expected_status,
         )
         if not duplicate:
             self._metrics.signal_delivered()
@@ -226,7 +232,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_instance_id(request.instance_id)
         _check_text(request.reason, "reason", MAX_REASON)
         workflow_id = await self._store.cancel(
-            request.instance_id, reason=request.reason, now_ms=now_ms()
+            request.instance_id,
+            reason=request.reason,
+            now_ms=now_ms(),
+            expect_status=current_grant().expected_status,
         )
         self._metrics.instance_finished(workflow_id, "cancelled")
         return pb.CancelResponse()

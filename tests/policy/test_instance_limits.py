@@ -1,0 +1,77 @@
+"""Instance limits under concurrency: admitted atomically, freed when an instance finishes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+from redis.asyncio import Redis
+
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.policy import document as keys
+from tests.helpers import expect_rpc_error, wait_for_status
+from tests.policy import seed
+from tests.policy.support import (
+    denied_by,
+    policed_sidecar,
+    policy_settings,
+    run,
+    write_policies,
+)
+
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def attempt(stub: object, workflow_id: str) -> str | None:
+    """Run, returning the instance id, or None when a limit refused it."""
+    try:
+        return await run(stub, workflow_id)  # type: ignore[arg-type]
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == EXHAUSTED, exc.details()
+        assert denied_by(exc) == keys.MAX_CONCURRENT_INSTANCES
+        return None
+
+
+async def test_200_concurrent_runs_against_50_admit_exactly_50(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.INSTANCE_LIMITS))
+    async with policed_sidecar(policy_settings(redis_url, path)) as running:
+        stub = running.stub
+        results = await asyncio.gather(
+            *(attempt(stub, "user.onboarding.1.0.0") for _ in range(200))
+        )
+        admitted = [r for r in results if r is not None]
+        assert len(admitted) == 50
+        assert await redis.get("okra:active") == b"50"
+        assert await redis.get("okra:active:wf:user.onboarding") == b"50"
+        assert await redis.zcard("okra:idx:all") == 50
+        # One more is refused, with the limit named.
+        assert await attempt(stub, "user.onboarding.1.0.0") is None
+
+        # A finished instance frees its slot: one completes, one is cancelled.
+        await wait_for_status(stub, admitted[0], {pb.WORKFLOW_STATUS_WAITING})
+        await stub.Signal(pb.SignalRequest(instance_id=admitted[0], signal="approved"))
+        await wait_for_status(stub, admitted[0], {pb.WORKFLOW_STATUS_COMPLETED})
+        await stub.Cancel(pb.CancelRequest(instance_id=admitted[1], reason="make room"))
+        assert await redis.get("okra:active") == b"48"
+        again = await asyncio.gather(*(attempt(stub, "user.onboarding.1.0.0") for _ in range(10)))
+        assert sum(r is not None for r in again) == 2
+
+
+async def test_the_sidecar_config_limit_applies_when_tighter(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.INSTANCE_LIMITS))
+    settings = policy_settings(redis_url, path, max_active=3)
+    async with policed_sidecar(settings) as running:
+        for _ in range(3):
+            await run(running.stub, "user.onboarding.1.0.0")
+        error = await expect_rpc_error(
+            running.stub.Run(pb.RunRequest(workflow_id="user.onboarding.1.0.0")), EXHAUSTED
+        )
+        assert denied_by(error) == "maxConcurrentInstances"
+        assert "the limit of 3 concurrent instances (maxConcurrentInstances) is reached" in (
+            error.details() or ""
+        )
