@@ -131,7 +131,6 @@ class Scheduler:
         settings: ScheduleSettings,
         clock: Callable[[], int] = now_ms,
         authorize: FiringAuthorizer | None = None,
-        on_started: Callable[[str], None] | None = None,
     ) -> None:
         self._schedules = schedules
         self._store = store
@@ -140,7 +139,6 @@ class Scheduler:
         self._settings = settings
         self._clock = clock
         self._authorize = authorize
-        self._on_started = on_started
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -267,7 +265,8 @@ class Scheduler:
                     limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
                 ),
             )
-            created = await self._store.create_instance(
+            # False when another sidecar created this firing's instance first: it is the same.
+            await self._store.create_instance(
                 new, **admission(self._host.max_concurrent_instances, limits)
             )
         except StoreUnavailableError:
@@ -275,8 +274,6 @@ class Scheduler:
         except OkraError as exc:
             logger.warning("schedule %s skipped its firing: %s", record.schedule_id, exc)
             return "", str(exc)[:ERROR_TEXT_LIMIT]
-        if created and self._on_started is not None:
-            self._on_started(registered.definition.id)
         return instance_id, ""
 
     # -- the api's operations -----------------------------------------------------------------
