@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
+from okra_sidecar.api.chain import InterceptorChain
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
 from okra_sidecar.api.task_worker import TaskWorkerServicer
@@ -204,7 +205,8 @@ def build_server(
     interceptors.append(ErrorInterceptor())
     if policies is not None:
         interceptors += [policies.auth, policies.policy]
-    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    # One chain composes the layers once per method (see InterceptorChain for why).
+    server = grpc.aio.server(interceptors=[InterceptorChain(interceptors)], options=GRPC_OPTIONS)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if schedules is not None:

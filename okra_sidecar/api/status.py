@@ -117,6 +117,11 @@ def _guard(behavior: Behavior) -> Behavior:
             if isinstance(exc, PolicyDeniedError):
                 tracing.note_policy_denial(exc.policy)
             await context.abort(code, message, status_metadata(code, message, exc))
+        except grpc.aio.AbortError:
+            raise  # an inner layer already chose the status
+        except NotImplementedError:
+            # e.g. grpcio's async health servicer has no List
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this rpc is not implemented")
         except Exception as exc:
             logger.exception("unexpected error")
             tracing.record_error(exc, server_fault=True)
