@@ -22,9 +22,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from okra_sidecar.api.admin import PolicyAdminServicer
+from okra_sidecar.api.chain import InterceptorChain
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
-from okra_sidecar.api.chain import InterceptorChain
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
 from okra_sidecar.api.task_worker import TaskWorkerServicer
