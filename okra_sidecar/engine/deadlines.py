@@ -79,7 +79,23 @@ def expired(snapshot: TurnSnapshot, definition: Any, now_ms: int) -> Expiry | No
     return None
 
 
-def timeout_commit(snapshot: TurnSnapshot, expiry: Expiry, now_ms: int) -> TurnCommit:
+def _next_wake(snapshot: TurnSnapshot, expiry: Expiry, definition: Any, now_ms: int) -> int | None:
+    """After `continue`: the restarted step clock, and whichever limit is still pending."""
+    wakes = []
+    if expiry.policy == STEP_TIMEOUT_POLICY:
+        wakes.append(now_ms + (snapshot.step_timeout_ms or 0))
+        if snapshot.deadline_ms is not None:
+            wakes.append(snapshot.deadline_ms)
+    else:
+        step = step_deadline(snapshot, definition)
+        if step is not None:
+            wakes.append(step)
+    return min(wakes) if wakes else None
+
+
+def timeout_commit(
+    snapshot: TurnSnapshot, expiry: Expiry, now_ms: int, definition: Any = None
+) -> TurnCommit:
     """What the timed-out turn writes, per `expiry.action`."""
     event = {
         "type": EXCEEDED_EVENT,
@@ -99,7 +115,7 @@ def timeout_commit(snapshot: TurnSnapshot, expiry: Expiry, now_ms: int) -> TurnC
             output=None,
             error=None,
             consumed=[],
-            wake_at_ms=None,
+            wake_at_ms=_next_wake(snapshot, expiry, definition, now_ms),
             requeue=False,
             history=[event],
             now_ms=now_ms,

@@ -201,7 +201,7 @@ class EngineRunner:
                 # Policy timeouts (maxDurationMinutes, defaultTimeoutMs) come before the turn.
                 expiry = deadlines.expired(snapshot, definition, now)
                 if expiry is not None:
-                    commit = deadlines.timeout_commit(snapshot, expiry, now)
+                    commit = deadlines.timeout_commit(snapshot, expiry, now, definition)
                     committed = await self._store.commit_turn(snapshot, commit)
                     outcome = _PolicyTimeout(commit)
                     turn.finish(outcome, committed=committed, status=commit.status.value)

@@ -20,6 +20,7 @@ from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
+from okra_sidecar.telemetry import Telemetry
 from tests.helpers import (
     Stub,
     make_settings,
@@ -89,8 +90,10 @@ class Policed:
 
 
 @asynccontextmanager
-async def policed_sidecar(settings: Settings) -> AsyncIterator[Policed]:
-    async with running_sidecar(settings) as (sidecar, stub):
+async def policed_sidecar(
+    settings: Settings, *, telemetry: Telemetry | None = None
+) -> AsyncIterator[Policed]:
+    async with running_sidecar(settings, telemetry=telemetry) as (sidecar, stub):
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}")
         try:
             yield Policed(sidecar, stub, admin_pb_grpc.PolicyAdminServiceStub(channel))
