@@ -28,8 +28,9 @@ from prometheus_client import CollectorRegistry
 from okra_sidecar import __version__
 from okra_sidecar.config import TelemetrySettings
 from okra_sidecar.telemetry.metrics import METER_NAME, SidecarMetrics
-from okra_sidecar.telemetry.tracing import TRACER_NAME, build_tracer_provider
-from okra_sidecar.telemetry.turns import SpanSink, TurnTracer
+from okra_sidecar.telemetry.spans import LiteTracer, SpanSink
+from okra_sidecar.telemetry.tracing import TRACER_NAME, build_sampler, build_tracer_provider
+from okra_sidecar.telemetry.turns import TurnTracer
 
 DEFAULT_SERVICE_NAME = "okra-sidecar"
 PROMETHEUS_DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -104,13 +105,7 @@ class Telemetry:
 
     @property
     def turns(self) -> TurnTracer:
-        sink = None
-        if self.tracer_provider is not None and self.span_processor is not None:
-            sink = SpanSink(
-                emit=self.span_processor.on_end,
-                resource=self.tracer_provider.resource,
-                scope=InstrumentationScope(TRACER_NAME, __version__),
-            )
+        sink = self.tracer.sink if isinstance(self.tracer, LiteTracer) else None
         return TurnTracer(tracer=self.tracer, metrics=self.metrics, sink=sink)
 
     @classmethod
@@ -144,11 +139,17 @@ class Telemetry:
         meter_provider = (
             MeterProvider(resource=resource, metric_readers=readers) if readers else None
         )
-        tracer = (
-            tracer_provider.get_tracer(TRACER_NAME, __version__)
-            if tracer_provider is not None
-            else None
-        )
+        tracer = None
+        if tracer_provider is not None and span_processor is not None:
+            # Our spans go straight to the provider's processors (see telemetry/spans.py).
+            tracer = LiteTracer(
+                sampler=build_sampler(settings),
+                sink=SpanSink(
+                    emit=span_processor.on_end,
+                    resource=resource,
+                    scope=InstrumentationScope(TRACER_NAME, __version__),
+                ),
+            )
         metrics = SidecarMetrics(
             meter_provider.get_meter(METER_NAME, __version__) if meter_provider else None
         )

@@ -13,22 +13,19 @@ retried after a revision race reports its tasks once.
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 
 from okra_sidecar.telemetry import tracing
 from okra_sidecar.telemetry.metrics import SidecarMetrics
+from okra_sidecar.telemetry.spans import SpanSink, new_span_id
 
 NS_PER_MS = 1_000_000
 TASK_END_EVENTS = {"task.completed": "completed", "task.faulted": "faulted"}
@@ -78,20 +75,6 @@ class TurnOutput(Protocol):
 
     @property
     def outcome(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SpanSink:
-    """Where finished task spans go: the provider's processors, its resource and scope.
-
-    Task spans are made as finished ReadableSpans and handed to the processors directly:
-    the interpreter has already run them, so the SDK's live-span machinery (locks, bounded
-    attributes, sampling again under a parent that decided) would only add cost.
-    """
-
-    emit: Callable[[ReadableSpan], None]
-    resource: Resource
-    scope: InstrumentationScope
 
 
 class TurnScope:
@@ -202,7 +185,7 @@ class TurnScope:
                     name=tracing.TASK_SPAN.format(task=name),
                     context=SpanContext(
                         turn.trace_id,
-                        _new_span_id(),
+                        new_span_id(),
                         is_remote=False,
                         trace_flags=turn.trace_flags,
                         trace_state=turn.trace_state,
@@ -217,10 +200,6 @@ class TurnScope:
                     instrumentation_scope=sink.scope,
                 )
             )
-
-
-def _new_span_id() -> int:
-    return random.getrandbits(64) or 1
 
 
 class TurnTracer:
@@ -275,4 +254,4 @@ class TurnTracer:
             span.end()
 
 
-__all__ = ["SpanSink", "TurnScope", "TurnTracer"]
+__all__ = ["TurnScope", "TurnTracer"]
