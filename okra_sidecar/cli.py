@@ -12,7 +12,13 @@ from pathlib import Path
 from okra_sidecar import __version__
 from okra_sidecar.config import ConfigError, Settings
 from okra_sidecar.engine.registry import read_directory
-from okra_sidecar.errors import AlreadyExistsError, DefinitionError, StoreUnavailableError
+from okra_sidecar.errors import (
+    AlreadyExistsError,
+    DefinitionError,
+    PolicyLoadError,
+    StoreUnavailableError,
+)
+from okra_sidecar.policy.auth import AuthConfigError
 from okra_sidecar.telemetry.logs import setup_logging
 
 
@@ -122,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(settings))
-    except (DefinitionError, AlreadyExistsError) as exc:
+    except (DefinitionError, AlreadyExistsError, PolicyLoadError, AuthConfigError) as exc:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
         return 1
     except StoreUnavailableError as exc:
