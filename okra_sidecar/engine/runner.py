@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from okra_sidecar.config import EngineSettings
@@ -170,8 +170,8 @@ class EngineRunner:
         batch = [first]
         try:
             while batch:
-                await self.run_turn(instance_id, work=batch)
-                await self._store.ack_work(batch)
+                if not await self.run_turn(instance_id, work=batch):
+                    await self._store.ack_work(batch)
                 batch = self._inflight.get(instance_id) or []
                 self._inflight[instance_id] = []
         except StoreUnavailableError as exc:
@@ -182,17 +182,21 @@ class EngineRunner:
         finally:
             self._inflight.pop(instance_id, None)
 
-    async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> None:
-        """Carry one instance forward until it blocks or ends, retrying on a revision race."""
+    async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> bool:
+        """Carry one instance forward until it blocks or ends, retrying on a revision race.
+
+        Returns True when the turn's commit also acknowledged `work`.
+        """
+        acks = tuple(item.entry_id for item in work or ())
         due = [item.due_ms for item in work or () if item.due_ms is not None]
         timer_fired = bool(due)
         for _ in range(MAX_COMMIT_ATTEMPTS):
             started_ns = time.time_ns()
             snapshot = await self._store.load_turn(instance_id)
             if snapshot is None or snapshot.status.finished:
-                return
+                return False
             if snapshot.status is InstanceStatus.SUSPENDED:
-                return
+                return False
             # Each attempt is a span in the Run's trace, current while it runs.
             with self._turn_telemetry.turn(snapshot, started_ns=started_ns, due_ms=due) as turn:
                 due = []
@@ -201,13 +205,15 @@ class EngineRunner:
                 # Policy timeouts (maxDurationMinutes, defaultTimeoutMs) come before the turn.
                 expiry = deadlines.expired(snapshot, definition, now)
                 if expiry is not None:
-                    commit = deadlines.timeout_commit(snapshot, expiry, now, definition)
+                    commit = replace(
+                        deadlines.timeout_commit(snapshot, expiry, now, definition), acks=acks
+                    )
                     committed = await self._store.commit_turn(snapshot, commit)
                     outcome = _PolicyTimeout(commit)
                     turn.finish(outcome, committed=committed, status=commit.status.value)
                     if committed:
                         await self._after_commit(snapshot, commit)
-                        return
+                        return True
                     continue
                 interpreting_ns = time.time_ns()
                 result = await self._advance(snapshot, now)
@@ -215,15 +221,16 @@ class EngineRunner:
                 # A timer that fired early took the policy timer with it: commit to re-arm it.
                 rearm = timer_fired and deadlines.has_policy_timeouts(snapshot)
                 if not result.changed and result.wake_at_ms is None and not rearm:
-                    return
+                    return False
                 commit = self._to_commit(result, now, snapshot)
-                commit = deadlines.arm(commit, snapshot, definition)
+                commit = replace(deadlines.arm(commit, snapshot, definition), acks=acks)
                 committed = await self._store.commit_turn(snapshot, commit)
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
                     await self._after_commit(snapshot, commit)
-                    return
+                    return True
         logger.warning("instance %s kept changing under its turn; requeued", instance_id)
+        return False
 
     async def _definition_of(self, snapshot: TurnSnapshot) -> Any:
         try:

@@ -558,6 +558,8 @@ class RedisStore:
                     dumps([dumps(e) for e in commit.history]),
                     snapshot.index_member,
                     extras,
+                    dumps(list(commit.acks)) if commit.acks else "",
+                    ENGINE_GROUP,
                 ],
             )
         return int(applied) == 1

@@ -4,7 +4,8 @@
 --       the finished-time index (FINISHED_INDEX).
 -- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
 --       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
---       index member, extras (JSON, or '' when the turn has none; see below).
+--       index member, extras (JSON, or '' when the turn has none; see below), work entry ids
+--       to acknowledge (JSON, or ''), the engine's consumer group.
 -- Finishing frees the instance's slots: the active counter and its workflow's ('wfc').
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'wfc')
 if cur[1] ~= ARGV[2] then
@@ -22,6 +23,11 @@ if ARGV[6] ~= '' then
 end
 if ARGV[7] == '1' then
   redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+end
+if ARGV[11] and ARGV[11] ~= '' then
+  local acks = cjson.decode(ARGV[11])
+  redis.call('XACK', KEYS[4], ARGV[12], unpack(acks))
+  redis.call('XDEL', KEYS[4], unpack(acks))
 end
 local old, new = cur[2], ARGV[4]
 if old ~= new then
