@@ -30,6 +30,8 @@ class AuditSink(Protocol):
 
     async def append_audit(self, record: dict[str, Any]) -> None: ...
 
+    async def flush_audit(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class ServiceIdentity:
@@ -105,6 +107,10 @@ class AuditLog:
             record["subject"] = identity.subject
             record["issuer"] = identity.issuer
         return record
+
+    async def flush(self) -> None:
+        """Wait until every record handed to the sink is stored."""
+        await self._sink.flush_audit()
 
     async def decision(
         self, level: str, call: Call, *, allowed: bool, policy: str = "", message: str = ""

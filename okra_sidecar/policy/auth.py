@@ -10,6 +10,7 @@ never be used as an HMAC secret.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from okra_sidecar.errors import UnauthenticatedError
 from okra_sidecar.policy.model import ANONYMOUS, Identity
 
 ASYMMETRIC = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
+VERIFIED_CACHE_SIZE = 4096
 
 
 class AuthConfigError(ValueError):
@@ -67,6 +69,7 @@ class TokenVerifier:
         self._settings = settings
         self._keys = _load_keys(settings)
         self.required = settings.mode == "required"
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     @property
     def configured(self) -> bool:
@@ -90,7 +93,23 @@ class TokenVerifier:
             raise UnauthenticatedError(
                 "the authorization metadata must be `Bearer <JWT>`; nothing else is accepted"
             )
-        return Identity(claims=self.verify(token.strip()))
+        return self._identity_for(token.strip())
+
+    def _identity_for(self, token: str) -> Identity:
+        # A token verified once is the same token until it expires: keep its Identity (and the
+        # CEL form of its claims) rather than checking its signature on every call.
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, expires = cached
+            if time.time() < expires:
+                return identity
+            del self._verified[token]
+        identity = Identity(claims=self.verify(token))
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        expires = float(identity.claims["exp"]) + self._settings.leeway_s
+        self._verified[token] = (identity, expires)
+        return identity
 
     def verify(self, token: str) -> dict[str, Any]:
         settings = self._settings

@@ -53,6 +53,7 @@ class CelProgram:
     source: str
     runner: celpy.Runner
     env_names: frozenset[str] = frozenset()  # the `env.X` names it reads
+    roots: frozenset[str] = frozenset()  # the top-level names it reads (request, workflow...)
 
     def evaluate(self, activation: Mapping[str, celtypes.Value]) -> bool:
         """True or False; anything else (an error, a non-bool) raises CelEvaluationError."""
@@ -117,8 +118,10 @@ class CelEngine:
             runner = self._env.program(tree)
         except (CELEvalError, CELUnsupportedError, ValueError, TypeError) as exc:
             raise CelCompileError(f"cannot be compiled: {describe_error(exc)}") from None
-        read_env = frozenset(p[1] for p in _paths(tree) if p[0] == "env" and len(p) > 1)
-        return CelProgram(source=source, runner=runner, env_names=read_env)
+        paths = list(_paths(tree))
+        read_env = frozenset(p[1] for p in paths if p[0] == "env" and len(p) > 1)
+        read_roots = frozenset(p[0] for p in paths)
+        return CelProgram(source=source, runner=runner, env_names=read_env, roots=read_roots)
 
 
 def to_cel(data: Any) -> celtypes.Value:

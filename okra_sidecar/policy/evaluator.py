@@ -12,6 +12,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn, Protocol
 
+from celpy.celtypes import MapType, StringType
+
 from okra_sidecar.errors import PolicyDeniedError, ResourceExhaustedError
 from okra_sidecar.policy import document as keys
 from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
@@ -27,6 +29,9 @@ from okra_sidecar.policy.model import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUERY_LIMIT = 100
+WORKFLOW_CACHE_SIZE = 1024
+ALL_ROOTS = frozenset({"request", "workflow", "instance"})
+METHOD, AUTH, CLAIMS, METADATA = (StringType(k) for k in ("method", "auth", "claims", "metadata"))
 
 
 class PolicyHolder(Protocol):
@@ -78,6 +83,7 @@ class PolicyEvaluator:
             "env": to_cel(dict(env)),
         }
         self._env_set = frozenset(env)
+        self._workflows: dict[WorkflowRef, Any] = {}
 
     @property
     def policies(self) -> PolicySet:
@@ -297,31 +303,39 @@ class PolicyEvaluator:
 
     # -- shared steps --------------------------------------------------------------------------
 
-    def _activation(self, call: Call) -> dict[str, Any]:
-        request = {
-            "method": call.method,
-            "auth": {"claims": call.identity.claims},
-            "metadata": dict(call.metadata),
-        }
-        activation = {
-            **self._static,
-            "request": to_cel(request),
-            "workflow": to_cel((call.workflow or NO_WORKFLOW).to_activation()),
-        }
-        if call.instance is not None:
+    def _activation(self, call: Call, roots: frozenset[str] = ALL_ROOTS) -> dict[str, Any]:
+        """The CEL activation, with only the `roots` the conditions read, converted once."""
+        activation: dict[str, Any] = dict(self._static)
+        if "request" in roots:
+            activation["request"] = MapType(
+                {
+                    METHOD: StringType(call.method),
+                    AUTH: MapType({CLAIMS: call.identity.cel_claims}),
+                    METADATA: to_cel(dict(call.metadata)),
+                }
+            )
+        if "workflow" in roots:
+            activation["workflow"] = self._workflow_activation(call.workflow or NO_WORKFLOW)
+        if call.instance is not None and "instance" in roots:
             activation["instance"] = to_cel(call.instance.to_activation())
         return activation
+
+    def _workflow_activation(self, workflow: WorkflowRef) -> Any:
+        cached = self._workflows.get(workflow)
+        if cached is None:
+            if len(self._workflows) >= WORKFLOW_CACHE_SIZE:
+                self._workflows.clear()
+            cached = self._workflows[workflow] = to_cel(workflow.to_activation())
+        return cached
 
     async def _check_conditions(
         self, call: Call, policies: PolicySet, condition_keys: tuple[str, ...]
     ) -> None:
-        activation: dict[str, Any] | None = None
-        for key in condition_keys:
-            program = policies.condition(key)
-            if program is None:
-                continue
-            if activation is None:
-                activation = self._activation(call)
+        programs = [(k, p) for k in condition_keys if (p := policies.condition(k)) is not None]
+        if not programs:
+            return
+        activation = self._activation(call, frozenset().union(*(p.roots for _, p in programs)))
+        for key, program in programs:
             try:
                 allowed = program.evaluate(activation)
             except CelEvaluationError as exc:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESYNC_INTERVAL_S = 5.0
+AUDIT_FLUSH_TIMEOUT_S = 5.0
 
 
 class PolicyChangeFeed(Protocol):
@@ -132,6 +133,10 @@ class PolicyManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        try:
+            await asyncio.wait_for(self._audit.flush(), timeout=AUDIT_FLUSH_TIMEOUT_S)
+        except (TimeoutError, StoreUnavailableError) as exc:
+            logger.warning("audit records not all written at shutdown: %r", exc)
 
     # -- changes --------------------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+from okra_sidecar.policy.cel import to_cel
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,11 @@ class Identity:
 
     def describe(self) -> str:
         return self.subject or ("an authenticated caller" if self.claims else "anonymous")
+
+    @cached_property
+    def cel_claims(self) -> Any:
+        """The claims as CEL values, converted once per identity (identities are cached)."""
+        return to_cel(self.claims)
 
 
 ANONYMOUS = Identity()

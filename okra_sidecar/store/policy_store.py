@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,12 +15,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from okra_sidecar.errors import InvalidInputError
+from okra_sidecar.errors import InvalidInputError, StoreUnavailableError
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import map_redis_errors
 from okra_sidecar.store.scripts import load_script
 
 MAX_AUDIT_PAGE = 1000
+MAX_AUDIT_QUEUE = 10_000
+AUDIT_RETRY_S = 1.0
+logger = logging.getLogger(__name__)
 AUDIT_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -79,6 +83,8 @@ class RedisPolicyStore:
         self.keys = keys
         self._audit_max_length = audit_max_length
         self._gcra = redis.register_script(load_script("gcra"))
+        self._audit_queue: list[str] = []
+        self._audit_writer: asyncio.Task[None] | None = None
         self._set = redis.register_script(load_script("policy_set"))
 
     # -- the policy set ---------------------------------------------------------------------
@@ -149,19 +155,50 @@ class RedisPolicyStore:
     # -- audit ------------------------------------------------------------------------------
 
     async def append_audit(self, record: dict[str, Any]) -> None:
-        """Add a record to the capped audit stream (trimmed approximately, as XADD allows)."""
-        with map_redis_errors():
-            await self.redis.xadd(
-                self.keys.audit,
-                {"r": json.dumps(record, separators=(",", ":"), default=str)},
-                maxlen=self._audit_max_length,
-                approximate=True,
-            )
+        """Queue a record for the capped audit stream; a background task writes the queue.
+
+        Records are written in batches, one pipeline per batch, so auditing every call costs a
+        call no round trip of its own. A record reaches Redis within milliseconds; one queued
+        when the process dies abruptly is lost (see docs/policies.md).
+        """
+        self._audit_queue.append(json.dumps(record, separators=(",", ":"), default=str))
+        if self._audit_writer is None or self._audit_writer.done():
+            self._audit_writer = asyncio.create_task(self._write_audit(), name="okra-audit")
+
+    async def _write_audit(self) -> None:
+        while self._audit_queue:
+            batch, self._audit_queue = self._audit_queue, []
+            try:
+                with map_redis_errors():
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for entry in batch:
+                            # Trimmed approximately (whole stream nodes), as XADD allows.
+                            pipe.xadd(
+                                self.keys.audit,
+                                {"r": entry},
+                                maxlen=self._audit_max_length,
+                                approximate=True,
+                            )
+                        await pipe.execute()
+            except StoreUnavailableError as exc:
+                # Keep the newest records for the next attempt; Redis is back within seconds
+                # or the sidecar reports NOT_SERVING anyway.
+                self._audit_queue[:0] = batch[-MAX_AUDIT_QUEUE:]
+                logger.warning("audit records wait for Redis (%d queued): %s", len(batch), exc)
+                await asyncio.sleep(AUDIT_RETRY_S)
+
+    async def flush_audit(self) -> None:
+        """Wait until every queued audit record is in Redis."""
+        while self._audit_queue or (self._audit_writer and not self._audit_writer.done()):
+            if self._audit_writer is None or self._audit_writer.done():
+                self._audit_writer = asyncio.create_task(self._write_audit(), name="okra-audit")
+            await asyncio.shield(self._audit_writer)
 
     async def list_audit(self, *, limit: int, before: str = "") -> list[AuditEntry]:
         """Newest first; `before` is an entry id from a previous page (exclusive)."""
         if before and not AUDIT_ID_RE.match(before):
             raise InvalidInputError.for_field("cursor", "is not a cursor from a previous page")
+        await self.flush_audit()
         upper = f"({before}" if before else "+"
         with map_redis_errors():
             entries: Any = await self.redis.xrevrange(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -20,7 +21,7 @@ async def set_policies(policed: Policed, text: str) -> None:
 
 
 async def history_types(redis: Redis, instance_id: str) -> list[str]:
-    entries = await redis.xrange(f"okra:{{{instance_id}}}:history")
+    entries: Any = await redis.xrange(f"okra:{{{instance_id}}}:history")
     return [json.loads(fields[b"e"])["type"] for _, fields in entries]
 
 
