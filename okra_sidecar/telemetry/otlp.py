@@ -244,7 +244,7 @@ class EncodingSpanProcessor(SpanProcessor):
         exporter: FastGrpcSpanExporter,
         *,
         schedule_delay_s: float = 1.0,
-        max_batch: int = 512,
+        max_batch: int = 2048,
         max_queue: int = 16384,
     ) -> None:
         self._exporter = exporter
