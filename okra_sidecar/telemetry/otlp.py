@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 logger = logging.getLogger(__name__)
 
@@ -117,56 +117,77 @@ def _flags(number: int, context: SpanContext | None) -> bytes:
 
 def _trace_state(context: SpanContext) -> bytes:
     state = context.trace_state
-    if state is None:
+    if not state:
         return b""
     return _text(3, ",".join(f"{key}={value}" for key, value in state.items()))
+
+
+# Fields that take few values, encoded once: span names and kinds, flags, the unset status.
+_NAMES: dict[str, bytes] = {}
+_KINDS = {kind: _uint(6, kind.value + 1) for kind in SpanKind}
+_SPAN_FLAGS = {False: _flags(16, None), True: _varint(16 << 3 | 5) + _FIXED32.pack(0x300)}
+_UNSET_STATUS = _field(15, b"")
 
 
 def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None
     parent = span.parent
+    name = span.name
+    name_bytes = _NAMES.get(name)
+    if name_bytes is None:
+        if len(_NAMES) >= _ENCODED_CAP:
+            _NAMES.clear()
+        name_bytes = _NAMES[name] = _text(5, name)
+    start, end = span.start_time, span.end_time
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
         _trace_state(context),
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent is not None else b"",
-        _text(5, span.name),
-        _uint(6, span.kind.value + 1),
-        b"\x39" + _FIXED64.pack(span.start_time or 0) if span.start_time else b"",
-        b"\x41" + _FIXED64.pack(span.end_time or 0) if span.end_time else b"",
+        name_bytes,
+        _KINDS[span.kind],
+        b"\x39" + _FIXED64.pack(start) if start else b"",
+        b"\x41" + _FIXED64.pack(end) if end else b"",
         _attributes(9, span.attributes),
         _uint(10, span.dropped_attributes),
     ]
-    for event in span.events:
-        parts.append(
-            _field(
-                11,
-                (b"\x09" + _FIXED64.pack(event.timestamp) if event.timestamp else b"")
-                + _text(2, event.name)
-                + _attributes(3, event.attributes)
-                + _uint(4, event.dropped_attributes),
+    events = span.events
+    if events:
+        for event in events:
+            parts.append(
+                _field(
+                    11,
+                    (b"\x09" + _FIXED64.pack(event.timestamp) if event.timestamp else b"")
+                    + _text(2, event.name)
+                    + _attributes(3, event.attributes)
+                    + _uint(4, event.dropped_attributes),
+                )
             )
-        )
-    parts.append(_uint(12, span.dropped_events))
-    for link in span.links:
-        linked = link.context
-        parts.append(
-            _field(
-                13,
-                b"\x0a\x10"
-                + linked.trace_id.to_bytes(16, "big")
-                + b"\x12\x08"
-                + linked.span_id.to_bytes(8, "big")
-                + _attributes(4, link.attributes)
-                + _uint(5, link.dropped_attributes)
-                + _flags(6, linked),
+        parts.append(_uint(12, span.dropped_events))
+    links = span.links
+    if links:
+        for link in links:
+            linked = link.context
+            parts.append(
+                _field(
+                    13,
+                    b"\x0a\x10"
+                    + linked.trace_id.to_bytes(16, "big")
+                    + b"\x12\x08"
+                    + linked.span_id.to_bytes(8, "big")
+                    + _attributes(4, link.attributes)
+                    + _uint(5, link.dropped_attributes)
+                    + _flags(6, linked),
+                )
             )
-        )
-    parts.append(_uint(14, span.dropped_links))
+        parts.append(_uint(14, span.dropped_links))
     status = span.status
-    parts.append(_field(15, _text(2, status.description) + _uint(3, status.status_code.value)))
-    parts.append(_flags(16, parent))
+    if status.status_code is StatusCode.UNSET and not status.description:
+        parts.append(_UNSET_STATUS)
+    else:
+        parts.append(_field(15, _text(2, status.description) + _uint(3, status.status_code.value)))
+    parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
 
