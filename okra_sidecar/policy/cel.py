@@ -9,9 +9,10 @@ tens of milliseconds, so `CelEngine` makes one at startup and keeps it.
 from __future__ import annotations
 
 import ast
+import json
 import logging
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
@@ -35,6 +36,8 @@ SCHEMA: dict[str, Any] = {
 }
 # Macros whose first argument names a variable bound inside the call.
 Tree = lark.Tree[Any]
+# Outcomes remembered per condition, by the values it read (cleared when full).
+MEMO_SIZE = 4096
 BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 
@@ -54,6 +57,33 @@ class CelProgram:
     runner: celpy.Runner
     env_names: frozenset[str] = frozenset()  # the `env.X` names it reads
     roots: frozenset[str] = frozenset()  # the top-level names it reads (request, workflow...)
+    paths: tuple[tuple[str, ...], ...] = ()  # every member path it reads
+    _memo: dict[tuple[Any, ...], bool | str] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def decide(
+        self, values: Mapping[str, Any], activation: Callable[[], Mapping[str, celtypes.Value]]
+    ) -> bool:
+        """`evaluate`, remembering the outcome for the values this condition reads.
+
+        A condition reads nothing but the values at its member paths, and CEL has no clock and
+        no randomness, so the same values always give the same outcome (or the same error).
+        `values` is the activation as plain data, `activation` builds the CEL one on a miss.
+        """
+        key = tuple(_frozen(_lookup(values, path)) for path in self.paths)
+        known = self._memo.get(key)
+        if known is None:
+            try:
+                known = self.evaluate(activation())
+            except CelEvaluationError as exc:
+                known = str(exc)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = known
+        if isinstance(known, str):
+            raise CelEvaluationError(known)
+        return known
 
     def evaluate(self, activation: Mapping[str, celtypes.Value]) -> bool:
         """True or False; anything else (an error, a non-bool) raises CelEvaluationError."""
@@ -70,6 +100,27 @@ class CelProgram:
                 f"the condition gave {type(result).__name__} {result!r}, not true or false"
             )
         return bool(result)
+
+
+_MISSING = ("missing",)
+
+
+def _lookup(values: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = values
+    for name in path:
+        if not isinstance(value, Mapping) or name not in value:
+            return _MISSING
+        value = value[name]
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a value, typed, so that 1, 1.0 and true stay apart."""
+    if value is _MISSING:
+        return value
+    if isinstance(value, dict | list):
+        return ("json", json.dumps(value, sort_keys=True, default=str))
+    return (type(value).__name__, value)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -121,7 +172,13 @@ class CelEngine:
         paths = list(_paths(tree))
         read_env = frozenset(p[1] for p in paths if p[0] == "env" and len(p) > 1)
         read_roots = frozenset(p[0] for p in paths)
-        return CelProgram(source=source, runner=runner, env_names=read_env, roots=read_roots)
+        return CelProgram(
+            source=source,
+            runner=runner,
+            env_names=read_env,
+            roots=read_roots,
+            paths=tuple(sorted({tuple(p) for p in paths})),
+        )
 
 
 def to_cel(data: Any) -> celtypes.Value:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from celpy.celtypes import MapType, StringType
@@ -83,6 +84,8 @@ class PolicyEvaluator:
             "env": to_cel(dict(env)),
         }
         self._env_set = frozenset(env)
+        self._service_plain = {"name": service.name, "namespace": service.namespace}
+        self._env_plain = dict(env)
         self._workflows: dict[WorkflowRef, Any] = {}
 
     @property
@@ -295,11 +298,29 @@ class PolicyEvaluator:
             if program is None:
                 continue
             try:
-                if not program.evaluate(self._activation(probe)):
+                if not program.decide(
+                    self._plain(probe), partial(self._activation, probe, program.roots)
+                ):
                     return False
             except CelEvaluationError:
                 return False
         return True
+
+    def _plain(self, call: Call) -> dict[str, Any]:
+        """The activation as plain data: what a condition's remembered outcomes are keyed by."""
+        values: dict[str, Any] = {
+            "request": {
+                "method": call.method,
+                "auth": {"claims": call.identity.claims},
+                "metadata": call.metadata,
+            },
+            "workflow": (call.workflow or NO_WORKFLOW).to_activation(),
+            "service": self._service_plain,
+            "env": self._env_plain,
+        }
+        if call.instance is not None:
+            values["instance"] = call.instance.to_activation()
+        return values
 
     # -- shared steps --------------------------------------------------------------------------
 
@@ -334,10 +355,19 @@ class PolicyEvaluator:
         programs = [(k, p) for k in condition_keys if (p := policies.condition(k)) is not None]
         if not programs:
             return
-        activation = self._activation(call, frozenset().union(*(p.roots for _, p in programs)))
+        roots = frozenset().union(*(p.roots for _, p in programs))
+        built: list[dict[str, Any]] = []
+
+        def activation() -> dict[str, Any]:
+            # Built only when an outcome is not remembered yet, and then once per call.
+            if not built:
+                built.append(self._activation(call, roots))
+            return built[0]
+
+        values = self._plain(call)
         for key, program in programs:
             try:
-                allowed = program.evaluate(activation)
+                allowed = program.decide(values, activation)
             except CelEvaluationError as exc:
                 unset = sorted(program.env_names - self._env_set)
                 if unset:

@@ -79,3 +79,32 @@ def test_evaluation_errors_raise(
 ) -> None:
     with pytest.raises(CelEvaluationError, match=message):
         evaluate(cel, source, **activation)
+
+
+def test_outcomes_are_remembered_by_the_values_read(cel: CelEngine) -> None:
+    program = cel.compile(
+        "request.auth.claims.level == 1 && workflow.id != 'a.b'", roots=ROOTS, env_names=ENV
+    )
+    built: list[int] = []
+
+    def decide(claims: dict[str, Any], workflow_id: str = "x.y") -> bool:
+        values = {"request": {"auth": {"claims": claims}}, "workflow": {"id": workflow_id}}
+
+        def activation() -> dict[str, Any]:
+            built.append(1)
+            return {name: to_cel(value) for name, value in values.items()}
+
+        return program.decide(values, activation)
+
+    assert decide({"level": 1, "sub": "a"}) is True
+    assert decide({"level": 1, "sub": "b"}) is True  # `sub` is not read: remembered
+    assert len(built) == 1
+    # 1.0 is not 1 in CEL (comparing them is an error), and the memo keeps them apart.
+    with pytest.raises(CelEvaluationError, match="no such overload"):
+        decide({"level": 1.0})
+    assert decide({"level": 1}, "a.b") is False
+    with pytest.raises(CelEvaluationError, match="'level'"):
+        decide({})
+    with pytest.raises(CelEvaluationError, match="'level'"):
+        decide({"sub": "c"})  # the remembered error
+    assert len(built) == 4
