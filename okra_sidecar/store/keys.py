@@ -96,16 +96,6 @@ class RedisKeys:
     def active_count(self) -> str:
         return f"{self.prefix}active"
 
-    @property
-    def index_all(self) -> str:
-        return f"{self.prefix}idx:all"
-
-    def index_workflow(self, workflow_id: str) -> str:
-        return f"{self.prefix}idx:wf:{workflow_id}"
-
-    def index_status(self, status: InstanceStatus) -> str:
-        return f"{self.prefix}idx:status:{status.value}"
-
     def active_workflow(self, workflow_key: str) -> str:
         """Unfinished instances of one workflow (`namespace.name`, every version together)."""
         return f"{self.prefix}active:wf:{workflow_key}"
@@ -124,6 +114,16 @@ class RedisKeys:
 
     def rate_limit(self, name: str) -> str:
         return f"{self.prefix}ratelimit:{name}"
+
+    @property
+    def index_all(self) -> str:
+        return f"{self.prefix}idx:all"
+
+    def index_workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}idx:wf:{workflow_id}"
+
+    def index_status(self, status: InstanceStatus) -> str:
+        return f"{self.prefix}idx:status:{status.value}"
 
     def index_correlation(self, correlation_id: str) -> str:
         return f"{self.prefix}idx:corr:{correlation_id}"
