@@ -47,6 +47,8 @@ class Plan:
     counts: dict[str, int]
     concurrency: int = 64
     redis_url: str | None = None
+    # Engine child processes of the sidecar (its engineProcesses setting).
+    engine_processes: int = 1
 
 
 def log(message: str) -> None:
@@ -106,7 +108,10 @@ async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
     prefix = f"okra-bench-{uuid.uuid4().hex[:8]}:" if plan.redis_url else None
     started = False
     try:
-        async with sidecar_process(work_dir, redis_url=plan.redis_url, key_prefix=prefix) as server:
+        env = {"OKRA_ENGINE_PROCESSES": str(plan.engine_processes)}
+        async with sidecar_process(
+            work_dir, redis_url=plan.redis_url, key_prefix=prefix, env=env
+        ) as server:
             started = True
             async with grpc.aio.insecure_channel(server.address) as channel:
                 client = Client(
@@ -114,7 +119,10 @@ async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
                     concurrency=plan.concurrency,
                     meter=CpuMeter.for_process(server.pid),
                 )
-                log(f"sidecar ready on {server.address}; warming up")
+                log(
+                    f"sidecar ready on {server.address} with {plan.engine_processes} engine "
+                    "process(es); its cpu% counts the serving process only; warming up"
+                )
                 await warm_up(client)
                 return await run_workloads(client, plan)
     finally:
@@ -153,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (64)")
     parser.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    parser.add_argument(
+        "--engine-processes",
+        type=int,
+        default=1,
+        help="the sidecar's engineProcesses: 0 takes turns in the serving process (1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -164,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts={w: counts[w] for w in args.only},
         concurrency=args.concurrency,
         redis_url=args.redis_url,
+        engine_processes=args.engine_processes,
     )
     try:
         results = asyncio.run(run_bench(plan))
@@ -175,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "counts": plan.counts,
             "concurrency": plan.concurrency,
             "redis": "external" if plan.redis_url else "embedded",
+            "engineProcesses": plan.engine_processes,
         }
         print(to_json(results, settings))
     else:

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HOST:PORT serving Prometheus /metrics; off by default (env OKRA_ADMIN_LISTEN)",
     )
+    commands.add_parser(
+        "engine", help="internal: an engine child process of `serve` (settings on stdin)"
+    )
     validate = commands.add_parser("validate", help="check a directory of workflow definitions")
     validate.add_argument("directory")
     health = commands.add_parser(
@@ -102,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_health(args)
     if args.command == "codegen":
         return run_codegen(args)
+    if args.command == "engine":
+        return run_engine_process()
     if args.command == "validate":
         try:
             definitions = read_directory(Path(args.directory))
@@ -135,6 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_engine_process() -> int:
+    """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
+    from okra_sidecar.engine.processes import read_settings
+    from okra_sidecar.server import run_engine
+
+    settings = read_settings()
+    setup_logging(settings.telemetry)
+    try:
+        asyncio.run(run_engine(settings))
+    except StoreUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -80,6 +80,8 @@ class RedisSettings:
 @dataclass(frozen=True)
 class EngineSettings:
     concurrency: int = 64
+    # 0: turns run in the serving process; N: in N child processes (see engine/processes.py).
+    processes: int = 0
     claim_idle_ms: int = 30_000
     timer_interval_ms: int = 100
     max_steps_per_turn: int = 1000
@@ -367,6 +369,7 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "partitions": ("redis", "partitions", _int(1)),
     "durability": ("redis", "durability", _durability),
     "engineConcurrency": ("engine", "concurrency", _int(1)),
+    "engineProcesses": ("engine", "processes", _int(0)),
     "claimIdleMs": ("engine", "claim_idle_ms", _int(100)),
     "timerIntervalMs": ("engine", "timer_interval_ms", _int(1)),
     "maxStepsPerTurn": ("engine", "max_steps_per_turn", _int(1)),
@@ -423,6 +426,7 @@ ENV_VARIABLES = {
     "OKRA_PARTITIONS": "partitions",
     "OKRA_DURABILITY": "durability",
     "OKRA_ENGINE_CONCURRENCY": "engineConcurrency",
+    "OKRA_ENGINE_PROCESSES": "engineProcesses",
     "OKRA_CLAIM_IDLE_MS": "claimIdleMs",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",

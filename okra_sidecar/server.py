@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import grpc
@@ -31,6 +31,7 @@ from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.event_triggers import EventTriggers
+from okra_sidecar.engine.processes import EngineProcesses
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
@@ -99,6 +100,7 @@ class Sidecar:
     retention: RetentionKeeper | None = None
     policies: PolicyManager | None = None
     effects: EffectRuntime | None = None
+    engines: EngineProcesses | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -110,6 +112,8 @@ class Sidecar:
             if loop is not None:
                 await loop.stop()
         await self.runner.stop(timeout_s=grace_s or 0.0)
+        if self.engines is not None:
+            await self.engines.stop()
         if self.policies is not None:
             await self.policies.stop()
         if self.effects is not None:
@@ -265,6 +269,44 @@ async def _read_gauges(store: RedisStore) -> ClusterGauges:
     )
 
 
+def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+    """The process's one Redis client, its pool sized for the engine and the executors."""
+    # A blocking pool makes a burst wait for a free connection instead of failing the call.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        # Effects hold connections too: blocking reads (executors, router, one per task poller).
+        max_connections=REDIS_POOL_BASE
+        + 2 * settings.engine.concurrency
+        + settings.effects.concurrency,
+        timeout=REDIS_POOL_WAIT_S,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def build_runner(
+    settings: Settings,
+    *,
+    store: RedisStore,
+    registry: WorkflowRegistry,
+    consumer: str,
+    telemetry: Telemetry,
+    policies: PolicyLayer,
+    clock: Callable[[], int],
+) -> EngineRunner:
+    """The engine runner; the serving process and engine children build it alike."""
+    return EngineRunner(
+        store=store,
+        registry=registry,
+        settings=settings.engine,
+        consumer=consumer,
+        turns=telemetry.turns,
+        clock=clock,
+        on_failure=policies.alerts,
+    )
+
+
 async def start_sidecar(
     settings: Settings,
     *,
@@ -290,22 +332,12 @@ async def start_sidecar(
             data_dir=settings.redis.data_dir / "redis", appendfsync=appendfsync
         )
         url = await embedded.start()
-    # A blocking pool makes a burst wait for a free connection instead of failing the call.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        # Effects hold connections too: blocking reads (executors, router, one per task poller).
-        max_connections=REDIS_POOL_BASE
-        + 2 * settings.engine.concurrency
-        + settings.effects.concurrency,
-        timeout=REDIS_POOL_WAIT_S,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-    )
-    client = aioredis.Redis.from_pool(pool)
+    client = redis_client(url, settings)
     scheduler: Scheduler | None = None
     retention: RetentionKeeper | None = None
     policies: PolicyLayer | None = None
     admin: AdminServer | None = None
+    engines: EngineProcesses | None = None
     try:
         store = RedisStore(
             redis=client,
@@ -320,14 +352,14 @@ async def start_sidecar(
             await registry.register(definitions)
         policies = build_policy_layer(settings, client=client, store=store, registry=registry)
         await policies.manager.start()
-        runner = EngineRunner(
+        runner = build_runner(
+            settings,
             store=store,
             registry=registry,
-            settings=settings.engine,
             consumer=consumer,
-            turns=telemetry.turns,
+            telemetry=telemetry,
+            policies=policies,
             clock=now_ms,
-            on_failure=policies.alerts,
         )
         scheduler = Scheduler(
             schedules=RedisScheduleStore(redis=client, keys=store.keys),
@@ -395,12 +427,21 @@ async def start_sidecar(
         if telemetry.registry is not None and listen is not None:
             admin = AdminServer(registry=telemetry.registry, listen=listen)
             await admin.start()
-        await runner.start()
+        if settings.engine.processes > 0:
+            engines = EngineProcesses(
+                settings=replace(settings, redis=replace(settings.redis, url=url)),
+                count=settings.engine.processes,
+            )
+            await engines.start()
+        else:
+            await runner.start()
         await scheduler.start()
         await retention.start()
         await effects.start()
         await server.start()
     except BaseException:
+        if engines is not None:
+            await engines.stop()
         if admin is not None:
             await admin.stop()
         for loop in (scheduler, retention):
@@ -440,7 +481,49 @@ async def start_sidecar(
         retention=retention,
         policies=policies.manager,
         effects=effects,
+        engines=engines,
     )
+
+
+async def run_engine(settings: Settings) -> None:
+    """An engine child process: take turns on the parent's Redis until SIGTERM."""
+    assert settings.redis.url is not None, "the parent passes its Redis URL"
+    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
+    client = redis_client(settings.redis.url, settings)
+    store = RedisStore(
+        redis=client,
+        keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
+        durability=settings.redis.durability,
+    )
+    registry = WorkflowRegistry(store=store)
+    # The policy set comes from Redis, where the parent put it: no file of its own to watch.
+    policies = build_policy_layer(
+        replace(settings, policies_file=None), client=client, store=store, registry=registry
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group: the parent decides when its children stop.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    try:
+        await policies.manager.start()
+        runner = build_runner(
+            settings,
+            store=store,
+            registry=registry,
+            consumer=consumer,
+            telemetry=telemetry,
+            policies=policies,
+            clock=wall_clock_ms,
+        )
+        await runner.start()
+        await stop.wait()
+        await runner.stop(timeout_s=settings.server.grace_s)
+    finally:
+        await policies.manager.stop()
+        await asyncio.to_thread(telemetry.shutdown)
+        await client.aclose()
 
 
 def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:

@@ -93,6 +93,11 @@ class EngineRunner:
         self._turns: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return bool(self._tasks)
+
     async def start(self) -> None:
         await self._store.ensure_groups()
         self._stopping.clear()

@@ -23,6 +23,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "find_redis_server",
+    "terminate_with_parent",
 ]
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ class EmbeddedRedis:
                     start_new_session=True,
                     # And if the sidecar dies without stopping it (SIGKILL), Redis gets
                     # SIGTERM, flushes its AOF and exits, so a restart finds the dir free.
-                    preexec_fn=_terminate_with_parent,
+                    preexec_fn=terminate_with_parent,
                 )
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run redis-server {binary!r}: {exc}") from exc
@@ -297,7 +298,7 @@ class EmbeddedRedis:
 PR_SET_PDEATHSIG = 1
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent dies (no-op elsewhere).
 
     Only async-signal-safe work here: libc was looked up in the parent, at import.

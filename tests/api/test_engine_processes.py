@@ -1,0 +1,56 @@
+"""engineProcesses: turns taken in child processes, restarted when one dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+from redis.asyncio import Redis
+
+from okra_sidecar.config import Settings
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
+
+pytestmark = pytest.mark.slow
+DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
+
+
+def with_engine_processes(settings: Settings, count: int) -> Settings:
+    return replace(settings, engine=replace(settings.engine, processes=count))
+
+
+async def test_children_take_the_turns_and_one_that_dies_is_replaced(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = with_engine_processes(make_settings(redis_url), 1)
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None
+        [child] = sidecar.engines.pids
+        assert child != os.getpid()
+        first = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+        )
+        done = await wait_for_status(stub, first.instance_id, DONE, timeout_s=20)
+        assert to_python(done.output) == {"n": 22, "done": True}
+        # The serving process took no turn: its runner never started.
+        assert not sidecar.runner.running
+
+        os.kill(child, signal.SIGKILL)
+        for _ in range(100):
+            if sidecar.engines.pids and sidecar.engines.pids != [child]:
+                break
+            await asyncio.sleep(0.05)
+        assert sidecar.engines.pids and sidecar.engines.pids != [child]
+        second = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
+        )
+        done = await wait_for_status(stub, second.instance_id, DONE, timeout_s=20)
+        assert to_python(done.output) == {"n": 32, "done": True}
+        pids = sidecar.engines.pids
+    # Stopping the sidecar stops its children.
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
