@@ -50,9 +50,25 @@ def _whole_numbers(data: Any) -> Any:
 
 
 def python_to_value(data: Any, target: struct_pb2.Value) -> None:
-    """Fill a Value field in place from plain JSON data."""
+    """Fill a Value field in place from plain JSON data.
+
+    Objects and arrays go through Struct.update / ListValue.extend, which build nested values
+    natively; json_format.ParseDict costs several times more on GetStatus's path.
+    """
     if data is None:
         target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(data, bool):
+        target.bool_value = data
+    elif isinstance(data, int | float):
+        target.number_value = data
+    elif isinstance(data, str):
+        target.string_value = data
+    elif isinstance(data, dict):
+        target.struct_value.SetInParent()  # so {} is an empty object, not an unset value
+        target.struct_value.update(data)
+    elif isinstance(data, list):
+        target.list_value.SetInParent()
+        target.list_value.extend(data)
     else:
         json_format.ParseDict(data, target)
 
