@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from okra_sidecar.ctk.features import parse_feature
 from okra_sidecar.engine.dsl import load_definition_text, parse_yaml
 from okra_sidecar.engine.interpreter import TurnOutcome, advance
 from okra_sidecar.errors import DefinitionError
 
 from .support import T0, HttpFake, begin, drive, result_signal, run, signal, spec_dir
-from .test_ctk import parse_feature
 
 ACCEPTED = {
     "accumulate-room-readings.yaml",
