@@ -25,7 +25,12 @@ from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
-from okra_sidecar.store.redis_store import dumps, map_redis_errors
+from okra_sidecar.store.redis_store import (
+    claim_partitions,
+    dumps,
+    map_redis_errors,
+    read_partitions,
+)
 from okra_sidecar.store.scripts import load_script
 
 __all__ = [
@@ -108,38 +113,31 @@ class RedisEffectStore:
         return EffectEntry(partition, _text(eid), _text(fields[b"i"]), json.loads(fields[b"e"]))
 
     async def read_effects(self, consumer: str, *, count: int, block_ms: int) -> list[EffectEntry]:
-        streams: dict[Any, Any] = {k: ">" for k in self.keys.all_effects()}
-        with map_redis_errors():
-            try:
-                reply: Any = await self.redis.xreadgroup(
-                    EXECUTOR_GROUP, consumer, streams, count=count, block=block_ms
-                )
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_groups()
-                return []
-        return [
-            self._effect_entry(self._effect_partition[_bytes(stream)], eid, fields)
-            for stream, entries in reply or []
-            for eid, fields in entries
-            if fields
-        ]
+        entries = await read_partitions(
+            self.redis,
+            EXECUTOR_GROUP,
+            consumer,
+            self.keys.all_effects(),
+            self._effect_partition,
+            count=count,
+            block_ms=block_ms,
+            recreate_groups=self.ensure_groups,
+        )
+        return [self._effect_entry(partition, eid, fields) for partition, eid, fields in entries]
 
     async def claim_stale_effects(
         self, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[EffectEntry]:
         """Effects another executor read but neither finished nor kept alive (it stopped)."""
-        found: list[EffectEntry] = []
-        with map_redis_errors():
-            for partition, stream in enumerate(self.keys.all_effects()):
-                reply = await self.redis.xautoclaim(
-                    stream, EXECUTOR_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
-                )
-                found.extend(
-                    self._effect_entry(partition, eid, fields) for eid, fields in reply[1] if fields
-                )
-        return found
+        entries = await claim_partitions(
+            self.redis,
+            EXECUTOR_GROUP,
+            consumer,
+            self.keys.all_effects(),
+            min_idle_ms=min_idle_ms,
+            count=count,
+        )
+        return [self._effect_entry(partition, eid, fields) for partition, eid, fields in entries]
 
     async def keep_effects(self, consumer: str, entries: Sequence[EffectEntry]) -> None:
         """Reset the idle time of effects still running here, so nobody claims them."""
@@ -369,7 +367,3 @@ class RedisEffectStore:
                         pipe.srem(self.keys.subscribers(event_type), instance_id)
                     await pipe.execute()
         return found
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()

@@ -7,7 +7,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -86,6 +86,64 @@ def map_redis_errors() -> Iterator[None]:
         raise StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly") from exc
     except redis_errors.BusyLoadingError as exc:
         raise StoreUnavailableError("Redis is loading its data; retry shortly") from exc
+
+
+# A stream entry of a partitioned stream: its partition, entry id and fields.
+PartitionEntry = tuple[int, Any, dict[bytes, bytes]]
+
+
+async def read_partitions(
+    redis: aioredis.Redis,
+    group: str,
+    consumer: str,
+    streams: Sequence[str],
+    partition_of: Mapping[bytes, int],
+    *,
+    count: int,
+    block_ms: int,
+    recreate_groups: Callable[[], Awaitable[None]],
+) -> list[PartitionEntry]:
+    """New entries of one stream per partition for `consumer` of `group`.
+
+    `partition_of` maps each stream's encoded name to its partition. Without the group (Redis
+    lost its data: restarted without persistence) this awaits `recreate_groups` and reads none.
+    """
+    keys: dict[Any, Any] = {k: ">" for k in streams}
+    with map_redis_errors():
+        try:
+            reply: Any = await redis.xreadgroup(group, consumer, keys, count=count, block=block_ms)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await recreate_groups()
+            return []
+    return [
+        (partition_of[_bytes(stream)], eid, fields)
+        for stream, entries in reply or []
+        for eid, fields in entries
+        if fields
+    ]
+
+
+async def claim_partitions(
+    redis: aioredis.Redis,
+    group: str,
+    consumer: str,
+    streams: Sequence[str],
+    *,
+    min_idle_ms: int,
+    count: int,
+) -> list[PartitionEntry]:
+    """Entries of one stream per partition (the index) that another consumer of `group` read
+    but left unacknowledged for `min_idle_ms` (it stopped); they go to `consumer`."""
+    found: list[PartitionEntry] = []
+    with map_redis_errors():
+        for partition, stream in enumerate(streams):
+            reply = await redis.xautoclaim(
+                stream, group, consumer, min_idle_ms, start_id="0-0", count=count
+            )
+            found.extend((partition, eid, fields) for eid, fields in reply[1] if fields)
+    return found
 
 
 def encode_cursor(member: str) -> str:
@@ -626,39 +684,31 @@ class RedisStore:
         return HistoryPage(events, cursor)
 
     async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]:
-        streams: dict[Any, Any] = {k: ">" for k in self.keys.all_work()}
-        with map_redis_errors():
-            try:
-                reply: Any = await self.redis.xreadgroup(
-                    ENGINE_GROUP, consumer, streams, count=count, block=block_ms
-                )
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost its data (restarted without persistence): recreate the group.
-                await self.ensure_groups()
-                return []
-        return [
-            _work_item(self._stream_partition[_bytes(stream)], eid, fields)
-            for stream, entries in reply or []
-            for eid, fields in entries
-            if fields
-        ]
+        entries = await read_partitions(
+            self.redis,
+            ENGINE_GROUP,
+            consumer,
+            self.keys.all_work(),
+            self._stream_partition,
+            count=count,
+            block_ms=block_ms,
+            recreate_groups=self.ensure_groups,
+        )
+        return [_work_item(partition, eid, fields) for partition, eid, fields in entries]
 
     async def claim_stale_work(
         self, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[WorkItem]:
         """Take over entries another worker read but never acknowledged (it died)."""
-        items: list[WorkItem] = []
-        with map_redis_errors():
-            for partition, stream in enumerate(self.keys.all_work()):
-                reply = await self.redis.xautoclaim(
-                    stream, ENGINE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
-                )
-                items.extend(
-                    _work_item(partition, eid, fields) for eid, fields in reply[1] if fields
-                )
-        return items
+        entries = await claim_partitions(
+            self.redis,
+            ENGINE_GROUP,
+            consumer,
+            self.keys.all_work(),
+            min_idle_ms=min_idle_ms,
+            count=count,
+        )
+        return [_work_item(partition, eid, fields) for partition, eid, fields in entries]
 
     async def ack_work(self, items: list[WorkItem]) -> None:
         if not items:
