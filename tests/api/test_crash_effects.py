@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +21,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.worker import TaskContext, TaskWorker
-from tests.api.test_process import channel_to, completions, free_port
+from tests.api.test_process import channel_to, completions, free_port, start_process
 from tests.helpers import Stub, to_python, value, wait_for_status
 
 pytestmark = pytest.mark.slow
@@ -138,30 +136,8 @@ def write_workflows(folder: Path) -> None:
 
 
 async def start(redis_url: str, port: int, folder: Path, stand_in: str) -> Any:
-    env = {
-        **os.environ,
-        "OKRA_CLAIM_IDLE_MS": "500",
-        "OKRA_TASK_LEASE_MS": "1000",
-        "OKRA_LOG_LEVEL": "WARNING",
-        "OKRA_HTTP_HOSTS": f"slow.test={stand_in}",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "okra_sidecar",
-        "serve",
-        f"--listen=127.0.0.1:{port}",
-        f"--redis-url={redis_url}",
-        f"--workflows={folder}",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=Path(__file__).parent.parent.parent,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-    assert b"listening on" in line, line
-    return process
+    env = {"OKRA_TASK_LEASE_MS": "1000", "OKRA_HTTP_HOSTS": f"slow.test={stand_in}"}
+    return await start_process(redis_url, port, workflows=folder, env=env)
 
 
 async def test_sigkill_mid_effects_completes_every_instance_once(

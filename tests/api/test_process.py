@@ -30,8 +30,13 @@ def free_port() -> int:
 
 
 async def start_process(
-    redis_url: str, port: int, *, env: Mapping[str, str] | None = None
+    redis_url: str,
+    port: int,
+    *,
+    workflows: Path = WORKFLOWS_DIR,
+    env: Mapping[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
+    """A sidecar process serving `workflows` on `port`, once it says it is listening."""
     environ = {
         **os.environ,
         "OKRA_CLAIM_IDLE_MS": "500",
@@ -45,7 +50,7 @@ async def start_process(
         "serve",
         f"--listen=127.0.0.1:{port}",
         f"--redis-url={redis_url}",
-        f"--workflows={WORKFLOWS_DIR}",
+        f"--workflows={workflows}",
         env=environ,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
