@@ -1,7 +1,7 @@
 """Running the grpcurl commands of a Markdown document against a live sidecar.
 
-The conventions are the README walkthrough's (tests/test_readme.py), so that one document
-style serves both and either test can use this module:
+docs/grpcurl.md (tests/docs/test_grpcurl_cookbook.py) and the README walkthrough
+(tests/test_readme.py) follow the same conventions, and both tests run their commands here:
 
 - A command is a ```sh block holding one line that starts with `grpcurl`, or
   `VAR=$(grpcurl ... | jq -r .field)`, which keeps `field` of the JSON reply in the shell
@@ -9,7 +9,9 @@ style serves both and either test can use this module:
   `<<EOF` here-document (where `$VAR` expands). Any other line naming grpcurl is an error.
 - The fenced block right after a command's block is what it prints: ```json (compared as JSON),
   ```text (compared line by line), or ```text starting with `ERROR:` (the call must fail and
-  print these lines first on stderr). Without one the command only has to succeed.
+  print these lines first on stderr; with `collapse_spaces` each run of spaces and tabs counts
+  as one space, for a document that shows grpcurl's tabs as spaces). Without one the command
+  only has to succeed.
 - In expected output a UUID stands for the same real id wherever it appears, a timestamp for
   any timestamp, and `<anything>` for any non-empty string.
 
@@ -187,7 +189,13 @@ def match_json(expected: Any, actual: Any, ids: dict[str, str], where: str = "$"
 
 
 def check_output(
-    step: Step, returncode: int, stdout: str, stderr: str, ids: dict[str, str]
+    step: Step,
+    returncode: int,
+    stdout: str,
+    stderr: str,
+    ids: dict[str, str],
+    *,
+    collapse_spaces: bool = False,
 ) -> dict[str, str]:
     """The id bindings after this output, or MismatchError."""
     attempt = dict(ids)
@@ -200,6 +208,8 @@ def check_output(
         if len(got) < len(want):
             raise MismatchError(f"expected at least {len(want)} lines on stderr:\n{stderr}")
         for number, (want_line, got_line) in enumerate(zip(want, got, strict=False), 1):
+            if collapse_spaces:
+                want_line, got_line = " ".join(want_line.split()), " ".join(got_line.split())
             match_text(want_line.rstrip(), got_line, attempt, f"stderr line {number}")
         return attempt
     if returncode != 0:
@@ -259,7 +269,9 @@ async def _run_shell(script: str, env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def run_steps(steps: list[Step], *, address: str, env: dict[str, str]) -> None:
+async def run_steps(
+    steps: list[Step], *, address: str, env: dict[str, str], collapse_spaces: bool = False
+) -> None:
     """Run every step in order against `address`, each until it prints what is expected."""
     env = dict(env)
     ids: dict[str, str] = {}
@@ -270,7 +282,9 @@ async def run_steps(steps: list[Step], *, address: str, env: dict[str, str]) -> 
         while True:
             returncode, stdout, stderr = await _run_shell(script, env)
             try:
-                ids = check_output(step, returncode, stdout, stderr, ids)
+                ids = check_output(
+                    step, returncode, stdout, stderr, ids, collapse_spaces=collapse_spaces
+                )
                 break
             except MismatchError as exc:
                 if loop.time() < deadline:
