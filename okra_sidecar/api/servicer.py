@@ -19,14 +19,13 @@ from okra_sidecar.api.convert import (
 )
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.starter import build_instance, deadline_fields
+from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import QueryFilter
 from okra_sidecar.policy import rules
-from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
-from okra_sidecar.policy.model import RunLimits, current_grant
+from okra_sidecar.policy.model import current_grant
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
@@ -59,14 +58,6 @@ def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
             raise InvalidInputError.for_field(field, "a tag name may not be empty")
         _check_text(name, f"{field}.{name}")
         _check_text(value, f"{field}.{name}")
-
-
-def _active_limit(configured: int, limits: RunLimits) -> tuple[int, str]:
-    """The tighter of the sidecar's maxConcurrentInstances and the policy's, and its name."""
-    if limits.max_active and (not configured or limits.max_active < configured):
-        return limits.max_active, limits.max_active_policy
-    # The sidecar's own setting is named by its config key, as the seed's config spells it.
-    return configured, "maxConcurrentInstances" if configured else ""
 
 
 def _caller_workflow(context: Context) -> str:
@@ -120,7 +111,6 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         tracing.annotate(instance_id=instance_id)
         # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
         limits = current_grant().run_limits
-        max_active, active_policy = _active_limit(self._settings.max_concurrent_instances, limits)
         await self._store.create_instance(
             build_instance(
                 definition,
@@ -131,20 +121,13 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 tags=tags,
                 # Turns on any sidecar continue the trace of this Run.
                 trace_context=tracing.dump_carrier(tracing.current_carrier()),
-                step_timeout_ms=limits.step_timeout_ms,
-                timeout_action=limits.timeout_action
-                if limits.max_duration_ms or limits.step_timeout_ms
-                else "",
-                **deadline_fields(
+                **timeout_fields(
+                    limits,
                     created_ms=created_us // 1000,
-                    policy_max_ms=limits.max_duration_ms,
                     config_max_s=self._settings.max_instance_duration_s,
                 ),
             ),
-            max_active=max_active,
-            limit_policy=active_policy,
-            max_per_workflow=limits.max_per_workflow,
-            workflow_limit_policy=MAX_INSTANCES_PER_WORKFLOW,
+            **admission(self._settings.max_concurrent_instances, limits),
         )
         return pb.RunResponse(instance_id=instance_id)
 
