@@ -45,7 +45,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 def token(**claims: Any) -> str:
     """An HS256 token for this suite's issuer and audience, valid for five minutes."""
-    payload = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, **claims}
+    # An hour: ADMIN is built at import, minutes before a full run reaches the tests using it.
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600, **claims}
     return jwt.encode(payload, SECRET)
 
 

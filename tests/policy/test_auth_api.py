@@ -35,7 +35,8 @@ def with_token(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 def signed(**claims: object) -> str:
-    payload = {"sub": "ada", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}
+    # An hour: BAD_TOKENS is built at collection, minutes before a full run reaches these tests.
+    payload = {"sub": "ada", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600}
     payload.update(claims)
     return jwt.encode(payload, SECRET)
 
