@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +17,28 @@ from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import Stub, make_settings, running_sidecar
 
 TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
+# pytest-timeout (60 s) shows threads, not coroutines: a test whose loop waits this long
+# prints what each of its tasks is waiting on first.
+STUCK_AFTER_S = 45.0
+
+
+def _print_stuck_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    out = io.StringIO()
+    tasks = asyncio.all_tasks(loop)
+    print(f"\n+++ {len(tasks)} tasks still waiting after {STUCK_AFTER_S:.0f}s +++", file=out)
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    sys.stderr.write(out.getvalue())
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def report_stuck_tasks() -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(STUCK_AFTER_S, _print_stuck_tasks, loop)
+    try:
+        yield
+    finally:
+        handle.cancel()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
