@@ -54,6 +54,7 @@ from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.policy.model import current_identity
+from okra_sidecar.store.commands import hot_commands
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.policy_store import RedisPolicyStore
@@ -73,6 +74,8 @@ TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
@@ -125,6 +128,7 @@ class Sidecar:
         # Exporters block while they flush: off the loop, which may serve their receiver.
         if self.owns_telemetry:
             await asyncio.to_thread(self.telemetry.shutdown)
+        await self.store.hot.aclose()
         await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
@@ -279,10 +283,26 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
         + 2 * settings.engine.concurrency
         + settings.effects.concurrency,
         timeout=REDIS_POOL_WAIT_S,
-        socket_connect_timeout=2,
-        socket_timeout=10,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def build_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisStore:
+    """The store on `client`, its per-call commands on one multiplexed connection."""
+    hot = hot_commands(
+        url,
+        client,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+    )
+    return RedisStore(
+        redis=client,
+        hot=hot,
+        keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
+        durability=settings.redis.durability,
+    )
 
 
 def build_runner(
@@ -338,12 +358,9 @@ async def start_sidecar(
     policies: PolicyLayer | None = None
     admin: AdminServer | None = None
     engines: EngineProcesses | None = None
+    store: RedisStore | None = None
     try:
-        store = RedisStore(
-            redis=client,
-            keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
-            durability=settings.redis.durability,
-        )
+        store = build_store(settings, url, client)
         await store.ping()
         registry = WorkflowRegistry(store=store)
         definitions = []
@@ -449,6 +466,8 @@ async def start_sidecar(
                 await loop.stop()
         if policies is not None:
             await policies.manager.stop()
+        if store is not None:
+            await store.hot.aclose()
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
@@ -491,11 +510,7 @@ async def run_engine(settings: Settings) -> None:
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
     client = redis_client(settings.redis.url, settings)
-    store = RedisStore(
-        redis=client,
-        keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
-        durability=settings.redis.durability,
-    )
+    store = build_store(settings, settings.redis.url, client)
     registry = WorkflowRegistry(store=store)
     # The policy set comes from Redis, where the parent put it: no file of its own to watch.
     policies = build_policy_layer(
@@ -523,6 +538,7 @@ async def run_engine(settings: Settings) -> None:
     finally:
         await policies.manager.stop()
         await asyncio.to_thread(telemetry.shutdown)
+        await store.hot.aclose()
         await client.aclose()
 
 

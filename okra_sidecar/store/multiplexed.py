@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -23,6 +23,7 @@ __all__ = [
     "RedisAddress",
     "ScriptLike",
     "encode_command",
+    "evalsha_with",
     "parse_redis_url",
 ]
 
@@ -80,12 +81,13 @@ def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP2: an array of bulk strings, numbers as redis-py writes them."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes):
+        # Most arguments are keys and JSON text: str first.
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
             data = arg
         elif isinstance(arg, memoryview):
             data = arg.tobytes()
-        elif isinstance(arg, str):
-            data = arg.encode()
         elif isinstance(arg, bool):
             # As redis-py: True would silently become "True", never what the caller meant.
             raise redis_errors.DataError(f"invalid argument of type bool: {arg!r}")
@@ -115,6 +117,21 @@ class MultiplexedScript:
     def __init__(self, text: str | bytes | memoryview) -> None:
         self.script = text
         self.sha = hashlib.sha1(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+async def evalsha_with(
+    execute: Callable[..., Awaitable[Any]],
+    script: ScriptLike,
+    keys: Sequence[Arg],
+    args: Sequence[Arg],
+) -> Any:
+    """EVALSHA through `execute`, loading the script when Redis does not know it."""
+    try:
+        return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    except redis_errors.NoScriptError:
+        # A restarted or flushed Redis forgets scripts; load it and try exactly once more.
+        await execute("SCRIPT", "LOAD", script.script)
+        return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class _ReplyProtocol(asyncio.Protocol):
@@ -270,12 +287,22 @@ class MultiplexedRedis:
         self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
         """Run a script by its sha1, loading it first if Redis does not know it (as redis-py)."""
-        try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            # A restarted or flushed Redis forgets scripts; load it and try exactly once more.
-            await self.execute("SCRIPT", "LOAD", script.script)
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await evalsha_with(self.execute, script, keys, args)
+
+    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send `commands` in one write; their replies in order (the first error is raised)."""
+        payloads = [encode_command(command) for command in commands]
+        protocol = self._protocol
+        if protocol is None or not protocol.is_open:
+            protocol = await self._connect()
+        # Futures, not coroutines: gathering them makes no tasks.
+        replies = await asyncio.gather(
+            *(protocol.send(p) for p in payloads), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def aclose(self) -> None:
         """Close the connection; pending and later calls fail with ConnectionError."""

@@ -41,7 +41,9 @@ from okra_sidecar.store.base import (
     TurnSnapshot,
     WorkItem,
 )
+from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
+from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.scripts import load_script
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,22 @@ QUERY_SCAN_BUDGET = 5000
 STREAM_ID_RE = re.compile(r"^\d+-\d+$")
 
 
+# One encoder for every call: json.dumps builds a new one each time, which costs more than
+# encoding the small documents a turn writes.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def index_member(created_us: int, instance_id: str) -> str:
     return f"{created_us:0{MEMBER_TIME_WIDTH}d}:{instance_id}"
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A raw stream entry's [field, value, ...] as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 @contextmanager
@@ -196,13 +208,18 @@ def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> Ins
 
 
 class RedisStore:
-    """The one Store implementation, on a redis.asyncio client it does not own."""
+    """The one Store implementation, on Redis clients it does not own.
+
+    `hot` carries the commands of every rpc and turn (see store/commands.py); `redis`, the
+    pooled client, everything else (blocking reads, pipelines, administration).
+    """
 
     def __init__(
         self,
         *,
         redis: aioredis.Redis,
         keys: RedisKeys,
+        hot: HotCommands | None = None,
         durability: str = "memory",
         replicas: int = 1,
         durability_timeout_ms: int = 1000,
@@ -210,16 +227,17 @@ class RedisStore:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
         self.redis = redis
+        self.hot = hot if hot is not None else PooledCommands(redis)
         self.keys = keys
         self._durability = durability
         self._replicas = replicas
         self._durability_timeout_ms = durability_timeout_ms
         self._waitaof: bool | None = None
-        self._create = redis.register_script(load_script("create"))
-        self._commit = redis.register_script(load_script("commit"))
-        self._cancel = redis.register_script(load_script("cancel"))
-        self._signal = redis.register_script(load_script("signal"))
-        self._timers = redis.register_script(load_script("timers"))
+        self._create = MultiplexedScript(load_script("create"))
+        self._commit = MultiplexedScript(load_script("commit"))
+        self._cancel = MultiplexedScript(load_script("cancel"))
+        self._signal = MultiplexedScript(load_script("signal"))
+        self._timers = MultiplexedScript(load_script("timers"))
         self._stream_partition = {k.encode(): p for p, k in enumerate(keys.all_work())}
 
     async def ping(self) -> None:
@@ -312,7 +330,8 @@ class RedisStore:
             index_keys += [keys.instance(parent.instance_id), keys.children(parent.instance_id)]
             child = "1"
         with map_redis_errors():
-            created = await self._create(
+            created = await self.hot.evalsha(
+                self._create,
                 keys=[
                     keys.instance(new.instance_id),
                     keys.history(new.instance_id),
@@ -348,7 +367,9 @@ class RedisStore:
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with map_redis_errors():
-            values = await self.redis.hmget(self.keys.instance(instance_id), RECORD_FIELDS)
+            values = await self.hot.execute(
+                "HMGET", self.keys.instance(instance_id), *RECORD_FIELDS
+            )
         return decode_record(instance_id, values)
 
     async def signal(
@@ -367,7 +388,8 @@ class RedisStore:
         """
         keys = self.keys
         with map_redis_errors():
-            result = await self._signal(
+            result = await self.hot.evalsha(
+                self._signal,
                 keys=[
                     keys.instance(instance_id),
                     keys.inbox(instance_id),
@@ -404,7 +426,8 @@ class RedisStore:
                     keys.index_finished,
                 ]
                 extra_keys, extras = await self._cancel_extras(instance_id, reason, now_ms, base)
-                result = await self._cancel(
+                result = await self.hot.evalsha(
+                    self._cancel,
                     keys=[*base, *extra_keys],
                     args=[instance_id, reason, now_ms, event, expect_status or "", extras],
                 )
@@ -426,8 +449,8 @@ class RedisStore:
     ) -> tuple[list[str], str]:
         """cancel.lua's extras: subscriptions to drop and, for a child, the parent to tell."""
         keys = self.keys
-        subs, parent, peffect = await self.redis.hmget(
-            keys.instance(instance_id), "subs", "parent", "peffect"
+        subs, parent, peffect = await self.hot.execute(
+            "HMGET", keys.instance(instance_id), "subs", "parent", "peffect"
         )
         extra_keys = [keys.subscribers(t) for t in subscription_types(_text(subs))]
         slot = len(base) + 1
@@ -537,15 +560,17 @@ class RedisStore:
     async def load_turn(self, instance_id: str) -> TurnSnapshot | None:
         keys = self.keys
         with map_redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(
-                    keys.instance(instance_id),
-                    *("wf", "status", "rev", "state", "ikey", "otel"),
-                    *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                    *("parent", "peffect", "subs", "dlsrc"),
-                )
-                pipe.xrange(keys.inbox(instance_id), count=1000)
-                (wf, status, rev, state, ikey, otel, *more), inbox = await pipe.execute()
+            (wf, status, rev, state, ikey, otel, *more), inbox = await self.hot.pipeline(
+                [
+                    (
+                        *("HMGET", keys.instance(instance_id)),
+                        *("wf", "status", "rev", "state", "ikey", "otel"),
+                        *("deadline", "steptmo", "tmoact", "step", "stepat"),
+                        *("parent", "peffect", "subs", "dlsrc"),
+                    ),
+                    ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
+                ]
+            )
         deadline, step_timeout, action, step, step_at, parent, peffect, subs, source = more
         if wf is None or status is None:
             return None
@@ -556,7 +581,9 @@ class RedisStore:
             revision=_text(rev),
             state=_json(state, {}),
             index_member=_text(ikey),
-            inbox=[InboxEntry(_text(eid), json.loads(fields[b"e"])) for eid, fields in inbox],
+            inbox=[
+                InboxEntry(_text(eid), json.loads(_pairs(fields)[b"e"])) for eid, fields in inbox
+            ],
             trace_context=_text(otel),
             deadline_ms=int(deadline) if deadline else None,
             step_timeout_ms=int(step_timeout) if step_timeout else None,
@@ -603,7 +630,8 @@ class RedisStore:
         if commit.extras is not None:
             extras = self._commit_extras(snapshot, commit.extras, commit_keys)
         with map_redis_errors():
-            applied = await self._commit(
+            applied = await self.hot.evalsha(
+                self._commit,
                 keys=commit_keys,
                 args=[
                     iid,
@@ -724,7 +752,8 @@ class RedisStore:
     async def fire_timers(self, now_ms: int, *, limit: int) -> int:
         keys = self.keys
         with map_redis_errors():
-            moved = await self._timers(
+            moved = await self.hot.evalsha(
+                self._timers,
                 keys=[*keys.all_timers(), *keys.all_work()],
                 args=[keys.partitions, now_ms, limit],
             )

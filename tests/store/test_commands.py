@@ -1,0 +1,86 @@
+"""HotCommands: the multiplexed client and the pooled fallback give the same raw replies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.server import Sidecar
+from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
+from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
+from tests.helpers import Stub
+
+SCRIPT = MultiplexedScript("return {KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], 'a')}")
+
+
+@pytest_asyncio.fixture(params=["multiplexed", "pooled"])
+async def hot(
+    request: pytest.FixtureRequest, redis: Redis, redis_url: str
+) -> AsyncIterator[HotCommands]:
+    commands: HotCommands = (
+        MultiplexedRedis(redis_url) if request.param == "multiplexed" else PooledCommands(redis)
+    )
+    try:
+        yield commands
+    finally:
+        await commands.aclose()
+
+
+async def test_replies_are_raw_resp(hot: HotCommands, redis: Redis) -> None:
+    await redis.hset("h", mapping={"a": "1", "b": "2"})
+    await redis.xadd("s", {"e": "one"}, id="1-0")
+    await redis.xadd("s", {"e": "two", "x": "y"}, id="2-0")
+    assert await hot.execute("HMGET", "h", "a", "missing", "b") == [b"1", None, b"2"]
+    # XRANGE as Redis sends it: not redis-py's list of (id, dict).
+    assert await hot.execute("XRANGE", "s", "-", "+", "COUNT", 10) == [
+        [b"1-0", [b"e", b"one"]],
+        [b"2-0", [b"e", b"two", b"x", b"y"]],
+    ]
+    assert await hot.pipeline([("HGET", "h", "a"), ("XLEN", "s"), ("HGET", "h", "zz")]) == [
+        b"1",
+        2,
+        None,
+    ]
+
+
+async def test_evalsha_loads_a_script_redis_forgot(hot: HotCommands, redis: Redis) -> None:
+    await redis.hset("h", "a", "v")
+    await redis.script_flush()
+    assert await hot.evalsha(SCRIPT, ["h"], ["arg"]) == [b"h", b"arg", b"v"]
+    assert await redis.script_exists(SCRIPT.sha) == [True]
+    assert await hot.evalsha(SCRIPT, ["h"], ["again"]) == [b"h", b"again", b"v"]
+
+
+async def test_an_error_reply_raises_and_leaves_the_client_usable(hot: HotCommands) -> None:
+    with pytest.raises(redis_errors.ResponseError, match="unknown command"):
+        await hot.execute("NOSUCHCOMMAND")
+    with pytest.raises(redis_errors.ResponseError, match="wrong number of arguments"):
+        await hot.pipeline([("PING",), ("HGET", "only-a-key")])
+    assert await hot.execute("PING") == b"PONG"
+
+
+async def test_urls_the_multiplexed_client_cannot_take_use_the_pool(
+    redis: Redis, redis_url: str
+) -> None:
+    assert isinstance(
+        hot_commands(redis_url, redis, socket_timeout=1, connect_timeout=1), MultiplexedRedis
+    )
+    tls = hot_commands("rediss://example.com:6380/0", redis, socket_timeout=1, connect_timeout=1)
+    assert isinstance(tls, PooledCommands)
+
+
+async def test_the_sidecar_serves_reads_on_a_multiplexed_connection_that_reconnects(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    assert isinstance(running.store.hot, MultiplexedRedis)
+    run = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    # Every connection of the sidecar is dropped; the next call connects again.
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    instance = await stub.GetStatus(pb.GetStatusRequest(instance_id=run.instance_id))
+    assert instance.instance_id == run.instance_id
