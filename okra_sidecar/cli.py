@@ -147,9 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_engine_process() -> int:
     """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
-    from okra_sidecar.engine.processes import read_settings
+    from okra_sidecar.engine.processes import adopt_parent, read_settings
     from okra_sidecar.server import run_engine
 
+    if not adopt_parent():
+        print("error: the engine process runs only as a child of `serve`", file=sys.stderr)
+        return 1
     settings = read_settings()
     setup_logging(settings.telemetry)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import sys
@@ -23,6 +24,7 @@ from okra_sidecar.store.embedded import terminate_with_parent
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
+PARENT_PID_ENV = "OKRA_ENGINE_PARENT_PID"
 STOP_TIMEOUT_S = 15.0
 
 
@@ -48,13 +50,16 @@ class EngineProcesses:
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
+        # fork() handlers"); without it Python spawns with vfork. The child asks for
+        # PDEATHSIG itself (adopt_parent) and checks this pid is still its parent.
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "okra_sidecar",
             "engine",
             stdin=asyncio.subprocess.PIPE,
-            preexec_fn=terminate_with_parent,
+            env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
         )
         assert process.stdin is not None
         process.stdin.write(self._payload)
@@ -89,6 +94,14 @@ class EngineProcesses:
             except TimeoutError:
                 child.kill()
                 await child.wait()
+
+
+def adopt_parent() -> bool:
+    """In a child: die with the parent; False if it is gone already (or was never there)."""
+    terminate_with_parent()
+    expected = os.environ.get(PARENT_PID_ENV)
+    # Checked after PDEATHSIG is set, so a parent that dies in between is still noticed.
+    return expected is not None and os.getppid() == int(expected)
 
 
 def read_settings() -> Settings:

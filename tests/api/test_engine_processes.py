@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
 
+from bench.cpu import child_pids
 from okra_sidecar.config import Settings
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.api.test_process import start_process
 from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
 
 pytestmark = pytest.mark.slow
@@ -54,3 +57,46 @@ async def test_children_take_the_turns_and_one_that_dies_is_replaced(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_killed_sidecar_takes_its_engine_children_with_it(
+    redis: Redis, redis_url: str, unused_tcp_port: int
+) -> None:
+    process = await start_process(redis_url, unused_tcp_port, env={"OKRA_ENGINE_PROCESSES": "2"})
+    try:
+        children = child_pids(process.pid)
+        assert len(children) == 2
+        process.kill()
+        await process.wait()
+        for _ in range(100):
+            if not any(_alive(pid) for pid in children):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_the_engine_command_refuses_to_run_on_its_own() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "okra_sidecar",
+        "engine",
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1
+    assert b"runs only as a child of `serve`" in stderr
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a reaped child's pid is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
