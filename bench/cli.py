@@ -121,7 +121,8 @@ async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
                 )
                 log(
                     f"sidecar ready on {server.address} with {plan.engine_processes} engine "
-                    "process(es); its cpu% counts the serving process only; warming up"
+                    "process(es) (cpu%: server = the serving process, engine = its engine "
+                    "children together); warming up"
                 )
                 await warm_up(client)
                 return await run_workloads(client, plan)

@@ -1,4 +1,4 @@
-"""CPU used by the client, the server and the server's redis-server over a window, from /proc."""
+"""CPU used by the client, the server, its engine children and its redis-server, from /proc."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class CpuShare:
     client: float
     server: float | None
     redis: float | None
+    # The sidecar's engine child processes together (engineProcesses), None without any.
+    engine: float | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class CpuSample:
     client_s: float
     server_s: float | None
     redis_s: float | None
+    engine_s: float | None = None
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -51,30 +54,53 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def process_name(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 class CpuMeter:
-    """Samples CPU time of this process (the client), a server process and its Redis.
+    """Samples CPU time of this process (the client), a server process, its engine children
+    and its Redis.
 
     Args:
         server_pid: The server's process, or None when it runs in this process (tests).
         redis_pid: The embedded redis-server, or None for an external Redis or none at all.
+        engine_pids: The sidecar's engine child processes, if it has any.
     """
 
-    def __init__(self, *, server_pid: int | None = None, redis_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        server_pid: int | None = None,
+        redis_pid: int | None = None,
+        engine_pids: tuple[int, ...] = (),
+    ) -> None:
         self._server_pid = server_pid
         self._redis_pid = redis_pid
+        self._engine_pids = engine_pids
 
     @classmethod
     def for_process(cls, pid: int) -> CpuMeter:
-        """A meter on `pid` and its first child (the sidecar's embedded redis-server)."""
+        """A meter on `pid`, its redis-server child and its other (engine) children."""
         children = child_pids(pid)
-        return cls(server_pid=pid, redis_pid=children[0] if children else None)
+        redis = [c for c in children if process_name(c) == "redis-server"]
+        return cls(
+            server_pid=pid,
+            redis_pid=redis[0] if redis else None,
+            engine_pids=tuple(c for c in children if c not in redis),
+        )
 
     def sample(self) -> CpuSample:
+        engines = [process_cpu_s(pid) for pid in self._engine_pids]
         return CpuSample(
             wall_s=time.perf_counter(),
             client_s=time.process_time(),
             server_s=None if self._server_pid is None else process_cpu_s(self._server_pid),
             redis_s=None if self._redis_pid is None else process_cpu_s(self._redis_pid),
+            engine_s=None if not engines or None in engines else sum(e for e in engines if e),
         )
 
     def share_since(self, start: CpuSample) -> CpuShare:
@@ -90,4 +116,5 @@ class CpuMeter:
             client=100 * (end.client_s - start.client_s) / wall,
             server=percent(start.server_s, end.server_s),
             redis=percent(start.redis_s, end.redis_s),
+            engine=percent(start.engine_s, end.engine_s),
         )

@@ -57,7 +57,7 @@ def format_table(results: Sequence[Result]) -> str:
         "p99 ms",
         "vs echo",
         "retried",
-        "cpu% client/server/redis",
+        "cpu% client/server/engine/redis",
     )
     rows: list[tuple[str, ...]] = [header]
     for result in results:
@@ -72,7 +72,9 @@ def format_table(results: Sequence[Result]) -> str:
                 f"{result.p99_ms:.1f}",
                 f"{ratio.value:.1%}" if ratio else "",
                 str(result.errors) if result.errors else "",
-                "/".join(_percent(v) for v in (cpu.client, cpu.server, cpu.redis)) if cpu else "",
+                "/".join(_percent(v) for v in (cpu.client, cpu.server, cpu.engine, cpu.redis))
+                if cpu
+                else "",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -109,7 +111,12 @@ def machine() -> dict[str, Any]:
 
 
 def _cpu_json(cpu: CpuShare) -> dict[str, float | None]:
-    shares = {"client": cpu.client, "server": cpu.server, "redis": cpu.redis}
+    shares = {
+        "client": cpu.client,
+        "server": cpu.server,
+        "engine": cpu.engine,
+        "redis": cpu.redis,
+    }
     return {k: None if v is None else round(v, 1) for k, v in shares.items()}
 
 

@@ -128,7 +128,7 @@ class Sidecar:
         # Exporters block while they flush: off the loop, which may serve their receiver.
         if self.owns_telemetry:
             await asyncio.to_thread(self.telemetry.shutdown)
-        await self.store.hot.aclose()
+        await self.store.aclose()
         await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
@@ -292,14 +292,19 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
 def build_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisStore:
     """The store on `client`, its per-call commands on one multiplexed connection."""
     hot = hot_commands(
+        url, client, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
+    )
+    # The engine's blocking XREADGROUP waits up to read_block_ms for a reply.
+    reader = hot_commands(
         url,
         client,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000,
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
     )
     return RedisStore(
         redis=client,
         hot=hot,
+        reader=reader,
         keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
         durability=settings.redis.durability,
     )
@@ -467,7 +472,7 @@ async def start_sidecar(
         if policies is not None:
             await policies.manager.stop()
         if store is not None:
-            await store.hot.aclose()
+            await store.aclose()
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
@@ -538,7 +543,7 @@ async def run_engine(settings: Settings) -> None:
     finally:
         await policies.manager.stop()
         await asyncio.to_thread(telemetry.shutdown)
-        await store.hot.aclose()
+        await store.aclose()
         await client.aclose()
 
 

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.commands import PooledCommands
 from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
 from okra_sidecar.store.redis_store import (
     claim_partitions,
@@ -85,6 +86,8 @@ class RedisEffectStore:
     def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
+        # The shared pool, replies raw, for read_partitions.
+        self._pooled = PooledCommands(redis)
         self._deliver = redis.register_script(load_script("deliver"))
         self._complete = redis.register_script(load_script("complete_task"))
         self._enqueue = redis.register_script(load_script("enqueue_task"))
@@ -114,7 +117,7 @@ class RedisEffectStore:
 
     async def read_effects(self, consumer: str, *, count: int, block_ms: int) -> list[EffectEntry]:
         entries = await read_partitions(
-            self.redis,
+            self._pooled,
             EXECUTOR_GROUP,
             consumer,
             self.keys.all_effects(),

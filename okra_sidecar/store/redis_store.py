@@ -105,7 +105,7 @@ PartitionEntry = tuple[int, Any, dict[bytes, bytes]]
 
 
 async def read_partitions(
-    redis: aioredis.Redis,
+    commands: HotCommands,
     group: str,
     consumer: str,
     streams: Sequence[str],
@@ -120,18 +120,23 @@ async def read_partitions(
     `partition_of` maps each stream's encoded name to its partition. Without the group (Redis
     lost its data: restarted without persistence) this awaits `recreate_groups` and reads none.
     """
-    keys: dict[Any, Any] = {k: ">" for k in streams}
     with map_redis_errors():
         try:
-            reply: Any = await redis.xreadgroup(group, consumer, keys, count=count, block=block_ms)
+            reply: Any = await commands.execute(
+                *("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms),
+                *("STREAMS", *streams, *(">" for _ in streams)),
+            )
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await recreate_groups()
             return []
+    # The raw reply: [[stream, [[id, [field, value, ...]], ...]], ...] in RESP2, a map of
+    # stream to entries in RESP3 (redis-py's pool); a deleted entry has no fields.
+    streams_read = reply.items() if isinstance(reply, dict) else reply or []
     return [
-        (partition_of[_bytes(stream)], eid, fields)
-        for stream, entries in reply or []
+        (partition_of[stream], eid, _pairs(fields))
+        for stream, entries in streams_read
         for eid, fields in entries
         if fields
     ]
@@ -210,8 +215,9 @@ def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> Ins
 class RedisStore:
     """The one Store implementation, on Redis clients it does not own.
 
-    `hot` carries the commands of every rpc and turn (see store/commands.py); `redis`, the
-    pooled client, everything else (blocking reads, pipelines, administration).
+    `hot` carries the commands of every rpc and turn (see store/commands.py); `reader`, a
+    connection of its own, the engine's blocking read of the work streams (one at a time);
+    `redis`, the pooled client, everything else (pipelines, administration).
     """
 
     def __init__(
@@ -220,6 +226,7 @@ class RedisStore:
         redis: aioredis.Redis,
         keys: RedisKeys,
         hot: HotCommands | None = None,
+        reader: HotCommands | None = None,
         durability: str = "memory",
         replicas: int = 1,
         durability_timeout_ms: int = 1000,
@@ -228,6 +235,7 @@ class RedisStore:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
         self.redis = redis
         self.hot = hot if hot is not None else PooledCommands(redis)
+        self._reader = reader if reader is not None else PooledCommands(redis)
         self.keys = keys
         self._durability = durability
         self._replicas = replicas
@@ -239,6 +247,11 @@ class RedisStore:
         self._signal = MultiplexedScript(load_script("signal"))
         self._timers = MultiplexedScript(load_script("timers"))
         self._stream_partition = {k.encode(): p for p, k in enumerate(keys.all_work())}
+
+    async def aclose(self) -> None:
+        """Close the store's own connections (not `redis`, which its owner closes)."""
+        await self.hot.aclose()
+        await self._reader.aclose()
 
     async def ping(self) -> None:
         with map_redis_errors():
@@ -713,7 +726,7 @@ class RedisStore:
 
     async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]:
         entries = await read_partitions(
-            self.redis,
+            self._reader,
             ENGINE_GROUP,
             consumer,
             self.keys.all_work(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -13,6 +14,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
+from okra_sidecar.store.redis_store import read_partitions
 from tests.helpers import Stub
 
 SCRIPT = MultiplexedScript("return {KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], 'a')}")
@@ -84,3 +86,26 @@ async def test_the_sidecar_serves_reads_on_a_multiplexed_connection_that_reconne
     await redis.client_kill_filter(_type="normal", skipme=True)
     instance = await stub.GetStatus(pb.GetStatusRequest(instance_id=run.instance_id))
     assert instance.instance_id == run.instance_id
+
+
+async def test_read_partitions_reads_both_reply_shapes(hot: HotCommands, redis: Redis) -> None:
+    streams = ["w:0", "w:1"]
+    for stream in streams:
+        await redis.xgroup_create(stream, "g", id="0", mkstream=True)
+    await redis.xadd("w:1", {"i": "a"}, id="1-0")
+    await redis.xadd("w:0", {"i": "b", "x": "y"}, id="2-0")
+
+    async def no_groups() -> None:
+        raise AssertionError("the groups exist")
+
+    async def read() -> list[Any]:
+        partitions = {b"w:0": 0, b"w:1": 1}
+        return await read_partitions(
+            hot, "g", "c", streams, partitions, count=10, block_ms=10, recreate_groups=no_groups
+        )
+
+    assert sorted(await read()) == [
+        (0, b"2-0", {b"i": b"b", b"x": b"y"}),
+        (1, b"1-0", {b"i": b"a"}),
+    ]
+    assert await read() == []  # nothing new: the block times out empty
