@@ -61,6 +61,7 @@ from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.retention_store import RedisRetentionStore
 from okra_sidecar.store.schedule_store import RedisScheduleStore
+from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry import ClusterGauges, Telemetry
 from okra_sidecar.telemetry.admin import AdminServer
 from okra_sidecar.telemetry.providers import scrape_listen
@@ -109,7 +110,7 @@ class Sidecar:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
         # telemetry, close Redis.
         await self.health.enter_graceful_shutdown()
-        self.health_task.cancel()
+        await cancel_and_wait([self.health_task])
         await self.server.stop(grace_s)
         for loop in (self.scheduler, self.retention):
             if loop is not None:
@@ -122,7 +123,7 @@ class Sidecar:
         if self.effects is not None:
             await self.effects.stop(timeout_s=grace_s or 0.0)
         if self.gauge_task is not None:
-            self.gauge_task.cancel()
+            await cancel_and_wait([self.gauge_task])
         if self.admin is not None:
             await self.admin.stop()
         # Exporters block while they flush: off the loop, which may serve their receiver.

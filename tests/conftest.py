@@ -7,6 +7,7 @@ import io
 import os
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -27,7 +28,17 @@ def _print_stuck_tasks(loop: asyncio.AbstractEventLoop) -> None:
     tasks = asyncio.all_tasks(loop)
     print(f"\n+++ {len(tasks)} tasks still waiting after {STUCK_AFTER_S:.0f}s +++", file=out)
     for task in tasks:
-        task.print_stack(limit=12, file=out)
+        print(f"{task!r}", file=out)
+        # Task.print_stack shows only the task's own frame: follow what each coroutine awaits.
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                print(
+                    f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}",
+                    file=out,
+                )
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
     sys.stderr.write(out.getvalue())
 
 

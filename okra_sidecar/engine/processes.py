@@ -20,6 +20,7 @@ import sys
 
 from okra_sidecar.config import Settings
 from okra_sidecar.store.embedded import terminate_with_parent
+from okra_sidecar.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ class EngineProcesses:
     async def stop(self) -> None:
         """SIGTERM every child (each finishes its turns in flight), then wait for them."""
         self._stopping = True
-        for task in self._supervisors:
-            task.cancel()
+        await cancel_and_wait(self._supervisors)
         live = [c for c in self._children if c is not None and c.returncode is None]
         for child in live:
             with contextlib.suppress(ProcessLookupError):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.base import RetentionStore
+from okra_sidecar.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class RetentionKeeper:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _loop(self) -> None:

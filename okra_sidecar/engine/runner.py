@@ -17,6 +17,7 @@ from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
+from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry.metrics import SidecarMetrics
 from okra_sidecar.telemetry.turns import TurnTracer
 
@@ -110,13 +111,10 @@ class EngineRunner:
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Stop reading new work and let the turns in flight finish (unacked ones are retried)."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._turns:
             await asyncio.wait(self._turns, timeout=timeout_s)
-        for task in self._turns:
-            task.cancel()
+        await cancel_and_wait(self._turns)
         self._tasks = []
 
     async def _loop(self, name: str, once: Callable[[], Any]) -> None:

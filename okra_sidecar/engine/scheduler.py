@@ -46,6 +46,7 @@ from okra_sidecar.schedules import (
     format_fire_time,
 )
 from okra_sidecar.store.base import ScheduleStore, Store
+from okra_sidecar.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _loop(self) -> None:

@@ -27,6 +27,7 @@ from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
+from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry import tracing
 from okra_sidecar.telemetry.effects import EffectTracer
 
@@ -99,15 +100,11 @@ class EffectDispatcher:
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         """Stop reading; effects in flight get `timeout_s`, then stay pending for another."""
         self._stopping.set()
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         tasks = [task for _, task in self._running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         self._loops = []
 
     async def _loop(self, name: str, once: Callable[[], Awaitable[None]]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from okra_sidecar.engine.routing import ANY_TYPE, subscription_matches
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.effect_store import EventEntry, RedisEffectStore
+from okra_sidecar.tasks import cancel_and_wait
 
 __all__ = ["RESERVED_TYPE_PREFIX", "EventRouter"]
 
@@ -52,9 +53,7 @@ class EventRouter:
         ]
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         self._loops = []
 
     async def _loop(self, once: Callable[[], Awaitable[None]]) -> None:

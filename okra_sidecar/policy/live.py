@@ -32,6 +32,7 @@ from okra_sidecar.policy.document import (
     parse_policy_text,
 )
 from okra_sidecar.policy.model import Identity
+from okra_sidecar.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from okra_sidecar.store.policy_store import StoredPolicies
@@ -129,9 +130,7 @@ class PolicyManager:
             self._tasks.append(asyncio.create_task(self._watch(), name="okra-policy-file"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         try:
             await asyncio.wait_for(self._audit.flush(), timeout=AUDIT_FLUSH_TIMEOUT_S)

@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_sidecar.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from okra_sidecar.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as Stub
@@ -124,13 +125,11 @@ class TaskWorker:
                     logger.warning("task stream lost (%s); reconnecting", exc.code().name)
                     await asyncio.sleep(0.5)
         finally:
-            beats.cancel()
+            await cancel_and_wait([beats])
             running = list(self._running.values())
             if running:
                 await asyncio.wait(running, timeout=grace_s)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, beats, return_exceptions=True)
+            await cancel_and_wait(running)
             if self._owns_channel and self._channel is not None:
                 await self._channel.close()
                 self._channel = None
