@@ -18,7 +18,7 @@ from bench.cpu import CpuMeter
 from bench.load import Result
 from bench.processes import ServerStartError, echo_process, sidecar_process
 from bench.progress import ProgressTimeoutError
-from bench.report import format_ratios, format_table, to_json
+from bench.report import format_medians, format_ratios, format_table, rounds_json, to_json
 from bench.workloads import (
     HOLD,
     BenchError,
@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="the sidecar's engineProcesses: 0 takes turns in the serving process (1)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole run (fresh servers) and report the median ratios (1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -181,11 +187,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url=args.redis_url,
         engine_processes=args.engine_processes,
     )
-    try:
-        results = asyncio.run(run_bench(plan))
-    except (ServerStartError, BenchError, ProgressTimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.rounds < 1:
+        print("error: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    rounds: list[list[Result]] = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            log(f"round {number} of {args.rounds}")
+        try:
+            results = asyncio.run(run_bench(plan))
+        except (ServerStartError, BenchError, ProgressTimeoutError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        rounds.append(results)
+        if not args.json:
+            print(format_table(results))
+            ratios = format_ratios(results)
+            if ratios:
+                print("\n" + ratios)
+            print()
     if args.json:
         settings = {
             "counts": plan.counts,
@@ -193,10 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis": "external" if plan.redis_url else "embedded",
             "engineProcesses": plan.engine_processes,
         }
-        print(to_json(results, settings))
-    else:
-        print(format_table(results))
-        ratios = format_ratios(results)
-        if ratios:
-            print("\n" + ratios)
+        print(to_json(rounds[0], settings) if len(rounds) == 1 else rounds_json(rounds, settings))
+    elif len(rounds) > 1:
+        print(format_medians(rounds))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,47 @@ def format_ratios(results: Sequence[Result]) -> str:
             f"{ratio.name} / echo = {ratio.value:.1%} (target >= {ratio.target:.0%}: {verdict})"
         )
     return "\n".join(lines)
+
+
+def median_ratios(rounds: Sequence[Sequence[Result]]) -> list[tuple[str, list[float], Ratio]]:
+    """Per ratio row: its value in each round and a Ratio holding the median of them."""
+    by_row: dict[str, list[Ratio]] = {}
+    for results in rounds:
+        for ratio in ratios(results):
+            by_row.setdefault(ratio.name, []).append(ratio)
+    return [
+        (
+            name,
+            [r.value for r in row],
+            Ratio(name, statistics.median(r.value for r in row), row[0].target),
+        )
+        for name, row in by_row.items()
+    ]
+
+
+def format_medians(rounds: Sequence[Sequence[Result]]) -> str:
+    """One line per ratio row: every round's value and the median, judged on the median."""
+    lines = [f"Medians over {len(rounds)} rounds:"]
+    for name, values, median in median_ratios(rounds):
+        each = ", ".join(f"{v:.1%}" for v in values)
+        verdict = ""
+        if median.target is not None:
+            verdict = f" (target >= {median.target:.0%}: {'met' if median.met else 'NOT met'})"
+        lines.append(f"{name} / echo = {median.value:.1%}{verdict}; rounds: {each}")
+    return "\n".join(lines)
+
+
+def rounds_json(rounds: Sequence[Sequence[Result]], settings: Mapping[str, Any]) -> str:
+    """Every round as to_json gives it, and the median ratios."""
+    return json.dumps(
+        {
+            "rounds": [json.loads(to_json(results, settings)) for results in rounds],
+            "median_ratios": {
+                name: round(median.value, 4) for name, _, median in median_ratios(rounds)
+            },
+        },
+        indent=2,
+    )
 
 
 def machine() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from bench.cpu import CpuMeter
 from bench.echo import build_echo_server
 from bench.load import Result, drive, percentile
 from bench.processes import WORKFLOWS_DIR
-from bench.report import format_ratios, format_table, to_json
+from bench.report import format_medians, format_ratios, format_table, rounds_json, to_json
 from bench.workloads import (
     Client,
     measure_completion,
@@ -90,6 +90,22 @@ def test_report_shows_ratios_to_echo() -> None:
     ]
     document = json.loads(to_json(results, {"concurrency": 64}))
     assert [r["to_echo"] for r in document["ratios"]] == [0.5, 0.8]
+
+
+def test_rounds_report_the_median_ratio_judged_against_the_target() -> None:
+    def round_of(run_rate: int) -> list[Result]:
+        return [
+            Result("echo (grpc.aio)", 100, 1.0, [1.0] * 100),
+            Result("W1 Run", run_rate, 1.0, [2.0] * run_rate),
+        ]
+
+    rounds = [round_of(30), round_of(45), round_of(41)]
+    assert format_medians(rounds).splitlines() == [
+        "Medians over 3 rounds:",
+        "W1 Run / echo = 41.0% (target >= 40%: met); rounds: 30.0%, 45.0%, 41.0%",
+    ]
+    document = json.loads(rounds_json(rounds, {"concurrency": 64}))
+    assert len(document["rounds"]) == 3 and document["median_ratios"] == {"W1 Run": 0.41}
 
 
 async def test_drive_retries_unavailable_and_counts_it() -> None:
