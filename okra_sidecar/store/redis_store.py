@@ -43,7 +43,7 @@ from okra_sidecar.store.base import (
 )
 from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
-from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
 from okra_sidecar.store.scripts import load_script
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ class RedisStore:
         self.redis = redis
         self.hot = hot if hot is not None else PooledCommands(redis)
         self._reader = reader if reader is not None else PooledCommands(redis)
+        # Writes that must wait for durability, each with its WAIT on one pool connection.
+        self._pooled = PooledCommands(redis)
         self.keys = keys
         self._durability = durability
         self._replicas = replicas
@@ -268,27 +270,48 @@ class RedisStore:
                     if "BUSYGROUP" not in str(exc):
                         raise
 
-    async def _make_durable(self) -> None:
-        """Wait until the last write reached the configured durability level."""
+    async def _durable_write(
+        self, script: MultiplexedScript, keys: Sequence[str], args: Sequence[Arg]
+    ) -> tuple[Any, Any]:
+        """Run a write script and then, at durability `aof` or `replicas`, the wait for it.
+
+        Returns the script's reply and the wait's (None when nothing waits). WAIT and WAITAOF
+        wait for the writes of their own connection, so the two go in one pipeline on one pool
+        connection: on the shared multiplexed one a WAIT would hold every caller behind it.
+        """
+        wait = await self._wait_command()
+        if wait is None:
+            return await self.hot.evalsha(script, keys, args), None
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            reply, waited = await self._pooled.pipeline([evalsha, wait])
+        except redis_errors.NoScriptError:
+            await self._pooled.execute("SCRIPT", "LOAD", script.script)
+            reply, waited = await self._pooled.pipeline([evalsha, wait])
+        return reply, waited
+
+    async def _wait_command(self) -> tuple[Arg, ...] | None:
         if self._durability == "memory":
-            return
+            return None
         timeout = self._durability_timeout_ms
         if self._durability == "replicas":
-            acked = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "WAIT", self._replicas, timeout
-            )
-            if int(acked) < self._replicas:
-                raise StoreUnavailableError(
-                    f"only {acked} of {self._replicas} Redis replicas acknowledged the write"
-                )
-            return
+            return ("WAIT", self._replicas, timeout)
         if self._waitaof is None:
             info = await self.redis.info("server")
             major, minor = (int(x) for x in str(info["redis_version"]).split(".")[:2])
             self._waitaof = (major, minor) >= (7, 2)
-        if self._waitaof:
-            await self.redis.execute_command("WAITAOF", 1, 0, timeout)  # type: ignore[no-untyped-call]
         # Below 7.2, `aof` relies on `appendfsync always`, which the embedded server sets.
+        return ("WAITAOF", 1, 0, timeout) if self._waitaof else None
+
+    def _check_durable(self, waited: Any) -> None:
+        """Refuse a write that too few replicas acknowledged (durability `replicas`)."""
+        if waited is None or self._durability != "replicas":
+            return
+        if int(waited) < self._replicas:
+            raise StoreUnavailableError(
+                f"only {waited} of {self._replicas} Redis replicas acknowledged the write "
+                f"within {self._durability_timeout_ms} ms"
+            )
 
     # -- instances ------------------------------------------------------------------------
 
@@ -343,7 +366,7 @@ class RedisStore:
             index_keys += [keys.instance(parent.instance_id), keys.children(parent.instance_id)]
             child = "1"
         with map_redis_errors():
-            created = await self.hot.evalsha(
+            created, waited = await self._durable_write(
                 self._create,
                 keys=[
                     keys.instance(new.instance_id),
@@ -375,7 +398,7 @@ class RedisStore:
                     f"{source} is reached; retry when some have finished",
                     policy=workflow_limit_policy,
                 )
-            await self._make_durable()
+            self._check_durable(waited)
         return int(created) == 1
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -401,7 +424,7 @@ class RedisStore:
         """
         keys = self.keys
         with map_redis_errors():
-            result = await self.hot.evalsha(
+            result, waited = await self._durable_write(
                 self._signal,
                 keys=[
                     keys.instance(instance_id),
@@ -414,7 +437,7 @@ class RedisStore:
             outcome = [_text(x) for x in result]
             self._raise_for(instance_id, outcome, "signal")
             if outcome[0] == "ok":
-                await self._make_durable()
+                self._check_durable(waited)
         return outcome[0] == "duplicate"
 
     async def cancel(
@@ -439,7 +462,7 @@ class RedisStore:
                     keys.index_finished,
                 ]
                 extra_keys, extras = await self._cancel_extras(instance_id, reason, now_ms, base)
-                result = await self.hot.evalsha(
+                result, waited = await self._durable_write(
                     self._cancel,
                     keys=[*base, *extra_keys],
                     args=[instance_id, reason, now_ms, event, expect_status or "", extras],
@@ -448,7 +471,7 @@ class RedisStore:
                 if outcome[0] != "retry":  # 'retry': a turn changed the subscriptions meanwhile
                     break
             self._raise_for(instance_id, outcome, "cancel")
-            await self._make_durable()
+            self._check_durable(waited)
             children = await self.redis.smembers(keys.children(instance_id))
         for child in sorted(_text(c) for c in children):
             try:
