@@ -301,6 +301,7 @@ def build_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisSt
         client,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000,
         connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        blocking_reads=True,
     )
     return RedisStore(
         redis=client,

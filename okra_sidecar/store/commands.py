@@ -68,13 +68,25 @@ class PooledCommands:
 
 
 def hot_commands(
-    url: str, client: aioredis.Redis, *, socket_timeout: float, connect_timeout: float
+    url: str,
+    client: aioredis.Redis,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    blocking_reads: bool = False,
 ) -> HotCommands:
-    """A multiplexed connection to `url`, or `client`'s pool for URLs it cannot take."""
+    """A multiplexed connection to `url`, or `client`'s pool for URLs it cannot take.
+
+    `blocking_reads`: the connection carries one caller's blocking reads, one at a time, and
+    is dropped when that caller gives up on one (see MultiplexedRedis's `drop_on_cancel`).
+    """
     try:
         parse_redis_url(url)
     except ValueError:
         return PooledCommands(client)
     return MultiplexedRedis(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        drop_on_cancel=blocking_reads,
     )

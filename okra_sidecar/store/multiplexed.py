@@ -245,18 +245,29 @@ class MultiplexedRedis:
     to callers first in, first out, so concurrent callers share round trips without a pool.
     Only for commands that answer at once: a blocking command (BLPOP, XREAD BLOCK) would
     stall every caller behind it, and MULTI, WATCH, SELECT or SUBSCRIBE would change the
-    connection for all of them.
+    connection for all of them. The exception is a connection of its own for one caller's
+    blocking reads, one at a time, made with `drop_on_cancel`.
 
     Args:
         url: `redis://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
         socket_timeout: Seconds a reply may take; a late one drops the connection.
         socket_connect_timeout: Seconds to connect, authenticate and select the db.
+        drop_on_cancel: Drop the connection when a caller is cancelled. A blocked
+            XREADGROUP stays blocked in Redis after its caller gives up, and would still take
+            the next entries into the group's pending list, where only a reclaim finds them;
+            closing the connection unblocks it (redis-py's pool does the same).
     """
 
     def __init__(
-        self, url: str, *, socket_timeout: float = 10.0, socket_connect_timeout: float = 2.0
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 10.0,
+        socket_connect_timeout: float = 2.0,
+        drop_on_cancel: bool = False,
     ) -> None:
         self._address = parse_redis_url(url)
+        self._drop_on_cancel = drop_on_cancel
         self._timeout = socket_timeout
         self._connect_timeout = socket_connect_timeout
         self._protocol: _ReplyProtocol | None = None
@@ -281,7 +292,13 @@ class MultiplexedRedis:
         protocol = self._protocol
         if protocol is None or not protocol.is_open:
             protocol = await self._connect()
-        return await protocol.send(payload)
+        if not self._drop_on_cancel:
+            return await protocol.send(payload)
+        try:
+            return await protocol.send(payload)
+        except asyncio.CancelledError:
+            protocol.close(redis_errors.ConnectionError("a command was abandoned by its caller"))
+            raise
 
     async def evalsha(
         self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()

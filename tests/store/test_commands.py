@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from okra_sidecar.server import Sidecar
 from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
 from okra_sidecar.store.redis_store import read_partitions
+from okra_sidecar.tasks import cancel_and_wait
 from tests.helpers import Stub
 
 SCRIPT = MultiplexedScript("return {KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], 'a')}")
@@ -109,3 +111,39 @@ async def test_read_partitions_reads_both_reply_shapes(hot: HotCommands, redis: 
         (1, b"1-0", {b"i": b"a"}),
     ]
     assert await read() == []  # nothing new: the block times out empty
+
+
+@pytest.mark.parametrize("drop_on_cancel", [True, False])
+async def test_an_abandoned_blocking_read_takes_no_entries_when_its_connection_drops(
+    redis: Redis, redis_url: str, drop_on_cancel: bool
+) -> None:
+    reader = MultiplexedRedis(redis_url, drop_on_cancel=drop_on_cancel)
+    await redis.xgroup_create("w", "g", id="0", mkstream=True)
+    read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 10, "BLOCK", 5000, "STREAMS", "w", ">")
+    try:
+        blocked = asyncio.create_task(reader.execute(*read))
+        await _wait_for_blocked_clients(redis, 1)
+        await cancel_and_wait([blocked])
+        if drop_on_cancel:
+            await _wait_for_blocked_clients(redis, 0)
+        await redis.xadd("w", {"i": "a"}, id="1-0")
+        # The next read gets the entry, unless the abandoned read, still blocked in Redis,
+        # took it into the pending list (what happens without drop_on_cancel).
+        reply = await reader.execute(*read[:6], "BLOCK", 100, "STREAMS", "w", ">")
+        if drop_on_cancel:
+            assert reply == [[b"w", [[b"1-0", [b"i", b"a"]]]]]
+        else:
+            assert reply is None
+            pending = await redis.xpending("w", "g")
+            assert pending["pending"] == 1
+    finally:
+        await reader.aclose()
+
+
+async def _wait_for_blocked_clients(redis: Redis, count: int) -> None:
+    """Poll INFO (Redis has no event for it) until `count` clients are blocked."""
+    async with asyncio.timeout(5):
+        while True:
+            if (await redis.info("clients"))["blocked_clients"] == count:
+                return
+            await asyncio.sleep(0.01)

@@ -29,8 +29,17 @@ async def connect(redis: Redis, redis_url: str) -> AsyncIterator[Connect]:
     """Builds clients on the flushed test Redis (or another URL) and closes them after."""
     clients: list[MultiplexedRedis] = []
 
-    def build(url: str = redis_url, **options: float) -> MultiplexedRedis:
-        clients.append(MultiplexedRedis(url, **options))
+    def build(
+        url: str = redis_url,
+        *,
+        socket_timeout: float = 10.0,
+        socket_connect_timeout: float = 2.0,
+    ) -> MultiplexedRedis:
+        clients.append(
+            MultiplexedRedis(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout
+            )
+        )
         return clients[-1]
 
     yield build
