@@ -4,7 +4,9 @@ The rpcs and turns send one or two commands each (HMGET, EVALSHA, XRANGE). redis
 more CPU per command than the sidecar spends on the rest of GetStatus, so these go through
 one multiplexed connection (store/multiplexed.py). URLs it does not take (`rediss://`) fall
 back to the shared redis-py pool, with redis-py's reply parsing turned off so that both
-give the same raw replies. Blocking reads, pipelines and everything else stay on redis-py.
+give the same raw replies. The engine's blocking work-stream read has a multiplexed connection
+of its own (`blocking_reads`); other blocking reads, pipelines and everything else stay on
+redis-py.
 """
 
 from __future__ import annotations
