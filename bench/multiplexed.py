@@ -24,22 +24,10 @@ from okra_sidecar.config import Settings
 from okra_sidecar.server import redis_client
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.multiplexed import MultiplexedRedis
+from okra_sidecar.store.redis_store import RECORD_FIELDS
 
-# The snapshot GetStatus reads (see RECORD_FIELDS in store/redis_store.py).
-FIELDS = (
-    "wf",
-    "status",
-    "input",
-    "output",
-    "error",
-    "corr",
-    "tags",
-    "step",
-    "ctx",
-    "created",
-    "updated",
-    "completed",
-)
+# The snapshot GetStatus reads.
+FIELDS = RECORD_FIELDS
 HASHES = 1000
 WARM_UP_CALLS = 2000
 Call = Callable[[int], Awaitable[Any]]
