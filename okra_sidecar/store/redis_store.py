@@ -43,7 +43,7 @@ from okra_sidecar.store.base import (
 )
 from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
-from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, evalsha_with
 from okra_sidecar.store.scripts import load_script
 
 logger = logging.getLogger(__name__)
@@ -234,10 +234,11 @@ class RedisStore:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
         self.redis = redis
-        self.hot = hot if hot is not None else PooledCommands(redis)
-        self._reader = reader if reader is not None else PooledCommands(redis)
-        # Writes that must wait for durability, each with its WAIT on one pool connection.
+        # The pool, replies raw: writes that wait for durability (each with its WAIT on one
+        # connection), and hot commands and reads when no connection of their own is given.
         self._pooled = PooledCommands(redis)
+        self.hot = hot if hot is not None else self._pooled
+        self._reader = reader if reader is not None else self._pooled
         self.keys = keys
         self._durability = durability
         self._replicas = replicas
@@ -282,12 +283,11 @@ class RedisStore:
         wait = await self._wait_command()
         if wait is None:
             return await self.hot.evalsha(script, keys, args), None
-        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            reply, waited = await self._pooled.pipeline([evalsha, wait])
-        except redis_errors.NoScriptError:
-            await self._pooled.execute("SCRIPT", "LOAD", script.script)
-            reply, waited = await self._pooled.pipeline([evalsha, wait])
+
+        async def then_wait(*command: Arg) -> Any:
+            return await self._pooled.pipeline([command, wait])
+
+        reply, waited = await evalsha_with(then_wait, script, keys, args)
         return reply, waited
 
     async def _wait_command(self) -> tuple[Arg, ...] | None:
@@ -863,10 +863,6 @@ def subscription_types(record: str) -> list[str]:
     if not record:
         return []
     return [str(t) for t in json.loads(record).get("types", [])]
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
 
 
 def _matches(record: InstanceRecord, query: QueryFilter) -> bool:
