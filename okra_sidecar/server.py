@@ -13,17 +13,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.chain import InterceptorChain
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
+from okra_sidecar.api.registration import GenericOnlyServer
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
@@ -46,6 +47,7 @@ from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_sidecar.heap import settle_heap
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
@@ -216,20 +218,25 @@ def build_server(
         interceptors += [policies.auth, policies.policy]
     # One chain composes the layers once per method (see InterceptorChain for why).
     server = grpc.aio.server(interceptors=[InterceptorChain(interceptors)], options=GRPC_OPTIONS)
-    pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Generic handlers only, WorkflowHostAPI first (see GenericOnlyServer for why).
+    target: Any = GenericOnlyServer(server)
+    pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, target)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
     if schedules is not None:
-        spb_grpc.add_ScheduleHostAPIServicer_to_server(schedules, server)
+        spb_grpc.add_ScheduleHostAPIServicer_to_server(schedules, target)
     services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if schedules is not None:
         services.append(SCHEDULE_SERVICE_NAME)
     if policies is not None:
-        admin_pb_grpc.add_PolicyAdminServiceServicer_to_server(policies.admin, server)
+        admin_pb_grpc.add_PolicyAdminServiceServicer_to_server(policies.admin, target)
         services.append(ADMIN_SERVICE_NAME)
     if task_worker is not None:
-        wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, server)
+        wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, target)
         services.append(TASK_WORKER_SERVICE)
-    reflection.enable_server_reflection(services, server)
+    # What reflection.enable_server_reflection does for an aio server, through `target`.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(services), target
+    )
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
@@ -540,6 +547,7 @@ async def run_engine(settings: Settings) -> None:
             clock=wall_clock_ms,
         )
         await runner.start()
+        settle_heap()
         await stop.wait()
         await runner.stop(timeout_s=settings.server.grace_s)
     finally:
@@ -586,6 +594,7 @@ async def serve(settings: Settings, *, out: TextIO = sys.stdout) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    settle_heap()
     print_hints(sidecar, settings, out)
     try:
         await stop.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from okra_sidecar.instances import InstanceStatus
 
@@ -132,8 +133,13 @@ class RedisKeys:
         # The name's length keeps `a=b=c` unambiguous whichever side holds the `=`.
         return f"{self.prefix}idx:tag:{len(name)}:{name}={value}"
 
-    def status_indexes(self) -> list[str]:
-        return [self.index_status(s) for s in InstanceStatus]
+    def status_indexes(self) -> tuple[str, ...]:
+        return self._status_indexes
+
+    @cached_property
+    def _status_indexes(self) -> tuple[str, ...]:
+        # Every engine commit passes all of them: built once, not per turn.
+        return tuple(self.index_status(s) for s in InstanceStatus)
 
     @property
     def index_finished(self) -> str:

@@ -7,10 +7,11 @@ import hashlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+from hiredis import pack_command
 from redis import exceptions as redis_errors
 
 # The same error-prefix -> exception mapping (NOSCRIPT -> NoScriptError, ...) as redis-py's.
@@ -79,6 +80,17 @@ def parse_redis_url(url: str) -> RedisAddress:
 
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP2: an array of bulk strings, numbers as redis-py writes them."""
+    try:
+        # hiredis's encoder, in C, is about 2.5x faster; it refuses the types below that
+        # need a conversion or an error message of our own.
+        # (Its stub types the argument as a 1-tuple: hence the cast.)
+        packed: bytes = pack_command(cast(Any, tuple(args)))
+        return packed
+    except TypeError:
+        return _encode_command(args)
+
+
+def _encode_command(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         # Most arguments are keys and JSON text: str first.

@@ -376,8 +376,9 @@ class RedisStore:
                     *index_keys,
                 ],
                 args=[
-                    *(new.instance_id, member, max_active, dumps(fields), event),
+                    *(new.instance_id, member, max_active, event),
                     *(keys.active_workflow(workflow_key), max_per_workflow, child),
+                    *fields,
                 ],
             )
             if int(created) == -3:
@@ -640,6 +641,8 @@ class RedisStore:
         fields = [
             *("status", commit.status.value, "state", dumps(commit.state)),
             *("step", commit.current_step, "ctx", dumps(commit.context), "updated", now),
+            # The script applies the turn only at the loaded revision: this is the next one.
+            *("rev", str(int(snapshot.revision or 0) + 1)),
         ]
         if commit.status in FINISHED_STATUSES:
             fields += ["completed", now, "output", dumps(commit.output)]
@@ -672,16 +675,18 @@ class RedisStore:
                 args=[
                     iid,
                     snapshot.revision,
-                    dumps(fields),
+                    len(fields),
                     commit.status.value,
                     dumps(commit.consumed),
                     "" if commit.wake_at_ms is None else str(commit.wake_at_ms),
                     "1" if commit.requeue else "0",
-                    dumps([dumps(e) for e in commit.history]),
+                    len(commit.history),
                     snapshot.index_member,
                     extras,
                     dumps(list(commit.acks)) if commit.acks else "",
                     ENGINE_GROUP,
+                    *fields,
+                    *(dumps(event) for event in commit.history),
                 ],
             )
         return int(applied) == 1

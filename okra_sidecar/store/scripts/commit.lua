@@ -2,17 +2,19 @@
 -- KEYS: instance, inbox, history, work stream, timers, active counter, then the status
 --       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot), then
 --       the finished-time index (FINISHED_INDEX).
--- ARGV: instance id, expected revision, flat field list (JSON), new status, consumed inbox
---       ids (JSON), wake-at ms or '', requeue '1'/'0', history events (JSON list of strings),
+-- ARGV: instance id, expected revision, number of field arguments (n), new status, consumed
+--       inbox ids (JSON), wake-at ms or '', requeue '1'/'0', number of history events (m),
 --       index member, extras (JSON, or '' when the turn has none; see below), work entry ids
---       to acknowledge (JSON, or ''), the engine's consumer group.
+--       to acknowledge (JSON, or ''), the engine's consumer group; then n arguments of
+--       fields and values for the hash (the next revision among them) and m history events.
+--       Fields and events are plain arguments, not JSON lists: nothing to decode here.
 -- Finishing frees the instance's slots: the active counter and its workflow's ('wfc').
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'wfc')
 if cur[1] ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[3])))
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
+local field_count = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13, 12 + field_count))
 for _, entry in ipairs(cjson.decode(ARGV[5])) do
   redis.call('XDEL', KEYS[2], entry)
 end
@@ -41,8 +43,8 @@ if old ~= new then
     end
   end
 end
-for _, event in ipairs(cjson.decode(ARGV[8])) do
-  redis.call('XADD', KEYS[3], '*', 'e', event)
+for i = 13 + field_count, 12 + field_count + tonumber(ARGV[8]) do
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[i])
 end
 -- Extras, only for turns that have them (so plain turns pay nothing): effects for the
 -- executors, events to publish, results for the instance's own inbox, the outcome for a
