@@ -25,10 +25,10 @@ from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.commands import PooledCommands
+from okra_sidecar.store.jsontext import dumps, loads
 from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
 from okra_sidecar.store.redis_store import (
     claim_partitions,
-    dumps,
     map_redis_errors,
     read_partitions,
 )
@@ -113,7 +113,7 @@ class RedisEffectStore:
     # -- effects ------------------------------------------------------------------------------
 
     def _effect_entry(self, partition: int, eid: Any, fields: dict[bytes, bytes]) -> EffectEntry:
-        return EffectEntry(partition, _text(eid), _text(fields[b"i"]), json.loads(fields[b"e"]))
+        return EffectEntry(partition, _text(eid), _text(fields[b"i"]), loads(fields[b"e"]))
 
     async def read_effects(self, consumer: str, *, count: int, block_ms: int) -> list[EffectEntry]:
         entries = await read_partitions(
@@ -319,7 +319,7 @@ class RedisEffectStore:
                 await self.ensure_groups()
                 return []
         return [
-            EventEntry(_text(eid), json.loads(fields[b"e"]))
+            EventEntry(_text(eid), loads(fields[b"e"]))
             for _, entries in reply or []
             for eid, fields in entries
             if fields
@@ -332,7 +332,7 @@ class RedisEffectStore:
             reply = await self.redis.xautoclaim(
                 self.keys.events, ROUTER_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
             )
-        return [EventEntry(_text(eid), json.loads(f[b"e"])) for eid, f in reply[1] if f]
+        return [EventEntry(_text(eid), loads(f[b"e"])) for eid, f in reply[1] if f]
 
     async def ack_events(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from okra_sidecar.store.base import (
     WorkItem,
 )
 from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.jsontext import dumps, loads
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, evalsha_with
 from okra_sidecar.store.scripts import load_script
@@ -69,15 +69,6 @@ MEMBER_TIME_WIDTH = 17
 QUERY_SCAN_BATCH = 200
 QUERY_SCAN_BUDGET = 5000
 STREAM_ID_RE = re.compile(r"^\d+-\d+$")
-
-
-# One encoder for every call: json.dumps builds a new one each time, which costs more than
-# encoding the small documents a turn writes.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
 
 
 def index_member(created_us: int, instance_id: str) -> str:
@@ -185,7 +176,7 @@ def _text(value: bytes | str | None) -> str:
 
 
 def _json(value: bytes | str | None, default: Any = None) -> Any:
-    return json.loads(value) if value else default
+    return loads(value) if value else default
 
 
 def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> InstanceRecord | None:
@@ -618,9 +609,7 @@ class RedisStore:
             revision=_text(rev),
             state=_json(state, {}),
             index_member=_text(ikey),
-            inbox=[
-                InboxEntry(_text(eid), json.loads(_pairs(fields)[b"e"])) for eid, fields in inbox
-            ],
+            inbox=[InboxEntry(_text(eid), loads(_pairs(fields)[b"e"])) for eid, fields in inbox],
             trace_context=_text(otel),
             deadline_ms=int(deadline) if deadline else None,
             step_timeout_ms=int(step_timeout) if step_timeout else None,
@@ -748,7 +737,7 @@ class RedisStore:
                 exists, entries = await pipe.execute()
         if not exists:
             raise NotFoundError(f"instance {instance_id} does not exist")
-        events = [(_text(eid), json.loads(fields[b"e"])) for eid, fields in entries]
+        events = [(_text(eid), loads(fields[b"e"])) for eid, fields in entries]
         cursor = events[-1][0] if len(events) == limit else ""
         return HistoryPage(events, cursor)
 
@@ -867,7 +856,7 @@ def subscription_types(record: str) -> list[str]:
     """The event types a stored subscription record is indexed under."""
     if not record:
         return []
-    return [str(t) for t in json.loads(record).get("types", [])]
+    return [str(t) for t in loads(record).get("types", [])]
 
 
 def _matches(record: InstanceRecord, query: QueryFilter) -> bool:
