@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 
 from bench.cleanup import delete_prefixed_keys
 from bench.cpu import CpuMeter
-from bench.load import Result
-from bench.processes import ServerStartError, echo_process, sidecar_process
+from bench.load import Result, combine
+from bench.processes import ServerProcess, ServerStartError, echo_process, sidecar_process
 from bench.progress import ProgressTimeoutError
-from bench.report import format_medians, format_ratios, format_table, rounds_json, to_json
+from bench.report import (
+    RPC_ROWS,
+    format_medians,
+    format_ratios,
+    format_table,
+    rounds_json,
+    to_json,
+)
 from bench.workloads import (
     HOLD,
     BenchError,
@@ -69,63 +77,111 @@ def parse_only(text: str | None) -> list[str]:
     return [w for w in WORKLOADS if w.upper() in chosen]
 
 
-async def run_echo(plan: Plan, work_dir: Path) -> Result:
-    async with echo_process(work_dir) as server:
-        log(f"echo: {plan.counts['echo']} calls at concurrency {plan.concurrency}")
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            return await measure_echo(
-                channel,
-                count=plan.counts["echo"],
-                concurrency=plan.concurrency,
-                meter=CpuMeter.for_process(server.pid),
-                payload=run_request(HOLD).SerializeToString(),
-            )
+class EchoBaseline:
+    """The echo server measured again around each rpc workload, against one running server.
+
+    On a shared machine the speed moves between minutes; an echo rate taken once, before the
+    sidecar started, made the ratios swing by ten points or more. Each ratio row divides by
+    the mean of the echo rates measured right before and right after it instead.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, *, count: int, plan: Plan, pid: int) -> None:
+        self._channel = channel
+        self._count = count
+        self._concurrency = plan.concurrency
+        self._meter = CpuMeter.for_process(pid)
+        self._rows: list[Result] = []
+
+    async def measure(self) -> float:
+        row = await measure_echo(
+            self._channel,
+            count=self._count,
+            concurrency=self._concurrency,
+            meter=self._meter,
+            payload=run_request(HOLD).SerializeToString(),
+        )
+        self._rows.append(row)
+        return row.rate
+
+    def row(self) -> Result:
+        """Every echo measurement of the round as the table's one echo row."""
+        return combine(self._rows)
 
 
-async def run_workloads(client: Client, plan: Plan) -> list[Result]:
+async def around(
+    baseline: EchoBaseline | None, workload: Callable[[], Awaitable[list[Result]]]
+) -> list[Result]:
+    """Run a workload between two echo measurements; its rpc rows keep their mean."""
+    if baseline is None:
+        return await workload()
+    before = await baseline.measure()
+    rows = await workload()
+    after = await baseline.measure()
+    mean = (before + after) / 2
+    return [replace(r, baseline_rate=mean) if r.name in RPC_ROWS else r for r in rows]
+
+
+async def run_workloads(client: Client, plan: Plan, baseline: EchoBaseline | None) -> list[Result]:
     """The selected W1-W4, in order, against one ready sidecar."""
     counts = plan.counts
     results: list[Result] = []
     completed_ids: list[str] = []
     if "W1" in counts:
         log(f"W1: {counts['W1']} Runs of a workflow that waits")
-        results.append(await measure_run(client, counts["W1"]))
+        results += await around(baseline, lambda: _one(measure_run(client, counts["W1"])))
     if "W2" in counts:
         log(f"W2: {counts['W2']} Runs of three set tasks, until all complete")
         row, completed_ids = await measure_completion(client, counts["W2"])
         results.append(row)
     if "W3" in counts:
         log(f"W3: {counts['W3']} instances parked in a listen, then signalled")
-        results.extend(await measure_signal(client, counts["W3"]))
+        results += await around(baseline, lambda: measure_signal(client, counts["W3"]))
     if "W4" in counts:
         log(f"W4: {counts['W4']} GetStatus calls")
-        results.append(await measure_get_status(client, counts["W4"], completed_ids))
+        status = measure_get_status(client, counts["W4"], completed_ids)
+        results += await around(baseline, lambda: _one(status))
     return results
 
 
-async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
+async def _one(row: Awaitable[Result]) -> list[Result]:
+    return [await row]
+
+
+async def run_sidecar(plan: Plan, work_dir: Path, echo: ServerProcess | None) -> list[Result]:
     # A shared Redis gets keys under a prefix of their own, removed once the sidecar stopped.
     prefix = f"okra-bench-{uuid.uuid4().hex[:8]}:" if plan.redis_url else None
     started = False
     try:
         env = {"OKRA_ENGINE_PROCESSES": str(plan.engine_processes)}
-        async with sidecar_process(
-            work_dir, redis_url=plan.redis_url, key_prefix=prefix, env=env
-        ) as server:
+        async with (
+            sidecar_process(
+                work_dir, redis_url=plan.redis_url, key_prefix=prefix, env=env
+            ) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+            contextlib.AsyncExitStack() as stack,
+        ):
             started = True
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                client = Client(
-                    stub=pb_grpc.WorkflowHostAPIStub(channel),
-                    concurrency=plan.concurrency,
-                    meter=CpuMeter.for_process(server.pid),
+            baseline = None
+            if echo is not None:
+                echo_channel = await stack.enter_async_context(
+                    grpc.aio.insecure_channel(echo.address)
                 )
-                log(
-                    f"sidecar ready on {server.address} with {plan.engine_processes} engine "
-                    "process(es) (cpu%: server = the serving process, engine = its engine "
-                    "children together); warming up"
-                )
-                await warm_up(client)
-                return await run_workloads(client, plan)
+                # Half the echo count each time: every ratio row brings two measurements.
+                count = max(1, plan.counts["echo"] // 2)
+                baseline = EchoBaseline(echo_channel, count=count, plan=plan, pid=echo.pid)
+            client = Client(
+                stub=pb_grpc.WorkflowHostAPIStub(channel),
+                concurrency=plan.concurrency,
+                meter=CpuMeter.for_process(server.pid),
+            )
+            log(
+                f"sidecar ready on {server.address} with {plan.engine_processes} engine "
+                "process(es) (cpu%: server = the serving process, engine = its engine "
+                "children together); warming up"
+            )
+            await warm_up(client)
+            rows = await run_workloads(client, plan, baseline)
+            return rows if baseline is None else [baseline.row(), *rows]
     finally:
         if started and plan.redis_url and prefix:
             removed = await delete_prefixed_keys(plan.redis_url, prefix)
@@ -136,16 +192,30 @@ async def run_sidecar(plan: Plan, work_dir: Path) -> list[Result]:
             )
 
 
+async def run_echo_only(plan: Plan, work_dir: Path) -> list[Result]:
+    async with echo_process(work_dir) as server:
+        log(f"echo: {plan.counts['echo']} calls at concurrency {plan.concurrency}")
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            baseline = EchoBaseline(channel, count=plan.counts["echo"], plan=plan, pid=server.pid)
+            await baseline.measure()
+            return [baseline.row()]
+
+
 async def run_bench(plan: Plan) -> list[Result]:
-    """Every selected workload, each server in its own process, in a scratch directory."""
-    results: list[Result] = []
+    """Every selected workload, each server in its own process, in a scratch directory.
+
+    With the echo baseline and rpc workloads both selected, the echo server runs beside the
+    sidecar and is measured around each rpc workload (EchoBaseline).
+    """
     with tempfile.TemporaryDirectory(prefix="okra-bench-") as scratch:
         work_dir = Path(scratch)
-        if "echo" in plan.counts:
-            results.append(await run_echo(plan, work_dir))
-        if any(w in plan.counts for w in WORKLOADS if w != "echo"):
-            results.extend(await run_sidecar(plan, work_dir))
-    return results
+        if not any(w in plan.counts for w in WORKLOADS if w != "echo"):
+            return await run_echo_only(plan, work_dir)
+        if "echo" not in plan.counts:
+            return await run_sidecar(plan, work_dir, None)
+        async with echo_process(work_dir) as echo:
+            log(f"echo server ready on {echo.address}: measured around each rpc workload")
+            return await run_sidecar(plan, work_dir, echo)
 
 
 def build_parser() -> argparse.ArgumentParser:

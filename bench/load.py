@@ -42,6 +42,10 @@ class Result:
     latencies_ms: Sequence[float]
     cpu: CpuShare | None = None
     errors: int = 0
+    # The echo rate measured right before and right after this row (their mean): what its
+    # "vs echo" ratio divides by, so that the machine's speed drifting between a baseline
+    # taken minutes earlier and this row does not move the ratio. None: the round's echo row.
+    baseline_rate: float | None = None
     sorted_ms: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +62,39 @@ class Result:
     @property
     def p99_ms(self) -> float:
         return percentile(self.sorted_ms, 99)
+
+
+def combine(rows: Sequence[Result]) -> Result:
+    """Several measurements of one workload as one row: all calls over all their time.
+
+    CPU shares are averaged weighted by each measurement's time (a share missing from any
+    of them is missing from the whole).
+    """
+    elapsed = sum(r.elapsed_s for r in rows)
+    shares = [r.cpu for r in rows]
+    cpu = None
+    if elapsed > 0 and all(s is not None for s in shares):
+
+        def weighted(values: Sequence[float | None]) -> float | None:
+            if any(v is None for v in values):
+                return None
+            return sum(v * r.elapsed_s for v, r in zip(values, rows, strict=True) if v) / elapsed
+
+        known = [s for s in shares if s is not None]
+        cpu = CpuShare(
+            client=weighted([s.client for s in known]) or 0.0,
+            server=weighted([s.server for s in known]),
+            redis=weighted([s.redis for s in known]),
+            engine=weighted([s.engine for s in known]),
+        )
+    return Result(
+        rows[0].name,
+        sum(r.count for r in rows),
+        elapsed,
+        [ms for r in rows for ms in r.latencies_ms],
+        cpu,
+        sum(r.errors for r in rows),
+    )
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:

@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +76,18 @@ def free_port() -> int:
 
 
 async def _spawn(
-    name: str, args: list[str], *, log_path: Path, address: str, env: Mapping[str, str]
+    name: str,
+    args: list[str],
+    *,
+    log_path: Path,
+    address: str,
+    env: Mapping[str, str],
+    launcher: Sequence[str] = (),
 ) -> ServerProcess:
     with log_path.open("wb") as log:
         # The child keeps its own copy of the descriptor; ours can close at once.
         process = await asyncio.create_subprocess_exec(
+            *launcher,
             sys.executable,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
@@ -92,17 +99,19 @@ async def _spawn(
     return ServerProcess(name=name, process=process, address=address, log_path=log_path)
 
 
-async def _wait_until_ready(server: ServerProcess, probe: ReadyProbe) -> None:
+async def _wait_until_ready(
+    server: ServerProcess, probe: ReadyProbe, timeout_s: float = START_TIMEOUT_S
+) -> None:
     """Return once `probe` passes; otherwise stop the process and raise ServerStartError."""
     try:
-        await _poll_ready(server, probe)
+        await _poll_ready(server, probe, timeout_s)
     except BaseException:
         await server.stop()
         raise
 
 
-async def _poll_ready(server: ServerProcess, probe: ReadyProbe) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+async def _poll_ready(server: ServerProcess, probe: ReadyProbe, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(server.address) as channel:
         while True:
             if server.process.returncode is not None:
@@ -114,8 +123,7 @@ async def _poll_ready(server: ServerProcess, probe: ReadyProbe) -> None:
                     return
             if time.monotonic() > deadline:
                 raise ServerStartError(
-                    f"{server.name} did not answer within {START_TIMEOUT_S:.0f}s:\n"
-                    f"{server.log_tail()}"
+                    f"{server.name} did not answer within {timeout_s:.0f}s:\n{server.log_tail()}"
                 )
             await asyncio.sleep(0.1)
 
@@ -137,6 +145,8 @@ async def sidecar_process(
     redis_url: str | None = None,
     key_prefix: str | None = None,
     env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = (),
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> AsyncIterator[ServerProcess]:
     """`python -m okra_sidecar serve` with the bench workflows, stopped with SIGTERM on exit.
 
@@ -145,6 +155,8 @@ async def sidecar_process(
         redis_url: An external Redis instead of the embedded one.
         key_prefix: Key prefix for the sidecar's keys (keeps a shared Redis tidy).
         env: Variables added to the sidecar's environment (e.g. OTEL_* for tracing).
+        launcher: A command the interpreter runs under (valgrind, for bench.instructions).
+        start_timeout_s: How long to wait for the health check to answer SERVING.
     """
     address = f"127.0.0.1:{free_port()}"
     args = ["-m", "okra_sidecar", "serve", "--listen", address, "--workflows", str(WORKFLOWS_DIR)]
@@ -153,9 +165,14 @@ async def sidecar_process(
     if key_prefix:
         environ["OKRA_KEY_PREFIX"] = key_prefix
     server = await _spawn(
-        "sidecar", args, log_path=work_dir / "sidecar.log", address=address, env=environ
+        "sidecar",
+        args,
+        log_path=work_dir / "sidecar.log",
+        address=address,
+        env=environ,
+        launcher=launcher,
     )
-    await _wait_until_ready(server, _health_serving)
+    await _wait_until_ready(server, _health_serving, start_timeout_s)
     try:
         yield server
     finally:
@@ -165,7 +182,9 @@ async def sidecar_process(
 
 
 @asynccontextmanager
-async def echo_process(work_dir: Path) -> AsyncIterator[ServerProcess]:
+async def echo_process(
+    work_dir: Path, *, launcher: Sequence[str] = (), start_timeout_s: float = START_TIMEOUT_S
+) -> AsyncIterator[ServerProcess]:
     """`python -m bench.echo` on a free port, stopped with SIGTERM on exit."""
     address = f"127.0.0.1:{free_port()}"
     server = await _spawn(
@@ -174,8 +193,9 @@ async def echo_process(work_dir: Path) -> AsyncIterator[ServerProcess]:
         log_path=work_dir / "echo.log",
         address=address,
         env=os.environ,
+        launcher=launcher,
     )
-    await _wait_until_ready(server, _echo_answers)
+    await _wait_until_ready(server, _echo_answers, start_timeout_s)
     try:
         yield server
     finally:

@@ -32,16 +32,18 @@ class Ratio:
 
 
 def ratios(results: Sequence[Result]) -> list[Ratio]:
-    """Each rpc row's rate over the echo rate, when both were measured."""
+    """Each rpc row's rate over the echo rate measured around it (else the echo row's)."""
     by_name = {r.name: r for r in results}
     echo = by_name.get(ECHO)
-    if echo is None or echo.rate <= 0:
-        return []
-    return [
-        Ratio(name, by_name[name].rate / echo.rate, target)
-        for name, target in RPC_ROWS.items()
-        if name in by_name
-    ]
+    found = []
+    for name, target in RPC_ROWS.items():
+        row = by_name.get(name)
+        baseline = row.baseline_rate if row is not None else None
+        if baseline is None and echo is not None:
+            baseline = echo.rate
+        if row is not None and baseline:
+            found.append(Ratio(name, row.rate / baseline, target))
+    return found
 
 
 def _percent(value: float | None) -> str:
@@ -177,6 +179,9 @@ def to_json(results: Sequence[Result], settings: Mapping[str, Any]) -> str:
                     "p99_ms": round(r.p99_ms, 2),
                     "retried_errors": r.errors,
                     "cpu_percent": None if r.cpu is None else _cpu_json(r.cpu),
+                    "echo_around_per_s": None
+                    if r.baseline_rate is None
+                    else round(r.baseline_rate, 1),
                 }
                 for r in results
             ],

@@ -11,9 +11,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from bench.cli import Plan, parse_only, run_bench
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, CpuShare
 from bench.echo import build_echo_server
-from bench.load import Result, drive, percentile
+from bench.load import Result, combine, drive, percentile
 from bench.processes import WORKFLOWS_DIR
 from bench.report import format_medians, format_ratios, format_table, rounds_json, to_json
 from bench.workloads import (
@@ -92,6 +92,29 @@ def test_report_shows_ratios_to_echo() -> None:
     assert [r["to_echo"] for r in document["ratios"]] == [0.5, 0.8]
 
 
+def test_a_row_measured_between_two_echo_runs_divides_by_their_mean() -> None:
+    results = [
+        Result("echo (grpc.aio)", 100, 1.0, [1.0] * 100),
+        Result("W1 Run", 50, 1.0, [2.0] * 50, baseline_rate=125.0),
+        Result("W4 GetStatus", 80, 1.0, [1.5] * 80),
+    ]
+    assert format_ratios(results).splitlines() == [
+        "W1 Run / echo = 40.0% (target >= 40%: met)",
+        "W4 GetStatus / echo = 80.0% (target >= 60%: met)",
+    ]
+    document = json.loads(to_json(results, {}))
+    assert [r["echo_around_per_s"] for r in document["results"]] == [None, 125.0, None]
+
+
+def test_combine_adds_calls_and_time_and_weights_cpu_by_time() -> None:
+    first = Result("echo (grpc.aio)", 100, 1.0, [1.0] * 100, CpuShare(50.0, 100.0, None), 1)
+    second = Result("echo (grpc.aio)", 300, 3.0, [2.0] * 300, CpuShare(90.0, 60.0, None), 2)
+    row = combine([first, second])
+    assert (row.count, row.elapsed_s, row.rate, row.errors) == (400, 4.0, 100.0, 3)
+    assert row.p50_ms == 2.0
+    assert row.cpu == CpuShare(client=80.0, server=70.0, redis=None, engine=None)
+
+
 def test_rounds_report_the_median_ratio_judged_against_the_target() -> None:
     def round_of(run_rate: int) -> list[Result]:
         return [
@@ -135,3 +158,14 @@ async def test_bench_runs_its_own_processes() -> None:
     plan = Plan(counts={"echo": 3, "W1": 3, "W4": 3}, concurrency=2)
     results = await run_bench(plan)
     assert [r.name for r in results] == ["echo (grpc.aio)", "W1 Run", "W4 GetStatus"]
+    # The echo server ran beside the sidecar: measured before and after W1 and W4 (half the
+    # count each time), and each ratio row carries the mean of its two.
+    echo, run, status = results
+    assert echo.count == 4  # 3 // 2 calls, four times
+    assert run.baseline_rate is not None and status.baseline_rate is not None
+
+
+@pytest.mark.slow
+async def test_bench_echo_alone() -> None:
+    results = await run_bench(Plan(counts={"echo": 3}, concurrency=2))
+    assert [(r.name, r.count) for r in results] == [("echo (grpc.aio)", 3)]

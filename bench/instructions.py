@@ -1,0 +1,193 @@
+"""`python -m bench.instructions`: CPU instructions per call, counted by callgrind.
+
+Rates on a shared 2-core machine move by a third from one minute to the next, and even the
+ratio to the echo server by ten points. Instruction counts do not: the same code counts the
+same within a few percent whatever else the machine does. This runs each server under
+`valgrind --tool=callgrind` with counting off, drives it with the bench's client, and counts
+only around the measured calls (`callgrind_control`):
+
+- the echo server, per call;
+- the sidecar's serving process, per Run (W1's workflow) and per GetStatus;
+- its engine child, per Run, until every instance has had its first turn.
+
+The client and redis-server are not counted. Counts are per call; valgrind makes the servers
+about fifty times slower, so the counts use small batches. Needs valgrind (Debian package
+`valgrind`); without it the command says so and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.cpu import child_pids, process_name
+from bench.echo import echo_caller
+from bench.load import drive
+from bench.processes import echo_process, sidecar_process
+from bench.progress import wait_until_none
+from bench.workloads import HOLD, NOT_STARTED, run_request
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+
+WARM_UP_CALLS = 200
+# Under valgrind every server is slow to start: the sidecar loads its definitions and Redis.
+START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Count:
+    name: str
+    instructions_per_call: float
+
+
+def callgrind_launcher(out_dir: Path) -> list[str]:
+    """valgrind for the server and its engine children; redis-server runs natively."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--trace-children=yes",
+        "--trace-children-skip=*redis-server*",
+        f"--callgrind-out-file={out_dir}/callgrind.%p",
+    ]
+
+
+def control(pid: int, *commands: str) -> None:
+    """Send callgrind_control commands (-i on, -z, -d, ...) to one counted process."""
+    for command in commands:
+        subprocess.run(
+            ["callgrind_control", *command.split(), str(pid)], check=True, capture_output=True
+        )
+
+
+def last_dump(out_dir: Path, pid: int) -> int:
+    """Instructions in the newest dump (`callgrind_control -d`) of a process."""
+    parts = sorted(out_dir.glob(f"callgrind.{pid}.*"), key=lambda p: int(p.suffix[1:]))
+    for line in parts[-1].read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {parts[-1]}")
+
+
+async def counted(
+    out_dir: Path, pids: Sequence[int], work: Callable[[], Awaitable[object]]
+) -> list[int]:
+    """Instructions each process executed while `work` ran."""
+    for pid in pids:
+        control(pid, "-i on", "-z")
+    await work()
+    for pid in pids:
+        control(pid, "-d", "-i off")
+    return [last_dump(out_dir, pid) for pid in pids]
+
+
+async def count_echo(work_dir: Path, calls: int, concurrency: int) -> list[Count]:
+    out_dir = work_dir / "echo-callgrind"
+    out_dir.mkdir()
+    launcher = callgrind_launcher(out_dir)
+    async with (
+        echo_process(work_dir, launcher=launcher, start_timeout_s=START_TIMEOUT_S) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        call = echo_caller(channel, run_request(HOLD).SerializeToString())
+        await drive(call, count=WARM_UP_CALLS, concurrency=concurrency)
+        [server_ir] = await counted(
+            out_dir, [server.pid], lambda: drive(call, count=calls, concurrency=concurrency)
+        )
+    return [Count("echo server, per call", server_ir / calls)]
+
+
+async def count_sidecar(work_dir: Path, calls: int, concurrency: int) -> list[Count]:
+    out_dir = work_dir / "sidecar-callgrind"
+    out_dir.mkdir()
+    env = {"OKRA_ENGINE_PROCESSES": "1"}
+    async with (
+        sidecar_process(
+            work_dir, env=env, launcher=callgrind_launcher(out_dir), start_timeout_s=START_TIMEOUT_S
+        ) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.WorkflowHostAPIStub(channel)
+        [engine] = [pid for pid in child_pids(server.pid) if "redis" not in process_name(pid)]
+        request = run_request(HOLD)
+        warm = await drive(
+            lambda _: stub.Run(request), count=WARM_UP_CALLS, concurrency=concurrency
+        )
+        await wait_until_none(stub, HOLD, NOT_STARTED)
+
+        # The serving process counts the Runs alone; the engine child counts until every
+        # instance has had its first turn (the progress polling would count in the former).
+        for pid in (server.pid, engine):
+            control(pid, "-i on", "-z")
+        await drive(lambda _: stub.Run(request), count=calls, concurrency=concurrency)
+        control(server.pid, "-d", "-i off")
+        await wait_until_none(stub, HOLD, NOT_STARTED, count=calls)
+        control(engine, "-d", "-i off")
+        server_ir, engine_ir = last_dump(out_dir, server.pid), last_dump(out_dir, engine)
+        ids = [reply.instance_id for reply in warm.replies]
+        gets = [pb.GetStatusRequest(instance_id=i) for i in ids]
+        [status_ir] = await counted(
+            out_dir,
+            [server.pid],
+            lambda: drive(
+                lambda i: stub.GetStatus(gets[i % len(gets)]), count=calls, concurrency=concurrency
+            ),
+        )
+    return [
+        Count("sidecar serving process, per Run", server_ir / calls),
+        Count("sidecar engine child, per Run (its first turn)", engine_ir / calls),
+        Count("sidecar serving process, per GetStatus", status_ir / calls),
+    ]
+
+
+def format_counts(counts: Sequence[Count]) -> str:
+    width = max(len(c.name) for c in counts)
+    lines = [f"{'instructions per call':<{width}}  millions", "-" * (width + 10)]
+    lines += [f"{c.name:<{width}}  {c.instructions_per_call / 1e6:8.3f}" for c in counts]
+    by_name = {c.name: c.instructions_per_call for c in counts}
+    echo = by_name["echo server, per call"]
+    lines.append("")
+    lines.append(
+        "echo / serving process: Run {:.0%}, GetStatus {:.0%}".format(
+            echo / by_name["sidecar serving process, per Run"],
+            echo / by_name["sidecar serving process, per GetStatus"],
+        )
+    )
+    return "\n".join(lines)
+
+
+async def measure(calls: int, concurrency: int) -> list[Count]:
+    with tempfile.TemporaryDirectory(prefix="okra-instructions-") as scratch:
+        work_dir = Path(scratch)
+        print(f"echo server under callgrind: {calls} calls", file=sys.stderr, flush=True)
+        counts = await count_echo(work_dir, calls, concurrency)
+        print(
+            f"sidecar under callgrind: {calls} Runs, {calls} GetStatus", file=sys.stderr, flush=True
+        )
+        counts += await count_sidecar(work_dir, calls, concurrency)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--calls", type=int, default=1000, help="counted calls of each kind")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (64)")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("error: valgrind is not installed (Debian: apt install valgrind)", file=sys.stderr)
+        return 2
+    print(format_counts(asyncio.run(measure(args.calls, args.concurrency))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
