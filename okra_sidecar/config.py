@@ -86,6 +86,9 @@ class EngineSettings:
     timer_interval_ms: int = 100
     max_steps_per_turn: int = 1000
     read_block_ms: int = 1000
+    # After a read that found less than a full batch, wait this long before the next one
+    # (readLingerMs), so that work arriving meanwhile is read, loaded and committed together.
+    read_linger_ms: int = 2
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,7 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "engineProcesses": ("engine", "processes", _int(0)),
     "claimIdleMs": ("engine", "claim_idle_ms", _int(100)),
     "timerIntervalMs": ("engine", "timer_interval_ms", _int(1)),
+    "readLingerMs": ("engine", "read_linger_ms", _int(0)),
     "maxStepsPerTurn": ("engine", "max_steps_per_turn", _int(1)),
     "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
     "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
@@ -428,6 +432,7 @@ ENV_VARIABLES = {
     "OKRA_ENGINE_CONCURRENCY": "engineConcurrency",
     "OKRA_ENGINE_PROCESSES": "engineProcesses",
     "OKRA_CLAIM_IDLE_MS": "claimIdleMs",
+    "OKRA_READ_LINGER_MS": "readLingerMs",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
     "OKRA_ENABLE_MANUAL_TRIGGERS": "enableManualTriggers",

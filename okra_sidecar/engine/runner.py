@@ -142,6 +142,11 @@ class EngineRunner:
             self._consumer, count=free, block_ms=self._settings.read_block_ms
         )
         self.dispatch(items)
+        linger = self._settings.read_linger_ms
+        if items and len(items) < free and linger:
+            # A short batch means work is trickling in: let more of it arrive, so that the
+            # next read, and the loads and commits of its turns, each serve several items.
+            await asyncio.sleep(linger / 1000)
 
     async def _timers_once(self) -> None:
         await self._store.fire_timers(self._clock(), limit=1000)
