@@ -159,7 +159,10 @@ def build_policy_layer(
         name=settings.telemetry.service_name, namespace=settings.telemetry.service_namespace
     )
     policy_store = RedisPolicyStore(
-        redis=client, keys=store.keys, audit_max_length=settings.policy.audit_max_length
+        redis=client,
+        keys=store.keys,
+        audit_max_length=settings.policy.audit_max_length,
+        hot=store.hot,
     )
     audit = AuditLog(sink=policy_store, service=service)
     manager = PolicyManager(

@@ -12,6 +12,7 @@ version, say) is read by the stdlib.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,13 +24,18 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS  # {1: x} becomes {"1": x}, as with the stdli
 _FALLBACK = json.JSONEncoder(separators=(",", ":"))
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text (no spaces), UTF-8 characters unescaped."""
+def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """Compact JSON text (no spaces), UTF-8 characters unescaped.
+
+    `default` turns what JSON has no type for into something it has (as json.dumps's).
+    """
     try:
-        return orjson.dumps(value, option=_OPTIONS).decode()
+        return orjson.dumps(value, default=default, option=_OPTIONS).decode()
     except TypeError:
         # Integers beyond 64 bits; other unsupported types fail here with the stdlib's message.
-        return _FALLBACK.encode(value)
+        if default is None:
+            return _FALLBACK.encode(value)
+        return json.dumps(value, separators=(",", ":"), default=default)
 
 
 def loads(text: bytes | str) -> Any:

@@ -16,7 +16,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from okra_sidecar.errors import InvalidInputError, StoreUnavailableError
+from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.jsontext import dumps
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.redis_store import map_redis_errors
 from okra_sidecar.store.scripts import load_script
 
@@ -78,11 +81,22 @@ class PolicyChanges:
 class RedisPolicyStore:
     """Policy state shared through Redis, on a client it does not own."""
 
-    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys, audit_max_length: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        audit_max_length: int,
+        hot: HotCommands | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self._audit_max_length = audit_max_length
-        self._gcra = redis.register_script(load_script("gcra"))
+        # A policed call's rate limit and audit record go through the store's hot commands
+        # (one multiplexed connection): on redis-py's pool they cost more CPU than the rest
+        # of the policy decision.
+        self._hot = hot or PooledCommands(redis)
+        self._gcra = MultiplexedScript(load_script("gcra"))
         self._audit_queue: list[str] = []
         self._audit_writer: asyncio.Task[None] | None = None
         self._set = redis.register_script(load_script("policy_set"))
@@ -146,8 +160,8 @@ class RedisPolicyStore:
     async def acquire_rate(self, name: str, *, interval_ms: float, period_ms: int) -> float | None:
         """None when the call may go ahead, else seconds until it may (GCRA, one round trip)."""
         with map_redis_errors():
-            wait_ms = await self._gcra(
-                keys=[self.keys.rate_limit(name)], args=[repr(interval_ms), period_ms]
+            wait_ms = await self._hot.evalsha(
+                self._gcra, keys=[self.keys.rate_limit(name)], args=[repr(interval_ms), period_ms]
             )
         wait = float(_text(wait_ms))
         return None if wait <= 0 else wait / 1000
@@ -161,7 +175,7 @@ class RedisPolicyStore:
         call no round trip of its own. A record reaches Redis within milliseconds; one queued
         when the process dies abruptly is lost (see docs/policies.md).
         """
-        self._audit_queue.append(json.dumps(record, separators=(",", ":"), default=str))
+        self._audit_queue.append(dumps(record, default=str))
         if self._audit_writer is None or self._audit_writer.done():
             self._audit_writer = asyncio.create_task(self._write_audit(), name="okra-audit")
 
@@ -169,17 +183,12 @@ class RedisPolicyStore:
         while self._audit_queue:
             batch, self._audit_queue = self._audit_queue, []
             try:
+                key, most = self.keys.audit, self._audit_max_length
                 with map_redis_errors():
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for entry in batch:
-                            # Trimmed approximately (whole stream nodes), as XADD allows.
-                            pipe.xadd(
-                                self.keys.audit,
-                                {"r": entry},
-                                maxlen=self._audit_max_length,
-                                approximate=True,
-                            )
-                        await pipe.execute()
+                    # Trimmed approximately (whole stream nodes), as XADD allows.
+                    await self._hot.pipeline(
+                        [("XADD", key, "MAXLEN", "~", most, "*", "r", entry) for entry in batch]
+                    )
             except StoreUnavailableError as exc:
                 # Keep the newest records for the next attempt; Redis is back within seconds
                 # or the sidecar reports NOT_SERVING anyway.

@@ -57,3 +57,15 @@ def test_unsupported_types_still_fail() -> None:
         dumps({"x": object()})
     with pytest.raises(ValueError):
         loads("{not json")
+
+
+def test_default_converts_what_json_has_no_type_for() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    assert dumps({"x": Opaque()}, default=str) == '{"x":"opaque"}'
+    assert (
+        dumps({"x": Opaque(), "n": 2**70}, default=str)
+        == '{"x":"opaque","n":1180591620717411303424}'
+    )

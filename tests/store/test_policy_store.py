@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import InstanceChangedError, InvalidInputError, ResourceExhaustedError
 from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.commands import hot_commands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
 from tests.store.test_redis_store import IDS, commit, new
 
 
-@pytest.fixture
-def policy_store(redis: Redis) -> RedisPolicyStore:
-    return RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50)
+@pytest_asyncio.fixture(params=["pooled", "multiplexed"])
+async def policy_store(
+    request: pytest.FixtureRequest, redis: Redis, redis_url: str
+) -> AsyncIterator[RedisPolicyStore]:
+    """On redis-py's pool, and on the multiplexed connection the sidecar gives it."""
+    if request.param == "pooled":
+        yield RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50)
+        return
+    hot = hot_commands(redis_url, redis, socket_timeout=5.0, connect_timeout=5.0)
+    try:
+        yield RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50, hot=hot)
+    finally:
+        await hot.aclose()
 
 
 @pytest.fixture
