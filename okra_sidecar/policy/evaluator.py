@@ -280,6 +280,12 @@ class PolicyEvaluator:
         await self._check_rate(call, policies, "query")
         return CallGrant(identity=call.identity, query_statuses=statuses, query_limit=limit)
 
+    @staticmethod
+    def decides_reads(policies: PolicySet) -> bool:
+        """Whether a GetStatus decision can do anything: refuse (a general condition) or
+        leave an audit record. Without either, the interceptor need not describe the call."""
+        return policies.condition(keys.CONDITION) is not None or policies.audit_level != "none"
+
     async def _check_read(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
         # GetStatus reads one instance whose id the caller holds: only the general condition
         # applies, not the query group (a service may poll the runs it started).

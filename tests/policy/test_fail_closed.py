@@ -1,5 +1,6 @@
 """Conditions that cannot be evaluated deny the call and name the policy (fail closed); a
-status that moves under a signal or cancel policy is decided again, never slipped past."""
+status that moves under a signal or cancel policy is decided again, never slipped past; a
+read is decided whenever a policy can refuse or record it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tests.helpers import expect_rpc_error, wait_for_status
 from tests.policy.support import (
     ADMIN,
     Policed,
+    audit_records,
     bearer,
     denied_by,
+    eventually,
     policed_sidecar,
     policy_settings,
     run,
@@ -164,3 +167,32 @@ async def test_a_signal_decided_on_a_status_that_moved_is_decided_again(
         )
         assert denied_by(error) == keys.SIGNAL_CONDITION
         assert await redis.xlen(f"okra:{{{instance_id}}}:inbox") == 0
+
+
+async def test_get_status_is_decided_only_when_a_policy_can_refuse_or_record_it(
+    redis: Redis, redis_url: str
+) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+        instance_id = await run(policed.stub, "app.orders.1.0.0")
+        request = pb.GetStatusRequest(instance_id=instance_id)
+        # No policy at all: nothing to decide, anyone holding the id reads it.
+        assert (await policed.stub.GetStatus(request)).instance_id == instance_id
+        # A general condition applies to reads.
+        await set_policies(
+            policed, '{"policy.workflow.condition": "request.auth.claims.role == \\"admin\\""}'
+        )
+        error = await expect_rpc_error(
+            policed.stub.GetStatus(request, metadata=bearer(sub="v", role="viewer")), DENIED
+        )
+        assert denied_by(error) == keys.CONDITION
+        read = await policed.stub.GetStatus(request, metadata=bearer(sub="a", role="admin"))
+        assert read.instance_id == instance_id
+        # Auditing alone also describes every read, allowed ones included.
+        await set_policies(policed, '{"policy.workflow.auditLevel": "full"}')
+        await policed.stub.GetStatus(request, metadata=bearer(sub="reader"))
+
+        async def read_recorded() -> bool:
+            records = await audit_records(policed.admin)
+            return any(r.method == "GetStatus" and r.subject == "reader" for r in records)
+
+        await eventually(read_recorded)
