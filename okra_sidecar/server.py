@@ -549,8 +549,8 @@ async def run_engine(settings: Settings) -> None:
             policies=policies,
             clock=wall_clock_ms,
         )
+        settle_heap()  # before the first turn: what is alive now lives as long as the process
         await runner.start()
-        settle_heap()
         await stop.wait()
         await runner.stop(timeout_s=settings.server.grace_s)
     finally:
