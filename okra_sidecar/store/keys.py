@@ -133,11 +133,8 @@ class RedisKeys:
         # The name's length keeps `a=b=c` unambiguous whichever side holds the `=`.
         return f"{self.prefix}idx:tag:{len(name)}:{name}={value}"
 
-    def status_indexes(self) -> tuple[str, ...]:
-        return self._status_indexes
-
     @cached_property
-    def _status_indexes(self) -> tuple[str, ...]:
+    def status_indexes(self) -> tuple[str, ...]:
         # Every engine commit passes all of them: built once, not per turn.
         return tuple(self.index_status(s) for s in InstanceStatus)
 

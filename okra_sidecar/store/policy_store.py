@@ -95,7 +95,7 @@ class RedisPolicyStore:
         # A policed call's rate limit and audit record go through the store's hot commands
         # (one multiplexed connection): on redis-py's pool they cost more CPU than the rest
         # of the policy decision.
-        self._hot = hot or PooledCommands(redis)
+        self._hot = hot if hot is not None else PooledCommands(redis)
         self._gcra = MultiplexedScript(load_script("gcra"))
         self._audit_queue: list[str] = []
         self._audit_writer: asyncio.Task[None] | None = None

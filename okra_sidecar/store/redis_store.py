@@ -450,7 +450,7 @@ class RedisStore:
                     keys.history(instance_id),
                     keys.timers(keys.partition(instance_id)),
                     keys.active_count,
-                    *keys.status_indexes(),
+                    *keys.status_indexes,
                     keys.index_finished,
                 ]
                 extra_keys, extras = await self._cancel_extras(instance_id, reason, now_ms, base)
@@ -651,7 +651,7 @@ class RedisStore:
             keys.work(partition),
             keys.timers(partition),
             keys.active_count,
-            *keys.status_indexes(),
+            *keys.status_indexes,
             keys.index_finished,
         ]
         extras = ""
