@@ -3,21 +3,40 @@ sources = $(wildcard okra_sidecar tests bench protos deploy)
 
 VENV = .venv
 BIN = $(VENV)/bin
-# Touched after each install; pip runs again only when pyproject.toml is newer.
+# Touched after each install; pip runs again only when the lock or pyproject.toml is newer.
 STAMP = $(VENV)/.install-stamp
+# Every package of the development and CI install, pinned with hashes (`make lock` refreshes it).
+LOCK = requirements/dev.txt
 
-.PHONY: all venv install proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench clean
 
 all: lint test
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	touch $@
 
 venv install: $(STAMP)
+
+# Resolves pyproject.toml's ranges (and the build backend) to today's releases, with hashes.
+lock:
+	python3 -m venv $(VENV)-tools
+	$(VENV)-tools/bin/python -m pip install -q pip-tools
+	$(VENV)-tools/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  -o $(LOCK) pyproject.toml requirements/build.in
+
+# What a refresh of the lock would break: the linters and the tests on the newest releases
+# that pyproject.toml allows, in a virtualenv of their own. Not part of CI.
+test-latest:
+	rm -rf $(VENV)-latest
+	python3 -m venv $(VENV)-latest
+	$(VENV)-latest/bin/python -m pip install -q --upgrade -e '.[dev]'
+	$(MAKE) --no-print-directory VENV=$(VENV)-latest STAMP=$(VENV)-latest/.latest lint-only test-only
 
 proto: install
 	$(BIN)/python protos/generate.py
@@ -51,7 +70,9 @@ format: install
 	$(BIN)/ruff check --fix $(sources)
 	$(BIN)/ruff format $(sources)
 
-lint: install proto-check proto-lint
+lint: install proto-check proto-lint lint-only
+
+lint-only:
 	$(BIN)/ruff check $(sources)
 	$(BIN)/ruff format --check $(sources)
 	$(BIN)/mypy $(sources)
@@ -59,7 +80,9 @@ lint: install proto-check proto-lint
 typecheck: install
 	$(BIN)/mypy $(sources)
 
-test: install
+test: install test-only
+
+test-only:
 	$(BIN)/pytest
 
 test-unit: install

@@ -153,7 +153,8 @@ class RedisPolicyStore:
                 await pubsub.subscribe(self.keys.policy_channel)
             yield PolicyChanges(pubsub)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            # Untyped in redis-py before 8.2, typed since: the ignore must hold on both.
+            await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     # -- rate limits ------------------------------------------------------------------------
 

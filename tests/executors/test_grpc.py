@@ -24,7 +24,8 @@ async def greeter() -> AsyncIterator[int]:
     pool = compile_proto(PROTOS / "greet.proto")
     method = pool.FindServiceByName("greet.v1.Greeter").methods_by_name["SayHello"]
     request_class = message_factory.GetMessageClass(method.input_type)
-    reply_class = message_factory.GetMessageClass(method.output_type)
+    # A class made at run time: its fields are unknown to the type checker.
+    reply_class: Any = message_factory.GetMessageClass(method.output_type)
 
     async def say_hello(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.name == "nobody":
