@@ -11,11 +11,12 @@ from pathlib import Path
 
 from okra_sidecar import __version__
 from okra_sidecar.config import ConfigError, Settings
-from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.engine.registry import read_definitions
 from okra_sidecar.errors import (
     AlreadyExistsError,
     DefinitionError,
     PolicyLoadError,
+    StartupError,
     StoreUnavailableError,
 )
 from okra_sidecar.policy.auth import AuthConfigError
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the sidecar")
     serve.add_argument("--config", help="YAML config file (env OKRA_CONFIG)")
     serve.add_argument("--listen", help="HOST:PORT to serve on (env OKRA_LISTEN)")
-    serve.add_argument("--redis-url", help="Redis URL; none starts an embedded redis-server")
+    serve.add_argument(
+        "--redis-url",
+        help="redis://HOST:PORT/DB; none starts an embedded redis-server (env OKRA_REDIS_URL)",
+    )
     serve.add_argument("--workflows", help="directory of workflow definitions (env OKRA_WORKFLOWS)")
     serve.add_argument("--policies", help="policy file (env OKRA_POLICIES)")
     serve.add_argument("--data-dir", help="folder for the embedded Redis (env OKRA_DATA_DIR)")
@@ -39,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default=None, help="DEBUG, INFO, WARNING (env OKRA_LOG_LEVEL)"
     )
     serve.add_argument(
-        "--log-format", default=None, help="json (default) or text (env OKRA_LOG_FORMAT)"
+        "--log-format",
+        default=None,
+        help="auto (default: text on a terminal, else JSON), json or text (env OKRA_LOG_FORMAT)",
     )
     serve.add_argument(
         "--admin-listen",
@@ -49,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "engine", help="internal: an engine child process of `serve` (settings on stdin)"
     )
-    validate = commands.add_parser("validate", help="check a directory of workflow definitions")
-    validate.add_argument("directory")
+    validate = commands.add_parser("validate", help="check workflow definitions, as serve would")
+    validate.add_argument("path", help="a definition file, or a directory of them")
     health = commands.add_parser(
         "health", help="exit 0 if the sidecar's gRPC health service reports SERVING"
     )
@@ -63,17 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
         "codegen", help="write typed input types and run helpers from workflow input schemas"
     )
     codegen.add_argument("--lang", required=True, choices=["python", "typescript"])
-    codegen.add_argument("--workflows", required=True, help="directory of workflow definitions")
-    codegen.add_argument("--out", required=True, help="directory to write the modules into")
+    codegen.add_argument(
+        "--workflows", required=True, help="a definition file, or a directory of them"
+    )
+    codegen.add_argument(
+        "--out",
+        help="directory to write the modules into "
+        "(default: $XDG_CACHE_HOME/okra-sidecar/codegen/LANG, XDG_CACHE_HOME being ~/.cache)",
+    )
     return parser
 
 
 def run_codegen(args: argparse.Namespace) -> int:
     """Write one typed module per workflow version; exit 1 naming the problem if any."""
-    from okra_sidecar.codegen import CodegenError, generate
+    from okra_sidecar.codegen import CodegenError, default_out, generate
 
+    out = Path(args.out) if args.out else default_out(args.lang, os.environ)
     try:
-        written = generate(args.lang, read_directory(Path(args.workflows)), Path(args.out))
+        written = generate(args.lang, read_definitions(Path(args.workflows)), out)
     except (DefinitionError, CodegenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -109,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_engine_process()
     if args.command == "validate":
         try:
-            definitions = read_directory(Path(args.directory))
+            definitions = read_definitions(Path(args.path))
         except DefinitionError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -131,15 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.telemetry)
     from okra_sidecar.server import serve
 
+    # Exit 2: the settings or files given are wrong; exit 1: the environment refused them.
     try:
         asyncio.run(serve(settings))
     except (DefinitionError, AlreadyExistsError, PolicyLoadError, AuthConfigError) as exc:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
-        return 1
-    except StoreUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+        return 2
+    except (StartupError, StoreUnavailableError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -114,7 +114,9 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
-LOG_FORMATS = ("json", "text")
+# auto: text on a terminal, JSON lines otherwise (for a log collector).
+LOG_FORMATS = ("auto", "json", "text")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class TelemetrySettings:
     admin_listen: str | None = None  # None: no Prometheus scrape endpoint
     gauge_interval_s: float = 10.0
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"
 
     @property
     def tracing(self) -> bool:
@@ -257,6 +259,17 @@ def _str(value: object, name: str) -> str:
     return str(value)
 
 
+def _redis_url(value: object, name: str) -> str:
+    text = str(value).strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme.lower() not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"{name}: {text!r} is not a Redis URL; write redis://HOST:PORT/DB "
+            "(rediss:// for TLS, unix:///path/to/redis.sock for a socket)"
+        )
+    return text
+
+
 def _path(value: object, name: str) -> Path:
     return Path(str(value))
 
@@ -366,7 +379,7 @@ def _listen(value: object, name: str) -> str:
 SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "listen": ("server", "listen", _listen),
     "graceSeconds": ("server", "grace_s", _seconds),
-    "redisUrl": ("redis", "url", _str),
+    "redisUrl": ("redis", "url", _redis_url),
     "dataDir": ("redis", "data_dir", _path),
     "keyPrefix": ("redis", "key_prefix", _str),
     "partitions": ("redis", "partitions", _int(1)),

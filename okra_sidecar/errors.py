@@ -11,9 +11,10 @@
     ├── FailedPreconditionError
     │   └── InstanceChangedError   (the status a policy checked moved; re-check)
     ├── ResourceExhaustedError     (the limit's policy key; when to retry)
-    └── StoreUnavailableError
+    ├── StoreUnavailableError
+    └── StartupError               (serve cannot start here: names the setting to change)
 
-api/status.py maps each class to a gRPC status code.
+api/status.py maps each class to a gRPC status code; a StartupError never reaches a call.
 """
 
 from __future__ import annotations
@@ -109,3 +110,11 @@ class ResourceExhaustedError(OkraError):
 
 class StoreUnavailableError(OkraError):
     """Redis cannot be reached; the call may be retried."""
+
+
+class StartupError(OkraError):
+    """`serve` cannot start in this environment (a port taken, Redis unreachable, ...).
+
+    The settings are well-formed but the world refuses them; the one-line message names the
+    flag to change. `okra-sidecar serve` prints it and exits with 1.
+    """

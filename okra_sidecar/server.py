@@ -37,7 +37,7 @@ from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
 from okra_sidecar.engine.scheduler import Scheduler
-from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
@@ -56,6 +56,12 @@ from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.policy.model import current_identity
+from okra_sidecar.startup import (
+    ADMIN_LISTEN_SETTING,
+    LISTEN_SETTING,
+    check_listen,
+    unreachable_redis,
+)
 from okra_sidecar.store.commands import hot_commands
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
@@ -240,9 +246,10 @@ def build_server(
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         reflection.aio.ReflectionServicer(services), target
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:  # taken since check_listen looked, or refused by gRPC alone
+        raise StartupError(f"cannot listen on {listen}; check {LISTEN_SETTING}") from exc
     return server, port
 
 
@@ -356,6 +363,11 @@ async def start_sidecar(
     exporters); the caller then shuts it down. `clock` (epoch ms) replaces the wall clock
     for the engine, the scheduler and retention, so tests can move time.
     """
+    # A taken port is found before Redis starts, and said in one line naming the flag.
+    check_listen(settings.server.listen)
+    admin_listen = scrape_listen(settings.telemetry)
+    if admin_listen is not None:
+        check_listen(admin_listen, setting=ADMIN_LISTEN_SETTING)
     now_ms = clock or wall_clock_ms
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     owns_telemetry = telemetry is None
@@ -378,7 +390,10 @@ async def start_sidecar(
     store: RedisStore | None = None
     try:
         store = build_store(settings, url, client)
-        await store.ping()
+        try:
+            await store.ping()
+        except StoreUnavailableError as exc:
+            raise unreachable_redis(url, exc) from exc
         registry = WorkflowRegistry(store=store)
         definitions = []
         if settings.workflows_dir is not None:
@@ -457,9 +472,8 @@ async def start_sidecar(
             policies=policies,
             task_worker=task_worker,
         )
-        listen = scrape_listen(settings.telemetry)
-        if telemetry.registry is not None and listen is not None:
-            admin = AdminServer(registry=telemetry.registry, listen=listen)
+        if telemetry.registry is not None and admin_listen is not None:
+            admin = AdminServer(registry=telemetry.registry, listen=admin_listen)
             await admin.start()
         if settings.engine.processes > 0:
             engines = EngineProcesses(

@@ -87,7 +87,7 @@ def test_serve_refuses_to_start_on_a_broken_file(tmp_path: Path, redis_url: str)
         timeout=60,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "refusing to start" in result.stderr
     assert "bad.yaml" in result.stderr
 

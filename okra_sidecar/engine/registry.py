@@ -79,6 +79,21 @@ def read_directory(directory: Path) -> list[WorkflowDefinition]:
     return [definition for definition, _ in loaded.values()]
 
 
+def read_definitions(path: Path) -> list[WorkflowDefinition]:
+    """The definition in the file `path`, or every one under the directory `path`.
+
+    Raises:
+        DefinitionError: the file is broken or missing, or a file under the directory is.
+    """
+    if path.is_dir():
+        return read_directory(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DefinitionError(str(path), "", f"cannot be read: {exc.strerror}") from exc
+    return [load_definition_text(text, source=str(path))]
+
+
 class WorkflowRegistry:
     """Every sidecar registers its files in Redis and reads the others' from there."""
 

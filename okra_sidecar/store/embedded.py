@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from okra_sidecar.errors import OkraError
+from okra_sidecar.errors import StartupError
 
 __all__ = [
     "APPENDFSYNC_CHOICES",
@@ -40,7 +40,7 @@ LOG_TAIL_LINES = 20
 PING_TIMEOUT = 1.0
 
 
-class EmbeddedRedisError(OkraError):
+class EmbeddedRedisError(StartupError):
     """The embedded redis-server cannot be found, started, or owned by this sidecar."""
 
 
@@ -166,7 +166,8 @@ class EmbeddedRedis:
             if await _ping(self.socket_path):
                 raise EmbeddedRedisError(
                     f"{self.socket_path} already answers: another sidecar (or a redis-server "
-                    f"left running by one) owns {self._data_dir}; stop it or use another data dir"
+                    f"left running by one) owns {self._data_dir}; stop it or use another "
+                    "--data-dir (OKRA_DATA_DIR)"
                 )
             self._write_config()
             self._process = await self._spawn(binary)
@@ -214,7 +215,7 @@ class EmbeddedRedis:
         if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
             raise EmbeddedRedisError(
                 f"socket path {self.socket_path} is longer than {MAX_SOCKET_PATH} bytes; "
-                "choose a shorter data dir"
+                "choose a shorter --data-dir (OKRA_DATA_DIR)"
             )
         fd = os.open(self._data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -223,7 +224,7 @@ class EmbeddedRedis:
             os.close(fd)
             raise EmbeddedRedisError(
                 f"another sidecar owns {self._data_dir} (its lock file is held); "
-                "stop it or use another data dir"
+                "stop it, or give this one its own --data-dir (OKRA_DATA_DIR)"
             ) from None
         self._lock_fd = fd
 

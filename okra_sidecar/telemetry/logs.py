@@ -1,4 +1,4 @@
-"""Logs: one JSON object per line, with the trace and span of the work that logged it."""
+"""Logs: text on a terminal, else one JSON object per line with the trace and span ids."""
 
 from __future__ import annotations
 
@@ -47,9 +47,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(settings: TelemetrySettings, *, stream: TextIO | None = None) -> None:
-    """Send the root logger's records to stderr as JSON lines (or text), at the set level."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if settings.log_format == "json":
+    """Send the root logger's records to stderr as JSON lines or text, at the set level.
+
+    `auto` writes text to a terminal, where a person reads it, and JSON lines anywhere else,
+    where a collector parses them.
+    """
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    log_format = settings.log_format
+    if log_format == "auto":
+        log_format = "text" if stream.isatty() else "json"
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))

@@ -85,4 +85,4 @@ def test_broken_definitions_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
         ]
     )
     assert code == 1
-    assert "is not a directory" in capsys.readouterr().err
+    assert "none: cannot be read: No such file or directory" in capsys.readouterr().err

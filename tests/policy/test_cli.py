@@ -38,7 +38,7 @@ async def test_a_policy_file_that_does_not_compile(
     policies = tmp_path / "policies.yaml"
     policies.write_text("policy.workflow.run.condition: request.auth.claims.role ==\n")
     code, output = await serve(redis_url, f"--policies={policies}")
-    assert code == 1
+    assert code == 2
     assert "error: refusing to start: policy set from file:policies.yaml refused" in output
     assert "policy.workflow.run.condition: not valid CEL" in output
     assert await redis.exists("okra:policies") == 0
@@ -48,5 +48,5 @@ async def test_a_key_file_that_cannot_be_read(tmp_path: Path, redis: Redis, redi
     code, output = await serve(
         redis_url, env={"OKRA_AUTH_PUBLIC_KEY_FILE": str(tmp_path / "missing.pem")}
     )
-    assert code == 1
+    assert code == 2
     assert "error: refusing to start: authPublicKeyFile" in output

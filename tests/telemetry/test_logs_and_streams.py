@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import grpc
@@ -95,6 +96,27 @@ def test_json_lines_without_a_span_and_with_extra_fields() -> None:
     inside = json.loads(second)
     assert inside["span_id"] == f"{span.get_span_context().span_id:016x}"
     assert third.endswith("WARNING okra_sidecar.test: plain")
+
+
+def test_auto_format_is_text_on_a_terminal_and_json_elsewhere() -> None:
+    primary, secondary = os.openpty()
+    terminal = open(secondary, "w", encoding="utf-8")
+    pipe = io.StringIO()
+    try:
+        for stream in (terminal, pipe):
+            setup_logging(TelemetrySettings(log_format="auto"), stream=stream)
+            logging.getLogger("okra_sidecar.test").warning("listening")
+        terminal.flush()
+        shown = os.read(primary, 4096).decode()
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+        terminal.close()
+        os.close(primary)
+    assert shown.rstrip().endswith("WARNING okra_sidecar.test: listening")
+    assert not shown.startswith("{")
+    assert json.loads(pipe.getvalue())["message"] == "listening"
 
 
 async def _streaming_server(

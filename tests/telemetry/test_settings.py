@@ -24,7 +24,7 @@ def test_defaults_send_nothing_and_cost_nothing() -> None:
     settings = Settings.load(flags={}, environ={}).telemetry
     assert settings == TelemetrySettings()
     assert (settings.traces_exporter, settings.metrics_exporter) == ("none", "none")
-    assert settings.admin_listen is None and settings.log_format == "json"
+    assert settings.admin_listen is None and settings.log_format == "auto"
     telemetry = Telemetry.create(settings, instance_id="x")
     assert telemetry.tracer is None and telemetry.meter_provider is None
     assert not telemetry.active
