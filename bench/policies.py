@@ -102,6 +102,18 @@ SEED_FULL_SET: dict[str, Any] = {
     "policy.workflow.maxDurationMinutes": 60,
     "policy.workflow.defaultTimeoutMs": 300000,
     "policy.workflow.timeoutAction": "fail",
+    # Beyond the seed: the keys of the other rpcs (the bench calls none of them).
+    "policy.workflow.emit.allowed": True,
+    "policy.workflow.emit.allowedTypes": ["order.*"],
+    "policy.workflow.emit.condition": "event.source == 'shop'",
+    "policy.workflow.history.allowed": True,
+    "policy.workflow.history.condition": "request.auth.claims.role in ['admin', 'operator']",
+    "policy.workflow.schedule.allowed": True,
+    "policy.workflow.schedule.ownerOnly": True,
+    "policy.workflow.schedule.condition": "workflow.namespace == service.namespace",
+    "policy.workflow.task.allowed": True,
+    "policy.workflow.task.allowedQueues": ["bench"],
+    "policy.workflow.task.condition": "task.queue == service.namespace",
 }
 
 

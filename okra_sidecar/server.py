@@ -193,7 +193,12 @@ def build_policy_layer(
             # Probes and tooling reach health and reflection without a token.
             exempt_services=frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME}),
         ),
-        policy=PolicyInterceptor(evaluator=evaluator, store=store, registry=registry),
+        policy=PolicyInterceptor(
+            evaluator=evaluator,
+            store=store,
+            registry=registry,
+            schedules=RedisScheduleStore(redis=client, keys=store.keys),
+        ),
         admin=PolicyAdminServicer(
             manager=manager, store=policy_store, admin_claim=settings.policy.admin_claim
         ),

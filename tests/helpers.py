@@ -90,12 +90,15 @@ async def wait_for_status(
     statuses: Iterable[int],
     *,
     timeout_s: float = 10.0,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> pb.WorkflowInstance:
     """Poll GetStatus until the instance reaches one of `statuses`."""
     wanted = set(statuses)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        instance = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        instance = await stub.GetStatus(
+            pb.GetStatusRequest(instance_id=instance_id), metadata=metadata
+        )
         if instance.status in wanted:
             return instance
         if asyncio.get_running_loop().time() > deadline:

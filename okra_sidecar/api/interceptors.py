@@ -1,23 +1,31 @@
 """AuthInterceptor and PolicyInterceptor: grpc.aio adapters for policy/.
 
 AuthInterceptor turns the `authorization` metadata into the caller's Identity (or
-UNAUTHENTICATED) for everything below it. PolicyInterceptor reads each WorkflowHostAPI request,
-runs the code-level checks that identify its target, asks the PolicyEvaluator, and hands what
-it allowed (instance limits, the instance status it checked, narrowed query filters) to the
-servicer in a CallGrant. Both wrap the returned handler, so they see the deserialized request.
+UNAUTHENTICATED) for everything below it, streaming rpcs included. PolicyInterceptor reads each
+request of the guarded services, runs the code-level checks that identify its target, asks the
+PolicyEvaluator, and hands what it allowed (instance limits, the instance status it checked,
+narrowed query filters) to the servicer in a CallGrant; events, history, schedules and worker
+tasks are described by resource_policies.py. An rpc of a guarded service without a check is
+refused. Both wrap the returned handler, so they see the deserialized request.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from okra_sidecar.api.call_metadata import authorization_of, metadata_of
 from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, value_to_python
+from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
+from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.errors import InstanceChangedError, NotFoundError
+from okra_sidecar.errors import InstanceChangedError, NotFoundError, OkraError
+from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
+from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.policy import rules
@@ -40,14 +48,21 @@ logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 if TYPE_CHECKING:
     Continuation = Callable[
         [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
     ]
 WORKFLOW_SERVICE = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
-AUTHORIZATION = "authorization"
-# Metadata a policy may not read: the raw token, and binary values.
-HIDDEN_METADATA = frozenset({AUTHORIZATION})
+# Every rpc of these services is decided by a policy; tests/api/test_policy_coverage.py fails
+# on an rpc that has no check here.
+GUARDED_SERVICES = frozenset(
+    {
+        WORKFLOW_SERVICE,
+        spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name,
+        wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name,
+    }
+)
 # A status a policy checked may move under a signal or cancel; decide again this often.
 MAX_DECISIONS = 3
 
@@ -67,25 +82,25 @@ def _rewrap(
     )
 
 
-def metadata_of(context: Context) -> dict[str, str]:
-    """The call's text metadata as policies see it (no token, no `-bin` values)."""
-    seen: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if key in HIDDEN_METADATA or key.endswith("-bin") or not isinstance(value, str):
-            continue
-        seen[key] = value
-    return seen
+def _rewrap_stream(
+    handler: grpc.RpcMethodHandler[Any, Any], behavior: StreamBehavior
+) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_stream_rpc_method_handler(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
-def _authorization(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == AUTHORIZATION:
-            return value if isinstance(value, str) else value.decode()
-    return None
+async def abort_with(context: Context, exc: OkraError) -> NoReturn:
+    """End a streaming call with the error's status (ErrorInterceptor wraps unary rpcs only)."""
+    code = status_code_for(exc)
+    await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
+    raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies the bearer token of every unary rpc except health and reflection."""
+    """Verifies the bearer token of every rpc, streaming ones too, except health and reflection."""
 
     def __init__(self, *, verifier: TokenVerifier, exempt_services: frozenset[str]) -> None:
         self._verifier = verifier
@@ -96,33 +111,62 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         service, _ = _split_method(handler_call_details.method)
-        if handler is None or handler.unary_unary is None or service in self._exempt:
+        if handler is None or service in self._exempt:
             return handler
-        behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
         verifier = self._verifier
 
-        async def authenticated(request: Any, context: Context) -> Any:
-            identity = verifier.identify(_authorization(context))
+        def identify(context: Context) -> contextvars.Token[Any]:
+            identity = verifier.identify(authorization_of(context))
             if identity.authenticated:
                 tracing.set_caller(identity.describe(), issuer=identity.issuer)
-            token = set_identity(identity)
-            try:
-                return await behavior(request, context)
-            finally:
-                reset_identity(token)
+            return set_identity(identity)
 
-        return _rewrap(handler, authenticated)
+        if handler.unary_unary is not None:
+            behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
+
+            async def authenticated(request: Any, context: Context) -> Any:
+                token = identify(context)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    reset_identity(token)
+
+            return _rewrap(handler, authenticated)
+        if handler.unary_stream is not None:
+            stream: StreamBehavior = handler.unary_stream  # type: ignore[assignment]
+
+            async def authenticated_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                try:
+                    token = identify(context)
+                except OkraError as exc:
+                    await abort_with(context, exc)
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                finally:
+                    reset_identity(token)
+
+            return _rewrap_stream(handler, authenticated_stream)
+        # A client- or bidirectional-streaming rpc outside the exempt services: refuse it
+        # (UNIMPLEMENTED) rather than let it pass unauthenticated.
+        return None
 
 
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
-    """Asks the PolicyEvaluator about every WorkflowHostAPI call before the servicer runs."""
+    """Asks the PolicyEvaluator about every rpc of the guarded services before it runs."""
 
     def __init__(
-        self, *, evaluator: PolicyEvaluator, store: Store, registry: WorkflowRegistry
+        self,
+        *,
+        evaluator: PolicyEvaluator,
+        store: Store,
+        registry: WorkflowRegistry,
+        schedules: ScheduleReader | None = None,
     ) -> None:
         self._evaluator = evaluator
         self._store = store
         self._registry = registry
+        self._resources = ResourceChecks(evaluator=evaluator, store=store, schedules=schedules)
         self._checks: Mapping[str, Callable[[Behavior, Any, Context], Awaitable[Any]]] = {
             "Run": self._run,
             "Signal": self._act_on_instance,
@@ -130,24 +174,45 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             "Query": self._query,
             "GetStatus": self._get_status,
             "ListWorkflows": self._list_workflows,
+            **self._resources.unary,
         }
+        self._stream_checks = {"PollTasks": self._resources.check_poll}
+
+    def covers(self, method: str) -> bool:
+        """Whether an rpc (by its name) is decided by a policy."""
+        return method in self._checks or method in self._stream_checks
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         service, method = _split_method(handler_call_details.method)
+        if handler is None or service not in GUARDED_SERVICES:
+            return handler
         check = self._checks.get(method)
-        if handler is None or handler.unary_unary is None or service != WORKFLOW_SERVICE:
-            return handler
-        if check is None:
-            return handler
-        behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
+        if handler.unary_unary is not None and check is not None:
+            behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
 
-        async def checked(request: Any, context: Context) -> Any:
-            return await check(behavior, request, context)
+            async def checked(request: Any, context: Context) -> Any:
+                return await check(behavior, request, context)
 
-        return _rewrap(handler, checked)
+            return _rewrap(handler, checked)
+        stream_check = self._stream_checks.get(method)
+        if handler.unary_stream is not None and stream_check is not None:
+            stream: StreamBehavior = handler.unary_stream  # type: ignore[assignment]
+
+            async def checked_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                try:
+                    await stream_check(request, context)
+                except OkraError as exc:
+                    await abort_with(context, exc)
+                async for item in stream(request, context):
+                    yield item
+
+            return _rewrap_stream(handler, checked_stream)
+        # An rpc of a guarded service that no policy decides: fail closed (UNIMPLEMENTED).
+        logger.error("no policy check for %s; refusing it", handler_call_details.method)
+        return None
 
     async def _call_with(self, grant: Any, behavior: Behavior, request: Any, ctx: Context) -> Any:
         token = set_grant(grant)
@@ -280,4 +345,4 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         return response
 
 
-__all__ = ["AuthInterceptor", "PolicyInterceptor", "metadata_of"]
+__all__ = ["GUARDED_SERVICES", "AuthInterceptor", "PolicyInterceptor", "abort_with", "metadata_of"]

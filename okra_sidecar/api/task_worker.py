@@ -22,10 +22,11 @@ from google.protobuf import timestamp_pb2
 from okra_sidecar.api.convert import python_to_value, value_to_python
 from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.engine.effects import iso_time, result_event
-from okra_sidecar.errors import InvalidInputError, OkraError
+from okra_sidecar.errors import InvalidInputError, OkraError, PolicyDeniedError
 from okra_sidecar.executors.problems import ERROR_TYPES
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
 
 __all__ = ["TaskWorkerServicer"]
@@ -86,10 +87,44 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         self._lease_ms = lease_ms
         self._read_block_ms = read_block_ms
         self._pollers: dict[str, list[_Poller]] = {}
+        self._signer: Signer | None = None
 
-    def _to_pb(self, task: TaskEntry, attempt: int, lease_until: int) -> wpb.PollTasksResponse:
+    async def _leases(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer(await self._effects.shared_secret())
+        return self._signer
+
+    async def _lease(self, task_id: str, worker: str) -> str:
+        """`worker.tag`: to whom the task was handed, signed so that no caller can make one."""
+        return f"{worker}.{(await self._leases()).sign(f'{task_id}|{worker}')}"
+
+    async def _lease_holder(self, task_id: str, lease: str) -> str:
+        """The worker a lease names.
+
+        Raises:
+            InvalidInputError: no lease was given.
+            PolicyDeniedError: the lease was not handed out with this task.
+        """
+        if not lease:
+            raise InvalidInputError.for_field(
+                "lease", "is required: echo the Task.lease that PollTasks handed out"
+            )
+        worker, _, tag = lease.rpartition(".")
+        if not worker or not (await self._leases()).verify(f"{task_id}|{worker}", tag):
+            raise PolicyDeniedError(
+                f"the lease does not belong to task {task_id}: only the worker PollTasks "
+                "handed the task to can finish it, with the lease it came with",
+                policy="lease",
+            )
+        return worker
+
+    async def _to_pb(
+        self, task: TaskEntry, worker: str, attempt: int, lease_until: int
+    ) -> wpb.PollTasksResponse:
+        task_id = f"{task.service}/{task.entry_id}"
         message = wpb.Task(
-            task_id=f"{task.service}/{task.entry_id}",
+            task_id=task_id,
+            lease=await self._lease(task_id, worker),
             function=task.function,
             instance_id=task.instance_id,
             effect_id=task.effect_id,
@@ -154,7 +189,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                 for task, attempt in batch:
                     lease_until = _now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
-                    yield self._to_pb(task, attempt, lease_until)
+                    yield await self._to_pb(task, worker, attempt, lease_until)
         finally:
             pollers.remove(poller)
             if not pollers:
@@ -165,20 +200,29 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             for poller in pollers:
                 poller.release(task_id)
 
-    async def _finish(self, task_id: str, value: Any, error: dict[str, Any] | None) -> bool:
+    async def _finish(
+        self, task_id: str, lease: str, value: Any, error: dict[str, Any] | None
+    ) -> bool:
         service, entry_id = parse_task_id(task_id)
-        self._release(task_id)
+        worker = await self._lease_holder(task_id, lease)
         task = await self._effects.get_task(service, entry_id)
         if task is None:
+            self._release(task_id)
             return False
         event = result_event(task.effect_id, time_iso=iso_time(_now_ms()), value=value, error=error)
-        return await self._effects.complete_task(task, event) != "gone"
+        outcome = await self._effects.complete_task(task, event, worker=worker)
+        # 'moved': the lease ran out and the task went out again; that delivery decides, and
+        # the poller now holding it keeps its slot.
+        if outcome == "moved":
+            return False
+        self._release(task_id)
+        return outcome != "gone"
 
     async def CompleteTask(  # noqa: N802 - the rpc's name
         self, request: wpb.CompleteTaskRequest, context: Context
     ) -> wpb.CompleteTaskResponse:
         result = value_to_python(request.result) if request.HasField("result") else None
-        accepted = await self._finish(request.task_id, result, None)
+        accepted = await self._finish(request.task_id, request.lease, result, None)
         return wpb.CompleteTaskResponse(accepted=accepted)
 
     async def FailTask(  # noqa: N802 - the rpc's name
@@ -190,7 +234,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             "title": request.title or "Worker task failed",
             "detail": request.detail,
         }
-        accepted = await self._finish(request.task_id, None, error)
+        accepted = await self._finish(request.task_id, request.lease, None, error)
         return wpb.FailTaskResponse(accepted=accepted)
 
     async def Heartbeat(  # noqa: N802 - the rpc's name

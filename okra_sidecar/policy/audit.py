@@ -58,13 +58,22 @@ class Call:
     input: Any = None
     query_statuses: tuple[str, ...] = ()
     query_limit: int = 0
+    # What the call acts on besides workflows and instances, as conditions read it:
+    # ("event", {...}) for Emit, ("schedule", {...}), ("task", {"queue": ...}).
+    resource: tuple[str, Mapping[str, Any]] | None = None
 
     @property
     def target(self) -> str:
         """The workflow or instance the call is about, for messages."""
         if self.workflow is not None and self.workflow.key:
             return self.workflow.full_id
-        return self.instance_id
+        if self.instance_id:
+            return self.instance_id
+        if self.resource is not None:
+            root, fields = self.resource
+            name = fields.get("id") or fields.get("type") or fields.get("queue") or ""
+            return f"{root} {name}" if name else ""
+        return ""
 
     def details(self) -> dict[str, Any]:
         """The request as the `full` audit level records it."""
@@ -82,6 +91,9 @@ class Call:
             detail["limit"] = self.query_limit
         if self.instance is not None:
             detail["instanceStatus"] = self.instance.status
+        if self.resource is not None:
+            root, fields = self.resource
+            detail[root] = {k: v for k, v in fields.items() if k != "owner"}
         return detail
 
 

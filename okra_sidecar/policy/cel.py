@@ -32,6 +32,9 @@ SCHEMA: dict[str, Any] = {
     "workflow": {"id": {}, "fullId": {}, "namespace": {}, "name": {}, "version": {}},
     "instance": {"id": {}, "status": {}, "workflow": {}, "tags": OPEN},
     "service": {"name": {}, "namespace": {}},
+    "event": {"type": {}, "source": {}, "subject": {}},
+    "schedule": {"id": {}, "workflow": {}, "owner": OPEN},
+    "task": {"queue": {}},
     "env": OPEN,  # members are checked against the allow-list instead
 }
 # Macros whose first argument names a variable bound inside the call.

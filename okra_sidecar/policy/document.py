@@ -53,6 +53,17 @@ RUN_ALLOWED_NAMESPACES = P + "run.allowedNamespaces"
 MAX_DURATION_MINUTES = P + "maxDurationMinutes"
 DEFAULT_TIMEOUT_MS = P + "defaultTimeoutMs"
 TIMEOUT_ACTION = P + "timeoutAction"
+EMIT_ALLOWED = P + "emit.allowed"
+EMIT_ALLOWED_TYPES = P + "emit.allowedTypes"
+EMIT_CONDITION = P + "emit.condition"
+HISTORY_ALLOWED = P + "history.allowed"
+HISTORY_CONDITION = P + "history.condition"
+SCHEDULE_ALLOWED = P + "schedule.allowed"
+SCHEDULE_OWNER_ONLY = P + "schedule.ownerOnly"
+SCHEDULE_CONDITION = P + "schedule.condition"
+TASK_ALLOWED = P + "task.allowed"
+TASK_ALLOWED_QUEUES = P + "task.allowedQueues"
+TASK_CONDITION = P + "task.condition"
 
 # What each condition may read: Run has no instance yet; signal and cancel act on one.
 BASE_ROOTS = frozenset({"request", "workflow", "service", "env"})
@@ -63,6 +74,10 @@ CONDITION_ROOTS = {
     QUERY_CONDITION: BASE_ROOTS,
     CONDITION: BASE_ROOTS,
     CANCEL_CONDITION: INSTANCE_ROOTS,
+    EMIT_CONDITION: BASE_ROOTS | {"event"},
+    HISTORY_CONDITION: INSTANCE_ROOTS,
+    SCHEDULE_CONDITION: BASE_ROOTS | {"schedule"},
+    TASK_CONDITION: BASE_ROOTS | {"task"},
 }
 RATE_KEYS = {"run": RUN_RATE_LIMIT, "signal": SIGNAL_RATE_LIMIT, "query": QUERY_RATE_LIMIT}
 AUDIT_LEVELS = ("none", "summary", "full")
@@ -73,6 +88,8 @@ GLOB_LIST_KEYS = (
     SIGNAL_ALLOWED_SIGNALS,
     ALERT_ON_FAILURE,
     RUN_ALLOWED_NAMESPACES,
+    EMIT_ALLOWED_TYPES,
+    TASK_ALLOWED_QUEUES,
 )
 BOOL_KEYS = (
     SIGNAL_ALLOWED,
@@ -80,6 +97,11 @@ BOOL_KEYS = (
     CANCEL_REQUIRE_REASON,
     AUDIT,
     RUN_CROSS_NAMESPACE,
+    EMIT_ALLOWED,
+    HISTORY_ALLOWED,
+    SCHEDULE_ALLOWED,
+    SCHEDULE_OWNER_ONLY,
+    TASK_ALLOWED,
 )
 KNOWN_KEYS = frozenset(
     {
@@ -130,6 +152,13 @@ class PolicySet:
     max_duration_ms: int | None = None
     default_timeout_ms: int | None = None
     timeout_action: str = "fail"
+    emit_allowed: bool = True
+    emit_allowed_types: GlobList = GlobList()
+    history_allowed: bool = True
+    schedule_allowed: bool = True
+    schedule_owner_only: bool = False
+    task_allowed: bool = True
+    task_allowed_queues: GlobList = GlobList()
 
     @property
     def digest(self) -> str:
@@ -443,6 +472,13 @@ def compile_policies(
         max_duration_ms=values.get(MAX_DURATION_MINUTES),
         default_timeout_ms=values.get(DEFAULT_TIMEOUT_MS),
         timeout_action=values.get(TIMEOUT_ACTION, "fail"),
+        emit_allowed=values.get(EMIT_ALLOWED, True),
+        emit_allowed_types=values.get(EMIT_ALLOWED_TYPES, GlobList()),
+        history_allowed=values.get(HISTORY_ALLOWED, True),
+        schedule_allowed=values.get(SCHEDULE_ALLOWED, True),
+        schedule_owner_only=values.get(SCHEDULE_OWNER_ONLY, False),
+        task_allowed=values.get(TASK_ALLOWED, True),
+        task_allowed_queues=values.get(TASK_ALLOWED_QUEUES, GlobList()),
     )
 
 

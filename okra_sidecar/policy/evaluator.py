@@ -20,6 +20,7 @@ from okra_sidecar.policy import document as keys
 from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
 from okra_sidecar.policy.cel import CelEvaluationError, to_cel
 from okra_sidecar.policy.document import PolicySet
+from okra_sidecar.policy.globs import GlobList
 from okra_sidecar.policy.model import (
     NO_WORKFLOW,
     CallGrant,
@@ -30,6 +31,15 @@ from okra_sidecar.policy.model import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUERY_LIMIT = 100
+SCHEDULE_METHODS = (
+    "TriggerWorkflow",
+    "ListSchedules",
+    "GetSchedule",
+    "PauseSchedule",
+    "ResumeSchedule",
+    "DeleteSchedule",
+)
+TASK_METHODS = ("PollTasks", "CompleteTask", "FailTask", "Heartbeat")
 WORKFLOW_CACHE_SIZE = 1024
 ALL_ROOTS = frozenset({"request", "workflow", "instance"})
 METHOD, AUTH, CLAIMS, METADATA = (StringType(k) for k in ("method", "auth", "claims", "metadata"))
@@ -52,6 +62,13 @@ class RateLimiter(Protocol):
 
 def _listed(patterns: tuple[str, ...]) -> str:
     return ", ".join(patterns)
+
+
+def same_owner(owner: Mapping[str, Any], claims: Mapping[str, Any]) -> bool:
+    """Whether two sets of claims name one caller: the same `sub` from the same `iss`."""
+    if not owner and not claims:
+        return True  # anonymous schedules, in optional mode, belong to anonymous callers
+    return (owner.get("sub"), owner.get("iss")) == (claims.get("sub"), claims.get("iss"))
 
 
 def _has_field(data: Any, path: str) -> bool:
@@ -114,6 +131,11 @@ class PolicyEvaluator:
             "Cancel": self._check_cancel,
             "Query": self._check_query,
             "GetStatus": self._check_read,
+            "ListWorkflows": self._check_listing,
+            "Emit": self._check_emit,
+            "GetHistory": self._check_history,
+            **dict.fromkeys(SCHEDULE_METHODS, self._check_schedule),
+            **dict.fromkeys(TASK_METHODS, self._check_task),
         }.get(call.method)
         grant = CallGrant(identity=call.identity)
         if check is not None:
@@ -292,6 +314,122 @@ class PolicyEvaluator:
         await self._check_conditions(call, policies, (keys.CONDITION,))
         return grant
 
+    async def _check_listing(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        # ListWorkflows hides what the caller may not run instead (see `may_run`).
+        return grant
+
+    async def _check_switch(
+        self, call: Call, policies: PolicySet, key: str, *, on: bool, what: str
+    ) -> None:
+        if not on:
+            await self._deny(
+                call, policies, key, f"{what} is turned off ({key} is false); set it to true"
+            )
+
+    async def _check_listed(
+        self, call: Call, policies: PolicySet, key: str, allowed: GlobList, *, name: str, noun: str
+    ) -> None:
+        if allowed and allowed.match([name]) is None:
+            await self._deny(
+                call,
+                policies,
+                key,
+                f"{noun} {name!r} is not in {key} ({_listed(allowed.patterns)}); use one of "
+                "those or add it to the list",
+            )
+
+    async def _check_emit(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        await self._check_switch(
+            call, policies, keys.EMIT_ALLOWED, on=policies.emit_allowed, what="emitting events"
+        )
+        event_type = str(call.resource[1].get("type", "")) if call.resource else ""
+        await self._check_listed(
+            call,
+            policies,
+            keys.EMIT_ALLOWED_TYPES,
+            policies.emit_allowed_types,
+            name=event_type,
+            noun="event type",
+        )
+        await self._check_conditions(call, policies, (keys.EMIT_CONDITION,))
+        return grant
+
+    async def _check_history(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        await self._check_switch(
+            call, policies, keys.HISTORY_ALLOWED, on=policies.history_allowed, what="history"
+        )
+        # History shows what GetStatus shows and more: the general condition applies too.
+        await self._check_conditions(call, policies, (keys.HISTORY_CONDITION, keys.CONDITION))
+        return grant
+
+    async def _check_schedule(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        await self._check_switch(
+            call,
+            policies,
+            keys.SCHEDULE_ALLOWED,
+            on=policies.schedule_allowed,
+            what="the schedule api",
+        )
+        schedule = call.resource[1] if call.resource else {}
+        if policies.schedule_owner_only and "owner" in schedule:
+            if not same_owner(schedule["owner"], call.identity.claims):
+                await self._deny(
+                    call,
+                    policies,
+                    keys.SCHEDULE_OWNER_ONLY,
+                    f"{keys.SCHEDULE_OWNER_ONLY} is true and schedule {schedule.get('id')} was "
+                    f"created by another caller than {call.identity.describe()}; only its "
+                    "creator may read or change it",
+                )
+        programs: tuple[str, ...] = (keys.SCHEDULE_CONDITION,)
+        if call.workflow is not None:
+            programs += (keys.CONDITION,)
+        await self._check_conditions(call, policies, programs)
+        return grant
+
+    async def _check_task(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
+        await self._check_switch(
+            call, policies, keys.TASK_ALLOWED, on=policies.task_allowed, what="worker tasks"
+        )
+        queue = str(call.resource[1].get("queue", "")) if call.resource else ""
+        await self._check_listed(
+            call,
+            policies,
+            keys.TASK_ALLOWED_QUEUES,
+            policies.task_allowed_queues,
+            name=queue,
+            noun="task queue",
+        )
+        await self._check_conditions(call, policies, (keys.TASK_CONDITION,))
+        return grant
+
+    @staticmethod
+    def filters_schedules(policies: PolicySet) -> bool:
+        """Whether ListSchedules must check each schedule it lists (`may_see`)."""
+        return policies.schedule_owner_only or any(
+            policies.condition(key) is not None for key in (keys.SCHEDULE_CONDITION, keys.CONDITION)
+        )
+
+    def may_see(self, call: Call, policies: PolicySet) -> bool:
+        """Whether a listed schedule is shown: its owner and conditions, without a record."""
+        schedule = call.resource[1] if call.resource else {}
+        if policies.schedule_owner_only and not same_owner(
+            schedule.get("owner") or {}, call.identity.claims
+        ):
+            return False
+        for key in (keys.SCHEDULE_CONDITION, keys.CONDITION):
+            program = policies.condition(key)
+            if program is None:
+                continue
+            try:
+                if not program.decide(
+                    self._plain(call), partial(self._activation, call, program.roots)
+                ):
+                    return False
+            except CelEvaluationError:
+                return False
+        return True
+
     def may_run(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> bool:
         """Whether ListWorkflows shows `workflow` to this caller (a failing condition hides it)."""
         if self.run_list_problem(policies, workflow) is not None:
@@ -326,6 +464,8 @@ class PolicyEvaluator:
         }
         if call.instance is not None:
             values["instance"] = call.instance.to_activation()
+        if call.resource is not None:
+            values[call.resource[0]] = dict(call.resource[1])
         return values
 
     # -- shared steps --------------------------------------------------------------------------
@@ -345,6 +485,8 @@ class PolicyEvaluator:
             activation["workflow"] = self._workflow_activation(call.workflow or NO_WORKFLOW)
         if call.instance is not None and "instance" in roots:
             activation["instance"] = to_cel(call.instance.to_activation())
+        if call.resource is not None and call.resource[0] in roots:
+            activation[call.resource[0]] = to_cel(dict(call.resource[1]))
         return activation
 
     def _workflow_activation(self, workflow: WorkflowRef) -> Any:
@@ -427,4 +569,11 @@ class PolicyEvaluator:
         raise PolicyDeniedError(message, policy=key)
 
 
-__all__ = ["PolicyEvaluator", "PolicyHolder", "RateLimiter"]
+__all__ = [
+    "SCHEDULE_METHODS",
+    "TASK_METHODS",
+    "PolicyEvaluator",
+    "PolicyHolder",
+    "RateLimiter",
+    "same_owner",
+]

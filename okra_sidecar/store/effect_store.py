@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -291,14 +292,28 @@ class RedisEffectStore:
         eid, fields = entries[0]
         return self._task_entry(service, eid, fields)
 
-    async def complete_task(self, task: TaskEntry, event: dict[str, Any]) -> str:
-        """Deliver a task's result and remove the task; 'gone' if it was completed before."""
+    async def complete_task(self, task: TaskEntry, event: dict[str, Any], *, worker: str) -> str:
+        """Deliver a task's result and remove the task, if `worker` holds it.
+
+        Returns 'gone' if it was completed before, 'moved' if its lease ran out and another
+        worker holds it now.
+        """
         with map_redis_errors():
             outcome = await self._complete(
                 keys=[self.keys.tasks(task.service), *self._inbox_keys(task.instance_id)],
-                args=[WORKER_GROUP, task.entry_id, task.instance_id, event["id"], dumps(event)],
+                args=[
+                    *(WORKER_GROUP, task.entry_id, task.instance_id, event["id"], dumps(event)),
+                    worker,
+                ],
             )
         return _text(outcome)
+
+    async def shared_secret(self) -> bytes:
+        """The cluster's signing key, created by the first sidecar that asks."""
+        with map_redis_errors():
+            await self.redis.set(self.keys.secret, secrets.token_hex(32), nx=True)
+            value: Any = await self.redis.get(self.keys.secret)
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     # -- events -------------------------------------------------------------------------------
 

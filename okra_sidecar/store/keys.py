@@ -70,6 +70,11 @@ class RedisKeys:
         return f"{self.prefix}tasks:{service}"
 
     @property
+    def secret(self) -> str:
+        """The signing key every sidecar of this Redis shares (leases, causation)."""
+        return f"{self.prefix}secret"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}events"
 

@@ -168,6 +168,7 @@ class TaskWorker:
                 await stub.FailTask(
                     wpb.FailTaskRequest(
                         task_id=task.task_id,
+                        lease=task.lease,
                         status=501,
                         title="No handler",
                         detail=f"worker {self.worker_id} has no handler for {task.function!r}",
@@ -191,6 +192,7 @@ class TaskWorker:
                 await stub.FailTask(
                     wpb.FailTaskRequest(
                         task_id=task.task_id,
+                        lease=task.lease,
                         type=exc.type,
                         status=exc.status,
                         title=exc.title,
@@ -201,11 +203,17 @@ class TaskWorker:
             except Exception as exc:
                 logger.exception("task %s (%s) failed", task.task_id, task.function)
                 await stub.FailTask(
-                    wpb.FailTaskRequest(task_id=task.task_id, detail=f"{type(exc).__name__}: {exc}")
+                    wpb.FailTaskRequest(
+                        task_id=task.task_id,
+                        lease=task.lease,
+                        detail=f"{type(exc).__name__}: {exc}",
+                    )
                 )
                 return
             await stub.CompleteTask(
-                wpb.CompleteTaskRequest(task_id=task.task_id, result=_to_value(result))
+                wpb.CompleteTaskRequest(
+                    task_id=task.task_id, lease=task.lease, result=_to_value(result)
+                )
             )
         except grpc.aio.AioRpcError as exc:
             # The outcome did not reach the sidecar: the lease runs out and the task comes back.

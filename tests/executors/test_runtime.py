@@ -269,13 +269,19 @@ async def test_worker_tasks_are_leased_completed_and_failed(redis: Redis, redis_
             assert sorted(beat.held_task_ids) == sorted(t.task_id for t in seen)
             other = next(t for t in seen if t.task_id != abandoned.task_id)
             done = await worker.CompleteTask(
-                wpb.CompleteTaskRequest(task_id=retried.task_id, result=value({"paid": True}))
+                wpb.CompleteTaskRequest(
+                    task_id=retried.task_id, lease=retried.lease, result=value({"paid": True})
+                )
             )
             late = await worker.CompleteTask(
-                wpb.CompleteTaskRequest(task_id=retried.task_id, result=value({"paid": 2}))
+                wpb.CompleteTaskRequest(
+                    task_id=retried.task_id, lease=retried.lease, result=value({"paid": 2})
+                )
             )
             failed = await worker.FailTask(
-                wpb.FailTaskRequest(task_id=other.task_id, status=402, detail="card declined")
+                wpb.FailTaskRequest(
+                    task_id=other.task_id, lease=other.lease, status=402, detail="card declined"
+                )
             )
             assert (done.accepted, late.accepted, failed.accepted) == (True, False, True)
             await expect_rpc_error(

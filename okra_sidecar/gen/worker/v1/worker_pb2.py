@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bokra/worker/v1/worker.proto\x12\x0eokra.worker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\x10PollTasksRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\x05\"7\n\x11PollTasksResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.okra.worker.v1.Task\"\x86\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12)\n\targuments\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x11\n\teffect_id\x18\x05 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x13\n\x0btraceparent\x18\t \x01(\t\"N\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"(\n\x14\x43ompleteTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"_\n\x0f\x46\x61ilTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"$\n\x10\x46\x61ilTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"7\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"`\n\x11HeartbeatResponse\x12\x15\n\rheld_task_ids\x18\x01 \x03(\t\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xdc\x02\n\nTaskWorker\x12R\n\tPollTasks\x12 .okra.worker.v1.PollTasksRequest\x1a!.okra.worker.v1.PollTasksResponse0\x01\x12Y\n\x0c\x43ompleteTask\x12#.okra.worker.v1.CompleteTaskRequest\x1a$.okra.worker.v1.CompleteTaskResponse\x12M\n\x08\x46\x61ilTask\x12\x1f.okra.worker.v1.FailTaskRequest\x1a .okra.worker.v1.FailTaskResponse\x12P\n\tHeartbeat\x12 .okra.worker.v1.HeartbeatRequest\x1a!.okra.worker.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bokra/worker/v1/worker.proto\x12\x0eokra.worker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\x10PollTasksRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\x05\"7\n\x11PollTasksResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.okra.worker.v1.Task\"\x95\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12)\n\targuments\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x11\n\teffect_id\x18\x05 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\r\n\x05lease\x18\n \x01(\t\"]\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05lease\x18\x03 \x01(\t\"(\n\x14\x43ompleteTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"n\n\x0f\x46\x61ilTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05lease\x18\x06 \x01(\t\"$\n\x10\x46\x61ilTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"7\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"`\n\x11HeartbeatResponse\x12\x15\n\rheld_task_ids\x18\x01 \x03(\t\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xdc\x02\n\nTaskWorker\x12R\n\tPollTasks\x12 .okra.worker.v1.PollTasksRequest\x1a!.okra.worker.v1.PollTasksResponse0\x01\x12Y\n\x0c\x43ompleteTask\x12#.okra.worker.v1.CompleteTaskRequest\x1a$.okra.worker.v1.CompleteTaskResponse\x12M\n\x08\x46\x61ilTask\x12\x1f.okra.worker.v1.FailTaskRequest\x1a .okra.worker.v1.FailTaskResponse\x12P\n\tHeartbeat\x12 .okra.worker.v1.HeartbeatRequest\x1a!.okra.worker.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLLTASKSRESPONSE']._serialized_start=189
   _globals['_POLLTASKSRESPONSE']._serialized_end=244
   _globals['_TASK']._serialized_start=247
-  _globals['_TASK']._serialized_end=509
-  _globals['_COMPLETETASKREQUEST']._serialized_start=511
-  _globals['_COMPLETETASKREQUEST']._serialized_end=589
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=591
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=631
-  _globals['_FAILTASKREQUEST']._serialized_start=633
-  _globals['_FAILTASKREQUEST']._serialized_end=728
-  _globals['_FAILTASKRESPONSE']._serialized_start=730
-  _globals['_FAILTASKRESPONSE']._serialized_end=766
-  _globals['_HEARTBEATREQUEST']._serialized_start=768
-  _globals['_HEARTBEATREQUEST']._serialized_end=823
-  _globals['_HEARTBEATRESPONSE']._serialized_start=825
-  _globals['_HEARTBEATRESPONSE']._serialized_end=921
-  _globals['_TASKWORKER']._serialized_start=924
-  _globals['_TASKWORKER']._serialized_end=1272
+  _globals['_TASK']._serialized_end=524
+  _globals['_COMPLETETASKREQUEST']._serialized_start=526
+  _globals['_COMPLETETASKREQUEST']._serialized_end=619
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=621
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=661
+  _globals['_FAILTASKREQUEST']._serialized_start=663
+  _globals['_FAILTASKREQUEST']._serialized_end=773
+  _globals['_FAILTASKRESPONSE']._serialized_start=775
+  _globals['_FAILTASKRESPONSE']._serialized_end=811
+  _globals['_HEARTBEATREQUEST']._serialized_start=813
+  _globals['_HEARTBEATREQUEST']._serialized_end=868
+  _globals['_HEARTBEATRESPONSE']._serialized_start=870
+  _globals['_HEARTBEATRESPONSE']._serialized_end=966
+  _globals['_TASKWORKER']._serialized_start=969
+  _globals['_TASKWORKER']._serialized_end=1317
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,7 @@ class Task(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Opaque id to echo in CompleteTask, FailTask and Heartbeat. The same task
     re-delivered after a lease ran out keeps its id.
@@ -111,6 +112,11 @@ class Task(_message.Message):
     """The W3C traceparent of the span that enqueued the task, in the trace of the
     workflow instance; empty when the sidecar does not trace. A worker that traces
     continues the trace from it.
+    """
+    lease: _builtins.str
+    """The lease: echo it in CompleteTask and FailTask. It is signed by the
+    sidecars and names the worker the task was handed to, so only that worker can
+    finish it, while it holds the task.
     """
     @_builtins.property
     def arguments(self) -> _struct_pb2.Value:
@@ -136,10 +142,11 @@ class Task(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
         traceparent: _builtins.str = ...,
+        lease: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "deadline", b"deadline", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempt", b"attempt", "deadline", b"deadline", "effect_id", b"effect_id", "function", b"function", "instance_id", b"instance_id", "lease_expires_at", b"lease_expires_at", "task_id", b"task_id", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempt", b"attempt", "deadline", b"deadline", "effect_id", b"effect_id", "function", b"function", "instance_id", b"instance_id", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "task_id", b"task_id", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,8 +160,11 @@ class CompleteTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The id from Task.task_id."""
+    lease: _builtins.str
+    """The lease from Task.lease; required."""
     @_builtins.property
     def result(self) -> _struct_pb2.Value:
         """The function's result: the call task's output."""
@@ -164,10 +174,11 @@ class CompleteTaskRequest(_message.Message):
         *,
         task_id: _builtins.str = ...,
         result: _struct_pb2.Value | None = ...,
+        lease: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "result", b"result", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -208,6 +219,7 @@ class FailTaskRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The id from Task.task_id."""
     type: _builtins.str
@@ -218,6 +230,8 @@ class FailTaskRequest(_message.Message):
     """Short summary of the problem."""
     detail: _builtins.str
     """What happened, for a person."""
+    lease: _builtins.str
+    """The lease from Task.lease; required."""
     def __init__(
         self,
         *,
@@ -226,10 +240,11 @@ class FailTaskRequest(_message.Message):
         status: _builtins.int = ...,
         title: _builtins.str = ...,
         detail: _builtins.str = ...,
+        lease: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "status", b"status", "task_id", b"task_id", "title", b"title", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "lease", b"lease", "status", b"status", "task_id", b"task_id", "title", b"title", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
