@@ -24,7 +24,7 @@ from okra_sidecar.config import Settings
 from okra_sidecar.server import redis_client
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.multiplexed import MultiplexedRedis
-from okra_sidecar.store.redis_store import RECORD_FIELDS
+from okra_sidecar.store.records import RECORD_FIELDS
 
 # The snapshot GetStatus reads.
 FIELDS = RECORD_FIELDS

@@ -22,6 +22,7 @@ KEY_HELPERS = frozenset(
         "all_effects",
         "status_indexes",
         "instance_keys",
+        "delivery_keys",
     }
 )
 

@@ -18,6 +18,7 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
@@ -214,7 +215,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         rules.check_instance_id(request.instance_id)
         _check_text(request.reason, "reason", MAX_REASON)
-        workflow_id = await self._store.cancel(
+        workflow_id = await cancel_instance(
+            self._store,
             request.instance_id,
             reason=request.reason,
             now_ms=now_ms(),

@@ -101,6 +101,16 @@ class TurnExtras:
 
 
 @dataclass(frozen=True)
+class CancelLinks:
+    """What a cancel must untie, read before it: the parent awaiting the instance (a child
+    run) and the stored listen subscription record ('' when none)."""
+
+    parent_id: str
+    parent_effect: str
+    subscriptions: str
+
+
+@dataclass(frozen=True)
 class HistoryPage:
     """A page of an instance's history: (stream id, event) pairs, and where the next starts."""
 
@@ -157,9 +167,20 @@ class Store(Protocol):
         expect_status: str | None = None,
     ) -> bool: ...
 
+    async def cancel_links(self, instance_id: str) -> CancelLinks: ...
+
     async def cancel(
-        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
-    ) -> str: ...
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        links: CancelLinks,
+        parent_event: dict[str, Any] | None = None,
+        expect_status: str | None = None,
+    ) -> str | None: ...
+
+    async def children(self, instance_id: str) -> list[str]: ...
 
     async def query(self, query: QueryFilter) -> QueryPage: ...
 

@@ -28,12 +28,10 @@ from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.commands import PooledCommands
 from okra_sidecar.store.jsontext import dumps, loads
 from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
-from okra_sidecar.store.redis_store import (
-    claim_partitions,
-    map_redis_errors,
-    read_partitions,
-)
+from okra_sidecar.store.replies import map_redis_errors
+from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
+from okra_sidecar.store.streams import claim_partitions, read_partitions
 
 __all__ = [
     "EffectEntry",
@@ -43,12 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -160,20 +152,14 @@ class RedisEffectStore:
                 pipe.xdel(stream, entry.entry_id)
                 await pipe.execute()
 
-    def _inbox_keys(self, instance_id: str) -> list[str]:
-        keys = self.keys
-        return [
-            keys.instance(instance_id),
-            keys.inbox(instance_id),
-            keys.delivered(instance_id),
-            keys.work(keys.partition(instance_id)),
-        ]
-
     async def deliver_result(self, entry: EffectEntry, event: dict[str, Any]) -> str:
         """Put an effect's result event in its instance's inbox and acknowledge the effect."""
         with map_redis_errors():
             outcome = await self._deliver(
-                keys=[*self._inbox_keys(entry.instance_id), self.keys.effects(entry.partition)],
+                keys=[
+                    *self.keys.delivery_keys(entry.instance_id),
+                    self.keys.effects(entry.partition),
+                ],
                 args=[entry.instance_id, event["id"], dumps(event), EXECUTOR_GROUP, entry.entry_id],
             )
         return _text(outcome)
@@ -182,7 +168,7 @@ class RedisEffectStore:
         """Put an event in an instance's inbox once per dedup id ('ok', 'duplicate', ...)."""
         with map_redis_errors():
             outcome = await self._deliver(
-                keys=self._inbox_keys(instance_id), args=[instance_id, dedup, dumps(event)]
+                keys=self.keys.delivery_keys(instance_id), args=[instance_id, dedup, dumps(event)]
             )
         return _text(outcome)
 
@@ -300,7 +286,7 @@ class RedisEffectStore:
         """
         with map_redis_errors():
             outcome = await self._complete(
-                keys=[self.keys.tasks(task.service), *self._inbox_keys(task.instance_id)],
+                keys=[self.keys.tasks(task.service), *self.keys.delivery_keys(task.instance_id)],
                 args=[
                     *(WORKER_GROUP, task.entry_id, task.instance_id, event["id"], dumps(event)),
                     worker,

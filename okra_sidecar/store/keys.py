@@ -57,6 +57,15 @@ class RedisKeys:
             self.children(instance_id),
         ]
 
+    def delivery_keys(self, instance_id: str) -> list[str]:
+        """The keys lib.lua's deliver() takes, in its order."""
+        return [
+            self.instance(instance_id),
+            self.inbox(instance_id),
+            self.delivered(instance_id),
+            self.work(self.partition(instance_id)),
+        ]
+
     def children(self, instance_id: str) -> str:
         return f"{self.prefix}{{{instance_id}}}:children"
 

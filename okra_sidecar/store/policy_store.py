@@ -20,7 +20,8 @@ from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.jsontext import dumps
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import MultiplexedScript
-from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.replies import map_redis_errors
+from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
 
 MAX_AUDIT_PAGE = 1000
@@ -46,12 +47,6 @@ class StoredPolicies:
 class AuditEntry:
     entry_id: str
     record: dict[str, Any]
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class PolicyChanges:

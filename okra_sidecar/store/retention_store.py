@@ -9,14 +9,9 @@ import redis.asyncio as aioredis
 
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.replies import map_redis_errors
+from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisRetentionStore:

@@ -13,17 +13,12 @@ from okra_sidecar.errors import InvalidInputError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.schedules import SCHEDULE_ID_RE, PreviousRun, SchedulePage, ScheduleRecord
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.replies import map_redis_errors
+from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
 
 LIST_SCAN_BATCH = 200
 NEW = "new"
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def encode_cursor(schedule_id: str) -> str:

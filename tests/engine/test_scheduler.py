@@ -14,6 +14,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from okra_sidecar.config import HostSettings, ScheduleSettings
+from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.scheduler import Scheduler
@@ -179,7 +180,9 @@ async def test_overlap_skip_waits_for_the_previous_instance(world: World) -> Non
     await run_for(world, scheduler, 3 * HOUR, HOUR)  # nothing runs them: they stay pending
     instances = await world.instances(record.schedule_id)
     assert len(instances) == 1
-    await world.store.cancel(instances[0].instance_id, reason="done", now_ms=world.clock.now)
+    await cancel_instance(
+        world.store, instances[0].instance_id, reason="done", now_ms=world.clock.now
+    )
     await run_for(world, scheduler, HOUR, HOUR)
     assert len(await world.instances(record.schedule_id)) == 2
     stored = await scheduler.get(record.schedule_id)
@@ -195,7 +198,9 @@ async def test_overlap_buffer_one_starts_the_buffered_firing_when_free(world: Wo
     instances = await world.instances(record.schedule_id)
     assert len(instances) == 1
     assert (await scheduler.get(record.schedule_id)).buffered_ms == ms("2024-03-25T02:00:00")
-    await world.store.cancel(instances[0].instance_id, reason="done", now_ms=world.clock.now)
+    await cancel_instance(
+        world.store, instances[0].instance_id, reason="done", now_ms=world.clock.now
+    )
     world.clock.now += 1000
     assert await scheduler.run_once() == 1
     assert await world.fire_times(record.schedule_id) == [
@@ -292,7 +297,7 @@ async def test_after_schedules_run_again_a_delay_after_each_end(world: World) ->
     await run_for(world, scheduler, 20_000, 1000)  # the first is still unfinished
     [first] = await world.instances(schedule_id)
     ended = world.clock.now
-    await world.store.cancel(first.instance_id, reason="done", now_ms=ended)
+    await cancel_instance(world.store, first.instance_id, reason="done", now_ms=ended)
     await run_for(world, scheduler, 4000, 1000)
     assert len(await world.instances(schedule_id)) == 1
     assert (await scheduler.get(schedule_id)).next_fire_ms == ended + 5000

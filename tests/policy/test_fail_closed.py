@@ -124,7 +124,7 @@ async def test_a_status_change_between_decision_and_write_is_decided_again(
         real_cancel = store.cancel
         moved: list[str] = []
 
-        async def cancel_after_a_concurrent_turn(instance: str, **kw: Any) -> str:
+        async def cancel_after_a_concurrent_turn(instance: str, **kw: Any) -> str | None:
             if not moved:
                 await redis.hset(f"okra:{{{instance}}}", "status", "waiting")
                 moved.append(instance)

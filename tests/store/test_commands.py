@@ -15,7 +15,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
-from okra_sidecar.store.redis_store import read_partitions
+from okra_sidecar.store.streams import read_partitions
 from okra_sidecar.tasks import cancel_and_wait
 from tests.helpers import Stub
 

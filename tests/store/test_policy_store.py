@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.errors import InstanceChangedError, InvalidInputError, ResourceExhaustedError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.commands import hot_commands
@@ -130,7 +131,7 @@ async def test_per_workflow_limit_is_admitted_atomically(store: RedisStore, redi
     assert await redis.get("okra:active:wf:t.w") == b"2"
     loser = IDS[admitted.index(False)]
     assert await create(loser) is True
-    await store.cancel(loser, reason="", now_ms=1)
+    await cancel_instance(store, loser, reason="", now_ms=1)
     assert await redis.get("okra:active:wf:t.w") == b"2"
     assert await redis.get("okra:active") == b"2"
 
@@ -143,11 +144,11 @@ async def test_signal_and_cancel_apply_only_on_the_checked_status(
     with pytest.raises(InstanceChangedError, match="changed to pending"):
         await store.signal(IDS[0], signal_id="s1", event=event, now_ms=1, expect_status="waiting")
     with pytest.raises(InstanceChangedError):
-        await store.cancel(IDS[0], reason="r", now_ms=1, expect_status="running")
+        await cancel_instance(store, IDS[0], reason="r", now_ms=1, expect_status="running")
     assert await redis.xlen(f"okra:{{{IDS[0]}}}:inbox") == 0
     assert await redis.hget(f"okra:{{{IDS[0]}}}", "status") == b"pending"
     assert not await store.signal(
         IDS[0], signal_id="s1", event=event, now_ms=1, expect_status="pending"
     )
-    await store.cancel(IDS[0], reason="r", now_ms=1, expect_status="pending")
+    await cancel_instance(store, IDS[0], reason="r", now_ms=1, expect_status="pending")
     assert await redis.hget(f"okra:{{{IDS[0]}}}", "status") == b"cancelled"

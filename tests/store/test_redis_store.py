@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit
@@ -100,11 +101,11 @@ async def test_signal_and_cancel_refuse_missing_and_finished(store: RedisStore) 
     with pytest.raises(NotFoundError):
         await store.signal(IDS[5], signal_id="s", event={}, now_ms=1)
     with pytest.raises(NotFoundError):
-        await store.cancel(IDS[5], reason="", now_ms=1)
+        await cancel_instance(store, IDS[5], reason="", now_ms=1)
     await store.create_instance(new(IDS[0]), max_active=0)
-    await store.cancel(IDS[0], reason="stop", now_ms=1)
+    await cancel_instance(store, IDS[0], reason="stop", now_ms=1)
     with pytest.raises(FailedPreconditionError, match="already cancelled"):
-        await store.cancel(IDS[0], reason="again", now_ms=2)
+        await cancel_instance(store, IDS[0], reason="again", now_ms=2)
     with pytest.raises(FailedPreconditionError, match="already cancelled"):
         await store.signal(IDS[0], signal_id="s", event={}, now_ms=1)
 

@@ -1,0 +1,195 @@
+"""InstanceStore: creating, reading and cancelling instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from okra_sidecar.errors import FailedPreconditionError, ResourceExhaustedError
+from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
+from okra_sidecar.store.base import CancelLinks
+from okra_sidecar.store.connections import StoreConnections
+from okra_sidecar.store.jsontext import dumps
+from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.records import (
+    RECORD_FIELDS,
+    decode_record,
+    index_member,
+    subscription_types,
+)
+from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.scripts import load_script
+
+__all__ = ["InstanceStore"]
+
+
+class InstanceStore(StoreConnections):
+    """Instances' creation (with their admission limits), records and cancellation."""
+
+    _create = MultiplexedScript(load_script("create"))
+    _cancel = MultiplexedScript(load_script("cancel"))
+
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+    ) -> bool:
+        """Persist a new instance and ask for its first turn; False if the id exists.
+
+        Raises:
+            ResourceExhaustedError: `max_active` unfinished instances exist, or
+                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
+        """
+        keys = self.keys
+        member = index_member(new.created_us, new.instance_id)
+        index_keys = [
+            keys.index_all,
+            keys.index_workflow(new.workflow_id),
+            keys.index_status(InstanceStatus.PENDING),
+        ]
+        if new.correlation_id:
+            index_keys.append(keys.index_correlation(new.correlation_id))
+        index_keys.extend(keys.index_tag(k, v) for k, v in new.tags.items())
+        fields = [
+            *("wf", new.workflow_id, "status", InstanceStatus.PENDING.value),
+            *("input", dumps(new.input), "corr", new.correlation_id, "tags", dumps(new.tags)),
+            *("state", dumps(new.state), "rev", "0", "ikey", member, "step", ""),
+            *("created", str(new.created_ms), "updated", str(new.created_ms)),
+        ]
+        if new.trace_context:
+            fields += ["otel", new.trace_context]
+        if new.deadline_ms is not None:
+            fields += ["deadline", str(new.deadline_ms)]
+        if new.step_timeout_ms is not None:
+            fields += ["steptmo", str(new.step_timeout_ms)]
+        if new.timeout_action:
+            fields += ["tmoact", new.timeout_action]
+        if new.deadline_source:
+            fields += ["dlsrc", new.deadline_source]
+        workflow_key = ".".join(new.workflow_id.split(".")[:2])
+        event = dumps({"type": "workflow.created", "time": new.created_ms})
+        child = "0"
+        if new.parent is not None:
+            parent = new.parent
+            fields += ["parent", parent.instance_id, "peffect", parent.effect_id]
+            fields += ["anc", dumps(list(parent.ancestors))]
+            index_keys += [keys.instance(parent.instance_id), keys.children(parent.instance_id)]
+            child = "1"
+        with map_redis_errors():
+            created, waited = await self._durable_write(
+                self._create,
+                keys=[
+                    keys.instance(new.instance_id),
+                    keys.history(new.instance_id),
+                    keys.work(keys.partition(new.instance_id)),
+                    keys.active_count,
+                    *index_keys,
+                ],
+                args=[
+                    *(new.instance_id, member, max_active, event),
+                    *(keys.active_workflow(workflow_key), max_per_workflow, child),
+                    *fields,
+                ],
+            )
+            if int(created) == -3:
+                raise FailedPreconditionError(
+                    f"the parent of child run {new.instance_id} has already finished"
+                )
+            if int(created) == -1:
+                source = f" ({limit_policy})" if limit_policy else ""
+                raise ResourceExhaustedError(
+                    f"the limit of {max_active} concurrent instances{source} is reached; "
+                    "retry when some have finished",
+                    policy=limit_policy,
+                )
+            if int(created) == -2:
+                source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
+                raise ResourceExhaustedError(
+                    f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
+                    f"{source} is reached; retry when some have finished",
+                    policy=workflow_limit_policy,
+                )
+            self._check_durable(waited)
+        return int(created) == 1
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        with map_redis_errors():
+            values = await self.hot.execute(
+                "HMGET", self.keys.instance(instance_id), *RECORD_FIELDS
+            )
+        return decode_record(instance_id, values)
+
+    async def cancel_links(self, instance_id: str) -> CancelLinks:
+        """What a cancel must untie: the listen subscriptions and the parent awaiting it."""
+        with map_redis_errors():
+            subs, parent, peffect = await self.hot.execute(
+                "HMGET", self.keys.instance(instance_id), "subs", "parent", "peffect"
+            )
+        return CancelLinks(text(parent), text(peffect), text(subs))
+
+    async def cancel(
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        links: CancelLinks,
+        parent_event: dict[str, Any] | None = None,
+        expect_status: str | None = None,
+    ) -> str | None:
+        """Cancel one unfinished instance; its workflow id, or None if its `links` (read by
+        `cancel_links`) moved meanwhile and nothing was written. `parent_event` goes to the
+        parent's inbox in the same step.
+
+        Raises:
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
+        keys = self.keys
+        event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
+        base = [
+            keys.instance(instance_id),
+            keys.history(instance_id),
+            keys.timers(keys.partition(instance_id)),
+            keys.active_count,
+            *keys.status_indexes,
+            keys.index_finished,
+        ]
+        extra_keys = [keys.subscribers(t) for t in subscription_types(links.subscriptions)]
+        slot = len(base) + 1
+        extras: dict[str, Any] = {
+            "subs": {
+                "record": links.subscriptions,
+                "old": list(range(slot, slot + len(extra_keys))),
+                "new": [],
+            }
+        }
+        if links.parent_id and parent_event is not None:
+            first = slot + len(extra_keys)
+            extra_keys += self.keys.delivery_keys(links.parent_id)
+            extras["parent"] = {
+                "k": list(range(first, first + 4)),
+                "id": links.parent_id,
+                "dedup": parent_event["id"],
+                "event": dumps(parent_event),
+            }
+        with map_redis_errors():
+            result, waited = await self._durable_write(
+                self._cancel,
+                keys=[*base, *extra_keys],
+                args=[instance_id, reason, now_ms, event, expect_status or "", dumps(extras)],
+            )
+            outcome = [text(x) for x in result]
+            if outcome[0] == "retry":
+                return None
+            self._raise_for(instance_id, outcome, "cancel")
+            self._check_durable(waited)
+        return outcome[1]
+
+    async def children(self, instance_id: str) -> list[str]:
+        """The child runs an instance started, in id order."""
+        with map_redis_errors():
+            members = await self.redis.smembers(self.keys.children(instance_id))
+        return sorted(text(c) for c in members)

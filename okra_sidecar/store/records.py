@@ -1,0 +1,70 @@
+"""An instance hash as a record, and the index member that places it in time order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from okra_sidecar.instances import InstanceRecord, InstanceStatus
+from okra_sidecar.store.jsontext import loads
+from okra_sidecar.store.replies import json_or, text
+
+__all__ = [
+    "MEMBER_TIME_WIDTH",
+    "RECORD_FIELDS",
+    "decode_record",
+    "index_member",
+    "subscription_types",
+]
+
+RECORD_FIELDS = (
+    "wf",
+    "status",
+    "input",
+    "output",
+    "error",
+    "corr",
+    "tags",
+    "step",
+    "ctx",
+    "created",
+    "updated",
+    "completed",
+    "reason",
+)
+# Index members sort by creation time as text: fixed-width microseconds, then the id.
+MEMBER_TIME_WIDTH = 17
+
+
+def index_member(created_us: int, instance_id: str) -> str:
+    return f"{created_us:0{MEMBER_TIME_WIDTH}d}:{instance_id}"
+
+
+def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> InstanceRecord | None:
+    """Build a record from HMGET of RECORD_FIELDS; None when the instance does not exist."""
+    (wf, status, inp, out, err, corr, tags, step, ctx, created, updated, completed, reason) = values
+    if wf is None or status is None:
+        return None
+    return InstanceRecord(
+        instance_id=instance_id,
+        workflow_id=text(wf),
+        status=InstanceStatus(text(status)),
+        input=json_or(inp),
+        output=json_or(out),
+        error=json_or(err),
+        correlation_id=text(corr),
+        tags=json_or(tags, {}),
+        current_step=text(step),
+        context=json_or(ctx, {}),
+        created_ms=int(created or 0),
+        started_ms=int(created or 0),
+        updated_ms=int(updated or 0),
+        completed_ms=int(completed or 0),
+        cancel_reason=text(reason),
+    )
+
+
+def subscription_types(record: str) -> list[str]:
+    """The event types a stored subscription record is indexed under."""
+    if not record:
+        return []
+    return [str(t) for t in loads(record).get("types", [])]

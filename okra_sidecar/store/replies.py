@@ -1,0 +1,42 @@
+"""Raw Redis replies as Python values, and the one place Redis errors become ours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store.jsontext import loads
+
+__all__ = ["json_or", "map_redis_errors", "pairs", "text"]
+
+
+def text(value: bytes | str | None) -> str:
+    """A reply as text; '' for nil."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def json_or(value: bytes | str | None, default: Any = None) -> Any:
+    """A stored JSON text, or `default` for nil or ''."""
+    return loads(value) if value else default
+
+
+def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A raw stream entry's [field, value, ...] as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@contextmanager
+def map_redis_errors() -> Iterator[None]:
+    """Turn a lost connection into StoreUnavailableError, the one error the api maps to it."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly") from exc
+    except redis_errors.BusyLoadingError as exc:
+        raise StoreUnavailableError("Redis is loading its data; retry shortly") from exc

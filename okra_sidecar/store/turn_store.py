@@ -1,0 +1,158 @@
+"""TurnStore: what an engine turn loads and, guarded by the revision, commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
+from okra_sidecar.store.base import InboxEntry, TurnCommit, TurnExtras, TurnSnapshot
+from okra_sidecar.store.connections import StoreConnections
+from okra_sidecar.store.jsontext import dumps, loads
+from okra_sidecar.store.keys import ENGINE_GROUP
+from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.records import subscription_types
+from okra_sidecar.store.replies import json_or, map_redis_errors, pairs, text
+from okra_sidecar.store.scripts import load_script
+
+__all__ = ["TurnStore"]
+
+
+class TurnStore(StoreConnections):
+    """A turn's snapshot (state, revision, inbox) and its atomic commit."""
+
+    _commit = MultiplexedScript(load_script("commit"))
+
+    async def load_turn(self, instance_id: str) -> TurnSnapshot | None:
+        keys = self.keys
+        with map_redis_errors():
+            (wf, status, rev, state, ikey, otel, *more), inbox = await self.hot.pipeline(
+                [
+                    (
+                        *("HMGET", keys.instance(instance_id)),
+                        *("wf", "status", "rev", "state", "ikey", "otel"),
+                        *("deadline", "steptmo", "tmoact", "step", "stepat"),
+                        *("parent", "peffect", "subs", "dlsrc"),
+                    ),
+                    ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
+                ]
+            )
+        deadline, step_timeout, action, step, step_at, parent, peffect, subs, source = more
+        if wf is None or status is None:
+            return None
+        return TurnSnapshot(
+            instance_id=instance_id,
+            workflow_id=text(wf),
+            status=InstanceStatus(text(status)),
+            revision=text(rev),
+            state=json_or(state, {}),
+            index_member=text(ikey),
+            inbox=[InboxEntry(text(eid), loads(pairs(fields)[b"e"])) for eid, fields in inbox],
+            trace_context=text(otel),
+            deadline_ms=int(deadline) if deadline else None,
+            step_timeout_ms=int(step_timeout) if step_timeout else None,
+            timeout_action=text(action),
+            deadline_source=text(source),
+            current_step=text(step),
+            step_started_ms=int(step_at or 0),
+            parent_id=text(parent),
+            parent_effect=text(peffect),
+            subscriptions=text(subs),
+        )
+
+    async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
+        """Apply a turn atomically; False if the instance changed since it was loaded."""
+        keys = self.keys
+        iid = snapshot.instance_id
+        now = str(commit.now_ms)
+        fields = [
+            *("status", commit.status.value, "state", dumps(commit.state)),
+            *("step", commit.current_step, "ctx", dumps(commit.context), "updated", now),
+            # The script applies the turn only at the loaded revision: this is the next one.
+            *("rev", str(int(snapshot.revision or 0) + 1)),
+        ]
+        if commit.status in FINISHED_STATUSES:
+            fields += ["completed", now, "output", dumps(commit.output)]
+            if commit.error is not None:
+                fields += ["error", dumps(commit.error)]
+        if commit.cancel_reason:
+            fields += ["reason", commit.cancel_reason]
+        if commit.step_started_ms is not None:
+            fields += ["stepat", str(commit.step_started_ms)]
+        if commit.clear_deadline:
+            fields += ["deadline", ""]
+        partition = keys.partition(iid)
+        commit_keys = [
+            keys.instance(iid),
+            keys.inbox(iid),
+            keys.history(iid),
+            keys.work(partition),
+            keys.timers(partition),
+            keys.active_count,
+            *keys.status_indexes,
+            keys.index_finished,
+        ]
+        extras = ""
+        if commit.extras is not None:
+            extras = self._commit_extras(snapshot, commit.extras, commit_keys)
+        with map_redis_errors():
+            applied = await self.hot.evalsha(
+                self._commit,
+                keys=commit_keys,
+                args=[
+                    iid,
+                    snapshot.revision,
+                    len(fields),
+                    commit.status.value,
+                    dumps(commit.consumed),
+                    "" if commit.wake_at_ms is None else str(commit.wake_at_ms),
+                    "1" if commit.requeue else "0",
+                    len(commit.history),
+                    snapshot.index_member,
+                    extras,
+                    dumps(list(commit.acks)) if commit.acks else "",
+                    ENGINE_GROUP,
+                    *fields,
+                    *(dumps(event) for event in commit.history),
+                ],
+            )
+        return int(applied) == 1
+
+    def _commit_extras(self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]) -> str:
+        """commit.lua's extras (JSON), appending the keys they need to `keys`."""
+        iid = snapshot.instance_id
+
+        def slot(key: str) -> int:
+            keys.append(key)
+            return len(keys)
+
+        out: dict[str, Any] = {}
+        if extras.effects:
+            out["effects"] = [dumps(effect) for effect in extras.effects]
+            out["effectSlot"] = slot(self.keys.effects(self.keys.partition(iid)))
+        if extras.events:
+            out["events"] = [dumps(event) for event in extras.events]
+            out["eventSlot"] = slot(self.keys.events)
+        if extras.inbox:
+            out["inbox"] = [dumps(event) for event in extras.inbox]
+        subs = extras.subscriptions
+        if subs is not None:
+            old = subscription_types(snapshot.subscriptions)
+            record = dumps({"types": list(subs.types), "filters": subs.filters})
+            if not subs.filters:
+                record = ""
+            if record != snapshot.subscriptions:
+                new = sorted(set(subs.types)) if record else []
+                out["subs"] = {
+                    "old": [slot(self.keys.subscribers(t)) for t in old if t not in new],
+                    "new": [slot(self.keys.subscribers(t)) for t in new if t not in old],
+                    "record": record,
+                }
+        if extras.parent_event is not None and snapshot.parent_id:
+            parent_keys = [slot(k) for k in self.keys.delivery_keys(snapshot.parent_id)]
+            out["parent"] = {
+                "k": parent_keys,
+                "id": snapshot.parent_id,
+                "dedup": extras.parent_event["id"],
+                "event": dumps(extras.parent_event),
+            }
+        return dumps(out) if out else ""
