@@ -91,8 +91,9 @@ test-unit: install
 run: install
 	$(BIN)/okra-sidecar serve --workflows examples/workflows
 
+# `make bench ARGS=--quick`: ARGS go to `python -m bench` (`make bench ARGS=--help` lists them).
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .coverage

@@ -32,6 +32,7 @@ import jwt
 
 from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import sidecar_process
+from bench.report import against
 from bench.workloads import Client, measure_run, warm_up
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -217,11 +218,10 @@ def report(results: Sequence[Round]) -> str:
     rate_full = statistics.median(r.rate for r in full)
     ratio = rate_full / rate_none if rate_none else float("nan")
     cpu = statistics.median(r.cpu_ms for r in full) / statistics.median(r.cpu_ms for r in none)
-    verdict = "met" if ratio >= TARGET else "NOT met"
     lines += [
         "",
-        f"W1 Run with the seed's full policy set: {rate_full:.0f}/s, none: {rate_none:.0f}/s "
-        f"(medians) = {ratio:.0%} (target >= {TARGET:.0%}: {verdict}); sidecar cpu per Run "
+        f"W1 Run with every policy key set: {rate_full:.0f}/s, none: {rate_none:.0f}/s "
+        f"(medians) = {ratio:.0%} ({against(ratio, TARGET)}); sidecar cpu per Run "
         f"x{cpu:.2f}",
     ]
     return "\n".join(lines)
