@@ -1,12 +1,13 @@
-"""`python -m bench.policies`: Run (W1) throughput with the seed's full policy set, next to none.
+"""`python -m bench.policies`: Run (W1) throughput with every policy key set, next to none.
 
-"Full" means every key of the seed's twelve policy groups is set, with a bearer token on every
-call: each Run verifies an HS256 token, checks the allow and block globs and the namespace
-rules, reads the input for its required fields, evaluates two CEL conditions, takes a slot from
-the Redis-shared rate limit (one Lua call), writes a full audit record and is admitted against
-the active and per-workflow counters. The seed's own numbers would stop a benchmark (100 Runs a
-minute, 50 instances), so the limits here are raised to bind nothing while still being checked
-on every call, and the bench namespace is added to the lists; everything else is the seed's.
+"Full" means every key of the Host API specification's twelve policy groups is set, with a
+bearer token on every call: each Run verifies an HS256 token, checks the allow and block globs
+and the namespace rules, reads the input for its required fields, evaluates two CEL conditions,
+takes a slot from the Redis-shared rate limit (one Lua call), writes a full audit record and is
+admitted against the active and per-workflow counters. The specification's own numbers would
+stop a benchmark (100 Runs a minute, 50 instances), so the limits here are raised to bind
+nothing while still being checked on every call, and the bench namespace is added to the lists;
+everything else is as the specification has it.
 
 Rounds alternate none and full, each with a fresh sidecar and embedded Redis, so a machine that
 other work keeps busy hurts both alike; the report shows every round, the medians, their ratio
@@ -44,8 +45,9 @@ AUDIENCE = "okra-sidecar"
 UNBOUNDED_RATE = "1000000/minute"
 UNBOUNDED_COUNT = 1_000_000
 
-# Every key of the seed's twelve groups. Where the seed's value would refuse or throttle the
-# bench itself, the comment says what changed; the two run.condition snippets are combined.
+# Every key of the Host API specification's twelve groups. Where the specification's value would
+# refuse or throttle the bench itself, the comment says what changed; the two run.condition
+# snippets are combined.
 SEED_FULL_SET: dict[str, Any] = {
     # 1. execution permissions (+ "bench.*")
     "policy.workflow.run.allowed": ["user.onboarding", "order.processing", "report.*", "bench.*"],
@@ -65,11 +67,11 @@ SEED_FULL_SET: dict[str, Any] = {
     "policy.workflow.query.maxResults": 100,
     "policy.workflow.query.allowedStatuses": ["completed", "failed", "pending", "running"],
     "policy.workflow.query.condition": "request.auth.claims.role in ['admin', 'operator']",
-    # 5. rate limiting (seed: 100, 1000 and 100 a minute)
+    # 5. rate limiting (specification: 100, 1000 and 100 a minute)
     "policy.workflow.run.rateLimit": UNBOUNDED_RATE,
     "policy.workflow.signal.rateLimit": UNBOUNDED_RATE,
     "policy.workflow.query.rateLimit": UNBOUNDED_RATE,
-    # 6. instance limits (seed: 50 concurrent; + bench.hold, counted per workflow)
+    # 6. instance limits (specification: 50 concurrent; + bench.hold, counted per workflow)
     "policy.workflow.maxConcurrentInstances": UNBOUNDED_COUNT,
     "policy.workflow.maxInstancesPerWorkflow": {
         "user.onboarding": 100,

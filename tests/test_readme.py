@@ -2,13 +2,15 @@
 
 The README follows the conventions of tests/docs/commands.py, which finds its commands and runs
 them: each ```sh block holds at most one command, starting with `grpcurl` or `VAR=$(grpcurl`,
-and the fenced block after it is what it prints. grpcurl indents its error details with tabs,
-the README with spaces, so error lines are compared with runs of whitespace as one space.
+and the fenced block after it is what it prints, compared strictly: grpcurl's layout and every
+line of an error as printed, with only ids, timestamps and cursors free to differ.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,15 @@ from redis.asyncio import Redis
 from okra_sidecar.cli import main as cli_main
 from okra_sidecar.config import ENV_VARIABLES, SETTINGS, Settings
 from okra_sidecar.engine.dsl import parse_yaml
-from tests.docs.commands import FENCE_RE, Step, grpcurl_env, parse_commands, run_steps
+from tests.docs.commands import (
+    ADDRESS,
+    FENCE_RE,
+    Step,
+    grpcurl_env,
+    match_lines,
+    parse_commands,
+    run_steps,
+)
 from tests.helpers import make_settings, running_sidecar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +37,8 @@ REQUIRED_METHODS = frozenset(
     {"list", "ListWorkflows", "GetStatus", "Query", "Run", "Signal", "Cancel"}
 )
 
-# Read by Settings.load besides ENV_VARIABLES.
-LOAD_VARIABLES = frozenset({"OKRA_CONFIG", "OTEL_SDK_DISABLED"})
+# Read by Settings.load besides ENV_VARIABLES, and by the tests (the test section).
+LOAD_VARIABLES = frozenset({"OKRA_CONFIG", "OTEL_SDK_DISABLED", "OKRA_SPEC_DIR"})
 
 
 def parse_readme(text: str) -> list[Step]:
@@ -50,7 +60,44 @@ async def test_readme_walkthrough(redis: Redis, redis_url: str) -> None:
     env = grpcurl_env()
     settings = make_settings(redis_url, workflows=EXAMPLES_DIR)
     async with running_sidecar(settings) as (sidecar, _):
-        await run_steps(steps, address=f"127.0.0.1:{sidecar.port}", env=env, collapse_spaces=True)
+        await run_steps(steps, address=f"127.0.0.1:{sidecar.port}", env=env, strict=True)
+
+
+# -- the Python quickstart -----------------------------------------------------------------------
+
+
+def quickstart(text: str) -> tuple[str, str]:
+    """The README's one ```python block and the ```text block showing what it prints."""
+    fences = list(FENCE_RE.finditer(text))
+    found = [n for n, fence in enumerate(fences) if fence.group("info") == "python"]
+    assert len(found) == 1, "the README shows one Python program, the quickstart"
+    shown = fences[found[0] + 1]
+    assert shown.group("info") == "text", "the quickstart is followed by what it prints"
+    return fences[found[0]].group("body"), shown.group("body")
+
+
+async def test_readme_python_quickstart_runs_as_pasted(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    program, shown = quickstart(README.read_text())
+    assert "asyncio.run(" in program
+    script = tmp_path / "quickstart.py"
+    settings = make_settings(redis_url, workflows=EXAMPLES_DIR)
+    async with running_sidecar(settings) as (sidecar, _):
+        # Only the address changes: the test's sidecar listens on a free port.
+        script.write_text(
+            program.replace(ADDRESS.replace("localhost", "127.0.0.1"), f"127.0.0.1:{sidecar.port}")
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    match_lines(shown, out.decode(), {}, "quickstart.py")
 
 
 # -- the configuration section -------------------------------------------------------------------
@@ -85,7 +132,8 @@ def test_readme_names_every_flag_and_variable(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         cli_main(["serve", "--help"])
     flags = set(re.findall(r"(--[a-z][a-z-]+)", capsys.readouterr().out)) - {"--help"}
-    documented_flags = set(re.findall(r"`(--[a-z][a-z-]+)[ `]", text))
+    configuration = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented_flags = set(re.findall(r"`(--[a-z][a-z-]+)[ `]", configuration))
     assert documented_flags == flags
     documented_variables = set(re.findall(r"\b((?:OKRA|OTEL)_[A-Z0-9_]+)\b", text))
     assert documented_variables == set(ENV_VARIABLES) | LOAD_VARIABLES

@@ -1,4 +1,4 @@
-"""OkraClient: the async Python client of the WorkflowHostAPI, with the seed's method names.
+"""OkraClient: the async Python client of the WorkflowHostAPI, by the specification's method names.
 
 This is a gRPC edge like `api/`, so it imports grpc and the generated stubs; nothing in the
 sidecar imports it.

@@ -54,7 +54,7 @@ class WorkflowError:
 
 @dataclass(frozen=True)
 class WorkflowInstance:
-    """One instance's snapshot: the seed's WorkflowInstance, with Python names."""
+    """One instance's snapshot: the Host API specification's WorkflowInstance, with Python names."""
 
     instance_id: str
     workflow_id: str
@@ -78,7 +78,7 @@ class WorkflowInstance:
         return self.status in FINISHED_STATUSES
 
     def to_json(self) -> dict[str, Json]:
-        """The seed's JSON shape (camelCase keys, ISO 8601 times), without unset fields."""
+        """The specification's JSON shape: camelCase keys, ISO 8601 times, no unset fields."""
         data: dict[str, Json] = {
             "instanceId": self.instance_id,
             "workflowId": self.workflow_id,

@@ -73,7 +73,7 @@ def render_runtime(marker: str) -> str:
     """The module every shim imports: what a client must offer, and the run options."""
     return f"""// {marker}; do not edit.
 
-/** Any client with the seed's `run`, such as clients/node's OkraClient. */
+/** Any client with the Host API specification's `run`, such as clients/node's OkraClient. */
 export interface WorkflowRunner {{
   run(workflow: {{
     workflowId: string;

@@ -1,9 +1,9 @@
-"""Policy documents: the seed's keys, read from JSON or YAML, checked and compiled whole.
+"""Policy documents: the Host API specification's keys from JSON or YAML, checked, compiled whole.
 
-A document is a mapping of the seed's dotted keys (`policy.workflow.run.allowed`, ...) to
-values; nested mappings (`policy: {workflow: {run: {allowed: [...]}}}`) mean the same. JSON
-may carry `//` and `/* */` comments, as the seed's snippets do. Every key is checked and every
-condition compiled before anything is used: one bad key refuses the whole set, naming each
+A document is a mapping of the specification's dotted keys (`policy.workflow.run.allowed`, ...)
+to values; nested mappings (`policy: {workflow: {run: {allowed: [...]}}}`) mean the same. JSON
+may carry `//` and `/* */` comments, as the specification's snippets do. Every key is checked
+and every condition compiled before anything is used: one bad key refuses the whole set, naming each
 problem, and the set in force stays.
 """
 
@@ -190,7 +190,7 @@ def canonical_json(document: Mapping[str, Any]) -> str:
 
 
 def strip_json_comments(text: str) -> str:
-    """Remove // and /* */ comments outside JSON strings (the seed's snippets carry them)."""
+    """Remove // and /* */ comments outside JSON strings (as the specification's snippets have)."""
     out: list[str] = []
     i, n = 0, len(text)
     in_string = False
@@ -278,7 +278,7 @@ def parse_policy_text(text: str, *, source: str) -> dict[str, Any]:
 
 
 def flatten(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
-    """Join nested mappings into the seed's dotted keys, refusing unknown or repeated ones."""
+    """Join nested mappings into the specification's dotted keys; refuse unknown or repeated."""
     flat: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
 

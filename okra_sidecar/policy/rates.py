@@ -1,4 +1,4 @@
-"""Rate limits as the seed writes them: "100/minute", also per second and per hour."""
+"""Rate limits as the Host API specification writes them: "100/minute", also per second, hour."""
 
 from __future__ import annotations
 

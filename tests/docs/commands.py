@@ -9,11 +9,12 @@ docs/grpcurl.md (tests/docs/test_grpcurl_cookbook.py) and the README walkthrough
   `<<EOF` here-document (where `$VAR` expands). Any other line naming grpcurl is an error.
 - The fenced block right after a command's block is what it prints: ```json (compared as JSON),
   ```text (compared line by line), or ```text starting with `ERROR:` (the call must fail and
-  print these lines first on stderr; with `collapse_spaces` each run of spaces and tabs counts
-  as one space, for a document that shows grpcurl's tabs as spaces). Without one the command
-  only has to succeed.
+  print these lines first on stderr). Without one the command only has to succeed.
 - In expected output a UUID stands for the same real id wherever it appears, a timestamp for
   any timestamp, and `<anything>` for any non-empty string.
+- `strict` (the README) compares every block as text, line for line, with grpcurl's own
+  layout and all of an error's lines; only ids (as above), timestamps, Query cursors and the
+  spaces at a line's end, which no reader sees, may differ.
 
 Commands run in bash with the venv's grpcurl first on PATH and `localhost:50051` replaced by
 the sidecar's address. Reads (list, describe, ListWorkflows, GetStatus, Query, Check) are
@@ -49,6 +50,8 @@ TARGET_RE = re.compile(re.escape(ADDRESS) + r"\s+(?P<target>\S+)")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z$")
 PLACEHOLDER_RE = re.compile(r"^<[^<>]+>$")
+TIMESTAMP_IN_TEXT_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+CURSOR_IN_TEXT_RE = re.compile(r'("cursor": )"[^"]*"')
 
 
 class MismatchError(AssertionError):
@@ -157,6 +160,21 @@ def match_text(expected: str, actual: str, ids: dict[str, str], where: str) -> N
         _bind(want, got, ids, where)
 
 
+def _normalise(line: str) -> str:
+    line = TIMESTAMP_IN_TEXT_RE.sub("<timestamp>", line.rstrip())
+    return CURSOR_IN_TEXT_RE.sub(r'\1"<cursor>"', line)
+
+
+def match_lines(expected: str, actual: str, ids: dict[str, str], where: str) -> None:
+    """Line for line, as `strict` compares: see the module docstring."""
+    want = expected.rstrip("\n").split("\n")
+    got = actual.rstrip("\n").split("\n")
+    if len(want) != len(got):
+        raise MismatchError(f"{where}: expected {len(want)} lines, got {len(got)}:\n{actual}")
+    for number, (want_line, got_line) in enumerate(zip(want, got, strict=True), 1):
+        match_text(_normalise(want_line), _normalise(got_line), ids, f"{where} line {number}")
+
+
 def match_json(expected: Any, actual: Any, ids: dict[str, str], where: str = "$") -> None:
     if isinstance(expected, dict):
         if not isinstance(actual, dict) or expected.keys() != actual.keys():
@@ -195,7 +213,7 @@ def check_output(
     stderr: str,
     ids: dict[str, str],
     *,
-    collapse_spaces: bool = False,
+    strict: bool = False,
 ) -> dict[str, str]:
     """The id bindings after this output, or MismatchError."""
     attempt = dict(ids)
@@ -203,18 +221,22 @@ def check_output(
     if expected is not None and expected.kind == "error":
         if returncode == 0:
             raise MismatchError(f"the call succeeded, the document says it fails:\n{stdout}")
+        if strict:
+            match_lines(expected.body, stderr, attempt, "stderr")
+            return attempt
         want = expected.body.rstrip("\n").split("\n")
         got = [line.rstrip() for line in stderr.rstrip("\n").split("\n")]
         if len(got) < len(want):
             raise MismatchError(f"expected at least {len(want)} lines on stderr:\n{stderr}")
         for number, (want_line, got_line) in enumerate(zip(want, got, strict=False), 1):
-            if collapse_spaces:
-                want_line, got_line = " ".join(want_line.split()), " ".join(got_line.split())
             match_text(want_line.rstrip(), got_line, attempt, f"stderr line {number}")
         return attempt
     if returncode != 0:
         raise MismatchError(f"grpcurl exited with {returncode}:\n{stderr}")
     if expected is None:
+        return attempt
+    if strict:
+        match_lines(expected.body, stdout, attempt, "stdout")
         return attempt
     if expected.kind == "json":
         match_json(json.loads(expected.body), json.loads(stdout), attempt)
@@ -270,7 +292,7 @@ async def _run_shell(script: str, env: dict[str, str]) -> tuple[int, str, str]:
 
 
 async def run_steps(
-    steps: list[Step], *, address: str, env: dict[str, str], collapse_spaces: bool = False
+    steps: list[Step], *, address: str, env: dict[str, str], strict: bool = False
 ) -> None:
     """Run every step in order against `address`, each until it prints what is expected."""
     env = dict(env)
@@ -282,9 +304,7 @@ async def run_steps(
         while True:
             returncode, stdout, stderr = await _run_shell(script, env)
             try:
-                ids = check_output(
-                    step, returncode, stdout, stderr, ids, collapse_spaces=collapse_spaces
-                )
+                ids = check_output(step, returncode, stdout, stderr, ids, strict=strict)
                 break
             except MismatchError as exc:
                 if loop.time() < deadline:

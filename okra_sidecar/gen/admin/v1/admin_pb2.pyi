@@ -63,7 +63,7 @@ class SetPoliciesRequest(_message.Message):
     """The document as JSON (with `//` comments allowed) or YAML text."""
     @_builtins.property
     def policies(self) -> _struct_pb2.Struct:
-        """The seed's keys (`policy.workflow.run.allowed`, ...) mapped to values."""
+        """The Host API specification's keys (`policy.workflow.run.allowed`, ...) mapped to values."""
 
     def __init__(
         self,
@@ -148,7 +148,7 @@ class GetPoliciesResponse(_message.Message):
     """SHA-256 of the set's canonical JSON."""
     @_builtins.property
     def policies(self) -> _struct_pb2.Struct:
-        """The document: the seed's keys mapped to values."""
+        """The document: the Host API specification's keys mapped to values."""
 
     def __init__(
         self,

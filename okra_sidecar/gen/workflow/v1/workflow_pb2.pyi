@@ -69,7 +69,7 @@ Global___WorkflowStatus: _TypeAlias = WorkflowStatus  # noqa: Y015
 
 @_typing.final
 class RunRequest(_message.Message):
-    """RunRequest starts one instance of a workflow: the seed's `WorkflowInput`."""
+    """RunRequest starts one instance of a workflow: the Host API specification's `WorkflowInput`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -157,7 +157,9 @@ Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
 
 @_typing.final
 class SignalRequest(_message.Message):
-    """SignalRequest delivers one named signal to one instance: the seed's `SignalInput`."""
+    """SignalRequest delivers one named signal to one instance: the Host API specification's
+    `SignalInput`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -399,7 +401,9 @@ Global___WorkflowInstance: _TypeAlias = WorkflowInstance  # noqa: Y015
 
 @_typing.final
 class QueryRequest(_message.Message):
-    """QueryRequest filters instances; every filter given must match: the seed's `QueryOptions`."""
+    """QueryRequest filters instances; every filter given must match: the Host API specification's
+    `QueryOptions`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
