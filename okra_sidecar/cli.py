@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default: text on a terminal, else JSON), json or text (env OKRA_LOG_FORMAT)",
     )
     serve.add_argument(
+        "--tls-cert", help="PEM certificate (chain) to serve TLS with (env OKRA_TLS_CERT_FILE)"
+    )
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (env OKRA_TLS_KEY_FILE)")
+    serve.add_argument(
+        "--tls-client-ca",
+        help="PEM CA certificates; clients must present a certificate they signed "
+        "(env OKRA_TLS_CLIENT_CA_FILE)",
+    )
+    serve.add_argument(
+        "--health-listen",
+        help="HOST:PORT of a plaintext port serving only gRPC health, for probes "
+        "(env OKRA_HEALTH_LISTEN)",
+    )
+    serve.add_argument(
+        "--redis-wait",
+        help="how long to wait at start for an unreachable Redis, e.g. 30s; "
+        "default: until it answers (env OKRA_REDIS_WAIT)",
+    )
+    serve.add_argument(
         "--admin-listen",
         default=None,
         help="HOST:PORT serving Prometheus /metrics; off by default (env OKRA_ADMIN_LISTEN)",
@@ -65,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--service", default="", help="service name; '' is the whole server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument("--cacert", help="dial with TLS, trusting these PEM CA certificates")
+    health.add_argument("--cert", help="PEM client certificate, for a sidecar requiring one")
+    health.add_argument("--key", help="PEM private key of --cert")
+    health.add_argument("--servername", help="name to check the sidecar's certificate against")
     codegen = commands.add_parser(
         "codegen", help="write typed input types and run helpers from workflow input schemas"
     )
@@ -100,14 +123,30 @@ def run_health(args: argparse.Namespace) -> int:
     import grpc
 
     from okra_sidecar.client.health import check_health, local_target
+    from okra_sidecar.client.tls import ClientTls
 
     target = args.address or local_target(os.environ.get("OKRA_LISTEN") or "127.0.0.1:50051")
+    tls = None
+    if args.cacert or args.cert or args.key or args.servername:
+        try:
+            tls = ClientTls(
+                ca_file=args.cacert,
+                cert_file=args.cert,
+                key_file=args.key,
+                server_name=args.servername,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
-        status = check_health(target, service=args.service, timeout_s=args.timeout)
+        status = check_health(target, service=args.service, timeout_s=args.timeout, tls=tls)
     except grpc.RpcError as exc:
         code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
         print(f"{target}: {code}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{target}: {status}")
     return 0 if status == "SERVING" else 1
 
@@ -134,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in (
             *("config", "listen", "redis_url", "workflows", "policies", "data_dir"),
             *("admin_listen", "log_level", "log_format"),
+            *("tls_cert", "tls_key", "tls_client_ca", "health_listen", "redis_wait"),
         )
     }
     try:
@@ -142,12 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.telemetry)
+    from okra_sidecar.api.tls import TlsConfigError
     from okra_sidecar.server import serve
 
     # Exit 2: the settings or files given are wrong; exit 1: the environment refused them.
     try:
         asyncio.run(serve(settings))
-    except (DefinitionError, AlreadyExistsError, PolicyLoadError, AuthConfigError) as exc:
+    except (
+        DefinitionError,
+        AlreadyExistsError,
+        PolicyLoadError,
+        AuthConfigError,
+        TlsConfigError,
+    ) as exc:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
         return 2
     except (StartupError, StoreUnavailableError, OSError) as exc:

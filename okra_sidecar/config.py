@@ -66,6 +66,28 @@ class HostSettings:
 class ServerSettings:
     listen: str = "127.0.0.1:50051"
     grace_s: float = 10.0
+    # A plaintext port serving only the health service, for probes that cannot present a
+    # client certificate (the kubelet's gRPC probe); None: no such port.
+    health_listen: str | None = None
+    # Silences the warning about a non-loopback listener without TLS or required auth.
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS on the gRPC port; a client CA makes it mutual (a client certificate is required)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,8 @@ class RedisSettings:
     key_prefix: str = "okra:"
     partitions: int = 8
     durability: str = "memory"
+    # How long the start waits for an unreachable Redis, with backoff; None: until it answers.
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,7 @@ class EffectSettings:
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     host: HostSettings = field(default_factory=HostSettings)
@@ -225,6 +250,7 @@ class Settings:
             if flags.get(flag):
                 values[key] = (flags[flag], f"--{flag.replace('_', '-')}")
         settings = build_settings(values)
+        check_tls(settings.tls)
         # Policies see only allow-listed variables, read here and nowhere else.
         allowed = {name: environ[name] for name in settings.policy.env_allow if name in environ}
         return replace(settings, policy=replace(settings.policy, env=allowed))
@@ -379,6 +405,12 @@ def _listen(value: object, name: str) -> str:
 SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "listen": ("server", "listen", _listen),
     "graceSeconds": ("server", "grace_s", _seconds),
+    "healthListen": ("server", "health_listen", _listen),
+    "insecure": ("server", "insecure", _bool),
+    "tlsCertFile": ("tls", "cert_file", _path),
+    "tlsKeyFile": ("tls", "key_file", _path),
+    "tlsClientCaFile": ("tls", "client_ca_file", _path),
+    "redisWait": ("redis", "wait_s", _seconds),
     "redisUrl": ("redis", "url", _redis_url),
     "dataDir": ("redis", "data_dir", _path),
     "keyPrefix": ("redis", "key_prefix", _str),
@@ -438,6 +470,12 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
 ENV_VARIABLES = {
     "OKRA_LISTEN": "listen",
     "OKRA_REDIS_URL": "redisUrl",
+    "OKRA_REDIS_WAIT": "redisWait",
+    "OKRA_HEALTH_LISTEN": "healthListen",
+    "OKRA_INSECURE": "insecure",
+    "OKRA_TLS_CERT_FILE": "tlsCertFile",
+    "OKRA_TLS_KEY_FILE": "tlsKeyFile",
+    "OKRA_TLS_CLIENT_CA_FILE": "tlsClientCaFile",
     "OKRA_DATA_DIR": "dataDir",
     "OKRA_KEY_PREFIX": "keyPrefix",
     "OKRA_PARTITIONS": "partitions",
@@ -493,6 +531,11 @@ ENV_VARIABLES = {
 FLAG_KEYS = {
     "listen": "listen",
     "redis_url": "redisUrl",
+    "redis_wait": "redisWait",
+    "health_listen": "healthListen",
+    "tls_cert": "tlsCertFile",
+    "tls_key": "tlsKeyFile",
+    "tls_client_ca": "tlsClientCaFile",
     "workflows": "workflows",
     "policies": "policies",
     "data_dir": "dataDir",
@@ -517,6 +560,11 @@ def read_config_file(path: Path) -> dict[str, tuple[object, str]]:
     if not isinstance(host, dict):
         raise ConfigError(f"config file {path}: workflowHostAPI must be a mapping")
     flat.update(host)
+    # `tls: {certFile, keyFile, clientCaFile}` is the nested spelling of tlsCertFile, ...
+    tls = flat.pop("tls", None) or {}
+    if not isinstance(tls, dict):
+        raise ConfigError(f"config file {path}: tls must be a mapping (certFile, keyFile, ...)")
+    flat.update({f"tls{key[:1].upper()}{key[1:]}": value for key, value in tls.items()})
     unknown = sorted(set(flat) - set(SETTINGS))
     if unknown:
         raise ConfigError(
@@ -524,6 +572,20 @@ def read_config_file(path: Path) -> dict[str, tuple[object, str]]:
             f"(known: {', '.join(sorted(SETTINGS))})"
         )
     return {key: (value, f"{path}: {key}") for key, value in flat.items()}
+
+
+def check_tls(tls: TlsSettings) -> None:
+    """A certificate needs its key, and a client CA needs TLS to check clients with."""
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(
+            "tls: give both the certificate and its private key "
+            "(--tls-cert and --tls-key, or OKRA_TLS_CERT_FILE and OKRA_TLS_KEY_FILE)"
+        )
+    if tls.client_ca_file is not None and tls.cert_file is None:
+        raise ConfigError(
+            "tls: a client CA (--tls-client-ca) needs the server's own certificate and key "
+            "(--tls-cert and --tls-key)"
+        )
 
 
 def build_settings(values: Mapping[str, tuple[object, str]]) -> Settings:

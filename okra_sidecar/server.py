@@ -29,6 +29,7 @@ from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.status import ErrorInterceptor
 from okra_sidecar.api.task_worker import TaskWorkerServicer
+from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.event_triggers import EventTriggers
@@ -39,6 +40,7 @@ from okra_sidecar.engine.runner import EngineRunner
 from okra_sidecar.engine.scheduler import Scheduler
 from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
+from okra_sidecar.exposure import exposure_warning
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
@@ -113,6 +115,10 @@ class Sidecar:
     policies: PolicyManager | None = None
     effects: EffectRuntime | None = None
     engines: EngineProcesses | None = None
+    # TLS certificate files (reloaded on change) and the plaintext health-only server.
+    tls: CertificateFiles | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -120,6 +126,8 @@ class Sidecar:
         await self.health.enter_graceful_shutdown()
         await cancel_and_wait([self.health_task])
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         for loop in (self.scheduler, self.retention):
             if loop is not None:
                 await loop.stop()
@@ -192,6 +200,7 @@ def build_policy_layer(
             verifier=TokenVerifier(settings.auth),
             # Probes and tooling reach health and reflection without a token.
             exempt_services=frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME}),
+            peers=settings.tls.mutual,
         ),
         policy=PolicyInterceptor(
             evaluator=evaluator,
@@ -217,8 +226,12 @@ def build_server(
     telemetry: Telemetry | None = None,
     policies: PolicyLayer | None = None,
     task_worker: TaskWorkerServicer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """The gRPC server with its interceptors, reflection and health, bound to `listen`."""
+    """The gRPC server with its interceptors, reflection and health, bound to `listen`.
+
+    With `credentials` the port speaks TLS only (see api/tls.py), else plaintext.
+    """
     # Interceptor order, outermost first: tracing and rpc metrics (so the span covers every
     # layer and their errors), errors (map OkraError to status), auth (the caller's identity
     # from the bearer token), policy (decides with that identity), then the servicer.
@@ -252,9 +265,27 @@ def build_server(
         reflection.aio.ReflectionServicer(services), target
     )
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is not None:
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError as exc:  # taken since check_listen looked, or refused by gRPC alone
         raise StartupError(f"cannot listen on {listen}; check {LISTEN_SETTING}") from exc
+    return server, port
+
+
+def build_health_server(
+    health_servicer: health_aio.HealthServicer, listen: str
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with the health service only, for probes without a certificate."""
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise StartupError(
+            f"cannot listen on {listen}; check --health-listen (OKRA_HEALTH_LISTEN)"
+        ) from exc
     return server, port
 
 
@@ -374,6 +405,11 @@ async def start_sidecar(
     if admin_listen is not None:
         check_listen(admin_listen, setting=ADMIN_LISTEN_SETTING)
     now_ms = clock or wall_clock_ms
+    warning = exposure_warning(settings)
+    if warning is not None:
+        logger.warning("%s", warning)
+    # Certificate files are checked before anything starts: a bad one stops the start.
+    tls = CertificateFiles(settings.tls) if settings.tls.enabled else None
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     owns_telemetry = telemetry is None
     if telemetry is None:
@@ -393,6 +429,8 @@ async def start_sidecar(
     admin: AdminServer | None = None
     engines: EngineProcesses | None = None
     store: RedisStore | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port = 0
     try:
         store = build_store(settings, url, client)
         try:
@@ -476,7 +514,14 @@ async def start_sidecar(
             telemetry=telemetry,
             policies=policies,
             task_worker=task_worker,
+            credentials=(
+                server_credentials(tls, mutual=settings.tls.mutual) if tls is not None else None
+            ),
         )
+        if settings.server.health_listen is not None:
+            health_server, health_port = build_health_server(
+                health_servicer, settings.server.health_listen
+            )
         if telemetry.registry is not None and admin_listen is not None:
             admin = AdminServer(registry=telemetry.registry, listen=admin_listen)
             await admin.start()
@@ -492,7 +537,11 @@ async def start_sidecar(
         await retention.start()
         await effects.start()
         await server.start()
+        if health_server is not None:
+            await health_server.start()
     except BaseException:
+        if health_server is not None:
+            await health_server.stop(None)
         if engines is not None:
             await engines.stop()
         if admin is not None:
@@ -537,6 +586,9 @@ async def start_sidecar(
         policies=policies.manager,
         effects=effects,
         engines=engines,
+        tls=tls,
+        health_server=health_server,
+        health_port=health_port,
     )
 
 

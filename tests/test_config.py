@@ -138,3 +138,58 @@ def test_auth_and_policy_settings(tmp_path: Path) -> None:
 def test_bad_auth_or_policy_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.load(flags={}, environ=environ)
+
+
+def test_tls_probe_and_exposure_settings(tmp_path: Path) -> None:
+    config = tmp_path / "okra.yaml"
+    config.write_text(
+        "tls:\n  certFile: /tls/tls.crt\n  keyFile: /tls/tls.key\n"
+        "insecure: true\nhealthListen: 0.0.0.0:50052\nredisWait: 30s\n"
+    )
+    settings = Settings.load(flags={"config": str(config)}, environ={})
+    assert settings.tls.cert_file == Path("/tls/tls.crt")
+    assert settings.tls.key_file == Path("/tls/tls.key")
+    assert settings.tls.enabled and not settings.tls.mutual
+    assert settings.server.insecure is True
+    assert settings.server.health_listen == "0.0.0.0:50052"
+    assert settings.redis.wait_s == 30
+    settings = Settings.load(
+        flags={"tls_client_ca": "/ca/flag.crt", "redis_wait": "5s"},
+        environ={
+            "OKRA_TLS_CERT_FILE": "/env/tls.crt",
+            "OKRA_TLS_KEY_FILE": "/env/tls.key",
+            "OKRA_TLS_CLIENT_CA_FILE": "/env/ca.crt",
+            "OKRA_HEALTH_LISTEN": "127.0.0.1:9",
+            "OKRA_INSECURE": "false",
+            "OKRA_REDIS_WAIT": "1m",
+        },
+    )
+    assert settings.tls.cert_file == Path("/env/tls.crt")
+    assert settings.tls.client_ca_file == Path("/ca/flag.crt") and settings.tls.mutual
+    assert settings.redis.wait_s == 5
+    assert Settings.load(flags={}, environ={}).redis.wait_s is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OKRA_TLS_CERT_FILE": "/tls.crt"}, "give both the certificate and its private key"),
+        ({"OKRA_TLS_KEY_FILE": "/tls.key"}, "give both the certificate and its private key"),
+        ({"OKRA_TLS_CLIENT_CA_FILE": "/ca.crt"}, "needs the server's own certificate"),
+        ({"OKRA_REDIS_WAIT": "soon"}, "OKRA_REDIS_WAIT: 'soon' is not a duration"),
+        ({"OKRA_INSECURE": "perhaps"}, "OKRA_INSECURE: expected true or false"),
+    ],
+)
+def test_bad_tls_or_probe_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(flags={}, environ=environ)
+
+
+def test_tls_in_the_file_must_be_a_mapping(tmp_path: Path) -> None:
+    config = tmp_path / "okra.yaml"
+    config.write_text("tls: /tls.crt\n")
+    with pytest.raises(ConfigError, match="tls must be a mapping"):
+        Settings.load(flags={"config": str(config)}, environ={})
+    config.write_text("tls:\n  certfile: /tls.crt\n")
+    with pytest.raises(ConfigError, match="unknown setting 'tlsCertfile'"):
+        Settings.load(flags={"config": str(config)}, environ={})

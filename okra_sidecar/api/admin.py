@@ -25,7 +25,7 @@ KINDS = {
 # Fields an AuditRecord has a place for; the rest go to `details`.
 RECORD_FIELDS = frozenset(
     {"kind", "time", "subject", "issuer", "method", "workflow", "instance", "allowed"}
-    | {"policy", "message", "service"}
+    | {"policy", "message", "service", "peer"}
 )
 
 
@@ -60,6 +60,7 @@ def audit_record_to_pb(entry: AuditEntry) -> admin_pb.AuditRecord:
         policy=str(record.get("policy", "")),
         message=str(record.get("message", "")),
         service=str(record.get("service", "")),
+        peer=str(record.get("peer", "")),
     )
     message.time.FromMilliseconds(int(record.get("time", 0)))
     details = {k: v for k, v in record.items() if k not in RECORD_FIELDS}

@@ -22,6 +22,7 @@ from okra_sidecar.api.call_metadata import authorization_of, metadata_of
 from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, value_to_python
 from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
 from okra_sidecar.api.status import status_code_for, status_metadata
+from okra_sidecar.api.tls import peer_identity
 from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.errors import InstanceChangedError, NotFoundError, OkraError
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
@@ -100,11 +101,17 @@ async def abort_with(context: Context, exc: OkraError) -> NoReturn:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies the bearer token of every rpc, streaming ones too, except health and reflection."""
+    """Verifies the bearer token of every rpc, streaming ones too, except health and reflection.
 
-    def __init__(self, *, verifier: TokenVerifier, exempt_services: frozenset[str]) -> None:
+    With `peers` (mutual TLS), the client certificate's identity joins the token's claims.
+    """
+
+    def __init__(
+        self, *, verifier: TokenVerifier, exempt_services: frozenset[str], peers: bool = False
+    ) -> None:
         self._verifier = verifier
         self._exempt = exempt_services
+        self._peers = peers
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -114,9 +121,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or service in self._exempt:
             return handler
         verifier = self._verifier
+        peers = self._peers
 
         def identify(context: Context) -> contextvars.Token[Any]:
-            identity = verifier.identify(authorization_of(context))
+            peer = peer_identity(context) if peers else ""
+            identity = verifier.identify(authorization_of(context), peer)
             if identity.authenticated:
                 tracing.set_caller(identity.describe(), issuer=identity.issuer)
             return set_identity(identity)

@@ -27,10 +27,12 @@ from okra_sidecar.client.models import (
     WorkflowInstance,
     WorkflowStatus,
 )
+from okra_sidecar.client.tls import ClientTls
 
 __all__ = [
     "DEFAULT_TARGET",
     "AlreadyExistsError",
+    "ClientTls",
     "DeadlineExceededError",
     "ErrorInfo",
     "FailedPreconditionError",

@@ -33,6 +33,7 @@ from okra_sidecar.client.models import (
     to_timestamp,
     to_value,
 )
+from okra_sidecar.client.tls import ClientTls, open_channel
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -94,6 +95,8 @@ class OkraClient:
         timeout_s: Default deadline of each call in seconds; None means no deadline.
         retry: How idempotent calls are retried.
         metadata: Sent with every call, e.g. `[("authorization", "Bearer ...")]`.
+        tls: Dial `target` with TLS (and a client certificate for mutual TLS); plaintext
+            when None.
     """
 
     def __init__(
@@ -104,9 +107,10 @@ class OkraClient:
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        tls: ClientTls | None = None,
     ) -> None:
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._channel = channel or open_channel(target, tls)
         self._stub: WorkflowHostAPIAsyncStub = pb_grpc.WorkflowHostAPIStub(self._channel)
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()

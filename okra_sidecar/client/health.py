@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from okra_sidecar.client.tls import ClientTls, open_sync_channel
 
 __all__ = ["check_health", "local_target"]
 
@@ -19,14 +20,16 @@ def local_target(listen: str) -> str:
     return f"127.0.0.1:{port}" if host in WILDCARD_HOSTS else listen
 
 
-def check_health(target: str, *, service: str = "", timeout_s: float = 3.0) -> str:
+def check_health(
+    target: str, *, service: str = "", timeout_s: float = 3.0, tls: ClientTls | None = None
+) -> str:
     """The serving status of `service` ("" is the whole server), e.g. `SERVING`.
 
     Raises:
         grpc.RpcError: the sidecar did not answer (UNAVAILABLE, DEADLINE_EXCEEDED) or does
             not know the service (NOT_FOUND).
     """
-    with grpc.insecure_channel(target) as channel:
+    with open_sync_channel(target, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -118,6 +118,8 @@ class AuditLog:
         if identity is not None:
             record["subject"] = identity.subject
             record["issuer"] = identity.issuer
+            if identity.peer:
+                record["peer"] = identity.peer
         return record
 
     async def flush(self) -> None:

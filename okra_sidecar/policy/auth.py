@@ -76,13 +76,18 @@ class TokenVerifier:
         keys = self._keys
         return bool(keys.secret or keys.public or keys.by_kid)
 
-    def identify(self, authorization: str | None) -> Identity:
+    def identify(self, authorization: str | None, peer: str = "") -> Identity:
         """The caller for this metadata value (None when the call carried none).
+
+        `peer` is the identity of the call's verified client certificate ('' without mTLS):
+        it authenticates a call on its own, or sits beside the token's claims.
 
         Raises:
             UnauthenticatedError: a token is required and missing, or it does not verify.
         """
         if not authorization:
+            if peer:
+                return Identity(peer=peer)
             if self.required:
                 raise UnauthenticatedError(
                     "this sidecar requires a bearer token: send `authorization: Bearer <JWT>`"
@@ -93,7 +98,8 @@ class TokenVerifier:
             raise UnauthenticatedError(
                 "the authorization metadata must be `Bearer <JWT>`; nothing else is accepted"
             )
-        return self._identity_for(token.strip())
+        identity = self._identity_for(token.strip())
+        return Identity(claims=identity.claims, peer=peer) if peer else identity
 
     def _identity_for(self, token: str) -> Identity:
         # A token verified once is the same token until it expires: keep its Identity (and the

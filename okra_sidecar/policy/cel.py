@@ -28,7 +28,7 @@ logging.getLogger("celpy").setLevel(logging.CRITICAL)
 # Open maps accept any member below them; `None` marks one (claims, metadata, tags).
 OPEN = None
 SCHEMA: dict[str, Any] = {
-    "request": {"method": {}, "auth": {"claims": OPEN}, "metadata": OPEN},
+    "request": {"method": {}, "auth": {"claims": OPEN, "peer": {}}, "metadata": OPEN},
     "workflow": {"id": {}, "fullId": {}, "namespace": {}, "name": {}, "version": {}},
     "instance": {"id": {}, "status": {}, "workflow": {}, "tags": OPEN},
     "service": {"name": {}, "namespace": {}},

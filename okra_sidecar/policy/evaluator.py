@@ -42,7 +42,9 @@ SCHEDULE_METHODS = (
 TASK_METHODS = ("PollTasks", "CompleteTask", "FailTask", "Heartbeat")
 WORKFLOW_CACHE_SIZE = 1024
 ALL_ROOTS = frozenset({"request", "workflow", "instance"})
-METHOD, AUTH, CLAIMS, METADATA = (StringType(k) for k in ("method", "auth", "claims", "metadata"))
+METHOD, AUTH, CLAIMS, PEER, METADATA = (
+    StringType(k) for k in ("method", "auth", "claims", "peer", "metadata")
+)
 
 
 class PolicyHolder(Protocol):
@@ -455,7 +457,7 @@ class PolicyEvaluator:
         values: dict[str, Any] = {
             "request": {
                 "method": call.method,
-                "auth": {"claims": call.identity.claims},
+                "auth": {"claims": call.identity.claims, "peer": call.identity.peer},
                 "metadata": call.metadata,
             },
             "workflow": (call.workflow or NO_WORKFLOW).to_activation(),
@@ -477,7 +479,9 @@ class PolicyEvaluator:
             activation["request"] = MapType(
                 {
                     METHOD: StringType(call.method),
-                    AUTH: MapType({CLAIMS: call.identity.cel_claims}),
+                    AUTH: MapType(
+                        {CLAIMS: call.identity.cel_claims, PEER: StringType(call.identity.peer)}
+                    ),
                     METADATA: to_cel(dict(call.metadata)),
                 }
             )

@@ -12,13 +12,18 @@ from okra_sidecar.policy.cel import to_cel
 
 @dataclass(frozen=True)
 class Identity:
-    """The caller, from a verified bearer token; anonymous callers have no claims."""
+    """The caller, from a verified bearer token and/or a verified client certificate.
+
+    `peer` is the client certificate's SPIFFE ID, else its subject; anonymous callers have
+    neither claims nor a peer.
+    """
 
     claims: dict[str, Any] = field(default_factory=dict)
+    peer: str = ""
 
     @property
     def authenticated(self) -> bool:
-        return bool(self.claims)
+        return bool(self.claims) or bool(self.peer)
 
     @property
     def subject(self) -> str:
@@ -29,7 +34,9 @@ class Identity:
         return str(self.claims.get("iss", "")) if self.claims else ""
 
     def describe(self) -> str:
-        return self.subject or ("an authenticated caller" if self.claims else "anonymous")
+        if self.subject or self.peer:
+            return self.subject or self.peer
+        return "an authenticated caller" if self.claims else "anonymous"
 
     @cached_property
     def cel_claims(self) -> Any:

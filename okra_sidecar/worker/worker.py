@@ -17,6 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
+from okra_sidecar.client.tls import ClientTls, open_channel
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.tasks import cancel_and_wait
@@ -85,8 +86,10 @@ class TaskWorker:
         concurrency: int = 8,
         heartbeat_s: float = 5.0,
         channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.service = service
+        self._tls = tls
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._target = target
         self._concurrency = concurrency
@@ -110,7 +113,7 @@ class TaskWorker:
     async def run(self, *, grace_s: float = 10.0) -> None:
         """Poll and run tasks until stop(); reconnects when the sidecar goes away."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = open_channel(self._target, self._tls)
         stub: Stub = wpb_grpc.TaskWorkerStub(self._channel)
         beats = asyncio.create_task(self._heartbeats(stub))
         try:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from okra_sidecar.config import TlsSettings
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc
-from tests.helpers import Stub
+from tests.helpers import Stub, make_settings, running_sidecar
+from tests.pki import Authority
 
 E2E_TIMEOUT_S = 60
 
@@ -24,22 +30,28 @@ def node_client() -> NodeToolchain:
     return toolchain
 
 
+async def run_script(toolchain: NodeToolchain, script: str, *args: str) -> dict[str, Any]:
+    """Run a compiled clients/node/test script; its last line is a JSON report with `ok`."""
+    process = await asyncio.create_subprocess_exec(
+        toolchain.node,
+        str(NODE_DIR / "dist" / "test" / script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), E2E_TIMEOUT_S)
+    assert process.returncode == 0, f"node {script} failed:\n{err.decode()}{out.decode()}"
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["ok"] is True
+    return report
+
+
 @pytest.mark.timeout(E2E_TIMEOUT_S + 30)
 async def test_node_client_runs_signals_queries_and_cancels(
     node_client: NodeToolchain, sidecar: tuple[Sidecar, Stub]
 ) -> None:
     server, stub = sidecar
-    process = await asyncio.create_subprocess_exec(
-        node_client.node,
-        str(NODE_DIR / "dist" / "test" / "e2e.js"),
-        f"127.0.0.1:{server.port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), E2E_TIMEOUT_S)
-    assert process.returncode == 0, f"node e2e failed:\n{err.decode()}{out.decode()}"
-    report = json.loads(out.decode().strip().splitlines()[-1])
-    assert report["ok"] is True
+    report = await run_script(node_client, "e2e.js", f"127.0.0.1:{server.port}")
     # What the Node client did is visible to the Python stub too.
     completed = await stub.GetStatus(pb.GetStatusRequest(instance_id=report["completed"]))
     assert completed.status == pb.WORKFLOW_STATUS_COMPLETED
@@ -47,3 +59,23 @@ async def test_node_client_runs_signals_queries_and_cancels(
     cancelled = await stub.GetStatus(pb.GetStatusRequest(instance_id=report["cancelled"]))
     assert cancelled.status == pb.WORKFLOW_STATUS_CANCELLED
     assert cancelled.cancel_reason == "changed my mind"
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 30)
+async def test_node_client_over_mutual_tls(
+    node_client: NodeToolchain, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    ca = Authority.create(tmp_path / "pki")
+    server, client = ca.server(), ca.spiffe_client()
+    settings = replace(
+        make_settings(redis_url),
+        tls=TlsSettings(cert_file=server.cert, key_file=server.key, client_ca_file=ca.cert),
+    )
+    async with running_sidecar(settings) as (sidecar, _):
+        report = await run_script(
+            node_client,
+            "tls.js",
+            f"localhost:{sidecar.port}",
+            *(str(ca.cert), str(client.cert), str(client.key)),
+        )
+    assert "tests.forever.1.0.0" in report["workflows"]

@@ -93,12 +93,40 @@ export interface WorkflowInfo {
   summary: string;
 }
 
+/** TLS to a sidecar serving `tlsCertFile`; a client certificate for one requiring it. */
+export interface TlsOptions {
+  /** PEM CA certificates that signed the sidecar's certificate; the system's roots if omitted. */
+  caFile?: string;
+  /** PEM client certificate (mutual TLS), with `keyFile`. */
+  certFile?: string;
+  keyFile?: string;
+  /** The name to check the sidecar's certificate against, if not the host dialled. */
+  serverName?: string;
+}
+
 export interface ClientOptions {
   /** Folder holding okra/workflow/v1/workflow.proto; found above this file when omitted. */
   protoDir?: string;
   /** Deadline of each call in milliseconds (default 10 000). */
   timeoutMs?: number;
+  /** Dial with TLS; plaintext when neither this nor `credentials` is given. */
+  tls?: TlsOptions;
   credentials?: grpc.ChannelCredentials;
+}
+
+/** Channel credentials and options for `tls` (read from the files now). */
+export function tlsCredentials(tls: TlsOptions): {
+  credentials: grpc.ChannelCredentials;
+  options: grpc.ChannelOptions;
+} {
+  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
+    throw new Error("a client certificate needs its key: give certFile and keyFile");
+  }
+  const read = (file?: string): Buffer | null => (file ? fs.readFileSync(file) : null);
+  return {
+    credentials: grpc.credentials.createSsl(read(tls.caFile), read(tls.keyFile), read(tls.certFile)),
+    options: tls.serverName ? { "grpc.ssl_target_name_override": tls.serverName } : {},
+  };
 }
 
 /** A failed call: the gRPC status code and message, and the BadRequest field paths if any. */
@@ -271,9 +299,11 @@ export class OkraClient {
     });
     const loaded = grpc.loadPackageDefinition(definition) as RawMessage;
     const Service = loaded.okra.workflow.v1.WorkflowHostAPI as grpc.ServiceClientConstructor;
+    const secure = options.tls ? tlsCredentials(options.tls) : undefined;
     this.stub = new Service(
       address,
-      options.credentials ?? grpc.credentials.createInsecure(),
+      options.credentials ?? secure?.credentials ?? grpc.credentials.createInsecure(),
+      secure?.options ?? {},
     ) as grpc.Client & Record<string, Unary>;
     this.timeoutMs = options.timeoutMs ?? 10_000;
   }

@@ -26,15 +26,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19okra/admin/v1/admin.proto\x12\rokra.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x12SetPoliciesRequest\x12+\n\x08policies\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\n\n\x08\x64ocument\"D\n\x13SetPoliciesResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"\x14\n\x12GetPoliciesRequest\"q\n\x13GetPoliciesResponse\x12)\n\x08policies\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"8\n\x17ListAuditRecordsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"W\n\x18ListAuditRecordsResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.okra.admin.v1.AuditRecord\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xb9\x02\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.okra.admin.v1.AuditRecordKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06issuer\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x07 \x01(\t\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\x12\x0f\n\x07\x61llowed\x18\t \x01(\x08\x12\x0e\n\x06policy\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x0f\n\x07service\x18\x0c \x01(\t\x12(\n\x07\x64\x65tails\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct*\x8f\x01\n\x0f\x41uditRecordKind\x12!\n\x1d\x41UDIT_RECORD_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41UDIT_RECORD_KIND_DECISION\x10\x01\x12\x1b\n\x17\x41UDIT_RECORD_KIND_ALERT\x10\x02\x12\x1c\n\x18\x41UDIT_RECORD_KIND_POLICY\x10\x03\x32\xa5\x02\n\x12PolicyAdminService\x12T\n\x0bSetPolicies\x12!.okra.admin.v1.SetPoliciesRequest\x1a\".okra.admin.v1.SetPoliciesResponse\x12T\n\x0bGetPolicies\x12!.okra.admin.v1.GetPoliciesRequest\x1a\".okra.admin.v1.GetPoliciesResponse\x12\x63\n\x10ListAuditRecords\x12&.okra.admin.v1.ListAuditRecordsRequest\x1a\'.okra.admin.v1.ListAuditRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19okra/admin/v1/admin.proto\x12\rokra.admin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x12SetPoliciesRequest\x12+\n\x08policies\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\n\n\x08\x64ocument\"D\n\x13SetPoliciesResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"\x14\n\x12GetPoliciesRequest\"q\n\x13GetPoliciesResponse\x12)\n\x08policies\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"8\n\x17ListAuditRecordsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"W\n\x18ListAuditRecordsResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.okra.admin.v1.AuditRecord\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xc7\x02\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.okra.admin.v1.AuditRecordKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06issuer\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x07 \x01(\t\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\x12\x0f\n\x07\x61llowed\x18\t \x01(\x08\x12\x0e\n\x06policy\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x0f\n\x07service\x18\x0c \x01(\t\x12(\n\x07\x64\x65tails\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04peer\x18\x0e \x01(\t*\x8f\x01\n\x0f\x41uditRecordKind\x12!\n\x1d\x41UDIT_RECORD_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41UDIT_RECORD_KIND_DECISION\x10\x01\x12\x1b\n\x17\x41UDIT_RECORD_KIND_ALERT\x10\x02\x12\x1c\n\x18\x41UDIT_RECORD_KIND_POLICY\x10\x03\x32\xa5\x02\n\x12PolicyAdminService\x12T\n\x0bSetPolicies\x12!.okra.admin.v1.SetPoliciesRequest\x1a\".okra.admin.v1.SetPoliciesResponse\x12T\n\x0bGetPolicies\x12!.okra.admin.v1.GetPoliciesRequest\x1a\".okra.admin.v1.GetPoliciesResponse\x12\x63\n\x10ListAuditRecords\x12&.okra.admin.v1.ListAuditRecordsRequest\x1a\'.okra.admin.v1.ListAuditRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'okra.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITRECORDKIND']._serialized_start=873
-  _globals['_AUDITRECORDKIND']._serialized_end=1016
+  _globals['_AUDITRECORDKIND']._serialized_start=887
+  _globals['_AUDITRECORDKIND']._serialized_end=1030
   _globals['_SETPOLICIESREQUEST']._serialized_start=107
   _globals['_SETPOLICIESREQUEST']._serialized_end=200
   _globals['_SETPOLICIESRESPONSE']._serialized_start=202
@@ -48,7 +48,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=467
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=554
   _globals['_AUDITRECORD']._serialized_start=557
-  _globals['_AUDITRECORD']._serialized_end=870
-  _globals['_POLICYADMINSERVICE']._serialized_start=1019
-  _globals['_POLICYADMINSERVICE']._serialized_end=1312
+  _globals['_AUDITRECORD']._serialized_end=884
+  _globals['_POLICYADMINSERVICE']._serialized_start=1033
+  _globals['_POLICYADMINSERVICE']._serialized_end=1326
 # @@protoc_insertion_point(module_scope)

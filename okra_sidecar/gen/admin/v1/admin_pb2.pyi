@@ -239,6 +239,7 @@ class AuditRecord(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The entry's id in the stream."""
     kind: Global___AuditRecordKind.ValueType
@@ -261,6 +262,10 @@ class AuditRecord(_message.Message):
     """What happened, written for a person."""
     service: _builtins.str
     """The service name of the sidecar that wrote the record."""
+    peer: _builtins.str
+    """The caller's verified client certificate (mutual TLS): its SPIFFE ID,
+    else its subject; empty without one.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it was written."""
@@ -288,10 +293,11 @@ class AuditRecord(_message.Message):
         message: _builtins.str = ...,
         service: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
+        peer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "details", b"details", "id", b"id", "instance_id", b"instance_id", "issuer", b"issuer", "kind", b"kind", "message", b"message", "method", b"method", "policy", b"policy", "service", b"service", "subject", b"subject", "time", b"time", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "details", b"details", "id", b"id", "instance_id", b"instance_id", "issuer", b"issuer", "kind", b"kind", "message", b"message", "method", b"method", "peer", b"peer", "policy", b"policy", "service", b"service", "subject", b"subject", "time", b"time", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
