@@ -33,6 +33,7 @@ from okra_sidecar.client.models import (
     to_timestamp,
     to_value,
 )
+from okra_sidecar.client.schedules import ScheduleClient
 from okra_sidecar.client.tls import ClientTls, open_channel
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
@@ -115,6 +116,11 @@ class OkraClient:
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         self._metadata = tuple(metadata)
+
+    @property
+    def schedules(self) -> ScheduleClient:
+        """The ScheduleHostAPI on the same channel, with the same deadline and retries."""
+        return ScheduleClient(self._channel, call=self._call, metadata=self._metadata)
 
     async def close(self) -> None:
         if self._owns_channel:
