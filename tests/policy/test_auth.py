@@ -24,7 +24,8 @@ AUDIENCE = "okra-sidecar"
 
 
 def claims(**extra: Any) -> dict[str, Any]:
-    return {"sub": "ada", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300, **extra}
+    # Built when the module is collected: an hour, so a slow run does not expire them first.
+    return {"sub": "ada", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600, **extra}
 
 
 def bearer(token: str) -> str:
