@@ -9,6 +9,7 @@ from click.shell_completion import get_completion_class
 
 from okra_sidecar import __version__
 from okra_sidecar.client import DEFAULT_TARGET
+from okra_sidecar.client.tls import ClientTls
 from okra_sidecar.operator.context import OUTPUT_CHOICE, Options
 from okra_sidecar.operator.instances import instances
 from okra_sidecar.operator.schedules import schedules
@@ -52,7 +53,7 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     envvar="OKRA_TIMEOUT",
     help="seconds each call may take [env OKRA_TIMEOUT]",
 )
-@click.option("--tls", is_flag=True, help="use TLS with the system's root certificates")
+@click.option("--tls", "tls_on", is_flag=True, help="use TLS with the system's root certificates")
 @click.option(
     "--tls-ca",
     type=FILE,
@@ -77,7 +78,7 @@ def okra(
     token: str | None,
     output: str,
     timeout: float,
-    tls: bool,
+    tls_on: bool,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -93,16 +94,12 @@ def okra(
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together (mutual TLS needs both)")
-    target = Target(
-        address=address,
-        token=token,
-        timeout_s=timeout,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_server_name=tls_server_name,
-        plaintext=not (tls or tls_ca or tls_cert),
-    )
+    tls = None
+    if tls_on or tls_ca or tls_cert:
+        tls = ClientTls(
+            ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_name=tls_server_name
+        )
+    target = Target(address=address, token=token, timeout_s=timeout, tls=tls)
     ctx.obj = Options(target=target, output=output)
 
 

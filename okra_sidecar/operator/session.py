@@ -7,7 +7,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -25,6 +24,7 @@ from okra_sidecar.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from okra_sidecar.client.tls import ClientTls, open_channel
 
 __all__ = ["ExitCode", "Target", "call_sidecar"]
 
@@ -75,32 +75,14 @@ class Target:
     address: str
     token: str | None
     timeout_s: float
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_server_name: str | None = None
-    plaintext: bool = True
+    tls: ClientTls | None = None  # None: plaintext
 
     def channel(self) -> grpc.aio.Channel:
-        if self.plaintext:
-            return grpc.aio.insecure_channel(self.address)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(self.tls_ca),
-            private_key=_read(self.tls_key),
-            certificate_chain=_read(self.tls_cert),
-        )
-        options = []
-        if self.tls_server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
-        return grpc.aio.secure_channel(self.address, credentials, options=options)
+        return open_channel(self.address, self.tls)
 
     def client(self, channel: grpc.aio.Channel) -> OkraClient:
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         return OkraClient(channel=channel, timeout_s=self.timeout_s, metadata=metadata)
-
-
-def _read(path: Path | None) -> bytes | None:
-    return path.read_bytes() if path is not None else None
 
 
 def call_sidecar(target: Target, work: Callable[[OkraClient], Awaitable[T]]) -> T:

@@ -13,11 +13,12 @@ from typing import Any
 import click
 import pytest
 
-from okra_sidecar.config import AuthSettings
+from okra_sidecar.config import AuthSettings, TlsSettings
 from okra_sidecar.operator.cli import okra as okra_group
 from okra_sidecar.operator.session import ExitCode
 from okra_sidecar.server import Sidecar
 from tests.helpers import Stub, make_settings, running_sidecar
+from tests.pki import Authority
 
 OKRA = Path(sys.executable).with_name("okra")
 TIMEOUT_S = 30.0
@@ -314,3 +315,22 @@ async def test_every_command_has_help_with_an_example() -> None:
         shown = await okra("127.0.0.1:1", *path, "--help")
         assert shown.code == 0, path
         assert "Example" in shown.out, f"okra {' '.join(path)} --help shows no example"
+
+
+async def test_mutual_tls(redis: Any, redis_url: str, tmp_path: Path) -> None:
+    ca = Authority.create(tmp_path / "pki")
+    server, client = ca.server(), ca.spiffe_client()
+    settings = replace(
+        make_settings(redis_url),
+        tls=TlsSettings(cert_file=server.cert, key_file=server.key, client_ca_file=ca.cert),
+    )
+    async with running_sidecar(settings) as (sidecar, _):
+        address = f"localhost:{sidecar.port}"
+        mutual = ("--tls-ca", str(ca.cert), "--tls-cert", str(client.cert))
+        listed = await okra(address, *mutual, "--tls-key", str(client.key), "workflows", "list")
+        assert listed.code == 0, listed.err
+        assert "tests.approval.1.0.0" in listed.out
+        no_cert = await okra(address, "--tls-ca", str(ca.cert), "workflows", "list")
+        assert no_cert.code == ExitCode.UNAVAILABLE
+        plaintext = await okra(address, "--timeout", "2", "workflows", "list")
+        assert plaintext.code == ExitCode.UNAVAILABLE
