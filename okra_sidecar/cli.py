@@ -1,4 +1,4 @@
-"""Command line: `okra-sidecar serve`, `validate`, `health` and `codegen`."""
+"""Command line: `okra-sidecar serve`, `migrate`, `validate`, `health` and `codegen`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from okra_sidecar.errors import (
     StoreUnavailableError,
 )
 from okra_sidecar.policy.auth import AuthConfigError
+from okra_sidecar.store.keys import LAYOUT_VERSION
 from okra_sidecar.telemetry.logs import setup_logging
 
 
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HOST:PORT serving Prometheus /metrics; off by default (env OKRA_ADMIN_LISTEN)",
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="convert the store in Redis to this version's layout (stop every sidecar first)",
+    )
+    migrate.add_argument("--config", help="YAML config file (env OKRA_CONFIG)")
+    migrate.add_argument("--redis-url", help="as for serve (env OKRA_REDIS_URL)")
+    migrate.add_argument("--data-dir", help="as for serve (env OKRA_DATA_DIR)")
     commands.add_parser(
         "engine", help="internal: an engine child process of `serve` (settings on stdin)"
     )
@@ -169,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ok {definition.id}")
         return 0
     flags = {
-        key: getattr(args, key)
+        # `migrate` takes only the flags that say where the store is.
+        key: getattr(args, key, None)
         for key in (
             *("config", "listen", "redis_url", "workflows", "policies", "data_dir"),
             *("admin_listen", "log_level", "log_format"),
@@ -182,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.telemetry)
+    if args.command == "migrate":
+        return run_migrate(settings)
     from okra_sidecar.api.tls import TlsConfigError
     from okra_sidecar.server import serve
 
@@ -200,6 +211,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, StoreUnavailableError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_migrate(settings: Settings) -> int:
+    """Convert the store to this version's layout; exit 1 naming the problem if it cannot."""
+    from okra_sidecar.server import migrate
+
+    try:
+        report = asyncio.run(migrate(settings))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if report.from_version == LAYOUT_VERSION:
+        print(f"the store is in layout version {LAYOUT_VERSION} already; nothing to migrate")
+    else:
+        print(
+            f"migrated the store from layout version {report.from_version} to "
+            f"{LAYOUT_VERSION}: {report.instances} instances, {report.indexes} indexes, "
+            f"{report.streams} streams"
+        )
     return 0
 
 

@@ -67,6 +67,8 @@ from okra_sidecar.startup import (
 from okra_sidecar.store.commands import hot_commands
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.layout import open_layout
+from okra_sidecar.store.migration import MigrationReport, migrate_store
 from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.retention_store import RedisRetentionStore
@@ -343,7 +345,22 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
-def build_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisStore:
+async def open_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisStore:
+    """The store on `client` in the layout recorded in Redis (recorded now if it is new).
+
+    Raises:
+        LayoutVersionError: Redis holds a store in another layout (see store/layout.py).
+        StoreUnavailableError: Redis does not answer.
+    """
+    keys = await open_layout(
+        client, prefix=settings.redis.key_prefix, partitions=settings.redis.partitions
+    )
+    return build_store(settings, url, client, keys)
+
+
+def build_store(
+    settings: Settings, url: str, client: aioredis.Redis, keys: RedisKeys
+) -> RedisStore:
     """The store on `client`, its per-call commands on one multiplexed connection."""
     hot = hot_commands(
         url, client, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
@@ -360,7 +377,7 @@ def build_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisSt
         redis=client,
         hot=hot,
         reader=reader,
-        keys=RedisKeys(prefix=settings.redis.key_prefix, partitions=settings.redis.partitions),
+        keys=keys,
         durability=settings.redis.durability,
     )
 
@@ -432,9 +449,8 @@ async def start_sidecar(
     health_server: grpc.aio.Server | None = None
     health_port = 0
     try:
-        store = build_store(settings, url, client)
         try:
-            await store.ping()
+            store = await open_store(settings, url, client)
         except StoreUnavailableError as exc:
             raise unreachable_redis(url, exc) from exc
         registry = WorkflowRegistry(store=store)
@@ -598,7 +614,7 @@ async def run_engine(settings: Settings) -> None:
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
     client = redis_client(settings.redis.url, settings)
-    store = build_store(settings, settings.redis.url, client)
+    store = await open_store(settings, settings.redis.url, client)
     registry = WorkflowRegistry(store=store)
     # The policy set comes from Redis, where the parent put it: no file of its own to watch.
     policies = build_policy_layer(
@@ -659,6 +675,31 @@ def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:
             file=out,
             flush=True,
         )
+
+
+async def migrate(settings: Settings) -> MigrationReport:
+    """`okra-sidecar migrate`: the store in the configured Redis (the embedded one when no URL
+    is set) converted to the current layout. Every sidecar on it must be stopped first.
+
+    Raises:
+        StartupError: Redis does not answer, or holds a store newer than this sidecar.
+    """
+    embedded = None
+    url = settings.redis.url
+    if url is None:
+        embedded = EmbeddedRedis(data_dir=settings.redis.data_dir / "redis", appendfsync="always")
+        url = await embedded.start()
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    try:
+        return await migrate_store(
+            client, prefix=settings.redis.key_prefix, partitions=settings.redis.partitions
+        )
+    except StoreUnavailableError as exc:
+        raise unreachable_redis(url, exc) from exc
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.stop()
 
 
 async def serve(settings: Settings, *, out: TextIO = sys.stdout) -> None:

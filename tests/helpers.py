@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from okra_sidecar.config import (
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar, start_sidecar
+from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ else:
     Stub = pb_grpc.WorkflowHostAPIStub
 
 WORKFLOWS_DIR = Path(__file__).parent / "workflows"
+# The keys of the sidecars the tests start (the default prefix and partition count).
+KEYS = RedisKeys()
 FAST_ENGINE = EngineSettings(claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
 T = TypeVar("T")
 
@@ -135,6 +138,11 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             fields.extend(v.field for v in bad.field_violations)
     return fields
+
+
+async def index_size(redis: Redis, index: Callable[[int], str], keys: RedisKeys = KEYS) -> int:
+    """Members of an instance index over every partition (`index` names one partition's)."""
+    return sum([await redis.zcard(index(p)) for p in range(keys.partitions)])
 
 
 async def redis_fingerprint(redis: Redis) -> dict[bytes | str, str]:

@@ -23,6 +23,7 @@ KEY_HELPERS = frozenset(
         "status_indexes",
         "instance_keys",
         "delivery_keys",
+        "tag",
     }
 )
 

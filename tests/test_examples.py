@@ -20,9 +20,11 @@ from okra_sidecar.engine.dsl import parse_yaml
 from okra_sidecar.engine.registry import read_directory
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
+    KEYS,
     Stub,
     bad_request_fields,
     expect_rpc_error,
+    index_size,
     make_settings,
     running_sidecar,
     to_python,
@@ -233,7 +235,7 @@ async def test_order_input_schema_is_enforced(examples: Stub, redis: Redis) -> N
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert bad_request_fields(error) == ["input.items", "input.kind"]
-    assert await redis.zcard("okra:idx:all") == 0
+    assert await index_size(redis, KEYS.index_all) == 0
 
 
 # -- reminder -----------------------------------------------------------------------------------

@@ -45,14 +45,15 @@ class InstanceStore(StoreConnections):
         """
         keys = self.keys
         member = index_member(new.created_us, new.instance_id)
+        partition = keys.partition(new.instance_id)
         index_keys = [
-            keys.index_all,
-            keys.index_workflow(new.workflow_id),
-            keys.index_status(InstanceStatus.PENDING),
+            keys.index_all(partition),
+            keys.index_workflow(partition, new.workflow_id),
+            keys.index_status(partition, InstanceStatus.PENDING),
         ]
         if new.correlation_id:
-            index_keys.append(keys.index_correlation(new.correlation_id))
-        index_keys.extend(keys.index_tag(k, v) for k, v in new.tags.items())
+            index_keys.append(keys.index_correlation(partition, new.correlation_id))
+        index_keys.extend(keys.index_tag(partition, k, v) for k, v in new.tags.items())
         fields = [
             *("wf", new.workflow_id, "status", InstanceStatus.PENDING.value),
             *("input", dumps(new.input), "corr", new.correlation_id, "tags", dumps(new.tags)),
@@ -84,7 +85,7 @@ class InstanceStore(StoreConnections):
                 keys=[
                     keys.instance(new.instance_id),
                     keys.history(new.instance_id),
-                    keys.work(keys.partition(new.instance_id)),
+                    keys.work(partition),
                     keys.active_count,
                     *index_keys,
                 ],
@@ -149,13 +150,14 @@ class InstanceStore(StoreConnections):
         """
         keys = self.keys
         event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
+        partition = keys.partition(instance_id)
         base = [
             keys.instance(instance_id),
             keys.history(instance_id),
-            keys.timers(keys.partition(instance_id)),
+            keys.timers(partition),
             keys.active_count,
-            *keys.status_indexes,
-            keys.index_finished,
+            *keys.status_indexes(partition),
+            keys.index_finished(partition),
         ]
         extra_keys = [keys.subscribers(t) for t in subscription_types(links.subscriptions)]
         slot = len(base) + 1

@@ -8,6 +8,9 @@ from functools import cached_property
 
 from okra_sidecar.instances import InstanceStatus
 
+# The store layout these names describe; see store/layout.py.
+LAYOUT_VERSION = 2
+
 ENGINE_GROUP = "engine"
 # Effects are read by every sidecar's executors, events by every sidecar's router, worker
 # tasks by the workers polling a service's stream: one consumer group each.
@@ -18,10 +21,12 @@ WORKER_GROUP = "workers"
 
 @dataclass(frozen=True)
 class RedisKeys:
-    """Key names under one prefix.
+    """Key names under one prefix, in store layout LAYOUT_VERSION.
 
-    Every key of one instance carries its id as a hash tag (`okra:{id}:...`) so an instance
-    lives in one Redis Cluster slot. The prefix lets tests and tenants share one Redis.
+    The instances are spread over `partitions` partitions (`crc32(id) % partitions`), each with
+    its own Redis Cluster hash tag (`okra:{p3}:...`). An instance's keys and its partition's
+    work, timers, effects and indexes share that tag, so a script that touches one instance
+    and its partition touches one slot. The prefix lets tests and tenants share one Redis.
     """
 
     prefix: str = "okra:"
@@ -30,21 +35,25 @@ class RedisKeys:
     def partition(self, instance_id: str) -> int:
         return zlib.crc32(instance_id.encode()) % self.partitions
 
+    def tag(self, partition: int) -> str:
+        """The key prefix of one partition, its hash tag included."""
+        return f"{self.prefix}{{p{partition}}}"
+
     def instance(self, instance_id: str) -> str:
-        return f"{self.prefix}{{{instance_id}}}"
+        return f"{self.prefix}{{p{self.partition(instance_id)}}}:{instance_id}"
 
     def history(self, instance_id: str) -> str:
-        return f"{self.prefix}{{{instance_id}}}:history"
+        return f"{self.instance(instance_id)}:history"
 
     def inbox(self, instance_id: str) -> str:
-        return f"{self.prefix}{{{instance_id}}}:inbox"
+        return f"{self.instance(instance_id)}:inbox"
 
     def signal_ids(self, instance_id: str) -> str:
-        return f"{self.prefix}{{{instance_id}}}:signal-ids"
+        return f"{self.instance(instance_id)}:signal-ids"
 
     def delivered(self, instance_id: str) -> str:
         """Ids of effect results and routed events already put in the inbox (de-duplication)."""
-        return f"{self.prefix}{{{instance_id}}}:delivered"
+        return f"{self.instance(instance_id)}:delivered"
 
     def instance_keys(self, instance_id: str) -> list[str]:
         """Every key of one instance, as retention deletes them."""
@@ -67,10 +76,10 @@ class RedisKeys:
         ]
 
     def children(self, instance_id: str) -> str:
-        return f"{self.prefix}{{{instance_id}}}:children"
+        return f"{self.instance(instance_id)}:children"
 
     def effects(self, partition: int) -> str:
-        return f"{self.prefix}effects:{partition}"
+        return f"{self.tag(partition)}:effects"
 
     def all_effects(self) -> list[str]:
         return [self.effects(p) for p in range(self.partitions)]
@@ -92,10 +101,10 @@ class RedisKeys:
         return f"{self.prefix}subs:{event_type}"
 
     def work(self, partition: int) -> str:
-        return f"{self.prefix}work:{partition}"
+        return f"{self.tag(partition)}:work"
 
     def timers(self, partition: int) -> str:
-        return f"{self.prefix}timers:{partition}"
+        return f"{self.tag(partition)}:timers"
 
     def all_work(self) -> list[str]:
         return [self.work(p) for p in range(self.partitions)]
@@ -130,32 +139,40 @@ class RedisKeys:
     def rate_limit(self, name: str) -> str:
         return f"{self.prefix}ratelimit:{name}"
 
-    @property
-    def index_all(self) -> str:
-        return f"{self.prefix}idx:all"
+    def index_all(self, partition: int) -> str:
+        return f"{self.tag(partition)}:idx:all"
 
-    def index_workflow(self, workflow_id: str) -> str:
-        return f"{self.prefix}idx:wf:{workflow_id}"
+    def index_workflow(self, partition: int, workflow_id: str) -> str:
+        return f"{self.tag(partition)}:idx:wf:{workflow_id}"
 
-    def index_status(self, status: InstanceStatus) -> str:
-        return f"{self.prefix}idx:status:{status.value}"
+    def index_status(self, partition: int, status: InstanceStatus) -> str:
+        return f"{self.tag(partition)}:idx:status:{status.value}"
 
-    def index_correlation(self, correlation_id: str) -> str:
-        return f"{self.prefix}idx:corr:{correlation_id}"
+    def index_correlation(self, partition: int, correlation_id: str) -> str:
+        return f"{self.tag(partition)}:idx:corr:{correlation_id}"
 
-    def index_tag(self, name: str, value: str) -> str:
+    def index_tag(self, partition: int, name: str, value: str) -> str:
         # The name's length keeps `a=b=c` unambiguous whichever side holds the `=`.
-        return f"{self.prefix}idx:tag:{len(name)}:{name}={value}"
+        return f"{self.tag(partition)}:idx:tag:{len(name)}:{name}={value}"
+
+    def status_indexes(self, partition: int) -> tuple[str, ...]:
+        # Every engine commit passes all of them: built once per partition, not per turn.
+        return self._status_indexes[partition]
 
     @cached_property
-    def status_indexes(self) -> tuple[str, ...]:
-        # Every engine commit passes all of them: built once, not per turn.
-        return tuple(self.index_status(s) for s in InstanceStatus)
+    def _status_indexes(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(
+            tuple(self.index_status(p, s) for s in InstanceStatus) for p in range(self.partitions)
+        )
+
+    def index_finished(self, partition: int) -> str:
+        """Finished instances scored by when they finished: what retention purges from."""
+        return f"{self.tag(partition)}:idx:finished"
 
     @property
-    def index_finished(self) -> str:
-        """Finished instances scored by when they finished: what retention purges from."""
-        return f"{self.prefix}idx:finished"
+    def layout(self) -> str:
+        """The store's layout version and partition count, written when it is first used."""
+        return f"{self.prefix}layout"
 
     def schedule(self, schedule_id: str) -> str:
         return f"{self.prefix}schedule:{{{schedule_id}}}"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import re
-from typing import Any
+from itertools import islice
 
 from okra_sidecar.errors import InvalidInputError, NotFoundError
 from okra_sidecar.instances import InstanceRecord, QueryFilter, QueryPage
@@ -40,23 +41,31 @@ def decode_cursor(cursor: str) -> str:
 class QueryStore(StoreConnections):
     """Reads across instances (Query) and along one instance's history (GetHistory)."""
 
-    def _query_index(self, query: QueryFilter) -> str:
-        """The most selective index for the filters; the rest are checked per record."""
+    def _query_indexes(self, query: QueryFilter) -> list[str]:
+        """The most selective index for the filters, one per partition; the rest are checked
+        per record."""
         keys = self.keys
+        partitions = range(keys.partitions)
         if query.correlation_id:
-            return keys.index_correlation(query.correlation_id)
+            return [keys.index_correlation(p, query.correlation_id) for p in partitions]
         if query.tags:
             name, value = next(iter(sorted(query.tags.items())))
-            return keys.index_tag(name, value)
+            return [keys.index_tag(p, name, value) for p in partitions]
         if query.workflow_id:
-            return keys.index_workflow(query.workflow_id)
+            return [keys.index_workflow(p, query.workflow_id) for p in partitions]
         if len(query.statuses) == 1:
-            return keys.index_status(next(iter(query.statuses)))
-        return keys.index_all
+            status = next(iter(query.statuses))
+            return [keys.index_status(p, status) for p in partitions]
+        return [keys.index_all(p) for p in partitions]
 
     async def query(self, query: QueryFilter) -> QueryPage:
-        """Newest first. The index may lag a status change, so each record is re-checked."""
-        index = self._query_index(query)
+        """Newest first. The index may lag a status change, so each record is re-checked.
+
+        Each round reads the next members of every partition's index in one pipeline, merges
+        them (members sort by creation time across partitions too) and reads the newest
+        `batch` records in a second: two round trips per round, whatever the partitions.
+        """
+        indexes = self._query_indexes(query)
         upper = "+"
         if query.cursor:
             upper = "(" + decode_cursor(query.cursor)
@@ -71,9 +80,15 @@ class QueryStore(StoreConnections):
         with map_redis_errors():
             while True:
                 batch = min(QUERY_SCAN_BATCH, max(query.limit - len(found), 1) * 2)
-                members: Any = await self.redis.zrange(
-                    index, upper, lower, desc=True, bylex=True, offset=0, num=batch
-                )
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for index in indexes:
+                        pipe.zrange(index, upper, lower, desc=True, bylex=True, offset=0, num=batch)
+                    per_partition: list[list[bytes]] = await pipe.execute()
+                members = list(islice(heapq.merge(*per_partition, reverse=True), batch))
+                # Nothing beyond this round: no partition may hold more, and all was taken.
+                exhausted = all(len(part) < batch for part in per_partition) and sum(
+                    len(part) for part in per_partition
+                ) == len(members)
                 if not members:
                     return QueryPage(found, "")
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -89,7 +104,7 @@ class QueryStore(StoreConnections):
                             return QueryPage(found, encode_cursor(member))
                 scanned += len(members)
                 upper = "(" + text(members[-1])
-                if len(members) < batch:
+                if exhausted:
                     return QueryPage(found, "")
                 if scanned >= QUERY_SCAN_BUDGET:
                     # A sparse filter: return what we have and let the caller continue.

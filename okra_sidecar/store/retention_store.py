@@ -25,12 +25,22 @@ class RedisRetentionStore:
     async def purge_finished(self, *, finished_before_ms: int, limit: int) -> int:
         """Purge up to `limit` instances finished at or before the cutoff; returns how many.
 
-        Each instance goes in its own script call, so no call holds Redis for long.
+        Each instance goes in its own script call (in its partition's slot), so no call holds
+        Redis for long.
         """
+        purged = 0
+        for partition in range(self.keys.partitions):
+            if purged >= limit:
+                break
+            purged += await self._purge_partition(partition, finished_before_ms, limit - purged)
+        return purged
+
+    async def _purge_partition(self, partition: int, finished_before_ms: int, limit: int) -> int:
         keys = self.keys
+        finished = keys.index_finished(partition)
         with map_redis_errors():
             members: Any = await self.redis.zrangebyscore(
-                keys.index_finished, "-inf", finished_before_ms, start=0, num=limit
+                finished, "-inf", finished_before_ms, start=0, num=limit
             )
             if not members:
                 return 0
@@ -44,26 +54,26 @@ class RedisRetentionStore:
                     instance_keys = keys.instance_keys(instance_id)
                     # A script called on a pipeline is loaded (if needed) when it executes.
                     await self._purge(
-                        keys=[keys.index_finished, *instance_keys, *self._indexes(row)],
+                        keys=[finished, *instance_keys, *self._indexes(partition, row)],
                         args=[_text(member), finished_before_ms, len(instance_keys)],
                         client=pipe,
                     )
                 results = await pipe.execute()
         return sum(int(r) for r in results)
 
-    def _indexes(self, row: list[bytes | None]) -> list[str]:
+    def _indexes(self, partition: int, row: list[bytes | None]) -> list[str]:
         """The index sets that hold an instance's member, from its wf, status, corr and tags."""
         workflow_id, status, correlation_id, tags = row
         keys = self.keys
         if workflow_id is None or status is None:
             return []
         indexes = [
-            keys.index_all,
-            keys.index_workflow(_text(workflow_id)),
-            keys.index_status(InstanceStatus(_text(status))),
+            keys.index_all(partition),
+            keys.index_workflow(partition, _text(workflow_id)),
+            keys.index_status(partition, InstanceStatus(_text(status))),
         ]
         if correlation_id:
-            indexes.append(keys.index_correlation(_text(correlation_id)))
+            indexes.append(keys.index_correlation(partition, _text(correlation_id)))
         tag_map: dict[str, str] = json.loads(tags) if tags else {}
-        indexes.extend(keys.index_tag(name, value) for name, value in tag_map.items())
+        indexes.extend(keys.index_tag(partition, name, value) for name, value in tag_map.items())
         return indexes

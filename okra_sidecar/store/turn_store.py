@@ -88,8 +88,8 @@ class TurnStore(StoreConnections):
             keys.work(partition),
             keys.timers(partition),
             keys.active_count,
-            *keys.status_indexes,
-            keys.index_finished,
+            *keys.status_indexes(partition),
+            keys.index_finished(partition),
         ]
         extras = ""
         if commit.extras is not None:

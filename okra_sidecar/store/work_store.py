@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
@@ -72,13 +74,17 @@ class WorkStore(StoreConnections):
 
     async def fire_timers(self, now_ms: int, *, limit: int) -> int:
         keys = self.keys
+        # One call per partition (one slot each), sent together on the multiplexed connection.
         with map_redis_errors():
-            moved = await self.hot.evalsha(
-                self._timers,
-                keys=[*keys.all_timers(), *keys.all_work()],
-                args=[keys.partitions, now_ms, limit],
+            moved = await asyncio.gather(
+                *(
+                    self.hot.evalsha(
+                        self._timers, keys=[keys.timers(p), keys.work(p)], args=[now_ms, limit]
+                    )
+                    for p in range(keys.partitions)
+                )
             )
-        return int(moved)
+        return sum(int(m) for m in moved)
 
     async def stats(self) -> StoreStats:
         """Instances running and waiting, and each work stream's unfinished entries.
@@ -89,22 +95,23 @@ class WorkStore(StoreConnections):
         keys = self.keys
         with map_redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.index_status(InstanceStatus.RUNNING))
-                pipe.zcard(keys.index_status(InstanceStatus.WAITING))
-                for stream in keys.all_work():
-                    pipe.xlen(stream)
-                    pipe.xrange(stream, count=1)
+                for partition in range(keys.partitions):
+                    pipe.zcard(keys.index_status(partition, InstanceStatus.RUNNING))
+                    pipe.zcard(keys.index_status(partition, InstanceStatus.WAITING))
+                    pipe.xlen(keys.work(partition))
+                    pipe.xrange(keys.work(partition), count=1)
                 replies = await pipe.execute()
+        running = waiting = 0
         backlog: dict[int, int] = {}
         oldest: dict[int, int] = {}
         for partition in range(keys.partitions):
-            length, first = replies[2 + 2 * partition : 4 + 2 * partition]
+            in_running, in_waiting, length, first = replies[4 * partition : 4 * partition + 4]
+            running += int(in_running)
+            waiting += int(in_waiting)
             backlog[partition] = int(length)
             if first:
                 oldest[partition] = int(text(first[0][0]).partition("-")[0])
-        return StoreStats(
-            running=int(replies[0]), waiting=int(replies[1]), backlog=backlog, oldest_ms=oldest
-        )
+        return StoreStats(running=running, waiting=waiting, backlog=backlog, oldest_ms=oldest)
 
 
 def _work_item(partition: int, entry_id: bytes | str, fields: dict[bytes, bytes]) -> WorkItem:

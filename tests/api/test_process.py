@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from tests.helpers import WORKFLOWS_DIR, Stub, to_python, value, wait_for_status
+from tests.helpers import KEYS, WORKFLOWS_DIR, Stub, to_python, value, wait_for_status
 
 pytestmark = pytest.mark.slow
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
@@ -69,7 +69,7 @@ async def channel_to(port: int) -> AsyncIterator[Stub]:
 
 
 async def completions(redis: Redis, instance_id: str) -> int:
-    events: Any = await redis.xrange(f"okra:{{{instance_id}}}:history")
+    events: Any = await redis.xrange(KEYS.history(instance_id))
     return sum(b'"workflow.completed"' in fields[b"e"] for _, fields in events)
 
 
@@ -140,4 +140,4 @@ async def test_sigterm_drains_and_exits_cleanly(redis: Redis, redis_url: str) ->
         await wait_for_status(stub, waiting, {pb.WORKFLOW_STATUS_WAITING})
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), timeout=15) == 0
-    assert await redis.hget(f"okra:{{{waiting}}}", "status") == b"waiting"
+    assert await redis.hget(KEYS.instance(waiting), "status") == b"waiting"

@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
+    KEYS,
     Stub,
     expect_rpc_error,
+    index_size,
     make_settings,
     running_sidecar,
     to_python,
@@ -70,7 +72,7 @@ async def test_repeated_signal_id_is_delivered_once(stub: Stub, redis: Redis) ->
     request = pb.SignalRequest(instance_id=instance_id, signal="other", signal_id="s-1")
     first, again = await stub.Signal(request), await stub.Signal(request)
     assert (first.duplicate, again.duplicate) == (False, True)
-    assert await redis.xlen(f"okra:{{{instance_id}}}:inbox") == 1
+    assert await redis.xlen(KEYS.inbox(instance_id)) == 1
 
 
 async def test_durable_wait_completes_after_its_duration(stub: Stub) -> None:
@@ -101,7 +103,7 @@ async def test_request_id_makes_run_idempotent(stub: Stub, redis: Redis) -> None
     again = await run(stub, "tests.forever.1.0.0", request_id="order-7")
     other = await run(stub, "tests.forever.1.0.0", request_id="order-8")
     assert first == again != other
-    assert await redis.zcard("okra:idx:all") == 2
+    assert await index_size(redis, KEYS.index_all) == 2
 
 
 async def test_versions_run_side_by_side(stub: Stub) -> None:

@@ -74,4 +74,4 @@ async def test_links_that_keep_moving_refuse_the_cancel_and_write_nothing(
     store.cancel_links = stale_links  # type: ignore[method-assign]
     with pytest.raises(FailedPreconditionError, match="kept changing"):
         await cancel_instance(store, parent, reason="r", now_ms=7)
-    assert await redis.hget(f"okra:{{{parent}}}", "status") == b"pending"
+    assert await redis.hget(store.keys.instance(parent), "status") == b"pending"

@@ -24,6 +24,7 @@ from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras
 from tests.helpers import (
+    KEYS,
     Stub,
     expect_rpc_error,
     make_settings,
@@ -72,7 +73,7 @@ async def commit_extras(sidecar: Sidecar, instance_id: str, extras: TurnExtras) 
 
 
 async def inbox_events(redis: Redis, instance_id: str) -> list[dict[str, Any]]:
-    entries: Any = await redis.xrange(f"okra:{{{instance_id}}}:inbox")
+    entries: Any = await redis.xrange(KEYS.inbox(instance_id))
     return [json.loads(fields[b"e"]) for _, fields in entries]
 
 
@@ -93,7 +94,7 @@ async def read_task(call: Any) -> wpb.Task:
 
 async def wait_created(redis: Redis, instance_id: str) -> None:
     for _ in range(300):
-        if await redis.exists(f"okra:{{{instance_id}}}"):
+        if await redis.exists(KEYS.instance(instance_id)):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{instance_id} never created")
@@ -122,7 +123,7 @@ async def test_http_effect_result_reaches_the_inbox(
     assert failed["ok"] is False and failed["error"]["status"] == 404
     # Delivered means acknowledged: nothing is left pending on the effects streams.
     for partition in range(8):
-        assert await redis.xlen(f"okra:effects:{partition}") == 0
+        assert await redis.xlen(KEYS.effects(partition)) == 0
 
 
 async def test_emit_publishes_and_routes_to_matching_listeners(

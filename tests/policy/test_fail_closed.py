@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
-from tests.helpers import expect_rpc_error, wait_for_status
+from tests.helpers import KEYS, expect_rpc_error, wait_for_status
 from tests.policy.support import (
     ADMIN,
     Policed,
@@ -126,7 +126,7 @@ async def test_a_status_change_between_decision_and_write_is_decided_again(
 
         async def cancel_after_a_concurrent_turn(instance: str, **kw: Any) -> str | None:
             if not moved:
-                await redis.hset(f"okra:{{{instance}}}", "status", "waiting")
+                await redis.hset(KEYS.instance(instance), "status", "waiting")
                 moved.append(instance)
             return await real_cancel(instance, **kw)
 
@@ -136,11 +136,11 @@ async def test_a_status_change_between_decision_and_write_is_decided_again(
         )
         assert denied_by(error) == keys.CANCEL_CONDITION
         assert "`instance.status == 'pending'` is false" in (error.details() or "")
-        assert await redis.hget(f"okra:{{{instance_id}}}", "status") == b"waiting"
+        assert await redis.hget(KEYS.instance(instance_id), "status") == b"waiting"
         # Had the policy been right the second time, the cancel would have gone through.
-        await redis.hset(f"okra:{{{instance_id}}}", "status", "pending")
+        await redis.hset(KEYS.instance(instance_id), "status", "pending")
         await policed.stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="r"))
-        assert await redis.hget(f"okra:{{{instance_id}}}", "status") == b"cancelled"
+        assert await redis.hget(KEYS.instance(instance_id), "status") == b"cancelled"
 
 
 async def test_a_signal_decided_on_a_status_that_moved_is_decided_again(
@@ -157,7 +157,7 @@ async def test_a_signal_decided_on_a_status_that_moved_is_decided_again(
         real_signal = store.signal
 
         async def signal_after_a_concurrent_cancel(instance: str, **kw: Any) -> bool:
-            await redis.hset(f"okra:{{{instance}}}", "status", "running")
+            await redis.hset(KEYS.instance(instance), "status", "running")
             return await real_signal(instance, **kw)
 
         store.signal = signal_after_a_concurrent_cancel  # type: ignore[method-assign, assignment]  # a racing step
@@ -166,7 +166,7 @@ async def test_a_signal_decided_on_a_status_that_moved_is_decided_again(
             DENIED,
         )
         assert denied_by(error) == keys.SIGNAL_CONDITION
-        assert await redis.xlen(f"okra:{{{instance_id}}}:inbox") == 0
+        assert await redis.xlen(KEYS.inbox(instance_id)) == 0
 
 
 async def test_get_status_is_decided_only_when_a_policy_can_refuse_or_record_it(

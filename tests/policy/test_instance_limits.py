@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
-from tests.helpers import expect_rpc_error, wait_for_status
+from tests.helpers import KEYS, expect_rpc_error, index_size, wait_for_status
 from tests.policy import seed
 from tests.policy.support import (
     denied_by,
@@ -46,7 +46,7 @@ async def test_200_concurrent_runs_against_50_admit_exactly_50(
         assert len(admitted) == 50
         assert await redis.get("okra:active") == b"50"
         assert await redis.get("okra:active:wf:user.onboarding") == b"50"
-        assert await redis.zcard("okra:idx:all") == 50
+        assert await index_size(redis, KEYS.index_all) == 50
         # One more is refused, with the limit named.
         assert await attempt(stub, "user.onboarding.1.0.0") is None
 

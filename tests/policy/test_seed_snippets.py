@@ -23,7 +23,7 @@ from okra_sidecar.engine.runner import EngineRunner, now_ms
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
-from tests.helpers import FAST_ENGINE, expect_rpc_error, to_python, value, wait_for_status
+from tests.helpers import FAST_ENGINE, KEYS, expect_rpc_error, to_python, value, wait_for_status
 from tests.policy import seed
 from tests.policy.support import (
     Policed,
@@ -640,8 +640,8 @@ async def later_runner(policed: Policed, minutes: float) -> EngineRunner:
 async def test_12_instances_within_their_time_carry_on(timeouts: Policed, redis: Redis) -> None:
     instance_id = await run(timeouts.stub, "user.onboarding.1.0.0")
     await wait_for_status(timeouts.stub, instance_id, WAITING)
-    fields = await redis.hmget(f"okra:{{{instance_id}}}", ["deadline", "steptmo", "tmoact"])
-    created = int(await redis.hget(f"okra:{{{instance_id}}}", "created") or 0)
+    fields = await redis.hmget(KEYS.instance(instance_id), ["deadline", "steptmo", "tmoact"])
+    created = int(await redis.hget(KEYS.instance(instance_id), "created") or 0)
     assert fields[0] is not None and int(fields[0]) == created + 60 * 60_000
     assert (fields[1], fields[2]) == (b"300000", b"fail")
     # Four minutes on, neither the step (5 minutes) nor the instance (60) has run out.

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from tests.helpers import wait_for_status
+from tests.helpers import KEYS, wait_for_status
 from tests.policy.support import ADMIN, Policed, policed_sidecar, policy_settings, run
 
 WAITING = {pb.WORKFLOW_STATUS_WAITING}
@@ -21,7 +21,7 @@ async def set_policies(policed: Policed, text: str) -> None:
 
 
 async def history_types(redis: Redis, instance_id: str) -> list[str]:
-    entries: Any = await redis.xrange(f"okra:{{{instance_id}}}:history")
+    entries: Any = await redis.xrange(KEYS.history(instance_id))
     return [json.loads(fields[b"e"])["type"] for _, fields in entries]
 
 
@@ -77,7 +77,7 @@ async def test_continue_records_the_timeout_and_carries_on(redis: Redis, redis_u
             await asyncio.sleep(0.02)
         else:
             raise AssertionError(f"no timeout events in {types}")
-        fields = await redis.hmget(f"okra:{{{instance_id}}}", ["status", "deadline"])
+        fields = await redis.hmget(KEYS.instance(instance_id), ["status", "deadline"])
         # Still waiting; the spent deadline is cleared so it does not fire again.
         assert fields == [b"waiting", b""]
         await policed.stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="approved"))

@@ -145,10 +145,10 @@ async def test_signal_and_cancel_apply_only_on_the_checked_status(
         await store.signal(IDS[0], signal_id="s1", event=event, now_ms=1, expect_status="waiting")
     with pytest.raises(InstanceChangedError):
         await cancel_instance(store, IDS[0], reason="r", now_ms=1, expect_status="running")
-    assert await redis.xlen(f"okra:{{{IDS[0]}}}:inbox") == 0
-    assert await redis.hget(f"okra:{{{IDS[0]}}}", "status") == b"pending"
+    assert await redis.xlen(store.keys.inbox(IDS[0])) == 0
+    assert await redis.hget(store.keys.instance(IDS[0]), "status") == b"pending"
     assert not await store.signal(
         IDS[0], signal_id="s1", event=event, now_ms=1, expect_status="pending"
     )
     await cancel_instance(store, IDS[0], reason="r", now_ms=1, expect_status="pending")
-    assert await redis.hget(f"okra:{{{IDS[0]}}}", "status") == b"cancelled"
+    assert await redis.hget(store.keys.instance(IDS[0]), "status") == b"cancelled"

@@ -66,12 +66,13 @@ async def test_commit_is_guarded_by_revision(store: RedisStore, redis: Redis) ->
     first = await store.load_turn(IDS[0])
     assert first is not None
     assert await store.commit_turn(first, commit(InstanceStatus.WAITING)) is True
-    before = await redis.hgetall(f"okra:{{{IDS[0]}}}")
+    before = await redis.hgetall(store.keys.instance(IDS[0]))
     # The same turn applied again (a crash before its ack) must change nothing.
     assert await store.commit_turn(first, commit(InstanceStatus.COMPLETED)) is False
-    assert await redis.hgetall(f"okra:{{{IDS[0]}}}") == before
-    assert await redis.zrange("okra:idx:status:waiting", 0, -1) != []
-    assert await redis.zrange("okra:idx:status:pending", 0, -1) == []
+    assert await redis.hgetall(store.keys.instance(IDS[0])) == before
+    partition = store.keys.partition(IDS[0])
+    assert await redis.zrange(store.keys.index_status(partition, InstanceStatus.WAITING), 0, -1)
+    assert not await redis.zrange(store.keys.index_status(partition, InstanceStatus.PENDING), 0, -1)
 
 
 async def test_finishing_frees_the_active_slot(store: RedisStore, redis: Redis) -> None:
@@ -149,3 +150,25 @@ async def test_query_pages_by_cursor(store: RedisStore) -> None:
     assert rest.cursor == ""
     with pytest.raises(InvalidInputError, match="cursor"):
         await store.query(QueryFilter(cursor="bm90LWEtbWVtYmVy"))
+
+
+async def test_query_merges_the_partitions_newest_first_while_instances_are_added(
+    redis: Redis,
+) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys(partitions=16))
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(40)]
+    assert len({store.keys.partition(i) for i in ids}) > 8  # spread over the partitions
+    for n, instance_id in enumerate(ids):
+        await store.create_instance(new(instance_id, 1_000_000 + n), max_active=0)
+    seen: list[str] = []
+    cursor = ""
+    for page_number in range(10):
+        page = await store.query(QueryFilter(limit=7, cursor=cursor))
+        seen += [r.instance_id for r in page.instances]
+        # Newer instances sort above every page already read: later pages never show them.
+        late = f"00000000-0000-4000-9000-{page_number:012d}"
+        await store.create_instance(new(late, 2_000_000 + page_number), max_active=0)
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert seen == ids[::-1]

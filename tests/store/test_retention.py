@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,10 +13,19 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import start_sidecar
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.retention_store import RedisRetentionStore
-from tests.helpers import expect_rpc_error, make_settings, value, wait_for_status, with_host
+from tests.helpers import (
+    KEYS,
+    expect_rpc_error,
+    index_size,
+    make_settings,
+    value,
+    wait_for_status,
+    with_host,
+)
 
 DAY = 86_400_000
 
@@ -73,22 +83,26 @@ async def test_finished_instances_past_retention_are_purged_with_their_keys(
                 stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id)),
                 grpc.StatusCode.NOT_FOUND,
             )
-            assert await redis.keys(f"okra:{{{instance_id}}}*") == []
-        assert await redis.exists(f"okra:{{{held}}}", f"okra:{{{held}}}:history") == 2
+            assert await redis.keys(KEYS.instance(instance_id) + "*") == []
+        assert await redis.exists(KEYS.instance(held), KEYS.history(held)) == 2
         page = await stub.Query(pb.QueryRequest())
         assert [i.instance_id for i in page.instances] == [held]
-        for index in ("okra:idx:all", "okra:idx:wf:tests.forever.1.0.0"):
+        partition = KEYS.partition(held)
+        for index in (
+            KEYS.index_all(partition),
+            KEYS.index_workflow(partition, "tests.forever.1.0.0"),
+        ):
             members: Any = await redis.zrange(index, 0, -1)
             assert [m.decode().split(":", 1)[1] for m in members] == [held]
-        leftovers = [
-            "okra:idx:finished",
-            "okra:idx:wf:tests.steps.1.0.0",
-            "okra:idx:status:completed",
-            "okra:idx:status:cancelled",
-            "okra:idx:corr:order-1",
-            "okra:idx:tag:5:batch=old",
+        leftovers: list[Callable[[int], str]] = [
+            KEYS.index_finished,
+            lambda p: KEYS.index_workflow(p, "tests.steps.1.0.0"),
+            lambda p: KEYS.index_status(p, InstanceStatus.COMPLETED),
+            lambda p: KEYS.index_status(p, InstanceStatus.CANCELLED),
+            lambda p: KEYS.index_correlation(p, "order-1"),
+            lambda p: KEYS.index_tag(p, "batch", "old"),
         ]
-        assert [await redis.zcard(k) for k in leftovers] == [0] * len(leftovers)
+        assert [await index_size(redis, k) for k in leftovers] == [0] * len(leftovers)
     finally:
         await channel.close()
         await sidecar.stop(None)
@@ -98,14 +112,14 @@ async def test_purging_goes_in_batches(redis: Redis) -> None:
     keys = RedisKeys()
     for i in range(25):
         member = f"{i:017d}:00000000-0000-4000-8000-{i:012d}"
-        await redis.zadd(keys.index_finished, {member: 1000 + i})
+        await redis.zadd(keys.index_finished(keys.partition(member[18:])), {member: 1000 + i})
         await redis.hset(
             keys.instance(member.split(":", 1)[1]),
             mapping={"wf": "tests.steps.1.0.0", "status": "completed", "tags": "{}"},
         )
     store = RedisRetentionStore(redis=redis, keys=keys)
     assert await store.purge_finished(finished_before_ms=1009, limit=4) == 4
-    assert await redis.zcard(keys.index_finished) == 21
+    assert await index_size(redis, keys.index_finished) == 21
     from okra_sidecar.config import HostSettings, ScheduleSettings
 
     keeper = RetentionKeeper(
@@ -115,5 +129,5 @@ async def test_purging_goes_in_batches(redis: Redis) -> None:
         clock=lambda: DAY + 1020,
     )
     assert await keeper.purge_once() == 17
-    assert await redis.zcard(keys.index_finished) == 4
+    assert await index_size(redis, keys.index_finished) == 4
     await asyncio.sleep(0)

@@ -8,7 +8,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from tests.helpers import make_settings, running_sidecar, value, wait_for_status
+from tests.helpers import KEYS, make_settings, running_sidecar, value, wait_for_status
 from tests.telemetry.support import (
     RPC,
     memory_telemetry,
@@ -174,7 +174,7 @@ async def test_an_unsampled_caller_makes_no_spans(redis: Redis, redis_url: str) 
             metadata=(("traceparent", traceparent(trace_id, span_id, sampled=False)),),
         )
         await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
-        stored = await redis.hget(f"okra:{{{reply.instance_id}}}", "otel")
+        stored = await redis.hget(KEYS.instance(reply.instance_id), "otel")
     # The decision travels with the instance: its turns are not sampled either.
     assert stored is not None and b"-00" in stored
     assert [s.name for s in exporter.get_finished_spans()] == [f"{RPC}/GetStatus"] * len(

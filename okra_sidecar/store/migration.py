@@ -1,0 +1,121 @@
+"""Migrating a store to the current layout (`okra-sidecar migrate`), with every sidecar stopped.
+
+Layout 1 kept an instance's keys under its own hash tag (`okra:{id}`) and the work, timer and
+effects streams and the indexes under plain names; layout 2 puts an instance and its
+partition's streams and indexes under the partition's tag (`okra:{p3}:...`). The partition of
+an instance is the same in both (`crc32(id) % partitions`), so the streams keep their entries,
+consumer groups and pending lists. Layout 1 ran on one primary only, where a key may be
+renamed into another slot. Every step is idempotent: a migration cut short is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
+from okra_sidecar.store.layout import LayoutVersionError, legacy_markers
+from okra_sidecar.store.replies import map_redis_errors, text
+
+__all__ = ["MigrationReport", "migrate_store"]
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_SUFFIXES = ("", ":history", ":inbox", ":signal-ids", ":delivered", ":children")
+SCAN_BATCH = 500
+# Renames a key only if it exists and its new name does not: running twice changes nothing.
+RENAME_SCRIPT = """
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What a migration did: the layout it found, and how much it moved."""
+
+    from_version: int
+    instances: int = 0
+    indexes: int = 0
+    streams: int = 0
+
+
+async def migrate_store(redis: aioredis.Redis, *, prefix: str, partitions: int) -> MigrationReport:
+    """Bring the store under `prefix` to LAYOUT_VERSION; `partitions` must be the count the
+    layout 1 sidecars ran with (their `partitions` setting).
+
+    Raises:
+        LayoutVersionError: the store is in a newer layout than this sidecar knows.
+    """
+    keys = RedisKeys(prefix=prefix, partitions=partitions)
+    with map_redis_errors():
+        version = await redis.hget(keys.layout, "version")
+        if version is not None:
+            found = int(text(version))
+            if found > LAYOUT_VERSION:
+                raise LayoutVersionError(found)
+            return MigrationReport(from_version=found)
+        if not any([await redis.exists(marker) for marker in legacy_markers(prefix)]):
+            await _record(redis, keys)
+            return MigrationReport(from_version=LAYOUT_VERSION)
+        rename = redis.register_script(RENAME_SCRIPT)
+        instances = await _move_instances(redis, keys, rename)
+        indexes = await _move_indexes(redis, keys)
+        streams = 0
+        for partition in range(partitions):
+            for old, new in [
+                (f"{prefix}work:{partition}", keys.work(partition)),
+                (f"{prefix}timers:{partition}", keys.timers(partition)),
+                (f"{prefix}effects:{partition}", keys.effects(partition)),
+            ]:
+                if await redis.exists(old):
+                    await rename(keys=[old, new])
+                    streams += 1
+        await _record(redis, keys)
+    report = MigrationReport(1, instances=instances, indexes=indexes, streams=streams)
+    logger.info("store migrated to layout %d: %s", LAYOUT_VERSION, report)
+    return report
+
+
+async def _record(redis: aioredis.Redis, keys: RedisKeys) -> None:
+    await redis.hset(
+        keys.layout, mapping={"partitions": keys.partitions, "version": LAYOUT_VERSION}
+    )
+
+
+async def _move_instances(redis: aioredis.Redis, keys: RedisKeys, rename: AsyncScript) -> int:
+    """Every instance in the old all-instances index, its keys renamed under its partition."""
+    moved = 0
+    old_index = f"{keys.prefix}idx:all"
+    async for raw in redis.zscan_iter(old_index, count=SCAN_BATCH):
+        member = text(raw[0])
+        instance_id = member.split(":", 1)[1]
+        pairs: list[str] = []
+        for suffix in INSTANCE_SUFFIXES:
+            old = f"{keys.prefix}{{{instance_id}}}{suffix}"
+            pairs += [old, f"{keys.instance(instance_id)}{suffix}"]
+        await rename(keys=pairs)
+        moved += 1
+    return moved
+
+
+async def _move_indexes(redis: aioredis.Redis, keys: RedisKeys) -> int:
+    """Each old index split into one per partition, with the same members and scores."""
+    moved = 0
+    async for raw_key in redis.scan_iter(match=f"{keys.prefix}idx:*", count=SCAN_BATCH):
+        old = text(raw_key)
+        rest = old[len(keys.prefix) :]
+        async for raw, score in redis.zscan_iter(old, count=SCAN_BATCH):
+            member = text(raw)
+            partition = keys.partition(member.split(":", 1)[1])
+            await redis.zadd(f"{keys.tag(partition)}:{rest}", {member: score})
+        await redis.delete(old)
+        moved += 1
+    return moved
