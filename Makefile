@@ -89,7 +89,7 @@ test-unit: install
 	$(BIN)/pytest -m 'not slow'
 
 run: install
-	$(BIN)/okra-sidecar serve --workflows examples/workflows
+	$(BIN)/okra-sidecar serve --workflows examples/workflows --admin-listen 127.0.0.1:9464
 
 # `make bench ARGS=--quick`: ARGS go to `python -m bench` (`make bench ARGS=--help` lists them).
 bench: install

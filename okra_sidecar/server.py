@@ -32,6 +32,7 @@ from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
+from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine.event_triggers import EventTriggers
 from okra_sidecar.engine.processes import EngineProcesses
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
@@ -538,8 +539,13 @@ async def start_sidecar(
             health_server, health_port = build_health_server(
                 health_servicer, settings.server.health_listen
             )
-        if telemetry.registry is not None and admin_listen is not None:
-            admin = AdminServer(registry=telemetry.registry, listen=admin_listen)
+        if admin_listen is not None:
+            # The console calls the gRPC port as its user; it does not dial the port's TLS yet.
+            console = None
+            if tls is None:
+                target = loopback_target(settings.server.listen, port)
+                console = ConsoleGateway(target=target, registry=registry)
+            admin = AdminServer(listen=admin_listen, registry=telemetry.registry, console=console)
             await admin.start()
         if settings.engine.processes > 0:
             engines = EngineProcesses(
@@ -669,9 +675,10 @@ def print_hints(sidecar: Sidecar, settings: Settings, out: TextIO) -> None:
         flush=True,
     )
     if sidecar.admin is not None:
+        admin = f"http://{host}:{sidecar.admin.port}"
         print(
-            f"Prometheus metrics: curl http://{host}:{sidecar.admin.port}/metrics "
-            "(see docs/observability.md)",
+            f"Console: {admin}/console (see docs/console.md)\n"
+            f"Prometheus metrics: curl {admin}/metrics (see docs/observability.md)",
             file=out,
             flush=True,
         )

@@ -1,0 +1,284 @@
+"""The console's pages as HTML: instances, one instance, workflows, one workflow, schedules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from okra_sidecar.client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
+from okra_sidecar.client.schedules import Schedule
+from okra_sidecar.console.html import badge, esc, pretty_json, when
+
+__all__ = [
+    "InstanceFilters",
+    "instance_page",
+    "instance_rows",
+    "instance_summary",
+    "instances_page",
+    "login_page",
+    "schedules_page",
+    "timeline_rows",
+    "workflow_page",
+    "workflows_page",
+]
+
+InstanceFilters = Mapping[str, str]
+FILTER_FIELDS = ("workflow", "status", "tag", "correlation", "after", "before")
+
+
+def instance_rows(instances: Sequence[WorkflowInstance]) -> str:
+    if not instances:
+        return "<tr><td colspan=9 class=muted>no matching instances</td></tr>"
+    rows = []
+    for i in instances:
+        tags = ", ".join(f"{esc(k)}={esc(v)}" for k, v in sorted(i.tags.items()))
+        rows.append(
+            f'<tr data-instance="{esc(i.instance_id)}">'
+            f'<td class=mono><a href="/console/instances/{esc(i.instance_id)}">'
+            f"{esc(i.instance_id)}</a></td>"
+            f"<td>{badge(i.status.value)}</td><td>{esc(i.workflow_id)}</td>"
+            f"<td>{esc(i.version)}</td><td>{when(i.start_time)}</td><td>{when(i.end_time)}</td>"
+            f"<td class=mono>{esc(i.current_step)}</td><td>{tags}</td>"
+            f"<td>{esc(i.correlation_id)}</td></tr>"
+        )
+    return "".join(rows)
+
+
+def _filter_form(filters: InstanceFilters, workflows: Sequence[WorkflowInfo]) -> str:
+    ids = sorted({w.workflow_id for w in workflows})
+    workflow_options = '<option value="">any</option>' + "".join(
+        f"<option{' selected' if filters.get('workflow') == w else ''}>{esc(w)}</option>"
+        for w in ids
+    )
+    status_options = '<option value="">any</option>' + "".join(
+        f"<option{' selected' if filters.get('status') == s.value else ''}>{s.value}</option>"
+        for s in WorkflowStatus
+    )
+    return (
+        '<form class=filters method=get action="/console/instances">'
+        f"<label>workflow<select name=workflow>{workflow_options}</select></label>"
+        f"<label>status<select name=status>{status_options}</select></label>"
+        f'<label>tag<input name=tag placeholder="key=value" value="{esc(filters.get("tag"))}">'
+        "</label>"
+        f'<label>correlation id<input name=correlation value="{esc(filters.get("correlation"))}">'
+        "</label>"
+        f"<label>started after<input type=datetime-local name=after step=1 "
+        f'value="{esc(filters.get("after"))}"></label>'
+        f"<label>started before<input type=datetime-local name=before step=1 "
+        f'value="{esc(filters.get("before"))}"></label>'
+        "<button type=submit>Filter</button>"
+        '<a href="/console/instances">clear</a></form>'
+    )
+
+
+def instances_page(
+    *,
+    filters: InstanceFilters,
+    instances: Sequence[WorkflowInstance],
+    cursor: str | None,
+    count: str,
+    workflows: Sequence[WorkflowInfo],
+) -> str:
+    query = {k: v for k, v in filters.items() if k in FILTER_FIELDS and v}
+    stream = "/console/instances/stream?" + urlencode(query)
+    more = ""
+    if cursor:
+        more = (
+            f'<p><a href="/console/instances?{esc(urlencode({**query, "cursor": cursor}))}">'
+            "next page →</a></p>"
+        )
+    live = (
+        "<span class=live>live</span>"
+        if not filters.get("cursor")
+        else "<span class=muted>a later page: not live</span>"
+    )
+    streaming = "" if filters.get("cursor") else f' data-stream="{esc(stream)}"'
+    return (
+        f"<h1>Instances <span class=muted id=count>{esc(count)}</span></h1>"
+        f"{_filter_form(filters, workflows)}"
+        f'<div class="card scroll"{streaming}>'
+        f"{live}<table><thead><tr><th>instance</th><th>status</th><th>workflow</th>"
+        "<th>version</th><th>started</th><th>ended</th><th>current step</th><th>tags</th>"
+        f"<th>correlation id</th></tr></thead><tbody id=rows>{instance_rows(instances)}</tbody>"
+        f"</table></div>{more}"
+    )
+
+
+def instance_summary(instance: WorkflowInstance) -> str:
+    error = ""
+    if instance.error is not None:
+        e = instance.error
+        error = (
+            '<div class="notice bad"><strong>'
+            f"{esc(e.title or 'failed')}</strong> (status {esc(e.status)})<br>{esc(e.detail)}"
+            f'<br><span class="mono muted">{esc(e.type)} at {esc(e.instance)}</span></div>'
+        )
+    tags = ", ".join(f"{esc(k)}={esc(v)}" for k, v in sorted(instance.tags.items()))
+    rows = [
+        ("status", badge(instance.status.value)),
+        (
+            "workflow",
+            f'<a href="/console/workflows/{esc(instance.workflow_id)}">'
+            f"{esc(instance.workflow_id)}</a>",
+        ),
+        ("current step", f"<span class=mono>{esc(instance.current_step)}</span>"),
+        ("started", when(instance.start_time)),
+        ("ended", when(instance.end_time)),
+        ("updated", when(instance.updated_at)),
+        ("correlation id", esc(instance.correlation_id)),
+        ("tags", tags),
+        ("cancel reason", esc(instance.cancel_reason)),
+    ]
+    listed = "".join(
+        f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v and v != "<span class=mono></span>"
+    )
+    return f"{error}<dl>{listed}</dl>"
+
+
+def timeline_rows(events: Sequence[HistoryEvent]) -> str:
+    """A row per history event; a task's completion says how long the task took."""
+    started: dict[str, datetime] = {}
+    rows = []
+    for event in events:
+        took = ""
+        if event.task and event.time:
+            if event.type == "task.started":
+                started[event.task] = event.time
+            elif event.task in started and event.type.startswith("task."):
+                took = f"{(event.time - started.pop(event.task)).total_seconds():.3f} s"
+        details = json.dumps(event.details, ensure_ascii=False) if event.details else ""
+        rows.append(
+            f'<tr><td>{when(event.time)}</td><td><span class="mono">{esc(event.type)}</span></td>'
+            f"<td class=mono>{esc(event.task)}</td><td>{took}</td>"
+            f'<td class="wrap mono">{esc(details)}</td></tr>'
+        )
+    return "".join(rows) or "<tr><td colspan=5 class=muted>no history</td></tr>"
+
+
+def _actions(instance: WorkflowInstance) -> str:
+    if instance.finished:
+        return "<p class=muted>A finished instance takes no signal and no cancel.</p>"
+    base = f"/console/instances/{esc(instance.instance_id)}"
+    return (
+        "<div class=actions>"
+        f'<form method=post action="{base}/signal" data-confirm="Send this signal?">'
+        '<label>signal<input name=signal required placeholder="approve" pattern="[A-Za-z0-9_-]+">'
+        "</label><label>payload (JSON)<textarea name=payload>{}</textarea></label>"
+        "<button type=submit>Send signal</button></form>"
+        f'<form method=post action="{base}/cancel" data-confirm="Cancel this instance?">'
+        "<label>reason<input name=reason></label>"
+        "<button type=submit class=danger>Cancel instance</button></form>"
+        "</div>"
+        "<p class=muted>Suspend, resume, retry and reset are not available on this sidecar.</p>"
+    )
+
+
+def instance_page(
+    *, instance: WorkflowInstance, events: Sequence[HistoryEvent], diagram: str
+) -> str:
+    stream = f"/console/instances/{esc(instance.instance_id)}/stream"
+    data = "".join(
+        f"<h2>{name}</h2>{pretty_json(value)}"
+        for name, value in (
+            ("Input", instance.input),
+            ("Output", instance.output),
+            ("Variables ($context)", instance.variables),
+        )
+        if value not in (None, {}) or name == "Input"
+    )
+    return (
+        f"<h1>Instance <span class=mono>{esc(instance.instance_id)}</span></h1>"
+        f'<div data-stream="{stream}"><span class=live>live</span></div>'
+        f"<div class=grid><div class=card id=summary>{instance_summary(instance)}</div>"
+        f'<div class=card><h2 style="margin-top:0">Actions</h2>{_actions(instance)}</div></div>'
+        f'<div class="card scroll"><h2 style="margin-top:0">Diagram</h2>'
+        f"<div id=diagram>{diagram}</div></div>"
+        '<div class="card scroll"><h2 style="margin-top:0">Timeline</h2>'
+        "<table><thead><tr><th>time</th><th>event</th><th>task</th><th>took</th>"
+        f"<th>details</th></tr></thead><tbody id=timeline>{timeline_rows(events)}</tbody>"
+        f"</table></div><div class=card id=data>{data}</div>"
+    )
+
+
+def workflows_page(infos: Sequence[WorkflowInfo]) -> str:
+    rows = (
+        "".join(
+            f'<tr><td><a href="/console/workflows/{esc(i.workflow_id)}">'
+            f"{esc(i.workflow_id)}</a></td>"
+            f"<td>{esc(i.version)}</td><td>{esc(', '.join(i.triggers))}</td><td>{esc(i.title)}</td>"
+            f"<td class=wrap>{esc(i.summary)}</td></tr>"
+            for i in infos
+        )
+        or "<tr><td colspan=5 class=muted>no workflows registered</td></tr>"
+    )
+    return (
+        "<h1>Workflows</h1><div class='card scroll'><table><thead><tr><th>workflow</th>"
+        "<th>version</th><th>triggers</th><th>title</th><th>summary</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+def workflow_page(
+    *, info: WorkflowInfo, document: Mapping[str, Any], diagram: str, form: str
+) -> str:
+    run = (
+        f'<form method=post action="/console/workflows/{esc(info.workflow_id)}/run" '
+        f'data-confirm="Run {esc(info.workflow_id)}?" class=actions><div class=actions>{form}</div>'
+        "<div><button type=submit>Run</button></div></form>"
+        if "manual" in info.triggers
+        else "<p class=muted>This workflow is not started by hand on this sidecar "
+        f"(its triggers: {esc(', '.join(info.triggers))}).</p>"
+    )
+    return (
+        f"<h1>{esc(info.title or info.workflow_id)} <span class=muted>{esc(info.workflow_id)}"
+        f"</span></h1><p>{esc(info.summary)}</p>"
+        f'<div class=card><h2 style="margin-top:0">Run</h2>{run}</div>'
+        f'<div class="card scroll"><h2 style="margin-top:0">Diagram</h2>{diagram}</div>'
+        f'<div class=card><h2 style="margin-top:0">Definition</h2>{pretty_json(document)}</div>'
+    )
+
+
+def schedules_page(schedules: Sequence[Schedule]) -> str:
+    rows = []
+    for s in schedules:
+        action = "resume" if s.paused else "pause"
+        what = (
+            f"cron {s.cron_expression}" + (f" ({s.time_zone})" if s.time_zone else "")
+            if s.cron_expression
+            else f"every {s.every}"
+            if s.every
+            else f"after {s.after}"
+            if s.after
+            else ""
+        )
+        nxt = when(s.next_fire_times[0]) if s.next_fire_times else ""
+        rows.append(
+            f"<tr><td class=mono>{esc(s.schedule_id)}</td><td>{esc(s.workflow_id)}</td>"
+            f"<td>{esc(what)}</td><td>{'paused' if s.paused else 'active'}</td><td>{nxt}</td>"
+            f"<td>{when(s.last_fire_time)}</td><td>{s.fired_count}</td>"
+            f"<td class=wrap>{esc(s.last_error)}</td>"
+            f'<td><form method=post action="/console/schedules/{esc(s.schedule_id)}/{action}" '
+            f'data-confirm="{action.title()} this schedule?">'
+            f"<button class=secondary type=submit>{action}</button></form></td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan=9 class=muted>no schedules</td></tr>"
+    return (
+        "<h1>Schedules</h1><div class='card scroll'><table><thead><tr><th>schedule</th>"
+        "<th>workflow</th><th>when</th><th>state</th><th>next fire</th><th>last fire</th>"
+        f"<th>fired</th><th>last error</th><th></th></tr></thead><tbody>{body}</tbody></table>"
+        "</div>"
+    )
+
+
+def login_page(message: str = "") -> str:
+    note = f'<div class="notice bad">{esc(message)}</div>' if message else ""
+    return (
+        f"<h1>Sign in</h1>{note}<div class=card><p>The console calls the sidecar as you: paste "
+        "the bearer token (JWT) you would send to its gRPC API. It is kept for this browser "
+        "session only.</p><form method=post action=/console/login class=actions>"
+        "<label>token<textarea name=token required></textarea></label>"
+        "<div><button type=submit>Sign in</button></div></form></div>"
+    )

@@ -1,0 +1,23 @@
+"""A sidecar with its admin port on, for the console's tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+from okra_sidecar.server import Sidecar
+from tests.helpers import Stub, make_settings, running_sidecar
+
+
+@asynccontextmanager
+async def console_sidecar(
+    redis_url: str, **settings: Any
+) -> AsyncIterator[tuple[Sidecar, Stub, str]]:
+    """A sidecar with the test workflows, and its console's base URL."""
+    base = make_settings(redis_url)
+    base = replace(base, telemetry=replace(base.telemetry, admin_listen="127.0.0.1:0"), **settings)
+    async with running_sidecar(base) as (sidecar, stub):
+        assert sidecar.admin is not None
+        yield sidecar, stub, f"http://127.0.0.1:{sidecar.admin.port}"

@@ -1,0 +1,109 @@
+"""The console in a real browser: what a person sees on each page, and a signal sent from one.
+
+Screenshots land in a temporary folder; `OKRA_CONSOLE_SCREENSHOTS=docs/images` writes the
+ones docs/console.md shows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from okra_sidecar.client import OkraClient
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.console.browser import CHROMIUM, Browser, chromium
+from tests.console.support import console_sidecar
+from tests.console.test_pages import APPROVAL, run_waiting
+from tests.helpers import value, wait_for_status
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true",
+    reason="needs Debian's chromium package (apt-get install chromium); CI installs it",
+)
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    configured = os.environ.get("OKRA_CONSOLE_SCREENSHOTS")
+    return Path(configured) if configured else tmp_path
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as running:
+        yield running
+
+
+async def test_a_person_follows_an_instance_and_signals_it(
+    redis: Redis, redis_url: str, browser: Browser, shots: Path
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base):
+        done = await stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2})))
+        await wait_for_status(stub, done.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        instance_id = await run_waiting(stub, 42)
+
+        await browser.open(f"{base}/console/instances")
+        row = f"document.querySelector('tr[data-instance=\"{instance_id}\"]')"
+        assert await browser.evaluate(f"{row}.querySelector('.badge').textContent") == "waiting"
+        assert await browser.evaluate("document.querySelectorAll('#rows tr').length") == 2
+        await browser.wait_for("document.querySelector('.live.on') !== null")
+        # A new instance appears without a reload: the page follows the stream.
+        later = await run_waiting(stub, 1)
+        await browser.wait_for(f"document.querySelector('tr[data-instance=\"{later}\"]') !== null")
+        await browser.screenshot(shots / "console-instances.png")
+
+        await browser.open(f"{base}/console/instances/{instance_id}")
+        current = "document.querySelector('svg.diagram .node.current').dataset.task"
+        assert await browser.evaluate(current) == "/do/0/askForApproval"
+        timeline = "[...document.querySelectorAll('#timeline tr')].map(r => r.cells[1].textContent)"
+        assert "workflow.started" in await browser.evaluate(timeline)
+        await browser.screenshot(shots / "console-instance.png")
+
+        await browser.submit(
+            "form[action$='/signal']", {"signal": "approve", "payload": '{"by": "grace"}'}
+        )
+        assert "signal approve sent" in await browser.evaluate("document.body.innerText")
+        finished = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert finished.status == pb.WORKFLOW_STATUS_COMPLETED
+        await browser.wait_for(
+            "document.querySelector('#summary .badge').textContent == 'completed'"
+        )
+        assert await browser.evaluate("document.querySelector('svg.diagram .node.current')") is None
+        await browser.screenshot(shots / "console-instance-completed.png")
+
+
+async def test_workflows_and_schedules_pages(
+    redis: Redis, redis_url: str, browser: Browser, shots: Path
+) -> None:
+    async with console_sidecar(redis_url) as (sidecar, _, base):
+        await browser.open(f"{base}/console/workflows")
+        links = "[...document.querySelectorAll('main a')].map(a => a.textContent)"
+        assert APPROVAL in await browser.evaluate(links)
+        await browser.screenshot(shots / "console-workflows.png")
+
+        await browser.open(f"{base}/console/workflows/{APPROVAL}")
+        nodes = "[...document.querySelectorAll('svg.diagram .node')].map(n => n.dataset.task)"
+        assert "/do/0/askForApproval" in await browser.evaluate(nodes)
+        # The browser refuses what the schema refuses, before the sidecar is asked.
+        invalid = (
+            "(() => { const f = document.querySelector('form[action$=\"/run\"]');"
+            " f.elements['number:amount'].value = '-1'; return f.checkValidity(); })()"
+        )
+        assert await browser.evaluate(invalid) is False
+        await browser.screenshot(shots / "console-workflow.png")
+        await browser.submit("form[action$='/run']", {"number:amount": "12"})
+        assert await browser.evaluate("location.pathname.startsWith('/console/instances/')")
+
+        async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
+            schedule_id = await client.schedules.trigger(
+                "tests.steps.1.0.0", {}, "0 6 * * *", time_zone="Europe/Berlin"
+            )
+        await browser.open(f"{base}/console/schedules")
+        rows = "[...document.querySelectorAll('tbody tr')].map(r => r.cells[0].textContent)"
+        assert await browser.evaluate(rows) == [schedule_id]
+        await browser.screenshot(shots / "console-schedules.png")

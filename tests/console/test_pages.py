@@ -1,0 +1,182 @@
+"""The console over HTTP against a real sidecar: pages, actions, live updates and sign-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+from redis.asyncio import Redis
+
+from okra_sidecar.config import AuthSettings
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.console.support import console_sidecar
+from tests.helpers import value, wait_for_status
+
+APPROVAL = "tests.approval.1.0.0"
+SECRET = "a-console-test-secret-long-enough-for-hs256"
+
+
+def said(response: httpx.Response) -> str:
+    """The notice or error a redirect carries to the next page."""
+    assert response.status_code == 303, response.text
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    return " ".join(query.get("notice", []) + query.get("error", []))
+
+
+async def run_waiting(stub: Any, amount: int = 5) -> str:
+    reply = await stub.Run(pb.RunRequest(workflow_id=APPROVAL, input=value({"amount": amount})))
+    await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    return str(reply.instance_id)
+
+
+async def test_the_instances_page_lists_and_filters(redis: Redis, redis_url: str) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        waiting = await run_waiting(stub)
+        start = await http.get(f"{base}/console")
+        assert start.status_code == 302 and start.headers["location"] == "/console/instances"
+        listed = await http.get(f"{base}/console/instances")
+        assert listed.status_code == 200
+        assert f'data-instance="{waiting}"' in listed.text
+        assert 'class="badge s-waiting">waiting' in listed.text
+        assert "/do/0/askForApproval" in listed.text
+        assert re.search(r"id=count>1<", listed.text)
+        none = await http.get(f"{base}/console/instances", params={"status": "completed"})
+        assert "no matching instances" in none.text and "id=count>0<" in none.text
+        bad = await http.get(f"{base}/console/instances", params={"tag": "novalue"})
+        assert "'novalue' is not key=value" in said(bad)
+
+
+async def test_an_instance_page_shows_its_diagram_and_timeline(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        instance_id = await run_waiting(stub, 7)
+        shown = await http.get(f"{base}/console/instances/{instance_id}")
+        assert shown.status_code == 200
+        assert 'class="node kind-listen current" data-task="/do/0/askForApproval"' in shown.text
+        assert "workflow.started" in shown.text and "task.started" in shown.text
+        assert "&quot;amount&quot;: 7" in shown.text
+        missing = await http.get(f"{base}/console/instances/00000000-0000-4000-8000-000000000000")
+        assert missing.status_code == 404 and "does not exist" in missing.text
+
+
+async def test_a_signal_from_the_page_completes_the_instance(redis: Redis, redis_url: str) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        instance_id = await run_waiting(stub)
+        page = f"{base}/console/instances/{instance_id}"
+        foreign = await http.post(
+            f"{page}/signal",
+            data={"signal": "approve", "payload": "{}"},
+            headers={"Origin": "http://elsewhere.example"},
+        )
+        assert foreign.status_code == 403
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert status.status == pb.WORKFLOW_STATUS_WAITING
+        bad = await http.post(f"{page}/signal", data={"signal": "approve", "payload": "{"})
+        assert said(bad).startswith("payload: not JSON")
+        sent = await http.post(
+            f"{page}/signal",
+            data={"signal": "approve", "payload": '{"by": "grace"}'},
+            headers={"Origin": base},
+        )
+        assert said(sent) == "signal approve sent"
+        done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+        again = await http.post(f"{page}/cancel", data={"reason": "late"})
+        assert "already completed" in said(again)
+
+
+async def test_the_list_streams_changes(redis: Redis, redis_url: str) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        first = await run_waiting(stub)
+        url = f"{base}/console/instances/stream"
+        async with http.stream("GET", url, params={"status": "waiting"}, timeout=30) as stream:
+            assert stream.headers["content-type"] == "text/event-stream"
+            lines = stream.aiter_lines()
+            updates: list[dict[str, str]] = []
+
+            async def next_update() -> dict[str, str]:
+                async for line in lines:
+                    if line.startswith("data: "):
+                        return dict(json.loads(line[6:]))
+                raise AssertionError("the stream ended")
+
+            updates.append(await asyncio.wait_for(next_update(), 20))
+            assert first in updates[0]["rows"] and updates[0]["count"] == "1"
+            second = await run_waiting(stub)
+            updates.append(await asyncio.wait_for(next_update(), 20))
+            assert second in updates[1]["rows"] and updates[1]["count"] == "2"
+
+
+async def test_workflows_page_runs_from_the_generated_form(redis: Redis, redis_url: str) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        listed = await http.get(f"{base}/console/workflows")
+        assert APPROVAL in listed.text and "tests.steps.1.0.0" in listed.text
+        shown = await http.get(f"{base}/console/workflows/{APPROVAL}")
+        assert 'name="number:amount" min="0" required' in shown.text
+        assert 'data-task="/do/0/askForApproval"' in shown.text
+        refused = await http.post(
+            f"{base}/console/workflows/{APPROVAL}/run", data={"number:amount": "-3"}
+        )
+        assert "minimum" in said(refused)
+        started = await http.post(
+            f"{base}/console/workflows/{APPROVAL}/run", data={"number:amount": "3"}
+        )
+        assert started.status_code == 303
+        location = started.headers["location"]
+        assert location.startswith("/console/instances/")
+        instance_id = location.split("/")[3].split("?")[0]
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert status.workflow_id == APPROVAL
+        missing = await http.get(f"{base}/console/workflows/tests.nothing.1.0.0")
+        assert missing.status_code == 404
+
+
+async def test_schedules_pause_and_resume(redis: Redis, redis_url: str) -> None:
+    from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
+    from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+
+    async with console_sidecar(redis_url) as (sidecar, _, base), httpx.AsyncClient() as http:
+        import grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            schedules = spb_grpc.ScheduleHostAPIStub(channel)
+            created = await schedules.TriggerWorkflow(
+                spb.TriggerWorkflowRequest(
+                    workflow_id="tests.steps.1.0.0", input=value({}), cron_expression="0 6 * * *"
+                )
+            )
+            schedule_id = created.schedule_id
+            listed = await http.get(f"{base}/console/schedules")
+            assert schedule_id in listed.text and "cron 0 6 * * *" in listed.text
+            paused = await http.post(f"{base}/console/schedules/{schedule_id}/pause")
+            assert paused.status_code == 303
+            got = await schedules.GetSchedule(spb.GetScheduleRequest(schedule_id=schedule_id))
+            assert got.schedule.paused
+            await http.post(f"{base}/console/schedules/{schedule_id}/resume")
+            got = await schedules.GetSchedule(spb.GetScheduleRequest(schedule_id=schedule_id))
+            assert not got.schedule.paused
+
+
+async def test_the_console_calls_as_the_signed_in_user(redis: Redis, redis_url: str) -> None:
+    auth = AuthSettings(mode="required", hs256_secret=SECRET)
+    async with console_sidecar(redis_url, auth=auth) as (_, _, base), httpx.AsyncClient() as http:
+        anonymous = await http.get(f"{base}/console/instances")
+        assert anonymous.status_code == 303
+        assert anonymous.headers["location"].startswith("/console/login?error=")
+        form = await http.get(f"{base}/console/login")
+        assert "name=token" in form.text
+        token = jwt.encode({"sub": "ada", "exp": 4102444800}, SECRET)
+        signed = await http.post(f"{base}/console/login", data={"token": token})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+        listed = await http.get(f"{base}/console/instances")
+        assert listed.status_code == 200 and "sign out" in listed.text
+        await http.get(f"{base}/console/logout")
+        assert (await http.get(f"{base}/console/instances")).status_code == 303
