@@ -44,7 +44,7 @@ def input_form(schema: Mapping[str, Any] | None) -> str:
     for name, prop in props.items():
         need = " required" if name in required else ""
         hint = esc(prop.get("description") or prop.get("type") or "JSON")
-        label = f"{esc(name)}{' *' if need else ''} <span class=muted>{hint}</span>"
+        label = f"<span>{esc(name)}{' *' if need else ''} <span class=muted>{hint}</span></span>"
         kind = prop.get("type")
         if isinstance(prop.get("enum"), list):
             options = "".join(

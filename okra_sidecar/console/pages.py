@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import yaml
+
 from okra_sidecar.client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
 from okra_sidecar.client.schedules import Schedule
 from okra_sidecar.console.html import badge, esc, pretty_json, when
@@ -232,12 +234,14 @@ def workflow_page(
         else "<p class=muted>This workflow is not started by hand on this sidecar "
         f"(its triggers: {esc(', '.join(info.triggers))}).</p>"
     )
+    title = f"{esc(info.title)} <span class=muted>{esc(info.workflow_id)}</span>"
     return (
-        f"<h1>{esc(info.title or info.workflow_id)} <span class=muted>{esc(info.workflow_id)}"
-        f"</span></h1><p>{esc(info.summary)}</p>"
+        f"<h1>{title if info.title else esc(info.workflow_id)}</h1><p>{esc(info.summary)}</p>"
         f'<div class=card><h2 style="margin-top:0">Run</h2>{run}</div>'
         f'<div class="card scroll"><h2 style="margin-top:0">Diagram</h2>{diagram}</div>'
-        f'<div class=card><h2 style="margin-top:0">Definition</h2>{pretty_json(document)}</div>'
+        '<div class=card><h2 style="margin-top:0">Definition</h2>'
+        f"<pre>{esc(yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True))}</pre>"
+        "</div>"
     )
 
 

@@ -56,7 +56,16 @@ class AdminServer:
             app.router.add_get("/metrics", self._metrics)
         if self._console is not None:
             console_routes(app, self._console)
+        else:
+            app.router.add_get("/console{tail:.*}", self._no_console)
         return app
+
+    async def _no_console(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=501,
+            text="The console is not available while the gRPC port serves TLS: it calls that "
+            "port as its user and does not dial TLS yet. Use the okra command with --tls-ca.\n",
+        )
 
     async def start(self) -> None:
         # No access log: the sidecar's own logs and metrics say what matters.

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,7 +133,8 @@ async def _devtools_port(port_file: Path) -> str:
 async def chromium() -> AsyncIterator[Browser]:
     """A headless Chromium with one blank page, closed on exit."""
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile as they die.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = await asyncio.create_subprocess_exec(
             CHROMIUM,
             *FLAGS,
@@ -138,6 +142,7 @@ async def chromium() -> AsyncIterator[Browser]:
             "about:blank",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port = await _devtools_port(Path(profile) / "DevToolsActivePort")
@@ -150,6 +155,7 @@ async def chromium() -> AsyncIterator[Browser]:
                     await browser.call("Page.enable")
                     yield browser
         finally:
-            if process.returncode is None:
-                process.kill()
+            # The whole group: the browser and its renderer and helper processes.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,9 +18,8 @@ from redis.asyncio import Redis
 from okra_sidecar.client import OkraClient
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.console.browser import CHROMIUM, Browser, chromium
-from tests.console.support import console_sidecar
-from tests.console.test_pages import APPROVAL, run_waiting
-from tests.helpers import value, wait_for_status
+from tests.console.support import EXAMPLES, console_sidecar
+from tests.helpers import Stub, value, wait_for_status
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true",
@@ -39,13 +39,23 @@ async def browser() -> AsyncIterator[Browser]:
         yield running
 
 
+APPROVAL = "examples.approval.1.0.0"
+ORDER = "examples.order.1.0.0"
+
+
+async def run_example(stub: Stub, workflow_id: str, data: dict[str, Any]) -> str:
+    reply = await stub.Run(pb.RunRequest(workflow_id=workflow_id, input=value(data)))
+    return str(reply.instance_id)
+
+
 async def test_a_person_follows_an_instance_and_signals_it(
     redis: Redis, redis_url: str, browser: Browser, shots: Path
 ) -> None:
-    async with console_sidecar(redis_url) as (_, stub, base):
-        done = await stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2})))
-        await wait_for_status(stub, done.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
-        instance_id = await run_waiting(stub, 42)
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (_, stub, base):
+        small = await run_example(stub, APPROVAL, {"requester": "lin", "amount": 20})
+        await wait_for_status(stub, small, {pb.WORKFLOW_STATUS_COMPLETED})
+        instance_id = await run_example(stub, APPROVAL, {"requester": "ada", "amount": 250})
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
 
         await browser.open(f"{base}/console/instances")
         row = f"document.querySelector('tr[data-instance=\"{instance_id}\"]')"
@@ -53,26 +63,28 @@ async def test_a_person_follows_an_instance_and_signals_it(
         assert await browser.evaluate("document.querySelectorAll('#rows tr').length") == 2
         await browser.wait_for("document.querySelector('.live.on') !== null")
         # A new instance appears without a reload: the page follows the stream.
-        later = await run_waiting(stub, 1)
+        later = await run_example(stub, APPROVAL, {"requester": "kim", "amount": 180})
         await browser.wait_for(f"document.querySelector('tr[data-instance=\"{later}\"]') !== null")
         await browser.screenshot(shots / "console-instances.png")
 
         await browser.open(f"{base}/console/instances/{instance_id}")
         current = "document.querySelector('svg.diagram .node.current').dataset.task"
-        assert await browser.evaluate(current) == "/do/0/askForApproval"
+        assert await browser.evaluate(current) == "/do/2/awaitDecision"
+        visited = "document.querySelector('svg.diagram .node.visited').dataset.task"
+        assert await browser.evaluate(visited) == "/do/0/triage"
         timeline = "[...document.querySelectorAll('#timeline tr')].map(r => r.cells[1].textContent)"
         assert "workflow.started" in await browser.evaluate(timeline)
         await browser.screenshot(shots / "console-instance.png")
 
         await browser.submit(
-            "form[action$='/signal']", {"signal": "approve", "payload": '{"by": "grace"}'}
+            "form[action$='/signal']",
+            {"signal": "approve", "payload": '{"by": "grace", "comment": "fine"}'},
         )
         assert "signal approve sent" in await browser.evaluate("document.body.innerText")
         finished = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
         assert finished.status == pb.WORKFLOW_STATUS_COMPLETED
-        await browser.wait_for(
-            "document.querySelector('#summary .badge').textContent == 'completed'"
-        )
+        badge = "document.querySelector('#summary .badge').textContent"
+        await browser.wait_for(f"{badge} == 'completed'")
         assert await browser.evaluate("document.querySelector('svg.diagram .node.current')") is None
         await browser.screenshot(shots / "console-instance-completed.png")
 
@@ -80,28 +92,37 @@ async def test_a_person_follows_an_instance_and_signals_it(
 async def test_workflows_and_schedules_pages(
     redis: Redis, redis_url: str, browser: Browser, shots: Path
 ) -> None:
-    async with console_sidecar(redis_url) as (sidecar, _, base):
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (sidecar, _, base):
         await browser.open(f"{base}/console/workflows")
         links = "[...document.querySelectorAll('main a')].map(a => a.textContent)"
-        assert APPROVAL in await browser.evaluate(links)
+        assert {APPROVAL, ORDER} <= set(await browser.evaluate(links))
         await browser.screenshot(shots / "console-workflows.png")
 
-        await browser.open(f"{base}/console/workflows/{APPROVAL}")
+        await browser.open(f"{base}/console/workflows/{ORDER}")
         nodes = "[...document.querySelectorAll('svg.diagram .node')].map(n => n.dataset.task)"
-        assert "/do/0/askForApproval" in await browser.evaluate(nodes)
+        assert "/do/1/route" in await browser.evaluate(nodes)
+        labels = "[...document.querySelectorAll('svg.diagram .edge-label')].map(t => t.textContent)"
+        assert {"digital", "physical"} <= set(await browser.evaluate(labels))
+        await browser.screenshot(shots / "console-workflow.png")
+
+        await browser.open(f"{base}/console/workflows/{APPROVAL}")
         # The browser refuses what the schema refuses, before the sidecar is asked.
         invalid = (
             "(() => { const f = document.querySelector('form[action$=\"/run\"]');"
             " f.elements['number:amount'].value = '-1'; return f.checkValidity(); })()"
         )
         assert await browser.evaluate(invalid) is False
-        await browser.screenshot(shots / "console-workflow.png")
-        await browser.submit("form[action$='/run']", {"number:amount": "12"})
+        await browser.submit(
+            "form[action$='/run']", {"string:requester": "ada", "number:amount": "12"}
+        )
         assert await browser.evaluate("location.pathname.startsWith('/console/instances/')")
 
         async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
             schedule_id = await client.schedules.trigger(
-                "tests.steps.1.0.0", {}, "0 6 * * *", time_zone="Europe/Berlin"
+                APPROVAL,
+                {"requester": "ops", "amount": 5},
+                "0 6 * * 1-5",
+                time_zone="Europe/Berlin",
             )
         await browser.open(f"{base}/console/schedules")
         rows = "[...document.querySelectorAll('tbody tr')].map(r => r.cells[0].textContent)"
