@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlparse
@@ -106,6 +106,18 @@ def rpc_errors(section: str) -> Callable[[Handler], Handler]:
         return handle
 
     return wrap
+
+
+@contextlib.contextmanager
+def back_on_refusal(path: str) -> Iterator[None]:
+    """A refused action goes back to `path` saying why; no token at all goes to sign-in."""
+    try:
+        yield
+    except OkraRpcError as error:
+        if error.code == grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        details = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
+        raise _back(path, error=f"{error.message}{' — ' + details if details else ''}") from None
 
 
 def _same_origin(request: web.Request) -> None:
@@ -296,12 +308,8 @@ async def signal(request: web.Request) -> web.StreamResponse:
     except json.JSONDecodeError as exc:
         raise _back(path, error=f"payload: not JSON ({exc.msg})") from None
     name = str(form.get("signal") or "")
-    try:
+    with back_on_refusal(path):
         await _client(request).signal(instance_id, name, payload)
-    except OkraRpcError as error:
-        if error.code == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        raise _back(path, error=error.message) from None
     raise _back(path, notice=f"signal {name} sent")
 
 
@@ -311,12 +319,8 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     instance_id = request.match_info["instance_id"]
     form = await request.post()
     path = f"/console/instances/{instance_id}"
-    try:
+    with back_on_refusal(path):
         await _client(request).cancel(instance_id, str(form.get("reason") or "") or None)
-    except OkraRpcError as error:
-        if error.code == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        raise _back(path, error=error.message) from None
     raise _back(path, notice="cancelled")
 
 
@@ -357,14 +361,10 @@ async def run(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     try:
         data = input_from_form({k: str(v) for k, v in form.items()})
-        instance_id = await _client(request).run(workflow_id, data)
     except FormError as error:
         raise _back(path, error=str(error)) from None
-    except OkraRpcError as error:
-        if error.code == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        details = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
-        raise _back(path, error=f"{error.message}{' — ' + details if details else ''}") from None
+    with back_on_refusal(path):
+        instance_id = await _client(request).run(workflow_id, data)
     raise _back(f"/console/instances/{instance_id}", notice="started")
 
 
@@ -380,15 +380,11 @@ async def schedule_action(request: web.Request) -> web.StreamResponse:
     schedule_id = request.match_info["schedule_id"]
     action = request.match_info["action"]
     client = _client(request).schedules
-    try:
+    with back_on_refusal("/console/schedules"):
         if action == "pause":
             await client.pause(schedule_id)
         else:
             await client.resume(schedule_id)
-    except OkraRpcError as error:
-        if error.code == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        raise _back("/console/schedules", error=error.message) from None
     raise _back("/console/schedules", notice=f"{action}d {schedule_id}")
 
 

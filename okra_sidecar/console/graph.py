@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from okra_sidecar.engine.compiler import TASK_TYPES
 from okra_sidecar.engine.pointers import pointer_join
 
 __all__ = ["END", "START", "Edge", "Node", "TaskGraph", "task_graph"]
@@ -19,20 +20,7 @@ __all__ = ["END", "START", "Edge", "Node", "TaskGraph", "task_graph"]
 START = "start"
 END = "end"
 # `do` last: a `for` task has a `do` of its own.
-TASK_KINDS = (
-    "call",
-    "emit",
-    "for",
-    "fork",
-    "listen",
-    "raise",
-    "run",
-    "set",
-    "switch",
-    "try",
-    "wait",
-    "do",
-)
+TASK_KINDS = (*(kind for kind in TASK_TYPES if kind != "do"), "do")
 
 
 @dataclass(frozen=True)
