@@ -20,6 +20,7 @@ KEY_HELPERS = frozenset(
         "all_work",
         "all_timers",
         "all_effects",
+        "all_outboxes",
         "status_indexes",
         "instance_keys",
         "delivery_keys",

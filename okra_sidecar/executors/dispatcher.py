@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -24,6 +24,7 @@ from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.grpc_call import GrpcCaller
 from okra_sidecar.executors.http import HttpCaller
+from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
@@ -93,8 +94,14 @@ class EffectDispatcher:
         await self._effects.ensure_groups()
         self._stopping.clear()
         self._loops = [
-            asyncio.create_task(self._loop("read", self._read_once), name="okra-effects"),
-            asyncio.create_task(self._loop("claim", self._claim_once), name="okra-effects-claim"),
+            asyncio.create_task(
+                run_forever(self._read_once, what="effects read loop", until=self._stopping),
+                name="okra-effects",
+            ),
+            asyncio.create_task(
+                run_forever(self._claim_once, what="effects claim loop", until=self._stopping),
+                name="okra-effects-claim",
+            ),
         ]
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
@@ -106,20 +113,6 @@ class EffectDispatcher:
             await asyncio.wait(tasks, timeout=timeout_s)
         await cancel_and_wait(tasks)
         self._loops = []
-
-    async def _loop(self, name: str, once: Callable[[], Awaitable[None]]) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                await once()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
-                logger.log(level, "effects %s loop: %s; retrying", name, exc, exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
     async def _read_once(self) -> None:
         while len(self._running) >= self._concurrency:

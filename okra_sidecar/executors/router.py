@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from okra_sidecar.engine.routing import ANY_TYPE, subscription_matches
-from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.store.effect_store import EventEntry, RedisEffectStore
 from okra_sidecar.tasks import cancel_and_wait
 
@@ -48,27 +48,17 @@ class EventRouter:
     async def start(self) -> None:
         await self._effects.ensure_groups()
         self._loops = [
-            asyncio.create_task(self._loop(self._read_once), name="okra-router"),
-            asyncio.create_task(self._loop(self._claim_once), name="okra-router-claim"),
+            asyncio.create_task(
+                run_forever(self._read_once, what="event router"), name="okra-router"
+            ),
+            asyncio.create_task(
+                run_forever(self._claim_once, what="event router claim"), name="okra-router-claim"
+            ),
         ]
 
     async def stop(self) -> None:
         await cancel_and_wait(self._loops)
         self._loops = []
-
-    async def _loop(self, once: Callable[[], Awaitable[None]]) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                await once()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
-                logger.log(level, "event router: %s; retrying", exc, exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
     async def _read_once(self) -> None:
         entries = await self._effects.read_events(

@@ -19,10 +19,12 @@ from okra_sidecar.executors.grpc_call import GrpcCaller
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
+from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.executors.router import EventRouter
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.outbox_store import RedisOutboxStore
 
 __all__ = ["EffectRuntime"]
 
@@ -35,6 +37,7 @@ class EffectRuntime:
     grpc: GrpcCaller
     dispatcher: EffectDispatcher
     router: EventRouter
+    relay: OutboxRelay
 
     @classmethod
     def build(
@@ -78,14 +81,23 @@ class EffectRuntime:
             read_block_ms=engine.read_block_ms,
             triggers=triggers,
         )
-        return cls(effects, http, openapi, grpc, dispatcher, router)
+        relay = OutboxRelay(
+            outbox=RedisOutboxStore(redis=redis, keys=keys),
+            effects=effects,
+            consumer=consumer,
+            claim_idle_ms=engine.claim_idle_ms,
+            read_block_ms=engine.read_block_ms,
+        )
+        return cls(effects, http, openapi, grpc, dispatcher, router, relay)
 
     async def start(self) -> None:
         await self.dispatcher.start()
         await self.router.start()
+        await self.relay.start()
 
     async def stop(self, *, timeout_s: float) -> None:
         """Stop reading; calls in flight get `timeout_s`, then stay pending for another sidecar."""
+        await self.relay.stop()
         await self.router.stop()
         await self.dispatcher.stop(timeout_s=timeout_s)
         await self.http.aclose()

@@ -169,10 +169,9 @@ class InstanceStore(StoreConnections):
             }
         }
         if links.parent_id and parent_event is not None:
-            first = slot + len(extra_keys)
-            extra_keys += self.keys.delivery_keys(links.parent_id)
+            extra_keys.append(keys.outbox(partition))
             extras["parent"] = {
-                "k": list(range(first, first + 4)),
+                "k": slot + len(extra_keys) - 1,
                 "id": links.parent_id,
                 "dedup": parent_event["id"],
                 "event": dumps(parent_event),

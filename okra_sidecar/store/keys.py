@@ -17,6 +17,8 @@ ENGINE_GROUP = "engine"
 EXECUTOR_GROUP = "executors"
 ROUTER_GROUP = "router"
 WORKER_GROUP = "workers"
+# Outbox entries are applied by every sidecar's relay: one consumer group.
+RELAY_GROUP = "relay"
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,13 @@ class RedisKeys:
 
     def all_effects(self) -> list[str]:
         return [self.effects(p) for p in range(self.partitions)]
+
+    def outbox(self, partition: int) -> str:
+        """What a partition's scripts hand to other slots (store/outbox_store.py)."""
+        return f"{self.tag(partition)}:outbox"
+
+    def all_outboxes(self) -> list[str]:
+        return [self.outbox(p) for p in range(self.partitions)]
 
     def tasks(self, service: str) -> str:
         return f"{self.prefix}tasks:{service}"

@@ -126,12 +126,13 @@ class TurnStore(StoreConnections):
             return len(keys)
 
         out: dict[str, Any] = {}
+        if extras.events or (extras.parent_event is not None and snapshot.parent_id):
+            out["outboxSlot"] = slot(self.keys.outbox(self.keys.partition(iid)))
         if extras.effects:
             out["effects"] = [dumps(effect) for effect in extras.effects]
             out["effectSlot"] = slot(self.keys.effects(self.keys.partition(iid)))
         if extras.events:
             out["events"] = [dumps(event) for event in extras.events]
-            out["eventSlot"] = slot(self.keys.events)
         if extras.inbox:
             out["inbox"] = [dumps(event) for event in extras.inbox]
         subs = extras.subscriptions
@@ -148,9 +149,7 @@ class TurnStore(StoreConnections):
                     "record": record,
                 }
         if extras.parent_event is not None and snapshot.parent_id:
-            parent_keys = [slot(k) for k in self.keys.delivery_keys(snapshot.parent_id)]
             out["parent"] = {
-                "k": parent_keys,
                 "id": snapshot.parent_id,
                 "dedup": extras.parent_event["id"],
                 "event": dumps(extras.parent_event),

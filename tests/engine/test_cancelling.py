@@ -10,9 +10,12 @@ from redis.asyncio import Redis
 
 from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError
+from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.instances import InstanceStatus, ParentLink
 from okra_sidecar.store.base import CancelLinks
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.outbox_store import DELIVER, RedisOutboxStore
 from okra_sidecar.store.redis_store import RedisStore
 from tests.store.test_redis_store import IDS, new
 
@@ -39,13 +42,32 @@ async def _inbox(store: RedisStore, instance_id: str) -> list[dict[str, Any]]:
     return [entry.event for entry in snapshot.inbox]
 
 
-async def test_a_cancelled_child_hands_its_parent_a_runtime_error(store: RedisStore) -> None:
+async def test_a_cancelled_child_hands_its_parent_a_runtime_error_once(
+    store: RedisStore, redis: Redis
+) -> None:
     parent, child, _ = await _family(store)
     assert await cancel_instance(store, child, reason="stop", now_ms=7) == "t.w.1.0.0"
+    # The parent may live in another slot: the outcome waits in the child's partition outbox.
+    assert await _inbox(store, parent) == []
+    outbox = RedisOutboxStore(redis=redis, keys=store.keys)
+    await outbox.ensure_groups()
+    entries = await outbox.read("r1", count=10, block_ms=10)
+    # The child's outcome for the parent, and the grandchild's (cancelled in the cascade) for
+    # the child, which no longer takes deliveries.
+    assert sorted((e.kind, e.instance_id) for e in entries) == [(DELIVER, parent), (DELIVER, child)]
+    relay = OutboxRelay(
+        outbox=outbox,
+        effects=RedisEffectStore(redis=redis, keys=store.keys),
+        consumer="r1",
+        claim_idle_ms=1000,
+    )
+    await relay.relay(entries)
+    await relay.relay(entries)  # as a relay that died before acknowledging, claimed again
     (event,) = await _inbox(store, parent)
     assert event["data"]["effectId"] == "c#1" and event["data"]["ok"] is False
     assert event["data"]["error"]["status"] == 499
     assert event["data"]["error"]["detail"] == f"child run {child} was cancelled: stop"
+    assert await outbox.read("r1", count=10, block_ms=10) == []
     assert (await store.get_instance(parent)).status is InstanceStatus.PENDING  # type: ignore[union-attr]
 
 

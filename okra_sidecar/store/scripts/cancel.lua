@@ -3,7 +3,8 @@
 --       the finished-time index (FINISHED_INDEX), then the extras' keys.
 -- ARGV: instance id, reason, now ms, history event, expected status ('' = any), extras
 --       (JSON): the listen subscriptions to drop (`subs`: the record read before, its
---       type-set slots) and the parent to tell; {'retry'} when the record moved meanwhile.
+--       type-set slots) and the parent to tell (through the outbox in slot `k`); {'retry'}
+--       when the record moved meanwhile.
 -- A policy that allowed the cancel on one status passes it as expected: if the status moved
 -- meanwhile, nothing is written and {'changed', status} asks for the policy to decide again.
 local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf', 'wfc')
@@ -34,6 +35,6 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])
 resubscribe(KEYS[1], ARGV[1], extras.subs.old, {}, '')
 if extras.parent then
-  notify_parent(extras.parent)
+  notify_parent(KEYS[extras.parent.k], extras.parent)
 end
 return {'ok', cur[3]}

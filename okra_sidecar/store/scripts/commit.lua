@@ -47,8 +47,9 @@ for i = 13 + field_count, 12 + field_count + tonumber(ARGV[8]) do
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[i])
 end
 -- Extras, only for turns that have them (so plain turns pay nothing): effects for the
--- executors, events to publish, results for the instance's own inbox, the outcome for a
--- parent awaiting this child, and listen subscriptions. Slots are indexes into KEYS.
+-- executors, events to publish and the outcome for a parent awaiting this child (both
+-- through the partition's outbox), results for the instance's own inbox, and listen
+-- subscriptions. Slots are indexes into KEYS.
 if ARGV[10] and ARGV[10] ~= '' then
   local x = cjson.decode(ARGV[10])
   if x.effects then
@@ -58,7 +59,8 @@ if ARGV[10] and ARGV[10] ~= '' then
   end
   if x.events then
     for _, event in ipairs(x.events) do
-      redis.call('XADD', KEYS[x.eventSlot], '*', 'e', event)
+      -- Published through the outbox: the events stream is in another slot.
+      redis.call('XADD', KEYS[x.outboxSlot], '*', 'k', 'publish', 'e', event)
     end
   end
   if x.inbox then
@@ -73,7 +75,7 @@ if ARGV[10] and ARGV[10] ~= '' then
     resubscribe(KEYS[1], ARGV[1], x.subs.old, x.subs.new, x.subs.record)
   end
   if x.parent then
-    notify_parent(x.parent)
+    notify_parent(KEYS[x.outboxSlot], x.parent)
   end
 end
 return 1

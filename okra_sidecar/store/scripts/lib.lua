@@ -34,8 +34,10 @@ local function resubscribe(k_instance, instance_id, old, new, record)
   end
 end
 
--- A finished child hands its outcome to the parent that awaits it (`parent` from the extras).
-local function notify_parent(parent)
-  return deliver(KEYS[parent.k[1]], KEYS[parent.k[2]], KEYS[parent.k[3]], KEYS[parent.k[4]],
-    parent.id, parent.dedup, parent.event)
+-- A finished child hands its outcome to the parent awaiting it (`parent` from the extras)
+-- through its partition's outbox, since the parent may live in another slot; the relay
+-- delivers it (once: `parent.dedup`).
+local function notify_parent(k_outbox, parent)
+  redis.call('XADD', k_outbox, '*', 'k', 'deliver', 'i', parent.id, 'd', parent.dedup, 'e',
+    parent.event)
 end

@@ -1,0 +1,69 @@
+"""OutboxRelay: applies the partitions' outbox entries in the slots they are for.
+
+Every sidecar runs one; they share the outboxes through one consumer group, so each entry is
+applied by one relay, and again by whoever claims it if that relay stops before acknowledging
+it, which the dedup ids make harmless: a parent gets its child's outcome once. A parent that
+has finished meanwhile no longer takes deliveries, and the entry is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from okra_sidecar.executors.loops import run_forever
+from okra_sidecar.store.effect_store import RedisEffectStore
+from okra_sidecar.store.outbox_store import DELIVER, PUBLISH, OutboxEntry, RedisOutboxStore
+from okra_sidecar.tasks import cancel_and_wait
+
+__all__ = ["OutboxRelay"]
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        outbox: RedisOutboxStore,
+        effects: RedisEffectStore,
+        consumer: str,
+        claim_idle_ms: int,
+        read_block_ms: int = 1000,
+    ) -> None:
+        self._outbox = outbox
+        self._effects = effects
+        self._consumer = consumer
+        self._claim_idle_ms = claim_idle_ms
+        self._read_block_ms = read_block_ms
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._outbox.ensure_groups()
+        self._loops = [
+            asyncio.create_task(run_forever(self._read_once, what="relay"), name="okra-relay"),
+            asyncio.create_task(
+                run_forever(self._claim_once, what="relay claim"), name="okra-relay-claim"
+            ),
+        ]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._loops)
+        self._loops = []
+
+    async def _read_once(self) -> None:
+        entries = await self._outbox.read(self._consumer, count=100, block_ms=self._read_block_ms)
+        await self.relay(entries)
+
+    async def _claim_once(self) -> None:
+        await asyncio.sleep(self._claim_idle_ms / 2000)
+        entries = await self._outbox.claim_stale(
+            self._consumer, min_idle_ms=self._claim_idle_ms, count=100
+        )
+        await self.relay(entries)
+
+    async def relay(self, entries: list[OutboxEntry]) -> None:
+        """Apply `entries` in order, then acknowledge them."""
+        for entry in entries:
+            if entry.kind == DELIVER:
+                await self._effects.deliver(entry.instance_id, entry.dedup, entry.event)
+            elif entry.kind == PUBLISH:
+                await self._effects.publish(entry.event)
+        await self._outbox.ack(entries)

@@ -1,0 +1,111 @@
+"""RedisOutboxStore: what a partition's scripts hand to other slots, for the relay.
+
+A script may only touch its own Redis Cluster slot, so a turn or a cancel that must reach
+another instance (a finished child's outcome for its parent) or the shared events stream
+writes an entry to its partition's outbox instead, in the same atomic step. The relay in every
+sidecar reads the outboxes through one consumer group and applies each entry in the slot it
+is for; deliveries are de-duplicated per instance, so an entry applied twice (its relay died
+before acknowledging it) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from okra_sidecar.store.commands import PooledCommands
+from okra_sidecar.store.jsontext import loads
+from okra_sidecar.store.keys import RELAY_GROUP, RedisKeys
+from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.streams import claim_partitions, read_partitions
+
+__all__ = ["DELIVER", "PUBLISH", "OutboxEntry", "RedisOutboxStore"]
+
+# Entry kinds, field `k`: an event for one instance's inbox, or one for the events stream.
+DELIVER = "deliver"
+PUBLISH = "publish"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outbox entry: its partition and id, its kind, and what it hands over."""
+
+    partition: int
+    entry_id: str
+    kind: str
+    event: dict[str, Any]
+    instance_id: str = ""  # the instance a DELIVER entry is for
+    dedup: str = ""  # its dedup id in that instance's `delivered` set
+
+
+class RedisOutboxStore:
+    """The partitions' outbox streams, read through the consumer group `relay`."""
+
+    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        # The shared pool, replies raw, for read_partitions.
+        self._pooled = PooledCommands(redis)
+        self._partition_of = {k.encode(): p for p, k in enumerate(keys.all_outboxes())}
+
+    async def ensure_groups(self) -> None:
+        with map_redis_errors():
+            for stream in self.keys.all_outboxes():
+                try:
+                    await self.redis.xgroup_create(stream, RELAY_GROUP, id="0", mkstream=True)
+                except redis_errors.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def read(self, consumer: str, *, count: int, block_ms: int) -> list[OutboxEntry]:
+        entries = await read_partitions(
+            self._pooled,
+            RELAY_GROUP,
+            consumer,
+            self.keys.all_outboxes(),
+            self._partition_of,
+            count=count,
+            block_ms=block_ms,
+            recreate_groups=self.ensure_groups,
+        )
+        return [_entry(partition, eid, fields) for partition, eid, fields in entries]
+
+    async def claim_stale(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[OutboxEntry]:
+        """Entries another relay read but never acknowledged (it stopped)."""
+        entries = await claim_partitions(
+            self.redis,
+            RELAY_GROUP,
+            consumer,
+            self.keys.all_outboxes(),
+            min_idle_ms=min_idle_ms,
+            count=count,
+        )
+        return [_entry(partition, eid, fields) for partition, eid, fields in entries]
+
+    async def ack(self, entries: Sequence[OutboxEntry]) -> None:
+        if not entries:
+            return
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    stream = self.keys.outbox(entry.partition)
+                    pipe.xack(stream, RELAY_GROUP, entry.entry_id)
+                    pipe.xdel(stream, entry.entry_id)
+                await pipe.execute()
+
+
+def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxEntry:
+    return OutboxEntry(
+        partition=partition,
+        entry_id=text(entry_id),
+        kind=text(fields.get(b"k")),
+        event=loads(fields[b"e"]),
+        instance_id=text(fields.get(b"i")),
+        dedup=text(fields.get(b"d")),
+    )
