@@ -145,6 +145,14 @@ async def index_size(redis: Redis, index: Callable[[int], str], keys: RedisKeys 
     return sum([await redis.zcard(index(p)) for p in range(keys.partitions)])
 
 
+async def subscribed(redis: Redis, event_type: str, keys: RedisKeys = KEYS) -> set[bytes | str]:
+    """The instances subscribed to `event_type`, over every partition."""
+    found: set[bytes | str] = set()
+    for partition in range(keys.partitions):
+        found |= await redis.smembers(keys.subscribers(partition, event_type))
+    return found
+
+
 async def redis_fingerprint(redis: Redis) -> dict[bytes | str, str]:
     """Every key with a digest of its value: equal fingerprints mean nothing was written."""
     fingerprint = {}

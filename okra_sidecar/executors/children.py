@@ -13,11 +13,12 @@ import time
 import uuid
 from typing import Any
 
+from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.engine.interpreter import start_state
 from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.executors.problems import EffectFailedError, problem
-from okra_sidecar.instances import NewInstance, ParentLink
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus, NewInstance, ParentLink
 from okra_sidecar.policy import rules
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
@@ -91,6 +92,8 @@ class ChildStarter:
         state = start_state(
             definition, instance_id=child_id, workflow_input=data, now_ms=created_us // 1000
         )
+        if await self._parent_finished(entry.instance_id):
+            return child_id  # cancelled meanwhile: nobody awaits this child
         try:
             await self._store.create_instance(
                 NewInstance(
@@ -108,5 +111,22 @@ class ChildStarter:
                 max_active=0,
             )
         except FailedPreconditionError:
-            pass  # the parent finished (cancelled) meanwhile: nobody awaits this child
+            return child_id
+        # The parent lives in another slot, so the create cannot check it. A Cancel of the
+        # parent cascades to the children it finds after marking the parent: a child created
+        # too late for that is found here, since this look comes after the create.
+        if await self._parent_finished(entry.instance_id):
+            try:
+                await cancel_instance(
+                    self._store,
+                    child_id,
+                    reason=f"parent {entry.instance_id} cancelled",
+                    now_ms=created_us // 1000,
+                )
+            except (NotFoundError, FailedPreconditionError):
+                pass  # finished or cancelled by the cascade already
         return child_id
+
+    async def _parent_finished(self, parent_id: str) -> bool:
+        (status,) = await self._effects.instance_fields(parent_id, "status")
+        return status is None or InstanceStatus(status) in FINISHED_STATUSES

@@ -346,9 +346,15 @@ class RedisEffectStore:
 
     async def subscribers(self, event_types: Sequence[str]) -> dict[str, str]:
         """Instance id -> its subscription record, for every instance listening to the types."""
+        keys = self.keys
         with map_redis_errors():
-            members = await self.redis.sunion([self.keys.subscribers(t) for t in event_types])
-            ids = sorted(_text(m) for m in members)
+            # Every partition's sets, one command each (they live in different slots).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition in range(keys.partitions):
+                    for event_type in event_types:
+                        pipe.smembers(keys.subscribers(partition, event_type))
+                found_sets: list[set[bytes]] = await pipe.execute()
+            ids = sorted({_text(m) for members in found_sets for m in members})
             if not ids:
                 return {}
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -368,6 +374,7 @@ class RedisEffectStore:
             with map_redis_errors():
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for event_type, instance_id in stale:
-                        pipe.srem(self.keys.subscribers(event_type), instance_id)
+                        partition = keys.partition(instance_id)
+                        pipe.srem(keys.subscribers(partition, event_type), instance_id)
                     await pipe.execute()
         return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.errors import FailedPreconditionError, ResourceExhaustedError
+from okra_sidecar.errors import ResourceExhaustedError
 from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
 from okra_sidecar.store.base import CancelLinks
 from okra_sidecar.store.connections import StoreConnections
@@ -72,13 +72,11 @@ class InstanceStore(StoreConnections):
             fields += ["dlsrc", new.deadline_source]
         workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
-        child = "0"
         if new.parent is not None:
             parent = new.parent
             fields += ["parent", parent.instance_id, "peffect", parent.effect_id]
             fields += ["anc", dumps(list(parent.ancestors))]
-            index_keys += [keys.instance(parent.instance_id), keys.children(parent.instance_id)]
-            child = "1"
+            index_keys.append(keys.index_parent(partition, parent.instance_id))
         with map_redis_errors():
             created, waited = await self._durable_write(
                 self._create,
@@ -91,14 +89,10 @@ class InstanceStore(StoreConnections):
                 ],
                 args=[
                     *(new.instance_id, member, max_active, event),
-                    *(keys.active_workflow(workflow_key), max_per_workflow, child),
+                    *(keys.active_workflow(workflow_key), max_per_workflow),
                     *fields,
                 ],
             )
-            if int(created) == -3:
-                raise FailedPreconditionError(
-                    f"the parent of child run {new.instance_id} has already finished"
-                )
             if int(created) == -1:
                 source = f" ({limit_policy})" if limit_policy else ""
                 raise ResourceExhaustedError(
@@ -159,7 +153,9 @@ class InstanceStore(StoreConnections):
             *keys.status_indexes(partition),
             keys.index_finished(partition),
         ]
-        extra_keys = [keys.subscribers(t) for t in subscription_types(links.subscriptions)]
+        extra_keys = [
+            keys.subscribers(partition, t) for t in subscription_types(links.subscriptions)
+        ]
         slot = len(base) + 1
         extras: dict[str, Any] = {
             "subs": {
@@ -190,7 +186,11 @@ class InstanceStore(StoreConnections):
         return outcome[1]
 
     async def children(self, instance_id: str) -> list[str]:
-        """The child runs an instance started, in id order."""
+        """The child runs an instance started, in id order (from every partition's index)."""
+        keys = self.keys
         with map_redis_errors():
-            members = await self.redis.smembers(self.keys.children(instance_id))
-        return sorted(text(c) for c in members)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition in range(keys.partitions):
+                    pipe.zrange(keys.index_parent(partition, instance_id), 0, -1)
+                per_partition: list[list[bytes]] = await pipe.execute()
+        return sorted(text(m).split(":", 1)[1] for members in per_partition for m in members)

@@ -65,7 +65,6 @@ class RedisKeys:
             self.inbox(instance_id),
             self.signal_ids(instance_id),
             self.delivered(instance_id),
-            self.children(instance_id),
         ]
 
     def delivery_keys(self, instance_id: str) -> list[str]:
@@ -76,9 +75,6 @@ class RedisKeys:
             self.delivered(instance_id),
             self.work(self.partition(instance_id)),
         ]
-
-    def children(self, instance_id: str) -> str:
-        return f"{self.instance(instance_id)}:children"
 
     def effects(self, partition: int) -> str:
         return f"{self.tag(partition)}:effects"
@@ -105,9 +101,10 @@ class RedisKeys:
     def events(self) -> str:
         return f"{self.prefix}events"
 
-    def subscribers(self, event_type: str) -> str:
-        """Instances whose listen waits for events of this type ('' for filters without one)."""
-        return f"{self.prefix}subs:{event_type}"
+    def subscribers(self, partition: int, event_type: str) -> str:
+        """A partition's instances whose listen waits for events of this type ('' for filters
+        without one)."""
+        return f"{self.tag(partition)}:subs:{event_type}"
 
     def work(self, partition: int) -> str:
         return f"{self.tag(partition)}:work"
@@ -173,6 +170,10 @@ class RedisKeys:
         return tuple(
             tuple(self.index_status(p, s) for s in InstanceStatus) for p in range(self.partitions)
         )
+
+    def index_parent(self, partition: int, parent_id: str) -> str:
+        """A partition's child runs of one parent: what Cancel cascades to."""
+        return f"{self.tag(partition)}:idx:parent:{parent_id}"
 
     def index_finished(self, partition: int) -> str:
         """Finished instances scored by when they finished: what retention purges from."""

@@ -24,7 +24,7 @@ __all__ = ["MigrationReport", "migrate_store"]
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_SUFFIXES = ("", ":history", ":inbox", ":signal-ids", ":delivered", ":children")
+INSTANCE_SUFFIXES = ("", ":history", ":inbox", ":signal-ids", ":delivered")
 SCAN_BATCH = 500
 # Renames a key only if it exists and its new name does not: running twice changes nothing.
 RENAME_SCRIPT = """
@@ -67,7 +67,7 @@ async def migrate_store(redis: aioredis.Redis, *, prefix: str, partitions: int) 
             return MigrationReport(from_version=LAYOUT_VERSION)
         rename = redis.register_script(RENAME_SCRIPT)
         instances = await _move_instances(redis, keys, rename)
-        indexes = await _move_indexes(redis, keys)
+        indexes = await _move_indexes(redis, keys) + await _move_subscriptions(redis, keys)
         streams = 0
         for partition in range(partitions):
             for old, new in [
@@ -102,6 +102,27 @@ async def _move_instances(redis: aioredis.Redis, keys: RedisKeys, rename: AsyncS
             old = f"{keys.prefix}{{{instance_id}}}{suffix}"
             pairs += [old, f"{keys.instance(instance_id)}{suffix}"]
         await rename(keys=pairs)
+        # Layout 1 kept a parent's child runs in a set of its own; layout 2 indexes each
+        # child under its parent in the child's partition.
+        parent, ikey = await redis.hmget(keys.instance(instance_id), ["parent", "ikey"])
+        if parent and ikey:
+            partition = keys.partition(instance_id)
+            await redis.zadd(keys.index_parent(partition, text(parent)), {text(ikey): 0})
+        await redis.delete(f"{keys.prefix}{{{instance_id}}}:children")
+        moved += 1
+    return moved
+
+
+async def _move_subscriptions(redis: aioredis.Redis, keys: RedisKeys) -> int:
+    """Each old subscription set split into one per partition."""
+    moved = 0
+    async for raw_key in redis.scan_iter(match=f"{keys.prefix}subs:*", count=SCAN_BATCH):
+        old = text(raw_key)
+        event_type = old[len(keys.prefix) + len("subs:") :]
+        async for raw in redis.sscan_iter(old, count=SCAN_BATCH):
+            instance_id = text(raw)
+            await redis.sadd(keys.subscribers(keys.partition(instance_id), event_type), instance_id)
+        await redis.delete(old)
         moved += 1
     return moved
 

@@ -47,7 +47,9 @@ class RedisRetentionStore:
             ids = [_text(m).split(":", 1)[1] for m in members]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for instance_id in ids:
-                    pipe.hmget(keys.instance(instance_id), ["wf", "status", "corr", "tags"])
+                    pipe.hmget(
+                        keys.instance(instance_id), ["wf", "status", "corr", "tags", "parent"]
+                    )
                 rows = await pipe.execute()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member, instance_id, row in zip(members, ids, rows, strict=True):
@@ -63,7 +65,7 @@ class RedisRetentionStore:
 
     def _indexes(self, partition: int, row: list[bytes | None]) -> list[str]:
         """The index sets that hold an instance's member, from its wf, status, corr and tags."""
-        workflow_id, status, correlation_id, tags = row
+        workflow_id, status, correlation_id, tags, parent = row
         keys = self.keys
         if workflow_id is None or status is None:
             return []
@@ -74,6 +76,8 @@ class RedisRetentionStore:
         ]
         if correlation_id:
             indexes.append(keys.index_correlation(partition, _text(correlation_id)))
+        if parent:
+            indexes.append(keys.index_parent(partition, _text(parent)))
         tag_map: dict[str, str] = json.loads(tags) if tags else {}
         indexes.extend(keys.index_tag(partition, name, value) for name, value in tag_map.items())
         return indexes

@@ -120,6 +120,7 @@ class TurnStore(StoreConnections):
     def _commit_extras(self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]) -> str:
         """commit.lua's extras (JSON), appending the keys they need to `keys`."""
         iid = snapshot.instance_id
+        partition = self.keys.partition(iid)
 
         def slot(key: str) -> int:
             keys.append(key)
@@ -127,10 +128,10 @@ class TurnStore(StoreConnections):
 
         out: dict[str, Any] = {}
         if extras.events or (extras.parent_event is not None and snapshot.parent_id):
-            out["outboxSlot"] = slot(self.keys.outbox(self.keys.partition(iid)))
+            out["outboxSlot"] = slot(self.keys.outbox(partition))
         if extras.effects:
             out["effects"] = [dumps(effect) for effect in extras.effects]
-            out["effectSlot"] = slot(self.keys.effects(self.keys.partition(iid)))
+            out["effectSlot"] = slot(self.keys.effects(partition))
         if extras.events:
             out["events"] = [dumps(event) for event in extras.events]
         if extras.inbox:
@@ -144,8 +145,8 @@ class TurnStore(StoreConnections):
             if record != snapshot.subscriptions:
                 new = sorted(set(subs.types)) if record else []
                 out["subs"] = {
-                    "old": [slot(self.keys.subscribers(t)) for t in old if t not in new],
-                    "new": [slot(self.keys.subscribers(t)) for t in new if t not in old],
+                    "old": [slot(self.keys.subscribers(partition, t)) for t in old if t not in new],
+                    "new": [slot(self.keys.subscribers(partition, t)) for t in new if t not in old],
                     "record": record,
                 }
         if extras.parent_event is not None and snapshot.parent_id:

@@ -7,7 +7,14 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
+from tests.helpers import (
+    make_settings,
+    running_sidecar,
+    subscribed,
+    to_python,
+    value,
+    wait_for_status,
+)
 
 EVENTS_DIR = Path(__file__).parent / "events"
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
@@ -51,5 +58,5 @@ async def test_emit_and_the_emit_rpc_reach_the_correlated_listener(
         third = await stub.GetStatus(pb.GetStatusRequest(instance_id=listeners["o-3"]))
         assert third.status == pb.WORKFLOW_STATUS_WAITING
         # Finished listeners are unsubscribed; the waiting one still is.
-        members = await redis.smembers("okra:subs:com.example.order.paid")
+        members = await subscribed(redis, "com.example.order.paid")
         assert members == {listeners["o-3"].encode()}

@@ -29,6 +29,7 @@ from tests.helpers import (
     expect_rpc_error,
     make_settings,
     running_sidecar,
+    subscribed,
     to_python,
     value,
     wait_for_status,
@@ -175,7 +176,7 @@ async def test_emit_publishes_and_routes_to_matching_listeners(
     assert [e["data"] for e in await inbox_events(redis, other)] == [{"order": "o-2"}]
     # Cancelling drops the subscriptions.
     await stub.Cancel(pb.CancelRequest(instance_id=other))
-    assert await redis.smembers("okra:subs:com.example.paid") == {paid.encode()}
+    assert await subscribed(redis, "com.example.paid") == {paid.encode()}
 
 
 async def test_child_run_reports_to_its_parent_and_recursion_is_refused(

@@ -15,7 +15,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import migrate
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
 from okra_sidecar.store.replies import text
-from tests.helpers import make_settings, running_sidecar, value, wait_for_status
+from tests.helpers import make_settings, running_sidecar, subscribed, value, wait_for_status
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -27,7 +27,20 @@ async def write_layout_1(redis: Redis, keys: RedisKeys) -> None:
         async for raw in redis.scan_iter(match=f"{tag}:*"):
             key = text(raw)
             rest = key[len(tag) + 1 :]
-            if rest.startswith("idx:"):
+            if rest.startswith("idx:parent:"):
+                # Layout 1 kept a parent's child runs in a set of its own.
+                children: Any = await redis.zrange(key, 0, -1)
+                parent = rest[len("idx:parent:") :]
+                await redis.sadd(
+                    f"{keys.prefix}{{{parent}}}:children",
+                    *(text(m).split(":", 1)[1] for m in children),
+                )
+                await redis.delete(key)
+            elif rest.startswith("subs:"):
+                listeners: Any = await redis.smembers(key)
+                await redis.sadd(f"{keys.prefix}{rest}", *listeners)
+                await redis.delete(key)
+            elif rest.startswith("idx:"):
                 # Layout 1 had one index for all partitions: merge them.
                 members: Any = await redis.zrange(key, 0, -1, withscores=True)
                 await redis.zadd(f"{keys.prefix}{rest}", dict(members))
@@ -62,6 +75,8 @@ async def test_migrate_converts_a_layout_1_store_that_then_runs_on(
     assert (report.from_version, report.instances) == (1, 3)
     assert await redis.exists("okra:idx:all", "okra:work:0") == 0
     assert (await migrate(settings)).from_version == LAYOUT_VERSION  # nothing left to do
+    # The listens' subscriptions are in their partitions' sets again.
+    assert await subscribed(redis, "approve") == {i.encode() for i in ids}
 
     async with running_sidecar(settings) as (_, stub):
         page = await stub.Query(pb.QueryRequest())
