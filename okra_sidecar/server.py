@@ -17,13 +17,14 @@ from typing import Any, TextIO
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.chain import InterceptorChain
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
+from okra_sidecar.api.readiness import HealthReporter, WaitingServers, wait_for
 from okra_sidecar.api.registration import GenericOnlyServer
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
@@ -85,6 +86,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
 SCHEDULE_SERVICE_NAME = spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
+# Readiness is reported under each API service's name; liveness under "" (api/readiness.py).
+READINESS_SERVICES = (
+    SERVICE_NAME,
+    SCHEDULE_SERVICE_NAME,
+    ADMIN_SERVICE_NAME,
+    TASK_WORKER_SERVICE,
+)
 HEALTH_INTERVAL_S = 1.0
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
@@ -103,6 +111,7 @@ class Sidecar:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    reporter: HealthReporter
     runner: EngineRunner
     store: RedisStore
     redis: aioredis.Redis
@@ -126,7 +135,7 @@ class Sidecar:
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
         # telemetry, close Redis.
-        await self.health.enter_graceful_shutdown()
+        await self.reporter.shut_down()
         await cancel_and_wait([self.health_task])
         await self.server.stop(grace_s)
         if self.health_server is not None:
@@ -292,26 +301,20 @@ def build_health_server(
     return server, port
 
 
-async def _watch_redis(store: RedisStore, health_servicer: health_aio.HealthServicer) -> None:
-    """Report NOT_SERVING while Redis is unreachable, SERVING once it is back."""
-    serving: bool | None = None
+async def _watch_redis(store: RedisStore, reporter: HealthReporter) -> None:
+    """Readiness follows Redis: NOT_SERVING while it is unreachable, SERVING once it is back.
+
+    Liveness stays SERVING: restarting a sidecar would not bring Redis back.
+    """
     while True:
         try:
             await store.ping()
             ok = True
         except StoreUnavailableError:
             ok = False
-        if ok != serving:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ok
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, status)
-            if serving is not None:
-                logger.warning("Redis is %s", "reachable again" if ok else "unreachable")
-            serving = ok
+        if ok != reporter.ready:
+            await reporter.set_ready(ok)
+            logger.warning("Redis is %s", "reachable again" if ok else "unreachable: not ready")
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
@@ -413,6 +416,9 @@ async def start_sidecar(
 ) -> Sidecar:
     """Start Redis (embedded if no URL), register definitions, start the engine and server.
 
+    A Redis that does not answer is waited for, up to `redisWait`, while `WaitingServers`
+    answer probes on the gRPC and admin ports (alive, not ready).
+
     `telemetry` replaces the one built from settings.telemetry (tests pass in-memory
     exporters); the caller then shuts it down. `clock` (epoch ms) replaces the wall clock
     for the engine, the scheduler and retention, so tests can move time.
@@ -449,11 +455,40 @@ async def start_sidecar(
     store: RedisStore | None = None
     health_server: grpc.aio.Server | None = None
     health_port = 0
+    waiting: WaitingServers | None = None
+    health_servicer = health_aio.HealthServicer()
+    reporter = HealthReporter(health_servicer, READINESS_SERVICES)
+    credentials = server_credentials(tls, mutual=settings.tls.mutual) if tls is not None else None
+    listen = settings.server.listen
     try:
+        # Alive, not ready until everything below has started.
+        await reporter.set_live(True)
+        await reporter.set_ready(False)
+        if settings.server.health_listen is not None:
+            health_server, health_port = build_health_server(
+                health_servicer, settings.server.health_listen
+            )
+            await health_server.start()
         try:
             store = await open_store(settings, url, client)
-        except StoreUnavailableError as exc:
-            raise unreachable_redis(url, exc) from exc
+        except StoreUnavailableError:
+            # Exiting would only be restarted into the same wait: hold the ports for probes.
+            waiting = await WaitingServers.start(
+                health_servicer=health_servicer,
+                listen=listen,
+                credentials=credentials,
+                admin_listen=admin_listen,
+                probes=reporter,
+            )
+            listen, admin_listen = waiting.listen, waiting.admin_listen
+            try:
+                store = await wait_for(
+                    lambda: open_store(settings, url, client),
+                    what="Redis",
+                    wait_s=settings.redis.wait_s,
+                )
+            except StoreUnavailableError as exc:
+                raise unreachable_redis(url, exc, waited_s=settings.redis.wait_s) from exc
         registry = WorkflowRegistry(store=store)
         definitions = []
         if settings.workflows_dir is not None:
@@ -503,7 +538,6 @@ async def start_sidecar(
                 authorize=policies.firings,
             ).offer,
         )
-        health_servicer = health_aio.HealthServicer()
         servicer = WorkflowHostServicer(
             store=store,
             registry=registry,
@@ -516,6 +550,10 @@ async def start_sidecar(
             lease_ms=settings.effects.task_lease_ms,
             read_block_ms=settings.engine.read_block_ms,
         )
+        if waiting is not None:
+            # The real servers take the ports over (the same ones, even where 0 was asked).
+            await waiting.stop()
+            waiting = None
         server, port = build_server(
             servicer=servicer,
             health_servicer=health_servicer,
@@ -527,25 +565,21 @@ async def start_sidecar(
                 owner=lambda: current_identity().claims,
                 authorize=policies.firings,
             ),
-            listen=settings.server.listen,
+            listen=listen,
             telemetry=telemetry,
             policies=policies,
             task_worker=task_worker,
-            credentials=(
-                server_credentials(tls, mutual=settings.tls.mutual) if tls is not None else None
-            ),
+            credentials=credentials,
         )
-        if settings.server.health_listen is not None:
-            health_server, health_port = build_health_server(
-                health_servicer, settings.server.health_listen
-            )
         if admin_listen is not None:
             # The console calls the gRPC port as its user; it does not dial the port's TLS yet.
             console = None
             if tls is None:
                 target = loopback_target(settings.server.listen, port)
                 console = ConsoleGateway(target=target, registry=registry)
-            admin = AdminServer(listen=admin_listen, registry=telemetry.registry, console=console)
+            admin = AdminServer(
+                listen=admin_listen, registry=telemetry.registry, console=console, probes=reporter
+            )
             await admin.start()
         if settings.engine.processes > 0:
             engines = EngineProcesses(
@@ -559,9 +593,10 @@ async def start_sidecar(
         await retention.start()
         await effects.start()
         await server.start()
-        if health_server is not None:
-            await health_server.start()
+        await reporter.set_ready(True)
     except BaseException:
+        if waiting is not None:
+            await waiting.stop()
         if health_server is not None:
             await health_server.stop(None)
         if engines is not None:
@@ -581,7 +616,7 @@ async def start_sidecar(
         if owns_telemetry:
             telemetry.shutdown()
         raise
-    watcher = asyncio.create_task(_watch_redis(store, health_servicer))
+    watcher = asyncio.create_task(_watch_redis(store, reporter))
     gauge_task = None
     if telemetry.meter_provider is not None:
         gauge_task = asyncio.create_task(
@@ -593,6 +628,7 @@ async def start_sidecar(
         server=server,
         port=port,
         health=health_servicer,
+        reporter=reporter,
         runner=runner,
         store=store,
         redis=client,

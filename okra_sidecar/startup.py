@@ -13,6 +13,7 @@ from okra_sidecar.errors import StartupError
 LISTEN_SETTING = "--listen (OKRA_LISTEN)"
 ADMIN_LISTEN_SETTING = "--admin-listen (OKRA_ADMIN_LISTEN)"
 REDIS_URL_SETTING = "--redis-url (OKRA_REDIS_URL)"
+REDIS_WAIT_SETTING = "--redis-wait (OKRA_REDIS_WAIT)"
 
 
 def redacted_url(url: str) -> str:
@@ -69,11 +70,17 @@ def describe_bind_failure(listen: str, exc: OSError, setting: str) -> str:
     return f"cannot listen on {listen}: {exc.strerror}; check {setting}"
 
 
-def unreachable_redis(url: str, cause: BaseException) -> StartupError:
-    """The error for a Redis that does not answer when the sidecar starts."""
+def unreachable_redis(
+    url: str, cause: BaseException, *, waited_s: float | None = None
+) -> StartupError:
+    """The error for a Redis that does not answer when the sidecar starts.
+
+    `waited_s`: how long the start waited for it (--redis-wait), when it did.
+    """
     reason = str(cause.__cause__ or cause).rstrip(".")
+    waited = f" (waited {waited_s:g}s: {REDIS_WAIT_SETTING})" if waited_s is not None else ""
     return StartupError(
-        f"cannot reach Redis at {redacted_url(url)} ({reason}); start it, or point "
+        f"cannot reach Redis at {redacted_url(url)} ({reason}){waited}; start it, or point "
         f"{REDIS_URL_SETTING} at a Redis that runs (leave it unset for the embedded one)"
     )
 

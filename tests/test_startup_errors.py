@@ -84,10 +84,17 @@ def test_an_unknown_flag_is_bad_usage() -> None:
 
 def test_a_redis_that_does_not_answer_names_the_redis_url_flag() -> None:
     port = closed_port()
-    code, line = serve("--listen=127.0.0.1:0", f"--redis-url=redis://:secret@127.0.0.1:{port}/0")
+    # Without --redis-wait the start waits on (logging so) until Redis answers.
+    code, line = serve(
+        "--listen=127.0.0.1:0",
+        f"--redis-url=redis://:secret@127.0.0.1:{port}/0",
+        "--redis-wait=1s",
+        "--log-level=ERROR",
+    )
     assert code == 1
     assert line.startswith(f"error: cannot reach Redis at redis://:***@127.0.0.1:{port}/0 (")
     assert "--redis-url (OKRA_REDIS_URL)" in line
+    assert "(waited 1s: --redis-wait (OKRA_REDIS_WAIT))" in line
     assert "retry" not in line and "secret" not in line
 
 

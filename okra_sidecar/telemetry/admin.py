@@ -1,4 +1,6 @@
-"""The admin port: Prometheus' `GET /metrics` and the web console, off unless configured.
+"""The admin port: Prometheus' `GET /metrics`, the probes and the web console, off unless
+configured. `/healthz` (liveness) and `/readyz` (readiness) answer 200 or 503 with what the gRPC
+health service reports, for load balancers that cannot speak gRPC health.
 
 An aiohttp application in the sidecar's own event loop: it starts and stops with the sidecar,
 binds port 0 in tests, and serves the console's server-sent events beside the scrapes.
@@ -7,6 +9,7 @@ binds port 0 in tests, and serves the console's server-sent events beside the sc
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -24,6 +27,16 @@ MAX_REQUEST_BYTES = 1 << 20
 SHUTDOWN_TIMEOUT_S = 1.0
 
 
+class Probes(Protocol):
+    """Liveness and readiness as the health service reports them (api/readiness.py)."""
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
 class AdminServer:
     """Serves `/metrics` (when there is a registry) and `/console` on HOST:PORT.
 
@@ -36,12 +49,14 @@ class AdminServer:
         listen: str,
         registry: CollectorRegistry | None = None,
         console: ConsoleGateway | None = None,
+        probes: Probes | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
         self._registry = registry
         self._console = console
+        self._probes = probes
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -54,11 +69,26 @@ class AdminServer:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         if self._registry is not None:
             app.router.add_get("/metrics", self._metrics)
+        if self._probes is not None:
+            app.router.add_get("/healthz", self._healthz)
+            app.router.add_get("/readyz", self._readyz)
         if self._console is not None:
             console_routes(app, self._console)
         else:
             app.router.add_get("/console{tail:.*}", self._no_console)
         return app
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        assert self._probes is not None  # the route exists only with probes
+        if self._probes.live:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="not live\n")
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        assert self._probes is not None
+        if self._probes.ready:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="not ready: starting, or Redis is unreachable\n")
 
     async def _no_console(self, request: web.Request) -> web.StreamResponse:
         return web.Response(

@@ -1,4 +1,4 @@
-"""Redis going away: UNAVAILABLE with RetryInfo, health NOT_SERVING, then recovery."""
+"""Redis going away: UNAVAILABLE with RetryInfo, readiness NOT_SERVING, then recovery."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.server import SERVICE_NAME
 from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import (
     expect_rpc_error,
@@ -35,16 +36,19 @@ async def test_unavailable_while_redis_is_down_and_recovery(tmp_path: Path) -> N
             assert rich_status(error).details, "RetryInfo tells the caller when to retry"
             async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
+                ready = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
                 for _ in range(50):
-                    reply = await health.Check(health_pb2.HealthCheckRequest())
+                    reply = await health.Check(ready)
                     if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
                         break
                     await asyncio.sleep(0.1)
                 assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                live = await health.Check(health_pb2.HealthCheckRequest())
+                assert live.status == health_pb2.HealthCheckResponse.SERVING
 
                 await server.start()
                 for _ in range(50):
-                    reply = await health.Check(health_pb2.HealthCheckRequest())
+                    reply = await health.Check(ready)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         break
                     await asyncio.sleep(0.1)
