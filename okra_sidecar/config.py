@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -189,6 +189,13 @@ class AuthSettings:
     hs256_secret: str | None = None
     public_key_file: Path | None = None  # PEM; RS256 or ES256 by the key's type
     jwks_file: Path | None = None
+    # Keys from a URL, or from an OIDC issuer's discovery document (policy/jwks.py); the
+    # issuer is also the `iss` tokens must carry unless `issuer` says otherwise.
+    jwks_url: str | None = None
+    oidc_issuer: str | None = None
+    jwks_ca_file: Path | None = None  # CAs for those URLs; None: the system's
+    jwks_refresh_s: float = 600.0  # keys older than this are fetched again
+    jwks_min_interval_s: float = 30.0  # the least time between two fetches
     leeway_s: int = 30
 
 
@@ -395,6 +402,18 @@ def _http_hosts(value: object, name: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _key_url(value: object, name: str) -> str:
+    """An https:// URL of token keys; http:// only on loopback, where nothing can intercept."""
+    text = str(value).strip()
+    parts = urlsplit(text)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme == "https" and parts.hostname or parts.scheme == "http" and loopback:
+        return text
+    raise ConfigError(
+        f"{name}: expected an https:// URL (http:// only on localhost), got {value!r}"
+    )
+
+
 def _listen(value: object, name: str) -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -455,6 +474,11 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "authHs256Secret": ("auth", "hs256_secret", _str),
     "authPublicKeyFile": ("auth", "public_key_file", _path),
     "authJwksFile": ("auth", "jwks_file", _path),
+    "authJwksUrl": ("auth", "jwks_url", _key_url),
+    "authOidcIssuer": ("auth", "oidc_issuer", _key_url),
+    "authJwksCaFile": ("auth", "jwks_ca_file", _path),
+    "authJwksRefresh": ("auth", "jwks_refresh_s", _seconds),
+    "authJwksMinInterval": ("auth", "jwks_min_interval_s", _seconds),
     "authLeewaySeconds": ("auth", "leeway_s", _int(0)),
     "policyEnv": ("policy", "env_allow", _names),
     "policyAdminClaim": ("policy", "admin_claim", _str),
@@ -516,6 +540,9 @@ ENV_VARIABLES = {
     "OKRA_AUTH_HS256_SECRET": "authHs256Secret",
     "OKRA_AUTH_PUBLIC_KEY_FILE": "authPublicKeyFile",
     "OKRA_AUTH_JWKS_FILE": "authJwksFile",
+    "OKRA_AUTH_JWKS_URL": "authJwksUrl",
+    "OKRA_AUTH_OIDC_ISSUER": "authOidcIssuer",
+    "OKRA_AUTH_JWKS_CA_FILE": "authJwksCaFile",
     "OKRA_POLICY_ENV": "policyEnv",
     "OKRA_POLICY_ADMIN_CLAIM": "policyAdminClaim",
     "OKRA_AUDIT_MAX_LENGTH": "auditMaxLength",

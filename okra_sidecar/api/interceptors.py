@@ -123,9 +123,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         verifier = self._verifier
         peers = self._peers
 
-        def identify(context: Context) -> contextvars.Token[Any]:
+        async def identify(context: Context) -> contextvars.Token[Any]:
             peer = peer_identity(context) if peers else ""
-            identity = verifier.identify(authorization_of(context), peer)
+            # Keys from a URL may need fetching first; keys from files and secrets never do.
+            if verifier.source is None:
+                identity = verifier.identify(authorization_of(context), peer)
+            else:
+                identity = await verifier.identify_async(authorization_of(context), peer)
             if identity.authenticated:
                 tracing.set_caller(identity.describe(), issuer=identity.issuer)
             return set_identity(identity)
@@ -134,7 +138,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
 
             async def authenticated(request: Any, context: Context) -> Any:
-                token = identify(context)
+                token = await identify(context)
                 try:
                     return await behavior(request, context)
                 finally:
@@ -146,7 +150,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def authenticated_stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 try:
-                    token = identify(context)
+                    token = await identify(context)
                 except OkraError as exc:
                     await abort_with(context, exc)
                 try:

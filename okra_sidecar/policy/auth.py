@@ -1,10 +1,11 @@
 """Bearer tokens: verify a JWT from the `authorization` metadata and return the caller.
 
 HS256 tokens are checked with the configured shared secret; RS256 and ES256 tokens with the
-configured PEM public key or, by the token's `kid`, a key from a JWKS file. Keys are read once,
-when the sidecar starts. Every token must carry `exp`; `iss` and `aud` are checked when the
-settings name them. A token's `alg` must match the key it selects, so an RSA public key can
-never be used as an HMAC secret.
+configured PEM public key or, by the token's `kid`, a key from a JWKS file (read once, when the
+sidecar starts) or from a JWKS URL or an OIDC issuer's discovery document (policy/jwks.py:
+fetched when first needed, again on an unknown `kid` or when stale, at a bounded rate). Every
+token must carry `exp`; `iss` and `aud` are checked when the settings name them. A token's
+`alg` must match the key it selects, so an RSA public key can never be used as an HMAC secret.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from okra_sidecar.config import AuthSettings
 from okra_sidecar.errors import UnauthenticatedError
+from okra_sidecar.policy.jwks import JwksSource
 from okra_sidecar.policy.model import ANONYMOUS, Identity
 
 ASYMMETRIC = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
@@ -28,6 +30,14 @@ VERIFIED_CACHE_SIZE = 4096
 
 class AuthConfigError(ValueError):
     """Key material that cannot be used; raised at startup, naming the setting."""
+
+
+class UnknownKeyError(UnauthenticatedError):
+    """A token names a key id the keys fetched from a URL do not hold (yet)."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__(f"the bearer token's key id {kid!r} is not known")
+        self.kid = kid
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,37 @@ class TokenVerifier:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._keys = _load_keys(settings)
+        self._issuer = settings.issuer or settings.oidc_issuer
+        self.source: JwksSource | None = None
+        if settings.jwks_url is not None or settings.oidc_issuer is not None:
+            self.source = JwksSource(
+                jwks_url=settings.jwks_url,
+                issuer=settings.oidc_issuer,
+                ca_file=settings.jwks_ca_file,
+                refresh_s=settings.jwks_refresh_s,
+                min_interval_s=settings.jwks_min_interval_s,
+            )
         self.required = settings.mode == "required"
         self._verified: dict[str, tuple[Identity, float]] = {}
 
     @property
     def configured(self) -> bool:
         keys = self._keys
-        return bool(keys.secret or keys.public or keys.by_kid)
+        return bool(keys.secret or keys.public or keys.by_kid or self.source)
+
+    async def identify_async(self, authorization: str | None, peer: str = "") -> Identity:
+        """`identify`, fetching the keys from their URL first when the token needs it."""
+        source = self.source
+        if source is None:
+            return self.identify(authorization, peer)
+        source.refresh_soon()
+        try:
+            return self.identify(authorization, peer)
+        except UnknownKeyError:
+            # The issuer may have rotated its keys; the source bounds how often this fetches.
+            if not await source.refresh():
+                raise
+            return self.identify(authorization, peer)
 
     def identify(self, authorization: str | None, peer: str = "") -> Identity:
         """The caller for this metadata value (None when the call carried none).
@@ -126,7 +160,7 @@ class TokenVerifier:
         alg = header.get("alg")
         key = self._key_for(alg, header.get("kid"))
         required = ["exp"]
-        if settings.issuer:
+        if self._issuer:
             required.append("iss")
         if settings.audience:
             required.append("aud")
@@ -136,7 +170,7 @@ class TokenVerifier:
                 key,
                 algorithms=[str(alg)],
                 audience=settings.audience,
-                issuer=settings.issuer,
+                issuer=self._issuer,
                 leeway=settings.leeway_s,
                 options={"require": required, "verify_aud": settings.audience is not None},
             )
@@ -149,7 +183,7 @@ class TokenVerifier:
             ) from None
         except jwt.InvalidIssuerError:
             raise UnauthenticatedError(
-                f"the bearer token was not issued by {settings.issuer!r}"
+                f"the bearer token was not issued by {self._issuer!r}"
             ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise UnauthenticatedError(f"the bearer token lacks the {exc.claim!r} claim") from None
@@ -165,15 +199,18 @@ class TokenVerifier:
             return keys.secret
         if alg in ASYMMETRIC:
             kind = ASYMMETRIC[str(alg)]
-            if isinstance(kid, str) and kid in keys.by_kid:
-                key = keys.by_kid[kid]
-            elif len(keys.by_kid) == 1 and not isinstance(kid, str):
-                key = next(iter(keys.by_kid.values()))
+            by_kid = self._by_kid()
+            if isinstance(kid, str) and kid in by_kid:
+                key = by_kid[kid]
+            elif len(by_kid) == 1 and not isinstance(kid, str):
+                key = next(iter(by_kid.values()))
             else:
                 key = keys.public.get(str(alg))
             if isinstance(key, kind):
                 return key
-            if isinstance(kid, str) and keys.by_kid and kid not in keys.by_kid:
+            if isinstance(kid, str) and kid not in by_kid and self.source is not None:
+                raise UnknownKeyError(kid)
+            if isinstance(kid, str) and by_kid and kid not in by_kid:
                 raise UnauthenticatedError(f"the bearer token's key id {kid!r} is not known")
         accepted = self.algorithms()
         raise UnauthenticatedError(
@@ -181,14 +218,20 @@ class TokenVerifier:
             f"{', '.join(accepted) if accepted else 'no tokens (no keys are configured)'}"
         )
 
+    def _by_kid(self) -> dict[str, Any]:
+        """Keys by id: the JWKS file's, then the ones fetched from a URL."""
+        if self.source is None or not self.source.keys:
+            return self._keys.by_kid
+        return {**self._keys.by_kid, **self.source.keys}
+
     def algorithms(self) -> list[str]:
         keys = self._keys
         accepted = ["HS256"] if keys.secret else []
         for alg, kind in ASYMMETRIC.items():
-            candidates = [*keys.public.values(), *keys.by_kid.values()]
+            candidates = [*keys.public.values(), *self._by_kid().values()]
             if any(isinstance(k, kind) for k in candidates):
                 accepted.append(alg)
         return accepted
 
 
-__all__ = ["AuthConfigError", "TokenVerifier"]
+__all__ = ["AuthConfigError", "TokenVerifier", "UnknownKeyError"]
