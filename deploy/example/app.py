@@ -3,6 +3,10 @@
 It talks to the sidecar over loopback (`OKRA_ADDRESS`, default 127.0.0.1:50051), as a service
 in the same pod (or sharing the sidecar's network in docker-compose) does. It runs one round and
 exits, or with `--every SECONDS` a round every so often, as a long-running service does.
+
+With `OKRA_TOKEN_SECRET` set (a sidecar with `authMode: required` and the same
+`authHs256Secret`), each round sends a short-lived HS256 bearer token for the audience
+`OKRA_TOKEN_AUDIENCE` (default `okra-sidecar`), subject `orders`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,27 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+
+import jwt
 
 from okra_sidecar.client import OkraClient, OkraRpcError
 
 WORKFLOW_ID = "examples.approval.1.0.0"
+TOKEN_LIFETIME_S = 300
+
+
+def bearer_metadata() -> list[tuple[str, str]]:
+    """The authorization metadata for one round, or none without OKRA_TOKEN_SECRET."""
+    secret = os.environ.get("OKRA_TOKEN_SECRET")
+    if not secret:
+        return []
+    claims = {
+        "sub": "orders",
+        "aud": os.environ.get("OKRA_TOKEN_AUDIENCE", "okra-sidecar"),
+        "exp": int(time.time()) + TOKEN_LIFETIME_S,
+    }
+    return [("authorization", f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}")]
 
 
 async def one_round(client: OkraClient, round_number: int) -> None:
@@ -38,19 +59,20 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--address", default=os.environ.get("OKRA_ADDRESS", "127.0.0.1:50051"))
     parser.add_argument("--every", type=float, default=0, help="seconds between rounds")
     args = parser.parse_args(argv)
-    async with OkraClient(args.address) as client:
-        round_number = 0
-        while True:
-            round_number += 1
-            try:
+    round_number = 0
+    while True:
+        round_number += 1
+        try:
+            # A client per round: each round gets a fresh token.
+            async with OkraClient(args.address, metadata=bearer_metadata()) as client:
                 await one_round(client, round_number)
-            except (OkraRpcError, TimeoutError) as exc:
-                print(f"round {round_number} failed: {exc}", file=sys.stderr, flush=True)
-                if not args.every:
-                    return 1
+        except (OkraRpcError, TimeoutError) as exc:
+            print(f"round {round_number} failed: {exc}", file=sys.stderr, flush=True)
             if not args.every:
-                return 0
-            await asyncio.sleep(args.every)
+                return 1
+        if not args.every:
+            return 0
+        await asyncio.sleep(args.every)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ KUBERNETES_DIR = DEPLOY_DIR / "kubernetes"
 # Variables the sidecar reads (config.py), plus OKRA_CONFIG and OKRA_LOG_LEVEL (cli.py).
 SIDECAR_VARIABLES = frozenset(ENV_VARIABLES) | {"OKRA_CONFIG", "OKRA_LOG_LEVEL"}
 # What deploy/example/app.py reads.
-EXAMPLE_VARIABLES = frozenset({"OKRA_ADDRESS"})
+EXAMPLE_VARIABLES = frozenset({"OKRA_ADDRESS", "OKRA_TOKEN_SECRET", "OKRA_TOKEN_AUDIENCE"})
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,22 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return documents
 
 
-def env_list(container: dict[str, Any]) -> dict[str, str]:
-    """A Kubernetes container's env as a dict (every entry here has a plain value)."""
+def env_list(
+    container: dict[str, Any], secrets: dict[str, dict[str, str]] | None = None
+) -> dict[str, str]:
+    """A Kubernetes container's env as a dict: plain values, and Secret keys from `secrets`.
+
+    `secrets` maps a Secret's name to its `stringData`; an entry whose Secret or key is not
+    there fails the test.
+    """
     values = {}
     for entry in container.get("env", []):
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            known = (secrets or {}).get(ref["name"], {})
+            assert ref["key"] in known, f"{container['name']}: {entry['name']}: no {ref}"
+            values[entry["name"]] = known[ref["key"]]
+            continue
         assert "value" in entry, f"{container['name']}: {entry['name']} has no plain value"
         values[entry["name"]] = str(entry["value"])
     return values

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.exposure import exposure_warning
 from okra_sidecar.server import SERVICE_NAME, start_sidecar
 from tests.deploy.support import (
     DOCKERFILE,
@@ -63,6 +65,23 @@ def sidecar_container() -> dict[str, Any]:
     return containers()[SIDECAR]
 
 
+def secrets() -> dict[str, dict[str, str]]:
+    """Every Secret's stringData, by name."""
+    return {
+        name: dict(document["stringData"])
+        for (kind, name), document in manifests().items()
+        if kind == "Secret"
+    }
+
+
+def sidecar_env() -> dict[str, str]:
+    return env_list(sidecar_container(), secrets())
+
+
+def named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
 def configmap_data(name: str) -> dict[str, str]:
     return dict(manifests()[("ConfigMap", name)]["data"])
 
@@ -88,27 +107,70 @@ def test_images_are_the_one_image_the_dockerfile_builds() -> None:
     assert compose["services"]["sidecar"]["image"] == f"okra-sidecar:{image['newTag']}"
 
 
-def test_sidecar_is_a_native_sidecar_listening_on_its_port() -> None:
+def test_sidecar_is_a_native_sidecar_serving_the_api_on_loopback_only() -> None:
     (init,) = pod_spec()["initContainers"]
     assert init["name"] == SIDECAR and init["restartPolicy"] == "Always"
-    env = env_list(init)
+    env = env_list(init, secrets())
     assert set(env) <= SIDECAR_VARIABLES, set(env) - SIDECAR_VARIABLES
-    (port,) = init["ports"]
-    assert port_of(env["OKRA_LISTEN"]) == port["containerPort"]
-    assert env["OKRA_LISTEN"].startswith("0.0.0.0:"), "kubelet probes dial the pod IP"
+    assert env["OKRA_LISTEN"].startswith("127.0.0.1:"), "only the pod's containers call the API"
+    ports = named_ports(init)
+    assert port_of(env["OKRA_HEALTH_LISTEN"]) == ports["health"]
+    assert env["OKRA_HEALTH_LISTEN"].startswith("0.0.0.0:"), "kubelet probes dial the pod IP"
+    assert port_of(env["OKRA_ADMIN_LISTEN"]) == ports["metrics"]
     _, stages = parse_dockerfile(DOCKERFILE)
     (expose,) = stages[-1].all("EXPOSE")
-    assert expose.values == (str(port["containerPort"]),)
+    assert expose.values == (str(port_of(stages[-1].env()["OKRA_LISTEN"])),)
 
 
-def test_probes_use_grpc_health_on_the_served_port_and_names() -> None:
+def test_probes_ask_liveness_and_readiness_on_the_health_port() -> None:
     container = sidecar_container()
-    port = container["ports"][0]["containerPort"]
+    port = named_ports(container)["health"]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[kind]["grpc"]
         assert probe["port"] == port, kind
-        assert probe.get("service", "") in {"", SERVICE_NAME}, kind
+    # Liveness is the whole server, which a Redis outage leaves SERVING; readiness the API.
+    assert container["livenessProbe"]["grpc"].get("service", "") == ""
+    assert container["startupProbe"]["grpc"].get("service", "") == ""
     assert container["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+
+
+def test_auth_is_required_and_the_app_signs_with_the_same_secret() -> None:
+    sidecar, app = sidecar_env(), env_list(containers()["app"], secrets())
+    assert sidecar["OKRA_AUTH_MODE"] == "required"
+    assert sidecar["OKRA_AUTH_HS256_SECRET"] == app["OKRA_TOKEN_SECRET"]
+    assert len(sidecar["OKRA_AUTH_HS256_SECRET"]) >= 32
+    assert sidecar["OKRA_AUTH_AUDIENCE"] == app["OKRA_TOKEN_AUDIENCE"]
+    assert exposure_warning(Settings.load(flags={}, environ=sidecar)) is None
+
+
+def test_network_policy_admits_only_the_scraper_to_the_pods() -> None:
+    policy = manifests()[("NetworkPolicy", "orders")]["spec"]
+    labels = manifests()[("Deployment", "orders")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert ports == {named_ports(sidecar_container())["metrics"]}
+
+
+def test_metrics_are_scraped_and_traces_exported() -> None:
+    annotations = manifests()[("Deployment", "orders")]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == named_ports(sidecar_container())["metrics"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    env = sidecar_env()
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http")
+    assert env["OTEL_SERVICE_NAME"]
+
+
+def test_redis_has_a_disruption_budget() -> None:
+    found = manifests()
+    budget = found[("PodDisruptionBudget", "okra-redis")]["spec"]
+    labels = found[("StatefulSet", "okra-redis")]["spec"]["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["minAvailable"] == 1
 
 
 def test_every_container_has_resources_and_a_locked_down_context() -> None:
@@ -131,7 +193,7 @@ def test_every_container_has_resources_and_a_locked_down_context() -> None:
 
 def test_mounted_configmaps_are_where_the_sidecar_reads() -> None:
     container = sidecar_container()
-    env, mounted = env_list(container), mounted_configmaps(container)
+    env, mounted = sidecar_env(), mounted_configmaps(container)
     assert mounted[env["OKRA_WORKFLOWS"]] == "okra-workflows"
     policies = Path(env["OKRA_POLICIES"])
     assert mounted[str(policies.parent)] == "okra-policies"
@@ -143,7 +205,7 @@ def test_mounted_configmaps_are_where_the_sidecar_reads() -> None:
 
 def test_redis_url_names_the_statefulset_and_its_port() -> None:
     found = manifests()
-    url = env_list(sidecar_container())["OKRA_REDIS_URL"]
+    url = sidecar_env()["OKRA_REDIS_URL"]
     host, port = url.removeprefix("redis://").split("/")[0].split(":")
     statefulset = found[("StatefulSet", "okra-redis")]
     service = found[("Service", statefulset["spec"]["serviceName"])]
@@ -152,7 +214,7 @@ def test_redis_url_names_the_statefulset_and_its_port() -> None:
     assert int(port) == service["spec"]["ports"][0]["port"]
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
-    if env_list(sidecar_container()).get("OKRA_DURABILITY") == "aof":
+    if sidecar_env().get("OKRA_DURABILITY") == "aof":
         assert redis["args"][redis["args"].index("--appendfsync") + 1] == "always"
     data_dir = redis["args"][redis["args"].index("--dir") + 1]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
@@ -165,11 +227,9 @@ def test_redis_url_names_the_statefulset_and_its_port() -> None:
 
 def test_example_app_calls_the_sidecar_on_loopback() -> None:
     app = containers()["app"]
-    env = env_list(app)
+    env = env_list(app, secrets())
     assert set(env) <= EXAMPLE_VARIABLES
-    assert (
-        env["OKRA_ADDRESS"] == f"127.0.0.1:{port_of(env_list(sidecar_container())['OKRA_LISTEN'])}"
-    )
+    assert env["OKRA_ADDRESS"] == f"127.0.0.1:{port_of(sidecar_env()['OKRA_LISTEN'])}"
     script = app["command"][1]
     assert (REPO_ROOT / "deploy" / "example" / Path(script).name).is_file()
 
@@ -190,7 +250,7 @@ async def test_sidecar_started_from_the_container_env_serves_its_probes(
     """The container's env, with mounts laid out as kubelet does, starts a sidecar whose
     probed health services report SERVING, and the example app completes a round on it."""
     container = sidecar_container()
-    env = env_list(container)
+    env = sidecar_env()
     mounts = mounted_configmaps(container)
     translated = dict(env)
     for mount_path, name in mounts.items():
@@ -203,20 +263,29 @@ async def test_sidecar_started_from_the_container_env_serves_its_probes(
     assert translated["OKRA_POLICIES"] != env["OKRA_POLICIES"]
     translated["OKRA_REDIS_URL"] = redis_url
     translated["OKRA_LISTEN"] = "127.0.0.1:0"
+    translated["OKRA_HEALTH_LISTEN"] = "127.0.0.1:0"
+    translated["OKRA_ADMIN_LISTEN"] = "127.0.0.1:0"
+    translated["OTEL_TRACES_EXPORTER"] = "none"  # no collector here
     settings = Settings.load(flags={}, environ=translated)
     sidecar = await start_sidecar(settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.health_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 service = container[kind]["grpc"].get("service", "")
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, kind
+        assert sidecar.admin is not None
+        admin = f"http://127.0.0.1:{sidecar.admin.port}"
+        async with httpx.AsyncClient(base_url=admin) as scraper:
+            for path in ("/metrics", "/healthz", "/readyz"):
+                assert (await scraper.get(path)).status_code == 200, path
         app = containers()["app"]
+        app_env = env_list(app, secrets())
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             str(REPO_ROOT / "deploy" / "example" / Path(app["command"][1]).name),
-            env={**os.environ, "OKRA_ADDRESS": f"127.0.0.1:{sidecar.port}"},
+            env={**os.environ, **app_env, "OKRA_ADDRESS": f"127.0.0.1:{sidecar.port}"},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
