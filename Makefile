@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := all
-sources = $(wildcard okra_sidecar tests bench protos deploy)
+sources = $(wildcard okra_sidecar tests bench chaos protos deploy)
 
 VENV = .venv
 BIN = $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP = $(VENV)/.install-stamp
 # Every package of the development and CI install, pinned with hashes (`make lock` refreshes it).
 LOCK = requirements/dev.txt
 
-.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench chaos clean
 
 all: lint test
 
@@ -92,6 +92,10 @@ run: install
 	$(BIN)/okra-sidecar serve --workflows examples/workflows --admin-listen 127.0.0.1:9464
 
 # `make bench ARGS=--quick`: ARGS go to `python -m bench` (`make bench ARGS=--help` lists them).
+# The fault suite: `make chaos ARGS="--duration 600 --rate 20"` for the long profile.
+chaos: install
+	$(BIN)/python -m chaos $(ARGS)
+
 bench: install
 	$(BIN)/python -m bench $(ARGS)
 

@@ -1,0 +1,1 @@
+"""The fault suite: a mixed workload through several sidecars while processes are killed."""

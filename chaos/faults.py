@@ -1,0 +1,62 @@
+"""The faults: sidecars and engine children killed, Redis killed or frozen, at random moments."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from chaos.processes import RedisServer, SidecarProcess
+
+__all__ = ["FAULTS", "FaultInjector"]
+
+FAULTS = ("sidecar-kill", "engine-kill", "redis-kill", "redis-stop")
+# How long a killed process stays down, and a frozen Redis frozen.
+DOWN_S = 1.0
+FROZEN_S = 3.0
+
+
+@dataclass
+class FaultInjector:
+    redis: RedisServer
+    sidecars: Sequence[SidecarProcess]
+    kinds: Sequence[str]
+    interval_s: float
+    seed: int
+    done: list[tuple[float, str]] = field(default_factory=list)  # (wall time, what)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    async def inject(self, kind: str) -> str:
+        if kind == "sidecar-kill":
+            sidecar = self._random.choice(self.sidecars)
+            await sidecar.kill()
+            await asyncio.sleep(DOWN_S)
+            await sidecar.start(self.redis.url)
+            return f"SIGKILL {sidecar.name}, started again"
+        if kind == "engine-kill":
+            sidecar = self._random.choice(self.sidecars)
+            killed = sidecar.kill_engine_child()
+            return f"SIGKILL an engine child of {sidecar.name}" if killed else "no engine child"
+        if kind == "redis-kill":
+            await self.redis.kill()
+            await asyncio.sleep(DOWN_S)
+            await self.redis.start()
+            return "SIGKILL redis-server, started again on its AOF"
+        self.redis.pause()
+        await asyncio.sleep(FROZEN_S)
+        self.redis.resume()
+        return f"SIGSTOP redis-server for {FROZEN_S:g}s"
+
+    async def run(self, duration_s: float) -> None:
+        """One fault every `interval_s` (jittered) until `duration_s` has passed."""
+        end = time.monotonic() + duration_s
+        while True:
+            await asyncio.sleep(self.interval_s * self._random.uniform(0.5, 1.5))
+            if time.monotonic() >= end:
+                return
+            at = time.time()
+            self.done.append((at, await self.inject(self._random.choice(self.kinds))))
