@@ -190,6 +190,10 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     lease_until = _now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
+        except OkraError as exc:
+            # Redis gone mid-stream: UNAVAILABLE with its RetryInfo, not UNKNOWN.
+            code = status_code_for(exc)
+            await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
         finally:
             pollers.remove(poller)
             if not pollers:
