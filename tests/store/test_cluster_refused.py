@@ -1,0 +1,68 @@
+"""A Redis Cluster node as the store: refused in one line, before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from okra_sidecar.store.embedded import find_redis_server
+from okra_sidecar.store.layout import ClusterNotSupportedError
+from tests.helpers import make_settings, running_sidecar
+
+
+def _free_port() -> int:
+    # The cluster bus takes the port 10000 above, so stay below 55536.
+    for _ in range(50):
+        with closing(socket.socket()) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < 55536:
+            return port
+    raise AssertionError("no free port below 55536")
+
+
+@pytest_asyncio.fixture
+async def cluster_node(tmp_path: Path) -> AsyncIterator[str]:
+    """A redis-server in cluster mode (one node, no slots assigned), on loopback."""
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        find_redis_server(),
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)),
+        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+        *("--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    try:
+        client = Redis.from_url(url)
+        for _ in range(100):
+            try:
+                await client.ping()
+                break
+            except Exception:  # not accepting connections yet
+                await asyncio.sleep(0.05)
+        await client.aclose()
+        yield url
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_a_cluster_node_is_refused_in_one_line(cluster_node: str) -> None:
+    with pytest.raises(ClusterNotSupportedError, match="Redis Cluster") as refused:
+        async with running_sidecar(make_settings(cluster_node)):
+            pass
+    assert "\n" not in str(refused.value)
+    client = Redis.from_url(cluster_node)
+    try:
+        assert await client.dbsize() == 0
+    finally:
+        await client.aclose()
