@@ -63,6 +63,30 @@ async def test_readme_walkthrough(redis: Redis, redis_url: str) -> None:
         await run_steps(steps, address=f"127.0.0.1:{sidecar.port}", env=env, strict=True)
 
 
+# "seed" as where the API came from; a random seed (`--seed`) is another word.
+ORIGIN_RE = re.compile(r"\bthe seed\b|\bseed(?:'s| interface| keys?| snippets?)\b", re.IGNORECASE)
+
+
+def test_user_facing_docs_speak_of_the_specification() -> None:
+    """The docs name the Host API specification, not how the project came about."""
+    documents = [
+        README,
+        *sorted((REPO_ROOT / "docs").glob("*.md")),
+        *sorted((REPO_ROOT / "deploy").rglob("*.md")),
+        *sorted((REPO_ROOT / "deploy").rglob("*.yaml")),
+        *sorted((REPO_ROOT / "protos").rglob("*.proto")),
+        *sorted((REPO_ROOT / "protos").glob("*.md")),
+        *sorted((REPO_ROOT / "clients").glob("*/README.md")),
+    ]
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in documents
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if ORIGIN_RE.search(line)
+    ]
+    assert not found, "say 'the Host API specification' instead of 'seed' in " + ", ".join(found)
+
+
 # -- the Python quickstart -----------------------------------------------------------------------
 
 
