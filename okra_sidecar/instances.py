@@ -83,6 +83,9 @@ class NewInstance:
     # What set deadline_ms when it was not the policy: `maxInstanceDuration` (the config).
     deadline_source: str = ""
     parent: ParentLink | None = None
+    # The verified claims of whoever started it (a Run's caller, a schedule's creator, a
+    # parent's owner): its child runs go through the run policies as that caller.
+    owner: dict[str, Any] = field(default_factory=dict)
 
     @property
     def created_ms(self) -> int:

@@ -537,6 +537,7 @@ async def start_sidecar(
                 clock=now_ms,
                 authorize=policies.firings,
             ).offer,
+            authorize=policies.firings,
         )
         servicer = WorkflowHostServicer(
             store=store,

@@ -26,7 +26,7 @@ from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import QueryFilter
 from okra_sidecar.policy import rules
-from okra_sidecar.policy.model import current_grant
+from okra_sidecar.policy.model import current_grant, current_identity
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
@@ -122,6 +122,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 tags=tags,
                 # Turns on any sidecar continue the trace of this Run.
                 trace_context=tracing.dump_carrier(tracing.current_carrier()),
+                owner=current_identity().claims,
                 **timeout_fields(
                     limits,
                     created_ms=created_us // 1000,

@@ -148,7 +148,10 @@ class EventTriggers:
             if self._authorize is not None:
                 # Triggers belong to the sidecar's own service: no caller's claims.
                 limits = await self._authorize(
-                    owner={}, workflow_id=definition.id, workflow_input=events
+                    owner={},
+                    workflow_id=definition.id,
+                    workflow_input=events,
+                    started_by="event",
                 )
             new = build_instance(
                 registered.definition,

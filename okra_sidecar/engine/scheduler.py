@@ -69,7 +69,12 @@ class FiringAuthorizer(Protocol):
     """
 
     async def __call__(
-        self, *, owner: Mapping[str, Any], workflow_id: str, workflow_input: Any
+        self,
+        *,
+        owner: Mapping[str, Any],
+        workflow_id: str,
+        workflow_input: Any,
+        started_by: str = "schedule",
     ) -> RunLimits: ...
 
 
@@ -261,6 +266,7 @@ class Scheduler:
                 workflow_input=spec.input,
                 created_us=now * 1000,
                 tags=tags,
+                owner=dict(record.owner),
                 **timeout_fields(
                     limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
                 ),

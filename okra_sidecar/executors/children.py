@@ -3,7 +3,8 @@
 The child's id derives from parent and effect, so an effect executed twice starts one child.
 Its outcome reaches the parent through the child's own final commit (or its cancellation), in
 the same atomic step; nothing is delivered here except a refusal. A child is refused when its
-workflow is already running among its ancestors: the recursion check, at every depth.
+workflow is already running among its ancestors (the recursion check, at every depth), when the
+run policies refuse it as a Run by the parent's owner, and when an instance limit is reached.
 """
 
 from __future__ import annotations
@@ -13,19 +14,30 @@ import time
 import uuid
 from typing import Any
 
+from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.interpreter import start_state
 from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from okra_sidecar.engine.scheduler import FiringAuthorizer
+from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+    ResourceExhaustedError,
+)
 from okra_sidecar.executors.problems import EffectFailedError, problem
-from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus, NewInstance, ParentLink
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus, ParentLink
 from okra_sidecar.policy import rules
+from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.telemetry import tracing
 
 __all__ = ["CHILD_NAMESPACE", "ChildStarter", "child_instance_id"]
 
+DENIED = "Child run denied"
+LIMITED = "Child run over a limit"
 CHILD_NAMESPACE = uuid.UUID("6f6b7261-6368-696c-642d-72756e732d31")
 
 
@@ -45,11 +57,36 @@ def _workflow_id(spec: Any) -> str:
 
 class ChildStarter:
     def __init__(
-        self, *, store: Store, effects: RedisEffectStore, registry: WorkflowRegistry
+        self,
+        *,
+        store: Store,
+        effects: RedisEffectStore,
+        registry: WorkflowRegistry,
+        host: HostSettings | None = None,
+        authorize: FiringAuthorizer | None = None,
     ) -> None:
         self._store = store
         self._effects = effects
         self._registry = registry
+        self._host = host or HostSettings()
+        self._authorize = authorize
+
+    async def _limits(self, owner: dict[str, Any], workflow_id: str, data: Any) -> RunLimits:
+        """The run policies' verdict on the child, as a Run by the parent's owner."""
+        if self._authorize is None:
+            return RunLimits()
+        try:
+            return await self._authorize(
+                owner=owner, workflow_id=workflow_id, workflow_input=data, started_by="parent"
+            )
+        except PolicyDeniedError as exc:
+            raise EffectFailedError(
+                problem("authorization", 403, f"child run {workflow_id}: {exc}", title=DENIED)
+            ) from None
+        except ResourceExhaustedError as exc:
+            raise EffectFailedError(
+                problem("runtime", 429, f"child run {workflow_id}: {exc}", title=LIMITED)
+            ) from None
 
     async def start(self, entry: EffectEntry, request: dict[str, Any]) -> str:
         """Create the child (once); returns its id.
@@ -64,8 +101,8 @@ class ChildStarter:
         except NotFoundError as exc:
             raise EffectFailedError(problem("configuration", 404, str(exc))) from None
         definition = registered.definition
-        parent_wf, ancestors_json = await self._effects.instance_fields(
-            entry.instance_id, "wf", "anc"
+        parent_wf, ancestors_json, owner_json = await self._effects.instance_fields(
+            entry.instance_id, "wf", "anc", "owner"
         )
         ancestors = [*json.loads(ancestors_json or "[]"), parent_wf or ""]
         if definition.id in ancestors:
@@ -87,31 +124,37 @@ class ChildStarter:
             raise EffectFailedError(
                 problem("validation", 400, f"input of child run {definition.id}: {exc}")
             ) from None
+        owner = json.loads(owner_json or "{}")
+        limits = await self._limits(owner, definition.id, data)
         child_id = child_instance_id(entry.instance_id, effect_id)
         created_us = time.time_ns() // 1000
-        state = start_state(
-            definition, instance_id=child_id, workflow_input=data, now_ms=created_us // 1000
+        new = build_instance(
+            definition,
+            instance_id=child_id,
+            workflow_input=data,
+            created_us=created_us,
+            parent=ParentLink(entry.instance_id, effect_id, tuple(ancestors)),
+            # The child's turns continue the trace under this effect's span.
+            trace_context=tracing.dump_carrier(tracing.current_carrier()),
+            owner=owner,
+            **timeout_fields(
+                limits,
+                created_ms=created_us // 1000,
+                config_max_s=self._host.max_instance_duration_s,
+            ),
         )
         if await self._parent_finished(entry.instance_id):
             return child_id  # cancelled meanwhile: nobody awaits this child
         try:
             await self._store.create_instance(
-                NewInstance(
-                    instance_id=child_id,
-                    workflow_id=definition.id,
-                    input=data,
-                    correlation_id="",
-                    tags={},
-                    state=state,
-                    created_us=created_us,
-                    parent=ParentLink(entry.instance_id, effect_id, tuple(ancestors)),
-                    # The child's turns continue the trace under this effect's span.
-                    trace_context=tracing.dump_carrier(tracing.current_carrier()),
-                ),
-                max_active=0,
+                new, **admission(self._host.max_concurrent_instances, limits)
             )
         except FailedPreconditionError:
             return child_id
+        except ResourceExhaustedError as exc:
+            raise EffectFailedError(
+                problem("runtime", 429, f"child run {definition.id}: {exc}", title=LIMITED)
+            ) from None
         # The parent lives in another slot, so the create cannot check it. A Cancel of the
         # parent cascades to the children it finds after marking the parent: a child created
         # too late for that is found here, since this look comes after the create.

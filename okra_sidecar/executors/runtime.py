@@ -13,6 +13,7 @@ from opentelemetry.trace import Tracer
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.scheduler import FiringAuthorizer
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.dispatcher import EffectDispatcher
 from okra_sidecar.executors.grpc_call import GrpcCaller
@@ -51,6 +52,7 @@ class EffectRuntime:
         consumer: str,
         tracer: Tracer | None = None,
         triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
+        authorize: FiringAuthorizer | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         hosts = HostMap(settings.effects.http_hosts)
@@ -59,7 +61,14 @@ class EffectRuntime:
         base_dir = settings.workflows_dir or Path.cwd()
         grpc = GrpcCaller(hosts=hosts, base_dir=base_dir, default_timeout_s=timeout_s)
         openapi = OpenApiCaller(http=http, hosts=hosts)
-        children = ChildStarter(store=store, effects=effects, registry=registry)
+        # Child runs pass the run policies as their parent's owner, and the instance limits.
+        children = ChildStarter(
+            store=store,
+            effects=effects,
+            registry=registry,
+            host=settings.host,
+            authorize=authorize,
+        )
         engine = settings.engine
         dispatcher = EffectDispatcher(
             effects=effects,

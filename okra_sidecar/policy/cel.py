@@ -98,7 +98,8 @@ class CelProgram:
             raise CelEvaluationError(f"{type(exc).__name__}: {exc}") from None
         if isinstance(result, CELEvalError):
             raise CelEvaluationError(describe_error(result))
-        if not isinstance(result, celtypes.BoolType):
+        # The compiled runner gives a Python bool for some results, e.g. `a || (has(b) && c)`.
+        if not isinstance(result, celtypes.BoolType | bool):
             raise CelEvaluationError(
                 f"the condition gave {type(result).__name__} {result!r}, not true or false"
             )

@@ -70,6 +70,8 @@ class InstanceStore(StoreConnections):
             fields += ["tmoact", new.timeout_action]
         if new.deadline_source:
             fields += ["dlsrc", new.deadline_source]
+        if new.owner:
+            fields += ["owner", dumps(new.owner)]
         workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         if new.parent is not None:

@@ -108,3 +108,17 @@ def test_outcomes_are_remembered_by_the_values_read(cel: CelEngine) -> None:
     with pytest.raises(CelEvaluationError, match="'level'"):
         decide({"sub": "c"})  # the remembered error
     assert len(built) == 4
+
+
+def test_has_gives_a_bool(cel: CelEngine) -> None:
+    program = cel.compile(
+        "workflow.namespace != 'legacy' || "
+        "(has(request.auth.claims.role) && request.auth.claims.role == 'exporter')",
+        roots=frozenset({"request", "workflow"}),
+        env_names=frozenset(),
+    )
+    activation = {
+        "workflow": to_cel({"namespace": "legacy"}),
+        "request": to_cel({"auth": {"claims": {"role": "exporter"}}}),
+    }
+    assert program.evaluate(activation) is True

@@ -307,3 +307,38 @@ async def test_owner_only_lists_a_callers_own_schedules(
 )
 def test_every_new_key_has_a_denial_case(key: str) -> None:
     assert key in {k for _, _, k in DENIALS}
+
+
+PARENT_ONLY_EXPORTERS = (
+    "workflow.namespace != 'legacy' || "
+    "(has(request.auth.claims.role) && request.auth.claims.role == 'exporter')"
+)
+
+
+async def test_a_child_run_passes_the_run_policies_as_its_parents_owner(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = {keys.RUN_CONDITION: PARENT_ONLY_EXPORTERS}
+    async with doors_sidecar(redis_url, tmp_path, policies) as (policed, _, _, _):
+        stub = policed.stub
+        denied = await run(stub, "app.parent.1.0.0", metadata=GUEST)
+        failed = await wait_for_status(stub, denied, {pb.WORKFLOW_STATUS_FAILED})
+        assert failed.error.type.endswith("/authorization") and failed.error.status == 403
+        assert keys.RUN_CONDITION in failed.error.detail
+        assert not await redis.keys("okra:index:workflow:legacy.export*")  # no child made
+
+        exporter = bearer(sub="exporter", role="exporter")
+        allowed = await run(stub, "app.parent.1.0.0", metadata=exporter)
+        done = await wait_for_status(stub, allowed, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert to_python(done.output) == {"exported": True}
+
+
+async def test_a_child_run_counts_against_the_instance_limits(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = {keys.MAX_CONCURRENT_INSTANCES: 1}
+    async with doors_sidecar(redis_url, tmp_path, policies) as (policed, _, _, _):
+        parent = await run(policed.stub, "app.parent.1.0.0")
+        failed = await wait_for_status(policed.stub, parent, {pb.WORKFLOW_STATUS_FAILED})
+        assert failed.error.status == 429
+        assert keys.MAX_CONCURRENT_INSTANCES in failed.error.detail
