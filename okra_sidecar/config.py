@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -223,6 +224,12 @@ class EffectSettings:
     call_timeout_s: float = 30.0
     http_hosts: tuple[tuple[str, str], ...] = ()
     task_lease_ms: int = 30_000
+    # Where workflows' HTTP, OpenAPI and gRPC calls may go (executors/outbound.py): host globs
+    # and CIDRs. Link-local, cloud metadata and the sidecar's own Redis are always denied.
+    outbound_allow: tuple[str, ...] = ()
+    outbound_deny: tuple[str, ...] = ()
+    # Folders `file://` proto files may be read from, besides the workflows folder.
+    proto_paths: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -384,6 +391,37 @@ def _names(value: object, name: str) -> tuple[str, ...]:
     return names
 
 
+HOST_GLOB_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}$")
+
+
+def check_outbound_pattern(pattern: str) -> str | None:
+    """Why `pattern` is neither an address or CIDR nor a host glob, or None when it is one."""
+    try:
+        ipaddress.ip_network(pattern, strict=False)
+        return None
+    except ValueError:
+        pass
+    if HOST_GLOB_RE.match(pattern):
+        return None
+    return f"{pattern!r} is neither an address or CIDR (10.0.0.0/8) nor a host (*.example.com)"
+
+
+def _outbound_patterns(value: object, name: str) -> tuple[str, ...]:
+    """Host globs and CIDRs, from a YAML list or a comma-separated string."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    patterns = tuple(str(item).strip() for item in items if str(item).strip())
+    for pattern in patterns:
+        problem = check_outbound_pattern(pattern)
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
+    return patterns
+
+
+def _paths(value: object, name: str) -> tuple[Path, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(Path(str(item).strip()) for item in items if str(item).strip())
+
+
 def _http_hosts(value: object, name: str) -> tuple[tuple[str, str], ...]:
     """`host=target,...` or a YAML mapping; executors/hosts.py says what a target may be."""
     items = (
@@ -488,6 +526,9 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "callTimeout": ("effects", "call_timeout_s", _seconds),
     "httpHosts": ("effects", "http_hosts", _http_hosts),
     "taskLeaseMs": ("effects", "task_lease_ms", _int(100)),
+    "outboundAllow": ("effects", "outbound_allow", _outbound_patterns),
+    "outboundDeny": ("effects", "outbound_deny", _outbound_patterns),
+    "protoPaths": ("effects", "proto_paths", _paths),
     "workflows": (None, "workflows_dir", _path),
     "policies": (None, "policies_file", _path),
 }
@@ -554,6 +595,9 @@ ENV_VARIABLES = {
     "OKRA_CALL_TIMEOUT": "callTimeout",
     "OKRA_HTTP_HOSTS": "httpHosts",
     "OKRA_TASK_LEASE_MS": "taskLeaseMs",
+    "OKRA_OUTBOUND_ALLOW": "outboundAllow",
+    "OKRA_OUTBOUND_DENY": "outboundDeny",
+    "OKRA_PROTO_PATHS": "protoPaths",
 }
 FLAG_KEYS = {
     "listen": "listen",

@@ -20,6 +20,7 @@ import httpx
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from okra_sidecar.executors.hosts import HostMap
+from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.telemetry import inject_traceparent
 
@@ -92,18 +93,29 @@ def compile_proto(path: Path) -> descriptor_pool.DescriptorPool:
 
 
 class GrpcCaller:
-    def __init__(self, *, hosts: HostMap, base_dir: Path, default_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        hosts: HostMap,
+        base_dir: Path,
+        default_timeout_s: float = 30.0,
+        guard: OutboundGuard | None = None,
+    ) -> None:
         self._hosts = hosts
         self._base_dir = base_dir
         self._default_timeout_s = default_timeout_s
+        # Proto files only from the workflows folder unless the guard names other roots.
+        self._guard = guard or OutboundGuard(file_roots=[base_dir])
+        self._fetch = guarded_client(self._guard)
         self._pools: dict[str, descriptor_pool.DescriptorPool] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        await self._fetch.aclose()
 
     async def _pool(self, uri: str) -> descriptor_pool.DescriptorPool:
         async with self._lock:
@@ -116,14 +128,14 @@ class GrpcCaller:
     async def _load(self, uri: str) -> descriptor_pool.DescriptorPool:
         parts = urlsplit(uri)
         if parts.scheme in ("http", "https"):
-            async with httpx.AsyncClient(follow_redirects=True) as client:
-                try:
-                    response = await client.get(self._hosts.url(uri), timeout=30.0)
-                    response.raise_for_status()
-                except httpx.HTTPError as exc:
-                    raise EffectFailedError(
-                        problem("communication", 503, f"cannot fetch proto {uri}: {exc}")
-                    ) from None
+            try:
+                # No redirects: one could lead where the proto's own URL would be refused.
+                response = await self._fetch.get(self._hosts.url(uri), timeout=30.0)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise EffectFailedError(
+                    problem("communication", 503, f"cannot fetch proto {uri}: {exc}")
+                ) from None
             with tempfile.TemporaryDirectory(prefix="okra-proto-") as scratch:
                 path = Path(scratch) / (Path(parts.path).name or "service.proto")
                 path.write_text(response.text)
@@ -133,15 +145,23 @@ class GrpcCaller:
         path = Path(text)
         if not path.is_absolute():
             path = self._base_dir / path
+        path = self._guard.check_file(path)
         if not path.is_file():
             raise EffectFailedError(problem("configuration", 400, f"proto file {uri} not found"))
         return await asyncio.to_thread(compile_proto, path)
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
-        channel = self._channels.get(target)
+    async def _channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to an address the guard checked, keeping `target` as the authority."""
+        parts = urlsplit(f"//{target}")
+        host, port = parts.hostname or "", parts.port or 443
+        address = (await self._guard.resolve(host, port))[0]
+        pinned = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        channel = self._channels.get((pinned, target))
         if channel is None:
-            channel = grpc.aio.insecure_channel(target)
-            self._channels[target] = channel
+            channel = grpc.aio.insecure_channel(
+                pinned, options=[("grpc.default_authority", target)]
+            )
+            self._channels[(pinned, target)] = channel
         return channel
 
     async def call(self, request: dict[str, Any], *, timeout_ms: int | None = None) -> Any:
@@ -171,15 +191,22 @@ class GrpcCaller:
                 problem("validation", 400, f"arguments do not fit {method.input_type.name}: {exc}")
             ) from None
         target = self._hosts.target(str(service_spec.get("host") or ""), service_spec.get("port"))
-        invoke: Any = self._channel(target).unary_unary(
+        invoke: Any = (await self._channel(target)).unary_unary(
             f"/{service.full_name}/{method.name}",
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
         timeout = (timeout_ms / 1000) if timeout_ms else self._default_timeout_s
         try:
-            # The called service continues the trace.
-            metadata = tuple(inject_traceparent({}).items()) or None
+            # The called service continues the trace, and sees the DSL's `authentication`
+            # ({"scheme", "parameter"}, resolved by engine/calls.py) as `authorization`.
+            headers = inject_traceparent({})
+            authentication = request.get("authentication")
+            if isinstance(authentication, dict) and authentication.get("parameter"):
+                headers["authorization"] = (
+                    f"{authentication.get('scheme', 'Bearer')} {authentication['parameter']}"
+                )
+            metadata = tuple(headers.items()) or None
             reply = await invoke(message, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

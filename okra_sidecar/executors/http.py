@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from okra_sidecar.executors.hosts import HostMap
+from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.telemetry import inject_traceparent
 
@@ -51,10 +52,17 @@ def _text(value: Any) -> str:
 class HttpCaller:
     """One httpx client per sidecar: connection pooling across every instance's calls."""
 
-    def __init__(self, *, hosts: HostMap, default_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        hosts: HostMap,
+        default_timeout_s: float = 30.0,
+        guard: OutboundGuard | None = None,
+    ) -> None:
         self._hosts = hosts
         self._default_timeout_s = default_timeout_s
-        self._client = httpx.AsyncClient(follow_redirects=False)
+        # Every connection, a followed redirect's too, goes only where the guard allows.
+        self._client = guarded_client(guard or OutboundGuard())
 
     async def aclose(self) -> None:
         await self._client.aclose()

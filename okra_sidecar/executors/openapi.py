@@ -16,6 +16,7 @@ import yaml
 
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.http import HttpCaller
+from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
 
 __all__ = ["OpenApiCaller"]
@@ -66,12 +67,16 @@ def base_url(spec: dict[str, Any], document_uri: str) -> str:
 
 
 class OpenApiCaller:
-    def __init__(self, *, http: HttpCaller, hosts: HostMap) -> None:
+    def __init__(
+        self, *, http: HttpCaller, hosts: HostMap, guard: OutboundGuard | None = None
+    ) -> None:
         self._http = http
         self._hosts = hosts
         self._documents: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
-        self._client = httpx.AsyncClient(follow_redirects=True)
+        # Documents are fetched where the guard allows, and a redirect is not followed: it
+        # could lead where the document's own URL would be refused.
+        self._client = guarded_client(guard or OutboundGuard())
 
     async def aclose(self) -> None:
         await self._client.aclose()

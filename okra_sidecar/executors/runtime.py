@@ -20,6 +20,7 @@ from okra_sidecar.executors.grpc_call import GrpcCaller
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
+from okra_sidecar.executors.outbound import OutboundGuard, redis_endpoints
 from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.executors.router import EventRouter
 from okra_sidecar.store.base import Store
@@ -57,10 +58,16 @@ class EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         hosts = HostMap(settings.effects.http_hosts)
         timeout_s = settings.effects.call_timeout_s
-        http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s)
         base_dir = settings.workflows_dir or Path.cwd()
-        grpc = GrpcCaller(hosts=hosts, base_dir=base_dir, default_timeout_s=timeout_s)
-        openapi = OpenApiCaller(http=http, hosts=hosts)
+        guard = OutboundGuard(
+            allow=settings.effects.outbound_allow,
+            deny=settings.effects.outbound_deny,
+            private_endpoints=redis_endpoints(settings.redis.url),
+            file_roots=[base_dir, *settings.effects.proto_paths],
+        )
+        http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard)
+        grpc = GrpcCaller(hosts=hosts, base_dir=base_dir, default_timeout_s=timeout_s, guard=guard)
+        openapi = OpenApiCaller(http=http, hosts=hosts, guard=guard)
         # Child runs pass the run policies as their parent's owner, and the instance limits.
         children = ChildStarter(
             store=store,
