@@ -325,7 +325,10 @@ async def test_a_child_run_passes_the_run_policies_as_its_parents_owner(
         failed = await wait_for_status(stub, denied, {pb.WORKFLOW_STATUS_FAILED})
         assert failed.error.type.endswith("/authorization") and failed.error.status == 403
         assert keys.RUN_CONDITION in failed.error.detail
-        assert not await redis.keys("okra:index:workflow:legacy.export*")  # no child made
+        children = await stub.Query(
+            pb.QueryRequest(workflow_id="legacy.export.1.0.0"), metadata=ADMIN
+        )
+        assert not children.instances  # no child was made
 
         exporter = bearer(sub="exporter", role="exporter")
         allowed = await run(stub, "app.parent.1.0.0", metadata=exporter)
