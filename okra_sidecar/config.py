@@ -61,6 +61,9 @@ class HostSettings:
     retention_days: int = 30
     default_timeout_s: float | None = None
     max_input_bytes: int = 1024 * 1024
+    # Instances one instance may start a minute (children, triggered by its events, Runs from
+    # its gRPC calls); 0: no bound. See policy/causation.py.
+    max_caused_per_minute: int = 1000
 
 
 @dataclass(frozen=True)
@@ -526,6 +529,7 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "callTimeout": ("effects", "call_timeout_s", _seconds),
     "httpHosts": ("effects", "http_hosts", _http_hosts),
     "taskLeaseMs": ("effects", "task_lease_ms", _int(100)),
+    "maxCausedPerMinute": ("host", "max_caused_per_minute", _int(0)),
     "outboundAllow": ("effects", "outbound_allow", _outbound_patterns),
     "outboundDeny": ("effects", "outbound_deny", _outbound_patterns),
     "protoPaths": ("effects", "proto_paths", _paths),
@@ -595,6 +599,7 @@ ENV_VARIABLES = {
     "OKRA_CALL_TIMEOUT": "callTimeout",
     "OKRA_HTTP_HOSTS": "httpHosts",
     "OKRA_TASK_LEASE_MS": "taskLeaseMs",
+    "OKRA_MAX_CAUSED_PER_MINUTE": "maxCausedPerMinute",
     "OKRA_OUTBOUND_ALLOW": "outboundAllow",
     "OKRA_OUTBOUND_DENY": "outboundDeny",
     "OKRA_PROTO_PATHS": "protoPaths",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# A Run's id with a request_id: the same request computes the same id (see run_instance_id).
+REQUEST_ID_NAMESPACE = uuid.UUID("6f6b7261-7369-6465-6361-722d72756e21")
 INSTANCE_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -29,6 +32,13 @@ class InstanceStatus(StrEnum):
 FINISHED_STATUSES = frozenset(
     {InstanceStatus.COMPLETED, InstanceStatus.FAILED, InstanceStatus.CANCELLED}
 )
+
+
+def run_instance_id(workflow_id: str, request_id: str) -> str:
+    """A Run's instance id: a UUIDv5 of the workflow and the request id, else a random UUID."""
+    if request_id:
+        return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{workflow_id}\0{request_id}"))
+    return str(uuid.uuid4())
 
 
 @dataclass(frozen=True)
@@ -82,10 +92,15 @@ class NewInstance:
     timeout_action: str = ""
     # What set deadline_ms when it was not the policy: `maxInstanceDuration` (the config).
     deadline_source: str = ""
+    # What set step_timeout_ms when it was not the policy: `defaultTimeout` (the config).
+    step_timeout_source: str = ""
     parent: ParentLink | None = None
     # The verified claims of whoever started it (a Run's caller, a schedule's creator, a
     # parent's owner): its child runs go through the run policies as that caller.
     owner: dict[str, Any] = field(default_factory=dict)
+    # The workflows of the chain that caused a top-level instance (an event it was triggered
+    # by, a gRPC call that ran it); a child's come with its ParentLink.
+    ancestors: tuple[str, ...] = ()
 
     @property
     def created_ms(self) -> int:

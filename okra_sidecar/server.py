@@ -55,6 +55,7 @@ from okra_sidecar.heap import settle_heap
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
+from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.policy.cel import CelEngine
 from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
@@ -67,6 +68,7 @@ from okra_sidecar.startup import (
     unreachable_redis,
 )
 from okra_sidecar.store.commands import hot_commands
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
@@ -175,6 +177,8 @@ class PolicyLayer:
     alerts: FailureAlerts
     # Schedule firings and event triggers go through the run policies too.
     firings: PolicyFiringAuthorizer
+    # The shared rate limits (also how many instances one instance may cause).
+    rates: RedisPolicyStore
 
 
 def build_policy_layer(
@@ -226,6 +230,7 @@ def build_policy_layer(
         audit=audit,
         alerts=FailureAlerts(policies=manager, audit=audit),
         firings=PolicyFiringAuthorizer(evaluator=evaluator),
+        rates=policy_store,
     )
 
 
@@ -521,6 +526,14 @@ async def start_sidecar(
             settings=settings.schedule,
             clock=now_ms,
         )
+        # Which instance caused which: chains that loop back stop, fan-out is bounded.
+        causes = RedisEffectStore(redis=client, keys=store.keys)
+        causation = CausationGuard(
+            instances=causes,
+            limiter=policies.rates,
+            secret=causes.shared_secret,
+            per_minute=settings.host.max_caused_per_minute,
+        )
         effects = EffectRuntime.build(
             redis=client,
             keys=store.keys,
@@ -536,8 +549,10 @@ async def start_sidecar(
                 host=settings.host,
                 clock=now_ms,
                 authorize=policies.firings,
+                causation=causation,
             ).offer,
             authorize=policies.firings,
+            causation=causation,
         )
         servicer = WorkflowHostServicer(
             store=store,
@@ -545,6 +560,7 @@ async def start_sidecar(
             settings=settings.host,
             metrics=telemetry.metrics,
             effects=effects.effects,
+            causation=causation,
         )
         task_worker = TaskWorkerServicer(
             effects=effects.effects,

@@ -24,11 +24,16 @@ from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
 from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.api.tls import peer_identity
 from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.errors import InstanceChangedError, NotFoundError, OkraError
+from okra_sidecar.errors import (
+    InstanceChangedError,
+    NotFoundError,
+    OkraError,
+    ResourceExhaustedError,
+)
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.instances import InstanceStatus, run_instance_id
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.audit import Call
 from okra_sidecar.policy.auth import TokenVerifier
@@ -251,22 +256,36 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         data = None
         if policies.run_required_input_fields and request.HasField("input"):
             data = value_to_python(request.input)
+        workflow = await self._workflow_ref(request.workflow_id)
         call = Call(
             method="Run",
             identity=current_identity(),
             metadata=metadata_of(context),
-            workflow=await self._workflow_ref(request.workflow_id),
+            workflow=workflow,
+            instance_id=run_instance_id(workflow.full_id, request.request_id),
             tags=dict(request.tags),
             input_bytes=request.input.ByteSize(),
             input=data,
         )
-        grant = await self._evaluator.authorize(call, policies)
-        return await self._call_with(grant, behavior, request, context)
+        # Recorded once the outcome is known: an instance limit refuses it after the policies.
+        grant = await self._evaluator.authorize(call, policies, record=False)
+        try:
+            response = await self._call_with(grant, behavior, request, context)
+        except ResourceExhaustedError as exc:
+            await self._evaluator.record(
+                call, policies, allowed=False, policy=exc.policy, message=str(exc)
+            )
+            raise
+        except OkraError:
+            await self._evaluator.record(call, policies, allowed=True)  # refused elsewhere
+            raise
+        await self._evaluator.record(call, policies, allowed=True)
+        return response
 
     async def _act_on_instance(self, behavior: Behavior, request: Any, context: Context) -> Any:
         """Signal and Cancel: decide on the instance as it is, and apply only if it still is."""
         method = "Signal" if isinstance(request, pb.SignalRequest) else "Cancel"
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         if method == "Signal":
             rules.check_signal_name(request.signal)
         for attempt in range(1, MAX_DECISIONS + 1):

@@ -89,7 +89,7 @@ class ResourceChecks:
     async def _history(
         self, behavior: Behavior, request: pb.GetHistoryRequest, context: Context
     ) -> Any:
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         record = await self._store.get_instance(request.instance_id)
         if record is None:
             raise NotFoundError(f"instance {request.instance_id} does not exist")

@@ -24,8 +24,9 @@ from okra_sidecar.engine.starter import admission, build_instance, timeout_field
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
-from okra_sidecar.instances import QueryFilter
+from okra_sidecar.instances import QueryFilter, run_instance_id
 from okra_sidecar.policy import rules
+from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import current_grant, current_identity
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
@@ -33,7 +34,6 @@ from okra_sidecar.telemetry import SidecarMetrics, tracing
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Run ids derived from a request_id are stable, so a retried Run lands on the same instance.
-REQUEST_ID_NAMESPACE = uuid.UUID("6f6b7261-7369-6465-6361-722d72756e21")
 CALLER_WORKFLOW_METADATA = "okra-caller-workflow"
 MAX_TAGS = 64
 MAX_TEXT = 256
@@ -61,11 +61,28 @@ def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
         _check_text(value, f"{field}.{name}")
 
 
-def _caller_workflow(context: Context) -> str:
+def _metadata_value(context: Context, name: str) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == CALLER_WORKFLOW_METADATA:
+        if key == name:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _what_starts(triggers: tuple[str, ...]) -> str:
+    """How a workflow starts when Run may not start it, from its definition's `schedule`."""
+    starts = []
+    timed = [t for t in triggers if t in ("cron", "every", "after")]
+    if timed:
+        starts.append(f"its schedule ({', '.join(timed)})")
+    if "event" in triggers:
+        starts.append("the events its schedule.on waits for")
+    if starts:
+        return "starts only from " + " and ".join(starts)
+    return "has no schedule, so here it starts only as a child run of another workflow"
+
+
+def _caller_workflow(context: Context) -> str:
+    return _metadata_value(context, CALLER_WORKFLOW_METADATA)
 
 
 class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
@@ -79,12 +96,22 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         settings: HostSettings,
         metrics: SidecarMetrics | None = None,
         effects: RedisEffectStore | None = None,
+        causation: CausationGuard | None = None,
     ) -> None:
+        self._causation = causation
         self._store = store
         self._effects = effects
         self._registry = registry
         self._settings = settings
         self._metrics = metrics or SidecarMetrics()
+
+    async def _ancestors(self, context: Context, workflow_id: str) -> tuple[str, ...]:
+        """The chain behind a Run that a workflow's gRPC call made (signed `okra-cause`)."""
+        signed = _metadata_value(context, CAUSE_METADATA)
+        if not signed or self._causation is None:
+            return ()
+        cause = await self._causation.verify(signed)
+        return await self._causation.admit(cause, workflow_id)
 
     async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
         rules.check_workflow_id(request.workflow_id)
@@ -98,20 +125,19 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         if not self._settings.enable_manual_triggers:
             raise FailedPreconditionError(
                 "manual runs are disabled on this sidecar (enableManualTriggers: false); "
-                f"workflow {definition.id} starts only from its schedule"
+                f"workflow {definition.id} {_what_starts(definition.triggers)}"
             )
         rules.check_not_self(definition.key, _caller_workflow(context))
+        ancestors = await self._ancestors(context, definition.id)
         data = value_to_python(request.input) if request.HasField("input") else {}
         rules.check_input_schema(data, registered.input_validator)
-        if request.request_id:
-            key = f"{definition.id}\0{request.request_id}"
-            instance_id = str(uuid.uuid5(REQUEST_ID_NAMESPACE, key))
-        else:
-            instance_id = str(uuid.uuid4())
+        # The policy interceptor chose the id already, so that its audit record names it.
+        grant = current_grant()
+        instance_id = grant.instance_id or run_instance_id(definition.id, request.request_id)
         created_us = time.time_ns() // 1000
         tracing.annotate(instance_id=instance_id)
         # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
-        limits = current_grant().run_limits
+        limits = grant.run_limits
         await self._store.create_instance(
             build_instance(
                 definition,
@@ -123,10 +149,12 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 # Turns on any sidecar continue the trace of this Run.
                 trace_context=tracing.dump_carrier(tracing.current_carrier()),
                 owner=current_identity().claims,
+                ancestors=ancestors,
                 **timeout_fields(
                     limits,
                     created_ms=created_us // 1000,
                     config_max_s=self._settings.max_instance_duration_s,
+                    config_step_s=self._settings.default_timeout_s,
                 ),
             ),
             **admission(self._settings.max_concurrent_instances, limits),
@@ -134,7 +162,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         return pb.RunResponse(instance_id=instance_id)
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         rules.check_signal_name(request.signal)
         rules.check_input_size(
             request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
@@ -168,7 +196,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.WorkflowInstance:
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         record = await self._store.get_instance(request.instance_id)
         if record is None:
             raise NotFoundError(f"instance {request.instance_id} does not exist")
@@ -214,7 +242,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         )
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         _check_text(request.reason, "reason", MAX_REASON)
         workflow_id = await cancel_instance(
             self._store,
@@ -261,7 +289,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_input_size(
             request.data.ByteSize(), self._settings.max_input_bytes, field="data"
         )
+        # okracause says which instance emitted an event: only the engine sets it.
         reserved = {"specversion", "id", "source", "type", "subject", "time", "data"}
+        reserved.add(CAUSE_ATTRIBUTE)
         for name in request.extensions:
             if not re.fullmatch(r"[a-z0-9]{1,20}", name) or name in reserved:
                 raise InvalidInputError.for_field(
@@ -290,7 +320,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: Context
     ) -> pb.GetHistoryResponse:
-        rules.check_instance_id(request.instance_id)
+        request.instance_id = rules.check_instance_id(request.instance_id)
         limit = rules.check_query_limit(request.limit)
         page = await self._store.history(request.instance_id, after=request.cursor, limit=limit)
         return pb.GetHistoryResponse(

@@ -23,6 +23,8 @@ MAX_DURATION_POLICY = "policy.workflow.maxDurationMinutes"
 # The sidecar's own limit (WorkflowHostAPIConfig.maxInstanceDuration) uses the same deadline.
 MAX_INSTANCE_DURATION = "maxInstanceDuration"
 STEP_TIMEOUT_POLICY = "policy.workflow.defaultTimeoutMs"
+DEFAULT_TIMEOUT = "defaultTimeout"  # the sidecar's own step timeout, when no policy sets one
+STEP_TIMEOUTS = (STEP_TIMEOUT_POLICY, DEFAULT_TIMEOUT)
 TIMEOUT_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
 EXCEEDED_EVENT = "workflow.timeoutExceeded"
 
@@ -36,7 +38,7 @@ class Expiry:
     action: str
 
     def describe(self) -> str:
-        if self.policy != STEP_TIMEOUT_POLICY:
+        if self.policy not in STEP_TIMEOUTS:
             length = (
                 f"{self.limit_ms / 60_000:g} minutes"
                 if self.limit_ms % 60_000 == 0
@@ -75,14 +77,15 @@ def expired(snapshot: TurnSnapshot, definition: Any, now_ms: int) -> Expiry | No
         return Expiry(source, snapshot.deadline_ms - started, action)
     deadline = step_deadline(snapshot, definition)
     if deadline is not None and now_ms >= deadline:
-        return Expiry(STEP_TIMEOUT_POLICY, snapshot.step_timeout_ms or 0, action)
+        source = snapshot.step_timeout_source or STEP_TIMEOUT_POLICY
+        return Expiry(source, snapshot.step_timeout_ms or 0, action)
     return None
 
 
 def _next_wake(snapshot: TurnSnapshot, expiry: Expiry, definition: Any, now_ms: int) -> int | None:
     """After `continue`: the restarted step clock, and whichever limit is still pending."""
     wakes = []
-    if expiry.policy == STEP_TIMEOUT_POLICY:
+    if expiry.policy in STEP_TIMEOUTS:
         wakes.append(now_ms + (snapshot.step_timeout_ms or 0))
         if snapshot.deadline_ms is not None:
             wakes.append(snapshot.deadline_ms)
@@ -120,8 +123,8 @@ def timeout_commit(
             history=[event],
             now_ms=now_ms,
             # The deadline is spent; a step's clock restarts, so it warns again later.
-            step_started_ms=now_ms if expiry.policy == STEP_TIMEOUT_POLICY else None,
-            clear_deadline=expiry.policy != STEP_TIMEOUT_POLICY,
+            step_started_ms=now_ms if expiry.policy in STEP_TIMEOUTS else None,
+            clear_deadline=expiry.policy not in STEP_TIMEOUTS,
         )
     if expiry.action == "cancel":
         return TurnCommit(
@@ -141,7 +144,11 @@ def timeout_commit(
     error = {
         "type": TIMEOUT_ERROR_TYPE,
         "status": 408,
-        "title": "Timed out" if expiry.policy == MAX_INSTANCE_DURATION else "Timed out by policy",
+        "title": (
+            "Timed out"
+            if expiry.policy in (MAX_INSTANCE_DURATION, DEFAULT_TIMEOUT)
+            else "Timed out by policy"
+        ),
         "detail": expiry.describe(),
         "instance": snapshot.current_step or "/",
     }
@@ -191,6 +198,7 @@ def has_policy_timeouts(snapshot: TurnSnapshot) -> bool:
 __all__ = [
     "EXCEEDED_EVENT",
     "MAX_DURATION_POLICY",
+    "DEFAULT_TIMEOUT",
     "MAX_INSTANCE_DURATION",
     "STEP_TIMEOUT_POLICY",
     "TIMEOUT_ERROR_TYPE",

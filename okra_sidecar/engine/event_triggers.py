@@ -26,6 +26,7 @@ from okra_sidecar.engine.routing import subscription_matches
 from okra_sidecar.engine.scheduler import FiringAuthorizer
 from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import OkraError, StoreUnavailableError
+from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CausationGuard
 from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import ScheduleStore, Store
 
@@ -84,8 +85,10 @@ class EventTriggers:
         clock: Callable[[], int] = now_ms,
         refresh_s: float = REFRESH_S,
         authorize: FiringAuthorizer | None = None,
+        causation: CausationGuard | None = None,
     ) -> None:
         self._authorize = authorize
+        self._causation = causation
         self._store = store
         self._schedules = schedules
         self._registry = registry
@@ -144,6 +147,12 @@ class EventTriggers:
         tags = {TRIGGER_TAG: "event", EVENT_TAG: str(events[-1].get("id", ""))[:256]}
         try:
             registered = await self._registry.get(definition.id)
+            ancestors: tuple[str, ...] = ()
+            if self._causation is not None:
+                # An event an instance emitted names it: a chain back to a workflow already
+                # in it stops here, and one instance starts only so many.
+                for cause in dict.fromkeys(str(e.get(CAUSE_ATTRIBUTE) or "") for e in events):
+                    ancestors = await self._causation.admit(cause, definition.id) or ancestors
             limits = RunLimits()
             if self._authorize is not None:
                 # Triggers belong to the sidecar's own service: no caller's claims.
@@ -159,8 +168,12 @@ class EventTriggers:
                 workflow_input=events,
                 created_us=now * 1000,
                 tags=tags,
+                ancestors=ancestors,
                 **timeout_fields(
-                    limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
+                    limits,
+                    created_ms=now,
+                    config_max_s=self._host.max_instance_duration_s,
+                    config_step_s=self._host.default_timeout_s,
                 ),
             )
             return await self._store.create_instance(

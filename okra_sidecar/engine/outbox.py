@@ -10,6 +10,7 @@ from typing import Any
 from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
 from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
 from okra_sidecar.engine.routing import subscription_types
+from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE
 from okra_sidecar.store.base import Subscriptions, TurnExtras, TurnSnapshot
 from okra_sidecar.telemetry import tracing
 
@@ -62,7 +63,9 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         if effect.kind is EffectKind.EMIT:
             # Publishing is the whole of an emit, done by this commit; the task does not wait
             # for a result, so none is sent.
-            events.append({**trace_fields, **emitted_event(snapshot.instance_id, effect, now_ms)})
+            # The causing instance last, so the workflow's own attributes cannot name another.
+            event = emitted_event(snapshot.instance_id, effect, now_ms)
+            events.append({**trace_fields, **event, CAUSE_ATTRIBUTE: snapshot.instance_id})
         else:
             outgoing.append({**effect.to_json(), **trace_fields})
     return TurnExtras(

@@ -268,7 +268,10 @@ class Scheduler:
                 tags=tags,
                 owner=dict(record.owner),
                 **timeout_fields(
-                    limits, created_ms=now, config_max_s=self._host.max_instance_duration_s
+                    limits,
+                    created_ms=now,
+                    config_max_s=self._host.max_instance_duration_s,
+                    config_step_s=self._host.default_timeout_s,
                 ),
             )
             # False when another sidecar created this firing's instance first: it is the same.

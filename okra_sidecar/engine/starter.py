@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from okra_sidecar.engine.deadlines import MAX_INSTANCE_DURATION
+from okra_sidecar.engine.deadlines import DEFAULT_TIMEOUT, MAX_INSTANCE_DURATION
 from okra_sidecar.engine.dsl import WorkflowDefinition
 from okra_sidecar.engine.interpreter import start_state
 from okra_sidecar.instances import NewInstance
@@ -34,15 +34,27 @@ def admission(configured_max_active: int, limits: RunLimits) -> dict[str, Any]:
 
 
 def timeout_fields(
-    limits: RunLimits, *, created_ms: int, config_max_s: float | None
+    limits: RunLimits,
+    *,
+    created_ms: int,
+    config_max_s: float | None,
+    config_step_s: float | None = None,
 ) -> dict[str, Any]:
-    """NewInstance's timeouts: the instance deadline, the step timeout and what ends them."""
+    """NewInstance's timeouts: the instance deadline, the step timeout and what ends them.
+
+    The step timeout is the policy's defaultTimeoutMs, else the sidecar's `defaultTimeout`
+    (named in `step_timeout_source`, so the timeout error says which).
+    """
     fields = deadline_fields(
         created_ms=created_ms, policy_max_ms=limits.max_duration_ms, config_max_s=config_max_s
     )
-    if limits.step_timeout_ms is not None:
-        fields["step_timeout_ms"] = limits.step_timeout_ms
-    if limits.max_duration_ms or limits.step_timeout_ms:
+    step_ms = limits.step_timeout_ms
+    if step_ms is None and config_step_s is not None:
+        step_ms = int(config_step_s * 1000)
+        fields["step_timeout_source"] = DEFAULT_TIMEOUT
+    if step_ms is not None:
+        fields["step_timeout_ms"] = step_ms
+    if limits.max_duration_ms or step_ms:
         fields["timeout_action"] = limits.timeout_action
     return fields
 

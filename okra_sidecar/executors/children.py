@@ -29,6 +29,7 @@ from okra_sidecar.errors import (
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus, ParentLink
 from okra_sidecar.policy import rules
+from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
@@ -64,7 +65,9 @@ class ChildStarter:
         registry: WorkflowRegistry,
         host: HostSettings | None = None,
         authorize: FiringAuthorizer | None = None,
+        causation: CausationGuard | None = None,
     ) -> None:
+        self._causation = causation
         self._store = store
         self._effects = effects
         self._registry = registry
@@ -126,6 +129,13 @@ class ChildStarter:
             ) from None
         owner = json.loads(owner_json or "{}")
         limits = await self._limits(owner, definition.id, data)
+        if self._causation is not None:
+            try:
+                await self._causation.count(entry.instance_id)
+            except ResourceExhaustedError as exc:
+                raise EffectFailedError(
+                    problem("runtime", 429, f"child run {definition.id}: {exc}", title=LIMITED)
+                ) from None
         child_id = child_instance_id(entry.instance_id, effect_id)
         created_us = time.time_ns() // 1000
         new = build_instance(
@@ -141,6 +151,7 @@ class ChildStarter:
                 limits,
                 created_ms=created_us // 1000,
                 config_max_s=self._host.max_instance_duration_s,
+                config_step_s=self._host.default_timeout_s,
             ),
         )
         if await self._parent_finished(entry.instance_id):

@@ -179,7 +179,9 @@ class EffectDispatcher:
                     value = emitted_event(entry.instance_id, Effect.from_json(effect), _wall_ms())
                     await self._effects.publish(value)
                 else:
-                    value = await self._call(kind, request, effect.get("timeoutMs"))
+                    value = await self._call(
+                        kind, request, effect.get("timeoutMs"), entry.instance_id
+                    )
             except EffectFailedError as exc:
                 error = exc.error
                 tracing.record_error(exc, server_fault=True)
@@ -201,14 +203,16 @@ class EffectDispatcher:
             except StoreUnavailableError:
                 pass
 
-    async def _call(self, kind: EffectKind, request: dict[str, Any], timeout_ms: Any) -> Any:
+    async def _call(
+        self, kind: EffectKind, request: dict[str, Any], timeout_ms: Any, instance_id: str
+    ) -> Any:
         timeout = int(timeout_ms) if timeout_ms else None
         if kind is EffectKind.HTTP:
             return await self._http.call(request, timeout_ms=timeout)
         if kind is EffectKind.OPENAPI:
             return await self._openapi.call(request, timeout_ms=timeout)
         if kind is EffectKind.GRPC:
-            return await self._grpc.call(request, timeout_ms=timeout)
+            return await self._grpc.call(request, timeout_ms=timeout, cause=instance_id)
         raise EffectFailedError(problem("configuration", 400, f"unknown effect kind {kind}"))
 
     async def _enqueue(self, entry: EffectEntry, request: dict[str, Any]) -> None:

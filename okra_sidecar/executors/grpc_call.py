@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["GrpcCaller", "http_status"]
@@ -100,7 +101,9 @@ class GrpcCaller:
         base_dir: Path,
         default_timeout_s: float = 30.0,
         guard: OutboundGuard | None = None,
+        causation: CausationGuard | None = None,
     ) -> None:
+        self._causation = causation
         self._hosts = hosts
         self._base_dir = base_dir
         self._default_timeout_s = default_timeout_s
@@ -164,8 +167,11 @@ class GrpcCaller:
             self._channels[(pinned, target)] = channel
         return channel
 
-    async def call(self, request: dict[str, Any], *, timeout_ms: int | None = None) -> Any:
-        """Invoke the method; the response message as JSON.
+    async def call(
+        self, request: dict[str, Any], *, timeout_ms: int | None = None, cause: str = ""
+    ) -> Any:
+        """Invoke the method; the response message as JSON. `cause` is the calling instance,
+        sent signed as `okra-cause` so that a sidecar's Run can tell where a chain comes from.
 
         Raises:
             EffectFailedError: the proto, service or method is wrong (configuration), or the
@@ -206,6 +212,8 @@ class GrpcCaller:
                 headers["authorization"] = (
                     f"{authentication.get('scheme', 'Bearer')} {authentication['parameter']}"
                 )
+            if cause and self._causation is not None:
+                headers[CAUSE_METADATA] = await self._causation.sign(cause)
             metadata = tuple(headers.items()) or None
             reply = await invoke(message, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:

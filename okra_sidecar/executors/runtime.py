@@ -23,6 +23,7 @@ from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.outbound import OutboundGuard, redis_endpoints
 from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.executors.router import EventRouter
+from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
@@ -54,6 +55,7 @@ class EffectRuntime:
         tracer: Tracer | None = None,
         triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
         authorize: FiringAuthorizer | None = None,
+        causation: CausationGuard | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         hosts = HostMap(settings.effects.http_hosts)
@@ -66,7 +68,13 @@ class EffectRuntime:
             file_roots=[base_dir, *settings.effects.proto_paths],
         )
         http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard)
-        grpc = GrpcCaller(hosts=hosts, base_dir=base_dir, default_timeout_s=timeout_s, guard=guard)
+        grpc = GrpcCaller(
+            hosts=hosts,
+            base_dir=base_dir,
+            default_timeout_s=timeout_s,
+            guard=guard,
+            causation=causation,
+        )
         openapi = OpenApiCaller(http=http, hosts=hosts, guard=guard)
         # Child runs pass the run policies as their parent's owner, and the instance limits.
         children = ChildStarter(
@@ -75,6 +83,7 @@ class EffectRuntime:
             registry=registry,
             host=settings.host,
             authorize=authorize,
+            causation=causation,
         )
         engine = settings.engine
         dispatcher = EffectDispatcher(

@@ -120,7 +120,15 @@ class PolicyEvaluator:
 
     # -- per rpc -------------------------------------------------------------------------------
 
-    async def authorize(self, call: Call, policies: PolicySet) -> CallGrant:
+    async def record(
+        self, call: Call, policies: PolicySet, *, allowed: bool, policy: str = "", message: str = ""
+    ) -> None:
+        """An audit record for a decision taken after `authorize(..., record=False)`."""
+        await self._audit.decision(
+            policies.audit_level, call, allowed=allowed, policy=policy, message=message
+        )
+
+    async def authorize(self, call: Call, policies: PolicySet, *, record: bool = True) -> CallGrant:
         """Allow the call (returning what the servicer must enforce) or raise a denial.
 
         Raises:
@@ -142,7 +150,8 @@ class PolicyEvaluator:
         grant = CallGrant(identity=call.identity)
         if check is not None:
             grant = await check(call, policies, grant)
-        await self._audit.decision(policies.audit_level, call, allowed=True)
+        if record:
+            await self._audit.decision(policies.audit_level, call, allowed=True)
         return grant
 
     async def _check_run(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
@@ -180,7 +189,7 @@ class PolicyEvaluator:
             step_timeout_ms=policies.default_timeout_ms,
             timeout_action=policies.timeout_action,
         )
-        return CallGrant(identity=call.identity, run_limits=limits)
+        return CallGrant(identity=call.identity, run_limits=limits, instance_id=call.instance_id)
 
     async def _check_runnable(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> None:
         """The lists and namespace rules that decide whether a workflow may be run at all."""

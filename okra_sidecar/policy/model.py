@@ -131,6 +131,8 @@ class CallGrant:
     # Query narrowed by policy: the statuses it may return and its page size (None: as asked).
     query_statuses: tuple[str, ...] | None = None
     query_limit: int | None = None
+    # The id a Run's instance gets, chosen before the decision so that its record names it.
+    instance_id: str = ""
 
 
 NO_GRANT = CallGrant()

@@ -68,13 +68,16 @@ def check_input_size(size_bytes: int, limit_bytes: int, *, field: str = "input")
         )
 
 
-def check_instance_id(instance_id: str) -> None:
-    """Rule 5: instance ids are the lowercase UUIDs that Run returns."""
+def check_instance_id(instance_id: str) -> str:
+    """Rule 5: instance ids are the UUIDs that Run returns; returns it in lowercase, as stored
+    (a UUID's hex digits may be written in either case)."""
+    instance_id = instance_id.lower()
     if not INSTANCE_ID_RE.match(instance_id):
         raise InvalidInputError.for_field(
             "instance_id",
             f"{instance_id[:100]!r} is not an instance id: expected the UUID that Run returned",
         )
+    return instance_id
 
 
 def check_query_limit(limit: int) -> int:

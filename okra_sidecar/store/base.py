@@ -46,6 +46,7 @@ class TurnSnapshot:
     step_timeout_ms: int | None = None
     timeout_action: str = ""
     deadline_source: str = ""
+    step_timeout_source: str = ""
     current_step: str = ""
     step_started_ms: int = 0
 

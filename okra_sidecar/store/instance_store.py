@@ -70,8 +70,12 @@ class InstanceStore(StoreConnections):
             fields += ["tmoact", new.timeout_action]
         if new.deadline_source:
             fields += ["dlsrc", new.deadline_source]
+        if new.step_timeout_source:
+            fields += ["stsrc", new.step_timeout_source]
         if new.owner:
             fields += ["owner", dumps(new.owner)]
+        if new.parent is None and new.ancestors:
+            fields += ["anc", dumps(list(new.ancestors))]
         workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         if new.parent is not None:

@@ -31,12 +31,12 @@ class TurnStore(StoreConnections):
                         *("HMGET", keys.instance(instance_id)),
                         *("wf", "status", "rev", "state", "ikey", "otel"),
                         *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                        *("parent", "peffect", "subs", "dlsrc"),
+                        *("parent", "peffect", "subs", "dlsrc", "stsrc"),
                     ),
                     ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
                 ]
             )
-        deadline, step_timeout, action, step, step_at, parent, peffect, subs, source = more
+        deadline, step_timeout, action, step, step_at, parent, peffect, subs, source, stsrc = more
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -52,6 +52,7 @@ class TurnStore(StoreConnections):
             step_timeout_ms=int(step_timeout) if step_timeout else None,
             timeout_action=text(action),
             deadline_source=text(source),
+            step_timeout_source=text(stsrc),
             current_step=text(step),
             step_started_ms=int(step_at or 0),
             parent_id=text(parent),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
     KEYS,
+    WORKFLOWS_DIR,
     Stub,
     expect_rpc_error,
     index_size,
@@ -156,6 +158,15 @@ async def test_manual_triggers_disabled(redis: Redis, redis_url: str) -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
         )
         assert "enableManualTriggers" in (error.details() or "")
+        # It says what does start the workflow: here nothing but another workflow.
+        assert "has no schedule, so here it starts only as a child run" in (error.details() or "")
+    scheduled = replace(settings, workflows_dir=WORKFLOWS_DIR.parent / "workflows_scheduled")
+    async with running_sidecar(scheduled) as (_, stub):
+        error = await expect_rpc_error(
+            stub.Run(pb.RunRequest(workflow_id="sched.nightly.1.0.0")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert "starts only from its schedule (cron)" in (error.details() or "")
 
 
 async def test_concurrent_instance_limit(redis: Redis, redis_url: str) -> None:
@@ -234,3 +245,13 @@ async def test_query_cursor_is_stable_while_instances_are_added(
             break
         cursor = page.cursor
     assert seen == ids[::-1]
+
+
+async def test_an_uppercase_instance_id_is_the_same_instance(stub: Stub) -> None:
+    instance_id = await run(stub, "tests.forever.1.0.0")
+    shouted = instance_id.upper()
+    status = await stub.GetStatus(pb.GetStatusRequest(instance_id=shouted))
+    assert status.instance_id == instance_id
+    await stub.Cancel(pb.CancelRequest(instance_id=shouted, reason="done"))
+    history = await stub.GetHistory(pb.GetHistoryRequest(instance_id=shouted))
+    assert history.events[-1].type == "workflow.cancelled"

@@ -144,3 +144,26 @@ async def test_the_caller_and_alerts_appear_on_spans(
             await eventually(alerted)
     finally:
         telemetry.shutdown()
+
+
+async def test_a_run_record_names_its_instance_and_a_limit_refusal_is_a_denial(
+    redis: Redis, redis_url: str
+) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+        await set_policies(
+            policed,
+            '{"policy.workflow.audit": true, "policy.workflow.maxConcurrentInstances": 1}',
+        )
+        first = await run(policed.stub, "app.orders.1.0.0")
+        error = await expect_rpc_error(
+            policed.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+        refused, allowed = await decisions(policed)  # newest first
+        assert (allowed.method, allowed.allowed, allowed.instance_id) == ("Run", True, first)
+        assert (refused.allowed, refused.policy) == (
+            False,
+            "policy.workflow.maxConcurrentInstances",
+        )
+        assert refused.message == error.details()
+        assert refused.instance_id and refused.instance_id != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -82,3 +83,24 @@ async def test_continue_records_the_timeout_and_carries_on(redis: Redis, redis_u
         assert fields == [b"waiting", b""]
         await policed.stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="approved"))
         await wait_for_status(policed.stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+
+
+async def test_the_sidecars_default_timeout_applies_unless_a_policy_sets_one(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = policy_settings(redis_url)
+    settings = replace(settings, host=replace(settings.host, default_timeout_s=0.3))
+    async with policed_sidecar(settings) as policed:
+        plain = await run(policed.stub, "app.orders.1.0.0")
+        failed = await wait_for_status(
+            policed.stub, plain, {pb.WORKFLOW_STATUS_FAILED}, timeout_s=5
+        )
+        assert failed.error.type == "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
+        assert failed.error.title == "Timed out"
+        assert failed.error.detail == "a step took longer than 300 ms (defaultTimeout)"
+        # A policy's defaultTimeoutMs overrides the sidecar's default.
+        await set_policies(policed, '{"policy.workflow.defaultTimeoutMs": 3600000}')
+        patient = await run(policed.stub, "app.orders.1.0.0")
+        await wait_for_status(policed.stub, patient, WAITING)
+        record = await redis.hmget(KEYS.instance(patient), ["steptmo", "stsrc"])
+        assert record == [b"3600000", None]
