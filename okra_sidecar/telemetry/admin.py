@@ -91,6 +91,12 @@ class AdminServer:
         return web.Response(status=503, text="not ready: starting, or Redis is unreachable\n")
 
     async def _no_console(self, request: web.Request) -> web.StreamResponse:
+        if self._probes is not None and not self._probes.ready:
+            return web.Response(
+                status=503,
+                text="The console is not available yet: the sidecar is starting or cannot "
+                "reach Redis (see /readyz). Retry shortly.\n",
+            )
         return web.Response(
             status=501,
             text="The console is not available while the gRPC port serves TLS: it calls that "

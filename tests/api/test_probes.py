@@ -4,7 +4,7 @@ sidecar started before its Redis waits for it instead of exiting."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -131,14 +131,15 @@ async def test_a_sidecar_started_before_its_redis_serves_once_redis_appears(
 
 
 async def test_while_it_waits_for_redis_the_sidecar_is_alive_not_ready_and_refuses_calls(
-    tmp_path: Path, unused_tcp_port: int
+    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
 ) -> None:
     redis_server = EmbeddedRedis(data_dir=tmp_path / "redis")
     settings = make_settings(redis_server.url)
+    unused_tcp_port, admin_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     settings = replace(
         settings,
         server=replace(settings.server, listen=f"127.0.0.1:{unused_tcp_port}"),
-        telemetry=replace(settings.telemetry, admin_listen="127.0.0.1:0"),
+        telemetry=replace(settings.telemetry, admin_listen=f"127.0.0.1:{admin_port}"),
     )
     starting = asyncio.create_task(start_sidecar(settings))
     try:
@@ -151,6 +152,11 @@ async def test_while_it_waits_for_redis_the_sidecar_is_alive_not_ready_and_refus
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(PROBE_INTERVAL_S)  # not bound yet
             assert seen == [(SERVING, NOT_SERVING)]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as http:
+                assert (await http.get("/healthz", timeout=5)).status_code == 200
+                assert (await http.get("/readyz", timeout=5)).status_code == 503
+                console = await http.get("/console", timeout=5)
+                assert console.status_code == 503 and "starting" in console.text
             async with grpc.aio.insecure_channel(f"127.0.0.1:{unused_tcp_port}") as channel:
                 stub = pb_grpc.WorkflowHostAPIStub(channel)
                 error = await expect_rpc_error(
@@ -169,6 +175,10 @@ async def test_while_it_waits_for_redis_the_sidecar_is_alive_not_ready_and_refus
             sidecar = await asyncio.wait_for(starting, 30)
             try:
                 await probe_until(health, SERVING, seen)
+                # The real servers took the same ports over.
+                assert sidecar.port == unused_tcp_port
+                assert sidecar.admin is not None and sidecar.admin.port == admin_port
+                assert await http_probes(sidecar) == (200, 200)
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
                     stub = pb_grpc.WorkflowHostAPIStub(channel)
                     assert (await stub.ListWorkflows(pb.ListWorkflowsRequest())).workflows
