@@ -20,7 +20,14 @@ import lark
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, CELUnsupportedError
+from celpy.evaluation import (
+    CELEvalError,
+    CELUnsupportedError,
+    Phase1Transpiler,
+    Phase2Transpiler,
+    Transpiler,
+    TranspilerTree,
+)
 
 # celpy logs every evaluation error at ERROR level; a failed condition is our denial to report.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)
@@ -142,11 +149,49 @@ def describe_error(exc: BaseException) -> str:
     return message
 
 
+class _HasPhase1Transpiler(Phase1Transpiler):
+    """celpy's first pass, with `has()` giving a CEL bool.
+
+    celpy 0.5 transpiles `has(e.f)` to a Python `bool`, which its CEL operators refuse:
+    `!has(x)` is "no such overload", and `has(x) && x == 1` fails when `x` is missing
+    instead of being false, so a documented guard denied every call.
+    """
+
+    def ident_arg(self, tree: TranspilerTree) -> None:
+        super().ident_arg(tree)
+        if isinstance(tree.children[0], lark.Token) and tree.children[0].value == "has":
+            tree.transpiled = f"celpy.celtypes.BoolType({tree.transpiled})"
+
+
+class _HasTranspiler(Transpiler):
+    def transpile(self) -> None:
+        # Transpiler.transpile with the first pass above; the second is celpy's own.
+        _HasPhase1Transpiler(self).visit(self.ast)
+        phase_2 = Phase2Transpiler(self)
+        phase_2.visit(self.ast)
+        self.source_text = "\n".join(phase_2.statements(self.ast))
+        self.executable_code = compile(self.source_text, "<cel>", "exec")
+
+
+class _CompiledRunner(celpy.CompiledRunner):
+    """celpy's CompiledRunner on `_HasTranspiler`."""
+
+    def __init__(
+        self,
+        environment: celpy.Environment,
+        ast: TranspilerTree,
+        functions: dict[str, Any] | None = None,
+    ) -> None:
+        celpy.Runner.__init__(self, environment, ast, functions)
+        self.tp = _HasTranspiler(ast=ast, activation=self.new_activation())
+        self.tp.transpile()
+
+
 class CelEngine:
     """The process's one CEL environment; compile when loading, evaluate per call."""
 
     def __init__(self) -> None:
-        self._env = celpy.Environment(runner_class=celpy.CompiledRunner)
+        self._env = celpy.Environment(runner_class=_CompiledRunner)
 
     def compile(
         self, source: str, *, roots: frozenset[str], env_names: frozenset[str]

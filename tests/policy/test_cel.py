@@ -122,3 +122,31 @@ def test_has_gives_a_bool(cel: CelEngine) -> None:
         "request": to_cel({"auth": {"claims": {"role": "exporter"}}}),
     }
     assert program.evaluate(activation) is True
+
+
+@pytest.mark.parametrize(
+    ("source", "claims", "allowed"),
+    [
+        ("has(request.auth.claims.role)", {"role": "admin"}, True),
+        ("has(request.auth.claims.role)", {}, False),
+        ("!has(request.auth.claims.role)", {}, True),
+        ("!has(request.auth.claims.role)", {"role": "admin"}, False),
+        ("has(request.auth.claims.role) && request.auth.claims.role == 'admin'", {}, False),
+        (
+            "has(request.auth.claims.role) && request.auth.claims.role == 'admin'",
+            {"role": "admin"},
+            True,
+        ),
+        ("!has(request.auth.claims.role) || request.auth.claims.role == 'ops'", {}, True),
+        (
+            "!has(request.auth.claims.role) || request.auth.claims.role == 'ops'",
+            {"role": "admin"},
+            False,
+        ),
+        ("has(request.auth.claims.role) == false", {}, True),
+    ],
+)
+def test_has_guards_optional_claims(
+    cel: CelEngine, source: str, claims: dict[str, Any], allowed: bool
+) -> None:
+    assert evaluate(cel, source, request={"auth": {"claims": claims}}) is allowed
