@@ -64,6 +64,7 @@ class HostSettings:
     # Instances one instance may start a minute (children, triggered by its events, Runs from
     # its gRPC calls); 0: no bound. See policy/causation.py.
     max_caused_per_minute: int = 1000
+    max_input_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class EngineSettings:
     # After a read that found less than a full batch, wait this long before the next one
     # (readLingerMs), so that work arriving meanwhile is read, loaded and committed together.
     read_linger_ms: int = 2
+    # The largest definition file loaded (maxDefinitionBytes); larger ones stop the start.
+    max_definition_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -482,12 +485,14 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "timerIntervalMs": ("engine", "timer_interval_ms", _int(1)),
     "readLingerMs": ("engine", "read_linger_ms", _int(0)),
     "maxStepsPerTurn": ("engine", "max_steps_per_turn", _int(1)),
+    "maxDefinitionBytes": ("engine", "max_definition_bytes", _int(1)),
     "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
     "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
     "enableManualTriggers": ("host", "enable_manual_triggers", _bool),
     "retentionDays": ("host", "retention_days", _int(1)),
     "defaultTimeout": ("host", "default_timeout_s", _seconds),
     "maxInputBytes": ("host", "max_input_bytes", _int(1)),
+    "maxInputDepth": ("host", "max_input_depth", _int(1)),
     "scheduleTickMs": ("schedule", "tick_ms", _int(10)),
     "scheduleMisfireGrace": ("schedule", "misfire_grace_s", _seconds),
     "retentionInterval": ("schedule", "retention_interval_s", _seconds),
@@ -555,6 +560,8 @@ ENV_VARIABLES = {
     "OKRA_READ_LINGER_MS": "readLingerMs",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
+    "OKRA_MAX_INPUT_DEPTH": "maxInputDepth",
+    "OKRA_MAX_DEFINITION_BYTES": "maxDefinitionBytes",
     "OKRA_ENABLE_MANUAL_TRIGGERS": "enableManualTriggers",
     "OKRA_MAX_INSTANCE_DURATION": "maxInstanceDuration",
     "OKRA_RETENTION_DAYS": "retentionDays",

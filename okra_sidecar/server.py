@@ -497,7 +497,12 @@ async def start_sidecar(
         registry = WorkflowRegistry(store=store)
         definitions = []
         if settings.workflows_dir is not None:
-            definitions = read_directory(settings.workflows_dir)
+            # Off the event loop: parsing and checking files is CPU-bound.
+            definitions = await asyncio.to_thread(
+                read_directory,
+                settings.workflows_dir,
+                max_bytes=settings.engine.max_definition_bytes,
+            )
             await registry.register(definitions)
         policies = build_policy_layer(settings, client=client, store=store, registry=registry)
         await policies.manager.start()
@@ -566,6 +571,7 @@ async def start_sidecar(
             effects=effects.effects,
             lease_ms=settings.effects.task_lease_ms,
             read_block_ms=settings.engine.read_block_ms,
+            max_input_depth=settings.host.max_input_depth,
         )
         if waiting is not None:
             # The real servers take the ports over (the same ones, even where 0 was asked).

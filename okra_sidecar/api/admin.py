@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -98,7 +99,10 @@ class PolicyAdminServicer(admin_pb_grpc.PolicyAdminServiceServicer):
     ) -> admin_pb.SetPoliciesResponse:
         identity = self._require_admin()
         if request.WhichOneof("document") == "text":
-            document = parse_policy_text(request.text, source="SetPolicies")
+            # Off the event loop: even a bounded parse of a large text takes a while.
+            document = await asyncio.to_thread(
+                parse_policy_text, request.text, source="SetPolicies"
+            )
         else:
             document = whole_numbers(json_format.MessageToDict(request.policies))
         policies = await self._manager.set_policies(document, identity=identity)

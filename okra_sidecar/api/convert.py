@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from okra_sidecar.errors import InvalidInputError
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceRecord, InstanceStatus
@@ -70,8 +71,30 @@ def python_to_value(data: Any, target: struct_pb2.Value) -> None:
         json_format.ParseDict(data, target)
 
 
-def timestamp_ms(ts: timestamp_pb2.Timestamp) -> int:
+# A day inside google.protobuf.Timestamp's range (years 1 to 9999), so that the time exists in
+# every time zone: Python's datetime, croniter and Timestamp itself refuse anything further out.
+EARLIEST_REQUEST_TIME_S = -62135596800 + 86400
+LATEST_REQUEST_TIME_S = 253402300799 - 86400
+
+
+def timestamp_ms(ts: timestamp_pb2.Timestamp, field: str = "time") -> int:
+    """A request's Timestamp in milliseconds.
+
+    Raises:
+        InvalidInputError: `field` lies outside years 1 to 9999 or has invalid nanos.
+    """
+    if not EARLIEST_REQUEST_TIME_S <= ts.seconds <= LATEST_REQUEST_TIME_S:
+        raise InvalidInputError.for_field(
+            field, "must be between 0001-01-02 and 9999-12-30 (UTC), as an RFC 3339 time"
+        )
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidInputError.for_field(field, "nanos must be from 0 to 999999999")
     return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+def optional_time_ms(request: Any, field: str) -> int | None:
+    """The request's Timestamp `field` in milliseconds (checked as above), None when unset."""
+    return timestamp_ms(getattr(request, field), field) if request.HasField(field) else None
 
 
 def _set_time(target: timestamp_pb2.Timestamp, ms: int) -> None:

@@ -10,8 +10,8 @@ import grpc
 from okra_sidecar.api.convert import (
     CATCH_UP_FROM_PB,
     OVERLAP_FROM_PB,
+    optional_time_ms,
     schedule_to_pb,
-    timestamp_ms,
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
@@ -44,7 +44,7 @@ def _check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
 
 
 def _check_schedule_id(schedule_id: str) -> None:
-    if not SCHEDULE_ID_RE.match(schedule_id):
+    if not SCHEDULE_ID_RE.fullmatch(schedule_id):
         raise InvalidInputError.for_field(
             "schedule_id",
             f"'{schedule_id[:80]}' is not a schedule id (a UUID from TriggerWorkflow, or "
@@ -121,12 +121,13 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
             raise InvalidInputError.for_field("overlap_policy", "is not an OverlapPolicy")
         if request.catch_up_policy not in CATCH_UP_FROM_PB:
             raise InvalidInputError.for_field("catch_up_policy", "is not a CatchUpPolicy")
-        start = timestamp_ms(request.start_time) if request.HasField("start_time") else None
-        end = timestamp_ms(request.end_time) if request.HasField("end_time") else None
+        start = optional_time_ms(request, "start_time")
+        end = optional_time_ms(request, "end_time")
         if start is not None and end is not None and start >= end:
             raise InvalidInputError.for_field("start_time", "must be earlier than end_time")
         registered = await self._registry.resolve(request.workflow_id)
         data = value_to_python(request.input) if request.HasField("input") else {}
+        rules.check_input_depth(data, self._settings.max_input_depth)
         rules.check_input_schema(data, registered.input_validator)
         owner = self._owner()
         if self._authorize is not None:

@@ -13,8 +13,8 @@ import grpc
 from okra_sidecar.api.convert import (
     STATUS_FROM_PB,
     history_event_to_pb,
+    optional_time_ms,
     record_to_pb,
-    timestamp_ms,
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
@@ -130,6 +130,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_not_self(definition.key, _caller_workflow(context))
         ancestors = await self._ancestors(context, definition.id)
         data = value_to_python(request.input) if request.HasField("input") else {}
+        rules.check_input_depth(data, self._settings.max_input_depth)
         rules.check_input_schema(data, registered.input_validator)
         # The policy interceptor chose the id already, so that its audit record names it.
         grant = current_grant()
@@ -168,6 +169,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
         )
         _check_text(request.signal_id, "signal_id")
+        payload = value_to_python(request.payload) if request.HasField("payload") else None
+        rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
         signal_id = request.signal_id or str(uuid.uuid4())
         sent = now_ms()
         event = {
@@ -177,7 +180,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             "type": request.signal,
             "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
             "datacontenttype": "application/json",
-            "data": value_to_python(request.payload) if request.HasField("payload") else None,
+            "data": payload,
             # CloudEvents distributed tracing: the turn that consumes it links to this call.
             **tracing.event_trace_fields(),
         }
@@ -217,10 +220,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         tags = dict(request.tags)
         _check_tags(tags)
         _check_text(request.correlation_id, "correlation_id")
-        after = timestamp_ms(request.started_after) if request.HasField("started_after") else None
-        before = (
-            timestamp_ms(request.started_before) if request.HasField("started_before") else None
-        )
+        after = optional_time_ms(request, "started_after")
+        before = optional_time_ms(request, "started_before")
         if after is not None and before is not None and after >= before:
             raise InvalidInputError.for_field(
                 "started_after", "must be earlier than started_before"
@@ -298,7 +299,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                     f"extensions.{name}",
                     "must be 1-20 lowercase letters or digits, not a core name",
                 )
-        sent = timestamp_ms(request.time) if request.HasField("time") else now_ms()
+        given = optional_time_ms(request, "time")
+        sent = now_ms() if given is None else given
         event: dict[str, Any] = {
             **dict(request.extensions),
             "specversion": "1.0",
@@ -312,6 +314,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         if request.HasField("data"):
             event["datacontenttype"] = "application/json"
             event["data"] = value_to_python(request.data)
+            rules.check_input_depth(event["data"], self._settings.max_input_depth, field="data")
         if self._effects is None:
             raise FailedPreconditionError("this sidecar does not route events")
         await self._effects.publish(event)

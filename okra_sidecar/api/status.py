@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from okra_sidecar.api.decoding import UndecodableRequest, tolerant
 from okra_sidecar.errors import (
     AlreadyExistsError,
     DefinitionError,
@@ -106,8 +107,22 @@ def status_metadata(code: grpc.StatusCode, message: str, exc: OkraError) -> tupl
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def _guard(behavior: Behavior) -> Behavior:
+async def refuse_undecodable(
+    method: str, request: UndecodableRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    """INVALID_ARGUMENT with a BadRequest detail, and one log line rather than a traceback."""
+    logger.warning("undecodable request to %s: %s", method, request.problem)
+    exc = InvalidInputError.for_field(
+        "request", f"is not a valid {method.rpartition('/')[2]} message: {request.problem}"
+    )
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
+
+
+def _guard(method: str, behavior: Behavior) -> Behavior:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await refuse_undecodable(method, request, context)
         try:
             return await behavior(request, context)
         except OkraError as exc:
@@ -132,6 +147,26 @@ def _guard(behavior: Behavior) -> Behavior:
     return guarded
 
 
+def _guard_stream(method: str, behavior: Callable[..., Any]) -> Behavior:
+    """A server-streaming behavior that refuses an undecodable request first.
+
+    grpc.aio accepts either an async generator or a coroutine that calls `context.write`;
+    the wrapper is the latter and serves both.
+    """
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await refuse_undecodable(method, request, context)
+        result = behavior(request, context)
+        if isinstance(result, AsyncIterator):
+            async for response in result:
+                await context.write(response)
+            return None
+        return await result
+
+    return guarded
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns OkraError into the mapped status with google.rpc details, anything else INTERNAL."""
 
@@ -143,10 +178,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _guard(handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method = handler_call_details.method
+        deserializer = tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard(method, handler.unary_unary),  # type: ignore[arg-type]  # aio: async
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            # Streaming rpcs map their own errors; only an undecodable request is refused here.
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(method, handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

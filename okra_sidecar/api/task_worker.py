@@ -26,15 +26,17 @@ from okra_sidecar.errors import InvalidInputError, OkraError, PolicyDeniedError
 from okra_sidecar.executors.problems import ERROR_TYPES
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_sidecar.policy import rules
 from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
+from okra_sidecar.store.stream_ids import parse_stream_id
 
 __all__ = ["TaskWorkerServicer"]
 
 logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-SERVICE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-WORKER_ID_RE = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+SERVICE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+WORKER_ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 MAX_IN_FLIGHT = 1000
 
 
@@ -55,7 +57,7 @@ def parse_task_id(task_id: str) -> tuple[str, str]:
         InvalidInputError: not a task id PollTasks handed out.
     """
     service, _, entry = task_id.partition("/")
-    if not SERVICE_RE.match(service) or not re.match(r"^\d+-\d+$", entry):
+    if not SERVICE_RE.fullmatch(service) or parse_stream_id(entry) is None:
         raise InvalidInputError.for_field("task_id", "is not a task id PollTasks handed out")
     return service, entry
 
@@ -81,8 +83,14 @@ class _Poller:
 
 class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     def __init__(
-        self, *, effects: RedisEffectStore, lease_ms: int, read_block_ms: int = 1000
+        self,
+        *,
+        effects: RedisEffectStore,
+        lease_ms: int,
+        read_block_ms: int = 1000,
+        max_input_depth: int = 32,
     ) -> None:
+        self._max_input_depth = max_input_depth
         self._effects = effects
         self._lease_ms = lease_ms
         self._read_block_ms = read_block_ms
@@ -141,11 +149,11 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         self, request: wpb.PollTasksRequest, context: Context
     ) -> AsyncIterator[wpb.PollTasksResponse]:
         try:
-            if not SERVICE_RE.match(request.service):
+            if not SERVICE_RE.fullmatch(request.service):
                 raise InvalidInputError.for_field(
                     "service", "must be a lowercase label (letters, digits, dashes)"
                 )
-            if not WORKER_ID_RE.match(request.worker_id):
+            if not WORKER_ID_RE.fullmatch(request.worker_id):
                 raise InvalidInputError.for_field(
                     "worker_id", "must be 1 to 128 letters, digits or ._:@/-"
                 )
@@ -226,6 +234,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         self, request: wpb.CompleteTaskRequest, context: Context
     ) -> wpb.CompleteTaskResponse:
         result = value_to_python(request.result) if request.HasField("result") else None
+        rules.check_input_depth(result, self._max_input_depth, field="result")
         accepted = await self._finish(request.task_id, request.lease, result, None)
         return wpb.CompleteTaskResponse(accepted=accepted)
 
@@ -244,7 +253,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def Heartbeat(  # noqa: N802 - the rpc's name
         self, request: wpb.HeartbeatRequest, context: Context
     ) -> wpb.HeartbeatResponse:
-        if not WORKER_ID_RE.match(request.worker_id):
+        if not WORKER_ID_RE.fullmatch(request.worker_id):
             raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
         by_service: dict[str, list[str]] = {}
         for task_id in request.task_ids:

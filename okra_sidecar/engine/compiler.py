@@ -108,7 +108,7 @@ class TaskCompiler:
     def scope(self, *names: tuple[str, str]) -> Iterator[None]:
         """Compile with more variables in scope; each is (name, pointer of its declaration)."""
         for name, path in names:
-            if not isinstance(name, str) or not _VARIABLE_RE.match(name):
+            if not isinstance(name, str) or not _VARIABLE_RE.fullmatch(name):
                 self.fail(path, f"'{name}' is not a valid variable name (letters, digits, _)")
             if name in _RESERVED_VARIABLES:
                 self.fail(path, f"'{name}' is a reserved name; choose another variable name")

@@ -14,8 +14,19 @@ from okra_sidecar.engine.compiler import TaskCompiler, pointer, pointer_join
 from okra_sidecar.engine.durations import DurationSpec
 from okra_sidecar.engine.tasks import WorkflowPlan
 from okra_sidecar.errors import DefinitionError
+from okra_sidecar.parsing import ParseLimitError, ParseLimits
+from okra_sidecar.parsing import load_yaml as load_bounded_yaml
 
-__all__ = ["WorkflowDefinition", "load_definition_text", "parse_definition", "parse_yaml"]
+__all__ = [
+    "DEFINITION_LIMITS",
+    "WorkflowDefinition",
+    "load_definition_text",
+    "parse_definition",
+    "parse_yaml",
+]
+# maxDefinitionBytes replaces the size; 64 levels is far beyond any real definition's nesting
+# and far below what the checker's recursion can take.
+DEFINITION_LIMITS = ParseLimits(max_bytes=1024 * 1024, max_depth=64)
 
 # RFC 1123 label, lowercase and without dots: the id joins namespace, name and version with dots.
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -89,29 +100,38 @@ _JsonLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    """Parse YAML (or JSON) into JSON-compatible values.
+def parse_yaml(text: str, limits: ParseLimits = DEFINITION_LIMITS) -> Any:
+    """Parse YAML (or JSON) into JSON-compatible values, within `limits`.
 
     Raises:
         yaml.YAMLError: the text is not YAML.
+        ParseLimitError: the text is too large, too deep or expands too far through aliases.
     """
-    return yaml.load(text, Loader=_JsonLoader)  # a SafeLoader subclass
+    return load_bounded_yaml(text, _JsonLoader, limits)
 
 
-def load_definition_text(text: str, *, source: str) -> WorkflowDefinition:
+def load_definition_text(
+    text: str, *, source: str, limits: ParseLimits = DEFINITION_LIMITS
+) -> WorkflowDefinition:
     """Parse a YAML or JSON definition and load it.
 
     Raises:
-        DefinitionError: the text is not YAML/JSON or the definition is invalid.
+        DefinitionError: the text is not YAML/JSON, breaks `limits`, or the definition is
+            invalid; the message names `source`.
     """
     try:
-        document = parse_yaml(text)
+        document = parse_yaml(text, limits)
+    except ParseLimitError as exc:
+        raise DefinitionError(source, "", f"refused: the document {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise DefinitionError(source, "", f"not valid YAML or JSON: {problem}{where}") from None
-    return parse_definition(document, source=source)
+    try:
+        return parse_definition(document, source=source)
+    except RecursionError:
+        raise DefinitionError(source, "", "tasks are nested too deeply to check") from None
 
 
 def parse_definition(document: Any, *, source: str) -> WorkflowDefinition:
@@ -209,20 +229,20 @@ class _DefinitionLoader:
             if not isinstance(value[key], str):
                 self.fail(pointer("document", key), f"'{key}' must be a string")
         dsl = value["dsl"]
-        if not _SEMVER_RE.match(dsl):
+        if not _SEMVER_RE.fullmatch(dsl):
             self.fail("/document/dsl", f"'{dsl}' is not a DSL version (e.g. 1.0.0)")
         if not dsl.startswith("1."):
             self.fail(
                 "/document/dsl", f"DSL version '{dsl}' is not supported by this runtime (1.x only)"
             )
         for key in ("namespace", "name"):
-            if not _LABEL_RE.match(value[key]):
+            if not _LABEL_RE.fullmatch(value[key]):
                 self.fail(
                     pointer("document", key),
                     f"'{value[key]}' is not a valid {key}: use 1 to 63 lowercase letters, digits "
                     "and '-', starting and ending with a letter or digit",
                 )
-        if not _SEMVER_RE.match(value["version"]):
+        if not _SEMVER_RE.fullmatch(value["version"]):
             self.fail(
                 "/document/version",
                 f"'{value['version']}' is not a semantic version (e.g. 1.0.0)",

@@ -39,7 +39,7 @@ def iso_duration_ms(text: str) -> int:
     Raises:
         ValueError: not an ISO 8601 duration, or one with years or months (no fixed length).
     """
-    match = _ISO_RE.match(text)
+    match = _ISO_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"'{text}' is not an ISO 8601 duration (e.g. PT30S, P1DT2H)")
     if match[1] is not None or match[2] is not None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from jsonschema import validators
 from jsonschema.protocols import Validator
 
-from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text, parse_definition
+from okra_sidecar.engine.dsl import (
+    DEFINITION_LIMITS,
+    WorkflowDefinition,
+    load_definition_text,
+    parse_definition,
+)
 from okra_sidecar.errors import DefinitionError, NotFoundError
 from okra_sidecar.store.base import Store
 
@@ -37,7 +42,7 @@ def canonical_content(definition: WorkflowDefinition) -> str:
 
 def semver_key(version: str) -> tuple[int, int, int, int, str]:
     """Orders versions as semver does: a pre-release sorts before its release."""
-    match = SEMVER_RE.match(version)
+    match = SEMVER_RE.fullmatch(version)
     if not match:
         return (-1, -1, -1, -1, version)
     major, minor, patch, pre = match.groups()
@@ -51,8 +56,12 @@ def compile_input_validator(definition: WorkflowDefinition) -> Validator | None:
     return cls(definition.input_schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def read_directory(directory: Path) -> list[WorkflowDefinition]:
+def read_directory(
+    directory: Path, *, max_bytes: int = DEFINITION_LIMITS.max_bytes
+) -> list[WorkflowDefinition]:
     """Parse every definition file under directory, all or nothing.
+
+    A file over `max_bytes` (maxDefinitionBytes) is refused without being parsed.
 
     Raises:
         DefinitionError: one or more files are broken; the message lists each with its problem.
@@ -61,9 +70,15 @@ def read_directory(directory: Path) -> list[WorkflowDefinition]:
         raise DefinitionError(str(directory), "", "is not a directory of workflow definitions")
     loaded: dict[str, tuple[WorkflowDefinition, str]] = {}
     problems: list[str] = []
+    limits = replace(DEFINITION_LIMITS, max_bytes=max_bytes)
     for path in sorted(p for p in directory.rglob("*") if p.suffix in DEFINITION_SUFFIXES):
         try:
-            definition = load_definition_text(path.read_text(), source=str(path))
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise DefinitionError(
+                    str(path), "", f"is {size} bytes; maxDefinitionBytes is {max_bytes}"
+                )
+            definition = load_definition_text(path.read_text(), source=str(path), limits=limits)
         except DefinitionError as exc:
             problems.append(str(exc))
             continue

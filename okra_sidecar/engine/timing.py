@@ -90,6 +90,12 @@ class CronExpression:
 
     def next_after(self, ms: int) -> int | None:
         """The first fire time strictly after `ms`; None if there is none."""
+        try:
+            return self._next_after(ms)
+        except (OverflowError, ValueError):
+            return None  # past the year 9999 that datetime (and croniter) can represent
+
+    def _next_after(self, ms: int) -> int | None:
         iterator = self._iterator(ms)
         while True:
             try:
@@ -105,6 +111,12 @@ class CronExpression:
 
     def latest_at_or_before(self, ms: int) -> int | None:
         """The last fire time at or before `ms`; None if there is none."""
+        try:
+            return self._latest_at_or_before(ms)
+        except (OverflowError, ValueError):
+            return None  # before the year 1 that datetime (and croniter) can represent
+
+    def _latest_at_or_before(self, ms: int) -> int | None:
         iterator = self._iterator(ms + 1)
         while True:
             try:

@@ -11,11 +11,14 @@ import httpx
 from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.parsing import ParseLimits, load_json
 from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["HttpCaller", "encode_content"]
 
 DETAIL_LIMIT = 2048
+# The body is already in memory, whatever its size; only its nesting is limited.
+RESPONSE_LIMITS = ParseLimits(max_bytes=2**62, max_depth=32)
 
 
 def encode_content(response: httpx.Response) -> Any:
@@ -26,8 +29,9 @@ def encode_content(response: httpx.Response) -> Any:
     content_type = response.headers.get("content-type", "").lower()
     if "json" in content_type:
         try:
-            return json.loads(raw)
-        except ValueError:
+            # A body nested past the limit stays text: deeper data breaks Query's readers.
+            return load_json(raw, RESPONSE_LIMITS)
+        except ValueError:  # ParseLimitError is one
             pass
     return response.text
 

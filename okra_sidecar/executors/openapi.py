@@ -18,9 +18,12 @@ from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.parsing import ParseLimitError, ParseLimits, load_yaml
 
 __all__ = ["OpenApiCaller"]
 
+# Published OpenAPI documents run to megabytes and nest deeply, but need few aliases.
+OPENAPI_LIMITS = ParseLimits(max_bytes=16 * 1024 * 1024, max_depth=128, max_nodes=5_000_000)
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
@@ -89,8 +92,11 @@ class OpenApiCaller:
             try:
                 response = await self._client.get(self._hosts.url(uri), timeout=30.0)
                 response.raise_for_status()
-                spec = yaml.safe_load(response.text)  # JSON is YAML too
-            except (httpx.HTTPError, yaml.YAMLError) as exc:
+                # JSON is YAML too; parsed off the event loop, within limits.
+                spec = await asyncio.to_thread(
+                    load_yaml, response.text, yaml.SafeLoader, OPENAPI_LIMITS
+                )
+            except (httpx.HTTPError, yaml.YAMLError, ParseLimitError) as exc:
                 raise EffectFailedError(
                     problem("communication", 503, f"cannot load OpenAPI document {uri}: {exc}")
                 ) from None

@@ -49,6 +49,9 @@ Tree = lark.Tree[Any]
 # Outcomes remembered per condition, by the values it read (cleared when full).
 MEMO_SIZE = 4096
 BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+# The parser and transpiler recurse per nested bracket; far below Python's recursion limit.
+MAX_NESTING = 32
+MAX_SOURCE_CHARS = 4096
 
 
 class CelCompileError(ValueError):
@@ -208,16 +211,27 @@ class CelEngine:
         """
         if not isinstance(source, str) or not source.strip():
             raise CelCompileError("a condition must be a non-empty CEL expression")
+        if len(source) > MAX_SOURCE_CHARS:
+            raise CelCompileError(f"a condition may have at most {MAX_SOURCE_CHARS} characters")
+        if _nesting(source) > MAX_NESTING:
+            raise CelCompileError(
+                f"brackets nest more than {MAX_NESTING} deep; split the condition up"
+            )
         try:
             tree = self._env.compile(source)
         except CELParseError as exc:
             raise CelCompileError(f"not valid CEL: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            # lark and celpy recurse per operator: a long chain of them can still be too deep.
+            raise CelCompileError("the condition is nested too deeply to compile") from None
         for problem in check_names(tree, roots=roots, env_names=env_names):
             raise CelCompileError(problem)
         try:
             runner = self._env.program(tree)
         except (CELEvalError, CELUnsupportedError, ValueError, TypeError) as exc:
             raise CelCompileError(f"cannot be compiled: {describe_error(exc)}") from None
+        except (RecursionError, SyntaxError, MemoryError):
+            raise CelCompileError("the condition is nested too deeply to compile") from None
         paths = list(_paths(tree))
         read_env = frozenset(p[1] for p in paths if p[0] == "env" and len(p) > 1)
         read_roots = frozenset(p[0] for p in paths)
@@ -228,6 +242,18 @@ class CelEngine:
             roots=read_roots,
             paths=tuple(sorted({tuple(p) for p in paths})),
         )
+
+
+def _nesting(source: str) -> int:
+    """The deepest bracket nesting, counting brackets inside string literals too (a bound)."""
+    depth = deepest = 0
+    for char in source:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
 
 
 def to_cel(data: Any) -> celtypes.Value:

@@ -20,6 +20,7 @@ import yaml
 
 from okra_sidecar.errors import FieldViolation, PolicyLoadError
 from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.parsing import ParseLimitError, ParseLimits, load_json, load_yaml
 from okra_sidecar.policy.cel import CelCompileError, CelEngine, CelProgram
 from okra_sidecar.policy.globs import GlobList, check_pattern
 from okra_sidecar.policy.rates import Rate, parse_rate
@@ -234,6 +235,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# A policy set is a flat list of keys: shallow, small, and never needs many aliases.
+POLICY_LIMITS = ParseLimits(max_bytes=1024 * 1024, max_depth=32, max_aliases=100, max_nodes=100_000)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key given twice instead of keeping the last."""
 
@@ -260,10 +265,16 @@ def parse_policy_text(text: str, *, source: str) -> dict[str, Any]:
     """
     stripped = text.strip()
     try:
+        if len(text) > POLICY_LIMITS.max_bytes:  # before stripping comments from all of it
+            raise ParseLimitError(f"is over the limit of {POLICY_LIMITS.max_bytes} bytes")
         if stripped.startswith("{"):
-            data = json.loads(strip_json_comments(text), object_pairs_hook=_no_duplicates)
+            data = load_json(
+                strip_json_comments(text), POLICY_LIMITS, object_pairs_hook=_no_duplicates
+            )
         else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)
+            data = load_yaml(text, _UniqueKeyLoader, POLICY_LIMITS)
+    except ParseLimitError as exc:
+        raise _refused(source, [("", f"refused: the document {exc}")]) from None
     except _DuplicateKeyError as exc:
         raise _refused(
             source, [(str(exc), "appears twice; give each key once (combine conditions with &&)")]

@@ -49,7 +49,7 @@ def check_pattern(pattern: object) -> str | None:
     """Why `pattern` is not a usable glob, or None when it is."""
     if not isinstance(pattern, str) or not pattern:
         return f"{pattern!r} is not a non-empty string"
-    if not GLOB_RE.match(pattern):
+    if not GLOB_RE.fullmatch(pattern):
         return f"{pattern!r} may hold only letters, digits, ., _, -, + and *"
     return None
 

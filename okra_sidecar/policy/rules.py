@@ -9,6 +9,7 @@ from jsonschema.protocols import Validator
 
 from okra_sidecar.errors import FieldViolation, InvalidInputError
 from okra_sidecar.instances import INSTANCE_ID_RE
+from okra_sidecar.parsing import ParseLimitError, check_depth
 
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 SEMVER = r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
@@ -22,7 +23,7 @@ def check_workflow_id(workflow_id: str, *, field: str = "workflow_id") -> None:
     """Rule 1: `namespace.name.version` (or `namespace.name`), lowercase labels, semver."""
     if not workflow_id:
         raise InvalidInputError.for_field(field, "is required, e.g. order.processing.1.0.0")
-    if len(workflow_id) > 300 or not WORKFLOW_ID_RE.match(workflow_id):
+    if len(workflow_id) > 300 or not WORKFLOW_ID_RE.fullmatch(workflow_id):
         raise InvalidInputError.for_field(
             field,
             f"{workflow_id[:100]!r} is not a workflow id: expected namespace.name.version "
@@ -53,7 +54,7 @@ def check_input_schema(data: Any, validator: Validator | None, *, field: str = "
 
 def check_signal_name(name: str) -> None:
     """Rule 3: signal names are 1-128 letters, digits, underscores and dashes."""
-    if not SIGNAL_NAME_RE.match(name):
+    if not SIGNAL_NAME_RE.fullmatch(name):
         raise InvalidInputError.for_field(
             "signal",
             f"{name[:100]!r} is not a signal name: use 1 to 128 letters, digits, _ and -",
@@ -68,11 +69,26 @@ def check_input_size(size_bytes: int, limit_bytes: int, *, field: str = "input")
         )
 
 
+def check_input_depth(data: Any, limit: int, *, field: str = "input") -> None:
+    """Rule 4, depth: objects and arrays nest at most `limit` deep (32 by default).
+
+    Protobuf decoders stop at 100 nested messages and each JSON level is two of them (Value,
+    then Struct or ListValue), so deeper input would be stored but its Query pages could not
+    be read by clients.
+    """
+    try:
+        check_depth(data, limit)
+    except ParseLimitError:
+        raise InvalidInputError.for_field(
+            field, f"nests objects and arrays more than {limit} deep (maxInputDepth)"
+        ) from None
+
+
 def check_instance_id(instance_id: str) -> str:
     """Rule 5: instance ids are the UUIDs that Run returns; returns it in lowercase, as stored
     (a UUID's hex digits may be written in either case)."""
     instance_id = instance_id.lower()
-    if not INSTANCE_ID_RE.match(instance_id):
+    if not INSTANCE_ID_RE.fullmatch(instance_id):
         raise InvalidInputError.for_field(
             "instance_id",
             f"{instance_id[:100]!r} is not an instance id: expected the UUID that Run returned",

@@ -257,9 +257,15 @@ class RedisEffectStore:
         if not entry_ids:
             return []
         with map_redis_errors():
-            held = await self._heartbeat(
-                keys=[self.keys.tasks(service)], args=[WORKER_GROUP, worker, *entry_ids]
-            )
+            try:
+                held = await self._heartbeat(
+                    keys=[self.keys.tasks(service)], args=[WORKER_GROUP, worker, *entry_ids]
+                )
+            except redis_errors.ResponseError as exc:
+                # A service with no task stream yet: the worker holds nothing of it.
+                if "NOGROUP" not in str(exc):
+                    raise
+                return []
         return [_text(x) for x in held]
 
     async def task_attempt(self, task: TaskEntry) -> int:

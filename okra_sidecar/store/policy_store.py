@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +22,12 @@ from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.replies import map_redis_errors
 from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
+from okra_sidecar.store.stream_ids import FIRST, parse_stream_id
 
 MAX_AUDIT_PAGE = 1000
 MAX_AUDIT_QUEUE = 10_000
 AUDIT_RETRY_S = 1.0
 logger = logging.getLogger(__name__)
-AUDIT_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,8 @@ class RedisPolicyStore:
 
     async def list_audit(self, *, limit: int, before: str = "") -> list[AuditEntry]:
         """Newest first; `before` is an entry id from a previous page (exclusive)."""
-        if before and not AUDIT_ID_RE.match(before):
+        # "(" makes the bound exclusive; Redis refuses an exclusive end at the first id.
+        if before and parse_stream_id(before) in (None, FIRST):
             raise InvalidInputError.for_field("cursor", "is not a cursor from a previous page")
         await self.flush_audit()
         upper = f"({before}" if before else "+"

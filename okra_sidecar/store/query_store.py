@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-import re
 from itertools import islice
 
 from okra_sidecar.errors import InvalidInputError, NotFoundError
@@ -15,12 +14,12 @@ from okra_sidecar.store.connections import StoreConnections
 from okra_sidecar.store.jsontext import loads
 from okra_sidecar.store.records import MEMBER_TIME_WIDTH, RECORD_FIELDS, decode_record
 from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.stream_ids import LAST, parse_stream_id
 
 __all__ = ["QueryStore", "decode_cursor", "encode_cursor"]
 
 QUERY_SCAN_BATCH = 200
 QUERY_SCAN_BUDGET = 5000
-STREAM_ID_RE = re.compile(r"^\d+-\d+$")
 
 
 def encode_cursor(member: str) -> str:
@@ -117,7 +116,8 @@ class QueryStore(StoreConnections):
             InvalidInputError: `after` is not a stream id returned as a cursor.
             NotFoundError: the instance does not exist.
         """
-        if after and not STREAM_ID_RE.match(after):
+        # "(" makes the bound exclusive; Redis refuses an exclusive start at the last id.
+        if after and parse_stream_id(after) in (None, LAST):
             raise InvalidInputError.for_field("cursor", "is not a cursor returned by GetHistory")
         keys = self.keys
         with map_redis_errors():

@@ -30,7 +30,7 @@ def decode_cursor(cursor: str) -> str:
         schedule_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         schedule_id = ""
-    if not SCHEDULE_ID_RE.match(schedule_id):
+    if not SCHEDULE_ID_RE.fullmatch(schedule_id):
         raise InvalidInputError.for_field("cursor", "is not a cursor returned by ListSchedules")
     return schedule_id
 

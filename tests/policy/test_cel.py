@@ -150,3 +150,19 @@ def test_has_guards_optional_claims(
     cel: CelEngine, source: str, claims: dict[str, Any], allowed: bool
 ) -> None:
     assert evaluate(cel, source, request={"auth": {"claims": claims}}) is allowed
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("(" * 1000 + "true" + ")" * 1000, "nest more than 32 deep"),
+        ("1" + "+1" * 1300 + " == 2", "nested too deeply"),
+        ("!" * 2000 + "true", "nested too deeply"),
+        ("true && " * 600 + "true", "at most 4096 characters"),
+    ],
+)
+def test_deep_conditions_are_refused_not_crashed(
+    cel: CelEngine, source: str, problem: str
+) -> None:
+    with pytest.raises(CelCompileError, match=problem):
+        cel.compile(source, roots=ROOTS, env_names=ENV)
