@@ -161,8 +161,6 @@ def test_has_guards_optional_claims(
         ("true && " * 600 + "true", "at most 4096 characters"),
     ],
 )
-def test_deep_conditions_are_refused_not_crashed(
-    cel: CelEngine, source: str, problem: str
-) -> None:
+def test_deep_conditions_are_refused_not_crashed(cel: CelEngine, source: str, problem: str) -> None:
     with pytest.raises(CelCompileError, match=problem):
         cel.compile(source, roots=ROOTS, env_names=ENV)
