@@ -1,4 +1,5 @@
 -- Deliver a signal to an unfinished instance once per signal id, and ask for a turn.
+-- A signal id already delivered answers 'duplicate' first, even once the instance finished.
 -- KEYS: instance, inbox, delivered signal ids, work stream.
 -- ARGV: instance id, signal id, event (JSON), now ms, expected status ('' = any).
 -- As in cancel.lua, a status that moved since the policy checked it writes nothing.
@@ -6,15 +7,18 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {'missing'}
 end
+-- A repeat is a success whatever happened since: the ids stay until retention purges the
+-- instance, so a client retrying a lost reply after the signal finished it gets 'duplicate'.
+if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
+  return {'duplicate'}
+end
 if FINISHED[status] then
   return {'finished', status}
 end
 if ARGV[5] ~= '' and status ~= ARGV[5] then
   return {'changed', status}
 end
-if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
-  return {'duplicate'}
-end
+redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
 return {'ok'}
