@@ -15,6 +15,7 @@ from okra_sidecar.engine.registry import read_definitions
 from okra_sidecar.errors import (
     AlreadyExistsError,
     DefinitionError,
+    DurabilityError,
     PolicyLoadError,
     StartupError,
     StoreUnavailableError,
@@ -208,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
         return 2
+    except DurabilityError as exc:
+        print(f"error: refusing to start: {exc}", file=sys.stderr)
+        return 1
     except (StartupError, StoreUnavailableError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,8 @@
     ├── PolicyDeniedError
     ├── UnauthenticatedError
     ├── FailedPreconditionError
-    │   └── InstanceChangedError   (the status a policy checked moved; re-check)
+    │   ├── InstanceChangedError   (the status a policy checked moved; re-check)
+    │   └── DurabilityError        (Redis' persistence cannot give `durability`; no start)
     ├── ResourceExhaustedError     (the limit's policy key; when to retry)
     ├── StoreUnavailableError
     └── StartupError               (serve cannot start here: names the setting to change)
@@ -95,6 +96,10 @@ class InstanceChangedError(FailedPreconditionError):
         )
         self.instance_id = instance_id
         self.status = status
+
+
+class DurabilityError(FailedPreconditionError):
+    """The Redis server's persistence settings cannot give the configured durability."""
 
 
 class ResourceExhaustedError(OkraError):

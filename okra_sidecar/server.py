@@ -73,6 +73,7 @@ from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
 from okra_sidecar.store.migration import MigrationReport, migrate_store
+from okra_sidecar.store.persistence import check_durability
 from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.retention_store import RedisRetentionStore
@@ -475,6 +476,8 @@ async def start_sidecar(
             )
             await health_server.start()
         try:
+            # Before anything is written: a level the server cannot give stops the start.
+            await check_durability(client, settings.redis.durability)
             store = await open_store(settings, url, client)
         except StoreUnavailableError:
             # Exiting would only be restarted into the same wait: hold the ports for probes.
