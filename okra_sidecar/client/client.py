@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,7 +88,8 @@ class OkraClient:
 
     Every method takes `timeout_s` (seconds, for the whole call including retries; the client's
     default when None). GetStatus, Query and ListWorkflows are retried on UNAVAILABLE; so are
-    Run with a `request_id` and Signal with a `signal_id`, which the sidecar de-duplicates.
+    Run (always sent with a `request_id`) and Signal with a `signal_id`, which the sidecar
+    de-duplicates.
     Failures raise `OkraRpcError` subclasses (see `okra_sidecar.client.errors`).
 
     Args:
@@ -149,20 +151,22 @@ class OkraClient:
     ) -> str:
         """Start an instance of `workflow_id` (`namespace.name.version`); returns its id.
 
-        With a `request_id`, a repeated call returns the instance the first one created, so
-        the call is retried on UNAVAILABLE; without one it is never retried.
+        Every Run carries a `request_id` (a new UUID unless the caller gives one), so that a
+        repeated call returns the instance the first one created: a Run answered UNAVAILABLE
+        may already be stored, and is retried with the same id rather than run twice. Pass
+        your own `request_id` to make your own retries (after a restart, say) safe too.
         """
         request = pb.RunRequest(
             workflow_id=workflow_id,
             input=to_value(input),
             correlation_id=correlation_id or "",
             tags=dict(tags or {}),
-            request_id=request_id or "",
+            request_id=request_id or str(uuid.uuid4()),
         )
         response = await self._call(
             lambda t: self._stub.Run(request, timeout=t, metadata=self._metadata),
             timeout_s=timeout_s,
-            idempotent=bool(request_id),
+            idempotent=True,
         )
         return response.instance_id
 

@@ -42,6 +42,7 @@ class FlakyServicer(pb_grpc.WorkflowHostAPIServicer):
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls: Counter[str] = Counter()
+        self.request_ids: list[str] = []
 
     async def _fail_first(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.calls[name] += 1
@@ -66,6 +67,7 @@ class FlakyServicer(pb_grpc.WorkflowHostAPIServicer):
         )
 
     async def Run(self, request: Any, context: Any) -> pb.RunResponse:  # noqa: N802
+        self.request_ids.append(request.request_id)
         await self._fail_first("Run", context)
         return pb.RunResponse(instance_id=INSTANCE_ID)
 
@@ -123,15 +125,31 @@ async def test_idempotent_reads_are_retried(flaky: tuple[FlakyServicer, str]) ->
     assert servicer.calls["GetStatus"] == 3
 
 
-async def test_run_is_retried_only_with_a_request_id(flaky: tuple[FlakyServicer, str]) -> None:
+async def test_every_run_gets_a_request_id_and_its_retries_keep_it(
+    flaky: tuple[FlakyServicer, str],
+) -> None:
     servicer, target = flaky
+    async with OkraClient(target, retry=FAST) as client:
+        assert await client.run("tests.forever.1.0.0", {}) == INSTANCE_ID
+        assert servicer.calls["Run"] == 3
+        generated = servicer.request_ids
+        assert generated[0] and generated == [generated[0]] * 3
+        servicer.calls.clear()
+        assert await client.run("tests.forever.1.0.0", {}, request_id="r-1") == INSTANCE_ID
+        assert servicer.request_ids[3:] == ["r-1"] * 3
+        servicer.calls.clear()
+        assert await client.run("tests.forever.1.0.0", {}) == INSTANCE_ID
+        assert servicer.request_ids[6] not in (generated[0], "r-1")
+
+
+async def test_run_gives_up_after_the_retry_budget(flaky: tuple[FlakyServicer, str]) -> None:
+    servicer, target = flaky
+    servicer.failures = 100
     async with OkraClient(target, retry=FAST) as client:
         with pytest.raises(UnavailableError) as caught:
             await client.run("tests.forever.1.0.0", {})
-        assert servicer.calls["Run"] == 1
-        assert caught.value.retry_delay_s == pytest.approx(0.01)
-        assert await client.run("tests.forever.1.0.0", {}, request_id="r-1") == INSTANCE_ID
-        assert servicer.calls["Run"] == 3
+    assert caught.value.retry_delay_s == pytest.approx(0.01)
+    assert len(set(servicer.request_ids)) == 1
 
 
 async def test_cancel_and_plain_signal_are_never_retried(

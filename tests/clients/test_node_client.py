@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from okra_sidecar.config import TlsSettings
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
+from tests.client.test_retries import INSTANCE_ID, FlakyServicer, flaky  # noqa: F401 - fixture
 from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc
 from tests.helpers import Stub, make_settings, running_sidecar
 from tests.pki import Authority
@@ -79,3 +80,16 @@ async def test_node_client_over_mutual_tls(
             *(str(ca.cert), str(client.cert), str(client.key)),
         )
     assert "tests.forever.1.0.0" in report["workflows"]
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 30)
+async def test_node_run_sends_a_request_id_and_retries_with_it(
+    node_client: NodeToolchain,
+    flaky: tuple[FlakyServicer, str],  # noqa: F811 - the fixture imported above
+) -> None:
+    servicer, target = flaky
+    report = await run_script(node_client, "run-once.js", target)
+    assert report["instanceId"] == INSTANCE_ID
+    # Two UNAVAILABLE answers, then success: three attempts with one generated request id.
+    first = servicer.request_ids[0]
+    assert first and servicer.request_ids == [first] * 3

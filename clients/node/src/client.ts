@@ -6,6 +6,7 @@
  * The proto is loaded at run time with @grpc/proto-loader from the repository's protos/
  * folder (or `protoDir`), so there is no generated code to keep in step.
  */
+import { randomUUID } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
@@ -23,7 +24,11 @@ export type WorkflowStatus =
   | "cancelled"
   | "suspended";
 
-/** The seed's WorkflowInput, plus the idempotency key `requestId`. */
+/**
+ * The seed's WorkflowInput, plus the idempotency key `requestId`: a new UUID when omitted, so
+ * that `run` can retry a Run answered UNAVAILABLE (which may already be stored) without
+ * starting it twice. Pass your own to make your own retries safe as well.
+ */
 export interface WorkflowInput {
   workflowId: string;
   input: unknown;
@@ -107,7 +112,7 @@ export interface TlsOptions {
 export interface ClientOptions {
   /** Folder holding okra/workflow/v1/workflow.proto; found above this file when omitted. */
   protoDir?: string;
-  /** Deadline of each call in milliseconds (default 10 000). */
+  /** Deadline of each call in milliseconds (default 10 000), retries of a Run included. */
   timeoutMs?: number;
   /** Dial with TLS; plaintext when neither this nor `credentials` is given. */
   tls?: TlsOptions;
@@ -214,6 +219,9 @@ function fromTimestamp(stamp: PbTimestamp | null | undefined): string | undefine
 // -- the client -----------------------------------------------------------------------------
 
 const STATUS_PREFIX = "WORKFLOW_STATUS_";
+// A Run answered UNAVAILABLE is tried this many times in all, waiting 50, 100, 200 ms between.
+const RUN_ATTEMPTS = 4;
+const RUN_BACKOFF_MS = 50;
 
 type RawMessage = any;
 type Unary = (
@@ -322,16 +330,32 @@ export class OkraClient {
     });
   }
 
-  /** Start an instance; resolves to its id once it is persisted, before any task runs. */
+  /**
+   * Start an instance; resolves to its id once it is persisted, before any task runs. Retried
+   * on UNAVAILABLE with the same `requestId`, which the sidecar de-duplicates.
+   */
   async run(workflow: WorkflowInput): Promise<string> {
-    const response = await this.call("Run", {
+    const request = {
       workflowId: workflow.workflowId,
       input: toValue(workflow.input),
       correlationId: workflow.correlationId ?? "",
       tags: workflow.tags ?? {},
-      requestId: workflow.requestId ?? "",
-    });
-    return response.instanceId;
+      requestId: workflow.requestId ?? randomUUID(),
+    };
+    const giveUpAt = Date.now() + this.timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const response = await this.call("Run", request);
+        return response.instanceId;
+      } catch (error) {
+        const backoffMs = RUN_BACKOFF_MS * 2 ** (attempt - 1);
+        const retryable = error instanceof OkraError && error.code === grpc.status.UNAVAILABLE;
+        if (!retryable || attempt >= RUN_ATTEMPTS || Date.now() + backoffMs >= giveUpAt) {
+          throw error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, backoffMs));
+      }
+    }
   }
 
   async signal(signal: SignalInput): Promise<void> {
