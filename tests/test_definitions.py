@@ -114,3 +114,44 @@ async def test_other_sidecars_see_registered_definitions(redis: Redis) -> None:
         await other.get("tests.steps.9.0.0")
     with pytest.raises(NotFoundError, match="no registered version"):
         await other.resolve("tests.nothing")
+
+
+def version_of(version: str, **document: object) -> dict[str, object]:
+    """The steps definition under another version (and other document fields)."""
+    return {**STEPS, "document": {**STEPS["document"], "version": version, **document}}
+
+
+async def command_calls(redis: Redis, command: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_resolve_reads_the_version_index_not_every_definition(redis: Redis) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys())
+    big = {"summary": "x" * 200_000}
+    versions = [
+        parse_definition(version_of(v, **big), source=v) for v in ("1.0.0", "1.10.0", "1.9.0")
+    ]
+    await WorkflowRegistry(store=store).register(versions)
+    other = WorkflowRegistry(store=store)
+    before = await command_calls(redis, "hgetall"), await command_calls(redis, "hget")
+    for _ in range(5):
+        assert (await other.resolve("tests.steps")).definition.version == "1.10.0"
+    # One HGET for the content the first time, then the cache; never the whole hash.
+    after = await command_calls(redis, "hgetall"), await command_calls(redis, "hget")
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
+    await WorkflowRegistry(store=store).register(
+        [parse_definition(version_of("2.0.0-rc.1"), source="rc")]
+    )
+    assert (await other.resolve("tests.steps")).definition.version == "2.0.0-rc.1"
+
+
+async def test_definitions_registered_before_the_index_are_found_and_indexed(
+    redis: Redis,
+) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys())
+    steps = parse_definition(STEPS, source="steps.yaml")
+    await WorkflowRegistry(store=store).register([steps])
+    await redis.delete("okra:definitions:versions:tests.steps")  # as an older sidecar left it
+    assert (await WorkflowRegistry(store=store).resolve("tests.steps")).definition.id == steps.id
+    assert await redis.smembers("okra:definitions:versions:tests.steps") == {steps.id.encode()}

@@ -132,7 +132,7 @@ class WorkflowRegistry:
         """
         for definition in definitions:
             created = await self._store.register_definition(
-                definition.id, canonical_content(definition)
+                definition.id, canonical_content(definition), workflow_key=definition.key
             )
             self._remember(definition)
             logger.info("workflow %s %s", definition.id, "registered" if created else "unchanged")
@@ -165,7 +165,7 @@ class WorkflowRegistry:
         if workflow_id.count(".") >= 2:
             return await self.get(workflow_id)
         prefix = workflow_id + "."
-        versions = [wid for wid in await self._store.list_definitions() if wid.startswith(prefix)]
+        versions = await self._store.definition_versions(workflow_id)
         if not versions:
             raise NotFoundError(
                 f"workflow {workflow_id} has no registered version; "
@@ -175,6 +175,8 @@ class WorkflowRegistry:
 
     async def list(self) -> list[WorkflowDefinition]:
         """Every registered version, ordered by namespace, name and version."""
-        stored = await self._store.list_definitions()
-        entries = [self._parse_stored(wid, content).definition for wid, content in stored.items()]
+        # Ids first: a definition already parsed here is not read from Redis again.
+        entries = [
+            (await self.get(wid)).definition for wid in await self._store.list_definition_ids()
+        ]
         return sorted(entries, key=lambda d: (d.namespace, d.name, semver_key(d.version)))

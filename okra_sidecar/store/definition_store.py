@@ -10,15 +10,23 @@ __all__ = ["DefinitionStore"]
 
 
 class DefinitionStore(StoreConnections):
-    """The `definitions` hash every sidecar registers into and reads from."""
+    """The `definitions` hash every sidecar registers into and reads from, and the version
+    index of each workflow."""
 
-    async def register_definition(self, workflow_id: str, content: str) -> bool:
+    async def register_definition(
+        self, workflow_id: str, content: str, *, workflow_key: str
+    ) -> bool:
         """Register immutable content under an id; True if new, False if identical.
+
+        The id also joins its workflow's version index (`namespace.name` -> ids), so that
+        resolving `namespace.name` reads a few ids instead of every stored definition.
 
         Raises:
             AlreadyExistsError: other content is registered under this id.
         """
         with map_redis_errors():
+            # Indexed even when the content is already there: the index may predate it.
+            await self.redis.sadd(self.keys.definition_versions(workflow_key), workflow_id)
             if await self.redis.hsetnx(self.keys.definitions, workflow_id, content):
                 return True
             existing = await self.redis.hget(self.keys.definitions, workflow_id)
@@ -34,7 +42,21 @@ class DefinitionStore(StoreConnections):
             content = await self.redis.hget(self.keys.definitions, workflow_id)
         return None if content is None else text(content)
 
-    async def list_definitions(self) -> dict[str, str]:
+    async def definition_versions(self, workflow_key: str) -> list[str]:
+        """The registered ids of one workflow (`namespace.name`), from its version index."""
+        index = self.keys.definition_versions(workflow_key)
         with map_redis_errors():
-            entries = await self.redis.hgetall(self.keys.definitions)
-        return {text(k): text(v) for k, v in entries.items()}
+            ids = {text(i) for i in await self.redis.smembers(index)}
+            if not ids:
+                # Registered before the index existed: find them once by name, and index them.
+                prefix = workflow_key + "."  # labels hold no dots: a version follows
+                stored = await self.redis.hkeys(self.keys.definitions)
+                ids = {i for i in map(text, stored) if i.startswith(prefix)}
+                if ids:
+                    await self.redis.sadd(index, *ids)
+        return sorted(ids)
+
+    async def list_definition_ids(self) -> list[str]:
+        with map_redis_errors():
+            ids = await self.redis.hkeys(self.keys.definitions)
+        return sorted(text(i) for i in ids)

@@ -122,6 +122,9 @@ class RedisKeys:
     def definitions(self) -> str:
         return f"{self.prefix}definitions"
 
+    def definition_versions(self, workflow_key: str) -> str:
+        return f"{self.prefix}definitions:versions:{workflow_key}"
+
     @property
     def active_count(self) -> str:
         return f"{self.prefix}active"
