@@ -267,7 +267,17 @@ async def test_sidecar_started_from_the_container_env_serves_its_probes(
     translated["OKRA_ADMIN_LISTEN"] = "127.0.0.1:0"
     translated["OTEL_TRACES_EXPORTER"] = "none"  # no collector here
     settings = Settings.load(flags={}, environ=translated)
-    sidecar = await start_sidecar(settings)
+    # The StatefulSet's redis-server fsyncs every write (checked above); so must the test's,
+    # or a sidecar at durability aof refuses to start on a Redis older than 7.2.
+    statefulset = manifests()[("StatefulSet", "okra-redis")]["spec"]["template"]["spec"]
+    args = statefulset["containers"][0]["args"]
+    fsync: Any = (await redis.config_get("appendfsync"))["appendfsync"]
+    if "--appendfsync" in args:
+        await redis.config_set("appendfsync", args[args.index("--appendfsync") + 1])
+    try:
+        sidecar = await start_sidecar(settings)
+    finally:
+        await redis.config_set("appendfsync", fsync)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.health_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
