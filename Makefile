@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := all
-sources = $(wildcard okra_sidecar tests bench chaos protos deploy)
+sources = $(wildcard okra_sidecar tests bench chaos fuzz protos deploy)
 
 VENV = .venv
 BIN = $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP = $(VENV)/.install-stamp
 # Every package of the development and CI install, pinned with hashes (`make lock` refreshes it).
 LOCK = requirements/dev.txt
 
-.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench chaos clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench chaos fuzz clean
 
 all: lint test
 
@@ -98,6 +98,10 @@ chaos: install
 
 bench: install
 	$(BIN)/python -m bench $(ARGS)
+
+# The fuzzer's long profile (10,000 requests); the test suite runs the short one (2,000).
+fuzz: install
+	$(BIN)/python -m fuzz --count 10000
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .coverage
