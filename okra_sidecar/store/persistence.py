@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from okra_sidecar.errors import DurabilityError
-from okra_sidecar.store.redis_store import map_redis_errors
+from okra_sidecar.store.replies import map_redis_errors
 
 __all__ = ["ServerPersistence", "check_durability", "durability_problem", "read_persistence"]
 
