@@ -29,6 +29,7 @@ from bench.report import (
 )
 from bench.workloads import (
     HOLD,
+    SPIN,
     BenchError,
     Client,
     measure_completion,
@@ -37,6 +38,7 @@ from bench.workloads import (
     measure_run,
     measure_signal,
     run_request,
+    start_instances,
     warm_up,
 )
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
@@ -57,6 +59,8 @@ class Plan:
     redis_url: str | None = None
     # Engine child processes of the sidecar (its engineProcesses setting).
     engine_processes: int = 1
+    # Instances of bench.spin (an expression that never ends) started right before W2.
+    hostile: int = 0
 
 
 def log(message: str) -> None:
@@ -130,6 +134,9 @@ async def run_workloads(client: Client, plan: Plan, baseline: EchoBaseline | Non
         log(f"W1: {counts['W1']} Runs of a workflow that waits")
         results += await around(baseline, lambda: _one(measure_run(client, counts["W1"])))
     if "W2" in counts:
+        if plan.hostile:
+            log(f"W2 beside {plan.hostile} instances of {SPIN}, each stopped over its budget")
+            await start_instances(client, SPIN, plan.hostile)
         log(f"W2: {counts['W2']} Runs of three set tasks, until all complete")
         row, completed_ids = await measure_completion(client, counts["W2"])
         results.append(row)
@@ -239,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sidecar's engineProcesses: 0 takes turns in the serving process (1)",
     )
     parser.add_argument(
+        "--hostile",
+        type=int,
+        default=0,
+        help="start this many instances of an endless expression right before W2 (0)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -256,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         redis_url=args.redis_url,
         engine_processes=args.engine_processes,
+        hostile=args.hostile,
     )
     if args.rounds < 1:
         print("error: --rounds must be at least 1", file=sys.stderr)
@@ -282,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": plan.concurrency,
             "redis": "external" if plan.redis_url else "embedded",
             "engineProcesses": plan.engine_processes,
+            "hostile": plan.hostile,
         }
         print(to_json(rounds[0], settings) if len(rounds) == 1 else rounds_json(rounds, settings))
     elif len(rounds) > 1:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ECHO = "echo (grpc.aio)"
 HOLD = "bench.hold.1.0.0"
 STEPS = "bench.steps.1.0.0"
+SPIN = "bench.spin.1.0.0"
 APPROVE = "bench.approve.1.0.0"
 SIGNAL = "bench-go"
 NOT_STARTED = (pb.WORKFLOW_STATUS_PENDING, pb.WORKFLOW_STATUS_RUNNING)

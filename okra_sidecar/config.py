@@ -110,7 +110,8 @@ class RedisSettings:
 class EngineSettings:
     concurrency: int = 64
     # 0: turns run in the serving process; N: in N child processes (see engine/processes.py).
-    processes: int = 0
+    # Only a child's expressions can be bounded: jq holds the GIL, nothing in-process stops it.
+    processes: int = 1
     claim_idle_ms: int = 30_000
     timer_interval_ms: int = 100
     max_steps_per_turn: int = 1000
@@ -120,6 +121,13 @@ class EngineSettings:
     read_linger_ms: int = 2
     # The largest definition file loaded (maxDefinitionBytes); larger ones stop the start.
     max_definition_bytes: int = 1024 * 1024
+    # Budgets an engine child's parent enforces (engine/watchdog.py); 0 lifts one.
+    expression_timeout_ms: int = 1000
+    turn_timeout_ms: int = 10_000
+    # How far an engine child's data segment may grow past its size once started (MiB).
+    memory_mb: int = 256
+    # Retries of a turn whose engine process died in it, before its instance fails.
+    crash_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -486,6 +494,10 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "readLingerMs": ("engine", "read_linger_ms", _int(0)),
     "maxStepsPerTurn": ("engine", "max_steps_per_turn", _int(1)),
     "maxDefinitionBytes": ("engine", "max_definition_bytes", _int(1)),
+    "expressionTimeoutMs": ("engine", "expression_timeout_ms", _int(0)),
+    "turnTimeoutMs": ("engine", "turn_timeout_ms", _int(0)),
+    "engineMemoryMb": ("engine", "memory_mb", _int(0)),
+    "turnCrashRetries": ("engine", "crash_retries", _int(0)),
     "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
     "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
     "enableManualTriggers": ("host", "enable_manual_triggers", _bool),
@@ -558,6 +570,9 @@ ENV_VARIABLES = {
     "OKRA_ENGINE_PROCESSES": "engineProcesses",
     "OKRA_CLAIM_IDLE_MS": "claimIdleMs",
     "OKRA_READ_LINGER_MS": "readLingerMs",
+    "OKRA_EXPRESSION_TIMEOUT_MS": "expressionTimeoutMs",
+    "OKRA_TURN_TIMEOUT_MS": "turnTimeoutMs",
+    "OKRA_ENGINE_MEMORY_MB": "engineMemoryMb",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
     "OKRA_MAX_INPUT_DEPTH": "maxInputDepth",

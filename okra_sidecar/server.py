@@ -34,8 +34,9 @@ from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
+from okra_sidecar.engine import board as turn_board
 from okra_sidecar.engine.event_triggers import EventTriggers
-from okra_sidecar.engine.processes import EngineProcesses
+from okra_sidecar.engine.processes import EngineProcesses, attach_board, limit_memory
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
@@ -611,9 +612,14 @@ async def start_sidecar(
             engines = EngineProcesses(
                 settings=replace(settings, redis=replace(settings.redis, url=url)),
                 count=settings.engine.processes,
+                on_fault=runner.fail_instance,
             )
             await engines.start()
         else:
+            logger.warning(
+                "engineProcesses: 0: expressions run in the serving process, without time "
+                "or memory budgets; run only trusted definitions this way"
+            )
             await runner.start()
         await scheduler.start()
         await retention.start()
@@ -705,6 +711,9 @@ async def run_engine(settings: Settings) -> None:
             clock=wall_clock_ms,
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process
+        # The parent watches this board and enforces the budgets; the memory cap is our own.
+        turn_board.install(attach_board())
+        limit_memory(settings.engine.memory_mb)
         await runner.start()
         await stop.wait()
         await runner.stop(timeout_s=settings.server.grace_s)

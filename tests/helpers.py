@@ -37,7 +37,9 @@ else:
 WORKFLOWS_DIR = Path(__file__).parent / "workflows"
 # The keys of the sidecars the tests start (the default prefix and partition count).
 KEYS = RedisKeys()
-FAST_ENGINE = EngineSettings(claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
+FAST_ENGINE = EngineSettings(
+    processes=0, claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200
+)
 T = TypeVar("T")
 
 
@@ -164,6 +166,7 @@ async def redis_fingerprint(redis: Redis) -> dict[bytes | str, str]:
 
 __all__ = [
     "FAST_ENGINE",
+    "process_alive",
     "Stub",
     "WORKFLOWS_DIR",
     "bad_request_fields",
@@ -177,3 +180,12 @@ __all__ = [
     "wait_for_status",
     "with_host",
 ]
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a reaped child's pid is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -43,7 +43,7 @@ else:
 __all__ = ["ScenarioResult", "run_features"]
 
 FINISHED = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED, pb.WORKFLOW_STATUS_CANCELLED}
-ENGINE = EngineSettings(claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
+ENGINE = EngineSettings(processes=0, claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
 SCENARIO_TIMEOUT_S = 20.0
 
 

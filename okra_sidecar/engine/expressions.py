@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import jq
 
+from okra_sidecar.engine import board as turn_board
 from okra_sidecar.errors import OkraError
 
 __all__ = [
@@ -192,6 +193,9 @@ class CompiledExpression:
     def evaluate(self, data: Any, args: Mapping[str, Any]) -> Any:
         if self._path is not None:
             return self._walk(data if self._root is None else args.get(self._root))
+        # Marked for the engine's watchdog, which stops an evaluation over its budget.
+        marks = turn_board.current()
+        marks.begin_evaluation()
         try:
             return self._program.input_value(_feed(data, args, self.names, self.uses_now)).first()
         except StopIteration:
@@ -200,6 +204,8 @@ class CompiledExpression:
             raise ExpressionError(self.text, _jq_message(exc)) from None
         except TypeError as exc:
             raise ExpressionError(self.text, f"value is not JSON: {exc}") from None
+        finally:
+            marks.end_evaluation()
 
     def _walk(self, value: Any) -> Any:
         # Same results as jq's `.a.b`: null passes through, a non-object cannot be indexed.
@@ -278,11 +284,15 @@ class TemplateValue:
 
     def evaluate(self, data: Any, args: Mapping[str, Any]) -> Any:
         if self._combined is not None:
+            marks = turn_board.current()
+            marks.begin_evaluation()
             try:
                 feed = _feed(data, args, self._names, self._uses_now)
                 return self._combined.input_value(feed).first()
             except (ValueError, TypeError, StopIteration):
                 pass  # walk again below to report the leaf that failed
+            finally:
+                marks.end_evaluation()
         return _build(self._shape, data, args)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from okra_sidecar.engine import board as turn_board
 from okra_sidecar.engine.arguments import TaskArguments
 from okra_sidecar.engine.catching import CatchingTurn
 from okra_sidecar.engine.dsl import WorkflowDefinition
@@ -276,6 +277,7 @@ class _Turn(CatchingTurn, WaitingTurn):
 
     def start_task(self, node: TaskNode) -> None:
         """Run a task from its start; it completes, pushes a frame or waits in a slot."""
+        turn_board.current().enter_task(node.reference)
         raw = self.data
         args = TaskArguments(self, node, raw, self.now)
         if node.if_ is not None and not truthy(self.eval(node.if_, raw, args, node.reference)):
@@ -324,6 +326,7 @@ class _Turn(CatchingTurn, WaitingTurn):
         """Try to get the waiting task going; True when the thread may go on."""
         slot = self.slot
         assert slot is not None
+        turn_board.current().enter_task(slot["ref"])
         if "retry" in slot:
             return self.resume_retry(slot)
         node = self.plan.nodes[slot["ref"]]

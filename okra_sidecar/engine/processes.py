@@ -4,8 +4,14 @@ One Python process runs one thread of Python at a time, so turns taken in the se
 compete with the rpcs for it. With `engineProcesses: N` the sidecar starts N children that
 only take turns (work streams, timers, reclaim) on the same Redis; the parent serves rpcs and
 runs everything else. Turns are safe in any process, as in any sidecar, so nothing else
-changes. A child that dies is started again; the children die with the parent (PDEATHSIG),
-and whatever they had in flight is reclaimed like any stopped worker's.
+changes. A child that dies is started again; the children die with the parent (PDEATHSIG
+SIGKILL, which reaches a child stuck in jq where SIGTERM would wait for its event loop), and
+whatever they had in flight is reclaimed like any stopped worker's.
+
+The children are also where expressions are bounded: each shares a TurnBoard with the parent,
+which kills a child whose evaluation or turn runs over budget and fails that instance
+(engine/watchdog.py), and each caps its own data segment (`engineMemoryMb` above its size
+once started), so that jq's allocations fail inside the child rather than exhaust the host.
 """
 
 from __future__ import annotations
@@ -15,10 +21,18 @@ import contextlib
 import logging
 import os
 import pickle
+import re
+import resource
 import signal
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from okra_sidecar.config import Settings
+from okra_sidecar.engine.board import TurnBoard
+from okra_sidecar.engine.watchdog import TurnBudget, TurnVerdict, crash_fault, judge
 from okra_sidecar.store.embedded import terminate_with_parent
 from okra_sidecar.tasks import cancel_and_wait
 
@@ -26,18 +40,32 @@ logger = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
 PARENT_PID_ENV = "OKRA_ENGINE_PARENT_PID"
+BOARD_FD_ENV = "OKRA_ENGINE_BOARD_FD"
 STOP_TIMEOUT_S = 15.0
+WATCH_INTERVAL_S = 0.1
+# Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
+FaultHook = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 
 class EngineProcesses:
     """Starts, restarts and stops the engine children of one sidecar."""
 
-    def __init__(self, *, settings: Settings, count: int) -> None:
+    def __init__(self, *, settings: Settings, count: int, on_fault: FaultHook) -> None:
         # The children get the parent's settings as they are (flags, files and variables
         # already applied), through their standard input.
         self._payload = pickle.dumps(settings)
         self._count = count
+        self._budget = TurnBudget(
+            expression_ms=settings.engine.expression_timeout_ms,
+            turn_ms=settings.engine.turn_timeout_ms,
+        )
+        self._crash_retries = settings.engine.crash_retries
+        self._on_fault = on_fault
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
+        self._boards: list[TurnBoard] = [TurnBoard(None)] * count
+        self._verdicts: dict[int, TurnVerdict] = {}
+        # Crashes in the middle of a turn, by instance (this sidecar's children only).
+        self._crashes: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -47,21 +75,29 @@ class EngineProcesses:
 
     async def start(self) -> None:
         for slot in range(self._count):
-            self._children[slot] = await self._spawn()
+            self._children[slot] = await self._spawn(slot)
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
+        self._supervisors.append(asyncio.create_task(self._watch(), name="okra-engine-watch"))
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
+        self._boards[slot].close()
+        board, fd = TurnBoard.create()
+        self._boards[slot] = board
         # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
         # fork() handlers"); without it Python spawns with vfork. The child asks for
         # PDEATHSIG itself (adopt_parent) and checks this pid is still its parent.
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "okra_sidecar",
-            "engine",
-            stdin=asyncio.subprocess.PIPE,
-            env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "okra_sidecar",
+                "engine",
+                stdin=asyncio.subprocess.PIPE,
+                env={**os.environ, PARENT_PID_ENV: str(os.getpid()), BOARD_FD_ENV: str(fd)},
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)  # the parent keeps its mapping, the child its own descriptor
         assert process.stdin is not None
         process.stdin.write(self._payload)
         await process.stdin.drain()
@@ -75,10 +111,62 @@ class EngineProcesses:
             code = await child.wait()
             if self._stopping:
                 return
-            logger.error("engine process %d exited with %s; starting another", child.pid, code)
-            await asyncio.sleep(RESTART_DELAY_S)
+            verdict = self._verdicts.pop(slot, None)
+            if verdict is None:
+                logger.error("engine process %d exited with %s; starting another", child.pid, code)
+                verdict = self._crashed(slot)
+            if verdict is not None:
+                await self._fail(verdict)
+                delay = 0.0  # the child was stopped on purpose: replace it at once
+            else:
+                delay = RESTART_DELAY_S
+            await asyncio.sleep(delay)
             if not self._stopping:
-                self._children[slot] = await self._spawn()
+                self._children[slot] = await self._spawn(slot)
+
+    def _crashed(self, slot: int) -> TurnVerdict | None:
+        """A child that died mid-turn: count it against the instance; fail it past the limit."""
+        reading = self._boards[slot].read()
+        if not reading.turn_started_ns or not reading.instance_id:
+            return None
+        crashes = self._crashes.get(reading.instance_id, 0) + 1
+        if crashes <= self._crash_retries:
+            self._crashes[reading.instance_id] = crashes
+            logger.warning(
+                "engine process died in a turn of %s (%d of %d retries)",
+                reading.instance_id,
+                crashes,
+                self._crash_retries,
+            )
+            return None
+        self._crashes.pop(reading.instance_id, None)
+        return TurnVerdict(reading.instance_id, crash_fault(reading, crashes))
+
+    async def _fail(self, verdict: TurnVerdict) -> None:
+        logger.warning("failing instance %s: %s", verdict.instance_id, verdict.error["title"])
+        try:
+            await self._on_fault(verdict.instance_id, verdict.error)
+        except Exception:
+            # Left as it is, the instance's turn is reclaimed and judged again.
+            logger.exception("could not fail instance %s", verdict.instance_id)
+
+    async def _watch(self) -> None:
+        """Kill a child that stays in one evaluation or turn past its budget."""
+        while not self._stopping:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic_ns()
+            for slot, child in enumerate(self._children):
+                if child is None or child.returncode is not None or slot in self._verdicts:
+                    continue
+                verdict = judge(self._boards[slot].read(), now, self._budget)
+                if verdict is None:
+                    continue
+                logger.warning(
+                    "engine process %d: %s; killing it", child.pid, verdict.error["title"]
+                )
+                self._verdicts[slot] = verdict
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
 
     async def stop(self) -> None:
         """SIGTERM every child (each finishes its turns in flight), then wait for them."""
@@ -98,7 +186,8 @@ class EngineProcesses:
 
 def adopt_parent() -> bool:
     """In a child: die with the parent; False if it is gone already (or was never there)."""
-    terminate_with_parent()
+    # SIGKILL: a child blocked inside an evaluation never runs a SIGTERM handler.
+    terminate_with_parent(signal.SIGKILL)
     expected = os.environ.get(PARENT_PID_ENV)
     # Checked after PDEATHSIG is set, so a parent that dies in between is still noticed.
     return expected is not None and os.getppid() == int(expected)
@@ -110,3 +199,28 @@ def read_settings() -> Settings:
     if not isinstance(settings, Settings):
         raise TypeError("the engine process expects Settings on standard input")
     return settings
+
+
+def attach_board() -> TurnBoard:
+    """In a child: the board its parent shares with it (one that marks nothing without)."""
+    fd = os.environ.get(BOARD_FD_ENV)
+    return TurnBoard(None) if fd is None else TurnBoard.attach(int(fd))
+
+
+def limit_memory(megabytes: int) -> None:
+    """In a child: cap its data segment at its current size plus `megabytes` (0: no cap).
+
+    RLIMIT_DATA counts the heap and private anonymous mappings, where jq's and Python's
+    allocations land; once over it, jq aborts the process (its allocator has no failure path).
+    """
+    status = Path("/proc/self/status")
+    if megabytes <= 0 or not status.exists():
+        return
+    found = re.search(r"^VmData:\s+(\d+) kB", status.read_text(), re.MULTILINE)
+    if found is None:
+        return
+    limit = int(found[1]) * 1024 + megabytes * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))

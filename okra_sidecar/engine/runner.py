@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from okra_sidecar.config import EngineSettings
+from okra_sidecar.engine import board as turn_board
 from okra_sidecar.engine import deadlines
 from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, TurnResult, advance
 from okra_sidecar.engine.outbox import turn_extras
@@ -261,6 +262,9 @@ class EngineRunner:
             registered = await self._registry.get(snapshot.workflow_id)
         except NotFoundError as exc:
             return self._fault(snapshot, now, "definition not found", str(exc))
+        # The board tells an engine child's watchdog whose turn this is (engine/board.py).
+        board = turn_board.current()
+        board.begin_turn(snapshot.instance_id)
         try:
             return advance(
                 registered.definition,
@@ -273,22 +277,32 @@ class EngineRunner:
             # A bug must fail one instance, not loop on it forever.
             logger.exception("interpreter failed on instance %s", snapshot.instance_id)
             return self._fault(snapshot, now, "runtime error", f"{type(exc).__name__}: {exc}")
+        finally:
+            board.end_turn()
+
+    async def fail_instance(self, instance_id: str, error: dict[str, Any]) -> bool:
+        """Fail an instance from outside its turn: its turn was stopped over budget, or kept
+        crashing the process that took it. False when it had finished already.
+
+        Its work items stay pending for the stopped consumer; the turn that reclaims them
+        finds the instance finished and acknowledges them.
+        """
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            snapshot = await self._store.load_turn(instance_id)
+            if snapshot is None or snapshot.status.finished:
+                return False
+            now = self._clock()
+            result = fault_result(snapshot, now, error)
+            commit = self._to_commit(result, now, snapshot)
+            if await self._store.commit_turn(snapshot, commit):
+                await self._after_commit(snapshot, commit)
+                return True
+        return False
 
     @staticmethod
     def _fault(snapshot: TurnSnapshot, now: int, title: str, detail: str) -> TurnResult:
         error = {"type": RUNTIME_ERROR_TYPE, "status": 500, "title": title, "detail": detail}
-        return TurnResult(
-            state=snapshot.state,
-            outcome=TurnOutcome.FAILED,
-            current_step="",
-            output=None,
-            error={**error, "instance": "/"},
-            context=snapshot.state.get("context", {}),
-            consumed=[],
-            wake_at_ms=None,
-            history=[{"type": "workflow.faulted", "time": now, "error": error}],
-            changed=True,
-        )
+        return fault_result(snapshot, now, {**error, "instance": "/"})
 
     @staticmethod
     def _to_commit(result: TurnResult, now: int, snapshot: TurnSnapshot) -> TurnCommit:
@@ -306,3 +320,20 @@ class EngineRunner:
             now_ms=now,
             extras=turn_extras(snapshot, result, now),
         )
+
+
+def fault_result(snapshot: TurnSnapshot, now: int, error: dict[str, Any]) -> TurnResult:
+    """A turn that fails the instance with `error` (a problem with its `instance` pointer)."""
+    event_error = {key: value for key, value in error.items() if key != "instance"}
+    return TurnResult(
+        state=snapshot.state,
+        outcome=TurnOutcome.FAILED,
+        current_step="",
+        output=None,
+        error=error,
+        context=snapshot.state.get("context", {}),
+        consumed=[],
+        wake_at_ms=None,
+        history=[{"type": "workflow.faulted", "time": now, "error": event_error}],
+        changed=True,
+    )

@@ -299,13 +299,13 @@ class EmbeddedRedis:
 PR_SET_PDEATHSIG = 1
 
 
-def terminate_with_parent() -> None:
-    """In the child before exec: ask Linux for SIGTERM when the parent dies (no-op elsewhere).
+def terminate_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In the child: ask Linux for `signum` when the parent dies (no-op elsewhere).
 
     Only async-signal-safe work here: libc was looked up in the parent, at import.
     """
     if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _LIBC.prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _load_libc() -> ctypes.CDLL | None:

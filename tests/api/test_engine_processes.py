@@ -15,7 +15,14 @@ from bench.cpu import child_pids
 from okra_sidecar.config import Settings
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.api.test_process import start_process
-from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
+from tests.helpers import (
+    make_settings,
+    process_alive,
+    running_sidecar,
+    to_python,
+    value,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
@@ -69,10 +76,10 @@ async def test_a_killed_sidecar_takes_its_engine_children_with_it(
         process.kill()
         await process.wait()
         for _ in range(100):
-            if not any(_alive(pid) for pid in children):
+            if not any(process_alive(pid) for pid in children):
                 break
             await asyncio.sleep(0.05)
-        assert not any(_alive(pid) for pid in children)
+        assert not any(process_alive(pid) for pid in children)
     finally:
         if process.returncode is None:
             process.kill()
@@ -91,12 +98,3 @@ async def test_the_engine_command_refuses_to_run_on_its_own() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 1
     assert b"runs only as a child of `serve`" in stderr
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a reaped child's pid is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

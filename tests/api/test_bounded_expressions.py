@@ -1,0 +1,166 @@
+"""Hostile expressions: each fails its own instance; the sidecar and other instances go on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bench.cpu import child_pids
+from okra_sidecar.engine.deadlines import TIMEOUT_ERROR_TYPE
+from okra_sidecar.engine.effects import RUNTIME_ERROR
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.api.test_process import channel_to, start_process
+from tests.helpers import (
+    FAST_ENGINE,
+    WORKFLOWS_DIR,
+    make_settings,
+    process_alive,
+    running_sidecar,
+    to_python,
+    value,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.slow
+DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
+# The expressions of the reliability report, each of which once froze or aborted the sidecar.
+HOSTILE = {
+    "recursion": "${ def f: f; f }",
+    "repeat": "${ [limit(1e8; repeat(1))] }",
+    "reduce": "${ reduce range(.count) as $i (0; .+1) }",
+    "range": "${ [range(1e9)] | length }",
+}
+HOSTILE_INPUT = {"count": 1e12}
+
+
+def write_workflows(directory: Path) -> Path:
+    """The hostile workflows (one task `spin` after a harmless `warm`) beside tests.steps."""
+    shutil.copy(WORKFLOWS_DIR / "steps.yaml", directory / "steps.yaml")
+    for name, expression in HOSTILE.items():
+        header = f"{{dsl: '1.0.0', namespace: hostile, name: {name}, version: '1.0.0'}}"
+        (directory / f"{name}.yaml").write_text(
+            f"document: {header}\n"
+            "do:\n"
+            "  - warm:\n"
+            "      set: {count: '${ .count }'}\n"
+            "  - spin:\n"
+            f"      set: {{value: '{expression}'}}\n"
+        )
+    return directory
+
+
+async def test_each_hostile_expression_fails_its_instance_and_the_others_complete(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, workflows=write_workflows(tmp_path))
+    settings = replace(settings, engine=replace(FAST_ENGINE, processes=1))
+    async with running_sidecar(settings) as (_, stub):
+        hostile = {
+            name: (
+                await stub.Run(
+                    pb.RunRequest(workflow_id=f"hostile.{name}.1.0.0", input=value(HOSTILE_INPUT))
+                )
+            ).instance_id
+            for name in HOSTILE
+        }
+        normal = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+        )
+        done = await wait_for_status(stub, normal.instance_id, DONE, timeout_s=60)
+        assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+        assert to_python(done.output) == {"n": 22, "done": True}
+        for name, instance_id in hostile.items():
+            failed = await wait_for_status(stub, instance_id, DONE, timeout_s=90)
+            assert failed.status == pb.WORKFLOW_STATUS_FAILED, name
+            error = failed.error
+            # Over time, or over memory (jq aborts its process) until the retries ran out.
+            assert error.type in (TIMEOUT_ERROR_TYPE, RUNTIME_ERROR), (name, error)
+            assert error.instance == "/do/1/spin", (name, error)
+            assert "/do/1/spin" in error.title, (name, error)
+        # The sidecar still takes new work.
+        again = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
+        )
+        done = await wait_for_status(stub, again.instance_id, DONE, timeout_s=30)
+        assert to_python(done.output) == {"n": 32, "done": True}
+
+
+async def test_a_turn_that_keeps_crashing_its_process_fails_its_instance(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    engine = replace(
+        FAST_ENGINE,
+        processes=1,
+        expression_timeout_ms=0,
+        turn_timeout_ms=0,
+        memory_mb=64,
+        crash_retries=1,
+    )
+    settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None
+        first_child = sidecar.engines.pids
+        run = await stub.Run(
+            pb.RunRequest(workflow_id="hostile.range.1.0.0", input=value(HOSTILE_INPUT))
+        )
+        failed = await wait_for_status(stub, run.instance_id, DONE, timeout_s=90)
+        assert failed.status == pb.WORKFLOW_STATUS_FAILED
+        assert failed.error.type == RUNTIME_ERROR
+        assert failed.error.title == "Turn crashed its engine process in /do/1/spin"
+        assert "2 times" in failed.error.detail
+        assert sidecar.engines.pids != first_child
+        normal = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+        )
+        done = await wait_for_status(stub, normal.instance_id, DONE, timeout_s=30)
+        assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+
+
+async def test_an_engine_child_stuck_in_jq_dies_with_its_killed_parent(
+    redis: Redis, redis_url: str, unused_tcp_port: int, tmp_path: Path
+) -> None:
+    env = {
+        "OKRA_ENGINE_PROCESSES": "1",
+        "OKRA_EXPRESSION_TIMEOUT_MS": "0",
+        "OKRA_TURN_TIMEOUT_MS": "0",
+    }
+    workflows = write_workflows(tmp_path)
+    process = await start_process(redis_url, unused_tcp_port, workflows=workflows, env=env)
+    try:
+        [child] = child_pids(process.pid)
+        async with channel_to(unused_tcp_port) as stub:
+            await stub.Run(
+                pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
+            )
+        # Wait until the child is busy in the expression (its CPU time grows past a second).
+        for _ in range(200):
+            if _cpu_ticks(child) > os.sysconf("SC_CLK_TCK"):
+                break
+            await asyncio.sleep(0.05)
+        assert _cpu_ticks(child) > os.sysconf("SC_CLK_TCK")
+        process.kill()
+        await process.wait()
+        for _ in range(100):
+            if not process_alive(child):
+                break
+            await asyncio.sleep(0.05)
+        assert not process_alive(child)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
