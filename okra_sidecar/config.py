@@ -128,6 +128,9 @@ class EngineSettings:
     memory_mb: int = 256
     # Retries of a turn whose engine process died in it, before its instance fails.
     crash_retries: int = 2
+    # Every consumer refreshes its heartbeat this often; one missing for three periods is
+    # dead, and what it left pending is taken over (store/liveness.py).
+    heartbeat_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -498,6 +501,7 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "turnTimeoutMs": ("engine", "turn_timeout_ms", _int(0)),
     "engineMemoryMb": ("engine", "memory_mb", _int(0)),
     "turnCrashRetries": ("engine", "crash_retries", _int(0)),
+    "heartbeatMs": ("engine", "heartbeat_ms", _int(50)),
     "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
     "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
     "enableManualTriggers": ("host", "enable_manual_triggers", _bool),
@@ -573,6 +577,7 @@ ENV_VARIABLES = {
     "OKRA_EXPRESSION_TIMEOUT_MS": "expressionTimeoutMs",
     "OKRA_TURN_TIMEOUT_MS": "turnTimeoutMs",
     "OKRA_ENGINE_MEMORY_MB": "engineMemoryMb",
+    "OKRA_HEARTBEAT_MS": "heartbeatMs",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",
     "OKRA_MAX_INPUT_DEPTH": "maxInputDepth",

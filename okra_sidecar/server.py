@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
@@ -36,7 +36,12 @@ from okra_sidecar.config import Settings
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine import board as turn_board
 from okra_sidecar.engine.event_triggers import EventTriggers
-from okra_sidecar.engine.processes import EngineProcesses, attach_board, limit_memory
+from okra_sidecar.engine.processes import (
+    CONSUMER_ENV,
+    EngineProcesses,
+    attach_board,
+    limit_memory,
+)
 from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.retention import RetentionKeeper
 from okra_sidecar.engine.runner import EngineRunner
@@ -68,11 +73,13 @@ from okra_sidecar.startup import (
     check_listen,
     unreachable_redis,
 )
+from okra_sidecar.store.base import WorkItem
 from okra_sidecar.store.commands import hot_commands
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
+from okra_sidecar.store.liveness import ConsumerHeartbeat, ConsumerLiveness
 from okra_sidecar.store.migration import MigrationReport, migrate_store
 from okra_sidecar.store.persistence import check_durability
 from okra_sidecar.store.policy_store import RedisPolicyStore
@@ -98,6 +105,9 @@ READINESS_SERVICES = (
     TASK_WORKER_SERVICE,
 )
 HEALTH_INTERVAL_S = 1.0
+HEALTH_PING_TIMEOUT_S = 1.0
+# Work items taken over from one stopped consumer per stream and pass.
+ORPHAN_BATCH = 100
 REDIS_POOL_BASE = 128
 REDIS_POOL_WAIT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
@@ -135,6 +145,7 @@ class Sidecar:
     tls: CertificateFiles | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    heartbeat: ConsumerHeartbeat | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
@@ -154,6 +165,8 @@ class Sidecar:
             await self.policies.stop()
         if self.effects is not None:
             await self.effects.stop(timeout_s=grace_s or 0.0)
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()  # nothing of ours is left for others to wait on
         if self.gauge_task is not None:
             await cancel_and_wait([self.gauge_task])
         if self.admin is not None:
@@ -315,14 +328,28 @@ async def _watch_redis(store: RedisStore, reporter: HealthReporter) -> None:
     """
     while True:
         try:
-            await store.ping()
+            # Its own short timeout: the client's 10 s socket timeout would keep a hung
+            # Redis looking healthy for that long.
+            await asyncio.wait_for(store.ping(), HEALTH_PING_TIMEOUT_S)
             ok = True
-        except StoreUnavailableError:
+        except (StoreUnavailableError, TimeoutError):
             ok = False
         if ok != reporter.ready:
             await reporter.set_ready(ok)
             logger.warning("Redis is %s", "reachable again" if ok else "unreachable: not ready")
         await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+def consumer_name() -> str:
+    """This process's name in every consumer group (and its heartbeat's)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def build_liveness(
+    settings: Settings, client: aioredis.Redis, store: RedisStore
+) -> ConsumerLiveness:
+    """Heartbeats that expire after three missed beats (store/liveness.py)."""
+    return ConsumerLiveness(redis=client, keys=store.keys, ttl_ms=3 * settings.engine.heartbeat_ms)
 
 
 def wall_clock_ms() -> int:
@@ -402,8 +429,13 @@ def build_runner(
     telemetry: Telemetry,
     policies: PolicyLayer,
     clock: Callable[[], int],
+    liveness: ConsumerLiveness,
 ) -> EngineRunner:
     """The engine runner; the serving process and engine children build it alike."""
+
+    async def orphans(name: str, held: Collection[str]) -> list[WorkItem]:
+        return await store.claim_orphan_work(liveness, name, held=held, count=ORPHAN_BATCH)
+
     return EngineRunner(
         store=store,
         registry=registry,
@@ -412,6 +444,7 @@ def build_runner(
         turns=telemetry.turns,
         clock=clock,
         on_failure=policies.alerts,
+        orphans=orphans,
     )
 
 
@@ -441,7 +474,7 @@ async def start_sidecar(
         logger.warning("%s", warning)
     # Certificate files are checked before anything starts: a bad one stops the start.
     tls = CertificateFiles(settings.tls) if settings.tls.enabled else None
-    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    consumer = consumer_name()
     owns_telemetry = telemetry is None
     if telemetry is None:
         telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
@@ -459,6 +492,7 @@ async def start_sidecar(
     policies: PolicyLayer | None = None
     admin: AdminServer | None = None
     engines: EngineProcesses | None = None
+    heartbeat: ConsumerHeartbeat | None = None
     store: RedisStore | None = None
     health_server: grpc.aio.Server | None = None
     health_port = 0
@@ -510,6 +544,8 @@ async def start_sidecar(
             await registry.register(definitions)
         policies = build_policy_layer(settings, client=client, store=store, registry=registry)
         await policies.manager.start()
+        liveness = build_liveness(settings, client, store)
+        heartbeat = ConsumerHeartbeat(liveness, consumer)
         runner = build_runner(
             settings,
             store=store,
@@ -518,6 +554,7 @@ async def start_sidecar(
             telemetry=telemetry,
             policies=policies,
             clock=now_ms,
+            liveness=liveness,
         )
         scheduler = Scheduler(
             schedules=RedisScheduleStore(redis=client, keys=store.keys),
@@ -550,6 +587,7 @@ async def start_sidecar(
             registry=registry,
             settings=settings,
             consumer=consumer,
+            liveness=liveness,
             tracer=telemetry.tracer,
             triggers=EventTriggers(
                 store=store,
@@ -608,11 +646,14 @@ async def start_sidecar(
                 listen=admin_listen, registry=telemetry.registry, console=console, probes=reporter
             )
             await admin.start()
+        assert heartbeat is not None
+        await heartbeat.start()  # before the runner or the executors read anything
         if settings.engine.processes > 0:
             engines = EngineProcesses(
                 settings=replace(settings, redis=replace(settings.redis, url=url)),
                 count=settings.engine.processes,
                 on_fault=runner.fail_instance,
+                on_exit=liveness.forget,
             )
             await engines.start()
         else:
@@ -633,6 +674,8 @@ async def start_sidecar(
             await health_server.stop(None)
         if engines is not None:
             await engines.stop()
+        if heartbeat is not None:
+            await heartbeat.stop()
         if admin is not None:
             await admin.stop()
         for loop in (scheduler, retention):
@@ -679,13 +722,15 @@ async def start_sidecar(
         tls=tls,
         health_server=health_server,
         health_port=health_port,
+        heartbeat=heartbeat,
     )
 
 
 async def run_engine(settings: Settings) -> None:
     """An engine child process: take turns on the parent's Redis until SIGTERM."""
     assert settings.redis.url is not None, "the parent passes its Redis URL"
-    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # The parent names us, so that it can retire our heartbeat the moment we die.
+    consumer = os.environ.get(CONSUMER_ENV) or consumer_name()
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
     client = redis_client(settings.redis.url, settings)
     store = await open_store(settings, settings.redis.url, client)
@@ -694,6 +739,7 @@ async def run_engine(settings: Settings) -> None:
     policies = build_policy_layer(
         replace(settings, policies_file=None), client=client, store=store, registry=registry
     )
+    heartbeat = ConsumerHeartbeat(build_liveness(settings, client, store), consumer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -709,14 +755,17 @@ async def run_engine(settings: Settings) -> None:
             telemetry=telemetry,
             policies=policies,
             clock=wall_clock_ms,
+            liveness=heartbeat.liveness,
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process
         # The parent watches this board and enforces the budgets; the memory cap is our own.
         turn_board.install(attach_board())
         limit_memory(settings.engine.memory_mb)
+        await heartbeat.start()
         await runner.start()
         await stop.wait()
         await runner.stop(timeout_s=settings.server.grace_s)
+        await heartbeat.stop()
     finally:
         await policies.manager.stop()
         await asyncio.to_thread(telemetry.shutdown)

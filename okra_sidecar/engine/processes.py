@@ -24,8 +24,10 @@ import pickle
 import re
 import resource
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0
 PARENT_PID_ENV = "OKRA_ENGINE_PARENT_PID"
 BOARD_FD_ENV = "OKRA_ENGINE_BOARD_FD"
+CONSUMER_ENV = "OKRA_ENGINE_CONSUMER"
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
 # Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
@@ -50,7 +53,14 @@ FaultHook = Callable[[str, dict[str, Any]], Awaitable[bool]]
 class EngineProcesses:
     """Starts, restarts and stops the engine children of one sidecar."""
 
-    def __init__(self, *, settings: Settings, count: int, on_fault: FaultHook) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        count: int,
+        on_fault: FaultHook,
+        on_exit: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         # The children get the parent's settings as they are (flags, files and variables
         # already applied), through their standard input.
         self._payload = pickle.dumps(settings)
@@ -61,6 +71,9 @@ class EngineProcesses:
         )
         self._crash_retries = settings.engine.crash_retries
         self._on_fault = on_fault
+        # Told the consumer name of each child that died, so its work is taken over at once.
+        self._on_exit = on_exit
+        self._names: list[str] = [""] * count
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
         self._boards: list[TurnBoard] = [TurnBoard(None)] * count
         self._verdicts: dict[int, TurnVerdict] = {}
@@ -83,6 +96,14 @@ class EngineProcesses:
         self._boards[slot].close()
         board, fd = TurnBoard.create()
         self._boards[slot] = board
+        name = f"{socket.gethostname()}-{os.getpid()}-engine{slot}-{uuid.uuid4().hex[:8]}"
+        self._names[slot] = name
+        env = {
+            **os.environ,
+            PARENT_PID_ENV: str(os.getpid()),
+            BOARD_FD_ENV: str(fd),
+            CONSUMER_ENV: name,
+        }
         # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
         # fork() handlers"); without it Python spawns with vfork. The child asks for
         # PDEATHSIG itself (adopt_parent) and checks this pid is still its parent.
@@ -93,7 +114,7 @@ class EngineProcesses:
                 "okra_sidecar",
                 "engine",
                 stdin=asyncio.subprocess.PIPE,
-                env={**os.environ, PARENT_PID_ENV: str(os.getpid()), BOARD_FD_ENV: str(fd)},
+                env=env,
                 pass_fds=(fd,),
             )
         finally:
@@ -111,6 +132,7 @@ class EngineProcesses:
             code = await child.wait()
             if self._stopping:
                 return
+            await self._retire(slot)
             verdict = self._verdicts.pop(slot, None)
             if verdict is None:
                 logger.error("engine process %d exited with %s; starting another", child.pid, code)
@@ -123,6 +145,15 @@ class EngineProcesses:
             await asyncio.sleep(delay)
             if not self._stopping:
                 self._children[slot] = await self._spawn(slot)
+
+    async def _retire(self, slot: int) -> None:
+        if self._on_exit is None:
+            return
+        try:
+            await self._on_exit(self._names[slot])
+        except Exception as exc:
+            # Its heartbeat then expires on its own, a few seconds later.
+            logger.warning("could not retire engine consumer %s: %s", self._names[slot], exc)
 
     def _crashed(self, slot: int) -> TurnVerdict | None:
         """A child that died mid-turn: count it against the instance; fail it past the limit."""

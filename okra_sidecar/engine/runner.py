@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +36,9 @@ RUNTIME_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
 
 # Told of every instance that fails: (instance id, workflow id, error). Policies raise alerts.
 FailureHook = Callable[[str, str, dict[str, Any] | None], Awaitable[None]]
+# Takes over work left by consumers that stopped beating, and this one's own not in the
+# given entry ids (store/liveness.py): (consumer, held) -> items.
+OrphanClaim = Callable[[str, Collection[str]], Awaitable[list[WorkItem]]]
 
 
 def now_ms() -> int:
@@ -81,8 +84,10 @@ class EngineRunner:
         clock: Callable[[], int] = now_ms,
         turns: TurnTracer | None = None,
         on_failure: FailureHook | None = None,
+        orphans: OrphanClaim | None = None,
     ) -> None:
         self._store = store
+        self._orphans = orphans
         self._on_failure = on_failure
         self._turn_telemetry = turns or TurnTracer(tracer=None, metrics=SidecarMetrics())
         self._registry = registry
@@ -91,6 +96,8 @@ class EngineRunner:
         self._clock = clock
         # Instances with a turn in flight, and work that arrived for them meanwhile.
         self._inflight: dict[str, list[WorkItem]] = {}
+        # Entry ids of the work dispatched here and not yet finished: ours to keep.
+        self._held: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._turns: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -108,6 +115,9 @@ class EngineRunner:
             asyncio.create_task(self._loop("timers", self._timers_once), name="okra-timers"),
             asyncio.create_task(self._loop("reclaim", self._reclaim_once), name="okra-reclaim"),
         ]
+        if self._orphans is not None:
+            orphans = asyncio.create_task(self._loop("orphans", self._orphans_once))
+            self._tasks.append(orphans)
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Stop reading new work and let the turns in flight finish (unacked ones are retried)."""
@@ -162,9 +172,18 @@ class EngineRunner:
             logger.info("reclaimed %d work items left by a stopped worker", len(items))
         self.dispatch(items)
 
+    async def _orphans_once(self) -> None:
+        await asyncio.sleep(self._settings.heartbeat_ms / 2000)
+        assert self._orphans is not None
+        items = await self._orphans(self._consumer, self._held)
+        if items:
+            logger.info("took over %d work items of a consumer that stopped", len(items))
+        self.dispatch(items)
+
     def dispatch(self, items: list[WorkItem]) -> None:
         """Start a turn per instance; work for an instance already in a turn waits for it."""
         for item in items:
+            self._held.add(item.entry_id)
             waiting = self._inflight.get(item.instance_id)
             if waiting is not None:
                 waiting.append(item)
@@ -181,6 +200,7 @@ class EngineRunner:
             while batch:
                 if not await self.run_turn(instance_id, work=batch):
                     await self._store.ack_work(batch)
+                self._held.difference_update(item.entry_id for item in batch)
                 batch = self._inflight.get(instance_id) or []
                 self._inflight[instance_id] = []
         except StoreUnavailableError as exc:
@@ -189,7 +209,10 @@ class EngineRunner:
         except Exception:
             logger.exception("turn of %s failed; its work will be retried", instance_id)
         finally:
-            self._inflight.pop(instance_id, None)
+            # Whatever is left stays pending: the orphan claim takes it back once idle.
+            self._held.difference_update(item.entry_id for item in batch)
+            waiting = self._inflight.pop(instance_id, None) or []
+            self._held.difference_update(item.entry_id for item in waiting)
 
     async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> bool:
         """Carry one instance forward until it blocks or ends, retrying on a revision race.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -74,8 +74,13 @@ class EffectDispatcher:
         claim_idle_ms: int,
         read_block_ms: int = 1000,
         tracer: Tracer | None = None,
+        orphans: Callable[[str, Collection[str]], Awaitable[list[EffectEntry]]] | None = None,
+        orphan_interval_s: float = 0.5,
     ) -> None:
         self._effects = effects
+        # Takes over effects of executors that stopped beating (store/liveness.py).
+        self._orphans = orphans
+        self._orphan_interval_s = orphan_interval_s
         self._http = http
         self._openapi = openapi
         self._grpc = grpc
@@ -103,6 +108,9 @@ class EffectDispatcher:
                 name="okra-effects-claim",
             ),
         ]
+        if self._orphans is not None:
+            orphans = run_forever(self._orphans_once, what="effects orphans", until=self._stopping)
+            self._loops.append(asyncio.create_task(orphans, name="okra-effects-orphans"))
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         """Stop reading; effects in flight get `timeout_s`, then stay pending for another."""
@@ -136,6 +144,14 @@ class EffectDispatcher:
         entries = [e for e in entries if e.entry_id not in self._running]
         if entries:
             logger.info("claimed %d effects left by a stopped executor", len(entries))
+        self.dispatch(entries)
+
+    async def _orphans_once(self) -> None:
+        await asyncio.sleep(self._orphan_interval_s)
+        assert self._orphans is not None
+        entries = await self._orphans(self._consumer, self._running.keys())
+        if entries:
+            logger.info("took over %d effects of an executor that stopped", len(entries))
         self.dispatch(entries)
 
     def dispatch(self, entries: list[EffectEntry]) -> None:

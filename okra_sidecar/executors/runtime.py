@@ -3,7 +3,7 @@ together by the composition root (server.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,13 @@ from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.executors.router import EventRouter
 from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.store.base import Store
-from okra_sidecar.store.effect_store import RedisEffectStore
+from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.liveness import ConsumerLiveness
 from okra_sidecar.store.outbox_store import RedisOutboxStore
+
+# Entries taken over from one stopped consumer per stream and pass.
+ORPHAN_BATCH = 100
 
 __all__ = ["EffectRuntime"]
 
@@ -56,8 +60,17 @@ class EffectRuntime:
         triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
         authorize: FiringAuthorizer | None = None,
         causation: CausationGuard | None = None,
+        liveness: ConsumerLiveness | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
+        orphans = None
+        if liveness is not None:
+
+            async def orphans(consumer: str, held: Collection[str]) -> list[EffectEntry]:
+                return await effects.claim_orphan_effects(
+                    liveness, consumer, held=held, count=ORPHAN_BATCH
+                )
+
         hosts = HostMap(settings.effects.http_hosts)
         timeout_s = settings.effects.call_timeout_s
         base_dir = settings.workflows_dir or Path.cwd()
@@ -98,6 +111,8 @@ class EffectRuntime:
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,
             tracer=tracer,
+            orphans=orphans,
+            orphan_interval_s=engine.heartbeat_ms / 2000,
         )
         router = EventRouter(
             effects=effects,

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -32,6 +32,9 @@ from okra_sidecar.store.replies import map_redis_errors
 from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
 from okra_sidecar.store.streams import claim_partitions, read_partitions
+
+if TYPE_CHECKING:
+    from okra_sidecar.store.liveness import ConsumerLiveness
 
 __all__ = [
     "EffectEntry",
@@ -132,6 +135,16 @@ class RedisEffectStore:
             self.keys.all_effects(),
             min_idle_ms=min_idle_ms,
             count=count,
+        )
+        return [self._effect_entry(partition, eid, fields) for partition, eid, fields in entries]
+
+    async def claim_orphan_effects(
+        self, liveness: ConsumerLiveness, consumer: str, *, held: Collection[str], count: int
+    ) -> list[EffectEntry]:
+        """Effects of executors without a heartbeat, and `consumer`'s own outside `held`
+        (store/liveness.py)."""
+        entries = await liveness.claim_orphans(
+            EXECUTOR_GROUP, self.keys.all_effects(), consumer, held=held, count=count
         )
         return [self._effect_entry(partition, eid, fields) for partition, eid, fields in entries]
 

@@ -89,6 +89,10 @@ class RedisKeys:
     def all_outboxes(self) -> list[str]:
         return [self.outbox(p) for p in range(self.partitions)]
 
+    def consumer(self, name: str) -> str:
+        """A stream consumer's heartbeat (store/liveness.py): present while it is alive."""
+        return f"{self.prefix}consumer:{name}"
+
     def tasks(self, service: str) -> str:
         return f"{self.prefix}tasks:{service}"
 

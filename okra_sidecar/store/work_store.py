@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_errors
 
@@ -14,6 +16,9 @@ from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.scripts import load_script
 from okra_sidecar.store.streams import claim_partitions, read_partitions
+
+if TYPE_CHECKING:
+    from okra_sidecar.store.liveness import ConsumerLiveness
 
 __all__ = ["WorkStore"]
 
@@ -44,6 +49,16 @@ class WorkStore(StoreConnections):
             count=count,
             block_ms=block_ms,
             recreate_groups=self.ensure_groups,
+        )
+        return [_work_item(partition, eid, fields) for partition, eid, fields in entries]
+
+    async def claim_orphan_work(
+        self, liveness: ConsumerLiveness, consumer: str, *, held: Collection[str], count: int
+    ) -> list[WorkItem]:
+        """Work items of consumers without a heartbeat, and `consumer`'s own outside `held`
+        (store/liveness.py)."""
+        entries = await liveness.claim_orphans(
+            ENGINE_GROUP, self.keys.all_work(), consumer, held=held, count=count
         )
         return [_work_item(partition, eid, fields) for partition, eid, fields in entries]
 

@@ -1,0 +1,165 @@
+"""ConsumerLiveness: stream consumers' heartbeats, and taking over the work of dead ones.
+
+A consumer that dies (its sidecar or engine process SIGKILLed) leaves what it read pending in
+its consumer group; `XAUTOCLAIM` hands such entries to another consumer only once they have
+been idle for `claimIdleMs`, which must be long enough never to take work a live consumer is
+still doing. A heartbeat says more: every process refreshes one key per consumer name, with
+an expiry a few beats long. Entries pending for a consumer without a heartbeat are taken over
+as soon as they have been idle for that expiry, since their owner stopped beating at least that
+long ago. A consumer also takes back its own pending entries that it is not working on (the
+reply to its read was lost), again only once they have been idle that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.streams import PartitionEntry
+from okra_sidecar.tasks import cancel_and_wait
+
+__all__ = ["ConsumerHeartbeat", "ConsumerLiveness"]
+
+logger = logging.getLogger(__name__)
+
+# A dead consumer with nothing pending is removed from its group once idle this long, which
+# keeps XINFO CONSUMERS short across restarts (a consumer reading again is simply re-created).
+FORGET_IDLE_MS = 60_000
+
+
+class ConsumerLiveness:
+    """Heartbeats of consumer names and the claims they allow, on one Redis."""
+
+    def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys, ttl_ms: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_ms = ttl_ms
+
+    async def beat(self, consumer: str) -> None:
+        """Say `consumer` is alive for another `ttl_ms`. Call before its first read."""
+        with map_redis_errors():
+            await self.redis.set(self.keys.consumer(consumer), b"1", px=self.ttl_ms)
+
+    async def forget(self, consumer: str) -> None:
+        """Say `consumer` is gone now (it stopped, or its process was seen to die)."""
+        with map_redis_errors():
+            await self.redis.delete(self.keys.consumer(consumer))
+
+    async def claim_orphans(
+        self,
+        group: str,
+        streams: Sequence[str],
+        consumer: str,
+        *,
+        held: Collection[str],
+        count: int,
+    ) -> list[PartitionEntry]:
+        """Give `consumer` what dead consumers of `group` left pending in `streams` (one per
+        partition, by index), and its own pending entries outside `held`, up to `count` per
+        stream and owner; each only once idle for `ttl_ms`."""
+        found: list[PartitionEntry] = []
+        with map_redis_errors():
+            owners = await self._owners(group, streams)
+            if not owners:
+                return found
+            names = sorted(owners)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(self.keys.consumer(name))
+                alive = dict(zip(names, await pipe.execute(), strict=True))
+            for name in names:
+                if name != consumer and alive[name]:
+                    continue
+                for partition, pending, idle_ms in owners[name]:
+                    stream = streams[partition]
+                    if not pending:
+                        if name != consumer and idle_ms >= FORGET_IDLE_MS:
+                            await self.redis.xgroup_delconsumer(stream, group, name)
+                        continue
+                    found.extend(
+                        await self._claim(stream, partition, group, name, consumer, held, count)
+                    )
+        return found
+
+    async def _owners(
+        self, group: str, streams: Sequence[str]
+    ) -> dict[str, list[tuple[int, int, int]]]:
+        """Consumer name -> (partition, pending count, idle ms) for each stream it is in."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_consumers(stream, group)
+            replies = await pipe.execute(raise_on_error=False)
+        owners: dict[str, list[tuple[int, int, int]]] = {}
+        for partition, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                continue  # no group on that stream yet: nothing read there
+            for info in reply:
+                owners.setdefault(text(info["name"]), []).append(
+                    (partition, int(info["pending"]), int(info["idle"]))
+                )
+        return owners
+
+    async def _claim(
+        self,
+        stream: str,
+        partition: int,
+        group: str,
+        owner: str,
+        consumer: str,
+        held: Collection[str],
+        count: int,
+    ) -> list[PartitionEntry]:
+        pending: Any = await self.redis.xpending_range(
+            stream, group, min="-", max="+", count=count, consumername=owner, idle=self.ttl_ms
+        )
+        ids: list[Any] = [text(entry["message_id"]) for entry in pending]
+        if owner == consumer:
+            ids = [eid for eid in ids if eid not in held]
+        if not ids:
+            return []
+        # XCLAIM checks the idle time again, atomically: an entry its owner touched since
+        # XPENDING stays with it.
+        claimed: Any = await self.redis.xclaim(stream, group, consumer, self.ttl_ms, ids)
+        return [(partition, eid, fields) for eid, fields in claimed if fields]
+
+
+class ConsumerHeartbeat:
+    """Keeps one consumer name's heartbeat alive while its process runs.
+
+    It beats three times per expiry, so one late beat (a slow Redis, a busy loop) does not
+    make a live consumer look dead; `stop()` removes the key, so a process that stops in good
+    order leaves nothing to wait for.
+    """
+
+    def __init__(self, liveness: ConsumerLiveness, consumer: str) -> None:
+        self.liveness = liveness
+        self._consumer = consumer
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.liveness.beat(self._consumer)  # before the first read of any stream
+        self._task = asyncio.create_task(self._loop(), name="okra-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+        try:
+            await self.liveness.forget(self._consumer)
+        except StoreUnavailableError as exc:
+            logger.warning("could not remove the heartbeat of %s: %s", self._consumer, exc)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.liveness.ttl_ms / 3000)
+            try:
+                await self.liveness.beat(self._consumer)
+            except StoreUnavailableError as exc:
+                logger.warning("heartbeat of %s: %s", self._consumer, exc)
