@@ -239,6 +239,10 @@ class EffectSettings:
 
     concurrency: int = 64
     call_timeout_s: float = 30.0
+    # The longest a definition's call may ask for (its `timeout`); longer ones are cut to it.
+    max_call_timeout_s: float = 300.0
+    # The share of `concurrency` the calls of one workflow may hold at once.
+    workflow_share: float = 0.5
     http_hosts: tuple[tuple[str, str], ...] = ()
     task_lease_ms: int = 30_000
     # Where workflows' HTTP, OpenAPI and gRPC calls may go (executors/outbound.py): host globs
@@ -548,6 +552,8 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "policyWatchInterval": ("policy", "watch_interval_s", _seconds),
     "effectConcurrency": ("effects", "concurrency", _int(1)),
     "callTimeout": ("effects", "call_timeout_s", _seconds),
+    "maxCallTimeout": ("effects", "max_call_timeout_s", _seconds),
+    "effectWorkflowShare": ("effects", "workflow_share", _ratio),
     "httpHosts": ("effects", "http_hosts", _http_hosts),
     "taskLeaseMs": ("effects", "task_lease_ms", _int(100)),
     "maxCausedPerMinute": ("host", "max_caused_per_minute", _int(0)),
@@ -624,6 +630,8 @@ ENV_VARIABLES = {
     "OKRA_LOG_FORMAT": "logFormat",
     "OKRA_EFFECT_CONCURRENCY": "effectConcurrency",
     "OKRA_CALL_TIMEOUT": "callTimeout",
+    "OKRA_MAX_CALL_TIMEOUT": "maxCallTimeout",
+    "OKRA_EFFECT_WORKFLOW_SHARE": "effectWorkflowShare",
     "OKRA_HTTP_HOSTS": "httpHosts",
     "OKRA_TASK_LEASE_MS": "taskLeaseMs",
     "OKRA_MAX_CAUSED_PER_MINUTE": "maxCausedPerMinute",

@@ -5,6 +5,12 @@ acknowledged only in the step that delivers its result (deliver.lua) or hands it
 task, a child run), so a sidecar that dies mid-call leaves it pending: another sidecar claims
 it once it has been idle for `claim_idle_ms` and runs it again (at least once). Effects still
 running here are kept from looking idle by re-claiming them to ourselves now and then.
+
+Calls (http, grpc, openapi) hold a slot while they wait for an answer: at most
+`maxCallTimeout`, whatever the definition asks; a call whose instance ended meanwhile
+(cancelled, failed, timed out) is aborted within half a second and its effect acknowledged,
+which frees its slot; and one workflow's calls hold at most its share of the slots
+(executors/slots.py).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.problems import EffectFailedError, problem
+from okra_sidecar.executors.slots import WorkflowSlots
+from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry import tracing
@@ -35,6 +43,10 @@ from okra_sidecar.telemetry.effects import EffectTracer
 __all__ = ["EffectDispatcher"]
 
 logger = logging.getLogger(__name__)
+
+CALL_KINDS = frozenset({EffectKind.HTTP.value, EffectKind.GRPC.value, EffectKind.OPENAPI.value})
+ABORT_INTERVAL_S = 0.5
+DEFER_PAUSE_S = 0.1
 
 
 def _wall_ms() -> int:
@@ -59,6 +71,16 @@ def task_service(document: Any, task: str, workflow_id: str) -> str:
     return str(service) if isinstance(service, str) and service else workflow_id.split(".", 1)[0]
 
 
+def _ended(status: str | None) -> bool:
+    """Whether an instance with this status (None: purged) still waits for anything."""
+    if not status:
+        return True
+    try:
+        return InstanceStatus(status).finished
+    except ValueError:
+        return False
+
+
 class EffectDispatcher:
     def __init__(
         self,
@@ -76,8 +98,16 @@ class EffectDispatcher:
         tracer: Tracer | None = None,
         orphans: Callable[[str, Collection[str]], Awaitable[list[EffectEntry]]] | None = None,
         orphan_interval_s: float = 0.5,
+        max_call_timeout_ms: int | None = None,
+        workflow_share: float = 1.0,
     ) -> None:
         self._effects = effects
+        self._max_call_timeout_ms = max_call_timeout_ms
+        self._slots = WorkflowSlots(concurrency=concurrency, share=workflow_share)
+        # Calls cancelled because their instance ended: acknowledged, not left pending.
+        self._aborted: set[str] = set()
+        # Set when a call was put back for its workflow's share: the reader then pauses.
+        self._deferred = False
         # Takes over effects of executors that stopped beating (store/liveness.py).
         self._orphans = orphans
         self._orphan_interval_s = orphan_interval_s
@@ -107,6 +137,10 @@ class EffectDispatcher:
                 run_forever(self._claim_once, what="effects claim loop", until=self._stopping),
                 name="okra-effects-claim",
             ),
+            asyncio.create_task(
+                run_forever(self._abort_once, what="effects abort loop", until=self._stopping),
+                name="okra-effects-abort",
+            ),
         ]
         if self._orphans is not None:
             orphans = run_forever(self._orphans_once, what="effects orphans", until=self._stopping)
@@ -123,6 +157,11 @@ class EffectDispatcher:
         self._loops = []
 
     async def _read_once(self) -> None:
+        if self._deferred:
+            # Only calls of workflows at their share came last time: let slots free up
+            # rather than read them round and round.
+            self._deferred = False
+            await asyncio.sleep(DEFER_PAUSE_S)
         while len(self._running) >= self._concurrency:
             await asyncio.wait(
                 [task for _, task in self._running.values()], return_when=asyncio.FIRST_COMPLETED
@@ -145,6 +184,22 @@ class EffectDispatcher:
         if entries:
             logger.info("claimed %d effects left by a stopped executor", len(entries))
         self.dispatch(entries)
+
+    async def _abort_once(self) -> None:
+        """Cancel the calls whose instance has ended: nobody waits for their answer."""
+        await asyncio.sleep(ABORT_INTERVAL_S)
+        calls = [
+            (entry, task)
+            for entry, task in self._running.values()
+            if entry.effect.get("kind") in CALL_KINDS and entry.entry_id not in self._aborted
+        ]
+        if not calls:
+            return
+        statuses = await self._effects.instance_statuses({e.instance_id for e, _ in calls})
+        for entry, task in calls:
+            if _ended(statuses.get(entry.instance_id)):
+                self._aborted.add(entry.entry_id)
+                task.cancel()
 
     async def _orphans_once(self) -> None:
         await asyncio.sleep(self._orphan_interval_s)
@@ -169,6 +224,45 @@ class EffectDispatcher:
         return forget
 
     async def _execute(self, entry: EffectEntry) -> None:
+        try:
+            if entry.effect.get("kind") in CALL_KINDS:
+                await self._execute_call(entry)
+            else:
+                await self._traced(entry)
+        except asyncio.CancelledError:
+            if entry.entry_id not in self._aborted:
+                raise  # stopping: the effect stays pending for another executor
+            self._aborted.discard(entry.entry_id)
+            logger.info(
+                "call %s aborted: instance %s ended", entry.effect.get("id"), entry.instance_id
+            )
+            await self._acknowledge(entry)
+        except StoreUnavailableError as exc:
+            # Left pending: it is taken up again when Redis is back.
+            logger.warning("effect %s of %s: %s", entry.effect.get("id"), entry.instance_id, exc)
+
+    async def _execute_call(self, entry: EffectEntry) -> None:
+        workflow, status = await self._effects.instance_fields(entry.instance_id, "wf", "status")
+        if _ended(status):
+            await self._acknowledge(entry)  # its instance ended before the call began
+            return
+        workflow = workflow or ""
+        if not self._slots.take(workflow):
+            await self._effects.defer_effect(entry)
+            self._deferred = True
+            return
+        try:
+            await self._traced(entry)
+        finally:
+            self._slots.give_back(workflow)
+
+    async def _acknowledge(self, entry: EffectEntry) -> None:
+        try:
+            await self._effects.ack_effect(entry)
+        except StoreUnavailableError as exc:
+            logger.warning("effect %s not acknowledged: %s", entry.effect.get("id"), exc)
+
+    async def _traced(self, entry: EffectEntry) -> None:
         # A span in the trace of the turn that asked for the effect, current while it runs.
         with self._spans.span(entry.effect, instance_id=entry.instance_id):
             await self._run_effect(entry)
@@ -223,6 +317,8 @@ class EffectDispatcher:
         self, kind: EffectKind, request: dict[str, Any], timeout_ms: Any, instance_id: str
     ) -> Any:
         timeout = int(timeout_ms) if timeout_ms else None
+        if timeout is not None and self._max_call_timeout_ms is not None:
+            timeout = min(timeout, self._max_call_timeout_ms)
         if kind is EffectKind.HTTP:
             return await self._http.call(request, timeout_ms=timeout)
         if kind is EffectKind.OPENAPI:

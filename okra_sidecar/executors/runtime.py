@@ -113,6 +113,8 @@ class EffectRuntime:
             tracer=tracer,
             orphans=orphans,
             orphan_interval_s=engine.heartbeat_ms / 2000,
+            max_call_timeout_ms=int(settings.effects.max_call_timeout_s * 1000),
+            workflow_share=settings.effects.workflow_share,
         )
         router = EventRouter(
             effects=effects,

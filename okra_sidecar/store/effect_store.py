@@ -165,6 +165,28 @@ class RedisEffectStore:
                 pipe.xdel(stream, entry.entry_id)
                 await pipe.execute()
 
+    async def defer_effect(self, entry: EffectEntry) -> EffectEntry:
+        """Put an effect back at the end of its stream (a new entry) and drop the one read:
+        its workflow holds its share of this executor's slots, others may come first."""
+        stream = self.keys.effects(entry.partition)
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(stream, {"i": entry.instance_id, "e": dumps(entry.effect)})
+                pipe.xack(stream, EXECUTOR_GROUP, entry.entry_id)
+                pipe.xdel(stream, entry.entry_id)
+                new_id, _, _ = await pipe.execute()
+        return EffectEntry(entry.partition, _text(new_id), entry.instance_id, entry.effect)
+
+    async def instance_statuses(self, instance_ids: Collection[str]) -> dict[str, str | None]:
+        """Each instance's status ('' for none), in one round trip."""
+        ids = list(instance_ids)
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for instance_id in ids:
+                    pipe.hget(self.keys.instance(instance_id), "status")
+                values = await pipe.execute()
+        return {i: None if v is None else _text(v) for i, v in zip(ids, values, strict=True)}
+
     async def deliver_result(self, entry: EffectEntry, event: dict[str, Any]) -> str:
         """Put an effect's result event in its instance's inbox and acknowledge the effect."""
         with map_redis_errors():
