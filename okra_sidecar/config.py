@@ -128,6 +128,8 @@ class EngineSettings:
     memory_mb: int = 256
     # Retries of a turn whose engine process died in it, before its instance fails.
     crash_retries: int = 2
+    # Keep one engine process started ahead, idle, to replace the next that dies at once.
+    spare: bool = True
     # Every consumer refreshes its heartbeat this often; one missing for three periods is
     # dead, and what it left pending is taken over (store/liveness.py).
     heartbeat_ms: int = 1000
@@ -505,6 +507,7 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "turnTimeoutMs": ("engine", "turn_timeout_ms", _int(0)),
     "engineMemoryMb": ("engine", "memory_mb", _int(0)),
     "turnCrashRetries": ("engine", "crash_retries", _int(0)),
+    "engineSpare": ("engine", "spare", _bool),
     "heartbeatMs": ("engine", "heartbeat_ms", _int(50)),
     "maxConcurrentInstances": ("host", "max_concurrent_instances", _int(0)),
     "maxInstanceDuration": ("host", "max_instance_duration_s", _seconds),
@@ -583,6 +586,7 @@ ENV_VARIABLES = {
     "OKRA_EXPRESSION_TIMEOUT_MS": "expressionTimeoutMs",
     "OKRA_TURN_TIMEOUT_MS": "turnTimeoutMs",
     "OKRA_ENGINE_MEMORY_MB": "engineMemoryMb",
+    "OKRA_ENGINE_SPARE": "engineSpare",
     "OKRA_HEARTBEAT_MS": "heartbeatMs",
     "OKRA_MAX_CONCURRENT_INSTANCES": "maxConcurrentInstances",
     "OKRA_MAX_INPUT_BYTES": "maxInputBytes",

@@ -38,6 +38,7 @@ from okra_sidecar.engine import board as turn_board
 from okra_sidecar.engine.event_triggers import EventTriggers
 from okra_sidecar.engine.processes import (
     CONSUMER_ENV,
+    STANDBY_ENV,
     EngineProcesses,
     attach_board,
     limit_memory,
@@ -653,7 +654,7 @@ async def start_sidecar(
                 settings=replace(settings, redis=replace(settings.redis, url=url)),
                 count=settings.engine.processes,
                 on_fault=runner.fail_instance,
-                on_exit=liveness.forget,
+                on_exit=liveness.mark_dead,
             )
             await engines.start()
         else:
@@ -741,8 +742,18 @@ async def run_engine(settings: Settings) -> None:
     )
     heartbeat = ConsumerHeartbeat(build_liveness(settings, client, store), consumer)
     stop = asyncio.Event()
+    # A spare waits for SIGUSR1 (it replaces a child that died) before it takes any turn.
+    go = asyncio.Event()
+    if os.environ.get(STANDBY_ENV) != "1":
+        go.set()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_sigterm() -> None:
+        stop.set()
+        go.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGUSR1, go.set)
     # Ctrl-C reaches the whole process group: the parent decides when its children stop.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     try:
@@ -759,13 +770,17 @@ async def run_engine(settings: Settings) -> None:
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process
         # The parent watches this board and enforces the budgets; the memory cap is our own.
-        turn_board.install(attach_board())
+        board = attach_board()
+        turn_board.install(board)
         limit_memory(settings.engine.memory_mb)
-        await heartbeat.start()
-        await runner.start()
-        await stop.wait()
-        await runner.stop(timeout_s=settings.server.grace_s)
-        await heartbeat.stop()
+        board.mark_ready()  # after the SIGUSR1 handler: the parent may send it from now on
+        await go.wait()
+        if not stop.is_set():
+            await heartbeat.start()
+            await runner.start()
+            await stop.wait()
+            await runner.stop(timeout_s=settings.server.grace_s)
+            await heartbeat.stop()
     finally:
         await policies.manager.stop()
         await asyncio.to_thread(telemetry.shutdown)

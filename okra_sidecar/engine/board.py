@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 __all__ = ["BOARD_SIZE", "BoardReading", "TurnBoard", "current", "install"]
 
-BOARD_SIZE = 1024
+BOARD_SIZE = 1032
+_READY_AT = 1024  # set once by the child when it is set up (a spare waits for its turn)
 _STAMPS = struct.Struct("<qq")  # turn started, evaluation started (monotonic ns, 0: none)
+_STAMP = struct.Struct("<q")
 _TEXT_LEN = struct.Struct("<H")
 _INSTANCE_AT, _INSTANCE_MAX = 16, 110
-_TASK_AT, _TASK_MAX = 128, BOARD_SIZE - 128 - _TEXT_LEN.size
+_TASK_AT, _TASK_MAX = 128, _READY_AT - 128 - _TEXT_LEN.size
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,25 @@ class TurnBoard:
 
     def enter_task(self, pointer: str) -> None:
         if self._page is not None:
-            _put_text(self._page, _TASK_AT, _TASK_MAX, pointer)
+            # One copy of bytes made once per task pointer: this runs for every task.
+            blob = _TASK_BLOBS.get(pointer) or _task_blob(pointer)
+            self._page[_TASK_AT : _TASK_AT + len(blob)] = blob
 
     def begin_evaluation(self) -> None:
         if self._page is not None:
-            self._page[8:16] = time.monotonic_ns().to_bytes(8, "little")
+            _STAMP.pack_into(self._page, 8, time.monotonic_ns())
 
     def end_evaluation(self) -> None:
         if self._page is not None:
-            self._page[8:16] = b"\0" * 8
+            _STAMP.pack_into(self._page, 8, 0)
+
+    def mark_ready(self) -> None:
+        if self._page is not None:
+            _STAMP.pack_into(self._page, _READY_AT, 1)
+
+    @property
+    def ready(self) -> bool:
+        return self._page is not None and _STAMP.unpack_from(self._page, _READY_AT)[0] == 1
 
     def read(self) -> BoardReading:
         page = self._page
@@ -103,6 +115,18 @@ def _put_text(page: mmap.mmap, at: int, most: int, text: str) -> None:
     data = text.encode()[:most]
     _TEXT_LEN.pack_into(page, at, len(data))
     page[at + 2 : at + 2 + len(data)] = data
+
+
+_TASK_BLOBS: dict[str, bytes] = {}
+
+
+def _task_blob(pointer: str) -> bytes:
+    """A task pointer as the board holds it: its length, then its bytes."""
+    data = pointer.encode()[:_TASK_MAX]
+    if len(_TASK_BLOBS) >= 4096:
+        _TASK_BLOBS.clear()
+    blob = _TASK_BLOBS[pointer] = _TEXT_LEN.pack(len(data)) + data
+    return blob
 
 
 def _get_text(page: mmap.mmap, at: int) -> str:

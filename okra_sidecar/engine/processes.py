@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ RESTART_DELAY_S = 1.0
 PARENT_PID_ENV = "OKRA_ENGINE_PARENT_PID"
 BOARD_FD_ENV = "OKRA_ENGINE_BOARD_FD"
 CONSUMER_ENV = "OKRA_ENGINE_CONSUMER"
+# A spare child sets itself up, then waits for SIGUSR1 before it takes any turn.
+STANDBY_ENV = "OKRA_ENGINE_STANDBY"
+SPARE_READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
 # Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
@@ -81,28 +85,58 @@ class EngineProcesses:
         self._crashes: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
+        # A child started ahead, set up but idle, that replaces the next one to die: a new
+        # Python process takes seconds to start, while the turns of the dead one wait.
+        self._keep_spare = settings.engine.spare
+        self._spare: _Spawned | None = None
 
     @property
     def pids(self) -> list[int]:
+        """The children taking turns (not the spare)."""
         return [c.pid for c in self._children if c is not None and c.returncode is None]
+
+    @property
+    def spare_pid(self) -> int | None:
+        return None if self._spare is None else self._spare.process.pid
 
     async def start(self) -> None:
         for slot in range(self._count):
-            self._children[slot] = await self._spawn(slot)
+            self._install(slot, await self._spawn(standby=False))
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
+        if self._keep_spare:
+            self._spare = await self._spawn(standby=True)
         self._supervisors.append(asyncio.create_task(self._watch(), name="okra-engine-watch"))
 
-    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
+    def _install(self, slot: int, spawned: _Spawned) -> None:
         self._boards[slot].close()
+        self._children[slot] = spawned.process
+        self._boards[slot] = spawned.board
+        self._names[slot] = spawned.name
+
+    async def _replacement(self) -> _Spawned:
+        """The spare, told to start taking turns once it is ready, or else a new child."""
+        spare, self._spare = self._spare, None
+        if spare is not None and await _ready(spare):
+            spare.process.send_signal(signal.SIGUSR1)
+            chosen = spare
+        else:
+            if spare is not None:
+                await _end(spare.process)
+                spare.board.close()
+            chosen = await self._spawn(standby=False)
+        if self._keep_spare and not self._stopping:
+            self._spare = await self._spawn(standby=True)
+        return chosen
+
+    async def _spawn(self, *, standby: bool) -> _Spawned:
         board, fd = TurnBoard.create()
-        self._boards[slot] = board
-        name = f"{socket.gethostname()}-{os.getpid()}-engine{slot}-{uuid.uuid4().hex[:8]}"
-        self._names[slot] = name
+        name = f"{socket.gethostname()}-{os.getpid()}-engine-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
             PARENT_PID_ENV: str(os.getpid()),
             BOARD_FD_ENV: str(fd),
             CONSUMER_ENV: name,
+            STANDBY_ENV: "1" if standby else "",
         }
         # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
         # fork() handlers"); without it Python spawns with vfork. The child asks for
@@ -123,7 +157,7 @@ class EngineProcesses:
         process.stdin.write(self._payload)
         await process.stdin.drain()
         process.stdin.close()
-        return process
+        return _Spawned(process, board, name)
 
     async def _supervise(self, slot: int) -> None:
         while not self._stopping:
@@ -144,7 +178,7 @@ class EngineProcesses:
                 delay = RESTART_DELAY_S
             await asyncio.sleep(delay)
             if not self._stopping:
-                self._children[slot] = await self._spawn(slot)
+                self._install(slot, await self._replacement())
 
     async def _retire(self, slot: int) -> None:
         if self._on_exit is None:
@@ -203,16 +237,44 @@ class EngineProcesses:
         """SIGTERM every child (each finishes its turns in flight), then wait for them."""
         self._stopping = True
         await cancel_and_wait(self._supervisors)
-        live = [c for c in self._children if c is not None and c.returncode is None]
+        children = [*self._children, None if self._spare is None else self._spare.process]
+        live = [c for c in children if c is not None and c.returncode is None]
         for child in live:
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
         for child in live:
-            try:
-                await asyncio.wait_for(child.wait(), timeout=STOP_TIMEOUT_S)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+            await _end(child)
+
+
+@dataclass(frozen=True)
+class _Spawned:
+    """A child just started: its process, the board it shares with us and its consumer name."""
+
+    process: asyncio.subprocess.Process
+    board: TurnBoard
+    name: str
+
+
+async def _ready(spare: _Spawned) -> bool:
+    """Wait (bounded) until the spare says it is set up; False if it died or never did."""
+    deadline = time.monotonic() + SPARE_READY_TIMEOUT_S
+    while spare.process.returncode is None and time.monotonic() < deadline:
+        if spare.board.ready:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def _end(child: asyncio.subprocess.Process) -> None:
+    """Wait for a child told to stop; kill it after STOP_TIMEOUT_S."""
+    if child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(child.wait(), timeout=STOP_TIMEOUT_S)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
 
 
 def adopt_parent() -> bool:

@@ -29,6 +29,11 @@ __all__ = ["ConsumerHeartbeat", "ConsumerLiveness"]
 
 logger = logging.getLogger(__name__)
 
+ALIVE = b"1"
+# Written over a consumer's heartbeat by whoever saw its process die (an engine child's parent):
+# its entries can be taken at once, with no idle time to wait out.
+DEAD = b"0"
+DEAD_MARK_MS = 60_000
 # A dead consumer with nothing pending is removed from its group once idle this long, which
 # keeps XINFO CONSUMERS short across restarts (a consumer reading again is simply re-created).
 FORGET_IDLE_MS = 60_000
@@ -45,12 +50,17 @@ class ConsumerLiveness:
     async def beat(self, consumer: str) -> None:
         """Say `consumer` is alive for another `ttl_ms`. Call before its first read."""
         with map_redis_errors():
-            await self.redis.set(self.keys.consumer(consumer), b"1", px=self.ttl_ms)
+            await self.redis.set(self.keys.consumer(consumer), ALIVE, px=self.ttl_ms)
 
     async def forget(self, consumer: str) -> None:
-        """Say `consumer` is gone now (it stopped, or its process was seen to die)."""
+        """Say `consumer` stopped: what it left pending is taken once idle for `ttl_ms`."""
         with map_redis_errors():
             await self.redis.delete(self.keys.consumer(consumer))
+
+    async def mark_dead(self, consumer: str) -> None:
+        """Say `consumer`'s process is known to be dead: what it left is taken at once."""
+        with map_redis_errors():
+            await self.redis.set(self.keys.consumer(consumer), DEAD, px=DEAD_MARK_MS)
 
     async def claim_orphans(
         self,
@@ -72,11 +82,13 @@ class ConsumerLiveness:
             names = sorted(owners)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.exists(self.keys.consumer(name))
+                    pipe.get(self.keys.consumer(name))
                 alive = dict(zip(names, await pipe.execute(), strict=True))
             for name in names:
-                if name != consumer and alive[name]:
+                if name != consumer and alive[name] == ALIVE:
                     continue
+                # Known dead: no idle time to wait out (its process cannot touch them again).
+                min_idle_ms = 0 if alive[name] == DEAD else self.ttl_ms
                 for partition, pending, idle_ms in owners[name]:
                     stream = streams[partition]
                     if not pending:
@@ -84,7 +96,9 @@ class ConsumerLiveness:
                             await self.redis.xgroup_delconsumer(stream, group, name)
                         continue
                     found.extend(
-                        await self._claim(stream, partition, group, name, consumer, held, count)
+                        await self._claim(
+                            stream, partition, group, (name, consumer), held, count, min_idle_ms
+                        )
                     )
         return found
 
@@ -111,13 +125,14 @@ class ConsumerLiveness:
         stream: str,
         partition: int,
         group: str,
-        owner: str,
-        consumer: str,
+        owner_and_taker: tuple[str, str],
         held: Collection[str],
         count: int,
+        min_idle_ms: int,
     ) -> list[PartitionEntry]:
+        owner, consumer = owner_and_taker
         pending: Any = await self.redis.xpending_range(
-            stream, group, min="-", max="+", count=count, consumername=owner, idle=self.ttl_ms
+            stream, group, min="-", max="+", count=count, consumername=owner, idle=min_idle_ms
         )
         ids: list[Any] = [text(entry["message_id"]) for entry in pending]
         if owner == consumer:
@@ -126,7 +141,7 @@ class ConsumerLiveness:
             return []
         # XCLAIM checks the idle time again, atomically: an entry its owner touched since
         # XPENDING stays with it.
-        claimed: Any = await self.redis.xclaim(stream, group, consumer, self.ttl_ms, ids)
+        claimed: Any = await self.redis.xclaim(stream, group, consumer, min_idle_ms, ids)
         return [(partition, eid, fields) for eid, fields in claimed if fields]
 
 

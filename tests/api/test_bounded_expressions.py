@@ -133,24 +133,25 @@ async def test_an_engine_child_stuck_in_jq_dies_with_its_killed_parent(
     workflows = write_workflows(tmp_path)
     process = await start_process(redis_url, unused_tcp_port, workflows=workflows, env=env)
     try:
-        [child] = child_pids(process.pid)
+        children = child_pids(process.pid)  # the one taking turns and the spare
         async with channel_to(unused_tcp_port) as stub:
             await stub.Run(
                 pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
             )
-        # Wait until the child is busy in the expression (its CPU time grows past a second).
+        # Wait until a child is busy in the expression (its CPU time grows past a second).
+        second = os.sysconf("SC_CLK_TCK")
         for _ in range(200):
-            if _cpu_ticks(child) > os.sysconf("SC_CLK_TCK"):
+            if any(_cpu_ticks(child) > second for child in children):
                 break
             await asyncio.sleep(0.05)
-        assert _cpu_ticks(child) > os.sysconf("SC_CLK_TCK")
+        assert any(_cpu_ticks(child) > second for child in children)
         process.kill()
         await process.wait()
         for _ in range(100):
-            if not process_alive(child):
+            if not any(process_alive(child) for child in children):
                 break
             await asyncio.sleep(0.05)
-        assert not process_alive(child)
+        assert not any(process_alive(child) for child in children)
     finally:
         if process.returncode is None:
             process.kill()

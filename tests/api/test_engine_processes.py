@@ -48,20 +48,25 @@ async def test_children_take_the_turns_and_one_that_dies_is_replaced(
         # The serving process took no turn: its runner never started.
         assert not sidecar.runner.running
 
+        spare = sidecar.engines.spare_pid
+        assert spare is not None and spare != child
         os.kill(child, signal.SIGKILL)
-        for _ in range(100):
+        for _ in range(200):
             if sidecar.engines.pids and sidecar.engines.pids != [child]:
                 break
             await asyncio.sleep(0.05)
-        assert sidecar.engines.pids and sidecar.engines.pids != [child]
+        # The spare, started ahead, took the dead child's place; a new spare waits behind it.
+        assert sidecar.engines.pids == [spare]
+        assert sidecar.engines.spare_pid not in (None, spare, child)
         second = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
         )
         done = await wait_for_status(stub, second.instance_id, DONE, timeout_s=20)
         assert to_python(done.output) == {"n": 32, "done": True}
-        pids = sidecar.engines.pids
+        pids = [*sidecar.engines.pids, sidecar.engines.spare_pid]
     # Stopping the sidecar stops its children.
     for pid in pids:
+        assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
@@ -72,7 +77,7 @@ async def test_a_killed_sidecar_takes_its_engine_children_with_it(
     process = await start_process(redis_url, unused_tcp_port, env={"OKRA_ENGINE_PROCESSES": "2"})
     try:
         children = child_pids(process.pid)
-        assert len(children) == 2
+        assert len(children) == 3  # two taking turns and the spare
         process.kill()
         await process.wait()
         for _ in range(100):

@@ -101,3 +101,16 @@ async def test_work_a_dead_consumer_read_is_finished_by_a_live_sidecar(
             stub, run.instance_id, {pb.WORKFLOW_STATUS_COMPLETED}, timeout_s=20
         )
         assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+
+
+async def test_a_consumer_known_dead_is_taken_over_at_once(redis: Redis) -> None:
+    liveness = ConsumerLiveness(redis=redis, keys=KEYS, ttl_ms=60_000)
+    streams = KEYS.all_work()
+    await redis.xgroup_create(streams[0], GROUP, id="0", mkstream=True)
+    await liveness.beat("child")
+    ids = await _read_as(redis, streams[0], "child", 2)
+    assert await liveness.claim_orphans(GROUP, streams, "me", held=(), count=10) == []
+    # Its parent saw it die: no minute of idle time to wait out.
+    await liveness.mark_dead("child")
+    claimed = await liveness.claim_orphans(GROUP, streams, "me", held=(), count=10)
+    assert [eid.decode() for _, eid, _ in claimed] == ids
