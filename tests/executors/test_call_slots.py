@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from okra_sidecar.config import EffectSettings, Settings
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from tests.helpers import Stub, make_settings, running_sidecar, value, wait_for_status
+from okra_sidecar.store.keys import EXECUTOR_GROUP
+from tests.helpers import KEYS, Stub, make_settings, running_sidecar, value, wait_for_status
 
 from .stand_in import http_stand_in
 
@@ -121,8 +122,8 @@ async def test_cancelling_instances_aborts_their_calls_and_frees_the_slots(
         await until(lambda: silent.open == 0, "both calls aborted")
         assert await quick_call_completes(stub)
         # The aborted calls were acknowledged: nothing is left for another sidecar to retry.
-        for partition in range(8):
-            assert not (await redis.xpending(f"okra:effects:{partition}", "executors"))["pending"]
+        for stream in KEYS.all_effects():
+            assert not (await redis.xpending(stream, EXECUTOR_GROUP))["pending"]
 
 
 async def test_one_workflow_cannot_hold_every_slot(
