@@ -140,7 +140,8 @@ async def test_an_engine_child_stuck_in_jq_dies_with_its_killed_parent(
             )
         # Wait until a child is busy in the expression (its CPU time grows past a second).
         second = os.sysconf("SC_CLK_TCK")
-        for _ in range(200):
+        # (a child starting on a busy machine may take a while to read the turn).
+        for _ in range(1200):
             if any(_cpu_ticks(child) > second for child in children):
                 break
             await asyncio.sleep(0.05)
