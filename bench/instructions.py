@@ -109,7 +109,8 @@ async def count_echo(work_dir: Path, calls: int, concurrency: int) -> list[Count
 async def count_sidecar(work_dir: Path, calls: int, concurrency: int) -> list[Count]:
     out_dir = work_dir / "sidecar-callgrind"
     out_dir.mkdir()
-    env = {"OKRA_ENGINE_PROCESSES": "1"}
+    # One engine child and no spare: the child counted is the one taking the turns.
+    env = {"OKRA_ENGINE_PROCESSES": "1", "OKRA_ENGINE_SPARE": "false"}
     async with (
         sidecar_process(
             work_dir, env=env, launcher=callgrind_launcher(out_dir), start_timeout_s=START_TIMEOUT_S
