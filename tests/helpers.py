@@ -156,12 +156,53 @@ async def subscribed(redis: Redis, event_type: str, keys: RedisKeys = KEYS) -> s
 
 
 async def redis_fingerprint(redis: Redis) -> dict[bytes | str, str]:
-    """Every key with a digest of its value: equal fingerprints mean nothing was written."""
-    fingerprint = {}
-    for key in sorted(await redis.keys("*")):
-        dumped = await redis.dump(key)
-        fingerprint[key] = hashlib.sha256(dumped or b"").hexdigest()
-    return fingerprint
+    """Every key with a digest of its contents: equal fingerprints mean nothing was written.
+
+    Contents, not DUMP: a read may step a hash table's incremental rehash, which reorders what
+    DUMP serializes without changing a single field.
+    """
+    keys = sorted(await redis.keys("*"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.type(key)
+        types = [t.decode() if isinstance(t, bytes) else str(t) for t in await pipe.execute()]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, kind in zip(keys, types, strict=True):
+            _read_contents(pipe, key, kind)
+        contents = await pipe.execute()
+    return {
+        key: hashlib.sha256(f"{kind}:{_canonical(kind, found)}".encode()).hexdigest()
+        for key, kind, found in zip(keys, types, contents, strict=True)
+    }
+
+
+def _read_contents(pipe: Any, key: bytes | str, kind: str) -> None:
+    if kind == "hash":
+        pipe.hgetall(key)
+    elif kind == "set":
+        pipe.smembers(key)
+    elif kind == "zset":
+        pipe.zrange(key, 0, -1, withscores=True)
+    elif kind == "list":
+        pipe.lrange(key, 0, -1)
+    elif kind == "stream":
+        # Entries and each consumer group's position and pending count: what a write moves.
+        pipe.eval(
+            "return {redis.call('XRANGE', KEYS[1], '-', '+'), "
+            "redis.call('XINFO', 'GROUPS', KEYS[1])}",
+            1,
+            key,
+        )
+    else:
+        pipe.dump(key)
+
+
+def _canonical(kind: str, found: Any) -> str:
+    if kind == "hash":
+        return repr(sorted(found.items()))
+    if kind == "set":
+        return repr(sorted(found))
+    return repr(found)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from redis.asyncio import Redis
@@ -45,18 +46,22 @@ WAITING = {pb.WORKFLOW_STATUS_WAITING}
 
 async def expect_denied(
     redis: Redis,
-    call: Any,
+    call: Callable[[], Awaitable[object]],
     *,
     policy: str,
     message: str,
     code: grpc.StatusCode = DENIED,
     wait_quiet: bool = True,
 ) -> grpc.aio.AioRpcError:
-    """The call fails with `code`, names `policy` and says `message`, and writes nothing."""
+    """`call()` fails with `code`, names `policy` and says `message`, and writes nothing.
+
+    `call` makes the rpc when called: grpc.aio sends a call as soon as it is created, so a
+    call made before the "before" snapshot would have its writes counted as the baseline.
+    """
     error: list[grpc.aio.AioRpcError] = []
 
     async def attempt() -> None:
-        error.append(await expect_rpc_error(call, code))
+        error.append(await expect_rpc_error(call(), code))
 
     assert await writes_during(redis, attempt, wait_quiet=wait_quiet) == set()
     assert denied_by(error[0]) == policy
@@ -86,24 +91,47 @@ async def test_1_blocked_or_unlisted_workflows_are_denied(
     stub = permissions.stub
     await expect_denied(
         redis,
-        stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
+        lambda: stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
         policy=keys.RUN_BLOCKED,
         message="policy.workflow.run.blocked lists 'legacy.*'; remove it from that list",
     )
     # Blocked wins even where nothing else would refuse.
     await expect_denied(
         redis,
-        stub.Run(pb.RunRequest(workflow_id="admin.dangerous.1.0.0")),
+        lambda: stub.Run(pb.RunRequest(workflow_id="admin.dangerous.1.0.0")),
         policy=keys.RUN_BLOCKED,
         message="lists 'admin.dangerous'",
     )
     await expect_denied(
         redis,
-        stub.Run(pb.RunRequest(workflow_id="billing.invoice.1.0.0")),
+        lambda: stub.Run(pb.RunRequest(workflow_id="billing.invoice.1.0.0")),
         policy=keys.RUN_ALLOWED,
         message="billing.invoice is not in policy.workflow.run.allowed (user.onboarding, "
         "order.processing, report.*); add it to that list to run it",
     )
+
+
+async def test_expect_denied_counts_the_writes_of_a_call_that_writes(
+    permissions: Policed, redis: Redis
+) -> None:
+    # The control for every expect_denied here: a call's writes land in its window.
+    created: list[str] = []
+
+    async def run_one() -> None:
+        created.append(await run(permissions.stub, "user.onboarding.1.0.0"))
+
+    changed = await writes_during(redis, run_one)
+    assert f"okra:{{{created[0]}}}".encode() in changed
+
+    # A policy check that let a Run write and then denied it would fail expect_denied.
+    async def writes_then_denied() -> object:
+        await run(permissions.stub, "user.onboarding.1.0.0")
+        return await permissions.stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0"))
+
+    with pytest.raises(AssertionError, match="okra:"):
+        await expect_denied(
+            redis, writes_then_denied, policy=keys.RUN_BLOCKED, message="lists 'legacy.*'"
+        )
 
 
 async def test_1_list_workflows_shows_only_what_may_run(permissions: Policed) -> None:
@@ -136,7 +164,7 @@ async def test_2_payment_admins_run_payments_and_anyone_runs_the_rest(
 async def test_2_others_may_not_run_payments(conditional: Policed, redis: Redis) -> None:
     await expect_denied(
         redis,
-        conditional.stub.Run(
+        lambda: conditional.stub.Run(
             pb.RunRequest(workflow_id="payment.process.1.0.0"),
             metadata=bearer(sub="cle", role="clerk"),
         ),
@@ -146,7 +174,7 @@ async def test_2_others_may_not_run_payments(conditional: Policed, redis: Redis)
     # No role claim at all: the condition cannot be evaluated, and that denies (fail closed).
     await expect_denied(
         redis,
-        conditional.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
+        lambda: conditional.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
         policy=keys.RUN_CONDITION,
         message="policy.workflow.run.condition could not be evaluated (no such member in "
         "mapping: 'role'), and a policy that cannot be evaluated denies",
@@ -183,7 +211,7 @@ async def test_3_unlisted_signal_or_caller_or_status_is_denied(
     signaller = bearer(sub="sig", canSignal=True)
     await expect_denied(
         redis,
-        stub.Signal(
+        lambda: stub.Signal(
             pb.SignalRequest(instance_id=instance_id, signal="escalate"), metadata=signaller
         ),
         policy=keys.SIGNAL_ALLOWED_SIGNALS,
@@ -192,7 +220,7 @@ async def test_3_unlisted_signal_or_caller_or_status_is_denied(
     )
     await expect_denied(
         redis,
-        stub.Signal(
+        lambda: stub.Signal(
             pb.SignalRequest(instance_id=instance_id, signal="approved"),
             metadata=bearer(sub="viewer", canSignal=False),
         ),
@@ -202,7 +230,7 @@ async def test_3_unlisted_signal_or_caller_or_status_is_denied(
     await stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="done"))
     await expect_denied(
         redis,
-        stub.Signal(
+        lambda: stub.Signal(
             pb.SignalRequest(instance_id=instance_id, signal="approved"), metadata=signaller
         ),
         policy=keys.SIGNAL_CONDITION,
@@ -246,20 +274,20 @@ async def test_4_other_roles_statuses_and_page_sizes_are_denied(
     operator = bearer(sub="op", role="operator")
     await expect_denied(
         redis,
-        stub.Query(pb.QueryRequest(), metadata=bearer(sub="v", role="viewer")),
+        lambda: stub.Query(pb.QueryRequest(), metadata=bearer(sub="v", role="viewer")),
         policy=keys.QUERY_CONDITION,
         message="`request.auth.claims.role in ['admin', 'operator']` is false for this call by v",
     )
     await expect_denied(
         redis,
-        stub.Query(pb.QueryRequest(status=[pb.WORKFLOW_STATUS_WAITING]), metadata=operator),
+        lambda: stub.Query(pb.QueryRequest(status=[pb.WORKFLOW_STATUS_WAITING]), metadata=operator),
         policy=keys.QUERY_ALLOWED_STATUSES,
         message="status waiting may not be queried; policy.workflow.query.allowedStatuses "
         "allows completed, failed",
     )
     await expect_denied(
         redis,
-        stub.Query(pb.QueryRequest(limit=500), metadata=operator),
+        lambda: stub.Query(pb.QueryRequest(limit=500), metadata=operator),
         policy=keys.QUERY_MAX_RESULTS,
         message="limit 500 is above policy.workflow.query.maxResults (100); ask for at most "
         "100 per page and follow the cursor",
@@ -305,7 +333,7 @@ async def test_5_calls_within_the_rate_go_through_and_the_next_waits(
     assert 100 <= allowed <= 100 + int((time.monotonic() - started) / 0.6) + 1
     error = await expect_denied(
         redis,
-        stub.Run(pb.RunRequest(workflow_id="billing.quick.1.0.0")),
+        lambda: stub.Run(pb.RunRequest(workflow_id="billing.quick.1.0.0")),
         policy=keys.RUN_RATE_LIMIT,
         message="Run is rate limited by policy.workflow.run.rateLimit (100/minute, shared by "
         "every sidecar of service orders); retry in",
@@ -318,7 +346,7 @@ async def test_5_calls_within_the_rate_go_through_and_the_next_waits(
     assert allowed >= 100
     await expect_denied(
         redis,
-        stub.Query(pb.QueryRequest()),
+        lambda: stub.Query(pb.QueryRequest()),
         policy=keys.QUERY_RATE_LIMIT,
         message="Query is rate limited by policy.workflow.query.rateLimit (100/minute",
         code=EXHAUSTED,
@@ -340,7 +368,7 @@ async def test_5_signal_rate(rates: Policed, redis: Redis) -> None:
     assert 1000 <= allowed <= 1000 + int((time.monotonic() - started) / 0.06) + 1
     await expect_denied(
         redis,
-        stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="approved")),
+        lambda: stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="approved")),
         policy=keys.SIGNAL_RATE_LIMIT,
         message="Signal is rate limited by policy.workflow.signal.rateLimit (1000/minute",
         code=EXHAUSTED,
@@ -368,7 +396,7 @@ async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Re
         await run(limits.stub, "report.generation.1.0.0")
     error = await expect_denied(
         redis,
-        limits.stub.Run(pb.RunRequest(workflow_id="report.generation.1.0.0")),
+        lambda: limits.stub.Run(pb.RunRequest(workflow_id="report.generation.1.0.0")),
         policy=keys.MAX_INSTANCES_PER_WORKFLOW,
         message="the limit of 10 concurrent instances of report.generation "
         "(policy.workflow.maxInstancesPerWorkflow) is reached; retry when some have finished",
@@ -400,7 +428,7 @@ async def test_7_without_the_deployment_env_every_call_is_denied(
     async with policed_sidecar(policy_settings(redis_url, path, env={})) as running:
         await expect_denied(
             redis,
-            running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
+            lambda: running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
             policy=keys.CONDITION,
             message="env.DEPLOYMENT_ENV is not set on this sidecar, set it in its environment), "
             "and a policy that cannot be evaluated denies",
@@ -430,7 +458,7 @@ async def test_8_missing_fields_and_big_inputs_are_denied(inputs: Policed, redis
     partial.input.CopyFrom(value({"amount": 12.5}))
     await expect_denied(
         redis,
-        inputs.stub.Run(partial),
+        lambda: inputs.stub.Run(partial),
         policy=keys.RUN_REQUIRED_INPUT_FIELDS,
         message="the input lacks currency, customerId, which "
         "policy.workflow.run.requiredInputFields requires for payment.process; add them",
@@ -439,7 +467,7 @@ async def test_8_missing_fields_and_big_inputs_are_denied(inputs: Policed, redis
     big.input.CopyFrom(value({"note": "x" * 200_000}))
     await expect_denied(
         redis,
-        inputs.stub.Run(big),
+        lambda: inputs.stub.Run(big),
         policy=keys.RUN_MAX_INPUT_SIZE_KB,
         message="and policy.workflow.run.maxInputSizeKb allows 102400 bytes (100 KiB); send a "
         "smaller input or raise the limit",
@@ -479,13 +507,13 @@ async def test_9_no_reason_no_admin_or_a_waiting_instance_is_denied(
     pending = await run(stub, "user.onboarding.1.0.0")
     await expect_denied(
         redis,
-        stub.Cancel(pb.CancelRequest(instance_id=pending), metadata=ADMIN_ROLE),
+        lambda: stub.Cancel(pb.CancelRequest(instance_id=pending), metadata=ADMIN_ROLE),
         policy=keys.CANCEL_REQUIRE_REASON,
         message="policy.workflow.cancel.requireReason is true: say why in the request's `reason`",
     )
     await expect_denied(
         redis,
-        stub.Cancel(
+        lambda: stub.Cancel(
             pb.CancelRequest(instance_id=pending, reason="r"),
             metadata=bearer(sub="u", role="user"),
         ),
@@ -496,7 +524,7 @@ async def test_9_no_reason_no_admin_or_a_waiting_instance_is_denied(
     await wait_for_status(stub, pending, WAITING)
     await expect_denied(
         redis,
-        stub.Cancel(pb.CancelRequest(instance_id=pending, reason="r"), metadata=ADMIN_ROLE),
+        lambda: stub.Cancel(pb.CancelRequest(instance_id=pending, reason="r"), metadata=ADMIN_ROLE),
         policy=keys.CANCEL_CONDITION,
         message="`instance.status in ['pending', 'running'] && request.auth.claims.role == "
         "'admin'` is false for this call by ad",
@@ -541,7 +569,7 @@ async def test_10_denials_and_watched_failures_are_recorded(
 ) -> None:
     await expect_denied(
         redis,
-        audited.stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
+        lambda: audited.stub.Run(pb.RunRequest(workflow_id="legacy.export.1.0.0")),
         policy=keys.RUN_BLOCKED,
         message="lists 'legacy.*'",
     )
@@ -598,7 +626,7 @@ async def test_11_other_namespaces_are_denied(tmp_path: Path, redis: Redis, redi
     async with policed_sidecar(policy_settings(redis_url, path, namespace="app")) as running:
         await expect_denied(
             redis,
-            running.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
+            lambda: running.stub.Run(pb.RunRequest(workflow_id="payment.process.1.0.0")),
             policy=keys.RUN_ALLOWED_NAMESPACES,
             message="namespace 'payment' is not in policy.workflow.run.allowedNamespaces "
             "(app, common) and is not this service's namespace 'app'",
@@ -608,7 +636,7 @@ async def test_11_other_namespaces_are_denied(tmp_path: Path, redis: Redis, redi
         assert await run(running.stub, "billing.invoice.1.0.0")
         await expect_denied(
             redis,
-            running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
+            lambda: running.stub.Run(pb.RunRequest(workflow_id="app.orders.1.0.0")),
             policy=keys.RUN_CONDITION,
             message="`workflow.namespace == service.namespace || workflow.namespace == "
             "'common'` is false",
