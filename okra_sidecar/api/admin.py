@@ -98,7 +98,15 @@ class PolicyAdminServicer(admin_pb_grpc.PolicyAdminServiceServicer):
         self, request: admin_pb.SetPoliciesRequest, context: Context
     ) -> admin_pb.SetPoliciesResponse:
         identity = self._require_admin()
-        if request.WhichOneof("document") == "text":
+        form = request.WhichOneof("document")
+        if form is None:
+            # An empty request would otherwise replace the whole set with no policies at all.
+            raise InvalidInputError.for_field(
+                "document",
+                "the request carries no policy document: set `text` or `policies` "
+                "(`policies: {}` clears every policy)",
+            )
+        if form == "text":
             # Off the event loop: even a bounded parse of a large text takes a while.
             document = await asyncio.to_thread(
                 parse_policy_text, request.text, source="SetPolicies"

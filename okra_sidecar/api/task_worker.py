@@ -38,6 +38,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 WORKER_ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 MAX_IN_FLIGHT = 1000
+MAX_PROBLEM_TYPE = 256
+# An absolute URI (RFC 3986: a scheme, then no spaces), as RFC 7807 asks of a problem type.
+PROBLEM_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 
 
 def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -50,7 +53,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def parse_task_id(task_id: str) -> tuple[str, str]:
+def parse_task_id(task_id: str, *, field: str = "task_id") -> tuple[str, str]:
     """(service, stream entry id) from a task id.
 
     Raises:
@@ -58,8 +61,28 @@ def parse_task_id(task_id: str) -> tuple[str, str]:
     """
     service, _, entry = task_id.partition("/")
     if not SERVICE_RE.fullmatch(service) or parse_stream_id(entry) is None:
-        raise InvalidInputError.for_field("task_id", "is not a task id PollTasks handed out")
+        raise InvalidInputError.for_field(field, "is not a task id PollTasks handed out")
     return service, entry
+
+
+def check_problem(request: wpb.FailTaskRequest) -> None:
+    """FailTask's type and status, which become the error a workflow's `catch` matches on.
+
+    Raises:
+        InvalidInputError: the type is not an absolute URI or the status not an HTTP status.
+    """
+    if request.type and (
+        len(request.type) > MAX_PROBLEM_TYPE or not PROBLEM_TYPE_RE.fullmatch(request.type)
+    ):
+        raise InvalidInputError.for_field(
+            "type",
+            f"{request.type[:80]!r} is not an absolute URI of at most {MAX_PROBLEM_TYPE} "
+            f"characters; send a problem type such as {ERROR_TYPES}runtime, or none",
+        )
+    if request.status and not 100 <= request.status <= 599:
+        raise InvalidInputError.for_field(
+            "status", f"{request.status} is not an HTTP status code (100 to 599; 0 means 500)"
+        )
 
 
 class _Poller:
@@ -241,6 +264,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def FailTask(  # noqa: N802 - the rpc's name
         self, request: wpb.FailTaskRequest, context: Context
     ) -> wpb.FailTaskResponse:
+        check_problem(request)
         error = {
             "type": request.type or ERROR_TYPES + "runtime",
             "status": request.status or 500,
@@ -256,8 +280,8 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         if not WORKER_ID_RE.fullmatch(request.worker_id):
             raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
         by_service: dict[str, list[str]] = {}
-        for task_id in request.task_ids:
-            service, entry_id = parse_task_id(task_id)
+        for index, task_id in enumerate(request.task_ids):
+            service, entry_id = parse_task_id(task_id, field=f"task_ids[{index}]")
             by_service.setdefault(service, []).append(entry_id)
         held: list[str] = []
         for service, entries in by_service.items():
