@@ -113,6 +113,23 @@ async def wait_for_status(
         await asyncio.sleep(0.02)
 
 
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = ""
+) -> float:
+    """Poll `check` until it holds; returns the seconds it took.
+
+    The deadline is generous on purpose: it only bounds a test that would otherwise hang, and
+    never stands for a latency target (those are measured in bench/).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await check():
+        if loop.time() - started > timeout_s:
+            raise AssertionError(f"still false after {timeout_s}s: {what or check}")
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
 async def expect_rpc_error(call: Awaitable[T], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     """Await a call that must fail with `code`; returns the error for further checks."""
     try:
@@ -211,6 +228,7 @@ __all__ = [
     "Stub",
     "WORKFLOWS_DIR",
     "bad_request_fields",
+    "eventually",
     "expect_rpc_error",
     "make_settings",
     "redis_fingerprint",

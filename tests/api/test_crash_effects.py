@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.worker import TaskContext, TaskWorker
 from tests.api.test_process import channel_to, completions, free_port, start_process
-from tests.helpers import Stub, to_python, value, wait_for_status
+from tests.helpers import Stub, eventually, to_python, value, wait_for_status
 
 pytestmark = pytest.mark.slow
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
@@ -172,13 +172,14 @@ async def test_sigkill_mid_effects_completes_every_instance_once(
                         ).instance_id
                         for n in range(PER_KIND)
                     ]
+
                 # Kill once calls are in flight, backoffs are pending and tasks are held.
-                for _ in range(200):
+                async def in_flight() -> bool:
                     slow = sum(v for k, v in server.requests.items() if k.startswith("/slow/"))
                     flaky = sum(v for k, v in server.requests.items() if k.startswith("/flaky/"))
-                    if slow >= PER_KIND and flaky >= PER_KIND and len(worked) >= 1:
-                        break
-                    await asyncio.sleep(0.05)
+                    return slow >= PER_KIND and flaky >= PER_KIND and len(worked) >= 1
+
+                await eventually(in_flight, timeout_s=30, what="calls and tasks in flight")
             first.kill()
             await first.wait()
             second = await start(redis_url, port, tmp_path, address)

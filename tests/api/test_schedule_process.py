@@ -20,7 +20,7 @@ from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.schedules import FIRE_TIME_TAG, SCHEDULE_TAG, format_fire_time
 from tests.api.test_process import channel_to, free_port, start_process
-from tests.helpers import value
+from tests.helpers import eventually, value
 
 pytestmark = pytest.mark.slow
 SPAN_S = 8
@@ -39,7 +39,7 @@ async def test_three_sidecars_start_one_instance_per_firing_though_one_is_killed
     env = {"OKRA_SCHEDULE_TICK_MS": "50"}
     processes = await asyncio.gather(*(start_process(redis_url, p, env=env) for p in ports))
     try:
-        start = (int(time.time()) + 2) * 1000
+        start = (int(time.time()) + 3) * 1000
         end = start + SPAN_S * 1000
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
             created = await spb_grpc.ScheduleHostAPIStub(channel).TriggerWorkflow(
@@ -51,17 +51,26 @@ async def test_three_sidecars_start_one_instance_per_firing_though_one_is_killed
                     end_time=at(end),
                 )
             )
-        await asyncio.sleep((start - time.time() * 1000) / 1000 + SPAN_S / 2)
-        processes[0].kill()  # SIGKILL: no drain, maybe mid-firing
-        await processes[0].wait()
-        await asyncio.sleep((end - time.time() * 1000) / 1000 + 1.5)
-
-        async with channel_to(ports[1]) as stub:
-            page = await stub.Query(
-                pb.QueryRequest(tags={SCHEDULE_TAG: created.schedule_id}, limit=1000)
-            )
-        per_time = Counter(i.tags[FIRE_TIME_TAG] for i in page.instances)
         expected = [format_fire_time(ms) for ms in range(start, end + 1, 1000)]
+        per_time: Counter[str] = Counter()
+        async with channel_to(ports[1]) as stub:
+
+            async def fired(count: int) -> bool:
+                page = await stub.Query(
+                    pb.QueryRequest(tags={SCHEDULE_TAG: created.schedule_id}, limit=1000)
+                )
+                per_time.clear()
+                per_time.update(i.tags[FIRE_TIME_TAG] for i in page.instances)
+                return len(per_time) >= count
+
+            # Killed once some firings are done and some are still to come.
+            await eventually(lambda: fired(2), timeout_s=SPAN_S + 30, what="two firings")
+            processes[0].kill()  # SIGKILL: no drain, maybe mid-firing
+            await processes[0].wait()
+            assert len(per_time) < len(expected), "the kill came after the last firing"
+            await eventually(
+                lambda: fired(len(expected)), timeout_s=SPAN_S + 30, what="every firing"
+            )
         assert sorted(per_time) == expected
         assert set(per_time.values()) == {1}
     finally:

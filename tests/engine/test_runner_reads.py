@@ -1,60 +1,51 @@
-"""EngineRunner's work loop: a short batch makes it linger before the next read."""
+"""EngineRunner's work loop on Redis: a short batch makes it linger before the next read.
+
+Through a real sidecar: Run puts work on the streams, the runner reads it, GetStatus shows
+whether a turn has run.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
+from dataclasses import replace
 
 import pytest
+from redis.asyncio import Redis
 
-from okra_sidecar.config import EngineSettings
-from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.runner import EngineRunner
-from okra_sidecar.store.base import WorkItem
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from tests.helpers import FAST_ENGINE, Stub, make_settings, running_sidecar, value, wait_for_status
 
-
-class ReadingStore:
-    """Just enough of a store for the work loop: reads hand out `batches`; turns find nothing."""
-
-    def __init__(self, batches: list[int]) -> None:
-        self.batches = batches
-        self.acked: list[str] = []
-
-    async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]:
-        size = self.batches.pop(0) if self.batches else 0
-        return [WorkItem(0, f"{len(self.acked)}-{n}", f"i{n}") for n in range(size)]
-
-    async def load_turn(self, instance_id: str) -> None:
-        return None  # a finished or deleted instance: the turn only acknowledges its work
-
-    async def ack_work(self, items: list[WorkItem]) -> None:
-        self.acked += [item.entry_id for item in items]
+LONG_LINGER_MS = 60_000  # far longer than the test: a lingering runner reads nothing more
+DONE = {pb.WORKFLOW_STATUS_COMPLETED}
 
 
-def runner(store: ReadingStore, *, linger_ms: int, concurrency: int = 4) -> EngineRunner:
-    fake: Any = store
-    return EngineRunner(
-        store=fake,
-        registry=WorkflowRegistry(store=fake),
-        settings=EngineSettings(concurrency=concurrency, read_linger_ms=linger_ms),
-        consumer="c",
-    )
+async def run_steps(stub: Stub) -> str:
+    reply = await stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1})))
+    return reply.instance_id
 
 
 @pytest.mark.parametrize(
-    ("batch", "linger_ms", "waits"),
-    [(1, 200, True), (4, 200, False), (0, 200, False), (1, 0, False)],
-    ids=["short batch", "full batch", "empty read", "linger off"],
+    ("concurrency", "linger_ms", "lingers"),
+    [(4, LONG_LINGER_MS, True), (1, LONG_LINGER_MS, False), (4, 0, False)],
+    ids=["short batch", "full batch", "linger off"],
 )
 async def test_the_next_read_waits_only_after_a_short_batch(
-    batch: int, linger_ms: int, waits: bool
+    redis: Redis, redis_url: str, concurrency: int, linger_ms: int, lingers: bool
 ) -> None:
-    store = ReadingStore([batch])
-    engine = runner(store, linger_ms=linger_ms)
-    started = time.monotonic()
-    await engine._read_once()
-    took = time.monotonic() - started
-    assert (took >= 0.2) is waits
-    await asyncio.sleep(0.05)  # the dispatched turns acknowledge their work
-    assert len(store.acked) == batch
+    engine = replace(FAST_ENGINE, concurrency=concurrency, read_linger_ms=linger_ms)
+    async with running_sidecar(make_settings(redis_url, engine=engine)) as (_, stub):
+        # Reads that found nothing (the runner has been idle a few read_block_ms) never
+        # linger: the first Run is served.
+        await asyncio.sleep(3 * FAST_ENGINE.read_block_ms / 1000)
+        first = await run_steps(stub)
+        await wait_for_status(stub, first, DONE)
+        # That read found one item: a short batch when four fit, a full one when one does.
+        second = await run_steps(stub)
+        if not lingers:
+            await wait_for_status(stub, second, DONE)
+            return
+        # A runner that did not linger would serve it within a few milliseconds; this one
+        # must leave it alone for the whole minute, so a second's look cannot race it.
+        await asyncio.sleep(1.0)
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=second))
+        assert status.status == pb.WORKFLOW_STATUS_PENDING

@@ -23,6 +23,7 @@ from okra_sidecar.server import Sidecar
 from okra_sidecar.telemetry import Telemetry
 from tests.helpers import (
     Stub,
+    eventually,
     make_settings,
     redis_fingerprint,
     rich_status,
@@ -166,17 +167,6 @@ async def audit_records(admin: AdminStub, limit: int = 100) -> list[admin_pb.Aud
         admin_pb.ListAuditRecordsRequest(limit=limit), metadata=ADMIN
     )
     return list(reply.records)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 5.0) -> float:
-    """Poll `check` until it holds; returns the seconds it took."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await check():
-        if loop.time() - started > timeout_s:
-            raise AssertionError(f"still false after {timeout_s}s")
-        await asyncio.sleep(0.01)
-    return loop.time() - started
 
 
 __all__ = [

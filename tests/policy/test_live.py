@@ -1,10 +1,11 @@
-"""Policy changes at run time: every sidecar sharing the Redis applies them within a second."""
+"""Policy changes at run time: every sidecar sharing the Redis applies them.
+
+How soon is measured by `python -m bench.propagation`, not asserted here.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
 from okra_sidecar.server import start_sidecar
-from tests.helpers import bad_request_fields, expect_rpc_error
+from tests.helpers import bad_request_fields, eventually, expect_rpc_error
 from tests.policy.support import (
     ADMIN,
     AdminStub,
@@ -37,31 +38,28 @@ async def applied_version(admin: AdminStub) -> int:
     return reply.version
 
 
-async def until_version(admin: AdminStub, version: int, started: float) -> float:
-    """Seconds from `started` until the sidecar behind `admin` applies `version`."""
-    while await applied_version(admin) < version:
-        if time.monotonic() - started > 5:
-            raise AssertionError(f"version {version} not applied after 5s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
+async def until_version(admin: AdminStub, version: int) -> None:
+    """Wait until the sidecar behind `admin` applies `version`."""
+
+    async def applied() -> bool:
+        return await applied_version(admin) >= version
+
+    await eventually(applied, what=f"policy version {version} applied")
 
 
-async def test_an_admin_change_reaches_every_sidecar_within_a_second(
-    redis: Redis, redis_url: str
-) -> None:
+async def test_an_admin_change_reaches_every_sidecar(redis: Redis, redis_url: str) -> None:
     async with (
         policed_sidecar(policy_settings(redis_url)) as first,
         policed_sidecar(policy_settings(redis_url)) as second,
     ):
         assert await run(second.stub, "user.onboarding.1.0.0")
-        started = time.monotonic()
         reply = await first.admin.SetPolicies(
             admin_pb.SetPoliciesRequest(text=BLOCK_USER), metadata=ADMIN
         )
         assert reply.keys == [keys.RUN_BLOCKED]
         # The sidecar that took the change applies it before answering; the other follows.
         assert await applied_version(first.admin) == reply.version
-        assert await until_version(second.admin, reply.version, started) < 1.0
+        await until_version(second.admin, reply.version)
         for policed in (first, second):
             error = await expect_rpc_error(
                 policed.stub.Run(pb.RunRequest(workflow_id="user.onboarding.1.0.0")),
@@ -72,7 +70,7 @@ async def test_an_admin_change_reaches_every_sidecar_within_a_second(
         assert policies.source == "admin:platform"
 
 
-async def test_a_changed_file_reaches_every_sidecar_within_a_second(
+async def test_a_changed_file_reaches_every_sidecar(
     tmp_path: Path, redis: Redis, redis_url: str
 ) -> None:
     path = write_policies(tmp_path, "{}")
@@ -81,10 +79,9 @@ async def test_a_changed_file_reaches_every_sidecar_within_a_second(
         policed_sidecar(policy_settings(redis_url)) as other,
     ):
         version = await applied_version(watching.admin)
-        started = time.monotonic()
         path.write_text(BLOCK_USER)
         for policed in (watching, other):
-            assert await until_version(policed.admin, version + 1, started) < 1.0
+            await until_version(policed.admin, version + 1)
             await expect_rpc_error(
                 policed.stub.Run(pb.RunRequest(workflow_id="user.onboarding.1.0.0")),
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -118,8 +115,11 @@ async def test_a_set_that_does_not_compile_is_refused_whole(
         # A bad edit of the file is refused the same way, and logged.
         caplog.set_level(logging.ERROR, logger="okra_sidecar.policy.live")
         path.write_text('{"policy.workflow.run.blocked": "user.*"}')
-        await asyncio.sleep(1.2)
-        assert any("must be a list of names" in r.getMessage() for r in caplog.records)
+
+        async def logged() -> bool:
+            return any("must be a list of names" in r.getMessage() for r in caplog.records)
+
+        await eventually(logged, what="the refused file edit is logged")
         for policed in (first, second):
             assert await applied_version(policed.admin) == before
             await expect_rpc_error(
@@ -140,9 +140,8 @@ async def test_a_rate_limit_is_shared_by_the_sidecars_of_a_service(
             admin_pb.SetPoliciesRequest(text='{"policy.workflow.query.rateLimit": "5/minute"}'),
             metadata=ADMIN,
         )
-        started = time.monotonic()
         for policed in (second, elsewhere):
-            await until_version(policed.admin, reply.version, started)
+            await until_version(policed.admin, reply.version)
         for policed in (first, second, first, second, first):
             await policed.stub.Query(pb.QueryRequest())
         for policed in (first, second):
