@@ -2,12 +2,14 @@
 
 clients/node/package-lock.json pins every package; node_modules is installed once and reused
 until the lockfile changes. Tests that need Node skip, saying why, where `node` or `npm` is
-missing.
+missing; in CI (`CI=true`) they fail instead, so that a runner without Node cannot pass them
+silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -39,7 +41,10 @@ def ensure_node_modules() -> NodeToolchain:
     """Node and clients/node/node_modules as package-lock.json pins it; skips without Node."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are not installed: the Node.js client and tsc tests need them")
+        missing = "node and npm are not installed: the Node.js client and tsc tests need them"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{missing} (CI=true: install them on the runner)", pytrace=False)
+        pytest.skip(missing)
     stamp = NODE_DIR / "node_modules" / STAMP_NAME
     digest = _lock_digest()
     if not stamp.is_file() or stamp.read_text() != digest:

@@ -17,18 +17,55 @@ def evaluate(cel: CelEngine, source: str, **activation: Any) -> bool:
     return program.evaluate({name: to_cel(value) for name, value in activation.items()})
 
 
+TEAM_A: dict[str, Any] = {"metadata": {"x-team": "a"}, "auth": {"claims": {"role": "admin"}}}
+NO_CLAIMS: dict[str, Any] = {"metadata": {}, "auth": {"claims": {}}}
+
+
 @pytest.mark.parametrize(
-    "source",
+    ("source", "activation", "expected"),
     [
-        "request.metadata['x-team'] == 'a' && [1, 2].exists(x, x > 1)",
-        "has(request.auth.claims.role) && request.auth.claims.role == 'admin'",
-        "instance.tags.team == 'a' && instance.workflow.startsWith('a.')",
-        "size(request.auth.claims) > 0 || service.namespace == workflow.namespace",
-        "workflow.id.matches('^test\\\\.')",
+        (
+            "request.metadata['x-team'] == 'a' && [1, 2].exists(x, x > 1)",
+            {"request": TEAM_A},
+            True,
+        ),
+        (
+            "request.metadata['x-team'] == 'a' && [1, 2].exists(x, x > 1)",
+            {"request": {"metadata": {"x-team": "b"}}},
+            False,
+        ),
+        (
+            "instance.tags.team == 'a' && instance.workflow.startsWith('a.')",
+            {"instance": {"tags": {"team": "a"}, "workflow": "a.b.1.0.0"}},
+            True,
+        ),
+        (
+            "instance.tags.team == 'a' && instance.workflow.startsWith('a.')",
+            {"instance": {"tags": {"team": "a"}, "workflow": "b.a.1.0.0"}},
+            False,
+        ),
+        (
+            "size(request.auth.claims) > 0 || service.namespace == workflow.namespace",
+            {
+                "request": NO_CLAIMS,
+                "service": {"namespace": "app"},
+                "workflow": {"namespace": "app"},
+            },
+            True,
+        ),
+        (
+            "size(request.auth.claims) > 0 || service.namespace == workflow.namespace",
+            {"request": NO_CLAIMS, "service": {"namespace": "app"}, "workflow": {"namespace": "x"}},
+            False,
+        ),
+        ("workflow.id.matches('^test\\\\.')", {"workflow": {"id": "test.smoke.1.0.0"}}, True),
+        ("workflow.id.matches('^test\\\\.')", {"workflow": {"id": "tests.smoke.1.0.0"}}, False),
     ],
 )
-def test_names_the_activation_has_compile(cel: CelEngine, source: str) -> None:
-    cel.compile(source, roots=ROOTS, env_names=ENV)
+def test_names_the_activation_has_compile_and_decide(
+    cel: CelEngine, source: str, activation: dict[str, Any], expected: bool
+) -> None:
+    assert evaluate(cel, source, **activation) is expected
 
 
 @pytest.mark.parametrize(

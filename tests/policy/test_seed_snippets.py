@@ -386,9 +386,11 @@ async def limits(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[
         yield running
 
 
-async def test_6_runs_within_the_per_workflow_limit(limits: Policed) -> None:
-    for _ in range(10):
-        await run(limits.stub, "report.generation.1.0.0")
+async def test_6_runs_within_the_per_workflow_limit(limits: Policed, redis: Redis) -> None:
+    started = {await run(limits.stub, "report.generation.1.0.0") for _ in range(10)}
+    assert len(started) == 10
+    # All ten are still running and counted against the limit of 10.
+    assert await redis.get("okra:active:wf:report.generation") == b"10"
 
 
 async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Redis) -> None:
