@@ -90,6 +90,8 @@ class ResourceChecks:
         self, behavior: Behavior, request: pb.GetHistoryRequest, context: Context
     ) -> Any:
         request.instance_id = rules.check_instance_id(request.instance_id)
+        # A malformed request is INVALID_ARGUMENT whether or not the instance exists.
+        rules.check_query_limit(request.limit)
         record = await self._store.get_instance(request.instance_id)
         if record is None:
             raise NotFoundError(f"instance {request.instance_id} does not exist")
@@ -185,7 +187,12 @@ class ResourceChecks:
     async def _heartbeat(
         self, behavior: Behavior, request: wpb.HeartbeatRequest, context: Context
     ) -> Any:
-        queues = sorted({parse_task_id(task_id)[0] for task_id in request.task_ids})
+        queues = sorted(
+            {
+                parse_task_id(task_id, field=f"task_ids[{index}]")[0]
+                for index, task_id in enumerate(request.task_ids)
+            }
+        )
         for queue in queues:
             await self._allow(self._call("Heartbeat", context, resource=("task", {"queue": queue})))
         if not queues:
