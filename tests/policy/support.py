@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import grpc
 import jwt
 from google.rpc import error_details_pb2
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from okra_sidecar.config import AuthSettings, HostSettings, PolicySettings, Settings
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
@@ -148,18 +150,73 @@ async def settle(redis: Redis, *, timeout_s: float = 5.0) -> dict[Any, str]:
         previous = current
 
 
+class WriteRecorder:
+    """The keys Redis reports written (keyspace notifications) while an action runs.
+
+    Exact and cheap: nothing is read before the action but one marker write, so a call can be
+    made right after the state it depends on (a spent rate limit) is reached.
+    """
+
+    def __init__(self, redis: Redis, pubsub: PubSub) -> None:
+        self._redis = redis
+        self._pubsub = pubsub
+
+    async def keys_written_by(self, action: Callable[[], Awaitable[object]]) -> set[bytes]:
+        """Run `action`; the keys written from its start until it returned, audit excluded."""
+        start, end = (f"okra-test:mark:{uuid.uuid4()}".encode() for _ in range(2))
+        # Redis sends notifications in the order of the writes: everything between the two
+        # markers' notifications was written while the action ran.
+        await self._redis.set(start, b"")
+        try:
+            await action()
+        finally:
+            await self._redis.set(end, b"")
+        written: set[bytes] = set()
+        started = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while True:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                if loop.time() > deadline:
+                    raise AssertionError("the end marker's keyspace notification never came")
+                continue
+            key = bytes(message["channel"]).split(b"__:", 1)[1]
+            if key == end:
+                break
+            if started and key != start:
+                written.add(key)
+            started = started or key == start
+        await self._redis.delete(start, end)
+        return written - {AUDIT_KEY}
+
+
+@asynccontextmanager
+async def recording_writes(redis: Redis) -> AsyncIterator[WriteRecorder]:
+    """Keyspace notifications on for the block (as they were after it), and a recorder."""
+    setting = "notify-keyspace-events"
+    previous = next(iter((await redis.config_get(setting)).values()), None) or ""
+    await redis.config_set(setting, "KA")
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.psubscribe("__keyspace@*__:*")
+        yield WriteRecorder(redis, pubsub)
+    finally:
+        await pubsub.aclose()
+        await redis.config_set(setting, previous)
+
+
 async def writes_during(
     redis: Redis, action: Callable[[], Awaitable[object]], *, wait_quiet: bool = True
-) -> set[Any]:
-    """Run `action` and return the keys it changed, ignoring the audit stream (by design).
+) -> set[bytes]:
+    """Run `action` and return the keys it wrote, ignoring the audit stream (by design).
 
     With `wait_quiet`, background engine writes from earlier calls are let finish first.
     """
-    before = await settle(redis) if wait_quiet else await redis_fingerprint(redis)
-    await action()
-    after = await redis_fingerprint(redis)
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    return changed - {AUDIT_KEY}
+    if wait_quiet:
+        await settle(redis)
+    async with recording_writes(redis) as recorder:
+        return await recorder.keys_written_by(action)
 
 
 async def audit_records(admin: AdminStub, limit: int = 100) -> list[admin_pb.AuditRecord]:
@@ -178,6 +235,7 @@ __all__ = [
     "denied_by",
     "eventually",
     "policed_sidecar",
+    "recording_writes",
     "policy_settings",
     "retry_delay_s",
     "run",
