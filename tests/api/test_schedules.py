@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from tests.helpers import (
     redis_fingerprint,
     to_python,
     value,
+    wait_for_status,
 )
 
 if TYPE_CHECKING:
@@ -129,13 +129,9 @@ async def test_a_firing_starts_an_instance_tagged_with_schedule_and_time(
         FIRE_TIME_TAG: "2024-03-25T00:00:10.000Z",
     }
     assert to_python(instance.input) == {"n": 4}
-    for _ in range(200):
-        status = await running.workflows.GetStatus(
-            pb.GetStatusRequest(instance_id=instance.instance_id)
-        )
-        if status.status == pb.WORKFLOW_STATUS_COMPLETED:
-            break
-        await asyncio.sleep(0.02)
+    status = await wait_for_status(
+        running.workflows, instance.instance_id, {pb.WORKFLOW_STATUS_COMPLETED}
+    )
     assert to_python(status.output) == {"n": 52, "done": True}
     reply = await running.schedules.GetSchedule(
         spb.GetScheduleRequest(schedule_id=created.schedule_id)

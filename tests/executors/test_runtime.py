@@ -26,6 +26,7 @@ from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras
 from tests.helpers import (
     KEYS,
     Stub,
+    eventually,
     expect_rpc_error,
     make_settings,
     running_sidecar,
@@ -169,10 +170,11 @@ async def test_emit_publishes_and_routes_to_matching_listeners(
     )
     result = await wait_for_result(redis, paid, "emit#1")
     assert result["value"]["type"] == "com.example.paid" and result["value"]["id"]
-    for _ in range(200):
-        if await inbox_events(redis, other):
-            break
-        await asyncio.sleep(0.02)
+
+    async def delivered_to_other() -> bool:
+        return bool(await inbox_events(redis, other))
+
+    await eventually(delivered_to_other, what="the event in the other instance's inbox")
     assert [e["data"] for e in await inbox_events(redis, other)] == [{"order": "o-2"}]
     # Cancelling drops the subscriptions.
     await stub.Cancel(pb.CancelRequest(instance_id=other))

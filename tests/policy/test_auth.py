@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,26 +63,32 @@ def test_required_mode_without_token_is_refused(settings: AuthSettings) -> None:
         verifier.identify(None)
 
 
+# Each header is made when its test runs: a token made at import would expire before a long
+# run reaches the test.
+BAD_HEADERS: list[tuple[Callable[[], str], str]] = [
+    (lambda: "Basic YWRhOnB3", "must be `Bearer <JWT>`"),
+    (lambda: "Bearer", "must be `Bearer <JWT>`"),
+    (lambda: "Bearer not.a.token", "malformed"),
+    (lambda: bearer(jwt.encode(claims(exp=int(time.time()) - 3600), SECRET)), "has expired"),
+    (lambda: bearer(jwt.encode(claims(aud="someone-else"), SECRET)), "audience must be"),
+    (lambda: bearer(jwt.encode(claims(iss="https://evil.example"), SECRET)), "not issued by"),
+    (
+        lambda: bearer(jwt.encode({k: v for k, v in claims().items() if k != "exp"}, SECRET)),
+        "lacks the 'exp' claim",
+    ),
+    (lambda: bearer(jwt.encode(claims(), SECRET + "x")), "signature does not verify"),
+    (lambda: bearer(unsigned(claims())), "accepts HS256"),
+]
+
+
 @pytest.mark.parametrize(
-    ("authorization", "message"),
-    [
-        ("Basic YWRhOnB3", "must be `Bearer <JWT>`"),
-        ("Bearer", "must be `Bearer <JWT>`"),
-        ("Bearer not.a.token", "malformed"),
-        (bearer(jwt.encode(claims(exp=int(time.time()) - 3600), SECRET)), "has expired"),
-        (bearer(jwt.encode(claims(aud="someone-else"), SECRET)), "audience must be"),
-        (bearer(jwt.encode(claims(iss="https://evil.example"), SECRET)), "not issued by"),
-        (
-            bearer(jwt.encode({k: v for k, v in claims().items() if k != "exp"}, SECRET)),
-            "lacks the 'exp' claim",
-        ),
-        (bearer(jwt.encode(claims(), SECRET + "x")), "signature does not verify"),
-        (bearer(unsigned(claims())), "accepts HS256"),
-    ],
+    ("authorization", "message"), BAD_HEADERS, ids=[message for _, message in BAD_HEADERS]
 )
-def test_bad_tokens_are_refused(settings: AuthSettings, authorization: str, message: str) -> None:
+def test_bad_tokens_are_refused(
+    settings: AuthSettings, authorization: Callable[[], str], message: str
+) -> None:
     with pytest.raises(UnauthenticatedError, match=message):
-        TokenVerifier(settings).identify(authorization)
+        TokenVerifier(settings).identify(authorization())
 
 
 def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, path: Path) -> Path:
