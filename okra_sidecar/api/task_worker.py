@@ -120,14 +120,23 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         self._pollers: dict[str, list[_Poller]] = {}
         self._signer: Signer | None = None
 
-    async def _leases(self) -> Signer:
+    async def _leases(self, *, create: bool = True) -> Signer | None:
+        """The lease signer; without `create`, None while no lease was ever handed out.
+
+        Only handing out a lease creates the key: checking one writes nothing, so a refused
+        CompleteTask or FailTask leaves Redis as it was.
+        """
         if self._signer is None:
-            self._signer = Signer(await self._effects.shared_secret())
+            secret = await self._effects.shared_secret(create=create)
+            if secret is not None:
+                self._signer = Signer(secret)
         return self._signer
 
     async def _lease(self, task_id: str, worker: str) -> str:
         """`worker.tag`: to whom the task was handed, signed so that no caller can make one."""
-        return f"{worker}.{(await self._leases()).sign(f'{task_id}|{worker}')}"
+        signer = await self._leases()
+        assert signer is not None  # created when missing
+        return f"{worker}.{signer.sign(f'{task_id}|{worker}')}"
 
     async def _lease_holder(self, task_id: str, lease: str) -> str:
         """The worker a lease names.
@@ -141,7 +150,8 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                 "lease", "is required: echo the Task.lease that PollTasks handed out"
             )
         worker, _, tag = lease.rpartition(".")
-        if not worker or not (await self._leases()).verify(f"{task_id}|{worker}", tag):
+        signer = await self._leases(create=False)
+        if not worker or signer is None or not signer.verify(f"{task_id}|{worker}", tag):
             raise PolicyDeniedError(
                 f"the lease does not belong to task {task_id}: only the worker PollTasks "
                 "handed the task to can finish it, with the lease it came with",

@@ -335,11 +335,17 @@ class RedisEffectStore:
             )
         return _text(outcome)
 
-    async def shared_secret(self) -> bytes:
-        """The cluster's signing key, created by the first sidecar that asks."""
+    async def shared_secret(self, *, create: bool = True) -> bytes | None:
+        """The cluster's signing key, created by the first sidecar that asks.
+
+        With `create` false nothing is written: None while no sidecar has made it yet.
+        """
         with map_redis_errors():
-            await self.redis.set(self.keys.secret, secrets.token_hex(32), nx=True)
+            if create:
+                await self.redis.set(self.keys.secret, secrets.token_hex(32), nx=True)
             value: Any = await self.redis.get(self.keys.secret)
+        if value is None:
+            return None
         return value.encode() if isinstance(value, str) else bytes(value)
 
     # -- events -------------------------------------------------------------------------------

@@ -508,6 +508,25 @@ WORKER_CASES: list[Case[WorkerStub]] = [
         ("task_id",),
     ),
     Case(
+        "complete: no lease",
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0")),
+        INVALID,
+        "is required: echo the Task.lease that PollTasks handed out",
+        ("lease",),
+    ),
+    Case(
+        "complete: a lease not handed out with the task",
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0", lease="w1.forged")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the lease does not belong to task orders/1-0",
+    ),
+    Case(
+        "fail: a lease not handed out with the task",
+        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/1-0", lease="w1.forged")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the lease does not belong to task orders/1-0",
+    ),
+    Case(
         "fail: malformed task id",
         lambda w: w.FailTask(wpb.FailTaskRequest(task_id="")),
         INVALID,
