@@ -160,7 +160,7 @@ async def test_expect_denied_counts_the_writes_of_a_call_that_writes(
         created.append(await run(permissions.stub, "user.onboarding.1.0.0"))
 
     changed = await writes_during(redis, run_one)
-    assert f"okra:{{{created[0]}}}".encode() in changed
+    assert KEYS.instance(created[0]).encode() in changed
 
     # A policy check that let a Run write and then denied it would fail expect_denied.
     async def writes_then_denied() -> object:
@@ -423,7 +423,7 @@ async def test_6_runs_within_the_per_workflow_limit(limits: Policed, redis: Redi
     started = {await run(limits.stub, "report.generation.1.0.0") for _ in range(10)}
     assert len(started) == 10
     # All ten are still running and counted against the limit of 10.
-    assert await redis.get("okra:active:wf:report.generation") == b"10"
+    assert await redis.get(KEYS.active_workflow("report.generation")) == b"10"
 
 
 async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Redis) -> None:
