@@ -127,7 +127,8 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         CompleteTask or FailTask leaves Redis as it was.
         """
         if self._signer is None:
-            secret = await self._effects.shared_secret(create=create)
+            effects = self._effects
+            secret = await (effects.shared_secret() if create else effects.existing_secret())
             if secret is not None:
                 self._signer = Signer(secret)
         return self._signer

@@ -335,14 +335,17 @@ class RedisEffectStore:
             )
         return _text(outcome)
 
-    async def shared_secret(self, *, create: bool = True) -> bytes | None:
-        """The cluster's signing key, created by the first sidecar that asks.
-
-        With `create` false nothing is written: None while no sidecar has made it yet.
-        """
+    async def shared_secret(self) -> bytes:
+        """The cluster's signing key, created by the first sidecar that asks."""
         with map_redis_errors():
-            if create:
-                await self.redis.set(self.keys.secret, secrets.token_hex(32), nx=True)
+            await self.redis.set(self.keys.secret, secrets.token_hex(32), nx=True)
+        secret = await self.existing_secret()
+        assert secret is not None  # set just above, and never deleted
+        return secret
+
+    async def existing_secret(self) -> bytes | None:
+        """The signing key if some sidecar made it, else None; writes nothing."""
+        with map_redis_errors():
             value: Any = await self.redis.get(self.keys.secret)
         if value is None:
             return None
