@@ -8,7 +8,7 @@ STAMP = $(VENV)/.install-stamp
 # Every package of the development and CI install, pinned with hashes (`make lock` refreshes it).
 LOCK = requirements/dev.txt
 
-.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs format lint typecheck test test-unit run bench chaos fuzz clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-unit run bench chaos fuzz clean
 
 all: lint test
 
@@ -65,6 +65,10 @@ proto-release: install
 # Go, Java and TypeScript stubs per buf.gen.yaml; needs the plugins it names (docs/clients.md).
 stubs: install
 	$(BIN)/buf generate
+
+# docs/errors.md's reason tables from okra_sidecar/errors.py.
+errors-doc: install
+	$(BIN)/python -m tests.docs.errors_table
 
 format: install
 	$(BIN)/ruff check --fix $(sources)

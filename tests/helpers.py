@@ -22,6 +22,7 @@ from okra_sidecar.config import (
     ServerSettings,
     Settings,
 )
+from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar, start_sidecar
@@ -248,3 +249,36 @@ def process_alive(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo detail of a failed call, None when it has none."""
+    for detail in rich_status(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def detail_types(error: grpc.aio.AioRpcError) -> set[str]:
+    """The message names of the google.rpc details, e.g. {"google.rpc.ErrorInfo"}."""
+    return {detail.TypeName() for detail in rich_status(error).details}
+
+
+def assert_reason(error: grpc.aio.AioRpcError, reason: Reason) -> dict[str, str]:
+    """Check the call failed with `reason`, its code, and the details the reason promises.
+
+    Returns the ErrorInfo metadata.
+    """
+    info = error_info(error)
+    assert info is not None, f"{error.code().name} without ErrorInfo: {error.details()}"
+    assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
+    code = REASONS[reason].code
+    assert error.code().name == code, f"{reason} came with {error.code().name}, not {code}"
+    types = detail_types(error)
+    if code == "FAILED_PRECONDITION":
+        assert "google.rpc.PreconditionFailure" in types
+    if code == "UNAVAILABLE" or reason is Reason.RATE_LIMITED:
+        assert "google.rpc.RetryInfo" in types
+    return dict(info.metadata)

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from okra_sidecar.errors import InvalidInputError, PolicyDeniedError, UnauthenticatedError
+from okra_sidecar.errors import InvalidInputError, PolicyDeniedError, Reason, UnauthenticatedError
 from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.policy.document import parse_policy_text
@@ -84,7 +84,8 @@ class PolicyAdminServicer(admin_pb_grpc.PolicyAdminServiceServicer):
         identity = current_identity()
         if not identity.authenticated:
             raise UnauthenticatedError(
-                f"the policy admin api needs a bearer token with the claim {self._claim}: true"
+                f"the policy admin api needs a bearer token with the claim {self._claim}: true",
+                reason=Reason.TOKEN_MISSING,
             )
         if identity.claims.get(self._claim) is not True:
             raise PolicyDeniedError(

@@ -29,6 +29,7 @@ from okra_sidecar.errors import (
     NotFoundError,
     OkraError,
     ResourceExhaustedError,
+    instance_not_found,
 )
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
@@ -99,7 +100,7 @@ def _rewrap_stream(
 
 
 async def abort_with(context: Context, exc: OkraError) -> NoReturn:
-    """End a streaming call with the error's status (ErrorInterceptor wraps unary rpcs only)."""
+    """End a streaming call with the error's status, as ErrorInterceptor would."""
     code = status_code_for(exc)
     await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
@@ -294,7 +295,7 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             if self._evaluator.needs_instance(method, policies):
                 record = await self._store.get_instance(request.instance_id)
                 if record is None:
-                    raise NotFoundError(f"instance {request.instance_id} does not exist")
+                    raise instance_not_found(request.instance_id)
                 instance = InstanceView(
                     record.instance_id, record.status.value, record.workflow_id, record.tags
                 )

@@ -15,7 +15,7 @@ import grpc
 
 from okra_sidecar.api.call_metadata import metadata_of
 from okra_sidecar.api.task_worker import parse_task_id
-from okra_sidecar.errors import NotFoundError
+from okra_sidecar.errors import instance_not_found
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
@@ -94,7 +94,7 @@ class ResourceChecks:
         rules.check_query_limit(request.limit)
         record = await self._store.get_instance(request.instance_id)
         if record is None:
-            raise NotFoundError(f"instance {request.instance_id} does not exist")
+            raise instance_not_found(request.instance_id)
         instance = InstanceView(
             record.instance_id, record.status.value, record.workflow_id, record.tags
         )

@@ -21,7 +21,13 @@ from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.cancelling import cancel_instance
 from okra_sidecar.engine.registry import WorkflowRegistry
 from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
-from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    PreconditionViolation,
+    Reason,
+    instance_not_found,
+)
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import QueryFilter, run_instance_id
@@ -125,7 +131,12 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         if not self._settings.enable_manual_triggers:
             raise FailedPreconditionError(
                 "manual runs are disabled on this sidecar (enableManualTriggers: false); "
-                f"workflow {definition.id} {_what_starts(definition.triggers)}"
+                f"workflow {definition.id} {_what_starts(definition.triggers)}",
+                reason=Reason.MANUAL_RUNS_DISABLED,
+                violation=PreconditionViolation(
+                    "MANUAL_RUNS", f"workflow/{definition.id}", "enableManualTriggers must be true"
+                ),
+                metadata={"workflow": definition.id},
             )
         rules.check_not_self(definition.key, _caller_workflow(context))
         ancestors = await self._ancestors(context, definition.id)
@@ -202,7 +213,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         request.instance_id = rules.check_instance_id(request.instance_id)
         record = await self._store.get_instance(request.instance_id)
         if record is None:
-            raise NotFoundError(f"instance {request.instance_id} does not exist")
+            raise instance_not_found(request.instance_id)
         return record_to_pb(record)
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
@@ -316,7 +327,14 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             event["data"] = value_to_python(request.data)
             rules.check_input_depth(event["data"], self._settings.max_input_depth, field="data")
         if self._effects is None:
-            raise FailedPreconditionError("this sidecar does not route events")
+            raise FailedPreconditionError(
+                "this sidecar does not route events",
+                reason=Reason.EVENTS_NOT_ROUTED,
+                violation=PreconditionViolation(
+                    "EVENT_ROUTING", "sidecar", "the sidecar must run the event router"
+                ),
+                metadata={},
+            )
         await self._effects.publish(event)
         return pb.EmitResponse(id=event["id"])
 

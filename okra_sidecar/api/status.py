@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from okra_sidecar.api.decoding import UndecodableRequest, tolerant
 from okra_sidecar.errors import (
+    ERROR_DOMAIN,
     AlreadyExistsError,
     DefinitionError,
     FailedPreconditionError,
@@ -19,6 +21,7 @@ from okra_sidecar.errors import (
     NotFoundError,
     OkraError,
     PolicyDeniedError,
+    Reason,
     ResourceExhaustedError,
     StoreUnavailableError,
     UnauthenticatedError,
@@ -40,8 +43,9 @@ STATUS_BY_ERROR: dict[type[OkraError], grpc.StatusCode] = {
 }
 # Codes that are the server's fault, not the caller's: they mark the rpc span as an error.
 SERVER_FAULT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
-ERROR_DOMAIN = "okra.dev"
 RETRY_AFTER_UNAVAILABLE_S = 1
+INTERNAL_MESSAGE = "internal error; the sidecar log has the details"
+UNIMPLEMENTED_MESSAGE = "this rpc is not implemented"
 
 
 def status_code_for(exc: OkraError) -> grpc.StatusCode:
@@ -52,8 +56,17 @@ def status_code_for(exc: OkraError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _details(exc: OkraError) -> list[any_pb2.Any]:
-    details: list[Any] = []
+def _retry_info(delay_s: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(int(delay_s * 1e9), 1_000_000))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def _details(exc: OkraError) -> list[Message]:
+    """ErrorInfo always, then BadRequest, PreconditionFailure or RetryInfo as the error has them."""
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+    ]
     if isinstance(exc, InvalidInputError) and exc.violations:
         details.append(
             error_details_pb2.BadRequest(
@@ -65,51 +78,75 @@ def _details(exc: OkraError) -> list[any_pb2.Any]:
                 ]
             )
         )
-    if isinstance(exc, PolicyDeniedError):
+    if isinstance(exc, FailedPreconditionError):
+        violation = exc.violation
         details.append(
-            error_details_pb2.ErrorInfo(
-                reason="POLICY_DENIED", domain=ERROR_DOMAIN, metadata={"policy": exc.policy}
-            )
-        )
-    if isinstance(exc, ResourceExhaustedError) and exc.policy:
-        details.append(
-            error_details_pb2.ErrorInfo(
-                reason="RESOURCE_EXHAUSTED", domain=ERROR_DOMAIN, metadata={"policy": exc.policy}
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=violation.type,
+                        subject=violation.subject,
+                        description=violation.description,
+                    )
+                ]
             )
         )
     if isinstance(exc, ResourceExhaustedError) and exc.retry_after_s is not None:
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(max(int(exc.retry_after_s * 1e9), 1_000_000))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(_retry_info(exc.retry_after_s))
     if isinstance(exc, StoreUnavailableError):
-        details.append(
-            error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_UNAVAILABLE_S)
-            )
-        )
+        details.append(_retry_info(RETRY_AFTER_UNAVAILABLE_S))
+    return details
+
+
+def _trailer(code: grpc.StatusCode, message: str, details: list[Message]) -> tuple[Any, ...]:
     packed = []
     for detail in details:
         holder = any_pb2.Any()
         holder.Pack(detail)
         packed.append(holder)
-    return packed
+    rich = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    return (("grpc-status-details-bin", rich.SerializeToString()),)
 
 
 def status_metadata(code: grpc.StatusCode, message: str, exc: OkraError) -> tuple[Any, ...]:
     """Trailing metadata carrying google.rpc.Status with its details, as grpcio-status reads it."""
-    details = _details(exc)
-    if not details:
-        return ()
-    rich = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return (("grpc-status-details-bin", rich.SerializeToString()),)
+    return _trailer(code, message, _details(exc))
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+def bare_status_metadata(code: grpc.StatusCode, message: str, reason: Reason) -> tuple[Any, ...]:
+    """The trailer for a status no OkraError stands behind: just its ErrorInfo."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    return _trailer(code, message, [info])
 
 
-async def refuse_undecodable(
-    method: str, request: UndecodableRequest, context: grpc.aio.ServicerContext[Any, Any]
-) -> None:
+Context = grpc.aio.ServicerContext[Any, Any]
+Behavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+async def _abort_for(exc: Exception, context: Context) -> NoReturn:
+    """Abort the call with the status, message and details `exc` stands for."""
+    if isinstance(exc, OkraError):
+        code = status_code_for(exc)
+        message = str(exc)
+        tracing.record_error(exc, server_fault=code in SERVER_FAULT_CODES)
+        if isinstance(exc, PolicyDeniedError):
+            tracing.note_policy_denial(exc.policy)
+        await context.abort(code, message, status_metadata(code, message, exc))
+    if isinstance(exc, NotImplementedError):
+        # e.g. grpcio's async health servicer has no List
+        code = grpc.StatusCode.UNIMPLEMENTED
+        trailer = bare_status_metadata(code, UNIMPLEMENTED_MESSAGE, Reason.UNIMPLEMENTED)
+        await context.abort(code, UNIMPLEMENTED_MESSAGE, trailer)
+    logger.error("unexpected error", exc_info=exc)
+    tracing.record_error(exc, server_fault=True)
+    code = grpc.StatusCode.INTERNAL
+    await context.abort(
+        code, INTERNAL_MESSAGE, bare_status_metadata(code, INTERNAL_MESSAGE, Reason.INTERNAL)
+    )
+
+
+async def refuse_undecodable(method: str, request: UndecodableRequest, context: Context) -> None:
     """INVALID_ARGUMENT with a BadRequest detail, and one log line rather than a traceback."""
     logger.warning("undecodable request to %s: %s", method, request.problem)
     exc = InvalidInputError.for_field(
@@ -120,55 +157,49 @@ async def refuse_undecodable(
 
 
 def _guard(method: str, behavior: Behavior) -> Behavior:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def guarded(request: Any, context: Context) -> Any:
         if isinstance(request, UndecodableRequest):
             await refuse_undecodable(method, request, context)
         try:
             return await behavior(request, context)
-        except OkraError as exc:
-            code = status_code_for(exc)
-            message = str(exc)
-            tracing.record_error(exc, server_fault=code in SERVER_FAULT_CODES)
-            if isinstance(exc, PolicyDeniedError):
-                tracing.note_policy_denial(exc.policy)
-            await context.abort(code, message, status_metadata(code, message, exc))
         except grpc.aio.AbortError:
             raise  # an inner layer already chose the status
-        except NotImplementedError:
-            # e.g. grpcio's async health servicer has no List
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this rpc is not implemented")
         except Exception as exc:
-            logger.exception("unexpected error")
-            tracing.record_error(exc, server_fault=True)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the sidecar log has the details"
-            )
+            await _abort_for(exc, context)
 
     return guarded
 
 
 def _guard_stream(method: str, behavior: Callable[..., Any]) -> Behavior:
-    """A server-streaming behavior that refuses an undecodable request first.
+    """A server-streaming behavior that refuses an undecodable request first and maps errors.
 
     grpc.aio accepts either an async generator or a coroutine that calls `context.write`;
     the wrapper is the latter and serves both.
     """
 
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def guarded(request: Any, context: Context) -> Any:
         if isinstance(request, UndecodableRequest):
             await refuse_undecodable(method, request, context)
-        result = behavior(request, context)
-        if isinstance(result, AsyncIterator):
-            async for response in result:
-                await context.write(response)
-            return None
-        return await result
+        try:
+            result = behavior(request, context)
+            if isinstance(result, AsyncIterator):
+                async for response in result:
+                    await context.write(response)
+                return None
+            return await result
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context)
 
     return guarded
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns OkraError into the mapped status with google.rpc details, anything else INTERNAL."""
+    """Turns OkraError into the mapped status with google.rpc details, anything else INTERNAL.
+
+    Every status it sends carries a google.rpc.ErrorInfo with a reason from `REASONS`.
+    """
 
     async def intercept_service(
         self,
@@ -189,7 +220,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            # Streaming rpcs map their own errors; only an undecodable request is refused here.
             return grpc.unary_stream_rpc_method_handler(
                 _guard_stream(method, handler.unary_stream),
                 request_deserializer=deserializer,

@@ -20,9 +20,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from okra_sidecar.api.convert import python_to_value, value_to_python
-from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.engine.effects import iso_time, result_event
-from okra_sidecar.errors import InvalidInputError, OkraError, PolicyDeniedError
+from okra_sidecar.errors import InvalidInputError, PolicyDeniedError
 from okra_sidecar.executors.problems import ERROR_TYPES
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -182,23 +181,16 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def PollTasks(  # noqa: N802 - the rpc's name
         self, request: wpb.PollTasksRequest, context: Context
     ) -> AsyncIterator[wpb.PollTasksResponse]:
-        try:
-            if not SERVICE_RE.fullmatch(request.service):
-                raise InvalidInputError.for_field(
-                    "service", "must be a lowercase label (letters, digits, dashes)"
-                )
-            if not WORKER_ID_RE.fullmatch(request.worker_id):
-                raise InvalidInputError.for_field(
-                    "worker_id", "must be 1 to 128 letters, digits or ._:@/-"
-                )
-            if not 0 <= request.max_in_flight <= MAX_IN_FLIGHT:
-                raise InvalidInputError.for_field(
-                    "max_in_flight", f"must be from 0 to {MAX_IN_FLIGHT}"
-                )
-        except OkraError as exc:
-            # Streaming rpcs are not wrapped by ErrorInterceptor: map the error here.
-            code = status_code_for(exc)
-            await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
+        if not SERVICE_RE.fullmatch(request.service):
+            raise InvalidInputError.for_field(
+                "service", "must be a lowercase label (letters, digits, dashes)"
+            )
+        if not WORKER_ID_RE.fullmatch(request.worker_id):
+            raise InvalidInputError.for_field(
+                "worker_id", "must be 1 to 128 letters, digits or ._:@/-"
+            )
+        if not 0 <= request.max_in_flight <= MAX_IN_FLIGHT:
+            raise InvalidInputError.for_field("max_in_flight", f"must be from 0 to {MAX_IN_FLIGHT}")
         poller = _Poller(max(1, request.max_in_flight))
         pollers = self._pollers.setdefault(request.worker_id, [])
         pollers.append(poller)
@@ -232,11 +224,9 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     lease_until = _now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
-        except OkraError as exc:
-            # Redis gone mid-stream: UNAVAILABLE with its RetryInfo, not UNKNOWN.
-            code = status_code_for(exc)
-            await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
         finally:
+            # Redis gone mid-stream ends the call through ErrorInterceptor: UNAVAILABLE with
+            # its RetryInfo, not UNKNOWN.
             pollers.remove(poller)
             if not pollers:
                 self._pollers.pop(request.worker_id, None)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from okra_sidecar.engine.effects import cancelled_result_event
-from okra_sidecar.errors import FailedPreconditionError, NotFoundError
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    NotFoundError,
+    Reason,
+    instance_status_violation,
+)
 from okra_sidecar.store.base import Store
 
 __all__ = ["cancel_instance"]
@@ -46,7 +51,12 @@ async def cancel_instance(
             break
     else:
         raise FailedPreconditionError(
-            f"instance {instance_id} kept changing while it was being cancelled; retry the call"
+            f"instance {instance_id} kept changing while it was being cancelled; retry the call",
+            reason=Reason.CHANGED_CONCURRENTLY,
+            violation=instance_status_violation(
+                instance_id, "the status must not change while the call applies"
+            ),
+            metadata={"instance": instance_id},
         )
     for child in await store.children(instance_id):
         try:

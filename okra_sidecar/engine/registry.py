@@ -18,7 +18,7 @@ from okra_sidecar.engine.dsl import (
     load_definition_text,
     parse_definition,
 )
-from okra_sidecar.errors import DefinitionError, NotFoundError
+from okra_sidecar.errors import DefinitionError, NotFoundError, Reason
 from okra_sidecar.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,9 @@ class WorkflowRegistry:
         content = await self._store.get_definition(workflow_id)
         if content is None:
             raise NotFoundError(
-                f"workflow {workflow_id} is not registered; ListWorkflows shows the ones that are"
+                f"workflow {workflow_id} is not registered; ListWorkflows shows the ones that are",
+                reason=Reason.WORKFLOW_NOT_FOUND,
+                metadata={"workflow": workflow_id},
             )
         return self._parse_stored(workflow_id, content)
 
@@ -169,7 +171,9 @@ class WorkflowRegistry:
         if not versions:
             raise NotFoundError(
                 f"workflow {workflow_id} has no registered version; "
-                "ListWorkflows shows the ones that are"
+                "ListWorkflows shows the ones that are",
+                reason=Reason.WORKFLOW_NOT_FOUND,
+                metadata={"workflow": workflow_id},
             )
         return await self.get(max(versions, key=lambda wid: semver_key(wid[len(prefix) :])))
 

@@ -30,7 +30,10 @@ from okra_sidecar.errors import (
     InvalidInputError,
     NotFoundError,
     OkraError,
+    PreconditionViolation,
+    Reason,
     StoreUnavailableError,
+    schedule_changed,
 )
 from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.schedules import (
@@ -248,7 +251,17 @@ class Scheduler:
                 if error is not None:
                     raise FailedPreconditionError(
                         f"the schedule's input does not match {registered.definition.id}'s "
-                        f"input schema: {error.message}"
+                        f"input schema: {error.message}",
+                        reason=Reason.SCHEDULE_INPUT_MISMATCH,
+                        violation=PreconditionViolation(
+                            "INPUT_SCHEMA",
+                            f"schedule/{record.schedule_id}",
+                            "the schedule's input must match the workflow's input schema",
+                        ),
+                        metadata={
+                            "schedule": record.schedule_id,
+                            "workflow": registered.definition.id,
+                        },
                     )
             limits = RunLimits()
             if self._authorize is not None:
@@ -325,7 +338,11 @@ class Scheduler:
         """Raises NotFoundError when there is no such schedule."""
         record = await self._schedules.get(schedule_id)
         if record is None:
-            raise NotFoundError(f"schedule {schedule_id} does not exist")
+            raise NotFoundError(
+                f"schedule {schedule_id} does not exist",
+                reason=Reason.SCHEDULE_NOT_FOUND,
+                metadata={"schedule": schedule_id},
+            )
         return record
 
     async def list_page(self, *, workflow_id: str, limit: int, cursor: str) -> SchedulePage:
@@ -357,7 +374,7 @@ class Scheduler:
             revision = await self._schedules.save(updated, check_at_ms=check_at)
             if revision > 0:
                 return updated.evolve(revision=revision)
-        raise FailedPreconditionError(f"schedule {schedule_id} kept changing; retry the call")
+        raise schedule_changed(schedule_id)
 
     async def delete(self, schedule_id: str) -> None:
         for _ in range(SAVE_ATTEMPTS):
@@ -365,12 +382,19 @@ class Scheduler:
             if record.source is ScheduleSource.DEFINITION:
                 raise FailedPreconditionError(
                     f"schedule {schedule_id} is declared by the workflow definition's `schedule`; "
-                    "pause it, or remove `schedule` from the definition and bump its version"
+                    "pause it, or remove `schedule` from the definition and bump its version",
+                    reason=Reason.SCHEDULE_DECLARED_BY_WORKFLOW,
+                    violation=PreconditionViolation(
+                        "SCHEDULE_SOURCE",
+                        f"schedule/{schedule_id}",
+                        "only a schedule made with TriggerWorkflow can be deleted",
+                    ),
+                    metadata={"schedule": schedule_id, "workflow": record.spec.workflow_id},
                 )
             outcome = await self._schedules.delete(schedule_id, revision=record.revision)
             if outcome != 0:
                 return
-        raise FailedPreconditionError(f"schedule {schedule_id} kept changing; retry the call")
+        raise schedule_changed(schedule_id)
 
     def upcoming(self, record: ScheduleRecord, count: int) -> list[int]:
         """The next `count` fire times, soonest first (only the next one for `after`)."""

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from okra_sidecar.config import AuthSettings
-from okra_sidecar.errors import UnauthenticatedError
+from okra_sidecar.errors import Reason, UnauthenticatedError
 from okra_sidecar.policy.jwks import JwksSource
 from okra_sidecar.policy.model import ANONYMOUS, Identity
 
@@ -124,7 +124,8 @@ class TokenVerifier:
                 return Identity(peer=peer)
             if self.required:
                 raise UnauthenticatedError(
-                    "this sidecar requires a bearer token: send `authorization: Bearer <JWT>`"
+                    "this sidecar requires a bearer token: send `authorization: Bearer <JWT>`",
+                    reason=Reason.TOKEN_MISSING,
                 )
             return ANONYMOUS
         scheme, _, token = authorization.strip().partition(" ")

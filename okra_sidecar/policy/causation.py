@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from okra_sidecar.errors import InvalidInputError, ResourceExhaustedError
+from okra_sidecar.errors import InvalidInputError, Reason, ResourceExhaustedError
 from okra_sidecar.policy.rates import parse_rate
 from okra_sidecar.policy.signing import Signer
 
@@ -106,8 +106,10 @@ class CausationGuard:
             raise ResourceExhaustedError(
                 f"instance {cause} started more than {self._rate.limit} instances within a "
                 f"minute (maxCausedPerMinute); retry in {wait_s:.2f}s",
+                reason=Reason.RATE_LIMITED,
                 policy="maxCausedPerMinute",
                 retry_after_s=wait_s,
+                metadata={"instance": cause},
             )
 
     async def admit(self, cause: str, workflow_id: str) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, Protocol
 
 from celpy.celtypes import MapType, StringType
 
-from okra_sidecar.errors import PolicyDeniedError, ResourceExhaustedError
+from okra_sidecar.errors import PolicyDeniedError, Reason, ResourceExhaustedError
 from okra_sidecar.policy import document as keys
 from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
 from okra_sidecar.policy.cel import CelEvaluationError, to_cel
@@ -571,7 +571,9 @@ class PolicyEvaluator:
         await self._audit.decision(
             policies.audit_level, call, allowed=False, policy=key, message=message
         )
-        raise ResourceExhaustedError(message, policy=key, retry_after_s=wait_s)
+        raise ResourceExhaustedError(
+            message, reason=Reason.RATE_LIMITED, policy=key, retry_after_s=wait_s
+        )
 
     async def _deny(self, call: Call, policies: PolicySet, key: str, reason: str) -> NoReturn:
         target = f" of {call.target}" if call.target else ""

@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema.protocols import Validator
 
-from okra_sidecar.errors import FieldViolation, InvalidInputError
+from okra_sidecar.errors import FieldViolation, InvalidInputError, Reason
 from okra_sidecar.instances import INSTANCE_ID_RE
 from okra_sidecar.parsing import ParseLimitError, check_depth
 
@@ -49,6 +49,7 @@ def check_input_schema(data: Any, validator: Validator | None, *, field: str = "
     raise InvalidInputError(
         f"{first.field} does not match the workflow's input schema: {first.description}{more}",
         violations,
+        reason=Reason.INPUT_SCHEMA_MISMATCH,
     )
 
 

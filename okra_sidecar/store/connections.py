@@ -10,8 +10,10 @@ import redis.asyncio as aioredis
 from okra_sidecar.errors import (
     FailedPreconditionError,
     InstanceChangedError,
-    NotFoundError,
+    Reason,
     StoreUnavailableError,
+    instance_not_found,
+    instance_status_violation,
 )
 from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import RedisKeys
@@ -105,13 +107,15 @@ class StoreConnections:
         if int(waited) < self._replicas:
             raise StoreUnavailableError(
                 f"only {waited} of {self._replicas} Redis replicas acknowledged the write "
-                f"within {self._durability_timeout_ms} ms"
+                f"within {self._durability_timeout_ms} ms",
+                reason=Reason.REPLICAS_NOT_ACKNOWLEDGED,
+                metadata={"acknowledged": str(waited), "required": str(self._replicas)},
             )
 
     @staticmethod
     def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
         if outcome[0] == "missing":
-            raise NotFoundError(f"instance {instance_id} does not exist")
+            raise instance_not_found(instance_id)
         if outcome[0] == "changed":
             raise InstanceChangedError(instance_id, outcome[1])
         if outcome[0] == "finished":
@@ -119,5 +123,10 @@ class StoreConnections:
                 f"instance {instance_id} is already {outcome[1]}; only a pending, running "
                 f"or waiting instance can be sent a {verb}"
                 if verb == "signal"
-                else f"instance {instance_id} is already {outcome[1]} and cannot be cancelled"
+                else f"instance {instance_id} is already {outcome[1]} and cannot be cancelled",
+                reason=Reason.INSTANCE_ALREADY_FINISHED,
+                violation=instance_status_violation(
+                    instance_id, "the instance must be pending, running or waiting"
+                ),
+                metadata={"instance": instance_id, "status": outcome[1]},
             )

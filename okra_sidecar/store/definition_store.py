@@ -33,7 +33,8 @@ class DefinitionStore(StoreConnections):
         if text(existing) != content:
             raise AlreadyExistsError(
                 f"workflow {workflow_id} is already registered with different content; "
-                "a registered version is immutable, so bump document.version"
+                "a registered version is immutable, so bump document.version",
+                metadata={"workflow": workflow_id},
             )
         return False
 

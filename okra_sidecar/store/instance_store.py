@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.errors import ResourceExhaustedError
+from okra_sidecar.errors import Reason, ResourceExhaustedError
 from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
 from okra_sidecar.store.base import CancelLinks
 from okra_sidecar.store.connections import StoreConnections
@@ -104,6 +104,7 @@ class InstanceStore(StoreConnections):
                 raise ResourceExhaustedError(
                     f"the limit of {max_active} concurrent instances{source} is reached; "
                     "retry when some have finished",
+                    reason=Reason.INSTANCE_LIMIT_REACHED,
                     policy=limit_policy,
                 )
             if int(created) == -2:
@@ -111,7 +112,9 @@ class InstanceStore(StoreConnections):
                 raise ResourceExhaustedError(
                     f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
                     f"{source} is reached; retry when some have finished",
+                    reason=Reason.INSTANCE_LIMIT_REACHED,
                     policy=workflow_limit_policy,
+                    metadata={"workflow": workflow_key},
                 )
             self._check_durable(waited)
         return int(created) == 1

@@ -7,7 +7,7 @@ import binascii
 import heapq
 from itertools import islice
 
-from okra_sidecar.errors import InvalidInputError, NotFoundError
+from okra_sidecar.errors import InvalidInputError, instance_not_found
 from okra_sidecar.instances import InstanceRecord, QueryFilter, QueryPage
 from okra_sidecar.store.base import HistoryPage
 from okra_sidecar.store.connections import StoreConnections
@@ -126,7 +126,7 @@ class QueryStore(StoreConnections):
                 pipe.xrange(keys.history(instance_id), f"({after}" if after else "-", count=limit)
                 exists, entries = await pipe.execute()
         if not exists:
-            raise NotFoundError(f"instance {instance_id} does not exist")
+            raise instance_not_found(instance_id)
         events = [(text(eid), loads(fields[b"e"])) for eid, fields in entries]
         cursor = events[-1][0] if len(events) == limit else ""
         return HistoryPage(events, cursor)

@@ -1,0 +1,288 @@
+"""Every reason a client can see, provoked through gRPC against a real sidecar.
+
+Each test is named `test_<reason in lower case>`; `test_every_sent_reason_has_a_test` holds
+the catalog in okra_sidecar/errors.py to that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from redis.asyncio import Redis
+
+from okra_sidecar.errors import REASONS, Reason
+from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
+from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_sidecar.server import Sidecar
+from okra_sidecar.store.embedded import EmbeddedRedis
+from tests.helpers import (
+    Stub,
+    assert_reason,
+    expect_rpc_error,
+    make_settings,
+    running_sidecar,
+    value,
+    wait_for_status,
+    with_host,
+)
+from tests.policy.support import (
+    ADMIN,
+    policed_sidecar,
+    policy_settings,
+    write_policies,
+)
+
+if TYPE_CHECKING:
+    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import (
+        ScheduleHostAPIAsyncStub as ScheduleStub,
+    )
+else:
+    ScheduleStub = spb_grpc.ScheduleHostAPIStub
+
+SCHEDULED_DIR = Path(__file__).parent.parent / "workflows_scheduled"
+NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def test_every_sent_reason_has_a_test() -> None:
+    tested = {name for name in globals() if name.startswith("test_")}
+    missing = [r for r, spec in REASONS.items() if spec.sent and f"test_{r.lower()}" not in tested]
+    assert not missing, f"reasons no test provokes through gRPC: {missing}"
+
+
+def test_reasons_are_upper_snake_case_and_named_once() -> None:
+    for reason in Reason:
+        assert reason.value == reason.name and reason.value.replace("_", "").isalpha()
+        assert reason.isupper()
+    assert set(REASONS) == set(Reason)
+
+
+async def test_workflow_not_found(stub: Stub) -> None:
+    error = await expect_rpc_error(
+        stub.Run(pb.RunRequest(workflow_id="tests.nope.1.0.0")), grpc.StatusCode.NOT_FOUND
+    )
+    assert assert_reason(error, Reason.WORKFLOW_NOT_FOUND) == {"workflow": "tests.nope.1.0.0"}
+
+
+async def test_instance_not_found(stub: Stub) -> None:
+    error = await expect_rpc_error(
+        stub.GetStatus(pb.GetStatusRequest(instance_id=NO_SUCH_ID)), grpc.StatusCode.NOT_FOUND
+    )
+    assert assert_reason(error, Reason.INSTANCE_NOT_FOUND) == {"instance": NO_SUCH_ID}
+
+
+async def test_schedule_not_found(sidecar: tuple[Sidecar, Stub]) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        schedules = ScheduleStub(channel)
+        error = await expect_rpc_error(
+            schedules.GetSchedule(spb.GetScheduleRequest(schedule_id=NO_SUCH_ID)),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    assert assert_reason(error, Reason.SCHEDULE_NOT_FOUND) == {"schedule": NO_SUCH_ID}
+
+
+async def test_invalid_field(stub: Stub) -> None:
+    error = await expect_rpc_error(
+        stub.GetStatus(pb.GetStatusRequest(instance_id="nope")), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert assert_reason(error, Reason.INVALID_FIELD) == {"field": "instance_id"}
+
+
+async def test_input_schema_mismatch(stub: Stub) -> None:
+    error = await expect_rpc_error(
+        stub.Run(pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": -1}))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert assert_reason(error, Reason.INPUT_SCHEMA_MISMATCH) == {"field": "input.amount"}
+
+
+async def test_invalid_policy_set(redis: Redis, redis_url: str) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+        error = await expect_rpc_error(
+            policed.admin.SetPolicies(
+                admin_pb.SetPoliciesRequest(text='{"policy.workflow.run.rateLimit": "lots"}'),
+                metadata=ADMIN,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    metadata = assert_reason(error, Reason.INVALID_POLICY_SET)
+    assert metadata == {"field": "policy.workflow.run.rateLimit"}
+
+
+async def test_token_missing(redis: Redis, redis_url: str) -> None:
+    async with policed_sidecar(policy_settings(redis_url, mode="required")) as policed:
+        error = await expect_rpc_error(
+            policed.stub.ListWorkflows(pb.ListWorkflowsRequest()),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    assert_reason(error, Reason.TOKEN_MISSING)
+
+
+async def test_token_invalid(redis: Redis, redis_url: str) -> None:
+    async with policed_sidecar(policy_settings(redis_url, mode="required")) as policed:
+        error = await expect_rpc_error(
+            policed.stub.ListWorkflows(
+                pb.ListWorkflowsRequest(), metadata=(("authorization", "Bearer not-a-jwt"),)
+            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    assert_reason(error, Reason.TOKEN_INVALID)
+
+
+async def test_policy_denied(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, '{"policy.workflow.run.blocked": ["*"]}')
+    async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
+        error = await expect_rpc_error(
+            policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0")),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    assert assert_reason(error, Reason.POLICY_DENIED) == {"policy": "policy.workflow.run.blocked"}
+
+
+async def test_instance_already_finished(stub: Stub) -> None:
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await stub.Cancel(pb.CancelRequest(instance_id=started.instance_id))
+    error = await expect_rpc_error(
+        stub.Signal(pb.SignalRequest(instance_id=started.instance_id, signal="never")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    metadata = assert_reason(error, Reason.INSTANCE_ALREADY_FINISHED)
+    assert metadata == {"instance": started.instance_id, "status": "cancelled"}
+
+
+async def test_changed_concurrently(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    # A signal condition makes the policy layer read the instance before deciding; every
+    # time it has read it, another writer moves the status, so signal.lua refuses each try.
+    policies = write_policies(tmp_path, '{"policy.workflow.signal.condition": "true"}')
+    async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
+        started = await policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0"))
+        await wait_for_status(policed.stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        store = policed.sidecar.store
+        read = store.get_instance
+        statuses = iter(["running", "waiting"] * 10)
+
+        async def read_then_move(instance_id: str) -> Any:
+            record = await read(instance_id)
+            await redis.hset(store.keys.instance(instance_id), "status", next(statuses))
+            return record
+
+        store.get_instance = read_then_move  # type: ignore[method-assign]  # the other writer
+        error = await expect_rpc_error(
+            policed.stub.Signal(pb.SignalRequest(instance_id=started.instance_id, signal="go")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.CHANGED_CONCURRENTLY)
+    assert metadata["instance"] == started.instance_id
+
+
+async def test_manual_runs_disabled(redis: Redis, redis_url: str) -> None:
+    settings = with_host(make_settings(redis_url), enable_manual_triggers=False)
+    async with running_sidecar(settings) as (_, stub):
+        error = await expect_rpc_error(
+            stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    assert assert_reason(error, Reason.MANUAL_RUNS_DISABLED) == {"workflow": "tests.steps.1.0.0"}
+
+
+async def test_schedule_declared_by_workflow(redis: Redis, redis_url: str) -> None:
+    settings = make_settings(redis_url, workflows=SCHEDULED_DIR)
+    async with running_sidecar(settings) as (sidecar, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            error = await expect_rpc_error(
+                ScheduleStub(channel).DeleteSchedule(
+                    spb.DeleteScheduleRequest(schedule_id="workflow:sched.tick")
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+    metadata = assert_reason(error, Reason.SCHEDULE_DECLARED_BY_WORKFLOW)
+    assert metadata["schedule"] == "workflow:sched.tick"
+
+
+async def test_rate_limited(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, '{"policy.workflow.query.rateLimit": "1/minute"}')
+    async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
+        await policed.stub.Query(pb.QueryRequest())
+        error = await expect_rpc_error(
+            policed.stub.Query(pb.QueryRequest()), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+    metadata = assert_reason(error, Reason.RATE_LIMITED)
+    assert metadata == {"policy": "policy.workflow.query.rateLimit"}
+
+
+async def test_instance_limit_reached(redis: Redis, redis_url: str) -> None:
+    settings = with_host(make_settings(redis_url), max_concurrent_instances=1)
+    async with running_sidecar(settings) as (_, stub):
+        await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+        error = await expect_rpc_error(
+            stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+    assert assert_reason(error, Reason.INSTANCE_LIMIT_REACHED) == {
+        "policy": "maxConcurrentInstances"
+    }
+
+
+async def test_redis_unavailable(tmp_path: Path) -> None:
+    server = EmbeddedRedis(data_dir=tmp_path / "redis")
+    url = await server.start()
+    try:
+        async with running_sidecar(make_settings(url)) as (_, stub):
+            await server.stop()
+            error = await expect_rpc_error(
+                stub.GetStatus(pb.GetStatusRequest(instance_id=NO_SUCH_ID)),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+    finally:
+        await server.stop()
+    assert_reason(error, Reason.REDIS_UNAVAILABLE)
+
+
+async def test_replicas_not_acknowledged(redis: Redis, redis_url: str) -> None:
+    # The test Redis has no replica, so a write that must reach one is never acknowledged.
+    settings = make_settings(redis_url)
+    settings = replace(settings, redis=replace(settings.redis, durability="replicas"))
+    async with running_sidecar(settings) as (_, stub):
+        error = await expect_rpc_error(
+            stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0")),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+    assert assert_reason(error, Reason.REPLICAS_NOT_ACKNOWLEDGED) == {
+        "acknowledged": "0",
+        "required": "1",
+    }
+
+
+async def test_unimplemented(sidecar: tuple[Sidecar, Stub]) -> None:
+    # grpcio's health servicer has no List: the sidecar answers for it.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        list_services = channel.unary_unary(
+            "/grpc.health.v1.Health/List",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        error = await expect_rpc_error(
+            list_services(health_pb2.HealthCheckRequest()), grpc.StatusCode.UNIMPLEMENTED
+        )
+    assert_reason(error, Reason.UNIMPLEMENTED)
+
+
+async def test_internal(sidecar: tuple[Sidecar, Stub], caplog: pytest.LogCaptureFixture) -> None:
+    server, stub = sidecar
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    server.store.get_instance = broken  # type: ignore[method-assign]  # a bug in the store
+    error = await expect_rpc_error(
+        stub.GetStatus(pb.GetStatusRequest(instance_id=NO_SUCH_ID)), grpc.StatusCode.INTERNAL
+    )
+    assert assert_reason(error, Reason.INTERNAL) == {}
+    assert "a bug" not in (error.details() or "")
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
