@@ -185,6 +185,12 @@ class TelemetrySettings:
     sampler: str = "parentbased_always_on"
     sampler_arg: float = 1.0
     metric_export_interval_s: float = 60.0
+    # The span batch processor (OTEL_BSP_*). The defaults favour throughput over the SDK's
+    # (5000 ms, 2048, 512); None leaves the export timeout to the exporter (10 s).
+    bsp_schedule_delay_ms: int = 1000
+    bsp_max_queue_size: int = 16384
+    bsp_max_export_batch_size: int = 2048
+    bsp_export_timeout_ms: int | None = None
     admin_listen: str | None = None  # None: no Prometheus scrape endpoint
     gauge_interval_s: float = 10.0
     log_level: str = "INFO"
@@ -533,6 +539,10 @@ SETTINGS: dict[str, tuple[str | None, str, Any]] = {
     "tracesSampler": ("telemetry", "sampler", _choice(SAMPLERS)),
     "tracesSamplerArg": ("telemetry", "sampler_arg", _ratio),
     "metricExportIntervalMs": ("telemetry", "metric_export_interval_s", _milliseconds),
+    "bspScheduleDelayMs": ("telemetry", "bsp_schedule_delay_ms", _int(1)),
+    "bspMaxQueueSize": ("telemetry", "bsp_max_queue_size", _int(1)),
+    "bspMaxExportBatchSize": ("telemetry", "bsp_max_export_batch_size", _int(1)),
+    "bspExportTimeoutMs": ("telemetry", "bsp_export_timeout_ms", _int(1)),
     "adminListen": ("telemetry", "admin_listen", _listen),
     "gaugeInterval": ("telemetry", "gauge_interval_s", _seconds),
     "logLevel": ("telemetry", "log_level", _log_level),
@@ -614,6 +624,10 @@ ENV_VARIABLES = {
     "OTEL_TRACES_SAMPLER": "tracesSampler",
     "OTEL_TRACES_SAMPLER_ARG": "tracesSamplerArg",
     "OTEL_METRIC_EXPORT_INTERVAL": "metricExportIntervalMs",
+    "OTEL_BSP_SCHEDULE_DELAY": "bspScheduleDelayMs",
+    "OTEL_BSP_MAX_QUEUE_SIZE": "bspMaxQueueSize",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "bspMaxExportBatchSize",
+    "OTEL_BSP_EXPORT_TIMEOUT": "bspExportTimeoutMs",
     "OKRA_SERVICE_NAMESPACE": "serviceNamespace",
     "OKRA_SERVICE_NAME": "serviceName",
     "OKRA_AUTH_MODE": "authMode",
@@ -713,4 +727,12 @@ def build_settings(values: Mapping[str, tuple[object, str]]) -> Settings:
         if section in sections:
             current = getattr(settings, section)
             settings = replace(settings, **{section: replace(current, **sections[section])})
+    telemetry = settings.telemetry
+    if telemetry.bsp_max_export_batch_size > telemetry.bsp_max_queue_size:
+        # As the SDK's batch processor: a batch larger than the queue could never fill.
+        origin = values.get("bspMaxExportBatchSize", (None, "bspMaxExportBatchSize"))[1]
+        raise ConfigError(
+            f"{origin}: a batch of {telemetry.bsp_max_export_batch_size} spans exceeds the "
+            f"queue of {telemetry.bsp_max_queue_size} (OTEL_BSP_MAX_QUEUE_SIZE); lower it"
+        )
     return settings

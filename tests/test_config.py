@@ -193,3 +193,25 @@ def test_tls_in_the_file_must_be_a_mapping(tmp_path: Path) -> None:
     config.write_text("tls:\n  certfile: /tls.crt\n")
     with pytest.raises(ConfigError, match="unknown setting 'tlsCertfile'"):
         Settings.load(flags={"config": str(config)}, environ={})
+
+
+def test_span_batching_variables() -> None:
+    telemetry = Settings.load(
+        flags={},
+        environ={
+            "OTEL_BSP_SCHEDULE_DELAY": "250",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10",
+            "OTEL_BSP_EXPORT_TIMEOUT": "3000",
+        },
+    ).telemetry
+    assert (
+        telemetry.bsp_schedule_delay_ms,
+        telemetry.bsp_max_queue_size,
+        telemetry.bsp_max_export_batch_size,
+        telemetry.bsp_export_timeout_ms,
+    ) == (250, 100, 10, 3000)
+    with pytest.raises(ConfigError, match="OTEL_BSP_MAX_EXPORT_BATCH_SIZE: a batch of 20000"):
+        Settings.load(flags={}, environ={"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "20000"})
+    with pytest.raises(ConfigError, match="OTEL_BSP_SCHEDULE_DELAY: must be at least 1"):
+        Settings.load(flags={}, environ={"OTEL_BSP_SCHEDULE_DELAY": "0"})

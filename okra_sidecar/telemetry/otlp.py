@@ -300,28 +300,45 @@ class EncodingSpanProcessor(SpanProcessor):
                 self._lock.notify()
 
     def _take(self) -> EncodedBatch | None:
+        """Up to `max_batch` of the waiting spans, oldest group first."""
         if not self._count:
             return None
-        batch = EncodedBatch(_request_bytes(self._groups), self._count)
-        self._groups = {}
-        self._count = 0
-        return batch
+        if self._count <= self._max_batch:
+            taken, self._groups = self._groups, {}
+        else:
+            taken = {}
+            room = self._max_batch
+            for key, (resource, spans) in list(self._groups.items()):
+                if room <= 0:
+                    break
+                taken[key] = (resource, spans[:room])
+                if len(spans) > room:
+                    self._groups[key] = (resource, spans[room:])
+                else:
+                    del self._groups[key]
+                room -= len(taken[key][1])
+        count = sum(len(spans) for _, spans in taken.values())
+        self._count -= count
+        return EncodedBatch(_request_bytes(taken), count)
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                idle = self._flushed >= self._flushes and self._count < self._max_batch
-                if idle and not self._stopping:
+                flushing = self._flushed < self._flushes
+                if not flushing and self._count < self._max_batch and not self._stopping:
                     self._lock.wait(self._delay_s)
                 batch = self._take()
                 stopping, flushes = self._stopping, self._flushes
+                # A flush is served once every span it covers has gone, batch after batch.
+                drained = not self._count
             if batch is not None:
                 try:
                     self._exporter.export(batch)  # type: ignore[arg-type]  # see _translate_data
                 except Exception:
                     logger.exception("could not export %d spans", batch.count)
             with self._lock:
-                self._flushed = max(self._flushed, flushes)
+                if drained:
+                    self._flushed = max(self._flushed, flushes)
                 self._lock.notify_all()
                 if stopping and not self._count:
                     return

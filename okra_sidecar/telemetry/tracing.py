@@ -252,15 +252,18 @@ def build_sampler(settings: TelemetrySettings) -> sampling.Sampler:
 
 def build_span_exporter(settings: TelemetrySettings) -> SpanExporter | None:
     """The configured exporter; the OTLP exporters read their TLS, header, timeout and
-    compression variables (OTEL_EXPORTER_OTLP_*) themselves."""
+    compression variables (OTEL_EXPORTER_OTLP_*) themselves. OTEL_BSP_EXPORT_TIMEOUT, when
+    set, bounds each export (retries included) instead of the exporter's own timeout."""
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter(out=sys.stdout)
     if settings.traces_exporter != "otlp":
         return None
     protocol = settings.otlp_traces_protocol or settings.otlp_protocol
     endpoint = settings.otlp_traces_endpoint
+    timeout_ms = settings.bsp_export_timeout_ms
+    timeout_s = timeout_ms / 1000 if timeout_ms is not None else None
     if protocol == "grpc":
-        return FastGrpcSpanExporter(endpoint=endpoint or settings.otlp_endpoint)
+        return FastGrpcSpanExporter(endpoint=endpoint or settings.otlp_endpoint, timeout=timeout_s)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
@@ -268,7 +271,7 @@ def build_span_exporter(settings: TelemetrySettings) -> SpanExporter | None:
     if endpoint is None and settings.otlp_endpoint:
         # The generic endpoint is a base URL; the signal's path is appended (OTLP spec).
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-    return HttpSpanExporter(endpoint=endpoint)
+    return HttpSpanExporter(endpoint=endpoint, timeout=timeout_s)
 
 
 def build_tracer_provider(
@@ -292,9 +295,24 @@ def build_tracer_provider(
         shutdown_on_exit=False,
     )
     if isinstance(exporter, FastGrpcSpanExporter):
-        provider.add_span_processor(EncodingSpanProcessor(exporter))
+        provider.add_span_processor(
+            EncodingSpanProcessor(
+                exporter,
+                schedule_delay_s=settings.bsp_schedule_delay_ms / 1000,
+                max_batch=settings.bsp_max_export_batch_size,
+                max_queue=settings.bsp_max_queue_size,
+            )
+        )
     elif exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                schedule_delay_millis=settings.bsp_schedule_delay_ms,
+                max_queue_size=settings.bsp_max_queue_size,
+                max_export_batch_size=settings.bsp_max_export_batch_size,
+                export_timeout_millis=settings.bsp_export_timeout_ms or 30_000,
+            )
+        )
     for processor in processors:
         provider.add_span_processor(processor)
     return provider, every

@@ -23,6 +23,10 @@ class Received:
     traces: list[trace_service_pb2.ExportTraceServiceRequest] = field(default_factory=list)
     metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    # The seconds each trace export had left before its deadline, as it arrived.
+    deadlines: list[float | None] = field(default_factory=list)
+    # While set and not yet open, trace exports wait for it: an export that does not end.
+    gate: asyncio.Event | None = None
 
     def spans(self) -> list[tuple[dict[str, Any], trace_pb2.Span]]:
         """(resource attributes, span) for every span received."""
@@ -60,6 +64,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     async def Export(  # noqa: N802 - the proto's rpc name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self._received.deadlines.append(context.time_remaining())
+        if self._received.gate is not None:
+            await self._received.gate.wait()
         self._received.traces.append(request)
         self._received.headers.append({k: str(v) for k, v in context.invocation_metadata()})
         return trace_service_pb2.ExportTraceServiceResponse()
