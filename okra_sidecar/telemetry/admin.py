@@ -3,17 +3,22 @@ configured. `/healthz` (liveness) and `/readyz` (readiness) answer 200 or 503 wi
 health service reports, for load balancers that cannot speak gRPC health.
 
 An aiohttp application in the sidecar's own event loop: it starts and stops with the sidecar,
-binds port 0 in tests, and serves the console's server-sent events beside the scrapes.
+binds port 0 in tests, and serves the console's server-sent events beside the scrapes. The
+exposition is prometheus_client's, negotiated as its own servers do (OpenMetrics when the
+scraper's `Accept` asks for it, gzip when `Accept-Encoding` allows) and built in a worker
+thread, so collecting a large registry does not stall the calls served on this loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import logging
 from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from okra_sidecar.console.app import console_routes
 from okra_sidecar.console.gateway import ConsoleGateway
@@ -25,6 +30,19 @@ __all__ = ["AdminServer"]
 MAX_REQUEST_BYTES = 1 << 20
 # Requests still running when the sidecar stops get this long to finish.
 SHUTDOWN_TIMEOUT_S = 1.0
+
+
+def exposition(
+    registry: CollectorRegistry, *, accept: str, accept_encoding: str
+) -> tuple[bytes, dict[str, str]]:
+    """The scrape's body and headers for these request headers. Blocks; run it in a thread."""
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(registry)
+    headers = {"Content-Type": content_type}
+    if gzip_accepted(accept_encoding):
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
 
 
 class Probes(Protocol):
@@ -62,8 +80,13 @@ class AdminServer:
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         assert self._registry is not None  # the route exists only with a registry
-        body = generate_latest(self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, headers = await asyncio.to_thread(
+            exposition,
+            self._registry,
+            accept=request.headers.get("Accept", ""),
+            accept_encoding=request.headers.get("Accept-Encoding", ""),
+        )
+        return web.Response(body=body, headers=headers)
 
     def _application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
