@@ -11,7 +11,7 @@ from pathlib import Path
 
 from okra_sidecar import __version__
 from okra_sidecar.config import ConfigError, Settings
-from okra_sidecar.engine.registry import read_definitions
+from okra_sidecar.engine.runtime.registry import read_definitions
 from okra_sidecar.errors import (
     AlreadyExistsError,
     DefinitionError,
@@ -240,7 +240,7 @@ def run_migrate(settings: Settings) -> int:
 
 def run_engine_process() -> int:
     """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
-    from okra_sidecar.engine.processes import adopt_parent, read_settings
+    from okra_sidecar.engine.runtime.processes import adopt_parent, read_settings
     from okra_sidecar.server import run_engine
 
     if not adopt_parent():

@@ -109,7 +109,7 @@ class RedisSettings:
 @dataclass(frozen=True)
 class EngineSettings:
     concurrency: int = 64
-    # 0: turns run in the serving process; N: in N child processes (see engine/processes.py).
+    # 0: turns run in the serving process; N: in N child processes (engine/runtime/processes.py).
     # Only a child's expressions can be bounded: jq holds the GIL, nothing in-process stops it.
     processes: int = 1
     claim_idle_ms: int = 30_000
@@ -121,7 +121,7 @@ class EngineSettings:
     read_linger_ms: int = 2
     # The largest definition file loaded (maxDefinitionBytes); larger ones stop the start.
     max_definition_bytes: int = 1024 * 1024
-    # Budgets an engine child's parent enforces (engine/watchdog.py); 0 lifts one.
+    # Budgets an engine child's parent enforces (engine/runtime/watchdog.py); 0 lifts one.
     expression_timeout_ms: int = 1000
     turn_timeout_ms: int = 10_000
     # How far an engine child's data segment may grow past its size once started (MiB).

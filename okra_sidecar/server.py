@@ -34,19 +34,19 @@ from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
-from okra_sidecar.engine import board as turn_board
-from okra_sidecar.engine.event_triggers import EventTriggers
-from okra_sidecar.engine.processes import (
+from okra_sidecar.engine.runtime import board as turn_board
+from okra_sidecar.engine.runtime.event_triggers import EventTriggers
+from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
     STANDBY_ENV,
     EngineProcesses,
     attach_board,
     limit_memory,
 )
-from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
-from okra_sidecar.engine.retention import RetentionKeeper
-from okra_sidecar.engine.runner import EngineRunner
-from okra_sidecar.engine.scheduler import Scheduler
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_directory
+from okra_sidecar.engine.runtime.retention import RetentionKeeper
+from okra_sidecar.engine.runtime.runner import EngineRunner
+from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.exposure import exposure_warning

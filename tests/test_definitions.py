@@ -11,8 +11,8 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.dsl import parse_definition
-from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
+from okra_sidecar.engine.definitions.dsl import parse_definition
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_directory
 from okra_sidecar.errors import AlreadyExistsError, DefinitionError, NotFoundError
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from okra_sidecar.engine.dsl import load_definition_text
-from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.engine.definitions.dsl import load_definition_text
+from okra_sidecar.engine.runtime.registry import read_directory
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.parsing import ParseLimitError, ParseLimits, load_json, load_yaml
 from tests.api.test_hostile_input import alias_bomb

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.cli import main as cli_main
 from okra_sidecar.config import ENV_VARIABLES, SETTINGS, Settings
-from okra_sidecar.engine.dsl import parse_yaml
+from okra_sidecar.engine.definitions.dsl import parse_yaml
 from tests.docs.commands import (
     ADDRESS,
     FENCE_RE,

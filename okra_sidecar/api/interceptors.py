@@ -23,7 +23,7 @@ from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, value_to_pyth
 from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
 from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.api.tls import peer_identity
-from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.errors import (
     InstanceChangedError,
     NotFoundError,

@@ -15,9 +15,9 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
-from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.scheduler import FiringAuthorizer, Scheduler
-from okra_sidecar.engine.timing import CronExpression, TimingError, parse_time_zone
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer, Scheduler
+from okra_sidecar.engine.runtime.timing import CronExpression, TimingError, parse_time_zone
 from okra_sidecar.errors import InvalidInputError
 from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
 from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc

@@ -18,9 +18,9 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.config import HostSettings
-from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import (
     FailedPreconditionError,
     InvalidInputError,

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from okra_sidecar.api.convert import python_to_value, value_to_python
-from okra_sidecar.engine.effects import iso_time, result_event
+from okra_sidecar.engine.interpreter.effects import iso_time, result_event
 from okra_sidecar.errors import InvalidInputError, PolicyDeniedError
 from okra_sidecar.executors.problems import ERROR_TYPES
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb

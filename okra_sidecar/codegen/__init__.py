@@ -9,7 +9,7 @@ from pathlib import Path
 from okra_sidecar.codegen.python import render_python
 from okra_sidecar.codegen.schema import CodegenError, pascal_case, translate_schema
 from okra_sidecar.codegen.typescript import RUNTIME_MODULE, render_runtime, render_typescript
-from okra_sidecar.engine.dsl import WorkflowDefinition
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 
 __all__ = ["LANGUAGES", "MARKER", "CodegenError", "default_out", "generate", "module_name"]
 

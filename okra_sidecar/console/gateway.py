@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from okra_sidecar.client import OkraClient
-from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 
 __all__ = ["ConsoleGateway", "loopback_target"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from okra_sidecar.engine.compiler import TASK_TYPES
-from okra_sidecar.engine.pointers import pointer_join
+from okra_sidecar.engine.definitions.compiler import TASK_TYPES
+from okra_sidecar.engine.definitions.pointers import pointer_join
 
 __all__ = ["END", "START", "Edge", "Node", "TaskGraph", "task_graph"]
 

@@ -28,7 +28,7 @@ from okra_sidecar.config import (
 )
 from okra_sidecar.ctk.features import Scenario, Step, parse_feature
 from okra_sidecar.ctk.stand_in import STAND_IN_HOSTS, stand_in_server
-from okra_sidecar.engine.dsl import load_definition_text, parse_yaml
+from okra_sidecar.engine.definitions.dsl import load_definition_text, parse_yaml
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc

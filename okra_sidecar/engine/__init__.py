@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from okra_sidecar.engine.dsl import (
+from okra_sidecar.engine.definitions.dsl import (
     WorkflowDefinition,
     load_definition_text,
     parse_definition,
     parse_yaml,
 )
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions.expressions import (
     CompiledExpression,
     ExpressionError,
     compile_expression,
@@ -17,7 +17,7 @@ from okra_sidecar.engine.expressions import (
     evaluate_value,
     is_expression,
 )
-from okra_sidecar.engine.interpreter import (
+from okra_sidecar.engine.interpreter.interpreter import (
     InboxSignal,
     TurnOutcome,
     TurnResult,

@@ -15,10 +15,10 @@ import uuid
 from typing import Any
 
 from okra_sidecar.config import HostSettings
-from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.scheduler import FiringAuthorizer
-from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
+from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import (
     FailedPreconditionError,
     InvalidInputError,

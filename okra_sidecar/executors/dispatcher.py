@@ -23,9 +23,9 @@ from typing import Any
 
 from opentelemetry.trace import Tracer
 
-from okra_sidecar.engine.effects import Effect, EffectKind, iso_time, result_event
-from okra_sidecar.engine.outbox import emitted_event
-from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind, iso_time, result_event
+from okra_sidecar.engine.runtime.outbox import emitted_event
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.grpc_call import GrpcCaller

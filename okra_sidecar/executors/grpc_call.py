@@ -205,7 +205,7 @@ class GrpcCaller:
         timeout = (timeout_ms / 1000) if timeout_ms else self._default_timeout_s
         try:
             # The called service continues the trace, and sees the DSL's `authentication`
-            # ({"scheme", "parameter"}, resolved by engine/calls.py) as `authorization`.
+            # ({"scheme", "parameter"}, resolved by engine/definitions/calls.py) as `authorization`.
             headers = inject_traceparent({})
             authentication = request.get("authentication")
             if isinstance(authentication, dict) and authentication.get("parameter"):

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from okra_sidecar.engine.routing import ANY_TYPE, subscription_matches
+from okra_sidecar.engine.runtime.routing import ANY_TYPE, subscription_matches
 from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.store.effect_store import EventEntry, RedisEffectStore
 from okra_sidecar.tasks import cancel_and_wait
@@ -37,8 +37,8 @@ class EventRouter:
         triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
     ) -> None:
         self._effects = effects
-        # Definitions' `schedule.on` event triggers (engine/event_triggers.py), offered every
-        # routed event after the listening instances.
+        # Definitions' `schedule.on` event triggers (engine/runtime/event_triggers.py),
+        # offered every routed event after the listening instances.
         self._triggers = triggers
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms

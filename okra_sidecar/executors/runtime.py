@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 from opentelemetry.trace import Tracer
 
 from okra_sidecar.config import Settings
-from okra_sidecar.engine.registry import WorkflowRegistry
-from okra_sidecar.engine.scheduler import FiringAuthorizer
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.dispatcher import EffectDispatcher
 from okra_sidecar.executors.grpc_call import GrpcCaller

@@ -30,7 +30,7 @@ from okra_sidecar.telemetry.spans import SpanSink, new_span_id
 NS_PER_MS = 1_000_000
 TASK_END_EVENTS = {"task.completed": "completed", "task.faulted": "faulted"}
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
-# engine.effects.RESULT_EVENT_TYPE (the engine depends on telemetry, not the reverse).
+# engine.interpreter.effects.RESULT_EVENT_TYPE (the engine depends on telemetry, not the reverse).
 EFFECT_RESULT_TYPE = "io.okra.effect.result"
 FAULTED = Status(StatusCode.ERROR, "the task faulted")
 UNSET = Status(StatusCode.UNSET)

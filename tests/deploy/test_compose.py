@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.engine.runtime.registry import read_directory
 from tests.deploy.support import (
     DEPLOY_DIR,
     DOCKERFILE,

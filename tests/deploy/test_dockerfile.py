@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from okra_sidecar.cli import build_parser
-from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.engine.runtime.registry import read_directory
 from okra_sidecar.server import Sidecar
 from tests.deploy.support import (
     DEPLOY_DIR,

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.config import Settings
-from okra_sidecar.engine.registry import read_directory
+from okra_sidecar.engine.runtime.registry import read_directory
 from okra_sidecar.exposure import exposure_warning
 from okra_sidecar.server import SERVICE_NAME, start_sidecar
 from tests.deploy.support import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from okra_sidecar.engine.dsl import load_definition_text
-from okra_sidecar.engine.interpreter import advance, start_state
+from okra_sidecar.engine.definitions.dsl import load_definition_text
+from okra_sidecar.engine.interpreter.interpreter import advance, start_state
 
 DEFINITIONS = {
     "jq": """

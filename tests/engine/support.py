@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text
-from okra_sidecar.engine.effects import Effect, EffectKind, result_event
-from okra_sidecar.engine.interpreter import (
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition, load_definition_text
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind, result_event
+from okra_sidecar.engine.interpreter.interpreter import (
     InboxSignal,
     TurnOutcome,
     TurnResult,

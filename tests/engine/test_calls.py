@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from okra_sidecar.engine.effects import Effect, EffectKind
-from okra_sidecar.engine.interpreter import TurnOutcome, advance
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, advance
 
 from .support import (
     COMMUNICATION_ERROR,

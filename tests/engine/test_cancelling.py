@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError
 from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.instances import InstanceStatus, ParentLink

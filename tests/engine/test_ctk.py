@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from okra_sidecar.ctk.features import Scenario, Step, parse_feature
-from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text, parse_yaml
-from okra_sidecar.engine.effects import Effect, EffectKind
-from okra_sidecar.engine.interpreter import TurnOutcome, TurnResult
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition, load_definition_text, parse_yaml
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, TurnResult
 from okra_sidecar.errors import DefinitionError
 
 from .support import SPEC_DIR_ENV, Answer, HttpFake, drive, spec_dir

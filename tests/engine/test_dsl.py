@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from okra_sidecar.engine.dsl import load_definition_text, parse_definition, parse_yaml
+from okra_sidecar.engine.definitions.dsl import load_definition_text, parse_definition, parse_yaml
 from okra_sidecar.errors import DefinitionError
 
 from .support import HEADER, load, workflow

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from okra_sidecar.engine.durations import iso_duration_ms, parse_duration
+from okra_sidecar.engine.definitions.durations import iso_duration_ms, parse_duration
 
 
 @pytest.mark.parametrize(

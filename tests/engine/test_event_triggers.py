@@ -10,7 +10,7 @@ from typing import Any
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.event_triggers import TRIGGER_TAG
+from okra_sidecar.engine.runtime.event_triggers import TRIGGER_TAG
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, advance
+from okra_sidecar.engine.interpreter.interpreter import InboxSignal, TurnOutcome, advance
 from okra_sidecar.errors import DefinitionError
 
 from .support import T0, begin, result_signal, signal, task_events, workflow

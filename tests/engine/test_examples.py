@@ -13,8 +13,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from okra_sidecar.ctk.features import parse_feature
-from okra_sidecar.engine.dsl import load_definition_text, parse_yaml
-from okra_sidecar.engine.interpreter import TurnOutcome, advance
+from okra_sidecar.engine.definitions.dsl import load_definition_text, parse_yaml
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, advance
 from okra_sidecar.errors import DefinitionError
 
 from .support import T0, HttpFake, begin, drive, result_signal, run, signal, spec_dir

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions.expressions import (
     CompiledExpression,
     ConstantValue,
     ExpressionError,

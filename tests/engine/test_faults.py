@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from okra_sidecar.engine.faults import (
+from okra_sidecar.engine.interpreter.faults import (
     ERROR_TYPE_ALIAS_PREFIX,
     ERROR_TYPE_PREFIX,
     canonical_error_type,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.engine.firing import decide, first_fire
+from okra_sidecar.engine.runtime.firing import decide, first_fire
 from okra_sidecar.schedules import (
     CatchUpPolicy,
     OverlapPolicy,

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from okra_sidecar.engine.effects import EffectKind
-from okra_sidecar.engine.interpreter import TurnOutcome, advance
+from okra_sidecar.engine.interpreter.effects import EffectKind
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, advance
 from okra_sidecar.errors import DefinitionError
 
 from .support import T0, begin, result_signal, run, signal, task_events, workflow

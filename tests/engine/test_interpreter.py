@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from okra_sidecar import __version__
-from okra_sidecar.engine.interpreter import TurnOutcome, advance, start_state
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, advance, start_state
 
 from .support import T0, begin, run, task_events, workflow
 

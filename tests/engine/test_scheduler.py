@@ -14,10 +14,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from okra_sidecar.config import HostSettings, ScheduleSettings
-from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.dsl import WorkflowDefinition, load_definition_text
-from okra_sidecar.engine.registry import WorkflowRegistry, read_directory
-from okra_sidecar.engine.scheduler import Scheduler
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition, load_definition_text
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_directory
+from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import DefinitionError, FailedPreconditionError, PolicyDeniedError
 from okra_sidecar.instances import InstanceRecord, QueryFilter
 from okra_sidecar.policy.model import RunLimits

@@ -7,7 +7,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from okra_sidecar.engine.timing import CronExpression, FireTimes, TimingError, parse_time_zone
+from okra_sidecar.engine.runtime.timing import (
+    CronExpression,
+    FireTimes,
+    TimingError,
+    parse_time_zone,
+)
 from okra_sidecar.schedules import ScheduleSpec
 
 

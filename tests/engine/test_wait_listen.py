@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from okra_sidecar.engine.interpreter import TurnOutcome, advance
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, advance
 
 from .support import T0, begin, signal, task_events, workflow
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from okra_sidecar.engine.board import BoardReading, TurnBoard
-from okra_sidecar.engine.deadlines import TIMEOUT_ERROR_TYPE
-from okra_sidecar.engine.effects import RUNTIME_ERROR
-from okra_sidecar.engine.watchdog import TurnBudget, crash_fault, judge
+from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
+from okra_sidecar.engine.runtime.board import BoardReading, TurnBoard
+from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
+from okra_sidecar.engine.runtime.watchdog import TurnBudget, crash_fault, judge
 
 BUDGET = TurnBudget(expression_ms=1000, turn_ms=10_000)
 SECOND_NS = 1_000_000_000

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.effects import Effect, EffectKind
-from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.executors.children import ChildStarter, child_instance_id
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceStatus

@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from okra_sidecar.engine.effects import RESULT_EVENT_TYPE, Effect, EffectKind
-from okra_sidecar.engine.interpreter import TurnOutcome
-from okra_sidecar.engine.outbox import turn_extras
-from okra_sidecar.engine.routing import subscription_matches, subscription_types
+from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome
+from okra_sidecar.engine.runtime.outbox import turn_extras
+from okra_sidecar.engine.runtime.routing import subscription_matches, subscription_types
 from okra_sidecar.executors.dispatcher import task_service
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import TurnSnapshot

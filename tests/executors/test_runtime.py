@@ -15,7 +15,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.effects import RESULT_EVENT_TYPE, Effect, EffectKind
+from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
 from okra_sidecar.executors.children import child_instance_id
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import InstanceChangedError, InvalidInputError, ResourceExhaustedError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.commands import hot_commands

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.retention import RetentionKeeper
+from okra_sidecar.engine.runtime.retention import RetentionKeeper
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import InstanceStatus

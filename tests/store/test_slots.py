@@ -9,8 +9,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from okra_sidecar.engine.cancelling import cancel_instance
-from okra_sidecar.engine.effects import Effect, EffectKind
+from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.instances import InstanceStatus, ParentLink
 from okra_sidecar.store.base import Subscriptions, TurnExtras
 from okra_sidecar.store.commands import PooledCommands

@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.effects import RESULT_EVENT_TYPE, Effect, EffectKind
-from okra_sidecar.engine.interpreter import TurnOutcome
-from okra_sidecar.engine.outbox import turn_extras
+from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
+from okra_sidecar.engine.interpreter.interpreter import TurnOutcome
+from okra_sidecar.engine.runtime.outbox import turn_extras
 from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
 from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.instances import InstanceStatus

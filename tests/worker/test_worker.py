@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from okra_sidecar.engine.effects import EffectKind
+from okra_sidecar.engine.interpreter.effects import EffectKind
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import TurnExtras
 from okra_sidecar.worker import TaskContext, TaskFailedError, TaskWorker

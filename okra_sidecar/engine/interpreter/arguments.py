@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from okra_sidecar import __version__
-from okra_sidecar.engine.expressions import ARGUMENT_NAMES
-from okra_sidecar.engine.tasks import TaskNode
+from okra_sidecar.engine.definitions.expressions import ARGUMENT_NAMES
+from okra_sidecar.engine.definitions.tasks import TaskNode
 
 __all__ = ["RUNTIME_NAME", "TaskArguments", "WorkflowScope", "datetime_descriptor"]
 

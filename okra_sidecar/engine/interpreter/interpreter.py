@@ -31,18 +31,24 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from okra_sidecar.engine import board as turn_board
-from okra_sidecar.engine.arguments import TaskArguments
-from okra_sidecar.engine.catching import CatchingTurn
-from okra_sidecar.engine.dsl import WorkflowDefinition
-from okra_sidecar.engine.effects import Effect
-from okra_sidecar.engine.events import subscriptions
-from okra_sidecar.engine.faults import WorkflowFaultError, problem, timeout_fault
-from okra_sidecar.engine.pointers import kind_of
-from okra_sidecar.engine.tasks import FlowDirective, ForSpec, SwitchCase, TaskNode, WorkflowPlan
-from okra_sidecar.engine.threads import awaited_effects, threads, wake_at
-from okra_sidecar.engine.turn import STATE_VERSION, WorkflowEndedError, truthy
-from okra_sidecar.engine.waiting import WaitingTurn
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.definitions.events import subscriptions
+from okra_sidecar.engine.definitions.pointers import kind_of
+from okra_sidecar.engine.definitions.tasks import (
+    FlowDirective,
+    ForSpec,
+    SwitchCase,
+    TaskNode,
+    WorkflowPlan,
+)
+from okra_sidecar.engine.interpreter.arguments import TaskArguments
+from okra_sidecar.engine.interpreter.catching import CatchingTurn
+from okra_sidecar.engine.interpreter.effects import Effect
+from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, problem, timeout_fault
+from okra_sidecar.engine.interpreter.threads import awaited_effects, threads, wake_at
+from okra_sidecar.engine.interpreter.turn import STATE_VERSION, WorkflowEndedError, truthy
+from okra_sidecar.engine.interpreter.waiting import WaitingTurn
+from okra_sidecar.engine.runtime import board as turn_board
 
 __all__ = [
     "STATE_VERSION",

@@ -10,11 +10,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from okra_sidecar.config import EngineSettings
-from okra_sidecar.engine import board as turn_board
-from okra_sidecar.engine import deadlines
-from okra_sidecar.engine.interpreter import InboxSignal, TurnOutcome, TurnResult, advance
-from okra_sidecar.engine.outbox import turn_extras
-from okra_sidecar.engine.registry import WorkflowRegistry
+from okra_sidecar.engine.interpreter.interpreter import (
+    InboxSignal,
+    TurnOutcome,
+    TurnResult,
+    advance,
+)
+from okra_sidecar.engine.runtime import board as turn_board
+from okra_sidecar.engine.runtime import deadlines
+from okra_sidecar.engine.runtime.outbox import turn_extras
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
@@ -285,7 +290,7 @@ class EngineRunner:
             registered = await self._registry.get(snapshot.workflow_id)
         except NotFoundError as exc:
             return self._fault(snapshot, now, "definition not found", str(exc))
-        # The board tells an engine child's watchdog whose turn this is (engine/board.py).
+        # The board tells an engine child's watchdog whose turn this is (engine/runtime/board.py).
         board = turn_board.current()
         board.begin_turn(snapshot.instance_id)
         try:

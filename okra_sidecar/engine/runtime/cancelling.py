@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from okra_sidecar.engine.effects import cancelled_result_event
+from okra_sidecar.engine.interpreter.effects import cancelled_result_event
 from okra_sidecar.errors import (
     FailedPreconditionError,
     NotFoundError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from okra_sidecar.engine.timing import FireTimes
+from okra_sidecar.engine.runtime.timing import FireTimes
 from okra_sidecar.schedules import CatchUpPolicy, OverlapPolicy, PreviousRun, ScheduleRecord
 
 __all__ = ["Decision", "decide", "first_fire"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from okra_sidecar.engine.board import BoardReading
-from okra_sidecar.engine.deadlines import TIMEOUT_ERROR_TYPE
-from okra_sidecar.engine.effects import RUNTIME_ERROR
+from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
+from okra_sidecar.engine.runtime.board import BoardReading
+from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
 
 __all__ = ["TurnBudget", "TurnVerdict", "crash_fault", "judge"]
 

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.engine import calls
-from okra_sidecar.engine.arguments import TaskArguments, datetime_descriptor
-from okra_sidecar.engine.effects import RESULT_EVENT_TYPE, Effect, EffectKind
-from okra_sidecar.engine.events import (
+from okra_sidecar.engine.definitions import calls
+from okra_sidecar.engine.definitions.events import (
     ListenProgress,
     Signal,
     advance_listen,
     expected_correlation,
     read_event,
 )
-from okra_sidecar.engine.expressions import ExpressionError
-from okra_sidecar.engine.faults import WorkflowFaultError, expression_fault, outside_error
-from okra_sidecar.engine.tasks import TaskNode
-from okra_sidecar.engine.threads import awaited_effects
-from okra_sidecar.engine.turn import TurnBase
+from okra_sidecar.engine.definitions.expressions import ExpressionError
+from okra_sidecar.engine.definitions.tasks import TaskNode
+from okra_sidecar.engine.interpreter.arguments import TaskArguments, datetime_descriptor
+from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
+from okra_sidecar.engine.interpreter.faults import (
+    WorkflowFaultError,
+    expression_fault,
+    outside_error,
+)
+from okra_sidecar.engine.interpreter.threads import awaited_effects
+from okra_sidecar.engine.interpreter.turn import TurnBase
 
 __all__ = ["WaitingTurn"]
 

@@ -5,7 +5,7 @@ expression that loops or allocates without end: not a thread, not a signal handl
 of an engine child can. The child marks on a page of memory it shares with its parent when a
 turn and each jq evaluation start and end, and which instance and task they belong to; the
 parent reads the page on its own clock, kills a child that stays in one evaluation or one
-turn past its budget, and knows which instance to fail (engine/watchdog.py). Writing the marks
+turn past its budget, and knows which instance to fail (watchdog.py). Writing the marks
 costs a clock read and a `pack_into`, well under a microsecond.
 """
 

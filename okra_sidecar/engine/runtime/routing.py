@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions.expressions import (
     CompiledExpression,
     ExpressionError,
     compile_expression,

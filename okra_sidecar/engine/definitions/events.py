@@ -25,8 +25,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from okra_sidecar.engine.effects import RESULT_EVENT_TYPE
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions.expressions import (
     CompiledExpression,
     CompiledValue,
     ConstantValue,
@@ -34,17 +33,18 @@ from okra_sidecar.engine.expressions import (
     evaluate_condition,
     is_expression,
 )
-from okra_sidecar.engine.pointers import pointer_join
-from okra_sidecar.engine.tasks import (
+from okra_sidecar.engine.definitions.pointers import pointer_join
+from okra_sidecar.engine.definitions.tasks import (
     Consumption,
     Correlation,
     EventFilter,
     ForeachSpec,
     ListenSpec,
 )
+from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE
 
 if TYPE_CHECKING:
-    from okra_sidecar.engine.compiler import TaskCompiler
+    from okra_sidecar.engine.definitions.compiler import TaskCompiler
 
 __all__ = [
     "ListenProgress",

@@ -12,7 +12,7 @@ from typing import Any
 from jsonschema import validators
 from jsonschema.protocols import Validator
 
-from okra_sidecar.engine.dsl import (
+from okra_sidecar.engine.definitions.dsl import (
     DEFINITION_LIMITS,
     WorkflowDefinition,
     load_definition_text,

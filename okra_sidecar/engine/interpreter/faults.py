@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from okra_sidecar.engine.expressions import ExpressionError
+from okra_sidecar.engine.definitions.expressions import ExpressionError
 
 __all__ = [
     "ERROR_TYPE_ALIAS_PREFIX",

@@ -36,12 +36,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from okra_sidecar.engine.effects import EffectKind
-from okra_sidecar.engine.expressions import CompiledValue, ExpressionError, is_expression
-from okra_sidecar.engine.pointers import kind_of, pointer, pointer_join
+from okra_sidecar.engine.definitions.expressions import (
+    CompiledValue,
+    ExpressionError,
+    is_expression,
+)
+from okra_sidecar.engine.definitions.pointers import kind_of, pointer, pointer_join
+from okra_sidecar.engine.interpreter.effects import EffectKind
 
 if TYPE_CHECKING:
-    from okra_sidecar.engine.compiler import TaskCompiler
+    from okra_sidecar.engine.definitions.compiler import TaskCompiler
 
 __all__ = [
     "UNSUPPORTED_CALLS",

@@ -9,10 +9,10 @@ from typing import Any, NoReturn
 
 import yaml
 
-from okra_sidecar.engine import calls, events, retries
-from okra_sidecar.engine.compiler import TaskCompiler, pointer, pointer_join
-from okra_sidecar.engine.durations import DurationSpec
-from okra_sidecar.engine.tasks import WorkflowPlan
+from okra_sidecar.engine.definitions import calls, events, retries
+from okra_sidecar.engine.definitions.compiler import TaskCompiler, pointer, pointer_join
+from okra_sidecar.engine.definitions.durations import DurationSpec
+from okra_sidecar.engine.definitions.tasks import WorkflowPlan
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.parsing import ParseLimitError, ParseLimits
 from okra_sidecar.parsing import load_yaml as load_bounded_yaml

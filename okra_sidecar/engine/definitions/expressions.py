@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import jq
 
-from okra_sidecar.engine import board as turn_board
+from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.errors import OkraError
 
 __all__ = [

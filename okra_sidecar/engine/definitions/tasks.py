@@ -9,8 +9,8 @@ from jsonschema import exceptions as schema_exceptions
 from jsonschema import validators
 from jsonschema.protocols import Validator
 
-from okra_sidecar.engine.durations import DurationSpec
-from okra_sidecar.engine.expressions import CompiledValue
+from okra_sidecar.engine.definitions.durations import DurationSpec
+from okra_sidecar.engine.definitions.expressions import CompiledValue
 
 __all__ = [
     "CONTINUE",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from okra_sidecar.engine.deadlines import DEFAULT_TIMEOUT, MAX_INSTANCE_DURATION
-from okra_sidecar.engine.dsl import WorkflowDefinition
-from okra_sidecar.engine.interpreter import start_state
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.interpreter.interpreter import start_state
+from okra_sidecar.engine.runtime.deadlines import DEFAULT_TIMEOUT, MAX_INSTANCE_DURATION
 from okra_sidecar.instances import NewInstance
 from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.policy.model import RunLimits

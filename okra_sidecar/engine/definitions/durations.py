@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions.expressions import (
     NO_VARIABLES,
     CompiledExpression,
     compile_expression,

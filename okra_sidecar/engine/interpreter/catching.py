@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.engine.arguments import TaskArguments
-from okra_sidecar.engine.faults import WorkflowFaultError, error_matches
-from okra_sidecar.engine.retries import jitter_ms, retry_delay_ms
-from okra_sidecar.engine.tasks import RetryPolicy, TaskNode
-from okra_sidecar.engine.turn import TurnBase, truthy
+from okra_sidecar.engine.definitions.retries import jitter_ms, retry_delay_ms
+from okra_sidecar.engine.definitions.tasks import RetryPolicy, TaskNode
+from okra_sidecar.engine.interpreter.arguments import TaskArguments
+from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, error_matches
+from okra_sidecar.engine.interpreter.turn import TurnBase, truthy
 
 __all__ = ["CatchingTurn"]
 

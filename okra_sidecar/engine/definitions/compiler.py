@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from okra_sidecar.engine import calls, events, retries
-from okra_sidecar.engine.durations import DurationSpec, parse_duration
-from okra_sidecar.engine.expressions import (
+from okra_sidecar.engine.definitions import calls, events, retries
+from okra_sidecar.engine.definitions.durations import DurationSpec, parse_duration
+from okra_sidecar.engine.definitions.expressions import (
     ARGUMENT_NAMES,
     NO_VARIABLES,
     CompiledValue,
@@ -17,8 +17,8 @@ from okra_sidecar.engine.expressions import (
     compile_field,
     compile_value,
 )
-from okra_sidecar.engine.pointers import kind_of, pointer, pointer_join
-from okra_sidecar.engine.tasks import (
+from okra_sidecar.engine.definitions.pointers import kind_of, pointer, pointer_join
+from okra_sidecar.engine.definitions.tasks import (
     CONTINUE,
     END,
     EXIT,

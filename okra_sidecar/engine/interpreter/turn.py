@@ -11,20 +11,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from okra_sidecar.engine.arguments import TaskArguments, datetime_descriptor
-from okra_sidecar.engine.dsl import WorkflowDefinition
-from okra_sidecar.engine.durations import DurationSpec
-from okra_sidecar.engine.effects import Effect
-from okra_sidecar.engine.events import Signal
-from okra_sidecar.engine.expressions import CompiledValue, ExpressionError
-from okra_sidecar.engine.faults import (
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.definitions.durations import DurationSpec
+from okra_sidecar.engine.definitions.events import Signal
+from okra_sidecar.engine.definitions.expressions import CompiledValue, ExpressionError
+from okra_sidecar.engine.definitions.pointers import kind_of
+from okra_sidecar.engine.definitions.tasks import FlowDirective, SchemaCheck, TaskNode, WorkflowPlan
+from okra_sidecar.engine.interpreter.arguments import TaskArguments, datetime_descriptor
+from okra_sidecar.engine.interpreter.effects import Effect
+from okra_sidecar.engine.interpreter.faults import (
     WorkflowFaultError,
     expression_fault,
     problem,
     validation_fault,
 )
-from okra_sidecar.engine.pointers import kind_of
-from okra_sidecar.engine.tasks import FlowDirective, SchemaCheck, TaskNode, WorkflowPlan
 
 __all__ = ["STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
 

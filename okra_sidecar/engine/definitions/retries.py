@@ -28,12 +28,12 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from okra_sidecar.engine.durations import DurationSpec
-from okra_sidecar.engine.pointers import pointer, pointer_join
-from okra_sidecar.engine.tasks import CatchSpec, RetryPolicy, TrySpec
+from okra_sidecar.engine.definitions.durations import DurationSpec
+from okra_sidecar.engine.definitions.pointers import pointer, pointer_join
+from okra_sidecar.engine.definitions.tasks import CatchSpec, RetryPolicy, TrySpec
 
 if TYPE_CHECKING:
-    from okra_sidecar.engine.compiler import TaskCompiler
+    from okra_sidecar.engine.definitions.compiler import TaskCompiler
 
 __all__ = ["compile_retry", "compile_try", "jitter_ms", "retry_delay_ms"]
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from okra_sidecar.config import HostSettings
-from okra_sidecar.engine.dsl import WorkflowDefinition
-from okra_sidecar.engine.registry import WorkflowRegistry, semver_key
-from okra_sidecar.engine.routing import subscription_matches
-from okra_sidecar.engine.scheduler import FiringAuthorizer
-from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry, semver_key
+from okra_sidecar.engine.runtime.routing import subscription_matches
+from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
+from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import OkraError, StoreUnavailableError
 from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CausationGuard
 from okra_sidecar.policy.model import RunLimits

@@ -1,7 +1,7 @@
 """Scheduler: fires due schedules in every sidecar, and keeps definition schedules current.
 
 Every sidecar runs one. Each tick it reads the schedules due by its clock and decides each one
-(engine/firing.py). A firing starts the instance whose id derives from the schedule and fire
+(engine/runtime/firing.py). A firing starts the instance whose id derives from the schedule and fire
 time, so Redis creates it once however many sidecars decide the same firing; the schedule's
 new state is then written only if its revision is still the one read, so one sidecar's
 decision is recorded and the others' are dropped. A sidecar killed between the two steps leaves
@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from okra_sidecar.config import HostSettings, ScheduleSettings
-from okra_sidecar.engine.dsl import WorkflowDefinition
-from okra_sidecar.engine.durations import iso_duration_ms, parse_duration
-from okra_sidecar.engine.firing import decide, first_fire
-from okra_sidecar.engine.registry import WorkflowRegistry, semver_key
-from okra_sidecar.engine.starter import admission, build_instance, timeout_fields
-from okra_sidecar.engine.timing import FireTimes
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.definitions.durations import iso_duration_ms, parse_duration
+from okra_sidecar.engine.runtime.firing import decide, first_fire
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry, semver_key
+from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
+from okra_sidecar.engine.runtime.timing import FireTimes
 from okra_sidecar.errors import (
     DefinitionError,
     FailedPreconditionError,

@@ -10,7 +10,7 @@ whatever they had in flight is reclaimed like any stopped worker's.
 
 The children are also where expressions are bounded: each shares a TurnBoard with the parent,
 which kills a child whose evaluation or turn runs over budget and fails that instance
-(engine/watchdog.py), and each caps its own data segment (`engineMemoryMb` above its size
+(engine/runtime/watchdog.py), and each caps its own data segment (`engineMemoryMb` above its size
 once started), so that jq's allocations fail inside the child rather than exhaust the host.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from okra_sidecar.config import Settings
-from okra_sidecar.engine.board import TurnBoard
-from okra_sidecar.engine.watchdog import TurnBudget, TurnVerdict, crash_fault, judge
+from okra_sidecar.engine.runtime.board import TurnBoard
+from okra_sidecar.engine.runtime.watchdog import TurnBudget, TurnVerdict, crash_fault, judge
 from okra_sidecar.store.embedded import terminate_with_parent
 from okra_sidecar.tasks import cancel_and_wait
 

@@ -1,0 +1,1 @@
+"""Workflow definitions: parse a DSL document, check it and compile its tasks."""
