@@ -36,6 +36,7 @@ from okra_sidecar.client.models import (
 )
 from okra_sidecar.client.schedules import ScheduleClient
 from okra_sidecar.client.tls import ClientTls, open_channel
+from okra_sidecar.errors import REASONS
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -54,9 +55,10 @@ R = TypeVar("R")
 class RetryPolicy:
     """Retries of idempotent calls: exponential backoff with full jitter.
 
-    A failed attempt is retried when its code is in `codes`, or when the server sent a
-    google.rpc.RetryInfo (then after at least that delay), as long as attempts remain and the
-    retry can start before the call's deadline.
+    A failed attempt is retried when its reason says a retry can succeed (docs/errors.md), or,
+    for an error without a reason this client knows (the sidecar is unreachable), when its code
+    is in `codes`; after at least the google.rpc.RetryInfo delay when the server sent one, as
+    long as attempts remain and the retry can start before the call's deadline.
     """
 
     max_attempts: int = 4
@@ -69,10 +71,15 @@ class RetryPolicy:
         """Seconds to wait before attempt `attempt + 1`, or None to give up."""
         if attempt >= self.max_attempts:
             return None
-        if error.code not in self.codes and error.retry_delay_s is None:
+        if not self.should_retry(error):
             return None
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
         return max(error.retry_delay_s or 0.0, random.uniform(0, ceiling))
+
+    def should_retry(self, error: OkraRpcError) -> bool:
+        if error.reason in REASONS:
+            return error.retryable
+        return error.code in self.codes
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)

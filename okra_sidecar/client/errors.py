@@ -1,18 +1,33 @@
-"""Client-side errors: one class per gRPC status code, carrying the google.rpc details.
+"""Client-side errors: a class per gRPC status code and per reason, carrying the google.rpc details.
 
-    OkraRpcError                  (code, message, field_violations, error_info, retry_delay_s)
-    ├── InvalidArgumentError      bad ids, schema violations (field_violations), oversize input
-    ├── NotFoundError             no such workflow or instance
+    OkraRpcError        (code, message, reason, metadata, field_violations, precondition_violations,
+    │                    error_info, retry_delay_s, retryable)
+    ├── InvalidArgumentError      bad ids, oversize input, ...
+    │   ├── InputSchemaMismatchError      the input breaks the workflow's input schema
+    │   └── InvalidPolicySetError         SetPolicies refused the set
+    ├── NotFoundError
+    │   ├── WorkflowNotFoundError / InstanceNotFoundError / ScheduleNotFoundError
     ├── AlreadyExistsError
-    ├── FailedPreconditionError   signalling or cancelling a finished instance
-    ├── PermissionDeniedError     a policy denied the call (error_info names it)
+    ├── FailedPreconditionError   (precondition_violations says what must hold)
+    │   ├── InstanceAlreadyFinishedError  signalling or cancelling a finished instance
+    │   ├── ChangedConcurrentlyError      the target moved while the call was checked; retryable
+    │   ├── ManualRunsDisabledError       the workflow runs only from its schedule here
+    │   └── ScheduleDeclaredByWorkflowError
+    ├── PermissionDeniedError
+    │   └── PolicyDeniedError             a policy denied the call (metadata["policy"])
     ├── UnauthenticatedError
-    ├── ResourceExhaustedError    rate or instance limits
-    ├── UnavailableError          the sidecar or its Redis cannot be reached (retry_delay_s)
-    ├── DeadlineExceededError     the call's deadline passed
+    │   ├── TokenMissingError / TokenInvalidError
+    ├── ResourceExhaustedError
+    │   ├── RateLimitedError              retryable after retry_delay_s
+    │   └── InstanceLimitReachedError     too many unfinished instances
+    ├── UnavailableError          the sidecar or its Redis cannot be reached; retryable
+    │   ├── RedisUnavailableError / ReplicasNotAcknowledgedError
+    ├── DeadlineExceededError
+    ├── UnimplementedError
     └── InternalError
 
-Any other code raises OkraRpcError itself.
+The class comes from the ErrorInfo reason (docs/errors.md lists them all), else from the
+status code; any other code raises OkraRpcError itself.
 """
 
 from __future__ import annotations
@@ -22,22 +37,41 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from okra_sidecar.errors import FieldViolation
+from okra_sidecar.errors import ERROR_DOMAIN, REASONS, FieldViolation, PreconditionViolation, Reason
 
 __all__ = [
+    "ERROR_BY_REASON",
     "AlreadyExistsError",
+    "ChangedConcurrentlyError",
     "DeadlineExceededError",
     "ErrorInfo",
     "FailedPreconditionError",
     "FieldViolation",
+    "InputSchemaMismatchError",
+    "InstanceAlreadyFinishedError",
+    "InstanceLimitReachedError",
+    "InstanceNotFoundError",
     "InternalError",
     "InvalidArgumentError",
+    "InvalidPolicySetError",
+    "ManualRunsDisabledError",
     "NotFoundError",
     "OkraRpcError",
     "PermissionDeniedError",
+    "PolicyDeniedError",
+    "PreconditionViolation",
+    "RateLimitedError",
+    "RedisUnavailableError",
+    "ReplicasNotAcknowledgedError",
     "ResourceExhaustedError",
+    "ScheduleDeclaredByWorkflowError",
+    "ScheduleNotFoundError",
+    "TokenInvalidError",
+    "TokenMissingError",
     "UnauthenticatedError",
     "UnavailableError",
+    "UnimplementedError",
+    "WorkflowNotFoundError",
     "error_from_rpc",
 ]
 
@@ -60,6 +94,7 @@ class OkraRpcError(Exception):
         code: The gRPC status code.
         message: The status message, written for a person.
         field_violations: The google.rpc.BadRequest details: which request fields are wrong.
+        precondition_violations: The google.rpc.PreconditionFailure details: what must hold.
         error_info: The google.rpc.ErrorInfo detail, if any.
         retry_delay_s: The google.rpc.RetryInfo delay in seconds, if the server sent one.
     """
@@ -70,6 +105,7 @@ class OkraRpcError(Exception):
         message: str,
         *,
         field_violations: tuple[FieldViolation, ...] = (),
+        precondition_violations: tuple[PreconditionViolation, ...] = (),
         error_info: ErrorInfo | None = None,
         retry_delay_s: float | None = None,
     ) -> None:
@@ -77,8 +113,39 @@ class OkraRpcError(Exception):
         self.code = code
         self.message = message
         self.field_violations = field_violations
+        self.precondition_violations = precondition_violations
         self.error_info = error_info
         self.retry_delay_s = retry_delay_s
+
+    @property
+    def reason(self) -> str:
+        """The sidecar's reason (docs/errors.md), "" when the error did not come with one."""
+        info = self.error_info
+        return info.reason if info is not None and info.domain == ERROR_DOMAIN else ""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """What the error is about: instance, workflow, schedule, policy, status or field."""
+        return dict(self.error_info.metadata) if self.error_info is not None else {}
+
+    @property
+    def retryable(self) -> bool:
+        """Whether repeating the call unchanged can succeed, as its reason says.
+
+        Without a reason the sidecar knows (it is down, or newer than this client), only
+        UNAVAILABLE is.
+        """
+        known = _known_reason(self.reason)
+        if known is not None:
+            return REASONS[known].retryable
+        return self.code == grpc.StatusCode.UNAVAILABLE
+
+
+def _known_reason(text: str) -> Reason | None:
+    try:
+        return Reason(text)
+    except ValueError:
+        return None
 
 
 class InvalidArgumentError(OkraRpcError):
@@ -121,6 +188,93 @@ class InternalError(OkraRpcError):
     """INTERNAL: a sidecar bug; its log has the details."""
 
 
+class UnimplementedError(OkraRpcError):
+    """UNIMPLEMENTED: this sidecar does not serve the rpc."""
+
+
+class WorkflowNotFoundError(NotFoundError):
+    """WORKFLOW_NOT_FOUND: no such workflow is registered (metadata["workflow"])."""
+
+
+class InstanceNotFoundError(NotFoundError):
+    """INSTANCE_NOT_FOUND: no such instance, or retention purged it (metadata["instance"])."""
+
+
+class ScheduleNotFoundError(NotFoundError):
+    """SCHEDULE_NOT_FOUND: no such schedule (metadata["schedule"])."""
+
+
+class InputSchemaMismatchError(InvalidArgumentError):
+    """INPUT_SCHEMA_MISMATCH: the input breaks the workflow's input schema."""
+
+
+class InvalidPolicySetError(InvalidArgumentError):
+    """INVALID_POLICY_SET: the policy set was refused whole; nothing changed."""
+
+
+class TokenMissingError(UnauthenticatedError):
+    """TOKEN_MISSING: the call needs `authorization: Bearer <JWT>`."""
+
+
+class TokenInvalidError(UnauthenticatedError):
+    """TOKEN_INVALID: the token is malformed, expired, or does not verify."""
+
+
+class PolicyDeniedError(PermissionDeniedError):
+    """POLICY_DENIED: the policy in metadata["policy"] refused the call."""
+
+
+class InstanceAlreadyFinishedError(FailedPreconditionError):
+    """INSTANCE_ALREADY_FINISHED: the instance has ended (metadata["status"] says how)."""
+
+
+class ChangedConcurrentlyError(FailedPreconditionError):
+    """CHANGED_CONCURRENTLY: the target changed while the call was checked; retry it."""
+
+
+class ManualRunsDisabledError(FailedPreconditionError):
+    """MANUAL_RUNS_DISABLED: this sidecar starts the workflow only from its schedule."""
+
+
+class ScheduleDeclaredByWorkflowError(FailedPreconditionError):
+    """SCHEDULE_DECLARED_BY_WORKFLOW: the definition's own schedule cannot be deleted."""
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """RATE_LIMITED: retry after `retry_delay_s`; metadata["policy"] names the limit."""
+
+
+class InstanceLimitReachedError(ResourceExhaustedError):
+    """INSTANCE_LIMIT_REACHED: too many unfinished instances; start again later."""
+
+
+class RedisUnavailableError(UnavailableError):
+    """REDIS_UNAVAILABLE: the sidecar cannot reach Redis; retry after `retry_delay_s`."""
+
+
+class ReplicasNotAcknowledgedError(UnavailableError):
+    """REPLICAS_NOT_ACKNOWLEDGED: the write was made but too few replicas confirmed it."""
+
+
+ERROR_BY_REASON: dict[Reason, type[OkraRpcError]] = {
+    Reason.WORKFLOW_NOT_FOUND: WorkflowNotFoundError,
+    Reason.INSTANCE_NOT_FOUND: InstanceNotFoundError,
+    Reason.SCHEDULE_NOT_FOUND: ScheduleNotFoundError,
+    Reason.INPUT_SCHEMA_MISMATCH: InputSchemaMismatchError,
+    Reason.INVALID_POLICY_SET: InvalidPolicySetError,
+    Reason.TOKEN_MISSING: TokenMissingError,
+    Reason.TOKEN_INVALID: TokenInvalidError,
+    Reason.POLICY_DENIED: PolicyDeniedError,
+    Reason.INSTANCE_ALREADY_FINISHED: InstanceAlreadyFinishedError,
+    Reason.CHANGED_CONCURRENTLY: ChangedConcurrentlyError,
+    Reason.MANUAL_RUNS_DISABLED: ManualRunsDisabledError,
+    Reason.SCHEDULE_DECLARED_BY_WORKFLOW: ScheduleDeclaredByWorkflowError,
+    Reason.RATE_LIMITED: RateLimitedError,
+    Reason.INSTANCE_LIMIT_REACHED: InstanceLimitReachedError,
+    Reason.REDIS_UNAVAILABLE: RedisUnavailableError,
+    Reason.REPLICAS_NOT_ACKNOWLEDGED: ReplicasNotAcknowledgedError,
+}
+
 ERROR_BY_CODE: dict[grpc.StatusCode, type[OkraRpcError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -131,6 +285,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[OkraRpcError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
     grpc.StatusCode.INTERNAL: InternalError,
 }
 
@@ -143,8 +298,9 @@ def _rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> OkraRpcError:
-    """The typed error for a failed call, with its BadRequest, ErrorInfo and RetryInfo details."""
+    """The typed error for a failed call, by reason, else by code, with its details."""
     violations: list[FieldViolation] = []
+    preconditions: list[PreconditionViolation] = []
     info: ErrorInfo | None = None
     delay: float | None = None
     rich = _rich_status(error)
@@ -153,6 +309,12 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> OkraRpcError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            preconditions.extend(
+                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
+            )
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             unpacked = error_details_pb2.ErrorInfo()
             detail.Unpack(unpacked)
@@ -163,10 +325,15 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> OkraRpcError:
             delay = retry.retry_delay.ToTimedelta().total_seconds()
     code = error.code()
     cls = ERROR_BY_CODE.get(code, OkraRpcError)
+    known = _known_reason(info.reason) if info is not None and info.domain == ERROR_DOMAIN else None
+    # A reason's class only if it agrees with the code, so `except NotFoundError` stays true.
+    if known is not None and issubclass(ERROR_BY_REASON.get(known, cls), cls):
+        cls = ERROR_BY_REASON.get(known, cls)
     return cls(
         code,
         error.details() or "",
         field_violations=tuple(violations),
+        precondition_violations=tuple(preconditions),
         error_info=info,
         retry_delay_s=delay,
     )
