@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ import pytest
 from redis.asyncio import Redis
 
 from okra_sidecar.config import TlsSettings
+from okra_sidecar.errors import REASONS
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.client.test_retries import INSTANCE_ID, FlakyServicer, flaky  # noqa: F401 - fixture
 from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc
-from tests.helpers import Stub, make_settings, running_sidecar
+from tests.helpers import WORKFLOWS_DIR, Stub, make_settings, running_sidecar
 from tests.pki import Authority
+from tests.policy.support import policy_settings, write_policies
 
 E2E_TIMEOUT_S = 60
 
@@ -93,3 +96,29 @@ async def test_node_run_sends_a_request_id_and_retries_with_it(
     # Two UNAVAILABLE answers, then success: three attempts with one generated request id.
     first = servicer.request_ids[0]
     assert first and servicer.request_ids == [first] * 3
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 30)
+async def test_node_client_retries_only_what_is_retryable(
+    node_client: NodeToolchain, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = write_policies(
+        tmp_path,
+        '{"policy.workflow.run.rateLimit": "1/second", "policy.workflow.query.rateLimit": '
+        '"1/second", "policy.workflow.signal.rateLimit": "1/second"}',
+    )
+    # The policy suite's settings, with the workflows the e2e script runs.
+    settings = replace(policy_settings(redis_url, policies), workflows_dir=WORKFLOWS_DIR)
+    async with running_sidecar(settings) as (server, stub):
+        report = await run_script(node_client, "e2e.js", f"127.0.0.1:{server.port}", "retries")
+        started = await stub.Query(pb.QueryRequest(tags=report["tags"]))
+        # Two Runs, the second retried after RATE_LIMITED: two instances, not three.
+        assert {i.instance_id for i in started.instances} == {report["first"], report["second"]}
+
+
+def test_node_retryable_reasons_are_the_sidecars() -> None:
+    source = (NODE_DIR / "src" / "client.ts").read_text()
+    listed = re.search(r"RETRYABLE_REASONS[^=]*= new Set\(\[(.*?)\]\)", source, re.S)
+    assert listed is not None, "client.ts defines RETRYABLE_REASONS"
+    named = set(re.findall(r'"([A-Z_]+)"', listed.group(1)))
+    assert named == {reason.value for reason, spec in REASONS.items() if spec.retryable}

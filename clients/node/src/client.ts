@@ -5,6 +5,11 @@
  *
  * The proto is loaded at run time with @grpc/proto-loader from the repository's protos/
  * folder (or `protoDir`), so there is no generated code to keep in step.
+ *
+ * A failed call rejects with an OkraError carrying the google.rpc details the sidecar sends
+ * (docs/errors.md): the ErrorInfo reason and metadata, field violations, precondition
+ * violations and the retry delay. Idempotent calls are retried when the reason says a retry
+ * can succeed.
  */
 import { randomUUID } from "node:crypto";
 import * as fs from "node:fs";
@@ -109,14 +114,23 @@ export interface TlsOptions {
   serverName?: string;
 }
 
+/** How idempotent calls are retried: exponential backoff with full jitter. */
+export interface RetryOptions {
+  /** Attempts in all, the first included (default 4; 1 never retries). */
+  maxAttempts?: number;
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
 export interface ClientOptions {
   /** Folder holding okra/workflow/v1/workflow.proto; found above this file when omitted. */
   protoDir?: string;
-  /** Deadline of each call in milliseconds (default 10 000), retries of a Run included. */
+  /** Deadline of each call in milliseconds, retries included (default 10 000). */
   timeoutMs?: number;
   /** Dial with TLS; plaintext when neither this nor `credentials` is given. */
   tls?: TlsOptions;
   credentials?: grpc.ChannelCredentials;
+  retry?: RetryOptions;
 }
 
 /** Channel credentials and options for `tls` (read from the files now). */
@@ -134,16 +148,87 @@ export function tlsCredentials(tls: TlsOptions): {
   };
 }
 
-/** A failed call: the gRPC status code and message, and the BadRequest field paths if any. */
+
+/** google.rpc.ErrorInfo.domain of the sidecar's errors. */
+export const ERROR_DOMAIN = "okra.dev";
+
+/**
+ * The reasons after which the same call can succeed (docs/errors.md, "Retry" column);
+ * tests/clients/test_node_client.py checks this list against the sidecar's.
+ */
+export const RETRYABLE_REASONS: ReadonlySet<string> = new Set([
+  "CHANGED_CONCURRENTLY",
+  "RATE_LIMITED",
+  "REDIS_UNAVAILABLE",
+  "REPLICAS_NOT_ACKNOWLEDGED",
+]);
+
+/** A google.rpc.BadRequest field violation: which request field is wrong and why. */
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+/** A google.rpc.PreconditionFailure violation: what must hold for the call to make sense. */
+export interface PreconditionViolation {
+  type: string;
+  subject: string;
+  description: string;
+}
+
+/** The google.rpc details of a failed call. */
+export interface ErrorDetails {
+  reason: string;
+  domain: string;
+  metadata: Record<string, string>;
+  fieldViolations: FieldViolation[];
+  preconditionViolations: PreconditionViolation[];
+  retryDelayMs?: number;
+}
+
+/**
+ * A failed call: the gRPC status code and message, and the details. `reason` (e.g.
+ * INSTANCE_NOT_FOUND) and `metadata` (instance, workflow, schedule, policy, ...) come from the
+ * ErrorInfo; "" and {} when the call failed before reaching the sidecar.
+ */
 export class OkraError extends Error {
+  readonly reason: string;
+  readonly domain: string;
+  readonly metadata: Record<string, string>;
+  readonly fieldViolations: FieldViolation[];
+  readonly preconditionViolations: PreconditionViolation[];
+  readonly retryDelayMs?: number;
+
   constructor(
     readonly code: grpc.status,
     readonly details: string,
-    readonly fieldViolations: string[],
+    rich: ErrorDetails = emptyDetails(),
   ) {
-    super(`${grpc.status[code]}: ${details}`);
+    super(`${grpc.status[code]}: ${rich.reason ? `${rich.reason}: ` : ""}${details}`);
     this.name = "OkraError";
+    this.reason = rich.reason;
+    this.domain = rich.domain;
+    this.metadata = rich.metadata;
+    this.fieldViolations = rich.fieldViolations;
+    this.preconditionViolations = rich.preconditionViolations;
+    if (rich.retryDelayMs !== undefined) this.retryDelayMs = rich.retryDelayMs;
   }
+
+  /** Whether the same call can succeed: by the sidecar's reason, else only UNAVAILABLE. */
+  get retryable(): boolean {
+    if (this.domain === ERROR_DOMAIN && this.reason) return RETRYABLE_REASONS.has(this.reason);
+    return this.code === grpc.status.UNAVAILABLE;
+  }
+}
+
+function emptyDetails(): ErrorDetails {
+  return {
+    reason: "",
+    domain: "",
+    metadata: {},
+    fieldViolations: [],
+    preconditionViolations: [],
+  };
 }
 
 // -- google.protobuf.Value <-> JSON ---------------------------------------------------------
@@ -219,9 +304,6 @@ function fromTimestamp(stamp: PbTimestamp | null | undefined): string | undefine
 // -- the client -----------------------------------------------------------------------------
 
 const STATUS_PREFIX = "WORKFLOW_STATUS_";
-// A Run answered UNAVAILABLE is tried this many times in all, waiting 50, 100, 200 ms between.
-const RUN_ATTEMPTS = 4;
-const RUN_BACKOFF_MS = 50;
 
 type RawMessage = any;
 type Unary = (
@@ -243,27 +325,58 @@ function findProtoDir(start: string): string {
   }
 }
 
-function fieldViolations(error: grpc.ServiceError): string[] {
-  // The rich status travels as google.rpc.Status in this binary trailer; only BadRequest's
-  // field paths are read here, with a minimal decoder to keep the client dependency-free.
-  const raw = error.metadata?.get("grpc-status-details-bin")?.[0];
-  if (!Buffer.isBuffer(raw)) return [];
-  const fields: string[] = [];
-  for (const detail of readFields(raw).filter((f) => f.number === 3)) {
-    const parts = readFields(detail.bytes);
-    const typeUrl = parts.find((p) => p.number === 1)?.bytes.toString() ?? "";
-    if (!typeUrl.endsWith("google.rpc.BadRequest")) continue;
-    const body = parts.find((p) => p.number === 2)?.bytes ?? Buffer.alloc(0);
-    for (const violation of readFields(body).filter((f) => f.number === 1)) {
-      const name = readFields(violation.bytes).find((f) => f.number === 1);
-      if (name) fields.push(name.bytes.toString());
-    }
-  }
-  return fields;
+type Field = { number: number; bytes: Buffer; value: number };
+
+function text(fields: Field[], number: number): string {
+  return fields.find((f) => f.number === number)?.bytes.toString() ?? "";
 }
 
-function readFields(buffer: Buffer): { number: number; bytes: Buffer }[] {
-  const found: { number: number; bytes: Buffer }[] = [];
+/**
+ * The details of the google.rpc.Status the sidecar sends in the grpc-status-details-bin
+ * trailer, read with a minimal protobuf decoder to keep the client dependency-free.
+ */
+export function errorDetails(error: grpc.ServiceError): ErrorDetails {
+  const details = emptyDetails();
+  const raw = error.metadata?.get("grpc-status-details-bin")?.[0];
+  if (!Buffer.isBuffer(raw)) return details;
+  for (const detail of readFields(raw).filter((f) => f.number === 3)) {
+    const parts = readFields(detail.bytes);
+    const typeUrl = text(parts, 1);
+    const body = readFields(parts.find((p) => p.number === 2)?.bytes ?? Buffer.alloc(0));
+    const type = typeUrl.slice(typeUrl.lastIndexOf("/") + 1);
+    if (type === "google.rpc.ErrorInfo") {
+      details.reason = text(body, 1);
+      details.domain = text(body, 2);
+      for (const entry of body.filter((f) => f.number === 3)) {
+        const pair = readFields(entry.bytes);
+        details.metadata[text(pair, 1)] = text(pair, 2);
+      }
+    } else if (type === "google.rpc.BadRequest") {
+      for (const violation of body.filter((f) => f.number === 1)) {
+        const v = readFields(violation.bytes);
+        details.fieldViolations.push({ field: text(v, 1), description: text(v, 2) });
+      }
+    } else if (type === "google.rpc.PreconditionFailure") {
+      for (const violation of body.filter((f) => f.number === 1)) {
+        const v = readFields(violation.bytes);
+        details.preconditionViolations.push({
+          type: text(v, 1),
+          subject: text(v, 2),
+          description: text(v, 3),
+        });
+      }
+    } else if (type === "google.rpc.RetryInfo") {
+      const delay = readFields(body.find((f) => f.number === 1)?.bytes ?? Buffer.alloc(0));
+      const seconds = delay.find((f) => f.number === 1)?.value ?? 0;
+      const nanos = delay.find((f) => f.number === 2)?.value ?? 0;
+      details.retryDelayMs = seconds * 1000 + nanos / 1e6;
+    }
+  }
+  return details;
+}
+
+function readFields(buffer: Buffer): Field[] {
+  const found: Field[] = [];
   let offset = 0;
   const varint = (): number => {
     let result = 0;
@@ -275,15 +388,17 @@ function readFields(buffer: Buffer): { number: number; bytes: Buffer }[] {
       shift += 7;
     }
   };
+  const none = Buffer.alloc(0);
   while (offset < buffer.length) {
     const key = varint();
     const wire = key % 8;
+    const number = Math.floor(key / 8);
     if (wire === 2) {
       const length = varint();
-      found.push({ number: Math.floor(key / 8), bytes: buffer.subarray(offset, offset + length) });
+      found.push({ number, bytes: buffer.subarray(offset, offset + length), value: 0 });
       offset += length;
     } else if (wire === 0) {
-      varint();
+      found.push({ number, bytes: none, value: varint() });
     } else {
       offset += wire === 1 ? 8 : 4;
     }
@@ -291,9 +406,14 @@ function readFields(buffer: Buffer): { number: number; bytes: Buffer }[] {
   return found;
 }
 
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 export class OkraClient {
   private readonly stub: grpc.Client & Record<string, Unary>;
   private readonly timeoutMs: number;
+  private readonly retry: Required<RetryOptions>;
 
   constructor(address: string, options: ClientOptions = {}) {
     const protoDir = options.protoDir ?? findProtoDir(__dirname);
@@ -314,25 +434,53 @@ export class OkraClient {
       secure?.options ?? {},
     ) as grpc.Client & Record<string, Unary>;
     this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.retry = {
+      maxAttempts: options.retry?.maxAttempts ?? 4,
+      initialBackoffMs: options.retry?.initialBackoffMs ?? 100,
+      maxBackoffMs: options.retry?.maxBackoffMs ?? 2_000,
+    };
   }
 
   close(): void {
     this.stub.close();
   }
 
-  private call(method: string, request: object): Promise<RawMessage> {
-    const deadline = new Date(Date.now() + this.timeoutMs);
+  private attempt(method: string, request: object, deadline: Date): Promise<RawMessage> {
     return new Promise((resolve, reject) => {
       this.stub[method].call(this.stub, request, new grpc.Metadata(), { deadline }, (error, response) => {
-        if (error) reject(new OkraError(error.code, error.details, fieldViolations(error)));
+        if (error) reject(new OkraError(error.code, error.details, errorDetails(error)));
         else resolve(response);
       });
     });
   }
 
   /**
-   * Start an instance; resolves to its id once it is persisted, before any task runs. Retried
-   * on UNAVAILABLE with the same `requestId`, which the sidecar de-duplicates.
+   * One call within one deadline. An idempotent call is retried while its error is
+   * retryable, attempts remain and the retry can start before the deadline, after at least
+   * the sidecar's RetryInfo delay.
+   */
+  private async call(method: string, request: object, idempotent = false): Promise<RawMessage> {
+    const deadline = new Date(Date.now() + this.timeoutMs);
+    const { maxAttempts, initialBackoffMs, maxBackoffMs } = this.retry;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.attempt(method, request, deadline);
+      } catch (error) {
+        if (!(error instanceof OkraError) || !idempotent || !error.retryable) throw error;
+        if (attempt >= maxAttempts) throw error;
+        const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** (attempt - 1));
+        const delay = Math.max(error.retryDelayMs ?? 0, Math.random() * ceiling);
+        if (Date.now() + delay >= deadline.getTime()) throw error;
+        await sleep(delay);
+      }
+    }
+  }
+
+  /**
+   * Start an instance; resolves to its id once it is persisted, before any task runs. Every
+   * Run carries a `requestId` (a new UUID when omitted), which the sidecar de-duplicates, so
+   * it is retried like the other idempotent calls: a Run answered UNAVAILABLE may already be
+   * stored, and its retry gets the first instance back instead of starting a second.
    */
   async run(workflow: WorkflowInput): Promise<string> {
     const request = {
@@ -342,20 +490,8 @@ export class OkraClient {
       tags: workflow.tags ?? {},
       requestId: workflow.requestId ?? randomUUID(),
     };
-    const giveUpAt = Date.now() + this.timeoutMs;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const response = await this.call("Run", request);
-        return response.instanceId;
-      } catch (error) {
-        const backoffMs = RUN_BACKOFF_MS * 2 ** (attempt - 1);
-        const retryable = error instanceof OkraError && error.code === grpc.status.UNAVAILABLE;
-        if (!retryable || attempt >= RUN_ATTEMPTS || Date.now() + backoffMs >= giveUpAt) {
-          throw error;
-        }
-        await new Promise((resolve) => setTimeout(resolve, backoffMs));
-      }
-    }
+    const response = await this.call("Run", request, true);
+    return response.instanceId;
   }
 
   async signal(signal: SignalInput): Promise<void> {
@@ -364,11 +500,11 @@ export class OkraClient {
       signal: signal.signal,
       payload: toValue(signal.payload),
       signalId: signal.signalId ?? "",
-    });
+    }, Boolean(signal.signalId));
   }
 
   async getStatus(instanceId: string): Promise<WorkflowInstance> {
-    return toInstance(await this.call("GetStatus", { instanceId }));
+    return toInstance(await this.call("GetStatus", { instanceId }, true));
   }
 
   async query(options: QueryOptions = {}): Promise<QueryResult> {
@@ -382,7 +518,7 @@ export class OkraClient {
     };
     if (options.startedAfter) request.startedAfter = toTimestamp(options.startedAfter);
     if (options.startedBefore) request.startedBefore = toTimestamp(options.startedBefore);
-    const response = await this.call("Query", request);
+    const response = await this.call("Query", request, true);
     const instances = (response.instances ?? []).map(toInstance);
     return response.cursor ? { instances, cursor: response.cursor } : { instances };
   }
@@ -402,7 +538,7 @@ export class OkraClient {
   }
 
   async listWorkflows(): Promise<WorkflowInfo[]> {
-    const response = await this.call("ListWorkflows", {});
+    const response = await this.call("ListWorkflows", {}, true);
     return (response.workflows ?? []).map((w: RawMessage) => ({
       workflowId: w.workflowId ?? "",
       version: w.version ?? "",

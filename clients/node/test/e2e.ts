@@ -1,7 +1,9 @@
 /**
  * End to end against a running sidecar serving tests/workflows: run, signal, query, cancel,
- * list and the error paths. Usage: node dist/test/e2e.js HOST:PORT. Prints one JSON line with
- * the ids it made, for the pytest side to check; exits non-zero on the first failed assertion.
+ * list and the error paths. Usage: node dist/test/e2e.js HOST:PORT [retries]. Prints one JSON
+ * line with the ids it made, for the pytest side to check; exits non-zero on the first failed
+ * assertion. With `retries` the sidecar must limit Run, Signal and Query to 1/second: it checks
+ * that only idempotent calls are retried, after the sidecar's retry delay.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -70,7 +72,18 @@ async function main(address: string): Promise<void> {
     const gone = await client.getStatus(cancelled);
     assert.equal(gone.status, "cancelled");
     assert.equal(gone.cancelReason, "changed my mind");
-    await rejects(client.cancel(cancelled), grpc.status.FAILED_PRECONDITION);
+    const finished = await rejects(client.cancel(cancelled), grpc.status.FAILED_PRECONDITION);
+    assert.equal(finished.reason, "INSTANCE_ALREADY_FINISHED");
+    assert.equal(finished.domain, "okra.dev");
+    assert.deepEqual(finished.metadata, { instance: cancelled, status: "cancelled" });
+    assert.deepEqual(finished.preconditionViolations, [
+      {
+        type: "INSTANCE_STATUS",
+        subject: `instance/${cancelled}`,
+        description: "the instance must be pending, running or waiting",
+      },
+    ]);
+    assert.equal(finished.retryable, false);
 
     const page = await client.query({ tags: { client: "node" }, limit: 1 });
     assert.equal(page.instances.length, 1);
@@ -91,10 +104,17 @@ async function main(address: string): Promise<void> {
       client.run({ workflowId: "tests.approval.1.0.0", input: { amount: -1 } }),
       grpc.status.INVALID_ARGUMENT,
     );
-    assert.deepEqual(bad.fieldViolations, ["input.amount"]);
+    assert.deepEqual(
+      bad.fieldViolations.map((v) => v.field),
+      ["input.amount"],
+    );
+    assert.ok(bad.fieldViolations[0].description.includes("minimum"));
+    assert.equal(bad.reason, "INPUT_SCHEMA_MISMATCH");
     const missing = randomUUID();
     const notFound = await rejects(client.getStatus(missing), grpc.status.NOT_FOUND);
     assert.ok(notFound.details.includes(missing));
+    assert.equal(notFound.reason, "INSTANCE_NOT_FOUND");
+    assert.deepEqual(notFound.metadata, { instance: missing });
 
     console.log(JSON.stringify({ ok: true, completed: approved, cancelled }));
   } finally {
@@ -102,7 +122,45 @@ async function main(address: string): Promise<void> {
   }
 }
 
-main(process.argv[2] ?? "127.0.0.1:50051").catch((error: unknown) => {
+async function retries(address: string): Promise<void> {
+  const once = new OkraClient(address, { timeoutMs: 5_000, retry: { maxAttempts: 1 } });
+  const client = new OkraClient(address, { timeoutMs: 5_000 });
+  try {
+    // Without retries the second Query within the second is refused, with the delay to wait.
+    await once.query({ limit: 1 });
+    const limited = await rejects(once.query({ limit: 1 }), grpc.status.RESOURCE_EXHAUSTED);
+    assert.equal(limited.reason, "RATE_LIMITED");
+    assert.equal(limited.metadata.policy, "policy.workflow.query.rateLimit");
+    assert.ok(limited.retryable);
+    assert.ok((limited.retryDelayMs ?? 0) > 0, "RetryInfo carries the delay");
+    // With them, it waits that long and succeeds.
+    await client.query({ limit: 1 });
+
+    // Every Run carries a requestId, so a rate-limited Run is retried after the delay; the
+    // sidecar de-duplicates by it, so the retry starts one instance, not two.
+    const tags = { test: randomUUID() };
+    const first = await client.run({ workflowId: "tests.forever.1.0.0", input: {}, tags });
+    const second = await client.run({ workflowId: "tests.forever.1.0.0", input: {}, tags });
+    assert.notEqual(second, first);
+
+    // A Signal without a signalId is never retried, even for a retryable reason...
+    await client.signal({ instanceId: first, signal: "nudge", payload: {} });
+    const refused = await rejects(
+      client.signal({ instanceId: first, signal: "nudge", payload: {} }),
+      grpc.status.RESOURCE_EXHAUSTED,
+    );
+    assert.equal(refused.reason, "RATE_LIMITED");
+    // ...with one it is.
+    await client.signal({ instanceId: first, signal: "nudge", payload: {}, signalId: "node-1" });
+    console.log(JSON.stringify({ ok: true, first, second, tags }));
+  } finally {
+    once.close();
+    client.close();
+  }
+}
+
+const [address, mode] = [process.argv[2] ?? "127.0.0.1:50051", process.argv[3]];
+(mode === "retries" ? retries(address) : main(address)).catch((error: unknown) => {
   console.error(error);
   process.exit(1);
 });
