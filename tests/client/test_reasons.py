@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,7 +34,8 @@ from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
 from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar
-from tests.helpers import Stub
+from tests.helpers import WORKFLOWS_DIR, Stub, running_sidecar
+from tests.policy.support import policy_settings, write_policies
 
 INSTANCE_ID = "0b7a4b8e-4a8e-4b8e-8a8e-4a8e4b8e4a8e"
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
@@ -172,3 +176,32 @@ async def test_retries_give_up_typed(scripted: tuple[ScriptedServicer, str]) -> 
         servicer.reason, servicer.failures = Reason.RATE_LIMITED, 10
         async with OkraClient(target, retry=FAST) as client:
             await client.get_status(INSTANCE_ID)
+
+
+async def test_against_a_rate_limited_sidecar_only_idempotent_calls_are_retried(
+    redis_url: str, tmp_path: Path
+) -> None:
+    policies = write_policies(
+        tmp_path,
+        '{"policy.workflow.run.rateLimit": "1/second", '
+        '"policy.workflow.signal.rateLimit": "1/second"}',
+    )
+    settings = replace(policy_settings(redis_url, policies), workflows_dir=WORKFLOWS_DIR)
+    async with (
+        running_sidecar(settings) as (server, stub),
+        OkraClient(f"127.0.0.1:{server.port}", timeout_s=5.0) as client,
+    ):
+        # Every Run carries a request_id: the second within the second is RATE_LIMITED, retried
+        # after the RetryInfo delay, and de-duplicated, so two Runs make two instances.
+        tags = {"test": str(uuid.uuid4())}
+        first = await client.run("tests.forever.1.0.0", {}, tags=tags)
+        second = await client.run("tests.forever.1.0.0", {}, tags=tags)
+        started = await stub.Query(pb.QueryRequest(tags=tags))
+        assert {i.instance_id for i in started.instances} == {first, second}
+        # A Signal without a signal_id is not idempotent: refused, not retried.
+        await client.signal(first, "nudge")
+        with pytest.raises(RateLimitedError) as limited:
+            await client.signal(first, "nudge")
+        assert limited.value.retryable and limited.value.retry_delay_s
+        # With one it is.
+        await client.signal(first, "nudge", signal_id="python-1")
