@@ -60,6 +60,8 @@ class InstanceRecord:
     updated_ms: int = 0
     completed_ms: int = 0
     cancel_reason: str = ""
+    # Bumped by every commit that changes the instance (the hash's `rev`).
+    revision: int = 0
 
 
 @dataclass(frozen=True)

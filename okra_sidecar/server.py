@@ -609,6 +609,7 @@ async def start_sidecar(
             metrics=telemetry.metrics,
             effects=effects.effects,
             causation=causation,
+            changes=store.changes,
         )
         task_worker = TaskWorkerServicer(
             effects=effects.effects,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -112,6 +113,7 @@ def record_to_pb(record: InstanceRecord) -> pb.WorkflowInstance:
         tags=record.tags,
         current_step=record.current_step,
         cancel_reason=record.cancel_reason,
+        revision=record.revision,
     )
     python_to_value(record.input, message.input)
     if record.output is not None:
@@ -207,3 +209,18 @@ def history_event_to_pb(entry_id: str, event: dict[str, Any]) -> pb.HistoryEvent
     if details:
         message.details.update(details)
     return message
+
+
+def check_statuses(
+    values: Iterable[pb.WorkflowStatus.ValueType], field: str
+) -> frozenset[InstanceStatus]:
+    """WorkflowStatus values as statuses; UNSPECIFIED and unknown numbers are refused."""
+    statuses = set()
+    for index, status in enumerate(values):
+        if status not in STATUS_FROM_PB:
+            raise InvalidInputError.for_field(
+                f"{field}[{index}]",
+                "must be a WorkflowStatus other than WORKFLOW_STATUS_UNSPECIFIED",
+            )
+        statuses.add(STATUS_FROM_PB[status])
+    return frozenset(statuses)

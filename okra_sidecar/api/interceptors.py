@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from okra_sidecar.api.call_metadata import authorization_of, metadata_of
-from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, value_to_python
+from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, check_statuses, value_to_python
 from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
 from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.api.tls import peer_identity
+from okra_sidecar.api.waiting import check_revision
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.errors import (
     InstanceChangedError,
@@ -192,10 +193,14 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             "Cancel": self._act_on_instance,
             "Query": self._query,
             "GetStatus": self._get_status,
+            "AwaitInstance": self._await_instance,
             "ListWorkflows": self._list_workflows,
             **self._resources.unary,
         }
-        self._stream_checks = {"PollTasks": self._resources.check_poll}
+        self._stream_checks: Mapping[str, Callable[[Any, Context], Awaitable[None]]] = {
+            "PollTasks": self._resources.check_poll,
+            "WatchInstance": self._check_watch,
+        }
 
     def covers(self, method: str) -> bool:
         """Whether an rpc (by its name) is decided by a policy."""
@@ -356,6 +361,38 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         )
         await self._evaluator.authorize(call, policies)
         return response
+
+    async def _authorize_read(self, method: str, instance_id: str, context: Context) -> None:
+        """AwaitInstance and WatchInstance read one instance as GetStatus does, but for long:
+        the policy decides before they wait, on the instance as it is."""
+        policies = self._evaluator.policies
+        if not self._evaluator.decides_reads(policies):
+            return
+        record = await self._store.get_instance(instance_id)
+        if record is None:
+            raise instance_not_found(instance_id)
+        call = Call(
+            method=method,
+            identity=current_identity(),
+            metadata=metadata_of(context),
+            workflow=WorkflowRef.parse(record.workflow_id),
+            instance_id=instance_id,
+        )
+        await self._evaluator.authorize(call, policies)
+
+    async def _await_instance(
+        self, behavior: Behavior, request: pb.AwaitInstanceRequest, context: Context
+    ) -> Any:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        # A malformed request is INVALID_ARGUMENT whether or not the instance exists.
+        check_statuses(request.statuses, "statuses")
+        check_revision(request.revision if request.HasField("revision") else None)
+        await self._authorize_read("AwaitInstance", request.instance_id, context)
+        return await behavior(request, context)
+
+    async def _check_watch(self, request: pb.WatchInstanceRequest, context: Context) -> None:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        await self._authorize_read("WatchInstance", request.instance_id, context)
 
     async def _list_workflows(
         self, behavior: Behavior, request: pb.ListWorkflowsRequest, context: Context

@@ -1,22 +1,24 @@
-"""WorkflowHostServicer: the six rpcs, from protobuf to the store and engine and back."""
+"""WorkflowHostServicer: the WorkflowHostAPI rpcs, from protobuf to the store and engine."""
 
 from __future__ import annotations
 
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from okra_sidecar.api.convert import (
-    STATUS_FROM_PB,
+    check_statuses,
     history_event_to_pb,
     optional_time_ms,
     record_to_pb,
     value_to_python,
 )
+from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
@@ -35,6 +37,7 @@ from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import current_grant, current_identity
 from okra_sidecar.store.base import Store
+from okra_sidecar.store.change_feed import ChangeFeed
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
 
@@ -102,9 +105,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         settings: HostSettings,
         metrics: SidecarMetrics | None = None,
         effects: RedisEffectStore | None = None,
+        changes: ChangeFeed,
         causation: CausationGuard | None = None,
     ) -> None:
         self._causation = causation
+        self._waiting = InstanceWaiting(store=store, changes=changes)
         self._store = store
         self._effects = effects
         self._registry = registry
@@ -216,18 +221,32 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             raise instance_not_found(request.instance_id)
         return record_to_pb(record)
 
+    async def AwaitInstance(
+        self, request: pb.AwaitInstanceRequest, context: Context
+    ) -> pb.AwaitInstanceResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        statuses = check_statuses(request.statuses, "statuses")
+        revision = check_revision(request.revision if request.HasField("revision") else None)
+        record = await self._waiting.await_instance(
+            request.instance_id,
+            statuses=statuses,
+            revision=revision,
+            budget_s=await_budget(context.time_remaining()),
+        )
+        return pb.AwaitInstanceResponse(instance=record_to_pb(record))
+
+    async def WatchInstance(
+        self, request: pb.WatchInstanceRequest, context: Context
+    ) -> AsyncIterator[pb.WatchInstanceResponse]:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        async for record in self._waiting.watch(request.instance_id):
+            yield pb.WatchInstanceResponse(instance=record_to_pb(record))
+
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         limit = rules.check_query_limit(request.limit)
         if request.workflow_id:
             rules.check_workflow_id(request.workflow_id)
-        statuses = set()
-        for index, status in enumerate(request.status):
-            if status not in STATUS_FROM_PB:
-                raise InvalidInputError.for_field(
-                    f"status[{index}]",
-                    "must be a WorkflowStatus other than WORKFLOW_STATUS_UNSPECIFIED",
-                )
-            statuses.add(STATUS_FROM_PB[status])
+        statuses = check_statuses(request.status, "status")
         tags = dict(request.tags)
         _check_tags(tags)
         _check_text(request.correlation_id, "correlation_id")
@@ -240,7 +259,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         page = await self._store.query(
             QueryFilter(
                 workflow_id=request.workflow_id,
-                statuses=frozenset(statuses),
+                statuses=statuses,
                 tags=tags,
                 correlation_id=request.correlation_id,
                 started_after_ms=after,

@@ -141,6 +141,8 @@ class PolicyEvaluator:
             "Cancel": self._check_cancel,
             "Query": self._check_query,
             "GetStatus": self._check_read,
+            "AwaitInstance": self._check_read,
+            "WatchInstance": self._check_read,
             "ListWorkflows": self._check_listing,
             "Emit": self._check_emit,
             "GetHistory": self._check_history,

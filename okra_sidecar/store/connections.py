@@ -15,6 +15,7 @@ from okra_sidecar.errors import (
     instance_not_found,
     instance_status_violation,
 )
+from okra_sidecar.store.change_feed import ChangeFeed
 from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, evalsha_with
@@ -58,9 +59,12 @@ class StoreConnections:
         self._durability_timeout_ms = durability_timeout_ms
         self._waitaof: bool | None = None
         self._stream_partition = {k.encode(): p for p, k in enumerate(keys.all_work())}
+        # Instance changes as the scripts announce them; subscribes only while waited on.
+        self.changes = ChangeFeed(redis=redis, keys=keys)
 
     async def aclose(self) -> None:
         """Close the store's own connections (not `redis`, which its owner closes)."""
+        await self.changes.aclose()
         await self.hot.aclose()
         await self._reader.aclose()
 

@@ -57,6 +57,11 @@ class RedisKeys:
         """Ids of effect results and routed events already put in the inbox (de-duplication)."""
         return f"{self.instance(instance_id)}:delivered"
 
+    def changes(self, instance_id: str) -> str:
+        """The pub/sub channel the scripts that change an instance announce it on (lib.lua's
+        `announce` derives the same name from the instance key)."""
+        return f"{self.instance(instance_id)}:changes"
+
     def instance_keys(self, instance_id: str) -> list[str]:
         """Every key of one instance, as retention deletes them."""
         return [

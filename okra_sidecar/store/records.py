@@ -30,6 +30,7 @@ RECORD_FIELDS = (
     "updated",
     "completed",
     "reason",
+    "rev",
 )
 # Index members sort by creation time as text: fixed-width microseconds, then the id.
 MEMBER_TIME_WIDTH = 17
@@ -41,7 +42,9 @@ def index_member(created_us: int, instance_id: str) -> str:
 
 def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> InstanceRecord | None:
     """Build a record from HMGET of RECORD_FIELDS; None when the instance does not exist."""
-    (wf, status, inp, out, err, corr, tags, step, ctx, created, updated, completed, reason) = values
+    (wf, status, inp, out, err, corr, tags, step, ctx, created, updated, completed, reason, rev) = (
+        values
+    )
     if wf is None or status is None:
         return None
     return InstanceRecord(
@@ -60,6 +63,7 @@ def decode_record(instance_id: str, values: Sequence[bytes | str | None]) -> Ins
         updated_ms=int(updated or 0),
         completed_ms=int(completed or 0),
         cancel_reason=text(reason),
+        revision=int(rev or 0),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -44,6 +44,7 @@ MISSING_SCHEDULE = "00000000-0000-4000-8000-000000000001"
 BIG = "x" * (1024 * 1024 + 1)
 LONG = "x" * 257
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,71 @@ CASES: list[Case[Stub]] = [
         grpc.StatusCode.NOT_FOUND,
         f"instance {MISSING_ID} does not exist",
     ),
+    Case(
+        "await instance: bad id",
+        lambda s: s.AwaitInstance(pb.AwaitInstanceRequest(instance_id="42")),
+        INVALID,
+        "is not an instance id",
+        ("instance_id",),
+    ),
+    Case(
+        "await instance: unspecified status",
+        lambda s: s.AwaitInstance(
+            pb.AwaitInstanceRequest(
+                instance_id=MISSING_ID,
+                statuses=[pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_UNSPECIFIED],
+            )
+        ),
+        INVALID,
+        "WORKFLOW_STATUS_UNSPECIFIED",
+        ("statuses[1]",),
+    ),
+    Case(
+        "await instance: unknown status number",
+        lambda s: s.AwaitInstance(
+            pb.AwaitInstanceRequest(
+                instance_id=MISSING_ID,
+                statuses=[99],  # type: ignore[list-item]  # what a newer client could send
+            )
+        ),
+        INVALID,
+        "must be a WorkflowStatus",
+        ("statuses[0]",),
+    ),
+    Case(
+        "await instance: negative revision",
+        lambda s: s.AwaitInstance(pb.AwaitInstanceRequest(instance_id=MISSING_ID, revision=-1)),
+        INVALID,
+        "a revision is 0 or more",
+        ("revision",),
+    ),
+    Case(
+        "await instance: unknown instance",
+        lambda s: s.AwaitInstance(pb.AwaitInstanceRequest(instance_id=MISSING_ID)),
+        grpc.StatusCode.NOT_FOUND,
+        f"instance {MISSING_ID} does not exist",
+    ),
+    Case(
+        "watch instance: bad id",
+        lambda s: first_message(s.WatchInstance(pb.WatchInstanceRequest(instance_id="../etc"))),
+        INVALID,
+        "is not an instance id",
+        ("instance_id",),
+    ),
+    Case(
+        "watch instance: unknown instance",
+        lambda s: first_message(s.WatchInstance(pb.WatchInstanceRequest(instance_id=MISSING_ID))),
+        grpc.StatusCode.NOT_FOUND,
+        f"instance {MISSING_ID} does not exist",
+    ),
 ]
+
+
+async def first_message(stream: AsyncIterable[T]) -> T:
+    """The first message of a server stream (it fails as the stream does)."""
+    async for message in stream:
+        return message
+    raise AssertionError("the stream ended without a message")
 
 
 async def assert_rejected(case: Case[S], stub: S, redis: Redis) -> None:

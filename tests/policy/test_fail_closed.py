@@ -196,3 +196,39 @@ async def test_get_status_is_decided_only_when_a_policy_can_refuse_or_record_it(
             return any(r.method == "GetStatus" and r.subject == "reader" for r in records)
 
         await eventually(read_recorded)
+
+
+async def test_await_and_watch_are_decided_as_reads_before_they_wait(
+    redis: Redis, redis_url: str
+) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+        instance_id = await run(policed.stub, "app.orders.1.0.0")
+        await set_policies(
+            policed, '{"policy.workflow.condition": "request.auth.claims.role == \\"admin\\""}'
+        )
+        viewer = bearer(sub="v", role="viewer")
+        waiting = [pb.WORKFLOW_STATUS_WAITING]
+        request = pb.AwaitInstanceRequest(instance_id=instance_id, statuses=waiting)
+        error = await expect_rpc_error(
+            policed.stub.AwaitInstance(request, metadata=viewer, timeout=10), DENIED
+        )
+        assert denied_by(error) == keys.CONDITION
+        watch = policed.stub.WatchInstance(
+            pb.WatchInstanceRequest(instance_id=instance_id), metadata=viewer, timeout=10
+        )
+        error = await expect_rpc_error(watch.read(), DENIED)
+        assert denied_by(error) == keys.CONDITION
+        # Refused before waiting: nothing subscribed to the instance's changes.
+        assert await redis.pubsub_numsub(KEYS.changes(instance_id)) == [
+            (KEYS.changes(instance_id).encode(), 0)
+        ]
+        admin = bearer(sub="a", role="admin")
+        read = await policed.stub.AwaitInstance(request, metadata=admin, timeout=10)
+        assert read.instance.status == pb.WORKFLOW_STATUS_WAITING
+        watch = policed.stub.WatchInstance(
+            pb.WatchInstanceRequest(instance_id=instance_id), metadata=admin, timeout=10
+        )
+        first = await watch.read()
+        assert isinstance(first, pb.WatchInstanceResponse)
+        assert first.instance.instance_id == instance_id
+        watch.cancel()

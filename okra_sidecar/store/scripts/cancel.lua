@@ -23,7 +23,7 @@ if (redis.call('HGET', KEYS[1], 'subs') or '') ~= extras.subs.record then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'reason', ARGV[2], 'completed', ARGV[3],
   'updated', ARGV[3], 'step', '')
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
+announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), 'cancelled')
 redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
 redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
 redis.call('DECR', KEYS[4])

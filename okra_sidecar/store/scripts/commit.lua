@@ -15,6 +15,8 @@ if cur[1] ~= ARGV[2] then
 end
 local field_count = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 13, 12 + field_count))
+-- The fields carry the next revision, ARGV[2] + 1 (TurnStore.commit_turn).
+announce(KEYS[1], (tonumber(ARGV[2]) or 0) + 1, ARGV[4])
 for _, entry in ipairs(cjson.decode(ARGV[5])) do
   redis.call('XDEL', KEYS[2], entry)
 end

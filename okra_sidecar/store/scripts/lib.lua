@@ -18,6 +18,13 @@ local function deliver(k_instance, k_inbox, k_delivered, k_work, instance_id, de
   return 'ok'
 end
 
+-- Announce a committed change of an instance on its channel (RedisKeys.changes: the instance
+-- key plus ':changes', in the instance's slot) as '<revision> <status>', for AwaitInstance
+-- and WatchInstance. PUBLISH, not SPUBLISH: the embedded redis-server is 6.2.
+local function announce(k_instance, revision, status)
+  redis.call('PUBLISH', k_instance .. ':changes', revision .. ' ' .. status)
+end
+
 -- Move an instance's listen subscriptions from the `old` type sets to the `new` ones and
 -- record them (JSON) in its hash, or drop them when `record` is ''.
 local function resubscribe(k_instance, instance_id, old, new, record)

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fokra/workflow/v1/workflow.proto\x12\x10okra.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\nRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x34\n\x04tags\x18\x04 \x03(\x0b\x32&.okra.workflow.v1.RunRequest.TagsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bRunResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"p\n\rSignalRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x11\n\tsignal_id\x18\x04 \x01(\t\"6\n\x0eSignalResponse\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\'\n\x10GetStatusRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"^\n\rWorkflowError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08instance\x18\x05 \x01(\t\"\xe6\x04\n\x10WorkflowInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .okra.workflow.v1.WorkflowStatus\x12%\n\x05input\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1f.okra.workflow.v1.WorkflowError\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12:\n\x04tags\x18\x08 \x03(\x0b\x32,.okra.workflow.v1.WorkflowInstance.TagsEntry\x12\x14\n\x0c\x63urrent_step\x18\t \x01(\t\x12*\n\tvariables\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0e \x01(\t\x12\x15\n\rcancel_reason\x18\x0f \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x02\n\x0cQueryRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x03(\x0e\x32 .okra.workflow.v1.WorkflowStatus\x12\x36\n\x04tags\x18\x03 \x03(\x0b\x32(.okra.workflow.v1.QueryRequest.TagsEntry\x12\x31\n\rstarted_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estarted_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\rQueryResponse\x12\x35\n\tinstances\x18\x01 \x03(\x0b\x32\".okra.workflow.v1.WorkflowInstance\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"4\n\rCancelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x16\n\x14ListWorkflowsRequest\"\x87\x01\n\x0cWorkflowInfo\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08triggers\x18\x03 \x03(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\"J\n\x15ListWorkflowsResponse\x12\x31\n\tworkflows\x18\x01 \x03(\x0b\x32\x1e.okra.workflow.v1.WorkflowInfo\"\x8e\x02\n\x0b\x45mitRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12$\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x41\n\nextensions\x18\x06 \x03(\x0b\x32-.okra.workflow.v1.EmitRequest.ExtensionsEntry\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x0c\x45mitResponse\x12\n\n\x02id\x18\x01 \x01(\t\"G\n\x11GetHistoryRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\x8a\x01\n\x0cHistoryEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x12GetHistoryResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.okra.workflow.v1.HistoryEvent\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\x81\x02\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_PENDING\x10\x01\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x02\x12\x1b\n\x17WORKFLOW_STATUS_WAITING\x10\x03\x12\x1d\n\x19WORKFLOW_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x05\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x06\x12\x1d\n\x19WORKFLOW_STATUS_SUSPENDED\x10\x07\x32\x90\x05\n\x0fWorkflowHostAPI\x12\x42\n\x03Run\x12\x1c.okra.workflow.v1.RunRequest\x1a\x1d.okra.workflow.v1.RunResponse\x12K\n\x06Signal\x12\x1f.okra.workflow.v1.SignalRequest\x1a .okra.workflow.v1.SignalResponse\x12S\n\tGetStatus\x12\".okra.workflow.v1.GetStatusRequest\x1a\".okra.workflow.v1.WorkflowInstance\x12H\n\x05Query\x12\x1e.okra.workflow.v1.QueryRequest\x1a\x1f.okra.workflow.v1.QueryResponse\x12K\n\x06\x43\x61ncel\x12\x1f.okra.workflow.v1.CancelRequest\x1a .okra.workflow.v1.CancelResponse\x12`\n\rListWorkflows\x12&.okra.workflow.v1.ListWorkflowsRequest\x1a\'.okra.workflow.v1.ListWorkflowsResponse\x12\x45\n\x04\x45mit\x12\x1d.okra.workflow.v1.EmitRequest\x1a\x1e.okra.workflow.v1.EmitResponse\x12W\n\nGetHistory\x12#.okra.workflow.v1.GetHistoryRequest\x1a$.okra.workflow.v1.GetHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fokra/workflow/v1/workflow.proto\x12\x10okra.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\nRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x34\n\x04tags\x18\x04 \x03(\x0b\x32&.okra.workflow.v1.RunRequest.TagsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bRunResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"p\n\rSignalRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x11\n\tsignal_id\x18\x04 \x01(\t\"6\n\x0eSignalResponse\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\'\n\x10GetStatusRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"^\n\rWorkflowError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08instance\x18\x05 \x01(\t\"\xf8\x04\n\x10WorkflowInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .okra.workflow.v1.WorkflowStatus\x12%\n\x05input\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1f.okra.workflow.v1.WorkflowError\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12:\n\x04tags\x18\x08 \x03(\x0b\x32,.okra.workflow.v1.WorkflowInstance.TagsEntry\x12\x14\n\x0c\x63urrent_step\x18\t \x01(\t\x12*\n\tvariables\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0e \x01(\t\x12\x15\n\rcancel_reason\x18\x0f \x01(\t\x12\x10\n\x08revision\x18\x10 \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x14\x41waitInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x32\n\x08statuses\x18\x02 \x03(\x0e\x32 .okra.workflow.v1.WorkflowStatus\x12\x15\n\x08revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_revision\"M\n\x15\x41waitInstanceResponse\x12\x34\n\x08instance\x18\x01 \x01(\x0b\x32\".okra.workflow.v1.WorkflowInstance\"+\n\x14WatchInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"M\n\x15WatchInstanceResponse\x12\x34\n\x08instance\x18\x01 \x01(\x0b\x32\".okra.workflow.v1.WorkflowInstance\"\xd8\x02\n\x0cQueryRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x03(\x0e\x32 .okra.workflow.v1.WorkflowStatus\x12\x36\n\x04tags\x18\x03 \x03(\x0b\x32(.okra.workflow.v1.QueryRequest.TagsEntry\x12\x31\n\rstarted_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estarted_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\rQueryResponse\x12\x35\n\tinstances\x18\x01 \x03(\x0b\x32\".okra.workflow.v1.WorkflowInstance\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"4\n\rCancelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x16\n\x14ListWorkflowsRequest\"\x87\x01\n\x0cWorkflowInfo\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08triggers\x18\x03 \x03(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\"J\n\x15ListWorkflowsResponse\x12\x31\n\tworkflows\x18\x01 \x03(\x0b\x32\x1e.okra.workflow.v1.WorkflowInfo\"\x8e\x02\n\x0b\x45mitRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12$\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x41\n\nextensions\x18\x06 \x03(\x0b\x32-.okra.workflow.v1.EmitRequest.ExtensionsEntry\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x0c\x45mitResponse\x12\n\n\x02id\x18\x01 \x01(\t\"G\n\x11GetHistoryRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"\x8a\x01\n\x0cHistoryEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x12GetHistoryResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.okra.workflow.v1.HistoryEvent\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\x81\x02\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_PENDING\x10\x01\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x02\x12\x1b\n\x17WORKFLOW_STATUS_WAITING\x10\x03\x12\x1d\n\x19WORKFLOW_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x05\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x06\x12\x1d\n\x19WORKFLOW_STATUS_SUSPENDED\x10\x07\x32\xd6\x06\n\x0fWorkflowHostAPI\x12\x42\n\x03Run\x12\x1c.okra.workflow.v1.RunRequest\x1a\x1d.okra.workflow.v1.RunResponse\x12K\n\x06Signal\x12\x1f.okra.workflow.v1.SignalRequest\x1a .okra.workflow.v1.SignalResponse\x12S\n\tGetStatus\x12\".okra.workflow.v1.GetStatusRequest\x1a\".okra.workflow.v1.WorkflowInstance\x12H\n\x05Query\x12\x1e.okra.workflow.v1.QueryRequest\x1a\x1f.okra.workflow.v1.QueryResponse\x12K\n\x06\x43\x61ncel\x12\x1f.okra.workflow.v1.CancelRequest\x1a .okra.workflow.v1.CancelResponse\x12`\n\rListWorkflows\x12&.okra.workflow.v1.ListWorkflowsRequest\x1a\'.okra.workflow.v1.ListWorkflowsResponse\x12\x45\n\x04\x45mit\x12\x1d.okra.workflow.v1.EmitRequest\x1a\x1e.okra.workflow.v1.EmitResponse\x12W\n\nGetHistory\x12#.okra.workflow.v1.GetHistoryRequest\x1a$.okra.workflow.v1.GetHistoryResponse\x12`\n\rAwaitInstance\x12&.okra.workflow.v1.AwaitInstanceRequest\x1a\'.okra.workflow.v1.AwaitInstanceResponse\x12\x62\n\rWatchInstance\x12&.okra.workflow.v1.WatchInstanceRequest\x1a\'.okra.workflow.v1.WatchInstanceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYREQUEST_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_EMITREQUEST_EXTENSIONSENTRY']._loaded_options = None
   _globals['_EMITREQUEST_EXTENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKFLOWSTATUS']._serialized_start=2641
-  _globals['_WORKFLOWSTATUS']._serialized_end=2898
+  _globals['_WORKFLOWSTATUS']._serialized_start=2996
+  _globals['_WORKFLOWSTATUS']._serialized_end=3253
   _globals['_RUNREQUEST']._serialized_start=117
   _globals['_RUNREQUEST']._serialized_end=332
   _globals['_RUNREQUEST_TAGSENTRY']._serialized_start=289
@@ -58,37 +58,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWERROR']._serialized_start=581
   _globals['_WORKFLOWERROR']._serialized_end=675
   _globals['_WORKFLOWINSTANCE']._serialized_start=678
-  _globals['_WORKFLOWINSTANCE']._serialized_end=1292
+  _globals['_WORKFLOWINSTANCE']._serialized_end=1310
   _globals['_WORKFLOWINSTANCE_TAGSENTRY']._serialized_start=289
   _globals['_WORKFLOWINSTANCE_TAGSENTRY']._serialized_end=332
-  _globals['_QUERYREQUEST']._serialized_start=1295
-  _globals['_QUERYREQUEST']._serialized_end=1639
+  _globals['_AWAITINSTANCEREQUEST']._serialized_start=1313
+  _globals['_AWAITINSTANCEREQUEST']._serialized_end=1444
+  _globals['_AWAITINSTANCERESPONSE']._serialized_start=1446
+  _globals['_AWAITINSTANCERESPONSE']._serialized_end=1523
+  _globals['_WATCHINSTANCEREQUEST']._serialized_start=1525
+  _globals['_WATCHINSTANCEREQUEST']._serialized_end=1568
+  _globals['_WATCHINSTANCERESPONSE']._serialized_start=1570
+  _globals['_WATCHINSTANCERESPONSE']._serialized_end=1647
+  _globals['_QUERYREQUEST']._serialized_start=1650
+  _globals['_QUERYREQUEST']._serialized_end=1994
   _globals['_QUERYREQUEST_TAGSENTRY']._serialized_start=289
   _globals['_QUERYREQUEST_TAGSENTRY']._serialized_end=332
-  _globals['_QUERYRESPONSE']._serialized_start=1641
-  _globals['_QUERYRESPONSE']._serialized_end=1727
-  _globals['_CANCELREQUEST']._serialized_start=1729
-  _globals['_CANCELREQUEST']._serialized_end=1781
-  _globals['_CANCELRESPONSE']._serialized_start=1783
-  _globals['_CANCELRESPONSE']._serialized_end=1799
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1801
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1823
-  _globals['_WORKFLOWINFO']._serialized_start=1826
-  _globals['_WORKFLOWINFO']._serialized_end=1961
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1963
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2037
-  _globals['_EMITREQUEST']._serialized_start=2040
-  _globals['_EMITREQUEST']._serialized_end=2310
-  _globals['_EMITREQUEST_EXTENSIONSENTRY']._serialized_start=2261
-  _globals['_EMITREQUEST_EXTENSIONSENTRY']._serialized_end=2310
-  _globals['_EMITRESPONSE']._serialized_start=2312
-  _globals['_EMITRESPONSE']._serialized_end=2338
-  _globals['_GETHISTORYREQUEST']._serialized_start=2340
-  _globals['_GETHISTORYREQUEST']._serialized_end=2411
-  _globals['_HISTORYEVENT']._serialized_start=2414
-  _globals['_HISTORYEVENT']._serialized_end=2552
-  _globals['_GETHISTORYRESPONSE']._serialized_start=2554
-  _globals['_GETHISTORYRESPONSE']._serialized_end=2638
-  _globals['_WORKFLOWHOSTAPI']._serialized_start=2901
-  _globals['_WORKFLOWHOSTAPI']._serialized_end=3557
+  _globals['_QUERYRESPONSE']._serialized_start=1996
+  _globals['_QUERYRESPONSE']._serialized_end=2082
+  _globals['_CANCELREQUEST']._serialized_start=2084
+  _globals['_CANCELREQUEST']._serialized_end=2136
+  _globals['_CANCELRESPONSE']._serialized_start=2138
+  _globals['_CANCELRESPONSE']._serialized_end=2154
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=2156
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2178
+  _globals['_WORKFLOWINFO']._serialized_start=2181
+  _globals['_WORKFLOWINFO']._serialized_end=2316
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2318
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2392
+  _globals['_EMITREQUEST']._serialized_start=2395
+  _globals['_EMITREQUEST']._serialized_end=2665
+  _globals['_EMITREQUEST_EXTENSIONSENTRY']._serialized_start=2616
+  _globals['_EMITREQUEST_EXTENSIONSENTRY']._serialized_end=2665
+  _globals['_EMITRESPONSE']._serialized_start=2667
+  _globals['_EMITRESPONSE']._serialized_end=2693
+  _globals['_GETHISTORYREQUEST']._serialized_start=2695
+  _globals['_GETHISTORYREQUEST']._serialized_end=2766
+  _globals['_HISTORYEVENT']._serialized_start=2769
+  _globals['_HISTORYEVENT']._serialized_end=2907
+  _globals['_GETHISTORYRESPONSE']._serialized_start=2909
+  _globals['_GETHISTORYRESPONSE']._serialized_end=2993
+  _globals['_WORKFLOWHOSTAPI']._serialized_start=3256
+  _globals['_WORKFLOWHOSTAPI']._serialized_end=4110
 # @@protoc_insertion_point(module_scope)

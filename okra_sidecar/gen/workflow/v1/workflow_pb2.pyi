@@ -326,6 +326,7 @@ class WorkflowInstance(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance's id, a UUID."""
     workflow_id: _builtins.str
@@ -340,6 +341,10 @@ class WorkflowInstance(_message.Message):
     """The version part of workflow_id."""
     cancel_reason: _builtins.str
     """The reason given to Cancel."""
+    revision: _builtins.int
+    """Increases with every change the sidecar commits to the instance (0 when Run stored
+    it); pass it to AwaitInstance to wait for the next change.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
         """The input Run was given."""
@@ -390,14 +395,121 @@ class WorkflowInstance(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
         cancel_reason: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "output", b"output", "start_time", b"start_time", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "correlation_id", b"correlation_id", "current_step", b"current_step", "end_time", b"end_time", "error", b"error", "input", b"input", "instance_id", b"instance_id", "output", b"output", "start_time", b"start_time", "status", b"status", "tags", b"tags", "updated_at", b"updated_at", "variables", b"variables", "version", b"version", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "correlation_id", b"correlation_id", "current_step", b"current_step", "end_time", b"end_time", "error", b"error", "input", b"input", "instance_id", b"instance_id", "output", b"output", "revision", b"revision", "start_time", b"start_time", "status", b"status", "tags", b"tags", "updated_at", b"updated_at", "variables", b"variables", "version", b"version", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowInstance: _TypeAlias = WorkflowInstance  # noqa: Y015
+
+@_typing.final
+class AwaitInstanceRequest(_message.Message):
+    """AwaitInstanceRequest says what to wait for; the call returns on the first that holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance's id, as Run returned it."""
+    revision: _builtins.int
+    """When set, also return once the instance's revision differs from this one."""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___WorkflowStatus.ValueType]:
+        """Return once the instance is in one of these; empty means any final status
+        (completed, failed, cancelled).
+        """
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        statuses: _abc.Iterable[Global___WorkflowStatus.ValueType] | None = ...,
+        revision: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_revision", b"_revision", "revision", b"revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_revision", b"_revision", "instance_id", b"instance_id", "revision", b"revision", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__revision: _TypeAlias = _typing.Literal["revision"]  # noqa: Y015
+    _WhichOneofArgType__revision: _TypeAlias = _typing.Literal["_revision", b"_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__revision) -> _WhichOneofReturnType__revision | None: ...
+
+Global___AwaitInstanceRequest: _TypeAlias = AwaitInstanceRequest  # noqa: Y015
+
+@_typing.final
+class AwaitInstanceResponse(_message.Message):
+    """AwaitInstanceResponse carries the instance as it was when the call returned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___WorkflowInstance:
+        """The instance; compare its status and revision with what was asked for."""
+
+    def __init__(
+        self,
+        *,
+        instance: Global___WorkflowInstance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwaitInstanceResponse: _TypeAlias = AwaitInstanceResponse  # noqa: Y015
+
+@_typing.final
+class WatchInstanceRequest(_message.Message):
+    """WatchInstanceRequest names the instance to stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance's id, as Run returned it."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInstanceRequest: _TypeAlias = WatchInstanceRequest  # noqa: Y015
+
+@_typing.final
+class WatchInstanceResponse(_message.Message):
+    """WatchInstanceResponse is one snapshot of the watched instance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___WorkflowInstance:
+        """The instance at a newer revision than the message before."""
+
+    def __init__(
+        self,
+        *,
+        instance: Global___WorkflowInstance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInstanceResponse: _TypeAlias = WatchInstanceResponse  # noqa: Y015
 
 @_typing.final
 class QueryRequest(_message.Message):

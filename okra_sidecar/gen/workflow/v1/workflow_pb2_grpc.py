@@ -76,6 +76,16 @@ class WorkflowHostAPIStub:
                 request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.SerializeToString,
                 response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.FromString,
                 _registered_method=True)
+        self.AwaitInstance = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowHostAPI/AwaitInstance',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceResponse.FromString,
+                _registered_method=True)
+        self.WatchInstance = channel.unary_stream(
+                '/okra.workflow.v1.WorkflowHostAPI/WatchInstance',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowHostAPIServicer:
@@ -142,6 +152,25 @@ class WorkflowHostAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AwaitInstance(self, request, context):
+        """AwaitInstance waits, without polling, until the instance is in one of `statuses`
+        (any final status when none is given) or its revision differs from `revision`, and
+        returns it. Near the call's deadline (or after a minute without one) it returns the
+        instance as it is, so a caller can call again with the revision it got.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchInstance(self, request, context):
+        """WatchInstance streams the instance: its current snapshot first, then one snapshot per
+        change (newer revisions only; changes committed close together may arrive as one), and
+        ends after a final status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowHostAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +213,16 @@ def add_WorkflowHostAPIServicer_to_server(servicer, server):
                     servicer.GetHistory,
                     request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.FromString,
                     response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'AwaitInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.AwaitInstance,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceResponse.SerializeToString,
+            ),
+            'WatchInstance': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchInstance,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +443,60 @@ class WorkflowHostAPI:
             '/okra.workflow.v1.WorkflowHostAPI/GetHistory',
             okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryRequest.SerializeToString,
             okra_dot_workflow_dot_v1_dot_workflow__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/AwaitInstance',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.AwaitInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/WatchInstance',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

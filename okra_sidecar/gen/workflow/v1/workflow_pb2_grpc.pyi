@@ -59,6 +59,17 @@ class WorkflowHostAPIStub:
     """
     GetHistory: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.GetHistoryRequest, _workflow_pb2.GetHistoryResponse]
     """GetHistory pages through an instance's lifecycle events, oldest first."""
+    AwaitInstance: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.AwaitInstanceRequest, _workflow_pb2.AwaitInstanceResponse]
+    """AwaitInstance waits, without polling, until the instance is in one of `statuses`
+    (any final status when none is given) or its revision differs from `revision`, and
+    returns it. Near the call's deadline (or after a minute without one) it returns the
+    instance as it is, so a caller can call again with the revision it got.
+    """
+    WatchInstance: _grpc.UnaryStreamMultiCallable[_workflow_pb2.WatchInstanceRequest, _workflow_pb2.WatchInstanceResponse]
+    """WatchInstance streams the instance: its current snapshot first, then one snapshot per
+    change (newer revisions only; changes committed close together may arrive as one), and
+    ends after a final status.
+    """
 
 @_typing.type_check_only
 class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
@@ -89,6 +100,17 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     """
     GetHistory: _aio.UnaryUnaryMultiCallable[_workflow_pb2.GetHistoryRequest, _workflow_pb2.GetHistoryResponse]  # type: ignore[assignment]
     """GetHistory pages through an instance's lifecycle events, oldest first."""
+    AwaitInstance: _aio.UnaryUnaryMultiCallable[_workflow_pb2.AwaitInstanceRequest, _workflow_pb2.AwaitInstanceResponse]  # type: ignore[assignment]
+    """AwaitInstance waits, without polling, until the instance is in one of `statuses`
+    (any final status when none is given) or its revision differs from `revision`, and
+    returns it. Near the call's deadline (or after a minute without one) it returns the
+    instance as it is, so a caller can call again with the revision it got.
+    """
+    WatchInstance: _aio.UnaryStreamMultiCallable[_workflow_pb2.WatchInstanceRequest, _workflow_pb2.WatchInstanceResponse]  # type: ignore[assignment]
+    """WatchInstance streams the instance: its current snapshot first, then one snapshot per
+    change (newer revisions only; changes committed close together may arrive as one), and
+    ends after a final status.
+    """
 
 class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowHostAPI is served by every sidecar. All sidecars sharing one Redis
@@ -164,5 +186,28 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_pb2.GetHistoryResponse, _abc.Awaitable[_workflow_pb2.GetHistoryResponse]]:
         """GetHistory pages through an instance's lifecycle events, oldest first."""
+
+    @_abc_1.abstractmethod
+    def AwaitInstance(
+        self,
+        request: _workflow_pb2.AwaitInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.AwaitInstanceResponse, _abc.Awaitable[_workflow_pb2.AwaitInstanceResponse]]:
+        """AwaitInstance waits, without polling, until the instance is in one of `statuses`
+        (any final status when none is given) or its revision differs from `revision`, and
+        returns it. Near the call's deadline (or after a minute without one) it returns the
+        instance as it is, so a caller can call again with the revision it got.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchInstance(
+        self,
+        request: _workflow_pb2.WatchInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_pb2.WatchInstanceResponse], _abc.AsyncIterator[_workflow_pb2.WatchInstanceResponse]]:
+        """WatchInstance streams the instance: its current snapshot first, then one snapshot per
+        change (newer revisions only; changes committed close together may arrive as one), and
+        ends after a final status.
+        """
 
 def add_WorkflowHostAPIServicer_to_server(servicer: WorkflowHostAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

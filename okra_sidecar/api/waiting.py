@@ -1,0 +1,119 @@
+"""InstanceWaiting: AwaitInstance and WatchInstance on the change feed, without polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection
+
+from okra_sidecar.errors import InvalidInputError, instance_not_found
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceRecord, InstanceStatus
+from okra_sidecar.store.base import Store
+from okra_sidecar.store.change_feed import Change, ChangeFeed
+
+__all__ = ["MAX_AWAIT_S", "InstanceWaiting", "await_budget", "check_revision"]
+
+# A call without a deadline returns the instance as it is after this long.
+MAX_AWAIT_S = 60.0
+# How long before the call's deadline AwaitInstance answers, so the answer arrives in time:
+# a tenth of the time left, between these bounds.
+MIN_MARGIN_S = 0.05
+MAX_MARGIN_S = 1.0
+
+
+def await_budget(time_remaining_s: float | None) -> float:
+    """How long AwaitInstance may wait, given the seconds left before the call's deadline."""
+    if time_remaining_s is None:
+        return MAX_AWAIT_S
+    margin = min(MAX_MARGIN_S, max(MIN_MARGIN_S, time_remaining_s / 10))
+    return max(0.0, min(MAX_AWAIT_S, time_remaining_s - margin))
+
+
+def check_revision(revision: int | None) -> int | None:
+    """A revision to wait past: None, or one that WorkflowInstance.revision can hold."""
+    if revision is not None and revision < 0:
+        raise InvalidInputError.for_field(
+            "revision", f"is {revision}; a revision is 0 or more, as GetStatus returns it"
+        )
+    return revision
+
+
+def _satisfied(
+    status: InstanceStatus, revision: int, wanted: Collection[InstanceStatus], since: int | None
+) -> bool:
+    return status in wanted or (since is not None and revision != since)
+
+
+class InstanceWaiting:
+    """Answers once an instance is in a wanted state, and streams its changes.
+
+    Each waits on the feed subscribed first and reads the instance second, so a change
+    committed between the two is seen either in the read or as an announcement.
+    """
+
+    def __init__(self, *, store: Store, changes: ChangeFeed) -> None:
+        self._store = store
+        self._changes = changes
+
+    async def _read(self, instance_id: str) -> InstanceRecord:
+        record = await self._store.get_instance(instance_id)
+        if record is None:
+            raise instance_not_found(instance_id)
+        return record
+
+    async def await_instance(
+        self,
+        instance_id: str,
+        *,
+        statuses: Collection[InstanceStatus],
+        revision: int | None,
+        budget_s: float,
+    ) -> InstanceRecord:
+        """The instance once it is in `statuses` (any final one when empty) or its revision is
+        not `revision`; after `budget_s`, the instance as it is.
+
+        Raises:
+            NotFoundError: the instance does not exist (or was purged while waited on).
+            StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
+        """
+        wanted = frozenset(statuses) or FINISHED_STATUSES
+        loop = asyncio.get_running_loop()
+        until = loop.time() + budget_s
+        async with self._changes.watch(instance_id) as waiter:
+            record = await self._read(instance_id)
+            stale = False
+            while not _satisfied(record.status, record.revision, wanted, revision):
+                left = until - loop.time()
+                if left <= 0 or not await waiter.wait(left):
+                    break
+                change, resync = waiter.take()
+                if resync or change is None or _satisfied(*_of(change), wanted, revision):
+                    record, stale = await self._read(instance_id), False
+                else:
+                    stale = True  # a change this call does not wait for: read it at the end
+            if stale:
+                record = await self._read(instance_id)
+            return record
+
+    async def watch(self, instance_id: str) -> AsyncIterator[InstanceRecord]:
+        """The instance now, then once per newer revision; ends after a final status.
+
+        Raises:
+            NotFoundError: the instance does not exist (or was purged while watched).
+            StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
+        """
+        async with self._changes.watch(instance_id) as waiter:
+            record = await self._read(instance_id)
+            yield record
+            while not record.status.finished:
+                await waiter.wait(None)
+                change, resync = waiter.take()
+                if not resync and change is not None and change.revision <= record.revision:
+                    continue  # announced before the read that already showed it
+                latest = await self._read(instance_id)
+                if latest.revision > record.revision:
+                    record = latest
+                    yield record
+
+
+def _of(change: Change) -> tuple[InstanceStatus, int]:
+    return change.status, change.revision
