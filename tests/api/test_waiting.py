@@ -29,9 +29,9 @@ CALL_TIMEOUT_S = 20.0
 
 
 async def await_instance(
-    stub: Stub, request: pb.AwaitInstanceRequest, timeout: float = CALL_TIMEOUT_S
+    stub: Stub, request: pb.AwaitInstanceRequest, deadline_s: float = CALL_TIMEOUT_S
 ) -> pb.WorkflowInstance:
-    return (await stub.AwaitInstance(request, timeout=timeout)).instance
+    return (await stub.AwaitInstance(request, timeout=deadline_s)).instance
 
 
 async def watched(stream: Any) -> AsyncIterator[pb.WorkflowInstance]:
@@ -133,7 +133,7 @@ async def test_await_answers_before_its_deadline_with_the_instance_as_it_is(stub
     # A short deadline: the call answers in time, with the waiting instance, instead of
     # failing with DEADLINE_EXCEEDED; a client calls again.
     instance = await await_instance(
-        stub, pb.AwaitInstanceRequest(instance_id=waiting.instance_id), timeout=0.5
+        stub, pb.AwaitInstanceRequest(instance_id=waiting.instance_id), deadline_s=0.5
     )
     assert instance.status == pb.WORKFLOW_STATUS_WAITING
     assert instance.revision == waiting.revision
