@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := all
-sources = $(wildcard okra_sidecar tests bench chaos fuzz protos deploy)
+sources = $(wildcard okra_sidecar clients/python tests bench chaos fuzz protos deploy requirements)
 
 VENV = .venv
 BIN = $(VENV)/bin
@@ -7,6 +7,8 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.install-stamp
 # Every package of the development and CI install, pinned with hashes (`make lock` refreshes it).
 LOCK = requirements/dev.txt
+# The Python client's own distribution, which the sidecar depends on; installed editable.
+CLIENT = clients/python
 
 .PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-unit run bench chaos fuzz clean
 
@@ -15,27 +17,31 @@ all: lint test
 $(BIN)/python:
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e $(CLIENT) -e .
 	touch $@
 
 venv install: $(STAMP)
 
-# Resolves pyproject.toml's ranges (and the build backend) to today's releases, with hashes.
+# Resolves pyproject.toml's ranges (the client's included, and the build backend) to today's
+# releases, with hashes. The client itself resolves from its folder (requirements/client.in) and
+# is left out of the lock: pip takes no editable install in hash-checking mode, so `install`
+# adds it.
 lock:
 	python3 -m venv $(VENV)-tools
 	$(VENV)-tools/bin/python -m pip install -q pip-tools
 	$(VENV)-tools/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
 	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
-	  -o $(LOCK) pyproject.toml requirements/build.in
+	  -o $(LOCK) requirements/client.in pyproject.toml requirements/build.in
+	$(VENV)-tools/bin/python requirements/drop_editable.py $(LOCK)
 
 # What a refresh of the lock would break: the linters and the tests on the newest releases
 # that pyproject.toml allows, in a virtualenv of their own. Not part of CI.
 test-latest:
 	rm -rf $(VENV)-latest
 	python3 -m venv $(VENV)-latest
-	$(VENV)-latest/bin/python -m pip install -q --upgrade -e '.[dev]'
+	$(VENV)-latest/bin/python -m pip install -q --upgrade -e $(CLIENT) -e '.[dev]'
 	$(MAKE) --no-print-directory VENV=$(VENV)-latest STAMP=$(VENV)-latest/.latest lint-only test-only
 
 proto: install
@@ -44,7 +50,7 @@ proto: install
 proto-check: install
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(BIN)/python protos/generate.py "$$tmp" && \
-	diff -r -x __pycache__ "$$tmp" okra_sidecar/gen && echo "okra_sidecar/gen is up to date"
+	diff -r -x __pycache__ "$$tmp" $(CLIENT)/okra_client/gen && echo "$(CLIENT)/okra_client/gen is up to date"
 
 # The last released descriptor set; `make proto-release VERSION=x.y.z` adds the next one.
 PROTO_RELEASED = $(shell ls protos/released/v*.json | sort -V | tail -n 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from bench.cleanup import delete_prefixed_keys
 from bench.cpu import CpuMeter
@@ -41,7 +42,6 @@ from bench.workloads import (
     start_instances,
     warm_up,
 )
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 WORKLOADS = ("echo", "W1", "W2", "W3", "W4")
 FULL_COUNTS = {"echo": 5000, "W1": 2000, "W2": 1000, "W3": 500, "W4": 5000}

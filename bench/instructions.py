@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from bench.cpu import child_pids, process_name
 from bench.echo import echo_caller
@@ -35,8 +37,6 @@ from bench.load import drive
 from bench.processes import echo_process, sidecar_process
 from bench.progress import wait_until_none
 from bench.workloads import HOLD, NOT_STARTED, run_request
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 WARM_UP_CALLS = 200
 # Under valgrind every server is slow to start: the sidecar loads its definitions and Redis.

@@ -30,12 +30,12 @@ from typing import Any
 
 import grpc
 import jwt
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import sidecar_process
 from bench.report import against
 from bench.workloads import Client, measure_run, warm_up
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 FULL = 2000
 QUICK = 500

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
 
 POLL_INTERVAL_S = 0.2
 MIN_TIMEOUT_S = 60.0

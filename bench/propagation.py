@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 
 import grpc
 import jwt
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 
 from bench.load import percentile
 from bench.processes import sidecar_process
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.admin.v1.admin_pb2_grpc import PolicyAdminServiceAsyncStub as AdminStub
+    from okra_client.gen.admin.v1.admin_pb2_grpc import PolicyAdminServiceAsyncStub as AdminStub
 
 ADMIN_CHANGES = 30
 FILE_CHANGES = 10

@@ -24,12 +24,12 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.exceptions import ResponseError
 
 from bench.load import percentile
 from bench.processes import sidecar_process
 from bench.workloads import Client, completion_times, run_request
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import ENGINE_GROUP, EXECUTOR_GROUP, RedisKeys
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import free_port, sidecar_process
 from bench.report import against
 from bench.workloads import Client, measure_completion, measure_run, warm_up
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 FULL = {"W1": 2000, "W2": 1000}
 QUICK = {"W1": 500, "W2": 300}

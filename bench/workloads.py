@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import struct_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from bench.cpu import CpuMeter, CpuShare
 from bench.echo import echo_caller
 from bench.load import Result, Timing, drive
 from bench.progress import wait_until_none
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
 
 ECHO = "echo (grpc.aio)"
 HOLD = "bench.hold.1.0.0"

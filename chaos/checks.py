@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from okra_client import OkraClient, WorkflowInstance, WorkflowStatus
+from okra_client.errors import OkraRpcError
 
 from chaos.workload import Started
-from okra_sidecar.client import OkraClient, WorkflowInstance, WorkflowStatus
-from okra_sidecar.client.errors import OkraRpcError
 
 __all__ = ["Findings", "check", "expected_output"]
 

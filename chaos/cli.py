@@ -17,13 +17,14 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from okra_client import OkraClient
+
 from bench.load import percentile
 from chaos.checks import Findings, check
 from chaos.faults import FAULTS, FaultInjector
 from chaos.processes import RedisServer, SidecarProcess
 from chaos.stub import CountingService, counting_worker
 from chaos.workload import KINDS, Workload, fleet_clients
-from okra_sidecar.client import OkraClient
 
 __all__ = ["main"]
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
-from okra_sidecar.client import OkraClient, RetryPolicy
-from okra_sidecar.client.errors import OkraRpcError
+from okra_client import OkraClient, RetryPolicy
+from okra_client.errors import OkraRpcError
 
 __all__ = ["KINDS", "Started", "Workload"]
 

@@ -15,11 +15,10 @@ from typing import Any
 
 from google.protobuf import descriptor, struct_pb2
 from google.protobuf.message import Message
-
-from okra_sidecar.gen.admin.v1 import admin_pb2
-from okra_sidecar.gen.schedule.v1 import schedule_pb2
-from okra_sidecar.gen.worker.v1 import worker_pb2
-from okra_sidecar.gen.workflow.v1 import workflow_pb2
+from okra_client.gen.admin.v1 import admin_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2
+from okra_client.gen.worker.v1 import worker_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2
 
 __all__ = ["METHODS", "FuzzCase", "Method", "RequestGenerator"]
 

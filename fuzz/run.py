@@ -25,10 +25,10 @@ from typing import Any
 import grpc
 import jwt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from fuzz.generate import FuzzCase, RequestGenerator
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 __all__ = ["CALL_LIMIT_S", "FuzzReport", "run_fuzz"]
 

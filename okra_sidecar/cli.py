@@ -130,9 +130,9 @@ def run_codegen(args: argparse.Namespace) -> int:
 def run_health(args: argparse.Namespace) -> int:
     """The container health check: prints the status, exit 0 only when SERVING."""
     import grpc
+    from okra_client.tls import ClientTls
 
-    from okra_sidecar.client.health import check_health, local_target
-    from okra_sidecar.client.tls import ClientTls
+    from okra_sidecar.health import check_health, local_target
 
     target = args.address or local_target(os.environ.get("OKRA_LISTEN") or "127.0.0.1:50051")
     tls = None

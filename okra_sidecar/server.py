@@ -20,6 +20,14 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.chain import InterceptorChain
@@ -50,14 +58,6 @@ from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.exposure import exposure_warning
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.heap import settle_heap
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity

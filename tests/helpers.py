@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.config import (
@@ -23,15 +25,13 @@ from okra_sidecar.config import (
     Settings,
 )
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar, start_sidecar
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.telemetry import Telemetry
 
 if TYPE_CHECKING:
     # Only the type stubs know the async flavour of the generated stub.
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub as Stub
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub as Stub
 else:
     Stub = pb_grpc.WorkflowHostAPIStub
 

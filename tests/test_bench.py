@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
 from bench.cli import Plan, parse_only, run_bench
@@ -24,7 +25,6 @@ from bench.workloads import (
     measure_run,
     measure_signal,
 )
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from tests.helpers import make_settings, running_sidecar
 
 

@@ -13,12 +13,12 @@ import grpc
 import pytest
 import pytest_asyncio
 from jsonschema import validators
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.cli import main as cli_main
 from okra_sidecar.engine.definitions.dsl import parse_yaml
 from okra_sidecar.engine.runtime.registry import read_directory
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
     KEYS,
     Stub,

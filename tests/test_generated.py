@@ -1,4 +1,4 @@
-"""The committed stubs in okra_sidecar/gen match what protos/generate.py makes now."""
+"""The committed stubs in clients/python/okra_client/gen match what protos/generate.py makes now."""
 
 from __future__ import annotations
 
@@ -21,4 +21,6 @@ def test_generated_stubs_are_current(tmp_path: Path) -> None:
     stale = sorted(
         name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name)
     )
-    assert not stale, f"okra_sidecar/gen is stale in {stale}: run `make proto` and commit"
+    assert not stale, (
+        f"clients/python/okra_client/gen is stale in {stale}: run `make proto` and commit"
+    )

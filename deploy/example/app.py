@@ -18,8 +18,7 @@ import sys
 import time
 
 import jwt
-
-from okra_sidecar.client import OkraClient, OkraRpcError
+from okra_client import OkraClient, OkraRpcError
 
 WORKFLOW_ID = "examples.approval.1.0.0"
 TOKEN_LIFETIME_S = 300

@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 
 from okra_sidecar.errors import InvalidInputError, PolicyDeniedError, Reason, UnauthenticatedError
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
 from okra_sidecar.policy.document import parse_policy_text
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.policy.model import Identity, current_identity

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.errors import InvalidInputError
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceRecord, InstanceStatus
 from okra_sidecar.schedules import CatchUpPolicy, OverlapPolicy, ScheduleRecord, ScheduleSource
 

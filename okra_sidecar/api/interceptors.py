@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.call_metadata import authorization_of, metadata_of
 from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, check_statuses, value_to_python
@@ -32,9 +35,6 @@ from okra_sidecar.errors import (
     ResourceExhaustedError,
     instance_not_found,
 )
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceStatus, run_instance_id
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.audit import Call

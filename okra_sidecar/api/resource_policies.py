@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.call_metadata import metadata_of
 from okra_sidecar.api.task_worker import parse_task_id
 from okra_sidecar.errors import instance_not_found
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.audit import Call
 from okra_sidecar.policy.evaluator import PolicyEvaluator

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 
 from okra_sidecar.api.convert import (
     CATCH_UP_FROM_PB,
@@ -19,8 +21,6 @@ from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer, Scheduler
 from okra_sidecar.engine.runtime.timing import CronExpression, TimingError, parse_time_zone
 from okra_sidecar.errors import InvalidInputError
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_sidecar.policy import rules
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.api.convert import (
     check_statuses,
@@ -30,8 +32,6 @@ from okra_sidecar.errors import (
     Reason,
     instance_not_found,
 )
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import QueryFilter, run_instance_id
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CAUSE_METADATA, CausationGuard

@@ -18,13 +18,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 
 from okra_sidecar.api.convert import python_to_value, value_to_python
 from okra_sidecar.engine.interpreter.effects import iso_time, result_event
 from okra_sidecar.errors import InvalidInputError, PolicyDeniedError
 from okra_sidecar.executors.problems import ERROR_TYPES
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry

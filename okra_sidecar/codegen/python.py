@@ -153,7 +153,7 @@ def render_python(
         "from collections.abc import Mapping",
         *([f"from typing import {', '.join(used)}"] if used else []),
         "",
-        "from okra_sidecar.client import OkraClient",
+        "from okra_client import OkraClient",
         "",
         f"__all__ = [{names}]",
         "",

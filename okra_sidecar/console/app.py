@@ -19,9 +19,9 @@ from urllib.parse import urlencode, urlparse
 
 import grpc
 from aiohttp import web
+from okra_client import HistoryEvent, OkraClient, WorkflowInstance
+from okra_client.errors import OkraRpcError
 
-from okra_sidecar.client import HistoryEvent, OkraClient, WorkflowInstance
-from okra_sidecar.client.errors import OkraRpcError
 from okra_sidecar.console import pages
 from okra_sidecar.console.diagram import render_svg
 from okra_sidecar.console.forms import FormError, input_form, input_from_form

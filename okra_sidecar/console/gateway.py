@@ -7,8 +7,8 @@ is a caller like any other: the same authentication, the same policies, the same
 from __future__ import annotations
 
 import grpc
+from okra_client import OkraClient
 
-from okra_sidecar.client import OkraClient
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 
 __all__ = ["ConsoleGateway", "loopback_target"]

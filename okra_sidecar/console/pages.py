@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import yaml
+from okra_client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
+from okra_client.schedules import Schedule
 
-from okra_sidecar.client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
-from okra_sidecar.client.schedules import Schedule
 from okra_sidecar.console.html import badge, esc, pretty_json, when
 
 __all__ = [

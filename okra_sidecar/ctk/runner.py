@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.config import (
@@ -30,13 +32,11 @@ from okra_sidecar.ctk.features import Scenario, Step, parse_feature
 from okra_sidecar.ctk.stand_in import STAND_IN_HOSTS, stand_in_server
 from okra_sidecar.engine.definitions.dsl import load_definition_text, parse_yaml
 from okra_sidecar.errors import DefinitionError
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import start_sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub as Stub
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub as Stub
 else:
     Stub = pb_grpc.WorkflowHostAPIStub
 

@@ -1,6 +1,7 @@
 """GrpcCaller: the `call: grpc` effect, a unary call made from the proto file at run time.
 
-The proto is compiled once per sidecar with grpcio-tools' protoc into a descriptor pool of its
+The proto is compiled once per sidecar with grpcio-tools' protoc (the `grpc-proto` extra; the
+task fails with a problem naming it when it is missing) into a descriptor pool of its
 own; the request message is built from the task's `arguments` (proto JSON mapping, either field
 spelling) and the response comes back as JSON with the proto's field names. This is the one
 module outside api/ and server.py that imports grpc: it is a gRPC client by nature.
@@ -26,6 +27,11 @@ from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["GrpcCaller", "http_status"]
+
+GRPC_TOOLS_MISSING = (
+    "gRPC calls from a .proto file need protoc from grpcio-tools, which is not installed: "
+    "install the sidecar with its grpc-proto extra (pip install 'okra-sidecar[grpc-proto]')"
+)
 
 # gRPC status -> the HTTP status a problem carries (as grpc-gateway maps them).
 HTTP_STATUS = {
@@ -65,10 +71,13 @@ def compile_proto(path: Path) -> descriptor_pool.DescriptorPool:
     """A descriptor pool with `path` and everything it imports, compiled by protoc.
 
     Raises:
-        EffectFailedError: protoc refused the file.
+        EffectFailedError: protoc refused the file, or grpcio-tools is not installed.
     """
-    from grpc_tools import protoc  # imported here: only sidecars that call gRPC pay for it
-
+    try:
+        # Imported here: grpcio-tools is an optional extra, for the workflows that need it.
+        from grpc_tools import protoc
+    except ImportError as exc:
+        raise EffectFailedError(problem("configuration", 500, GRPC_TOOLS_MISSING)) from exc
     includes = str(resources.files("grpc_tools").joinpath("_proto"))
     with tempfile.TemporaryDirectory(prefix="okra-proto-") as scratch:
         out = Path(scratch) / "set.pb"

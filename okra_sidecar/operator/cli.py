@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 from click.shell_completion import get_completion_class
+from okra_client import DEFAULT_TARGET
+from okra_client.tls import ClientTls
 
 from okra_sidecar import __version__
-from okra_sidecar.client import DEFAULT_TARGET
-from okra_sidecar.client.tls import ClientTls
 from okra_sidecar.operator.context import OUTPUT_CHOICE, Options
 from okra_sidecar.operator.instances import instances
 from okra_sidecar.operator.schedules import schedules

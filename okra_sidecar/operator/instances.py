@@ -9,8 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import click
-
-from okra_sidecar.client import (
+from okra_client import (
     HistoryEvent,
     Json,
     OkraClient,
@@ -18,6 +17,7 @@ from okra_sidecar.client import (
     SignalResult,
     WorkflowInstance,
 )
+
 from okra_sidecar.operator.context import Options, pass_options
 from okra_sidecar.operator.params import JSON_VALUE, TAG, query_filters, tags_of
 from okra_sidecar.operator.render import (

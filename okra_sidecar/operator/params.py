@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
-from okra_sidecar.client import Json, WorkflowStatus
+from okra_client import Json, WorkflowStatus
 
 __all__ = ["JSON_VALUE", "TAG", "TIME", "query_filters", "tags_of"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import click
+from okra_client import Json, OkraClient
+from okra_client.schedules import CatchUpPolicy, OverlapPolicy, Schedule
 
-from okra_sidecar.client import Json, OkraClient
-from okra_sidecar.client.schedules import CatchUpPolicy, OverlapPolicy, Schedule
 from okra_sidecar.operator.context import Options, pass_options
 from okra_sidecar.operator.params import JSON_VALUE, TAG, TIME, tags_of
 from okra_sidecar.operator.render import echo_json, echo_record, echo_table, short_time

@@ -11,9 +11,8 @@ from typing import TypeVar
 
 import click
 import grpc
-
-from okra_sidecar.client import OkraClient
-from okra_sidecar.client.errors import (
+from okra_client import OkraClient
+from okra_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -24,7 +23,7 @@ from okra_sidecar.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from okra_sidecar.client.tls import ClientTls, open_channel
+from okra_client.tls import ClientTls, open_channel
 
 __all__ = ["ExitCode", "Target", "call_sidecar"]
 

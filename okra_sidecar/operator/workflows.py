@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
+from okra_client import OkraClient, WorkflowInfo
 
-from okra_sidecar.client import OkraClient, WorkflowInfo
 from okra_sidecar.operator.context import Options, pass_options
 from okra_sidecar.operator.render import echo_json, echo_record, echo_table
 from okra_sidecar.operator.session import ExitCode, call_sidecar

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.tls import ClientTls, open_channel
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
-from okra_sidecar.client.tls import ClientTls, open_channel
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as Stub
+    from okra_client.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as Stub
 else:
     Stub = wpb_grpc.TaskWorkerStub
 

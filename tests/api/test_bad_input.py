@@ -11,14 +11,14 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2, timestamp_pb2
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
     Stub,
@@ -31,10 +31,10 @@ from tests.helpers import (
 from tests.policy.support import ADMIN, AdminStub, policed_sidecar, policy_settings
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import (
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
-    from okra_sidecar.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
+    from okra_client.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
 else:
     ScheduleStub = spb_grpc.ScheduleHostAPIStub
     WorkerStub = wpb_grpc.TaskWorkerStub

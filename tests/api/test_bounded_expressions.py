@@ -9,12 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from bench.cpu import child_pids
 from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
 from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.api.test_process import channel_to, start_process
 from tests.helpers import (
     FAST_ENGINE,

@@ -11,9 +11,9 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.chain import InterceptorChain
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.helpers import Stub, expect_rpc_error
 

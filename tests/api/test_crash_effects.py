@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.worker import TaskContext, TaskWorker
 from tests.api.test_process import channel_to, completions, free_port, start_process
 from tests.helpers import Stub, eventually, to_python, value, wait_for_status

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+
 from okra_sidecar.config import RedisSettings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
 
 

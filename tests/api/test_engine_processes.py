@@ -9,11 +9,11 @@ import sys
 from dataclasses import replace
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from bench.cpu import child_pids
 from okra_sidecar.config import Settings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.api.test_process import start_process
 from tests.helpers import (
     make_settings,

@@ -6,13 +6,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
+from okra_client.gen.admin.v1 import admin_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2
+from okra_client.gen.worker.v1 import worker_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
-from okra_sidecar.gen.admin.v1 import admin_pb2
-from okra_sidecar.gen.schedule.v1 import schedule_pb2
-from okra_sidecar.gen.worker.v1 import worker_pb2
-from okra_sidecar.gen.workflow.v1 import workflow_pb2
 from tests.helpers import error_info
 from tests.policy.support import policed_sidecar, policy_settings
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import REASONS, Reason
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import (
@@ -40,7 +40,7 @@ from tests.policy.support import (
 )
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import (
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
 else:

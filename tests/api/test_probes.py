@@ -13,13 +13,13 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.config import Settings
 from okra_sidecar.errors import StartupError
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import SERVICE_NAME, Sidecar, start_sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import expect_rpc_error, make_settings, value, wait_for_status

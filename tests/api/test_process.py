@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import KEYS, WORKFLOWS_DIR, Stub, to_python, value, wait_for_status
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client import OkraClient, RetryPolicy
+from okra_client.errors import error_from_rpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.status import RETRY_AFTER_UNAVAILABLE_S
-from okra_sidecar.client import OkraClient, RetryPolicy
-from okra_sidecar.client.errors import error_from_rpc
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import SERVICE_NAME
 from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import (

@@ -6,9 +6,9 @@ from typing import Any
 from unittest import mock
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.api.registration import GenericOnlyServer
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 
 class RecordingServer:

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import grpc
 from google.protobuf import timestamp_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
     KEYS,
     WORKFLOWS_DIR,

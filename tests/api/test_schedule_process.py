@@ -13,11 +13,11 @@ from collections import Counter
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.schedules import FIRE_TIME_TAG, SCHEDULE_TAG, format_fire_time
 from tests.api.test_process import channel_to, free_port, start_process
 from tests.helpers import eventually, value

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest_asyncio
 from google.protobuf import timestamp_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.schedules import FIRE_TIME_TAG, SCHEDULE_TAG
 from okra_sidecar.server import Sidecar, start_sidecar
 from tests.helpers import (
@@ -28,10 +28,10 @@ from tests.helpers import (
 )
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import (
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import (
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import (
         WorkflowHostAPIAsyncStub as WorkflowStub,
     )
 else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar, value, wait_for_status
 
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}

@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client import ClientTls, OkraClient, UnauthenticatedError
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.api.tls import TlsConfigError
-from okra_sidecar.client import ClientTls, OkraClient, UnauthenticatedError
 from okra_sidecar.config import ServerSettings, Settings, TlsSettings
-from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar, start_sidecar
 from tests.helpers import expect_rpc_error, make_settings
 from tests.pki import SPIFFE_ID, Authority, Pair

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import Reason
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
     KEYS,

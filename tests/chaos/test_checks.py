@@ -7,12 +7,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+from okra_client import OkraClient
 from redis.asyncio import Redis
 
 from chaos.checks import check
 from chaos.processes import WORKFLOWS_DIR
 from chaos.workload import Started
-from okra_sidecar.client import OkraClient
 from tests.helpers import make_settings, running_sidecar
 
 

@@ -1,1 +1,1 @@
-"""Tests of okra_sidecar.client."""
+"""Tests of okra_client."""

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import pytest_asyncio
-
-from okra_sidecar.client import (
+from okra_client import (
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
@@ -19,6 +18,7 @@ from okra_sidecar.client import (
     WorkflowInstance,
     WorkflowStatus,
 )
+
 from okra_sidecar.server import Sidecar
 from tests.helpers import Stub
 

@@ -14,8 +14,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-
-from okra_sidecar.client import (
+from okra_client import (
     ChangedConcurrentlyError,
     FailedPreconditionError,
     InputSchemaMismatchError,
@@ -29,10 +28,11 @@ from okra_sidecar.client import (
     RetryPolicy,
     WorkflowNotFoundError,
 )
-from okra_sidecar.client.errors import ERROR_BY_CODE, ERROR_BY_REASON
+from okra_client.errors import ERROR_BY_CODE, ERROR_BY_REASON
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.server import Sidecar
 from tests.helpers import WORKFLOWS_DIR, Stub, running_sidecar
 from tests.policy.support import policy_settings, write_policies

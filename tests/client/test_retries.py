@@ -12,16 +12,15 @@ import pytest
 import pytest_asyncio
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-
-from okra_sidecar.client import (
+from okra_client import (
     DeadlineExceededError,
     OkraClient,
     PermissionDeniedError,
     RetryPolicy,
     UnavailableError,
 )
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 INSTANCE_ID = "0b7a4b8e-4a8e-4b8e-8a8e-4a8e4b8e4a8e"
 FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.02)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import TlsSettings
 from okra_sidecar.errors import REASONS
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.client.test_retries import INSTANCE_ID, FlakyServicer, flaky  # noqa: F401 - fixture
 from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc

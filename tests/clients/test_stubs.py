@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.clients.node import NODE_DIR, ensure_node_modules, run_tsc
 
 REPO_ROOT = NODE_DIR.parent.parent

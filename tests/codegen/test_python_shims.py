@@ -11,10 +11,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from okra_client import OkraClient, WorkflowStatus
 from redis.asyncio import Redis
 
 from okra_sidecar.cli import main as cli_main
-from okra_sidecar.client import OkraClient, WorkflowStatus
 from tests.codegen.support import (
     WORKFLOWS_DIR,
     copy_workflows,
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.client import OkraClient
+from okra_client import OkraClient
 from shims.shop_checkout_v2_1_0 import CheckoutInput, run_checkout
 from shims.shop_ping_v1_0_0 import run_ping
 
@@ -60,7 +60,7 @@ async def place(client: OkraClient) -> str:
 WRONG_CALLERS = """\
 from __future__ import annotations
 
-from okra_sidecar.client import OkraClient
+from okra_client import OkraClient
 from shims.shop_checkout_v2_1_0 import CheckoutInput, CheckoutMoney, run_checkout
 
 GOOD: CheckoutMoney = {"amountCents": 1, "currency": "EUR"}

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from okra_client import OkraClient
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.client import OkraClient
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.console.browser import CHROMIUM, Browser, chromium
 from tests.console.support import EXAMPLES, console_sidecar
 from tests.helpers import Stub, value, wait_for_status

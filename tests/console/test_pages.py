@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import AuthSettings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.console.support import console_sidecar
 from tests.helpers import value, wait_for_status
 
@@ -138,8 +138,8 @@ async def test_workflows_page_runs_from_the_generated_form(redis: Redis, redis_u
 
 
 async def test_schedules_pause_and_resume(redis: Redis, redis_url: str) -> None:
-    from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-    from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+    from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+    from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 
     async with console_sidecar(redis_url) as (sidecar, _, base), httpx.AsyncClient() as http:
         import grpc

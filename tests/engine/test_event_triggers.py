@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.runtime.event_triggers import TRIGGER_TAG
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value
 
 TRIGGERED_DIR = Path(__file__).parent.parent / "workflows_triggered"

@@ -10,9 +10,9 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import FAST_ENGINE, Stub, make_settings, running_sidecar, value, wait_for_status
 
 LONG_LINGER_MS = 60_000  # far longer than the test: a lingering runner reads nothing more

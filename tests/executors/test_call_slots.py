@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import EffectSettings, Settings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.store.keys import EXECUTOR_GROUP
 from tests.helpers import KEYS, Stub, make_settings, running_sidecar, value, wait_for_status
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.executors.children import ChildStarter, child_instance_id
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore

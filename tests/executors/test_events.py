@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import (
     make_settings,
     running_sidecar,

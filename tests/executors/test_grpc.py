@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,20 @@ async def test_a_call_from_the_proto_file(greeter: int) -> None:
         assert "not found" in caught.value.error["detail"]
     finally:
         await caller.aclose()
+
+
+async def test_without_grpcio_tools_the_call_fails_naming_the_extra(
+    greeter: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes `import grpc_tools` raise ImportError, as on a sidecar
+    # installed without the grpc-proto extra.
+    monkeypatch.setitem(sys.modules, "grpc_tools", None)
+    hosts = HostMap([("greeter.internal", f"127.0.0.1:{greeter}")])
+    caller = GrpcCaller(hosts=hosts, base_dir=PROTOS)
+    try:
+        with pytest.raises(EffectFailedError) as caught:
+            await caller.call(request(greeter, name="ada", times=1))
+    finally:
+        await caller.aclose()
+    assert caught.value.error["type"].endswith("/errors/configuration")
+    assert "okra-sidecar[grpc-proto]" in caught.value.error["detail"]

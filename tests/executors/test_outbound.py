@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.config import EffectSettings, RedisSettings
 from okra_sidecar.executors.grpc_call import GrpcCaller
@@ -18,7 +19,6 @@ from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.outbound import REFUSED_TITLE, OutboundGuard
 from okra_sidecar.executors.problems import EffectFailedError
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.store.embedded import find_redis_server
 from tests.helpers import make_settings, running_sidecar, to_python, value, wait_for_status
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
 from okra_sidecar.executors.children import child_instance_id
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jwt
 from google.rpc import error_details_pb2
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from okra_sidecar.config import AuthSettings, HostSettings, PolicySettings, Settings
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from okra_sidecar.telemetry import Telemetry
 from tests.helpers import (
@@ -34,7 +34,7 @@ from tests.helpers import (
 )
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.admin.v1.admin_pb2_grpc import PolicyAdminServiceAsyncStub as AdminStub
+    from okra_client.gen.admin.v1.admin_pb2_grpc import PolicyAdminServiceAsyncStub as AdminStub
 else:
     AdminStub = admin_pb_grpc.PolicyAdminServiceStub
 

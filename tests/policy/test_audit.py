@@ -6,11 +6,11 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import bad_request_fields, expect_rpc_error, wait_for_status
 from tests.policy.support import (
     ADMIN,

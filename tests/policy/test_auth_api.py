@@ -9,10 +9,10 @@ import grpc
 import jwt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import expect_rpc_error
 from tests.policy.support import (
     ADMIN,

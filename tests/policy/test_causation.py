@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import Settings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy.causation import CAUSE_METADATA
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.keys import ROUTER_GROUP

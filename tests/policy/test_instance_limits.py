@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
 from tests.helpers import KEYS, expect_rpc_error, index_size, wait_for_status
 from tests.policy import seed

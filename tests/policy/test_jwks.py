@@ -18,11 +18,11 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import AuthSettings, ConfigError, Settings
 from okra_sidecar.errors import UnauthenticatedError
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy.auth import TokenVerifier, UnknownKeyError
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar
 from tests.pki import Authority

@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import PolicyLoadError
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
 from okra_sidecar.server import start_sidecar
 from tests.helpers import bad_request_fields, eventually, expect_rpc_error

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.api.interceptors import GUARDED_SERVICES
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
 from tests.helpers import expect_rpc_error, to_python, value, wait_for_status
 from tests.policy.support import (
@@ -36,10 +36,10 @@ from tests.policy.support import (
 )
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import (
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
-    from okra_sidecar.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
+    from okra_client.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
 else:
     ScheduleStub = spb_grpc.ScheduleHostAPIStub
     WorkerStub = wpb_grpc.TaskWorkerStub

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.schedules import SCHEDULE_TAG
 from okra_sidecar.server import start_sidecar
 from tests.helpers import expect_rpc_error

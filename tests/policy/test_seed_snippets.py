@@ -17,12 +17,12 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.runner import EngineRunner, now_ms
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.policy import document as keys
 from tests.helpers import (
     FAST_ENGINE,

@@ -7,10 +7,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.admin.v1 import admin_pb2 as admin_pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import KEYS, wait_for_status
 from tests.policy.support import ADMIN, Policed, policed_sidecar, policy_settings, run
 

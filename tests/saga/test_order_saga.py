@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.worker import TaskContext, TaskFailedError, TaskWorker
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value, wait_for_status
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript

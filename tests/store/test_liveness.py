@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
 from okra_sidecar.store.liveness import ConsumerHeartbeat, ConsumerLiveness
 from tests.helpers import FAST_ENGINE, make_settings, running_sidecar, value, wait_for_status

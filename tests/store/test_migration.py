@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import migrate
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
 from okra_sidecar.store.replies import text

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.runtime.retention import RetentionKeeper
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import start_sidecar
 from okra_sidecar.store.keys import RedisKeys

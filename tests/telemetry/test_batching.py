@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.config import Settings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import Stub, make_settings, running_sidecar
 from tests.telemetry.receiver import Received, grpc_receiver
 

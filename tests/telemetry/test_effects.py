@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -20,8 +22,6 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
 from okra_sidecar.engine.interpreter.interpreter import TurnOutcome
 from okra_sidecar.engine.runtime.outbox import turn_extras
-from okra_sidecar.gen.worker.v1 import worker_pb2 as wpb
-from okra_sidecar.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import TurnExtras, TurnSnapshot
 from okra_sidecar.telemetry import turns

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -16,7 +17,6 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as prometheus_families
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.server import Sidecar
 from tests.helpers import make_settings, running_sidecar, value, wait_for_status
 from tests.telemetry.support import with_telemetry

@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,7 +23,6 @@ from redis.asyncio import Redis
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import TelemetrySettings
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.telemetry.logs import JsonFormatter, setup_logging
 from okra_sidecar.telemetry.metrics import SidecarMetrics
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar

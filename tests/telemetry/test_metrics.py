@@ -9,10 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.telemetry import note_policy_denial
 from tests.helpers import (
     eventually,

@@ -3,9 +3,9 @@ receiver the test runs, over gRPC and over HTTP."""
 
 from __future__ import annotations
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import make_settings, running_sidecar, value, wait_for_status
 from tests.telemetry.receiver import grpc_receiver, http_receiver, span_attributes
 from tests.telemetry.support import RPC, new_trace, traceparent, with_telemetry

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from tests.helpers import KEYS, make_settings, running_sidecar, value, wait_for_status
 from tests.telemetry.support import (
     RPC,

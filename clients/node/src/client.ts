@@ -3,8 +3,9 @@
  * (run, signal, getStatus, query, cancel, listWorkflows). JSON in and out: `input`, `output`,
  * `payload` and `variables` are plain JavaScript values, times are ISO 8601 strings.
  *
- * The proto is loaded at run time with @grpc/proto-loader from the repository's protos/
- * folder (or `protoDir`), so there is no generated code to keep in step.
+ * The proto is loaded at run time with @grpc/proto-loader from the nearest protos/ folder
+ * above this file: the package's own (`npm pack` puts a copy inside) or the repository's. Pass
+ * `protoDir` to name another. There is no generated code to keep in step.
  *
  * A failed call rejects with an OkraError carrying the google.rpc details the sidecar sends
  * (docs/errors.md): the ErrorInfo reason and metadata, field violations, precondition

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from okra_sidecar.errors import ERROR_DOMAIN, REASONS, FieldViolation, PreconditionViolation, Reason
-
 __all__ = [
     "ERROR_BY_REASON",
+    "ERROR_DOMAIN",
+    "REASONS",
+    "RETRYABLE_REASONS",
     "AlreadyExistsError",
     "ChangedConcurrentlyError",
     "DeadlineExceededError",
@@ -74,6 +75,62 @@ __all__ = [
     "WorkflowNotFoundError",
     "error_from_rpc",
 ]
+
+# The sidecar's ErrorInfo domain and the reasons it sends (docs/errors.md); a reason not listed
+# comes from a newer sidecar and is handled by its status code. tests/client/test_reasons.py
+# holds both lists to the sidecar's own.
+ERROR_DOMAIN = "okra.dev"
+REASONS = frozenset(
+    {
+        "WORKFLOW_NOT_FOUND",
+        "INSTANCE_NOT_FOUND",
+        "SCHEDULE_NOT_FOUND",
+        "INVALID_FIELD",
+        "INPUT_SCHEMA_MISMATCH",
+        "INVALID_POLICY_SET",
+        "TOKEN_MISSING",
+        "TOKEN_INVALID",
+        "POLICY_DENIED",
+        "INSTANCE_ALREADY_FINISHED",
+        "CHANGED_CONCURRENTLY",
+        "MANUAL_RUNS_DISABLED",
+        "SCHEDULE_DECLARED_BY_WORKFLOW",
+        "RATE_LIMITED",
+        "INSTANCE_LIMIT_REACHED",
+        "REDIS_UNAVAILABLE",
+        "REPLICAS_NOT_ACKNOWLEDGED",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+    }
+)
+# Those whose call, repeated unchanged, can succeed (the Retry column of docs/errors.md).
+RETRYABLE_REASONS = frozenset(
+    {"CHANGED_CONCURRENTLY", "RATE_LIMITED", "REDIS_UNAVAILABLE", "REPLICAS_NOT_ACKNOWLEDGED"}
+)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request (google.rpc.BadRequest.FieldViolation)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """What must hold for a call to make sense (google.rpc.PreconditionFailure.Violation).
+
+    Attributes:
+        type: The kind of precondition, e.g. INSTANCE_STATUS.
+        subject: What it is about, e.g. instance/<id>.
+        description: What must hold, for a person.
+    """
+
+    type: str
+    subject: str
+    description: str
+
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -135,17 +192,9 @@ class OkraRpcError(Exception):
         Without a reason the sidecar knows (it is down, or newer than this client), only
         UNAVAILABLE is.
         """
-        known = _known_reason(self.reason)
-        if known is not None:
-            return REASONS[known].retryable
+        if self.reason in REASONS:
+            return self.reason in RETRYABLE_REASONS
         return self.code == grpc.StatusCode.UNAVAILABLE
-
-
-def _known_reason(text: str) -> Reason | None:
-    try:
-        return Reason(text)
-    except ValueError:
-        return None
 
 
 class InvalidArgumentError(OkraRpcError):
@@ -256,23 +305,23 @@ class ReplicasNotAcknowledgedError(UnavailableError):
     """REPLICAS_NOT_ACKNOWLEDGED: the write was made but too few replicas confirmed it."""
 
 
-ERROR_BY_REASON: dict[Reason, type[OkraRpcError]] = {
-    Reason.WORKFLOW_NOT_FOUND: WorkflowNotFoundError,
-    Reason.INSTANCE_NOT_FOUND: InstanceNotFoundError,
-    Reason.SCHEDULE_NOT_FOUND: ScheduleNotFoundError,
-    Reason.INPUT_SCHEMA_MISMATCH: InputSchemaMismatchError,
-    Reason.INVALID_POLICY_SET: InvalidPolicySetError,
-    Reason.TOKEN_MISSING: TokenMissingError,
-    Reason.TOKEN_INVALID: TokenInvalidError,
-    Reason.POLICY_DENIED: PolicyDeniedError,
-    Reason.INSTANCE_ALREADY_FINISHED: InstanceAlreadyFinishedError,
-    Reason.CHANGED_CONCURRENTLY: ChangedConcurrentlyError,
-    Reason.MANUAL_RUNS_DISABLED: ManualRunsDisabledError,
-    Reason.SCHEDULE_DECLARED_BY_WORKFLOW: ScheduleDeclaredByWorkflowError,
-    Reason.RATE_LIMITED: RateLimitedError,
-    Reason.INSTANCE_LIMIT_REACHED: InstanceLimitReachedError,
-    Reason.REDIS_UNAVAILABLE: RedisUnavailableError,
-    Reason.REPLICAS_NOT_ACKNOWLEDGED: ReplicasNotAcknowledgedError,
+ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
+    "WORKFLOW_NOT_FOUND": WorkflowNotFoundError,
+    "INSTANCE_NOT_FOUND": InstanceNotFoundError,
+    "SCHEDULE_NOT_FOUND": ScheduleNotFoundError,
+    "INPUT_SCHEMA_MISMATCH": InputSchemaMismatchError,
+    "INVALID_POLICY_SET": InvalidPolicySetError,
+    "TOKEN_MISSING": TokenMissingError,
+    "TOKEN_INVALID": TokenInvalidError,
+    "POLICY_DENIED": PolicyDeniedError,
+    "INSTANCE_ALREADY_FINISHED": InstanceAlreadyFinishedError,
+    "CHANGED_CONCURRENTLY": ChangedConcurrentlyError,
+    "MANUAL_RUNS_DISABLED": ManualRunsDisabledError,
+    "SCHEDULE_DECLARED_BY_WORKFLOW": ScheduleDeclaredByWorkflowError,
+    "RATE_LIMITED": RateLimitedError,
+    "INSTANCE_LIMIT_REACHED": InstanceLimitReachedError,
+    "REDIS_UNAVAILABLE": RedisUnavailableError,
+    "REPLICAS_NOT_ACKNOWLEDGED": ReplicasNotAcknowledgedError,
 }
 
 ERROR_BY_CODE: dict[grpc.StatusCode, type[OkraRpcError]] = {
@@ -325,10 +374,10 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> OkraRpcError:
             delay = retry.retry_delay.ToTimedelta().total_seconds()
     code = error.code()
     cls = ERROR_BY_CODE.get(code, OkraRpcError)
-    known = _known_reason(info.reason) if info is not None and info.domain == ERROR_DOMAIN else None
+    reason = info.reason if info is not None and info.domain == ERROR_DOMAIN else ""
     # A reason's class only if it agrees with the code, so `except NotFoundError` stays true.
-    if known is not None and issubclass(ERROR_BY_REASON.get(known, cls), cls):
-        cls = ERROR_BY_REASON.get(known, cls)
+    if issubclass(ERROR_BY_REASON.get(reason, cls), cls):
+        cls = ERROR_BY_REASON.get(reason, cls)
     return cls(
         code,
         error.details() or "",

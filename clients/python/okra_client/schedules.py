@@ -5,20 +5,43 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from okra_sidecar.client.models import Json, from_value, to_timestamp, to_value
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as spb
-from okra_sidecar.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
-from okra_sidecar.schedules import CatchUpPolicy, OverlapPolicy, ScheduleSource
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.models import Json, from_value, to_timestamp, to_value
 
 if TYPE_CHECKING:
-    from okra_sidecar.gen.schedule.v1.schedule_pb2_grpc import ScheduleHostAPIAsyncStub
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import ScheduleHostAPIAsyncStub
 
 __all__ = ["CatchUpPolicy", "OverlapPolicy", "Schedule", "ScheduleClient", "ScheduleSource"]
+
+
+class OverlapPolicy(StrEnum):
+    """What a firing does while the previous instance is unfinished."""
+
+    ALLOW = "allow"
+    SKIP = "skip"
+    BUFFER_ONE = "buffer-one"
+
+
+class CatchUpPolicy(StrEnum):
+    """What happens to fire times missed while no sidecar was up."""
+
+    SKIP_MISSED = "skip-missed"
+    FIRE_ONCE = "fire-once"
+
+
+class ScheduleSource(StrEnum):
+    """Who made a schedule: the ScheduleHostAPI, or a definition's `schedule`."""
+
+    API = "api"
+    DEFINITION = "definition"
+
 
 R = TypeVar("R")
 

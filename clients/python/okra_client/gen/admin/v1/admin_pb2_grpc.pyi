@@ -7,7 +7,7 @@ sharing one Redis applies, and read the audit records of its decisions.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from okra_sidecar.gen.admin.v1 import admin_pb2 as _admin_pb2
+from okra_client.gen.admin.v1 import admin_pb2 as _admin_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

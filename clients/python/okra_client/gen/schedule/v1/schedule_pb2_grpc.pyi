@@ -7,7 +7,7 @@ specification's `schedule.triggerWorkflow`), and how it lists, pauses, resumes a
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as _schedule_pb2
+from okra_client.gen.schedule.v1 import schedule_pb2 as _schedule_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from okra_sidecar.client.tls import ClientTls, open_sync_channel
+from okra_client.tls import ClientTls, open_sync_channel
 
 __all__ = ["check_health", "local_target"]
 

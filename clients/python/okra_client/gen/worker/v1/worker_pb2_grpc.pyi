@@ -7,7 +7,7 @@ workflows from the okra sidecar beside it, and reports their outcome.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from okra_sidecar.gen.worker.v1 import worker_pb2 as _worker_pb2
+from okra_client.gen.worker.v1 import worker_pb2 as _worker_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

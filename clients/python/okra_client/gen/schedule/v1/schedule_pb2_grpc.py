@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from okra_sidecar.gen.schedule.v1 import schedule_pb2 as okra_dot_schedule_dot_v1_dot_schedule__pb2
+from okra_client.gen.schedule.v1 import schedule_pb2 as okra_dot_schedule_dot_v1_dot_schedule__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

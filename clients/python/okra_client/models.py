@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.instances import FINISHED_STATUSES
-from okra_sidecar.instances import InstanceStatus as WorkflowStatus
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 __all__ = [
     "HistoryEvent",
@@ -23,6 +22,27 @@ __all__ = [
     "WorkflowInstance",
     "WorkflowStatus",
 ]
+
+
+class WorkflowStatus(StrEnum):
+    """Where an instance is in its lifecycle (README, "Instance lifecycle")."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset(
+    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+)
 
 # A JSON value as json.loads returns it; typed shims (`okra-sidecar codegen`) narrow it.
 Json: TypeAlias = Any

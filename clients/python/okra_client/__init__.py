@@ -1,7 +1,7 @@
 """The async Python client of the sidecar's WorkflowHostAPI (`OkraClient`) and its types."""
 
-from okra_sidecar.client.client import DEFAULT_TARGET, OkraClient, RetryPolicy
-from okra_sidecar.client.errors import (
+from okra_client.client import DEFAULT_TARGET, OkraClient, RetryPolicy
+from okra_client.errors import (
     AlreadyExistsError,
     ChangedConcurrentlyError,
     DeadlineExceededError,
@@ -34,7 +34,7 @@ from okra_sidecar.client.errors import (
     UnimplementedError,
     WorkflowNotFoundError,
 )
-from okra_sidecar.client.models import (
+from okra_client.models import (
     HistoryEvent,
     HistoryPage,
     Json,
@@ -45,7 +45,7 @@ from okra_sidecar.client.models import (
     WorkflowInstance,
     WorkflowStatus,
 )
-from okra_sidecar.client.tls import ClientTls
+from okra_client.tls import ClientTls
 
 __all__ = [
     "DEFAULT_TARGET",

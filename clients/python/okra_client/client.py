@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from okra_sidecar.client.errors import OkraRpcError, error_from_rpc
-from okra_sidecar.client.models import (
+from okra_client.errors import REASONS, OkraRpcError, error_from_rpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_client.models import (
     STATUS_TO_PB,
     HistoryEvent,
     HistoryPage,
@@ -34,15 +36,12 @@ from okra_sidecar.client.models import (
     to_timestamp,
     to_value,
 )
-from okra_sidecar.client.schedules import ScheduleClient
-from okra_sidecar.client.tls import ClientTls, open_channel
-from okra_sidecar.errors import REASONS
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
-from okra_sidecar.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_client.schedules import ScheduleClient
+from okra_client.tls import ClientTls, open_channel
 
 if TYPE_CHECKING:
     # Only the type stubs know the async flavour of the generated stub.
-    from okra_sidecar.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
 
 __all__ = ["DEFAULT_TARGET", "OkraClient", "RetryPolicy"]
 
@@ -97,7 +96,7 @@ class OkraClient:
     default when None). GetStatus, Query and ListWorkflows are retried on UNAVAILABLE; so are
     Run (always sent with a `request_id`) and Signal with a `signal_id`, which the sidecar
     de-duplicates.
-    Failures raise `OkraRpcError` subclasses (see `okra_sidecar.client.errors`).
+    Failures raise `OkraRpcError` subclasses (see `okra_client.errors`).
 
     Args:
         target: The sidecar's `host:port` (or any gRPC target, e.g. `unix:///run/okra.sock`).

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as okra_dot_workflow_dot_v1_dot_workflow__pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as okra_dot_workflow_dot_v1_dot_workflow__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

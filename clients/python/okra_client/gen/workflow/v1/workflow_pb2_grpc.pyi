@@ -7,7 +7,7 @@ workflow instances through the okra sidecar beside it.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as _workflow_pb2
+from okra_client.gen.workflow.v1 import workflow_pb2 as _workflow_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
