@@ -13,6 +13,7 @@ import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
+from okra_sidecar.admission import CAUSE_ATTRIBUTE
 from okra_sidecar.api.convert import (
     check_statuses,
     history_event_to_pb,
@@ -34,7 +35,7 @@ from okra_sidecar.errors import (
 )
 from okra_sidecar.instances import QueryFilter, run_instance_id
 from okra_sidecar.policy import rules
-from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CAUSE_METADATA, CausationGuard
+from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import current_grant, current_identity
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.change_feed import ChangeFeed

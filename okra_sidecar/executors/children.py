@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
@@ -30,7 +31,6 @@ from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus, ParentLink
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CausationGuard
-from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.telemetry import tracing

@@ -23,7 +23,6 @@ from okra_sidecar.policy.rates import parse_rate
 from okra_sidecar.policy.signing import Signer
 
 __all__ = [
-    "CAUSE_ATTRIBUTE",
     "CAUSE_METADATA",
     "CausationGuard",
     "InstanceFieldReader",
@@ -32,7 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CAUSE_ATTRIBUTE = "okracause"  # on events the engine emits
 CAUSE_METADATA = "okra-cause"  # on gRPC calls workflows make: `<instance id>.<tag>`
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from okra_sidecar.admission import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.errors import FieldViolation, PolicyLoadError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.parsing import ParseLimitError, ParseLimits, load_json, load_yaml
@@ -39,7 +40,6 @@ RUN_RATE_LIMIT = P + "run.rateLimit"
 SIGNAL_RATE_LIMIT = P + "signal.rateLimit"
 QUERY_RATE_LIMIT = P + "query.rateLimit"
 MAX_CONCURRENT_INSTANCES = P + "maxConcurrentInstances"
-MAX_INSTANCES_PER_WORKFLOW = P + "maxInstancesPerWorkflow"
 CONDITION = P + "condition"
 RUN_MAX_INPUT_SIZE_KB = P + "run.maxInputSizeKb"
 RUN_REQUIRED_INPUT_FIELDS = P + "run.requiredInputFields"

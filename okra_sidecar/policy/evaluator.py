@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Protocol
 
 from celpy.celtypes import MapType, StringType
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.errors import PolicyDeniedError, Reason, ResourceExhaustedError
 from okra_sidecar.policy import document as keys
 from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
@@ -24,7 +25,6 @@ from okra_sidecar.policy.globs import GlobList
 from okra_sidecar.policy.model import (
     NO_WORKFLOW,
     CallGrant,
-    RunLimits,
     WorkflowRef,
 )
 

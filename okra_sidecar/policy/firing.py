@@ -15,9 +15,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.policy.audit import Call
 from okra_sidecar.policy.evaluator import PolicyEvaluator
-from okra_sidecar.policy.model import Identity, RunLimits, WorkflowRef
+from okra_sidecar.policy.model import Identity, WorkflowRef
 
 __all__ = ["FIRING_METADATA", "PolicyFiringAuthorizer"]
 

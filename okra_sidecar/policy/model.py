@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.policy.cel import to_cel
 
 
@@ -105,18 +106,6 @@ class InstanceView:
 
 
 @dataclass(frozen=True)
-class RunLimits:
-    """Admission limits and engine timeouts for one Run, from the policy set that allowed it."""
-
-    max_active: int = 0  # 0: no limit
-    max_active_policy: str = ""
-    max_per_workflow: int = 0
-    max_duration_ms: int | None = None
-    step_timeout_ms: int | None = None
-    timeout_action: str = "fail"
-
-
-@dataclass(frozen=True)
 class CallGrant:
     """What the policy interceptor allowed, handed to the servicer for the store's atomic step.
 
@@ -173,7 +162,6 @@ __all__ = [
     "CallGrant",
     "Identity",
     "InstanceView",
-    "RunLimits",
     "WorkflowRef",
     "current_grant",
     "current_identity",

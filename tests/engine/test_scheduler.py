@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition, load_definition_text
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
@@ -20,7 +21,6 @@ from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_director
 from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import DefinitionError, FailedPreconditionError, PolicyDeniedError
 from okra_sidecar.instances import InstanceRecord, QueryFilter
-from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,
     SCHEDULE_TAG,

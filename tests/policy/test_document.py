@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from okra_sidecar.admission import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.errors import PolicyLoadError
 from okra_sidecar.policy import document as keys
 from okra_sidecar.policy.cel import CelEngine
@@ -101,7 +102,7 @@ def test_empty_document_is_no_policy(cel: CelEngine) -> None:
         ('{"policy.workflow.run.rateLimit": "lots"}', keys.RUN_RATE_LIMIT, "is not a rate"),
         (
             '{"policy.workflow.maxInstancesPerWorkflow": {"a.b.1.0.0": 3}}',
-            keys.MAX_INSTANCES_PER_WORKFLOW,
+            MAX_INSTANCES_PER_WORKFLOW,
             "names a version",
         ),
         (

@@ -21,6 +21,7 @@ from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.admission import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.runner import EngineRunner, now_ms
 from okra_sidecar.policy import document as keys
@@ -432,7 +433,7 @@ async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Re
     error = await expect_denied(
         redis,
         lambda: limits.stub.Run(pb.RunRequest(workflow_id="report.generation.1.0.0")),
-        policy=keys.MAX_INSTANCES_PER_WORKFLOW,
+        policy=MAX_INSTANCES_PER_WORKFLOW,
         message="the limit of 10 concurrent instances of report.generation "
         "(policy.workflow.maxInstancesPerWorkflow) is reached; retry when some have finished",
         code=EXHAUSTED,

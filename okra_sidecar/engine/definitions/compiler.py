@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from okra_sidecar.engine.definitions import calls, events, retries
+from okra_sidecar.engine.definitions import calls
+from okra_sidecar.engine.definitions.call_compiler import (
+    compile_emit,
+    compile_grpc,
+    compile_http,
+    compile_openapi,
+    compile_run_workflow,
+    compile_worker,
+)
 from okra_sidecar.engine.definitions.durations import DurationSpec, parse_duration
 from okra_sidecar.engine.definitions.expressions import (
     ARGUMENT_NAMES,
@@ -17,6 +25,7 @@ from okra_sidecar.engine.definitions.expressions import (
     compile_field,
     compile_value,
 )
+from okra_sidecar.engine.definitions.listen_compiler import compile_listen
 from okra_sidecar.engine.definitions.pointers import kind_of, pointer, pointer_join
 from okra_sidecar.engine.definitions.tasks import (
     CONTINUE,
@@ -31,6 +40,7 @@ from okra_sidecar.engine.definitions.tasks import (
     TaskNode,
     compile_schema,
 )
+from okra_sidecar.engine.definitions.try_compiler import compile_try
 from okra_sidecar.errors import DefinitionError
 
 __all__ = ["SUPPORTED_TASKS", "TASK_TYPES", "TaskCompiler", "pointer", "pointer_join"]
@@ -222,12 +232,12 @@ class TaskCompiler:
         if kind == "for":
             return self.for_body(body, path)
         if kind == "try":
-            return retries.compile_try(self, body, path)
+            return compile_try(self, body, path)
         if kind == "listen":
-            return events.compile_listen(self, body, path)
+            return compile_listen(self, body, path)
         builders: dict[str, Callable[[Any, str], Any]] = {
             "do": lambda v, p: self.task_list(v, p).reference,
-            "emit": lambda v, p: calls.compile_emit(self, v, p),
+            "emit": lambda v, p: compile_emit(self, v, p),
             "fork": self.fork_body,
             "raise": self.raise_body,
             "run": self.run_body,
@@ -469,11 +479,11 @@ class TaskCompiler:
         if not isinstance(target, str) or not target:
             self.fail(call_path, "'call' must name a function: http, grpc, openapi or a custom one")
         if target == "http":
-            return calls.compile_http(self, name, arguments, with_path)
+            return compile_http(self, name, arguments, with_path)
         if target == "grpc":
-            return calls.compile_grpc(self, name, arguments, with_path)
+            return compile_grpc(self, name, arguments, with_path)
         if target == "openapi":
-            return calls.compile_openapi(self, name, arguments, with_path)
+            return compile_openapi(self, name, arguments, with_path)
         if target in self.functions:
             reference = self.function(target, call_path)
             if arguments is not None and not isinstance(arguments, dict):
@@ -486,7 +496,7 @@ class TaskCompiler:
                 f"task '{name}' calls '{target}', a cataloged or remote function, which is not "
                 "supported by this runtime; define it in use.functions or name a worker function",
             )
-        return calls.compile_worker(self, target, arguments, with_path)
+        return compile_worker(self, target, arguments, with_path)
 
     def function(self, name: str, path: str) -> str:
         """The TaskList reference of a `use.functions` entry, compiled on first use."""
@@ -515,7 +525,7 @@ class TaskCompiler:
         processes = [p for p in _PROCESSES if p in value]
         if processes != ["workflow"]:
             self.fail(path, "'run' needs exactly one process to run: here, 'workflow'")
-        return calls.compile_run_workflow(self, value, path)
+        return compile_run_workflow(self, value, path)
 
 
 def schema_document(value: Any, path: str, fail: Callable[[str, str], NoReturn]) -> Any:

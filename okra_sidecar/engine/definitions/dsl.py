@@ -9,10 +9,12 @@ from typing import Any, NoReturn
 
 import yaml
 
-from okra_sidecar.engine.definitions import calls, events, retries
+from okra_sidecar.engine.definitions.call_compiler import compile_authentication
 from okra_sidecar.engine.definitions.compiler import TaskCompiler, pointer, pointer_join
 from okra_sidecar.engine.definitions.durations import DurationSpec
+from okra_sidecar.engine.definitions.listen_compiler import compile_consumption
 from okra_sidecar.engine.definitions.tasks import WorkflowPlan
+from okra_sidecar.engine.definitions.try_compiler import compile_retry
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.parsing import ParseLimitError, ParseLimits
 from okra_sidecar.parsing import load_yaml as load_bounded_yaml
@@ -180,11 +182,11 @@ class _DefinitionLoader:
                     pointer("use", "authentications", name, "use"),
                     "an authentication defined in use.authentications cannot 'use' another one",
                 )
-            calls.compile_authentication(
+            compile_authentication(
                 compiler, authentication, pointer("use", "authentications", name)
             )
         for name, policy in use.get("retries", {}).items():
-            retries.compile_retry(compiler, policy, pointer("use", "retries", name))
+            compile_retry(compiler, policy, pointer("use", "retries", name))
         for name in use.get("functions", {}):
             compiler.function(name, pointer("use", "functions", name))
         input_from, input_check = compiler.io(document.get("input"), "/input", "from")
@@ -353,5 +355,5 @@ class _DefinitionLoader:
                 if spec.ms is not None and spec.ms <= 0:
                     self.fail(pointer("schedule", key), f"'{key}' must be longer than zero")
         if "on" in value:
-            events.compile_consumption(compiler, value["on"], "/schedule/on")
+            compile_consumption(compiler, value["on"], "/schedule/on")
         return tuple(trigger for key, trigger in _SCHEDULE_TRIGGERS if key in value)

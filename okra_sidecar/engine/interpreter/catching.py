@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.engine.definitions.retries import jitter_ms, retry_delay_ms
 from okra_sidecar.engine.definitions.tasks import RetryPolicy, TaskNode
 from okra_sidecar.engine.interpreter.arguments import TaskArguments
 from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, error_matches
+from okra_sidecar.engine.interpreter.retries import jitter_ms, retry_delay_ms
 from okra_sidecar.engine.interpreter.turn import TurnBase, truthy
 
 __all__ = ["CatchingTurn"]

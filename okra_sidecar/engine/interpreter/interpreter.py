@@ -18,7 +18,7 @@ output. Effects asked for and abandoned within the same turn are not returned.
 
 Fork branches run in the same turn, one after the other, each up to where it blocks; a branch
 that ends first in declaration order wins a `compete`. Error handling follows retries.py,
-listen correlation and router subscriptions follow events.py, the state's layout threads.py.
+listen correlation and router subscriptions follow listening.py, the state's layout threads.py.
 
 State values are shared with the previous state, not copied: nothing here mutates a value
 once it is in a state, and callers must not either.
@@ -32,7 +32,6 @@ from enum import StrEnum
 from typing import Any
 
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
-from okra_sidecar.engine.definitions.events import subscriptions
 from okra_sidecar.engine.definitions.pointers import kind_of
 from okra_sidecar.engine.definitions.tasks import (
     FlowDirective,
@@ -45,6 +44,7 @@ from okra_sidecar.engine.interpreter.arguments import TaskArguments
 from okra_sidecar.engine.interpreter.catching import CatchingTurn
 from okra_sidecar.engine.interpreter.effects import Effect
 from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, problem, timeout_fault
+from okra_sidecar.engine.interpreter.listening import subscriptions
 from okra_sidecar.engine.interpreter.threads import awaited_effects, threads, wake_at
 from okra_sidecar.engine.interpreter.turn import STATE_VERSION, WorkflowEndedError, truthy
 from okra_sidecar.engine.interpreter.waiting import WaitingTurn
@@ -95,7 +95,7 @@ class TurnResult:
     (RFC 7807: type, status, title, detail, instance) when FAILED. `consumed` lists the inbox
     entry ids this turn used, `wake_at_ms` when a waiting instance needs its next turn, and
     `history` the lifecycle events of the turn. `effects` is the outside work the turn asks for,
-    to commit with the state; `subscriptions` (events.py) what the instance listens to while
+    to commit with the state; `subscriptions` (listening.py) what the instance listens to while
     WAITING. `changed` is False when the turn did nothing: the caller then has nothing to write.
     """
 
@@ -505,7 +505,7 @@ class _Turn(CatchingTurn, WaitingTurn):
         return self.result(TurnOutcome.WAITING, current, wake_at_ms=wake)
 
     def listening(self) -> list[dict[str, Any]]:
-        """The subscriptions of every listen still open in the threads (events.py)."""
+        """The subscriptions of every listen still open in the threads (listening.py)."""
         found: list[dict[str, Any]] = []
         nodes = self.plan.nodes
         for frames, waiting in threads(self.stack, self.slot):

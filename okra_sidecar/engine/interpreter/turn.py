@@ -13,7 +13,6 @@ from typing import Any
 
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.definitions.durations import DurationSpec
-from okra_sidecar.engine.definitions.events import Signal
 from okra_sidecar.engine.definitions.expressions import CompiledValue, ExpressionError
 from okra_sidecar.engine.definitions.pointers import kind_of
 from okra_sidecar.engine.definitions.tasks import FlowDirective, SchemaCheck, TaskNode, WorkflowPlan
@@ -25,6 +24,7 @@ from okra_sidecar.engine.interpreter.faults import (
     problem,
     validation_fault,
 )
+from okra_sidecar.engine.interpreter.listening import Signal
 
 __all__ = ["STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
 

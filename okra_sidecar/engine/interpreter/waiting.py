@@ -2,7 +2,7 @@
 
 A task asking for outside work records an Effect and, unless it is fire-and-forget (emit, a run
 without `await`), waits in a slot for the result event; a listen waits for inbox events and
-runs its `foreach` tasks for each of them (events.py matches them).
+runs its `foreach` tasks for each of them (listening.py matches them).
 """
 
 from __future__ import annotations
@@ -10,13 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from okra_sidecar.engine.definitions import calls
-from okra_sidecar.engine.definitions.events import (
-    ListenProgress,
-    Signal,
-    advance_listen,
-    expected_correlation,
-    read_event,
-)
 from okra_sidecar.engine.definitions.expressions import ExpressionError
 from okra_sidecar.engine.definitions.tasks import TaskNode
 from okra_sidecar.engine.interpreter.arguments import TaskArguments, datetime_descriptor
@@ -25,6 +18,13 @@ from okra_sidecar.engine.interpreter.faults import (
     WorkflowFaultError,
     expression_fault,
     outside_error,
+)
+from okra_sidecar.engine.interpreter.listening import (
+    ListenProgress,
+    Signal,
+    advance_listen,
+    expected_correlation,
+    read_event,
 )
 from okra_sidecar.engine.interpreter.threads import awaited_effects
 from okra_sidecar.engine.interpreter.turn import TurnBase

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from okra_sidecar.admission import CAUSE_ATTRIBUTE, CauseAdmitter, RunLimits
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry, semver_key
@@ -26,8 +27,6 @@ from okra_sidecar.engine.runtime.routing import subscription_matches
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import OkraError, StoreUnavailableError
-from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE, CausationGuard
-from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.store.base import ScheduleStore, Store
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class EventTriggers:
         clock: Callable[[], int] = now_ms,
         refresh_s: float = REFRESH_S,
         authorize: FiringAuthorizer | None = None,
-        causation: CausationGuard | None = None,
+        causation: CauseAdmitter | None = None,
     ) -> None:
         self._authorize = authorize
         self._causation = causation

@@ -7,10 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from okra_sidecar.admission import CAUSE_ATTRIBUTE
 from okra_sidecar.engine.interpreter.effects import Effect, EffectKind, iso_time, result_event
 from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, TurnResult
 from okra_sidecar.engine.runtime.routing import subscription_types
-from okra_sidecar.policy.causation import CAUSE_ATTRIBUTE
 from okra_sidecar.store.base import Subscriptions, TurnExtras, TurnSnapshot
 from okra_sidecar.telemetry import tracing
 

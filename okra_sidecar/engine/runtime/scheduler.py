@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from okra_sidecar.admission import RunLimits
 from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.definitions.durations import iso_duration_ms, parse_duration
@@ -35,7 +36,6 @@ from okra_sidecar.errors import (
     StoreUnavailableError,
     schedule_changed,
 )
-from okra_sidecar.policy.model import RunLimits
 from okra_sidecar.schedules import (
     FIRE_TIME_TAG,
     REQUEST_ID_NAMESPACE,

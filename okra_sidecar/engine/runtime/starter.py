@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from okra_sidecar.admission import MAX_INSTANCES_PER_WORKFLOW, RunLimits
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.interpreter.interpreter import start_state
 from okra_sidecar.engine.runtime.deadlines import DEFAULT_TIMEOUT, MAX_INSTANCE_DURATION
 from okra_sidecar.instances import NewInstance
-from okra_sidecar.policy.document import MAX_INSTANCES_PER_WORKFLOW
-from okra_sidecar.policy.model import RunLimits
 
 __all__ = ["admission", "build_instance", "deadline_fields", "timeout_fields"]
 

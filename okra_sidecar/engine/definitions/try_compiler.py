@@ -1,43 +1,23 @@
-"""`try`: compile catch clauses and retry policies, and compute when the next attempt starts.
+"""Compile `try` tasks (catch clauses) and retry policies, at load.
 
-How a caught error is handled (the interpreter follows this):
-
-1. The error must pass `catch.errors.with` (faults.error_matches), then `catch.when` (true) and
-   `catch.exceptWhen` (false). Both conditions see the error as `.` and as `$<as>`.
-2. With a `retry` policy whose own `when`/`exceptWhen` allow it, the `try` tasks run again from
-   the first one, with the try task's input, after retry_delay_ms(). When the policy's limits
-   are exhausted (`limit.attempt.count` retries done, or the next attempt would start after
-   `limit.duration` from the first one), `catch.do` handles the error if there is one;
-   otherwise the error goes on as uncaught.
-3. Without a retry (or when the policy's conditions refuse one), `catch.do` runs with `$<as>`
-   bound and the try task's input; its output is the try task's output. Without `catch.do` the
-   try task outputs its input.
-
-`limit.attempt.duration` bounds each attempt: an attempt still running after it is interrupted
-with a timeout error (408), handled like any other error of the attempt.
-
-Delays: `delay` (default zero) is scaled by the backoff, for retry number n (1, 2, ...):
-constant -> delay, linear -> delay * n, exponential -> delay * 2^(n-1). `jitter` adds a duration
-between `from` and `to`, derived from the instance id, the try task and n by hashing: the same
-turn computes the same delay, so that a re-run turn changes nothing.
+How a caught error is handled at run time is in interpreter/retries.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from okra_sidecar.engine.definitions.compiling import Compiler
 from okra_sidecar.engine.definitions.durations import DurationSpec
 from okra_sidecar.engine.definitions.pointers import pointer, pointer_join
 from okra_sidecar.engine.definitions.tasks import CatchSpec, RetryPolicy, TrySpec
 
-if TYPE_CHECKING:
-    from okra_sidecar.engine.definitions.compiler import TaskCompiler
-
-__all__ = ["compile_retry", "compile_try", "jitter_ms", "retry_delay_ms"]
+__all__ = ["compile_retry", "compile_try"]
 
 _BACKOFFS = ("constant", "linear", "exponential")
+
+
 _FILTER_TYPES: Mapping[str, type] = {
     "type": str,
     "status": int,
@@ -48,24 +28,7 @@ _FILTER_TYPES: Mapping[str, type] = {
 }
 
 
-def jitter_ms(low: int, high: int, seed: str) -> int:
-    """A duration in [low, high], the same for the same seed."""
-    if high <= low:
-        return low
-    digest = hashlib.blake2b(seed.encode(), digest_size=8).digest()
-    return low + int.from_bytes(digest, "big") % (high - low + 1)
-
-
-def retry_delay_ms(backoff: str, delay: int, retry: int) -> int:
-    """The delay before retry number `retry` (1-based), before jitter."""
-    if backoff == "linear":
-        return delay * retry
-    if backoff == "exponential":
-        return int(delay * 2 ** (retry - 1))
-    return delay
-
-
-def compile_try(c: TaskCompiler, body: Mapping[str, Any], path: str) -> TrySpec:
+def compile_try(c: Compiler, body: Mapping[str, Any], path: str) -> TrySpec:
     do = c.task_list(body["try"], pointer_join(path, "try"), key="try").reference
     if "catch" not in body:
         c.fail(path, "a 'try' task needs 'catch'")
@@ -96,7 +59,7 @@ def compile_try(c: TaskCompiler, body: Mapping[str, Any], path: str) -> TrySpec:
     return TrySpec(do, spec)
 
 
-def _error_filter(c: TaskCompiler, value: Any, path: str) -> dict[str, Any] | None:
+def _error_filter(c: Compiler, value: Any, path: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -118,7 +81,7 @@ def _error_filter(c: TaskCompiler, value: Any, path: str) -> dict[str, Any] | No
     return dict(error_filter)
 
 
-def compile_retry(c: TaskCompiler, value: Any, path: str) -> RetryPolicy:
+def compile_retry(c: Compiler, value: Any, path: str) -> RetryPolicy:
     """An inline retry policy or the name of one in use.retries."""
     if isinstance(value, str):
         found = c.retries.get(value)
@@ -159,7 +122,7 @@ def compile_retry(c: TaskCompiler, value: Any, path: str) -> RetryPolicy:
     )
 
 
-def _backoff(c: TaskCompiler, value: Any, path: str) -> str:
+def _backoff(c: Compiler, value: Any, path: str) -> str:
     if value is None:
         return "constant"
     if not isinstance(value, dict) or len(value) != 1:
@@ -177,7 +140,7 @@ def _backoff(c: TaskCompiler, value: Any, path: str) -> str:
 
 
 def _limit(
-    c: TaskCompiler, value: Any, path: str
+    c: Compiler, value: Any, path: str
 ) -> tuple[int | None, DurationSpec | None, DurationSpec | None]:
     if value is None:
         return None, None, None
