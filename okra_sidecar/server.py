@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 import grpc
@@ -42,6 +42,7 @@ from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.api.tracing import TelemetryInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime.event_triggers import EventTriggers
 from okra_sidecar.engine.runtime.processes import (
@@ -120,65 +121,37 @@ GRPC_OPTIONS = [
 
 
 @dataclass
-class Sidecar:
-    """A running sidecar; `stop()` takes it down in the documented order."""
+class Grace:
+    """How long stop() lets calls, turns and effects in flight finish (None: not at all),
+    read by the closes that the start registered."""
 
-    server: grpc.aio.Server
+    seconds: float | None = None
+
+
+@dataclass
+class Sidecar:
+    """A running sidecar; `stop()` closes what the start opened, in the reverse order."""
+
     port: int
-    health: health_aio.HealthServicer
-    reporter: HealthReporter
-    runner: EngineRunner
-    store: RedisStore
-    redis: aioredis.Redis
-    embedded: EmbeddedRedis | None
     redis_url: str
-    health_task: asyncio.Task[None]
-    telemetry: Telemetry = field(default_factory=Telemetry)
-    owns_telemetry: bool = False
-    admin: AdminServer | None = None
-    gauge_task: asyncio.Task[None] | None = None
-    scheduler: Scheduler | None = None
-    retention: RetentionKeeper | None = None
-    policies: PolicyManager | None = None
-    effects: EffectRuntime | None = None
+    store: RedisStore
+    runner: EngineRunner
+    scheduler: Scheduler
+    retention: RetentionKeeper
+    telemetry: Telemetry
+    # Every part registered its close here as it started: the stop is the start reversed.
+    closing: contextlib.AsyncExitStack
+    grace: Grace
+    embedded: EmbeddedRedis | None = None
     engines: EngineProcesses | None = None
-    # TLS certificate files (reloaded on change) and the plaintext health-only server.
+    admin: AdminServer | None = None
     tls: CertificateFiles | None = None
-    health_server: grpc.aio.Server | None = None
     health_port: int = 0
-    heartbeat: ConsumerHeartbeat | None = None
+    gauge_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
-        # Shutdown order: refuse new calls, drain in-flight ones, stop the engine, flush
-        # telemetry, close Redis.
-        await self.reporter.shut_down()
-        await cancel_and_wait([self.health_task])
-        await self.server.stop(grace_s)
-        if self.health_server is not None:
-            await self.health_server.stop(None)
-        for loop in (self.scheduler, self.retention):
-            if loop is not None:
-                await loop.stop()
-        await self.runner.stop(timeout_s=grace_s or 0.0)
-        if self.engines is not None:
-            await self.engines.stop()
-        if self.policies is not None:
-            await self.policies.stop()
-        if self.effects is not None:
-            await self.effects.stop(timeout_s=grace_s or 0.0)
-        if self.heartbeat is not None:
-            await self.heartbeat.stop()  # nothing of ours is left for others to wait on
-        if self.gauge_task is not None:
-            await cancel_and_wait([self.gauge_task])
-        if self.admin is not None:
-            await self.admin.stop()
-        # Exporters block while they flush: off the loop, which may serve their receiver.
-        if self.owns_telemetry:
-            await asyncio.to_thread(self.telemetry.shutdown)
-        await self.store.aclose()
-        await self.redis.aclose()
-        if self.embedded is not None:
-            await self.embedded.stop()
+        self.grace.seconds = grace_s
+        await self.closing.aclose()
 
 
 @dataclass
@@ -449,6 +422,38 @@ def build_runner(
     )
 
 
+@dataclass
+class _Probes:
+    """Health as probes see it: the servicer, its reporter and the plaintext health port."""
+
+    servicer: health_aio.HealthServicer
+    reporter: HealthReporter
+    health_port: int = 0
+
+
+@dataclass
+class _Ports:
+    """The gRPC and admin addresses; while the start waits for Redis, the waiting servers'."""
+
+    listen: str
+    admin_listen: str | None
+    waiting: WaitingServers | None = None
+
+
+@dataclass
+class _Parts:
+    """What the start builds on the store before any of it reads or serves."""
+
+    registry: WorkflowRegistry
+    policies: PolicyLayer
+    liveness: ConsumerLiveness
+    runner: EngineRunner
+    scheduler: Scheduler
+    retention: RetentionKeeper
+    effects: EffectRuntime
+    causation: CausationGuard
+
+
 async def start_sidecar(
     settings: Settings,
     *,
@@ -463,269 +468,384 @@ async def start_sidecar(
     `telemetry` replaces the one built from settings.telemetry (tests pass in-memory
     exporters); the caller then shuts it down. `clock` (epoch ms) replaces the wall clock
     for the engine, the scheduler and retention, so tests can move time.
+
+    Each part registers its close on one exit stack as it starts: a start that fails closes
+    what it had opened, and `Sidecar.stop()` closes everything, both in reverse start order.
     """
+    ports, tls = _check_before_start(settings)
+    credentials = server_credentials(tls, mutual=settings.tls.mutual) if tls is not None else None
+    consumer = consumer_name()
+    grace = Grace()
+    async with contextlib.AsyncExitStack() as stack:
+        if telemetry is None:
+            telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
+            # Exporters block while they flush: off the loop, which may serve their receiver.
+            stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
+        url, embedded = await _start_redis(settings, stack)
+        client = redis_client(url, settings)
+        stack.push_async_callback(client.aclose)
+        probes = await _start_probes(settings, stack)
+        store = await _open_store(settings, url, client, probes, ports, credentials, stack)
+        parts = await _build_parts(settings, client, store, consumer, telemetry, clock, stack)
+        if ports.waiting is not None:
+            # The real servers take the ports over (the same ones, even where 0 was asked).
+            await ports.waiting.stop()
+        server, port = _build_server(settings, parts, store, telemetry, probes, ports, credentials)
+        admin = await _start_admin(settings, ports, port, tls, parts, telemetry, probes, stack)
+        engines = await _start_engine(settings, consumer, url, parts, grace, stack)
+        await server.start()
+        stack.push_async_callback(lambda: server.stop(grace.seconds))
+        gauge_task = _start_gauges(settings, store, telemetry, stack)
+        watcher = asyncio.create_task(_watch_redis(store, probes.reporter))
+        stack.push_async_callback(cancel_and_wait, [watcher])
+        await probes.reporter.set_ready(True)
+        # The first close at stop: every probe reports NOT_SERVING before anything goes.
+        stack.push_async_callback(probes.reporter.shut_down)
+        sidecar = Sidecar(
+            port=port,
+            redis_url=url,
+            store=store,
+            runner=parts.runner,
+            scheduler=parts.scheduler,
+            retention=parts.retention,
+            telemetry=telemetry,
+            closing=stack.pop_all(),
+            grace=grace,
+            embedded=embedded,
+            engines=engines,
+            admin=admin,
+            tls=tls,
+            health_port=probes.health_port,
+            gauge_task=gauge_task,
+        )
+    return sidecar
+
+
+def _check_before_start(settings: Settings) -> tuple[_Ports, CertificateFiles | None]:
+    """What can be refused before anything starts: taken ports, certificate files."""
     # A taken port is found before Redis starts, and said in one line naming the flag.
     check_listen(settings.server.listen)
-    admin_listen = scrape_listen(settings.telemetry)
-    if admin_listen is not None:
-        check_listen(admin_listen, setting=ADMIN_LISTEN_SETTING)
-    now_ms = clock or wall_clock_ms
+    ports = _Ports(settings.server.listen, scrape_listen(settings.telemetry))
+    if ports.admin_listen is not None:
+        check_listen(ports.admin_listen, setting=ADMIN_LISTEN_SETTING)
     warning = exposure_warning(settings)
     if warning is not None:
         logger.warning("%s", warning)
     # Certificate files are checked before anything starts: a bad one stops the start.
-    tls = CertificateFiles(settings.tls) if settings.tls.enabled else None
-    consumer = consumer_name()
-    owns_telemetry = telemetry is None
-    if telemetry is None:
-        telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
-    embedded = None
-    url = settings.redis.url
-    if url is None:
-        appendfsync = "always" if settings.redis.durability == "aof" else "everysec"
-        embedded = EmbeddedRedis(
-            data_dir=settings.redis.data_dir / "redis", appendfsync=appendfsync
-        )
-        url = await embedded.start()
-    client = redis_client(url, settings)
-    scheduler: Scheduler | None = None
-    retention: RetentionKeeper | None = None
-    policies: PolicyLayer | None = None
-    admin: AdminServer | None = None
-    engines: EngineProcesses | None = None
-    heartbeat: ConsumerHeartbeat | None = None
-    store: RedisStore | None = None
-    health_server: grpc.aio.Server | None = None
-    health_port = 0
-    waiting: WaitingServers | None = None
-    health_servicer = health_aio.HealthServicer()
-    reporter = HealthReporter(health_servicer, READINESS_SERVICES)
-    credentials = server_credentials(tls, mutual=settings.tls.mutual) if tls is not None else None
-    listen = settings.server.listen
+    return ports, CertificateFiles(settings.tls) if settings.tls.enabled else None
+
+
+async def _start_redis(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[str, EmbeddedRedis | None]:
+    """The configured Redis URL, or an embedded redis-server started for it."""
+    if settings.redis.url is not None:
+        return settings.redis.url, None
+    appendfsync = "always" if settings.redis.durability == "aof" else "everysec"
+    embedded = EmbeddedRedis(data_dir=settings.redis.data_dir / "redis", appendfsync=appendfsync)
+    stack.push_async_callback(embedded.stop)
+    return await embedded.start(), embedded
+
+
+async def _start_probes(settings: Settings, stack: contextlib.AsyncExitStack) -> _Probes:
+    """Alive, and not ready until everything has started; the plaintext health port if any."""
+    servicer = health_aio.HealthServicer()
+    probes = _Probes(servicer, HealthReporter(servicer, READINESS_SERVICES))
+    await probes.reporter.set_live(True)
+    await probes.reporter.set_ready(False)
+    if settings.server.health_listen is not None:
+        server, probes.health_port = build_health_server(servicer, settings.server.health_listen)
+        stack.push_async_callback(server.stop, None)
+        await server.start()
+    return probes
+
+
+async def _open_store(
+    settings: Settings,
+    url: str,
+    client: aioredis.Redis,
+    probes: _Probes,
+    ports: _Ports,
+    credentials: grpc.ServerCredentials | None,
+    stack: contextlib.AsyncExitStack,
+) -> RedisStore:
+    """The store; while Redis does not answer, waiting servers hold `ports` for probes."""
     try:
-        # Alive, not ready until everything below has started.
-        await reporter.set_live(True)
-        await reporter.set_ready(False)
-        if settings.server.health_listen is not None:
-            health_server, health_port = build_health_server(
-                health_servicer, settings.server.health_listen
-            )
-            await health_server.start()
+        # Before anything is written: a level the server cannot give stops the start.
+        await check_durability(client, settings.redis.durability)
+        store = await open_store(settings, url, client)
+    except StoreUnavailableError:
+        # Exiting would only be restarted into the same wait: hold the ports for probes.
+        ports.waiting = await WaitingServers.start(
+            health_servicer=probes.servicer,
+            listen=ports.listen,
+            credentials=credentials,
+            admin_listen=ports.admin_listen,
+            probes=probes.reporter,
+        )
+        stack.push_async_callback(ports.waiting.stop)
+        ports.listen, ports.admin_listen = ports.waiting.listen, ports.waiting.admin_listen
         try:
-            # Before anything is written: a level the server cannot give stops the start.
-            await check_durability(client, settings.redis.durability)
-            store = await open_store(settings, url, client)
-        except StoreUnavailableError:
-            # Exiting would only be restarted into the same wait: hold the ports for probes.
-            waiting = await WaitingServers.start(
-                health_servicer=health_servicer,
-                listen=listen,
-                credentials=credentials,
-                admin_listen=admin_listen,
-                probes=reporter,
+            store = await wait_for(
+                lambda: open_store(settings, url, client),
+                what="Redis",
+                wait_s=settings.redis.wait_s,
             )
-            listen, admin_listen = waiting.listen, waiting.admin_listen
-            try:
-                store = await wait_for(
-                    lambda: open_store(settings, url, client),
-                    what="Redis",
-                    wait_s=settings.redis.wait_s,
-                )
-            except StoreUnavailableError as exc:
-                raise unreachable_redis(url, exc, waited_s=settings.redis.wait_s) from exc
-        registry = WorkflowRegistry(store=store)
-        definitions = []
-        if settings.workflows_dir is not None:
-            # Off the event loop: parsing and checking files is CPU-bound.
-            definitions = await asyncio.to_thread(
-                read_directory,
-                settings.workflows_dir,
-                max_bytes=settings.engine.max_definition_bytes,
-            )
-            await registry.register(definitions)
-        policies = build_policy_layer(settings, client=client, store=store, registry=registry)
-        await policies.manager.start()
-        liveness = build_liveness(settings, client, store)
-        heartbeat = ConsumerHeartbeat(liveness, consumer)
-        runner = build_runner(
-            settings,
+        except StoreUnavailableError as exc:
+            raise unreachable_redis(url, exc, waited_s=settings.redis.wait_s) from exc
+    stack.push_async_callback(store.aclose)
+    return store
+
+
+async def _build_parts(
+    settings: Settings,
+    client: aioredis.Redis,
+    store: RedisStore,
+    consumer: str,
+    telemetry: Telemetry,
+    clock: Callable[[], int] | None,
+    stack: contextlib.AsyncExitStack,
+) -> _Parts:
+    """Definitions registered, policies loaded; the engine, effects and servicers built."""
+    now_ms = clock or wall_clock_ms
+    registry = WorkflowRegistry(store=store)
+    definitions = await _register_definitions(settings, registry)
+    policies = build_policy_layer(settings, client=client, store=store, registry=registry)
+    stack.push_async_callback(policies.manager.stop)
+    await policies.manager.start()
+    liveness = build_liveness(settings, client, store)
+    runner = build_runner(
+        settings,
+        store=store,
+        registry=registry,
+        consumer=consumer,
+        telemetry=telemetry,
+        policies=policies,
+        clock=now_ms,
+        liveness=liveness,
+    )
+    scheduler = Scheduler(
+        schedules=RedisScheduleStore(redis=client, keys=store.keys),
+        store=store,
+        registry=registry,
+        host=settings.host,
+        settings=settings.schedule,
+        clock=now_ms,
+        authorize=policies.firings,
+    )
+    await scheduler.sync_definitions(definitions)
+    retention = RetentionKeeper(
+        store=RedisRetentionStore(redis=client, keys=store.keys),
+        host=settings.host,
+        settings=settings.schedule,
+        clock=now_ms,
+    )
+    effects, causation = _build_effects(
+        settings,
+        client,
+        store,
+        registry,
+        consumer,
+        telemetry,
+        liveness,
+        policies,
+        scheduler,
+        now_ms,
+    )
+    return _Parts(
+        registry=registry,
+        policies=policies,
+        liveness=liveness,
+        runner=runner,
+        scheduler=scheduler,
+        retention=retention,
+        effects=effects,
+        causation=causation,
+    )
+
+
+def _build_server(
+    settings: Settings,
+    parts: _Parts,
+    store: RedisStore,
+    telemetry: Telemetry,
+    probes: _Probes,
+    ports: _Ports,
+    credentials: grpc.ServerCredentials | None,
+) -> tuple[grpc.aio.Server, int]:
+    """The servicers on the parts, in the gRPC server on `ports.listen` (not started)."""
+    return build_server(
+        servicer=WorkflowHostServicer(
             store=store,
-            registry=registry,
-            consumer=consumer,
-            telemetry=telemetry,
-            policies=policies,
-            clock=now_ms,
-            liveness=liveness,
-        )
-        scheduler = Scheduler(
-            schedules=RedisScheduleStore(redis=client, keys=store.keys),
-            store=store,
-            registry=registry,
-            host=settings.host,
-            settings=settings.schedule,
-            clock=now_ms,
-            authorize=policies.firings,
-        )
-        await scheduler.sync_definitions(definitions)
-        retention = RetentionKeeper(
-            store=RedisRetentionStore(redis=client, keys=store.keys),
-            host=settings.host,
-            settings=settings.schedule,
-            clock=now_ms,
-        )
-        # Which instance caused which: chains that loop back stop, fan-out is bounded.
-        causes = RedisEffectStore(redis=client, keys=store.keys)
-        causation = CausationGuard(
-            instances=causes,
-            limiter=policies.rates,
-            secret=causes.shared_secret,
-            per_minute=settings.host.max_caused_per_minute,
-        )
-        effects = EffectRuntime.build(
-            redis=client,
-            keys=store.keys,
-            store=store,
-            registry=registry,
-            settings=settings,
-            consumer=consumer,
-            liveness=liveness,
-            tracer=telemetry.tracer,
-            triggers=EventTriggers(
-                store=store,
-                schedules=scheduler.schedules,
-                registry=registry,
-                host=settings.host,
-                clock=now_ms,
-                authorize=policies.firings,
-                causation=causation,
-            ).offer,
-            authorize=policies.firings,
-            causation=causation,
-        )
-        servicer = WorkflowHostServicer(
-            store=store,
-            registry=registry,
+            registry=parts.registry,
             settings=settings.host,
             metrics=telemetry.metrics,
-            effects=effects.effects,
-            causation=causation,
+            effects=parts.effects.effects,
+            causation=parts.causation,
             changes=store.changes,
-        )
-        task_worker = TaskWorkerServicer(
-            effects=effects.effects,
+        ),
+        health_servicer=probes.servicer,
+        schedules=ScheduleHostServicer(
+            scheduler=parts.scheduler,
+            registry=parts.registry,
+            settings=settings.host,
+            # The schedule keeps its creator's claims: firings run as that caller.
+            owner=lambda: current_identity().claims,
+            authorize=parts.policies.firings,
+        ),
+        listen=ports.listen,
+        telemetry=telemetry,
+        policies=parts.policies,
+        task_worker=TaskWorkerServicer(
+            effects=parts.effects.effects,
             lease_ms=settings.effects.task_lease_ms,
             read_block_ms=settings.engine.read_block_ms,
             max_input_depth=settings.host.max_input_depth,
-        )
-        if waiting is not None:
-            # The real servers take the ports over (the same ones, even where 0 was asked).
-            await waiting.stop()
-            waiting = None
-        server, port = build_server(
-            servicer=servicer,
-            health_servicer=health_servicer,
-            schedules=ScheduleHostServicer(
-                scheduler=scheduler,
-                registry=registry,
-                settings=settings.host,
-                # The schedule keeps its creator's claims: firings run as that caller.
-                owner=lambda: current_identity().claims,
-                authorize=policies.firings,
-            ),
-            listen=listen,
-            telemetry=telemetry,
-            policies=policies,
-            task_worker=task_worker,
-            credentials=credentials,
-        )
-        if admin_listen is not None:
-            # The console calls the gRPC port as its user; it does not dial the port's TLS yet.
-            console = None
-            if tls is None:
-                target = loopback_target(settings.server.listen, port)
-                console = ConsoleGateway(target=target, registry=registry)
-            admin = AdminServer(
-                listen=admin_listen, registry=telemetry.registry, console=console, probes=reporter
-            )
-            await admin.start()
-        assert heartbeat is not None
-        await heartbeat.start()  # before the runner or the executors read anything
-        if settings.engine.processes > 0:
-            engines = EngineProcesses(
-                settings=replace(settings, redis=replace(settings.redis, url=url)),
-                count=settings.engine.processes,
-                on_fault=runner.fail_instance,
-                on_exit=liveness.mark_dead,
-            )
-            await engines.start()
-        else:
-            logger.warning(
-                "engineProcesses: 0: expressions run in the serving process, without time "
-                "or memory budgets; run only trusted definitions this way"
-            )
-            await runner.start()
-        await scheduler.start()
-        await retention.start()
-        await effects.start()
-        await server.start()
-        await reporter.set_ready(True)
-    except BaseException:
-        if waiting is not None:
-            await waiting.stop()
-        if health_server is not None:
-            await health_server.stop(None)
-        if engines is not None:
-            await engines.stop()
-        if heartbeat is not None:
-            await heartbeat.stop()
-        if admin is not None:
-            await admin.stop()
-        for loop in (scheduler, retention):
-            if loop is not None:
-                await loop.stop()
-        if policies is not None:
-            await policies.manager.stop()
-        if store is not None:
-            await store.aclose()
-        await client.aclose()
-        if embedded is not None:
-            await embedded.stop()
-        if owns_telemetry:
-            telemetry.shutdown()
-        raise
-    watcher = asyncio.create_task(_watch_redis(store, reporter))
-    gauge_task = None
-    if telemetry.meter_provider is not None:
-        gauge_task = asyncio.create_task(
-            telemetry.metrics.sample_forever(
-                lambda: _read_gauges(store), interval_s=settings.telemetry.gauge_interval_s
-            )
-        )
-    return Sidecar(
-        server=server,
-        port=port,
-        health=health_servicer,
-        reporter=reporter,
-        runner=runner,
-        store=store,
-        redis=client,
-        embedded=embedded,
-        redis_url=url,
-        health_task=watcher,
-        telemetry=telemetry,
-        owns_telemetry=owns_telemetry,
-        admin=admin,
-        gauge_task=gauge_task,
-        scheduler=scheduler,
-        retention=retention,
-        policies=policies.manager,
-        effects=effects,
-        engines=engines,
-        tls=tls,
-        health_server=health_server,
-        health_port=health_port,
-        heartbeat=heartbeat,
+        ),
+        credentials=credentials,
     )
+
+
+async def _register_definitions(
+    settings: Settings, registry: WorkflowRegistry
+) -> list[WorkflowDefinition]:
+    """The definitions of `--workflows`, registered in Redis (all or nothing)."""
+    if settings.workflows_dir is None:
+        return []
+    # Off the event loop: parsing and checking files is CPU-bound.
+    definitions = await asyncio.to_thread(
+        read_directory, settings.workflows_dir, max_bytes=settings.engine.max_definition_bytes
+    )
+    await registry.register(definitions)
+    return definitions
+
+
+def _build_effects(
+    settings: Settings,
+    client: aioredis.Redis,
+    store: RedisStore,
+    registry: WorkflowRegistry,
+    consumer: str,
+    telemetry: Telemetry,
+    liveness: ConsumerLiveness,
+    policies: PolicyLayer,
+    scheduler: Scheduler,
+    clock: Callable[[], int],
+) -> tuple[EffectRuntime, CausationGuard]:
+    """The executors, the event router with its triggers, and the causation guard."""
+    # Which instance caused which: chains that loop back stop, fan-out is bounded.
+    causes = RedisEffectStore(redis=client, keys=store.keys)
+    causation = CausationGuard(
+        instances=causes,
+        limiter=policies.rates,
+        secret=causes.shared_secret,
+        per_minute=settings.host.max_caused_per_minute,
+    )
+    triggers = EventTriggers(
+        store=store,
+        schedules=scheduler.schedules,
+        registry=registry,
+        host=settings.host,
+        clock=clock,
+        authorize=policies.firings,
+        causation=causation,
+    )
+    effects = EffectRuntime.build(
+        redis=client,
+        keys=store.keys,
+        store=store,
+        registry=registry,
+        settings=settings,
+        consumer=consumer,
+        liveness=liveness,
+        tracer=telemetry.tracer,
+        triggers=triggers.offer,
+        authorize=policies.firings,
+        causation=causation,
+    )
+    return effects, causation
+
+
+async def _start_admin(
+    settings: Settings,
+    ports: _Ports,
+    port: int,
+    tls: CertificateFiles | None,
+    parts: _Parts,
+    telemetry: Telemetry,
+    probes: _Probes,
+    stack: contextlib.AsyncExitStack,
+) -> AdminServer | None:
+    """The admin port (metrics, console, /healthz and /readyz), when one is configured."""
+    if ports.admin_listen is None:
+        return None
+    # The console calls the gRPC port as its user; it does not dial the port's TLS yet.
+    console = None
+    if tls is None:
+        target = loopback_target(settings.server.listen, port)
+        console = ConsoleGateway(target=target, registry=parts.registry)
+    admin = AdminServer(
+        listen=ports.admin_listen,
+        registry=telemetry.registry,
+        console=console,
+        probes=probes.reporter,
+    )
+    stack.push_async_callback(admin.stop)
+    await admin.start()
+    return admin
+
+
+async def _start_engine(
+    settings: Settings,
+    consumer: str,
+    url: str,
+    parts: _Parts,
+    grace: Grace,
+    stack: contextlib.AsyncExitStack,
+) -> EngineProcesses | None:
+    """The heartbeat, the executors, the engine (children or in-process) and the loops."""
+    heartbeat = ConsumerHeartbeat(parts.liveness, consumer)
+    # Stopped after the engine and executors: nothing of ours is left for others to wait on.
+    stack.push_async_callback(heartbeat.stop)
+    await heartbeat.start()  # before the runner or the executors read anything
+    stack.push_async_callback(lambda: parts.effects.stop(timeout_s=grace.seconds or 0.0))
+    await parts.effects.start()
+    engines = None
+    if settings.engine.processes > 0:
+        engines = EngineProcesses(
+            settings=replace(settings, redis=replace(settings.redis, url=url)),
+            count=settings.engine.processes,
+            on_fault=parts.runner.fail_instance,
+            on_exit=parts.liveness.mark_dead,
+        )
+        stack.push_async_callback(engines.stop)
+        await engines.start()
+    else:
+        logger.warning(
+            "engineProcesses: 0: expressions run in the serving process, without time "
+            "or memory budgets; run only trusted definitions this way"
+        )
+        stack.push_async_callback(lambda: parts.runner.stop(timeout_s=grace.seconds or 0.0))
+        await parts.runner.start()
+    for loop in (parts.scheduler, parts.retention):
+        stack.push_async_callback(loop.stop)
+        await loop.start()
+    return engines
+
+
+def _start_gauges(
+    settings: Settings, store: RedisStore, telemetry: Telemetry, stack: contextlib.AsyncExitStack
+) -> asyncio.Task[None] | None:
+    """The cluster gauges, sampled from Redis, when metrics are on."""
+    if telemetry.meter_provider is None:
+        return None
+    task = asyncio.create_task(
+        telemetry.metrics.sample_forever(
+            lambda: _read_gauges(store), interval_s=settings.telemetry.gauge_interval_s
+        )
+    )
+    stack.push_async_callback(cancel_and_wait, [task])
+    return task
 
 
 async def run_engine(settings: Settings) -> None:

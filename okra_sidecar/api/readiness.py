@@ -121,9 +121,11 @@ class WaitingServers:
         return cls(server, f"{listen.rpartition(':')[0]}:{port}", admin, admin_listen)
 
     async def stop(self) -> None:
+        """Close both servers; once closed, nothing (the start closes them on either path)."""
         await self.server.stop(None)
-        if self.admin is not None:
-            await self.admin.stop()
+        admin, self.admin = self.admin, None
+        if admin is not None:
+            await admin.stop()
 
 
 async def wait_for(
