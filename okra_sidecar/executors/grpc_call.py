@@ -4,7 +4,7 @@ The proto is compiled once per sidecar with grpcio-tools' protoc (the `grpc-prot
 task fails with a problem naming it when it is missing) into a descriptor pool of its
 own; the request message is built from the task's `arguments` (proto JSON mapping, either field
 spelling) and the response comes back as JSON with the proto's field names. This is the one
-module outside api/ and server.py that imports grpc: it is a gRPC client by nature.
+module outside api/ and server/ that imports grpc: it is a gRPC client by nature.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """EffectRuntime: the executors, the event router and what they share, started and stopped
-together by the composition root (server.py)."""
+together by the composition root (server/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,209 @@
+"""Parts the serving process and engine children build alike: Redis, store, policies, runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
+
+from okra_sidecar.api.admin import PolicyAdminServicer
+from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
+from okra_sidecar.config import Settings
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.runner import EngineRunner
+from okra_sidecar.policy.alerts import FailureAlerts
+from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
+from okra_sidecar.policy.auth import TokenVerifier
+from okra_sidecar.policy.cel import CelEngine
+from okra_sidecar.policy.evaluator import PolicyEvaluator
+from okra_sidecar.policy.firing import PolicyFiringAuthorizer
+from okra_sidecar.policy.live import PolicyManager
+from okra_sidecar.store.base import WorkItem
+from okra_sidecar.store.commands import hot_commands
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.layout import open_layout
+from okra_sidecar.store.liveness import ConsumerLiveness
+from okra_sidecar.store.policy_store import RedisPolicyStore
+from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.store.schedule_store import RedisScheduleStore
+from okra_sidecar.telemetry import Telemetry
+
+# Work items taken over from one stopped consumer per stream and pass.
+ORPHAN_BATCH = 100
+REDIS_POOL_BASE = 128
+REDIS_POOL_WAIT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
+
+
+@dataclass
+class PolicyLayer:
+    """Identity and policies: two interceptors, the admin api and the live policy set."""
+
+    manager: PolicyManager
+    auth: AuthInterceptor
+    policy: PolicyInterceptor
+    admin: PolicyAdminServicer
+    audit: AuditLog
+    alerts: FailureAlerts
+    # Schedule firings and event triggers go through the run policies too.
+    firings: PolicyFiringAuthorizer
+    # The shared rate limits (also how many instances one instance may cause).
+    rates: RedisPolicyStore
+
+
+def build_policy_layer(
+    settings: Settings, *, client: aioredis.Redis, store: RedisStore, registry: WorkflowRegistry
+) -> PolicyLayer:
+    """Everything policies need, sharing the sidecar's Redis client; start `manager` next."""
+    service = ServiceIdentity(
+        name=settings.telemetry.service_name, namespace=settings.telemetry.service_namespace
+    )
+    policy_store = RedisPolicyStore(
+        redis=client,
+        keys=store.keys,
+        audit_max_length=settings.policy.audit_max_length,
+        hot=store.hot,
+    )
+    audit = AuditLog(sink=policy_store, service=service)
+    manager = PolicyManager(
+        storage=policy_store,
+        cel=CelEngine(),
+        env_names=frozenset(settings.policy.env_allow),
+        audit=audit,
+        file=settings.policies_file,
+        watch_interval_s=settings.policy.watch_interval_s,
+    )
+    evaluator = PolicyEvaluator(
+        policies=manager,
+        limiter=policy_store,
+        audit=audit,
+        service=service,
+        env=settings.policy.env,
+    )
+    return PolicyLayer(
+        manager=manager,
+        auth=AuthInterceptor(
+            verifier=TokenVerifier(settings.auth),
+            # Probes and tooling reach health and reflection without a token.
+            exempt_services=frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME}),
+            peers=settings.tls.mutual,
+        ),
+        policy=PolicyInterceptor(
+            evaluator=evaluator,
+            store=store,
+            registry=registry,
+            schedules=RedisScheduleStore(redis=client, keys=store.keys),
+        ),
+        admin=PolicyAdminServicer(
+            manager=manager, store=policy_store, admin_claim=settings.policy.admin_claim
+        ),
+        audit=audit,
+        alerts=FailureAlerts(policies=manager, audit=audit),
+        firings=PolicyFiringAuthorizer(evaluator=evaluator),
+        rates=policy_store,
+    )
+
+
+def consumer_name() -> str:
+    """This process's name in every consumer group (and its heartbeat's)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def build_liveness(
+    settings: Settings, client: aioredis.Redis, store: RedisStore
+) -> ConsumerLiveness:
+    """Heartbeats that expire after three missed beats (store/liveness.py)."""
+    return ConsumerLiveness(redis=client, keys=store.keys, ttl_ms=3 * settings.engine.heartbeat_ms)
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+    """The process's one Redis client, its pool sized for the engine and the executors."""
+    # A blocking pool makes a burst wait for a free connection instead of failing the call.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        # Effects hold connections too: blocking reads (executors, router, one per task poller).
+        max_connections=REDIS_POOL_BASE
+        + 2 * settings.engine.concurrency
+        + settings.effects.concurrency,
+        timeout=REDIS_POOL_WAIT_S,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+async def open_store(settings: Settings, url: str, client: aioredis.Redis) -> RedisStore:
+    """The store on `client` in the layout recorded in Redis (recorded now if it is new).
+
+    Raises:
+        LayoutVersionError: Redis holds a store in another layout (see store/layout.py).
+        StoreUnavailableError: Redis does not answer.
+    """
+    keys = await open_layout(
+        client, prefix=settings.redis.key_prefix, partitions=settings.redis.partitions
+    )
+    return build_store(settings, url, client, keys)
+
+
+def build_store(
+    settings: Settings, url: str, client: aioredis.Redis, keys: RedisKeys
+) -> RedisStore:
+    """The store on `client`, its per-call commands on one multiplexed connection."""
+    hot = hot_commands(
+        url, client, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
+    )
+    # The engine's blocking XREADGROUP waits up to read_block_ms for a reply.
+    reader = hot_commands(
+        url,
+        client,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000,
+        connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        blocking_reads=True,
+    )
+    return RedisStore(
+        redis=client,
+        hot=hot,
+        reader=reader,
+        keys=keys,
+        durability=settings.redis.durability,
+    )
+
+
+def build_runner(
+    settings: Settings,
+    *,
+    store: RedisStore,
+    registry: WorkflowRegistry,
+    consumer: str,
+    telemetry: Telemetry,
+    policies: PolicyLayer,
+    clock: Callable[[], int],
+    liveness: ConsumerLiveness,
+) -> EngineRunner:
+    """The engine runner; the serving process and engine children build it alike."""
+
+    async def orphans(name: str, held: Collection[str]) -> list[WorkItem]:
+        return await store.claim_orphan_work(liveness, name, held=held, count=ORPHAN_BATCH)
+
+    return EngineRunner(
+        store=store,
+        registry=registry,
+        settings=settings.engine,
+        consumer=consumer,
+        turns=telemetry.turns,
+        clock=clock,
+        on_failure=policies.alerts,
+        orphans=orphans,
+    )
