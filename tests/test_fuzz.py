@@ -15,7 +15,7 @@ SEED = 1  # fixed, so CI sends the same requests every time
 def test_every_rpc_gets_cases_and_the_seed_fixes_them() -> None:
     names = {method.name for method in METHODS}
     assert {"Run", "Signal", "TriggerWorkflow", "PollTasks", "SetPolicies"} <= names
-    assert len(METHODS) == 23
+    assert len(METHODS) == 25
 
     def cases(seed: int) -> list[tuple[str, bytes]]:
         generator = RequestGenerator(seed, instance_ids=["x"], admin_token=admin_token())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -24,6 +25,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.api.call_metadata import authorization_of, metadata_of
 from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, check_statuses, value_to_python
 from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
+from okra_sidecar.api.servicer import check_request_id, fields_under
 from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.api.tls import peer_identity
 from okra_sidecar.api.waiting import check_revision
@@ -192,6 +194,8 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             "Signal": self._act_on_instance,
             "Cancel": self._act_on_instance,
             "Query": self._query,
+            "Count": self._query,
+            "SignalWithStart": self._signal_with_start,
             "GetStatus": self._get_status,
             "AwaitInstance": self._await_instance,
             "ListWorkflows": self._list_workflows,
@@ -323,26 +327,102 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                 logger.debug("instance %s moved during %s; deciding again", call.target, method)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _query(self, behavior: Behavior, request: pb.QueryRequest, context: Context) -> Any:
-        rules.check_query_limit(request.limit)
+    async def _query(
+        self, behavior: Behavior, request: pb.QueryRequest | pb.CountRequest, context: Context
+    ) -> Any:
+        """Query and Count: the same filters, the same policies (Count has no page)."""
+        counting = isinstance(request, pb.CountRequest)
+        limit = 0 if isinstance(request, pb.CountRequest) else request.limit
+        if not counting:
+            rules.check_query_limit(limit)
         if request.workflow_id:
             rules.check_workflow_id(request.workflow_id)
         statuses = tuple(STATUS_FROM_PB[s].value for s in request.status if s in STATUS_FROM_PB)
         call = Call(
-            method="Query",
+            method="Count" if counting else "Query",
             identity=current_identity(),
             metadata=metadata_of(context),
             workflow=WorkflowRef.parse(request.workflow_id) if request.workflow_id else None,
             tags=dict(request.tags),
             query_statuses=statuses,
-            query_limit=request.limit,
+            query_limit=limit,
         )
         grant = await self._evaluator.authorize(call, self._evaluator.policies)
         if grant.query_statuses is not None and not request.status:
             request.status.extend(STATUS_TO_PB[InstanceStatus(s)] for s in grant.query_statuses)
-        if grant.query_limit is not None:
+        if grant.query_limit is not None and isinstance(request, pb.QueryRequest):
             request.limit = grant.query_limit
         return await self._call_with(grant, behavior, request, context)
+
+    async def _signal_with_start(
+        self, behavior: Behavior, request: pb.SignalWithStartRequest, context: Context
+    ) -> Any:
+        """Decided as the Run it may be and as the Signal it is, on the instance as it is (or
+        as it will be, pending, when the call starts it); applied only if that still holds."""
+        run = request.run
+        with fields_under("run."):
+            rules.check_workflow_id(run.workflow_id)
+            check_request_id(run.request_id)
+        rules.check_signal_name(request.signal)
+        workflow = await self._workflow_ref(run.workflow_id)
+        instance_id = run_instance_id(workflow.full_id, run.request_id)
+        tags = dict(run.tags)
+        for attempt in range(1, MAX_DECISIONS + 1):
+            policies = self._evaluator.policies
+            run_call = Call(
+                method="Run",
+                identity=current_identity(),
+                metadata=metadata_of(context),
+                workflow=workflow,
+                instance_id=instance_id,
+                tags=tags,
+                input_bytes=run.input.ByteSize(),
+                input=value_to_python(run.input)
+                if policies.run_required_input_fields and run.HasField("input")
+                else None,
+            )
+            run_grant = await self._evaluator.authorize(run_call, policies, record=False)
+            status = None
+            instance = None
+            if self._evaluator.needs_instance("Signal", policies):
+                record = await self._store.get_instance(instance_id)
+                status = record.status.value if record else InstanceStatus.PENDING.value
+                instance = InstanceView(
+                    instance_id, status, workflow.full_id, record.tags if record else tags
+                )
+            signal_call = Call(
+                method="Signal",
+                identity=current_identity(),
+                metadata=metadata_of(context),
+                workflow=workflow,
+                instance=instance,
+                instance_id=instance_id,
+                signal=request.signal,
+            )
+            try:
+                await self._evaluator.authorize(signal_call, policies)
+            except OkraError:
+                await self._evaluator.record(run_call, policies, allowed=True)
+                raise
+            grant = replace(run_grant, expected_status=status)
+            try:
+                response = await self._call_with(grant, behavior, request, context)
+            except ResourceExhaustedError as exc:
+                await self._evaluator.record(
+                    run_call, policies, allowed=False, policy=exc.policy, message=str(exc)
+                )
+                raise
+            except InstanceChangedError:
+                await self._evaluator.record(run_call, policies, allowed=True)
+                if attempt == MAX_DECISIONS:
+                    raise
+                continue
+            except OkraError:
+                await self._evaluator.record(run_call, policies, allowed=True)
+                raise
+            await self._evaluator.record(run_call, policies, allowed=True)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get_status(
         self, behavior: Behavior, request: pb.GetStatusRequest, context: Context

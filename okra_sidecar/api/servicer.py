@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.struct_pb2 import Value
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -28,12 +30,13 @@ from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import (
     FailedPreconditionError,
+    FieldViolation,
     InvalidInputError,
     PreconditionViolation,
     Reason,
     instance_not_found,
 )
-from okra_sidecar.instances import QueryFilter, run_instance_id
+from okra_sidecar.instances import NewInstance, QueryFilter, run_instance_id
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import current_grant, current_identity
@@ -91,6 +94,26 @@ def _what_starts(triggers: tuple[str, ...]) -> str:
     return "has no schedule, so here it starts only as a child run of another workflow"
 
 
+@contextlib.contextmanager
+def fields_under(prefix: str) -> Iterator[None]:
+    """Name the fields of a nested message's violations from the request (`run.input`)."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        if not exc.violations:
+            raise
+        violations = [FieldViolation(prefix + v.field, v.description) for v in exc.violations]
+        raise InvalidInputError(f"{prefix}{exc}", violations, reason=exc.reason) from None
+
+
+def check_request_id(request_id: str) -> None:
+    """SignalWithStart's Run needs a request_id: it names the instance to signal or start."""
+    if not request_id:
+        raise InvalidInputError.for_field(
+            "request_id", "is required: it names the instance to signal or start"
+        )
+
+
 def _caller_workflow(context: Context) -> str:
     return _metadata_value(context, CALLER_WORKFLOW_METADATA)
 
@@ -125,7 +148,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         cause = await self._causation.verify(signed)
         return await self._causation.admit(cause, workflow_id)
 
-    async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
+    async def _new_instance(self, request: pb.RunRequest, context: Context) -> NewInstance:
+        """The instance a Run request asks for, its request checked by the code-level rules."""
         rules.check_workflow_id(request.workflow_id)
         rules.check_input_size(request.input.ByteSize(), self._settings.max_input_bytes)
         _check_text(request.correlation_id, "correlation_id")
@@ -156,62 +180,96 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         tracing.annotate(instance_id=instance_id)
         # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
         limits = grant.run_limits
-        await self._store.create_instance(
-            build_instance(
-                definition,
-                instance_id=instance_id,
-                workflow_input=data,
-                created_us=created_us,
-                correlation_id=request.correlation_id,
-                tags=tags,
-                # Turns on any sidecar continue the trace of this Run.
-                trace_context=tracing.dump_carrier(tracing.current_carrier()),
-                owner=current_identity().claims,
-                ancestors=ancestors,
-                **timeout_fields(
-                    limits,
-                    created_ms=created_us // 1000,
-                    config_max_s=self._settings.max_instance_duration_s,
-                    config_step_s=self._settings.default_timeout_s,
-                ),
+        return build_instance(
+            definition,
+            instance_id=instance_id,
+            workflow_input=data,
+            created_us=created_us,
+            correlation_id=request.correlation_id,
+            tags=tags,
+            # Turns on any sidecar continue the trace of this Run.
+            trace_context=tracing.dump_carrier(tracing.current_carrier()),
+            owner=current_identity().claims,
+            ancestors=ancestors,
+            **timeout_fields(
+                limits,
+                created_ms=created_us // 1000,
+                config_max_s=self._settings.max_instance_duration_s,
+                config_step_s=self._settings.default_timeout_s,
             ),
-            **admission(self._settings.max_concurrent_instances, limits),
         )
-        return pb.RunResponse(instance_id=instance_id)
 
-    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        rules.check_signal_name(request.signal)
-        rules.check_input_size(
-            request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
-        )
-        _check_text(request.signal_id, "signal_id")
-        payload = value_to_python(request.payload) if request.HasField("payload") else None
+    def _admission(self) -> dict[str, Any]:
+        return admission(self._settings.max_concurrent_instances, current_grant().run_limits)
+
+    async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
+        new = await self._new_instance(request, context)
+        await self._store.create_instance(new, **self._admission())
+        return pb.RunResponse(instance_id=new.instance_id)
+
+    def _signal_event(
+        self, signal: str, payload_value: Value | None, signal_id: str
+    ) -> dict[str, Any]:
+        """The CloudEvent a signal is delivered as, its fields checked by the code-level rules."""
+        rules.check_signal_name(signal)
+        size = payload_value.ByteSize() if payload_value is not None else 0
+        rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
+        _check_text(signal_id, "signal_id")
+        payload = value_to_python(payload_value) if payload_value is not None else None
         rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
-        signal_id = request.signal_id or str(uuid.uuid4())
         sent = now_ms()
-        event = {
+        return {
             "specversion": "1.0",
-            "id": signal_id,
+            "id": signal_id or str(uuid.uuid4()),
             "source": SIGNAL_SOURCE,
-            "type": request.signal,
+            "type": signal,
             "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
             "datacontenttype": "application/json",
             "data": payload,
             # CloudEvents distributed tracing: the turn that consumes it links to this call.
             **tracing.event_trace_fields(),
         }
+
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        payload = request.payload if request.HasField("payload") else None
+        event = self._signal_event(request.signal, payload, request.signal_id)
         duplicate = await self._store.signal(
             request.instance_id,
-            signal_id=signal_id,
+            signal_id=event["id"],
             event=event,
-            now_ms=sent,
+            now_ms=now_ms(),
             # Applied only if the status the policy decided on still holds.
             expect_status=current_grant().expected_status,
         )
         if not duplicate:
             self._metrics.signal_delivered()
-        return pb.SignalResponse(signal_id=signal_id, duplicate=duplicate)
+        return pb.SignalResponse(signal_id=event["id"], duplicate=duplicate)
+
+    async def SignalWithStart(
+        self, request: pb.SignalWithStartRequest, context: Context
+    ) -> pb.SignalWithStartResponse:
+        with fields_under("run."):
+            check_request_id(request.run.request_id)
+            new = await self._new_instance(request.run, context)
+        payload = request.payload if request.HasField("payload") else None
+        event = self._signal_event(request.signal, payload, request.signal_id)
+        started, duplicate = await self._store.signal_with_start(
+            new,
+            signal_id=event["id"],
+            event=event,
+            now_ms=now_ms(),
+            expect_status=current_grant().expected_status,
+            **self._admission(),
+        )
+        if not duplicate:
+            self._metrics.signal_delivered()
+        return pb.SignalWithStartResponse(
+            instance_id=new.instance_id,
+            started=started,
+            signal_id=event["id"],
+            duplicate=duplicate,
+        )
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
@@ -243,8 +301,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         async for record in self._waiting.watch(request.instance_id):
             yield pb.WatchInstanceResponse(instance=record_to_pb(record))
 
-    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
-        limit = rules.check_query_limit(request.limit)
+    @staticmethod
+    def _query_filter(
+        request: pb.QueryRequest | pb.CountRequest, *, limit: int = 0, cursor: str = ""
+    ) -> QueryFilter:
+        """Query's and Count's filters, checked by the code-level rules."""
         if request.workflow_id:
             rules.check_workflow_id(request.workflow_id)
         statuses = check_statuses(request.status, "status")
@@ -257,21 +318,28 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             raise InvalidInputError.for_field(
                 "started_after", "must be earlier than started_before"
             )
+        return QueryFilter(
+            workflow_id=request.workflow_id,
+            statuses=statuses,
+            tags=tags,
+            correlation_id=request.correlation_id,
+            started_after_ms=after,
+            started_before_ms=before,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        limit = rules.check_query_limit(request.limit)
         page = await self._store.query(
-            QueryFilter(
-                workflow_id=request.workflow_id,
-                statuses=statuses,
-                tags=tags,
-                correlation_id=request.correlation_id,
-                started_after_ms=after,
-                started_before_ms=before,
-                limit=limit,
-                cursor=request.cursor,
-            )
+            self._query_filter(request, limit=limit, cursor=request.cursor)
         )
         return pb.QueryResponse(
             instances=[record_to_pb(r) for r in page.instances], cursor=page.cursor
         )
+
+    async def Count(self, request: pb.CountRequest, context: Context) -> pb.CountResponse:
+        return pb.CountResponse(count=await self._store.count(self._query_filter(request)))
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         request.instance_id = rules.check_instance_id(request.instance_id)
@@ -370,4 +438,4 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         )
 
 
-__all__ = ["WorkflowHostServicer"]
+__all__ = ["WorkflowHostServicer", "check_request_id", "fields_under"]

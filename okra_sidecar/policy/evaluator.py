@@ -140,6 +140,7 @@ class PolicyEvaluator:
             "Signal": self._check_signal,
             "Cancel": self._check_cancel,
             "Query": self._check_query,
+            "Count": self._check_query,
             "GetStatus": self._check_read,
             "AwaitInstance": self._check_read,
             "WatchInstance": self._check_read,

@@ -156,6 +156,20 @@ class Store(Protocol):
         workflow_limit_policy: str = "",
     ) -> bool: ...
 
+    async def signal_with_start(
+        self,
+        new: NewInstance,
+        *,
+        signal_id: str,
+        event: dict[str, Any],
+        now_ms: int,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+        expect_status: str | None = None,
+    ) -> tuple[bool, bool]: ...
+
     async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 
     async def signal(
@@ -184,6 +198,8 @@ class Store(Protocol):
     async def children(self, instance_id: str) -> list[str]: ...
 
     async def query(self, query: QueryFilter) -> QueryPage: ...
+
+    async def count(self, query: QueryFilter) -> int: ...
 
     async def history(self, instance_id: str, *, after: str, limit: int) -> HistoryPage: ...
 

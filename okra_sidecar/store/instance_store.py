@@ -9,7 +9,7 @@ from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
 from okra_sidecar.store.base import CancelLinks
 from okra_sidecar.store.connections import StoreConnections
 from okra_sidecar.store.jsontext import dumps
-from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
 from okra_sidecar.store.records import (
     RECORD_FIELDS,
     decode_record,
@@ -27,22 +27,12 @@ class InstanceStore(StoreConnections):
 
     _create = MultiplexedScript(load_script("create"))
     _cancel = MultiplexedScript(load_script("cancel"))
+    _signal_start = MultiplexedScript(load_script("signal_start"))
 
-    async def create_instance(
-        self,
-        new: NewInstance,
-        *,
-        max_active: int,
-        max_per_workflow: int = 0,
-        limit_policy: str = "",
-        workflow_limit_policy: str = "",
-    ) -> bool:
-        """Persist a new instance and ask for its first turn; False if the id exists.
-
-        Raises:
-            ResourceExhaustedError: `max_active` unfinished instances exist, or
-                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
-        """
+    def _create_call(
+        self, new: NewInstance, *, max_active: int, max_per_workflow: int
+    ) -> tuple[list[str], list[Arg]]:
+        """create.lua's KEYS and ARGV for `new`."""
         keys = self.keys
         member = index_member(new.created_us, new.instance_id)
         partition = keys.partition(new.instance_id)
@@ -83,41 +73,130 @@ class InstanceStore(StoreConnections):
             fields += ["parent", parent.instance_id, "peffect", parent.effect_id]
             fields += ["anc", dumps(list(parent.ancestors))]
             index_keys.append(keys.index_parent(partition, parent.instance_id))
-        with map_redis_errors():
-            created, waited = await self._durable_write(
-                self._create,
-                keys=[
-                    keys.instance(new.instance_id),
-                    keys.history(new.instance_id),
-                    keys.work(partition),
-                    keys.active_count,
-                    *index_keys,
-                ],
-                args=[
-                    *(new.instance_id, member, max_active, event),
-                    *(keys.active_workflow(workflow_key), max_per_workflow),
-                    *fields,
-                ],
+        script_keys = [
+            keys.instance(new.instance_id),
+            keys.history(new.instance_id),
+            keys.work(partition),
+            keys.active_count,
+            *index_keys,
+        ]
+        args: list[Arg] = [
+            *(new.instance_id, member, max_active, event),
+            *(keys.active_workflow(workflow_key), max_per_workflow),
+            *fields,
+        ]
+        return script_keys, args
+
+    @staticmethod
+    def _check_admitted(
+        created: int,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int,
+        limit_policy: str,
+        workflow_limit_policy: str,
+    ) -> None:
+        """Raise the limit create.lua reported (-1 active, -2 per workflow), if any."""
+        if created == -1:
+            source = f" ({limit_policy})" if limit_policy else ""
+            raise ResourceExhaustedError(
+                f"the limit of {max_active} concurrent instances{source} is reached; "
+                "retry when some have finished",
+                reason=Reason.INSTANCE_LIMIT_REACHED,
+                policy=limit_policy,
             )
-            if int(created) == -1:
-                source = f" ({limit_policy})" if limit_policy else ""
-                raise ResourceExhaustedError(
-                    f"the limit of {max_active} concurrent instances{source} is reached; "
-                    "retry when some have finished",
-                    reason=Reason.INSTANCE_LIMIT_REACHED,
-                    policy=limit_policy,
-                )
-            if int(created) == -2:
-                source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
-                raise ResourceExhaustedError(
-                    f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
-                    f"{source} is reached; retry when some have finished",
-                    reason=Reason.INSTANCE_LIMIT_REACHED,
-                    policy=workflow_limit_policy,
-                    metadata={"workflow": workflow_key},
-                )
+        if created == -2:
+            workflow_key = ".".join(new.workflow_id.split(".")[:2])
+            source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
+            raise ResourceExhaustedError(
+                f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
+                f"{source} is reached; retry when some have finished",
+                reason=Reason.INSTANCE_LIMIT_REACHED,
+                policy=workflow_limit_policy,
+                metadata={"workflow": workflow_key},
+            )
+
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+    ) -> bool:
+        """Persist a new instance and ask for its first turn; False if the id exists.
+
+        Raises:
+            ResourceExhaustedError: `max_active` unfinished instances exist, or
+                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
+        """
+        keys, args = self._create_call(
+            new, max_active=max_active, max_per_workflow=max_per_workflow
+        )
+        with map_redis_errors():
+            created, waited = await self._durable_write(self._create, keys=keys, args=args)
+            self._check_admitted(
+                int(created),
+                new,
+                max_active=max_active,
+                max_per_workflow=max_per_workflow,
+                limit_policy=limit_policy,
+                workflow_limit_policy=workflow_limit_policy,
+            )
             self._check_durable(waited)
         return int(created) == 1
+
+    async def signal_with_start(
+        self,
+        new: NewInstance,
+        *,
+        signal_id: str,
+        event: dict[str, Any],
+        now_ms: int,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+        expect_status: str | None = None,
+    ) -> tuple[bool, bool]:
+        """Create `new` unless it exists, then deliver the signal to it, in one step.
+
+        Returns whether this call created it and whether `signal_id` was delivered before.
+
+        Raises:
+            ResourceExhaustedError: a limit refused the create; nothing was written.
+            FailedPreconditionError: the instance exists and has finished.
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
+        create_keys, create_args = self._create_call(
+            new, max_active=max_active, max_per_workflow=max_per_workflow
+        )
+        iid = new.instance_id
+        with map_redis_errors():
+            result, waited = await self._durable_write(
+                self._signal_start,
+                keys=[self.keys.inbox(iid), self.keys.signal_ids(iid), *create_keys],
+                args=[
+                    len(create_args),
+                    *create_args,
+                    *(iid, signal_id, dumps(event), now_ms, expect_status or ""),
+                ],
+            )
+            created = int(result[0])
+            self._check_admitted(
+                created,
+                new,
+                max_active=max_active,
+                max_per_workflow=max_per_workflow,
+                limit_policy=limit_policy,
+                workflow_limit_policy=workflow_limit_policy,
+            )
+            outcome = [text(x) for x in result[1:]]
+            self._raise_for(iid, outcome, "signal")
+            self._check_durable(waited)
+        return created == 1, outcome[0] == "duplicate"
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with map_redis_errors():

@@ -454,6 +454,90 @@ CASES: list[Case[Stub]] = [
         f"instance {MISSING_ID} does not exist",
     ),
     Case(
+        "signal with start: no request id",
+        lambda s: s.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": 1})),
+                signal="approve",
+            )
+        ),
+        INVALID,
+        "run.request_id: is required",
+        ("run.request_id",),
+    ),
+    Case(
+        "signal with start: bad workflow id",
+        lambda s: s.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(workflow_id="no dots", request_id="r"), signal="approve"
+            )
+        ),
+        INVALID,
+        "is not a workflow id",
+        ("run.workflow_id",),
+    ),
+    Case(
+        "signal with start: input against the schema",
+        lambda s: s.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(
+                    workflow_id="tests.approval.1.0.0",
+                    input=value({"amount": -1}),
+                    request_id="r",
+                ),
+                signal="approve",
+            )
+        ),
+        INVALID,
+        "run.",
+        ("run.input.amount",),
+    ),
+    Case(
+        "signal with start: bad signal name",
+        lambda s: s.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(
+                    workflow_id="tests.approval.1.0.0", input=value({"amount": 1}), request_id="r"
+                ),
+                signal="go now!",
+            )
+        ),
+        INVALID,
+        "is not a signal name",
+        ("signal",),
+    ),
+    Case(
+        "signal with start: unknown workflow",
+        lambda s: s.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(workflow_id="tests.nope.1.0.0", request_id="r"), signal="go"
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "tests.nope.1.0.0",
+    ),
+    Case(
+        "count: unspecified status",
+        lambda s: s.Count(pb.CountRequest(status=[pb.WORKFLOW_STATUS_UNSPECIFIED])),
+        INVALID,
+        "WORKFLOW_STATUS_UNSPECIFIED",
+        ("status[0]",),
+    ),
+    Case(
+        "count: bad workflow id",
+        lambda s: s.Count(pb.CountRequest(workflow_id="no dots")),
+        INVALID,
+        "is not a workflow id",
+        ("workflow_id",),
+    ),
+    Case(
+        "count: empty time range",
+        lambda s: s.Count(pb.CountRequest(started_after=ts(200), started_before=ts(100))),
+        INVALID,
+        "must be earlier than started_before",
+        ("started_after",),
+    ),
+    Case(
         "watch instance: bad id",
         lambda s: first_message(s.WatchInstance(pb.WatchInstanceRequest(instance_id="../etc"))),
         INVALID,

@@ -232,3 +232,64 @@ async def test_await_and_watch_are_decided_as_reads_before_they_wait(
         assert isinstance(first, pb.WatchInstanceResponse)
         assert first.instance.instance_id == instance_id
         watch.cancel()
+
+
+async def test_signal_with_start_is_decided_as_the_run_and_the_signal(
+    redis: Redis, redis_url: str
+) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+
+        def request(request_id: str) -> pb.SignalWithStartRequest:
+            return pb.SignalWithStartRequest(
+                run=pb.RunRequest(workflow_id="app.orders.1.0.0", request_id=request_id),
+                signal="approved",
+            )
+
+        await set_policies(
+            policed,
+            '{"policy.workflow.run.condition": "request.auth.claims.role == \\"admin\\"", '
+            '"policy.workflow.signal.condition": "instance.status == \'waiting\'"}',
+        )
+        viewer = bearer(sub="v", role="viewer")
+        admin = bearer(sub="a", role="admin")
+
+        async def refused_run() -> None:
+            error = await expect_rpc_error(
+                policed.stub.SignalWithStart(request("r-1"), metadata=viewer), DENIED
+            )
+            assert denied_by(error) == keys.RUN_CONDITION
+
+        assert await writes_during(redis, refused_run) == set()
+
+        # A new instance is decided as pending, which this signal condition refuses.
+        async def refused_signal() -> None:
+            error = await expect_rpc_error(
+                policed.stub.SignalWithStart(request("r-1"), metadata=admin), DENIED
+            )
+            assert denied_by(error) == keys.SIGNAL_CONDITION
+
+        assert await writes_during(redis, refused_signal) == set()
+        instance_id = await run(policed.stub, "app.orders.1.0.0", metadata=admin)
+        await wait_for_status(policed.stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        started = await policed.stub.Run(
+            pb.RunRequest(workflow_id="app.orders.1.0.0", request_id="r-2"), metadata=admin
+        )
+        await wait_for_status(policed.stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        reply = await policed.stub.SignalWithStart(request("r-2"), metadata=admin)
+        assert (reply.instance_id, reply.started) == (started.instance_id, False)
+
+
+async def test_count_is_decided_as_a_query(redis: Redis, redis_url: str) -> None:
+    async with policed_sidecar(policy_settings(redis_url)) as policed:
+        await set_policies(
+            policed,
+            '{"policy.workflow.query.condition": "request.auth.claims.role == \\"admin\\""}',
+        )
+        error = await expect_rpc_error(
+            policed.stub.Count(pb.CountRequest(), metadata=bearer(sub="v", role="viewer")), DENIED
+        )
+        assert denied_by(error) == keys.QUERY_CONDITION
+        counted = await policed.stub.Count(
+            pb.CountRequest(), metadata=bearer(sub="a", role="admin")
+        )
+        assert counted.count == 0

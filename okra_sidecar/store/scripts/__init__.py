@@ -10,6 +10,9 @@ from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 STATUS_SLOTS = {"commit": 7, "cancel": 5}
 # Scripts that hand events to instances get the helpers of lib.lua (deliver, resubscribe, ...).
 LIBRARY_USERS = frozenset({"commit", "cancel", "deliver", "complete_task"})
+# Scripts made of others: each part becomes a local function of its name taking KEYS and ARGV,
+# so the parts keep their own layouts and stay the single copy of what they do.
+COMPOSITES = {"signal_start": ("create", "signal")}
 
 
 def _preamble(first_slot: int) -> str:
@@ -27,6 +30,9 @@ def load_script(name: str) -> str:
     """The Lua source of `name`, with the status tables (and helpers) it relies on prepended."""
     folder = resources.files(__package__)
     body = folder.joinpath(f"{name}.lua").read_text()
+    for part in reversed(COMPOSITES.get(name, ())):
+        part_body = folder.joinpath(f"{part}.lua").read_text()
+        body = f"local function {part}(KEYS, ARGV)\n{part_body}end\n{body}"
     if name in LIBRARY_USERS:
         body = folder.joinpath("lib.lua").read_text() + body
     return _preamble(STATUS_SLOTS.get(name, 0)) + body

@@ -68,6 +68,170 @@ WORKFLOW_STATUS_SUSPENDED: WorkflowStatus.ValueType  # 7
 Global___WorkflowStatus: _TypeAlias = WorkflowStatus  # noqa: Y015
 
 @_typing.final
+class SignalWithStartRequest(_message.Message):
+    """SignalWithStartRequest is a Run and a Signal for the instance the Run's request_id names."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    signal: _builtins.str
+    """Signal name: letters, digits, `_` and `-`, at most 128 characters."""
+    signal_id: _builtins.str
+    """De-duplication key, as in SignalRequest."""
+    @_builtins.property
+    def run(self) -> Global___RunRequest:
+        """The Run; `request_id` is required: it names the instance to signal or start."""
+
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value:
+        """Any JSON value; the `data` of the CloudEvent that a `listen` task receives."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___RunRequest | None = ...,
+        signal: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        signal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "run", b"run", "signal", b"signal", "signal_id", b"signal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalWithStartRequest: _TypeAlias = SignalWithStartRequest  # noqa: Y015
+
+@_typing.final
+class SignalWithStartResponse(_message.Message):
+    """SignalWithStartResponse names the instance and says what the call did to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance signalled, as Run would return it for the same request."""
+    started: _builtins.bool
+    """True when this call created the instance."""
+    signal_id: _builtins.str
+    """The id the signal was delivered under (the given signal_id or a new one)."""
+    duplicate: _builtins.bool
+    """True when this signal_id had already been delivered to the instance."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        started: _builtins.bool = ...,
+        signal_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "instance_id", b"instance_id", "signal_id", b"signal_id", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalWithStartResponse: _TypeAlias = SignalWithStartResponse  # noqa: Y015
+
+@_typing.final
+class CountRequest(_message.Message):
+    """CountRequest takes Query's filters; every filter given must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    STARTED_AFTER_FIELD_NUMBER: _builtins.int
+    STARTED_BEFORE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    """Only instances of this workflow version, by its fully qualified id."""
+    correlation_id: _builtins.str
+    """Only instances run with this correlation_id."""
+    @_builtins.property
+    def status(self) -> _containers.RepeatedScalarFieldContainer[Global___WorkflowStatus.ValueType]:
+        """Any of these statuses; empty means all."""
+
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every tag given must match."""
+
+    @_builtins.property
+    def started_after(self) -> _timestamp_pb2.Timestamp:
+        """Only instances started after this time."""
+
+    @_builtins.property
+    def started_before(self) -> _timestamp_pb2.Timestamp:
+        """Only instances started before this time."""
+
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        status: _abc.Iterable[Global___WorkflowStatus.ValueType] | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        started_after: _timestamp_pb2.Timestamp | None = ...,
+        started_before: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_after", b"started_after", "started_before", b"started_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "started_after", b"started_after", "started_before", b"started_before", "status", b"status", "tags", b"tags", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountRequest: _TypeAlias = CountRequest  # noqa: Y015
+
+@_typing.final
+class CountResponse(_message.Message):
+    """CountResponse is the number of matching instances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many instances match, over every partition of the store."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountResponse: _TypeAlias = CountResponse  # noqa: Y015
+
+@_typing.final
 class RunRequest(_message.Message):
     """RunRequest starts one instance of a workflow: the Host API specification's `WorkflowInput`."""
 

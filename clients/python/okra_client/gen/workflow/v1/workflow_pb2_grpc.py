@@ -86,6 +86,16 @@ class WorkflowHostAPIStub:
                 request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.SerializeToString,
                 response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.FromString,
                 _registered_method=True)
+        self.SignalWithStart = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowHostAPI/SignalWithStart',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowHostAPI/Count',
+                request_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.CountRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.CountResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowHostAPIServicer:
@@ -171,6 +181,23 @@ class WorkflowHostAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalWithStart(self, request, context):
+        """SignalWithStart starts the instance that `run.request_id` names if it does not exist
+        yet, then delivers the signal to it, both in one atomic step: two callers racing with
+        the same request id start one instance and deliver both signals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """Count returns the exact number of instances matching every given filter, as Query
+        would list them over all its pages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowHostAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +250,16 @@ def add_WorkflowHostAPIServicer_to_server(servicer, server):
                     servicer.WatchInstance,
                     request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.FromString,
                     response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.SerializeToString,
+            ),
+            'SignalWithStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalWithStart,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.CountRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_workflow__pb2.CountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -497,6 +534,60 @@ class WorkflowHostAPI:
             '/okra.workflow.v1.WorkflowHostAPI/WatchInstance',
             okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceRequest.SerializeToString,
             okra_dot_workflow_dot_v1_dot_workflow__pb2.WatchInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalWithStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/SignalWithStart',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.SignalWithStartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowHostAPI/Count',
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.CountRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_workflow__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,

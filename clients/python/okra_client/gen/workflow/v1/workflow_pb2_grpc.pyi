@@ -70,6 +70,15 @@ class WorkflowHostAPIStub:
     change (newer revisions only; changes committed close together may arrive as one), and
     ends after a final status.
     """
+    SignalWithStart: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.SignalWithStartRequest, _workflow_pb2.SignalWithStartResponse]
+    """SignalWithStart starts the instance that `run.request_id` names if it does not exist
+    yet, then delivers the signal to it, both in one atomic step: two callers racing with
+    the same request id start one instance and deliver both signals.
+    """
+    Count: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.CountRequest, _workflow_pb2.CountResponse]
+    """Count returns the exact number of instances matching every given filter, as Query
+    would list them over all its pages.
+    """
 
 @_typing.type_check_only
 class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
@@ -110,6 +119,15 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     """WatchInstance streams the instance: its current snapshot first, then one snapshot per
     change (newer revisions only; changes committed close together may arrive as one), and
     ends after a final status.
+    """
+    SignalWithStart: _aio.UnaryUnaryMultiCallable[_workflow_pb2.SignalWithStartRequest, _workflow_pb2.SignalWithStartResponse]  # type: ignore[assignment]
+    """SignalWithStart starts the instance that `run.request_id` names if it does not exist
+    yet, then delivers the signal to it, both in one atomic step: two callers racing with
+    the same request id start one instance and deliver both signals.
+    """
+    Count: _aio.UnaryUnaryMultiCallable[_workflow_pb2.CountRequest, _workflow_pb2.CountResponse]  # type: ignore[assignment]
+    """Count returns the exact number of instances matching every given filter, as Query
+    would list them over all its pages.
     """
 
 class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
@@ -208,6 +226,27 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         """WatchInstance streams the instance: its current snapshot first, then one snapshot per
         change (newer revisions only; changes committed close together may arrive as one), and
         ends after a final status.
+        """
+
+    @_abc_1.abstractmethod
+    def SignalWithStart(
+        self,
+        request: _workflow_pb2.SignalWithStartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.SignalWithStartResponse, _abc.Awaitable[_workflow_pb2.SignalWithStartResponse]]:
+        """SignalWithStart starts the instance that `run.request_id` names if it does not exist
+        yet, then delivers the signal to it, both in one atomic step: two callers racing with
+        the same request id start one instance and deliver both signals.
+        """
+
+    @_abc_1.abstractmethod
+    def Count(
+        self,
+        request: _workflow_pb2.CountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.CountResponse, _abc.Awaitable[_workflow_pb2.CountResponse]]:
+        """Count returns the exact number of instances matching every given filter, as Query
+        would list them over all its pages.
         """
 
 def add_WorkflowHostAPIServicer_to_server(servicer: WorkflowHostAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
