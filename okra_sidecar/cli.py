@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from okra_sidecar import __version__
-from okra_sidecar.config import ConfigError, Settings
+from okra_sidecar.config import Settings
+from okra_sidecar.config_sources import ConfigError
 from okra_sidecar.engine.runtime.registry import read_definitions
 from okra_sidecar.errors import (
     AlreadyExistsError,
@@ -25,13 +26,8 @@ from okra_sidecar.store.keys import LAYOUT_VERSION
 from okra_sidecar.telemetry.logs import setup_logging
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="okra-sidecar", description="A durable workflow sidecar over Redis."
-    )
-    parser.add_argument("--version", action="version", version=f"okra-sidecar {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the sidecar")
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    """`serve`'s flags; each names the variable it overrides (config_sources.FLAG_KEYS)."""
     serve.add_argument("--config", help="YAML config file (env OKRA_CONFIG)")
     serve.add_argument("--listen", help="HOST:PORT to serve on (env OKRA_LISTEN)")
     serve.add_argument(
@@ -73,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HOST:PORT serving Prometheus /metrics; off by default (env OKRA_ADMIN_LISTEN)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="okra-sidecar", description="A durable workflow sidecar over Redis."
+    )
+    parser.add_argument("--version", action="version", version=f"okra-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_flags(commands.add_parser("serve", help="run the sidecar"))
     migrate = commands.add_parser(
         "migrate",
         help="convert the store in Redis to this version's layout (stop every sidecar first)",

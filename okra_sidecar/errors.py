@@ -29,6 +29,9 @@ from typing import ClassVar
 
 # google.rpc.ErrorInfo.domain of every error the sidecar sends.
 ERROR_DOMAIN = "okra.dev"
+# The type URI of the Serverless Workflow standard errors, before the kind (`timeout`, ...):
+# what workflow faults and failed effects carry as their RFC 7807 `type`.
+ERROR_TYPE_PREFIX = "https://serverlessworkflow.io/spec/1.0.0/errors/"
 
 
 class Reason(StrEnum):

@@ -44,6 +44,16 @@ FAST_ENGINE = EngineSettings(
 T = TypeVar("T")
 
 
+class FakeClock:
+    """Epoch ms that only the test moves: start_sidecar's `clock`, the engine's, ..."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
 def make_settings(
     redis_url: str,
     *,

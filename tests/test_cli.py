@@ -10,7 +10,7 @@ import pytest
 
 from okra_sidecar.cli import build_parser
 from okra_sidecar.cli import main as cli_main
-from okra_sidecar.config import ENV_VARIABLES, FLAG_KEYS
+from okra_sidecar.config_sources import ENV_VARIABLES, FLAG_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "workflows"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from okra_sidecar.config import ConfigError, Settings, parse_duration
+from okra_sidecar.config import Settings
+from okra_sidecar.config_sources import ConfigError, parse_duration
 
 
 def test_defaults() -> None:

@@ -17,7 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from okra_sidecar.cli import main as cli_main
-from okra_sidecar.config import ENV_VARIABLES, SETTINGS, Settings
+from okra_sidecar.config import Settings
+from okra_sidecar.config_sources import ENV_VARIABLES, SETTINGS
 from okra_sidecar.engine.definitions.dsl import parse_yaml
 from tests.docs.commands import (
     ADDRESS,

@@ -24,6 +24,7 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
+from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
@@ -53,10 +54,6 @@ MAX_TEXT = 256
 MAX_REASON = 1024
 SIGNAL_SOURCE = "okra-sidecar"
 RESERVED_EVENT_PREFIX = "io.okra."
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
@@ -131,9 +128,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         effects: RedisEffectStore | None = None,
         changes: ChangeFeed,
         causation: CausationGuard | None = None,
+        clock: Clock = now_ms,
     ) -> None:
         self._causation = causation
         self._waiting = InstanceWaiting(store=store, changes=changes)
+        self._clock = clock
         self._store = store
         self._effects = effects
         self._registry = registry
@@ -217,7 +216,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         _check_text(signal_id, "signal_id")
         payload = value_to_python(payload_value) if payload_value is not None else None
         rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
-        sent = now_ms()
+        sent = self._clock()
         return {
             "specversion": "1.0",
             "id": signal_id or str(uuid.uuid4()),
@@ -238,7 +237,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             request.instance_id,
             signal_id=event["id"],
             event=event,
-            now_ms=now_ms(),
+            now_ms=self._clock(),
             # Applied only if the status the policy decided on still holds.
             expect_status=current_grant().expected_status,
         )
@@ -258,7 +257,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             new,
             signal_id=event["id"],
             event=event,
-            now_ms=now_ms(),
+            now_ms=self._clock(),
             expect_status=current_grant().expected_status,
             **self._admission(),
         )
@@ -348,7 +347,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             self._store,
             request.instance_id,
             reason=request.reason,
-            now_ms=now_ms(),
+            now_ms=self._clock(),
             expect_status=current_grant().expected_status,
         )
         self._metrics.instance_finished(workflow_id, "cancelled")
@@ -399,7 +398,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                     "must be 1-20 lowercase letters or digits, not a core name",
                 )
         given = optional_time_ms(request, "time")
-        sent = now_ms() if given is None else given
+        sent = self._clock() if given is None else given
         event: dict[str, Any] = {
             **dict(request.extensions),
             "specversion": "1.0",

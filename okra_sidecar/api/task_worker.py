@@ -22,9 +22,9 @@ from okra_client.gen.worker.v1 import worker_pb2 as wpb
 from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 
 from okra_sidecar.api.convert import python_to_value, value_to_python
+from okra_sidecar.clock import now_ms
 from okra_sidecar.engine.interpreter.effects import iso_time, result_event
-from okra_sidecar.errors import InvalidInputError, PolicyDeniedError
-from okra_sidecar.executors.problems import ERROR_TYPES
+from okra_sidecar.errors import ERROR_TYPE_PREFIX, InvalidInputError, PolicyDeniedError
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
@@ -46,10 +46,6 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromMilliseconds(ms)
     return stamp
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def parse_task_id(task_id: str, *, field: str = "task_id") -> tuple[str, str]:
@@ -76,7 +72,7 @@ def check_problem(request: wpb.FailTaskRequest) -> None:
         raise InvalidInputError.for_field(
             "type",
             f"{request.type[:80]!r} is not an absolute URI of at most {MAX_PROBLEM_TYPE} "
-            f"characters; send a problem type such as {ERROR_TYPES}runtime, or none",
+            f"characters; send a problem type such as {ERROR_TYPE_PREFIX}runtime, or none",
         )
     if request.status and not 100 <= request.status <= 599:
         raise InvalidInputError.for_field(
@@ -198,7 +194,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         next_claim = 0.0
         try:
             while True:
-                poller.prune(_now_ms())
+                poller.prune(now_ms())
                 if len(poller.held) >= poller.capacity:
                     poller.freed.clear()
                     try:
@@ -221,7 +217,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     )
                     batch = [(task, 1) for task in fresh]
                 for task, attempt in batch:
-                    lease_until = _now_ms() + self._lease_ms
+                    lease_until = now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
         finally:
@@ -245,7 +241,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         if task is None:
             self._release(task_id)
             return False
-        event = result_event(task.effect_id, time_iso=iso_time(_now_ms()), value=value, error=error)
+        event = result_event(task.effect_id, time_iso=iso_time(now_ms()), value=value, error=error)
         outcome = await self._effects.complete_task(task, event, worker=worker)
         # 'moved': the lease ran out and the task went out again; that delivery decides, and
         # the poller now holding it keeps its slot.
@@ -267,7 +263,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     ) -> wpb.FailTaskResponse:
         check_problem(request)
         error = {
-            "type": request.type or ERROR_TYPES + "runtime",
+            "type": request.type or ERROR_TYPE_PREFIX + "runtime",
             "status": request.status or 500,
             "title": request.title or "Worker task failed",
             "detail": request.detail,
@@ -288,7 +284,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         for service, entries in by_service.items():
             kept = await self._effects.heartbeat(service, request.worker_id, entries)
             held += [f"{service}/{entry}" for entry in kept]
-        until = _now_ms() + self._lease_ms
+        until = now_ms() + self._lease_ms
         for poller in self._pollers.get(request.worker_id, []):
             for task_id in held:
                 if task_id in poller.held:

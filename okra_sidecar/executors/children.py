@@ -104,21 +104,7 @@ class ChildStarter:
         except NotFoundError as exc:
             raise EffectFailedError(problem("configuration", 404, str(exc))) from None
         definition = registered.definition
-        parent_wf, ancestors_json, owner_json = await self._effects.instance_fields(
-            entry.instance_id, "wf", "anc", "owner"
-        )
-        ancestors = [*json.loads(ancestors_json or "[]"), parent_wf or ""]
-        if definition.id in ancestors:
-            chain = " -> ".join([*ancestors, definition.id])
-            raise EffectFailedError(
-                problem(
-                    "runtime",
-                    508,
-                    f"workflow {definition.id} may not run inside itself ({chain}); "
-                    "a child run's workflow must differ from every ancestor's",
-                    title="Recursive workflow run",
-                )
-            )
+        ancestors, owner = await self._lineage(entry.instance_id, definition.id)
         data = request.get("input")
         data = {} if data is None else data
         try:
@@ -127,7 +113,6 @@ class ChildStarter:
             raise EffectFailedError(
                 problem("validation", 400, f"input of child run {definition.id}: {exc}")
             ) from None
-        owner = json.loads(owner_json or "{}")
         limits = await self._limits(owner, definition.id, data)
         if self._causation is not None:
             try:
@@ -166,20 +151,46 @@ class ChildStarter:
             raise EffectFailedError(
                 problem("runtime", 429, f"child run {definition.id}: {exc}", title=LIMITED)
             ) from None
-        # The parent lives in another slot, so the create cannot check it. A Cancel of the
-        # parent cascades to the children it finds after marking the parent: a child created
-        # too late for that is found here, since this look comes after the create.
-        if await self._parent_finished(entry.instance_id):
+        await self._cancel_if_orphaned(entry.instance_id, child_id, now_ms=created_us // 1000)
+        return child_id
+
+    async def _lineage(self, parent_id: str, workflow_id: str) -> tuple[list[str], dict[str, Any]]:
+        """A new child's ancestors and its parent's owner; refuses a workflow already in them.
+
+        Raises:
+            EffectFailedError: the workflow would run inside itself.
+        """
+        parent_wf, ancestors_json, owner_json = await self._effects.instance_fields(
+            parent_id, "wf", "anc", "owner"
+        )
+        ancestors = [*json.loads(ancestors_json or "[]"), parent_wf or ""]
+        if workflow_id in ancestors:
+            chain = " -> ".join([*ancestors, workflow_id])
+            raise EffectFailedError(
+                problem(
+                    "runtime",
+                    508,
+                    f"workflow {workflow_id} may not run inside itself ({chain}); "
+                    "a child run's workflow must differ from every ancestor's",
+                    title="Recursive workflow run",
+                )
+            )
+        return ancestors, json.loads(owner_json or "{}")
+
+    async def _cancel_if_orphaned(self, parent_id: str, child_id: str, *, now_ms: int) -> None:
+        """Cancel a child created just after its parent was cancelled.
+
+        The parent lives in another slot, so the create cannot check it. A Cancel of the
+        parent cascades to the children it finds after marking the parent: a child created
+        too late for that is found here, since this look comes after the create.
+        """
+        if await self._parent_finished(parent_id):
             try:
                 await cancel_instance(
-                    self._store,
-                    child_id,
-                    reason=f"parent {entry.instance_id} cancelled",
-                    now_ms=created_us // 1000,
+                    self._store, child_id, reason=f"parent {parent_id} cancelled", now_ms=now_ms
                 )
             except (NotFoundError, FailedPreconditionError):
                 pass  # finished or cancelled by the cascade already
-        return child_id
 
     async def _parent_finished(self, parent_id: str) -> bool:
         (status,) = await self._effects.instance_fields(parent_id, "status")

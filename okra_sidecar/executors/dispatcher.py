@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
+from okra_sidecar.clock import now_ms
 from okra_sidecar.engine.interpreter.effects import Effect, EffectKind, iso_time, result_event
 from okra_sidecar.engine.runtime.outbox import emitted_event
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 CALL_KINDS = frozenset({EffectKind.HTTP.value, EffectKind.GRPC.value, EffectKind.OPENAPI.value})
 ABORT_INTERVAL_S = 0.5
 DEFER_PAUSE_S = 0.1
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def task_service(document: Any, task: str, workflow_id: str) -> str:
@@ -286,7 +282,7 @@ class EffectDispatcher:
                 if kind is EffectKind.EMIT:
                     # Turns publish emits in their commit; this path serves effects written
                     # without that step, and completes the event the same way.
-                    value = emitted_event(entry.instance_id, Effect.from_json(effect), _wall_ms())
+                    value = emitted_event(entry.instance_id, Effect.from_json(effect), now_ms())
                     await self._effects.publish(value)
                 else:
                     value = await self._call(
@@ -295,7 +291,7 @@ class EffectDispatcher:
             except EffectFailedError as exc:
                 error = exc.error
                 tracing.record_error(exc, server_fault=True)
-            event = result_event(effect_id, time_iso=iso_time(_wall_ms()), value=value, error=error)
+            event = result_event(effect_id, time_iso=iso_time(now_ms()), value=value, error=error)
             # The turn that consumes the result links to this effect's span.
             event.update(tracing.event_trace_fields())
             await self._effects.deliver_result(entry, event)
@@ -307,7 +303,7 @@ class EffectDispatcher:
             # A bug in an executor fails the effect (the workflow may catch it), not the loop.
             logger.exception("effect %s of %s failed", effect_id, entry.instance_id)
             error = problem("runtime", 500, f"{type(exc).__name__}: {exc}")
-            event = result_event(effect_id, time_iso=iso_time(_wall_ms()), error=error)
+            event = result_event(effect_id, time_iso=iso_time(now_ms()), error=error)
             try:
                 await self._effects.deliver_result(entry, event)
             except StoreUnavailableError:
@@ -342,7 +338,7 @@ class EffectDispatcher:
             "effectId": effect["id"],
             "function": request.get("function") or effect.get("task") or "",
             "arguments": request.get("arguments"),
-            "deadlineMs": _wall_ms() + int(timeout_ms) if timeout_ms else 0,
+            "deadlineMs": now_ms() + int(timeout_ms) if timeout_ms else 0,
             # The worker continues the trace from this effect's span.
             "trace": tracing.event_trace_fields().get(tracing.TRACEPARENT, ""),
         }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
+
 __all__ = ["EffectFailedError", "problem"]
 
-ERROR_TYPES = "https://serverlessworkflow.io/spec/1.0.0/errors/"
 TITLES = {
     "communication": "Communication error",
     "timeout": "Timeout",
@@ -19,7 +20,7 @@ TITLES = {
 def problem(kind: str, status: int, detail: str, *, title: str | None = None) -> dict[str, Any]:
     """A problem of the standard type `kind` (communication, timeout, runtime, ...)."""
     return {
-        "type": ERROR_TYPES + kind,
+        "type": ERROR_TYPE_PREFIX + kind,
         "status": status,
         "title": title or TITLES.get(kind, kind.title()),
         "detail": detail,

@@ -71,24 +71,7 @@ class EffectRuntime:
                     liveness, consumer, held=held, count=ORPHAN_BATCH
                 )
 
-        hosts = HostMap(settings.effects.http_hosts)
-        timeout_s = settings.effects.call_timeout_s
-        base_dir = settings.workflows_dir or Path.cwd()
-        guard = OutboundGuard(
-            allow=settings.effects.outbound_allow,
-            deny=settings.effects.outbound_deny,
-            private_endpoints=redis_endpoints(settings.redis.url),
-            file_roots=[base_dir, *settings.effects.proto_paths],
-        )
-        http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard)
-        grpc = GrpcCaller(
-            hosts=hosts,
-            base_dir=base_dir,
-            default_timeout_s=timeout_s,
-            guard=guard,
-            causation=causation,
-        )
-        openapi = OpenApiCaller(http=http, hosts=hosts, guard=guard)
+        http, openapi, grpc = _callers(settings, causation)
         # Child runs pass the run policies as their parent's owner, and the instance limits.
         children = ChildStarter(
             store=store,
@@ -145,3 +128,27 @@ class EffectRuntime:
         await self.http.aclose()
         await self.openapi.aclose()
         await self.grpc.aclose()
+
+
+def _callers(
+    settings: Settings, causation: CausationGuard | None
+) -> tuple[HttpCaller, OpenApiCaller, GrpcCaller]:
+    """The outbound callers, sharing the host map and the guard on what they may reach."""
+    hosts = HostMap(settings.effects.http_hosts)
+    timeout_s = settings.effects.call_timeout_s
+    base_dir = settings.workflows_dir or Path.cwd()
+    guard = OutboundGuard(
+        allow=settings.effects.outbound_allow,
+        deny=settings.effects.outbound_deny,
+        private_endpoints=redis_endpoints(settings.redis.url),
+        file_roots=[base_dir, *settings.effects.proto_paths],
+    )
+    http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard)
+    grpc = GrpcCaller(
+        hosts=hosts,
+        base_dir=base_dir,
+        default_timeout_s=timeout_s,
+        guard=guard,
+        causation=causation,
+    )
+    return http, OpenApiCaller(http=http, hosts=hosts, guard=guard), grpc

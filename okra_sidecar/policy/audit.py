@@ -9,13 +9,13 @@ whatever the audit level, since they are rare and an operator needs them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opentelemetry import trace
 
+from okra_sidecar.clock import now_ms
 from okra_sidecar.policy.model import Identity, InstanceView, WorkflowRef
 
 logger = logging.getLogger(__name__)
@@ -95,10 +95,6 @@ class Call:
             root, fields = self.resource
             detail[root] = {k: v for k, v in fields.items() if k != "owner"}
         return detail
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class AuditLog:

@@ -401,6 +401,42 @@ def _statuses(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_NOT_A_SETTING = object()  # a key read as a whole elsewhere (conditions, rates, ...)
+
+
+def _setting(key: str, value: Any) -> Any:
+    """A plain (not condition, not rate) key's value, checked and converted.
+
+    Raises:
+        ValueError: what is wrong with the value.
+    """
+    if key in GLOB_LIST_KEYS:
+        return _glob_list(value)
+    if key in BOOL_KEYS:
+        return _bool(value)
+    if key == QUERY_MAX_RESULTS:
+        return _whole(value, 1, MAX_QUERY_RESULTS)
+    if key == QUERY_ALLOWED_STATUSES:
+        return _statuses(value)
+    if key == MAX_CONCURRENT_INSTANCES:
+        return _whole(value, 0)
+    if key == MAX_INSTANCES_PER_WORKFLOW:
+        return _per_workflow_limits(value)
+    if key == RUN_MAX_INPUT_SIZE_KB:
+        return int(_positive(value) * 1024)
+    if key == RUN_REQUIRED_INPUT_FIELDS:
+        return _required_fields(value)
+    if key == AUDIT_LEVEL:
+        return _choice(value, AUDIT_LEVELS)
+    if key == MAX_DURATION_MINUTES:
+        return int(_positive(value) * 60_000)
+    if key == DEFAULT_TIMEOUT_MS:
+        return _whole(value, 1)
+    if key == TIMEOUT_ACTION:
+        return _choice(value, TIMEOUT_ACTIONS)
+    return _NOT_A_SETTING
+
+
 def compile_policies(
     document: Mapping[str, Any],
     *,
@@ -425,33 +461,11 @@ def compile_policies(
                 conditions[key] = cel.compile(
                     value, roots=CONDITION_ROOTS[key], env_names=env_names
                 )
-            elif key in GLOB_LIST_KEYS:
-                values[key] = _glob_list(value)
-            elif key in BOOL_KEYS:
-                values[key] = _bool(value)
             elif key in RATE_KEYS.values():
                 verb = next(v for v, k in RATE_KEYS.items() if k == key)
                 rates[verb] = parse_rate(value)
-            elif key == QUERY_MAX_RESULTS:
-                values[key] = _whole(value, 1, MAX_QUERY_RESULTS)
-            elif key == QUERY_ALLOWED_STATUSES:
-                values[key] = _statuses(value)
-            elif key == MAX_CONCURRENT_INSTANCES:
-                values[key] = _whole(value, 0)
-            elif key == MAX_INSTANCES_PER_WORKFLOW:
-                values[key] = _per_workflow_limits(value)
-            elif key == RUN_MAX_INPUT_SIZE_KB:
-                values[key] = int(_positive(value) * 1024)
-            elif key == RUN_REQUIRED_INPUT_FIELDS:
-                values[key] = _required_fields(value)
-            elif key == AUDIT_LEVEL:
-                values[key] = _choice(value, AUDIT_LEVELS)
-            elif key == MAX_DURATION_MINUTES:
-                values[key] = int(_positive(value) * 60_000)
-            elif key == DEFAULT_TIMEOUT_MS:
-                values[key] = _whole(value, 1)
-            elif key == TIMEOUT_ACTION:
-                values[key] = _choice(value, TIMEOUT_ACTIONS)
+            elif (setting := _setting(key, value)) is not _NOT_A_SETTING:
+                values[key] = setting
         except (CelCompileError, ValueError) as exc:
             problems.append((key, str(exc)))
     if problems:

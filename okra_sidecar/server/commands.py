@@ -13,6 +13,7 @@ from typing import TextIO
 
 import redis.asyncio as aioredis
 
+from okra_sidecar.clock import now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime.processes import (
@@ -33,7 +34,6 @@ from okra_sidecar.server.parts import (
     consumer_name,
     open_store,
     redis_client,
-    wall_clock_ms,
 )
 from okra_sidecar.server.sidecar import Sidecar, start_sidecar
 from okra_sidecar.startup import (
@@ -85,7 +85,7 @@ async def run_engine(settings: Settings) -> None:
             consumer=consumer,
             telemetry=telemetry,
             policies=policies,
-            clock=wall_clock_ms,
+            clock=now_ms,
             liveness=heartbeat.liveness,
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process

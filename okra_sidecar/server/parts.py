@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -122,10 +121,6 @@ def build_liveness(
 ) -> ConsumerLiveness:
     """Heartbeats that expire after three missed beats (store/liveness.py)."""
     return ConsumerLiveness(redis=client, keys=store.keys, ttl_ms=3 * settings.engine.heartbeat_ms)
-
-
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:

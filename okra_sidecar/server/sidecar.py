@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -19,6 +18,7 @@ from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tls import CertificateFiles, server_credentials
+from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
@@ -44,7 +44,6 @@ from okra_sidecar.server.parts import (
     consumer_name,
     open_store,
     redis_client,
-    wall_clock_ms,
 )
 from okra_sidecar.startup import (
     ADMIN_LISTEN_SETTING,
@@ -163,13 +162,14 @@ class _Parts:
     retention: RetentionKeeper
     effects: EffectRuntime
     causation: CausationGuard
+    clock: Clock
 
 
 async def start_sidecar(
     settings: Settings,
     *,
     telemetry: Telemetry | None = None,
-    clock: Callable[[], int] | None = None,
+    clock: Clock | None = None,
 ) -> Sidecar:
     """Start Redis (embedded if no URL), register definitions, start the engine and server.
 
@@ -197,7 +197,9 @@ async def start_sidecar(
         stack.push_async_callback(client.aclose)
         probes = await _start_probes(settings, stack)
         store = await _open_store(settings, url, client, probes, ports, credentials, stack)
-        parts = await _build_parts(settings, client, store, consumer, telemetry, clock, stack)
+        parts = await _build_parts(
+            settings, client, store, consumer, telemetry, clock or now_ms, stack
+        )
         if ports.waiting is not None:
             # The real servers take the ports over (the same ones, even where 0 was asked).
             await ports.waiting.stop()
@@ -314,11 +316,10 @@ async def _build_parts(
     store: RedisStore,
     consumer: str,
     telemetry: Telemetry,
-    clock: Callable[[], int] | None,
+    clock: Clock,
     stack: contextlib.AsyncExitStack,
 ) -> _Parts:
     """Definitions registered, policies loaded; the engine, effects and servicers built."""
-    now_ms = clock or wall_clock_ms
     registry = WorkflowRegistry(store=store)
     definitions = await _register_definitions(settings, registry)
     policies = build_policy_layer(settings, client=client, store=store, registry=registry)
@@ -332,7 +333,7 @@ async def _build_parts(
         consumer=consumer,
         telemetry=telemetry,
         policies=policies,
-        clock=now_ms,
+        clock=clock,
         liveness=liveness,
     )
     scheduler = Scheduler(
@@ -341,7 +342,7 @@ async def _build_parts(
         registry=registry,
         host=settings.host,
         settings=settings.schedule,
-        clock=now_ms,
+        clock=clock,
         authorize=policies.firings,
     )
     await scheduler.sync_definitions(definitions)
@@ -349,7 +350,7 @@ async def _build_parts(
         store=RedisRetentionStore(redis=client, keys=store.keys),
         host=settings.host,
         settings=settings.schedule,
-        clock=now_ms,
+        clock=clock,
     )
     effects, causation = _build_effects(
         settings,
@@ -361,7 +362,7 @@ async def _build_parts(
         liveness,
         policies,
         scheduler,
-        now_ms,
+        clock,
     )
     return _Parts(
         registry=registry,
@@ -372,6 +373,7 @@ async def _build_parts(
         retention=retention,
         effects=effects,
         causation=causation,
+        clock=clock,
     )
 
 
@@ -394,6 +396,7 @@ def _build_server(
             effects=parts.effects.effects,
             causation=parts.causation,
             changes=store.changes,
+            clock=parts.clock,
         ),
         health_servicer=probes.servicer,
         schedules=ScheduleHostServicer(
@@ -441,7 +444,7 @@ def _build_effects(
     liveness: ConsumerLiveness,
     policies: PolicyLayer,
     scheduler: Scheduler,
-    clock: Callable[[], int],
+    clock: Clock,
 ) -> tuple[EffectRuntime, CausationGuard]:
     """The executors, the event router with its triggers, and the causation guard."""
     # Which instance caused which: chains that loop back stop, fan-out is bounded.

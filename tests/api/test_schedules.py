@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from okra_sidecar.schedules import FIRE_TIME_TAG, SCHEDULE_TAG
 from okra_sidecar.server import Sidecar, start_sidecar
 from tests.helpers import (
+    FakeClock,
     bad_request_fields,
     expect_rpc_error,
     make_settings,
@@ -40,14 +41,6 @@ else:
 
 SCHEDULED_DIR = Path(__file__).parent.parent / "workflows_scheduled"
 START = 1_711_324_800_000  # 2024-03-25T00:00:00Z
-
-
-class FakeClock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 class Running:

@@ -11,13 +11,13 @@ from typing import Any
 import dockerfile  # type: ignore[import-not-found]  # a compiled module without stubs
 import yaml
 
-from okra_sidecar.config import ENV_VARIABLES
+from okra_sidecar.config_sources import ENV_VARIABLES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEPLOY_DIR = REPO_ROOT / "deploy"
 DOCKERFILE = DEPLOY_DIR / "Dockerfile"
 KUBERNETES_DIR = DEPLOY_DIR / "kubernetes"
-# Variables the sidecar reads (config.py), plus OKRA_CONFIG and OKRA_LOG_LEVEL (cli.py).
+# Variables the sidecar reads (config_sources.py), plus OKRA_CONFIG and OKRA_LOG_LEVEL (cli.py).
 SIDECAR_VARIABLES = frozenset(ENV_VARIABLES) | {"OKRA_CONFIG", "OKRA_LOG_LEVEL"}
 # What deploy/example/app.py reads.
 EXAMPLE_VARIABLES = frozenset({"OKRA_ADDRESS", "OKRA_TOKEN_SECRET", "OKRA_TOKEN_AUDIENCE"})

@@ -185,3 +185,8 @@ def drive(
         result = advance(definition, result.state, signals=inbox, now_ms=now)
         history.extend(result.history)
     raise AssertionError(f"the instance did not end in {max_turns} turns")
+
+
+def only_effect(effects: list[Effect]) -> Effect:
+    assert len(effects) == 1, effects
+    return effects[0]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from okra_sidecar.engine.interpreter.faults import (
     ERROR_TYPE_ALIAS_PREFIX,
-    ERROR_TYPE_PREFIX,
     canonical_error_type,
     error_matches,
     outside_error,
 )
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
 
 TIMEOUT_ERROR = ERROR_TYPE_PREFIX + "timeout"
 

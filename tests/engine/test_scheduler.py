@@ -33,7 +33,7 @@ from okra_sidecar.schedules import (
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.schedule_store import RedisScheduleStore
-from tests.helpers import WORKFLOWS_DIR
+from tests.helpers import WORKFLOWS_DIR, FakeClock
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -42,16 +42,6 @@ SCHEDULED_DIR = Path(__file__).parent.parent / "workflows_scheduled"
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-class FakeClock:
-    """Epoch ms that only the test moves."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @dataclass

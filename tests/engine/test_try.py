@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from okra_sidecar.engine.interpreter.faults import ERROR_TYPE_ALIAS_PREFIX, ERROR_TYPE_PREFIX
+from okra_sidecar.engine.interpreter.faults import ERROR_TYPE_ALIAS_PREFIX
 from okra_sidecar.engine.interpreter.interpreter import TurnOutcome, TurnResult, advance
 from okra_sidecar.engine.interpreter.retries import jitter_ms, retry_delay_ms
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
 
 from .support import (
     COMMUNICATION_ERROR,

@@ -26,6 +26,7 @@ from okra_sidecar.telemetry import Telemetry
 from tests.helpers import (
     Stub,
     eventually,
+    expect_rpc_error,
     make_settings,
     redis_fingerprint,
     rich_status,
@@ -244,3 +245,33 @@ __all__ = [
     "write_policies",
     "writes_during",
 ]
+
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+WAITING = {pb.WORKFLOW_STATUS_WAITING}
+
+
+async def expect_denied(
+    redis: Redis,
+    call: Callable[[], Awaitable[object]],
+    *,
+    policy: str,
+    message: str,
+    code: grpc.StatusCode = DENIED,
+) -> grpc.aio.AioRpcError:
+    """`call()` fails with `code`, names `policy` and says `message`, and writes nothing.
+
+    `call` makes the rpc when called: grpc.aio sends a call as soon as it is created, so a
+    call made before the "before" snapshot would have its writes counted as the baseline.
+    """
+    error: list[grpc.aio.AioRpcError] = []
+
+    async def attempt() -> None:
+        error.append(await expect_rpc_error(call(), code))
+
+    written = await writes_during(redis, attempt)
+    # Said in the message: pytest rewrites the asserts of test modules only, not this one.
+    assert written == set(), f"the call wrote {sorted(written)}"
+    assert denied_by(error[0]) == policy
+    assert message in (error[0].details() or "")
+    return error[0]

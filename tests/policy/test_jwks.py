@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from okra_sidecar.config import AuthSettings, ConfigError, Settings
+from okra_sidecar.config import AuthSettings, Settings
+from okra_sidecar.config_sources import ConfigError
 from okra_sidecar.errors import UnauthenticatedError
 from okra_sidecar.policy.auth import TokenVerifier, UnknownKeyError
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar

@@ -15,18 +15,10 @@ from redis.asyncio import Redis
 
 from okra_sidecar.schedules import SCHEDULE_TAG
 from okra_sidecar.server import start_sidecar
-from tests.helpers import expect_rpc_error
+from tests.helpers import FakeClock, expect_rpc_error
 from tests.policy.support import bearer, policy_settings, write_policies
 
 START = 1_711_324_800_000  # 2024-03-25T00:00:00Z
-
-
-class FakeClock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 async def test_schedules_run_as_their_creator(redis: Redis, redis_url: str, tmp_path: Path) -> None:

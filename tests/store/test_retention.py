@@ -19,6 +19,7 @@ from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.retention_store import RedisRetentionStore
 from tests.helpers import (
     KEYS,
+    FakeClock,
     expect_rpc_error,
     index_size,
     make_settings,
@@ -28,14 +29,6 @@ from tests.helpers import (
 )
 
 DAY = 86_400_000
-
-
-class FakeClock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 async def test_finished_instances_past_retention_are_purged_with_their_keys(

@@ -14,7 +14,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-from okra_sidecar.config import ConfigError, Settings, TelemetrySettings
+from okra_sidecar.config import Settings, TelemetrySettings
+from okra_sidecar.config_sources import ConfigError
 from okra_sidecar.telemetry import Telemetry
 from okra_sidecar.telemetry.providers import build_resource, scrape_listen
 from okra_sidecar.telemetry.tracing import build_sampler, build_span_exporter

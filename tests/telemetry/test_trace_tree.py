@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -28,6 +30,52 @@ def _parent_id(span: ReadableSpan) -> int | None:
 
 def _instance_of(span: ReadableSpan) -> object:
     return span.resource.attributes["service.instance.id"]
+
+
+def _assert_turns_and_tasks(
+    spans: Sequence[ReadableSpan], run: ReadableSpan, signal: ReadableSpan, instance_id: str
+) -> None:
+    """Two committed turns under the Run, the second linked to the Signal; tasks under them."""
+    turns = [
+        t
+        for t in spans_named(spans, TURN)
+        if t.attributes and t.attributes.get("okra.turn.committed")
+    ]
+    assert len(turns) == 2
+    first, second = sorted(turns, key=lambda t: t.start_time or 0)
+    for turn in (first, second):
+        assert turn.kind is SpanKind.CONSUMER
+        assert _parent_id(turn) == run.context.span_id
+        assert turn.attributes is not None
+        assert turn.attributes["okra.instance.id"] == instance_id
+        assert turn.attributes["okra.workflow.id"] == APPROVAL
+    assert first.attributes is not None and second.attributes is not None
+    assert first.attributes["okra.turn.outcome"] == "waiting"
+    assert first.attributes["okra.turn.current_step"] == "/do/0/askForApproval"
+    assert second.attributes["okra.turn.outcome"] == "completed"
+    assert _instance_of(second) == "sidecar-b"
+    # The resumed turn links to the Signal call that sent what it consumed.
+    (link,) = second.links
+    assert link.context.span_id == signal.context.span_id
+    assert link.attributes is not None
+    assert link.attributes["okra.signal.name"] == "approve"
+    assert not first.links
+
+    tasks = {
+        (t.attributes["okra.task.name"], t.attributes["okra.task.status"]): t
+        for t in spans
+        if t.attributes and "okra.task.name" in t.attributes
+    }
+    assert set(tasks) == {
+        ("askForApproval", "waiting"),
+        ("askForApproval", "completed"),
+        ("decide", "completed"),
+    }
+    assert _parent_id(tasks["askForApproval", "waiting"]) == first.context.span_id
+    assert _parent_id(tasks["askForApproval", "completed"]) == second.context.span_id
+    assert _parent_id(tasks["decide", "completed"]) == second.context.span_id
+    assert tasks["decide", "completed"].name == "RunTask:decide"
+    assert tasks["decide", "completed"].status.status_code is StatusCode.UNSET
 
 
 async def test_spans_of_run_turns_tasks_and_signal_form_one_tree(
@@ -94,46 +142,7 @@ async def test_spans_of_run_turns_tasks_and_signal_form_one_tree(
     assert signal.attributes is not None
     assert signal.attributes["okra.instance.id"] == instance_id
 
-    turns = [
-        t
-        for t in spans_named(spans, TURN)
-        if t.attributes and t.attributes.get("okra.turn.committed")
-    ]
-    assert len(turns) == 2
-    first, second = sorted(turns, key=lambda t: t.start_time or 0)
-    for turn in (first, second):
-        assert turn.kind is SpanKind.CONSUMER
-        assert _parent_id(turn) == run.context.span_id
-        assert turn.attributes is not None
-        assert turn.attributes["okra.instance.id"] == instance_id
-        assert turn.attributes["okra.workflow.id"] == APPROVAL
-    assert first.attributes is not None and second.attributes is not None
-    assert first.attributes["okra.turn.outcome"] == "waiting"
-    assert first.attributes["okra.turn.current_step"] == "/do/0/askForApproval"
-    assert second.attributes["okra.turn.outcome"] == "completed"
-    assert _instance_of(second) == "sidecar-b"
-    # The resumed turn links to the Signal call that sent what it consumed.
-    (link,) = second.links
-    assert link.context.span_id == signal.context.span_id
-    assert link.attributes is not None
-    assert link.attributes["okra.signal.name"] == "approve"
-    assert not first.links
-
-    tasks = {
-        (t.attributes["okra.task.name"], t.attributes["okra.task.status"]): t
-        for t in spans
-        if t.attributes and "okra.task.name" in t.attributes
-    }
-    assert set(tasks) == {
-        ("askForApproval", "waiting"),
-        ("askForApproval", "completed"),
-        ("decide", "completed"),
-    }
-    assert _parent_id(tasks["askForApproval", "waiting"]) == first.context.span_id
-    assert _parent_id(tasks["askForApproval", "completed"]) == second.context.span_id
-    assert _parent_id(tasks["decide", "completed"]) == second.context.span_id
-    assert tasks["decide", "completed"].name == "RunTask:decide"
-    assert tasks["decide", "completed"].status.status_code is StatusCode.UNSET
+    _assert_turns_and_tasks(spans, run, signal, instance_id)
 
 
 async def test_a_run_without_traceparent_starts_a_trace_and_faults_show(

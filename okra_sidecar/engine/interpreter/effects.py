@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
+
 # Result events travel through the inbox like signals, under a type no signal can have
 # (signal names may not contain dots), so `listen` never mistakes one for the other.
 RESULT_EVENT_TYPE = "io.okra.effect.result"
@@ -90,7 +92,7 @@ def iso_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-RUNTIME_ERROR = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
+RUNTIME_ERROR = ERROR_TYPE_PREFIX + "runtime"
 
 
 def cancelled_result_event(

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from okra_sidecar.engine.definitions.expressions import ExpressionError
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
 
 __all__ = [
     "ERROR_TYPE_ALIAS_PREFIX",
-    "ERROR_TYPE_PREFIX",
     "STANDARD_ERRORS",
     "WorkflowFaultError",
     "canonical_error_type",
@@ -31,7 +31,6 @@ __all__ = [
     "validation_fault",
 ]
 
-ERROR_TYPE_PREFIX = "https://serverlessworkflow.io/spec/1.0.0/errors/"
 ERROR_TYPE_ALIAS_PREFIX = "https://serverlessworkflow.io/dsl/errors/types/"
 # Standard error types (dsl-reference.md "Standard Error Types"): default status and title.
 STANDARD_ERRORS: Mapping[str, tuple[int, str]] = {

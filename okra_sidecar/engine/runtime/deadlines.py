@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from okra_sidecar.errors import ERROR_TYPE_PREFIX
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 from okra_sidecar.store.base import TurnCommit, TurnSnapshot
 
@@ -25,7 +26,7 @@ MAX_INSTANCE_DURATION = "maxInstanceDuration"
 STEP_TIMEOUT_POLICY = "policy.workflow.defaultTimeoutMs"
 DEFAULT_TIMEOUT = "defaultTimeout"  # the sidecar's own step timeout, when no policy sets one
 STEP_TIMEOUTS = (STEP_TIMEOUT_POLICY, DEFAULT_TIMEOUT)
-TIMEOUT_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
+TIMEOUT_ERROR_TYPE = ERROR_TYPE_PREFIX + "timeout"
 EXCEEDED_EVENT = "workflow.timeoutExceeded"
 
 

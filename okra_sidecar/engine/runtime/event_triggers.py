@@ -13,13 +13,13 @@ highest version of each workflow deciding (as for time schedules), refreshed eve
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from okra_sidecar.admission import CAUSE_ATTRIBUTE, CauseAdmitter, RunLimits
+from okra_sidecar.clock import now_ms
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry, semver_key
@@ -37,10 +37,6 @@ TRIGGER_TAG = "okra.trigger"
 EVENT_TAG = "okra.event"
 TRIGGER_NAMESPACE = uuid.UUID("6f6b7261-7472-6967-6765-722d6576656e")
 REFRESH_S = 2.0
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

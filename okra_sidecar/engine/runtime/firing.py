@@ -102,33 +102,44 @@ def decide(
     else:
         following = times.next_after(fire)
     if running:
-        overlap = record.spec.overlap
-        if overlap is OverlapPolicy.SKIP:
-            return Decision(
-                None,
-                following,
-                buffered,
-                skipped + 1,
-                _check(following, buffered, now_ms, poll_ms),
-                "the previous instance was still running (overlap: skip)",
-            )
-        if overlap is OverlapPolicy.BUFFER_ONE:
-            if buffered is None:
-                buffered = fire
-            else:
-                skipped += 1
-                reason = "one firing is already buffered (overlap: buffer-one)"
-            return Decision(
-                None,
-                following,
-                buffered,
-                skipped,
-                _check(following, buffered, now_ms, poll_ms),
-                reason,
-            )
+        return _overlapping(record, fire, following, buffered, skipped, reason, now_ms, poll_ms)
     return Decision(
         fire, following, buffered, skipped, _check(following, buffered, now_ms, poll_ms), reason
     )
+
+
+def _overlapping(
+    record: ScheduleRecord,
+    fire: int,
+    following: int | None,
+    buffered: int | None,
+    skipped: int,
+    reason: str,
+    now_ms: int,
+    poll_ms: int,
+) -> Decision:
+    """A firing due while the previous run still runs, decided by the overlap policy."""
+    check = _check(following, buffered, now_ms, poll_ms)
+    overlap = record.spec.overlap
+    if overlap is OverlapPolicy.SKIP:
+        return Decision(
+            None,
+            following,
+            buffered,
+            skipped + 1,
+            check,
+            "the previous instance was still running (overlap: skip)",
+        )
+    if overlap is OverlapPolicy.BUFFER_ONE:
+        if buffered is None:
+            buffered = fire
+        else:
+            skipped += 1
+            reason = "one firing is already buffered (overlap: buffer-one)"
+        return Decision(
+            None, following, buffered, skipped, _check(following, buffered, now_ms, poll_ms), reason
+        )
+    return Decision(fire, following, buffered, skipped, check, reason)
 
 
 def _check(following: int | None, buffered: int | None, now_ms: int, poll_ms: int) -> int | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
+from okra_sidecar.clock import now_ms
 from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.base import RetentionStore
@@ -19,10 +19,6 @@ __all__ = ["RetentionKeeper"]
 DAY_MS = 86_400_000
 # Batches per pass: a huge backlog is worked off over several passes.
 MAX_BATCHES_PER_PASS = 100
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class RetentionKeeper:

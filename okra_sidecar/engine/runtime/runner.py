@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from okra_sidecar.clock import now_ms
 from okra_sidecar.config import EngineSettings
+from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
 from okra_sidecar.engine.interpreter.interpreter import (
     InboxSignal,
     TurnOutcome,
@@ -36,7 +38,6 @@ OUTCOME_STATUS = {
     TurnOutcome.FAILED: InstanceStatus.FAILED,
 }
 MAX_COMMIT_ATTEMPTS = 8
-RUNTIME_ERROR_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/runtime"
 
 
 # Told of every instance that fails: (instance id, workflow id, error). Policies raise alerts.
@@ -44,10 +45,6 @@ FailureHook = Callable[[str, str, dict[str, Any] | None], Awaitable[None]]
 # Takes over work left by consumers that stopped beating, and this one's own not in the
 # given entry ids (store/liveness.py): (consumer, held) -> items.
 OrphanClaim = Callable[[str, Collection[str]], Awaitable[list[WorkItem]]]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -329,7 +326,7 @@ class EngineRunner:
 
     @staticmethod
     def _fault(snapshot: TurnSnapshot, now: int, title: str, detail: str) -> TurnResult:
-        error = {"type": RUNTIME_ERROR_TYPE, "status": 500, "title": title, "detail": detail}
+        error = {"type": RUNTIME_ERROR, "status": 500, "title": title, "detail": detail}
         return fault_result(snapshot, now, {**error, "instance": "/"})
 
     @staticmethod

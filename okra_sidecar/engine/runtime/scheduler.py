@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from okra_sidecar.admission import RunLimits
+from okra_sidecar.clock import now_ms
 from okra_sidecar.config import HostSettings, ScheduleSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.definitions.durations import iso_duration_ms, parse_duration
@@ -58,10 +58,6 @@ __all__ = ["FiringAuthorizer", "Scheduler", "checked_definition_spec", "definiti
 MAX_STEPS_PER_SCHEDULE = 100
 SAVE_ATTEMPTS = 8
 ERROR_TEXT_LIMIT = 500
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FiringAuthorizer(Protocol):
