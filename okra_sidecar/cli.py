@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = commands.add_parser("validate", help="check workflow definitions, as serve would")
     validate.add_argument("path", help="a definition file, or a directory of them")
+    validate.add_argument(
+        "--config", help="YAML config file whose limits apply, as for serve (env OKRA_CONFIG)"
+    )
     health = commands.add_parser(
         "health", help="exit 0 if the sidecar's gRPC health service reports SERVING"
     )
@@ -129,6 +132,25 @@ def run_codegen(args: argparse.Namespace) -> int:
         return 1
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Check definitions with the limits serve would apply (the config file, OKRA_* variables)."""
+    try:
+        settings = Settings.load(flags={"config": args.config}, environ=os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        definitions = read_definitions(
+            Path(args.path), max_bytes=settings.engine.max_definition_bytes
+        )
+    except DefinitionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for definition in definitions:
+        print(f"ok {definition.id}")
     return 0
 
 
@@ -174,14 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "engine":
         return run_engine_process()
     if args.command == "validate":
-        try:
-            definitions = read_definitions(Path(args.path))
-        except DefinitionError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        for definition in definitions:
-            print(f"ok {definition.id}")
-        return 0
+        return run_validate(args)
     flags = {
         # `migrate` takes only the flags that say where the store is.
         key: getattr(args, key, None)

@@ -59,6 +59,43 @@ def test_validate_names_a_broken_or_missing_file(
     assert "missing.yaml: cannot be read: No such file or directory" in capsys.readouterr().err
 
 
+def test_validate_applies_the_configured_definition_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OKRA_CONFIG", raising=False)
+    monkeypatch.delenv("OKRA_MAX_DEFINITION_BYTES", raising=False)
+    order = EXAMPLES / "order.yaml"
+    size = order.stat().st_size
+    small = tmp_path / "small.yaml"
+    small.write_text(f"maxDefinitionBytes: {size - 1}\n")
+    # A file that passes under the default limit is refused under the configured one.
+    assert cli_main(["validate", str(order)]) == 0
+    assert cli_main(["validate", "--config", str(small), str(order)]) == 1
+    assert f"is {size} bytes; maxDefinitionBytes is {size - 1}" in capsys.readouterr().err
+    assert cli_main(["validate", "--config", str(small), str(EXAMPLES)]) == 1
+    assert f"maxDefinitionBytes is {size - 1}" in capsys.readouterr().err
+    monkeypatch.setenv("OKRA_MAX_DEFINITION_BYTES", str(size - 1))
+    assert cli_main(["validate", str(order)]) == 1
+    assert f"maxDefinitionBytes is {size - 1}" in capsys.readouterr().err
+    # A larger configured limit lets through a file over the default one.
+    big = tmp_path / "big.yaml"
+    big.write_text(order.read_text() + "# padding\n" * 120_000)
+    large = tmp_path / "large.yaml"
+    large.write_text(f"maxDefinitionBytes: {4 * 1024 * 1024}\n")
+    monkeypatch.delenv("OKRA_MAX_DEFINITION_BYTES")
+    assert cli_main(["validate", str(big)]) == 1
+    assert "maxDefinitionBytes is 1048576" in capsys.readouterr().err
+    assert cli_main(["validate", "--config", str(large), str(big)]) == 0
+    assert capsys.readouterr().out.endswith("ok examples.order.1.0.0\n")
+
+
+def test_validate_names_a_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "okra.yaml"
+    config.write_text("maxDefinitionBytes: none\n")
+    assert cli_main(["validate", "--config", str(config), str(EXAMPLES / "order.yaml")]) == 2
+    assert "maxDefinitionBytes: expected a whole number" in capsys.readouterr().err
+
+
 def test_codegen_without_out_writes_to_the_user_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,15 +70,9 @@ def read_directory(
         raise DefinitionError(str(directory), "", "is not a directory of workflow definitions")
     loaded: dict[str, tuple[WorkflowDefinition, str]] = {}
     problems: list[str] = []
-    limits = replace(DEFINITION_LIMITS, max_bytes=max_bytes)
     for path in sorted(p for p in directory.rglob("*") if p.suffix in DEFINITION_SUFFIXES):
         try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise DefinitionError(
-                    str(path), "", f"is {size} bytes; maxDefinitionBytes is {max_bytes}"
-                )
-            definition = load_definition_text(path.read_text(), source=str(path), limits=limits)
+            definition = read_file(path, max_bytes=max_bytes)
         except DefinitionError as exc:
             problems.append(str(exc))
             continue
@@ -94,19 +88,36 @@ def read_directory(
     return [definition for definition, _ in loaded.values()]
 
 
-def read_definitions(path: Path) -> list[WorkflowDefinition]:
+def read_file(path: Path, *, max_bytes: int = DEFINITION_LIMITS.max_bytes) -> WorkflowDefinition:
+    """The definition in the file `path`; one over `max_bytes` is refused without being parsed.
+
+    Raises:
+        DefinitionError: the file is broken, missing or too large.
+    """
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DefinitionError(
+                str(path), "", f"is {size} bytes; maxDefinitionBytes is {max_bytes}"
+            )
+        text = path.read_text()
+    except OSError as exc:
+        raise DefinitionError(str(path), "", f"cannot be read: {exc.strerror}") from exc
+    limits = replace(DEFINITION_LIMITS, max_bytes=max_bytes)
+    return load_definition_text(text, source=str(path), limits=limits)
+
+
+def read_definitions(
+    path: Path, *, max_bytes: int = DEFINITION_LIMITS.max_bytes
+) -> list[WorkflowDefinition]:
     """The definition in the file `path`, or every one under the directory `path`.
 
     Raises:
         DefinitionError: the file is broken or missing, or a file under the directory is.
     """
     if path.is_dir():
-        return read_directory(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DefinitionError(str(path), "", f"cannot be read: {exc.strerror}") from exc
-    return [load_definition_text(text, source=str(path))]
+        return read_directory(path, max_bytes=max_bytes)
+    return [read_file(path, max_bytes=max_bytes)]
 
 
 class WorkflowRegistry:
