@@ -54,6 +54,7 @@ class Reason(StrEnum):
     EVENTS_NOT_ROUTED = "EVENTS_NOT_ROUTED"
     SCHEDULE_DECLARED_BY_WORKFLOW = "SCHEDULE_DECLARED_BY_WORKFLOW"
     SCHEDULE_INPUT_MISMATCH = "SCHEDULE_INPUT_MISMATCH"
+    SCHEDULE_UNREADABLE = "SCHEDULE_UNREADABLE"
     DURABILITY_NOT_POSSIBLE = "DURABILITY_NOT_POSSIBLE"
     RATE_LIMITED = "RATE_LIMITED"
     INSTANCE_LIMIT_REACHED = "INSTANCE_LIMIT_REACHED"
@@ -192,6 +193,14 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         retryable=False,
         action=(
             "Pause the schedule, or remove `schedule` from the definition and bump its version."
+        ),
+    ),
+    Reason.SCHEDULE_UNREADABLE: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The stored schedule cannot be read (written outside the sidecar, or damaged): "
+            "DeleteSchedule removes it; ListSchedules leaves it out."
         ),
     ),
     Reason.SCHEDULE_INPUT_MISMATCH: ReasonSpec(

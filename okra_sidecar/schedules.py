@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from okra_sidecar.errors import FailedPreconditionError, PreconditionViolation, Reason
 
 # Instances a schedule starts carry these tags, so Query finds them by schedule and firing.
 SCHEDULE_TAG = "okra.schedule"
@@ -24,6 +27,9 @@ SCHEDULE_ID_RE = re.compile(
 FIRING_NAMESPACE = uuid.UUID("6f6b7261-7363-6865-6475-6c652d666972")
 # Schedule ids derived from a request_id are stable, so a retried TriggerWorkflow is harmless.
 REQUEST_ID_NAMESPACE = uuid.UUID("6f6b7261-7363-6865-6475-6c652d726571")
+# What datetime, croniter and protobuf's Timestamp can represent (years 1 to 9999), in ms.
+EARLIEST_STORED_MS = -62135596800_000
+LATEST_STORED_MS = 253402300799_999
 
 
 class OverlapPolicy(StrEnum):
@@ -218,3 +224,56 @@ __all__ = [
     "firing_instance_id",
     "format_fire_time",
 ]
+
+
+def decode_record(schedule_id: str, raw: str | bytes, revision: int) -> ScheduleRecord:
+    """A stored schedule, checked as far as reading, listing and firing it need.
+
+    A record written outside the sidecar (or by a version that did not check its times) can
+    hold anything; refusing it here keeps one such record from failing every listing.
+
+    Raises:
+        FailedPreconditionError: the record cannot be read (reason SCHEDULE_UNREADABLE).
+    """
+    try:
+        record = ScheduleRecord.from_json(json.loads(raw), revision=revision)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise schedule_unreadable(schedule_id, f"not a schedule record ({exc!r:.120})") from None
+    spec = record.spec
+    times = {
+        "start": spec.start_ms,
+        "end": spec.end_ms,
+        "anchor": record.anchor_ms,
+        "created": record.created_ms,
+        "updated": record.updated_ms,
+        "next": record.next_fire_ms,
+        "buffered": record.buffered_ms,
+        "lastFire": record.last_fire_ms,
+    }
+    durations = {"every": spec.every_ms, "after": spec.after_ms}
+    for name, ms in times.items():
+        if ms is not None and not _is_time(ms):
+            raise schedule_unreadable(schedule_id, f"its {name} time {ms!r:.40} is out of range")
+    for name, ms in durations.items():
+        if ms is not None and not (_is_int(ms) and 0 < ms <= LATEST_STORED_MS):
+            raise schedule_unreadable(schedule_id, f"its {name} {ms!r:.40} is out of range")
+    return record
+
+
+def schedule_unreadable(schedule_id: str, problem: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"stored schedule {schedule_id} cannot be read: {problem}; DeleteSchedule removes it",
+        reason=Reason.SCHEDULE_UNREADABLE,
+        violation=PreconditionViolation(
+            "SCHEDULE_RECORD", f"schedule/{schedule_id}", "the stored schedule must be readable"
+        ),
+        metadata={"schedule": schedule_id},
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_time(value: object) -> bool:
+    return _is_int(value) and EARLIEST_STORED_MS <= value <= LATEST_STORED_MS  # type: ignore[operator]

@@ -18,7 +18,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.call_metadata import metadata_of
 from okra_sidecar.api.task_worker import parse_task_id
-from okra_sidecar.errors import instance_not_found
+from okra_sidecar.errors import FailedPreconditionError, Reason, instance_not_found
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.audit import Call
 from okra_sidecar.policy.evaluator import PolicyEvaluator
@@ -129,7 +129,15 @@ class ResourceChecks:
         method = type(request).__name__.removesuffix("Request")
         record = None
         if self._schedules is not None and request.schedule_id:
-            record = await self._schedules.get(request.schedule_id)
+            try:
+                record = await self._schedules.get(request.schedule_id)
+            except FailedPreconditionError as exc:
+                if exc.reason is not Reason.SCHEDULE_UNREADABLE:
+                    raise
+                # Only its id can be trusted: conditions on its owner or workflow deny.
+                unreadable = ("schedule", {"id": request.schedule_id})
+                await self._allow(self._call(method, context, resource=unreadable))
+                return await behavior(request, context)
         if record is None:
             # Nothing to describe: the servicer refuses a bad or unknown id after the switch.
             await self._allow(self._call(method, context))
@@ -156,7 +164,10 @@ class ResourceChecks:
         # A caller sees only the schedules it could get one by one.
         shown = []
         for schedule in response.schedules:
-            record = await self._schedules.get(schedule.schedule_id)
+            try:
+                record = await self._schedules.get(schedule.schedule_id)
+            except FailedPreconditionError:
+                continue  # damaged since the listing read it
             if record is None:
                 continue
             probe = self._call(

@@ -205,6 +205,26 @@ async def test_schedule_declared_by_workflow(redis: Redis, redis_url: str) -> No
     assert metadata["schedule"] == "workflow:sched.tick"
 
 
+async def test_schedule_unreadable(sidecar: tuple[Sidecar, Stub], redis: Redis) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        schedules = ScheduleStub(channel)
+        created = await schedules.TriggerWorkflow(
+            spb.TriggerWorkflowRequest(
+                workflow_id="tests.steps.1.0.0",
+                input=value({"n": 1}),
+                cron_expression="0 0 1 * *",
+            )
+        )
+        key = sidecar[0].store.keys.schedule(created.schedule_id)
+        await redis.hset(key, "r", "[]")
+        error = await expect_rpc_error(
+            schedules.GetSchedule(spb.GetScheduleRequest(schedule_id=created.schedule_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.SCHEDULE_UNREADABLE)
+    assert metadata == {"schedule": created.schedule_id}
+
+
 async def test_rate_limited(redis: Redis, redis_url: str, tmp_path: Path) -> None:
     policies = write_policies(tmp_path, '{"policy.workflow.query.rateLimit": "1/minute"}')
     async with policed_sidecar(policy_settings(redis_url, policies)) as policed:

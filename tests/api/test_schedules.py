@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from okra_sidecar.server import Sidecar, start_sidecar
 from tests.helpers import (
     FakeClock,
     bad_request_fields,
+    error_info,
     expect_rpc_error,
     make_settings,
     redis_fingerprint,
@@ -273,3 +275,61 @@ async def test_definition_schedules_are_listed_and_cannot_be_deleted(
     finally:
         await channel.close()
         await sidecar.stop(None)
+
+
+async def test_a_stored_schedule_out_of_range_is_left_out_and_can_be_deleted(
+    running: Running, redis: Redis
+) -> None:
+    keys = running.sidecar.store.keys
+    good = await running.schedules.TriggerWorkflow(trigger(tags={"n": "good"}))
+    # Records as another writer could leave them: times no datetime or Timestamp holds, a
+    # field of the wrong type, and no JSON at all.
+    changes: list[tuple[str, object]] = [
+        ("start", -(2**62) * 1000),
+        ("next", 2**62),
+        ("anchor", "x"),
+        ("every", -5),
+    ]
+    bad_ids = []
+    for field, bad in changes:
+        created = await running.schedules.TriggerWorkflow(trigger(tags={"n": field}))
+        key = keys.schedule(created.schedule_id)
+        stored = await redis.hget(key, "r")
+        assert stored is not None
+        record = json.loads(stored)
+        target = record["spec"] if field in ("start", "every") else record
+        target[field] = bad
+        await redis.hset(key, "r", json.dumps(record))
+        bad_ids.append(created.schedule_id)
+    garbage = await running.schedules.TriggerWorkflow(trigger(tags={"n": "garbage"}))
+    await redis.hset(keys.schedule(garbage.schedule_id), "r", "{not json")
+    bad_ids.append(garbage.schedule_id)
+
+    listed = await running.schedules.ListSchedules(spb.ListSchedulesRequest(next_fire_count=2))
+    assert [s.schedule_id for s in listed.schedules] == [good.schedule_id]
+    first = await running.schedules.ListSchedules(spb.ListSchedulesRequest(limit=1))
+    assert [s.schedule_id for s in first.schedules] == [good.schedule_id]
+    for schedule_id in bad_ids:
+        error = await expect_rpc_error(
+            running.schedules.GetSchedule(spb.GetScheduleRequest(schedule_id=schedule_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        info = error_info(error)
+        assert info is not None and info.reason == "SCHEDULE_UNREADABLE"
+        assert f"stored schedule {schedule_id} cannot be read" in (error.details() or "")
+        await expect_rpc_error(
+            running.schedules.PauseSchedule(spb.PauseScheduleRequest(schedule_id=schedule_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    # The firing clock passes them by instead of failing every tick at the first of them.
+    running.clock.now += 40 * 86_400_000
+    assert running.sidecar.scheduler is not None
+    await running.sidecar.scheduler.run_once()
+    assert await redis.zscore(keys.schedules_due, good.schedule_id) is not None
+    for schedule_id in bad_ids:
+        assert await redis.zscore(keys.schedules_due, schedule_id) is None
+        await running.schedules.DeleteSchedule(spb.DeleteScheduleRequest(schedule_id=schedule_id))
+        assert not await redis.exists(keys.schedule(schedule_id))
+    assert not await redis.zscore(keys.schedules_all, bad_ids[0])
+    listed = await running.schedules.ListSchedules(spb.ListSchedulesRequest())
+    assert [s.schedule_id for s in listed.schedules] == [good.schedule_id]

@@ -182,7 +182,14 @@ class Scheduler:
         """Fire every schedule due by the clock; returns the instances this sidecar started."""
         started = 0
         for schedule_id in await self._schedules.due(self._clock(), limit=self._settings.batch):
-            started += await self.fire(schedule_id)
+            try:
+                started += await self.fire(schedule_id)
+            except FailedPreconditionError as exc:
+                if exc.reason is not Reason.SCHEDULE_UNREADABLE:
+                    raise
+                # Left due, it would come first at every tick and fail it for every schedule.
+                logger.warning("scheduler: no longer fires it: %s", exc)
+                await self._schedules.drop_due(schedule_id)
         return started
 
     async def fire(self, schedule_id: str) -> int:
@@ -374,7 +381,14 @@ class Scheduler:
 
     async def delete(self, schedule_id: str) -> None:
         for _ in range(SAVE_ATTEMPTS):
-            record = await self.get(schedule_id)
+            try:
+                record = await self.get(schedule_id)
+            except FailedPreconditionError as exc:
+                if exc.reason is not Reason.SCHEDULE_UNREADABLE:
+                    raise
+                if await self._delete_unreadable(schedule_id):
+                    return
+                continue
             if record.source is ScheduleSource.DEFINITION:
                 raise FailedPreconditionError(
                     f"schedule {schedule_id} is declared by the workflow definition's `schedule`; "
@@ -391,6 +405,13 @@ class Scheduler:
             if outcome != 0:
                 return
         raise schedule_changed(schedule_id)
+
+    async def _delete_unreadable(self, schedule_id: str) -> bool:
+        """Delete a record that cannot be read; whether it is gone (False: it changed)."""
+        revision = await self._schedules.stored_revision(schedule_id)
+        if revision is None:
+            return True
+        return await self._schedules.delete(schedule_id, revision=revision) != 0
 
     def upcoming(self, record: ScheduleRecord, count: int) -> list[int]:
         """The next `count` fire times, soonest first (only the next one for `after`)."""
