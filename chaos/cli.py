@@ -22,6 +22,7 @@ from okra_client import OkraClient
 from bench.load import percentile
 from chaos.checks import Findings, check
 from chaos.faults import FAULTS, FaultInjector
+from chaos.netns import Topology, unavailable
 from chaos.processes import RedisServer, SidecarProcess
 from chaos.stub import CountingService, counting_worker
 from chaos.workload import KINDS, Workload, fleet_clients
@@ -80,10 +81,19 @@ def report(findings: Findings, faults: Sequence[tuple[float, str]], started: int
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
-async def run(args: argparse.Namespace, work_dir: Path) -> Findings:
+async def run(
+    args: argparse.Namespace, work_dir: Path, kinds: Sequence[str], topology: Topology | None
+) -> Findings:
     service = CountingService()
-    await service.start()
-    redis = RedisServer(work_dir)
+    await service.start("0.0.0.0" if topology else "127.0.0.1")
+    if topology is None:
+        redis = RedisServer(work_dir)
+    else:
+        redis = RedisServer(
+            work_dir,
+            host=topology.redis_host(),
+            prefix=topology.exec_prefix(topology.redis_ns),
+        )
     await redis.start()
     env = {
         "OKRA_HTTP_HOSTS": f"chaos.stub={service.address}",
@@ -93,12 +103,12 @@ async def run(args: argparse.Namespace, work_dir: Path) -> Findings:
         "OKRA_TASK_LEASE_MS": "5000",
         "OKRA_LOG_LEVEL": "WARNING",
     }
-    sidecars = [SidecarProcess(f"sidecar-{i}", work_dir, env) for i in range(args.sidecars)]
+    sidecars = [_sidecar(i, work_dir, env, redis, service, topology) for i in range(args.sidecars)]
     worker_runs: Counter[str] = Counter()
     clients: list[OkraClient] = []
     try:
         for sidecar in sidecars:
-            await sidecar.start(redis.url)
+            await sidecar.start()
         log(f"redis {redis.url}, sidecars {[s.address for s in sidecars]}, stub {service.address}")
         worker = counting_worker(sidecars[0].address, worker_runs)
         working = asyncio.create_task(worker.run())
@@ -107,9 +117,10 @@ async def run(args: argparse.Namespace, work_dir: Path) -> Findings:
         injector = FaultInjector(
             redis=redis,
             sidecars=sidecars,
-            kinds=[k for k in args.faults.split(",") if k],
+            kinds=kinds,
             interval_s=args.fault_interval,
             seed=args.seed,
+            topology=topology,
         )
         log(f"{args.duration:g}s of workload at {args.rate:g}/s ({', '.join(KINDS)})")
         await asyncio.gather(workload.run(args.duration), injector.run(args.duration))
@@ -137,16 +148,64 @@ async def run(args: argparse.Namespace, work_dir: Path) -> Findings:
         await service.stop()
 
 
+def _sidecar(
+    index: int,
+    work_dir: Path,
+    env: dict[str, str],
+    redis: RedisServer,
+    service: CountingService,
+    topology: Topology | None,
+) -> SidecarProcess:
+    name = f"sidecar-{index}"
+    if topology is None:
+        return SidecarProcess(name, work_dir, env, redis_url=redis.url)
+    # In its own namespace: clients reach it on its link to the driver, and Redis over the
+    # link a partition cuts. Its port is on that link, not loopback, and knowingly plaintext.
+    stub = f"{topology.driver_host_for(index)}:{service.port}"
+    return SidecarProcess(
+        name,
+        work_dir,
+        {**env, "OKRA_HTTP_HOSTS": f"chaos.stub={stub}", "OKRA_INSECURE": "true"},
+        redis_url=f"redis://{topology.redis_host_for(index)}:{redis.port}",
+        host=topology.sidecar_host(index),
+        prefix=topology.exec_prefix(topology.sidecar_ns[index]),
+    )
+
+
+def choose_faults(text: str) -> tuple[list[str], bool]:
+    """The faults to inject, and whether the namespaces for a partition are needed.
+
+    Without root or `ip netns` the partition is left out, saying why.
+    """
+    kinds = [k for k in text.split(",") if k]
+    if "partition" not in kinds:
+        return kinds, False
+    reason = unavailable()
+    if reason is None:
+        return kinds, True
+    log(f"partition fault skipped: {reason}")
+    return [k for k in kinds if k != "partition"], False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULTS) - {""}
     if unknown:
         print(f"error: unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
         return 2
+    kinds, partitioned = choose_faults(args.faults)
     with contextlib.ExitStack() as stack:
         work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work_dir.mkdir(parents=True, exist_ok=True)
-        findings = asyncio.run(run(args, work_dir))
+        topology = None
+        if partitioned:
+            topology = Topology(args.sidecars)
+            stack.callback(topology.close)
+            topology.create()
+            # Before asyncio or gRPC start a thread: a thread keeps the namespace it began in.
+            topology.enter_driver()
+            log(f"network namespaces: driver, redis and {args.sidecars} sidecars, no route out")
+        findings = asyncio.run(run(args, work_dir, kinds, topology))
     failures = findings.failures()
     if args.json:
         print(json.dumps({"failures": failures, "examples": findings.examples[:20]}, indent=2))

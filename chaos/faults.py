@@ -8,14 +8,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from chaos.netns import Topology
 from chaos.processes import RedisServer, SidecarProcess
 
 __all__ = ["FAULTS", "FaultInjector"]
 
-FAULTS = ("sidecar-kill", "engine-kill", "redis-kill", "redis-stop")
-# How long a killed process stays down, and a frozen Redis frozen.
+FAULTS = ("sidecar-kill", "engine-kill", "redis-kill", "redis-stop", "partition")
+# How long a killed process stays down, a frozen Redis frozen, a sidecar cut off from Redis.
 DOWN_S = 1.0
 FROZEN_S = 3.0
+PARTITION_S = (3.0, 12.0)
 
 
 @dataclass
@@ -25,6 +27,8 @@ class FaultInjector:
     kinds: Sequence[str]
     interval_s: float
     seed: int
+    # The namespaces the partition fault cuts links in (chaos/netns.py); None without it.
+    topology: Topology | None = None
     done: list[tuple[float, str]] = field(default_factory=list)  # (wall time, what)
 
     def __post_init__(self) -> None:
@@ -35,7 +39,7 @@ class FaultInjector:
             sidecar = self._random.choice(self.sidecars)
             await sidecar.kill()
             await asyncio.sleep(DOWN_S)
-            await sidecar.start(self.redis.url)
+            await sidecar.start()
             return f"SIGKILL {sidecar.name}, started again"
         if kind == "engine-kill":
             sidecar = self._random.choice(self.sidecars)
@@ -46,6 +50,16 @@ class FaultInjector:
             await asyncio.sleep(DOWN_S)
             await self.redis.start()
             return "SIGKILL redis-server, started again on its AOF"
+        if kind == "partition":
+            assert self.topology is not None, "the partition fault needs the namespaces"
+            index = self._random.randrange(len(self.sidecars))
+            seconds = round(self._random.uniform(*PARTITION_S), 1)
+            await asyncio.to_thread(self.topology.cut, index)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                await asyncio.to_thread(self.topology.heal, index)
+            return f"partition between {self.sidecars[index].name} and redis for {seconds:g}s"
         self.redis.pause()
         await asyncio.sleep(FROZEN_S)
         self.redis.resume()

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -30,22 +30,27 @@ class RedisServer:
     """redis-server on a loopback port, fsyncing every write (`appendfsync always`), so an
     acknowledged write survives SIGKILL; killed, stopped and started again on the same data."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(
+        self, work_dir: Path, *, host: str = "127.0.0.1", prefix: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
+        self.url = f"redis://{host}:{self.port}"
         self._dir = work_dir / "redis"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._process: asyncio.subprocess.Process | None = None
+        # In a network namespace of its own (chaos/netns.py) it listens on all its links.
+        self._bind = "0.0.0.0" if prefix else "127.0.0.1"
+        self._prefix = list(prefix)
 
     async def start(self) -> None:
         config = self._dir / "redis.conf"
         config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\nappendonly yes\n"
+            f"port {self.port}\nbind {self._bind}\ndir {self._dir}\nappendonly yes\n"
             'appendfsync always\nsave ""\nprotected-mode no\n'
         )
         log = (self._dir / "redis.log").open("ab")
         self._process = await asyncio.create_subprocess_exec(
-            find_redis_server(), str(config), stdout=log, stderr=log
+            *self._prefix, find_redis_server(), str(config), stdout=log, stderr=log
         )
         log.close()
         client = Redis.from_url(self.url)
@@ -80,26 +85,39 @@ class RedisServer:
 
 
 class SidecarProcess:
-    """`okra-sidecar serve` on a fixed loopback port, so clients find it again after a restart."""
+    """`okra-sidecar serve` on a fixed port (loopback, or its namespace's link to the driver),
+    so clients find it again after a restart."""
 
-    def __init__(self, name: str, work_dir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        work_dir: Path,
+        env: Mapping[str, str],
+        *,
+        redis_url: str,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{host}:{self.port}"
         self._log = work_dir / f"{name}.log"
         self._env = dict(env)
+        self._prefix = list(prefix)
+        self._redis_url = redis_url
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def start(self, redis_url: str) -> None:
+    async def start(self) -> None:
         with self._log.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
+                *self._prefix,
                 sys.executable,
                 *("-m", "okra_sidecar", "serve", "--listen", self.address),
-                *("--redis-url", redis_url, "--workflows", str(WORKFLOWS_DIR)),
+                *("--redis-url", self._redis_url, "--workflows", str(WORKFLOWS_DIR)),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,

@@ -19,20 +19,23 @@ class CountingService:
         self.calls: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self.address = ""
+        self.port = 0
 
     async def _call(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         self.calls[key] += 1
         return web.json_response({"key": key})
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1") -> None:
+        """Listen on `host` ("0.0.0.0" inside the driver's namespace, which no route leaves)."""
         app = web.Application()
         app.router.add_get("/call/{key}", self._call)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, 0)
         await site.start()
-        self.address = f"127.0.0.1:{self._runner.addresses[0][1]}"
+        self.port = int(self._runner.addresses[0][1])
+        self.address = f"127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
