@@ -160,6 +160,9 @@ async def run_sidecar(plan: Plan, work_dir: Path, echo: ServerProcess | None) ->
     started = False
     try:
         env = {"OKRA_ENGINE_PROCESSES": str(plan.engine_processes)}
+        if plan.engine_processes == 0:
+            # In-process turns cannot be held to budgets; the sidecar wants them lifted.
+            env |= {"OKRA_EXPRESSION_TIMEOUT_MS": "0", "OKRA_TURN_TIMEOUT_MS": "0"}
         async with (
             sidecar_process(
                 work_dir, redis_url=plan.redis_url, key_prefix=prefix, env=env

@@ -252,6 +252,24 @@ def check_tls(tls: TlsSettings) -> None:
         )
 
 
+def unbounded_engine(engine: EngineSettings) -> str | None:
+    """Why budgets cannot hold with these engine settings, or None when they can.
+
+    Only an engine child's parent can stop jq (it holds the GIL), so turns in the serving
+    process (`engineProcesses: 0`) would let any definition freeze the sidecar whatever the
+    budgets say; that is allowed only when the budgets are lifted on purpose.
+    """
+    if engine.processes > 0 or not (engine.expression_timeout_ms or engine.turn_timeout_ms):
+        return None
+    return (
+        "engineProcesses: 0 takes turns in the serving process, where expressionTimeoutMs "
+        f"({engine.expression_timeout_ms}) and turnTimeoutMs ({engine.turn_timeout_ms}) cannot "
+        "be enforced: one definition's expression could freeze the sidecar. Set "
+        "engineProcesses to 1 or more, or, to run only definitions you trust without "
+        "budgets, set expressionTimeoutMs: 0 and turnTimeoutMs: 0"
+    )
+
+
 def build_settings(values: Mapping[str, tuple[object, str]]) -> Settings:
     sections: dict[str | None, dict[str, Any]] = {}
     for key, (raw, origin) in values.items():
@@ -270,4 +288,7 @@ def build_settings(values: Mapping[str, tuple[object, str]]) -> Settings:
             f"{origin}: a batch of {telemetry.bsp_max_export_batch_size} spans exceeds the "
             f"queue of {telemetry.bsp_max_queue_size} (OTEL_BSP_MAX_QUEUE_SIZE); lower it"
         )
+    unbounded = unbounded_engine(settings.engine)
+    if unbounded is not None:
+        raise ConfigError(unbounded)
     return settings

@@ -24,6 +24,7 @@ from okra_sidecar.config import (
     ServerSettings,
     Settings,
 )
+from okra_sidecar.ctk.runner import ENGINE as CTK_ENGINE
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
 from okra_sidecar.server import Sidecar, start_sidecar
 from okra_sidecar.store.keys import RedisKeys
@@ -38,9 +39,9 @@ else:
 WORKFLOWS_DIR = Path(__file__).parent / "workflows"
 # The keys of the sidecars the tests start (the default prefix and partition count).
 KEYS = RedisKeys()
-FAST_ENGINE = EngineSettings(
-    processes=0, claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200
-)
+# Turns in the test process, with fast timers and reads, and without budgets (only engine
+# children can be held to them): the conformance kit's engine settings.
+FAST_ENGINE = CTK_ENGINE
 T = TypeVar("T")
 
 

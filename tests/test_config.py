@@ -216,3 +216,21 @@ def test_span_batching_variables() -> None:
         Settings.load(flags={}, environ={"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "20000"})
     with pytest.raises(ConfigError, match="OTEL_BSP_SCHEDULE_DELAY: must be at least 1"):
         Settings.load(flags={}, environ={"OTEL_BSP_SCHEDULE_DELAY": "0"})
+
+
+def test_in_process_turns_need_the_budgets_lifted_on_purpose() -> None:
+    with pytest.raises(ConfigError, match="engineProcesses: 0 takes turns in the serving") as err:
+        Settings.load(flags={}, environ={"OKRA_ENGINE_PROCESSES": "0"})
+    assert "expressionTimeoutMs (1000) and turnTimeoutMs (10000)" in str(err.value)
+    with pytest.raises(ConfigError, match="set expressionTimeoutMs: 0 and turnTimeoutMs: 0"):
+        Settings.load(
+            flags={}, environ={"OKRA_ENGINE_PROCESSES": "0", "OKRA_EXPRESSION_TIMEOUT_MS": "0"}
+        )
+    lifted = {
+        "OKRA_ENGINE_PROCESSES": "0",
+        "OKRA_EXPRESSION_TIMEOUT_MS": "0",
+        "OKRA_TURN_TIMEOUT_MS": "0",
+    }
+    assert Settings.load(flags={}, environ=lifted).engine.processes == 0
+    budgeted = Settings.load(flags={}, environ={"OKRA_ENGINE_PROCESSES": "1"}).engine
+    assert budgeted.expression_timeout_ms == 1000

@@ -43,7 +43,15 @@ else:
 __all__ = ["ScenarioResult", "run_features"]
 
 FINISHED = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED, pb.WORKFLOW_STATUS_CANCELLED}
-ENGINE = EngineSettings(processes=0, claim_idle_ms=1000, timer_interval_ms=20, read_block_ms=200)
+# In-process turns run without budgets (engine/processes.py): the CTK's definitions are trusted.
+ENGINE = EngineSettings(
+    processes=0,
+    claim_idle_ms=1000,
+    timer_interval_ms=20,
+    read_block_ms=200,
+    expression_timeout_ms=0,
+    turn_timeout_ms=0,
+)
 SCENARIO_TIMEOUT_S = 20.0
 
 

@@ -19,7 +19,7 @@ from okra_sidecar.api.servicer import WorkflowHostServicer
 from okra_sidecar.api.task_worker import TaskWorkerServicer
 from okra_sidecar.api.tls import CertificateFiles, server_credentials
 from okra_sidecar.clock import Clock, now_ms
-from okra_sidecar.config import Settings
+from okra_sidecar.config import Settings, unbounded_engine
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime.event_triggers import EventTriggers
@@ -30,7 +30,7 @@ from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_director
 from okra_sidecar.engine.runtime.retention import RetentionKeeper
 from okra_sidecar.engine.runtime.runner import EngineRunner
 from okra_sidecar.engine.runtime.scheduler import Scheduler
-from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.exposure import exposure_warning
 from okra_sidecar.policy.causation import CausationGuard
@@ -235,7 +235,11 @@ async def start_sidecar(
 
 
 def _check_before_start(settings: Settings) -> tuple[_Ports, CertificateFiles | None]:
-    """What can be refused before anything starts: taken ports, certificate files."""
+    """What can be refused before anything starts: taken ports, certificate files, budgets
+    that in-process turns could not keep."""
+    unbounded = unbounded_engine(settings.engine)
+    if unbounded is not None:
+        raise StartupError(unbounded)
     # A taken port is found before Redis starts, and said in one line naming the flag.
     check_listen(settings.server.listen)
     ports = _Ports(settings.server.listen, scrape_listen(settings.telemetry))

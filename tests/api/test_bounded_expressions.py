@@ -13,8 +13,11 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from bench.cpu import child_pids
+from okra_sidecar.config import EngineSettings
 from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
 from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
+from okra_sidecar.errors import StartupError
+from okra_sidecar.server import start_sidecar
 from tests.api.test_process import channel_to, start_process
 from tests.helpers import (
     FAST_ENGINE,
@@ -59,7 +62,14 @@ async def test_each_hostile_expression_fails_its_instance_and_the_others_complet
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
     settings = make_settings(redis_url, workflows=write_workflows(tmp_path))
-    settings = replace(settings, engine=replace(FAST_ENGINE, processes=1))
+    defaults = EngineSettings()  # the budgets a sidecar has unless told otherwise
+    engine = replace(
+        FAST_ENGINE,
+        processes=1,
+        expression_timeout_ms=defaults.expression_timeout_ms,
+        turn_timeout_ms=defaults.turn_timeout_ms,
+    )
+    settings = replace(settings, engine=engine)
     async with running_sidecar(settings) as (_, stub):
         hostile = {
             name: (
@@ -166,3 +176,11 @@ def _cpu_ticks(pid: int) -> int:
     except FileNotFoundError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+async def test_in_process_turns_with_budgets_refuse_to_start(redis_url: str) -> None:
+    # Settings built in code skip the config check; the start makes it again.
+    engine = replace(FAST_ENGINE, expression_timeout_ms=1000)
+    settings = replace(make_settings(redis_url), engine=engine)
+    with pytest.raises(StartupError, match="cannot be enforced"):
+        await start_sidecar(settings)
