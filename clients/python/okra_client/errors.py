@@ -289,6 +289,10 @@ class ScheduleDeclaredByWorkflowError(FailedPreconditionError):
     """SCHEDULE_DECLARED_BY_WORKFLOW: the definition's own schedule cannot be deleted."""
 
 
+class ScheduleUnreadableError(FailedPreconditionError):
+    """SCHEDULE_UNREADABLE: the stored schedule cannot be read; DeleteSchedule removes it."""
+
+
 class RateLimitedError(ResourceExhaustedError):
     """RATE_LIMITED: retry after `retry_delay_s`; metadata["policy"] names the limit."""
 
@@ -318,6 +322,7 @@ ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "CHANGED_CONCURRENTLY": ChangedConcurrentlyError,
     "MANUAL_RUNS_DISABLED": ManualRunsDisabledError,
     "SCHEDULE_DECLARED_BY_WORKFLOW": ScheduleDeclaredByWorkflowError,
+    "SCHEDULE_UNREADABLE": ScheduleUnreadableError,
     "RATE_LIMITED": RateLimitedError,
     "INSTANCE_LIMIT_REACHED": InstanceLimitReachedError,
     "REDIS_UNAVAILABLE": RedisUnavailableError,
