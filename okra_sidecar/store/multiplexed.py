@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ __all__ = [
     "encode_command",
     "evalsha_with",
     "parse_redis_url",
+    "tls_context",
 ]
 
 Arg = bytes | memoryview | str | int | float
@@ -43,17 +45,52 @@ class RedisAddress:
     db: int = 0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # Set for rediss:// URLs: the connection is wrapped in TLS with this context.
+    tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(url: str, query: dict[str, list[str]]) -> ssl.SSLContext:
+    """The TLS context a rediss:// URL asks for, with redis-py's query parameter names.
+
+    `ssl_ca_certs` (a CA bundle), `ssl_certfile` and `ssl_keyfile` (a client certificate),
+    `ssl_cert_reqs` (`none`, `optional`, `required`: the default) and `ssl_check_hostname`.
+
+    Raises:
+        ValueError: an unknown `ssl_cert_reqs`, or a file that cannot be read.
+    """
+
+    def one(name: str) -> str | None:
+        return query[name][0] if name in query else None
+
+    reqs = (one("ssl_cert_reqs") or "required").lower()
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"Redis URL {url!r}: ssl_cert_reqs must be none, optional or required")
+    try:
+        context = ssl.create_default_context(cafile=one("ssl_ca_certs"))
+        certfile = one("ssl_certfile")
+        if certfile:
+            context.load_cert_chain(certfile, one("ssl_keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"Redis URL {url!r}: cannot load its TLS files ({exc})") from None
+    check = one("ssl_check_hostname")
+    context.check_hostname = reqs != "none" and (check or "true").lower() in ("1", "true", "yes")
+    context.verify_mode = _CERT_REQS[reqs]
+    return context
 
 
 def parse_redis_url(url: str) -> RedisAddress:
-    """Parse `redis://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
+    """Parse `redis[s]://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
 
     Raises:
-        ValueError: another scheme, no socket path, or a port or db that is not a number.
+        ValueError: another scheme, no socket path, a port or db that is not a number, or
+            TLS settings that cannot be used (see `tls_context`).
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "unix"):
-        raise ValueError(f"Redis URL {url!r}: the scheme must be redis:// or unix://")
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
     try:
         port = parts.port or 6379
     except ValueError as exc:
@@ -63,13 +100,14 @@ def parse_redis_url(url: str) -> RedisAddress:
     if "db" in query:
         db_text = query["db"][0]
     else:
-        db_text = unquote(parts.path).strip("/") if parts.scheme == "redis" else ""
+        db_text = unquote(parts.path).strip("/") if parts.scheme != "unix" else ""
     if db_text and not db_text.isdigit():
         raise ValueError(f"Redis URL {url!r}: db must be a number, not {db_text!r}")
     address = RedisAddress(
         db=int(db_text or "0"),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
+        tls=tls_context(url, query) if parts.scheme == "rediss" else None,
     )
     if parts.scheme == "unix":
         if not parts.path:
@@ -261,7 +299,7 @@ class MultiplexedRedis:
     blocking reads, one at a time, made with `drop_on_cancel`.
 
     Args:
-        url: `redis://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
+        url: `redis[s]://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
         socket_timeout: Seconds a reply may take; a late one drops the connection.
         socket_connect_timeout: Seconds to connect, authenticate and select the db.
         drop_on_cancel: Drop the connection when a caller is cancelled. A blocked
@@ -320,18 +358,23 @@ class MultiplexedRedis:
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send `commands` in one write; their replies in order (the first error is raised)."""
+        replies = await self.replies(commands)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def replies(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send `commands` back to back in one write; each one's reply or error, in order.
+
+        Nothing else is written between them, so `ASKING` can precede the command it is for.
+        """
         payloads = [encode_command(command) for command in commands]
         protocol = self._protocol
         if protocol is None or not protocol.is_open:
             protocol = await self._connect()
         # Futures, not coroutines: gathering them makes no tasks.
-        replies = await asyncio.gather(
-            *(protocol.send(p) for p in payloads), return_exceptions=True
-        )
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-        return replies
+        return await asyncio.gather(*(protocol.send(p) for p in payloads), return_exceptions=True)
 
     async def aclose(self) -> None:
         """Close the connection; pending and later calls fail with ConnectionError."""
@@ -379,7 +422,11 @@ class MultiplexedRedis:
                     )
                 else:
                     _, protocol = await loop.create_connection(
-                        lambda: _ReplyProtocol(self._timeout), address.host, address.port
+                        lambda: _ReplyProtocol(self._timeout),
+                        address.host,
+                        address.port,
+                        ssl=address.tls,
+                        server_hostname=address.host if address.tls is not None else None,
                     )
                 if address.password is not None:
                     user = () if address.username is None else (address.username,)

@@ -1,0 +1,333 @@
+"""ClusterCommands: the hot commands on a Redis Cluster, one pipelined connection per master.
+
+Each command goes to the master that serves the slot of its keys, on that master's
+multiplexed connection (store/multiplexed.py). `MOVED` updates the slot map and resends;
+`ASK` resends once to the importing node behind `ASKING`. A connection that fails (a master
+died) refreshes the whole map from any node that answers, and the call is resent only when
+sending it twice cannot do harm: reads, and the scripts in `RETRY_SAFE_SCRIPTS`. Anything
+else fails with the ConnectionError, which the store turns into UNAVAILABLE, and the caller
+retries with its request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import exceptions as redis_errors
+from redis.crc import key_slot
+
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike, evalsha_with
+from okra_sidecar.store.scripts import load_script
+
+__all__ = [
+    "RETRY_SAFE_SCRIPTS",
+    "ClusterCommands",
+    "NodeCommands",
+    "command_key",
+    "split_seed_urls",
+]
+
+logger = logging.getLogger(__name__)
+
+SLOTS = 16384
+MAX_REDIRECTS = 5
+# A failed node makes every caller ask for a new map; one refresh serves them all.
+REFRESH_INTERVAL_S = 0.25
+
+# Scripts a second run leaves as the first left it, whatever its reply: by a dedup id
+# (signal, deliver, complete_task), by revision (commit: a repeat finds the revision moved
+# and the turn runs again), or by what is already gone (timers, purge, enqueue_task,
+# heartbeat). Not create (a repeat would answer "exists" to the caller that made it; the
+# caller retries with its request id instead), cancel (a repeat answers "already
+# cancelled"), gcra (a repeat counts the call twice) or the schedule and policy writes.
+RETRY_SAFE_SCRIPTS = frozenset(
+    {"signal", "deliver", "complete_task", "commit", "timers", "purge", "enqueue_task", "heartbeat"}
+)
+# Commands that change nothing, so a lost reply can be asked again.
+READ_COMMANDS = frozenset(
+    {"GET", "MGET", "HGET", "HMGET", "HGETALL", "EXISTS", "XRANGE", "XREVRANGE", "XLEN"}
+    | {"ZRANGE", "ZCARD", "ZSCORE", "SISMEMBER", "SMEMBERS", "SCARD", "TYPE", "PING"}
+    | {"WAIT", "CLUSTER", "INFO", "SCRIPT"}
+)
+# Commands that name no key: any master answers them (WAIT: see `pipeline`).
+KEYLESS_COMMANDS = frozenset(
+    {"PING", "WAIT", "WAITAOF", "CLUSTER", "INFO", "SCRIPT", "ASKING", "TIME", "DBSIZE", "ECHO"}
+)
+_SCRIPT_SHAS = frozenset(
+    hashlib.sha1(load_script(name).encode()).hexdigest().encode() for name in RETRY_SAFE_SCRIPTS
+)
+
+
+class NodeCommands(Protocol):
+    """What the cluster client needs of its connection to one node."""
+
+    async def execute(self, *args: Arg) -> Any: ...
+
+    async def replies(self, commands: Sequence[Sequence[Arg]]) -> list[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+Address = tuple[str, int]
+NodeFactory = Callable[[str], NodeCommands]
+
+
+def split_seed_urls(url: str) -> list[str]:
+    """One URL per node of `redis[s]://[user:pass@]host:port,host:port[/db][?query]`.
+
+    A URL naming one node comes back as it is.
+    """
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    auth = f"{userinfo}@" if userinfo else ""
+    return [urlunsplit(parts._replace(netloc=f"{auth}{host}")) for host in hosts.split(",") if host]
+
+
+def _upper(value: Arg) -> str:
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode(errors="replace").upper()
+    return str(value).upper()
+
+
+def _encode(value: Arg) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value)
+    return str(value).encode()
+
+
+def command_key(args: Sequence[Arg]) -> bytes | None:
+    """The key that places a command on a node, or None for a command without keys.
+
+    A command with several keys must keep them in one slot (Redis answers CROSSSLOT
+    otherwise), so the first one decides.
+    """
+    name = _upper(args[0])
+    if name in ("EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL"):
+        return _encode(args[3]) if int(_encode(args[2])) > 0 else None
+    if name in ("XREADGROUP", "XREAD"):
+        for index, arg in enumerate(args):
+            if _upper(arg) == "STREAMS":
+                return _encode(args[index + 1])
+        return None
+    if name in KEYLESS_COMMANDS:
+        return None
+    return _encode(args[1]) if len(args) > 1 else None
+
+
+def _retry_safe(args: Sequence[Arg]) -> bool:
+    name = _upper(args[0])
+    if name == "EVALSHA":
+        return _encode(args[1]) in _SCRIPT_SHAS
+    return name in READ_COMMANDS
+
+
+class ClusterCommands:
+    """HotCommands on a Redis Cluster: one connection per master, routed by key slot.
+
+    Args:
+        seeds: URLs of some nodes (any of them; the rest is learnt from `CLUSTER SLOTS`).
+            Their user, password, TLS settings and timeouts apply to every node.
+        connect: Makes the connection to one node from its URL.
+    """
+
+    def __init__(self, seeds: Sequence[str], *, connect: NodeFactory) -> None:
+        if not seeds:
+            raise ValueError("a Redis Cluster needs at least one seed node")
+        self._template = urlsplit(seeds[0])
+        self._seeds = [_address(url) for url in seeds]
+        self._connect = connect
+        self._slots: list[Address | None] = [None] * SLOTS
+        self._nodes: dict[Address, NodeCommands] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = float("-inf")
+        self._closed = False
+
+    def script(self, text: str | bytes | memoryview) -> MultiplexedScript:
+        return MultiplexedScript(text)
+
+    async def execute(self, *args: Arg) -> Any:
+        """One command on the master of its key's slot (any master for a keyless one)."""
+        replies = await self._send([args], command_key(args))
+        reply = replies[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def evalsha(
+        self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+    ) -> Any:
+        # The script is loaded on the node that runs it, whichever that is after a redirect.
+        key = _encode(keys[0]) if keys else None
+
+        async def on_slot(*command: Arg) -> Any:
+            reply = (await self._send([command], key))[0]
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply
+
+        return await evalsha_with(on_slot, script, keys, args)
+
+    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands, each on its slot's master; replies in order (first error raised).
+
+        A keyless command (WAIT) goes with the command before it, to the node that ran it:
+        WAIT waits for that node's replicas to take the writes of its connection.
+        """
+        groups: list[tuple[bytes | None, list[int]]] = []
+        for index, command in enumerate(commands):
+            key = command_key(command)
+            if key is None and groups:
+                groups[-1][1].append(index)
+            else:
+                groups.append((key, [index]))
+        results = await asyncio.gather(
+            *(self._send([commands[i] for i in indexes], key) for key, indexes in groups)
+        )
+        replies: list[Any] = [None] * len(commands)
+        for (_, indexes), group_replies in zip(groups, results, strict=True):
+            for index, reply in zip(indexes, group_replies, strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+    async def aclose(self) -> None:
+        self._closed = True
+        nodes, self._nodes = self._nodes, {}
+        for node in nodes.values():
+            await node.aclose()
+
+    async def masters(self) -> list[Address]:
+        """The masters that serve slots, as the map has them (read first if it is empty)."""
+        if all(address is None for address in self._slots):
+            await self._refresh(force=True)
+        return sorted({address for address in self._slots if address is not None})
+
+    def node(self, address: Address) -> NodeCommands:
+        """The connection to one node, made on first use."""
+        node = self._nodes.get(address)
+        if node is None:
+            if self._closed:
+                raise redis_errors.ConnectionError("the Redis client was closed")
+            host, port = address
+            url = urlunsplit(self._template._replace(netloc=_netloc(self._template, host, port)))
+            node = self._nodes[address] = self._connect(url)
+        return node
+
+    async def _send(self, commands: Sequence[Sequence[Arg]], key: bytes | None) -> list[Any]:
+        """`commands` back to back on the master of `key`'s slot, following redirects."""
+        slot = key_slot(key) if key is not None else None
+        asking: Address | None = None
+        retried = False
+        for _ in range(MAX_REDIRECTS):
+            address = asking or await self._address_of(slot)
+            batch = [("ASKING",), *commands] if asking else list(commands)
+            try:
+                replies = await self.node(address).replies(batch)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                # The node went away (a failover?): learn the new map, and resend only what
+                # cannot do harm twice; the caller sees the error otherwise.
+                await self._refresh()
+                if retried or not all(_retry_safe(command) for command in commands):
+                    raise
+                retried = True
+                asking = None
+                continue
+            if asking:
+                replies = replies[1:]
+            asking = None
+            redirect = next((r for r in replies if isinstance(r, redis_errors.AskError)), None)
+            if redirect is None:
+                return replies
+            target = (redirect.host, int(redirect.port))
+            if isinstance(redirect, redis_errors.MovedError):
+                # The slot has a new owner for good: note it now, and the rest soon after.
+                self._slots[redirect.slot_id] = target
+                await self._refresh()
+            else:
+                asking = target
+        raise redis_errors.ConnectionError(
+            f"Redis Cluster kept redirecting a command after {MAX_REDIRECTS} tries"
+        )
+
+    async def _address_of(self, slot: int | None) -> Address:
+        if slot is None:
+            masters = await self.masters()
+            if not masters:
+                raise redis_errors.ConnectionError("the Redis Cluster has no master serving slots")
+            return masters[0]
+        address = self._slots[slot]
+        if address is None:
+            await self._refresh(force=True)
+            address = self._slots[slot]
+        if address is None:
+            raise redis_errors.ClusterDownError(f"no Redis Cluster node serves slot {slot}")
+        return address
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        """Read the slot map from the first node that answers `CLUSTER SLOTS`."""
+        loop = asyncio.get_running_loop()
+        asked_at = loop.time()
+        async with self._refresh_lock:
+            # Someone refreshed while we queued, or just before: theirs is as new as ours.
+            if self._refreshed_at >= asked_at or (
+                not force and loop.time() - self._refreshed_at < REFRESH_INTERVAL_S
+            ):
+                return
+            known = sorted({a for a in self._slots if a is not None})
+            candidates = list(dict.fromkeys([*known, *self._seeds]))
+            failure: Exception | None = None
+            for address in candidates:
+                try:
+                    reply = await self.node(address).execute("CLUSTER", "SLOTS")
+                except redis_errors.RedisError as exc:
+                    failure = exc
+                    continue
+                self._slots = _slot_map(reply, address)
+                self._refreshed_at = loop.time()
+                await self._drop_unused()
+                return
+            self._refreshed_at = loop.time()
+            if isinstance(failure, redis_errors.AuthenticationError):
+                raise failure  # Said as Redis said it: the user or password is wrong.
+            raise redis_errors.ConnectionError(
+                f"no Redis Cluster node answers CLUSTER SLOTS: {failure}"
+            ) from failure
+
+    async def _drop_unused(self) -> None:
+        # A master that lost its slots (failed over, or emptied) keeps no connection.
+        serving = set(self._slots) | set(self._seeds)
+        for address in [a for a in self._nodes if a not in serving]:
+            await self._nodes.pop(address).aclose()
+
+
+def _address(url: str) -> Address:
+    parts = urlsplit(url)
+    return (parts.hostname or "localhost", parts.port or 6379)
+
+
+def _netloc(template: Any, host: str, port: int) -> str:
+    userinfo, _, _ = template.netloc.rpartition("@")
+    auth = f"{userinfo}@" if userinfo else ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{auth}{shown}:{port}"
+
+
+def _slot_map(reply: Any, asked: Address) -> list[Address | None]:
+    """`CLUSTER SLOTS` as the master of every slot. A node that does not know its own
+    address answers with an empty host: the one it was reached at."""
+    slots: list[Address | None] = [None] * SLOTS
+    for first, last, master, *_replicas in reply:
+        host = _encode(master[0]).decode() or asked[0]
+        address = (host, int(master[1]))
+        for slot in range(int(first), int(last) + 1):
+            slots[slot] = address
+    return slots
