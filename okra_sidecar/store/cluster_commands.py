@@ -118,7 +118,21 @@ def command_key(args: Sequence[Arg]) -> bytes | None:
         return None
     if name in KEYLESS_COMMANDS:
         return None
+    if name in ("XGROUP", "XINFO", "OBJECT", "MEMORY"):  # A subcommand, then the key.
+        return _encode(args[2]) if len(args) > 2 else None
     return _encode(args[1]) if len(args) > 1 else None
+
+
+def _blocking_read_streams(args: Sequence[Arg]) -> tuple[int, Sequence[Arg]] | None:
+    """For XREADGROUP or XREAD with BLOCK: where STREAMS stands, and the stream names."""
+    if _upper(args[0]) not in ("XREADGROUP", "XREAD"):
+        return None
+    words = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in args]
+    if "BLOCK" not in words or "STREAMS" not in words:
+        return None
+    at = words.index("STREAMS")
+    count = (len(args) - at - 1) // 2
+    return at, args[at + 1 : at + 1 + count]
 
 
 def _retry_safe(args: Sequence[Arg]) -> bool:
@@ -145,6 +159,9 @@ class ClusterCommands:
         self._connect = connect
         self._slots: list[Address | None] = [None] * SLOTS
         self._nodes: dict[Address, NodeCommands] = {}
+        # Blocking stream reads over several slots: a connection and a read per slot.
+        self._readers: dict[int, tuple[Address, NodeCommands]] = {}
+        self._reads: dict[int, tuple[tuple[Arg, ...], asyncio.Task[Any]]] = {}
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
         self._closed = False
@@ -153,7 +170,14 @@ class ClusterCommands:
         return MultiplexedScript(text)
 
     async def execute(self, *args: Arg) -> Any:
-        """One command on the master of its key's slot (any master for a keyless one)."""
+        """One command on the master of its key's slot (any master for a keyless one).
+
+        A blocking stream read over several slots becomes one read per slot (see
+        `_read_slots`), since one command may only name keys of one slot.
+        """
+        streams = _blocking_read_streams(args)
+        if streams is not None and len({key_slot(_encode(k)) for k in streams[1]}) > 1:
+            return await self._read_slots(args, *streams)
         replies = await self._send([args], command_key(args))
         reply = replies[0]
         if isinstance(reply, BaseException):
@@ -201,9 +225,78 @@ class ClusterCommands:
 
     async def aclose(self) -> None:
         self._closed = True
+        reads, self._reads = self._reads, {}
+        for _, task in reads.values():
+            task.cancel()
         nodes, self._nodes = self._nodes, {}
-        for node in nodes.values():
+        readers, self._readers = self._readers, {}
+        for node in [*nodes.values(), *(reader for _, reader in readers.values())]:
             await node.aclose()
+        await asyncio.gather(*(task for _, task in reads.values()), return_exceptions=True)
+
+    async def _read_slots(self, args: Sequence[Arg], at: int, streams: Sequence[Arg]) -> Any:
+        """A blocking XREADGROUP over streams of several slots: one read per slot, each on
+        a connection of its own, answered as soon as one of them has entries.
+
+        The reads still blocked keep going; what they take is handed out by the next call
+        with the same command, so no entry read into this consumer's pending list is left
+        behind while the caller keeps reading (one that stops leaves it to be reclaimed,
+        as a blocked read cancelled on a single Redis does).
+        """
+        ids = args[at + 1 + len(streams) :]
+        by_slot: dict[int, list[int]] = {}
+        for index, stream in enumerate(streams):
+            by_slot.setdefault(key_slot(_encode(stream)), []).append(index)
+        tasks: list[asyncio.Task[Any]] = []
+        for slot, indexes in by_slot.items():
+            command = (
+                *args[: at + 1],
+                *(streams[i] for i in indexes),
+                *(ids[i] for i in indexes),
+            )
+            running = self._reads.get(slot)
+            if running is None or running[0] != command:
+                task = asyncio.ensure_future(self._read_slot(slot, command))
+                running = self._reads[slot] = (command, task)
+            tasks.append(running[1])
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        entries: list[Any] = []
+        failure: BaseException | None = None
+        for slot in by_slot:
+            command, task = self._reads[slot]
+            if not task.done():
+                continue
+            del self._reads[slot]
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is not None:
+                failure = error
+            elif task.result():
+                entries.extend(task.result())
+        if failure is not None and not entries:
+            raise failure
+        return entries or None
+
+    async def _read_slot(self, slot: int, command: Sequence[Arg]) -> Any:
+        for _ in range(MAX_REDIRECTS):
+            address = await self._address_of(slot)
+            known = self._readers.get(slot)
+            if known is None or known[0] != address:
+                if known is not None:
+                    await known[1].aclose()
+                known = self._readers[slot] = (address, self._connect(self._url(address)))
+            try:
+                return await known[1].execute(*command)
+            except redis_errors.AskError:
+                # Blocking reads wait for the slot to settle rather than follow ASK.
+                await self._refresh(force=True)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                await self._refresh()
+                raise
+        raise redis_errors.ConnectionError(
+            f"Redis Cluster kept redirecting a stream read after {MAX_REDIRECTS} tries"
+        )
 
     async def masters(self) -> list[Address]:
         """The masters that serve slots, as the map has them (read first if it is empty)."""
@@ -217,10 +310,12 @@ class ClusterCommands:
         if node is None:
             if self._closed:
                 raise redis_errors.ConnectionError("the Redis client was closed")
-            host, port = address
-            url = urlunsplit(self._template._replace(netloc=_netloc(self._template, host, port)))
-            node = self._nodes[address] = self._connect(url)
+            node = self._nodes[address] = self._connect(self._url(address))
         return node
+
+    def _url(self, address: Address) -> str:
+        host, port = address
+        return urlunsplit(self._template._replace(netloc=_netloc(self._template, host, port)))
 
     async def _send(self, commands: Sequence[Sequence[Arg]], key: bytes | None) -> list[Any]:
         """`commands` back to back on the master of `key`'s slot, following redirects."""

@@ -67,6 +67,7 @@ def test_command_key_finds_the_routing_key() -> None:
     assert command_key(("EVALSHA", "sha", 0, "a")) is None
     assert command_key(("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "STREAMS", "s", ">")) == b"s"
     assert command_key(("WAIT", 1, 100)) is None
+    assert command_key(("XGROUP", "CREATE", "s", "g", "0")) == b"s"
 
 
 async def test_each_command_goes_to_the_master_of_its_slot(
@@ -197,3 +198,35 @@ async def test_many_callers_share_one_connection_per_master(commands: ClusterCom
     replies = await asyncio.gather(*(commands.execute("INCR", KEYS[i % 3]) for i in range(300)))
     assert sorted(replies)[-1] == 100
     assert len(await commands.masters()) == 3
+
+
+async def test_a_blocking_read_over_several_slots_reads_each_slot(
+    cluster: LocalCluster,
+) -> None:
+    reader = ClusterCommands(
+        split_seed_urls(cluster.url),
+        connect=lambda url: MultiplexedRedis(url, socket_timeout=5, drop_on_cancel=True),
+    )
+    writer = ClusterCommands(split_seed_urls(cluster.url), connect=_connect)
+    streams = [b"okra:{p3}:work", b"okra:{p2}:work", b"okra:{p1}:work"]
+    read = (
+        *("XREADGROUP", "GROUP", "engine", "me", "COUNT", 10, "BLOCK", 2000),
+        *("STREAMS", *streams, *(">" for _ in streams)),
+    )
+    try:
+        for stream in streams:
+            await writer.execute("XGROUP", "CREATE", stream, "engine", "0", "MKSTREAM")
+        pending = asyncio.ensure_future(reader.execute(*read))
+        await asyncio.sleep(0.2)
+        await writer.execute("XADD", streams[1], "*", "i", "one")
+        first = await pending
+        assert [(stream, len(entries)) for stream, entries in first] == [(streams[1], 1)]
+        # The reads of the other slots still wait; what they take comes with the next call.
+        await writer.execute("XADD", streams[2], "*", "i", "two")
+        second = await reader.execute(*read)
+        assert [stream for stream, _ in second] == [streams[2]]
+        # Nothing new: the read blocks its full time and answers nil.
+        assert await reader.execute(*read) is None
+    finally:
+        await reader.aclose()
+        await writer.aclose()

@@ -75,7 +75,9 @@ async def test_urls_the_multiplexed_client_cannot_take_use_the_pool(
         hot_commands(redis_url, redis, socket_timeout=1, connect_timeout=1), MultiplexedRedis
     )
     tls = hot_commands("rediss://example.com:6380/0", redis, socket_timeout=1, connect_timeout=1)
-    assert isinstance(tls, PooledCommands)
+    assert isinstance(tls, MultiplexedRedis)
+    odd = hot_commands("rediss://h?ssl_cert_reqs=maybe", redis, socket_timeout=1, connect_timeout=1)
+    assert isinstance(odd, PooledCommands)
 
 
 async def test_the_sidecar_serves_reads_on_a_multiplexed_connection_that_reconnects(

@@ -335,9 +335,10 @@ def test_parse_redis_url(url: str, address: RedisAddress) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://localhost", "scheme must be redis:// or unix://"),
-        ("rediss://localhost", "scheme must be redis:// or unix://"),
-        ("localhost:6379", "scheme must be redis:// or unix://"),
+        ("http://localhost", "scheme must be redis://, rediss:// or unix://"),
+        ("localhost:6379", "scheme must be redis://, rediss:// or unix://"),
+        ("rediss://localhost?ssl_cert_reqs=maybe", "ssl_cert_reqs must be none, optional"),
+        ("rediss://localhost?ssl_ca_certs=/nonexistent/ca.pem", "cannot load its TLS files"),
         ("unix://", "needs a socket path"),
         ("redis://h:99999", "bad port"),
         ("redis://h:port", "bad port"),
