@@ -228,13 +228,19 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 def redis_endpoints(url: str | None) -> list[tuple[str, int]]:
-    """The (host, port) a Redis URL connects to; none for a unix socket (or no URL)."""
+    """The (host, port) a Redis URL connects to, every seed of a Cluster URL
+    (`redis://h1:7000,h2:7001`); none for a unix socket (or no URL)."""
     if not url:
         return []
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+    if parts.scheme not in ("redis", "rediss"):
         return []
-    return [(parts.hostname, parts.port or 6379)]
+    endpoints = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        seed = urlsplit(f"{parts.scheme}://{host}")
+        if seed.hostname:
+            endpoints.append((seed.hostname, seed.port or 6379))
+    return endpoints
 
 
 def guarded_client(guard: OutboundGuard, *, follow_redirects: bool = False) -> httpx.AsyncClient:

@@ -39,6 +39,7 @@ from okra_sidecar.server.sidecar import Sidecar, start_sidecar
 from okra_sidecar.startup import (
     unreachable_redis,
 )
+from okra_sidecar.store.cluster_client import names_a_cluster
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.liveness import ConsumerHeartbeat
 from okra_sidecar.store.migration import MigrationReport, migrate_store
@@ -53,7 +54,8 @@ async def run_engine(settings: Settings) -> None:
     # The parent names us, so that it can retire our heartbeat the moment we die.
     consumer = os.environ.get(CONSUMER_ENV) or consumer_name()
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
-    client = redis_client(settings.redis.url, settings)
+    cluster = await names_a_cluster(settings.redis.url, connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    client = redis_client(settings.redis.url, settings, cluster=cluster)
     store = await open_store(settings, settings.redis.url, client)
     registry = WorkflowRegistry(store=store)
     # The policy set comes from Redis, where the parent put it: no file of its own to watch.

@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from grpc_health.v1 import health
@@ -25,7 +26,8 @@ from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.store.base import WorkItem
-from okra_sidecar.store.commands import hot_commands
+from okra_sidecar.store.cluster_client import cluster_commands, cluster_redis, is_cluster_client
+from okra_sidecar.store.commands import HotCommands, hot_commands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
 from okra_sidecar.store.liveness import ConsumerLiveness
@@ -123,15 +125,27 @@ def build_liveness(
     return ConsumerLiveness(redis=client, keys=store.keys, ttl_ms=3 * settings.engine.heartbeat_ms)
 
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+def redis_client(url: str, settings: Settings, *, cluster: bool = False) -> aioredis.Redis:
     """The process's one Redis client, its pool sized for the engine and the executors."""
+    # Effects hold connections too: blocking reads (executors, router, one per task poller).
+    max_connections = REDIS_POOL_BASE + 2 * settings.engine.concurrency
+    max_connections += settings.effects.concurrency
+    if cluster:
+        # RedisCluster answers every command the stores send (each names keys of one slot),
+        # with a pool of that size per node; it is not a subclass of Redis, hence the cast.
+        return cast(
+            aioredis.Redis,
+            cluster_redis(
+                url,
+                max_connections=max_connections,
+                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            ),
+        )
     # A blocking pool makes a burst wait for a free connection instead of failing the call.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        # Effects hold connections too: blocking reads (executors, router, one per task poller).
-        max_connections=REDIS_POOL_BASE
-        + 2 * settings.engine.concurrency
-        + settings.effects.concurrency,
+        max_connections=max_connections,
         timeout=REDIS_POOL_WAIT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
@@ -155,18 +169,36 @@ async def open_store(settings: Settings, url: str, client: aioredis.Redis) -> Re
 def build_store(
     settings: Settings, url: str, client: aioredis.Redis, keys: RedisKeys
 ) -> RedisStore:
-    """The store on `client`, its per-call commands on one multiplexed connection."""
-    hot = hot_commands(
-        url, client, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
-    )
+    """The store on `client`, its per-call commands on one multiplexed connection (one per
+    master on a Redis Cluster)."""
     # The engine's blocking XREADGROUP waits up to read_block_ms for a reply.
-    reader = hot_commands(
-        url,
-        client,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000,
-        connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        blocking_reads=True,
-    )
+    read_timeout = REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000
+    hot: HotCommands
+    reader: HotCommands
+    if is_cluster_client(client):
+        hot = cluster_commands(
+            url, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
+        )
+        reader = cluster_commands(
+            url,
+            socket_timeout=read_timeout,
+            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            blocking_reads=True,
+        )
+    else:
+        hot = hot_commands(
+            url,
+            client,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        )
+        reader = hot_commands(
+            url,
+            client,
+            socket_timeout=read_timeout,
+            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            blocking_reads=True,
+        )
     return RedisStore(
         redis=client,
         hot=hot,

@@ -37,6 +37,7 @@ from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.policy.model import current_identity
 from okra_sidecar.server.grpc_server import READINESS_SERVICES, build_health_server, build_server
 from okra_sidecar.server.parts import (
+    REDIS_CONNECT_TIMEOUT_S,
     PolicyLayer,
     build_liveness,
     build_policy_layer,
@@ -50,6 +51,7 @@ from okra_sidecar.startup import (
     check_listen,
     unreachable_redis,
 )
+from okra_sidecar.store.cluster_client import names_a_cluster
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.liveness import ConsumerHeartbeat, ConsumerLiveness
@@ -193,7 +195,8 @@ async def start_sidecar(
             # Exporters block while they flush: off the loop, which may serve their receiver.
             stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
         url, embedded = await _start_redis(settings, stack)
-        client = redis_client(url, settings)
+        cluster = await names_a_cluster(url, connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+        client = redis_client(url, settings, cluster=cluster)
         stack.push_async_callback(client.aclose)
         probes = await _start_probes(settings, stack)
         store = await _open_store(settings, url, client, probes, ports, credentials, stack)

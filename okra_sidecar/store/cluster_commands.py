@@ -74,6 +74,8 @@ class NodeCommands(Protocol):
 
 
 Address = tuple[str, int]
+# One blocking read of one slot: the slot, and the command as sent there.
+_Read = tuple[int, tuple[Arg, ...]]
 NodeFactory = Callable[[str], NodeCommands]
 
 
@@ -160,8 +162,9 @@ class ClusterCommands:
         self._slots: list[Address | None] = [None] * SLOTS
         self._nodes: dict[Address, NodeCommands] = {}
         # Blocking stream reads over several slots: a connection and a read per slot.
-        self._readers: dict[int, tuple[Address, NodeCommands]] = {}
-        self._reads: dict[int, tuple[tuple[Arg, ...], asyncio.Task[Any]]] = {}
+        # Keyed by slot and command: callers reading as other consumers read side by side.
+        self._readers: dict[_Read, tuple[Address, NodeCommands]] = {}
+        self._reads: dict[_Read, asyncio.Task[Any]] = {}
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
         self._closed = False
@@ -226,13 +229,13 @@ class ClusterCommands:
     async def aclose(self) -> None:
         self._closed = True
         reads, self._reads = self._reads, {}
-        for _, task in reads.values():
+        for task in reads.values():
             task.cancel()
         nodes, self._nodes = self._nodes, {}
         readers, self._readers = self._readers, {}
         for node in [*nodes.values(), *(reader for _, reader in readers.values())]:
             await node.aclose()
-        await asyncio.gather(*(task for _, task in reads.values()), return_exceptions=True)
+        await asyncio.gather(*reads.values(), return_exceptions=True)
 
     async def _read_slots(self, args: Sequence[Arg], at: int, streams: Sequence[Arg]) -> Any:
         """A blocking XREADGROUP over streams of several slots: one read per slot, each on
@@ -247,26 +250,28 @@ class ClusterCommands:
         by_slot: dict[int, list[int]] = {}
         for index, stream in enumerate(streams):
             by_slot.setdefault(key_slot(_encode(stream)), []).append(index)
-        tasks: list[asyncio.Task[Any]] = []
+        reads: list[_Read] = []
         for slot, indexes in by_slot.items():
             command = (
                 *args[: at + 1],
                 *(streams[i] for i in indexes),
                 *(ids[i] for i in indexes),
             )
-            running = self._reads.get(slot)
-            if running is None or running[0] != command:
-                task = asyncio.ensure_future(self._read_slot(slot, command))
-                running = self._reads[slot] = (command, task)
-            tasks.append(running[1])
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            read = (slot, command)
+            if read not in self._reads:
+                task = asyncio.ensure_future(self._read_slot(read))
+                # Its error is raised to a caller, or dropped with it if none is left.
+                task.add_done_callback(_retrieve)
+                self._reads[read] = task
+            reads.append(read)
+        await asyncio.wait([self._reads[r] for r in reads], return_when=asyncio.FIRST_COMPLETED)
         entries: list[Any] = []
         failure: BaseException | None = None
-        for slot in by_slot:
-            command, task = self._reads[slot]
+        for read in reads:
+            task = self._reads[read]
             if not task.done():
                 continue
-            del self._reads[slot]
+            del self._reads[read]
             if task.cancelled():
                 continue
             error = task.exception()
@@ -278,14 +283,15 @@ class ClusterCommands:
             raise failure
         return entries or None
 
-    async def _read_slot(self, slot: int, command: Sequence[Arg]) -> Any:
+    async def _read_slot(self, read: _Read) -> Any:
+        slot, command = read
         for _ in range(MAX_REDIRECTS):
             address = await self._address_of(slot)
-            known = self._readers.get(slot)
+            known = self._readers.get(read)
             if known is None or known[0] != address:
                 if known is not None:
                     await known[1].aclose()
-                known = self._readers[slot] = (address, self._connect(self._url(address)))
+                known = self._readers[read] = (address, self._connect(self._url(address)))
             try:
                 return await known[1].execute(*command)
             except redis_errors.AskError:
@@ -402,6 +408,11 @@ class ClusterCommands:
         serving = set(self._slots) | set(self._seeds)
         for address in [a for a in self._nodes if a not in serving]:
             await self._nodes.pop(address).aclose()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _address(url: str) -> Address:

@@ -65,6 +65,13 @@ class PooledCommands:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
+    async def replies(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Like `pipeline`, each command's error in its place instead of raised."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
     async def aclose(self) -> None:
         """Nothing to close: the pool belongs to the client it was made from."""
 

@@ -16,10 +16,11 @@ from okra_sidecar.errors import (
     instance_status_violation,
 )
 from okra_sidecar.store.change_feed import ChangeFeed
-from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.commands import HotCommands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, evalsha_with
-from okra_sidecar.store.replies import map_redis_errors
+from okra_sidecar.store.replies import map_redis_errors, text
 
 __all__ = ["DURABILITY_LEVELS", "StoreConnections"]
 
@@ -31,7 +32,8 @@ class StoreConnections:
 
     `hot` carries the commands of every rpc and turn (see store/commands.py); `reader`, a
     connection of its own, the engine's blocking read of the work streams (one at a time);
-    `redis`, the pooled client, everything else (pipelines, administration).
+    `redis`, the pooled client, everything else (pipelines, administration; on a Redis
+    Cluster, redis-py's RedisCluster).
     """
 
     def __init__(
@@ -50,7 +52,7 @@ class StoreConnections:
         self.redis = redis
         # The pool, replies raw: writes that wait for durability (each with its WAIT on one
         # connection), and hot commands and reads when no connection of their own is given.
-        self._pooled = PooledCommands(redis)
+        self._pooled = pooled_commands(redis)
         self.hot = hot if hot is not None else self._pooled
         self._reader = reader if reader is not None else self._pooled
         self.keys = keys
@@ -98,8 +100,10 @@ class StoreConnections:
         if self._durability == "replicas":
             return ("WAIT", self._replicas, timeout)
         if self._waitaof is None:
-            info = await self.redis.info("server")
-            major, minor = (int(x) for x in str(info["redis_version"]).split(".")[:2])
+            # Raw INFO through the hot commands: on a Cluster, one master answers for all.
+            info = text(await self.hot.execute("INFO", "server"))
+            version = info.split("redis_version:", 1)[1].split()[0]
+            major, minor = (int(x) for x in version.split(".")[:2])
             self._waitaof = (major, minor) >= (7, 2)
         # Below 7.2, `aof` relies on `appendfsync always`, which the embedded server sets.
         return ("WAITAOF", 1, 0, timeout) if self._waitaof else None

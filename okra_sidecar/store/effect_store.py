@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
-from okra_sidecar.store.commands import PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.jsontext import dumps, loads
 from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
 from okra_sidecar.store.replies import map_redis_errors
@@ -83,7 +83,7 @@ class RedisEffectStore:
         self.redis = redis
         self.keys = keys
         # The shared pool, replies raw, for read_partitions.
-        self._pooled = PooledCommands(redis)
+        self._pooled = pooled_commands(redis)
         self._deliver = redis.register_script(load_script("deliver"))
         self._complete = redis.register_script(load_script("complete_task"))
         self._enqueue = redis.register_script(load_script("enqueue_task"))

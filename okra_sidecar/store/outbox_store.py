@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from okra_sidecar.store.commands import PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.jsontext import loads
 from okra_sidecar.store.keys import RELAY_GROUP, RedisKeys
 from okra_sidecar.store.replies import map_redis_errors, text
@@ -49,7 +49,7 @@ class RedisOutboxStore:
         self.redis = redis
         self.keys = keys
         # The shared pool, replies raw, for read_partitions.
-        self._pooled = PooledCommands(redis)
+        self._pooled = pooled_commands(redis)
         self._partition_of = {k.encode(): p for p, k in enumerate(keys.all_outboxes())}
 
     async def ensure_groups(self) -> None:

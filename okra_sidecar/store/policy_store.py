@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from okra_sidecar.errors import InvalidInputError, StoreUnavailableError
-from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.commands import HotCommands
 from okra_sidecar.store.jsontext import dumps
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import MultiplexedScript
@@ -89,7 +90,7 @@ class RedisPolicyStore:
         # A policed call's rate limit and audit record go through the store's hot commands
         # (one multiplexed connection): on redis-py's pool they cost more CPU than the rest
         # of the policy decision.
-        self._hot = hot if hot is not None else PooledCommands(redis)
+        self._hot = hot if hot is not None else pooled_commands(redis)
         self._gcra = MultiplexedScript(load_script("gcra"))
         self._audit_queue: list[str] = []
         self._audit_writer: asyncio.Task[None] | None = None

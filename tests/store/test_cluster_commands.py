@@ -17,7 +17,7 @@ from okra_sidecar.store.cluster_commands import (
     split_seed_urls,
 )
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
-from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
+from okra_sidecar.store.multiplexed import Arg, MultiplexedRedis, MultiplexedScript
 from okra_sidecar.store.scripts import load_script
 from tests.helpers import eventually
 
@@ -208,8 +208,8 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
         connect=lambda url: MultiplexedRedis(url, socket_timeout=5, drop_on_cancel=True),
     )
     writer = ClusterCommands(split_seed_urls(cluster.url), connect=_connect)
-    streams = [b"okra:{p3}:work", b"okra:{p2}:work", b"okra:{p1}:work"]
-    read = (
+    streams: list[Arg] = [b"okra:{p3}:work", b"okra:{p2}:work", b"okra:{p1}:work"]
+    read: tuple[Arg, ...] = (
         *("XREADGROUP", "GROUP", "engine", "me", "COUNT", 10, "BLOCK", 2000),
         *("STREAMS", *streams, *(">" for _ in streams)),
     )
