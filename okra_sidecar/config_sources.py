@@ -11,6 +11,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from okra_sidecar.store.urls import check_redis_url
+
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 
 
@@ -114,6 +116,10 @@ def _redis_url(value: object, name: str) -> str:
             f"{name}: {text!r} is not a Redis URL; write redis://HOST:PORT/DB "
             "(rediss:// for TLS, unix:///path/to/redis.sock for a socket)"
         )
+    try:
+        check_redis_url(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return text
 
 

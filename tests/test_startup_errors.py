@@ -69,6 +69,23 @@ def test_a_bad_redis_url_names_the_variable_it_came_from() -> None:
     assert line.startswith("error: OKRA_REDIS_URL: 'localhost:6379' is not a Redis URL")
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:secret@h:port/0", "bad port"),
+        ("redis://a:7000,b:x", "Redis URL 'redis://b:x': bad port"),
+        ("rediss://h?ssl_cert_reqs=maybe", "ssl_cert_reqs must be none, optional or required"),
+        ("rediss://h?ssl_ca_certs=/nonexistent/ca.pem", "cannot load its TLS files"),
+        ("redis://h/zero", "db must be a number"),
+    ],
+)
+def test_a_redis_url_that_cannot_be_used_is_bad_configuration(url: str, problem: str) -> None:
+    code, line = serve("--listen=127.0.0.1:0", "--redis-url", url)
+    assert code == 2
+    assert line.startswith("error: --redis-url: Redis URL ")
+    assert problem in line and "secret" not in line
+
+
 def test_an_unknown_flag_is_bad_usage() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "okra_sidecar", "serve", "--port=50051"],

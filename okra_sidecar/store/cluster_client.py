@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from okra_sidecar.store.cluster_commands import ClusterCommands, split_seed_urls
+from okra_sidecar.store.cluster_commands import ClusterCommands
 from okra_sidecar.store.commands import HotCommands, PooledCommands
-from okra_sidecar.store.multiplexed import MultiplexedRedis, parse_redis_url
+from okra_sidecar.store.multiplexed import MultiplexedRedis
+from okra_sidecar.store.urls import parse_redis_url, split_seed_urls
 
 __all__ = [
     "PooledNode",

@@ -29,7 +29,6 @@ __all__ = [
     "ClusterCommands",
     "NodeCommands",
     "command_key",
-    "split_seed_urls",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,17 +76,6 @@ Address = tuple[str, int]
 # One blocking read of one slot: the slot, and the command as sent there.
 _Read = tuple[int, tuple[Arg, ...]]
 NodeFactory = Callable[[str], NodeCommands]
-
-
-def split_seed_urls(url: str) -> list[str]:
-    """One URL per node of `redis[s]://[user:pass@]host:port,host:port[/db][?query]`.
-
-    A URL naming one node comes back as it is.
-    """
-    parts = urlsplit(url)
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    auth = f"{userinfo}@" if userinfo else ""
-    return [urlunsplit(parts._replace(netloc=f"{auth}{host}")) for host in hosts.split(",") if host]
 
 
 def _upper(value: Arg) -> str:

@@ -21,8 +21,8 @@ from okra_sidecar.store.multiplexed import (
     MultiplexedRedis,
     ScriptLike,
     evalsha_with,
-    parse_redis_url,
 )
+from okra_sidecar.store.urls import parse_redis_url
 
 __all__ = ["HotCommands", "PooledCommands", "hot_commands"]
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from hiredis import pack_command
@@ -18,102 +15,20 @@ from redis import exceptions as redis_errors
 # The same error-prefix -> exception mapping (NOSCRIPT -> NoScriptError, ...) as redis-py's.
 from redis._parsers import BaseParser
 
+from okra_sidecar.store.urls import parse_redis_url
+
 __all__ = [
     "Arg",
     "MultiplexedRedis",
     "MultiplexedScript",
-    "RedisAddress",
     "ScriptLike",
     "encode_command",
     "evalsha_with",
-    "parse_redis_url",
-    "tls_context",
 ]
 
 Arg = bytes | memoryview | str | int | float
 # hiredis returns this when the buffer holds no complete reply (no RESP2 reply is this object).
 _INCOMPLETE = object()
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where and as whom to connect: a unix socket `path`, or `host` and `port`."""
-
-    host: str = "localhost"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    # Set for rediss:// URLs: the connection is wrapped in TLS with this context.
-    tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
-
-
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-
-
-def tls_context(url: str, query: dict[str, list[str]]) -> ssl.SSLContext:
-    """The TLS context a rediss:// URL asks for, with redis-py's query parameter names.
-
-    `ssl_ca_certs` (a CA bundle), `ssl_certfile` and `ssl_keyfile` (a client certificate),
-    `ssl_cert_reqs` (`none`, `optional`, `required`: the default) and `ssl_check_hostname`.
-
-    Raises:
-        ValueError: an unknown `ssl_cert_reqs`, or a file that cannot be read.
-    """
-
-    def one(name: str) -> str | None:
-        return query[name][0] if name in query else None
-
-    reqs = (one("ssl_cert_reqs") or "required").lower()
-    if reqs not in _CERT_REQS:
-        raise ValueError(f"Redis URL {url!r}: ssl_cert_reqs must be none, optional or required")
-    try:
-        context = ssl.create_default_context(cafile=one("ssl_ca_certs"))
-        certfile = one("ssl_certfile")
-        if certfile:
-            context.load_cert_chain(certfile, one("ssl_keyfile"))
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"Redis URL {url!r}: cannot load its TLS files ({exc})") from None
-    check = one("ssl_check_hostname")
-    context.check_hostname = reqs != "none" and (check or "true").lower() in ("1", "true", "yes")
-    context.verify_mode = _CERT_REQS[reqs]
-    return context
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """Parse `redis[s]://[user:pass@]host[:port][/db]` or `unix://[user:pass@]/path[?db=N]`.
-
-    Raises:
-        ValueError: another scheme, no socket path, a port or db that is not a number, or
-            TLS settings that cannot be used (see `tls_context`).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"Redis URL {url!r}: the scheme must be redis://, rediss:// or unix://")
-    try:
-        port = parts.port or 6379
-    except ValueError as exc:
-        raise ValueError(f"Redis URL {url!r}: bad port ({exc})") from None
-    query = parse_qs(parts.query)
-    # As redis-py: `?db=N` wins; a redis:// URL may also name it as the path, `/N`.
-    if "db" in query:
-        db_text = query["db"][0]
-    else:
-        db_text = unquote(parts.path).strip("/") if parts.scheme != "unix" else ""
-    if db_text and not db_text.isdigit():
-        raise ValueError(f"Redis URL {url!r}: db must be a number, not {db_text!r}")
-    address = RedisAddress(
-        db=int(db_text or "0"),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=tls_context(url, query) if parts.scheme == "rediss" else None,
-    )
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"Redis URL {url!r}: unix:// needs a socket path")
-        return replace(address, path=unquote(parts.path))
-    return replace(address, host=unquote(parts.hostname or "localhost"), port=port)
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:

@@ -40,3 +40,11 @@ def map_redis_errors() -> Iterator[None]:
         raise StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly") from exc
     except redis_errors.BusyLoadingError as exc:
         raise StoreUnavailableError("Redis is loading its data; retry shortly") from exc
+    except (redis_errors.ClusterError, redis_errors.TryAgainError) as exc:
+        # A failover or a slot migration under way: it settles by itself.
+        raise StoreUnavailableError(
+            f"the Redis Cluster is settling ({exc}); retry shortly"
+        ) from exc
+    except redis_errors.RedisClusterException as exc:
+        # redis-py's RedisCluster before it has a full slot map (nodes down, slots unserved).
+        raise StoreUnavailableError(f"the Redis Cluster is not serving ({exc})") from exc

@@ -11,14 +11,11 @@ import pytest_asyncio
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
-from okra_sidecar.store.cluster_commands import (
-    ClusterCommands,
-    command_key,
-    split_seed_urls,
-)
+from okra_sidecar.store.cluster_commands import ClusterCommands, command_key
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
 from okra_sidecar.store.multiplexed import Arg, MultiplexedRedis, MultiplexedScript
 from okra_sidecar.store.scripts import load_script
+from okra_sidecar.store.urls import split_seed_urls
 from tests.helpers import eventually
 
 # One key in each master's third of the slots (0-5460, 5461-10921, 10922-16383).

@@ -6,14 +6,17 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from okra_sidecar.errors import StartupError
 from okra_sidecar.store.embedded import find_redis_server
 from okra_sidecar.store.layout import ClusterNotSupportedError
+from okra_sidecar.store.local_cluster import LocalCluster
 from tests.helpers import make_settings, running_sidecar
 
 
@@ -56,9 +59,28 @@ async def cluster_node(tmp_path: Path) -> AsyncIterator[str]:
         await process.wait()
 
 
-async def test_a_cluster_node_is_refused_in_one_line(cluster_node: str) -> None:
-    with pytest.raises(ClusterNotSupportedError, match="Redis Cluster") as refused:
-        async with running_sidecar(make_settings(cluster_node)):
+async def test_a_cluster_is_refused_in_one_line(tmp_path: Path) -> None:
+    async with LocalCluster(data_dir=tmp_path, masters=3) as cluster:
+        for url in (cluster.url, cluster.masters()[1].url):
+            with pytest.raises(ClusterNotSupportedError, match="Redis Cluster") as refused:
+                async with running_sidecar(make_settings(url)):
+                    pass
+            assert "\n" not in str(refused.value)
+        for node in cluster.masters():
+            client = cluster.client(node)
+            try:
+                assert await client.execute("DBSIZE") == 0
+            finally:
+                await client.aclose()
+
+
+async def test_a_cluster_that_serves_no_slots_is_waited_for_then_named(cluster_node: str) -> None:
+    settings = make_settings(cluster_node)
+    settings = replace(settings, redis=replace(settings.redis, wait_s=0.5))
+    with pytest.raises(
+        StartupError, match="cannot reach Redis at .*slots are not covered"
+    ) as refused:
+        async with running_sidecar(settings):
             pass
     assert "\n" not in str(refused.value)
     client = Redis.from_url(cluster_node)

@@ -13,12 +13,8 @@ import pytest_asyncio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from okra_sidecar.store.multiplexed import (
-    MultiplexedRedis,
-    RedisAddress,
-    encode_command,
-    parse_redis_url,
-)
+from okra_sidecar.store.multiplexed import MultiplexedRedis, encode_command
+from okra_sidecar.store.urls import RedisAddress, parse_redis_url
 
 Connect = Callable[..., MultiplexedRedis]
 BLOCKED_WAIT_S = 5.0
