@@ -312,7 +312,20 @@ class ClusterCommands:
         return urlunsplit(self._template._replace(netloc=_netloc(self._template, host, port)))
 
     async def _send(self, commands: Sequence[Sequence[Arg]], key: bytes | None) -> list[Any]:
-        """`commands` back to back on the master of `key`'s slot, following redirects."""
+        """`commands` back to back on the master of `key`'s slot, following redirects.
+
+        SCRIPT (LOAD, FLUSH) goes to every master: the next EVALSHA may run on any of them.
+        """
+        if key is None and _upper(commands[0][0]) == "SCRIPT":
+            answers = await asyncio.gather(
+                *(self.node(address).replies(commands) for address in await self.masters())
+            )
+            return answers[0]
+        return await self._send_to_slot(commands, key)
+
+    async def _send_to_slot(
+        self, commands: Sequence[Sequence[Arg]], key: bytes | None
+    ) -> list[Any]:
         slot = key_slot(key) if key is not None else None
         asking: Address | None = None
         retried = False
