@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
+from okra_sidecar.store.local_cluster import LocalCluster
 from tests.helpers import Stub, make_settings, running_sidecar
 
 TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
@@ -65,6 +66,25 @@ async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
         yield await server.start()
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
+    """The run's Redis Cluster, 3 masters on loopback, started when a test first asks."""
+    async with LocalCluster(data_dir=tmp_path_factory.mktemp("cluster"), masters=3) as cluster:
+        yield cluster
+
+
+@pytest_asyncio.fixture
+async def cluster_url(redis_cluster: LocalCluster) -> AsyncIterator[str]:
+    """The run's Redis Cluster, every master flushed before the test: its seed URL."""
+    for node in redis_cluster.masters():
+        client = redis_cluster.client(node)
+        try:
+            await client.execute("FLUSHALL")
+        finally:
+            await client.aclose()
+    yield redis_cluster.url
 
 
 @pytest_asyncio.fixture

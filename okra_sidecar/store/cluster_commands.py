@@ -178,11 +178,12 @@ class ClusterCommands:
     async def evalsha(
         self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
-        # The script is loaded on the node that runs it, whichever that is after a redirect.
         key = _encode(keys[0]) if keys else None
 
         async def on_slot(*command: Arg) -> Any:
-            reply = (await self._send([command], key))[0]
+            # SCRIPT LOAD goes to every master, the script's other slots included.
+            where = None if _upper(command[0]) == "SCRIPT" else key
+            reply = (await self._send([command], where))[0]
             if isinstance(reply, BaseException):
                 raise reply
             return reply

@@ -13,6 +13,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from okra_sidecar.server import Sidecar
+from okra_sidecar.store.cluster_client import cluster_commands
 from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis, MultiplexedScript
 from okra_sidecar.store.streams import read_partitions
@@ -22,23 +23,38 @@ from tests.helpers import Stub
 SCRIPT = MultiplexedScript("return {KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], 'a')}")
 
 
-@pytest_asyncio.fixture(params=["multiplexed", "pooled"])
-async def hot(
-    request: pytest.FixtureRequest, redis: Redis, redis_url: str
-) -> AsyncIterator[HotCommands]:
-    commands: HotCommands = (
-        MultiplexedRedis(redis_url) if request.param == "multiplexed" else PooledCommands(redis)
-    )
+@pytest.fixture(params=["multiplexed", "pooled", "cluster"])
+def hot_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Which hot commands, and the URL of their Redis (the run's Cluster for "cluster")."""
+    url_fixture = "cluster_url" if request.param == "cluster" else "redis_url"
+    return request.param, request.getfixturevalue(url_fixture)
+
+
+@pytest_asyncio.fixture
+async def hot(hot_kind: tuple[str, str], redis: Redis) -> AsyncIterator[HotCommands]:
+    """The hot commands on a single Redis (both clients) and on a 3-master Redis Cluster."""
+    kind, url = hot_kind
+    commands: HotCommands
+    if kind == "cluster":
+        commands = cluster_commands(url, socket_timeout=5, connect_timeout=2)
+    elif kind == "multiplexed":
+        commands = MultiplexedRedis(url)
+    else:
+        commands = PooledCommands(redis)
     try:
         yield commands
     finally:
         await commands.aclose()
 
 
-async def test_replies_are_raw_resp(hot: HotCommands, redis: Redis) -> None:
-    await redis.hset("h", mapping={"a": "1", "b": "2"})
-    await redis.xadd("s", {"e": "one"}, id="1-0")
-    await redis.xadd("s", {"e": "two", "x": "y"}, id="2-0")
+async def test_replies_are_raw_resp(hot: HotCommands) -> None:
+    await hot.pipeline(
+        [
+            ("HSET", "h", "a", "1", "b", "2"),
+            ("XADD", "s", "1-0", "e", "one"),
+            ("XADD", "s", "2-0", "e", "two", "x", "y"),
+        ]
+    )
     assert await hot.execute("HMGET", "h", "a", "missing", "b") == [b"1", None, b"2"]
     # XRANGE as Redis sends it: not redis-py's list of (id, dict).
     assert await hot.execute("XRANGE", "s", "-", "+", "COUNT", 10) == [
@@ -52,11 +68,11 @@ async def test_replies_are_raw_resp(hot: HotCommands, redis: Redis) -> None:
     ]
 
 
-async def test_evalsha_loads_a_script_redis_forgot(hot: HotCommands, redis: Redis) -> None:
-    await redis.hset("h", "a", "v")
-    await redis.script_flush()
+async def test_evalsha_loads_a_script_redis_forgot(hot: HotCommands) -> None:
+    await hot.execute("HSET", "h", "a", "v")
+    await hot.execute("SCRIPT", "FLUSH")
     assert await hot.evalsha(SCRIPT, ["h"], ["arg"]) == [b"h", b"arg", b"v"]
-    assert await redis.script_exists(SCRIPT.sha) == [True]
+    assert await hot.execute("SCRIPT", "EXISTS", SCRIPT.sha) == [1]
     assert await hot.evalsha(SCRIPT, ["h"], ["again"]) == [b"h", b"again", b"v"]
 
 
@@ -92,12 +108,13 @@ async def test_the_sidecar_serves_reads_on_a_multiplexed_connection_that_reconne
     assert instance.instance_id == run.instance_id
 
 
-async def test_read_partitions_reads_both_reply_shapes(hot: HotCommands, redis: Redis) -> None:
+async def test_read_partitions_reads_both_reply_shapes(hot: HotCommands) -> None:
+    # Two streams in two slots (and on two masters of a Cluster: one read per slot there).
     streams = ["w:0", "w:1"]
     for stream in streams:
-        await redis.xgroup_create(stream, "g", id="0", mkstream=True)
-    await redis.xadd("w:1", {"i": "a"}, id="1-0")
-    await redis.xadd("w:0", {"i": "b", "x": "y"}, id="2-0")
+        await hot.execute("XGROUP", "CREATE", stream, "g", "0", "MKSTREAM")
+    await hot.execute("XADD", "w:1", "1-0", "i", "a")
+    await hot.execute("XADD", "w:0", "2-0", "i", "b", "x", "y")
 
     async def no_groups() -> None:
         raise AssertionError("the groups exist")
