@@ -247,6 +247,10 @@ class ClusterCommands:
                 *(ids[i] for i in indexes),
             )
             read = (slot, command)
+            left = self._reads.get(read)
+            if left is not None and left.done() and not _has_reply(left):
+                # A read of an earlier call that found nothing: read again, afresh.
+                del self._reads[read]
             if read not in self._reads:
                 task = asyncio.ensure_future(self._read_slot(read))
                 # Its error is raised to a caller, or dropped with it if none is left.
@@ -267,7 +271,9 @@ class ClusterCommands:
             if error is not None:
                 failure = error
             elif task.result():
-                entries.extend(task.result())
+                reply = task.result()
+                # RESP3 (redis-py's pool) answers a map of stream to entries.
+                entries.extend(reply.items() if isinstance(reply, dict) else reply)
         if failure is not None and not entries:
             raise failure
         return entries or None
@@ -410,6 +416,11 @@ class ClusterCommands:
         serving = set(self._slots) | set(self._seeds)
         for address in [a for a in self._nodes if a not in serving]:
             await self._nodes.pop(address).aclose()
+
+
+def _has_reply(task: asyncio.Task[Any]) -> bool:
+    """Whether a finished read has entries or an error for its caller."""
+    return not task.cancelled() and (task.exception() is not None or bool(task.result()))
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -224,6 +224,10 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
         assert [stream for stream, _ in second] == [streams[2]]
         # Nothing new: the read blocks its full time and answers nil.
         assert await reader.execute(*read) is None
+        # The reads that found nothing are not answers for later: the next call reads anew.
+        await writer.execute("XADD", streams[0], "*", "i", "three")
+        third = await reader.execute(*read)
+        assert [stream for stream, _ in third] == [streams[0]]
     finally:
         await reader.aclose()
         await writer.aclose()
