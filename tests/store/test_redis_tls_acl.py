@@ -15,10 +15,10 @@ from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from okra_sidecar.gen.workflow.v1 import workflow_pb2 as pb
 from okra_sidecar.store.multiplexed import MultiplexedRedis
 from okra_sidecar.store.urls import parse_redis_url
 from tests.helpers import make_settings, running_sidecar
