@@ -7,13 +7,14 @@ import io
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
 from okra_sidecar.server import Sidecar
+from okra_sidecar.store.cluster_client import cluster_redis
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.local_cluster import LocalCluster
 from tests.helpers import Stub, make_settings, running_sidecar
@@ -54,7 +55,7 @@ async def report_stuck_tasks() -> AsyncIterator[None]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def single_redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """The run's Redis: `OKRA_TEST_REDIS_URL` if set, else one embedded redis-server."""
     configured = os.environ.get(TEST_REDIS_URL_ENV)
     if configured:
@@ -66,6 +67,12 @@ async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
         yield await server.start()
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(single_redis_url: str) -> str:
+    """The Redis of a test: the single one, unless its module moves it onto both."""
+    return single_redis_url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -85,6 +92,36 @@ async def cluster_url(redis_cluster: LocalCluster) -> AsyncIterator[str]:
         finally:
             await client.aclose()
     yield redis_cluster.url
+
+
+@pytest.fixture(params=["single", "cluster"])
+def either_redis_url(request: pytest.FixtureRequest) -> str:
+    """A test's Redis: once a single primary, once the run's 3-master Redis Cluster (flushed).
+
+    A test module moves onto both by overriding `redis_url` and `redis` with these two.
+    """
+    name = "single_redis_url" if request.param == "single" else "cluster_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest_asyncio.fixture
+async def either_redis(either_redis_url: str) -> AsyncIterator[Redis]:
+    """A client of `either_redis_url` (redis-py's RedisCluster on the Cluster), flushed."""
+    if "," not in either_redis_url:
+        client = Redis.from_url(either_redis_url, decode_responses=False)
+        await client.flushall()
+    else:
+        # RedisCluster answers the commands tests send, as server.parts.redis_client relies on.
+        client = cast(
+            Redis,
+            cluster_redis(
+                either_redis_url, max_connections=32, socket_timeout=10, connect_timeout=2
+            ),
+        )
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest_asyncio.fixture

@@ -26,8 +26,7 @@ from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.store.base import WorkItem
-from okra_sidecar.store.cluster_client import cluster_commands, cluster_redis, is_cluster_client
-from okra_sidecar.store.commands import HotCommands, hot_commands
+from okra_sidecar.store.cluster_client import cluster_redis, store_commands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
 from okra_sidecar.store.liveness import ConsumerLiveness
@@ -173,32 +172,16 @@ def build_store(
     master on a Redis Cluster)."""
     # The engine's blocking XREADGROUP waits up to read_block_ms for a reply.
     read_timeout = REDIS_SOCKET_TIMEOUT_S + settings.engine.read_block_ms / 1000
-    hot: HotCommands
-    reader: HotCommands
-    if is_cluster_client(client):
-        hot = cluster_commands(
-            url, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
-        )
-        reader = cluster_commands(
-            url,
-            socket_timeout=read_timeout,
-            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-            blocking_reads=True,
-        )
-    else:
-        hot = hot_commands(
-            url,
-            client,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        )
-        reader = hot_commands(
-            url,
-            client,
-            socket_timeout=read_timeout,
-            connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-            blocking_reads=True,
-        )
+    hot = store_commands(
+        url, client, socket_timeout=REDIS_SOCKET_TIMEOUT_S, connect_timeout=REDIS_CONNECT_TIMEOUT_S
+    )
+    reader = store_commands(
+        url,
+        client,
+        socket_timeout=read_timeout,
+        connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        blocking_reads=True,
+    )
     return RedisStore(
         redis=client,
         hot=hot,

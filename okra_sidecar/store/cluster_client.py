@@ -17,7 +17,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from okra_sidecar.store.cluster_commands import ClusterCommands
-from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.commands import HotCommands, PooledCommands, hot_commands
 from okra_sidecar.store.multiplexed import MultiplexedRedis
 from okra_sidecar.store.urls import parse_redis_url, split_seed_urls
 
@@ -25,6 +25,7 @@ __all__ = [
     "PooledNode",
     "SeededRedisCluster",
     "pooled_commands",
+    "store_commands",
     "cluster_commands",
     "cluster_enabled",
     "cluster_redis",
@@ -149,6 +150,32 @@ def cluster_commands(
             socket_connect_timeout=connect_timeout,
             drop_on_cancel=blocking_reads,
         ),
+    )
+
+
+def store_commands(
+    url: str,
+    client: aioredis.Redis,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    blocking_reads: bool = False,
+) -> HotCommands:
+    """The hot commands of a store on `client`: ClusterCommands when it is a RedisCluster,
+    else one multiplexed connection (see commands.hot_commands)."""
+    if is_cluster_client(client):
+        return cluster_commands(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            blocking_reads=blocking_reads,
+        )
+    return hot_commands(
+        url,
+        client,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+        blocking_reads=blocking_reads,
     )
 
 

@@ -73,7 +73,8 @@ class NodeCommands(Protocol):
 
 
 Address = tuple[str, int]
-# One blocking read of one slot: the slot, and the command as sent there.
+# One blocking read of one slot: the slot, and the command as sent there (COUNT and BLOCK
+# values left out: see `_read_slots`).
 _Read = tuple[int, tuple[Arg, ...]]
 NodeFactory = Callable[[str], NodeCommands]
 
@@ -193,16 +194,18 @@ class ClusterCommands:
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Several commands, each on its slot's master; replies in order (first error raised).
 
-        A keyless command (WAIT) goes with the command before it, to the node that ran it:
-        WAIT waits for that node's replicas to take the writes of its connection.
+        The commands of one slot go together, in their order (the XADDs of one stream stay
+        in order). A keyless command (WAIT) goes with the command before it, to the node
+        that ran it: WAIT waits for that node's replicas to take its connection's writes.
         """
-        groups: list[tuple[bytes | None, list[int]]] = []
+        by_slot: dict[int | None, tuple[bytes | None, list[int]]] = {}
+        last: int | None = None
         for index, command in enumerate(commands):
             key = command_key(command)
-            if key is None and groups:
-                groups[-1][1].append(index)
-            else:
-                groups.append((key, [index]))
+            slot = key_slot(key) if key is not None else last
+            by_slot.setdefault(slot, (key, []))[1].append(index)
+            last = slot
+        groups = list(by_slot.values())
         results = await asyncio.gather(
             *(self._send([commands[i] for i in indexes], key) for key, indexes in groups)
         )
@@ -246,13 +249,15 @@ class ClusterCommands:
                 *(streams[i] for i in indexes),
                 *(ids[i] for i in indexes),
             )
-            read = (slot, command)
+            # A caller's COUNT follows its free capacity: a read still blocked with the
+            # last count is the same read, else its entries would wait for a reclaim.
+            read = (slot, _without_values(command, ("COUNT", "BLOCK")))
             left = self._reads.get(read)
             if left is not None and left.done() and not _has_reply(left):
                 # A read of an earlier call that found nothing: read again, afresh.
                 del self._reads[read]
             if read not in self._reads:
-                task = asyncio.ensure_future(self._read_slot(read))
+                task = asyncio.ensure_future(self._read_slot(read, command))
                 # Its error is raised to a caller, or dropped with it if none is left.
                 task.add_done_callback(_retrieve)
                 self._reads[read] = task
@@ -278,8 +283,8 @@ class ClusterCommands:
             raise failure
         return entries or None
 
-    async def _read_slot(self, read: _Read) -> Any:
-        slot, command = read
+    async def _read_slot(self, read: _Read, command: Sequence[Arg]) -> Any:
+        slot = read[0]
         for _ in range(MAX_REDIRECTS):
             address = await self._address_of(slot)
             known = self._readers.get(read)
@@ -416,6 +421,14 @@ class ClusterCommands:
         serving = set(self._slots) | set(self._seeds)
         for address in [a for a in self._nodes if a not in serving]:
             await self._nodes.pop(address).aclose()
+
+
+def _without_values(command: Sequence[Arg], names: Sequence[str]) -> tuple[Arg, ...]:
+    """`command` with the value after each option in `names` blanked out."""
+    words = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
+    return tuple(
+        "" if index > 0 and words[index - 1] in names else arg for index, arg in enumerate(command)
+    )
 
 
 def _has_reply(task: asyncio.Task[Any]) -> bool:

@@ -46,5 +46,10 @@ def map_redis_errors() -> Iterator[None]:
             f"the Redis Cluster is settling ({exc}); retry shortly"
         ) from exc
     except redis_errors.RedisClusterException as exc:
-        # redis-py's RedisCluster before it has a full slot map (nodes down, slots unserved).
+        # redis-py's RedisCluster without a full slot map (nodes down, slots unserved); its
+        # other refusals (keys of several slots in one command) are bugs, not outages.
+        if not isinstance(
+            exc, redis_errors.SlotNotCoveredError | redis_errors.RedisClusterUnreachableError
+        ) and "not covered" not in str(exc):
+            raise
         raise StoreUnavailableError(f"the Redis Cluster is not serving ({exc})") from exc

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.keys import RedisKeys
@@ -51,17 +52,34 @@ class RedisRetentionStore:
                         keys.instance(instance_id), ["wf", "status", "corr", "tags", "parent"]
                     )
                 rows = await pipe.execute()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for member, instance_id, row in zip(members, ids, rows, strict=True):
-                    instance_keys = keys.instance_keys(instance_id)
-                    # A script called on a pipeline is loaded (if needed) when it executes.
-                    await self._purge(
-                        keys=[finished, *instance_keys, *self._indexes(partition, row)],
-                        args=[_text(member), finished_before_ms, len(instance_keys)],
-                        client=pipe,
-                    )
-                results = await pipe.execute()
+            try:
+                results = await self._purge_batch(partition, members, ids, rows, finished_before_ms)
+            except redis_errors.NoScriptError:
+                # A Cluster's pipeline does not load scripts (a single Redis's does): load
+                # it on every master, once, and purge the batch again (purging is idempotent).
+                await self.redis.script_load(self._purge.script)
+                results = await self._purge_batch(partition, members, ids, rows, finished_before_ms)
         return sum(int(r) for r in results)
+
+    async def _purge_batch(
+        self,
+        partition: int,
+        members: list[Any],
+        ids: list[str],
+        rows: list[Any],
+        finished_before_ms: int,
+    ) -> list[Any]:
+        finished = self.keys.index_finished(partition)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member, instance_id, row in zip(members, ids, rows, strict=True):
+                instance_keys = self.keys.instance_keys(instance_id)
+                # A script called on a pipeline is loaded (if needed) when it executes.
+                await self._purge(
+                    keys=[finished, *instance_keys, *self._indexes(partition, row)],
+                    args=[_text(member), finished_before_ms, len(instance_keys)],
+                    client=pipe,
+                )
+            return list(await pipe.execute())
 
     def _indexes(self, partition: int, row: list[bytes | None]) -> list[str]:
         """The index sets that hold an instance's member, from its wf, status, corr and tags."""

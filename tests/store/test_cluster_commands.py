@@ -11,6 +11,7 @@ import pytest_asyncio
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
+from okra_sidecar.store.cluster_client import cluster_commands, durable_cluster_commands
 from okra_sidecar.store.cluster_commands import ClusterCommands, command_key
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
 from okra_sidecar.store.multiplexed import Arg, MultiplexedRedis, MultiplexedScript
@@ -218,9 +219,10 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
         await writer.execute("XADD", streams[1], "*", "i", "one")
         first = await pending
         assert [(stream, len(entries)) for stream, entries in first] == [(streams[1], 1)]
-        # The reads of the other slots still wait; what they take comes with the next call.
+        # The reads of the other slots still wait; what they take comes with the next call,
+        # even one asking for another COUNT (the engine asks for its free capacity).
         await writer.execute("XADD", streams[2], "*", "i", "two")
-        second = await reader.execute(*read)
+        second = await reader.execute(*read[:5], 3, *read[6:])
         assert [stream for stream, _ in second] == [streams[2]]
         # Nothing new: the read blocks its full time and answers nil.
         assert await reader.execute(*read) is None
@@ -231,3 +233,23 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
     finally:
         await reader.aclose()
         await writer.aclose()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+async def test_a_pipeline_keeps_the_order_of_each_slots_commands(
+    cluster: LocalCluster, pooled: bool
+) -> None:
+    # On pooled connections (one per command in flight) only sending a slot's commands
+    # together keeps them in order.
+    make = durable_cluster_commands if pooled else cluster_commands
+    commands = make(cluster.url, socket_timeout=5, connect_timeout=2)
+    stream = "okra:{p3}:audit"
+    batch: list[tuple[Arg, ...]] = []
+    for n in range(50):
+        batch.append(("XADD", stream, "*", "n", n))
+        batch.append(("INCR", KEYS[n % 3]))  # other slots, in between
+    replies = await commands.pipeline(batch)
+    assert len(replies) == 100
+    entries = await commands.execute("XRANGE", stream, "-", "+")
+    await commands.aclose()
+    assert [int(fields[1]) for _, fields in entries] == list(range(50))

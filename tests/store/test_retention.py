@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.runtime.retention import RetentionKeeper
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import start_sidecar
+from okra_sidecar.store.cluster_client import cluster_redis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.retention_store import RedisRetentionStore
 from tests.helpers import (
@@ -124,3 +125,30 @@ async def test_purging_goes_in_batches(redis: Redis) -> None:
     assert await keeper.purge_once() == 17
     assert await index_size(redis, keys.index_finished) == 4
     await asyncio.sleep(0)
+
+
+async def test_purging_on_a_redis_cluster_loads_its_script(cluster_url: str) -> None:
+    # Written as create and a finishing commit leave them (each in its partition's slot):
+    # the script Redis Cluster does not know yet must be loaded for the pipeline.
+    client = cast(
+        Redis, cluster_redis(cluster_url, max_connections=8, socket_timeout=10, connect_timeout=2)
+    )
+    keys = RedisKeys(partitions=4)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(8)]
+    try:
+        for n, instance_id in enumerate(ids):
+            partition = keys.partition(instance_id)
+            member = f"{n:017d}:{instance_id}"
+            await client.hset(
+                keys.instance(instance_id),
+                mapping={"wf": "t.w.1.0.0", "status": "completed", "ikey": member},
+            )
+            await client.zadd(keys.index_all(partition), {member: 0})
+            await client.zadd(keys.index_finished(partition), {member: 1000})
+        store = RedisRetentionStore(redis=client, keys=keys)
+        assert await store.purge_finished(finished_before_ms=2000, limit=100) == len(ids)
+        for instance_id in ids:
+            assert await client.exists(keys.instance(instance_id)) == 0
+            assert await client.zcard(keys.index_all(keys.partition(instance_id))) == 0
+    finally:
+        await client.aclose()

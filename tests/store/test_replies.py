@@ -1,0 +1,40 @@
+"""map_redis_errors: which Redis and Redis Cluster errors are outages (UNAVAILABLE), which bugs."""
+
+from __future__ import annotations
+
+import pytest
+from redis import exceptions as redis_errors
+
+from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store.replies import map_redis_errors
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ConnectionError("gone"),
+        redis_errors.TimeoutError("late"),
+        redis_errors.BusyLoadingError("loading"),
+        redis_errors.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        redis_errors.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        redis_errors.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        redis_errors.RedisClusterException("All slots are not covered after query all nodes."),
+        redis_errors.SlotNotCoveredError("Slot 5 is not covered by the cluster."),
+    ],
+)
+def test_outages_are_store_unavailable(error: Exception) -> None:
+    with pytest.raises(StoreUnavailableError), map_redis_errors():
+        raise error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.RedisClusterException("EVALSHA - all keys must map to the same key slot"),
+        redis_errors.ClusterCrossSlotError("CROSSSLOT Keys in request don't hash to the same slot"),
+        redis_errors.ResponseError("WRONGTYPE Operation against a key"),
+    ],
+)
+def test_bugs_are_not_outages(error: Exception) -> None:
+    with pytest.raises(type(error)), map_redis_errors():
+        raise error
