@@ -12,6 +12,7 @@ from okra_sidecar.engine.definitions.tasks import RetryPolicy, TaskNode
 from okra_sidecar.engine.interpreter.arguments import TaskArguments
 from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, error_matches
 from okra_sidecar.engine.interpreter.retries import jitter_ms, retry_delay_ms
+from okra_sidecar.engine.interpreter.threads import Frame, Slot
 from okra_sidecar.engine.interpreter.turn import TurnBase, truthy
 
 __all__ = ["CatchingTurn"]
@@ -49,7 +50,7 @@ class CatchingTurn(TurnBase):
                     raise
                 fault = raised  # handling the error raised another one: handle that
 
-    def catch(self, frame: dict[str, Any], index: int, fault: WorkflowFaultError) -> bool:
+    def catch(self, frame: Frame, index: int, fault: WorkflowFaultError) -> bool:
         """Whether the `try` of `frame` (on top of the stack) catches the error, and handle it."""
         node = self.plan.nodes[frame["task"]]
         spec = node.body.catch
@@ -78,7 +79,7 @@ class CatchingTurn(TurnBase):
             raised.depth = index  # the try's own conditions failed: it cannot catch that
             raise
         if spec.do is not None:
-            catch_frame = {
+            catch_frame: Frame = {
                 "list": spec.do,
                 "index": 0,
                 "kind": "catch",
@@ -107,7 +108,7 @@ class CatchingTurn(TurnBase):
         )
 
     def schedule_retry(
-        self, frame: dict[str, Any], node: TaskNode, policy: RetryPolicy, args: TaskArguments
+        self, frame: Frame, node: TaskNode, policy: RetryPolicy, args: TaskArguments
     ) -> bool:
         """Wait in a backoff slot before the next attempt; False when the limits say no more."""
         retry = frame.get("retries", 0) + 1
@@ -129,7 +130,7 @@ class CatchingTurn(TurnBase):
         self.slot = {"ref": ref, "retry": retry, "due": due}
         return True
 
-    def resume_retry(self, slot: dict[str, Any]) -> bool:
+    def resume_retry(self, slot: Slot) -> bool:
         if self.now < slot["due"]:
             return False
         self.changed = True
@@ -142,7 +143,7 @@ class CatchingTurn(TurnBase):
         self.start_attempt(frame, node, self.frame_args(frame, node))
         return True
 
-    def start_attempt(self, frame: dict[str, Any], node: TaskNode, args: TaskArguments) -> None:
+    def start_attempt(self, frame: Frame, node: TaskNode, args: TaskArguments) -> None:
         policy = node.body.catch.retry
         if policy is not None and policy.attempt_duration is not None:
             limit = self.duration(policy.attempt_duration, frame["input"], args, node.reference)

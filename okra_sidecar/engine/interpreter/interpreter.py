@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.definitions.pointers import kind_of
@@ -45,7 +45,14 @@ from okra_sidecar.engine.interpreter.catching import CatchingTurn
 from okra_sidecar.engine.interpreter.effects import Effect
 from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, problem, timeout_fault
 from okra_sidecar.engine.interpreter.listening import subscriptions
-from okra_sidecar.engine.interpreter.threads import awaited_effects, threads, wake_at
+from okra_sidecar.engine.interpreter.threads import (
+    Branch,
+    Frame,
+    InstanceState,
+    awaited_effects,
+    threads,
+    wake_at,
+)
 from okra_sidecar.engine.interpreter.turn import STATE_VERSION, WorkflowEndedError, truthy
 from okra_sidecar.engine.interpreter.waiting import WaitingTurn
 from okra_sidecar.engine.runtime import board as turn_board
@@ -166,7 +173,13 @@ def advance(
             context=state["context"],
             changed=False,
         )
-    return _Turn(definition, state, signals, now_ms, max_steps).run()
+    # The state is one this module wrote (start_state or a TurnResult), back from JSON.
+    return _Turn(definition, cast(InstanceState, state), signals, now_ms, max_steps).run()
+
+
+def _as_json(state: InstanceState) -> dict[str, Any]:
+    """The state as the store keeps it: a JSON object (the same dict, typed for the caller)."""
+    return cast("dict[str, Any]", state)
 
 
 class _Turn(CatchingTurn, WaitingTurn):
@@ -223,7 +236,8 @@ class _Turn(CatchingTurn, WaitingTurn):
                 if status != _DONE:
                     return status
                 continue
-            tasks = lists[frame["list"]].tasks
+            # Not a fork frame (those have branches), so it names its task list.
+            tasks = lists[frame["list"]].tasks  # type: ignore[index]
             index = frame["index"]
             if index >= len(tasks):
                 self.finish_list()
@@ -264,13 +278,13 @@ class _Turn(CatchingTurn, WaitingTurn):
         for depth, frame in enumerate(self.stack):
             if "deadline" not in frame and "attemptDeadline" not in frame:
                 continue
-            for key, start, below in (
-                ("deadline", "startedAt", 0),
-                ("attemptDeadline", "attemptAt", 1),
+            # The frame's own timeout, then its try's attempt (which ends the attempt only).
+            for when, started, below in (
+                (frame.get("deadline"), frame.get("startedAt", 0), 0),
+                (frame.get("attemptDeadline"), frame.get("attemptAt", 0), 1),
             ):
-                when = frame.get(key)
                 if when is not None and when <= now and (expired is None or when < expired[0]):
-                    expired = (when, when - frame[start], frame["task"], depth + below)
+                    expired = (when, when - started, frame["task"], depth + below)
         slot = self.slot
         if slot is not None:
             when = slot.get("deadline")
@@ -314,7 +328,7 @@ class _Turn(CatchingTurn, WaitingTurn):
         elif kind == "fork":
             self.start_fork(node, raw, task_input, args)
         elif kind == "try":
-            frame = self.push(node, raw, task_input, args, node.body.do, kind="try")
+            frame = self.push(node, raw, task_input, args, node.body.do, {"kind": "try"})
             self.start_attempt(frame, node, args)
         elif kind == "emit":
             self.emit(node, task_input, args)
@@ -386,10 +400,12 @@ class _Turn(CatchingTurn, WaitingTurn):
         if not isinstance(items, list):
             detail = f"'for.in' must give an array to enumerate, not {kind_of(items)}"
             raise WorkflowFaultError(problem("expression", detail=detail, instance=node.reference))
-        frame = self.push(node, raw, task_input, args, spec.do, kind="for", items=items, at=-1)
+        frame = self.push(
+            node, raw, task_input, args, spec.do, {"kind": "for", "items": items, "at": -1}
+        )
         self.next_item(frame)
 
-    def next_item(self, frame: dict[str, Any]) -> None:
+    def next_item(self, frame: Frame) -> None:
         """Start the loop's next iteration with the current data, or complete the loop."""
         node = self.plan.nodes[frame["task"]]
         spec: ForSpec = node.body
@@ -410,15 +426,15 @@ class _Turn(CatchingTurn, WaitingTurn):
 
     def start_fork(self, node: TaskNode, raw: Any, task_input: Any, args: TaskArguments) -> None:
         outer = self.variables_below(len(self.stack))
-        branches = []
+        branches: list[Branch] = []
         for reference in node.body.branches:
-            root: dict[str, Any] = {"list": reference, "index": 0}
+            root: Frame = {"list": reference, "index": 0}
             if outer:
                 root["vars"] = outer
             branches.append({"stack": [root], "data": task_input, "task": None})
-        self.push(node, raw, task_input, args, None, kind="fork", branches=branches)
+        self.push(node, raw, task_input, args, None, {"kind": "fork", "branches": branches})
 
-    def run_fork(self, frame: dict[str, Any]) -> str:
+    def run_fork(self, frame: Frame) -> str:
         """Run every branch of the fork on top of the stack; complete it when it may."""
         node = self.plan.nodes[frame["task"]]
         compete = node.body.compete
@@ -431,7 +447,7 @@ class _Turn(CatchingTurn, WaitingTurn):
             for index, branch in enumerate(branches):
                 if branch.get("done"):
                     continue
-                self.stack = [dict(f) for f in branch["stack"]]
+                self.stack = [f.copy() for f in branch["stack"]]
                 self.data = branch["data"]
                 self.slot = branch["task"]
                 self.forks += 1
@@ -535,7 +551,7 @@ class _Turn(CatchingTurn, WaitingTurn):
         outcome: TurnOutcome,
         current_step: str,
         *,
-        state: dict[str, Any] | None = None,
+        state: InstanceState | None = None,
         output: Any = None,
         error: dict[str, Any] | None = None,
         wake_at_ms: int | None = None,
@@ -553,7 +569,7 @@ class _Turn(CatchingTurn, WaitingTurn):
         elif state is None:
             state = self.snapshot(outcome.value)
         return TurnResult(
-            state=state,
+            state=_as_json(state),
             outcome=outcome,
             current_step=current_step,
             output=output,

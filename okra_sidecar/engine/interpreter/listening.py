@@ -38,6 +38,7 @@ from okra_sidecar.engine.definitions.tasks import (
     EventFilter,
 )
 from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE
+from okra_sidecar.engine.interpreter.threads import Slot
 
 __all__ = [
     "ListenProgress",
@@ -157,8 +158,12 @@ class ListenProgress:
         self.until_matched: list[int] = list(state.get("untilMatched", ()))
         self.correlation: dict[str, Any] = dict(state.get("corr", {}))
 
-    def to_state(self) -> dict[str, Any]:
-        state = {"events": self.events, "matched": self.matched, "untilMatched": self.until_matched}
+    def to_state(self) -> Slot:
+        state: Slot = {
+            "events": self.events,
+            "matched": self.matched,
+            "untilMatched": self.until_matched,
+        }
         if self.correlation:
             state["corr"] = self.correlation
         return state

@@ -16,19 +16,93 @@ Slots are JSON objects: `ref`, `rawInput`, `input`, `startedAt`, `deadline`, plu
 retry backoff), `effect` (the id of the awaited effect), `retry` (the retry number),
 `authorization` (a call's resolved authorization), and the listen progress (`events`,
 `matched`, `untilMatched`, `corr`; with foreach also `queue`, `outputs`, `n`, `done`).
+
+`Frame`, `Slot`, `Branch` and `InstanceState` below say the same as types, which mypy checks
+the interpreter against; at run time they are plain dicts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["awaited_effects", "threads", "wake_at"]
+__all__ = ["Branch", "Frame", "InstanceState", "Slot", "awaited_effects", "threads", "wake_at"]
 
 
-def threads(
-    stack: list[dict[str, Any]], slot: dict[str, Any] | None
-) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+class Slot(TypedDict, total=False):
+    """The task a thread waits in (see the module docstring)."""
+
+    ref: str
+    rawInput: Any
+    input: Any
+    startedAt: int
+    deadline: int | None
+    due: int
+    effect: str
+    retry: int
+    authorization: Any
+    # A listen's progress (listening.ListenProgress) and, with foreach, its queue.
+    events: list[Any]
+    matched: list[int]
+    untilMatched: list[int]
+    corr: dict[str, Any]
+    queue: list[Any]
+    outputs: list[Any]
+    n: int
+    done: bool
+
+
+class Branch(TypedDict, total=False):
+    """A fork's branch: its own thread while it runs, its output once done."""
+
+    stack: list[Frame]
+    data: Any
+    task: Slot | None
+    done: bool
+    output: Any
+
+
+class Frame(TypedDict, total=False):
+    """One task list being run, or a composite task's frame (see the module docstring)."""
+
+    list: str | None  # a TaskList reference; a fork frame has none
+    index: int
+    task: str
+    rawInput: Any
+    input: Any
+    startedAt: int
+    deadline: int | None
+    kind: str
+    items: list[Any]
+    at: int
+    retries: int
+    attemptDeadline: int | None
+    attemptAt: int
+    listen: Slot
+    branches: list[Branch]
+    vars: dict[str, Any]
+
+
+class InstanceState(TypedDict):
+    """An instance's saved state (start_state() builds it, each advance() returns the next)."""
+
+    v: int
+    id: str
+    workflow: str
+    status: str
+    startedAt: int
+    input: Any
+    context: Any
+    data: Any
+    stack: list[Frame]
+    task: Slot | None
+    deadline: int | None
+    output: Any
+    error: Any
+    seq: int
+
+
+def threads(stack: list[Frame], slot: Slot | None) -> Iterator[tuple[list[Frame], Slot | None]]:
     """Every running thread, depth first: the given one, then its forks' branches."""
     yield stack, slot
     for frame in stack:
@@ -40,7 +114,7 @@ def threads(
                 yield from threads(branch["stack"], branch["task"])
 
 
-def awaited_effects(stack: list[dict[str, Any]], slot: dict[str, Any] | None) -> set[str]:
+def awaited_effects(stack: list[Frame], slot: Slot | None) -> set[str]:
     """The ids of the effects whose result some task still waits for."""
     return {
         waiting["effect"]
@@ -49,17 +123,14 @@ def awaited_effects(stack: list[dict[str, Any]], slot: dict[str, Any] | None) ->
     }
 
 
-def wake_at(
-    stack: list[dict[str, Any]], slot: dict[str, Any] | None, deadline: int | None
-) -> int | None:
+def wake_at(stack: list[Frame], slot: Slot | None, deadline: int | None) -> int | None:
     """The earliest time a waiting instance needs a turn: a wait, a backoff or a timeout."""
     wakes: list[int] = [] if deadline is None else [deadline]
     for frames, waiting in threads(stack, slot):
         if waiting is not None:
             wakes.extend(w for w in (waiting.get("due"), waiting.get("deadline")) if w is not None)
         for frame in frames:
-            for key in ("deadline", "attemptDeadline"):
-                when = frame.get(key)
-                if when is not None:
-                    wakes.append(when)
+            wakes.extend(
+                w for w in (frame.get("deadline"), frame.get("attemptDeadline")) if w is not None
+            )
     return min(wakes, default=None)

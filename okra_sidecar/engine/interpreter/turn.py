@@ -25,6 +25,7 @@ from okra_sidecar.engine.interpreter.faults import (
     validation_fault,
 )
 from okra_sidecar.engine.interpreter.listening import Signal
+from okra_sidecar.engine.interpreter.threads import Frame, InstanceState, Slot
 
 __all__ = ["STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
 
@@ -52,7 +53,7 @@ class TurnBase:
     def __init__(
         self,
         definition: WorkflowDefinition,
-        state: dict[str, Any],
+        state: InstanceState,
         signals: Sequence[Signal],
         now_ms: int,
         max_steps: int,
@@ -65,9 +66,9 @@ class TurnBase:
         self.max_steps = max_steps
         self.steps = 0
         # The running thread: frames are small dicts, copied so the caller's state stays intact.
-        self.stack: list[dict[str, Any]] = [dict(frame) for frame in state["stack"]]
+        self.stack: list[Frame] = [frame.copy() for frame in state["stack"]]
         self.data: Any = state["data"]
-        self.slot: dict[str, Any] | None = state["task"]
+        self.slot: Slot | None = state["task"]
         self.context: Any = state["context"]
         self.deadline: int | None = state["deadline"]
         self.seq: int = state.get("seq", 0)
@@ -135,10 +136,8 @@ class TurnBase:
             }
         return self._workflow
 
-    def new_slot(
-        self, node: TaskNode, raw: Any, task_input: Any, args: TaskArguments
-    ) -> dict[str, Any]:
-        slot: dict[str, Any] = {
+    def new_slot(self, node: TaskNode, raw: Any, task_input: Any, args: TaskArguments) -> Slot:
+        slot: Slot = {
             "ref": node.reference,
             "rawInput": raw,
             "input": task_input,
@@ -157,18 +156,19 @@ class TurnBase:
         task_input: Any,
         args: TaskArguments,
         task_list: str | None,
-        **more: Any,
-    ) -> dict[str, Any]:
+        more: Frame | None = None,
+    ) -> Frame:
         """Start a composite task: its frame runs `task_list` with the task input as data."""
-        frame: dict[str, Any] = {
+        frame: Frame = {
             "list": task_list,
             "index": 0,
             "task": node.reference,
             "rawInput": raw,
             "input": task_input,
             "startedAt": self.now,
-            **more,
         }
+        if more is not None:
+            frame.update(more)
         if node.timeout is not None:
             timeout = self.duration(node.timeout, task_input, args, node.reference)
             frame["deadline"] = self.now + timeout
@@ -176,13 +176,13 @@ class TurnBase:
         self.data = task_input
         return frame
 
-    def slot_args(self, slot: dict[str, Any], node: TaskNode) -> TaskArguments:
+    def slot_args(self, slot: Slot, node: TaskNode) -> TaskArguments:
         args = TaskArguments(self, node, slot["rawInput"], slot["startedAt"])
         args.input = slot["input"]
         args.authorization = slot.get("authorization")
         return args
 
-    def frame_args(self, frame: dict[str, Any], node: TaskNode) -> TaskArguments:
+    def frame_args(self, frame: Frame, node: TaskNode) -> TaskArguments:
         args = TaskArguments(self, node, frame["rawInput"], frame["startedAt"])
         args.input = frame["input"]
         return args
@@ -223,7 +223,8 @@ class TurnBase:
         elif kind == "goto":
             frame["index"] = directive.target
         elif kind == "exit":
-            frame["index"] = len(self.plan.lists[frame["list"]].tasks)
+            # A fork frame never takes a directive: its branches run their own lists.
+            frame["index"] = len(self.plan.lists[frame["list"]].tasks)  # type: ignore[index]
             if frame.get("kind") == "for":
                 frame["at"] = len(frame["items"])  # `exit` leaves the loop, not the iteration
         else:  # end: finish the workflow now, composites (and forks around) included
@@ -231,8 +232,8 @@ class TurnBase:
             if self.forks:
                 raise WorkflowEndedError(self.data)
 
-    def snapshot(self, status: str, *, output: Any = None, error: Any = None) -> dict[str, Any]:
-        state = dict(self.state)
+    def snapshot(self, status: str, *, output: Any = None, error: Any = None) -> InstanceState:
+        state = self.state.copy()
         state["v"] = STATE_VERSION
         state["status"] = status
         state["context"] = self.context

@@ -26,7 +26,7 @@ from okra_sidecar.engine.interpreter.listening import (
     expected_correlation,
     read_event,
 )
-from okra_sidecar.engine.interpreter.threads import awaited_effects
+from okra_sidecar.engine.interpreter.threads import Frame, Slot, awaited_effects
 from okra_sidecar.engine.interpreter.turn import TurnBase
 
 __all__ = ["WaitingTurn"]
@@ -40,7 +40,7 @@ class WaitingTurn(TurnBase):
         return f"e{self.seq}"
 
     def ask(
-        self, kind: EffectKind, node: TaskNode, request: dict[str, Any], slot: dict[str, Any] | None
+        self, kind: EffectKind, node: TaskNode, request: dict[str, Any], slot: Slot | None
     ) -> str:
         """Record an effect; with a slot, the task waits in it for the result."""
         effect_id = self.next_effect_id()
@@ -117,7 +117,7 @@ class WaitingTurn(TurnBase):
         self.taken.add(signal.entry_id)
         self.consumed.append(signal.entry_id)
 
-    def resume_effect(self, slot: dict[str, Any], node: TaskNode) -> bool:
+    def resume_effect(self, slot: Slot, node: TaskNode) -> bool:
         signal = self.results().get(slot["effect"])
         if signal is None or signal.entry_id in self.taken:
             return False
@@ -148,7 +148,7 @@ class WaitingTurn(TurnBase):
                 self.take(signal)
 
     def start_listen(
-        self, node: TaskNode, slot: dict[str, Any], task_input: Any, args: TaskArguments
+        self, node: TaskNode, slot: Slot, task_input: Any, args: TaskArguments
     ) -> None:
         try:
             keys = expected_correlation(node.body.to, task_input, args)
@@ -157,9 +157,9 @@ class WaitingTurn(TurnBase):
         if keys:
             slot["corr"] = keys
         if node.body.foreach is not None:
-            slot.update(queue=[], outputs=[], n=0, done=False)
+            slot.update({"queue": [], "outputs": [], "n": 0, "done": False})
 
-    def resume_listen(self, slot: dict[str, Any], node: TaskNode) -> bool:
+    def resume_listen(self, slot: Slot, node: TaskNode) -> bool:
         spec = node.body
         args = self.slot_args(slot, node)
         progress = ListenProgress(slot)
@@ -190,7 +190,7 @@ class WaitingTurn(TurnBase):
         self.complete_task(node, args, output)
         return True
 
-    def next_listened(self, slot: dict[str, Any], node: TaskNode) -> bool:
+    def next_listened(self, slot: Slot, node: TaskNode) -> bool:
         """`foreach`: run the tasks for the next queued event, or complete the listen."""
         spec = node.body
         foreach = spec.foreach
@@ -200,13 +200,13 @@ class WaitingTurn(TurnBase):
             item = read_event(event, spec.read)
             outer = self.variables_below(len(self.stack)) or {}
             variables = {**outer, foreach.item: item, foreach.at: slot["n"]}
-            saved = {**slot, "queue": rest}
+            saved: Slot = {**slot, "queue": rest}
             if foreach.do is None:
                 args = self.slot_args(slot, node)
                 args.variables = variables
                 slot = self.listened(node, args, saved, item)
                 continue
-            frame = {
+            frame: Frame = {
                 "list": foreach.do,
                 "index": 0,
                 "kind": "foreach",
@@ -231,7 +231,7 @@ class WaitingTurn(TurnBase):
         self.complete_task(node, self.slot_args(slot, node), slot["outputs"])
         return True
 
-    def next_event(self, frame: dict[str, Any]) -> None:
+    def next_event(self, frame: Frame) -> None:
         """The tasks of one listened event ran: record its output and go back to the listen."""
         node = self.plan.nodes[frame["task"]]
         args = self.frame_args(frame, node)
@@ -239,9 +239,7 @@ class WaitingTurn(TurnBase):
         self.stack.pop()
         self.slot = saved
 
-    def listened(
-        self, node: TaskNode, args: TaskArguments, saved: dict[str, Any], output: Any
-    ) -> dict[str, Any]:
+    def listened(self, node: TaskNode, args: TaskArguments, saved: Slot, output: Any) -> Slot:
         """Apply foreach.output and foreach.export to one event's output; the updated slot."""
         foreach = node.body.foreach
         ref = node.reference
