@@ -20,13 +20,16 @@ import grpc
 from okra_client.errors import REASONS, OkraRpcError, error_from_rpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from okra_client.handle import WorkflowHandle
 from okra_client.models import (
+    FINISHED_STATUSES,
     STATUS_TO_PB,
     HistoryEvent,
     HistoryPage,
     Json,
     QueryPage,
     SignalResult,
+    SignalWithStartResult,
     WorkflowInfo,
     WorkflowInstance,
     WorkflowStatus,
@@ -47,7 +50,33 @@ __all__ = ["DEFAULT_TARGET", "OkraClient", "RetryPolicy"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
+# wait() asks AwaitInstance for at most this long per call, then asks again (no deadline on
+# the wait itself means calls of this length, one after the other).
+AWAIT_CALL_S = 30.0
+# A wait with less time than this left gives up instead of making a call that cannot wait.
+MIN_AWAIT_S = 0.1
 R = TypeVar("R")
+
+
+def _set_filters(
+    request: pb.QueryRequest | pb.CountRequest,
+    *,
+    workflow_id: str | None,
+    status: Iterable[WorkflowStatus | str],
+    tags: Mapping[str, str] | None,
+    correlation_id: str | None,
+    started_after: datetime | None,
+    started_before: datetime | None,
+) -> None:
+    """Query's filters, which Count shares, on either request."""
+    request.workflow_id = workflow_id or ""
+    request.status.extend(STATUS_TO_PB[WorkflowStatus(s)] for s in status)
+    request.tags.update(tags or {})
+    request.correlation_id = correlation_id or ""
+    if started_after is not None:
+        request.started_after.CopyFrom(to_timestamp(started_after))
+    if started_before is not None:
+        request.started_before.CopyFrom(to_timestamp(started_before))
 
 
 @dataclass(frozen=True)
@@ -228,18 +257,16 @@ class OkraClient:
         timeout_s: float | None = None,
     ) -> QueryPage:
         """One page of the instances matching every filter given, newest first."""
-        request = pb.QueryRequest(
-            workflow_id=workflow_id or "",
-            status=[STATUS_TO_PB[WorkflowStatus(s)] for s in status],
-            tags=dict(tags or {}),
-            correlation_id=correlation_id or "",
-            limit=limit or 0,
-            cursor=cursor or "",
+        request = pb.QueryRequest(limit=limit or 0, cursor=cursor or "")
+        _set_filters(
+            request,
+            workflow_id=workflow_id,
+            status=status,
+            tags=tags,
+            correlation_id=correlation_id,
+            started_after=started_after,
+            started_before=started_before,
         )
-        if started_after is not None:
-            request.started_after.CopyFrom(to_timestamp(started_after))
-        if started_before is not None:
-            request.started_before.CopyFrom(to_timestamp(started_before))
         response = await self._call(
             lambda t: self._stub.Query(request, timeout=t, metadata=self._metadata),
             timeout_s=timeout_s,
@@ -382,26 +409,171 @@ class OkraClient:
         self,
         instance_id: str,
         *,
-        until: Iterable[WorkflowStatus | str] = (
-            WorkflowStatus.COMPLETED,
-            WorkflowStatus.FAILED,
-            WorkflowStatus.CANCELLED,
-        ),
-        timeout_s: float = 30.0,
-        poll_s: float = 0.1,
+        until: Iterable[WorkflowStatus | str] = FINISHED_STATUSES,
+        timeout_s: float | None = 30.0,
     ) -> WorkflowInstance:
-        """Poll GetStatus until the instance reaches a status in `until` (finished by default).
+        """The instance once its status is in `until` (finished by default).
+
+        Nothing polls: each AwaitInstance call returns when the instance changes to a status
+        in `until`, or just before its deadline, and then the next call waits on.
 
         Raises:
-            TimeoutError: it did not within `timeout_s` seconds.
+            TimeoutError: it did not within `timeout_s` seconds (None: wait for ever).
         """
-        wanted = {WorkflowStatus(s) for s in until}
-        async with asyncio.timeout(timeout_s):
-            while True:
-                instance = await self.get_status(instance_id)
-                if instance.status in wanted:
-                    return instance
-                await asyncio.sleep(poll_s)
+        wanted = frozenset(WorkflowStatus(s) for s in until)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left < MIN_AWAIT_S:
+                raise TimeoutError(
+                    f"instance {instance_id} was not {', '.join(sorted(wanted))} "
+                    f"within {timeout_s} s"
+                )
+            instance = await self.await_instance(
+                instance_id,
+                statuses=wanted,
+                timeout_s=AWAIT_CALL_S if left is None else min(AWAIT_CALL_S, left),
+            )
+            if instance.status in wanted:
+                return instance
+
+    async def await_instance(
+        self,
+        instance_id: str,
+        *,
+        statuses: Iterable[WorkflowStatus | str] = (),
+        revision: int | None = None,
+        timeout_s: float | None = None,
+    ) -> WorkflowInstance:
+        """One AwaitInstance call: the instance once its status is in `statuses` (finished
+        when empty) or its revision is not `revision`; just before `timeout_s` (the client's
+        default when None), the instance as it is."""
+        request = pb.AwaitInstanceRequest(
+            instance_id=instance_id, statuses=[STATUS_TO_PB[WorkflowStatus(s)] for s in statuses]
+        )
+        if revision is not None:
+            request.revision = revision
+        response = await self._call(
+            lambda t: self._stub.AwaitInstance(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return instance_from_pb(response.instance)
+
+    async def watch(
+        self, instance_id: str, *, timeout_s: float | None = None
+    ) -> AsyncIterator[WorkflowInstance]:
+        """The instance now, then at each change, until it has finished (WatchInstance).
+
+        The client's default deadline does not apply: `timeout_s` bounds the whole stream
+        (None: none). A stream that fails is not resumed; watch again to go on.
+        """
+        call = self._stub.WatchInstance(
+            pb.WatchInstanceRequest(instance_id=instance_id),
+            timeout=timeout_s,
+            metadata=self._metadata,
+        )
+        try:
+            async for message in call:
+                yield instance_from_pb(message.instance)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
+
+    async def start(
+        self,
+        workflow_id: str,
+        input: Json,
+        *,
+        correlation_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> WorkflowHandle:
+        """Run (see `run`), returning a handle on the instance."""
+        instance_id = await self.run(
+            workflow_id,
+            input,
+            correlation_id=correlation_id,
+            tags=tags,
+            request_id=request_id,
+            timeout_s=timeout_s,
+        )
+        return WorkflowHandle(self, instance_id)
+
+    def get_handle(self, instance_id: str) -> WorkflowHandle:
+        """A handle on an instance that exists (nothing is called until it is used)."""
+        return WorkflowHandle(self, instance_id)
+
+    async def signal_with_start(
+        self,
+        workflow_id: str,
+        input: Json,
+        signal: str,
+        payload: Json = None,
+        *,
+        request_id: str,
+        correlation_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        signal_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> SignalWithStartResult:
+        """Start the instance `request_id` names unless it exists, then signal it, atomically.
+
+        Retried on UNAVAILABLE only with a `signal_id` (the request id already finds the same
+        instance; the signal id keeps the signal from being delivered twice).
+        """
+        request = pb.SignalWithStartRequest(
+            run=pb.RunRequest(
+                workflow_id=workflow_id,
+                input=to_value(input),
+                correlation_id=correlation_id or "",
+                tags=dict(tags or {}),
+                request_id=request_id,
+            ),
+            signal=signal,
+            payload=to_value(payload),
+            signal_id=signal_id or "",
+        )
+        response = await self._call(
+            lambda t: self._stub.SignalWithStart(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=bool(signal_id),
+        )
+        return SignalWithStartResult(
+            response.instance_id, response.started, response.signal_id, response.duplicate
+        )
+
+    async def count(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: Iterable[WorkflowStatus | str] = (),
+        tags: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        timeout_s: float | None = None,
+    ) -> int:
+        """How many instances match every filter given (Query's filters), exactly."""
+        request = pb.CountRequest()
+        _set_filters(
+            request,
+            workflow_id=workflow_id,
+            status=status,
+            tags=tags,
+            correlation_id=correlation_id,
+            started_after=started_after,
+            started_before=started_before,
+        )
+        response = await self._call(
+            lambda t: self._stub.Count(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=True,
+        )
+        return response.count
 
     async def _call(
         self,

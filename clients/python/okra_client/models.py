@@ -17,6 +17,7 @@ __all__ = [
     "Json",
     "QueryPage",
     "SignalResult",
+    "SignalWithStartResult",
     "WorkflowError",
     "WorkflowInfo",
     "WorkflowInstance",
@@ -91,6 +92,9 @@ class WorkflowInstance:
     correlation_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     cancel_reason: str | None = None
+    # Grows with every change the sidecar commits; `OkraClient.await_instance(revision=...)`
+    # waits for the next one.
+    revision: int = 0
 
     @property
     def finished(self) -> bool:
@@ -155,6 +159,16 @@ class HistoryPage:
 
     events: list[HistoryEvent]
     cursor: str | None
+
+
+@dataclass(frozen=True)
+class SignalWithStartResult:
+    """What SignalWithStart did: the instance, whether it started it, and the signal's id."""
+
+    instance_id: str
+    started: bool
+    signal_id: str
+    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -238,6 +252,7 @@ def instance_from_pb(message: pb.WorkflowInstance) -> WorkflowInstance:
         correlation_id=message.correlation_id or None,
         tags=dict(message.tags),
         cancel_reason=message.cancel_reason or None,
+        revision=message.revision,
     )
 
 

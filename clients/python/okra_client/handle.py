@@ -1,0 +1,105 @@
+"""WorkflowHandle: one instance, in temporalio's style (`handle = await client.start(...)`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+
+from okra_client.models import (
+    FINISHED_STATUSES,
+    HistoryEvent,
+    Json,
+    SignalResult,
+    WorkflowInstance,
+    WorkflowStatus,
+)
+
+if TYPE_CHECKING:
+    from okra_client.client import OkraClient
+
+__all__ = ["WorkflowFailedError", "WorkflowHandle"]
+
+
+class WorkflowFailedError(Exception):
+    """`result()` of an instance that failed or was cancelled; `instance` has the details."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        if instance.status is WorkflowStatus.CANCELLED:
+            reason = f": {instance.cancel_reason}" if instance.cancel_reason else ""
+            message = f"instance {instance.instance_id} was cancelled{reason}"
+        else:
+            error = instance.error
+            detail = f": {error.title}: {error.detail}" if error is not None else ""
+            message = f"instance {instance.instance_id} failed{detail}"
+        super().__init__(message)
+        self.instance = instance
+
+
+class WorkflowHandle:
+    """An instance's id and the client, with the verbs that act on that one instance.
+
+    Waiting (`result`, `wait`, `watch`) goes through AwaitInstance and WatchInstance: the
+    sidecar answers when the instance changes, so nothing polls.
+    """
+
+    def __init__(self, client: OkraClient, instance_id: str) -> None:
+        self._client = client
+        self.id = instance_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+    async def describe(self, *, timeout_s: float | None = None) -> WorkflowInstance:
+        """The instance as it is now (GetStatus)."""
+        return await self._client.get_status(self.id, timeout_s=timeout_s)
+
+    async def wait(
+        self,
+        *,
+        until: Iterable[WorkflowStatus | str] = FINISHED_STATUSES,
+        timeout_s: float | None = None,
+    ) -> WorkflowInstance:
+        """The instance once its status is in `until` (finished by default).
+
+        Raises:
+            TimeoutError: it was not within `timeout_s` seconds (None: wait for ever).
+        """
+        return await self._client.wait(self.id, until=until, timeout_s=timeout_s)
+
+    async def result(self, *, timeout_s: float | None = None) -> Json:
+        """The workflow's output once it has completed.
+
+        Raises:
+            WorkflowFailedError: it failed or was cancelled.
+            TimeoutError: it did not finish within `timeout_s` seconds (None: wait for ever).
+        """
+        instance = await self.wait(timeout_s=timeout_s)
+        if instance.status is not WorkflowStatus.COMPLETED:
+            raise WorkflowFailedError(instance)
+        return instance.output
+
+    def watch(self) -> AsyncIterator[WorkflowInstance]:
+        """The instance now, then at each change, until it has finished (WatchInstance)."""
+        return self._client.watch(self.id)
+
+    async def signal(
+        self,
+        signal: str,
+        payload: Json = None,
+        *,
+        signal_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> SignalResult:
+        """Deliver `signal` with `payload` (see OkraClient.signal)."""
+        return await self._client.signal(
+            self.id, signal, payload, signal_id=signal_id, timeout_s=timeout_s
+        )
+
+    async def cancel(self, reason: str | None = None, *, timeout_s: float | None = None) -> None:
+        """Cancel the instance (see OkraClient.cancel)."""
+        await self._client.cancel(self.id, reason, timeout_s=timeout_s)
+
+    async def history(self, *, page_size: int | None = None) -> AsyncIterator[HistoryEvent]:
+        """Every lifecycle event, oldest first, page by page."""
+        async for event in self._client.history(self.id, page_size=page_size):
+            yield event
