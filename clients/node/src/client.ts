@@ -76,15 +76,59 @@ export interface WorkflowInstance {
   correlationId?: string;
   tags: Record<string, string>;
   cancelReason?: string;
+  /** Grows with every change the sidecar commits (an int64, as a decimal string). */
+  revision: string;
 }
 
-export interface QueryOptions {
+/** A Run and a Signal for the instance the Run's `requestId` names (required here). */
+export interface SignalWithStartInput extends WorkflowInput {
+  requestId: string;
+  signal: string;
+  payload?: unknown;
+  signalId?: string;
+}
+
+export interface SignalWithStartResult {
+  instanceId: string;
+  /** True when this call created the instance. */
+  started: boolean;
+  signalId: string;
+  duplicate: boolean;
+}
+
+export interface AwaitOptions {
+  /** Return once the status is one of these; every final status when omitted. */
+  statuses?: WorkflowStatus[];
+  /** Also return once the instance's revision is not this one. */
+  revision?: string;
+  /** The call's deadline (the client's `timeoutMs` when omitted). */
+  timeoutMs?: number;
+}
+
+export interface WaitOptions {
+  /** The statuses to wait for; every final status when omitted. */
+  until?: WorkflowStatus[];
+  /** Give up (rejecting with a TimeoutError) after this long; 30 s when omitted. */
+  timeoutMs?: number;
+}
+
+export const FINAL_STATUSES: readonly WorkflowStatus[] = ["completed", "failed", "cancelled"];
+// wait() makes AwaitInstance calls of at most this long, each answered when the instance
+// changes; it never polls GetStatus.
+const AWAIT_CALL_MS = 30_000;
+const MIN_AWAIT_MS = 100;
+
+/** Query's filters, which Count takes too. */
+export interface FilterOptions {
   workflowId?: string;
   status?: WorkflowStatus[];
   tags?: Record<string, string>;
   correlationId?: string;
   startedAfter?: string;
   startedBefore?: string;
+}
+
+export interface QueryOptions extends FilterOptions {
   limit?: number;
   cursor?: string;
 }
@@ -460,8 +504,13 @@ export class OkraClient {
    * retryable, attempts remain and the retry can start before the deadline, after at least
    * the sidecar's RetryInfo delay.
    */
-  private async call(method: string, request: object, idempotent = false): Promise<RawMessage> {
-    const deadline = new Date(Date.now() + this.timeoutMs);
+  private async call(
+    method: string,
+    request: object,
+    idempotent = false,
+    timeoutMs = this.timeoutMs,
+  ): Promise<RawMessage> {
+    const deadline = new Date(Date.now() + timeoutMs);
     const { maxAttempts, initialBackoffMs, maxBackoffMs } = this.retry;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -509,16 +558,11 @@ export class OkraClient {
   }
 
   async query(options: QueryOptions = {}): Promise<QueryResult> {
-    const request: Record<string, unknown> = {
-      workflowId: options.workflowId ?? "",
-      status: (options.status ?? []).map((s) => STATUS_PREFIX + s.toUpperCase()),
-      tags: options.tags ?? {},
-      correlationId: options.correlationId ?? "",
+    const request = {
+      ...toFilters(options),
       limit: options.limit ?? 0,
       cursor: options.cursor ?? "",
     };
-    if (options.startedAfter) request.startedAfter = toTimestamp(options.startedAfter);
-    if (options.startedBefore) request.startedBefore = toTimestamp(options.startedBefore);
     const response = await this.call("Query", request, true);
     const instances = (response.instances ?? []).map(toInstance);
     return response.cursor ? { instances, cursor: response.cursor } : { instances };
@@ -532,6 +576,107 @@ export class OkraClient {
       yield* page.instances;
       cursor = page.cursor;
     } while (cursor);
+  }
+
+  /** The exact number of instances matching every filter given (Query's filters). */
+  async count(options: FilterOptions = {}): Promise<number> {
+    const response = await this.call("Count", toFilters(options), true);
+    return Number(response.count ?? 0);
+  }
+
+  /**
+   * One AwaitInstance call: the instance once its status is in `statuses` (any final one by
+   * default) or its revision is not `revision`; just before the deadline, as it is.
+   */
+  async awaitInstance(instanceId: string, options: AwaitOptions = {}): Promise<WorkflowInstance> {
+    const request: Record<string, unknown> = {
+      instanceId,
+      statuses: (options.statuses ?? []).map(toStatus),
+    };
+    if (options.revision !== undefined) request.revision = options.revision;
+    const response = await this.call("AwaitInstance", request, true, options.timeoutMs);
+    return toInstance(response.instance ?? {});
+  }
+
+  /**
+   * The instance once its status is in `until` (finished by default), through AwaitInstance
+   * calls that the sidecar answers when the instance changes: nothing polls.
+   */
+  async wait(instanceId: string, options: WaitOptions = {}): Promise<WorkflowInstance> {
+    const until = options.until ?? FINAL_STATUSES;
+    const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left < MIN_AWAIT_MS) {
+        const error = new Error(`instance ${instanceId} was not ${until.join(", ")} in time`);
+        error.name = "TimeoutError";
+        throw error;
+      }
+      const instance = await this.awaitInstance(instanceId, {
+        statuses: [...until],
+        timeoutMs: Math.min(AWAIT_CALL_MS, left),
+      });
+      if (until.includes(instance.status)) return instance;
+    }
+  }
+
+  /**
+   * WatchInstance: the instance now, then at each change, until it has finished. Without
+   * `timeoutMs` the stream has no deadline; it is not retried.
+   */
+  async *watch(instanceId: string, options: { timeoutMs?: number } = {}): AsyncGenerator<WorkflowInstance> {
+    const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+    const stream = (this.stub as RawMessage).WatchInstance(
+      { instanceId },
+      new grpc.Metadata(),
+      { deadline },
+    ) as grpc.ClientReadableStream<RawMessage>;
+    try {
+      for await (const message of stream) yield toInstance(message.instance ?? {});
+    } catch (error) {
+      const failed = error as grpc.ServiceError;
+      if (typeof failed.code === "number") {
+        throw new OkraError(failed.code, failed.details, errorDetails(failed));
+      }
+      throw error;
+    } finally {
+      stream.cancel();
+    }
+  }
+
+  /**
+   * Start the instance `requestId` names unless it exists, then signal it, in one atomic
+   * step. Retried only with a `signalId`, which keeps the signal from being delivered twice.
+   */
+  async signalWithStart(input: SignalWithStartInput): Promise<SignalWithStartResult> {
+    const response = await this.call("SignalWithStart", {
+      run: {
+        workflowId: input.workflowId,
+        input: toValue(input.input),
+        correlationId: input.correlationId ?? "",
+        tags: input.tags ?? {},
+        requestId: input.requestId,
+      },
+      signal: input.signal,
+      payload: toValue(input.payload),
+      signalId: input.signalId ?? "",
+    }, Boolean(input.signalId));
+    return {
+      instanceId: response.instanceId ?? "",
+      started: Boolean(response.started),
+      signalId: response.signalId ?? "",
+      duplicate: Boolean(response.duplicate),
+    };
+  }
+
+  /** Run, returning a handle on the instance. */
+  async start(workflow: WorkflowInput): Promise<WorkflowHandle> {
+    return new WorkflowHandle(this, await this.run(workflow));
+  }
+
+  /** A handle on an instance that exists (nothing is called until it is used). */
+  getHandle(instanceId: string): WorkflowHandle {
+    return new WorkflowHandle(this, instanceId);
   }
 
   async cancel(instanceId: string, reason?: string): Promise<void> {
@@ -552,6 +697,69 @@ export class OkraClient {
   }
 }
 
+/** `result()` of an instance that failed or was cancelled; `instance` has the details. */
+export class WorkflowFailedError extends Error {
+  constructor(readonly instance: WorkflowInstance) {
+    super(
+      instance.status === "cancelled"
+        ? `instance ${instance.instanceId} was cancelled${instance.cancelReason ? `: ${instance.cancelReason}` : ""}`
+        : `instance ${instance.instanceId} failed${instance.error ? `: ${instance.error}` : ""}`,
+    );
+    this.name = "WorkflowFailedError";
+  }
+}
+
+/** One instance and the verbs that act on it, in temporalio's style. */
+export class WorkflowHandle {
+  constructor(
+    private readonly client: OkraClient,
+    readonly id: string,
+  ) {}
+
+  describe(): Promise<WorkflowInstance> {
+    return this.client.getStatus(this.id);
+  }
+
+  wait(options: WaitOptions = {}): Promise<WorkflowInstance> {
+    return this.client.wait(this.id, options);
+  }
+
+  /** The output once completed; rejects with WorkflowFailedError if it failed or was cancelled. */
+  async result(options: { timeoutMs?: number } = {}): Promise<Json | undefined> {
+    const instance = await this.wait({ timeoutMs: options.timeoutMs });
+    if (instance.status !== "completed") throw new WorkflowFailedError(instance);
+    return instance.output;
+  }
+
+  watch(options: { timeoutMs?: number } = {}): AsyncGenerator<WorkflowInstance> {
+    return this.client.watch(this.id, options);
+  }
+
+  signal(signal: string, payload?: unknown, signalId?: string): Promise<void> {
+    return this.client.signal({ instanceId: this.id, signal, payload, signalId });
+  }
+
+  cancel(reason?: string): Promise<void> {
+    return this.client.cancel(this.id, reason);
+  }
+}
+
+function toStatus(status: WorkflowStatus): string {
+  return STATUS_PREFIX + status.toUpperCase();
+}
+
+function toFilters(options: FilterOptions): Record<string, unknown> {
+  const request: Record<string, unknown> = {
+    workflowId: options.workflowId ?? "",
+    status: (options.status ?? []).map(toStatus),
+    tags: options.tags ?? {},
+    correlationId: options.correlationId ?? "",
+  };
+  if (options.startedAfter) request.startedAfter = toTimestamp(options.startedAfter);
+  if (options.startedBefore) request.startedBefore = toTimestamp(options.startedBefore);
+  return request;
+}
+
 function toInstance(m: RawMessage): WorkflowInstance {
   const instance: WorkflowInstance = {
     instanceId: m.instanceId ?? "",
@@ -562,6 +770,7 @@ function toInstance(m: RawMessage): WorkflowInstance {
     input: fromValue(m.input),
     variables: fromStruct(m.variables),
     tags: m.tags ?? {},
+    revision: String(m.revision ?? "0"),
   };
   if (m.currentStep) instance.currentStep = m.currentStep;
   if (m.endTime) instance.endTime = fromTimestamp(m.endTime);

@@ -9,21 +9,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 
-import { OkraClient, OkraError, WorkflowInstance, WorkflowStatus } from "../src/client";
-
-async function waitFor(
-  client: OkraClient,
-  instanceId: string,
-  statuses: WorkflowStatus[],
-): Promise<WorkflowInstance> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const instance = await client.getStatus(instanceId);
-    if (statuses.includes(instance.status)) return instance;
-    assert.ok(Date.now() < deadline, `${instanceId} stayed ${instance.status}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+import { OkraClient, OkraError, WorkflowFailedError, WorkflowInstance } from "../src/client";
 
 async function rejects(call: Promise<unknown>, code: grpc.status): Promise<OkraError> {
   try {
@@ -51,14 +37,14 @@ async function main(address: string): Promise<void> {
       correlationId: "node-order-1",
       tags: { client: "node" },
     });
-    const waiting = await waitFor(client, approved, ["waiting"]);
+    const waiting = await client.wait(approved, { until: ["waiting"], timeoutMs: 10_000 });
     assert.equal(waiting.currentStep, "/do/0/askForApproval");
     assert.deepEqual(waiting.input, { amount: 120 });
     assert.equal(waiting.correlationId, "node-order-1");
     assert.match(waiting.startTime, /^\d{4}-\d\d-\d\dT/);
 
     await client.signal({ instanceId: approved, signal: "approve", payload: { by: "node" } });
-    const done = await waitFor(client, approved, ["completed", "failed"]);
+    const done = await client.wait(approved, { timeoutMs: 10_000 });
     assert.equal(done.status, "completed");
     assert.deepEqual(done.output, { amount: 120, approvedBy: "node" });
     assert.ok(done.endTime && done.endTime >= done.startTime);
@@ -115,6 +101,63 @@ async function main(address: string): Promise<void> {
     assert.ok(notFound.details.includes(missing));
     assert.equal(notFound.reason, "INSTANCE_NOT_FOUND");
     assert.deepEqual(notFound.metadata, { instance: missing });
+
+    // Handles: start, watch each change, signal, result; nothing polls.
+    const handle = await client.start({ workflowId: "tests.approval.1.0.0", input: { amount: 5 } });
+    await handle.wait({ until: ["waiting"], timeoutMs: 10_000 });
+    const seen: WorkflowInstance[] = [];
+    for await (const instance of handle.watch({ timeoutMs: 10_000 })) {
+      seen.push(instance);
+      if (seen.length === 1) await handle.signal("approve", { by: "watcher" });
+    }
+    assert.equal(seen[0].status, "waiting");
+    assert.equal(seen[seen.length - 1].status, "completed");
+    const revisions = seen.map((i) => Number(i.revision));
+    assert.deepEqual(revisions, [...new Set(revisions)].sort((x, y) => x - y));
+    assert.deepEqual(await handle.result(), { amount: 5, approvedBy: "watcher" });
+    const unchanged = await client.awaitInstance(approved, {
+      revision: done.revision,
+      statuses: ["waiting"],
+      timeoutMs: 1_000,
+    });
+    assert.equal(unchanged.revision, done.revision, "answered before its deadline, unchanged");
+
+    const requestId = randomUUID();
+    const first = await client.signalWithStart({
+      workflowId: "tests.approval.1.0.0",
+      input: { amount: 6 },
+      requestId,
+      signal: "note",
+      signalId: "n-1",
+    });
+    assert.ok(first.started);
+    const second = await client.signalWithStart({
+      workflowId: "tests.approval.1.0.0",
+      input: { amount: 6 },
+      requestId,
+      signal: "approve",
+      payload: { by: "sws" },
+    });
+    assert.equal(second.instanceId, first.instanceId);
+    assert.equal(second.started, false);
+    assert.deepEqual(await client.getHandle(first.instanceId).result(), {
+      amount: 6,
+      approvedBy: "sws",
+    });
+    const cancelledHandle = await client.start({
+      workflowId: "tests.forever.1.0.0",
+      input: {},
+      tags: { client: "node-handle" },
+    });
+    await cancelledHandle.cancel("stop");
+    await assert.rejects(cancelledHandle.result(), WorkflowFailedError);
+    assert.equal(await client.count({ tags: { client: "node-handle" } }), 1);
+    assert.equal(await client.count({ tags: { client: "node" }, status: ["completed"] }), 1);
+    const watchMissing = (async () => {
+      for await (const instance of client.watch(missing)) void instance;
+    })();
+    const missingWatch = await rejects(watchMissing, grpc.status.NOT_FOUND);
+    assert.equal(missingWatch.reason, "INSTANCE_NOT_FOUND");
 
     console.log(JSON.stringify({ ok: true, completed: approved, cancelled }));
   } finally {
