@@ -36,6 +36,7 @@ from okra_client.models import (
     event_from_pb,
     info_from_pb,
     instance_from_pb,
+    set_filters,
     to_timestamp,
     to_value,
 )
@@ -56,27 +57,6 @@ AWAIT_CALL_S = 30.0
 # A wait with less time than this left gives up instead of making a call that cannot wait.
 MIN_AWAIT_S = 0.1
 R = TypeVar("R")
-
-
-def _set_filters(
-    request: pb.QueryRequest | pb.CountRequest,
-    *,
-    workflow_id: str | None,
-    status: Iterable[WorkflowStatus | str],
-    tags: Mapping[str, str] | None,
-    correlation_id: str | None,
-    started_after: datetime | None,
-    started_before: datetime | None,
-) -> None:
-    """Query's filters, which Count shares, on either request."""
-    request.workflow_id = workflow_id or ""
-    request.status.extend(STATUS_TO_PB[WorkflowStatus(s)] for s in status)
-    request.tags.update(tags or {})
-    request.correlation_id = correlation_id or ""
-    if started_after is not None:
-        request.started_after.CopyFrom(to_timestamp(started_after))
-    if started_before is not None:
-        request.started_before.CopyFrom(to_timestamp(started_before))
 
 
 @dataclass(frozen=True)
@@ -258,7 +238,7 @@ class OkraClient:
     ) -> QueryPage:
         """One page of the instances matching every filter given, newest first."""
         request = pb.QueryRequest(limit=limit or 0, cursor=cursor or "")
-        _set_filters(
+        set_filters(
             request,
             workflow_id=workflow_id,
             status=status,
@@ -559,7 +539,7 @@ class OkraClient:
     ) -> int:
         """How many instances match every filter given (Query's filters), exactly."""
         request = pb.CountRequest()
-        _set_filters(
+        set_filters(
             request,
             workflow_id=workflow_id,
             status=status,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -276,3 +277,24 @@ def info_from_pb(message: pb.WorkflowInfo) -> WorkflowInfo:
         title=message.title,
         summary=message.summary,
     )
+
+
+def set_filters(
+    request: pb.QueryRequest | pb.CountRequest,
+    *,
+    workflow_id: str | None,
+    status: Iterable[WorkflowStatus | str],
+    tags: Mapping[str, str] | None,
+    correlation_id: str | None,
+    started_after: datetime | None,
+    started_before: datetime | None,
+) -> None:
+    """Query's filters, which Count shares, on either request."""
+    request.workflow_id = workflow_id or ""
+    request.status.extend(STATUS_TO_PB[WorkflowStatus(s)] for s in status)
+    request.tags.update(tags or {})
+    request.correlation_id = correlation_id or ""
+    if started_after is not None:
+        request.started_after.CopyFrom(to_timestamp(started_after))
+    if started_before is not None:
+        request.started_before.CopyFrom(to_timestamp(started_before))
