@@ -29,6 +29,7 @@ from okra_sidecar.console.gateway import ConsoleGateway
 from okra_sidecar.console.graph import task_graph
 from okra_sidecar.console.html import esc, page
 from okra_sidecar.errors import NotFoundError
+from okra_sidecar.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,7 @@ __all__ = ["TOKEN_COOKIE", "console_routes"]
 
 TOKEN_COOKIE = "okra_console_token"
 PAGE_SIZE = 50
-# The count pages through the matches; past this many it says "more than".
-COUNT_CAP = 10_000
 LIST_REFRESH_S = 1.0
-INSTANCE_REFRESH_S = 0.5
 # A stream ends after this long; the browser's EventSource reconnects by itself.
 STREAM_MAX_S = 600.0
 HTTP_STATUS = {
@@ -158,12 +156,7 @@ def _query_args(filters: Mapping[str, str]) -> dict[str, Any]:
 
 
 async def _count(client: OkraClient, args: dict[str, Any]) -> str:
-    found = 0
-    async for _ in client.query_all(**args, page_size=1000):
-        found += 1
-        if found > COUNT_CAP:
-            return f"more than {COUNT_CAP:,}"
-    return f"{found:,}"
+    return f"{await client.count(**args):,}"
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -268,32 +261,43 @@ async def instance(request: web.Request) -> web.StreamResponse:
 
 
 async def instance_stream(request: web.Request) -> web.StreamResponse:
-    """The instance's summary, diagram and timeline, sent again whenever it changes."""
+    """The instance's summary, diagram and timeline, sent again whenever it changes.
+
+    The changes come from WatchInstance, as the sidecar commits them: nothing polls. Once the
+    instance has finished the stream stays open (so the browser does not reconnect) and reads
+    nothing, until the admin port closes or STREAM_MAX_S pass.
+    """
     client = _client(request)
     instance_id = request.match_info["instance_id"]
     response = await _sse(request)
-    last: tuple[object, ...] | None = None
-    with contextlib.suppress(ConnectionError, OkraRpcError, TimeoutError):
-        async with asyncio.timeout(STREAM_MAX_S):
-            while True:
-                found = await client.get_status(instance_id)
-                seen = (found.status, found.current_step, found.updated_at)
-                if seen != last:
-                    events = await _history(client, instance_id)
-                    if last is not None:
-                        await _send(
-                            response,
-                            {
-                                "summary": pages.instance_summary(found),
-                                "diagram": await _diagram(request, found, events),
-                                "timeline": pages.timeline_rows(events),
-                            },
-                        )
-                    last = seen
-                # A finished instance changes no more: hold the stream open, read nothing.
-                pause = STREAM_MAX_S if found.finished else INSTANCE_REFRESH_S
-                if await _closing(request, pause):
-                    break
+
+    async def forward() -> None:
+        shown = False  # the page itself shows the instance as it was
+        async for found in client.watch(instance_id, timeout_s=STREAM_MAX_S):
+            if shown:
+                events = await _history(client, instance_id)
+                await _send(
+                    response,
+                    {
+                        "summary": pages.instance_summary(found),
+                        "diagram": await _diagram(request, found, events),
+                        "timeline": pages.timeline_rows(events),
+                    },
+                )
+            shown = True
+
+    forwarding = asyncio.ensure_future(forward())
+    closing = asyncio.ensure_future(_closing(request, STREAM_MAX_S))
+    try:
+        await asyncio.wait({forwarding, closing}, return_when=asyncio.FIRST_COMPLETED)
+        if forwarding.done() and not closing.done():
+            failed = forwarding.exception()
+            if failed is None:
+                await closing  # finished: nothing more will change
+            elif not isinstance(failed, ConnectionError | OkraRpcError | TimeoutError):
+                raise failed
+    finally:
+        await cancel_and_wait([forwarding, closing])
     return response
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +30,6 @@ from okra_sidecar.operator.session import call_sidecar
 __all__ = ["instances"]
 
 # Query's largest page: `count` reads matching instances in pages of this size.
-MAX_PAGE = 1000
 
 
 def instance_json(instance: WorkflowInstance) -> dict[str, Json]:
@@ -125,7 +122,7 @@ def list_instances(options: Options, limit: int, cursor: str | None, **filters: 
 @query_filters
 @pass_options
 def count_instances(options: Options, **filters: Any) -> None:
-    """How many instances match the filters (reads them page by page).
+    """How many instances match the filters, exactly (Count).
 
     \b
     Example:
@@ -133,10 +130,7 @@ def count_instances(options: Options, **filters: Any) -> None:
     """
 
     async def count(client: OkraClient) -> int:
-        found = 0
-        async for _ in client.query_all(**_filters(**filters), page_size=MAX_PAGE):
-            found += 1
-        return found
+        return await client.count(**_filters(**filters))
 
     total = call_sidecar(options.target, count)
     if options.json:
@@ -279,36 +273,14 @@ def cancel_instance(options: Options, instance_id: str, reason: str | None) -> N
         click.echo(f"instance {instance_id} cancelled")
 
 
-async def changes(
-    client: OkraClient, instance_id: str, interval_s: float
-) -> AsyncIterator[WorkflowInstance]:
-    """The instance now, then each time it changes, until it finishes."""
-    last: tuple[object, ...] | None = None
-    while True:
-        instance = await client.get_status(instance_id)
-        seen = (instance.status, instance.current_step, instance.updated_at)
-        if seen != last:
-            last = seen
-            yield instance
-        if instance.finished:
-            return
-        await asyncio.sleep(interval_s)
-
-
 @instances.command("watch")
 @click.argument("instance_id")
-@click.option(
-    "--interval",
-    type=click.FloatRange(0.05, 60),
-    default=1.0,
-    show_default=True,
-    help="seconds between reads",
-)
 @pass_options
-def watch_instance(options: Options, instance_id: str, interval: float) -> None:
+def watch_instance(options: Options, instance_id: str) -> None:
     """Print a line each time an instance changes, until it finishes.
 
-    One line (one JSON object with -o json) per change of status or step.
+    One line (one JSON object with -o json) per change the sidecar commits, streamed by
+    WatchInstance as it happens: nothing polls.
 
     \b
     Example:
@@ -316,7 +288,7 @@ def watch_instance(options: Options, instance_id: str, interval: float) -> None:
     """
 
     async def watch(client: OkraClient) -> None:
-        async for instance in changes(client, instance_id, interval):
+        async for instance in client.watch(instance_id):
             if options.json:
                 click.echo(compact(instance_json(instance)))
             else:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.config import AuthSettings
 from tests.console.support import console_sidecar
-from tests.helpers import value, wait_for_status
+from tests.helpers import KEYS, eventually, value, wait_for_status
 
 APPROVAL = "tests.approval.1.0.0"
 SECRET = "a-console-test-secret-long-enough-for-hs256"
@@ -111,6 +111,34 @@ async def test_the_list_streams_changes(redis: Redis, redis_url: str) -> None:
             second = await run_waiting(stub)
             updates.append(await asyncio.wait_for(next_update(), 20))
             assert second in updates[1]["rows"] and updates[1]["count"] == "2"
+
+
+async def test_the_instance_page_streams_each_change_it_is_told_of(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        instance_id = await run_waiting(stub)
+        url = f"{base}/console/instances/{instance_id}/stream"
+        async with http.stream("GET", url, timeout=30) as stream:
+            assert stream.headers["content-type"] == "text/event-stream"
+
+            async def watching() -> bool:
+                found = await redis.pubsub_numsub(KEYS.changes(instance_id))
+                return bool(found[0][1] == 1)
+
+            # The view waits on the instance's changes (WatchInstance), not on a timer.
+            await eventually(watching, what="the live view subscribed")
+            await stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="seen live"))
+            lines = stream.aiter_lines()
+
+            async def next_update() -> dict[str, str]:
+                async for line in lines:
+                    if line.startswith("data: "):
+                        return dict(json.loads(line[6:]))
+                raise AssertionError("the stream ended")
+
+            update = await asyncio.wait_for(next_update(), 20)
+            assert "cancelled" in update["summary"] and "seen live" in update["summary"]
 
 
 async def test_workflows_page_runs_from_the_generated_form(redis: Redis, redis_url: str) -> None:

@@ -171,7 +171,6 @@ async def test_cancel_and_watch(address: str) -> None:
     watcher = await asyncio.create_subprocess_exec(
         str(OKRA),
         *("--address", address, "-o", "json", "instances", "watch", instance_id),
-        *("--interval", "0.05"),
         stdout=asyncio.subprocess.PIPE,
     )
     assert watcher.stdout is not None

@@ -1,0 +1,26 @@
+"""Smoke test for bench.awaiting: tiny counts against a real sidecar process, no speed asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.awaiting import measure, report
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(180)
+async def test_the_awaiting_bench_observes_completions_and_holds_streams(tmp_path: Path) -> None:
+    observed, held = await measure(count=5, rounds=1, streams=20, w1=10, work_dir=tmp_path)
+    assert {style: len(v) for style, v in observed.latencies_s.items()} == {
+        "AwaitInstance": 5,
+        "GetStatus every 100 ms": 5,
+    }
+    assert all(seconds > 0 for values in observed.latencies_s.values() for seconds in values)
+    # Each AwaitInstance caller made its Signal and (at least) one AwaitInstance.
+    assert observed.calls["AwaitInstance"] >= 10
+    assert held.count == 20 and held.rss_after > 0 and held.rss_before > 0
+    text = report(observed, held)
+    assert "20 WatchInstance streams" in text and "W1 Run beside streams" in text
