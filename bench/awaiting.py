@@ -7,6 +7,7 @@ Two measurements against one sidecar process (embedded Redis, one engine process
   until it *sees* the instance completed: once by AwaitInstance (woken by the commit), once by
   GetStatus every 100 ms (what the Python client's `wait()` did). The two runs alternate
   `rounds` times on fresh instances; the report gives p50 and p99 of each and the rpcs made.
+  `--in-flight N` lets only N callers signal and wait at a time, as W3 of `python -m bench`.
 - Streams: `streams` `bench.hold` instances each get a WatchInstance stream, held open; the
   sidecar's resident memory before and after (once every stream has its first message) gives
   the memory per stream. W1 (Runs of `bench.hold`) is measured before the streams and again
@@ -45,6 +46,10 @@ POLL_S = 0.1  # the Python client's wait() before AwaitInstance
 CALL_TIMEOUT_S = 60.0
 # Streams are spread over this many channels (connections), as many clients would hold them.
 STREAMS_PER_CHANNEL = 500
+# Streams are opened this many at a time, each batch once the one before has its first
+# messages: grpc core cancels calls left unaccepted for a second while over 1000 wait, which
+# a burst of 10,000 at once on a busy 2-core machine meets (the same holds for unary calls).
+OPEN_BATCH = 500
 START_CONCURRENCY = 64
 TARGET_P99_MS = 50.0
 TARGET_STREAM_BYTES = 20 * 1024
@@ -123,11 +128,19 @@ async def bounded(work: Callable[[str], Awaitable[Any]], items: Sequence[str], l
     await asyncio.gather(*(one(item) for item in items))
 
 
-async def observe_all(stub: Stub, ids: Sequence[str], style: str) -> tuple[list[float], int]:
-    """Signal every instance at once; each caller times until it sees the instance final."""
+async def observe_all(
+    stub: Stub, ids: Sequence[str], style: str, in_flight: int
+) -> tuple[list[float], int]:
+    """Signal the instances, `in_flight` callers at a time; each caller times until it sees
+    its instance final."""
     calls = 0
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(instance_id: str) -> float:
+        async with gate:
+            return await observe(instance_id)
+
+    async def observe(instance_id: str) -> float:
         nonlocal calls
         signal = pb.SignalRequest(instance_id=instance_id, signal=SIGNAL)
         signal.payload.struct_value.fields["by"].string_value = "bench"
@@ -153,7 +166,7 @@ async def observe_all(stub: Stub, ids: Sequence[str], style: str) -> tuple[list[
     return list(latencies), calls
 
 
-async def measure_observed(stub: Stub, *, count: int, rounds: int) -> Observed:
+async def measure_observed(stub: Stub, *, count: int, rounds: int, in_flight: int) -> Observed:
     observed = Observed()
     for round_number in range(rounds):
         # Alternate which style goes first, so neither always meets a warmer sidecar.
@@ -162,7 +175,7 @@ async def measure_observed(stub: Stub, *, count: int, rounds: int) -> Observed:
             styles.reverse()
         for style in styles:
             ids = await start_parked(stub, APPROVE, count)
-            latencies, calls = await observe_all(stub, ids, style)
+            latencies, calls = await observe_all(stub, ids, style, in_flight)
             observed.add(style, latencies, calls)
             log(f"round {round_number + 1}: {style}: {count} observed")
     return observed
@@ -186,16 +199,19 @@ async def measure_streams(address: str, stub: Stub, pid: int, *, count: int, w1:
     before = rss_bytes(pid)
     channels = [grpc.aio.insecure_channel(address) for _ in range(0, count, STREAMS_PER_CHANNEL)]
     calls: list[Any] = []
+
+    async def first(call: Any) -> None:
+        message = await call.read()
+        assert message.instance.status == pb.WORKFLOW_STATUS_WAITING
+
     try:
-        for index, instance_id in enumerate(ids):
-            watch = pb_grpc.WorkflowHostAPIStub(channels[index // STREAMS_PER_CHANNEL])
-            calls.append(watch.WatchInstance(pb.WatchInstanceRequest(instance_id=instance_id)))
-
-        async def first(call: Any) -> None:
-            message = await call.read()
-            assert message.instance.status == pb.WORKFLOW_STATUS_WAITING
-
-        await asyncio.gather(*(first(c) for c in calls))
+        for start in range(0, count, OPEN_BATCH):
+            batch = []
+            for index in range(start, min(start + OPEN_BATCH, count)):
+                watch = pb_grpc.WorkflowHostAPIStub(channels[index // STREAMS_PER_CHANNEL])
+                batch.append(watch.WatchInstance(pb.WatchInstanceRequest(instance_id=ids[index])))
+            calls.extend(batch)
+            await asyncio.gather(*(first(c) for c in batch))
         log(f"{count} WatchInstance streams open")
         await asyncio.sleep(1.0)
         after = rss_bytes(pid)
@@ -210,30 +226,39 @@ async def measure_streams(address: str, stub: Stub, pid: int, *, count: int, w1:
 
 
 async def measure(
-    *, count: int, rounds: int, streams: int, w1: int, work_dir: Path
-) -> tuple[Observed, Streams]:
+    *, count: int, rounds: int, streams: int, w1: int, work_dir: Path, in_flight: int = 0
+) -> tuple[Observed, Streams | None]:
     async with (
         sidecar_process(work_dir) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub: Stub = pb_grpc.WorkflowHostAPIStub(channel)
-        observed = await measure_observed(stub, count=count, rounds=rounds)
-        held = await measure_streams(server.address, stub, server.pid, count=streams, w1=w1)
+        observed = await measure_observed(
+            stub, count=count, rounds=rounds, in_flight=in_flight or count
+        )
+        for style in observed.latencies_s:
+            log(observed.row(style))
+        held = None
+        if streams:
+            held = await measure_streams(server.address, stub, server.pid, count=streams, w1=w1)
     return observed, held
 
 
-def report(observed: Observed, held: Streams) -> str:
+def report(observed: Observed, held: Streams | None) -> str:
     lines = [
-        "W3 signal -> observed completion, every signal in flight at once",
+        "W3 signal -> observed completion",
         f"{'observed by':<24} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'rpcs each':>10}",
         *(observed.row(style) for style in observed.latencies_s),
-        "",
-        f"{held.count} WatchInstance streams: sidecar RSS {held.rss_before / 2**20:.1f} MiB -> "
-        f"{held.rss_after / 2**20:.1f} MiB, {held.bytes_per_stream / 1024:.1f} KiB per stream "
-        f"(target < {TARGET_STREAM_BYTES / 1024:.0f} KiB)",
-        "W1 Run alone:          {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_alone),
-        "W1 Run beside streams: {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_beside),
     ]
+    if held is not None:
+        lines += [
+            "",
+            f"{held.count} WatchInstance streams: sidecar RSS {held.rss_before / 2**20:.1f} MiB"
+            f" -> {held.rss_after / 2**20:.1f} MiB, {held.bytes_per_stream / 1024:.1f} KiB per "
+            f"stream (target < {TARGET_STREAM_BYTES / 1024:.0f} KiB)",
+            "W1 Run alone:          {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_alone),
+            "W1 Run beside streams: {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_beside),
+        ]
     awaited = sorted(observed.latencies_s.get("AwaitInstance", []))
     if awaited:
         p99 = percentile(awaited, 99) * 1000
@@ -249,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.awaiting", description=__doc__)
     parser.add_argument("--count", type=int, default=500, help="instances signalled at once")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each style")
+    parser.add_argument(
+        "--in-flight", type=int, default=0, help="callers at a time (0: all --count at once)"
+    )
     parser.add_argument("--streams", type=int, default=10_000, help="WatchInstance streams")
     parser.add_argument("--w1", type=int, default=2000, help="Runs of each W1 measurement")
     parser.add_argument("--quick", action="store_true", help="100 / 1 / 1000 / 300")
@@ -263,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 streams=args.streams,
                 w1=args.w1,
                 work_dir=Path(work),
+                in_flight=args.in_flight,
             )
         )
     print(report(observed, held))

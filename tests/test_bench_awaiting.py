@@ -21,6 +21,6 @@ async def test_the_awaiting_bench_observes_completions_and_holds_streams(tmp_pat
     assert all(seconds > 0 for values in observed.latencies_s.values() for seconds in values)
     # Each AwaitInstance caller made its Signal and (at least) one AwaitInstance.
     assert observed.calls["AwaitInstance"] >= 10
-    assert held.count == 20 and held.rss_after > 0 and held.rss_before > 0
+    assert held is not None and held.count == 20 and held.rss_after > 0 and held.rss_before > 0
     text = report(observed, held)
     assert "20 WatchInstance streams" in text and "W1 Run beside streams" in text
