@@ -10,7 +10,7 @@ LOCK = requirements/dev.txt
 # The Python client's own distribution, which the sidecar depends on; installed editable.
 CLIENT = clients/python
 
-.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-unit run bench chaos fuzz clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-unit run bench chaos hostile fuzz clean
 
 all: lint test
 
@@ -108,6 +108,10 @@ chaos: install
 
 bench: install
 	$(BIN)/python -m bench $(ARGS)
+
+# W2 beside the hostile-definitions set, as a ratio to W2 alone; fails under 80%.
+hostile: install
+	$(BIN)/python -m bench.hostile $(ARGS)
 
 # The fuzzer's long profile (10,000 requests); the test suite runs the short one (2,000).
 fuzz: install

@@ -110,7 +110,12 @@ async def count_sidecar(work_dir: Path, calls: int, concurrency: int) -> list[Co
     out_dir = work_dir / "sidecar-callgrind"
     out_dir.mkdir()
     # One engine child and no spare: the child counted is the one taking the turns.
-    env = {"OKRA_ENGINE_PROCESSES": "1", "OKRA_ENGINE_SPARE": "false"}
+    # One engine child, the one counted: no spare, no slow lane.
+    env = {
+        "OKRA_ENGINE_PROCESSES": "1",
+        "OKRA_ENGINE_SPARE": "false",
+        "OKRA_SLOW_EXPRESSION_MS": "0",
+    }
     async with (
         sidecar_process(
             work_dir, env=env, launcher=callgrind_launcher(out_dir), start_timeout_s=START_TIMEOUT_S

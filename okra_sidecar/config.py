@@ -94,6 +94,10 @@ class EngineSettings:
     memory_mb: int = 256
     # Retries of a turn whose engine process died in it, before its instance fails.
     crash_retries: int = 2
+    # An evaluation running this long in a regular engine process (or one that crashes it)
+    # moves its instance to the slow lane, an engine process of its own where the budgets
+    # apply in full; the others' turns wait at most this long for it (0: no slow lane).
+    slow_expression_ms: int = 100
     # Keep one engine process started ahead, idle, to replace the next that dies at once.
     spare: bool = True
     # Every consumer refreshes its heartbeat this often; one missing for three periods is

@@ -18,6 +18,8 @@ KEY_HELPERS = frozenset(
         "partitions",
         "prefix",
         "all_work",
+        "all_slow_work",
+        "lane",
         "all_timers",
         "all_effects",
         "all_outboxes",

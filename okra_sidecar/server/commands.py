@@ -18,11 +18,13 @@ from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
+    LANE_ENV,
     STANDBY_ENV,
     attach_board,
     limit_memory,
 )
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.runner import EngineLane
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.heap import settle_heap
 from okra_sidecar.server.grpc_server import SERVICE_NAME
@@ -89,6 +91,7 @@ async def run_engine(settings: Settings) -> None:
             policies=policies,
             clock=now_ms,
             liveness=heartbeat.liveness,
+            lane=EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR),
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process
         # The parent watches this board and enforces the budgets; the memory cap is our own.

@@ -17,7 +17,7 @@ from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
-from okra_sidecar.engine.runtime.runner import EngineRunner
+from okra_sidecar.engine.runtime.runner import EngineLane, EngineRunner
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
@@ -201,11 +201,15 @@ def build_runner(
     policies: PolicyLayer,
     clock: Callable[[], int],
     liveness: ConsumerLiveness,
+    lane: EngineLane = EngineLane.ALL,
 ) -> EngineRunner:
     """The engine runner; the serving process and engine children build it alike."""
+    slow = lane is EngineLane.SLOW
 
     async def orphans(name: str, held: Collection[str]) -> list[WorkItem]:
-        return await store.claim_orphan_work(liveness, name, held=held, count=ORPHAN_BATCH)
+        return await store.claim_orphan_work(
+            liveness, name, held=held, count=ORPHAN_BATCH, slow=slow
+        )
 
     return EngineRunner(
         store=store,
@@ -216,4 +220,5 @@ def build_runner(
         clock=clock,
         on_failure=policies.alerts,
         orphans=orphans,
+        lane=lane,
     )

@@ -208,7 +208,7 @@ async def start_sidecar(
             await ports.waiting.stop()
         server, port = _build_server(settings, parts, store, telemetry, probes, ports, credentials)
         admin = await _start_admin(settings, ports, port, tls, parts, telemetry, probes, stack)
-        engines = await _start_engine(settings, consumer, url, parts, grace, stack)
+        engines = await _start_engine(settings, consumer, url, store, parts, grace, stack)
         await server.start()
         stack.push_async_callback(lambda: server.stop(grace.seconds))
         gauge_task = _start_gauges(settings, store, telemetry, stack)
@@ -520,6 +520,7 @@ async def _start_engine(
     settings: Settings,
     consumer: str,
     url: str,
+    store: RedisStore,
     parts: _Parts,
     grace: Grace,
     stack: contextlib.AsyncExitStack,
@@ -538,6 +539,7 @@ async def _start_engine(
             count=settings.engine.processes,
             on_fault=parts.runner.fail_instance,
             on_exit=parts.liveness.mark_dead,
+            on_slow=store.mark_slow,
         )
         stack.push_async_callback(engines.stop)
         await engines.start()

@@ -49,6 +49,8 @@ class TurnSnapshot:
     step_timeout_source: str = ""
     current_step: str = ""
     step_started_ms: int = 0
+    # Its turns go to the slow lane: an expression of it ran long in a regular engine process.
+    slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class WorkItem:
     entry_id: str
     instance_id: str
     due_ms: int | None = None  # set when a due timer asked for this turn
+    slow: bool = False  # read from the slow lane (keys.slow_work)
 
 
 @dataclass(frozen=True)
@@ -207,13 +210,21 @@ class Store(Protocol):
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool: ...
 
-    async def read_work(self, consumer: str, *, count: int, block_ms: int) -> list[WorkItem]: ...
+    async def read_work(
+        self, consumer: str, *, count: int, block_ms: int, slow: bool = False
+    ) -> list[WorkItem]: ...
 
     async def claim_stale_work(
-        self, consumer: str, *, min_idle_ms: int, count: int
+        self, consumer: str, *, min_idle_ms: int, count: int, slow: bool = False
     ) -> list[WorkItem]: ...
 
     async def ack_work(self, items: list[WorkItem]) -> None: ...
+
+    async def forward_to_slow_lane(self, items: list[WorkItem]) -> None: ...
+
+    async def mark_slow(self, instance_id: str, now_ms: int) -> None: ...
+
+    async def slow_definitions(self, now_ms: int) -> frozenset[str]: ...
 
     async def fire_timers(self, now_ms: int, *, limit: int) -> int: ...
 

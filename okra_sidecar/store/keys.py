@@ -124,6 +124,23 @@ class RedisKeys:
     def all_work(self) -> list[str]:
         return [self.work(p) for p in range(self.partitions)]
 
+    def slow_work(self, partition: int) -> str:
+        """A partition's slow lane: turns of instances whose expressions ran long, taken only
+        by the engine process kept for them (engine/processes.py)."""
+        return f"{self.tag(partition)}:slowwork"
+
+    def all_slow_work(self) -> list[str]:
+        return [self.slow_work(p) for p in range(self.partitions)]
+
+    @property
+    def slow_definitions(self) -> str:
+        """Workflow ids whose instances all go to the slow lane, scored by when one was moved."""
+        return f"{self.prefix}slowdefs"
+
+    def lane(self, partition: int, *, slow: bool) -> str:
+        """The work stream of one partition, in the slow lane or the regular one."""
+        return self.slow_work(partition) if slow else self.work(partition)
+
     def all_timers(self) -> list[str]:
         return [self.timers(p) for p in range(self.partitions)]
 

@@ -31,12 +31,24 @@ class TurnStore(StoreConnections):
                         *("HMGET", keys.instance(instance_id)),
                         *("wf", "status", "rev", "state", "ikey", "otel"),
                         *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                        *("parent", "peffect", "subs", "dlsrc", "stsrc"),
+                        *("parent", "peffect", "subs", "dlsrc", "stsrc", "slow"),
                     ),
                     ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
                 ]
             )
-        deadline, step_timeout, action, step, step_at, parent, peffect, subs, source, stsrc = more
+        (
+            deadline,
+            step_timeout,
+            action,
+            step,
+            step_at,
+            parent,
+            peffect,
+            subs,
+            source,
+            stsrc,
+            slow,
+        ) = more
         if wf is None or status is None:
             return None
         return TurnSnapshot(
@@ -58,6 +70,7 @@ class TurnStore(StoreConnections):
             parent_id=text(parent),
             parent_effect=text(peffect),
             subscriptions=text(subs),
+            slow=slow is not None,
         )
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:

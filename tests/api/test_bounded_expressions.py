@@ -70,7 +70,8 @@ async def test_each_hostile_expression_fails_its_instance_and_the_others_complet
         turn_timeout_ms=defaults.turn_timeout_ms,
     )
     settings = replace(settings, engine=engine)
-    async with running_sidecar(settings) as (_, stub):
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None and sidecar.engines.slow_pid is not None
         hostile = {
             name: (
                 await stub.Run(
@@ -93,6 +94,9 @@ async def test_each_hostile_expression_fails_its_instance_and_the_others_complet
             assert error.type in (TIMEOUT_ERROR_TYPE, RUNTIME_ERROR), (name, error)
             assert error.instance == "/do/1/spin", (name, error)
             assert "/do/1/spin" in error.title, (name, error)
+            # Each went to the slow lane after slowExpressionMs in a regular engine process.
+            key = sidecar.store.keys.instance(instance_id)
+            assert await redis.hget(key, "slow") == b"1", name
         # The sidecar still takes new work.
         again = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
@@ -184,3 +188,44 @@ async def test_in_process_turns_with_budgets_refuse_to_start(redis_url: str) -> 
     settings = replace(make_settings(redis_url), engine=engine)
     with pytest.raises(StartupError, match="cannot be enforced"):
         await start_sidecar(settings)
+
+
+async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # A budget far longer than the move takes: the normal instance must not wait it out.
+    engine = replace(
+        FAST_ENGINE,
+        processes=1,
+        expression_timeout_ms=15_000,
+        turn_timeout_ms=60_000,
+        slow_expression_ms=100,
+    )
+    settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None
+        [regular] = sidecar.engines.pids
+        slow_child = sidecar.engines.slow_pid
+        hostile = await stub.Run(
+            pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
+        )
+        key = sidecar.store.keys.instance(hostile.instance_id)
+        for _ in range(600):
+            if await redis.hget(key, "slow"):
+                break
+            await asyncio.sleep(0.05)
+        assert await redis.hget(key, "slow") == b"1"
+        normal = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+        )
+        done = await wait_for_status(stub, normal.instance_id, DONE, timeout_s=60)
+        assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+        # Done while the hostile one still spins in the slow lane, within its budget there.
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=hostile.instance_id))
+        assert status.status not in DONE  # its first turn has committed nothing yet
+        assert sidecar.engines.pids != [regular]  # the regular child was stopped once
+        failed = await wait_for_status(stub, hostile.instance_id, DONE, timeout_s=90)
+        assert failed.status == pb.WORKFLOW_STATUS_FAILED
+        assert failed.error.type == TIMEOUT_ERROR_TYPE
+        assert failed.error.title == "Expression timed out in /do/1/spin"
+        assert sidecar.engines.slow_pid != slow_child  # stopped over budget in the slow lane

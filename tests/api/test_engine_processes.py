@@ -77,7 +77,7 @@ async def test_a_killed_sidecar_takes_its_engine_children_with_it(
     process = await start_process(redis_url, unused_tcp_port, env={"OKRA_ENGINE_PROCESSES": "2"})
     try:
         children = child_pids(process.pid)
-        assert len(children) == 3  # two taking turns and the spare
+        assert len(children) == 4  # two taking turns, the spare and the slow lane's
         process.kill()
         await process.wait()
         for _ in range(100):

@@ -12,6 +12,13 @@ The children are also where expressions are bounded: each shares a TurnBoard wit
 which kills a child whose evaluation or turn runs over budget and fails that instance
 (engine/runtime/watchdog.py), and each caps its own data segment (`engineMemoryMb` above its size
 once started), so that jq's allocations fail inside the child rather than exhaust the host.
+
+A child stuck in one expression holds up every other turn it has in flight, for as long as the
+budget allows. So one more child keeps the slow lane: an evaluation that runs past
+`slowExpressionMs` in a regular child (or a turn that crashes one) gets its instance marked
+slow and the child killed at once; the spare takes its place, and from then on the regular
+children forward that instance's work to the slow lane, where its expressions have their whole
+budget and hold up only instances like it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,14 @@ from typing import Any
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.board import TurnBoard
-from okra_sidecar.engine.runtime.watchdog import TurnBudget, TurnVerdict, crash_fault, judge
+from okra_sidecar.engine.runtime.runner import EngineLane
+from okra_sidecar.engine.runtime.watchdog import (
+    TurnBudget,
+    TurnVerdict,
+    crash_fault,
+    judge,
+    running_slow,
+)
 from okra_sidecar.store.embedded import terminate_with_parent
 from okra_sidecar.tasks import cancel_and_wait
 
@@ -45,6 +59,7 @@ RESTART_DELAY_S = 1.0
 PARENT_PID_ENV = "OKRA_ENGINE_PARENT_PID"
 BOARD_FD_ENV = "OKRA_ENGINE_BOARD_FD"
 CONSUMER_ENV = "OKRA_ENGINE_CONSUMER"
+LANE_ENV = "OKRA_ENGINE_LANE"
 # A spare child sets itself up, then waits for SIGUSR1 before it takes any turn.
 STANDBY_ENV = "OKRA_ENGINE_STANDBY"
 SPARE_READY_TIMEOUT_S = 30.0
@@ -52,6 +67,8 @@ STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
 # Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
 FaultHook = Callable[[str, dict[str, Any]], Awaitable[bool]]
+# Sends an instance's turns to the slow lane from now on: (instance id, now in epoch ms).
+SlowHook = Callable[[str, int], Awaitable[None]]
 
 
 class EngineProcesses:
@@ -64,10 +81,18 @@ class EngineProcesses:
         count: int,
         on_fault: FaultHook,
         on_exit: Callable[[str], Awaitable[None]] | None = None,
+        on_slow: SlowHook | None = None,
     ) -> None:
         # The children get the parent's settings as they are (flags, files and variables
         # already applied), through their standard input.
         self._payload = pickle.dumps(settings)
+        self._slow_ms = settings.engine.slow_expression_ms if on_slow is not None else 0
+        self._on_slow = on_slow
+        # The regular children, then the slow lane's (engine/runner.py EngineLane). Without a
+        # slow lane here, the children take every turn: none may wait for a lane nobody reads.
+        self._regular = EngineLane.REGULAR if self._slow_ms else EngineLane.ALL
+        self._lanes = [self._regular] * count + ([EngineLane.SLOW] if self._slow_ms else [])
+        count = len(self._lanes)
         self._count = count
         self._budget = TurnBudget(
             expression_ms=settings.engine.expression_timeout_ms,
@@ -81,6 +106,8 @@ class EngineProcesses:
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
         self._boards: list[TurnBoard] = [TurnBoard(None)] * count
         self._verdicts: dict[int, TurnVerdict] = {}
+        # Regular children killed to move an instance to the slow lane, by slot.
+        self._moved: dict[int, str] = {}
         # Crashes in the middle of a turn, by instance (this sidecar's children only).
         self._crashes: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
@@ -92,8 +119,20 @@ class EngineProcesses:
 
     @property
     def pids(self) -> list[int]:
-        """The children taking turns (not the spare)."""
-        return [c.pid for c in self._children if c is not None and c.returncode is None]
+        """The children taking regular turns (not the spare, nor the slow lane's)."""
+        return [
+            c.pid
+            for c, lane in zip(self._children, self._lanes, strict=True)
+            if c is not None and c.returncode is None and lane is not EngineLane.SLOW
+        ]
+
+    @property
+    def slow_pid(self) -> int | None:
+        """The child of the slow lane, if it runs."""
+        for child, lane in zip(self._children, self._lanes, strict=True):
+            if lane is EngineLane.SLOW and child is not None and child.returncode is None:
+                return child.pid
+        return None
 
     @property
     def spare_pid(self) -> int | None:
@@ -101,7 +140,7 @@ class EngineProcesses:
 
     async def start(self) -> None:
         for slot in range(self._count):
-            self._install(slot, await self._spawn(standby=False))
+            self._install(slot, await self._spawn(standby=False, lane=self._lanes[slot]))
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
         if self._keep_spare:
             self._spare = await self._spawn(standby=True)
@@ -113,8 +152,13 @@ class EngineProcesses:
         self._boards[slot] = spawned.board
         self._names[slot] = spawned.name
 
-    async def _replacement(self) -> _Spawned:
-        """The spare, told to start taking turns once it is ready, or else a new child."""
+    async def _replacement(self, lane: EngineLane) -> _Spawned:
+        """The spare, told to start taking turns once it is ready, or else a new child.
+
+        The slow lane's child is always a new one: its turns can wait for it to start.
+        """
+        if lane is EngineLane.SLOW:
+            return await self._spawn(standby=False, lane=lane)
         spare, self._spare = self._spare, None
         if spare is not None and await _ready(spare):
             spare.process.send_signal(signal.SIGUSR1)
@@ -128,7 +172,8 @@ class EngineProcesses:
             self._spare = await self._spawn(standby=True)
         return chosen
 
-    async def _spawn(self, *, standby: bool) -> _Spawned:
+    async def _spawn(self, *, standby: bool, lane: EngineLane | None = None) -> _Spawned:
+        lane = lane or self._regular
         board, fd = TurnBoard.create()
         name = f"{socket.gethostname()}-{os.getpid()}-engine-{uuid.uuid4().hex[:8]}"
         env = {
@@ -137,6 +182,7 @@ class EngineProcesses:
             BOARD_FD_ENV: str(fd),
             CONSUMER_ENV: name,
             STANDBY_ENV: "1" if standby else "",
+            LANE_ENV: lane.value,
         }
         # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
         # fork() handlers"); without it Python spawns with vfork. The child asks for
@@ -166,19 +212,22 @@ class EngineProcesses:
             code = await child.wait()
             if self._stopping:
                 return
-            await self._retire(slot)
             verdict = self._verdicts.pop(slot, None)
-            if verdict is None:
+            moved = self._moved.pop(slot, None)
+            if verdict is None and moved is None:
                 logger.error("engine process %d exited with %s; starting another", child.pid, code)
-                verdict = self._crashed(slot)
+                moved = await self._move_crashed(slot)
+                if moved is None:
+                    verdict = self._crashed(slot)
+            # Retired after any move: its work is taken over at once, and must find the mark.
+            await self._retire(slot)
             if verdict is not None:
                 await self._fail(verdict)
-                delay = 0.0  # the child was stopped on purpose: replace it at once
-            else:
-                delay = RESTART_DELAY_S
+            # A child stopped on purpose (or for a turn now in the slow lane) is replaced at once.
+            delay = 0.0 if verdict is not None or moved is not None else RESTART_DELAY_S
             await asyncio.sleep(delay)
             if not self._stopping:
-                self._install(slot, await self._replacement())
+                self._install(slot, await self._replacement(self._lanes[slot]))
 
     async def _retire(self, slot: int) -> None:
         if self._on_exit is None:
@@ -188,6 +237,28 @@ class EngineProcesses:
         except Exception as exc:
             # Its heartbeat then expires on its own, a few seconds later.
             logger.warning("could not retire engine consumer %s: %s", self._names[slot], exc)
+
+    async def _move_crashed(self, slot: int) -> str | None:
+        """A regular child that died mid-turn: move that instance to the slow lane, where its
+        crashes are counted; None when there is no slow lane or no turn was in progress."""
+        if not self._slow_ms or self._lanes[slot] is not EngineLane.REGULAR:
+            return None
+        reading = self._boards[slot].read()
+        if not reading.turn_started_ns or not reading.instance_id:
+            return None
+        if not await self._move(reading.instance_id, "its turn crashed an engine process"):
+            return None
+        return reading.instance_id
+
+    async def _move(self, instance_id: str, why: str) -> bool:
+        assert self._on_slow is not None
+        try:
+            await self._on_slow(instance_id, int(time.time() * 1000))
+        except Exception as exc:
+            logger.warning("could not move instance %s to the slow lane: %s", instance_id, exc)
+            return False
+        logger.warning("instance %s moves to the slow lane: %s", instance_id, why)
+        return True
 
     def _crashed(self, slot: int) -> TurnVerdict | None:
         """A child that died mid-turn: count it against the instance; fail it past the limit."""
@@ -223,13 +294,26 @@ class EngineProcesses:
             for slot, child in enumerate(self._children):
                 if child is None or child.returncode is not None or slot in self._verdicts:
                     continue
-                verdict = judge(self._boards[slot].read(), now, self._budget)
-                if verdict is None:
+                if slot in self._moved:
                     continue
-                logger.warning(
-                    "engine process %d: %s; killing it", child.pid, verdict.error["title"]
-                )
-                self._verdicts[slot] = verdict
+                reading = self._boards[slot].read()
+                verdict = judge(reading, now, self._budget)
+                if verdict is not None:
+                    logger.warning(
+                        "engine process %d: %s; killing it", child.pid, verdict.error["title"]
+                    )
+                    self._verdicts[slot] = verdict
+                elif self._lanes[slot] is EngineLane.REGULAR:
+                    slow = running_slow(reading, now, self._slow_ms)
+                    if slow is None:
+                        continue
+                    # Marked before the kill: whoever takes over its work forwards it.
+                    why = f"an expression ran past {self._slow_ms} ms (slowExpressionMs)"
+                    if not await self._move(slow, why):
+                        continue
+                    self._moved[slot] = slow
+                else:
+                    continue
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from okra_sidecar.clock import now_ms
@@ -38,6 +39,21 @@ OUTCOME_STATUS = {
     TurnOutcome.FAILED: InstanceStatus.FAILED,
 }
 MAX_COMMIT_ATTEMPTS = 8
+# How often a regular runner reads which workflows go to the slow lane.
+SLOW_DEFINITIONS_REFRESH_S = 0.5
+
+
+class EngineLane(StrEnum):
+    """Which work a runner takes (engine/processes.py keeps a slow lane beside the others).
+
+    ALL: every regular work item, whatever the instance (turns in the serving process).
+    REGULAR: regular work items; those of instances marked slow move to the slow lane.
+    SLOW: only the slow lane, where an instance's expressions may use their whole budget.
+    """
+
+    ALL = "all"
+    REGULAR = "regular"
+    SLOW = "slow"
 
 
 # Told of every instance that fails: (instance id, workflow id, error). Policies raise alerts.
@@ -87,8 +103,13 @@ class EngineRunner:
         turns: TurnTracer | None = None,
         on_failure: FailureHook | None = None,
         orphans: OrphanClaim | None = None,
+        lane: EngineLane = EngineLane.ALL,
     ) -> None:
         self._store = store
+        self._lane = lane
+        self._slow = lane is EngineLane.SLOW
+        # Workflows whose instances all go to the slow lane for now (regular lane only).
+        self._slow_workflows: frozenset[str] = frozenset()
         self._orphans = orphans
         self._on_failure = on_failure
         self._turn_telemetry = turns or TurnTracer(tracer=None, metrics=SidecarMetrics())
@@ -114,9 +135,17 @@ class EngineRunner:
         self._stopping.clear()
         self._tasks = [
             asyncio.create_task(self._loop("work", self._read_once), name="okra-work"),
-            asyncio.create_task(self._loop("timers", self._timers_once), name="okra-timers"),
             asyncio.create_task(self._loop("reclaim", self._reclaim_once), name="okra-reclaim"),
         ]
+        if not self._slow:
+            # Due timers go to the regular lane; the slow lane gets them forwarded from there.
+            timers = asyncio.create_task(
+                self._loop("timers", self._timers_once), name="okra-timers"
+            )
+            self._tasks.append(timers)
+        if self._lane is EngineLane.REGULAR:
+            watch = asyncio.create_task(self._loop("slow lane", self._slow_definitions_once))
+            self._tasks.append(watch)
         if self._orphans is not None:
             orphans = asyncio.create_task(self._loop("orphans", self._orphans_once))
             self._tasks.append(orphans)
@@ -152,7 +181,7 @@ class EngineRunner:
             await asyncio.wait(self._turns, return_when=asyncio.FIRST_COMPLETED)
         free = self._settings.concurrency - len(self._turns)
         items = await self._store.read_work(
-            self._consumer, count=free, block_ms=self._settings.read_block_ms
+            self._consumer, count=free, block_ms=self._settings.read_block_ms, slow=self._slow
         )
         self.dispatch(items)
         linger = self._settings.read_linger_ms
@@ -161,6 +190,10 @@ class EngineRunner:
             # next read, and the loads and commits of its turns, each serve several items.
             await asyncio.sleep(linger / 1000)
 
+    async def _slow_definitions_once(self) -> None:
+        self._slow_workflows = await self._store.slow_definitions(self._clock())
+        await asyncio.sleep(SLOW_DEFINITIONS_REFRESH_S)
+
     async def _timers_once(self) -> None:
         await self._store.fire_timers(self._clock(), limit=1000)
         await asyncio.sleep(self._settings.timer_interval_ms / 1000)
@@ -168,7 +201,7 @@ class EngineRunner:
     async def _reclaim_once(self) -> None:
         await asyncio.sleep(self._settings.claim_idle_ms / 2000)
         items = await self._store.claim_stale_work(
-            self._consumer, min_idle_ms=self._settings.claim_idle_ms, count=100
+            self._consumer, min_idle_ms=self._settings.claim_idle_ms, count=100, slow=self._slow
         )
         if items:
             logger.info("reclaimed %d work items left by a stopped worker", len(items))
@@ -231,6 +264,12 @@ class EngineRunner:
                 return False
             if snapshot.status is InstanceStatus.SUSPENDED:
                 return False
+            slow = snapshot.slow or snapshot.workflow_id in self._slow_workflows
+            if slow and self._lane is EngineLane.REGULAR:
+                # Its expressions ran long here once: the slow lane's process takes its turns,
+                # so that they never hold up the other instances of this one again.
+                await self._store.forward_to_slow_lane(list(work or ()))
+                return True
             # Each attempt is a span in the Run's trace, current while it runs.
             with self._turn_telemetry.turn(snapshot, started_ns=started_ns, due_ms=due) as turn:
                 due = []

@@ -5,6 +5,9 @@ instance whose turn it was fails with the specification's timeout error, titled 
 A child that dies on its own in the middle of a turn (jq aborts when its allocation fails
 under the child's memory limit) leaves that turn to be retried; after `crash_retries` retries
 the instance fails with a runtime error instead of taking the next process down with it.
+
+Before any of that, an evaluation that runs past `slowExpressionMs` in a regular child moves
+its instance to the slow lane (`running_slow`), where the budgets above apply in full.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
 from okra_sidecar.engine.runtime.board import BoardReading
 from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
 
-__all__ = ["TurnBudget", "TurnVerdict", "crash_fault", "judge"]
+__all__ = ["TurnBudget", "TurnVerdict", "crash_fault", "judge", "running_slow"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,14 @@ def judge(reading: BoardReading, now_ns: int, budget: TurnBudget) -> TurnVerdict
             error = _timeout(f"{what} timed out in {task}", detail, task)
             return TurnVerdict(reading.instance_id, error)
     return None
+
+
+def running_slow(reading: BoardReading, now_ns: int, slow_ms: int) -> str | None:
+    """The instance whose evaluation has run past `slow_ms`, or None (0: never)."""
+    started_ns = reading.evaluation_started_ns
+    if not slow_ms or not started_ns or not reading.instance_id:
+        return None
+    return reading.instance_id if (now_ns - started_ns) // 1_000_000 > slow_ms else None
 
 
 def crash_fault(reading: BoardReading, crashes: int) -> dict[str, Any]:
