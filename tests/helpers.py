@@ -26,8 +26,12 @@ from okra_sidecar.config import (
 )
 from okra_sidecar.ctk.runner import ENGINE as CTK_ENGINE
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
+from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.server import Sidecar, start_sidecar
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.outbox_store import RedisOutboxStore
+from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -169,6 +173,40 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             fields.extend(v.field for v in bad.field_violations)
     return fields
+
+
+async def held(redis: Redis, workflow_key: str = "", *, keys: RedisKeys = KEYS) -> int:
+    """Instances admitted in the keys' limit scope (of one workflow when `workflow_key`)."""
+    scope = keys.scope
+    key = keys.limit_workflow(scope, workflow_key) if workflow_key else keys.limit_active(scope)
+    return int(await redis.zcard(key))
+
+
+async def eventually_held(
+    redis: Redis, count: int, workflow_key: str = "", *, keys: RedisKeys = KEYS
+) -> None:
+    """Wait until the scope holds `count` (releases arrive through the relay)."""
+
+    async def check() -> bool:
+        return await held(redis, workflow_key, keys=keys) == count
+
+    await eventually(check, what=f"{count} held {workflow_key}")
+
+
+async def apply_outbox(store: RedisStore) -> int:
+    """Apply every outbox entry as a sidecar's relay would; how many there were."""
+    outbox = RedisOutboxStore(redis=store.redis, keys=store.keys)
+    await outbox.ensure_groups()
+    relay = OutboxRelay(
+        outbox=outbox,
+        effects=RedisEffectStore(redis=store.redis, keys=store.keys),
+        limits=store.limits,
+        consumer="test-relay",
+        claim_idle_ms=60_000,
+    )
+    entries = await outbox.read("test-relay", count=1000, block_ms=10)
+    await relay.relay(entries)
+    return len(entries)
 
 
 async def index_size(redis: Redis, index: Callable[[int], str], keys: RedisKeys = KEYS) -> int:

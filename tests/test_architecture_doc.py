@@ -27,6 +27,8 @@ KEY_HELPERS = frozenset(
         "instance_keys",
         "delivery_keys",
         "tag",
+        "scope",
+        "limit_tag",
     }
 )
 

@@ -3,7 +3,8 @@
 Every sidecar runs one; they share the outboxes through one consumer group, so each entry is
 applied by one relay, and again by whoever claims it if that relay stops before acknowledging
 it, which the dedup ids make harmless: a parent gets its child's outcome once. A parent that
-has finished meanwhile no longer takes deliveries, and the entry is dropped.
+has finished meanwhile no longer takes deliveries, and the entry is dropped. A release is
+idempotent by instance id.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import asyncio
 
 from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.store.effect_store import RedisEffectStore
-from okra_sidecar.store.outbox_store import DELIVER, PUBLISH, OutboxEntry, RedisOutboxStore
+from okra_sidecar.store.limit_store import RedisLimitStore
+from okra_sidecar.store.outbox_store import (
+    DELIVER,
+    PUBLISH,
+    RELEASE,
+    OutboxEntry,
+    RedisOutboxStore,
+)
 from okra_sidecar.tasks import cancel_and_wait
 
 __all__ = ["OutboxRelay"]
@@ -24,12 +32,14 @@ class OutboxRelay:
         *,
         outbox: RedisOutboxStore,
         effects: RedisEffectStore,
+        limits: RedisLimitStore,
         consumer: str,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
     ) -> None:
         self._outbox = outbox
         self._effects = effects
+        self._limits = limits
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
         self._read_block_ms = read_block_ms
@@ -66,4 +76,6 @@ class OutboxRelay:
                 await self._effects.deliver(entry.instance_id, entry.dedup, entry.event)
             elif entry.kind == PUBLISH:
                 await self._effects.publish(entry.event)
+            elif entry.kind == RELEASE:
+                await self._limits.release(entry.instance_id, entry.scope, entry.workflow_key)
         await self._outbox.ack(entries)

@@ -21,12 +21,14 @@ from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.http import HttpCaller
 from okra_sidecar.executors.openapi import OpenApiCaller
 from okra_sidecar.executors.outbound import OutboundGuard, redis_endpoints
+from okra_sidecar.executors.reconciler import LimitReconciler
 from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.executors.router import EventRouter
 from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.limit_store import RedisLimitStore
 from okra_sidecar.store.liveness import ConsumerLiveness
 from okra_sidecar.store.outbox_store import RedisOutboxStore
 
@@ -45,6 +47,7 @@ class EffectRuntime:
     dispatcher: EffectDispatcher
     router: EventRouter
     relay: OutboxRelay
+    reconciler: LimitReconciler
 
     @classmethod
     def build(
@@ -106,22 +109,27 @@ class EffectRuntime:
             read_block_ms=engine.read_block_ms,
             triggers=triggers,
         )
+        limits = RedisLimitStore(redis=redis, keys=keys)
         relay = OutboxRelay(
             outbox=RedisOutboxStore(redis=redis, keys=keys),
             effects=effects,
+            limits=limits,
             consumer=consumer,
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,
         )
-        return cls(effects, http, openapi, grpc, dispatcher, router, relay)
+        reconciler = LimitReconciler(limits=limits)
+        return cls(effects, http, openapi, grpc, dispatcher, router, relay, reconciler)
 
     async def start(self) -> None:
         await self.dispatcher.start()
         await self.router.start()
         await self.relay.start()
+        await self.reconciler.start()
 
     async def stop(self, *, timeout_s: float) -> None:
         """Stop reading; calls in flight get `timeout_s`, then stay pending for another sidecar."""
+        await self.reconciler.stop()
         await self.relay.stop()
         await self.router.stop()
         await self.dispatcher.stop(timeout_s=timeout_s)

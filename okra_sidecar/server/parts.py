@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -162,6 +162,8 @@ async def open_store(settings: Settings, url: str, client: aioredis.Redis) -> Re
     keys = await open_layout(
         client, prefix=settings.redis.key_prefix, partitions=settings.redis.partitions
     )
+    # Instance limits are counted per service namespace (see store/limit_store.py).
+    keys = replace(keys, scope=settings.telemetry.service_namespace)
     return build_store(settings, url, client, keys)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
-from okra_sidecar.errors import Reason, ResourceExhaustedError
+from okra_sidecar.errors import Reason, ResourceExhaustedError, StoreUnavailableError
 from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
 from okra_sidecar.store.base import CancelLinks
 from okra_sidecar.store.connections import StoreConnections
 from okra_sidecar.store.jsontext import dumps
+from okra_sidecar.store.limit_store import Admission, RedisLimitStore
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
 from okra_sidecar.store.records import (
     RECORD_FIELDS,
@@ -29,10 +31,144 @@ class InstanceStore(StoreConnections):
     _cancel = MultiplexedScript(load_script("cancel"))
     _signal_start = MultiplexedScript(load_script("signal_start"))
 
-    def _create_call(
-        self, new: NewInstance, *, max_active: int, max_per_workflow: int
-    ) -> tuple[list[str], list[Arg]]:
-        """create.lua's KEYS and ARGV for `new`."""
+    async def create_instance(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+    ) -> bool:
+        """Persist a new instance and ask for its first turn; False if the id exists.
+
+        Raises:
+            ResourceExhaustedError: `max_active` unfinished instances exist, or
+                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
+        """
+        admission = await self._admit(
+            new,
+            max_active=max_active,
+            max_per_workflow=max_per_workflow,
+            limit_policy=limit_policy,
+            workflow_limit_policy=workflow_limit_policy,
+        )
+        if admission.refused:
+            return False  # a retried Run whose instance finished and left its place
+        return await self.create_admitted(new, admission)
+
+    async def _admit(
+        self,
+        new: NewInstance,
+        *,
+        max_active: int,
+        max_per_workflow: int,
+        limit_policy: str,
+        workflow_limit_policy: str,
+    ) -> Admission:
+        """Reserve `new`'s place in the limit scope's slot, before it is created in its own;
+        a refused admission (no score) when a limit refused it but the instance exists.
+
+        Raises:
+            ResourceExhaustedError: a limit refused it and there is no such instance.
+        """
+        workflow_key = _workflow_key(new.workflow_id)
+        admission = await self.limits.reserve(
+            new.instance_id,
+            workflow_key,
+            max_active=max_active,
+            max_per_workflow=max_per_workflow,
+        )
+        if not admission.refused or await self._exists(new.instance_id):
+            return admission
+        raise _limit_reached(
+            admission.refused,
+            _workflow_key(new.workflow_id),
+            max_active=max_active,
+            max_per_workflow=max_per_workflow,
+            limit_policy=limit_policy,
+            workflow_limit_policy=workflow_limit_policy,
+        )
+
+    async def create_admitted(self, new: NewInstance, admission: Admission) -> bool:
+        """create_instance's second step: create the instance `admission` (from
+        `limits.reserve`) admitted; False if the id exists.
+
+        Raises:
+            StoreUnavailableError: the reconciler gave the admission up meanwhile (the step
+                came seconds late); nothing was written, and a retried Run is admitted again.
+        """
+        keys, args = self._create_call(new, admission)
+        with map_redis_errors():
+            created, waited = await self._durable_write(self._create, keys=keys, args=args)
+        await self._settle_admission(int(created), new, admission)
+        with map_redis_errors():
+            self._check_durable(waited)
+        return int(created) == 1
+
+    async def signal_with_start(
+        self,
+        new: NewInstance,
+        *,
+        signal_id: str,
+        event: dict[str, Any],
+        now_ms: int,
+        max_active: int,
+        max_per_workflow: int = 0,
+        limit_policy: str = "",
+        workflow_limit_policy: str = "",
+        expect_status: str | None = None,
+    ) -> tuple[bool, bool]:
+        """Create `new` unless it exists, then deliver the signal to it, in one step (after
+        its admission, as for create_instance).
+
+        Returns whether this call created it and whether `signal_id` was delivered before.
+
+        Raises:
+            ResourceExhaustedError: a limit refused the create; nothing was written.
+            FailedPreconditionError: the instance exists and has finished.
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
+        iid = new.instance_id
+        admission = await self._admit(
+            new,
+            max_active=max_active,
+            max_per_workflow=max_per_workflow,
+            limit_policy=limit_policy,
+            workflow_limit_policy=workflow_limit_policy,
+        )
+        # Refused but existing: create.lua creates nothing without a score (-4), only the
+        # signal is left to deliver.
+        create_keys, create_args = self._create_call(new, admission)
+        with map_redis_errors():
+            result, waited = await self._durable_write(
+                self._signal_start,
+                keys=[self.keys.inbox(iid), self.keys.signal_ids(iid), *create_keys],
+                args=[
+                    len(create_args),
+                    *create_args,
+                    *(iid, signal_id, dumps(event), now_ms, expect_status or ""),
+                ],
+            )
+        created = int(result[0])
+        if created == -4:  # the instance went (purged) since it was found
+            raise _limit_reached(
+                admission.refused,
+                _workflow_key(new.workflow_id),
+                max_active=max_active,
+                max_per_workflow=max_per_workflow,
+                limit_policy=limit_policy,
+                workflow_limit_policy=workflow_limit_policy,
+            )
+        await self._settle_admission(created, new, admission)
+        with map_redis_errors():
+            outcome = [text(x) for x in result[1:]]
+            self._raise_for(iid, outcome, "signal")
+            self._check_durable(waited)
+        return created == 1, outcome[0] == "duplicate"
+
+    def _create_call(self, new: NewInstance, admission: Admission) -> tuple[list[str], list[Arg]]:
+        """create.lua's KEYS and ARGV for `new`, admitted by `admission`."""
         keys = self.keys
         member = index_member(new.created_us, new.instance_id)
         partition = keys.partition(new.instance_id)
@@ -66,7 +202,6 @@ class InstanceStore(StoreConnections):
             fields += ["owner", dumps(new.owner)]
         if new.parent is None and new.ancestors:
             fields += ["anc", dumps(list(new.ancestors))]
-        workflow_key = ".".join(new.workflow_id.split(".")[:2])
         event = dumps({"type": "workflow.created", "time": new.created_ms})
         if new.parent is not None:
             parent = new.parent
@@ -77,126 +212,43 @@ class InstanceStore(StoreConnections):
             keys.instance(new.instance_id),
             keys.history(new.instance_id),
             keys.work(partition),
-            keys.active_count,
+            keys.voided(new.instance_id),
             *index_keys,
         ]
         args: list[Arg] = [
-            *(new.instance_id, member, max_active, event),
-            *(keys.active_workflow(workflow_key), max_per_workflow),
+            *(new.instance_id, member, admission.score, event),
+            *(keys.scope, _workflow_key(new.workflow_id)),
             *fields,
         ]
         return script_keys, args
 
-    @staticmethod
-    def _check_admitted(
-        created: int,
-        new: NewInstance,
-        *,
-        max_active: int,
-        max_per_workflow: int,
-        limit_policy: str,
-        workflow_limit_policy: str,
-    ) -> None:
-        """Raise the limit create.lua reported (-1 active, -2 per workflow), if any."""
-        if created == -1:
-            source = f" ({limit_policy})" if limit_policy else ""
-            raise ResourceExhaustedError(
-                f"the limit of {max_active} concurrent instances{source} is reached; "
-                "retry when some have finished",
-                reason=Reason.INSTANCE_LIMIT_REACHED,
-                policy=limit_policy,
+    async def _settle_admission(self, created: int, new: NewInstance, admission: Admission) -> None:
+        """After create.lua: refuse a lapsed admission, give back one a finished instance
+        made needless."""
+        if created == -3:
+            raise StoreUnavailableError(
+                f"the admission of instance {new.instance_id} lapsed before it was created; "
+                "retry the call",
+                reason=Reason.REDIS_UNAVAILABLE,
             )
-        if created == -2:
-            workflow_key = ".".join(new.workflow_id.split(".")[:2])
-            source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
-            raise ResourceExhaustedError(
-                f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
-                f"{source} is reached; retry when some have finished",
-                reason=Reason.INSTANCE_LIMIT_REACHED,
-                policy=workflow_limit_policy,
-                metadata={"workflow": workflow_key},
+        if created == 2 and admission.fresh:
+            # A retried Run of an instance that has finished and left its place: give back
+            # the one this call took.
+            await self.limits.release(
+                new.instance_id,
+                self.keys.scope,
+                _workflow_key(new.workflow_id),
+                score=admission.score,
             )
 
-    async def create_instance(
-        self,
-        new: NewInstance,
-        *,
-        max_active: int,
-        max_per_workflow: int = 0,
-        limit_policy: str = "",
-        workflow_limit_policy: str = "",
-    ) -> bool:
-        """Persist a new instance and ask for its first turn; False if the id exists.
+    @cached_property
+    def limits(self) -> RedisLimitStore:
+        """The limit sets, on the same connections."""
+        return RedisLimitStore(redis=self.redis, keys=self.keys, hot=self.hot)
 
-        Raises:
-            ResourceExhaustedError: `max_active` unfinished instances exist, or
-                `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
-        """
-        keys, args = self._create_call(
-            new, max_active=max_active, max_per_workflow=max_per_workflow
-        )
+    async def _exists(self, instance_id: str) -> bool:
         with map_redis_errors():
-            created, waited = await self._durable_write(self._create, keys=keys, args=args)
-            self._check_admitted(
-                int(created),
-                new,
-                max_active=max_active,
-                max_per_workflow=max_per_workflow,
-                limit_policy=limit_policy,
-                workflow_limit_policy=workflow_limit_policy,
-            )
-            self._check_durable(waited)
-        return int(created) == 1
-
-    async def signal_with_start(
-        self,
-        new: NewInstance,
-        *,
-        signal_id: str,
-        event: dict[str, Any],
-        now_ms: int,
-        max_active: int,
-        max_per_workflow: int = 0,
-        limit_policy: str = "",
-        workflow_limit_policy: str = "",
-        expect_status: str | None = None,
-    ) -> tuple[bool, bool]:
-        """Create `new` unless it exists, then deliver the signal to it, in one step.
-
-        Returns whether this call created it and whether `signal_id` was delivered before.
-
-        Raises:
-            ResourceExhaustedError: a limit refused the create; nothing was written.
-            FailedPreconditionError: the instance exists and has finished.
-            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
-        """
-        create_keys, create_args = self._create_call(
-            new, max_active=max_active, max_per_workflow=max_per_workflow
-        )
-        iid = new.instance_id
-        with map_redis_errors():
-            result, waited = await self._durable_write(
-                self._signal_start,
-                keys=[self.keys.inbox(iid), self.keys.signal_ids(iid), *create_keys],
-                args=[
-                    len(create_args),
-                    *create_args,
-                    *(iid, signal_id, dumps(event), now_ms, expect_status or ""),
-                ],
-            )
-            created = int(result[0])
-            self._check_admitted(
-                created,
-                new,
-                max_active=max_active,
-                max_per_workflow=max_per_workflow,
-                limit_policy=limit_policy,
-                workflow_limit_policy=workflow_limit_policy,
-            )
-            outcome = [text(x) for x in result[1:]]
-            self._raise_for(iid, outcome, "signal")
-            self._check_durable(waited)
-        return created == 1, outcome[0] == "duplicate"
+            return int(await self.hot.execute("EXISTS", self.keys.instance(instance_id))) == 1
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with map_redis_errors():
@@ -237,7 +289,7 @@ class InstanceStore(StoreConnections):
             keys.instance(instance_id),
             keys.history(instance_id),
             keys.timers(partition),
-            keys.active_count,
+            keys.outbox(partition),
             *keys.status_indexes(partition),
             keys.index_finished(partition),
         ]
@@ -253,9 +305,7 @@ class InstanceStore(StoreConnections):
             }
         }
         if links.parent_id and parent_event is not None:
-            extra_keys.append(keys.outbox(partition))
             extras["parent"] = {
-                "k": slot + len(extra_keys) - 1,
                 "id": links.parent_id,
                 "dedup": parent_event["id"],
                 "event": dumps(parent_event),
@@ -271,6 +321,9 @@ class InstanceStore(StoreConnections):
                 return None
             self._raise_for(instance_id, outcome, "cancel")
             self._check_durable(waited)
+        if len(outcome) > 2:
+            # The outbox releases it too; releasing now frees the place before Cancel returns.
+            await self.limits.release(instance_id, outcome[2], outcome[3])
         return outcome[1]
 
     async def children(self, instance_id: str) -> list[str]:
@@ -282,3 +335,35 @@ class InstanceStore(StoreConnections):
                     pipe.zrange(keys.index_parent(partition, instance_id), 0, -1)
                 per_partition: list[list[bytes]] = await pipe.execute()
         return sorted(text(m).split(":", 1)[1] for members in per_partition for m in members)
+
+
+def _limit_reached(
+    refused: str,
+    workflow_key: str,
+    *,
+    max_active: int,
+    max_per_workflow: int,
+    limit_policy: str,
+    workflow_limit_policy: str,
+) -> ResourceExhaustedError:
+    if refused == "active":
+        source = f" ({limit_policy})" if limit_policy else ""
+        return ResourceExhaustedError(
+            f"the limit of {max_active} concurrent instances{source} is reached; "
+            "retry when some have finished",
+            reason=Reason.INSTANCE_LIMIT_REACHED,
+            policy=limit_policy,
+        )
+    source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
+    return ResourceExhaustedError(
+        f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
+        f"{source} is reached; retry when some have finished",
+        reason=Reason.INSTANCE_LIMIT_REACHED,
+        policy=workflow_limit_policy,
+        metadata={"workflow": workflow_key},
+    )
+
+
+def _workflow_key(workflow_id: str) -> str:
+    """`namespace.name`: what maxInstancesPerWorkflow counts, every version together."""
+    return ".".join(workflow_id.split(".")[:2])

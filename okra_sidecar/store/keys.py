@@ -33,6 +33,8 @@ class RedisKeys:
 
     prefix: str = "okra:"
     partitions: int = 8
+    # The service namespace (serviceNamespace) whose instance limits this sidecar counts.
+    scope: str = ""
 
     def partition(self, instance_id: str) -> int:
         return zlib.crc32(instance_id.encode()) % self.partitions
@@ -151,13 +153,29 @@ class RedisKeys:
     def definition_versions(self, workflow_key: str) -> str:
         return f"{self.prefix}definitions:versions:{workflow_key}"
 
-    @property
-    def active_count(self) -> str:
-        return f"{self.prefix}active"
+    def limit_tag(self, scope: str) -> str:
+        """The key prefix of one scope's limit sets, its own hash tag included: a Run's
+        admission touches only this slot."""
+        return f"{self.prefix}limits:{{ns:{scope}}}"
 
-    def active_workflow(self, workflow_key: str) -> str:
-        """Unfinished instances of one workflow (`namespace.name`, every version together)."""
-        return f"{self.prefix}active:wf:{workflow_key}"
+    def limit_active(self, scope: str) -> str:
+        """The ids admitted and not yet released in one scope, scored by when they were
+        reserved (µs), for `maxConcurrentInstances`."""
+        return f"{self.limit_tag(scope)}:active"
+
+    def limit_workflow(self, scope: str, workflow_key: str) -> str:
+        """The same for one workflow (`namespace.name`, every version), for
+        `maxInstancesPerWorkflow`."""
+        return f"{self.limit_tag(scope)}:wf:{workflow_key}"
+
+    def limit_held(self, scope: str) -> str:
+        """Admitted id -> the workflow key whose set also holds it."""
+        return f"{self.limit_tag(scope)}:held"
+
+    def voided(self, instance_id: str) -> str:
+        """A lapsed reservation's time, in the instance's slot: a create that comes after the
+        reconciler gave its reservation up is refused (store/limit_store.py)."""
+        return f"{self.instance(instance_id)}:voided"
 
     @property
     def policies(self) -> str:

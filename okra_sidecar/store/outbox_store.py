@@ -23,11 +23,13 @@ from okra_sidecar.store.keys import RELAY_GROUP, RedisKeys
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.streams import claim_partitions, read_partitions
 
-__all__ = ["DELIVER", "PUBLISH", "OutboxEntry", "RedisOutboxStore"]
+__all__ = ["DELIVER", "PUBLISH", "RELEASE", "OutboxEntry", "RedisOutboxStore"]
 
-# Entry kinds, field `k`: an event for one instance's inbox, or one for the events stream.
+# Entry kinds, field `k`: an event for one instance's inbox, one for the events stream, or a
+# finished instance's admission to give back in its limit scope (store/limit_store.py).
 DELIVER = "deliver"
 PUBLISH = "publish"
+RELEASE = "release"
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,10 @@ class OutboxEntry:
     entry_id: str
     kind: str
     event: dict[str, Any]
-    instance_id: str = ""  # the instance a DELIVER entry is for
+    instance_id: str = ""  # the instance a DELIVER or RELEASE entry is for
     dedup: str = ""  # its dedup id in that instance's `delivered` set
+    scope: str = ""  # a RELEASE entry's limit scope and workflow key
+    workflow_key: str = ""
 
 
 class RedisOutboxStore:
@@ -105,7 +109,9 @@ def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxE
         partition=partition,
         entry_id=text(entry_id),
         kind=text(fields.get(b"k")),
-        event=loads(fields[b"e"]),
+        event=loads(fields[b"e"]) if b"e" in fields else {},
         instance_id=text(fields.get(b"i")),
         dedup=text(fields.get(b"d")),
+        scope=text(fields.get(b"s")),
+        workflow_key=text(fields.get(b"w")),
     )

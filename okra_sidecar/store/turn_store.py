@@ -101,7 +101,7 @@ class TurnStore(StoreConnections):
             keys.history(iid),
             keys.work(partition),
             keys.timers(partition),
-            keys.active_count,
+            keys.outbox(partition),
             *keys.status_indexes(partition),
             keys.index_finished(partition),
         ]
@@ -141,8 +141,6 @@ class TurnStore(StoreConnections):
             return len(keys)
 
         out: dict[str, Any] = {}
-        if extras.events or (extras.parent_event is not None and snapshot.parent_id):
-            out["outboxSlot"] = slot(self.keys.outbox(partition))
         if extras.effects:
             out["effects"] = [dumps(effect) for effect in extras.effects]
             out["effectSlot"] = slot(self.keys.effects(partition))

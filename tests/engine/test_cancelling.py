@@ -15,7 +15,7 @@ from okra_sidecar.instances import InstanceStatus, ParentLink
 from okra_sidecar.store.base import CancelLinks
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.outbox_store import DELIVER, RedisOutboxStore
+from okra_sidecar.store.outbox_store import DELIVER, RELEASE, RedisOutboxStore
 from okra_sidecar.store.redis_store import RedisStore
 from tests.store.test_redis_store import IDS, new
 
@@ -45,7 +45,7 @@ async def _inbox(store: RedisStore, instance_id: str) -> list[dict[str, Any]]:
 async def test_a_cancelled_child_hands_its_parent_a_runtime_error_once(
     store: RedisStore, redis: Redis
 ) -> None:
-    parent, child, _ = await _family(store)
+    parent, child, grandchild = await _family(store)
     assert await cancel_instance(store, child, reason="stop", now_ms=7) == "t.w.1.0.0"
     # The parent may live in another slot: the outcome waits in the child's partition outbox.
     assert await _inbox(store, parent) == []
@@ -54,10 +54,15 @@ async def test_a_cancelled_child_hands_its_parent_a_runtime_error_once(
     entries = await outbox.read("r1", count=10, block_ms=10)
     # The child's outcome for the parent, and the grandchild's (cancelled in the cascade) for
     # the child, which no longer takes deliveries.
-    assert sorted((e.kind, e.instance_id) for e in entries) == [(DELIVER, parent), (DELIVER, child)]
+    delivered = sorted((e.kind, e.instance_id) for e in entries if e.kind == DELIVER)
+    assert delivered == [(DELIVER, parent), (DELIVER, child)]
+    # Each cancelled instance also hands its admission back to its limit scope.
+    released = sorted(e.instance_id for e in entries if e.kind == RELEASE)
+    assert released == sorted([child, grandchild])
     relay = OutboxRelay(
         outbox=outbox,
         effects=RedisEffectStore(redis=redis, keys=store.keys),
+        limits=store.limits,
         consumer="r1",
         claim_idle_ms=1000,
     )

@@ -24,6 +24,7 @@ from okra_sidecar.config import AuthSettings, HostSettings, PolicySettings, Sett
 from okra_sidecar.server import Sidecar
 from okra_sidecar.telemetry import Telemetry
 from tests.helpers import (
+    KEYS,
     Stub,
     eventually,
     expect_rpc_error,
@@ -60,6 +61,8 @@ def bearer(**claims: Any) -> Metadata:
 
 
 ADMIN = bearer(sub="platform", okra_policy_admin=True)
+# Key names as the policed sidecars see them: instance limits counted in namespace `app`.
+APP_KEYS = replace(KEYS, scope="app")
 
 
 def policy_settings(

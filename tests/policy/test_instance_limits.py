@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -10,9 +11,17 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.policy import document as keys
-from tests.helpers import KEYS, expect_rpc_error, index_size, wait_for_status
+from tests.helpers import (
+    KEYS,
+    eventually_held,
+    expect_rpc_error,
+    held,
+    index_size,
+    wait_for_status,
+)
 from tests.policy import seed
 from tests.policy.support import (
+    APP_KEYS,
     denied_by,
     policed_sidecar,
     policy_settings,
@@ -21,6 +30,7 @@ from tests.policy.support import (
 )
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+ONBOARDING = "user.onboarding.1.0.0"
 
 
 async def attempt(stub: object, workflow_id: str) -> str | None:
@@ -33,31 +43,54 @@ async def attempt(stub: object, workflow_id: str) -> str | None:
         return None
 
 
-async def test_200_concurrent_runs_against_50_admit_exactly_50(
+async def test_200_concurrent_runs_through_two_sidecars_admit_exactly_50(
     tmp_path: Path, redis: Redis, redis_url: str
 ) -> None:
     path = write_policies(tmp_path, seed.document(seed.INSTANCE_LIMITS))
-    async with policed_sidecar(policy_settings(redis_url, path)) as running:
-        stub = running.stub
+    settings = policy_settings(redis_url, path)
+    async with policed_sidecar(settings) as one, policed_sidecar(settings) as two:
+        stubs = [one.stub, two.stub]
         results = await asyncio.gather(
-            *(attempt(stub, "user.onboarding.1.0.0") for _ in range(200))
+            *(attempt(stubs[n % 2], "user.onboarding.1.0.0") for n in range(200))
         )
         admitted = [r for r in results if r is not None]
         assert len(admitted) == 50
-        assert await redis.get("okra:active") == b"50"
-        assert await redis.get("okra:active:wf:user.onboarding") == b"50"
+        assert await held(redis, keys=APP_KEYS) == 50
+        assert await held(redis, "user.onboarding", keys=APP_KEYS) == 50
         assert await index_size(redis, KEYS.index_all) == 50
-        # One more is refused, with the limit named.
-        assert await attempt(stub, "user.onboarding.1.0.0") is None
+        # One more is refused, with the limit named, through either sidecar.
+        assert await attempt(one.stub, "user.onboarding.1.0.0") is None
+        assert await attempt(two.stub, "user.onboarding.1.0.0") is None
 
-        # A finished instance frees its slot: one completes, one is cancelled.
-        await wait_for_status(stub, admitted[0], {pb.WORKFLOW_STATUS_WAITING})
-        await stub.Signal(pb.SignalRequest(instance_id=admitted[0], signal="approved"))
-        await wait_for_status(stub, admitted[0], {pb.WORKFLOW_STATUS_COMPLETED})
-        await stub.Cancel(pb.CancelRequest(instance_id=admitted[1], reason="make room"))
-        assert await redis.get("okra:active") == b"48"
-        again = await asyncio.gather(*(attempt(stub, "user.onboarding.1.0.0") for _ in range(10)))
+        # A finished instance frees its place: one completes, one is cancelled.
+        await wait_for_status(one.stub, admitted[0], {pb.WORKFLOW_STATUS_WAITING})
+        await one.stub.Signal(pb.SignalRequest(instance_id=admitted[0], signal="approved"))
+        await wait_for_status(one.stub, admitted[0], {pb.WORKFLOW_STATUS_COMPLETED})
+        await two.stub.Cancel(pb.CancelRequest(instance_id=admitted[1], reason="make room"))
+        await eventually_held(redis, 48, keys=APP_KEYS)
+        again = await asyncio.gather(
+            *(attempt(stubs[n % 2], "user.onboarding.1.0.0") for n in range(10))
+        )
         assert sum(r is not None for r in again) == 2
+        assert await held(redis, keys=APP_KEYS) == 50
+
+
+async def test_each_service_namespace_has_its_own_allowance(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    path = write_policies(tmp_path, seed.document(seed.INSTANCE_LIMITS))
+    app = policy_settings(redis_url, path, max_active=2)
+    other = policy_settings(redis_url, path, max_active=2, namespace="billing")
+    async with policed_sidecar(app) as one, policed_sidecar(other) as two:
+        for _ in range(2):
+            await run(one.stub, "user.onboarding.1.0.0")
+        await expect_rpc_error(one.stub.Run(pb.RunRequest(workflow_id=ONBOARDING)), EXHAUSTED)
+        # The billing service counts its own instances, not app's.
+        for _ in range(2):
+            await run(two.stub, "user.onboarding.1.0.0")
+        await expect_rpc_error(two.stub.Run(pb.RunRequest(workflow_id=ONBOARDING)), EXHAUSTED)
+        assert await held(redis, keys=APP_KEYS) == 2
+        assert await held(redis, keys=replace(KEYS, scope="billing")) == 2
 
 
 async def test_the_sidecar_config_limit_applies_when_tighter(

@@ -22,11 +22,13 @@ from okra_sidecar.admission import MAX_INSTANCES_PER_WORKFLOW
 from okra_sidecar.policy import document as keys
 from tests.helpers import (
     KEYS,
+    held,
     to_python,
     wait_for_status,
 )
 from tests.policy import seed
 from tests.policy.support import (
+    APP_KEYS,
     WAITING,
     Policed,
     bearer,
@@ -372,7 +374,7 @@ async def test_6_runs_within_the_per_workflow_limit(limits: Policed, redis: Redi
     started = {await run(limits.stub, "report.generation.1.0.0") for _ in range(10)}
     assert len(started) == 10
     # All ten are still running and counted against the limit of 10.
-    assert await redis.get(KEYS.active_workflow("report.generation")) == b"10"
+    assert await held(redis, "report.generation", keys=APP_KEYS) == 10
 
 
 async def test_6_a_workflow_over_its_limit_is_refused(limits: Policed, redis: Redis) -> None:

@@ -11,8 +11,8 @@ from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from tests.helpers import KEYS, wait_for_status
-from tests.policy.support import ADMIN, Policed, policed_sidecar, policy_settings, run
+from tests.helpers import KEYS, eventually_held, wait_for_status
+from tests.policy.support import ADMIN, APP_KEYS, Policed, policed_sidecar, policy_settings, run
 
 WAITING = {pb.WORKFLOW_STATUS_WAITING}
 
@@ -42,8 +42,8 @@ async def test_cancel_when_the_instance_outlives_max_duration(redis: Redis, redi
             "(policy.workflow.maxDurationMinutes)"
         )
         assert 600 <= done.end_time.ToMilliseconds() - done.start_time.ToMilliseconds() < 3000
-        assert await redis.get("okra:active") == b"0"
-        assert await redis.get("okra:active:wf:app.orders") == b"0"
+        await eventually_held(redis, 0, keys=APP_KEYS)
+        await eventually_held(redis, 0, "app.orders", keys=APP_KEYS)
         assert "workflow.timeoutExceeded" in await history_types(redis, instance_id)
 
 

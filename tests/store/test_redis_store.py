@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
@@ -13,6 +15,7 @@ from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
+from tests.helpers import apply_outbox
 
 IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(10)]
 
@@ -56,7 +59,7 @@ async def test_create_is_once_per_id(store: RedisStore, redis: Redis) -> None:
     await store.ensure_groups()
     assert await store.create_instance(new(IDS[0]), max_active=0) is True
     assert await store.create_instance(new(IDS[0]), max_active=0) is False
-    assert await redis.get("okra:active") == b"1"
+    assert await store.limits.held() == 1
     work = await store.read_work("c1", count=10, block_ms=10)
     assert [w.instance_id for w in work] == [IDS[0]]
 
@@ -82,6 +85,10 @@ async def test_finishing_frees_the_active_slot(store: RedisStore, redis: Redis) 
     snapshot = await store.load_turn(IDS[0])
     assert snapshot is not None
     await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED, output={"ok": 1}))
+    # The release crosses to the limit's slot through the outbox: held until the relay runs.
+    with pytest.raises(Exception, match="limit of 1"):
+        await store.create_instance(new(IDS[1]), max_active=1)
+    assert await apply_outbox(store) == 1
     assert await store.create_instance(new(IDS[1]), max_active=1) is True
 
 
@@ -172,3 +179,28 @@ async def test_query_merges_the_partitions_newest_first_while_instances_are_adde
         if not cursor:
             break
     assert seen == ids[::-1]
+
+
+async def test_a_page_of_100_from_16_partitions_takes_two_round_trips(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys(partitions=16))
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(250)]
+    for n, instance_id in enumerate(ids):
+        await store.create_instance(new(instance_id, 1_000_000 + n), max_active=0)
+    round_trips = 0
+    execute = Pipeline.execute
+
+    async def counted(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        nonlocal round_trips
+        round_trips += 1
+        return await execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    page = await store.query(QueryFilter(limit=100))
+    # One pipeline reads the next members of all 16 indexes, one reads the 100 records.
+    assert [r.instance_id for r in page.instances] == ids[::-1][:100]
+    assert round_trips == 2
+    rest = await store.query(QueryFilter(limit=100, cursor=page.cursor))
+    assert [r.instance_id for r in rest.instances] == ids[::-1][100:200]
+    assert round_trips == 4

@@ -1,4 +1,4 @@
-"""Every script the instance store runs keeps to one Redis Cluster slot, but for the counters."""
+"""Every script the instance store runs keeps to one Redis Cluster slot, limits included."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.scripts import load_script
 from tests.store.test_redis_store import IDS, commit, new
 
-SCRIPTS = ("create", "signal", "commit", "cancel", "timers")
+SCRIPTS = ("create", "signal", "commit", "cancel", "timers", "reserve", "release", "void")
 
 
 class RecordingCommands:
@@ -53,8 +53,8 @@ class RecordingCommands:
         await self._pool.aclose()
 
 
-async def test_every_instance_script_touches_one_slot_but_the_counters(redis: Redis) -> None:
-    keys = RedisKeys(partitions=4)
+async def test_every_instance_script_touches_one_slot(redis: Redis) -> None:
+    keys = RedisKeys(partitions=4, scope="shop")
     hot = RecordingCommands(redis)
     store = RedisStore(redis=redis, keys=keys, hot=hot)
     await store.ensure_groups()
@@ -79,11 +79,16 @@ async def test_every_instance_script_touches_one_slot_but_the_counters(redis: Re
     assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED, extras=outcome))
     await store.fire_timers(10, limit=10)
     await cancel_instance(store, parent, reason="done", now_ms=20)
+    # The relay's release of the child's place, and a reservation the reconciler voids.
+    await store.limits.release(child, "shop", "t.w")
+    await store.limits.reserve(IDS[3], "t.w", max_active=0, max_per_workflow=0)
+    await redis.zadd(keys.limit_active("shop"), {IDS[3]: 1})
+    await store.limits.reconcile()
 
     names = {MultiplexedScript(load_script(name)).sha: name for name in SCRIPTS}
     seen: set[str] = set()
     for sha, call_keys in hot.calls:
-        slots = {key_slot(key.encode()) for key in call_keys if key != keys.active_count}
+        slots = {key_slot(key.encode()) for key in call_keys}
         assert len(slots) == 1, (names[sha], call_keys)
         seen.add(names[sha])
     assert seen == set(SCRIPTS)

@@ -1,5 +1,5 @@
 -- Apply one engine turn if nobody else changed the instance since it was loaded.
--- KEYS: instance, inbox, history, work stream, timers, active counter, then the status
+-- KEYS: instance, inbox, history, work stream, timers, the partition's outbox, then the status
 --       indexes in InstanceStatus order (STATUS_SLOT maps a status to its KEYS slot), then
 --       the finished-time index (FINISHED_INDEX).
 -- ARGV: instance id, expected revision, number of field arguments (n), new status, consumed
@@ -8,8 +8,9 @@
 --       to acknowledge (JSON, or ''), the engine's consumer group; then n arguments of
 --       fields and values for the hash (the next revision among them) and m history events.
 --       Fields and events are plain arguments, not JSON lists: nothing to decode here.
--- Finishing frees the instance's slots: the active counter and its workflow's ('wfc').
-local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'wfc')
+-- Finishing releases the instance's admission in its limit scope ('lim', 'lwf'), another
+-- slot: through the outbox, which the relay applies (release.lua).
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'lim', 'lwf')
 if cur[1] ~= ARGV[2] then
   return 0
 end
@@ -38,10 +39,9 @@ if old ~= new then
   redis.call('ZREM', KEYS[STATUS_SLOT[old]], ARGV[9])
   redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ARGV[9])
   if FINISHED[new] and not FINISHED[old] then
-    redis.call('DECR', KEYS[6])
     redis.call('ZADD', KEYS[FINISHED_INDEX], redis.call('HGET', KEYS[1], 'completed'), ARGV[9])
     if cur[3] then
-      redis.call('DECR', cur[3])
+      release_admission(KEYS[6], ARGV[1], cur[3], cur[4])
     end
   end
 end
@@ -62,7 +62,7 @@ if ARGV[10] and ARGV[10] ~= '' then
   if x.events then
     for _, event in ipairs(x.events) do
       -- Published through the outbox: the events stream is in another slot.
-      redis.call('XADD', KEYS[x.outboxSlot], '*', 'k', 'publish', 'e', event)
+      redis.call('XADD', KEYS[6], '*', 'k', 'publish', 'e', event)
     end
   end
   if x.inbox then
@@ -77,7 +77,7 @@ if ARGV[10] and ARGV[10] ~= '' then
     resubscribe(KEYS[1], ARGV[1], x.subs.old, x.subs.new, x.subs.record)
   end
   if x.parent then
-    notify_parent(KEYS[x.outboxSlot], x.parent)
+    notify_parent(KEYS[6], x.parent)
   end
 end
 return 1

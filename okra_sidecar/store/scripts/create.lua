@@ -1,28 +1,26 @@
 -- Create an instance once: snapshot, first work item, indexes and history in one step.
--- Admission is atomic: the active and per-workflow counters are checked and counted here, so
--- concurrent Runs can never overshoot a limit. The per-workflow counter's name is kept in the
--- instance ('wfc') so that finishing or cancelling frees the same slot.
--- KEYS: instance, history, work stream, active counter, then every index set to join.
--- ARGV: instance id, index member, max active (0 = no limit), history event, per-workflow
---       counter key, max per workflow (0 = no limit), then the hash's fields and values
---       (plain arguments rather than one JSON list: nothing to encode twice or decode here).
+-- Admission came first, in the scope's own slot (reserve.lua); the scope and workflow key are
+-- kept in the instance ('lim', 'lwf') so that finishing or cancelling releases the same ids.
+-- KEYS: instance, history, work stream, voided marker, then every index set to join.
+-- ARGV: instance id, index member, the reservation's score, history event, limit scope,
+--       workflow key, then the hash's fields and values (plain arguments rather than one JSON
+--       list: nothing to encode twice or decode here).
 -- A child run joins its parent's index (`idx:parent:`) in its own partition; whether the
 -- parent still waits is checked by its starter, before and after (executors/children.py).
--- Returns 1 created, 0 exists, -1 active limit reached, -2 per-workflow limit reached.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+-- Returns 1 created, 0 exists (2 exists and finished), -3 the reconciler voided this
+-- reservation (it took too long), -4 no reservation (a caller refused by a limit that found
+-- the instance, which has gone since: SignalWithStart).
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+  return FINISHED[status] and 2 or 0
 end
-local max_active = tonumber(ARGV[3])
-if max_active > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= max_active then
-  return -1
+if ARGV[3] == '' then
+  return -4
 end
-local max_workflow = tonumber(ARGV[6])
-if max_workflow > 0 and tonumber(redis.call('GET', ARGV[5]) or '0') >= max_workflow then
-  return -2
+if redis.call('GET', KEYS[4]) == ARGV[3] then
+  return -3
 end
-redis.call('HSET', KEYS[1], 'wfc', ARGV[5], unpack(ARGV, 7))
-redis.call('INCR', KEYS[4])
-redis.call('INCR', ARGV[5])
+redis.call('HSET', KEYS[1], 'lim', ARGV[5], 'lwf', ARGV[6], unpack(ARGV, 7))
 redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])
 for i = 5, #KEYS do
   redis.call('ZADD', KEYS[i], 0, ARGV[2])

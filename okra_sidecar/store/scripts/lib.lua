@@ -48,3 +48,10 @@ local function notify_parent(k_outbox, parent)
   redis.call('XADD', k_outbox, '*', 'k', 'deliver', 'i', parent.id, 'd', parent.dedup, 'e',
     parent.event)
 end
+
+-- A finished instance gives its admission back in its limit scope, another slot: through the
+-- partition's outbox; the relay applies it (release.lua, idempotent).
+local function release_admission(k_outbox, instance_id, scope, workflow_key)
+  redis.call('XADD', k_outbox, '*', 'k', 'release', 'i', instance_id, 's', scope, 'w',
+    workflow_key or '')
+end

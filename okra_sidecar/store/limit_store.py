@@ -1,0 +1,173 @@
+"""RedisLimitStore: instance admissions held per limit scope, in the scope's own slot.
+
+`maxConcurrentInstances` and `maxInstancesPerWorkflow` are counted as sets of admitted
+instance ids under the scope's hash tag (`okra:limits:{ns:<scope>}:...`), not beside the
+instances, which live in their partitions' slots. A Run reserves its id there first
+(reserve.lua, atomic, so concurrent Runs never overshoot), then creates the instance in its
+partition; finishing or cancelling hands a release to the partition's outbox, which the relay
+applies (release.lua). Both steps are idempotent by instance id. What a process that died
+between two steps leaves behind (a reservation without an instance, a finished instance still
+held) is repaired by `reconcile`, which executors/reconciler.py runs every second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from okra_sidecar.instances import FINISHED_STATUSES
+from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.scripts import load_script
+
+__all__ = ["Admission", "LimitRepair", "RedisLimitStore"]
+
+# A reservation younger than this is left alone by the reconciler: its create may be on the way.
+RESERVATION_GRACE_US = 2_000_000
+# How long a voided reservation's marker outlives it: far beyond any create still in flight.
+VOID_MARKER_MS = 3_600_000
+_FINISHED = frozenset(s.value.encode() for s in FINISHED_STATUSES)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """reserve's answer: `refused` names the limit reached ('active', 'workflow') or is ''."""
+
+    refused: str = ""
+    score: str = ""  # the reservation's time (µs), which names it
+    fresh: bool = False  # made by this call, not held from an earlier one
+
+
+@dataclass(frozen=True)
+class LimitRepair:
+    """What one reconcile pass found and released."""
+
+    checked: int = 0
+    released_finished: int = 0  # instance final (or purged) but still held
+    released_missing: int = 0  # reserved, never created
+
+
+class RedisLimitStore:
+    """The limit sets of every scope; reserve and release are one script each, in one slot."""
+
+    _reserve = MultiplexedScript(load_script("reserve"))
+    _release = MultiplexedScript(load_script("release"))
+    _void = MultiplexedScript(load_script("void"))
+
+    def __init__(
+        self, *, redis: aioredis.Redis, keys: RedisKeys, hot: HotCommands | None = None
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._pooled = PooledCommands(redis)
+        self._hot = hot if hot is not None else self._pooled
+
+    def _set_keys(self, scope: str, workflow_key: str) -> list[str]:
+        keys = self.keys
+        return [
+            keys.limit_active(scope),
+            keys.limit_workflow(scope, workflow_key),
+            keys.limit_held(scope),
+        ]
+
+    async def reserve(
+        self, instance_id: str, workflow_key: str, *, max_active: int, max_per_workflow: int
+    ) -> Admission:
+        """Admit `instance_id` in this sidecar's scope unless a limit is reached."""
+        with map_redis_errors():
+            reply = await self._hot.evalsha(
+                self._reserve,
+                self._set_keys(self.keys.scope, workflow_key),
+                [instance_id, max_active, max_per_workflow, workflow_key],
+            )
+        outcome = text(reply[0])
+        if outcome in ("active", "workflow"):
+            return Admission(refused=outcome)
+        return Admission(score=text(reply[1]), fresh=outcome == "new")
+
+    async def release(
+        self, instance_id: str, scope: str, workflow_key: str, *, score: str = ""
+    ) -> bool:
+        """Free `instance_id`'s place (only the reservation `score`, when given)."""
+        with map_redis_errors():
+            released = await self._hot.evalsha(
+                self._release, self._set_keys(scope, workflow_key), [instance_id, score]
+            )
+        return int(released) == 1
+
+    async def held(self, scope: str | None = None) -> int:
+        """How many instances the scope holds (this sidecar's by default)."""
+        with map_redis_errors():
+            return int(await self.redis.zcard(self.keys.limit_active(self._scope(scope))))
+
+    async def held_by_workflow(self, workflow_key: str, scope: str | None = None) -> int:
+        key = self.keys.limit_workflow(self._scope(scope), workflow_key)
+        with map_redis_errors():
+            return int(await self.redis.zcard(key))
+
+    def _scope(self, scope: str | None) -> str:
+        return self.keys.scope if scope is None else scope
+
+    async def reconcile(self, *, after: str = "-inf", count: int = 500) -> tuple[LimitRepair, str]:
+        """Check up to `count` reservations of this sidecar's scope scored above `after`;
+        release those whose instance is finished or gone, voiding a reservation whose create
+        never came. Returns what it did and where the next pass starts ('-inf' after the end).
+
+        Every sidecar may run it at once: it writes only what it repairs, and each repair is
+        guarded by the reservation's score, so a second reconciler's repeat changes nothing.
+        """
+        with map_redis_errors():
+            return await self._reconcile(self.keys.limit_active(self.keys.scope), after, count)
+
+    async def _reconcile(self, active: str, after: str, count: int) -> tuple[LimitRepair, str]:
+        keys, scope = self.keys, self.keys.scope
+        seconds, micros = await self._pooled.execute("TIME")
+        cutoff = int(seconds) * 1_000_000 + int(micros) - RESERVATION_GRACE_US
+        start = after if after == "-inf" else f"({after}"
+        reply = await self._pooled.execute(
+            "ZRANGE", active, start, cutoff, "BYSCORE", "LIMIT", 0, count, "WITHSCORES"
+        )
+        pairs = _pairs(reply)
+        if not pairs:
+            return LimitRepair(), "-inf"
+        ids = [instance_id for instance_id, _ in pairs]
+        commands: list[Sequence[str]] = [("HMGET", keys.limit_held(scope), *ids)]
+        commands += [("HGET", keys.instance(i), "status") for i in ids]
+        workflow_keys, *statuses = await self._pooled.pipeline(commands)
+        finished = missing = 0
+        for (instance_id, score), workflow_key, status in zip(
+            pairs, workflow_keys, statuses, strict=True
+        ):
+            if status is None:
+                # Reserved but never created: void it where the create would land first,
+                # so a create still in flight cannot run uncounted.
+                voided = await self._hot.evalsha(
+                    self._void,
+                    [keys.instance(instance_id), keys.voided(instance_id)],
+                    [score, VOID_MARKER_MS],
+                )
+                if int(voided) != 1:
+                    continue
+                missing += await self.release(instance_id, scope, text(workflow_key), score=score)
+            elif status in _FINISHED:
+                finished += await self.release(instance_id, scope, text(workflow_key), score=score)
+        next_after = pairs[-1][1] if len(pairs) == count else "-inf"
+        return LimitRepair(len(pairs), finished, missing), next_after
+
+
+def _pairs(reply: list[Any]) -> list[tuple[str, str]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs, the score as reserve.lua wrote it:
+    flat under RESP2, nested with the score a double under RESP3."""
+    if reply and isinstance(reply[0], list):
+        return [(text(member), _score(score)) for member, score in reply]
+    return [(text(reply[i]), _score(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def _score(value: bytes | float) -> str:
+    # Reservation scores are whole microseconds, exact in a double.
+    return str(int(float(value)))

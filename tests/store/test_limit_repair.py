@@ -1,0 +1,117 @@
+"""A process killed between the two steps of an admission or a release leaks no place."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from redis.asyncio import Redis
+
+from okra_sidecar.errors import ResourceExhaustedError
+from okra_sidecar.executors.reconciler import LimitReconciler
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.keys import RELAY_GROUP
+from okra_sidecar.store.outbox_store import RedisOutboxStore
+from okra_sidecar.store.redis_store import RedisStore
+from tests.helpers import eventually_held
+from tests.store.limit_child import KEYS
+from tests.store.test_redis_store import IDS, commit, new
+
+
+@asynccontextmanager
+async def child(
+    redis_url: str, step: str, instance_id: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """tests/store/limit_child.py doing `step`, killed on the way out if still running."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.store.limit_child",
+        redis_url,
+        step,
+        instance_id,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def line(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    return (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode().strip()
+
+
+@asynccontextmanager
+async def reconciling(store: RedisStore) -> AsyncIterator[None]:
+    """A sidecar's reconciler for the store's scope, every 0.1 s."""
+    reconciler = LimitReconciler(limits=store.limits, interval_s=0.1)
+    await reconciler.start()
+    try:
+        yield
+    finally:
+        await reconciler.stop()
+
+
+async def test_a_kill_between_reserve_and_create_is_repaired(redis: Redis, redis_url: str) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    async with child(redis_url, "reserve", IDS[0]) as process:
+        assert await line(process)  # the reservation's score: reserved, not created
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert await store.limits.held() == 1
+    async with reconciling(store):
+        await eventually_held(redis, 0, keys=KEYS)
+        await eventually_held(redis, 0, "t.w", keys=KEYS)
+    assert await store.get_instance(IDS[0]) is None
+    # A retried Run is admitted again and created.
+    assert await store.create_instance(new(IDS[0]), max_active=1) is True
+    assert await store.limits.held() == 1
+
+
+async def test_a_create_later_than_its_repair_is_refused(redis: Redis, redis_url: str) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    async with child(redis_url, "reserve", IDS[0]) as process:
+        assert await line(process)
+        # The process stalls between its two steps long enough for the repair ...
+        async with reconciling(store):
+            await eventually_held(redis, 0, keys=KEYS)
+        # ... then goes on: its create must not run uncounted.
+        assert process.stdin is not None
+        process.stdin.write(b"create\n")
+        assert await line(process) == "lapsed"
+    assert await store.get_instance(IDS[0]) is None
+    assert await store.limits.held() == 0
+    assert await store.create_instance(new(IDS[0]), max_active=1) is True
+
+
+async def test_a_kill_between_final_and_release_is_repaired(redis: Redis, redis_url: str) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    await store.create_instance(new(IDS[0]), max_active=1)
+    snapshot = await store.load_turn(IDS[0])
+    assert snapshot is not None
+    assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
+    await RedisOutboxStore(redis=redis, keys=KEYS).ensure_groups()
+    async with child(redis_url, "relay", IDS[0]) as process:
+        assert await line(process) == "1"  # the release, read and not applied
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    partition = KEYS.partition(IDS[0])
+    pending = await redis.xpending(KEYS.outbox(partition), RELAY_GROUP)
+    assert pending["pending"] == 1
+    assert await store.limits.held() == 1
+    with_limit = new(IDS[1])
+    # The finished instance still holds the only place.
+    with pytest.raises(ResourceExhaustedError, match="limit of 1"):
+        await store.create_instance(with_limit, max_active=1)
+    async with reconciling(store):
+        await eventually_held(redis, 0, keys=KEYS)
+    assert await store.create_instance(with_limit, max_active=1) is True
