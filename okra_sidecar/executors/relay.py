@@ -10,6 +10,7 @@ idempotent by instance id.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Collection
 
 from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.store.effect_store import RedisEffectStore
@@ -36,6 +37,8 @@ class OutboxRelay:
         consumer: str,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
+        orphans: Callable[[str, Collection[str]], Awaitable[list[OutboxEntry]]] | None = None,
+        orphan_interval_s: float = 0.5,
     ) -> None:
         self._outbox = outbox
         self._effects = effects
@@ -43,6 +46,11 @@ class OutboxRelay:
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
         self._read_block_ms = read_block_ms
+        # Entries of relays whose heartbeat is gone (see store/liveness.py), and which are
+        # being applied here (never taken from ourselves).
+        self._orphans = orphans
+        self._orphan_interval_s = orphan_interval_s
+        self._applying: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -53,6 +61,9 @@ class OutboxRelay:
                 run_forever(self._claim_once, what="relay claim"), name="okra-relay-claim"
             ),
         ]
+        if self._orphans is not None:
+            orphans = run_forever(self._orphans_once, what="relay orphans")
+            self._loops.append(asyncio.create_task(orphans, name="okra-relay-orphans"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._loops)
@@ -69,8 +80,21 @@ class OutboxRelay:
         )
         await self.relay(entries)
 
+    async def _orphans_once(self) -> None:
+        await asyncio.sleep(self._orphan_interval_s)
+        assert self._orphans is not None
+        await self.relay(await self._orphans(self._consumer, frozenset(self._applying)))
+
     async def relay(self, entries: list[OutboxEntry]) -> None:
         """Apply `entries` in order, then acknowledge them."""
+        ids = {entry.entry_id for entry in entries}
+        self._applying |= ids
+        try:
+            await self._apply(entries)
+        finally:
+            self._applying -= ids
+
+    async def _apply(self, entries: list[OutboxEntry]) -> None:
         for entry in entries:
             if entry.kind == DELIVER:
                 await self._effects.deliver(entry.instance_id, entry.dedup, entry.event)

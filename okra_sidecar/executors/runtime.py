@@ -30,7 +30,7 @@ from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.limit_store import RedisLimitStore
 from okra_sidecar.store.liveness import ConsumerLiveness
-from okra_sidecar.store.outbox_store import RedisOutboxStore
+from okra_sidecar.store.outbox_store import OutboxEntry, RedisOutboxStore
 
 # Entries taken over from one stopped consumer per stream and pass.
 ORPHAN_BATCH = 100
@@ -64,6 +64,7 @@ class EffectRuntime:
         authorize: FiringAuthorizer | None = None,
         causation: CausationGuard | None = None,
         liveness: ConsumerLiveness | None = None,
+        limits: RedisLimitStore | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         orphans = None
@@ -109,9 +110,19 @@ class EffectRuntime:
             read_block_ms=engine.read_block_ms,
             triggers=triggers,
         )
-        limits = RedisLimitStore(redis=redis, keys=keys)
+        if limits is None:
+            limits = RedisLimitStore(redis=redis, keys=keys)
+        outbox = RedisOutboxStore(redis=redis, keys=keys)
+        outbox_orphans = None
+        if liveness is not None:
+
+            async def outbox_orphans(consumer: str, held: Collection[str]) -> list[OutboxEntry]:
+                return await outbox.claim_orphans(liveness, consumer, held=held, count=ORPHAN_BATCH)
+
         relay = OutboxRelay(
-            outbox=RedisOutboxStore(redis=redis, keys=keys),
+            outbox=outbox,
+            orphans=outbox_orphans,
+            orphan_interval_s=engine.heartbeat_ms / 2000,
             effects=effects,
             limits=limits,
             consumer=consumer,

@@ -479,6 +479,7 @@ def _build_effects(
         settings=settings,
         consumer=consumer,
         liveness=liveness,
+        limits=store.limits,
         tracer=telemetry.tracer,
         triggers=triggers.offer,
         authorize=policies.firings,

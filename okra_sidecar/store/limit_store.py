@@ -7,7 +7,7 @@ instances, which live in their partitions' slots. A Run reserves its id there fi
 partition; finishing or cancelling hands a release to the partition's outbox, which the relay
 applies (release.lua). Both steps are idempotent by instance id. What a process that died
 between two steps leaves behind (a reservation without an instance, a finished instance still
-held) is repaired by `reconcile`, which executors/reconciler.py runs every second.
+held) is repaired by `repair`, which executors/reconciler.py runs every second.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class LimitRepair:
     checked: int = 0
     released_finished: int = 0  # instance final (or purged) but still held
     released_missing: int = 0  # reserved, never created
+    last: str = ""  # the score of the last reservation checked ('' when none was)
 
 
 class RedisLimitStore:
@@ -113,51 +114,55 @@ class RedisLimitStore:
     def _scope(self, scope: str | None) -> str:
         return self.keys.scope if scope is None else scope
 
-    async def reconcile(self, *, after: str = "-inf", count: int = 500) -> tuple[LimitRepair, str]:
-        """Check up to `count` reservations of this sidecar's scope scored above `after`;
-        release those whose instance is finished or gone, voiding a reservation whose create
-        never came. Returns what it did and where the next pass starts ('-inf' after the end).
+    async def repair(self, *, after: str = "-inf", count: int = 500) -> LimitRepair:
+        """Check up to `count` reservations of this sidecar's scope scored above `after` and
+        at least RESERVATION_GRACE_US old; release those whose instance is finished or gone,
+        voiding first a reservation whose create never came.
 
         Every sidecar may run it at once: it writes only what it repairs, and each repair is
         guarded by the reservation's score, so a second reconciler's repeat changes nothing.
         """
-        with map_redis_errors():
-            return await self._reconcile(self.keys.limit_active(self.keys.scope), after, count)
-
-    async def _reconcile(self, active: str, after: str, count: int) -> tuple[LimitRepair, str]:
         keys, scope = self.keys, self.keys.scope
-        seconds, micros = await self._pooled.execute("TIME")
-        cutoff = int(seconds) * 1_000_000 + int(micros) - RESERVATION_GRACE_US
-        start = after if after == "-inf" else f"({after}"
-        reply = await self._pooled.execute(
-            "ZRANGE", active, start, cutoff, "BYSCORE", "LIMIT", 0, count, "WITHSCORES"
-        )
-        pairs = _pairs(reply)
-        if not pairs:
-            return LimitRepair(), "-inf"
-        ids = [instance_id for instance_id, _ in pairs]
-        commands: list[Sequence[str]] = [("HMGET", keys.limit_held(scope), *ids)]
-        commands += [("HGET", keys.instance(i), "status") for i in ids]
-        workflow_keys, *statuses = await self._pooled.pipeline(commands)
+        with map_redis_errors():
+            seconds, micros = await self._hot.execute("TIME")
+            cutoff = int(seconds) * 1_000_000 + int(micros) - RESERVATION_GRACE_US
+            start = after if after == "-inf" else f"({after}"
+            reply = await self._hot.execute(
+                "ZRANGE",
+                keys.limit_active(scope),
+                *(start, cutoff, "BYSCORE", "LIMIT", 0, count, "WITHSCORES"),
+            )
+            pairs = _pairs(reply)
+            if not pairs:
+                return LimitRepair()
+            ids = [instance_id for instance_id, _ in pairs]
+            commands: list[Sequence[str]] = [("HMGET", keys.limit_held(scope), *ids)]
+            commands += [("HGET", keys.instance(i), "status") for i in ids]
+            workflow_keys, *statuses = await self._hot.pipeline(commands)
         finished = missing = 0
         for (instance_id, score), workflow_key, status in zip(
             pairs, workflow_keys, statuses, strict=True
         ):
             if status is None:
-                # Reserved but never created: void it where the create would land first,
-                # so a create still in flight cannot run uncounted.
-                voided = await self._hot.evalsha(
-                    self._void,
-                    [keys.instance(instance_id), keys.voided(instance_id)],
-                    [score, VOID_MARKER_MS],
-                )
-                if int(voided) != 1:
-                    continue
-                missing += await self.release(instance_id, scope, text(workflow_key), score=score)
+                if await self._void_reservation(instance_id, score):
+                    missing += await self.release(
+                        instance_id, scope, text(workflow_key), score=score
+                    )
             elif status in _FINISHED:
                 finished += await self.release(instance_id, scope, text(workflow_key), score=score)
-        next_after = pairs[-1][1] if len(pairs) == count else "-inf"
-        return LimitRepair(len(pairs), finished, missing), next_after
+        return LimitRepair(len(pairs), finished, missing, last=pairs[-1][1])
+
+    async def _void_reservation(self, instance_id: str, score: str) -> bool:
+        """Reserved but never created: void it where the create would land, so that a create
+        still on its way cannot run uncounted; False if the instance exists by now."""
+        keys = self.keys
+        with map_redis_errors():
+            voided = await self._hot.evalsha(
+                self._void,
+                [keys.instance(instance_id), keys.voided(instance_id)],
+                [score, VOID_MARKER_MS],
+            )
+        return int(voided) == 1
 
 
 def _pairs(reply: list[Any]) -> list[tuple[str, str]]:

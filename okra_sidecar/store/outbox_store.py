@@ -10,7 +10,7 @@ before acknowledging it) changes nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.jsontext import loads
 from okra_sidecar.store.keys import RELAY_GROUP, RedisKeys
+from okra_sidecar.store.liveness import ConsumerLiveness
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.streams import claim_partitions, read_partitions
 
@@ -89,6 +90,16 @@ class RedisOutboxStore:
             self.keys.all_outboxes(),
             min_idle_ms=min_idle_ms,
             count=count,
+        )
+        return [_entry(partition, eid, fields) for partition, eid, fields in entries]
+
+    async def claim_orphans(
+        self, liveness: ConsumerLiveness, consumer: str, *, held: Collection[str], count: int
+    ) -> list[OutboxEntry]:
+        """Entries of relays without a heartbeat, and `consumer`'s own outside `held`
+        (store/liveness.py): a dead sidecar's releases are applied within seconds."""
+        entries = await liveness.claim_orphans(
+            RELAY_GROUP, self.keys.all_outboxes(), consumer, held=held, count=count
         )
         return [_entry(partition, eid, fields) for partition, eid, fields in entries]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
 import pytest
@@ -13,9 +13,12 @@ from redis.asyncio import Redis
 
 from okra_sidecar.errors import ResourceExhaustedError
 from okra_sidecar.executors.reconciler import LimitReconciler
+from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RELAY_GROUP
-from okra_sidecar.store.outbox_store import RedisOutboxStore
+from okra_sidecar.store.liveness import ConsumerLiveness
+from okra_sidecar.store.outbox_store import OutboxEntry, RedisOutboxStore
 from okra_sidecar.store.redis_store import RedisStore
 from tests.helpers import eventually_held
 from tests.store.limit_child import KEYS
@@ -61,6 +64,16 @@ async def reconciling(store: RedisStore) -> AsyncIterator[None]:
         await reconciler.stop()
 
 
+async def finished_instance(redis: Redis) -> RedisStore:
+    """A store whose instance IDS[0] finished: its release waits in the outbox."""
+    store = RedisStore(redis=redis, keys=KEYS)
+    await store.create_instance(new(IDS[0]), max_active=1)
+    snapshot = await store.load_turn(IDS[0])
+    assert snapshot is not None
+    assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
+    return store
+
+
 async def test_a_kill_between_reserve_and_create_is_repaired(redis: Redis, redis_url: str) -> None:
     store = RedisStore(redis=redis, keys=KEYS)
     async with child(redis_url, "reserve", IDS[0]) as process:
@@ -94,11 +107,7 @@ async def test_a_create_later_than_its_repair_is_refused(redis: Redis, redis_url
 
 
 async def test_a_kill_between_final_and_release_is_repaired(redis: Redis, redis_url: str) -> None:
-    store = RedisStore(redis=redis, keys=KEYS)
-    await store.create_instance(new(IDS[0]), max_active=1)
-    snapshot = await store.load_turn(IDS[0])
-    assert snapshot is not None
-    assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
+    store = await finished_instance(redis)
     await RedisOutboxStore(redis=redis, keys=KEYS).ensure_groups()
     async with child(redis_url, "relay", IDS[0]) as process:
         assert await line(process) == "1"  # the release, read and not applied
@@ -115,3 +124,41 @@ async def test_a_kill_between_final_and_release_is_repaired(redis: Redis, redis_
     async with reconciling(store):
         await eventually_held(redis, 0, keys=KEYS)
     assert await store.create_instance(with_limit, max_active=1) is True
+
+
+async def test_a_dead_relays_release_is_applied_by_another(redis: Redis, redis_url: str) -> None:
+    store = await finished_instance(redis)
+    outbox = RedisOutboxStore(redis=redis, keys=KEYS)
+    await outbox.ensure_groups()
+    async with child(redis_url, "relay", IDS[0]) as process:
+        assert await line(process) == "1"
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert await store.limits.held() == 1
+    # A live sidecar's relay takes over what a relay without a heartbeat left pending, long
+    # before claimIdleMs (here an hour).
+    liveness = ConsumerLiveness(redis=redis, keys=KEYS, ttl_ms=300)
+
+    async def orphans(consumer: str, held: Collection[str]) -> list[OutboxEntry]:
+        return await outbox.claim_orphans(liveness, consumer, held=held, count=100)
+
+    relay = OutboxRelay(
+        outbox=outbox,
+        effects=RedisEffectStore(redis=redis, keys=KEYS),
+        limits=store.limits,
+        consumer="alive",
+        claim_idle_ms=3_600_000,
+        orphans=orphans,
+        orphan_interval_s=0.1,
+    )
+    await relay.start()
+    try:
+        await eventually_held(redis, 0, keys=KEYS)
+    finally:
+        await relay.stop()
+    assert await redis.xpending(KEYS.outbox(KEYS.partition(IDS[0])), RELAY_GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }

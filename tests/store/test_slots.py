@@ -83,7 +83,7 @@ async def test_every_instance_script_touches_one_slot(redis: Redis) -> None:
     await store.limits.release(child, "shop", "t.w")
     await store.limits.reserve(IDS[3], "t.w", max_active=0, max_per_workflow=0)
     await redis.zadd(keys.limit_active("shop"), {IDS[3]: 1})
-    await store.limits.reconcile()
+    await store.limits.repair()
 
     names = {MultiplexedScript(load_script(name)).sha: name for name in SCRIPTS}
     seen: set[str] = set()
