@@ -159,7 +159,10 @@ async def migrate(settings: Settings) -> MigrationReport:
     client = aioredis.Redis.from_url(url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
     try:
         return await migrate_store(
-            client, prefix=settings.redis.key_prefix, partitions=settings.redis.partitions
+            client,
+            prefix=settings.redis.key_prefix,
+            partitions=settings.redis.partitions,
+            scope=settings.telemetry.service_namespace,
         )
     except StoreUnavailableError as exc:
         raise unreachable_redis(url, exc) from exc

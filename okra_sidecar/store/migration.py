@@ -4,8 +4,11 @@ Layout 1 kept an instance's keys under its own hash tag (`okra:{id}`) and the wo
 effects streams and the indexes under plain names; layout 2 puts an instance and its
 partition's streams and indexes under the partition's tag (`okra:{p3}:...`). The partition of
 an instance is the same in both (`crc32(id) % partitions`), so the streams keep their entries,
-consumer groups and pending lists. Layout 1 ran on one primary only, where a key may be
-renamed into another slot. Every step is idempotent: a migration cut short is run again.
+consumer groups and pending lists. Layout 1 counted instance limits in counters
+(`okra:active`, `okra:active:wf:<workflow>`); each unfinished instance is admitted into its
+limit scope's sets instead (store/limit_store.py), in the scope `migrate` is configured with.
+Layout 1 ran on one primary only, where a key may be renamed into another slot. Every step is
+idempotent: a migration cut short is run again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from okra_sidecar.instances import FINISHED_STATUSES
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
 from okra_sidecar.store.layout import LayoutVersionError, legacy_markers
 from okra_sidecar.store.replies import map_redis_errors, text
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_SUFFIXES = ("", ":history", ":inbox", ":signal-ids", ":delivered")
 SCAN_BATCH = 500
+FINISHED_VALUES = frozenset(s.value for s in FINISHED_STATUSES)
 # Renames a key only if it exists and its new name does not: running twice changes nothing.
 RENAME_SCRIPT = """
 for i = 1, #KEYS, 2 do
@@ -47,14 +52,16 @@ class MigrationReport:
     streams: int = 0
 
 
-async def migrate_store(redis: aioredis.Redis, *, prefix: str, partitions: int) -> MigrationReport:
+async def migrate_store(
+    redis: aioredis.Redis, *, prefix: str, partitions: int, scope: str = ""
+) -> MigrationReport:
     """Bring the store under `prefix` to LAYOUT_VERSION; `partitions` must be the count the
-    layout 1 sidecars ran with (their `partitions` setting).
+    layout 1 sidecars ran with (their `partitions` setting), `scope` their serviceNamespace.
 
     Raises:
         LayoutVersionError: the store is in a newer layout than this sidecar knows.
     """
-    keys = RedisKeys(prefix=prefix, partitions=partitions)
+    keys = RedisKeys(prefix=prefix, partitions=partitions, scope=scope)
     with map_redis_errors():
         version = await redis.hget(keys.layout, "version")
         if version is not None:
@@ -78,6 +85,9 @@ async def migrate_store(redis: aioredis.Redis, *, prefix: str, partitions: int) 
                 if await redis.exists(old):
                     await rename(keys=[old, new])
                     streams += 1
+        await redis.delete(f"{prefix}active")
+        async for counter in redis.scan_iter(match=f"{prefix}active:wf:*", count=SCAN_BATCH):
+            await redis.delete(counter)
         await _record(redis, keys)
     report = MigrationReport(1, instances=instances, indexes=indexes, streams=streams)
     logger.info("store migrated to layout %d: %s", LAYOUT_VERSION, report)
@@ -104,13 +114,29 @@ async def _move_instances(redis: aioredis.Redis, keys: RedisKeys, rename: AsyncS
         await rename(keys=pairs)
         # Layout 1 kept a parent's child runs in a set of its own; layout 2 indexes each
         # child under its parent in the child's partition.
-        parent, ikey = await redis.hmget(keys.instance(instance_id), ["parent", "ikey"])
+        parent, ikey, status, created = await redis.hmget(
+            keys.instance(instance_id), ["parent", "ikey", "status", "created"]
+        )
         if parent and ikey:
             partition = keys.partition(instance_id)
             await redis.zadd(keys.index_parent(partition, text(parent)), {text(ikey): 0})
         await redis.delete(f"{keys.prefix}{{{instance_id}}}:children")
+        if status is not None and text(status) not in FINISHED_VALUES:
+            await _admit(redis, keys, instance_id, int(text(created) or 0) * 1000)
         moved += 1
     return moved
+
+
+async def _admit(redis: aioredis.Redis, keys: RedisKeys, instance_id: str, score: int) -> None:
+    """An unfinished instance counted as reserve.lua would have (its creation time as the
+    reservation's), in place of layout 1's counters (`wfc` named the one it held)."""
+    record = keys.instance(instance_id)
+    workflow_key = ".".join(text(await redis.hget(record, "wf")).split(".")[:2])
+    await redis.zadd(keys.limit_active(keys.scope), {instance_id: score})
+    await redis.zadd(keys.limit_workflow(keys.scope, workflow_key), {instance_id: score})
+    await redis.hset(keys.limit_held(keys.scope), instance_id, workflow_key)
+    await redis.hset(record, mapping={"lim": keys.scope, "lwf": workflow_key})
+    await redis.hdel(record, "wfc")
 
 
 async def _move_subscriptions(redis: aioredis.Redis, keys: RedisKeys) -> int:

@@ -15,13 +15,35 @@ from redis.asyncio import Redis
 from okra_sidecar.server import migrate
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
 from okra_sidecar.store.replies import text
-from tests.helpers import make_settings, running_sidecar, subscribed, value, wait_for_status
+from tests.helpers import (
+    eventually_held,
+    held,
+    make_settings,
+    running_sidecar,
+    subscribed,
+    value,
+    wait_for_status,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
 async def write_layout_1(redis: Redis, keys: RedisKeys) -> None:
     """Rename a current store's keys to the names layout 1 gave them (what it wrote)."""
+    # Layout 1 counted the instance limits in counters, each instance naming the one it held.
+    held: Any = await redis.hgetall(keys.limit_held(keys.scope))
+    await redis.set(f"{keys.prefix}active", len(held))
+    for instance_id, workflow_key in held.items():
+        counter = f"{keys.prefix}active:wf:{text(workflow_key)}"
+        await redis.incr(counter)
+        record = keys.instance(text(instance_id))
+        await redis.hset(record, "wfc", counter)
+        await redis.hdel(record, "lim", "lwf")
+    await redis.delete(
+        keys.limit_active(keys.scope),
+        keys.limit_held(keys.scope),
+        *{keys.limit_workflow(keys.scope, text(w)) for w in held.values()},
+    )
     for partition in range(keys.partitions):
         tag = keys.tag(partition)
         async for raw in redis.scan_iter(match=f"{tag}:*"):
@@ -75,6 +97,10 @@ async def test_migrate_converts_a_layout_1_store_that_then_runs_on(
     assert (report.from_version, report.instances) == (1, 3)
     assert await redis.exists("okra:idx:all", "okra:work:0") == 0
     assert (await migrate(settings)).from_version == LAYOUT_VERSION  # nothing left to do
+    # The counters became the limit scope's sets, each unfinished instance admitted.
+    assert await redis.exists("okra:active", "okra:active:wf:tests.approval") == 0
+    assert await held(redis) == 3
+    assert await held(redis, "tests.approval") == 3
     # The listens' subscriptions are in their partitions' sets again.
     assert await subscribed(redis, "approve") == {i.encode() for i in ids}
 
@@ -90,6 +116,7 @@ async def test_migrate_converts_a_layout_1_store_that_then_runs_on(
         for instance_id in ids:
             done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
             assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+        await eventually_held(redis, 0)  # finishing gave the migrated places back
 
 
 @pytest.mark.slow
