@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
+from bench.query import RoundTrips
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
@@ -181,26 +180,32 @@ async def test_query_merges_the_partitions_newest_first_while_instances_are_adde
     assert seen == ids[::-1]
 
 
-async def test_a_page_of_100_from_16_partitions_takes_two_round_trips(
-    redis: Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_page_of_100_from_16_partitions_takes_two_round_trips(redis: Redis) -> None:
     store = RedisStore(redis=redis, keys=RedisKeys(partitions=16))
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(250)]
     for n, instance_id in enumerate(ids):
         await store.create_instance(new(instance_id, 1_000_000 + n), max_active=0)
-    round_trips = 0
-    execute = Pipeline.execute
+    with RoundTrips() as trips:
+        page = await store.query(QueryFilter(limit=100))
+        # One pipeline reads the next members of all 16 indexes, one reads the 100 records.
+        assert [r.instance_id for r in page.instances] == ids[::-1][:100]
+        assert trips.count == 2
+        rest = await store.query(QueryFilter(limit=100, cursor=page.cursor))
+        assert [r.instance_id for r in rest.instances] == ids[::-1][100:200]
+        assert trips.count == 4
 
-    async def counted(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        nonlocal round_trips
-        round_trips += 1
-        return await execute(self, raise_on_error)
 
-    monkeypatch.setattr(Pipeline, "execute", counted)
-    page = await store.query(QueryFilter(limit=100))
-    # One pipeline reads the next members of all 16 indexes, one reads the 100 records.
-    assert [r.instance_id for r in page.instances] == ids[::-1][:100]
-    assert round_trips == 2
-    rest = await store.query(QueryFilter(limit=100, cursor=page.cursor))
-    assert [r.instance_id for r in rest.instances] == ids[::-1][100:200]
-    assert round_trips == 4
+async def test_the_gauges_sum_16_partitions_in_one_round_trip(redis: Redis) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys(partitions=16))
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(40)]
+    for instance_id in ids:
+        await store.create_instance(new(instance_id), max_active=0)
+    for instance_id in ids[:10]:
+        snapshot = await store.load_turn(instance_id)
+        assert snapshot is not None
+        await store.commit_turn(snapshot, commit(InstanceStatus.WAITING))
+    with RoundTrips() as trips:
+        stats = await store.stats()
+    assert (stats.waiting, sum(stats.backlog.values())) == (10, 40)
+    assert len({store.keys.partition(i) for i in ids}) == len(stats.oldest_ms) > 8
+    assert trips.count == 1
