@@ -15,6 +15,7 @@ from tests.helpers import (
     Stub,
     assert_reason,
     expect_rpc_error,
+    held,
     make_settings,
     redis_fingerprint,
     running_sidecar,
@@ -108,6 +109,7 @@ async def test_racing_calls_start_one_instance_and_deliver_every_signal(
     assert not any(r.duplicate for r in replies)
     instance_id = replies[0].instance_id
     assert await redis.scard(KEYS.signal_ids(instance_id)) == 12
+    assert await held(redis) == 1  # one place, however many calls raced for it
     count = await stub.Count(pb.CountRequest(workflow_id=APPROVAL))
     assert count.count == 1
 
