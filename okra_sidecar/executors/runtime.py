@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from opentelemetry.trace import Tracer
 
-from okra_sidecar.config import Settings
+from okra_sidecar.config import EngineSettings, Settings
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
 from okra_sidecar.executors.children import ChildStarter
@@ -112,22 +112,13 @@ class EffectRuntime:
         )
         if limits is None:
             limits = RedisLimitStore(redis=redis, keys=keys)
-        outbox = RedisOutboxStore(redis=redis, keys=keys)
-        outbox_orphans = None
-        if liveness is not None:
-
-            async def outbox_orphans(consumer: str, held: Collection[str]) -> list[OutboxEntry]:
-                return await outbox.claim_orphans(liveness, consumer, held=held, count=ORPHAN_BATCH)
-
-        relay = OutboxRelay(
-            outbox=outbox,
-            orphans=outbox_orphans,
-            orphan_interval_s=engine.heartbeat_ms / 2000,
+        relay = build_relay(
+            RedisOutboxStore(redis=redis, keys=keys),
             effects=effects,
             limits=limits,
             consumer=consumer,
-            claim_idle_ms=engine.claim_idle_ms,
-            read_block_ms=engine.read_block_ms,
+            engine=engine,
+            liveness=liveness,
         )
         reconciler = LimitReconciler(limits=limits)
         return cls(effects, http, openapi, grpc, dispatcher, router, relay, reconciler)
@@ -171,3 +162,31 @@ def _callers(
         causation=causation,
     )
     return http, OpenApiCaller(http=http, hosts=hosts, guard=guard), grpc
+
+
+def build_relay(
+    outbox: RedisOutboxStore,
+    *,
+    effects: RedisEffectStore,
+    limits: RedisLimitStore,
+    consumer: str,
+    engine: EngineSettings,
+    liveness: ConsumerLiveness | None,
+) -> OutboxRelay:
+    """The relay, taking over a dead relay's entries by heartbeat when `liveness` is given."""
+    orphans = None
+    if liveness is not None:
+
+        async def orphans(name: str, held: Collection[str]) -> list[OutboxEntry]:
+            return await outbox.claim_orphans(liveness, name, held=held, count=ORPHAN_BATCH)
+
+    return OutboxRelay(
+        outbox=outbox,
+        orphans=orphans,
+        orphan_interval_s=engine.heartbeat_ms / 2000,
+        effects=effects,
+        limits=limits,
+        consumer=consumer,
+        claim_idle_ms=engine.claim_idle_ms,
+        read_block_ms=engine.read_block_ms,
+    )
