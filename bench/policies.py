@@ -117,6 +117,18 @@ SEED_FULL_SET: dict[str, Any] = {
     "policy.workflow.task.allowed": True,
     "policy.workflow.task.allowedQueues": ["bench"],
     "policy.workflow.task.condition": "task.queue == service.namespace",
+    "policy.workflow.suspend.allowed": True,
+    "policy.workflow.suspend.condition": "instance.status != 'pending'",
+    "policy.workflow.resume.allowed": True,
+    "policy.workflow.resume.condition": "instance.status == 'suspended'",
+    "policy.workflow.retry.allowed": True,
+    "policy.workflow.retry.condition": "instance.status == 'failed'",
+    "policy.workflow.delete.allowed": True,
+    "policy.workflow.delete.condition": "instance.status != 'failed'",
+    "policy.workflow.bulk.allowed": True,
+    "policy.workflow.bulk.condition": "bulk.action != 'delete'",
+    "policy.workflow.bulk.maxInstances": 5000,
+    "policy.workflow.operator.condition": "request.auth.claims.role == 'ops'",
 }
 
 

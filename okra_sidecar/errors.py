@@ -50,6 +50,14 @@ class Reason(StrEnum):
     POLICY_DENIED = "POLICY_DENIED"
     INSTANCE_ALREADY_FINISHED = "INSTANCE_ALREADY_FINISHED"
     CHANGED_CONCURRENTLY = "CHANGED_CONCURRENTLY"
+    INSTANCE_ALREADY_SUSPENDED = "INSTANCE_ALREADY_SUSPENDED"
+    INSTANCE_NOT_SUSPENDED = "INSTANCE_NOT_SUSPENDED"
+    INSTANCE_NOT_FINISHED = "INSTANCE_NOT_FINISHED"
+    INSTANCE_NOT_FAILED = "INSTANCE_NOT_FAILED"
+    NOTHING_TO_RETRY = "NOTHING_TO_RETRY"
+    BULK_OPERATION_NOT_FOUND = "BULK_OPERATION_NOT_FOUND"
+    BULK_OPERATION_FINISHED = "BULK_OPERATION_FINISHED"
+    BULK_TOO_MANY_INSTANCES = "BULK_TOO_MANY_INSTANCES"
     MANUAL_RUNS_DISABLED = "MANUAL_RUNS_DISABLED"
     EVENTS_NOT_ROUTED = "EVENTS_NOT_ROUTED"
     SCHEDULE_DECLARED_BY_WORKFLOW = "SCHEDULE_DECLARED_BY_WORKFLOW"
@@ -172,6 +180,64 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         action=(
             "The instance or schedule changed while the call was checked; nothing was "
             "written, retry the call."
+        ),
+    ),
+    Reason.INSTANCE_ALREADY_SUSPENDED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action="The instance (`instance`) is suspended already; Resume it when it may go on.",
+    ),
+    Reason.INSTANCE_NOT_SUSPENDED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "Only a suspended instance can be resumed; `status` says what the instance "
+            "(`instance`) is now."
+        ),
+    ),
+    Reason.INSTANCE_NOT_FINISHED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The instance (`instance`, now `status`) has not ended; Cancel it first, or wait "
+            "for it to end."
+        ),
+    ),
+    Reason.INSTANCE_NOT_FAILED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "Only a failed instance can be retried; `status` says what the instance "
+            "(`instance`) is now."
+        ),
+    ),
+    Reason.NOTHING_TO_RETRY: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The instance (`instance`) failed outside any task (its workflow's timeout or "
+            "input), so no task can run again; start a new instance."
+        ),
+    ),
+    Reason.BULK_OPERATION_NOT_FOUND: ReasonSpec(
+        "NOT_FOUND",
+        retryable=False,
+        action="Check the bulk operation id (`operation`); ListBulkOperations shows them.",
+    ),
+    Reason.BULK_OPERATION_FINISHED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The bulk operation (`operation`, now `state`) has ended; there is nothing left "
+            "to cancel."
+        ),
+    ),
+    Reason.BULK_TOO_MANY_INSTANCES: ReasonSpec(
+        "RESOURCE_EXHAUSTED",
+        retryable=False,
+        action=(
+            "The filter matches more instances than one bulk operation may act on (`limit`, "
+            "`policy` when a policy set it); narrow the filter or split the work."
         ),
     ),
     Reason.MANUAL_RUNS_DISABLED: ReasonSpec(
@@ -467,6 +533,29 @@ def instance_not_found(instance_id: str) -> NotFoundError:
     return NotFoundError(
         f"instance {instance_id} does not exist",
         reason=Reason.INSTANCE_NOT_FOUND,
+        metadata={"instance": instance_id},
+    )
+
+
+def instance_not_failed(instance_id: str, status: str) -> FailedPreconditionError:
+    """The error for a Retry of an instance that has not failed."""
+    return FailedPreconditionError(
+        f"instance {instance_id} is {status}; only a failed instance can be retried",
+        reason=Reason.INSTANCE_NOT_FAILED,
+        violation=instance_status_violation(instance_id, "the instance must be failed"),
+        metadata={"instance": instance_id, "status": status},
+    )
+
+
+def instance_kept_changing(instance_id: str, doing: str) -> FailedPreconditionError:
+    """The error for an instance that other writers kept changing while `doing` it (e.g.
+    "being cancelled")."""
+    return FailedPreconditionError(
+        f"instance {instance_id} kept changing while it was {doing}; retry the call",
+        reason=Reason.CHANGED_CONCURRENTLY,
+        violation=instance_status_violation(
+            instance_id, "the status must not change while the call applies"
+        ),
         metadata={"instance": instance_id},
     )
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
+from okra_sidecar.bulks import BulkAction, BulkRecord, BulkState
 from okra_sidecar.errors import InvalidInputError
 from okra_sidecar.instances import InstanceRecord, InstanceStatus
 from okra_sidecar.schedules import CatchUpPolicy, OverlapPolicy, ScheduleRecord, ScheduleSource
@@ -224,3 +226,36 @@ def check_statuses(
             )
         statuses.add(STATUS_FROM_PB[status])
     return frozenset(statuses)
+
+
+BULK_ACTION_FROM_PB = {
+    opb.BULK_ACTION_CANCEL: BulkAction.CANCEL,
+    opb.BULK_ACTION_SUSPEND: BulkAction.SUSPEND,
+    opb.BULK_ACTION_RESUME: BulkAction.RESUME,
+    opb.BULK_ACTION_RETRY: BulkAction.RETRY,
+    opb.BULK_ACTION_DELETE: BulkAction.DELETE,
+    opb.BULK_ACTION_SIGNAL: BulkAction.SIGNAL,
+}
+BULK_ACTION_TO_PB = {action: number for number, action in BULK_ACTION_FROM_PB.items()}
+BULK_STATE_TO_PB = {
+    BulkState.RUNNING: opb.BULK_OPERATION_STATE_RUNNING,
+    BulkState.COMPLETED: opb.BULK_OPERATION_STATE_COMPLETED,
+    BulkState.CANCELLED: opb.BULK_OPERATION_STATE_CANCELLED,
+}
+
+
+def bulk_to_pb(record: BulkRecord) -> opb.BulkOperation:
+    message = opb.BulkOperation(
+        operation_id=record.operation_id,
+        action=BULK_ACTION_TO_PB[record.spec.action],
+        state=BULK_STATE_TO_PB[record.state],
+        matched=record.matched,
+        done=record.done,
+        skipped=record.skipped,
+        failed=record.failed,
+        reasons=record.reasons,
+        reason=record.spec.reason,
+    )
+    _set_time(message.created_at, record.created_ms)
+    _set_time(message.updated_at, record.updated_ms)
+    return message

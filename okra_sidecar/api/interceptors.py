@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.api.call_metadata import authorization_of, metadata_of
@@ -64,11 +65,13 @@ if TYPE_CHECKING:
         [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
     ]
 WORKFLOW_SERVICE = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
+OPERATOR_SERVICE = opb.DESCRIPTOR.services_by_name["WorkflowOperatorAPI"].full_name
 # Every rpc of these services is decided by a policy; tests/api/test_policy_coverage.py fails
 # on an rpc that has no check here.
 GUARDED_SERVICES = frozenset(
     {
         WORKFLOW_SERVICE,
+        OPERATOR_SERVICE,
         spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name,
         wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name,
     }
@@ -193,6 +196,14 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             "Run": self._run,
             "Signal": self._act_on_instance,
             "Cancel": self._act_on_instance,
+            "Suspend": self._act_on_instance,
+            "Resume": self._act_on_instance,
+            "Retry": self._act_on_instance,
+            "StartBulkOperation": self._bulk,
+            "GetBulkOperation": self._bulk,
+            "CancelBulkOperation": self._bulk,
+            "ListBulkOperations": self._bulk,
+            "Delete": self._act_on_instance,
             "Query": self._query,
             "Count": self._query,
             "SignalWithStart": self._signal_with_start,
@@ -293,8 +304,9 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         return response
 
     async def _act_on_instance(self, behavior: Behavior, request: Any, context: Context) -> Any:
-        """Signal and Cancel: decide on the instance as it is, and apply only if it still is."""
-        method = "Signal" if isinstance(request, pb.SignalRequest) else "Cancel"
+        """Signal, Cancel and the operator's rpcs on one instance: decide on the instance as
+        it is, and apply only if it still is."""
+        method = type(request).__name__.removesuffix("Request")
         request.instance_id = rules.check_instance_id(request.instance_id)
         if method == "Signal":
             rules.check_signal_name(request.signal)
@@ -316,7 +328,7 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                 instance=instance,
                 instance_id=request.instance_id,
                 signal=request.signal if method == "Signal" else "",
-                reason=request.reason if method == "Cancel" else "",
+                reason=getattr(request, "reason", ""),
             )
             grant = await self._evaluator.authorize(call, policies)
             try:
@@ -326,6 +338,28 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 logger.debug("instance %s moved during %s; deciding again", call.target, method)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _bulk(self, behavior: Behavior, request: Any, context: Context) -> Any:
+        """The bulk rpcs: decided on the operation (its action, or its id), not an instance."""
+        method = type(request).__name__.removesuffix("Request")
+        bulk: dict[str, Any] = {"id": getattr(request, "operation_id", "")}
+        workflow = None
+        if isinstance(request, opb.StartBulkOperationRequest):
+            action = opb.BulkAction.Name(request.action).removeprefix("BULK_ACTION_").lower()
+            bulk = {"action": action, "dryRun": request.dry_run}
+            if request.filter.workflow_id:
+                rules.check_workflow_id(request.filter.workflow_id)
+                workflow = WorkflowRef.parse(request.filter.workflow_id)
+        call = Call(
+            method=method,
+            identity=current_identity(),
+            metadata=metadata_of(context),
+            workflow=workflow,
+            reason=getattr(request, "reason", ""),
+            resource=("bulk", bulk),
+        )
+        grant = await self._evaluator.authorize(call, self._evaluator.policies)
+        return await self._call_with(grant, behavior, request, context)
 
     async def _query(
         self, behavior: Behavior, request: pb.QueryRequest | pb.CountRequest, context: Context

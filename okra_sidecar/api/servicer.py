@@ -26,6 +26,7 @@ from okra_sidecar.api.convert import (
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.interpreter.effects import signal_event
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
@@ -52,11 +53,10 @@ CALLER_WORKFLOW_METADATA = "okra-caller-workflow"
 MAX_TAGS = 64
 MAX_TEXT = 256
 MAX_REASON = 1024
-SIGNAL_SOURCE = "okra-sidecar"
 RESERVED_EVENT_PREFIX = "io.okra."
 
 
-def _check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
+def check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
     if len(value) > limit:
         raise InvalidInputError.for_field(field, f"is {len(value)} characters; at most {limit}")
 
@@ -67,8 +67,8 @@ def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
     for name, value in tags.items():
         if not name:
             raise InvalidInputError.for_field(field, "a tag name may not be empty")
-        _check_text(name, f"{field}.{name}")
-        _check_text(value, f"{field}.{name}")
+        check_text(name, f"{field}.{name}")
+        check_text(value, f"{field}.{name}")
 
 
 def _metadata_value(context: Context, name: str) -> str:
@@ -101,6 +101,43 @@ def fields_under(prefix: str) -> Iterator[None]:
             raise
         violations = [FieldViolation(prefix + v.field, v.description) for v in exc.violations]
         raise InvalidInputError(f"{prefix}{exc}", violations, reason=exc.reason) from None
+
+
+def query_filter(
+    request: pb.QueryRequest | pb.CountRequest,
+    *,
+    limit: int = 0,
+    cursor: str = "",
+    field: str = "",
+) -> QueryFilter:
+    """Query's and Count's filters (a bulk operation's too), checked by the code-level rules;
+    `field` prefixes the names of bad fields (`filter.`).
+
+    Raises:
+        InvalidInputError: a filter breaks a rule.
+    """
+    if request.workflow_id:
+        rules.check_workflow_id(request.workflow_id)
+    statuses = check_statuses(request.status, f"{field}status")
+    tags = dict(request.tags)
+    _check_tags(tags, f"{field}tags")
+    check_text(request.correlation_id, f"{field}correlation_id")
+    after = optional_time_ms(request, "started_after")
+    before = optional_time_ms(request, "started_before")
+    if after is not None and before is not None and after >= before:
+        raise InvalidInputError.for_field(
+            f"{field}started_after", "must be earlier than started_before"
+        )
+    return QueryFilter(
+        workflow_id=request.workflow_id,
+        statuses=statuses,
+        tags=tags,
+        correlation_id=request.correlation_id,
+        started_after_ms=after,
+        started_before_ms=before,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def check_request_id(request_id: str) -> None:
@@ -151,8 +188,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         """The instance a Run request asks for, its request checked by the code-level rules."""
         rules.check_workflow_id(request.workflow_id)
         rules.check_input_size(request.input.ByteSize(), self._settings.max_input_bytes)
-        _check_text(request.correlation_id, "correlation_id")
-        _check_text(request.request_id, "request_id")
+        check_text(request.correlation_id, "correlation_id")
+        check_text(request.request_id, "request_id")
         tags = dict(request.tags)
         _check_tags(tags)
         registered = await self._registry.resolve(request.workflow_id)
@@ -213,21 +250,14 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_signal_name(signal)
         size = payload_value.ByteSize() if payload_value is not None else 0
         rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
-        _check_text(signal_id, "signal_id")
+        check_text(signal_id, "signal_id")
         payload = value_to_python(payload_value) if payload_value is not None else None
         rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
-        sent = self._clock()
-        return {
-            "specversion": "1.0",
-            "id": signal_id or str(uuid.uuid4()),
-            "source": SIGNAL_SOURCE,
-            "type": signal,
-            "time": datetime.fromtimestamp(sent / 1000, UTC).isoformat(),
-            "datacontenttype": "application/json",
-            "data": payload,
-            # CloudEvents distributed tracing: the turn that consumes it links to this call.
-            **tracing.event_trace_fields(),
-        }
+        event = signal_event(
+            signal, payload, signal_id=signal_id or str(uuid.uuid4()), sent_ms=self._clock()
+        )
+        # CloudEvents distributed tracing: the turn that consumes it links to this call.
+        return {**event, **tracing.event_trace_fields()}
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
         request.instance_id = rules.check_instance_id(request.instance_id)
@@ -300,49 +330,19 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         async for record in self._waiting.watch(request.instance_id):
             yield pb.WatchInstanceResponse(instance=record_to_pb(record))
 
-    @staticmethod
-    def _query_filter(
-        request: pb.QueryRequest | pb.CountRequest, *, limit: int = 0, cursor: str = ""
-    ) -> QueryFilter:
-        """Query's and Count's filters, checked by the code-level rules."""
-        if request.workflow_id:
-            rules.check_workflow_id(request.workflow_id)
-        statuses = check_statuses(request.status, "status")
-        tags = dict(request.tags)
-        _check_tags(tags)
-        _check_text(request.correlation_id, "correlation_id")
-        after = optional_time_ms(request, "started_after")
-        before = optional_time_ms(request, "started_before")
-        if after is not None and before is not None and after >= before:
-            raise InvalidInputError.for_field(
-                "started_after", "must be earlier than started_before"
-            )
-        return QueryFilter(
-            workflow_id=request.workflow_id,
-            statuses=statuses,
-            tags=tags,
-            correlation_id=request.correlation_id,
-            started_after_ms=after,
-            started_before_ms=before,
-            limit=limit,
-            cursor=cursor,
-        )
-
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         limit = rules.check_query_limit(request.limit)
-        page = await self._store.query(
-            self._query_filter(request, limit=limit, cursor=request.cursor)
-        )
+        page = await self._store.query(query_filter(request, limit=limit, cursor=request.cursor))
         return pb.QueryResponse(
             instances=[record_to_pb(r) for r in page.instances], cursor=page.cursor
         )
 
     async def Count(self, request: pb.CountRequest, context: Context) -> pb.CountResponse:
-        return pb.CountResponse(count=await self._store.count(self._query_filter(request)))
+        return pb.CountResponse(count=await self._store.count(query_filter(request)))
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         request.instance_id = rules.check_instance_id(request.instance_id)
-        _check_text(request.reason, "reason", MAX_REASON)
+        check_text(request.reason, "reason", MAX_REASON)
         workflow_id = await cancel_instance(
             self._store,
             request.instance_id,
@@ -382,9 +382,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         if not request.source:
             raise InvalidInputError.for_field("source", "is required")
         for name, text in (("type", request.type), ("source", request.source)):
-            _check_text(text, name)
-        _check_text(request.id, "id")
-        _check_text(request.subject, "subject")
+            check_text(text, name)
+        check_text(request.id, "id")
+        check_text(request.subject, "subject")
         rules.check_input_size(
             request.data.ByteSize(), self._settings.max_input_bytes, field="data"
         )
@@ -437,4 +437,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         )
 
 
-__all__ = ["WorkflowHostServicer", "check_request_id", "fields_under"]
+__all__ = [
+    "MAX_REASON",
+    "WorkflowHostServicer",
+    "check_request_id",
+    "check_text",
+    "fields_under",
+    "query_filter",
+]

@@ -328,6 +328,30 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     raise _back(path, notice="cancelled")
 
 
+@rpc_errors("instances")
+async def operate(request: web.Request) -> web.StreamResponse:
+    """Suspend, resume, retry or delete one instance, as the signed-in user."""
+    _same_origin(request)
+    instance_id = request.match_info["instance_id"]
+    action = request.match_info["action"]
+    form = await request.post()
+    reason = str(form.get("reason") or "")
+    path = f"/console/instances/{instance_id}"
+    operator = _client(request).operator
+    with back_on_refusal(path):
+        if action == "suspend":
+            await operator.suspend(instance_id, reason)
+        elif action == "resume":
+            await operator.resume(instance_id, reason)
+        elif action == "retry":
+            task = await operator.retry(instance_id, reason)
+            raise _back(path, notice=f"runs again from {task}")
+        else:
+            await operator.delete(instance_id)
+            raise _back("/console/instances", notice=f"deleted {instance_id}")
+    raise _back(path, notice="suspended" if action == "suspend" else "resumed")
+
+
 @rpc_errors("workflows")
 async def workflows(request: web.Request) -> web.StreamResponse:
     infos = await _client(request).list_workflows()
@@ -439,6 +463,9 @@ def console_routes(app: web.Application, gateway: ConsoleGateway) -> None:
             web.get("/console/instances/{instance_id}/stream", instance_stream),
             web.post("/console/instances/{instance_id}/signal", signal),
             web.post("/console/instances/{instance_id}/cancel", cancel),
+            web.post(
+                "/console/instances/{instance_id}/{action:suspend|resume|retry|delete}", operate
+            ),
             web.get("/console/workflows", workflows),
             web.get("/console/workflows/{workflow_id}", workflow),
             web.post("/console/workflows/{workflow_id}/run", run),

@@ -160,22 +160,54 @@ def timeline_rows(events: Sequence[HistoryEvent]) -> str:
     return "".join(rows) or "<tr><td colspan=5 class=muted>no history</td></tr>"
 
 
-def _actions(instance: WorkflowInstance) -> str:
-    if instance.finished:
-        return "<p class=muted>A finished instance takes no signal and no cancel.</p>"
-    base = f"/console/instances/{esc(instance.instance_id)}"
+def _action_form(base: str, action: str, label: str, confirm: str, *, reason: bool) -> str:
+    """One operator button (a POST form), with a reason field when the action records one."""
+    field = "<label>reason<input name=reason></label>" if reason else ""
+    style = " class=danger" if action in ("cancel", "delete") else ""
     return (
-        "<div class=actions>"
-        f'<form method=post action="{base}/signal" data-confirm="Send this signal?">'
-        '<label>signal<input name=signal required placeholder="approve" pattern="[A-Za-z0-9_-]+">'
-        "</label><label>payload (JSON)<textarea name=payload>{}</textarea></label>"
-        "<button type=submit>Send signal</button></form>"
-        f'<form method=post action="{base}/cancel" data-confirm="Cancel this instance?">'
-        "<label>reason<input name=reason></label>"
-        "<button type=submit class=danger>Cancel instance</button></form>"
-        "</div>"
-        "<p class=muted>Suspend, resume, retry and reset are not available on this sidecar.</p>"
+        f'<form method=post action="{base}/{action}" data-confirm="{confirm}">'
+        f"{field}<button type=submit{style}>{label}</button></form>"
     )
+
+
+def _actions(instance: WorkflowInstance) -> str:
+    base = f"/console/instances/{esc(instance.instance_id)}"
+    forms: list[str] = []
+    if not instance.finished:
+        forms.append(
+            f'<form method=post action="{base}/signal" data-confirm="Send this signal?">'
+            '<label>signal<input name=signal required placeholder="approve" '
+            'pattern="[A-Za-z0-9_-]+"></label><label>payload (JSON)<textarea name=payload>{}'
+            "</textarea></label><button type=submit>Send signal</button></form>"
+        )
+        if instance.status is WorkflowStatus.SUSPENDED:
+            forms.append(
+                _action_form(base, "resume", "Resume", "Resume this instance?", reason=True)
+            )
+        else:
+            forms.append(
+                _action_form(base, "suspend", "Suspend", "Suspend this instance?", reason=True)
+            )
+        forms.append(
+            _action_form(base, "cancel", "Cancel instance", "Cancel this instance?", reason=True)
+        )
+    else:
+        if instance.status is WorkflowStatus.FAILED:
+            forms.append(
+                _action_form(
+                    base, "retry", "Retry from the failed task", "Run it again?", reason=True
+                )
+            )
+        forms.append(
+            _action_form(
+                base,
+                "delete",
+                "Delete instance",
+                "Delete this instance and its history?",
+                reason=False,
+            )
+        )
+    return "<div class=actions>" + "".join(forms) + "</div>"
 
 
 def instance_page(

@@ -10,6 +10,7 @@ from okra_client import DEFAULT_TARGET
 from okra_client.tls import ClientTls
 
 from okra_sidecar import __version__
+from okra_sidecar.operator.bulk import bulk
 from okra_sidecar.operator.context import OUTPUT_CHOICE, Options
 from okra_sidecar.operator.instances import instances
 from okra_sidecar.operator.schedules import schedules
@@ -121,6 +122,7 @@ def completion(shell: str) -> None:
 okra.add_command(workflows)
 okra.add_command(instances)
 okra.add_command(schedules)
+okra.add_command(bulk)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from okra_sidecar.operator.render import (
 )
 from okra_sidecar.operator.session import call_sidecar
 
-__all__ = ["instances"]
+__all__ = ["instances", "query_kwargs"]
 
 # Query's largest page: `count` reads matching instances in pages of this size.
 
@@ -74,7 +74,7 @@ def instances() -> None:
     """Workflow instances: find them, read them, and act on them."""
 
 
-def _filters(
+def query_kwargs(
     workflow_id: str | None,
     statuses: tuple[str, ...],
     tags: tuple[tuple[str, str], ...],
@@ -107,7 +107,7 @@ def list_instances(options: Options, limit: int, cursor: str | None, **filters: 
     """
 
     async def fetch(client: OkraClient) -> QueryPage:
-        return await client.query(**_filters(**filters), limit=limit, cursor=cursor)
+        return await client.query(**query_kwargs(**filters), limit=limit, cursor=cursor)
 
     page = call_sidecar(options.target, fetch)
     if options.json:
@@ -130,7 +130,7 @@ def count_instances(options: Options, **filters: Any) -> None:
     """
 
     async def count(client: OkraClient) -> int:
-        return await client.count(**_filters(**filters))
+        return await client.count(**query_kwargs(**filters))
 
     total = call_sidecar(options.target, count)
     if options.json:
@@ -271,6 +271,96 @@ def cancel_instance(options: Options, instance_id: str, reason: str | None) -> N
         echo_json({"instanceId": instance_id, "cancelled": True})
     else:
         click.echo(f"instance {instance_id} cancelled")
+
+
+@instances.command("suspend")
+@click.argument("instance_id")
+@click.option("--reason", help="recorded in the instance's history")
+@pass_options
+def suspend_instance(options: Options, instance_id: str, reason: str | None) -> None:
+    """Pause a pending, running or waiting instance: it runs no task until resumed, and keeps
+    the signals and timers that reach it meanwhile.
+
+    \b
+    Example:
+      okra instances suspend 0b6c2f9e-5d4a-4c1e-9a57-3f2d8e1c7b40 --reason "audit"
+    """
+
+    async def suspend(client: OkraClient) -> None:
+        await client.operator.suspend(instance_id, reason or "")
+
+    call_sidecar(options.target, suspend)
+    _done(options, instance_id, "suspended")
+
+
+@instances.command("resume")
+@click.argument("instance_id")
+@click.option("--reason", help="recorded in the instance's history")
+@pass_options
+def resume_instance(options: Options, instance_id: str, reason: str | None) -> None:
+    """Let a suspended instance carry on where it stopped.
+
+    \b
+    Example:
+      okra instances resume 0b6c2f9e-5d4a-4c1e-9a57-3f2d8e1c7b40
+    """
+
+    async def resume(client: OkraClient) -> None:
+        await client.operator.resume(instance_id, reason or "")
+
+    call_sidecar(options.target, resume)
+    _done(options, instance_id, "resumed")
+
+
+@instances.command("retry")
+@click.argument("instance_id")
+@click.option("--reason", help="recorded in the instance's history")
+@click.option("--variables", type=JSON_VALUE, help="JSON object of $context entries to set first")
+@pass_options
+def retry_instance(options: Options, instance_id: str, reason: str | None, variables: Json) -> None:
+    """Run a failed instance again from the task that failed it.
+
+    \b
+    Example:
+      okra instances retry 0b6c2f9e-5d4a-4c1e-9a57-3f2d8e1c7b40 --reason "payments are back"
+    """
+
+    if variables is not None and not isinstance(variables, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--variables")
+
+    async def retry(client: OkraClient) -> str:
+        return await client.operator.retry(instance_id, reason or "", variables=variables)
+
+    task = call_sidecar(options.target, retry)
+    if options.json:
+        echo_json({"instanceId": instance_id, "retried": True, "task": task})
+    else:
+        click.echo(f"instance {instance_id} runs again from {task}")
+
+
+@instances.command("delete")
+@click.argument("instance_id")
+@pass_options
+def delete_instance(options: Options, instance_id: str) -> None:
+    """Delete a completed, failed or cancelled instance with its history.
+
+    \b
+    Example:
+      okra instances delete 0b6c2f9e-5d4a-4c1e-9a57-3f2d8e1c7b40
+    """
+
+    async def delete(client: OkraClient) -> None:
+        await client.operator.delete(instance_id)
+
+    call_sidecar(options.target, delete)
+    _done(options, instance_id, "deleted")
+
+
+def _done(options: Options, instance_id: str, what: str) -> None:
+    if options.json:
+        echo_json({"instanceId": instance_id, what: True})
+    else:
+        click.echo(f"instance {instance_id} {what}")
 
 
 @instances.command("watch")

@@ -42,6 +42,8 @@ SCHEMA: dict[str, Any] = {
     "event": {"type": {}, "source": {}, "subject": {}},
     "schedule": {"id": {}, "workflow": {}, "owner": OPEN},
     "task": {"queue": {}},
+    # A bulk operation: what it does when it starts, its id after.
+    "bulk": {"action": {}, "dryRun": {}, "id": {}},
     "env": OPEN,  # members are checked against the allow-list instead
 }
 # Macros whose first argument names a variable bound inside the call.

@@ -65,6 +65,12 @@ SCHEDULE_CONDITION = P + "schedule.condition"
 TASK_ALLOWED = P + "task.allowed"
 TASK_ALLOWED_QUEUES = P + "task.allowedQueues"
 TASK_CONDITION = P + "task.condition"
+# The WorkflowOperatorAPI: a switch and a condition per verb, and one condition for them all.
+OPERATOR_VERBS = ("suspend", "resume", "retry", "delete", "bulk")
+OPERATOR_ALLOWED = {verb: P + f"{verb}.allowed" for verb in OPERATOR_VERBS}
+OPERATOR_CONDITIONS = {verb: P + f"{verb}.condition" for verb in OPERATOR_VERBS}
+OPERATOR_CONDITION = P + "operator.condition"
+BULK_MAX_INSTANCES = P + "bulk.maxInstances"
 
 # What each condition may read: Run has no instance yet; signal and cancel act on one.
 BASE_ROOTS = frozenset({"request", "workflow", "service", "env"})
@@ -79,6 +85,10 @@ CONDITION_ROOTS = {
     HISTORY_CONDITION: INSTANCE_ROOTS,
     SCHEDULE_CONDITION: BASE_ROOTS | {"schedule"},
     TASK_CONDITION: BASE_ROOTS | {"task"},
+    **dict.fromkeys(OPERATOR_CONDITIONS.values(), INSTANCE_ROOTS),
+    # A bulk rpc is about an operation, not one instance: `bulk` says which and what it does.
+    OPERATOR_CONDITIONS["bulk"]: BASE_ROOTS | {"bulk"},
+    OPERATOR_CONDITION: INSTANCE_ROOTS | {"bulk"},
 }
 RATE_KEYS = {"run": RUN_RATE_LIMIT, "signal": SIGNAL_RATE_LIMIT, "query": QUERY_RATE_LIMIT}
 AUDIT_LEVELS = ("none", "summary", "full")
@@ -103,6 +113,7 @@ BOOL_KEYS = (
     SCHEDULE_ALLOWED,
     SCHEDULE_OWNER_ONLY,
     TASK_ALLOWED,
+    *OPERATOR_ALLOWED.values(),
 )
 KNOWN_KEYS = frozenset(
     {
@@ -116,6 +127,7 @@ KNOWN_KEYS = frozenset(
         MAX_INSTANCES_PER_WORKFLOW,
         RUN_MAX_INPUT_SIZE_KB,
         RUN_REQUIRED_INPUT_FIELDS,
+        BULK_MAX_INSTANCES,
         AUDIT_LEVEL,
         MAX_DURATION_MINUTES,
         DEFAULT_TIMEOUT_MS,
@@ -160,6 +172,9 @@ class PolicySet:
     schedule_owner_only: bool = False
     task_allowed: bool = True
     task_allowed_queues: GlobList = GlobList()
+    # An operator verb (`suspend`, ...) is allowed unless its `<verb>.allowed` is false.
+    operator_allowed: Mapping[str, bool] = field(default_factory=dict)
+    bulk_max_instances: int | None = None
 
     @property
     def digest(self) -> str:
@@ -418,6 +433,8 @@ def _setting(key: str, value: Any) -> Any:
         return _whole(value, 1, MAX_QUERY_RESULTS)
     if key == QUERY_ALLOWED_STATUSES:
         return _statuses(value)
+    if key == BULK_MAX_INSTANCES:
+        return _whole(value, 1)
     if key == MAX_CONCURRENT_INSTANCES:
         return _whole(value, 0)
     if key == MAX_INSTANCES_PER_WORKFLOW:
@@ -504,6 +521,8 @@ def compile_policies(
         schedule_owner_only=values.get(SCHEDULE_OWNER_ONLY, False),
         task_allowed=values.get(TASK_ALLOWED, True),
         task_allowed_queues=values.get(TASK_ALLOWED_QUEUES, GlobList()),
+        operator_allowed={verb: values.get(key, True) for verb, key in OPERATOR_ALLOWED.items()},
+        bulk_max_instances=values.get(BULK_MAX_INSTANCES),
     )
 
 

@@ -18,6 +18,7 @@ from celpy.celtypes import MapType, StringType
 from okra_sidecar.admission import RunLimits
 from okra_sidecar.errors import PolicyDeniedError, Reason, ResourceExhaustedError
 from okra_sidecar.policy import document as keys
+from okra_sidecar.policy import operator_rules
 from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
 from okra_sidecar.policy.cel import CelEvaluationError, to_cel
 from okra_sidecar.policy.document import PolicySet
@@ -112,11 +113,10 @@ class PolicyEvaluator:
         return self._policies.current
 
     def needs_instance(self, method: str, policies: PolicySet) -> bool:
-        """Whether a Signal or Cancel decision reads the instance (so it must be loaded)."""
+        """Whether a Signal, Cancel or operator decision reads the instance (load it first)."""
         own = {"Signal": keys.SIGNAL_CONDITION, "Cancel": keys.CANCEL_CONDITION}.get(method)
-        return own is not None and bool(
-            policies.condition(own) or policies.condition(keys.CONDITION)
-        )
+        programs = (own, keys.CONDITION) if own else operator_rules.operator_conditions(method)
+        return any(policies.condition(k) for k in programs if k)
 
     # -- per rpc -------------------------------------------------------------------------------
 
@@ -149,6 +149,7 @@ class PolicyEvaluator:
             "GetHistory": self._check_history,
             **dict.fromkeys(SCHEDULE_METHODS, self._check_schedule),
             **dict.fromkeys(TASK_METHODS, self._check_task),
+            **operator_rules.checks(self._check_switch, self._check_conditions),
         }.get(call.method)
         grant = CallGrant(identity=call.identity)
         if check is not None:

@@ -122,6 +122,8 @@ class CallGrant:
     query_limit: int | None = None
     # The id a Run's instance gets, chosen before the decision so that its record names it.
     instance_id: str = ""
+    # The most instances a bulk operation may match (policy.workflow.bulk.maxInstances).
+    bulk_max_instances: int | None = None
 
 
 NO_GRANT = CallGrant()

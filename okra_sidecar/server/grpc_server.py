@@ -14,10 +14,13 @@ from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_client.gen.worker.v1 import worker_pb2 as wpb
 from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.api.chain import InterceptorChain
+from okra_sidecar.api.operator_servicer import WorkflowOperatorServicer
 from okra_sidecar.api.registration import GenericOnlyServer
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
@@ -35,12 +38,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorkflowHostAPI"].full_name
 SCHEDULE_SERVICE_NAME = spb.DESCRIPTOR.services_by_name["ScheduleHostAPI"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 TASK_WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["TaskWorker"].full_name
+OPERATOR_SERVICE_NAME = opb.DESCRIPTOR.services_by_name["WorkflowOperatorAPI"].full_name
 # Readiness is reported under each API service's name; liveness under "" (api/readiness.py).
 READINESS_SERVICES = (
     SERVICE_NAME,
     SCHEDULE_SERVICE_NAME,
     ADMIN_SERVICE_NAME,
     TASK_WORKER_SERVICE,
+    OPERATOR_SERVICE_NAME,
 )
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -57,6 +62,7 @@ def build_server(
     telemetry: Telemetry | None = None,
     policies: PolicyLayer | None = None,
     task_worker: TaskWorkerServicer | None = None,
+    operator: WorkflowOperatorServicer | None = None,
     credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, reflection and health, bound to `listen`.
@@ -91,6 +97,9 @@ def build_server(
     if task_worker is not None:
         wpb_grpc.add_TaskWorkerServicer_to_server(task_worker, target)
         services.append(TASK_WORKER_SERVICE)
+    if operator is not None:
+        opb_grpc.add_WorkflowOperatorAPIServicer_to_server(operator, target)
+        services.append(OPERATOR_SERVICE_NAME)
     # What reflection.enable_server_reflection does for an aio server, through `target`.
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         reflection.aio.ReflectionServicer(services), target

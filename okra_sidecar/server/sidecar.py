@@ -13,6 +13,7 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1.health import aio as health_aio
 
+from okra_sidecar.api.operator_servicer import WorkflowOperatorServicer
 from okra_sidecar.api.readiness import HealthReporter, WaitingServers, wait_for
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
 from okra_sidecar.api.servicer import WorkflowHostServicer
@@ -22,6 +23,7 @@ from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import Settings, unbounded_engine
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.runtime.bulk import BulkRunner
 from okra_sidecar.engine.runtime.event_triggers import EventTriggers
 from okra_sidecar.engine.runtime.processes import (
     EngineProcesses,
@@ -51,6 +53,7 @@ from okra_sidecar.startup import (
     check_listen,
     unreachable_redis,
 )
+from okra_sidecar.store.bulk_store import RedisBulkStore
 from okra_sidecar.store.cluster_client import names_a_cluster
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.embedded import EmbeddedRedis
@@ -88,6 +91,7 @@ class Sidecar:
     runner: EngineRunner
     scheduler: Scheduler
     retention: RetentionKeeper
+    bulk: BulkRunner
     telemetry: Telemetry
     # Every part registered its close here as it started: the stop is the start reversed.
     closing: contextlib.AsyncExitStack
@@ -162,6 +166,8 @@ class _Parts:
     runner: EngineRunner
     scheduler: Scheduler
     retention: RetentionKeeper
+    bulks: RedisBulkStore
+    bulk: BulkRunner
     effects: EffectRuntime
     causation: CausationGuard
     clock: Clock
@@ -224,6 +230,7 @@ async def start_sidecar(
             runner=parts.runner,
             scheduler=parts.scheduler,
             retention=parts.retention,
+            bulk=parts.bulk,
             telemetry=telemetry,
             closing=stack.pop_all(),
             grace=grace,
@@ -359,6 +366,9 @@ async def _build_parts(
         settings=settings.schedule,
         clock=clock,
     )
+    # Bulk operations go on on whichever sidecar holds an operation's lease.
+    bulks = RedisBulkStore(redis=client, keys=store.keys)
+    bulk = BulkRunner(store=store, bulks=bulks, clock=now_ms)
     effects, causation = _build_effects(
         settings,
         client,
@@ -378,6 +388,8 @@ async def _build_parts(
         runner=runner,
         scheduler=scheduler,
         retention=retention,
+        bulks=bulks,
+        bulk=bulk,
         effects=effects,
         causation=causation,
         clock=clock,
@@ -423,6 +435,7 @@ def _build_server(
             read_block_ms=settings.engine.read_block_ms,
             max_input_depth=settings.host.max_input_depth,
         ),
+        operator=WorkflowOperatorServicer(store=store, bulks=parts.bulks, settings=settings.host),
         credentials=credentials,
     )
 
@@ -551,7 +564,7 @@ async def _start_engine(
         )
         stack.push_async_callback(lambda: parts.runner.stop(timeout_s=grace.seconds or 0.0))
         await parts.runner.start()
-    for loop in (parts.scheduler, parts.retention):
+    for loop in (parts.scheduler, parts.retention, parts.bulk):
         stack.push_async_callback(loop.stop)
         await loop.start()
     return engines

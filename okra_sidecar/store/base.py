@@ -200,6 +200,27 @@ class Store(Protocol):
 
     async def children(self, instance_id: str) -> list[str]: ...
 
+    async def suspend(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str: ...
+
+    async def resume(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str: ...
+
+    async def delete(self, instance_id: str) -> None: ...
+
+    async def retry(
+        self,
+        instance_id: str,
+        *,
+        revision: str,
+        state: dict[str, Any],
+        reason: str,
+        task: str,
+        now_ms: int,
+    ) -> str | None: ...
+
     async def query(self, query: QueryFilter) -> QueryPage: ...
 
     async def count(self, query: QueryFilter) -> int: ...

@@ -122,6 +122,8 @@ class StoreConnections:
 
     @staticmethod
     def _raise_for(instance_id: str, outcome: list[str], verb: str) -> None:
+        """Raise for a refusal of signal.lua, cancel.lua or suspend.lua; `verb` is `signal`
+        or what the instance cannot be (`cancelled`, `suspended`)."""
         if outcome[0] == "missing":
             raise instance_not_found(instance_id)
         if outcome[0] == "changed":
@@ -131,7 +133,7 @@ class StoreConnections:
                 f"instance {instance_id} is already {outcome[1]}; only a pending, running "
                 f"or waiting instance can be sent a {verb}"
                 if verb == "signal"
-                else f"instance {instance_id} is already {outcome[1]} and cannot be cancelled",
+                else f"instance {instance_id} is already {outcome[1]} and cannot be {verb}",
                 reason=Reason.INSTANCE_ALREADY_FINISHED,
                 violation=instance_status_violation(
                     instance_id, "the instance must be pending, running or waiting"

@@ -319,7 +319,7 @@ class InstanceStore(StoreConnections):
             outcome = [text(x) for x in result]
             if outcome[0] == "retry":
                 return None
-            self._raise_for(instance_id, outcome, "cancel")
+            self._raise_for(instance_id, outcome, "cancelled")
             self._check_durable(waited)
         if len(outcome) > 2:
             # The outbox releases it too; releasing now frees the place before Cancel returns.

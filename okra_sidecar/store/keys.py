@@ -244,6 +244,28 @@ class RedisKeys:
         """Schedule ids scored by when a scheduler must next look at them."""
         return f"{self.prefix}schedules:due"
 
+    def bulk(self, operation_id: str) -> str:
+        """One bulk operation: its spec, state, counters, cursor and lease."""
+        return f"{self.prefix}bulk:{{{operation_id}}}"
+
+    def bulk_ids(self, operation_id: str) -> str:
+        """The instance ids a bulk operation matched when it started, in the order it acts."""
+        return f"{self.prefix}bulk:{{{operation_id}}}:ids"
+
+    def bulk_items(self, operation_id: str) -> str:
+        """Instance id -> what a bulk operation did to it (`pending` while it acts)."""
+        return f"{self.prefix}bulk:{{{operation_id}}}:items"
+
+    @property
+    def bulks(self) -> str:
+        """Every bulk operation's id, scored by when it started."""
+        return f"{self.prefix}bulks"
+
+    @property
+    def bulks_running(self) -> str:
+        """The ids of the bulk operations still running: what every sidecar looks at."""
+        return f"{self.prefix}bulks:running"
+
     def trigger_events(self, workflow_key: str) -> str:
         """Events collected so far for a definition's `schedule.on: all`, by filter index."""
         return f"{self.prefix}trigger:{{{workflow_key}}}"

@@ -6,13 +6,16 @@ from collections.abc import Sequence
 
 from okra_sidecar.instances import InstanceRecord, InstanceStatus
 from okra_sidecar.store.jsontext import loads
+from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.replies import json_or, text
 
 __all__ = [
     "MEMBER_TIME_WIDTH",
     "RECORD_FIELDS",
+    "INDEX_FIELDS",
     "decode_record",
     "index_member",
+    "instance_indexes",
     "subscription_types",
 ]
 
@@ -32,6 +35,8 @@ RECORD_FIELDS = (
     "reason",
     "rev",
 )
+# The hash fields that say which index sets hold an instance's member (instance_indexes).
+INDEX_FIELDS = ("wf", "status", "corr", "tags", "parent")
 # Index members sort by creation time as text: fixed-width microseconds, then the id.
 MEMBER_TIME_WIDTH = 17
 
@@ -72,3 +77,24 @@ def subscription_types(record: str) -> list[str]:
     if not record:
         return []
     return [str(t) for t in loads(record).get("types", [])]
+
+
+def instance_indexes(
+    keys: RedisKeys, partition: int, row: Sequence[bytes | str | None]
+) -> list[str]:
+    """The index sets that hold an instance's member, from HMGET of INDEX_FIELDS."""
+    workflow_id, status, correlation_id, tags, parent = row
+    if workflow_id is None or status is None:
+        return []
+    indexes = [
+        keys.index_all(partition),
+        keys.index_workflow(partition, text(workflow_id)),
+        keys.index_status(partition, InstanceStatus(text(status))),
+    ]
+    if correlation_id:
+        indexes.append(keys.index_correlation(partition, text(correlation_id)))
+    if parent:
+        indexes.append(keys.index_parent(partition, text(parent)))
+    tag_map: dict[str, str] = json_or(tags, {})
+    indexes.extend(keys.index_tag(partition, name, value) for name, value in tag_map.items())
+    return indexes

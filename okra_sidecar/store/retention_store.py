@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.records import INDEX_FIELDS, instance_indexes
 from okra_sidecar.store.replies import map_redis_errors
 from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
@@ -48,9 +47,7 @@ class RedisRetentionStore:
             ids = [_text(m).split(":", 1)[1] for m in members]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for instance_id in ids:
-                    pipe.hmget(
-                        keys.instance(instance_id), ["wf", "status", "corr", "tags", "parent"]
-                    )
+                    pipe.hmget(keys.instance(instance_id), list(INDEX_FIELDS))
                 rows = await pipe.execute()
             try:
                 results = await self._purge_batch(partition, members, ids, rows, finished_before_ms)
@@ -75,27 +72,8 @@ class RedisRetentionStore:
                 instance_keys = self.keys.instance_keys(instance_id)
                 # A script called on a pipeline is loaded (if needed) when it executes.
                 await self._purge(
-                    keys=[finished, *instance_keys, *self._indexes(partition, row)],
+                    keys=[finished, *instance_keys, *instance_indexes(self.keys, partition, row)],
                     args=[_text(member), finished_before_ms, len(instance_keys)],
                     client=pipe,
                 )
             return list(await pipe.execute())
-
-    def _indexes(self, partition: int, row: list[bytes | None]) -> list[str]:
-        """The index sets that hold an instance's member, from its wf, status, corr and tags."""
-        workflow_id, status, correlation_id, tags, parent = row
-        keys = self.keys
-        if workflow_id is None or status is None:
-            return []
-        indexes = [
-            keys.index_all(partition),
-            keys.index_workflow(partition, _text(workflow_id)),
-            keys.index_status(partition, InstanceStatus(_text(status))),
-        ]
-        if correlation_id:
-            indexes.append(keys.index_correlation(partition, _text(correlation_id)))
-        if parent:
-            indexes.append(keys.index_parent(partition, _text(parent)))
-        tag_map: dict[str, str] = json.loads(tags) if tags else {}
-        indexes.extend(keys.index_tag(partition, name, value) for name, value in tag_map.items())
-        return indexes

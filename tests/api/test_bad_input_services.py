@@ -15,6 +15,8 @@ from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_client.gen.worker.v1 import worker_pb2 as wpb
 from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from redis.asyncio import Redis
 
 from okra_sidecar.server import Sidecar
@@ -30,12 +32,17 @@ if TYPE_CHECKING:
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
     from okra_client.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
+    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
+        WorkflowOperatorAPIAsyncStub as OperatorStub,
+    )
 else:
     ScheduleStub = spb_grpc.ScheduleHostAPIStub
     WorkerStub = wpb_grpc.TaskWorkerStub
+    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
 
 
 MISSING_SCHEDULE = "00000000-0000-4000-8000-000000000001"
+MISSING_INSTANCE = "00000000-0000-4000-8000-000000000000"
 
 
 @pytest_asyncio.fixture
@@ -450,3 +457,77 @@ ADMIN_CASES: list[Case[AdminStub]] = [
 @pytest.mark.parametrize("case", ADMIN_CASES, ids=[c.name for c in ADMIN_CASES])
 async def test_admin_rejection(case: Case[AdminStub], admin: AdminStub, redis: Redis) -> None:
     await assert_rejected(case, admin, redis)
+
+
+# -- The operator service. -------------------------------------------------------------------
+
+OperatorCall = Callable[[OperatorStub], Awaitable[object]]
+OPERATOR_VERBS = ("Suspend", "Resume", "Retry", "Delete")
+
+
+def on_instance(verb: str, instance_id: str) -> OperatorCall:
+    """The operator rpc `verb` on one instance id."""
+    if verb == "Suspend":
+        return lambda o: o.Suspend(opb.SuspendRequest(instance_id=instance_id))
+    if verb == "Resume":
+        return lambda o: o.Resume(opb.ResumeRequest(instance_id=instance_id))
+    if verb == "Retry":
+        return lambda o: o.Retry(opb.RetryRequest(instance_id=instance_id))
+    return lambda o: o.Delete(opb.DeleteRequest(instance_id=instance_id))
+
+
+OPERATOR_CASES: list[Case[OperatorStub]] = [
+    *(
+        Case(f"{verb.lower()}: {what}", on_instance(verb, given), INVALID, says, ("instance_id",))
+        for verb in OPERATOR_VERBS
+        for what, given, says in (
+            ("no instance id", "", "'' is not an instance id"),
+            ("malformed instance id", "not-a-uuid", "is not an instance id"),
+        )
+    ),
+    *(
+        Case(
+            f"{verb.lower()}: reason too long",
+            call,
+            INVALID,
+            "reason: is 1025 characters; at most 1024",
+            ("reason",),
+        )
+        for verb, call in (
+            (
+                "Suspend",
+                lambda o: o.Suspend(
+                    opb.SuspendRequest(instance_id=MISSING_INSTANCE, reason="x" * 1025)
+                ),
+            ),
+            (
+                "Resume",
+                lambda o: o.Resume(
+                    opb.ResumeRequest(instance_id=MISSING_INSTANCE, reason="x" * 1025)
+                ),
+            ),
+            (
+                "Retry",
+                lambda o: o.Retry(
+                    opb.RetryRequest(instance_id=MISSING_INSTANCE, reason="x" * 1025)
+                ),
+            ),
+        )
+    ),
+    *(
+        Case(
+            f"{verb.lower()}: unknown instance",
+            on_instance(verb, MISSING_INSTANCE),
+            grpc.StatusCode.NOT_FOUND,
+            f"instance {MISSING_INSTANCE} does not exist",
+        )
+        for verb in OPERATOR_VERBS
+    ),
+]
+
+
+@pytest.mark.parametrize("case", OPERATOR_CASES, ids=[c.name for c in OPERATOR_CASES])
+async def test_operator_rejection(
+    case: Case[OperatorStub], channel: grpc.aio.Channel, redis: Redis
+) -> None:
+    await assert_rejected(case, OperatorStub(channel), redis)

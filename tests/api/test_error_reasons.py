@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2
 from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
@@ -43,10 +45,15 @@ if TYPE_CHECKING:
     from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
         ScheduleHostAPIAsyncStub as ScheduleStub,
     )
+    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
+        WorkflowOperatorAPIAsyncStub as OperatorStub,
+    )
 else:
     ScheduleStub = spb_grpc.ScheduleHostAPIStub
+    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
 
 SCHEDULED_DIR = Path(__file__).parent.parent / "workflows_scheduled"
+OPERATOR_DIR = Path(__file__).parent / "workflows_operator"
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 
 
@@ -154,6 +161,119 @@ async def test_instance_already_finished(stub: Stub) -> None:
     )
     metadata = assert_reason(error, Reason.INSTANCE_ALREADY_FINISHED)
     assert metadata == {"instance": started.instance_id, "status": "cancelled"}
+
+
+async def test_instance_already_suspended(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        operator = OperatorStub(channel)
+        await operator.Suspend(opb.SuspendRequest(instance_id=started.instance_id))
+        error = await expect_rpc_error(
+            operator.Suspend(opb.SuspendRequest(instance_id=started.instance_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    assert assert_reason(error, Reason.INSTANCE_ALREADY_SUSPENDED) == {
+        "instance": started.instance_id
+    }
+
+
+async def test_instance_not_suspended(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).Resume(opb.ResumeRequest(instance_id=started.instance_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.INSTANCE_NOT_SUSPENDED)
+    assert metadata == {"instance": started.instance_id, "status": "waiting"}
+
+
+async def test_instance_not_finished(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).Delete(opb.DeleteRequest(instance_id=started.instance_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.INSTANCE_NOT_FINISHED)
+    assert metadata == {"instance": started.instance_id, "status": "waiting"}
+
+
+async def test_instance_not_failed(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await stub.Cancel(pb.CancelRequest(instance_id=started.instance_id))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).Retry(opb.RetryRequest(instance_id=started.instance_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.INSTANCE_NOT_FAILED)
+    assert metadata == {"instance": started.instance_id, "status": "cancelled"}
+
+
+async def test_nothing_to_retry(redis: Redis, redis_url: str) -> None:
+    settings = make_settings(redis_url, workflows=OPERATOR_DIR)
+    async with running_sidecar(settings) as (sidecar, stub):
+        started = await stub.Run(pb.RunRequest(workflow_id="tests.expire.1.0.0"))
+        await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_FAILED})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            error = await expect_rpc_error(
+                OperatorStub(channel).Retry(opb.RetryRequest(instance_id=started.instance_id)),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+    assert assert_reason(error, Reason.NOTHING_TO_RETRY) == {"instance": started.instance_id}
+
+
+async def test_bulk_operation_not_found(sidecar: tuple[Sidecar, Stub]) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).GetBulkOperation(
+                opb.GetBulkOperationRequest(operation_id=NO_SUCH_ID)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    assert assert_reason(error, Reason.BULK_OPERATION_NOT_FOUND) == {"operation": NO_SUCH_ID}
+
+
+async def test_bulk_operation_finished(sidecar: tuple[Sidecar, Stub]) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar[0].port}") as channel:
+        operator = OperatorStub(channel)
+        # Nothing matches: the operation is complete as soon as it starts.
+        started = await operator.StartBulkOperation(
+            opb.StartBulkOperationRequest(
+                filter=pb.QueryRequest(tags={"none": "x"}), action=opb.BULK_ACTION_CANCEL
+            )
+        )
+        error = await expect_rpc_error(
+            operator.CancelBulkOperation(
+                opb.CancelBulkOperationRequest(operation_id=started.operation_id)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.BULK_OPERATION_FINISHED)
+    assert metadata == {"operation": started.operation_id, "state": "completed"}
+
+
+async def test_bulk_too_many_instances(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, '{"policy.workflow.bulk.maxInstances": 1}')
+    async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
+        for _ in range(2):
+            await policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
+            error = await expect_rpc_error(
+                OperatorStub(channel).StartBulkOperation(
+                    opb.StartBulkOperationRequest(action=opb.BULK_ACTION_CANCEL, dry_run=True)
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+    metadata = assert_reason(error, Reason.BULK_TOO_MANY_INSTANCES)
+    assert metadata == {"limit": "1", "policy": "policy.workflow.bulk.maxInstances"}
 
 
 async def test_changed_concurrently(redis: Redis, redis_url: str, tmp_path: Path) -> None:

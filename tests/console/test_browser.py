@@ -128,3 +128,28 @@ async def test_workflows_and_schedules_pages(
         rows = "[...document.querySelectorAll('tbody tr')].map(r => r.cells[0].textContent)"
         assert await browser.evaluate(rows) == [schedule_id]
         await browser.screenshot(shots / "console-schedules.png")
+
+
+async def test_a_person_suspends_and_resumes_an_instance(
+    redis: Redis, redis_url: str, browser: Browser
+) -> None:
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (_, stub, base):
+        instance_id = await run_example(stub, APPROVAL, {"requester": "ada", "amount": 250})
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        await browser.open(f"{base}/console/instances/{instance_id}")
+        badge = "document.querySelector('#summary .badge').textContent"
+        await browser.submit("form[action$='/suspend']", {"reason": "audit"})
+        assert "suspended" in await browser.evaluate("document.body.innerText")
+        await browser.wait_for(f"{badge} == 'suspended'")
+        suspended = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert suspended.status == pb.WORKFLOW_STATUS_SUSPENDED
+        assert (
+            await browser.evaluate("document.querySelector(\"form[action$='/suspend']\")") is None
+        )
+        await browser.submit("form[action$='/resume']", {"reason": "audit done"})
+        await browser.wait_for(f"{badge} == 'waiting'")
+        await browser.submit("form[action$='/cancel']", {"reason": "not needed"})
+        await browser.wait_for(f"{badge} == 'cancelled'")
+        await browser.submit("form[action$='/delete']", {})
+        assert await browser.evaluate("location.pathname") == "/console/instances"
+        assert f"deleted {instance_id}" in await browser.evaluate("document.body.innerText")

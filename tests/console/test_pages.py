@@ -208,3 +208,50 @@ async def test_the_console_calls_as_the_signed_in_user(redis: Redis, redis_url: 
         assert listed.status_code == 200 and "sign out" in listed.text
         await http.get(f"{base}/console/logout")
         assert (await http.get(f"{base}/console/instances")).status_code == 303
+
+
+async def test_operator_buttons_suspend_resume_cancel_and_delete(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        instance_id = await run_waiting(stub)
+        page = f"{base}/console/instances/{instance_id}"
+        shown = await http.get(page)
+        assert f'action="/console/instances/{instance_id}/suspend"' in shown.text
+        assert "/resume" not in shown.text and "/delete" not in shown.text
+        foreign = await http.post(f"{page}/suspend", headers={"Origin": "http://elsewhere.example"})
+        assert foreign.status_code == 403
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert status.status == pb.WORKFLOW_STATUS_WAITING
+        assert said(await http.post(f"{page}/suspend", data={"reason": "audit"})) == "suspended"
+        status = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert status.status == pb.WORKFLOW_STATUS_SUSPENDED
+        shown = await http.get(page)
+        assert f'action="/console/instances/{instance_id}/resume"' in shown.text
+        assert "is suspended already" in said(await http.post(f"{page}/suspend"))
+        assert said(await http.post(f"{page}/resume")) == "resumed"
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        assert "cancel it first" in said(await http.post(f"{page}/delete"))
+        assert said(await http.post(f"{page}/cancel", data={"reason": "done"})) == "cancelled"
+        shown = await http.get(page)
+        assert f'action="/console/instances/{instance_id}/delete"' in shown.text
+        assert "/suspend" not in shown.text and "/retry" not in shown.text
+        deleted = await http.post(f"{page}/delete")
+        assert said(deleted) == f"deleted {instance_id}"
+        assert deleted.headers["location"].startswith("/console/instances?")
+        assert (await http.get(page)).status_code == 404
+
+
+async def test_a_failed_instance_offers_retry(redis: Redis, redis_url: str) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        reply = await stub.Run(pb.RunRequest(workflow_id="tests.order.1.0.0", input=value({})))
+        await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_FAILED})
+        page = f"{base}/console/instances/{reply.instance_id}"
+        shown = await http.get(page)
+        assert f'action="/console/instances/{reply.instance_id}/retry"' in shown.text
+        retried = await http.post(f"{page}/retry", data={"reason": "try again"})
+        assert said(retried).startswith("runs again from /do/")
+        history = await stub.GetHistory(
+            pb.GetHistoryRequest(instance_id=reply.instance_id, limit=1000)
+        )
+        assert "workflow.retried" in [event.type for event in history.events]

@@ -17,7 +17,8 @@ docs/grpcurl.md (tests/docs/test_grpcurl_cookbook.py) and the README walkthrough
   spaces at a line's end, which no reader sees, may differ.
 
 Commands run in bash with the venv's grpcurl first on PATH and `localhost:50051` replaced by
-the sidecar's address. Reads (list, describe, ListWorkflows, GetStatus, Query, Check) are
+the sidecar's address. Reads (list, describe, ListWorkflows, GetStatus, Query, Check,
+GetBulkOperation, ListBulkOperations) are
 retried until they print what the document shows, as a person would re-run them; writes run
 once.
 """
@@ -35,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 ADDRESS = "localhost:50051"
-READ_METHODS = frozenset({"list", "describe", "ListWorkflows", "GetStatus", "Query", "Check"})
+READ_METHODS = frozenset(
+    {
+        *("list", "describe", "ListWorkflows", "GetStatus", "Query", "Check"),
+        *("GetBulkOperation", "ListBulkOperations"),
+    }
+)
 RETRY_FOR_S = 15.0
 COMMAND_TIMEOUT_S = 20.0
 

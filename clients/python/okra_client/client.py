@@ -40,6 +40,7 @@ from okra_client.models import (
     to_timestamp,
     to_value,
 )
+from okra_client.operator import OperatorClient
 from okra_client.schedules import ScheduleClient
 from okra_client.tls import ClientTls, open_channel
 
@@ -133,6 +134,11 @@ class OkraClient:
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         self._metadata = tuple(metadata)
+
+    @property
+    def operator(self) -> OperatorClient:
+        """The WorkflowOperatorAPI on the same channel, with the same deadline and retries."""
+        return OperatorClient(self._channel, call=self._call, metadata=self._metadata)
 
     @property
     def schedules(self) -> ScheduleClient:

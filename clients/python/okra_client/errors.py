@@ -43,6 +43,9 @@ __all__ = [
     "REASONS",
     "RETRYABLE_REASONS",
     "AlreadyExistsError",
+    "BulkOperationFinishedError",
+    "BulkOperationNotFoundError",
+    "BulkTooManyInstancesError",
     "ChangedConcurrentlyError",
     "DeadlineExceededError",
     "ErrorInfo",
@@ -50,13 +53,18 @@ __all__ = [
     "FieldViolation",
     "InputSchemaMismatchError",
     "InstanceAlreadyFinishedError",
+    "InstanceAlreadySuspendedError",
     "InstanceLimitReachedError",
+    "InstanceNotFailedError",
+    "InstanceNotFinishedError",
     "InstanceNotFoundError",
+    "InstanceNotSuspendedError",
     "InternalError",
     "InvalidArgumentError",
     "InvalidPolicySetError",
     "ManualRunsDisabledError",
     "NotFoundError",
+    "NothingToRetryError",
     "OkraRpcError",
     "PermissionDeniedError",
     "PolicyDeniedError",
@@ -93,6 +101,14 @@ REASONS = frozenset(
         "POLICY_DENIED",
         "INSTANCE_ALREADY_FINISHED",
         "CHANGED_CONCURRENTLY",
+        "INSTANCE_ALREADY_SUSPENDED",
+        "INSTANCE_NOT_SUSPENDED",
+        "INSTANCE_NOT_FINISHED",
+        "INSTANCE_NOT_FAILED",
+        "NOTHING_TO_RETRY",
+        "BULK_OPERATION_NOT_FOUND",
+        "BULK_OPERATION_FINISHED",
+        "BULK_TOO_MANY_INSTANCES",
         "MANUAL_RUNS_DISABLED",
         "SCHEDULE_DECLARED_BY_WORKFLOW",
         "SCHEDULE_UNREADABLE",
@@ -310,6 +326,38 @@ class ReplicasNotAcknowledgedError(UnavailableError):
     """REPLICAS_NOT_ACKNOWLEDGED: the write was made but too few replicas confirmed it."""
 
 
+class BulkOperationNotFoundError(NotFoundError):
+    """BULK_OPERATION_NOT_FOUND: no such bulk operation (metadata["operation"])."""
+
+
+class BulkOperationFinishedError(FailedPreconditionError):
+    """BULK_OPERATION_FINISHED: the bulk operation has ended (metadata["state"])."""
+
+
+class BulkTooManyInstancesError(ResourceExhaustedError):
+    """BULK_TOO_MANY_INSTANCES: the filter matches more instances than one operation may take."""
+
+
+class InstanceNotFailedError(FailedPreconditionError):
+    """INSTANCE_NOT_FAILED: only a failed instance can be retried (metadata["status"])."""
+
+
+class NothingToRetryError(FailedPreconditionError):
+    """NOTHING_TO_RETRY: the instance failed outside any task; start a new one."""
+
+
+class InstanceAlreadySuspendedError(FailedPreconditionError):
+    """INSTANCE_ALREADY_SUSPENDED: the instance is suspended already; Resume it."""
+
+
+class InstanceNotSuspendedError(FailedPreconditionError):
+    """INSTANCE_NOT_SUSPENDED: only a suspended instance can be resumed (metadata["status"])."""
+
+
+class InstanceNotFinishedError(FailedPreconditionError):
+    """INSTANCE_NOT_FINISHED: only a finished instance can be deleted (metadata["status"])."""
+
+
 ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "WORKFLOW_NOT_FOUND": WorkflowNotFoundError,
     "INSTANCE_NOT_FOUND": InstanceNotFoundError,
@@ -328,6 +376,14 @@ ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "INSTANCE_LIMIT_REACHED": InstanceLimitReachedError,
     "REDIS_UNAVAILABLE": RedisUnavailableError,
     "REPLICAS_NOT_ACKNOWLEDGED": ReplicasNotAcknowledgedError,
+    "BULK_OPERATION_NOT_FOUND": BulkOperationNotFoundError,
+    "BULK_OPERATION_FINISHED": BulkOperationFinishedError,
+    "BULK_TOO_MANY_INSTANCES": BulkTooManyInstancesError,
+    "INSTANCE_NOT_FAILED": InstanceNotFailedError,
+    "NOTHING_TO_RETRY": NothingToRetryError,
+    "INSTANCE_ALREADY_SUSPENDED": InstanceAlreadySuspendedError,
+    "INSTANCE_NOT_SUSPENDED": InstanceNotSuspendedError,
+    "INSTANCE_NOT_FINISHED": InstanceNotFinishedError,
 }
 
 ERROR_BY_CODE: dict[grpc.StatusCode, type[OkraRpcError]] = {

@@ -29,6 +29,9 @@ class CatchingTurn(TurnBase):
         """
         while True:
             self.changed = True
+            if not self.forks:
+                # A fork branch's error reaches the root thread as the fork's: noted there.
+                self.fault_point = self.position_of(fault)
             if fault.task is not None and not fault.reported:
                 fault.reported = True
                 self.event("task.faulted", fault.task)
@@ -41,6 +44,7 @@ class CatchingTurn(TurnBase):
                         del self.stack[index + 1 :]
                         self.slot = None
                         if self.catch(frame, index, fault):
+                            self.fault_point = None  # handled: nothing to retry from
                             return
                 self.stack.clear()
                 self.slot = None
@@ -49,6 +53,26 @@ class CatchingTurn(TurnBase):
                 if raised is fault:
                     raise
                 fault = raised  # handling the error raised another one: handle that
+
+    def position_of(self, fault: WorkflowFaultError) -> dict[str, Any]:
+        """The frames under the task that raised `fault` and that task's raw input: with them
+        the thread runs the task again from its start (the frame's index still names it)."""
+        stack = self.stack
+        depth = len(stack) if fault.depth is None else min(fault.depth, len(stack))
+        if depth < len(stack):
+            data = stack[depth].get("rawInput")  # a composite task, left whole
+        elif self.slot is not None and "rawInput" in self.slot:
+            data = self.slot["rawInput"]  # a task that waited: a call, a listen, a wait
+        else:
+            data = self.data  # a task that raised as it started: its input is the data
+        task = ""
+        list_ref = stack[depth - 1].get("list") if depth else None
+        if list_ref is not None:
+            tasks = self.plan.lists[list_ref].tasks
+            index = stack[depth - 1].get("index", 0)
+            if index < len(tasks):
+                task = tasks[index].reference
+        return {"stack": [dict(f) for f in stack[:depth]], "data": data, "task": task}
 
     def catch(self, frame: Frame, index: int, fault: WorkflowFaultError) -> bool:
         """Whether the `try` of `frame` (on top of the stack) catches the error, and handle it."""

@@ -88,6 +88,23 @@ def is_result_event(event: dict[str, Any]) -> bool:
     return event.get("type") == RESULT_EVENT_TYPE
 
 
+# The CloudEvent `source` of the signals the Signal rpc and bulk operations deliver.
+SIGNAL_SOURCE = "okra-sidecar"
+
+
+def signal_event(signal: str, payload: Any, *, signal_id: str, sent_ms: int) -> dict[str, Any]:
+    """A signal as an instance receives it: a CloudEvent whose type is the signal's name."""
+    return {
+        "specversion": "1.0",
+        "id": signal_id,
+        "source": SIGNAL_SOURCE,
+        "type": signal,
+        "time": datetime.fromtimestamp(sent_ms / 1000, UTC).isoformat(),
+        "datacontenttype": "application/json",
+        "data": payload,
+    }
+
+
 def iso_time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 

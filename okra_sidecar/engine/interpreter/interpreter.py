@@ -544,6 +544,8 @@ class _Turn(CatchingTurn, WaitingTurn):
         self.slot = None
         state = self.snapshot("failed", error=error)
         state["data"] = None
+        if self.fault_point is not None:
+            state["retryFrom"] = self.fault_point  # RETRY_POINT (redrive.py reads it)
         return self.result(TurnOutcome.FAILED, "", state=state, error=error)
 
     def result(

@@ -24,7 +24,7 @@ the interpreter against; at run time they are plain dicts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 __all__ = ["Branch", "Frame", "InstanceState", "Slot", "awaited_effects", "threads", "wake_at"]
 
@@ -100,6 +100,8 @@ class InstanceState(TypedDict):
     output: Any
     error: Any
     seq: int
+    # Where a failed instance's uncaught error was raised (catching.py): what Retry resumes.
+    retryFrom: NotRequired[dict[str, Any]]
 
 
 def threads(stack: list[Frame], slot: Slot | None) -> Iterator[tuple[list[Frame], Slot | None]]:

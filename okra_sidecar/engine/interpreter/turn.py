@@ -27,11 +27,13 @@ from okra_sidecar.engine.interpreter.faults import (
 from okra_sidecar.engine.interpreter.listening import Signal
 from okra_sidecar.engine.interpreter.threads import Frame, InstanceState, Slot
 
-__all__ = ["STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
+__all__ = ["RETRY_POINT", "STATE_VERSION", "TurnBase", "WorkflowEndedError", "truthy"]
 
 # 2: effects, fork branches, for/try/catch/foreach frames, `seq`. A version 1 state (no such
 # parts) reads as a version 2 one.
 STATE_VERSION = 2
+# A failed state's key for where its uncaught error was raised (TurnBase.fault_point).
+RETRY_POINT = "retryFrom"
 
 
 def truthy(value: Any) -> bool:
@@ -79,6 +81,9 @@ class TurnBase:
         self.unawaited: set[str] = set()  # effects nobody waits for: emits, unawaited runs
         self.next_task = ""  # the task a thread stopped before when the budget ran out
         self.forks = 0  # how many fork branches deep the running thread is
+        # Where the root thread was when its last error was raised (catching.py): what an
+        # operator's Retry runs again if no `try` catches the error.
+        self.fault_point: dict[str, Any] | None = None
         self.changed = False
         self._workflow: dict[str, Any] | None = None
         self._results: dict[str, Signal] | None = None

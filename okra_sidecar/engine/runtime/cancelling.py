@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from okra_sidecar.engine.interpreter.effects import cancelled_result_event
-from okra_sidecar.errors import (
-    FailedPreconditionError,
-    NotFoundError,
-    Reason,
-    instance_status_violation,
-)
+from okra_sidecar.errors import FailedPreconditionError, NotFoundError, instance_kept_changing
 from okra_sidecar.store.base import Store
 
 __all__ = ["cancel_instance"]
@@ -50,14 +45,7 @@ async def cancel_instance(
         if workflow_id is not None:
             break
     else:
-        raise FailedPreconditionError(
-            f"instance {instance_id} kept changing while it was being cancelled; retry the call",
-            reason=Reason.CHANGED_CONCURRENTLY,
-            violation=instance_status_violation(
-                instance_id, "the status must not change while the call applies"
-            ),
-            metadata={"instance": instance_id},
-        )
+        raise instance_kept_changing(instance_id, "being cancelled")
     for child in await store.children(instance_id):
         try:
             await cancel_instance(

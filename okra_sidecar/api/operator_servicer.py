@@ -1,0 +1,239 @@
+"""WorkflowOperatorServicer: suspend, resume, retry and delete instances, from protobuf to the
+store."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import grpc
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
+
+from okra_sidecar.api.convert import BULK_ACTION_FROM_PB, bulk_to_pb, value_to_python
+from okra_sidecar.api.servicer import MAX_REASON, check_text, query_filter
+from okra_sidecar.bulks import BulkAction, BulkSpec
+from okra_sidecar.clock import Clock, now_ms
+from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.runtime.retrying import retry_instance
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionViolation,
+    Reason,
+    ResourceExhaustedError,
+)
+from okra_sidecar.instances import INSTANCE_ID_RE, QueryFilter
+from okra_sidecar.policy import rules
+from okra_sidecar.policy.document import BULK_MAX_INSTANCES
+from okra_sidecar.policy.model import current_grant
+from okra_sidecar.store.base import Store
+from okra_sidecar.store.bulk_store import RedisBulkStore
+from okra_sidecar.telemetry import tracing
+
+__all__ = ["WorkflowOperatorServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# The most instances one bulk operation acts on when no policy says otherwise.
+DEFAULT_BULK_MAX_INSTANCES = 10_000
+MAX_PER_SECOND = 10_000
+SAMPLE_SIZE = 10
+QUERY_PAGE = 1000
+
+
+class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
+    """Checks each request like the WorkflowHostAPI does, then applies it in one script."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        bulks: RedisBulkStore,
+        settings: HostSettings,
+        clock: Clock = now_ms,
+    ) -> None:
+        self._store = store
+        self._bulks = bulks
+        self._settings = settings
+        self._clock = clock
+
+    async def Suspend(self, request: opb.SuspendRequest, context: Context) -> opb.SuspendResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        check_text(request.reason, "reason", MAX_REASON)
+        workflow_id = await self._store.suspend(
+            request.instance_id,
+            reason=request.reason,
+            now_ms=self._clock(),
+            # Applied only if the status the policy decided on still holds.
+            expect_status=current_grant().expected_status,
+        )
+        tracing.annotate(workflow_id=workflow_id)
+        return opb.SuspendResponse()
+
+    async def Resume(self, request: opb.ResumeRequest, context: Context) -> opb.ResumeResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        check_text(request.reason, "reason", MAX_REASON)
+        workflow_id = await self._store.resume(
+            request.instance_id,
+            reason=request.reason,
+            now_ms=self._clock(),
+            expect_status=current_grant().expected_status,
+        )
+        tracing.annotate(workflow_id=workflow_id)
+        return opb.ResumeResponse()
+
+    async def Retry(self, request: opb.RetryRequest, context: Context) -> opb.RetryResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        check_text(request.reason, "reason", MAX_REASON)
+        variables: dict[str, Any] = {}
+        if request.HasField("variables"):
+            rules.check_input_size(
+                request.variables.ByteSize(), self._settings.max_input_bytes, field="variables"
+            )
+            variables = {k: value_to_python(v) for k, v in request.variables.fields.items()}
+            rules.check_input_depth(variables, self._settings.max_input_depth, field="variables")
+        workflow_id, task = await retry_instance(
+            self._store,
+            request.instance_id,
+            reason=request.reason,
+            now_ms=self._clock(),
+            variables=variables,
+        )
+        tracing.annotate(workflow_id=workflow_id)
+        return opb.RetryResponse(task=task)
+
+    async def Delete(self, request: opb.DeleteRequest, context: Context) -> opb.DeleteResponse:
+        request.instance_id = rules.check_instance_id(request.instance_id)
+        await self._store.delete(request.instance_id)
+        return opb.DeleteResponse()
+
+    async def StartBulkOperation(
+        self, request: opb.StartBulkOperationRequest, context: Context
+    ) -> opb.StartBulkOperationResponse:
+        spec = self._bulk_spec(request)
+        if request.filter.limit or request.filter.cursor:
+            field = "filter.limit" if request.filter.limit else "filter.cursor"
+            raise InvalidInputError.for_field(
+                field, "must be unset: a bulk operation acts on every matching instance"
+            )
+        matching = query_filter(request.filter, limit=QUERY_PAGE, field="filter.")
+        granted = current_grant().bulk_max_instances
+        limit = granted or DEFAULT_BULK_MAX_INSTANCES
+        instance_ids = await self._matching(matching, limit, policy_set=granted is not None)
+        response = opb.StartBulkOperationResponse(
+            matched=len(instance_ids), sample_instance_ids=instance_ids[:SAMPLE_SIZE]
+        )
+        if request.dry_run:
+            return response
+        operation_id = str(uuid.uuid4())
+        tracing.annotate(bulk_id=operation_id)
+        await self._bulks.create(operation_id, spec, instance_ids, now_ms=self._clock())
+        response.operation_id = operation_id
+        return response
+
+    def _bulk_spec(self, request: opb.StartBulkOperationRequest) -> BulkSpec:
+        action = BULK_ACTION_FROM_PB.get(request.action)
+        if action is None:
+            names = ", ".join(opb.BulkAction.Name(n) for n in BULK_ACTION_FROM_PB)
+            raise InvalidInputError.for_field("action", f"must be one of {names}")
+        check_text(request.reason, "reason", MAX_REASON)
+        if not 0 <= request.max_per_second <= MAX_PER_SECOND:
+            raise InvalidInputError.for_field(
+                "max_per_second", f"must be 0 (no limit) to {MAX_PER_SECOND}"
+            )
+        payload = None
+        if action is BulkAction.SIGNAL:
+            rules.check_signal_name(request.signal)
+            rules.check_input_size(
+                request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
+            )
+            if request.HasField("payload"):
+                payload = value_to_python(request.payload)
+            rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
+        elif request.signal or request.HasField("payload"):
+            field = "signal" if request.signal else "payload"
+            raise InvalidInputError.for_field(field, "is only for BULK_ACTION_SIGNAL")
+        return BulkSpec(
+            action=action,
+            reason=request.reason,
+            signal=request.signal,
+            payload=payload,
+            max_per_second=request.max_per_second,
+        )
+
+    async def _matching(self, matching: QueryFilter, limit: int, *, policy_set: bool) -> list[str]:
+        """Every matching instance id, newest first; refused past `limit`."""
+        found: list[str] = []
+        cursor = ""
+        while True:
+            page = await self._store.query(replace(matching, cursor=cursor))
+            found.extend(r.instance_id for r in page.instances)
+            if len(found) > limit:
+                source = f" ({BULK_MAX_INSTANCES})" if policy_set else ""
+                raise ResourceExhaustedError(
+                    f"the filter matches more than {limit} instances, the most one bulk "
+                    f"operation may act on{source}; narrow the filter or split the work",
+                    reason=Reason.BULK_TOO_MANY_INSTANCES,
+                    policy=BULK_MAX_INSTANCES if policy_set else "",
+                    metadata={"limit": str(limit)},
+                )
+            if not page.cursor:
+                return found
+            cursor = page.cursor
+
+    async def GetBulkOperation(
+        self, request: opb.GetBulkOperationRequest, context: Context
+    ) -> opb.GetBulkOperationResponse:
+        operation_id = _check_operation_id(request.operation_id)
+        record = await self._bulks.get(operation_id)
+        if record is None:
+            raise _operation_not_found(operation_id)
+        return opb.GetBulkOperationResponse(operation=bulk_to_pb(record))
+
+    async def CancelBulkOperation(
+        self, request: opb.CancelBulkOperationRequest, context: Context
+    ) -> opb.CancelBulkOperationResponse:
+        operation_id = _check_operation_id(request.operation_id)
+        outcome = await self._bulks.cancel(operation_id, now_ms=self._clock())
+        if outcome[0] == "missing":
+            raise _operation_not_found(operation_id)
+        if outcome[0] == "finished":
+            raise FailedPreconditionError(
+                f"bulk operation {operation_id} is {outcome[1]} already; nothing is left to cancel",
+                reason=Reason.BULK_OPERATION_FINISHED,
+                violation=PreconditionViolation(
+                    "BULK_OPERATION_STATE",
+                    f"bulk/{operation_id}",
+                    "the operation must be running",
+                ),
+                metadata={"operation": operation_id, "state": outcome[1]},
+            )
+        return opb.CancelBulkOperationResponse()
+
+    async def ListBulkOperations(
+        self, request: opb.ListBulkOperationsRequest, context: Context
+    ) -> opb.ListBulkOperationsResponse:
+        return opb.ListBulkOperationsResponse(
+            operations=[bulk_to_pb(r) for r in await self._bulks.recent()]
+        )
+
+
+def _check_operation_id(operation_id: str) -> str:
+    operation_id = operation_id.lower()
+    if not INSTANCE_ID_RE.fullmatch(operation_id):
+        raise InvalidInputError.for_field(
+            "operation_id",
+            f"{operation_id[:100]!r} is not a bulk operation id: expected the UUID that "
+            "StartBulkOperation returned",
+        )
+    return operation_id
+
+
+def _operation_not_found(operation_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"bulk operation {operation_id} does not exist",
+        reason=Reason.BULK_OPERATION_NOT_FOUND,
+        metadata={"operation": operation_id},
+    )

@@ -1,0 +1,83 @@
+"""Bulk operations: what one does to many instances and how far it got, shared by api, engine
+and store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["BulkAction", "BulkRecord", "BulkSpec", "BulkState", "ItemOutcome"]
+
+
+class BulkAction(StrEnum):
+    """What a bulk operation does to each instance; values are what Redis stores."""
+
+    CANCEL = "cancel"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    RETRY = "retry"
+    DELETE = "delete"
+    SIGNAL = "signal"
+
+
+class BulkState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ItemOutcome(StrEnum):
+    """What became of one instance; also the name of the operation's counter."""
+
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BulkSpec:
+    """The action and its arguments, fixed when the operation starts."""
+
+    action: BulkAction
+    reason: str = ""
+    signal: str = ""
+    payload: Any = None
+    max_per_second: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "reason": self.reason,
+            "signal": self.signal,
+            "payload": self.payload,
+            "maxPerSecond": self.max_per_second,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BulkSpec:
+        return cls(
+            action=BulkAction(data["action"]),
+            reason=str(data.get("reason", "")),
+            signal=str(data.get("signal", "")),
+            payload=data.get("payload"),
+            max_per_second=int(data.get("maxPerSecond", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class BulkRecord:
+    """A bulk operation as GetBulkOperation reports it."""
+
+    operation_id: str
+    spec: BulkSpec
+    state: BulkState
+    matched: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    # Why instances were skipped or failed -> how many.
+    reasons: dict[str, int] = field(default_factory=dict)
+    created_ms: int = 0
+    updated_ms: int = 0
+    cursor: int = 0

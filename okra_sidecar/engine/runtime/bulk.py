@@ -1,0 +1,201 @@
+"""BulkRunner: carries bulk operations on in the background, on whichever sidecar holds the lease.
+
+Every sidecar looks at the running operations every `poll_s`; one takes an operation's lease
+and acts on its instances in the order they matched, renewing the lease with each claim. An
+instance is claimed (`pending`) before it is acted on and recorded after, in the operation's
+own keys, so that each is acted on once: when a holder stops between the two, the next holder
+acts on its pending instance again, and every action takes effect once however often it is
+applied (a signal is sent under an id derived from the operation, so a repeat is a duplicate;
+a cancel, suspend, resume, retry or delete that already happened is refused by the instance's
+status, and a pending instance found that way counts as done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from okra_sidecar.bulks import BulkAction, BulkRecord, BulkState, ItemOutcome
+from okra_sidecar.engine.interpreter.effects import signal_event
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.retrying import retry_instance
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    NotFoundError,
+    OkraError,
+    StoreUnavailableError,
+)
+from okra_sidecar.store.base import Store
+from okra_sidecar.store.bulk_store import ClaimResult, RedisBulkStore
+from okra_sidecar.tasks import cancel_and_wait
+
+__all__ = ["BulkRunner", "bulk_signal_id"]
+
+logger = logging.getLogger(__name__)
+
+# Instance ids read from the operation's list at a time.
+PAGE = 100
+# The status an action leaves an instance in: a pending instance found so was acted on.
+ACTED_STATUS = {
+    BulkAction.CANCEL: "cancelled",
+    BulkAction.SUSPEND: "suspended",
+}
+
+
+def bulk_signal_id(operation_id: str, instance_id: str) -> str:
+    """The signal id a bulk SIGNAL uses: the same on every try, so the inbox takes it once."""
+    return f"bulk:{operation_id}:{instance_id}"
+
+
+class BulkRunner:
+    """One per sidecar; `owner` names it in the leases it takes."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        bulks: RedisBulkStore,
+        owner: str = "",
+        poll_s: float = 0.5,
+        lease_ms: int = 3000,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self._store = store
+        self._bulks = bulks
+        self.owner = owner or f"bulk-{uuid.uuid4().hex[:12]}"
+        self._poll_s = poll_s
+        self._lease_ms = lease_ms
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="bulk-runner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                for operation_id in await self._bulks.running():
+                    await self.run_once(operation_id)
+            except StoreUnavailableError as exc:
+                logger.warning("bulk operations wait for Redis: %s", exc)
+            except Exception:
+                logger.exception("bulk runner failed; it tries again")
+            await asyncio.sleep(self._poll_s)
+
+    async def run_once(self, operation_id: str) -> bool:
+        """Take the operation's lease if it is free and work on it until it ends or the lease
+        is lost; False when another sidecar holds it."""
+        now = self._clock()
+        if not await self._bulks.take_lease(
+            operation_id, self.owner, now_ms=now, lease_ms=self._lease_ms
+        ):
+            return False
+        record = await self._bulks.get(operation_id)
+        if record is None or record.state is not BulkState.RUNNING:
+            return True
+        await self._work(record)
+        return True
+
+    async def _work(self, record: BulkRecord) -> None:
+        operation_id = record.operation_id
+        interval_s = 1 / record.spec.max_per_second if record.spec.max_per_second else 0.0
+        cursor = record.cursor
+        while cursor < record.matched:
+            page = await self._bulks.instance_ids(operation_id, cursor, PAGE)
+            if not page:
+                return
+            for instance_id in page:
+                started = time.monotonic()
+                claim = await self._bulks.claim(
+                    operation_id,
+                    self.owner,
+                    instance_id,
+                    now_ms=self._clock(),
+                    lease_ms=self._lease_ms,
+                )
+                if claim in (ClaimResult.LOST, ClaimResult.STOPPED):
+                    return
+                outcome, why = ItemOutcome.DONE, ""
+                if claim != ClaimResult.ACTED:
+                    outcome, why = await self._act(
+                        record, instance_id, again=claim == ClaimResult.AGAIN
+                    )
+                cursor += 1
+                if not await self._bulks.record(
+                    operation_id,
+                    self.owner,
+                    instance_id,
+                    outcome=outcome,
+                    why=why,
+                    next_cursor=cursor,
+                    now_ms=self._clock(),
+                ):
+                    return
+                if interval_s:
+                    await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    async def _act(
+        self, record: BulkRecord, instance_id: str, *, again: bool
+    ) -> tuple[ItemOutcome, str]:
+        """Apply the action to one instance: its outcome and, unless done, why."""
+        try:
+            await self._apply(record, instance_id)
+        except StoreUnavailableError:
+            raise  # the instance stays pending; whoever holds the lease next acts again
+        except NotFoundError:
+            if again and record.spec.action is BulkAction.DELETE:
+                return ItemOutcome.DONE, ""
+            return ItemOutcome.SKIPPED, "not found"
+        except FailedPreconditionError as exc:
+            status = exc.metadata.get("status", "")
+            if again and (
+                ACTED_STATUS.get(record.spec.action) == status
+                or "suspended already" in str(exc)
+                or record.spec.action in (BulkAction.RESUME, BulkAction.RETRY)
+            ):
+                return ItemOutcome.DONE, ""
+            return ItemOutcome.SKIPPED, _skip_reason(exc)
+        except OkraError as exc:
+            logger.warning("bulk %s on %s failed: %s", record.spec.action, instance_id, exc)
+            return ItemOutcome.FAILED, exc.reason.value
+        return ItemOutcome.DONE, ""
+
+    async def _apply(self, record: BulkRecord, instance_id: str) -> Any:
+        spec = record.spec
+        now = self._clock()
+        store = self._store
+        action = spec.action
+        if action is BulkAction.CANCEL:
+            return await cancel_instance(store, instance_id, reason=spec.reason, now_ms=now)
+        if action is BulkAction.SUSPEND:
+            return await store.suspend(instance_id, reason=spec.reason, now_ms=now)
+        if action is BulkAction.RESUME:
+            return await store.resume(instance_id, reason=spec.reason, now_ms=now)
+        if action is BulkAction.RETRY:
+            return await retry_instance(store, instance_id, reason=spec.reason, now_ms=now)
+        if action is BulkAction.DELETE:
+            return await store.delete(instance_id)
+        signal_id = bulk_signal_id(record.operation_id, instance_id)
+        return await store.signal(
+            instance_id,
+            signal_id=signal_id,
+            event=signal_event(spec.signal, spec.payload, signal_id=signal_id, sent_ms=now),
+            now_ms=now,
+        )
+
+
+def _skip_reason(exc: OkraError) -> str:
+    """A short reason for GetBulkOperation's tally: the status that refused the action."""
+    status = exc.metadata.get("status")
+    if status:
+        return f"{exc.reason.value.lower()}: {status}"
+    return exc.reason.value.lower()

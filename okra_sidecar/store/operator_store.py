@@ -1,0 +1,206 @@
+"""OperatorStore: suspending, resuming and deleting instances for the WorkflowOperatorAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    Reason,
+    instance_not_failed,
+    instance_not_found,
+    instance_status_violation,
+)
+from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.store.connections import StoreConnections
+from okra_sidecar.store.jsontext import dumps
+from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.records import INDEX_FIELDS, instance_indexes
+from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.scripts import load_script
+
+__all__ = ["OperatorStore"]
+
+# purge.lua deletes what finished before its cutoff; Delete takes any finished instance.
+ANY_TIME_MS = 2**62
+
+
+class OperatorStore(StoreConnections):
+    """The operator's writes on one instance, each one script in the instance's slot."""
+
+    _suspend = MultiplexedScript(load_script("suspend"))
+    _resume = MultiplexedScript(load_script("resume"))
+    _purge = MultiplexedScript(load_script("purge"))
+    _retry = MultiplexedScript(load_script("retry"))
+
+    async def suspend(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str:
+        """Suspend an unfinished instance; its workflow id.
+
+        Raises:
+            NotFoundError: no such instance.
+            FailedPreconditionError: it has finished, or is suspended already.
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
+        outcome = await self._change_status(
+            self._suspend, instance_id, "workflow.suspended", reason, now_ms, expect_status
+        )
+        if outcome[0] == "suspended":
+            raise FailedPreconditionError(
+                f"instance {instance_id} is suspended already; Resume it to let it go on",
+                reason=Reason.INSTANCE_ALREADY_SUSPENDED,
+                violation=instance_status_violation(
+                    instance_id, "the instance must be pending, running or waiting"
+                ),
+                metadata={"instance": instance_id},
+            )
+        self._raise_for(instance_id, outcome, "suspended")
+        return outcome[1]
+
+    async def resume(
+        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+    ) -> str:
+        """Resume a suspended instance and queue its turn; its workflow id.
+
+        Raises:
+            NotFoundError: no such instance.
+            FailedPreconditionError: it is not suspended.
+            InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+        """
+        outcome = await self._change_status(
+            self._resume, instance_id, "workflow.resumed", reason, now_ms, expect_status
+        )
+        if outcome[0] == "not-suspended":
+            raise FailedPreconditionError(
+                f"instance {instance_id} is {outcome[1]}, not suspended; only a suspended "
+                "instance can be resumed",
+                reason=Reason.INSTANCE_NOT_SUSPENDED,
+                violation=instance_status_violation(instance_id, "the instance must be suspended"),
+                metadata={"instance": instance_id, "status": outcome[1]},
+            )
+        self._raise_for(instance_id, outcome, "resumed")
+        return outcome[1]
+
+    async def retry(
+        self,
+        instance_id: str,
+        *,
+        revision: str,
+        state: dict[str, Any],
+        reason: str,
+        task: str,
+        now_ms: int,
+    ) -> str | None:
+        """Run a failed instance again from `state` (built from the state at `revision`); its
+        workflow id, or None when the instance changed since that revision (build it again).
+
+        Raises:
+            NotFoundError: no such instance.
+            FailedPreconditionError: it is not failed (any more).
+        """
+        keys = self.keys
+        partition = keys.partition(instance_id)
+        event = dumps({"type": "workflow.retried", "time": now_ms, "reason": reason, "task": task})
+        with map_redis_errors():
+            result, waited = await self._durable_write(
+                self._retry,
+                keys=[
+                    keys.instance(instance_id),
+                    keys.history(instance_id),
+                    keys.work(partition),
+                    *keys.status_indexes(partition),
+                    keys.index_finished(partition),
+                ],
+                args=[
+                    *(instance_id, now_ms, event, revision),
+                    *(dumps(state), dumps(state.get("context") or {})),
+                ],
+            )
+            outcome = [text(x) for x in result]
+            if outcome[0] == "moved":
+                return None
+            if outcome[0] == "not-failed":
+                raise instance_not_failed(instance_id, outcome[1])
+            self._raise_for(instance_id, outcome, "retried")
+            self._check_durable(waited)
+        return outcome[1]
+
+    async def _change_status(
+        self,
+        script: MultiplexedScript,
+        instance_id: str,
+        event_type: str,
+        reason: str,
+        now_ms: int,
+        expect_status: str | None,
+    ) -> list[str]:
+        """Run suspend.lua or resume.lua (same KEYS and ARGV, see their headers); its reply.
+
+        The instance's work stream is passed to both, so the status indexes start at slot 4.
+        """
+        keys = self.keys
+        partition = keys.partition(instance_id)
+        event = dumps({"type": event_type, "time": now_ms, "reason": reason})
+        with map_redis_errors():
+            result, waited = await self._durable_write(
+                script,
+                keys=[
+                    keys.instance(instance_id),
+                    keys.history(instance_id),
+                    keys.work(partition),
+                    *keys.status_indexes(partition),
+                ],
+                args=[instance_id, now_ms, event, expect_status or ""],
+            )
+            outcome = [text(x) for x in result]
+            if outcome[0] == "ok":
+                self._check_durable(waited)
+        return outcome
+
+    async def delete(self, instance_id: str) -> None:
+        """Delete a finished instance: its keys and its member in every index.
+
+        Raises:
+            NotFoundError: no such instance.
+            FailedPreconditionError: it has not finished (or came back to life meanwhile).
+        """
+        keys = self.keys
+        partition = keys.partition(instance_id)
+        with map_redis_errors():
+            row = await self.hot.execute("HMGET", keys.instance(instance_id), "ikey", *INDEX_FIELDS)
+            member, fields = row[0], row[1:]
+            if member is None or fields[1] is None:
+                raise instance_not_found(instance_id)
+            status = text(fields[1])
+            if not InstanceStatus(status).finished:
+                raise _not_finished(instance_id, status)
+            instance_keys = keys.instance_keys(instance_id)
+            # purge.lua checks again that it finished: a Retry may have run it meanwhile.
+            deleted, waited = await self._durable_write(
+                self._purge,
+                keys=[
+                    keys.index_finished(partition),
+                    *instance_keys,
+                    *instance_indexes(keys, partition, fields),
+                ],
+                args=[text(member), ANY_TIME_MS, len(instance_keys)],
+            )
+            if int(deleted) != 1:
+                current = await self.hot.execute("HGET", keys.instance(instance_id), "status")
+                if current is None:
+                    raise instance_not_found(instance_id)
+                raise _not_finished(instance_id, text(current))
+            self._check_durable(waited)
+
+
+def _not_finished(instance_id: str, status: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"instance {instance_id} is {status}; only a completed, failed or cancelled instance "
+        "can be deleted: cancel it first",
+        reason=Reason.INSTANCE_NOT_FINISHED,
+        violation=instance_status_violation(
+            instance_id, "the instance must be completed, failed or cancelled"
+        ),
+        metadata={"instance": instance_id, "status": status},
+    )

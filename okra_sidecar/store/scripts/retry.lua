@@ -1,0 +1,29 @@
+-- Run a failed instance again from the state given; returns {'ok', workflow id}.
+-- KEYS: instance, history, its partition's work stream, then the status indexes
+--       (STATUS_SLOT), then the finished-time index (FINISHED_INDEX).
+-- ARGV: instance id, now ms, history event, the revision the state was built from, the
+--       engine state (JSON), the `$context` (JSON).
+-- The state was built from the revision read: {'moved'} when another write came between,
+-- and the caller builds it again. The instance takes its place among the unfinished again
+-- (the status index, no finished-time member, a turn) but not in the admission limits:
+-- their release when it finishes again is idempotent.
+local cur = redis.call('HMGET', KEYS[1], 'status', 'ikey', 'wf', 'rev')
+if not cur[1] then
+  return {'missing'}
+end
+if cur[1] ~= 'failed' then
+  return {'not-failed', cur[1]}
+end
+if cur[4] ~= ARGV[4] then
+  return {'moved'}
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'state', ARGV[5], 'ctx', ARGV[6],
+  'updated', ARGV[2], 'step', '')
+redis.call('HDEL', KEYS[1], 'error', 'output', 'completed')
+announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), 'running')
+redis.call('ZREM', KEYS[STATUS_SLOT['failed']], cur[2])
+redis.call('ZADD', KEYS[STATUS_SLOT['running']], 0, cur[2])
+redis.call('ZREM', KEYS[FINISHED_INDEX], cur[2])
+redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+return {'ok', cur[3]}

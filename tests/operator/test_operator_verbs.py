@@ -1,0 +1,94 @@
+"""`okra instances suspend|resume|retry|delete` and `okra bulk` against a real sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+
+from okra_sidecar.operator.session import ExitCode
+from tests.operator.test_cli import address, okra, start_approval, wait_status
+
+__all__ = ["address"]  # the fixture, used by name
+
+
+async def test_suspend_resume_and_delete_an_instance(address: str) -> None:
+    instance_id = await start_approval(address)
+    await wait_status(address, instance_id, "waiting")
+    suspended = await okra(address, "instances", "suspend", instance_id, "--reason", "audit")
+    assert suspended.code == 0, suspended.err
+    assert suspended.out.strip() == f"instance {instance_id} suspended"
+    await wait_status(address, instance_id, "suspended")
+    again = await okra(address, "instances", "suspend", instance_id)
+    assert again.code == ExitCode.PRECONDITION
+    assert "is suspended already" in again.err
+    resumed = await okra(address, "instances", "resume", instance_id, "-o", "json")
+    assert resumed.code == 0, resumed.err
+    assert resumed.json() == {"instanceId": instance_id, "resumed": True}
+    await wait_status(address, instance_id, "waiting")
+    refused = await okra(address, "instances", "delete", instance_id)
+    assert refused.code == ExitCode.PRECONDITION and "cancel it first" in refused.err
+    assert (await okra(address, "instances", "cancel", instance_id)).code == 0
+    deleted = await okra(address, "instances", "delete", instance_id)
+    assert deleted.code == 0 and deleted.out.strip() == f"instance {instance_id} deleted"
+    gone = await okra(address, "instances", "get", instance_id)
+    assert gone.code == ExitCode.NOT_FOUND
+
+
+async def test_retry_refuses_what_has_not_failed(address: str) -> None:
+    instance_id = await start_approval(address)
+    retried = await okra(
+        address, "instances", "retry", instance_id, "--variables", '{"attempt": 2}'
+    )
+    assert retried.code == ExitCode.PRECONDITION
+    assert "only a failed instance can be retried" in retried.err
+    bad = await okra(address, "instances", "retry", instance_id, "--variables", "[1]")
+    assert bad.code == ExitCode.USAGE and "must be a JSON object" in bad.err
+
+
+async def test_bulk_from_dry_run_to_done(address: str) -> None:
+    ids = [await start_approval(address, 5, "--tag", "batch=7") for _ in range(3)]
+    for instance_id in ids:
+        await wait_status(address, instance_id, "waiting")
+    dry = await okra(address, "bulk", "start", "signal", "--tag", "batch=7", "--dry-run")
+    assert dry.code == ExitCode.USAGE  # a signal bulk needs --signal
+    dry = await okra(
+        address, "bulk", "start", "cancel", "--tag", "batch=7", "--dry-run", "-o", "json"
+    )
+    assert dry.code == 0, dry.err
+    assert dry.json() == {
+        "operationId": None,
+        "matched": 3,
+        "sampleInstanceIds": list(reversed(ids)),
+    }
+    started = await okra(
+        address,
+        *("bulk", "start", "signal", "--tag", "batch=7", "--signal", "approve"),
+        *("--payload", '{"by": "cli"}', "--reason", "batch 7", "-o", "json"),
+    )
+    assert started.code == 0, started.err
+    operation_id = started.json()["operationId"]
+    assert started.json()["matched"] == 3
+    for _ in range(100):
+        got = await okra(address, "bulk", "get", operation_id, "-o", "json")
+        assert got.code == 0, got.err
+        if got.json()["state"] == "completed":
+            break
+        await asyncio.sleep(0.1)
+    assert got.json() == {
+        "operationId": operation_id,
+        "action": "signal",
+        "state": "completed",
+        "matched": 3,
+        "done": 3,
+        "skipped": 0,
+        "failed": 0,
+        "reasons": {},
+        "reason": "batch 7",
+    }
+    for instance_id in ids:
+        await wait_status(address, instance_id, "completed")
+    listed = await okra(address, "bulk", "list")
+    assert listed.code == 0 and operation_id in listed.out and "completed" in listed.out
+    cancelled = await okra(address, "bulk", "cancel", operation_id)
+    assert cancelled.code == ExitCode.PRECONDITION and "completed already" in cancelled.err
+    unknown = await okra(address, "bulk", "get", "00000000-0000-4000-8000-000000000000")
+    assert unknown.code == ExitCode.NOT_FOUND

@@ -1,0 +1,164 @@
+"""The WorkflowOperatorAPI's policy keys: each verb's switch and condition, and the one for all."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from redis.asyncio import Redis
+
+from okra_sidecar.policy import document as keys
+from tests.helpers import expect_rpc_error, redis_fingerprint, wait_for_status
+from tests.policy.support import (
+    Policed,
+    bearer,
+    denied_by,
+    policed_sidecar,
+    policy_settings,
+    run,
+    settle,
+    write_policies,
+)
+
+if TYPE_CHECKING:
+    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
+        WorkflowOperatorAPIAsyncStub as OperatorStub,
+    )
+else:
+    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
+
+OPS = bearer(sub="oncall", role="ops")
+GUEST = bearer(sub="guest", role="guest")
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@asynccontextmanager
+async def operated(
+    redis_url: str, tmp_path: Path, policies: dict[str, Any]
+) -> AsyncIterator[tuple[Policed, OperatorStub]]:
+    path = write_policies(tmp_path, json.dumps(policies))
+    async with policed_sidecar(policy_settings(redis_url, path)) as policed:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
+            yield policed, OperatorStub(channel)
+
+
+async def waiting_instance(policed: Policed) -> str:
+    instance_id = await run(policed.stub, "test.smoke.1.0.0")
+    await wait_for_status(policed.stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    return instance_id
+
+
+async def status_of(policed: Policed, instance_id: str) -> int:
+    request = pb.GetStatusRequest(instance_id=instance_id)
+    return (await policed.stub.GetStatus(request)).status
+
+
+@pytest.mark.parametrize("verb", ["suspend", "resume", "retry", "delete"])
+async def test_a_verb_that_is_switched_off_is_denied_and_writes_nothing(
+    redis: Redis, redis_url: str, tmp_path: Path, verb: str
+) -> None:
+    async with operated(redis_url, tmp_path, {keys.OPERATOR_ALLOWED[verb]: False}) as (
+        policed,
+        operator,
+    ):
+        instance_id = await waiting_instance(policed)
+        if verb == "resume":
+            await operator.Suspend(opb.SuspendRequest(instance_id=instance_id))
+        if verb == "delete":
+            await policed.stub.Cancel(pb.CancelRequest(instance_id=instance_id))
+        before = await settle(redis)
+        if verb == "suspend":
+            call: Awaitable[object] = operator.Suspend(opb.SuspendRequest(instance_id=instance_id))
+        elif verb == "resume":
+            call = operator.Resume(opb.ResumeRequest(instance_id=instance_id))
+        elif verb == "retry":
+            call = operator.Retry(opb.RetryRequest(instance_id=instance_id))
+        else:
+            call = operator.Delete(opb.DeleteRequest(instance_id=instance_id))
+        error = await expect_rpc_error(call, DENIED)
+        assert denied_by(error) == keys.OPERATOR_ALLOWED[verb]
+        assert f"({keys.OPERATOR_ALLOWED[verb]} is false); set it to true" in (
+            error.details() or ""
+        )
+        assert await redis_fingerprint(redis) == before
+
+
+async def test_the_verbs_condition_reads_the_instance_and_the_caller(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = {
+        keys.OPERATOR_CONDITIONS["suspend"]: (
+            "request.auth.claims.role == 'ops' && instance.status == 'waiting'"
+        )
+    }
+    async with operated(redis_url, tmp_path, policies) as (policed, operator):
+        instance_id = await waiting_instance(policed)
+        before = await settle(redis)
+        error = await expect_rpc_error(
+            operator.Suspend(opb.SuspendRequest(instance_id=instance_id), metadata=GUEST), DENIED
+        )
+        assert denied_by(error) == keys.OPERATOR_CONDITIONS["suspend"]
+        assert "is false for this call by" in (error.details() or "")
+        assert await redis_fingerprint(redis) == before
+        await operator.Suspend(opb.SuspendRequest(instance_id=instance_id), metadata=OPS)
+        assert await status_of(policed, instance_id) == pb.WORKFLOW_STATUS_SUSPENDED
+        # Resume has its own keys: the suspend condition does not decide it.
+        await operator.Resume(opb.ResumeRequest(instance_id=instance_id), metadata=GUEST)
+        assert await status_of(policed, instance_id) == pb.WORKFLOW_STATUS_WAITING
+
+
+async def test_the_operator_condition_decides_every_operator_rpc(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = {keys.OPERATOR_CONDITION: "request.auth.claims.role == 'ops'"}
+    async with operated(redis_url, tmp_path, policies) as (policed, operator):
+        instance_id = await waiting_instance(policed)
+        before = await settle(redis)
+        for call in (
+            operator.Suspend(opb.SuspendRequest(instance_id=instance_id), metadata=GUEST),
+            operator.Resume(opb.ResumeRequest(instance_id=instance_id), metadata=GUEST),
+            operator.Retry(opb.RetryRequest(instance_id=instance_id), metadata=GUEST),
+            operator.Delete(opb.DeleteRequest(instance_id=instance_id), metadata=GUEST),
+        ):
+            error = await expect_rpc_error(call, DENIED)
+            assert denied_by(error) == keys.OPERATOR_CONDITION
+        assert await redis_fingerprint(redis) == before
+        # The host rpcs are not operator rpcs: a guest may still cancel.
+        await policed.stub.Cancel(pb.CancelRequest(instance_id=instance_id), metadata=GUEST)
+        await operator.Delete(opb.DeleteRequest(instance_id=instance_id), metadata=OPS)
+        await expect_rpc_error(
+            policed.stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id)),
+            grpc.StatusCode.NOT_FOUND,
+        )
+
+
+async def test_a_delete_condition_on_the_status_keeps_cancelled_instances(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = {keys.OPERATOR_CONDITIONS["delete"]: "instance.status != 'cancelled'"}
+    async with operated(redis_url, tmp_path, policies) as (policed, operator):
+        cancelled = await waiting_instance(policed)
+        await policed.stub.Cancel(pb.CancelRequest(instance_id=cancelled))
+        completed = await waiting_instance(policed)
+        await policed.stub.Signal(pb.SignalRequest(instance_id=completed, signal="approved"))
+        await wait_for_status(policed.stub, completed, {pb.WORKFLOW_STATUS_COMPLETED})
+        before = await settle(redis)
+        error = await expect_rpc_error(
+            operator.Delete(opb.DeleteRequest(instance_id=cancelled)), DENIED
+        )
+        assert denied_by(error) == keys.OPERATOR_CONDITIONS["delete"]
+        assert await redis_fingerprint(redis) == before
+        await operator.Delete(opb.DeleteRequest(instance_id=completed))
+        await expect_rpc_error(
+            policed.stub.GetStatus(pb.GetStatusRequest(instance_id=completed)),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        assert await status_of(policed, cancelled) == pb.WORKFLOW_STATUS_CANCELLED
