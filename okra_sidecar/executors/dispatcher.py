@@ -316,9 +316,9 @@ class EffectDispatcher:
         if timeout is not None and self._max_call_timeout_ms is not None:
             timeout = min(timeout, self._max_call_timeout_ms)
         if kind is EffectKind.HTTP:
-            return await self._http.call(request, timeout_ms=timeout)
+            return await self._http.call(request, timeout_ms=timeout, cause=instance_id)
         if kind is EffectKind.OPENAPI:
-            return await self._openapi.call(request, timeout_ms=timeout)
+            return await self._openapi.call(request, timeout_ms=timeout, cause=instance_id)
         if kind is EffectKind.GRPC:
             return await self._grpc.call(request, timeout_ms=timeout, cause=instance_id)
         raise EffectFailedError(problem("configuration", 400, f"unknown effect kind {kind}"))

@@ -12,6 +12,7 @@ from okra_sidecar.executors.hosts import HostMap
 from okra_sidecar.executors.outbound import OutboundGuard, guarded_client
 from okra_sidecar.executors.problems import EffectFailedError, problem
 from okra_sidecar.parsing import ParseLimits, load_json
+from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.telemetry import inject_traceparent
 
 __all__ = ["HttpCaller", "encode_content"]
@@ -62,7 +63,9 @@ class HttpCaller:
         hosts: HostMap,
         default_timeout_s: float = 30.0,
         guard: OutboundGuard | None = None,
+        causation: CausationGuard | None = None,
     ) -> None:
+        self._causation = causation
         self._hosts = hosts
         self._default_timeout_s = default_timeout_s
         # Every connection, a followed redirect's too, goes only where the guard allows.
@@ -71,8 +74,13 @@ class HttpCaller:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def call(self, request: dict[str, Any], *, timeout_ms: int | None = None) -> Any:
+    async def call(
+        self, request: dict[str, Any], *, timeout_ms: int | None = None, cause: str = ""
+    ) -> Any:
         """Send the request; the task's output in its `output` mode.
+
+        `cause` is the calling instance, sent signed as the `okra-cause` header (as gRPC calls
+        send it) so that whatever the call reaches can tell which instance caused it.
 
         Raises:
             EffectFailedError: communication (status outside the accepted range, the server
@@ -86,6 +94,10 @@ class HttpCaller:
         for name, value in inject_traceparent({}).items():
             if not any(k.lower() == name for k in headers):
                 headers[name] = value
+        if cause and self._causation is not None:
+            # The sidecar's signed value only: a workflow cannot name another cause.
+            headers = {k: v for k, v in headers.items() if k.lower() != CAUSE_METADATA}
+            headers[CAUSE_METADATA] = await self._causation.sign(cause)
         query = {str(k): _text(v) for k, v in (request.get("query") or {}).items()}
         body = request.get("body")
         content: bytes | None = None

@@ -107,7 +107,9 @@ class OpenApiCaller:
             self._documents[uri] = spec
             return spec
 
-    async def call(self, request: dict[str, Any], *, timeout_ms: int | None = None) -> Any:
+    async def call(
+        self, request: dict[str, Any], *, timeout_ms: int | None = None, cause: str = ""
+    ) -> Any:
         uri = _document_uri(request.get("document"))
         spec = await self._document(uri)
         path, method, operation = find_operation(spec, str(request.get("operationId")))
@@ -140,4 +142,4 @@ class OpenApiCaller:
             "redirect": request.get("redirect", False),
             "authentication": request.get("authentication"),
         }
-        return await self._http.call(call, timeout_ms=timeout_ms)
+        return await self._http.call(call, timeout_ms=timeout_ms, cause=cause)

@@ -153,7 +153,7 @@ def _callers(
         private_endpoints=redis_endpoints(settings.redis.url),
         file_roots=[base_dir, *settings.effects.proto_paths],
     )
-    http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard)
+    http = HttpCaller(hosts=hosts, default_timeout_s=timeout_s, guard=guard, causation=causation)
     grpc = GrpcCaller(
         hosts=hosts,
         base_dir=base_dir,

@@ -4,11 +4,12 @@ Child runs record their ancestors' workflows, and a child whose workflow is amon
 refused. An instance can also cause others through what the sidecar sends for it: an event it
 emits may trigger a workflow, and a `call: grpc` may reach a sidecar's Run. Both carry the
 causing instance: emitted events as the CloudEvent attribute `okracause`, which only the engine
-sets (the Emit rpc refuses it), and gRPC calls as `okra-cause` metadata signed with the
-cluster's secret, which callers never see. A new instance caused this way inherits the chain,
-its causing instance's ancestors plus that instance's workflow, and is refused when its own
-workflow is already in it. One instance may cause at most `maxCausedPerMinute` instances (a
-burst of that many, then evenly spread), so a fan-out loop cannot flood Redis either.
+sets (the Emit rpc refuses it), and gRPC and HTTP calls as `okra-cause` metadata (a header)
+signed with the cluster's secret, which callers cannot make. A new instance caused this way
+inherits the chain, its causing instance's ancestors plus that instance's workflow, and is
+refused when its own workflow is already in it. One instance may cause at most
+`maxCausedPerMinute` instances (a burst of that many, then evenly spread), so a fan-out loop
+cannot flood Redis either.
 """
 
 from __future__ import annotations

@@ -36,7 +36,12 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             with recorder.lock:
                 recorder.requests.append(
-                    {"method": self.command, "path": self.path, "body": body.decode()}
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "body": body.decode(),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                    }
                 )
             if self.path.startswith("/slow"):
                 time.sleep(recorder.delay_s)

@@ -21,8 +21,10 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.interpreter.effects import RESULT_EVENT_TYPE, Effect, EffectKind
 from okra_sidecar.executors.children import child_instance_id
 from okra_sidecar.instances import InstanceStatus
+from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras
+from okra_sidecar.store.effect_store import RedisEffectStore
 from tests.helpers import (
     KEYS,
     Stub,
@@ -126,6 +128,25 @@ async def test_http_effect_result_reaches_the_inbox(
     # Delivered means acknowledged: nothing is left pending on the effects streams.
     for partition in range(8):
         assert await redis.xlen(KEYS.effects(partition)) == 0
+
+
+async def test_http_calls_carry_the_signed_cause_of_their_instance(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    running, stub = sidecar
+    instance_id = await start_waiting(stub)
+    with http_stand_in() as (base, recorder):
+        # A header the workflow sets cannot stand in for the sidecar's signed one.
+        request = {"method": "get", "uri": f"{base}/echo", "headers": {"Okra-Cause": "forged"}}
+        extras = TurnExtras(effects=[effect("call#1", EffectKind.HTTP, request)])
+        await commit_extras(running, instance_id, extras)
+        assert (await wait_for_result(redis, instance_id, "call#1"))["ok"] is True
+    (sent,) = recorder.requests
+    effects = RedisEffectStore(redis=redis, keys=KEYS)
+    guard = CausationGuard(
+        instances=effects, limiter=None, secret=effects.shared_secret, per_minute=0
+    )
+    assert await guard.verify(sent["headers"][CAUSE_METADATA]) == instance_id
 
 
 async def test_emit_publishes_and_routes_to_matching_listeners(
