@@ -150,7 +150,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         if not worker or signer is None or not signer.verify(f"{task_id}|{worker}", tag):
             raise PolicyDeniedError(
                 f"the lease does not belong to task {task_id}: only the worker PollTasks "
-                "handed the task to can finish it, with the lease it came with",
+                "handed the task to can finish it or extend its lease, with the lease it came with",
                 policy="lease",
             )
         return worker
@@ -276,13 +276,27 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     ) -> wpb.HeartbeatResponse:
         if not WORKER_ID_RE.fullmatch(request.worker_id):
             raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
+        if len(request.leases) != len(request.task_ids):
+            raise InvalidInputError.for_field(
+                "leases", "must hold the Task.lease of each task in task_ids, in the same order"
+            )
         by_service: dict[str, list[str]] = {}
         for index, task_id in enumerate(request.task_ids):
             service, entry_id = parse_task_id(task_id, field=f"task_ids[{index}]")
             by_service.setdefault(service, []).append(entry_id)
+        # Every lease is checked before any is extended: a refused call changes nothing.
+        for task_id, lease in zip(request.task_ids, request.leases, strict=True):
+            if await self._lease_holder(task_id, lease) != request.worker_id:
+                raise PolicyDeniedError(
+                    f"the lease of task {task_id} was handed to another worker than "
+                    f"{request.worker_id}: a worker extends only its own leases",
+                    policy="lease",
+                )
         held: list[str] = []
         for service, entries in by_service.items():
-            kept = await self._effects.heartbeat(service, request.worker_id, entries)
+            kept = await self._effects.heartbeat(
+                service, request.worker_id, entries, lease_ms=self._lease_ms
+            )
             held += [f"{service}/{entry}" for entry in kept]
         until = now_ms() + self._lease_ms
         for poller in self._pollers.get(request.worker_id, []):

@@ -287,14 +287,17 @@ class RedisEffectStore:
             )
         return [self._task_entry(service, eid, fields) for eid, fields in reply[1] if fields]
 
-    async def heartbeat(self, service: str, worker: str, entry_ids: Sequence[str]) -> list[str]:
-        """Extend the leases `worker` still holds; returns those ids."""
+    async def heartbeat(
+        self, service: str, worker: str, entry_ids: Sequence[str], *, lease_ms: int
+    ) -> list[str]:
+        """Extend the leases `worker` still holds and that have not run out; returns those ids."""
         if not entry_ids:
             return []
         with map_redis_errors():
             try:
                 held = await self._heartbeat(
-                    keys=[self.keys.tasks(service)], args=[WORKER_GROUP, worker, *entry_ids]
+                    keys=[self.keys.tasks(service)],
+                    args=[WORKER_GROUP, worker, lease_ms, *entry_ids],
                 )
             except redis_errors.ResponseError as exc:
                 # A service with no task stream yet: the worker holds nothing of it.

@@ -98,6 +98,8 @@ class TaskWorker:
         self._owns_channel = channel is None
         self._handlers: dict[str, Handler] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        # The lease each running task came with: heartbeats must show it.
+        self._leases: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._call: Any = None
 
@@ -153,6 +155,7 @@ class TaskWorker:
                 task = reply.task
                 if task.task_id in self._running:
                     continue
+                self._leases[task.task_id] = task.lease
                 self._running[task.task_id] = asyncio.create_task(self._handle(stub, task))
         except asyncio.CancelledError:
             if not self._stopping.is_set():
@@ -223,6 +226,7 @@ class TaskWorker:
             logger.warning("task %s: could not report its outcome (%s)", task.task_id, exc)
         finally:
             self._running.pop(task.task_id, None)
+            self._leases.pop(task.task_id, None)
             if trace_token is not None:
                 otel_context.detach(trace_token)
 
@@ -232,9 +236,13 @@ class TaskWorker:
             if not self._running:
                 continue
             try:
-                reply = await stub.Heartbeat(
-                    wpb.HeartbeatRequest(worker_id=self.worker_id, task_ids=list(self._running))
+                task_ids = list(self._running)
+                request = wpb.HeartbeatRequest(
+                    worker_id=self.worker_id,
+                    task_ids=task_ids,
+                    leases=[self._leases[task_id] for task_id in task_ids],
                 )
+                reply = await stub.Heartbeat(request)
             except grpc.aio.AioRpcError as exc:
                 logger.warning("heartbeat failed: %s", exc.code().name)
                 continue

@@ -174,8 +174,17 @@ WORKER_CASES: list[Case[WorkerStub]] = [
         ("worker_id",),
     ),
     Case(
+        "heartbeat: no lease for a task",
+        lambda w: w.Heartbeat(wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/1-0"])),
+        INVALID,
+        "must hold the Task.lease of each task",
+        ("leases",),
+    ),
+    Case(
         "heartbeat: malformed task id",
-        lambda w: w.Heartbeat(wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/1-0", "x"])),
+        lambda w: w.Heartbeat(
+            wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/1-0", "x"], leases=["a", "b"])
+        ),
         INVALID,
         "is not a task id PollTasks handed out",
         ("task_ids[1]",),

@@ -222,11 +222,12 @@ async def test_hostile_request_is_invalid_argument(
     assert await redis_fingerprint(redis) == before
 
 
-async def test_heartbeat_for_a_service_without_tasks_holds_nothing(stubs: Stubs) -> None:
-    reply = await stubs.worker.Heartbeat(
-        wpb.HeartbeatRequest(worker_id="w1", task_ids=["nostream/1-1"])
+async def test_heartbeat_with_a_lease_no_poll_handed_out_is_refused(stubs: Stubs) -> None:
+    request = wpb.HeartbeatRequest(worker_id="w1", task_ids=["nostream/1-1"], leases=["w1.AAAA"])
+    error = await expect_rpc_error(
+        stubs.worker.Heartbeat(request), grpc.StatusCode.PERMISSION_DENIED
     )
-    assert list(reply.held_task_ids) == []
+    assert "lease" in (error.details() or "")
 
 
 async def test_input_at_the_depth_limit_is_readable_back(stubs: Stubs) -> None:

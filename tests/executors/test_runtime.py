@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnCommit, TurnExtras
 from okra_sidecar.store.effect_store import RedisEffectStore
+from okra_sidecar.store.keys import WORKER_GROUP
 from tests.helpers import (
     KEYS,
     Stub,
@@ -253,6 +255,80 @@ async def test_cancelling_a_parent_cancels_its_children(
     assert child.cancel_reason == f"parent {grandparent} cancelled"
 
 
+async def idle_ms(redis: Redis, task: wpb.Task) -> int:
+    """How long ago the task was handed out or its lease extended (XPENDING)."""
+    service, entry_id = task.task_id.split("/", 1)
+    pending: Any = await redis.xpending_range(
+        KEYS.tasks(service), WORKER_GROUP, entry_id, entry_id, 1
+    )
+    return int(pending[0]["time_since_delivered"])
+
+
+async def test_a_heartbeat_extends_only_its_own_leases_and_none_that_ran_out(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = make_settings(redis_url)
+    settings = replace(settings, effects=replace(settings.effects, task_lease_ms=400))
+    async with running_sidecar(settings) as (running, stub):
+        instance_id = await start_waiting(stub)
+        work = {"function": "charge", "arguments": {"amount": 3}, "service": "payments"}
+        extras = TurnExtras(
+            effects=[
+                effect("charge#1", EffectKind.WORKER, work),
+                effect("charge#2", EffectKind.WORKER, work),
+            ]
+        )
+        await commit_extras(running, instance_id, extras)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            worker = wpb_grpc.TaskWorkerStub(channel)
+            poll = worker.PollTasks(
+                wpb.PollTasksRequest(service="payments", worker_id="w1", max_in_flight=2)
+            )
+            first, second = [await read_task(poll) for _ in range(2)]
+            poll.cancel()
+
+            async def beat(worker_id: str, *pairs: tuple[str, str]) -> Any:
+                request = wpb.HeartbeatRequest(
+                    worker_id=worker_id,
+                    task_ids=[task_id for task_id, _ in pairs],
+                    leases=[lease for _, lease in pairs],
+                )
+                return await worker.Heartbeat(request)
+
+            async def first_idle() -> bool:
+                return await idle_ms(redis, first) >= 100
+
+            await eventually(first_idle, what="the first lease ages")
+            no_lease = wpb.HeartbeatRequest(worker_id="w1", task_ids=[first.task_id])
+            await expect_rpc_error(worker.Heartbeat(no_lease), grpc.StatusCode.INVALID_ARGUMENT)
+            for worker_id, pairs in (
+                ("w1", [(first.task_id, second.lease)]),  # another task's lease
+                ("w2", [(first.task_id, first.lease)]),  # another worker's lease
+                ("w1", [(first.task_id, first.lease), (second.task_id, "w1.AAAAAAAAAAAA")]),
+            ):
+                error = await expect_rpc_error(
+                    beat(worker_id, *pairs), grpc.StatusCode.PERMISSION_DENIED
+                )
+                assert "lease" in (error.details() or "")
+            # Refused whole: not even the good lease of the last call was extended.
+            assert await idle_ms(redis, first) >= 100
+            held = await beat("w1", (first.task_id, first.lease))
+            assert list(held.held_task_ids) == [first.task_id]
+
+            async def second_expired() -> bool:
+                return await idle_ms(redis, second) > 400
+
+            await eventually(second_expired, what="the second lease runs out")
+            late = await beat("w1", (second.task_id, second.lease))
+            assert list(late.held_task_ids) == []  # an expired lease is not revived
+            other = worker.PollTasks(
+                wpb.PollTasksRequest(service="payments", worker_id="w2", max_in_flight=2)
+            )
+            retaken = await read_task(other)
+            other.cancel()
+            assert retaken.task_id == second.task_id and retaken.attempt == 2
+
+
 async def test_worker_tasks_are_leased_completed_and_failed(redis: Redis, redis_url: str) -> None:
     settings = make_settings(redis_url)
     settings = type(settings)(
@@ -289,7 +365,11 @@ async def test_worker_tasks_are_leased_completed_and_failed(redis: Redis, redis_
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             worker = wpb_grpc.TaskWorkerStub(channel)
             beat = await worker.Heartbeat(
-                wpb.HeartbeatRequest(worker_id="alive", task_ids=[t.task_id for t in seen])
+                wpb.HeartbeatRequest(
+                    worker_id="alive",
+                    task_ids=[t.task_id for t in seen],
+                    leases=[t.lease for t in seen],
+                )
             )
             assert sorted(beat.held_task_ids) == sorted(t.task_id for t in seen)
             other = next(t for t in seen if t.task_id != abandoned.task_id)

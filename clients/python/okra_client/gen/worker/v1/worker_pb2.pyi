@@ -280,21 +280,30 @@ class HeartbeatRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     TASK_IDS_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker_id given to PollTasks."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The tasks still being worked on."""
 
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Task.lease of each task in task_ids, in the same order; required. A
+        lease that was not handed out with its task to this worker refuses the
+        whole call (PERMISSION_DENIED); one that ran out extends nothing.
+        """
+
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        leases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_ids", b"task_ids", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "task_ids", b"task_ids", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
