@@ -28,6 +28,7 @@ from okra_sidecar.api.convert import STATUS_FROM_PB, STATUS_TO_PB, check_statuse
 from okra_sidecar.api.resource_policies import ResourceChecks, ScheduleReader
 from okra_sidecar.api.servicer import check_request_id, fields_under
 from okra_sidecar.api.status import status_code_for, status_metadata
+from okra_sidecar.api.task_worker import POLL_GATE
 from okra_sidecar.api.tls import peer_identity
 from okra_sidecar.api.waiting import check_revision
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
@@ -245,6 +246,13 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                     await stream_check(request, context)
                 except OkraError as exc:
                     await abort_with(context, exc)
+
+                async def check_again() -> None:
+                    await stream_check(request, context)
+
+                # The servicer runs the check again before each task it hands out. Each rpc
+                # runs in a task of its own, so the value ends with the call.
+                POLL_GATE.set(check_again)
                 async for item in stream(request, context):
                     yield item
 

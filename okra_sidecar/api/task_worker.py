@@ -13,7 +13,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -24,13 +25,13 @@ from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_sidecar.api.convert import python_to_value, value_to_python
 from okra_sidecar.clock import now_ms
 from okra_sidecar.engine.interpreter.effects import iso_time, result_event
-from okra_sidecar.errors import ERROR_TYPE_PREFIX, InvalidInputError, PolicyDeniedError
+from okra_sidecar.errors import ERROR_TYPE_PREFIX, InvalidInputError, OkraError, PolicyDeniedError
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
 from okra_sidecar.store.stream_ids import parse_stream_id
 
-__all__ = ["TaskWorkerServicer"]
+__all__ = ["POLL_GATE", "TaskWorkerServicer"]
 
 logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -40,6 +41,11 @@ MAX_IN_FLIGHT = 1000
 MAX_PROBLEM_TYPE = 256
 # An absolute URI (RFC 3986: a scheme, then no spaces), as RFC 7807 asks of a problem type.
 PROBLEM_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+# The PollTasks policy check, which the PolicyInterceptor sets for its stream: run again before
+# each task goes out, so a policy changed while the stream is open applies to the next task.
+POLL_GATE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "okra_poll_gate", default=None
+)
 
 
 def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -191,6 +197,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         pollers = self._pollers.setdefault(request.worker_id, [])
         pollers.append(poller)
         service, worker = request.service, request.worker_id
+        gate = POLL_GATE.get()
         next_claim = 0.0
         try:
             while True:
@@ -216,7 +223,9 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                         service, worker, count=free, block_ms=self._read_block_ms
                     )
                     batch = [(task, 1) for task in fresh]
-                for task, attempt in batch:
+                for index, (task, attempt) in enumerate(batch):
+                    if gate is not None:
+                        await self._check_before_handing_out(gate, service, worker, batch[index:])
                     lease_until = now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
@@ -226,6 +235,25 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             pollers.remove(poller)
             if not pollers:
                 self._pollers.pop(request.worker_id, None)
+
+    async def _check_before_handing_out(
+        self,
+        gate: Callable[[], Awaitable[None]],
+        service: str,
+        worker: str,
+        unsent: list[tuple[TaskEntry, int]],
+    ) -> None:
+        """Run the policy check; when it refuses, give the unsent tasks back first.
+
+        Raises:
+            OkraError: the policy now refuses the caller (the stream ends with it).
+        """
+        try:
+            await gate()
+        except OkraError:
+            entries = [task.entry_id for task, _ in unsent]
+            await self._effects.release_tasks(service, worker, entries, lease_ms=self._lease_ms)
+            raise
 
     def _release(self, task_id: str) -> None:
         for pollers in self._pollers.values():

@@ -306,6 +306,33 @@ class RedisEffectStore:
                 return []
         return [_text(x) for x in held]
 
+    async def release_tasks(
+        self, service: str, worker: str, entry_ids: Sequence[str], *, lease_ms: int
+    ) -> None:
+        """Give back tasks read for `worker` but never handed to it.
+
+        Each is marked idle for a whole lease, so the next poller's claim takes it at once, and
+        its delivery count goes back to what it was, so that poller sees the attempt it is.
+        """
+        stream = self.keys.tasks(service)
+        with map_redis_errors():
+            for entry_id in entry_ids:
+                pending: Any = await self.redis.xpending_range(
+                    stream, WORKER_GROUP, entry_id, entry_id, 1
+                )
+                if not pending or _text(pending[0]["consumer"]) != worker:
+                    continue
+                await self.redis.xclaim(
+                    stream,
+                    WORKER_GROUP,
+                    worker,
+                    0,
+                    [entry_id],
+                    idle=lease_ms,
+                    retrycount=max(0, int(pending[0]["times_delivered"]) - 1),
+                    justid=True,
+                )
+
     async def task_attempt(self, task: TaskEntry) -> int:
         """How many times the task was handed out (1 the first time)."""
         with map_redis_errors():

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.api.interceptors import GUARDED_SERVICES
 from okra_sidecar.policy import document as keys
-from tests.helpers import expect_rpc_error, to_python, value, wait_for_status
+from tests.helpers import eventually, expect_rpc_error, to_python, value, wait_for_status
 from tests.policy.support import (
     ADMIN,
     Metadata,
@@ -180,6 +180,46 @@ async def test_a_task_is_polled_and_finished_only_by_allowed_callers_with_its_le
             policed.stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED}, metadata=ADMIN
         )
         assert to_python(finished.output) == {"charged": 5}
+
+
+async def test_a_policy_change_reaches_an_open_task_stream_before_its_next_task(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    allow = {keys.TASK_CONDITION: "request.auth.claims.role == 'worker'"}
+    deny = {keys.TASK_CONDITION: "request.auth.claims.role == 'nobody'"}
+    async with doors_sidecar(redis_url, tmp_path, allow, mode="required") as doors:
+        policed, _, worker, _ = doors
+        first = await run(policed.stub, "app.charge.1.0.0", {"amount": 1}, metadata=ADMIN)
+        request = wpb.PollTasksRequest(service="payments", worker_id="w-1", max_in_flight=2)
+        stream = worker.PollTasks(request, metadata=WORKER)
+        try:
+            handed = await stream.read()
+            assert isinstance(handed, wpb.PollTasksResponse)
+            assert handed.task.instance_id == first
+
+            await set_policies(policed, deny)
+
+            async def new_streams_denied() -> bool:
+                fresh = worker.PollTasks(request, metadata=WORKER)
+                try:
+                    await fresh.read()
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() is grpc.StatusCode.PERMISSION_DENIED
+                finally:
+                    fresh.cancel()
+                return False
+
+            await eventually(new_streams_denied, what="the new policy is in force")
+            second = await run(policed.stub, "app.charge.1.0.0", {"amount": 2}, metadata=ADMIN)
+            # The stream opened under the old policy ends instead of handing out the new task.
+            error = await expect_rpc_error(stream.read(), grpc.StatusCode.PERMISSION_DENIED)
+            assert denied_by(error) == keys.TASK_CONDITION
+        finally:
+            stream.cancel()
+        # The task went back at once, as never handed out: an allowed worker gets it next.
+        await set_policies(policed, allow)
+        retaken = await poll_one(worker, WORKER, worker_id="w-2")
+        assert (retaken.instance_id, retaken.attempt) == (second, 1)
 
 
 Case = Callable[[Policed, ScheduleStub, WorkerStub, dict[str, str]], Awaitable[Any]]
