@@ -13,14 +13,21 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
-# Not ours to size: environments, dependencies and generated protobuf code.
-SKIPPED_DIRS = frozenset({".git", ".venv", "node_modules", "gen", "build", "dist", ".mypy_cache"})
+# Not ours to size: dependencies and generated protobuf code; hidden directories (.git, caches,
+# and any virtualenv such as .venv or one a tool made beside it) are skipped by their dot.
+SKIPPED_DIRS = frozenset({"node_modules", "gen", "build", "dist"})
 
 
 def python_files(root: Path) -> Iterator[Path]:
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).parts
-        if SKIPPED_DIRS.isdisjoint(parts[:-1]) and not path.stem.endswith(("_pb2", "_pb2_grpc")):
+        dirs = parts[:-1]
+        hidden = any(part.startswith(".") for part in dirs)
+        if (
+            not hidden
+            and SKIPPED_DIRS.isdisjoint(dirs)
+            and not path.stem.endswith(("_pb2", "_pb2_grpc"))
+        ):
             yield path
 
 
