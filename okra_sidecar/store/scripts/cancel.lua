@@ -24,9 +24,8 @@ if (redis.call('HGET', KEYS[1], 'subs') or '') ~= extras.subs.record then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'reason', ARGV[2], 'completed', ARGV[3],
   'updated', ARGV[3], 'step', '')
-announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), 'cancelled')
-redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
-redis.call('ZADD', KEYS[STATUS_SLOT['cancelled']], 0, cur[2])
+bump_revision(KEYS[1], 'cancelled')
+reindex(cur[2], cur[1], 'cancelled')
 redis.call('ZADD', KEYS[FINISHED_INDEX], ARGV[3], cur[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[4])

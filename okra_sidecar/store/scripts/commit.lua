@@ -36,8 +36,7 @@ if ARGV[11] and ARGV[11] ~= '' then
 end
 local old, new = cur[2], ARGV[4]
 if old ~= new then
-  redis.call('ZREM', KEYS[STATUS_SLOT[old]], ARGV[9])
-  redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ARGV[9])
+  reindex(ARGV[9], old, new)
   if FINISHED[new] and not FINISHED[old] then
     redis.call('ZADD', KEYS[FINISHED_INDEX], redis.call('HGET', KEYS[1], 'completed'), ARGV[9])
     if cur[3] then

@@ -25,6 +25,17 @@ local function announce(k_instance, revision, status)
   redis.call('PUBLISH', k_instance .. ':changes', revision .. ' ' .. status)
 end
 
+-- A changed instance takes the next revision and announces it with its new status.
+local function bump_revision(k_instance, status)
+  announce(k_instance, redis.call('HINCRBY', k_instance, 'rev', 1), status)
+end
+
+-- Move an instance (its index member `ikey`) from the `old` status index to the `new` one.
+local function reindex(ikey, old, new)
+  redis.call('ZREM', KEYS[STATUS_SLOT[old]], ikey)
+  redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ikey)
+end
+
 -- Move an instance's listen subscriptions from the `old` type sets to the `new` ones and
 -- record them (JSON) in its hash, or drop them when `record` is ''.
 local function resubscribe(k_instance, instance_id, old, new, record)

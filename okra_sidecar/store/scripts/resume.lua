@@ -17,9 +17,8 @@ end
 local back = cur[4] or 'running'
 redis.call('HSET', KEYS[1], 'status', back, 'updated', ARGV[2])
 redis.call('HDEL', KEYS[1], 'susp')
-announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), back)
-redis.call('ZREM', KEYS[STATUS_SLOT['suspended']], cur[2])
-redis.call('ZADD', KEYS[STATUS_SLOT[back]], 0, cur[2])
+bump_revision(KEYS[1], back)
+reindex(cur[2], 'suspended', back)
 redis.call('XADD', KEYS[3], '*', 'i', ARGV[1], 'd', ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 return {'ok', cur[3]}

@@ -20,9 +20,8 @@ end
 redis.call('HSET', KEYS[1], 'status', 'running', 'state', ARGV[5], 'ctx', ARGV[6],
   'updated', ARGV[2], 'step', '')
 redis.call('HDEL', KEYS[1], 'error', 'output', 'completed')
-announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), 'running')
-redis.call('ZREM', KEYS[STATUS_SLOT['failed']], cur[2])
-redis.call('ZADD', KEYS[STATUS_SLOT['running']], 0, cur[2])
+bump_revision(KEYS[1], 'running')
+reindex(cur[2], 'failed', 'running')
 redis.call('ZREM', KEYS[FINISHED_INDEX], cur[2])
 redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])

@@ -18,8 +18,7 @@ if cur[1] == 'suspended' then
   return {'suspended'}
 end
 redis.call('HSET', KEYS[1], 'status', 'suspended', 'susp', cur[1], 'updated', ARGV[2])
-announce(KEYS[1], redis.call('HINCRBY', KEYS[1], 'rev', 1), 'suspended')
-redis.call('ZREM', KEYS[STATUS_SLOT[cur[1]]], cur[2])
-redis.call('ZADD', KEYS[STATUS_SLOT['suspended']], 0, cur[2])
+bump_revision(KEYS[1], 'suspended')
+reindex(cur[2], cur[1], 'suspended')
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 return {'ok', cur[3]}
