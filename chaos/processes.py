@@ -14,8 +14,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from bench.cpu import child_pids
+from bench.cpu import child_pids, process_name
 from bench.processes import free_port
+from okra_sidecar.engine.runtime.forking import FORK_SERVER_NAME
 from okra_sidecar.store.embedded import find_redis_server
 
 __all__ = ["RedisServer", "SidecarProcess"]
@@ -149,7 +150,10 @@ class SidecarProcess:
         """SIGKILL one engine child process; False when there is none."""
         if self._process is None:
             return False
-        children = child_pids(self._process.pid)
+        # Not the fork server the children come from: it takes no turn.
+        children = [
+            pid for pid in child_pids(self._process.pid) if process_name(pid) != FORK_SERVER_NAME
+        ]
         if not children:
             return False
         with contextlib.suppress(ProcessLookupError):

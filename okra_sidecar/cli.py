@@ -260,7 +260,8 @@ def run_migrate(settings: Settings) -> int:
 
 def run_engine_process() -> int:
     """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
-    from okra_sidecar.engine.runtime.processes import adopt_parent, read_settings
+    from okra_sidecar.engine.runtime.forking import FORK_SERVER_ENV, serve_forks
+    from okra_sidecar.engine.runtime.processes import BOARD_FD_ENV, adopt_parent, read_settings
     from okra_sidecar.server import run_engine
 
     if not adopt_parent():
@@ -268,12 +269,24 @@ def run_engine_process() -> int:
         return 1
     settings = read_settings()
     setup_logging(settings.telemetry)
-    try:
-        asyncio.run(run_engine(settings))
-    except StoreUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    def take_turns() -> int:
+        try:
+            asyncio.run(run_engine(settings))
+        except StoreUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    fork_server = os.environ.get(FORK_SERVER_ENV)
+    if fork_server is None:
+        return take_turns()
+
+    def take_turns_forked() -> int:
+        # A forked child asks for its own PDEATHSIG (fork clears it); its parent is ours.
+        return take_turns() if adopt_parent() else 1
+
+    return serve_forks(int(fork_server), take_turns_forked, descriptor_env=BOARD_FD_ENV)
 
 
 if __name__ == "__main__":

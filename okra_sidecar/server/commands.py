@@ -16,12 +16,13 @@ import redis.asyncio as aioredis
 from okra_sidecar.clock import now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
+from okra_sidecar.engine.runtime.memory import limit_memory
 from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
     LANE_ENV,
+    SLOW_LANE_NICENESS,
     STANDBY_ENV,
     attach_board,
-    limit_memory,
 )
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.runner import EngineLane
@@ -80,6 +81,10 @@ async def run_engine(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGUSR1, go.set)
     # Ctrl-C reaches the whole process group: the parent decides when its children stop.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
+    lane = EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR)
+    if lane is EngineLane.SLOW:
+        # Its turns are the expressions that ran long: they get the CPU the others leave.
+        os.nice(SLOW_LANE_NICENESS)
     try:
         await policies.manager.start()
         runner = build_runner(
@@ -91,7 +96,7 @@ async def run_engine(settings: Settings) -> None:
             policies=policies,
             clock=now_ms,
             liveness=heartbeat.liveness,
-            lane=EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR),
+            lane=lane,
         )
         settle_heap()  # before the first turn: what is alive now lives as long as the process
         # The parent watches this board and enforces the budgets; the memory cap is our own.

@@ -6,14 +6,16 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
-from bench.cpu import child_pids
+from bench.cpu import child_pids, process_name
 from okra_sidecar.config import Settings
+from okra_sidecar.engine.runtime.forking import CHILD_NAME, FORK_SERVER_NAME
 from tests.api.test_process import start_process
 from tests.helpers import (
     make_settings,
@@ -71,13 +73,63 @@ async def test_children_take_the_turns_and_one_that_dies_is_replaced(
             os.kill(pid, 0)
 
 
+async def _replaced(sidecar_pids: Callable[[], list[int]], dead: int) -> list[int]:
+    for _ in range(600):
+        pids = sidecar_pids()
+        if pids and dead not in pids:
+            return pids
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"engine process {dead} was not replaced")
+
+
+async def test_children_are_forked_and_a_dead_fork_server_is_replaced(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = with_engine_processes(make_settings(redis_url), 1)
+    async with running_sidecar(settings) as (sidecar, stub):
+        engines = sidecar.engines
+        assert engines is not None
+        fork_server = engines.fork_server_pid
+        assert fork_server is not None
+        assert process_name(fork_server) == FORK_SERVER_NAME
+        [child] = engines.pids
+        # Forked, yet the sidecar's own child: it reaps it and it dies with the sidecar.
+        assert process_name(child) == CHILD_NAME
+        assert child in child_pids(os.getpid())
+
+        os.kill(fork_server, signal.SIGKILL)
+        os.kill(child, signal.SIGKILL)
+        [second] = await _replaced(lambda: engines.pids, child)
+        for _ in range(600):
+            if engines.fork_server_pid not in (None, fork_server):
+                break
+            await asyncio.sleep(0.05)
+        assert engines.fork_server_pid not in (None, fork_server)
+        run = await stub.Run(pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 3})))
+        done = await wait_for_status(stub, run.instance_id, DONE, timeout_s=30)
+        assert to_python(done.output) == {"n": 42, "done": True}
+
+        # The new fork server forks the next ones.
+        os.kill(second, signal.SIGKILL)
+        await _replaced(lambda: engines.pids, second)
+        spare = engines.spare_pid
+        for _ in range(600):
+            spare = engines.spare_pid
+            if spare is not None and process_name(spare) == CHILD_NAME:
+                break
+            await asyncio.sleep(0.05)
+        assert spare is not None and process_name(spare) == CHILD_NAME
+
+
 async def test_a_killed_sidecar_takes_its_engine_children_with_it(
     redis: Redis, redis_url: str, unused_tcp_port: int
 ) -> None:
     process = await start_process(redis_url, unused_tcp_port, env={"OKRA_ENGINE_PROCESSES": "2"})
     try:
         children = child_pids(process.pid)
-        assert len(children) == 4  # two taking turns, the spare and the slow lane's
+        # Two taking turns, the spare, the slow lane's, and the fork server they came from.
+        assert len(children) == 5
+        assert [process_name(pid) for pid in children].count(FORK_SERVER_NAME) == 1
         process.kill()
         await process.wait()
         for _ in range(100):

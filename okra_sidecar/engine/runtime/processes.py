@@ -4,7 +4,9 @@ One Python process runs one thread of Python at a time, so turns taken in the se
 compete with the rpcs for it. With `engineProcesses: N` the sidecar starts N children that
 only take turns (work streams, timers, reclaim) on the same Redis; the parent serves rpcs and
 runs everything else. Turns are safe in any process, as in any sidecar, so nothing else
-changes. A child that dies is started again; the children die with the parent (PDEATHSIG
+changes. Children are forked from a fork server (forking.py) where the platform allows, so
+that a replacement costs milliseconds rather than a second of imports. A child that dies is
+started again; the children die with the parent (PDEATHSIG
 SIGKILL, which reaches a child stuck in jq where SIGTERM would wait for its event loop), and
 whatever they had in flight is reclaimed like any stopped worker's.
 
@@ -28,8 +30,6 @@ import contextlib
 import logging
 import os
 import pickle
-import re
-import resource
 import signal
 import socket
 import sys
@@ -37,11 +37,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.board import TurnBoard
+from okra_sidecar.engine.runtime.forking import (
+    ForkedChild,
+    ForkServer,
+    ForkServerError,
+    fork_supported,
+    start_engine_command,
+)
 from okra_sidecar.engine.runtime.runner import EngineLane
 from okra_sidecar.engine.runtime.watchdog import (
     TurnBudget,
@@ -63,12 +69,17 @@ LANE_ENV = "OKRA_ENGINE_LANE"
 # A spare child sets itself up, then waits for SIGUSR1 before it takes any turn.
 STANDBY_ENV = "OKRA_ENGINE_STANDBY"
 SPARE_READY_TIMEOUT_S = 30.0
+# The slow lane's child runs at the lowest priority: on a busy host a hostile expression there
+# takes only the CPU the regular children leave, and its budget still runs out on time.
+SLOW_LANE_NICENESS = 19
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
 # Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
 FaultHook = Callable[[str, dict[str, Any]], Awaitable[bool]]
 # Sends an instance's turns to the slow lane from now on: (instance id, now in epoch ms).
 SlowHook = Callable[[str, int], Awaitable[None]]
+# A child started here, or forked by the fork server: the same surface.
+ChildProcess = asyncio.subprocess.Process | ForkedChild
 
 
 class EngineProcesses:
@@ -103,7 +114,7 @@ class EngineProcesses:
         # Told the consumer name of each child that died, so its work is taken over at once.
         self._on_exit = on_exit
         self._names: list[str] = [""] * count
-        self._children: list[asyncio.subprocess.Process | None] = [None] * count
+        self._children: list[ChildProcess | None] = [None] * count
         self._boards: list[TurnBoard] = [TurnBoard(None)] * count
         self._verdicts: dict[int, TurnVerdict] = {}
         # Regular children killed to move an instance to the slow lane, by slot.
@@ -116,6 +127,13 @@ class EngineProcesses:
         # Python process takes seconds to start, while the turns of the dead one wait.
         self._keep_spare = settings.engine.spare
         self._spare: _Spawned | None = None
+        # Children are forked from a process that has imported everything (milliseconds),
+        # rather than started anew (a second of CPU), where the platform allows it.
+        self._forks: ForkServer | None = None
+        if fork_supported():
+            self._forks = ForkServer(
+                payload=self._payload, parent_env={PARENT_PID_ENV: str(os.getpid())}
+            )
 
     @property
     def pids(self) -> list[int]:
@@ -138,7 +156,13 @@ class EngineProcesses:
     def spare_pid(self) -> int | None:
         return None if self._spare is None else self._spare.process.pid
 
+    @property
+    def fork_server_pid(self) -> int | None:
+        return None if self._forks is None else self._forks.pid
+
     async def start(self) -> None:
+        if self._forks is not None:
+            await self._forks.start()
         for slot in range(self._count):
             self._install(slot, await self._spawn(standby=False, lane=self._lanes[slot]))
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
@@ -176,34 +200,35 @@ class EngineProcesses:
         lane = lane or self._regular
         board, fd = TurnBoard.create()
         name = f"{socket.gethostname()}-{os.getpid()}-engine-{uuid.uuid4().hex[:8]}"
-        env = {
-            **os.environ,
-            PARENT_PID_ENV: str(os.getpid()),
-            BOARD_FD_ENV: str(fd),
-            CONSUMER_ENV: name,
-            STANDBY_ENV: "1" if standby else "",
-            LANE_ENV: lane.value,
-        }
+        own = {CONSUMER_ENV: name, STANDBY_ENV: "1" if standby else "", LANE_ENV: lane.value}
+        if self._forks is not None:
+            try:
+                forked = await self._forks.fork(own, fd)
+            except ForkServerError as exc:
+                logger.warning("starting an engine process anew: %s", exc)
+                await self._restart_fork_server()
+            else:
+                os.close(fd)  # the child has its own copy
+                return _Spawned(forked, board, name)
+        env = {**os.environ, PARENT_PID_ENV: str(os.getpid()), BOARD_FD_ENV: str(fd), **own}
         # No preexec_fn: it forces a fork() whose handlers race gRPC's threads ("skipping
         # fork() handlers"); without it Python spawns with vfork. The child asks for
         # PDEATHSIG itself (adopt_parent) and checks this pid is still its parent.
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "okra_sidecar",
-                "engine",
-                stdin=asyncio.subprocess.PIPE,
-                env=env,
-                pass_fds=(fd,),
-            )
+            process = await start_engine_command(env, fd, self._payload)
         finally:
             os.close(fd)  # the parent keeps its mapping, the child its own descriptor
-        assert process.stdin is not None
-        process.stdin.write(self._payload)
-        await process.stdin.drain()
-        process.stdin.close()
         return _Spawned(process, board, name)
+
+    async def _restart_fork_server(self) -> None:
+        """Replace a fork server that died (its start is a cold one, once)."""
+        if self._forks is None or self._stopping:
+            return
+        await self._forks.stop(timeout_s=STOP_TIMEOUT_S)
+        try:
+            await self._forks.start()
+        except OSError as exc:
+            logger.warning("could not start the engine fork server again: %s", exc)
 
     async def _supervise(self, slot: int) -> None:
         while not self._stopping:
@@ -328,13 +353,15 @@ class EngineProcesses:
                 child.send_signal(signal.SIGTERM)
         for child in live:
             await _end(child)
+        if self._forks is not None:
+            await self._forks.stop(timeout_s=STOP_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
 class _Spawned:
     """A child just started: its process, the board it shares with us and its consumer name."""
 
-    process: asyncio.subprocess.Process
+    process: ChildProcess
     board: TurnBoard
     name: str
 
@@ -349,7 +376,7 @@ async def _ready(spare: _Spawned) -> bool:
     return False
 
 
-async def _end(child: asyncio.subprocess.Process) -> None:
+async def _end(child: ChildProcess) -> None:
     """Wait for a child told to stop; kill it after STOP_TIMEOUT_S."""
     if child.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -382,22 +409,3 @@ def attach_board() -> TurnBoard:
     """In a child: the board its parent shares with it (one that marks nothing without)."""
     fd = os.environ.get(BOARD_FD_ENV)
     return TurnBoard(None) if fd is None else TurnBoard.attach(int(fd))
-
-
-def limit_memory(megabytes: int) -> None:
-    """In a child: cap its data segment at its current size plus `megabytes` (0: no cap).
-
-    RLIMIT_DATA counts the heap and private anonymous mappings, where jq's and Python's
-    allocations land; once over it, jq aborts the process (its allocator has no failure path).
-    """
-    status = Path("/proc/self/status")
-    if megabytes <= 0 or not status.exists():
-        return
-    found = re.search(r"^VmData:\s+(\d+) kB", status.read_text(), re.MULTILINE)
-    if found is None:
-        return
-    limit = int(found[1]) * 1024 + megabytes * 1024 * 1024
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))

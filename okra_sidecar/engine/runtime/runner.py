@@ -208,12 +208,14 @@ class EngineRunner:
         self.dispatch(items)
 
     async def _orphans_once(self) -> None:
-        await asyncio.sleep(self._settings.heartbeat_ms / 2000)
+        # Looked at first, then waited: a spare started in place of a child that died takes
+        # over the work it left (marked dead already) at once, not half a beat later.
         assert self._orphans is not None
         items = await self._orphans(self._consumer, self._held)
         if items:
             logger.info("took over %d work items of a consumer that stopped", len(items))
         self.dispatch(items)
+        await asyncio.sleep(self._settings.heartbeat_ms / 2000)
 
     def dispatch(self, items: list[WorkItem]) -> None:
         """Start a turn per instance; work for an instance already in a turn waits for it."""
