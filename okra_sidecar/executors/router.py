@@ -3,7 +3,9 @@
 Every sidecar reads the events stream through one consumer group, so each event is routed
 once (again, after a crash, by whoever claims it: delivery is de-duplicated per instance by
 the event's source and id). Candidates come from the subscription sets of the event's type
-and of filters without a type; each candidate's filters are checked before delivery.
+and of filters without a type; each candidate's filters are checked before delivery, their
+expressions in an ExpressionSandbox (engine/runtime/sandbox.py), so that no filter a
+definition holds can stall the routing of other events or the process serving rpcs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from okra_sidecar.engine.runtime.routing import ANY_TYPE, subscription_matches
+from okra_sidecar.engine.runtime.sandbox import ExpressionSandbox
 from okra_sidecar.executors.loops import run_forever
 from okra_sidecar.store.effect_store import EventEntry, RedisEffectStore
 from okra_sidecar.tasks import cancel_and_wait
@@ -34,9 +37,12 @@ class EventRouter:
         consumer: str,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
+        sandbox: ExpressionSandbox,
         triggers: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
     ) -> None:
         self._effects = effects
+        # Shared with the event triggers; the router stops it.
+        self._sandbox = sandbox
         # Definitions' `schedule.on` event triggers (engine/runtime/event_triggers.py),
         # offered every routed event after the listening instances.
         self._triggers = triggers
@@ -59,6 +65,7 @@ class EventRouter:
     async def stop(self) -> None:
         await cancel_and_wait(self._loops)
         self._loops = []
+        await self._sandbox.close()
 
     async def _read_once(self) -> None:
         entries = await self._effects.read_events(
@@ -86,7 +93,7 @@ class EventRouter:
         dedup = f"event:{event.get('source', '')}\n{event.get('id', '')}"
         for instance_id, record in candidates.items():
             filters = json.loads(record).get("filters") or []
-            if subscription_matches(filters, event):
+            if await subscription_matches(filters, event, self._sandbox.evaluate):
                 await self._effects.deliver(instance_id, dedup, event)
         if self._triggers is not None:
             await self._triggers(event)

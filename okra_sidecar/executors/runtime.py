@@ -13,6 +13,7 @@ from opentelemetry.trace import Tracer
 
 from okra_sidecar.config import EngineSettings, Settings
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.sandbox import ExpressionSandbox, expression_sandbox
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
 from okra_sidecar.executors.children import ChildStarter
 from okra_sidecar.executors.dispatcher import EffectDispatcher
@@ -65,6 +66,7 @@ class EffectRuntime:
         causation: CausationGuard | None = None,
         liveness: ConsumerLiveness | None = None,
         limits: RedisLimitStore | None = None,
+        sandbox: ExpressionSandbox | None = None,
     ) -> EffectRuntime:
         effects = RedisEffectStore(redis=redis, keys=keys)
         orphans = None
@@ -105,6 +107,7 @@ class EffectRuntime:
         )
         router = EventRouter(
             effects=effects,
+            sandbox=sandbox or expression_sandbox(settings),
             consumer=consumer,
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,

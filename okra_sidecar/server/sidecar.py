@@ -31,6 +31,7 @@ from okra_sidecar.engine.runtime.processes import (
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.runtime.retention import RetentionKeeper
 from okra_sidecar.engine.runtime.runner import EngineRunner
+from okra_sidecar.engine.runtime.sandbox import expression_sandbox
 from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
@@ -475,7 +476,10 @@ def _build_effects(
         secret=causes.shared_secret,
         per_minute=settings.host.max_caused_per_minute,
     )
+    # Bounds the router's and the triggers' filter expressions; the router stops it.
+    sandbox = expression_sandbox(settings)
     triggers = EventTriggers(
+        sandbox=sandbox,
         store=store,
         schedules=scheduler.schedules,
         registry=registry,
@@ -495,6 +499,7 @@ def _build_effects(
         limits=store.limits,
         tracer=telemetry.tracer,
         triggers=triggers.offer,
+        sandbox=sandbox,
         authorize=policies.firings,
         causation=causation,
     )

@@ -85,7 +85,7 @@ def test_a_finished_child_reports_to_its_parent() -> None:
     assert turn_extras(child, result(), 0) is None  # still running: nothing to report
 
 
-def test_subscription_matching() -> None:
+async def test_subscription_matching() -> None:
     paid = [
         {
             "with": {"type": "paid", "source": "shop"},
@@ -93,15 +93,15 @@ def test_subscription_matching() -> None:
         }
     ]
     event = {"type": "paid", "source": "shop", "data": {"order": "o-1"}}
-    assert subscription_matches(paid, event)
-    assert not subscription_matches(paid, {**event, "data": {"order": "o-2"}})
-    assert not subscription_matches(paid, {**event, "source": "other"})
+    assert await subscription_matches(paid, event)
+    assert not await subscription_matches(paid, {**event, "data": {"order": "o-2"}})
+    assert not await subscription_matches(paid, {**event, "source": "other"})
     hot = [{"with": {"type": "temp", "data": "${ .celsius > 38 }"}}]
-    assert subscription_matches(hot, {"type": "temp", "data": {"celsius": 39}})
-    assert not subscription_matches(hot, {"type": "temp", "data": {"celsius": 37}})
+    assert await subscription_matches(hot, {"type": "temp", "data": {"celsius": 39}})
+    assert not await subscription_matches(hot, {"type": "temp", "data": {"celsius": 37}})
     # Needs the instance's arguments: the router lets the interpreter decide.
     mine = [{"with": {"type": "t", "data": "${ $context.x == . }"}}]
-    assert subscription_matches(mine, {"type": "t", "data": 1})
+    assert await subscription_matches(mine, {"type": "t", "data": 1})
     assert subscription_types([{"with": {"type": "${ .x }"}}]) == ("",)
 
 

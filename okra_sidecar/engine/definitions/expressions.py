@@ -190,6 +190,11 @@ class CompiledExpression:
     def __repr__(self) -> str:
         return f"CompiledExpression({self.text!r})"
 
+    @property
+    def runs_in_python(self) -> bool:
+        """A plain path (`.a.b`, `$input.x`): walked in Python, never handed to jq."""
+        return self._path is not None
+
     def evaluate(self, data: Any, args: Mapping[str, Any]) -> Any:
         if self._path is not None:
             return self._walk(data if self._root is None else args.get(self._root))

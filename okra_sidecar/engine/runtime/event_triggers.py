@@ -24,6 +24,7 @@ from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry, semver_key
 from okra_sidecar.engine.runtime.routing import subscription_matches
+from okra_sidecar.engine.runtime.sandbox import ExpressionSandbox, SandboxEvaluate, evaluate_here
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import OkraError, StoreUnavailableError
@@ -62,11 +63,6 @@ def event_trigger_of(definition: WorkflowDefinition) -> EventTrigger | None:
     return None
 
 
-def _matches(event_filter: dict[str, Any], event: dict[str, Any]) -> bool:
-    # The router's matching: constants must equal, `${ }` expressions read the attribute as `.`.
-    return subscription_matches([event_filter], event)
-
-
 class EventTriggers:
     """Starts instances of the workflows whose `schedule.on` an event completes."""
 
@@ -81,8 +77,11 @@ class EventTriggers:
         refresh_s: float = REFRESH_S,
         authorize: FiringAuthorizer | None = None,
         causation: CauseAdmitter | None = None,
+        sandbox: ExpressionSandbox | None = None,
     ) -> None:
         self._authorize = authorize
+        # The router's sandbox: filters are evaluated within the expression budget.
+        self._evaluate: SandboxEvaluate = evaluate_here if sandbox is None else sandbox.evaluate
         self._causation = causation
         self._store = store
         self._schedules = schedules
@@ -117,21 +116,27 @@ class EventTriggers:
                 started += 1
         return started
 
+    async def _matches(self, event_filter: dict[str, Any], event: dict[str, Any]) -> bool:
+        # The router's matching: constants must equal, `${ }` expressions read the attribute
+        # as `.`. An expression over budget starts nothing.
+        return await subscription_matches([event_filter], event, self._evaluate, over_budget=False)
+
     async def _match(
         self, trigger: EventTrigger, event: dict[str, Any]
     ) -> list[dict[str, Any]] | None:
         filters = trigger.filters
         if trigger.mode == "all":
             for index, event_filter in enumerate(filters):
-                if _matches(event_filter, event):
+                if await self._matches(event_filter, event):
                     return await self._schedules.collect_trigger_event(
                         trigger.definition.key, index=index, needed=len(filters), event=event
                     )
             return None
         if trigger.mode == "any" and not filters:
             return [event]  # an empty `any` takes every event
-        if any(_matches(f, event) for f in filters):
-            return [event]
+        for event_filter in filters:
+            if await self._matches(event_filter, event):
+                return [event]
         return None
 
     async def _start(
