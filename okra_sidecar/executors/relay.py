@@ -95,11 +95,16 @@ class OutboxRelay:
             self._applying -= ids
 
     async def _apply(self, entries: list[OutboxEntry]) -> None:
+        # Releases commute with each other and with deliveries: one script call per scope.
+        releases: dict[str, list[tuple[str, str, str]]] = {}
         for entry in entries:
             if entry.kind == DELIVER:
                 await self._effects.deliver(entry.instance_id, entry.dedup, entry.event)
             elif entry.kind == PUBLISH:
                 await self._effects.publish(entry.event)
             elif entry.kind == RELEASE:
-                await self._limits.release(entry.instance_id, entry.scope, entry.workflow_key)
+                place = (entry.instance_id, entry.workflow_key, "")
+                releases.setdefault(entry.scope, []).append(place)
+        for scope, places in releases.items():
+            await self._limits.release_many(scope, places)
         await self._outbox.ack(entries)

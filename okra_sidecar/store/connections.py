@@ -16,7 +16,7 @@ from okra_sidecar.errors import (
     instance_status_violation,
 )
 from okra_sidecar.store.change_feed import ChangeFeed
-from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.cluster_client import is_cluster_client, pooled_commands
 from okra_sidecar.store.commands import HotCommands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, evalsha_with
@@ -50,6 +50,8 @@ class StoreConnections:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
         self.redis = redis
+        # A single Redis (not a Cluster): a script may touch keys of several slots.
+        self.one_node = not is_cluster_client(redis)
         # The pool, replies raw: writes that wait for durability (each with its WAIT on one
         # connection), and hot commands and reads when no connection of their own is given.
         self._pooled = pooled_commands(redis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -28,6 +29,7 @@ class InstanceStore(StoreConnections):
     """Instances' creation (with their admission limits), records and cancellation."""
 
     _create = MultiplexedScript(load_script("create"))
+    _reserve_create = MultiplexedScript(load_script("reserve_create"))
     _cancel = MultiplexedScript(load_script("cancel"))
     _signal_start = MultiplexedScript(load_script("signal_start"))
 
@@ -46,49 +48,65 @@ class InstanceStore(StoreConnections):
             ResourceExhaustedError: `max_active` unfinished instances exist, or
                 `max_per_workflow` of this workflow (every version); `*_policy` name the limits.
         """
-        admission = await self._admit(
-            new,
-            max_active=max_active,
-            max_per_workflow=max_per_workflow,
-            limit_policy=limit_policy,
-            workflow_limit_policy=workflow_limit_policy,
-        )
+        limits = _Limits(max_active, max_per_workflow, limit_policy, workflow_limit_policy)
+        if self.one_node:
+            return await self._reserve_and_create(new, limits)
+        admission = await self._admit(new, limits)
         if admission.refused:
             return False  # a retried Run whose instance finished and left its place
         return await self.create_admitted(new, admission)
 
-    async def _admit(
-        self,
-        new: NewInstance,
-        *,
-        max_active: int,
-        max_per_workflow: int,
-        limit_policy: str,
-        workflow_limit_policy: str,
-    ) -> Admission:
+    async def _reserve_and_create(self, new: NewInstance, limits: _Limits) -> bool:
+        """create_instance on one node: the admission and the create in one script
+        (reserve_create.lua), one round trip instead of two."""
+        reserve_keys, reserve_args = self.limits.reserve_call(
+            new.instance_id,
+            _workflow_key(new.workflow_id),
+            max_active=limits.max_active,
+            max_per_workflow=limits.max_per_workflow,
+        )
+        create_keys, create_args = self._create_call(new, Admission())
+        with map_redis_errors():
+            reply, waited = await self._durable_write(
+                self._reserve_create,
+                keys=[*reserve_keys, *create_keys],
+                args=[*reserve_args, *create_args],
+            )
+        admission = self.limits.admission(reply)
+        if admission.refused:
+            await self._refuse_unless_exists(new, admission.refused, limits)
+            return False  # a retried Run whose instance finished and left its place
+        created = int(reply[2])
+        await self._settle_admission(created, new, admission)
+        with map_redis_errors():
+            self._check_durable(waited)
+        return created == 1
+
+    async def _admit(self, new: NewInstance, limits: _Limits) -> Admission:
         """Reserve `new`'s place in the limit scope's slot, before it is created in its own;
         a refused admission (no score) when a limit refused it but the instance exists.
 
         Raises:
             ResourceExhaustedError: a limit refused it and there is no such instance.
         """
-        workflow_key = _workflow_key(new.workflow_id)
         admission = await self.limits.reserve(
             new.instance_id,
-            workflow_key,
-            max_active=max_active,
-            max_per_workflow=max_per_workflow,
-        )
-        if not admission.refused or await self._exists(new.instance_id):
-            return admission
-        raise _limit_reached(
-            admission.refused,
             _workflow_key(new.workflow_id),
-            max_active=max_active,
-            max_per_workflow=max_per_workflow,
-            limit_policy=limit_policy,
-            workflow_limit_policy=workflow_limit_policy,
+            max_active=limits.max_active,
+            max_per_workflow=limits.max_per_workflow,
         )
+        if admission.refused:
+            await self._refuse_unless_exists(new, admission.refused, limits)
+        return admission
+
+    async def _refuse_unless_exists(self, new: NewInstance, refused: str, limits: _Limits) -> None:
+        """A limit refused `new`: raise its error, unless the instance exists (a retried Run).
+
+        Raises:
+            ResourceExhaustedError: there is no such instance.
+        """
+        if not await self._exists(new.instance_id):
+            raise _limit_reached(refused, _workflow_key(new.workflow_id), limits)
 
     async def create_admitted(self, new: NewInstance, admission: Admission) -> bool:
         """create_instance's second step: create the instance `admission` (from
@@ -130,13 +148,8 @@ class InstanceStore(StoreConnections):
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
         """
         iid = new.instance_id
-        admission = await self._admit(
-            new,
-            max_active=max_active,
-            max_per_workflow=max_per_workflow,
-            limit_policy=limit_policy,
-            workflow_limit_policy=workflow_limit_policy,
-        )
+        limits = _Limits(max_active, max_per_workflow, limit_policy, workflow_limit_policy)
+        admission = await self._admit(new, limits)
         # Refused but existing: create.lua creates nothing without a score (-4), only the
         # signal is left to deliver.
         create_keys, create_args = self._create_call(new, admission)
@@ -152,14 +165,7 @@ class InstanceStore(StoreConnections):
             )
         created = int(result[0])
         if created == -4:  # the instance went (purged) since it was found
-            raise _limit_reached(
-                admission.refused,
-                _workflow_key(new.workflow_id),
-                max_active=max_active,
-                max_per_workflow=max_per_workflow,
-                limit_policy=limit_policy,
-                workflow_limit_policy=workflow_limit_policy,
-            )
+            raise _limit_reached(admission.refused, _workflow_key(new.workflow_id), limits)
         await self._settle_admission(created, new, admission)
         with map_redis_errors():
             outcome = [text(x) for x in result[1:]]
@@ -337,29 +343,31 @@ class InstanceStore(StoreConnections):
         return sorted(text(m).split(":", 1)[1] for members in per_partition for m in members)
 
 
-def _limit_reached(
-    refused: str,
-    workflow_key: str,
-    *,
-    max_active: int,
-    max_per_workflow: int,
-    limit_policy: str,
-    workflow_limit_policy: str,
-) -> ResourceExhaustedError:
+@dataclass(frozen=True)
+class _Limits:
+    """The instance limits a create is admitted against, and the policies that set them."""
+
+    max_active: int
+    max_per_workflow: int
+    policy: str
+    workflow_policy: str
+
+
+def _limit_reached(refused: str, workflow_key: str, limits: _Limits) -> ResourceExhaustedError:
     if refused == "active":
-        source = f" ({limit_policy})" if limit_policy else ""
+        source = f" ({limits.policy})" if limits.policy else ""
         return ResourceExhaustedError(
-            f"the limit of {max_active} concurrent instances{source} is reached; "
+            f"the limit of {limits.max_active} concurrent instances{source} is reached; "
             "retry when some have finished",
             reason=Reason.INSTANCE_LIMIT_REACHED,
-            policy=limit_policy,
+            policy=limits.policy,
         )
-    source = f" ({workflow_limit_policy})" if workflow_limit_policy else ""
+    source = f" ({limits.workflow_policy})" if limits.workflow_policy else ""
     return ResourceExhaustedError(
-        f"the limit of {max_per_workflow} concurrent instances of {workflow_key}"
+        f"the limit of {limits.max_per_workflow} concurrent instances of {workflow_key}"
         f"{source} is reached; retry when some have finished",
         reason=Reason.INSTANCE_LIMIT_REACHED,
-        policy=workflow_limit_policy,
+        policy=limits.workflow_policy,
         metadata={"workflow": workflow_key},
     )
 

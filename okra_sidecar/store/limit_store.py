@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from okra_sidecar.instances import FINISHED_STATUSES
 from okra_sidecar.store.commands import HotCommands, PooledCommands
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.multiplexed import MultiplexedScript
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.scripts import load_script
 
@@ -80,12 +80,23 @@ class RedisLimitStore:
         self, instance_id: str, workflow_key: str, *, max_active: int, max_per_workflow: int
     ) -> Admission:
         """Admit `instance_id` in this sidecar's scope unless a limit is reached."""
+        keys, args = self.reserve_call(
+            instance_id, workflow_key, max_active=max_active, max_per_workflow=max_per_workflow
+        )
         with map_redis_errors():
-            reply = await self._hot.evalsha(
-                self._reserve,
-                self._set_keys(self.keys.scope, workflow_key),
-                [instance_id, max_active, max_per_workflow, workflow_key],
-            )
+            reply = await self._hot.evalsha(self._reserve, keys, args)
+        return self.admission(reply)
+
+    def reserve_call(
+        self, instance_id: str, workflow_key: str, *, max_active: int, max_per_workflow: int
+    ) -> tuple[list[str], list[Arg]]:
+        """reserve.lua's KEYS and ARGV (also the head of reserve_create.lua's)."""
+        keys = self._set_keys(self.keys.scope, workflow_key)
+        return keys, [instance_id, max_active, max_per_workflow, workflow_key]
+
+    @staticmethod
+    def admission(reply: list[Any]) -> Admission:
+        """reserve.lua's reply as an Admission."""
         outcome = text(reply[0])
         if outcome in ("active", "workflow"):
             return Admission(refused=outcome)
@@ -95,11 +106,17 @@ class RedisLimitStore:
         self, instance_id: str, scope: str, workflow_key: str, *, score: str = ""
     ) -> bool:
         """Free `instance_id`'s place (only the reservation `score`, when given)."""
+        return await self.release_many(scope, [(instance_id, workflow_key, score)]) == 1
+
+    async def release_many(self, scope: str, places: Sequence[tuple[str, str, str]]) -> int:
+        """Free the places (instance id, workflow key, reservation score or '') of one scope
+        in one script call; how many were held."""
+        keys = self.keys
+        set_keys = [keys.limit_active(scope), keys.limit_held(scope)]
+        set_keys += [keys.limit_workflow(scope, workflow_key) for _, workflow_key, _ in places]
+        args = [value for instance_id, _, score in places for value in (instance_id, score)]
         with map_redis_errors():
-            released = await self._hot.evalsha(
-                self._release, self._set_keys(scope, workflow_key), [instance_id, score]
-            )
-        return int(released) == 1
+            return int(await self._hot.evalsha(self._release, set_keys, args))
 
     async def held(self, scope: str | None = None) -> int:
         """How many instances the scope holds (this sidecar's by default)."""

@@ -9,7 +9,12 @@ from redis.asyncio import Redis
 
 from bench.query import RoundTrips
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
-from okra_sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from okra_sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit
 from okra_sidecar.store.keys import RedisKeys
@@ -89,6 +94,36 @@ async def test_finishing_frees_the_active_slot(store: RedisStore, redis: Redis) 
         await store.create_instance(new(IDS[1]), max_active=1)
     assert await apply_outbox(store) == 1
     assert await store.create_instance(new(IDS[1]), max_active=1) is True
+
+
+@pytest.mark.parametrize("one_node", [True, False], ids=["one-script", "two-scripts"])
+async def test_admission_takes_and_gives_back_the_same_places_in_one_script_or_two(
+    redis: Redis, one_node: bool
+) -> None:
+    store = RedisStore(redis=redis, keys=RedisKeys(partitions=2))
+    store.one_node = one_node
+
+    async def create(instance_id: str) -> bool:
+        return await store.create_instance(new(instance_id), max_active=5, max_per_workflow=2)
+
+    assert await create(IDS[0]) is True
+    assert await create(IDS[0]) is False  # a retried Run
+    assert await create(IDS[1]) is True
+    with pytest.raises(ResourceExhaustedError, match="limit of 2 concurrent instances of t.w"):
+        await create(IDS[2])
+    assert not await redis.exists(store.keys.instance(IDS[2]))
+    assert await store.limits.held() == 2
+    for instance_id in IDS[:2]:
+        snapshot = await store.load_turn(instance_id)
+        assert snapshot is not None
+        await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
+    # Both releases in one relay batch, one script call for the scope.
+    assert await apply_outbox(store) == 2
+    assert await store.limits.held() == 0
+    # A Run retried after its instance finished and left: no instance, and no place kept.
+    assert await create(IDS[0]) is False
+    assert await store.limits.held() == 0
+    assert await create(IDS[2]) is True
 
 
 async def test_consumed_signals_leave_the_inbox_atomically(store: RedisStore) -> None:

@@ -14,7 +14,7 @@ LIBRARY_USERS = frozenset(
 )
 # Scripts made of others: each part becomes a local function of its name taking KEYS and ARGV,
 # so the parts keep their own layouts and stay the single copy of what they do.
-COMPOSITES = {"signal_start": ("create", "signal")}
+COMPOSITES = {"signal_start": ("create", "signal"), "reserve_create": ("reserve", "create")}
 
 
 def _preamble(first_slot: int) -> str:
