@@ -19,7 +19,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from okra_sidecar.instances import FINISHED_STATUSES
-from okra_sidecar.store.commands import HotCommands, PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.commands import HotCommands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
 from okra_sidecar.store.replies import map_redis_errors, text
@@ -65,8 +66,8 @@ class RedisLimitStore:
     ) -> None:
         self.redis = redis
         self.keys = keys
-        self._pooled = PooledCommands(redis)
-        self._hot = hot if hot is not None else self._pooled
+        # Raw replies on redis-py (RedisCluster's own on a Cluster) when no hot commands are given.
+        self._hot = hot if hot is not None else pooled_commands(redis)
 
     def _set_keys(self, scope: str, workflow_key: str) -> list[str]:
         keys = self.keys

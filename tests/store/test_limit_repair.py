@@ -20,7 +20,7 @@ from okra_sidecar.store.keys import RELAY_GROUP
 from okra_sidecar.store.liveness import ConsumerLiveness
 from okra_sidecar.store.outbox_store import OutboxEntry, RedisOutboxStore
 from okra_sidecar.store.redis_store import RedisStore
-from tests.helpers import eventually_held
+from tests.helpers import eventually, eventually_held
 from tests.store.limit_child import KEYS
 from tests.store.test_redis_store import IDS, commit, new
 
@@ -151,12 +151,19 @@ async def test_a_dead_relays_release_is_applied_by_another(redis: Redis, redis_u
         orphans=orphans,
         orphan_interval_s=0.1,
     )
+    outbox_key = KEYS.outbox(KEYS.partition(IDS[0]))
+
+    async def acknowledged() -> bool:
+        return int((await redis.xpending(outbox_key, RELAY_GROUP))["pending"]) == 0
+
     await relay.start()
     try:
         await eventually_held(redis, 0, keys=KEYS)
+        # The relay acknowledges the entries it applied right after applying them.
+        await eventually(acknowledged, what="the taken-over release acknowledged")
     finally:
         await relay.stop()
-    assert await redis.xpending(KEYS.outbox(KEYS.partition(IDS[0])), RELAY_GROUP) == {
+    assert await redis.xpending(outbox_key, RELAY_GROUP) == {
         "pending": 0,
         "min": None,
         "max": None,
