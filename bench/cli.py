@@ -22,6 +22,8 @@ from bench.processes import ServerProcess, ServerStartError, echo_process, sidec
 from bench.progress import ProgressTimeoutError
 from bench.report import (
     RPC_ROWS,
+    cluster_ratio,
+    format_cluster_ratio,
     format_medians,
     format_ratios,
     format_table,
@@ -42,8 +44,12 @@ from bench.workloads import (
     start_instances,
     warm_up,
 )
+from okra_sidecar.store.embedded import EmbeddedRedisError
+from okra_sidecar.store.local_cluster import LocalCluster
 
 WORKLOADS = ("echo", "W1", "W2", "W3", "W4")
+# --redis-cluster's local Cluster: the smallest with a master per third of the slots.
+CLUSTER_MASTERS = 3
 FULL_COUNTS = {"echo": 5000, "W1": 2000, "W2": 1000, "W3": 500, "W4": 5000}
 QUICK_COUNTS = {"echo": 1000, "W1": 300, "W2": 200, "W3": 100, "W4": 1000}
 # The rows whose ratio to echo is reported; selecting one runs the echo baseline too.
@@ -61,6 +67,8 @@ class Plan:
     engine_processes: int = 1
     # Instances of bench.spin (an expression that never ends) started right before W2.
     hostile: int = 0
+    # Also run every round against a local Redis Cluster of this many masters (0: not).
+    cluster_masters: int = 0
 
 
 def log(message: str) -> None:
@@ -154,9 +162,19 @@ async def _one(row: Awaitable[Result]) -> list[Result]:
     return [await row]
 
 
-async def run_sidecar(plan: Plan, work_dir: Path, echo: ServerProcess | None) -> list[Result]:
+async def run_sidecar(
+    plan: Plan,
+    work_dir: Path,
+    echo: ServerProcess | None,
+    *,
+    own_redis_url: str | None = None,
+    redis_pids: tuple[int, ...] = (),
+) -> list[Result]:
+    """The workloads against one sidecar: on `own_redis_url` (a Redis the bench started and
+    stops, its processes `redis_pids`) when given, else on plan.redis_url, else on the
+    sidecar's embedded Redis."""
     # A shared Redis gets keys under a prefix of their own, removed once the sidecar stopped.
-    prefix = f"okra-bench-{uuid.uuid4().hex[:8]}:" if plan.redis_url else None
+    prefix = f"okra-bench-{uuid.uuid4().hex[:8]}:" if plan.redis_url and not own_redis_url else None
     started = False
     try:
         env = {"OKRA_ENGINE_PROCESSES": str(plan.engine_processes)}
@@ -165,7 +183,7 @@ async def run_sidecar(plan: Plan, work_dir: Path, echo: ServerProcess | None) ->
             env |= {"OKRA_EXPRESSION_TIMEOUT_MS": "0", "OKRA_TURN_TIMEOUT_MS": "0"}
         async with (
             sidecar_process(
-                work_dir, redis_url=plan.redis_url, key_prefix=prefix, env=env
+                work_dir, redis_url=own_redis_url or plan.redis_url, key_prefix=prefix, env=env
             ) as server,
             grpc.aio.insecure_channel(server.address) as channel,
             contextlib.AsyncExitStack() as stack,
@@ -182,7 +200,7 @@ async def run_sidecar(plan: Plan, work_dir: Path, echo: ServerProcess | None) ->
             client = Client(
                 stub=pb_grpc.WorkflowHostAPIStub(channel),
                 concurrency=plan.concurrency,
-                meter=CpuMeter.for_process(server.pid),
+                meter=CpuMeter.for_process(server.pid, redis_pids=redis_pids),
             )
             log(
                 f"sidecar ready on {server.address} with {plan.engine_processes} engine "
@@ -211,21 +229,32 @@ async def run_echo_only(plan: Plan, work_dir: Path) -> list[Result]:
             return [baseline.row()]
 
 
-async def run_bench(plan: Plan) -> list[Result]:
+async def run_bench(plan: Plan, *, on_cluster: bool = False) -> list[Result]:
     """Every selected workload, each server in its own process, in a scratch directory.
 
     With the echo baseline and rpc workloads both selected, the echo server runs beside the
-    sidecar and is measured around each rpc workload (EchoBaseline).
+    sidecar and is measured around each rpc workload (EchoBaseline). `on_cluster`: against a
+    local Redis Cluster of plan.cluster_masters masters, started here and stopped after.
     """
     with tempfile.TemporaryDirectory(prefix="okra-bench-") as scratch:
         work_dir = Path(scratch)
         if not any(w in plan.counts for w in WORKLOADS if w != "echo"):
             return await run_echo_only(plan, work_dir)
-        if "echo" not in plan.counts:
-            return await run_sidecar(plan, work_dir, None)
-        async with echo_process(work_dir) as echo:
-            log(f"echo server ready on {echo.address}: measured around each rpc workload")
-            return await run_sidecar(plan, work_dir, echo)
+        async with contextlib.AsyncExitStack() as stack:
+            cluster_url = None
+            redis_pids: tuple[int, ...] = ()
+            if on_cluster:
+                cluster = LocalCluster(data_dir=work_dir / "cluster", masters=plan.cluster_masters)
+                cluster_url = (await stack.enter_async_context(cluster)).url
+                redis_pids = tuple(n.process.pid for n in cluster.nodes if n.process is not None)
+                log(f"Redis Cluster of {plan.cluster_masters} masters ready at {cluster_url}")
+            echo = None
+            if "echo" in plan.counts:
+                echo = await stack.enter_async_context(echo_process(work_dir))
+                log(f"echo server ready on {echo.address}: measured around each rpc workload")
+            return await run_sidecar(
+                plan, work_dir, echo, own_redis_url=cluster_url, redis_pids=redis_pids
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="repeat the whole run (fresh servers) and report the median ratios (1)",
     )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="also run each round against a local Redis Cluster of 3 masters, and compare",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -267,32 +301,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
+    if args.redis_cluster and not {"W1", "W2", "W3", "W4"} & set(args.only):
+        print("error: --redis-cluster needs one of W1-W4 in --only", file=sys.stderr)
+        return 2
     plan = Plan(
         counts={w: counts[w] for w in args.only},
         concurrency=args.concurrency,
         redis_url=args.redis_url,
         engine_processes=args.engine_processes,
         hostile=args.hostile,
+        cluster_masters=CLUSTER_MASTERS if args.redis_cluster else 0,
     )
     if args.rounds < 1:
         print("error: --rounds must be at least 1", file=sys.stderr)
         return 2
     rounds: list[list[Result]] = []
+    cluster_rounds: list[list[Result]] = []
     for number in range(1, args.rounds + 1):
         if args.rounds > 1:
             log(f"round {number} of {args.rounds}")
         try:
             results = asyncio.run(run_bench(plan))
-        except (ServerStartError, BenchError, ProgressTimeoutError) as exc:
+            cluster = (
+                asyncio.run(run_bench(plan, on_cluster=True)) if plan.cluster_masters else None
+            )
+        except (ServerStartError, BenchError, ProgressTimeoutError, EmbeddedRedisError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         rounds.append(results)
+        if cluster is not None:
+            cluster_rounds.append(cluster)
         if not args.json:
-            print(format_table(results))
-            ratios = format_ratios(results)
-            if ratios:
-                print("\n" + ratios)
-            print()
+            print(format_round(results, cluster, plan))
     if args.json:
         settings = {
             "counts": plan.counts,
@@ -300,8 +340,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis": "external" if plan.redis_url else "embedded",
             "engineProcesses": plan.engine_processes,
             "hostile": plan.hostile,
+            "clusterMasters": plan.cluster_masters,
         }
-        print(to_json(rounds[0], settings) if len(rounds) == 1 else rounds_json(rounds, settings))
+        if len(rounds) == 1:
+            print(to_json(rounds[0], settings, cluster_rounds[0] if cluster_rounds else None))
+        else:
+            print(rounds_json(rounds, settings, cluster_rounds))
     elif len(rounds) > 1:
-        print(format_medians(rounds))
+        print(format_medians(rounds, cluster_rounds))
     return 0
+
+
+def format_round(results: list[Result], cluster: list[Result] | None, plan: Plan) -> str:
+    """One round's table and ratios; with `cluster`, its table and ratios after them."""
+    parts = [format_table(results)]
+    if ratios := format_ratios(results):
+        parts.append(ratios)
+    if cluster is not None:
+        where = "an external Redis" if plan.redis_url else "the embedded Redis"
+        parts[0] = f"Single primary ({where}):\n{parts[0]}"
+        parts.append(f"Redis Cluster ({plan.cluster_masters} masters):\n{format_table(cluster)}")
+        if ratios := format_ratios(cluster):
+            parts.append(ratios)
+        if versus := cluster_ratio(results, cluster):
+            parts.append(format_cluster_ratio(versus))
+    return "\n\n".join(parts) + "\n"

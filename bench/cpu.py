@@ -67,7 +67,8 @@ class CpuMeter:
 
     Args:
         server_pid: The server's process, or None when it runs in this process (tests).
-        redis_pid: The embedded redis-server, or None for an external Redis or none at all.
+        redis_pids: The embedded redis-server, or the bench's own Redis Cluster's nodes (their
+            sum); none for an external Redis or none at all.
         engine_pids: The sidecar's engine child processes, if it has any.
     """
 
@@ -75,31 +76,33 @@ class CpuMeter:
         self,
         *,
         server_pid: int | None = None,
-        redis_pid: int | None = None,
+        redis_pids: tuple[int, ...] = (),
         engine_pids: tuple[int, ...] = (),
     ) -> None:
         self._server_pid = server_pid
-        self._redis_pid = redis_pid
+        self._redis_pids = redis_pids
         self._engine_pids = engine_pids
 
     @classmethod
-    def for_process(cls, pid: int) -> CpuMeter:
-        """A meter on `pid`, its redis-server child and its other (engine) children."""
+    def for_process(cls, pid: int, *, redis_pids: tuple[int, ...] = ()) -> CpuMeter:
+        """A meter on `pid`, its redis-server child (or `redis_pids`, the Redis it runs on)
+        and its other (engine) children."""
         children = child_pids(pid)
         redis = [c for c in children if process_name(c) == "redis-server"]
         return cls(
             server_pid=pid,
-            redis_pid=redis[0] if redis else None,
+            redis_pids=redis_pids or tuple(redis[:1]),
             engine_pids=tuple(c for c in children if c not in redis),
         )
 
     def sample(self) -> CpuSample:
         engines = [process_cpu_s(pid) for pid in self._engine_pids]
+        redis = [process_cpu_s(pid) for pid in self._redis_pids]
         return CpuSample(
             wall_s=time.perf_counter(),
             client_s=time.process_time(),
             server_s=None if self._server_pid is None else process_cpu_s(self._server_pid),
-            redis_s=None if self._redis_pid is None else process_cpu_s(self._redis_pid),
+            redis_s=None if not redis or None in redis else sum(r for r in redis if r),
             engine_s=None if not engines or None in engines else sum(e for e in engines if e),
         )
 

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -18,6 +18,9 @@ from bench.workloads import ECHO
 
 # Rows that are plain rpc rates, comparable with the echo baseline, and their targets.
 RPC_ROWS = {"W1 Run": 0.40, "W3 Signal rpc": None, "W4 GetStatus": 0.60}
+# With --redis-cluster: the Cluster's W2 rate over the single primary's, and its target.
+CLUSTER_ROW = "W2 Run->completed"
+CLUSTER_TARGET = 0.70
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,20 @@ def ratios(results: Sequence[Result]) -> list[Ratio]:
         if row is not None and baseline:
             found.append(Ratio(name, row.rate / baseline, target))
     return found
+
+
+def cluster_ratio(single: Sequence[Result], cluster: Sequence[Result]) -> Ratio | None:
+    """The Cluster's W2 rate over the single primary's, from one round of each."""
+    one = {r.name: r.rate for r in single}.get(CLUSTER_ROW)
+    many = {r.name: r.rate for r in cluster}.get(CLUSTER_ROW)
+    if not one or many is None:
+        return None
+    return Ratio(f"{CLUSTER_ROW} on the Cluster / single primary", many / one, CLUSTER_TARGET)
+
+
+def format_cluster_ratio(ratio: Ratio) -> str:
+    assert ratio.target is not None
+    return f"{ratio.name} = {ratio.value:.1%} ({against(ratio.value, ratio.target)})"
 
 
 def _percent(value: float | None) -> str:
@@ -126,24 +143,54 @@ def median_ratios(rounds: Sequence[Sequence[Result]]) -> list[tuple[str, list[fl
     ]
 
 
-def format_medians(rounds: Sequence[Sequence[Result]]) -> str:
+def median_cluster_ratio(
+    rounds: Sequence[Sequence[Result]], cluster_rounds: Sequence[Sequence[Result]]
+) -> tuple[list[float], Ratio] | None:
+    """The Cluster's W2 over the single primary's in each round, and their median."""
+    found = [cluster_ratio(one, many) for one, many in zip(rounds, cluster_rounds, strict=True)]
+    values = [r.value for r in found if r is not None]
+    first = next((r for r in found if r is not None), None)
+    if first is None:
+        return None
+    return values, replace(first, value=statistics.median(values))
+
+
+def format_medians(
+    rounds: Sequence[Sequence[Result]], cluster_rounds: Sequence[Sequence[Result]] = ()
+) -> str:
     """One line per ratio row: every round's value and the median, judged on the median."""
     lines = [f"Medians over {len(rounds)} rounds:"]
     for name, values, median in median_ratios(rounds):
         each = ", ".join(f"{v:.1%}" for v in values)
         target = "" if median.target is None else f" ({against(median.value, median.target)})"
         lines.append(f"{name} / echo = {median.value:.1%}{target}; rounds: {each}")
+    for name, values, median in median_ratios(cluster_rounds):
+        each = ", ".join(f"{v:.1%}" for v in values)
+        lines.append(f"{name} / echo on the Cluster = {median.value:.1%}; rounds: {each}")
+    cluster = median_cluster_ratio(rounds, cluster_rounds) if cluster_rounds else None
+    if cluster is not None:
+        values, median = cluster
+        each = ", ".join(f"{v:.1%}" for v in values)
+        lines.append(f"{format_cluster_ratio(median)}; rounds: {each}")
     return "\n".join(lines)
 
 
-def rounds_json(rounds: Sequence[Sequence[Result]], settings: Mapping[str, Any]) -> str:
+def rounds_json(
+    rounds: Sequence[Sequence[Result]],
+    settings: Mapping[str, Any],
+    cluster_rounds: Sequence[Sequence[Result]] = (),
+) -> str:
     """Every round as to_json gives it, and the median ratios."""
+    medians = {name: round(median.value, 4) for name, _, median in median_ratios(rounds)}
+    cluster = median_cluster_ratio(rounds, cluster_rounds) if cluster_rounds else None
+    if cluster is not None:
+        medians["cluster_w2_to_single"] = round(cluster[1].value, 4)
+    many: list[Sequence[Result] | None] = [*cluster_rounds] or [None] * len(rounds)
+    paired = zip(rounds, many, strict=True)
     return json.dumps(
         {
-            "rounds": [json.loads(to_json(results, settings)) for results in rounds],
-            "median_ratios": {
-                name: round(median.value, 4) for name, _, median in median_ratios(rounds)
-            },
+            "rounds": [json.loads(to_json(one, settings, other)) for one, other in paired],
+            "median_ratios": medians,
         },
         indent=2,
     )
@@ -168,31 +215,41 @@ def _cpu_json(cpu: CpuShare) -> dict[str, float | None]:
     return {k: None if v is None else round(v, 1) for k, v in shares.items()}
 
 
-def to_json(results: Sequence[Result], settings: Mapping[str, Any]) -> str:
-    return json.dumps(
-        {
-            "machine": machine(),
-            "settings": dict(settings),
-            "results": [
-                {
-                    "workload": r.name,
-                    "count": r.count,
-                    "elapsed_s": round(r.elapsed_s, 4),
-                    "rate_per_s": round(r.rate, 1),
-                    "p50_ms": round(r.p50_ms, 2),
-                    "p99_ms": round(r.p99_ms, 2),
-                    "retried_errors": r.errors,
-                    "cpu_percent": None if r.cpu is None else _cpu_json(r.cpu),
-                    "echo_around_per_s": None
-                    if r.baseline_rate is None
-                    else round(r.baseline_rate, 1),
-                }
-                for r in results
-            ],
-            "ratios": [
-                {"workload": q.name, "to_echo": round(q.value, 3), "target": q.target, "met": q.met}
-                for q in ratios(results)
-            ],
-        },
-        indent=2,
-    )
+def to_json(
+    results: Sequence[Result],
+    settings: Mapping[str, Any],
+    cluster: Sequence[Result] | None = None,
+) -> str:
+    """One round; with `cluster`, the same workloads against the Cluster under `cluster`."""
+    report = {"machine": machine(), "settings": dict(settings), **_results_json(results)}
+    if cluster is not None:
+        ratio = cluster_ratio(results, cluster)
+        report["cluster"] = {
+            **_results_json(cluster),
+            "w2_to_single": None if ratio is None else round(ratio.value, 3),
+            "target": CLUSTER_TARGET,
+        }
+    return json.dumps(report, indent=2)
+
+
+def _results_json(results: Sequence[Result]) -> dict[str, Any]:
+    return {
+        "results": [
+            {
+                "workload": r.name,
+                "count": r.count,
+                "elapsed_s": round(r.elapsed_s, 4),
+                "rate_per_s": round(r.rate, 1),
+                "p50_ms": round(r.p50_ms, 2),
+                "p99_ms": round(r.p99_ms, 2),
+                "retried_errors": r.errors,
+                "cpu_percent": None if r.cpu is None else _cpu_json(r.cpu),
+                "echo_around_per_s": None if r.baseline_rate is None else round(r.baseline_rate, 1),
+            }
+            for r in results
+        ],
+        "ratios": [
+            {"workload": q.name, "to_echo": round(q.value, 3), "target": q.target, "met": q.met}
+            for q in ratios(results)
+        ],
+    }

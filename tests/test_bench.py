@@ -11,7 +11,7 @@ import pytest_asyncio
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
-from bench.cli import Plan, parse_only, run_bench
+from bench.cli import Plan, format_round, parse_only, run_bench
 from bench.cpu import CpuMeter, CpuShare
 from bench.echo import build_echo_server
 from bench.load import Result, combine, drive, percentile
@@ -129,6 +129,29 @@ def test_rounds_report_the_median_ratio_judged_against_the_target() -> None:
     ]
     document = json.loads(rounds_json(rounds, {"concurrency": 64}))
     assert len(document["rounds"]) == 3 and document["median_ratios"] == {"W1 Run": 0.41}
+
+
+def test_the_cluster_round_is_compared_with_the_single_primary_one_by_w2() -> None:
+    def round_of(w2_rate: int) -> list[Result]:
+        return [
+            Result("echo (grpc.aio)", 100, 1.0, [1.0] * 100),
+            Result("W1 Run", 50, 1.0, [2.0] * 50),
+            Result("W2 Run->completed", w2_rate, 1.0, [3.0] * w2_rate),
+        ]
+
+    single, cluster = [round_of(100), round_of(100)], [round_of(80), round_of(60)]
+    lines = format_medians(single, cluster).splitlines()
+    assert lines[-2:] == [
+        "W1 Run / echo on the Cluster = 50.0%; rounds: 50.0%, 50.0%",
+        "W2 Run->completed on the Cluster / single primary = 70.0% (target 70%); "
+        "rounds: 80.0%, 60.0%",
+    ]
+    document = json.loads(rounds_json(single, {}, cluster))
+    assert document["median_ratios"]["cluster_w2_to_single"] == 0.7
+    assert [r["cluster"]["w2_to_single"] for r in document["rounds"]] == [0.8, 0.6]
+    one = format_round(single[0], cluster[1], Plan(counts={}, cluster_masters=3))
+    assert "Redis Cluster (3 masters):" in one
+    assert one.rstrip().endswith("single primary = 60.0% (target 70%, 10.0 points under)")
 
 
 def test_a_target_not_reached_is_a_figure_beside_its_target() -> None:
