@@ -11,7 +11,8 @@ Two measurements against one sidecar process (embedded Redis, one engine process
 - Streams: `streams` `bench.hold` instances each get a WatchInstance stream, held open; the
   sidecar's resident memory before and after (once every stream has its first message) gives
   the memory per stream. W1 (Runs of `bench.hold`) is measured before the streams and again
-  beside them.
+  beside them. The same number of streams held on the bare grpc.aio server of `bench.echo`
+  gives what the transport alone costs per stream, so the sidecar's own part shows.
 
 docs/benchmarks.md records the figures; the tests run it with tiny counts and assert no speed.
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +36,9 @@ import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
+from bench.echo import HOLD_METHOD
 from bench.load import drive, percentile
-from bench.processes import sidecar_process
+from bench.processes import echo_process, sidecar_process
 from bench.workloads import APPROVE, HOLD, SIGNAL, run_request
 
 if TYPE_CHECKING:
@@ -68,21 +71,53 @@ def rss_bytes(pid: int) -> int:
 
 
 @dataclass
+class Caller:
+    """One caller's times (seconds): Signal sent -> instance seen completed, the Signal rpc
+    alone, and the completion's commit time (the instance's end_time) -> seen."""
+
+    observed_s: float
+    signal_s: float
+    wake_s: float
+    completed_at: float  # the completion's commit, wall clock (seconds)
+
+
+@dataclass
 class Observed:
-    """Signal-to-observed-completion latencies (seconds) and the rpcs it took, by style."""
+    """Signal-to-observed-completion latencies and their parts, the rpcs it took, by style."""
 
-    latencies_s: dict[str, list[float]] = field(default_factory=dict)
+    callers: dict[str, list[Caller]] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    # Per round: completions over the time from the first Signal to the last completion.
+    rates: list[float] = field(default_factory=list)
+    signals: int = 0  # per round
+    in_flight: int = 0
 
-    def add(self, style: str, latencies: list[float], calls: int) -> None:
-        self.latencies_s.setdefault(style, []).extend(latencies)
+    @property
+    def latencies_s(self) -> dict[str, list[float]]:
+        return {style: [c.observed_s for c in cs] for style, cs in self.callers.items()}
+
+    def add(self, style: str, callers: list[Caller], calls: int, rate: float) -> None:
+        self.callers.setdefault(style, []).extend(callers)
         self.calls[style] = self.calls.get(style, 0) + calls
+        self.rates.append(rate)
 
     def row(self, style: str) -> str:
-        values = sorted(self.latencies_s[style])
-        p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
-        per = self.calls[style] / max(len(values), 1)
-        return f"{style:<24} {len(values):>6} {p50:>8.1f} {p99:>8.1f} {per:>10.1f}"
+        callers = self.callers[style]
+        per = self.calls[style] / max(len(callers), 1)
+        figures = [
+            f"{p50:>8.1f} {p99:>8.1f}"
+            for p50, p99 in (
+                _p50_p99([c.observed_s for c in callers]),
+                _p50_p99([c.signal_s for c in callers]),
+                _p50_p99([c.wake_s for c in callers]),
+            )
+        ]
+        return f"{style:<24} {len(callers):>6} {figures[0]} {per:>10.1f} {figures[1]} {figures[2]}"
+
+
+def _p50_p99(seconds: list[float]) -> tuple[float, float]:
+    values = sorted(seconds)
+    return percentile(values, 50) * 1000, percentile(values, 99) * 1000
 
 
 @dataclass
@@ -94,10 +129,17 @@ class Streams:
     rss_after: int
     w1_alone: tuple[float, float, float]  # rate/s, p50 ms, p99 ms
     w1_beside: tuple[float, float, float]
+    bare: tuple[int, int] | None = None  # the bare grpc.aio server's RSS before and after
 
     @property
     def bytes_per_stream(self) -> float:
         return (self.rss_after - self.rss_before) / max(self.count, 1)
+
+    @property
+    def bare_bytes_per_stream(self) -> float | None:
+        if self.bare is None:
+            return None
+        return (self.bare[1] - self.bare[0]) / max(self.count, 1)
 
 
 async def start_parked(stub: Stub, workflow_id: str, count: int) -> list[str]:
@@ -130,44 +172,57 @@ async def bounded(work: Callable[[str], Awaitable[Any]], items: Sequence[str], l
 
 async def observe_all(
     stub: Stub, ids: Sequence[str], style: str, in_flight: int
-) -> tuple[list[float], int]:
+) -> tuple[list[Caller], int, float]:
     """Signal the instances, `in_flight` callers at a time; each caller times until it sees
-    its instance final."""
+    its instance final. Also the rate the engine completed them at."""
     calls = 0
     gate = asyncio.Semaphore(in_flight)
 
-    async def one(instance_id: str) -> float:
+    async def one(instance_id: str) -> Caller:
         async with gate:
             return await observe(instance_id)
 
-    async def observe(instance_id: str) -> float:
+    async def observe(instance_id: str) -> Caller:
         nonlocal calls
         signal = pb.SignalRequest(instance_id=instance_id, signal=SIGNAL)
         signal.payload.struct_value.fields["by"].string_value = "bench"
         started = time.perf_counter()
         await stub.Signal(signal, timeout=CALL_TIMEOUT_S)
+        signalled = time.perf_counter()
         calls += 1
+        instance = await seen_final(instance_id)
+        seen, seen_wall = time.perf_counter(), time.time()
+        completed_wall = instance.end_time.ToMilliseconds() / 1000
+        return Caller(
+            seen - started, signalled - started, seen_wall - completed_wall, completed_wall
+        )
+
+    async def seen_final(instance_id: str) -> pb.WorkflowInstance:
+        nonlocal calls
         if style == "AwaitInstance":
             request = pb.AwaitInstanceRequest(instance_id=instance_id)
             while True:
                 calls += 1
                 reply = await stub.AwaitInstance(request, timeout=CALL_TIMEOUT_S)
                 if reply.instance.status in FINAL:
-                    return time.perf_counter() - started
+                    return reply.instance
         get = pb.GetStatusRequest(instance_id=instance_id)
         while True:
             calls += 1
             instance = await stub.GetStatus(get, timeout=CALL_TIMEOUT_S)
             if instance.status in FINAL:
-                return time.perf_counter() - started
+                return instance
             await asyncio.sleep(POLL_S)
 
-    latencies = await asyncio.gather(*(one(i) for i in ids))
-    return list(latencies), calls
+    first_signal = time.time()
+    callers = await asyncio.gather(*(one(i) for i in ids))
+    last_completed = max((c.completed_at for c in callers), default=first_signal)
+    rate = len(callers) / max(last_completed - first_signal, 1e-3)
+    return list(callers), calls, rate
 
 
 async def measure_observed(stub: Stub, *, count: int, rounds: int, in_flight: int) -> Observed:
-    observed = Observed()
+    observed = Observed(signals=count, in_flight=min(in_flight, count))
     for round_number in range(rounds):
         # Alternate which style goes first, so neither always meets a warmer sidecar.
         styles = ["AwaitInstance", "GetStatus every 100 ms"]
@@ -175,9 +230,9 @@ async def measure_observed(stub: Stub, *, count: int, rounds: int, in_flight: in
             styles.reverse()
         for style in styles:
             ids = await start_parked(stub, APPROVE, count)
-            latencies, calls = await observe_all(stub, ids, style, in_flight)
-            observed.add(style, latencies, calls)
-            log(f"round {round_number + 1}: {style}: {count} observed")
+            callers, calls, rate = await observe_all(stub, ids, style, in_flight)
+            observed.add(style, callers, calls, rate)
+            log(f"round {round_number + 1}: {style}: {count} observed, {rate:.0f} completions/s")
     return observed
 
 
@@ -191,37 +246,70 @@ async def measure_w1(stub: Stub, count: int) -> tuple[float, float, float]:
     return rate, percentile(values, 50), percentile(values, 99)
 
 
+async def hold_streams(
+    address: str, pid: int, open_stream: Callable[[grpc.aio.Channel, int], Any], count: int
+) -> tuple[int, AsyncExitStack]:
+    """Open `count` streams (each `open_stream(channel, index)`, read once) and hold them;
+    the server's resident memory before, and a stack that cancels them all on close."""
+    gc.collect()
+    await asyncio.sleep(1.0)  # let the server settle after what came before
+    before = rss_bytes(pid)
+    stack = AsyncExitStack()
+    channels = [grpc.aio.insecure_channel(address) for _ in range(0, count, STREAMS_PER_CHANNEL)]
+    for channel in channels:
+        stack.push_async_callback(channel.close)
+    calls: list[Any] = []
+
+    def cancel_all() -> None:
+        for call in calls:
+            call.cancel()
+
+    stack.callback(cancel_all)
+    try:
+        for start in range(0, count, OPEN_BATCH):
+            batch = [
+                open_stream(channels[index // STREAMS_PER_CHANNEL], index)
+                for index in range(start, min(start + OPEN_BATCH, count))
+            ]
+            calls.extend(batch)
+            await asyncio.gather(*(call.read() for call in batch))
+    except BaseException:
+        await stack.aclose()
+        raise
+    await asyncio.sleep(1.0)
+    return before, stack
+
+
+async def measure_bare_streams(work_dir: Path, count: int) -> tuple[int, int]:
+    """The bare grpc.aio server's resident memory before and with `count` held streams:
+    what a held stream costs the transport alone, with nothing of the sidecar on it."""
+    async with echo_process(work_dir) as server:
+
+        def open_stream(channel: grpc.aio.Channel, index: int) -> Any:
+            hold: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                HOLD_METHOD
+            )
+            return hold(b"held")
+
+        before, held = await hold_streams(server.address, server.pid, open_stream, count)
+        async with held:
+            return before, rss_bytes(server.pid)
+
+
 async def measure_streams(address: str, stub: Stub, pid: int, *, count: int, w1: int) -> Streams:
     ids = await start_parked(stub, HOLD, count)
     w1_alone = await measure_w1(stub, w1)
-    gc.collect()
-    await asyncio.sleep(1.0)  # let the sidecar settle after the Runs
-    before = rss_bytes(pid)
-    channels = [grpc.aio.insecure_channel(address) for _ in range(0, count, STREAMS_PER_CHANNEL)]
-    calls: list[Any] = []
 
-    async def first(call: Any) -> None:
-        message = await call.read()
-        assert message.instance.status == pb.WORKFLOW_STATUS_WAITING
+    def open_stream(channel: grpc.aio.Channel, index: int) -> Any:
+        watch = pb_grpc.WorkflowHostAPIStub(channel)
+        return watch.WatchInstance(pb.WatchInstanceRequest(instance_id=ids[index]))
 
-    try:
-        for start in range(0, count, OPEN_BATCH):
-            batch = []
-            for index in range(start, min(start + OPEN_BATCH, count)):
-                watch = pb_grpc.WorkflowHostAPIStub(channels[index // STREAMS_PER_CHANNEL])
-                batch.append(watch.WatchInstance(pb.WatchInstanceRequest(instance_id=ids[index])))
-            calls.extend(batch)
-            await asyncio.gather(*(first(c) for c in batch))
+    before, held = await hold_streams(address, pid, open_stream, count)
+    async with held:
         log(f"{count} WatchInstance streams open")
-        await asyncio.sleep(1.0)
         after = rss_bytes(pid)
         w1_beside = await measure_w1(stub, w1)
         after = max(after, rss_bytes(pid))
-    finally:
-        for call in calls:
-            call.cancel()
-        for channel in channels:
-            await channel.close()
     return Streams(count, before, after, w1_alone, w1_beside)
 
 
@@ -241,21 +329,56 @@ async def measure(
         held = None
         if streams:
             held = await measure_streams(server.address, stub, server.pid, count=streams, w1=w1)
+    if held is not None:
+        held.bare = await measure_bare_streams(work_dir, streams)
     return observed, held
+
+
+def little_line(observed: Observed) -> str:
+    """What the engine's rate alone allows (Little's law), whatever observes completions."""
+    rate = statistics.median(observed.rates)
+    head = f"engine: {rate:.0f} completions/s (median of {len(observed.rates)} rounds); "
+    if observed.in_flight >= observed.signals:
+        return head + (
+            f"{observed.signals} signals sent at once: the last completes "
+            f"{observed.signals / rate * 1000:.0f} ms after the first Signal at the least"
+        )
+    return head + (
+        f"{observed.in_flight} in flight: {observed.in_flight / rate * 1000:.0f} ms each on "
+        "average (Little's law)"
+    )
+
+
+def bare_line(held: Streams) -> list[str]:
+    bare = held.bare_bytes_per_stream
+    if held.bare is None or bare is None:
+        return []
+    before, after = held.bare
+    return [
+        f"the same streams on a bare grpc.aio server: RSS {before / 2**20:.1f} MiB -> "
+        f"{after / 2**20:.1f} MiB, {bare / 1024:.1f} KiB per stream; the sidecar's own part "
+        f"{(held.bytes_per_stream - bare) / 1024:.1f} KiB"
+    ]
 
 
 def report(observed: Observed, held: Streams | None) -> str:
     lines = [
-        "W3 signal -> observed completion",
-        f"{'observed by':<24} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'rpcs each':>10}",
-        *(observed.row(style) for style in observed.latencies_s),
+        "W3 signal -> observed completion (its parts: the Signal rpc; the completion's commit,"
+        " the instance's end_time, -> seen)",
+        f"{'':<24} {'':>6} {'observed':>17} {'':>10} {'Signal rpc':>17} {'commit -> seen':>17}",
+        f"{'observed by':<24} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'rpcs each':>10}"
+        f" {'p50 ms':>8} {'p99 ms':>8} {'p50 ms':>8} {'p99 ms':>8}",
+        *(observed.row(style) for style in observed.callers),
     ]
+    if observed.rates:
+        lines.append(little_line(observed))
     if held is not None:
         lines += [
             "",
             f"{held.count} WatchInstance streams: sidecar RSS {held.rss_before / 2**20:.1f} MiB"
             f" -> {held.rss_after / 2**20:.1f} MiB, {held.bytes_per_stream / 1024:.1f} KiB per "
             f"stream (target < {TARGET_STREAM_BYTES / 1024:.0f} KiB)",
+            *bare_line(held),
             "W1 Run alone:          {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_alone),
             "W1 Run beside streams: {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_beside),
         ]

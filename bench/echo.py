@@ -9,13 +9,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 SERVICE = "okra.bench.v1.Echo"
 METHOD = f"/{SERVICE}/Echo"
+HOLD_METHOD = f"/{SERVICE}/Hold"
 READY_LINE = "echo listening on"
 
 
@@ -23,11 +24,25 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> 
     return request
 
 
+async def _hold(
+    request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[bytes]:
+    """Answer once, then hold the stream open until the caller cancels it: what a held
+    stream costs grpc.aio itself, with nothing of ours on it."""
+    yield request
+    await asyncio.get_running_loop().create_future()
+
+
 def build_echo_server(listen: str) -> tuple[grpc.aio.Server, int]:
-    """An unstarted server with one unary method that returns its request bytes unchanged."""
+    """An unstarted server with a unary method that returns its request bytes unchanged, and
+    a server-streaming one that answers with them once and then holds the stream."""
     # No serializers: the handler sees and returns the raw bytes, so no protobuf work at all.
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "Hold": grpc.unary_stream_rpc_method_handler(_hold),
+        },
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))

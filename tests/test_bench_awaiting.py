@@ -22,5 +22,8 @@ async def test_the_awaiting_bench_observes_completions_and_holds_streams(tmp_pat
     # Each AwaitInstance caller made its Signal and (at least) one AwaitInstance.
     assert observed.calls["AwaitInstance"] >= 10
     assert held is not None and held.count == 20 and held.rss_after > 0 and held.rss_before > 0
+    # The same streams were held on the bare grpc.aio server, to show the transport's part.
+    assert held.bare is not None and min(held.bare) > 0
     text = report(observed, held)
     assert "20 WatchInstance streams" in text and "W1 Run beside streams" in text
+    assert "on a bare grpc.aio server" in text

@@ -38,7 +38,7 @@ from okra_sidecar.errors import (
     Reason,
     instance_not_found,
 )
-from okra_sidecar.instances import NewInstance, QueryFilter, run_instance_id
+from okra_sidecar.instances import InstanceRecord, NewInstance, QueryFilter, run_instance_id
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import current_grant, current_identity
@@ -323,12 +323,12 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         )
         return pb.AwaitInstanceResponse(instance=record_to_pb(record))
 
-    async def WatchInstance(
+    def WatchInstance(
         self, request: pb.WatchInstanceRequest, context: Context
     ) -> AsyncIterator[pb.WatchInstanceResponse]:
+        # Not a generator of its own: a held stream would keep one more frame for its life.
         request.instance_id = rules.check_instance_id(request.instance_id)
-        async for record in self._waiting.watch(request.instance_id):
-            yield pb.WatchInstanceResponse(instance=record_to_pb(record))
+        return self._waiting.watch(request.instance_id, _watch_response)
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         limit = rules.check_query_limit(request.limit)
@@ -435,6 +435,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             events=[history_event_to_pb(eid, event) for eid, event in page.events],
             cursor=page.cursor,
         )
+
+
+def _watch_response(record: InstanceRecord) -> pb.WatchInstanceResponse:
+    return pb.WatchInstanceResponse(instance=record_to_pb(record))
 
 
 __all__ = [

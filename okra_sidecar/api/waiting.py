@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import TypeVar
 
 from okra_sidecar.errors import InvalidInputError, instance_not_found
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceRecord, InstanceStatus
@@ -11,6 +12,8 @@ from okra_sidecar.store.base import Store
 from okra_sidecar.store.change_feed import Change, ChangeFeed
 
 __all__ = ["MAX_AWAIT_S", "InstanceWaiting", "await_budget", "check_revision"]
+
+T = TypeVar("T")
 
 # A call without a deadline returns the instance as it is after this long.
 MAX_AWAIT_S = 60.0
@@ -94,25 +97,31 @@ class InstanceWaiting:
                 record = await self._read(instance_id)
             return record
 
-    async def watch(self, instance_id: str) -> AsyncIterator[InstanceRecord]:
-        """The instance now, then once per newer revision; ends after a final status.
+    async def watch(
+        self, instance_id: str, convert: Callable[[InstanceRecord], T]
+    ) -> AsyncIterator[T]:
+        """The instance now, then once per newer revision, each through `convert`; ends
+        after a final status. Between changes only the revision is kept, not the record.
 
         Raises:
             NotFoundError: the instance does not exist (or was purged while watched).
             StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
         """
         async with self._changes.watch(instance_id) as waiter:
-            record = await self._read(instance_id)
-            yield record
-            while not record.status.finished:
+            seen, read = -1, True
+            while True:
+                if read:
+                    record = await self._read(instance_id)
+                    if record.revision > seen:
+                        seen, finished = record.revision, record.status.finished
+                        yield convert(record)
+                        if finished:
+                            return
+                    del record  # a held stream waits with its revision only
                 await waiter.wait(None)
                 change, resync = waiter.take()
-                if not resync and change is not None and change.revision <= record.revision:
-                    continue  # announced before the read that already showed it
-                latest = await self._read(instance_id)
-                if latest.revision > record.revision:
-                    record = latest
-                    yield record
+                # A change announced before the read that already showed it needs no read.
+                read = resync or change is None or change.revision > seen
 
 
 def _of(change: Change) -> tuple[InstanceStatus, int]:

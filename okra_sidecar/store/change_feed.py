@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +55,16 @@ class ChangeWaiter:
     Changes that arrive before the caller looks again are folded into one: `latest` is the
     newest, and `resync` says that some may have gone unseen (a resubscription), so the
     caller must read the instance instead of trusting `latest`.
+
+    A held WatchInstance stream keeps one of these for as long as it is open, so it holds
+    no Event (a deque and a dict of its own): a future exists only while the caller waits.
     """
 
-    __slots__ = ("_error", "_event", "latest", "resync")
+    __slots__ = ("_error", "_wakeup", "_woken", "latest", "resync")
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._woken = False
         self._error: Exception | None = None
         self.latest: Change | None = None
         self.resync = False
@@ -71,11 +74,17 @@ class ChangeWaiter:
             self.resync = True
         elif self.latest is None or change.revision > self.latest.revision:
             self.latest = change
-        self._event.set()
+        self._wake()
 
     def fail(self, error: Exception) -> None:
         self._error = error
-        self._event.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._woken = True
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     async def wait(self, timeout_s: float | None) -> bool:
         """Wait up to `timeout_s` (None: for ever) for a change; False when none came.
@@ -83,14 +92,22 @@ class ChangeWaiter:
         Raises:
             StoreUnavailableError: the feed lost its connection, so changes may be missed.
         """
-        if not self._event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout_s)
+        if not self._woken:
+            wakeup = self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                if timeout_s is None:
+                    await wakeup
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout_s):
+                            await wakeup
+            finally:
+                self._wakeup = None
         if self._error is not None:
             raise self._error
-        if not self._event.is_set():
+        if not self._woken:
             return False
-        self._event.clear()
+        self._woken = False
         return True
 
     def take(self) -> tuple[Change | None, bool]:
@@ -100,13 +117,36 @@ class ChangeWaiter:
         return change, resync
 
 
+class _Watching:
+    """`async with feed.watch(id) as waiter`: joins the channel on entry, leaves on exit.
+
+    A class rather than an asynccontextmanager: a held stream keeps this for its whole
+    life, and a generator's frame (with the locals of the subscription) would cost more.
+    """
+
+    __slots__ = ("_channel", "_feed", "_waiter")
+
+    def __init__(self, feed: ChangeFeed, channel: str) -> None:
+        self._feed = feed
+        self._channel = channel
+        self._waiter = ChangeWaiter()
+
+    async def __aenter__(self) -> ChangeWaiter:
+        await self._feed._join(self._channel, self._waiter)
+        return self._waiter
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._feed._leave(self._channel, self._waiter)
+
+
 class ChangeFeed:
     """The sidecar's one subscription to instance change channels, shared by every waiter."""
 
     def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
-        self._waiters: dict[str, set[ChangeWaiter]] = {}
+        # A list, not a set: most channels have one waiter, and a held stream pays for it.
+        self._waiters: dict[str, list[ChangeWaiter]] = {}
         # SUBSCRIBE confirmations awaited, per channel, in the order the commands were sent.
         self._confirmations: dict[str, deque[asyncio.Future[None]]] = {}
         self._pubsub: Any = None  # redis.asyncio.client.PubSub while anybody waits
@@ -119,20 +159,20 @@ class ChangeFeed:
         """How many instance channels this sidecar is subscribed to now."""
         return len(self._waiters)
 
-    @contextlib.asynccontextmanager
-    async def watch(self, instance_id: str) -> AsyncIterator[ChangeWaiter]:
-        """Wait on one instance: subscribed (confirmed by Redis) on entry, so a caller that
-        reads the instance afterwards cannot miss a change committed after that read.
+    def watch(self, instance_id: str) -> _Watching:
+        """`async with feed.watch(id) as waiter`: wait on one instance, subscribed (confirmed
+        by Redis) on entry, so a caller that reads the instance afterwards cannot miss a
+        change committed after that read.
 
-        Raises:
-            StoreUnavailableError: Redis did not confirm the subscription.
+        Entering raises StoreUnavailableError when Redis did not confirm the subscription.
         """
-        channel = self._keys.changes(instance_id)
-        waiter = ChangeWaiter()
+        return _Watching(self, self._keys.changes(instance_id))
+
+    async def _join(self, channel: str, waiter: ChangeWaiter) -> None:
         waiters = self._waiters.get(channel)
         confirmed: asyncio.Future[None] | None = None
         if waiters is None:
-            self._waiters[channel] = {waiter}
+            self._waiters[channel] = [waiter]
             confirmed = asyncio.get_running_loop().create_future()
             pending = self._confirmations.setdefault(channel, deque())
             pending.append(confirmed)
@@ -144,15 +184,15 @@ class ChangeFeed:
                 self._leave(channel, waiter)
                 raise
         else:
-            waiters.add(waiter)
+            waiters.append(waiter)
             queued = self._confirmations.get(channel)
             confirmed = queued[-1] if queued else None
-        try:
-            if confirmed is not None:
+        if confirmed is not None:
+            try:
                 await self._confirmed(channel, confirmed)
-            yield waiter
-        finally:
-            self._leave(channel, waiter)
+            except BaseException:
+                self._leave(channel, waiter)
+                raise
 
     async def _confirmed(self, channel: str, confirmed: asyncio.Future[None]) -> None:
         try:
@@ -168,7 +208,8 @@ class ChangeFeed:
         waiters = self._waiters.get(channel)
         if waiters is None:
             return
-        waiters.discard(waiter)
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
         if not waiters:
             del self._waiters[channel]
             task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
