@@ -17,13 +17,19 @@ async def test_the_awaiting_bench_observes_completions_and_holds_streams(tmp_pat
     assert {style: len(v) for style, v in observed.latencies_s.items()} == {
         "AwaitInstance": 5,
         "GetStatus every 100 ms": 5,
+        "AwaitInstance, then Signal": 5,
     }
     assert all(seconds > 0 for values in observed.latencies_s.values() for seconds in values)
     # Each AwaitInstance caller made its Signal and (at least) one AwaitInstance.
     assert observed.calls["AwaitInstance"] >= 10
+    # Every caller's parts were timed, and each round's completion rate.
+    for callers in observed.callers.values():
+        assert all(c.signal_s > 0 and c.completed_at >= c.sent_at - 1 for c in callers)
+    assert len(observed.rates) == 3 and min(observed.rates) > 0
     assert held is not None and held.count == 20 and held.rss_after > 0 and held.rss_before > 0
     # The same streams were held on the bare grpc.aio server, to show the transport's part.
     assert held.bare is not None and min(held.bare) > 0
     text = report(observed, held)
     assert "20 WatchInstance streams" in text and "W1 Run beside streams" in text
+    assert "completions/s" in text and "commit -> seen" in text
     assert "on a bare grpc.aio server" in text

@@ -49,8 +49,9 @@ def _satisfied(
 class InstanceWaiting:
     """Answers once an instance is in a wanted state, and streams its changes.
 
-    Each waits on the feed subscribed first and reads the instance second, so a change
-    committed between the two is seen either in the read or as an announcement.
+    Each reads the instance first and answers from that read when nothing is left to wait
+    for. Otherwise it subscribes to the feed and reads again, so a change committed between
+    the subscription and the read is seen either in the read or as an announcement.
     """
 
     def __init__(self, *, store: Store, changes: ChangeFeed) -> None:
@@ -81,6 +82,11 @@ class InstanceWaiting:
         wanted = frozenset(statuses) or FINISHED_STATUSES
         loop = asyncio.get_running_loop()
         until = loop.time() + budget_s
+        # An instance already as wanted (often so for a caller that waits on a short run)
+        # answers from one read, without a subscription to make and take down.
+        record = await self._read(instance_id)
+        if _satisfied(record.status, record.revision, wanted, revision) or budget_s <= 0:
+            return record
         async with self._changes.watch(instance_id) as waiter:
             record = await self._read(instance_id)
             stale = False
@@ -107,6 +113,12 @@ class InstanceWaiting:
             NotFoundError: the instance does not exist (or was purged while watched).
             StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
         """
+        record = await self._read(instance_id)
+        if record.status.finished:
+            # Nothing more can change: no subscription is made.
+            yield convert(record)
+            return
+        del record
         async with self._changes.watch(instance_id) as waiter:
             seen, read = -1, True
             while True:
