@@ -1,4 +1,4 @@
-"""`okra-sidecar codegen`: typed input types and run helpers from workflow input schemas."""
+"""`okra-sidecar codegen`: typed inputs, outputs, signals and run helpers from definitions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from okra_sidecar.codegen.python import render_python
-from okra_sidecar.codegen.schema import CodegenError, pascal_case, translate_schema
+from okra_sidecar.codegen.schema import CodegenError, Shim, pascal_case, translate_schema
+from okra_sidecar.codegen.signals import listened_signals
 from okra_sidecar.codegen.typescript import RUNTIME_MODULE, render_runtime, render_typescript
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 
@@ -39,15 +40,31 @@ def _snake(text: str) -> str:
 def _render(definition: WorkflowDefinition, lang: str) -> tuple[str, str]:
     """(file name, source) of one workflow's shim."""
     name = pascal_case(definition.name)
+    # Names the module declares itself, which the schemas' types must not take.
+    taken = {f"{name}Handle", f"{name}Signal"}
     types = translate_schema(
-        definition.input_schema, root_name=f"{name}Input", source=definition.id
+        definition.input_schema, root_name=f"{name}Input", source=definition.id, taken=taken
     )
-    common = {"workflow_id": definition.id, "title": definition.title, "marker": MARKER}
+    output_check = definition.plan.output_schema
+    output = translate_schema(
+        output_check.schema if output_check else None,
+        root_name=f"{name}Output",
+        source=definition.id,
+        label="output.schema",
+        taken=taken,
+    )
+    shim = Shim(
+        workflow_id=definition.id,
+        title=definition.title,
+        marker=MARKER,
+        name=name,
+        input=types,
+        output=output,
+        signals=listened_signals(definition),
+    )
     if lang == "python":
-        source = render_python(types, function=f"run_{_snake(definition.name)}", **common)
-        return f"{module_name(definition)}.py", source
-    source = render_typescript(types, function=f"run{name}", **common)
-    return f"{module_name(definition)}.ts", source
+        return f"{module_name(definition)}.py", render_python(shim, snake=_snake(definition.name))
+    return f"{module_name(definition)}.ts", render_typescript(shim, function=name)
 
 
 def generate(lang: str, definitions: Iterable[WorkflowDefinition], out: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Render a workflow's types and `run_<name>` helper as a typed Python module."""
+"""Render a workflow's types, typed handle and helpers as a typed Python module."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from okra_sidecar.codegen.schema import (
     NamedType,
     ObjectDecl,
     PrimitiveType,
-    SchemaTypes,
+    Shim,
     TypeRef,
     UnionType,
 )
@@ -110,53 +110,151 @@ def _alias(decl: AliasDecl) -> list[str]:
     return lines
 
 
-def render_python(
-    types: SchemaTypes, *, workflow_id: str, title: str, function: str, marker: str
-) -> str:
-    """The module's source: the input types, WORKFLOW_ID and `async def <function>`."""
-    described = f"{workflow_id} ({title})" if title else workflow_id
-    blocks: list[list[str]] = []
-    for decl in types.declarations:
-        blocks.append(_object(decl) if isinstance(decl, ObjectDecl) else _alias(decl))
-    run = [
-        f"async def {function}(",
-        "    client: OkraClient,",
-        f"    input: {types.root},",
+def _handle(shim: Shim) -> list[str]:
+    """`<Name>Handle`: the client's WorkflowHandle with a typed result and typed signals."""
+    lines = [
+        f"class {shim.name}Handle:",
+        f'    """{shim.handle_summary}"""',
+        "",
+        "    def __init__(self, handle: WorkflowHandle) -> None:",
+        "        self.handle = handle",
+        "",
+        "    @property",
+        "    def id(self) -> str:",
+        "        return self.handle.id",
+        "",
+        "    async def result(",
+        "        self,",
+        "        *,",
+        "        timeout_s: float | None = None,",
+        f"    ) -> {shim.output.root}:",
+        '        """The output once completed (WorkflowFailedError if failed or cancelled)."""',
+        "        output = await self.handle.result(timeout_s=timeout_s)",
+        f"        return cast({json.dumps(shim.output.root)}, output)",
+    ]
+    if shim.signals:
+        lines += [
+            "",
+            "    async def signal(",
+            "        self,",
+            f"        signal: {shim.name}Signal,",
+            "        payload: Json = None,",
+            "        *,",
+            "        signal_id: str | None = None,",
+            "        timeout_s: float | None = None,",
+            "    ) -> SignalResult:",
+            '        """Deliver one of the signals the workflow listens for."""',
+            "        return await self.handle.signal(",
+            "            signal,",
+            "            payload,",
+            "            signal_id=signal_id,",
+            "            timeout_s=timeout_s,",
+            "        )",
+        ]
+    return lines
+
+
+def render_python(shim: Shim, *, snake: str) -> str:
+    """The module's source: the input and output types, the signals, WORKFLOW_ID, a typed
+    handle and `run_<snake>`, `start_<snake>` and `<snake>_handle`."""
+    blocks = shim.declarations(_object, _alias)
+    if shim.signals:
+        names = ", ".join(json.dumps(name) for name in shim.signals)
+        blocks.append(
+            [
+                "# The signals the workflow's listen tasks wait for.",
+                f"{shim.name}Signal: TypeAlias = Literal[{names}]",
+            ]
+        )
+    blocks.append(_handle(shim))
+    options = [
         "    *,",
         "    correlation_id: str | None = None,",
         "    tags: Mapping[str, str] | None = None,",
         "    request_id: str | None = None,",
         "    timeout_s: float | None = None,",
-        ") -> str:",
-        f'    """Start {workflow_id}; returns the new instance\'s id."""',
-        "    return await client.run(",
-        "        WORKFLOW_ID,",
-        "        input,",
+    ]
+    passed = [
         "        correlation_id=correlation_id,",
         "        tags=tags,",
         "        request_id=request_id,",
         "        timeout_s=timeout_s,",
-        "    )",
     ]
-    body = "\n\n\n".join("\n".join(block) for block in [*blocks, run])
+    blocks.append(
+        [
+            f"async def run_{snake}(",
+            "    client: OkraClient,",
+            f"    input: {shim.input.root},",
+            *options,
+            ") -> str:",
+            f'    """Start {shim.workflow_id}; returns the new instance\'s id."""',
+            "    return await client.run(",
+            "        WORKFLOW_ID,",
+            "        input,",
+            *passed,
+            "    )",
+        ]
+    )
+    blocks.append(
+        [
+            f"async def start_{snake}(",
+            "    client: OkraClient,",
+            f"    input: {shim.input.root},",
+            *options,
+            f") -> {shim.name}Handle:",
+            f'    """Start {shim.workflow_id}; returns a typed handle on the new instance."""',
+            "    handle = await client.start(",
+            "        WORKFLOW_ID,",
+            "        input,",
+            *passed,
+            "    )",
+            f"    return {shim.name}Handle(handle)",
+        ]
+    )
+    blocks.append(
+        [
+            f"def {snake}_handle(",
+            "    client: OkraClient,",
+            "    instance_id: str,",
+            f") -> {shim.name}Handle:",
+            f'    """A typed handle on an instance of {shim.workflow_id} that exists."""',
+            f"    return {shim.name}Handle(client.get_handle(instance_id))",
+        ]
+    )
+    body = "\n\n\n".join("\n".join(block) for block in blocks)
     # Import only the typing names the declarations use, so linters find nothing unused.
     used = [name for name in TYPING_NAMES if re.search(rf"\b{name}\b", body)]
-    names = ", ".join(json.dumps(n) for n in ["WORKFLOW_ID", types.root, function])
+    client_names = ["OkraClient", "WorkflowHandle"]
+    if shim.signals:
+        client_names = ["Json", "OkraClient", "SignalResult", "WorkflowHandle"]
+    exported = [
+        "WORKFLOW_ID",
+        shim.input.root,
+        shim.output.root,
+        *([f"{shim.name}Signal"] if shim.signals else []),
+        f"{shim.name}Handle",
+        f"run_{snake}",
+        f"start_{snake}",
+        f"{snake}_handle",
+    ]
     header = [
-        f'"""Typed input and run helper for workflow {described}.',
+        f'"""Typed input, output and helpers for workflow {shim.described}.',
         "",
-        f"{marker} from the workflow's input.schema; do not edit.",
+        f"{shim.marker} from the workflow's input.schema, output.schema and",
+        "listen tasks; do not edit.",
         '"""',
         "",
         "from __future__ import annotations",
         "",
         "from collections.abc import Mapping",
-        *([f"from typing import {', '.join(used)}"] if used else []),
+        f"from typing import {', '.join([*used, 'cast'])}",
         "",
-        "from okra_client import OkraClient",
+        f"from okra_client import {', '.join(client_names)}",
         "",
-        f"__all__ = [{names}]",
+        "__all__ = [",
+        *(f"    {json.dumps(n)}," for n in exported),
+        "]",
         "",
-        f"WORKFLOW_ID = {json.dumps(workflow_id)}",
+        f"WORKFLOW_ID = {json.dumps(shim.workflow_id)}",
     ]
     return "\n".join(header) + "\n\n\n" + body + "\n"

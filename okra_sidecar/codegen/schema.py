@@ -10,7 +10,7 @@ checks every Run against the full schema.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -29,6 +29,7 @@ __all__ = [
     "ObjectDecl",
     "PrimitiveType",
     "SchemaTypes",
+    "Shim",
     "TypeRef",
     "UnionType",
     "pascal_case",
@@ -112,6 +113,40 @@ class SchemaTypes:
     declarations: list[ObjectDecl | AliasDecl] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Shim:
+    """What one workflow's module holds: its id, types, and the signals it listens for."""
+
+    workflow_id: str
+    title: str
+    marker: str
+    name: str  # PascalCase, the prefix of the module's own names
+    input: SchemaTypes
+    output: SchemaTypes
+    signals: tuple[str, ...]
+
+    @property
+    def described(self) -> str:
+        return f"{self.workflow_id} ({self.title})" if self.title else self.workflow_id
+
+    @property
+    def handle_summary(self) -> str:
+        """The typed handle's one-line description."""
+        listens = " and the signals it listens for" if self.signals else ""
+        return f"An instance of {self.workflow_id}: its typed result{listens}."
+
+    def declarations(
+        self,
+        object_lines: Callable[[ObjectDecl], list[str]],
+        alias_lines: Callable[[AliasDecl], list[str]],
+    ) -> list[list[str]]:
+        """The input's declarations, then the output's, each rendered as lines."""
+        return [
+            object_lines(decl) if isinstance(decl, ObjectDecl) else alias_lines(decl)
+            for decl in (*self.input.declarations, *self.output.declarations)
+        ]
+
+
 PRIMITIVES = ("string", "integer", "number", "boolean", "null")
 
 
@@ -123,17 +158,26 @@ def pascal_case(text: str) -> str:
 
 
 class _Translator:
-    def __init__(self, document: Mapping[str, Any], *, source: str, prefix: str) -> None:
+    def __init__(
+        self,
+        document: Mapping[str, Any],
+        *,
+        source: str,
+        prefix: str,
+        label: str,
+        taken: set[str],
+    ) -> None:
         self.document = document
         self.source = source
+        self.label = label
         # Names of $ref'd declarations start with the workflow's: OrderAddress.
         self.prefix = prefix
         self.result = SchemaTypes(root="")
-        self.taken: set[str] = set()
+        self.taken = taken
         self.by_pointer: dict[str, str] = {}
 
     def fail(self, where: str, problem: str) -> CodegenError:
-        return CodegenError(f"{self.source}: input.schema at {where or '/'}: {problem}")
+        return CodegenError(f"{self.source}: {self.label} at {where or '/'}: {problem}")
 
     def unique(self, wanted: str) -> str:
         name, n = wanted, 2
@@ -297,14 +341,28 @@ def union(options: list[TypeRef]) -> TypeRef:
 
 
 def translate_schema(
-    schema: Mapping[str, Any] | None, *, root_name: str, source: str
+    schema: Mapping[str, Any] | None,
+    *,
+    root_name: str,
+    source: str,
+    label: str = "input.schema",
+    taken: set[str] | None = None,
 ) -> SchemaTypes:
     """The declarations for `schema`, the root one named `root_name`.
+
+    `label` names the schema in errors; `taken` holds names already used in the module (the
+    names declared here are added), so that two schemas of one workflow never collide.
 
     Raises:
         CodegenError: an external or dangling `$ref`, a `false` schema, an unknown type.
     """
-    translator = _Translator(schema or {}, source=source, prefix=root_name.removesuffix("Input"))
+    translator = _Translator(
+        schema or {},
+        source=source,
+        prefix=re.sub(r"(Input|Output)$", "", root_name),
+        label=label,
+        taken=set() if taken is None else taken,
+    )
     translator.result.root = translator.unique(root_name)
     translator.by_pointer["#"] = translator.result.root
     root = schema or {}

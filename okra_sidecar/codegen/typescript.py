@@ -1,4 +1,4 @@
-"""Render a workflow's types and `run<Name>` helper as a typed TypeScript module."""
+"""Render a workflow's types, typed handle and helpers as a typed TypeScript module."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from okra_sidecar.codegen.schema import (
     NamedType,
     ObjectDecl,
     PrimitiveType,
-    SchemaTypes,
+    Shim,
     TypeRef,
     UnionType,
 )
@@ -84,6 +84,18 @@ export interface WorkflowRunner {{
   }}): Promise<string>;
 }}
 
+/** A handle on one instance, such as clients/node's WorkflowHandle. */
+export interface InstanceHandle {{
+  readonly id: string;
+  result(options?: {{ timeoutMs?: number }}): Promise<unknown>;
+  signal(signal: string, payload?: unknown, signalId?: string): Promise<void>;
+}}
+
+/** Any client that hands out instance handles, such as clients/node's OkraClient. */
+export interface HandleSource {{
+  getHandle(instanceId: string): InstanceHandle;
+}}
+
 export interface RunOptions {{
   correlationId?: string;
   tags?: Record<string, string>;
@@ -93,32 +105,91 @@ export interface RunOptions {{
 """
 
 
-def render_typescript(
-    types: SchemaTypes, *, workflow_id: str, title: str, function: str, marker: str
-) -> str:
-    """The module's source: the input types, WORKFLOW_ID and `<function>()`."""
-    described = f"{workflow_id} ({title})" if title else workflow_id
-    blocks = [
-        _object(decl) if isinstance(decl, ObjectDecl) else _alias(decl)
-        for decl in types.declarations
+def _handle(shim: Shim) -> list[str]:
+    lines = [
+        f"/** {shim.handle_summary} */",
+        f"export class {shim.name}Handle {{",
+        "  constructor(readonly handle: InstanceHandle) {}",
+        "",
+        "  get id(): string {",
+        "    return this.handle.id;",
+        "  }",
+        "",
+        "  /** The output once completed (rejects if it failed or was cancelled). */",
+        f"  async result(options: {{ timeoutMs?: number }} = {{}}): Promise<{shim.output.root}> {{",
+        f"    return (await this.handle.result(options)) as {shim.output.root};",
+        "  }",
     ]
-    run = [
-        f"/** Start {described}; resolves to the instance id. */",
-        f"export function {function}(",
-        "  client: WorkflowRunner,",
-        f"  input: {types.root},",
-        "  options: RunOptions = {},",
-        "): Promise<string> {",
-        "  return client.run({ ...options, workflowId: WORKFLOW_ID, input });",
-        "}",
+    if shim.signals:
+        lines += [
+            "",
+            "  /** Deliver one of the signals the workflow listens for. */",
+            f"  signal(signal: {shim.name}Signal, payload?: unknown, signalId?: string):"
+            " Promise<void> {",
+            "    return this.handle.signal(signal, payload, signalId);",
+            "  }",
+        ]
+    return [*lines, "}"]
+
+
+def render_typescript(shim: Shim, *, function: str) -> str:
+    """The module's source: the input and output types, the signals, WORKFLOW_ID, a typed
+    handle, `run<Name>()`, `start<Name>()` and `<name>Handle()`."""
+    blocks = shim.declarations(_object, _alias)
+    if shim.signals:
+        names = " | ".join(json.dumps(name) for name in shim.signals)
+        blocks.append(
+            [
+                "/** The signals the workflow's listen tasks wait for. */",
+                f"export type {shim.name}Signal = {names};",
+            ]
+        )
+    blocks.append(_handle(shim))
+    handle_function = f"{function[0].lower()}{function[1:]}Handle"
+    blocks += [
+        [
+            f"/** Start {shim.described}; resolves to the instance id. */",
+            f"export function run{function}(",
+            "  client: WorkflowRunner,",
+            f"  input: {shim.input.root},",
+            "  options: RunOptions = {},",
+            "): Promise<string> {",
+            "  return client.run({ ...options, workflowId: WORKFLOW_ID, input });",
+            "}",
+        ],
+        [
+            f"/** Start {shim.described}; resolves to a typed handle on the instance. */",
+            f"export async function start{function}(",
+            "  client: WorkflowRunner & HandleSource,",
+            f"  input: {shim.input.root},",
+            "  options: RunOptions = {},",
+            f"): Promise<{shim.name}Handle> {{",
+            f"  return {handle_function}(client, await run{function}(client, input, options));",
+            "}",
+        ],
+        [
+            f"/** A typed handle on an instance of {shim.workflow_id} that exists. */",
+            f"export function {handle_function}(",
+            "  client: HandleSource,",
+            "  instanceId: string,",
+            f"): {shim.name}Handle {{",
+            f"  return new {shim.name}Handle(client.getHandle(instanceId));",
+            "}",
+        ],
     ]
     header = [
-        f"// Typed input and run helper for workflow {described}.",
-        f"// {marker} from the workflow's input.schema; do not edit.",
+        f"// Typed input, output and helpers for workflow {shim.described}.",
+        f"// {shim.marker} from the workflow's input.schema, output.schema and listen",
+        "// tasks; do not edit.",
         "",
-        f'import type {{ RunOptions, WorkflowRunner }} from "./{RUNTIME_MODULE}";',
+        "import type {",
+        "  HandleSource,",
+        "  InstanceHandle,",
+        "  RunOptions,",
+        "  WorkflowRunner,",
+        f'}} from "./{RUNTIME_MODULE}";',
         "",
-        f"export const WORKFLOW_ID = {json.dumps(workflow_id)};",
+        f"export const WORKFLOW_ID = {json.dumps(shim.workflow_id)};",
     ]
-    body = "\n\n".join("\n".join(block) for block in [*blocks, run])
+    body = "\n\n".join("\n".join(block) for block in blocks)
     return "\n".join(header) + "\n\n" + body + "\n"

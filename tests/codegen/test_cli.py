@@ -22,6 +22,7 @@ def test_writes_each_module_and_says_so(tmp_path: Path, capsys: pytest.CaptureFi
         "_runtime.ts",
         "shop_checkout_v2_1_0.ts",
         "shop_ping_v1_0_0.ts",
+        "shop_refund_v1_0_0.ts",
     }
 
 

@@ -25,6 +25,7 @@ from tests.codegen.support import (
 from tests.helpers import make_settings, running_sidecar
 
 BIN = Path(sys.executable).parent
+CALL_TIMEOUT_S = 20.0  # a bound for the test only
 MYPY_ERROR = r"^{file}:(?P<line>\d+): error:"
 
 CALLER = """\
@@ -33,8 +34,9 @@ from __future__ import annotations
 from typing import Any
 
 from okra_client import OkraClient
-from shims.shop_checkout_v2_1_0 import CheckoutInput, run_checkout
-from shims.shop_ping_v1_0_0 import run_ping
+from shims.shop_checkout_v2_1_0 import CheckoutInput, CheckoutOutput, run_checkout, start_checkout
+from shims.shop_ping_v1_0_0 import ping_handle, run_ping
+from shims.shop_refund_v1_0_0 import RefundOutput, refund_handle, start_refund
 
 
 async def place(client: OkraClient) -> str:
@@ -55,13 +57,27 @@ async def place(client: OkraClient) -> str:
     }
     await run_ping(client, [1, "anything"])
     return await run_checkout(client, order, correlation_id="c-1", request_id="r-1")
+
+
+async def decide(client: OkraClient, instance_id: str) -> tuple[bool, int]:
+    refund = refund_handle(client, instance_id)
+    await refund.signal("approve", {"by": "grace"}, signal_id="s-1")
+    decided: RefundOutput = await refund.result(timeout_s=5)
+    started = await start_refund(client, {"amountCents": 5}, tags={"via": "shim"})
+    await started.signal("reject")
+    checkout = await start_checkout(client, {"orderId": "A-1", "customer": {"id": "c"},
+        "lines": [], "payment": {"method": "card", "token": "t"}})
+    placed: CheckoutOutput = await checkout.result()
+    anything: Any = await ping_handle(client, started.id).result()
+    return decided["approved"] and decided["by"] != "", placed["lines"] + len(str(anything))
 """
 
 WRONG_CALLERS = """\
 from __future__ import annotations
 
 from okra_client import OkraClient
-from shims.shop_checkout_v2_1_0 import CheckoutInput, CheckoutMoney, run_checkout
+from shims.shop_checkout_v2_1_0 import CheckoutInput, CheckoutMoney, checkout_handle, run_checkout
+from shims.shop_refund_v1_0_0 import refund_handle
 
 GOOD: CheckoutMoney = {"amountCents": 1, "currency": "EUR"}
 
@@ -76,6 +92,18 @@ async def wrong(client: OkraClient, order: CheckoutInput) -> None:
     order["lines"][0]["category"] = {"name": "a", "parent": {"name": 1}}  # expect-error
     await run_checkout(client, {"orderId": "A-1"})  # expect-error
     await run_checkout(client, order, retries=3)  # expect-error
+
+
+async def wrong_handles(client: OkraClient) -> None:
+    refund = refund_handle(client, "i-1")
+    await refund.signal("aprove")  # expect-error
+    decided = await refund.result()
+    amount: int = decided["by"]  # expect-error
+    print(decided["amount"])  # expect-error
+    placed = await checkout_handle(client, "i-2").result()
+    order_id: int = placed["orderId"]  # expect-error
+    await checkout_handle(client, "i-2").signal("approve")  # expect-error
+    print(amount, order_id)
 """
 
 
@@ -112,6 +140,7 @@ def test_generated_modules_are_lint_clean(project: Path) -> None:
         "__init__.py",
         "shop_checkout_v2_1_0.py",
         "shop_ping_v1_0_0.py",
+        "shop_refund_v1_0_0.py",
     ]
     for command in (["format", "--check"], ["check", "--select", "E,F,W,I,UP,B,N"]):
         result = subprocess.run(
@@ -152,6 +181,7 @@ def test_stale_modules_are_removed_and_others_kept(tmp_path: Path) -> None:
         "__init__.py",
         "mine.py",
         "shop_checkout_v2_1_0.py",
+        "shop_refund_v1_0_0.py",
     ]
 
 
@@ -182,3 +212,39 @@ async def test_generated_helper_runs_the_workflow(
     assert done.workflow_id == shim.WORKFLOW_ID == "shop.checkout.2.1.0"
     assert done.status is WorkflowStatus.COMPLETED
     assert done.output == {"orderId": "A-9", "lines": 1}
+
+
+async def test_typed_handles_send_signals_and_return_results(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    generate(WORKFLOWS_DIR, tmp_path / "shims")
+    refund = load(tmp_path / "shims" / "shop_refund_v1_0_0.py")
+    checkout = load(tmp_path / "shims" / "shop_checkout_v2_1_0.py")
+    order = {
+        "orderId": "A-7",
+        "customer": {"id": "c-1"},
+        "lines": [{"sku": "mug", "quantity": 1, "price": {"amountCents": 5, "currency": "USD"}}],
+        "payment": {"method": "card", "token": "tok"},
+    }
+    settings = make_settings(redis_url, workflows=WORKFLOWS_DIR)
+    async with running_sidecar(settings) as (sidecar, _):
+        async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
+            approved = await refund.start_refund(client, {"amountCents": 500})
+            await approved.signal("approve", {"by": "grace"})
+            rejected = refund.refund_handle(
+                client, await refund.run_refund(client, {"amountCents": 9})
+            )
+            await rejected.signal("reject", {"by": "ada"})
+            assert await approved.result(timeout_s=CALL_TIMEOUT_S) == {
+                "approved": True,
+                "by": "grace",
+            }
+            assert await rejected.result(timeout_s=CALL_TIMEOUT_S) == {
+                "approved": False,
+                "by": "ada",
+            }
+            placed = await checkout.start_checkout(client, order)
+            assert await placed.result(timeout_s=CALL_TIMEOUT_S) == {"orderId": "A-7", "lines": 1}
+            instance = await client.get_status(approved.id)
+    assert instance.workflow_id == refund.WORKFLOW_ID
+    assert isinstance(approved, refund.RefundHandle) and approved.id == approved.handle.id

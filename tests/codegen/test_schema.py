@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from okra_sidecar.codegen.python import render_python
-from okra_sidecar.codegen.schema import CodegenError, pascal_case, translate_schema
+from okra_sidecar.codegen.schema import CodegenError, Shim, pascal_case, translate_schema
+from okra_sidecar.codegen.signals import listened_signals
 from okra_sidecar.codegen.typescript import render_typescript
+from okra_sidecar.engine.definitions.dsl import load_definition_text
+from tests.codegen.support import WORKFLOWS_DIR
+
+
+def shim(schema: dict[str, Any] | None) -> Shim:
+    taken: set[str] = set()
+    return Shim(
+        workflow_id="t.order.1.0.0",
+        title="",
+        marker="m",
+        name="Order",
+        input=translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0", taken=taken),
+        output=translate_schema(None, root_name="OrderOutput", source="t.order.1.0.0", taken=taken),
+        signals=(),
+    )
 
 
 def ts(schema: dict[str, Any] | None) -> str:
-    types = translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
-    text = render_typescript(
-        types, workflow_id="t.order.1.0.0", title="", function="runOrder", marker="m"
-    )
-    return text.split('export const WORKFLOW_ID = "t.order.1.0.0";\n\n', 1)[1].split("/** Start")[0]
+    text = render_typescript(shim(schema), function="Order")
+    body = text.split('export const WORKFLOW_ID = "t.order.1.0.0";\n\n', 1)[1]
+    return body.split("export type OrderOutput = unknown;")[0]
 
 
 def py(schema: dict[str, Any] | None) -> str:
-    types = translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
-    text = render_python(
-        types, workflow_id="t.order.1.0.0", title="", function="run_order", marker="m"
-    )
-    return text.split('WORKFLOW_ID = "t.order.1.0.0"\n\n\n', 1)[1].split("async def")[0].strip()
+    text = render_python(shim(schema), snake="order")
+    body = text.split('WORKFLOW_ID = "t.order.1.0.0"\n\n\n', 1)[1]
+    return body.split('OrderOutput: TypeAlias = "Any"')[0].strip()
 
 
 def test_no_schema_is_any_json() -> None:
@@ -161,3 +174,35 @@ def test_names() -> None:
         "properties": {"a": {"$ref": "#/$defs/input"}, "b": {"type": "object", "properties": {}}},
     }
     assert "export type OrderInput2 = string;" in ts(schema)
+
+
+def test_output_schema_errors_say_so_and_names_are_shared_with_the_input() -> None:
+    with pytest.raises(CodegenError, match="unknown type") as caught:
+        translate_schema(
+            {"properties": {"a": {"type": "decimal"}}},
+            root_name="OrderOutput",
+            source="t.order.1.0.0",
+            label="output.schema",
+        )
+    assert str(caught.value).startswith("t.order.1.0.0: output.schema at /properties/a")
+    money = {"$defs": {"money": {"type": "object", "properties": {"cents": {"type": "integer"}}}}}
+    schema = {"type": "object", "properties": {"m": {"$ref": "#/$defs/money"}}, **money}
+    taken = {"OrderHandle"}
+    given = translate_schema(schema, root_name="OrderInput", source="t", taken=taken)
+    taken_back = translate_schema(schema, root_name="OrderOutput", source="t", taken=taken)
+    assert sorted(d.name for d in given.declarations) == ["OrderInput", "OrderMoney"]
+    assert sorted(d.name for d in taken_back.declarations) == ["OrderMoney2", "OrderOutput"]
+
+
+def test_signals_are_the_constant_types_that_listen_tasks_wait_for() -> None:
+    refund = load_definition_text((WORKFLOWS_DIR / "refund.yaml").read_text(), source="refund.yaml")
+    assert listened_signals(refund) == ("approve", "reject")
+    text = render_python(replace(shim(None), signals=listened_signals(refund)), snake="order")
+    assert 'OrderSignal: TypeAlias = Literal["approve", "reject"]' in text
+    assert "    async def signal(" in text
+    # Without a listen, a handle has no signal method and the module no signal type.
+    checkout = load_definition_text(
+        (WORKFLOWS_DIR / "checkout.yaml").read_text(), source="checkout.yaml"
+    )
+    assert listened_signals(checkout) == ()
+    assert "signal" not in render_typescript(shim(None), function="Order").lower()

@@ -23,8 +23,14 @@ CLIENT = (NODE_DIR / "src" / "client").as_posix()
 
 CALLER = f"""\
 import {{ OkraClient }} from "{CLIENT}";
-import {{ CheckoutInput, runCheckout }} from "./shims/shop_checkout_v2_1_0";
+import {{
+  CheckoutInput,
+  CheckoutOutput,
+  checkoutHandle,
+  runCheckout,
+}} from "./shims/shop_checkout_v2_1_0";
 import {{ runPing }} from "./shims/shop_ping_v1_0_0";
+import {{ RefundOutput, refundHandle, startRefund }} from "./shims/shop_refund_v1_0_0";
 
 export async function place(client: OkraClient): Promise<string> {{
   const order: CheckoutInput = {{
@@ -45,11 +51,27 @@ export async function place(client: OkraClient): Promise<string> {{
   await runPing(client, [1, "anything"]);
   return runCheckout(client, order, {{ correlationId: "c-1", requestId: "r-1" }});
 }}
+
+export async function decide(client: OkraClient, instanceId: string): Promise<boolean> {{
+  const refund = refundHandle(client, instanceId);
+  await refund.signal("approve", {{ by: "grace" }}, "s-1");
+  const decided: RefundOutput = await refund.result({{ timeoutMs: 5000 }});
+  const started = await startRefund(client, {{ amountCents: 5 }}, {{ tags: {{ via: "shim" }} }});
+  await started.signal("reject");
+  const placed: CheckoutOutput = await checkoutHandle(client, started.id).result();
+  return decided.approved && placed.lines > 0;
+}}
 """
 
 WRONG_CALLERS = f"""\
 import {{ OkraClient }} from "{CLIENT}";
-import {{ CheckoutInput, CheckoutMoney, runCheckout }} from "./shims/shop_checkout_v2_1_0";
+import {{ refundHandle }} from "./shims/shop_refund_v1_0_0";
+import {{
+  CheckoutInput,
+  CheckoutMoney,
+  checkoutHandle,
+  runCheckout,
+}} from "./shims/shop_checkout_v2_1_0";
 
 export async function wrong(client: OkraClient, order: CheckoutInput): Promise<void> {{
   const badCurrency: CheckoutMoney = {{ amountCents: 1, currency: "GBP" }}; // expect-error
@@ -62,6 +84,18 @@ export async function wrong(client: OkraClient, order: CheckoutInput): Promise<v
   await runCheckout(client, {{ orderId: "A-1" }}); // expect-error
   await runCheckout({{}}, order); // expect-error
   console.log(badCurrency, noAmount, textAmount, extra);
+}}
+
+export async function wrongHandles(client: OkraClient): Promise<void> {{
+  const refund = refundHandle(client, "i-1");
+  await refund.signal("aprove"); // expect-error
+  const decided = await refund.result();
+  const amount: number = decided.by; // expect-error
+  console.log(decided.amount); // expect-error
+  const placed = await checkoutHandle(client, "i-2").result();
+  const orderId: number = placed.orderId; // expect-error
+  await checkoutHandle(client, "i-2").signal("approve"); // expect-error
+  console.log(amount, orderId);
 }}
 """
 
@@ -108,4 +142,5 @@ def test_tsc_checks_callers_and_notices_a_schema_change(
     result = tsc(node, project, "caller.ts")
     assert result.returncode != 0
     assert "'orderId' does not exist in type 'CheckoutInput'" in result.stdout, result.stdout
-    assert error_lines(result.stdout, "caller.ts", TSC_ERROR) == {7}, result.stdout
+    renamed = next(n for n, line in enumerate(CALLER.splitlines(), 1) if 'orderId: "A-1"' in line)
+    assert error_lines(result.stdout, "caller.ts", TSC_ERROR) == {renamed}, result.stdout
