@@ -257,9 +257,7 @@ async def subscribe_calls(redis: Redis) -> int:
     return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
 
 
-async def test_waiting_on_a_final_instance_subscribes_to_nothing(
-    stub: Stub, redis: Redis
-) -> None:
+async def test_waiting_on_a_final_instance_subscribes_to_nothing(stub: Stub, redis: Redis) -> None:
     waiting = await start_waiting(stub)
     await approve(stub, waiting.instance_id)
     request = pb.AwaitInstanceRequest(instance_id=waiting.instance_id)
