@@ -154,75 +154,64 @@ def _handle(shim: Shim) -> list[str]:
     return lines
 
 
-def render_python(shim: Shim, *, snake: str) -> str:
-    """The module's source: the input and output types, the signals, WORKFLOW_ID, a typed
-    handle and `run_<snake>`, `start_<snake>` and `<snake>_handle`."""
-    blocks = shim.declarations(_object, _alias)
-    if shim.signals:
-        names = ", ".join(json.dumps(name) for name in shim.signals)
-        blocks.append(
-            [
-                "# The signals the workflow's listen tasks wait for.",
-                f"{shim.name}Signal: TypeAlias = Literal[{names}]",
-            ]
-        )
-    blocks.append(_handle(shim))
-    options = [
-        "    *,",
-        "    correlation_id: str | None = None,",
-        "    tags: Mapping[str, str] | None = None,",
-        "    request_id: str | None = None,",
-        "    timeout_s: float | None = None,",
+# The options every starting helper takes, and how it passes them on to the client.
+OPTIONS = [
+    "    *,",
+    "    correlation_id: str | None = None,",
+    "    tags: Mapping[str, str] | None = None,",
+    "    request_id: str | None = None,",
+    "    timeout_s: float | None = None,",
+]
+PASSED = [
+    "        correlation_id=correlation_id,",
+    "        tags=tags,",
+    "        request_id=request_id,",
+    "        timeout_s=timeout_s,",
+]
+
+
+def _helpers(shim: Shim, snake: str) -> list[list[str]]:
+    """`run_<snake>`, `start_<snake>` and `<snake>_handle`."""
+    run = [
+        f"async def run_{snake}(",
+        "    client: OkraClient,",
+        f"    input: {shim.input.root},",
+        *OPTIONS,
+        ") -> str:",
+        f'    """Start {shim.workflow_id}; returns the new instance\'s id."""',
+        "    return await client.run(",
+        "        WORKFLOW_ID,",
+        "        input,",
+        *PASSED,
+        "    )",
     ]
-    passed = [
-        "        correlation_id=correlation_id,",
-        "        tags=tags,",
-        "        request_id=request_id,",
-        "        timeout_s=timeout_s,",
+    start = [
+        f"async def start_{snake}(",
+        "    client: OkraClient,",
+        f"    input: {shim.input.root},",
+        *OPTIONS,
+        f") -> {shim.name}Handle:",
+        f'    """Start {shim.workflow_id}; returns a typed handle on the new instance."""',
+        "    handle = await client.start(",
+        "        WORKFLOW_ID,",
+        "        input,",
+        *PASSED,
+        "    )",
+        f"    return {shim.name}Handle(handle)",
     ]
-    blocks.append(
-        [
-            f"async def run_{snake}(",
-            "    client: OkraClient,",
-            f"    input: {shim.input.root},",
-            *options,
-            ") -> str:",
-            f'    """Start {shim.workflow_id}; returns the new instance\'s id."""',
-            "    return await client.run(",
-            "        WORKFLOW_ID,",
-            "        input,",
-            *passed,
-            "    )",
-        ]
-    )
-    blocks.append(
-        [
-            f"async def start_{snake}(",
-            "    client: OkraClient,",
-            f"    input: {shim.input.root},",
-            *options,
-            f") -> {shim.name}Handle:",
-            f'    """Start {shim.workflow_id}; returns a typed handle on the new instance."""',
-            "    handle = await client.start(",
-            "        WORKFLOW_ID,",
-            "        input,",
-            *passed,
-            "    )",
-            f"    return {shim.name}Handle(handle)",
-        ]
-    )
-    blocks.append(
-        [
-            f"def {snake}_handle(",
-            "    client: OkraClient,",
-            "    instance_id: str,",
-            f") -> {shim.name}Handle:",
-            f'    """A typed handle on an instance of {shim.workflow_id} that exists."""',
-            f"    return {shim.name}Handle(client.get_handle(instance_id))",
-        ]
-    )
-    body = "\n\n\n".join("\n".join(block) for block in blocks)
-    # Import only the typing names the declarations use, so linters find nothing unused.
+    handle = [
+        f"def {snake}_handle(",
+        "    client: OkraClient,",
+        "    instance_id: str,",
+        f") -> {shim.name}Handle:",
+        f'    """A typed handle on an instance of {shim.workflow_id} that exists."""',
+        f"    return {shim.name}Handle(client.get_handle(instance_id))",
+    ]
+    return [run, start, handle]
+
+
+def _header(shim: Shim, snake: str, body: str) -> list[str]:
+    """The docstring, imports (only the typing names `body` uses), `__all__`, WORKFLOW_ID."""
     used = [name for name in TYPING_NAMES if re.search(rf"\b{name}\b", body)]
     client_names = ["OkraClient", "WorkflowHandle"]
     if shim.signals:
@@ -237,7 +226,7 @@ def render_python(shim: Shim, *, snake: str) -> str:
         f"start_{snake}",
         f"{snake}_handle",
     ]
-    header = [
+    return [
         f'"""Typed input, output and helpers for workflow {shim.described}.',
         "",
         f"{shim.marker} from the workflow's input.schema, output.schema and",
@@ -257,4 +246,21 @@ def render_python(shim: Shim, *, snake: str) -> str:
         "",
         f"WORKFLOW_ID = {json.dumps(shim.workflow_id)}",
     ]
-    return "\n".join(header) + "\n\n\n" + body + "\n"
+
+
+def render_python(shim: Shim, *, snake: str) -> str:
+    """The module's source: the input and output types, the signals, WORKFLOW_ID, a typed
+    handle and `run_<snake>`, `start_<snake>` and `<snake>_handle`."""
+    blocks = shim.declarations(_object, _alias)
+    if shim.signals:
+        names = ", ".join(json.dumps(name) for name in shim.signals)
+        blocks.append(
+            [
+                "# The signals the workflow's listen tasks wait for.",
+                f"{shim.name}Signal: TypeAlias = Literal[{names}]",
+            ]
+        )
+    blocks.append(_handle(shim))
+    blocks += _helpers(shim, snake)
+    body = "\n\n\n".join("\n".join(block) for block in blocks)
+    return "\n".join(_header(shim, snake, body)) + "\n\n\n" + body + "\n"
