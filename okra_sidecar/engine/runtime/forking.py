@@ -65,7 +65,17 @@ def fork_supported() -> bool:
         and platform.machine() in _CLONE_SYSCALL
         and hasattr(os, "pidfd_open")
         and hasattr(signal, "pidfd_send_signal")
+        and _pidfd_works()
     )
+
+
+def _pidfd_works() -> bool:
+    """Whether the kernel (or an emulator such as valgrind) answers pidfd_open at all."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def _fork_sibling() -> int:
