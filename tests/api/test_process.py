@@ -57,9 +57,33 @@ async def start_process(
         cwd=Path(__file__).parent.parent.parent,
     )
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-    assert b"listening on" in line, line
+    try:
+        # Generous: on a busy 2-core host a start takes tens of seconds.
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        assert b"listening on" in line, line
+    except BaseException:
+        # A sidecar left running would write into the next test's Redis.
+        process.kill()
+        await process.wait()
+        raise
     return process
+
+
+async def start_processes(
+    redis_url: str, ports: list[int], *, env: Mapping[str, str] | None = None
+) -> list[asyncio.subprocess.Process]:
+    """One sidecar per port, started together; none left running if any fails to start."""
+    started = await asyncio.gather(
+        *(start_process(redis_url, port, env=env) for port in ports), return_exceptions=True
+    )
+    processes = [p for p in started if isinstance(p, asyncio.subprocess.Process)]
+    failures = [e for e in started if isinstance(e, BaseException)]
+    if failures:
+        for process in processes:
+            process.kill()
+            await process.wait()
+        raise failures[0]
+    return processes
 
 
 @asynccontextmanager

@@ -6,7 +6,6 @@ twice (the sidecars race for each firing) and none missed (the survivors carry o
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 
@@ -19,7 +18,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.schedules import FIRE_TIME_TAG, SCHEDULE_TAG, format_fire_time
-from tests.api.test_process import channel_to, free_port, start_process
+from tests.api.test_process import channel_to, free_port, start_processes
 from tests.helpers import eventually, value
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ async def test_three_sidecars_start_one_instance_per_firing_though_one_is_killed
 ) -> None:
     ports = [free_port() for _ in range(3)]
     env = {"OKRA_SCHEDULE_TICK_MS": "50"}
-    processes = await asyncio.gather(*(start_process(redis_url, p, env=env) for p in ports))
+    processes = await start_processes(redis_url, ports, env=env)
     try:
         start = (int(time.time()) + 3) * 1000
         end = start + SPAN_S * 1000
