@@ -4,6 +4,7 @@ store."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 
 from okra_sidecar.api.convert import BULK_ACTION_FROM_PB, bulk_to_pb, value_to_python
+from okra_sidecar.api.gate import PolicyGate
 from okra_sidecar.api.servicer import MAX_REASON, check_text, query_filter
 from okra_sidecar.bulks import BulkAction, BulkSpec
 from okra_sidecar.clock import Clock, now_ms
@@ -28,7 +30,7 @@ from okra_sidecar.errors import (
 from okra_sidecar.instances import INSTANCE_ID_RE, QueryFilter
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.document import BULK_MAX_INSTANCES
-from okra_sidecar.policy.model import current_grant
+from okra_sidecar.policy.model import CallGrant, WorkflowRef
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.bulk_store import RedisBulkStore
 from okra_sidecar.telemetry import tracing
@@ -52,66 +54,102 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         store: Store,
         bulks: RedisBulkStore,
         settings: HostSettings,
+        gate: PolicyGate,
         clock: Clock = now_ms,
     ) -> None:
+        self._gate = gate
         self._store = store
         self._bulks = bulks
         self._settings = settings
         self._clock = clock
 
     async def Suspend(self, request: opb.SuspendRequest, context: Context) -> opb.SuspendResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        check_text(request.reason, "reason", MAX_REASON)
-        workflow_id = await self._store.suspend(
-            request.instance_id,
-            reason=request.reason,
-            now_ms=self._clock(),
-            # Applied only if the status the policy decided on still holds.
-            expect_status=current_grant().expected_status,
-        )
-        tracing.annotate(workflow_id=workflow_id)
+        await self._change_status("Suspend", request, context, self._store.suspend)
         return opb.SuspendResponse()
 
     async def Resume(self, request: opb.ResumeRequest, context: Context) -> opb.ResumeResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        check_text(request.reason, "reason", MAX_REASON)
-        workflow_id = await self._store.resume(
-            request.instance_id,
-            reason=request.reason,
-            now_ms=self._clock(),
-            expect_status=current_grant().expected_status,
-        )
-        tracing.annotate(workflow_id=workflow_id)
+        await self._change_status("Resume", request, context, self._store.resume)
         return opb.ResumeResponse()
 
-    async def Retry(self, request: opb.RetryRequest, context: Context) -> opb.RetryResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        check_text(request.reason, "reason", MAX_REASON)
-        variables: dict[str, Any] = {}
-        if request.HasField("variables"):
-            rules.check_input_size(
-                request.variables.ByteSize(), self._settings.max_input_bytes, field="variables"
+    async def _change_status(
+        self,
+        method: str,
+        request: opb.SuspendRequest | opb.ResumeRequest,
+        context: Context,
+        change: Callable[..., Awaitable[str]],
+    ) -> None:
+        """Suspend or Resume: one script, applied only if the status the policy decided on
+        still holds."""
+        instance_id = rules.check_instance_id(request.instance_id)
+
+        async def apply(grant: CallGrant) -> None:
+            check_text(request.reason, "reason", MAX_REASON)
+            workflow_id = await change(
+                instance_id,
+                reason=request.reason,
+                now_ms=self._clock(),
+                expect_status=grant.expected_status,
             )
-            variables = {k: value_to_python(v) for k, v in request.variables.fields.items()}
-            rules.check_input_depth(variables, self._settings.max_input_depth, field="variables")
-        workflow_id, task = await retry_instance(
-            self._store,
-            request.instance_id,
-            reason=request.reason,
-            now_ms=self._clock(),
-            variables=variables,
+            tracing.annotate(workflow_id=workflow_id)
+
+        await self._gate.on_instance(
+            context, method, instance_id, reason=request.reason, apply=apply
         )
-        tracing.annotate(workflow_id=workflow_id)
-        return opb.RetryResponse(task=task)
+
+    async def Retry(self, request: opb.RetryRequest, context: Context) -> opb.RetryResponse:
+        instance_id = rules.check_instance_id(request.instance_id)
+
+        async def retry(grant: CallGrant) -> opb.RetryResponse:
+            # retry.lua applies it under the revision it read, whatever the policies saw.
+            check_text(request.reason, "reason", MAX_REASON)
+            variables: dict[str, Any] = {}
+            if request.HasField("variables"):
+                rules.check_input_size(
+                    request.variables.ByteSize(), self._settings.max_input_bytes, field="variables"
+                )
+                variables = {k: value_to_python(v) for k, v in request.variables.fields.items()}
+                rules.check_input_depth(
+                    variables, self._settings.max_input_depth, field="variables"
+                )
+            workflow_id, task = await retry_instance(
+                self._store,
+                instance_id,
+                reason=request.reason,
+                now_ms=self._clock(),
+                variables=variables,
+            )
+            tracing.annotate(workflow_id=workflow_id)
+            return opb.RetryResponse(task=task)
+
+        return await self._gate.on_instance(
+            context, "Retry", instance_id, reason=request.reason, apply=retry
+        )
 
     async def Delete(self, request: opb.DeleteRequest, context: Context) -> opb.DeleteResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        await self._store.delete(request.instance_id)
-        return opb.DeleteResponse()
+        instance_id = rules.check_instance_id(request.instance_id)
+
+        async def delete(grant: CallGrant) -> opb.DeleteResponse:
+            await self._store.delete(instance_id)
+            return opb.DeleteResponse()
+
+        return await self._gate.on_instance(context, "Delete", instance_id, apply=delete)
 
     async def StartBulkOperation(
         self, request: opb.StartBulkOperationRequest, context: Context
     ) -> opb.StartBulkOperationResponse:
+        # Decided on the action and the filter's workflow before any other field is checked.
+        action = opb.BulkAction.Name(request.action).removeprefix("BULK_ACTION_").lower()
+        workflow = None
+        if request.filter.workflow_id:
+            rules.check_workflow_id(request.filter.workflow_id)
+            workflow = WorkflowRef.parse(request.filter.workflow_id)
+        grant = await self._gate.bulk(
+            context,
+            "StartBulkOperation",
+            {"action": action, "dryRun": request.dry_run},
+            workflow=workflow,
+            reason=request.reason,
+        )
         spec = self._bulk_spec(request)
         if request.filter.limit or request.filter.cursor:
             field = "filter.limit" if request.filter.limit else "filter.cursor"
@@ -119,7 +157,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
                 field, "must be unset: a bulk operation acts on every matching instance"
             )
         matching = query_filter(request.filter, limit=QUERY_PAGE, field="filter.")
-        granted = current_grant().bulk_max_instances
+        granted = grant.bulk_max_instances
         limit = granted or DEFAULT_BULK_MAX_INSTANCES
         instance_ids = await self._matching(matching, limit, policy_set=granted is not None)
         response = opb.StartBulkOperationResponse(
@@ -186,6 +224,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
     async def GetBulkOperation(
         self, request: opb.GetBulkOperationRequest, context: Context
     ) -> opb.GetBulkOperationResponse:
+        await self._gate.bulk(context, "GetBulkOperation", {"id": request.operation_id})
         operation_id = _check_operation_id(request.operation_id)
         record = await self._bulks.get(operation_id)
         if record is None:
@@ -195,6 +234,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
     async def CancelBulkOperation(
         self, request: opb.CancelBulkOperationRequest, context: Context
     ) -> opb.CancelBulkOperationResponse:
+        await self._gate.bulk(context, "CancelBulkOperation", {"id": request.operation_id})
         operation_id = _check_operation_id(request.operation_id)
         outcome = await self._bulks.cancel(operation_id, now_ms=self._clock())
         if outcome[0] == "missing":
@@ -215,6 +255,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
     async def ListBulkOperations(
         self, request: opb.ListBulkOperationsRequest, context: Context
     ) -> opb.ListBulkOperationsResponse:
+        await self._gate.bulk(context, "ListBulkOperations", {"id": ""})
         return opb.ListBulkOperationsResponse(
             operations=[bulk_to_pb(r) for r in await self._bulks.recent()]
         )

@@ -16,6 +16,7 @@ from okra_sidecar.api.convert import (
     schedule_to_pb,
     value_to_python,
 )
+from okra_sidecar.api.resource_gates import ScheduleGate
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.scheduler import FiringAuthorizer, Scheduler
@@ -87,10 +88,12 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
         scheduler: Scheduler,
         registry: WorkflowRegistry,
         settings: HostSettings,
+        gate: ScheduleGate,
         owner: Callable[[], Mapping[str, Any]] = no_owner,
         authorize: FiringAuthorizer | None = None,
     ) -> None:
         self._authorize = authorize
+        self._gate = gate
         self._scheduler = scheduler
         self._registry = registry
         self._settings = settings
@@ -103,6 +106,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
         self, request: spb.TriggerWorkflowRequest, context: Context
     ) -> spb.TriggerWorkflowResponse:
         rules.check_workflow_id(request.workflow_id)
+        await self._gate.trigger(context, request.workflow_id)
         rules.check_input_size(request.input.ByteSize(), self._settings.max_input_bytes)
         _check_text(request.request_id, "request_id")
         _check_text(request.cron_expression, "cron_expression")
@@ -151,6 +155,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
     async def ListSchedules(
         self, request: spb.ListSchedulesRequest, context: Context
     ) -> spb.ListSchedulesResponse:
+        visible = await self._gate.listing(context, request.workflow_id)
         if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
             raise InvalidInputError.for_field("limit", f"must be 0 to {MAX_LIST_LIMIT}")
         if request.workflow_id:
@@ -162,12 +167,14 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
             cursor=request.cursor,
         )
         return spb.ListSchedulesResponse(
-            schedules=[self._to_pb(r, count) for r in page.schedules], cursor=page.cursor
+            schedules=[self._to_pb(r, count) for r in visible.shown(page.schedules)],
+            cursor=page.cursor,
         )
 
     async def GetSchedule(
         self, request: spb.GetScheduleRequest, context: Context
     ) -> spb.GetScheduleResponse:
+        await self._gate.one(context, "GetSchedule", request.schedule_id)
         _check_schedule_id(request.schedule_id)
         count = _next_fire_count(request.next_fire_count, 5)
         record = await self._scheduler.get(request.schedule_id)
@@ -176,6 +183,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
     async def PauseSchedule(
         self, request: spb.PauseScheduleRequest, context: Context
     ) -> spb.PauseScheduleResponse:
+        await self._gate.one(context, "PauseSchedule", request.schedule_id)
         _check_schedule_id(request.schedule_id)
         record = await self._scheduler.pause(request.schedule_id)
         return spb.PauseScheduleResponse(schedule=self._to_pb(record, 5))
@@ -183,6 +191,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
     async def ResumeSchedule(
         self, request: spb.ResumeScheduleRequest, context: Context
     ) -> spb.ResumeScheduleResponse:
+        await self._gate.one(context, "ResumeSchedule", request.schedule_id)
         _check_schedule_id(request.schedule_id)
         record = await self._scheduler.resume(request.schedule_id)
         return spb.ResumeScheduleResponse(schedule=self._to_pb(record, 5))
@@ -190,6 +199,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
     async def DeleteSchedule(
         self, request: spb.DeleteScheduleRequest, context: Context
     ) -> spb.DeleteScheduleResponse:
+        await self._gate.one(context, "DeleteSchedule", request.schedule_id)
         _check_schedule_id(request.schedule_id)
         await self._scheduler.delete(request.schedule_id)
         return spb.DeleteScheduleResponse()

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import grpc
@@ -17,31 +18,41 @@ from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.admission import CAUSE_ATTRIBUTE
 from okra_sidecar.api.convert import (
+    STATUS_FROM_PB,
+    STATUS_TO_PB,
     check_statuses,
     history_event_to_pb,
     optional_time_ms,
     record_to_pb,
     value_to_python,
 )
+from okra_sidecar.api.gate import ParsedInput, PolicyGate, RunTarget
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
 from okra_sidecar.engine.interpreter.effects import signal_event
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
-from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.registry import RegisteredWorkflow, WorkflowRegistry
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import (
     FailedPreconditionError,
     FieldViolation,
     InvalidInputError,
+    NotFoundError,
     PreconditionViolation,
     Reason,
     instance_not_found,
 )
-from okra_sidecar.instances import InstanceRecord, NewInstance, QueryFilter, run_instance_id
+from okra_sidecar.instances import (
+    InstanceRecord,
+    InstanceStatus,
+    NewInstance,
+    QueryFilter,
+    run_instance_id,
+)
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
-from okra_sidecar.policy.model import current_grant, current_identity
+from okra_sidecar.policy.model import CallGrant, WorkflowRef, current_identity
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.change_feed import ChangeFeed
 from okra_sidecar.store.effect_store import RedisEffectStore
@@ -164,9 +175,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         metrics: SidecarMetrics | None = None,
         effects: RedisEffectStore | None = None,
         changes: ChangeFeed,
+        gate: PolicyGate,
         causation: CausationGuard | None = None,
         clock: Clock = now_ms,
     ) -> None:
+        self._gate = gate
         self._causation = causation
         self._waiting = InstanceWaiting(store=store, changes=changes)
         self._clock = clock
@@ -184,15 +197,41 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         cause = await self._causation.verify(signed)
         return await self._causation.admit(cause, workflow_id)
 
-    async def _new_instance(self, request: pb.RunRequest, context: Context) -> NewInstance:
+    async def _run_target(
+        self, request: pb.RunRequest
+    ) -> tuple[RegisteredWorkflow | None, RunTarget]:
+        """The workflow a Run names, looked up once for the policies and the instance
+        (`namespace.name` is its newest version), and what the policies decide on. None when
+        it is not registered: the policies decide first, and the Run then says NOT_FOUND."""
+        try:
+            registered = await self._registry.resolve(request.workflow_id)
+            workflow = WorkflowRef.parse(registered.definition.id)
+        except NotFoundError:
+            registered, workflow = None, WorkflowRef.parse(request.workflow_id)
+        return registered, RunTarget(
+            workflow=workflow,
+            instance_id=run_instance_id(workflow.full_id, request.request_id),
+            tags=dict(request.tags),
+            parsed=ParsedInput(request.input if request.HasField("input") else None),
+        )
+
+    async def _new_instance(
+        self,
+        request: pb.RunRequest,
+        context: Context,
+        registered: RegisteredWorkflow | None,
+        target: RunTarget,
+        grant: CallGrant,
+    ) -> NewInstance:
         """The instance a Run request asks for, its request checked by the code-level rules."""
-        rules.check_workflow_id(request.workflow_id)
-        rules.check_input_size(request.input.ByteSize(), self._settings.max_input_bytes)
+        parsed, instance_id = target.parsed, target.instance_id
+        rules.check_input_size(parsed.size, self._settings.max_input_bytes)
         check_text(request.correlation_id, "correlation_id")
         check_text(request.request_id, "request_id")
         tags = dict(request.tags)
         _check_tags(tags)
-        registered = await self._registry.resolve(request.workflow_id)
+        # Not registered: resolving again raises its NOT_FOUND, now that the policies allowed.
+        registered = registered or await self._registry.resolve(request.workflow_id)
         definition = registered.definition
         if not self._settings.enable_manual_triggers:
             raise FailedPreconditionError(
@@ -206,12 +245,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             )
         rules.check_not_self(definition.key, _caller_workflow(context))
         ancestors = await self._ancestors(context, definition.id)
-        data = value_to_python(request.input) if request.HasField("input") else {}
+        data = parsed.data if parsed.value is not None else {}
         rules.check_input_depth(data, self._settings.max_input_depth)
         rules.check_input_schema(data, registered.input_validator)
-        # The policy interceptor chose the id already, so that its audit record names it.
-        grant = current_grant()
-        instance_id = grant.instance_id or run_instance_id(definition.id, request.request_id)
         created_us = time.time_ns() // 1000
         tracing.annotate(instance_id=instance_id)
         # The policy set that allowed this Run fixed its limits and timeouts (a CallGrant).
@@ -235,19 +271,25 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             ),
         )
 
-    def _admission(self) -> dict[str, Any]:
-        return admission(self._settings.max_concurrent_instances, current_grant().run_limits)
+    def _admission(self, grant: CallGrant) -> dict[str, Any]:
+        return admission(self._settings.max_concurrent_instances, grant.run_limits)
 
     async def Run(self, request: pb.RunRequest, context: Context) -> pb.RunResponse:
-        new = await self._new_instance(request, context)
-        await self._store.create_instance(new, **self._admission())
-        return pb.RunResponse(instance_id=new.instance_id)
+        rules.check_workflow_id(request.workflow_id)
+        registered, target = await self._run_target(request)
+
+        async def create(grant: CallGrant) -> pb.RunResponse:
+            new = await self._new_instance(request, context, registered, target, grant)
+            await self._store.create_instance(new, **self._admission(grant))
+            return pb.RunResponse(instance_id=new.instance_id)
+
+        return await self._gate.run(context, target, create)
 
     def _signal_event(
         self, signal: str, payload_value: Value | None, signal_id: str
     ) -> dict[str, Any]:
-        """The CloudEvent a signal is delivered as, its fields checked by the code-level rules."""
-        rules.check_signal_name(signal)
+        """The CloudEvent a signal is delivered as (its name checked before the policies),
+        its fields checked by the code-level rules."""
         size = payload_value.ByteSize() if payload_value is not None else 0
         rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
         check_text(signal_id, "signal_id")
@@ -259,64 +301,83 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         # CloudEvents distributed tracing: the turn that consumes it links to this call.
         return {**event, **tracing.event_trace_fields()}
 
-    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
+    def _delivery(
+        self, request: pb.SignalRequest | pb.SignalWithStartRequest, grant: CallGrant
+    ) -> dict[str, Any]:
+        """The store's arguments for a signal: its CloudEvent, delivered once per id and only
+        while the instance has the status the policy decided on."""
         payload = request.payload if request.HasField("payload") else None
         event = self._signal_event(request.signal, payload, request.signal_id)
-        duplicate = await self._store.signal(
-            request.instance_id,
-            signal_id=event["id"],
-            event=event,
-            now_ms=self._clock(),
-            # Applied only if the status the policy decided on still holds.
-            expect_status=current_grant().expected_status,
+        return {
+            "signal_id": event["id"],
+            "event": event,
+            "now_ms": self._clock(),
+            "expect_status": grant.expected_status,
+        }
+
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        instance_id = rules.check_instance_id(request.instance_id)
+        rules.check_signal_name(request.signal)
+
+        async def deliver(grant: CallGrant) -> pb.SignalResponse:
+            delivery = self._delivery(request, grant)
+            duplicate = await self._store.signal(instance_id, **delivery)
+            if not duplicate:
+                self._metrics.signal_delivered()
+            return pb.SignalResponse(signal_id=delivery["signal_id"], duplicate=duplicate)
+
+        return await self._gate.on_instance(
+            context, "Signal", instance_id, signal=request.signal, apply=deliver
         )
-        if not duplicate:
-            self._metrics.signal_delivered()
-        return pb.SignalResponse(signal_id=event["id"], duplicate=duplicate)
 
     async def SignalWithStart(
         self, request: pb.SignalWithStartRequest, context: Context
     ) -> pb.SignalWithStartResponse:
+        run = request.run
         with fields_under("run."):
-            check_request_id(request.run.request_id)
-            new = await self._new_instance(request.run, context)
-        payload = request.payload if request.HasField("payload") else None
-        event = self._signal_event(request.signal, payload, request.signal_id)
-        started, duplicate = await self._store.signal_with_start(
-            new,
-            signal_id=event["id"],
-            event=event,
-            now_ms=self._clock(),
-            expect_status=current_grant().expected_status,
-            **self._admission(),
-        )
-        if not duplicate:
-            self._metrics.signal_delivered()
-        return pb.SignalWithStartResponse(
-            instance_id=new.instance_id,
-            started=started,
-            signal_id=event["id"],
-            duplicate=duplicate,
-        )
+            rules.check_workflow_id(run.workflow_id)
+            check_request_id(run.request_id)
+        rules.check_signal_name(request.signal)
+        registered, target = await self._run_target(run)
+
+        async def signal_or_start(grant: CallGrant) -> pb.SignalWithStartResponse:
+            with fields_under("run."):
+                new = await self._new_instance(run, context, registered, target, grant)
+            delivery = self._delivery(request, grant)
+            started, duplicate = await self._store.signal_with_start(
+                new, **delivery, **self._admission(grant)
+            )
+            if not duplicate:
+                self._metrics.signal_delivered()
+            return pb.SignalWithStartResponse(
+                instance_id=new.instance_id,
+                started=started,
+                signal_id=delivery["signal_id"],
+                duplicate=duplicate,
+            )
+
+        return await self._gate.signal_with_start(context, target, request.signal, signal_or_start)
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.WorkflowInstance:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        record = await self._store.get_instance(request.instance_id)
+        instance_id = rules.check_instance_id(request.instance_id)
+        record = await self._store.get_instance(instance_id)
         if record is None:
-            raise instance_not_found(request.instance_id)
+            raise instance_not_found(instance_id)
+        await self._gate.read(context, "GetStatus", instance_id, record.workflow_id)
         return record_to_pb(record)
 
     async def AwaitInstance(
         self, request: pb.AwaitInstanceRequest, context: Context
     ) -> pb.AwaitInstanceResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
+        instance_id = rules.check_instance_id(request.instance_id)
+        # A malformed request is INVALID_ARGUMENT whether or not the instance exists.
         statuses = check_statuses(request.statuses, "statuses")
         revision = check_revision(request.revision if request.HasField("revision") else None)
+        await self._gate.read_before_waiting(context, "AwaitInstance", instance_id)
         record = await self._waiting.await_instance(
-            request.instance_id,
+            instance_id,
             statuses=statuses,
             revision=revision,
             budget_s=await_budget(context.time_remaining()),
@@ -327,10 +388,32 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         self, request: pb.WatchInstanceRequest, context: Context
     ) -> AsyncIterator[pb.WatchInstanceResponse]:
         # Not a generator of its own: a held stream would keep one more frame for its life.
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        return self._waiting.watch(request.instance_id, _watch_response)
+        instance_id = rules.check_instance_id(request.instance_id)
+        decide = partial(self._gate.read_before_waiting, context, "WatchInstance", instance_id)
+        return self._waiting.watch(instance_id, _watch_response, decide=decide)
+
+    async def _decide_query(
+        self, request: pb.QueryRequest | pb.CountRequest, context: Context, limit: int
+    ) -> None:
+        """Query's and Count's policies, which may narrow the request's statuses and page."""
+        if request.workflow_id:
+            rules.check_workflow_id(request.workflow_id)
+        grant = await self._gate.query(
+            context,
+            "Count" if isinstance(request, pb.CountRequest) else "Query",
+            workflow_id=request.workflow_id,
+            tags=dict(request.tags),
+            statuses=tuple(STATUS_FROM_PB[s].value for s in request.status if s in STATUS_FROM_PB),
+            limit=limit,
+        )
+        if grant.query_statuses is not None and not request.status:
+            request.status.extend(STATUS_TO_PB[InstanceStatus(s)] for s in grant.query_statuses)
+        if grant.query_limit is not None and isinstance(request, pb.QueryRequest):
+            request.limit = grant.query_limit
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        rules.check_query_limit(request.limit)
+        await self._decide_query(request, context, request.limit)
         limit = rules.check_query_limit(request.limit)
         page = await self._store.query(query_filter(request, limit=limit, cursor=request.cursor))
         return pb.QueryResponse(
@@ -338,25 +421,35 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         )
 
     async def Count(self, request: pb.CountRequest, context: Context) -> pb.CountResponse:
+        await self._decide_query(request, context, 0)
         return pb.CountResponse(count=await self._store.count(query_filter(request)))
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
-        check_text(request.reason, "reason", MAX_REASON)
-        workflow_id = await cancel_instance(
-            self._store,
-            request.instance_id,
-            reason=request.reason,
-            now_ms=self._clock(),
-            expect_status=current_grant().expected_status,
+        instance_id = rules.check_instance_id(request.instance_id)
+
+        async def cancel(grant: CallGrant) -> pb.CancelResponse:
+            check_text(request.reason, "reason", MAX_REASON)
+            workflow_id = await cancel_instance(
+                self._store,
+                instance_id,
+                reason=request.reason,
+                now_ms=self._clock(),
+                expect_status=grant.expected_status,
+            )
+            self._metrics.instance_finished(workflow_id, "cancelled")
+            return pb.CancelResponse()
+
+        return await self._gate.on_instance(
+            context, "Cancel", instance_id, reason=request.reason, apply=cancel
         )
-        self._metrics.instance_finished(workflow_id, "cancelled")
-        return pb.CancelResponse()
 
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         manual = ["manual"] if self._settings.enable_manual_triggers else []
+        definitions = await self._registry.list()
+        # "The workflows they may run": what the run policies would refuse is hidden.
+        shown = await self._gate.runnable(context, [d.id for d in definitions])
         return pb.ListWorkflowsResponse(
             workflows=[
                 pb.WorkflowInfo(
@@ -368,11 +461,14 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                     title=d.title,
                     summary=d.summary,
                 )
-                for d in await self._registry.list()
+                for d, show in zip(definitions, shown, strict=True)
+                if show
             ]
         )
 
     async def Emit(self, request: pb.EmitRequest, context: Context) -> pb.EmitResponse:
+        event_fields = {"type": request.type, "source": request.source, "subject": request.subject}
+        await self._gate.emit(context, event_fields)
         if not request.type:
             raise InvalidInputError.for_field("type", "is required")
         if request.type.startswith(RESERVED_EVENT_PREFIX):
@@ -428,9 +524,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: Context
     ) -> pb.GetHistoryResponse:
-        request.instance_id = rules.check_instance_id(request.instance_id)
+        instance_id = rules.check_instance_id(request.instance_id)
+        # A malformed request is INVALID_ARGUMENT whether or not the instance exists.
         limit = rules.check_query_limit(request.limit)
-        page = await self._store.history(request.instance_id, after=request.cursor, limit=limit)
+        await self._gate.history(context, instance_id)
+        page = await self._store.history(instance_id, after=request.cursor, limit=limit)
         return pb.GetHistoryResponse(
             events=[history_event_to_pb(eid, event) for eid, event in page.events],
             cursor=page.cursor,

@@ -13,8 +13,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,6 +22,7 @@ from okra_client.gen.worker.v1 import worker_pb2 as wpb
 from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 
 from okra_sidecar.api.convert import python_to_value, value_to_python
+from okra_sidecar.api.resource_gates import TaskGate
 from okra_sidecar.clock import now_ms
 from okra_sidecar.engine.interpreter.effects import iso_time, result_event
 from okra_sidecar.errors import ERROR_TYPE_PREFIX, InvalidInputError, OkraError, PolicyDeniedError
@@ -31,7 +31,7 @@ from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
 from okra_sidecar.store.stream_ids import parse_stream_id
 
-__all__ = ["POLL_GATE", "TaskWorkerServicer"]
+__all__ = ["TaskWorkerServicer", "check_problem", "parse_task_id"]
 
 logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -41,11 +41,6 @@ MAX_IN_FLIGHT = 1000
 MAX_PROBLEM_TYPE = 256
 # An absolute URI (RFC 3986: a scheme, then no spaces), as RFC 7807 asks of a problem type.
 PROBLEM_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
-# The PollTasks policy check, which the PolicyInterceptor sets for its stream: run again before
-# each task goes out, so a policy changed while the stream is open applies to the next task.
-POLL_GATE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
-    "okra_poll_gate", default=None
-)
 
 
 def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -110,11 +105,13 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         self,
         *,
         effects: RedisEffectStore,
+        gate: TaskGate,
         lease_ms: int,
         read_block_ms: int = 1000,
         max_input_depth: int = 32,
     ) -> None:
         self._max_input_depth = max_input_depth
+        self._gate = gate
         self._effects = effects
         self._lease_ms = lease_ms
         self._read_block_ms = read_block_ms
@@ -183,6 +180,9 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def PollTasks(  # noqa: N802 - the rpc's name
         self, request: wpb.PollTasksRequest, context: Context
     ) -> AsyncIterator[wpb.PollTasksResponse]:
+        # Decided before the request is checked, and again before each task goes out, so a
+        # policy changed while the stream is open applies to the next task.
+        await self._gate.queue(context, "PollTasks", request.service)
         if not SERVICE_RE.fullmatch(request.service):
             raise InvalidInputError.for_field(
                 "service", "must be a lowercase label (letters, digits, dashes)"
@@ -197,7 +197,6 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         pollers = self._pollers.setdefault(request.worker_id, [])
         pollers.append(poller)
         service, worker = request.service, request.worker_id
-        gate = POLL_GATE.get()
         next_claim = 0.0
         try:
             while True:
@@ -224,8 +223,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     )
                     batch = [(task, 1) for task in fresh]
                 for index, (task, attempt) in enumerate(batch):
-                    if gate is not None:
-                        await self._check_before_handing_out(gate, service, worker, batch[index:])
+                    await self._check_before_handing_out(context, service, worker, batch[index:])
                     lease_until = now_ms() + self._lease_ms
                     poller.held[f"{task.service}/{task.entry_id}"] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
@@ -238,7 +236,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
 
     async def _check_before_handing_out(
         self,
-        gate: Callable[[], Awaitable[None]],
+        context: Context,
         service: str,
         worker: str,
         unsent: list[tuple[TaskEntry, int]],
@@ -249,7 +247,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             OkraError: the policy now refuses the caller (the stream ends with it).
         """
         try:
-            await gate()
+            await self._gate.queue(context, "PollTasks", service)
         except OkraError:
             entries = [task.entry_id for task, _ in unsent]
             await self._effects.release_tasks(service, worker, entries, lease_ms=self._lease_ms)
@@ -261,9 +259,14 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                 poller.release(task_id)
 
     async def _finish(
-        self, task_id: str, lease: str, value: Any, error: dict[str, Any] | None
+        self,
+        task_id: str,
+        entry: tuple[str, str],
+        lease: str,
+        value: Any,
+        error: dict[str, Any] | None,
     ) -> bool:
-        service, entry_id = parse_task_id(task_id)
+        service, entry_id = entry
         worker = await self._lease_holder(task_id, lease)
         task = await self._effects.get_task(service, entry_id)
         if task is None:
@@ -281,14 +284,18 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def CompleteTask(  # noqa: N802 - the rpc's name
         self, request: wpb.CompleteTaskRequest, context: Context
     ) -> wpb.CompleteTaskResponse:
+        entry = parse_task_id(request.task_id)
+        await self._gate.queue(context, "CompleteTask", entry[0])
         result = value_to_python(request.result) if request.HasField("result") else None
         rules.check_input_depth(result, self._max_input_depth, field="result")
-        accepted = await self._finish(request.task_id, request.lease, result, None)
+        accepted = await self._finish(request.task_id, entry, request.lease, result, None)
         return wpb.CompleteTaskResponse(accepted=accepted)
 
     async def FailTask(  # noqa: N802 - the rpc's name
         self, request: wpb.FailTaskRequest, context: Context
     ) -> wpb.FailTaskResponse:
+        entry = parse_task_id(request.task_id)
+        await self._gate.queue(context, "FailTask", entry[0])
         check_problem(request)
         error = {
             "type": request.type or ERROR_TYPE_PREFIX + "runtime",
@@ -296,22 +303,23 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             "title": request.title or "Worker task failed",
             "detail": request.detail,
         }
-        accepted = await self._finish(request.task_id, request.lease, None, error)
+        accepted = await self._finish(request.task_id, entry, request.lease, None, error)
         return wpb.FailTaskResponse(accepted=accepted)
 
     async def Heartbeat(  # noqa: N802 - the rpc's name
         self, request: wpb.HeartbeatRequest, context: Context
     ) -> wpb.HeartbeatResponse:
+        by_service: dict[str, list[str]] = {}
+        for index, task_id in enumerate(request.task_ids):
+            service, entry_id = parse_task_id(task_id, field=f"task_ids[{index}]")
+            by_service.setdefault(service, []).append(entry_id)
+        await self._gate.heartbeat(context, sorted(by_service))
         if not WORKER_ID_RE.fullmatch(request.worker_id):
             raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
         if len(request.leases) != len(request.task_ids):
             raise InvalidInputError.for_field(
                 "leases", "must hold the Task.lease of each task in task_ids, in the same order"
             )
-        by_service: dict[str, list[str]] = {}
-        for index, task_id in enumerate(request.task_ids):
-            service, entry_id = parse_task_id(task_id, field=f"task_ids[{index}]")
-            by_service.setdefault(service, []).append(entry_id)
         # Every lease is checked before any is extended: a refused call changes nothing.
         for task_id, lease in zip(request.task_ids, request.leases, strict=True):
             if await self._lease_holder(task_id, lease) != request.worker_id:

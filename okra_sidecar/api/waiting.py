@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TypeVar
 
 from okra_sidecar.errors import InvalidInputError, instance_not_found
@@ -104,15 +104,24 @@ class InstanceWaiting:
             return record
 
     async def watch(
-        self, instance_id: str, convert: Callable[[InstanceRecord], T]
+        self,
+        instance_id: str,
+        convert: Callable[[InstanceRecord], T],
+        *,
+        decide: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[T]:
         """The instance now, then once per newer revision, each through `convert`; ends
         after a final status. Between changes only the revision is kept, not the record.
+        `decide` (the policy gate) runs first: a denied stream reads nothing.
 
         Raises:
             NotFoundError: the instance does not exist (or was purged while watched).
             StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
+            PolicyDeniedError: `decide` refused the call.
         """
+        if decide is not None:
+            await decide()
+            del decide  # a held stream keeps no reference to its call
         record = await self._read(instance_id)
         if record.status.finished:
             # Nothing more can change: no subscription is made.

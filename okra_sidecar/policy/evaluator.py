@@ -23,11 +23,8 @@ from okra_sidecar.policy.audit import AuditLog, Call, ServiceIdentity
 from okra_sidecar.policy.cel import CelEvaluationError, to_cel
 from okra_sidecar.policy.document import PolicySet
 from okra_sidecar.policy.globs import GlobList
-from okra_sidecar.policy.model import (
-    NO_WORKFLOW,
-    CallGrant,
-    WorkflowRef,
-)
+from okra_sidecar.policy.model import NO_WORKFLOW, CallGrant, WorkflowRef, same_owner
+from okra_sidecar.policy.operator_rules import Check
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +38,8 @@ SCHEDULE_METHODS = (
     "DeleteSchedule",
 )
 TASK_METHODS = ("PollTasks", "CompleteTask", "FailTask", "Heartbeat")
+# Rpcs decided as other rpcs are: SignalWithStart as the Run it may be and the Signal it is.
+DECIDED_AS = {"SignalWithStart": ("Run", "Signal")}
 WORKFLOW_CACHE_SIZE = 1024
 ALL_ROOTS = frozenset({"request", "workflow", "instance"})
 METHOD, AUTH, CLAIMS, PEER, METADATA = (
@@ -65,13 +64,6 @@ class RateLimiter(Protocol):
 
 def _listed(patterns: tuple[str, ...]) -> str:
     return ", ".join(patterns)
-
-
-def same_owner(owner: Mapping[str, Any], claims: Mapping[str, Any]) -> bool:
-    """Whether two sets of claims name one caller: the same `sub` from the same `iss`."""
-    if not owner and not claims:
-        return True  # anonymous schedules, in optional mode, belong to anonymous callers
-    return (owner.get("sub"), owner.get("iss")) == (claims.get("sub"), claims.get("iss"))
 
 
 def _has_field(data: Any, path: str) -> bool:
@@ -107,6 +99,27 @@ class PolicyEvaluator:
         self._service_plain = {"name": service.name, "namespace": service.namespace}
         self._env_plain = dict(env)
         self._workflows: dict[WorkflowRef, Any] = {}
+        # Each rpc's check, by method name; built once, not per call.
+        self._checks: dict[str, Check] = {
+            "Run": self._check_run,
+            "Signal": self._check_signal,
+            "Cancel": self._check_cancel,
+            "Query": self._check_query,
+            "Count": self._check_query,
+            "GetStatus": self._check_read,
+            "AwaitInstance": self._check_read,
+            "WatchInstance": self._check_read,
+            "ListWorkflows": self._check_listing,
+            "Emit": self._check_emit,
+            "GetHistory": self._check_history,
+            **dict.fromkeys(SCHEDULE_METHODS, self._check_schedule),
+            **dict.fromkeys(TASK_METHODS, self._check_task),
+            **operator_rules.checks(self._check_switch, self._check_conditions),
+        }
+
+    def decides(self, method: str) -> bool:
+        """Whether an rpc (by its name) has a check here; one without is refused."""
+        return method in self._checks or method in DECIDED_AS
 
     @property
     def policies(self) -> PolicySet:
@@ -135,22 +148,7 @@ class PolicyEvaluator:
             PolicyDeniedError: a policy refused the call; `policy` names it.
             ResourceExhaustedError: a rate limit is reached; `retry_after_s` says when to retry.
         """
-        check = {
-            "Run": self._check_run,
-            "Signal": self._check_signal,
-            "Cancel": self._check_cancel,
-            "Query": self._check_query,
-            "Count": self._check_query,
-            "GetStatus": self._check_read,
-            "AwaitInstance": self._check_read,
-            "WatchInstance": self._check_read,
-            "ListWorkflows": self._check_listing,
-            "Emit": self._check_emit,
-            "GetHistory": self._check_history,
-            **dict.fromkeys(SCHEDULE_METHODS, self._check_schedule),
-            **dict.fromkeys(TASK_METHODS, self._check_task),
-            **operator_rules.checks(self._check_switch, self._check_conditions),
-        }.get(call.method)
+        check = self._checks.get(call.method)
         grant = CallGrant(identity=call.identity)
         if check is not None:
             grant = await check(call, policies, grant)
@@ -594,5 +592,4 @@ __all__ = [
     "PolicyEvaluator",
     "PolicyHolder",
     "RateLimiter",
-    "same_owner",
 ]

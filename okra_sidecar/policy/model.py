@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -46,6 +47,13 @@ class Identity:
 
 
 ANONYMOUS = Identity()
+
+
+def same_owner(owner: Mapping[str, Any], claims: Mapping[str, Any]) -> bool:
+    """Whether two sets of claims name one caller: the same `sub` from the same `iss`."""
+    if not owner and not claims:
+        return True  # anonymous schedules, in optional mode, belong to anonymous callers
+    return (owner.get("sub"), owner.get("iss")) == (claims.get("sub"), claims.get("iss"))
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class InstanceView:
 
 @dataclass(frozen=True)
 class CallGrant:
-    """What the policy interceptor allowed, handed to the servicer for the store's atomic step.
+    """What the policies allowed, handed by the servicer's gate to the store's atomic step.
 
     `expected_status` is the instance status a signal or cancel policy was evaluated on; the
     store applies the call only if the status is still that, so a concurrent change cannot
@@ -126,11 +134,9 @@ class CallGrant:
     bulk_max_instances: int | None = None
 
 
-NO_GRANT = CallGrant()
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar(
     "okra_identity", default=ANONYMOUS
 )
-_grant: contextvars.ContextVar[CallGrant] = contextvars.ContextVar("okra_grant", default=NO_GRANT)
 
 
 def current_identity() -> Identity:
@@ -145,30 +151,15 @@ def reset_identity(token: contextvars.Token[Identity]) -> None:
     _identity.reset(token)
 
 
-def current_grant() -> CallGrant:
-    return _grant.get()
-
-
-def set_grant(grant: CallGrant) -> contextvars.Token[CallGrant]:
-    return _grant.set(grant)
-
-
-def reset_grant(token: contextvars.Token[CallGrant]) -> None:
-    _grant.reset(token)
-
-
 __all__ = [
     "ANONYMOUS",
-    "NO_GRANT",
     "NO_WORKFLOW",
     "CallGrant",
     "Identity",
     "InstanceView",
     "WorkflowRef",
-    "current_grant",
     "current_identity",
-    "reset_grant",
     "reset_identity",
-    "set_grant",
+    "same_owner",
     "set_identity",
 ]

@@ -62,9 +62,7 @@ async def run_engine(settings: Settings) -> None:
     store = await open_store(settings, settings.redis.url, client)
     registry = WorkflowRegistry(store=store)
     # The policy set comes from Redis, where the parent put it: no file of its own to watch.
-    policies = build_policy_layer(
-        replace(settings, policies_file=None), client=client, store=store, registry=registry
-    )
+    policies = build_policy_layer(replace(settings, policies_file=None), client=client, store=store)
     heartbeat = ConsumerHeartbeat(build_liveness(settings, client, store), consumer)
     stop = asyncio.Event()
     # A spare waits for SIGUSR1 (it replaces a child that died) before it takes any turn.

@@ -14,7 +14,9 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from okra_sidecar.api.admin import PolicyAdminServicer
+from okra_sidecar.api.gate import PolicyGate
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
+from okra_sidecar.api.resource_gates import ScheduleGate, TaskGate
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.runner import EngineLane, EngineRunner
@@ -45,11 +47,16 @@ REDIS_SOCKET_TIMEOUT_S = 10.0
 
 @dataclass
 class PolicyLayer:
-    """Identity and policies: two interceptors, the admin api and the live policy set."""
+    """Identity and policies: two interceptors, the servicers' gates, the admin api and the
+    live policy set."""
 
     manager: PolicyManager
     auth: AuthInterceptor
     policy: PolicyInterceptor
+    # Each servicer decides its rpcs through its gate, with the request it parsed.
+    gate: PolicyGate
+    schedule_gate: ScheduleGate
+    task_gate: TaskGate
     admin: PolicyAdminServicer
     audit: AuditLog
     alerts: FailureAlerts
@@ -60,7 +67,7 @@ class PolicyLayer:
 
 
 def build_policy_layer(
-    settings: Settings, *, client: aioredis.Redis, store: RedisStore, registry: WorkflowRegistry
+    settings: Settings, *, client: aioredis.Redis, store: RedisStore
 ) -> PolicyLayer:
     """Everything policies need, sharing the sidecar's Redis client; start `manager` next."""
     service = ServiceIdentity(
@@ -96,12 +103,12 @@ def build_policy_layer(
             exempt_services=frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME}),
             peers=settings.tls.mutual,
         ),
-        policy=PolicyInterceptor(
-            evaluator=evaluator,
-            store=store,
-            registry=registry,
-            schedules=RedisScheduleStore(redis=client, keys=store.keys),
+        policy=PolicyInterceptor(decides=evaluator.decides),
+        gate=PolicyGate(evaluator=evaluator, store=store),
+        schedule_gate=ScheduleGate(
+            evaluator=evaluator, schedules=RedisScheduleStore(redis=client, keys=store.keys)
         ),
+        task_gate=TaskGate(evaluator=evaluator),
         admin=PolicyAdminServicer(
             manager=manager, store=policy_store, admin_claim=settings.policy.admin_claim
         ),

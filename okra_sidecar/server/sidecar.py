@@ -337,7 +337,7 @@ async def _build_parts(
     """Definitions registered, policies loaded; the engine, effects and servicers built."""
     registry = WorkflowRegistry(store=store)
     definitions = await _register_definitions(settings, registry)
-    policies = build_policy_layer(settings, client=client, store=store, registry=registry)
+    policies = build_policy_layer(settings, client=client, store=store)
     stack.push_async_callback(policies.manager.stop)
     await policies.manager.start()
     liveness = build_liveness(settings, client, store)
@@ -416,6 +416,7 @@ def _build_server(
             effects=parts.effects.effects,
             causation=parts.causation,
             changes=store.changes,
+            gate=parts.policies.gate,
             clock=parts.clock,
         ),
         health_servicer=probes.servicer,
@@ -423,6 +424,7 @@ def _build_server(
             scheduler=parts.scheduler,
             registry=parts.registry,
             settings=settings.host,
+            gate=parts.policies.schedule_gate,
             # The schedule keeps its creator's claims: firings run as that caller.
             owner=lambda: current_identity().claims,
             authorize=parts.policies.firings,
@@ -432,11 +434,14 @@ def _build_server(
         policies=parts.policies,
         task_worker=TaskWorkerServicer(
             effects=parts.effects.effects,
+            gate=parts.policies.task_gate,
             lease_ms=settings.effects.task_lease_ms,
             read_block_ms=settings.engine.read_block_ms,
             max_input_depth=settings.host.max_input_depth,
         ),
-        operator=WorkflowOperatorServicer(store=store, bulks=parts.bulks, settings=settings.host),
+        operator=WorkflowOperatorServicer(
+            store=store, bulks=parts.bulks, settings=settings.host, gate=parts.policies.gate
+        ),
         credentials=credentials,
     )
 
