@@ -64,3 +64,31 @@ def test_every_package_is_named() -> None:
         p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()
     )
     assert not [p for p in packages if f"`{p}/`" not in text]
+
+
+def named_paths(text: str) -> set[str]:
+    """Every file the document names in backticks (`api/chain.py`, `runner.py`, `x.lua`),
+    and every module of the tree drawing."""
+    names = set(re.findall(r"`([\w./-]+\.(?:py|lua|proto|md|yaml|toml))`", text))
+    tree = text.split("## The tree", 1)[1].split("\n## ", 1)[0]
+    names |= set(re.findall(r"\b([\w/]+\.py)\b", tree))
+    return {name for name in names if not name.startswith(("http", "."))}
+
+
+# Where the document's files live (the virtualenv and caches are not looked in).
+SOURCE_DIRS = ("okra_sidecar", "tests", "bench", "clients", "protos", "deploy", "docs")
+
+
+def exists(name: str) -> bool:
+    """A path from the repository root or the package, or a bare file name found in them."""
+    if "/" in name:
+        return (REPO_ROOT / name).exists() or (PACKAGE / name).exists()
+    if (REPO_ROOT / name).exists():
+        return True
+    return any(next((REPO_ROOT / d).rglob(name), None) for d in SOURCE_DIRS)
+
+
+def test_every_named_file_exists() -> None:
+    text = DOC.read_text()
+    assert named_paths(text), "the document names modules"
+    assert not sorted(name for name in named_paths(text) if not exists(name))
