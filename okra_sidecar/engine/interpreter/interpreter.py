@@ -41,7 +41,7 @@ from okra_sidecar.engine.definitions.tasks import (
     WorkflowPlan,
 )
 from okra_sidecar.engine.interpreter.arguments import TaskArguments
-from okra_sidecar.engine.interpreter.catching import CatchingTurn
+from okra_sidecar.engine.interpreter.catching import recover, resume_retry, start_attempt
 from okra_sidecar.engine.interpreter.effects import Effect
 from okra_sidecar.engine.interpreter.faults import WorkflowFaultError, problem, timeout_fault
 from okra_sidecar.engine.interpreter.listening import subscriptions
@@ -53,8 +53,22 @@ from okra_sidecar.engine.interpreter.threads import (
     threads,
     wake_at,
 )
-from okra_sidecar.engine.interpreter.turn import STATE_VERSION, WorkflowEndedError, truthy
-from okra_sidecar.engine.interpreter.waiting import WaitingTurn
+from okra_sidecar.engine.interpreter.turn import (
+    STATE_VERSION,
+    TurnBase,
+    WorkflowEndedError,
+    truthy,
+)
+from okra_sidecar.engine.interpreter.waiting import (
+    drop_stale_results,
+    emit,
+    next_event,
+    resume_effect,
+    resume_listen,
+    start_call,
+    start_listen,
+    start_run,
+)
 from okra_sidecar.engine.runtime import board as turn_board
 
 __all__ = [
@@ -182,8 +196,9 @@ def _as_json(state: InstanceState) -> dict[str, Any]:
     return cast("dict[str, Any]", state)
 
 
-class _Turn(CatchingTurn, WaitingTurn):
-    """One advance(): runs the threads of the instance (turn.py holds their parts)."""
+class _Turn(TurnBase):
+    """One advance(): runs the threads of the instance (turn.py holds their parts); the
+    functions of catching.py (try, catch, retry) and waiting.py (effects, listens) work on it."""
 
     def run(self) -> TurnResult:
         if self.state.get("v") not in _READABLE_VERSIONS:
@@ -218,7 +233,7 @@ class _Turn(CatchingTurn, WaitingTurn):
             try:
                 return self._run_thread()
             except WorkflowFaultError as fault:
-                self.recover(fault)
+                recover(self, fault)
 
     def _run_thread(self) -> str:
         if self.slot is not None or len(self.stack) > 1:  # a root frame has no deadline
@@ -267,34 +282,6 @@ class _Turn(CatchingTurn, WaitingTurn):
                 plan.timeout, data, TaskArguments(self, None, raw, self.now), _WORKFLOW_INSTANCE
             )
 
-    def check_deadlines(self) -> None:
-        """Raise a timeout in the running thread when one of its tasks ran out of time.
-
-        The error leaves the stack below the task that timed out, so a `try` around it may
-        catch it; an attempt of a `try` that ran out may be caught by that very `try`.
-        """
-        expired: tuple[int, int, str, int] | None = None
-        now = self.now
-        for depth, frame in enumerate(self.stack):
-            if "deadline" not in frame and "attemptDeadline" not in frame:
-                continue
-            # The frame's own timeout, then its try's attempt (which ends the attempt only).
-            for when, started, below in (
-                (frame.get("deadline"), frame.get("startedAt", 0), 0),
-                (frame.get("attemptDeadline"), frame.get("attemptAt", 0), 1),
-            ):
-                if when is not None and when <= now and (expired is None or when < expired[0]):
-                    expired = (when, when - started, frame["task"], depth + below)
-        slot = self.slot
-        if slot is not None:
-            when = slot.get("deadline")
-            if when is not None and when <= now and (expired is None or when < expired[0]):
-                expired = (when, when - slot["startedAt"], slot["ref"], len(self.stack))
-        if expired is not None:
-            self.changed = True
-            _, length, instance, depth = expired
-            raise timeout_fault(length, instance, depth=depth)
-
     def start_task(self, node: TaskNode) -> None:
         """Run a task from its start; it completes, pushes a frame or waits in a slot."""
         turn_board.current().enter_task(node.reference)
@@ -322,24 +309,24 @@ class _Turn(CatchingTurn, WaitingTurn):
         elif kind == "raise":
             raise WorkflowFaultError(self.raised(node, task_input, args), task=node.reference)
         elif kind == "call":
-            self.start_call(node, raw, task_input, args)
+            start_call(self, node, raw, task_input, args)
         elif kind == "for":
             self.start_for(node, raw, task_input, args)
         elif kind == "fork":
             self.start_fork(node, raw, task_input, args)
         elif kind == "try":
             frame = self.push(node, raw, task_input, args, node.body.do, {"kind": "try"})
-            self.start_attempt(frame, node, args)
+            start_attempt(self, frame, node, args)
         elif kind == "emit":
-            self.emit(node, task_input, args)
+            emit(self, node, task_input, args)
         elif kind == "run":
-            self.start_run(node, raw, task_input, args)
+            start_run(self, node, raw, task_input, args)
         else:  # wait, listen: the loop resumes the slot right away
             slot = self.new_slot(node, raw, task_input, args)
             if kind == "wait":
                 slot["due"] = self.now + self.duration(node.body, task_input, args, node.reference)
             else:
-                self.start_listen(node, slot, task_input, args)
+                start_listen(self, node, slot, task_input, args)
             self.slot = slot
 
     def resume(self) -> bool:
@@ -348,10 +335,10 @@ class _Turn(CatchingTurn, WaitingTurn):
         assert slot is not None
         turn_board.current().enter_task(slot["ref"])
         if "retry" in slot:
-            return self.resume_retry(slot)
+            return resume_retry(self, slot)
         node = self.plan.nodes[slot["ref"]]
         if "effect" in slot:
-            return self.resume_effect(slot, node)
+            return resume_effect(self, slot, node)
         if node.kind == "wait":
             if self.now < slot["due"]:
                 return False
@@ -359,7 +346,7 @@ class _Turn(CatchingTurn, WaitingTurn):
             self.slot = None
             self.complete_task(node, self.slot_args(slot, node), slot["input"])
             return True
-        return self.resume_listen(slot, node)
+        return resume_listen(self, slot, node)
 
     def finish_list(self) -> None:
         """A task list ran out: next item of a loop, or complete the composite task."""
@@ -369,7 +356,7 @@ class _Turn(CatchingTurn, WaitingTurn):
             self.next_item(frame)
             return
         if kind == "foreach":
-            self.next_event(frame)
+            next_event(self, frame)
             return
         self.stack.pop()
         if "task" not in frame:
@@ -559,7 +546,9 @@ class _Turn(CatchingTurn, WaitingTurn):
         wake_at_ms: int | None = None,
     ) -> TurnResult:
         if self.signals:
-            self.drop_stale_results()
+            drop_stale_results(
+                self,
+            )
         effects = self.effects
         if effects:
             # Effects abandoned within the turn (a timeout, a compete's loser) need not run.

@@ -2,8 +2,8 @@
 
 TurnBase holds the thread being run (its stack of frames, its data and its slot, see
 threads.py), the workflow context and what the turn gathers (consumed inbox entries, history,
-effects). interpreter.py drives it; catching.py and waiting.py add the tasks that catch errors
-and that wait on the outside.
+effects). interpreter.py drives it; the functions of catching.py (the tasks that catch
+errors) and waiting.py (the tasks that wait on the outside) work on it, typed against it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from okra_sidecar.engine.interpreter.faults import (
     WorkflowFaultError,
     expression_fault,
     problem,
+    timeout_fault,
     validation_fault,
 )
 from okra_sidecar.engine.interpreter.listening import Signal
@@ -86,7 +87,8 @@ class TurnBase:
         self.fault_point: dict[str, Any] | None = None
         self.changed = False
         self._workflow: dict[str, Any] | None = None
-        self._results: dict[str, Signal] | None = None
+        # The inbox's effect results by effect id, read once per turn (waiting.results).
+        self.effect_results: dict[str, Signal] | None = None
 
     def variable(self, name: str) -> Any:
         """A variable bound by an enclosing frame of the running thread (WorkflowScope)."""
@@ -103,6 +105,34 @@ class TurnBase:
             if variables is not None:
                 return dict(variables)
         return None
+
+    def check_deadlines(self) -> None:
+        """Raise a timeout in the running thread when one of its tasks ran out of time.
+
+        The error leaves the stack below the task that timed out, so a `try` around it may
+        catch it; an attempt of a `try` that ran out may be caught by that very `try`.
+        """
+        expired: tuple[int, int, str, int] | None = None
+        now = self.now
+        for depth, frame in enumerate(self.stack):
+            if "deadline" not in frame and "attemptDeadline" not in frame:
+                continue
+            # The frame's own timeout, then its try's attempt (which ends the attempt only).
+            for when, started, below in (
+                (frame.get("deadline"), frame.get("startedAt", 0), 0),
+                (frame.get("attemptDeadline"), frame.get("attemptAt", 0), 1),
+            ):
+                if when is not None and when <= now and (expired is None or when < expired[0]):
+                    expired = (when, when - started, frame["task"], depth + below)
+        slot = self.slot
+        if slot is not None:
+            when = slot.get("deadline")
+            if when is not None and when <= now and (expired is None or when < expired[0]):
+                expired = (when, when - slot["startedAt"], slot["ref"], len(self.stack))
+        if expired is not None:
+            self.changed = True
+            _, length, instance, depth = expired
+            raise timeout_fault(length, instance, depth=depth)
 
     def eval(self, compiled: CompiledValue, data: Any, args: TaskArguments, instance: str) -> Any:
         try:
