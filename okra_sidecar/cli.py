@@ -253,7 +253,7 @@ def run_migrate(settings: Settings) -> int:
         print(
             f"migrated the store from layout version {report.from_version} to "
             f"{LAYOUT_VERSION}: {report.instances} instances, {report.indexes} indexes, "
-            f"{report.streams} streams"
+            f"{report.streams} streams, {report.records} schedules and bulk operations"
         )
     return 0
 

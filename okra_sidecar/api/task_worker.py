@@ -1,7 +1,10 @@
 """TaskWorkerServicer: hands a service's worker tasks to its workers, and takes their outcomes.
 
-A worker task is an entry of the service's task stream. PollTasks reads it for the worker
-(through the stream's consumer group, under the worker's id), which leases it: the entry stays
+A worker task is an entry of the service's task stream in its instance's partition (one stream
+per partition, so that enqueueing and completing it touch one Redis Cluster slot). PollTasks
+reads every partition's stream for the worker in one blocking read (one per slot on a Cluster:
+a command names keys of one slot only), through the streams' consumer group under the worker's
+id, which leases the task: the entry stays
 pending until CompleteTask or FailTask removes it, and Heartbeat re-claims it to reset its
 idle time. Pollers also claim entries idle longer than the lease (their worker stopped) and
 hand them out again, so every task is done at least once.
@@ -36,6 +39,7 @@ __all__ = ["TaskWorkerServicer", "check_problem", "parse_task_id"]
 logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+PARTITION_RE = re.compile(r"0|[1-9][0-9]{0,4}")
 WORKER_ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 MAX_IN_FLIGHT = 1000
 MAX_PROBLEM_TYPE = 256
@@ -49,16 +53,30 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def parse_task_id(task_id: str, *, field: str = "task_id") -> tuple[str, str]:
-    """(service, stream entry id) from a task id.
+def task_id_of(task: TaskEntry) -> str:
+    """`service/partition/entry id`: where the task's entry is, opaque to workers."""
+    return f"{task.service}/{task.partition}/{task.entry_id}"
+
+
+def parse_task_id(
+    task_id: str, *, field: str = "task_id", partitions: int | None = None
+) -> tuple[str, int, str]:
+    """(service, partition, stream entry id) from a task id; with `partitions`, the
+    partition must be one of the store's.
 
     Raises:
         InvalidInputError: not a task id PollTasks handed out.
     """
-    service, _, entry = task_id.partition("/")
-    if not SERVICE_RE.fullmatch(service) or parse_stream_id(entry) is None:
+    service, _, rest = task_id.partition("/")
+    partition, _, entry = rest.partition("/")
+    if (
+        not SERVICE_RE.fullmatch(service)
+        or not PARTITION_RE.fullmatch(partition)
+        or (partitions is not None and int(partition) >= partitions)
+        or parse_stream_id(entry) is None
+    ):
         raise InvalidInputError.for_field(field, "is not a task id PollTasks handed out")
-    return service, entry
+    return service, int(partition), entry
 
 
 def check_problem(request: wpb.FailTaskRequest) -> None:
@@ -161,7 +179,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def _to_pb(
         self, task: TaskEntry, worker: str, attempt: int, lease_until: int
     ) -> wpb.PollTasksResponse:
-        task_id = f"{task.service}/{task.entry_id}"
+        task_id = task_id_of(task)
         message = wpb.Task(
             task_id=task_id,
             lease=await self._lease(task_id, worker),
@@ -198,6 +216,9 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         pollers.append(poller)
         service, worker = request.service, request.worker_id
         next_claim = 0.0
+        # Tasks read for this worker beyond its free capacity (a read takes up to `free` per
+        # partition): handed out first when capacity frees, if their lease is still ours.
+        backlog: list[tuple[TaskEntry, int]] = []
         try:
             while True:
                 poller.prune(now_ms())
@@ -210,7 +231,10 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     continue
                 free = poller.capacity - len(poller.held)
                 batch: list[tuple[TaskEntry, int]] = []
-                if time.monotonic() >= next_claim:
+                if backlog:
+                    batch = await self._still_held(worker, backlog[:free])
+                    backlog = backlog[free:]
+                if not batch and time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + self._lease_ms / 2000
                     claimed = await self._effects.claim_expired_tasks(
                         service, worker, lease_ms=self._lease_ms, count=free
@@ -222,10 +246,13 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                         service, worker, count=free, block_ms=self._read_block_ms
                     )
                     batch = [(task, 1) for task in fresh]
+                backlog += batch[free:]
+                batch = batch[:free]
                 for index, (task, attempt) in enumerate(batch):
-                    await self._check_before_handing_out(context, service, worker, batch[index:])
+                    unsent = [*batch[index:], *backlog]
+                    await self._check_before_handing_out(context, service, worker, unsent)
                     lease_until = now_ms() + self._lease_ms
-                    poller.held[f"{task.service}/{task.entry_id}"] = lease_until
+                    poller.held[task_id_of(task)] = lease_until
                     yield await self._to_pb(task, worker, attempt, lease_until)
         finally:
             # Redis gone mid-stream ends the call through ErrorInterceptor: UNAVAILABLE with
@@ -233,6 +260,24 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             pollers.remove(poller)
             if not pollers:
                 self._pollers.pop(request.worker_id, None)
+
+    async def _still_held(
+        self, worker: str, tasks: list[tuple[TaskEntry, int]]
+    ) -> list[tuple[TaskEntry, int]]:
+        """The tasks whose lease `worker` still holds, each lease started afresh (the others
+        ran out while they waited, and went to another poller)."""
+        by_service: dict[str, list[tuple[int, str]]] = {}
+        for task, _ in tasks:
+            by_service.setdefault(task.service, []).append((task.partition, task.entry_id))
+        held: set[tuple[str, int, str]] = set()
+        for service, refs in by_service.items():
+            kept = await self._effects.heartbeat(service, worker, refs, lease_ms=self._lease_ms)
+            held.update((service, partition, entry) for partition, entry in kept)
+        return [
+            (task, attempt)
+            for task, attempt in tasks
+            if (task.service, task.partition, task.entry_id) in held
+        ]
 
     async def _check_before_handing_out(
         self,
@@ -249,8 +294,8 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
         try:
             await self._gate.queue(context, "PollTasks", service)
         except OkraError:
-            entries = [task.entry_id for task, _ in unsent]
-            await self._effects.release_tasks(service, worker, entries, lease_ms=self._lease_ms)
+            tasks = [task for task, _ in unsent]
+            await self._effects.release_tasks(worker, tasks, lease_ms=self._lease_ms)
             raise
 
     def _release(self, task_id: str) -> None:
@@ -261,14 +306,14 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def _finish(
         self,
         task_id: str,
-        entry: tuple[str, str],
+        entry: tuple[str, int, str],
         lease: str,
         value: Any,
         error: dict[str, Any] | None,
     ) -> bool:
-        service, entry_id = entry
+        service, partition, entry_id = entry
         worker = await self._lease_holder(task_id, lease)
-        task = await self._effects.get_task(service, entry_id)
+        task = await self._effects.get_task(service, partition, entry_id)
         if task is None:
             self._release(task_id)
             return False
@@ -284,7 +329,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def CompleteTask(  # noqa: N802 - the rpc's name
         self, request: wpb.CompleteTaskRequest, context: Context
     ) -> wpb.CompleteTaskResponse:
-        entry = parse_task_id(request.task_id)
+        entry = parse_task_id(request.task_id, partitions=self._effects.keys.partitions)
         await self._gate.queue(context, "CompleteTask", entry[0])
         result = value_to_python(request.result) if request.HasField("result") else None
         rules.check_input_depth(result, self._max_input_depth, field="result")
@@ -294,7 +339,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def FailTask(  # noqa: N802 - the rpc's name
         self, request: wpb.FailTaskRequest, context: Context
     ) -> wpb.FailTaskResponse:
-        entry = parse_task_id(request.task_id)
+        entry = parse_task_id(request.task_id, partitions=self._effects.keys.partitions)
         await self._gate.queue(context, "FailTask", entry[0])
         check_problem(request)
         error = {
@@ -309,10 +354,13 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     async def Heartbeat(  # noqa: N802 - the rpc's name
         self, request: wpb.HeartbeatRequest, context: Context
     ) -> wpb.HeartbeatResponse:
-        by_service: dict[str, list[str]] = {}
+        by_service: dict[str, list[tuple[int, str]]] = {}
+        partitions = self._effects.keys.partitions
         for index, task_id in enumerate(request.task_ids):
-            service, entry_id = parse_task_id(task_id, field=f"task_ids[{index}]")
-            by_service.setdefault(service, []).append(entry_id)
+            service, partition, entry_id = parse_task_id(
+                task_id, field=f"task_ids[{index}]", partitions=partitions
+            )
+            by_service.setdefault(service, []).append((partition, entry_id))
         await self._gate.heartbeat(context, sorted(by_service))
         if not WORKER_ID_RE.fullmatch(request.worker_id):
             raise InvalidInputError.for_field("worker_id", "must be the id given to PollTasks")
@@ -333,7 +381,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
             kept = await self._effects.heartbeat(
                 service, request.worker_id, entries, lease_ms=self._lease_ms
             )
-            held += [f"{service}/{entry}" for entry in kept]
+            held += [f"{service}/{partition}/{entry}" for partition, entry in kept]
         until = now_ms() + self._lease_ms
         for poller in self._pollers.get(request.worker_id, []):
             for task_id in held:

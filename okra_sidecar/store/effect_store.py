@@ -5,9 +5,10 @@ work and a stopped reader's entries are claimed by another (XAUTOCLAIM):
 
 - `effects:{p}`: effects committed by turns (http, grpc, openapi, child, worker), read by the
   executors. A result goes back with deliver.lua, which also acknowledges the effect.
-- `tasks:{service}`: worker tasks, read by the workers polling through TaskWorker. A task stays
-  pending (leased) until CompleteTask or FailTask; a heartbeat re-claims it to reset its idle
-  time, and a task idle longer than the lease is claimed for another worker.
+- `tasks:{service}`, one per partition beside its effects: worker tasks, read by the workers
+  polling through TaskWorker. A task stays pending (leased) until CompleteTask or FailTask; a
+  heartbeat re-claims it to reset its idle time, and a task idle longer than the lease is
+  claimed for another worker.
 - `events`: CloudEvents published by emit tasks and the Emit rpc, read by the event router,
   which delivers each to the instances whose listen subscriptions match.
 """
@@ -58,9 +59,10 @@ class EffectEntry:
 
 @dataclass(frozen=True)
 class TaskEntry:
-    """A worker task read from a service's task stream."""
+    """A worker task read from a service's task stream of one partition."""
 
     service: str
+    partition: int
     entry_id: str
     instance_id: str
     effect_id: str
@@ -104,7 +106,8 @@ class RedisEffectStore:
                 await self._ensure_group(stream, EXECUTOR_GROUP)
             await self._ensure_group(self.keys.events, ROUTER_GROUP)
             for service in self._task_groups:
-                await self._ensure_group(self.keys.tasks(service), WORKER_GROUP)
+                for stream in self.keys.all_tasks(service):
+                    await self._ensure_group(stream, WORKER_GROUP)
 
     # -- effects ------------------------------------------------------------------------------
 
@@ -215,7 +218,8 @@ class RedisEffectStore:
     # -- worker tasks ---------------------------------------------------------------------------
 
     async def enqueue_task(self, entry: EffectEntry, service: str, task: dict[str, Any]) -> bool:
-        """Move a worker effect to its service's task stream (False: another executor did)."""
+        """Move a worker effect to its service's task stream in the effect's partition (False:
+        another executor did)."""
         fields = [
             *("i", entry.instance_id, "x", task["effectId"], "f", task["function"]),
             *("a", dumps(task.get("arguments")), "d", str(task.get("deadlineMs") or 0)),
@@ -225,7 +229,10 @@ class RedisEffectStore:
         with map_redis_errors():
             await self.ensure_task_group(service)
             moved = await self._enqueue(
-                keys=[self.keys.tasks(service), self.keys.effects(entry.partition)],
+                keys=[
+                    self.keys.tasks(service, entry.partition),
+                    self.keys.effects(entry.partition),
+                ],
                 args=[EXECUTOR_GROUP, entry.entry_id, dumps(fields)],
             )
         return int(moved) == 1
@@ -233,13 +240,17 @@ class RedisEffectStore:
     async def ensure_task_group(self, service: str) -> None:
         if service not in self._task_groups:
             with map_redis_errors():
-                await self._ensure_group(self.keys.tasks(service), WORKER_GROUP)
+                for stream in self.keys.all_tasks(service):
+                    await self._ensure_group(stream, WORKER_GROUP)
             self._task_groups.add(service)
 
-    def _task_entry(self, service: str, eid: Any, raw: dict[bytes, bytes]) -> TaskEntry:
+    def _task_entry(
+        self, service: str, partition: int, eid: Any, raw: dict[bytes, bytes]
+    ) -> TaskEntry:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return TaskEntry(
             service=service,
+            partition=partition,
             entry_id=_text(eid),
             instance_id=fields["i"],
             effect_id=fields["x"],
@@ -252,73 +263,78 @@ class RedisEffectStore:
     async def read_tasks(
         self, service: str, worker: str, *, count: int, block_ms: int
     ) -> list[TaskEntry]:
+        """New tasks of every partition's stream of `service`, for `worker`: up to `count` per
+        partition, in one blocking read (one per slot on a Cluster)."""
         await self.ensure_task_group(service)
-        stream = self.keys.tasks(service)
-        with map_redis_errors():
-            try:
-                reply: Any = await self.redis.xreadgroup(
-                    WORKER_GROUP, worker, {stream: ">"}, count=count, block=block_ms
-                )
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._task_groups.discard(service)
-                return []
-        return [
-            self._task_entry(service, eid, fields)
-            for _, entries in reply or []
-            for eid, fields in entries
-            if fields
-        ]
+        streams = self.keys.all_tasks(service)
+
+        async def forget_groups() -> None:
+            self._task_groups.discard(service)
+
+        entries = await read_partitions(
+            self._pooled,
+            WORKER_GROUP,
+            worker,
+            streams,
+            {stream.encode(): p for p, stream in enumerate(streams)},
+            count=count,
+            block_ms=block_ms,
+            recreate_groups=forget_groups,
+        )
+        return [self._task_entry(service, p, eid, fields) for p, eid, fields in entries]
 
     async def claim_expired_tasks(
         self, service: str, worker: str, *, lease_ms: int, count: int
     ) -> list[TaskEntry]:
         """Tasks whose worker let the lease run out (it stopped): they go to `worker`."""
         await self.ensure_task_group(service)
-        with map_redis_errors():
-            reply = await self.redis.xautoclaim(
-                self.keys.tasks(service),
-                WORKER_GROUP,
-                worker,
-                lease_ms,
-                start_id="0-0",
-                count=count,
-            )
-        return [self._task_entry(service, eid, fields) for eid, fields in reply[1] if fields]
+        entries = await claim_partitions(
+            self.redis,
+            WORKER_GROUP,
+            worker,
+            self.keys.all_tasks(service),
+            min_idle_ms=lease_ms,
+            count=count,
+        )
+        return [self._task_entry(service, p, eid, fields) for p, eid, fields in entries]
 
     async def heartbeat(
-        self, service: str, worker: str, entry_ids: Sequence[str], *, lease_ms: int
-    ) -> list[str]:
-        """Extend the leases `worker` still holds and that have not run out; returns those ids."""
-        if not entry_ids:
-            return []
+        self, service: str, worker: str, tasks: Sequence[tuple[int, str]], *, lease_ms: int
+    ) -> list[tuple[int, str]]:
+        """Extend the leases `worker` still holds and that have not run out, of the tasks given
+        as (partition, entry id); returns those it extended."""
+        by_partition: dict[int, list[str]] = {}
+        for partition, entry_id in tasks:
+            by_partition.setdefault(partition, []).append(entry_id)
+        held: list[tuple[int, str]] = []
         with map_redis_errors():
-            try:
-                held = await self._heartbeat(
-                    keys=[self.keys.tasks(service)],
-                    args=[WORKER_GROUP, worker, lease_ms, *entry_ids],
-                )
-            except redis_errors.ResponseError as exc:
-                # A service with no task stream yet: the worker holds nothing of it.
-                if "NOGROUP" not in str(exc):
-                    raise
-                return []
-        return [_text(x) for x in held]
+            for partition, entry_ids in by_partition.items():
+                try:
+                    kept = await self._heartbeat(
+                        keys=[self.keys.tasks(service, partition)],
+                        args=[WORKER_GROUP, worker, lease_ms, *entry_ids],
+                    )
+                except redis_errors.ResponseError as exc:
+                    # A service with no task stream yet: the worker holds nothing of it.
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    continue
+                held += [(partition, _text(x)) for x in kept]
+        return held
 
     async def release_tasks(
-        self, service: str, worker: str, entry_ids: Sequence[str], *, lease_ms: int
+        self, worker: str, tasks: Sequence[TaskEntry], *, lease_ms: int
     ) -> None:
         """Give back tasks read for `worker` but never handed to it.
 
         Each is marked idle for a whole lease, so the next poller's claim takes it at once, and
         its delivery count goes back to what it was, so that poller sees the attempt it is.
         """
-        stream = self.keys.tasks(service)
         with map_redis_errors():
-            for entry_id in entry_ids:
+            for task in tasks:
+                stream = self.keys.tasks(task.service, task.partition)
                 pending: Any = await self.redis.xpending_range(
-                    stream, WORKER_GROUP, entry_id, entry_id, 1
+                    stream, WORKER_GROUP, task.entry_id, task.entry_id, 1
                 )
                 if not pending or _text(pending[0]["consumer"]) != worker:
                     continue
@@ -327,7 +343,7 @@ class RedisEffectStore:
                     WORKER_GROUP,
                     worker,
                     0,
-                    [entry_id],
+                    [task.entry_id],
                     idle=lease_ms,
                     retrycount=max(0, int(pending[0]["times_delivered"]) - 1),
                     justid=True,
@@ -337,17 +353,23 @@ class RedisEffectStore:
         """How many times the task was handed out (1 the first time)."""
         with map_redis_errors():
             pending: Any = await self.redis.xpending_range(
-                self.keys.tasks(task.service), WORKER_GROUP, task.entry_id, task.entry_id, 1
+                self.keys.tasks(task.service, task.partition),
+                WORKER_GROUP,
+                task.entry_id,
+                task.entry_id,
+                1,
             )
         return int(pending[0]["times_delivered"]) if pending else 1
 
-    async def get_task(self, service: str, entry_id: str) -> TaskEntry | None:
+    async def get_task(self, service: str, partition: int, entry_id: str) -> TaskEntry | None:
         with map_redis_errors():
-            entries: Any = await self.redis.xrange(self.keys.tasks(service), entry_id, entry_id)
+            entries: Any = await self.redis.xrange(
+                self.keys.tasks(service, partition), entry_id, entry_id
+            )
         if not entries:
             return None
         eid, fields = entries[0]
-        return self._task_entry(service, eid, fields)
+        return self._task_entry(service, partition, eid, fields)
 
     async def complete_task(self, task: TaskEntry, event: dict[str, Any], *, worker: str) -> str:
         """Deliver a task's result and remove the task, if `worker` holds it.
@@ -355,9 +377,10 @@ class RedisEffectStore:
         Returns 'gone' if it was completed before, 'moved' if its lease ran out and another
         worker holds it now.
         """
+        stream = self.keys.tasks(task.service, task.partition)
         with map_redis_errors():
             outcome = await self._complete(
-                keys=[self.keys.tasks(task.service), *self.keys.delivery_keys(task.instance_id)],
+                keys=[stream, *self.keys.delivery_keys(task.instance_id)],
                 args=[
                     *(WORKER_GROUP, task.entry_id, task.instance_id, event["id"], dumps(event)),
                     worker,

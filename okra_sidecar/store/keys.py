@@ -9,7 +9,7 @@ from functools import cached_property
 from okra_sidecar.instances import InstanceStatus
 
 # The store layout these names describe; see store/layout.py.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 ENGINE_GROUP = "engine"
 # Effects are read by every sidecar's executors, events by every sidecar's router, worker
@@ -100,8 +100,13 @@ class RedisKeys:
         """A stream consumer's heartbeat (store/liveness.py): present while it is alive."""
         return f"{self.prefix}consumer:{name}"
 
-    def tasks(self, service: str) -> str:
-        return f"{self.prefix}tasks:{service}"
+    def tasks(self, service: str, partition: int) -> str:
+        """A service's worker tasks of one partition's instances, in the partition's slot:
+        enqueue_task and complete_task then touch one slot."""
+        return f"{self.tag(partition)}:tasks:{service}"
+
+    def all_tasks(self, service: str) -> list[str]:
+        return [self.tasks(service, p) for p in range(self.partitions)]
 
     @property
     def secret(self) -> str:
@@ -231,40 +236,43 @@ class RedisKeys:
         """The store's layout version and partition count, written when it is first used."""
         return f"{self.prefix}layout"
 
+    # Schedules, and bulk operations, each share one hash tag: their scripts keep a record
+    # and the sets listing it in step, in one slot. Neither is on a hot path.
+
     def schedule(self, schedule_id: str) -> str:
-        return f"{self.prefix}schedule:{{{schedule_id}}}"
+        return f"{self.prefix}{{schedules}}:s:{schedule_id}"
 
     @property
     def schedules_all(self) -> str:
         """Every schedule id (score 0, ordered by id) for ListSchedules."""
-        return f"{self.prefix}schedules"
+        return f"{self.prefix}{{schedules}}:all"
 
     @property
     def schedules_due(self) -> str:
         """Schedule ids scored by when a scheduler must next look at them."""
-        return f"{self.prefix}schedules:due"
+        return f"{self.prefix}{{schedules}}:due"
 
     def bulk(self, operation_id: str) -> str:
         """One bulk operation: its spec, state, counters, cursor and lease."""
-        return f"{self.prefix}bulk:{{{operation_id}}}"
+        return f"{self.prefix}{{bulks}}:op:{operation_id}"
 
     def bulk_ids(self, operation_id: str) -> str:
         """The instance ids a bulk operation matched when it started, in the order it acts."""
-        return f"{self.prefix}bulk:{{{operation_id}}}:ids"
+        return f"{self.bulk(operation_id)}:ids"
 
     def bulk_items(self, operation_id: str) -> str:
         """Instance id -> what a bulk operation did to it (`pending` while it acts)."""
-        return f"{self.prefix}bulk:{{{operation_id}}}:items"
+        return f"{self.bulk(operation_id)}:items"
 
     @property
     def bulks(self) -> str:
         """Every bulk operation's id, scored by when it started."""
-        return f"{self.prefix}bulks"
+        return f"{self.prefix}{{bulks}}:all"
 
     @property
     def bulks_running(self) -> str:
         """The ids of the bulk operations still running: what every sidecar looks at."""
-        return f"{self.prefix}bulks:running"
+        return f"{self.prefix}{{bulks}}:running"
 
     def trigger_events(self, workflow_key: str) -> str:
         """Events collected so far for a definition's `schedule.on: all`, by filter index."""

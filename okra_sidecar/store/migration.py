@@ -7,20 +7,30 @@ an instance is the same in both (`crc32(id) % partitions`), so the streams keep 
 consumer groups and pending lists. Layout 1 counted instance limits in counters
 (`okra:active`, `okra:active:wf:<workflow>`); each unfinished instance is admitted into its
 limit scope's sets instead (store/limit_store.py), in the scope `migrate` is configured with.
-Layout 1 ran on one primary only, where a key may be renamed into another slot. Every step is
-idempotent: a migration cut short is run again.
+Layout 2 kept worker tasks in one stream per service (`okra:tasks:<service>`), schedules
+under their own tags (`okra:schedule:{<id>}`, `okra:schedules`, `okra:schedules:due`) and bulk
+operations likewise (`okra:bulk:{<id>}`, `okra:bulks`, `okra:bulks:running`); layout 3 keeps
+each task in its instance's partition (`okra:{p3}:tasks:<service>`), and every schedule key
+under `{schedules}`, every bulk key under `{bulks}`, so that each script touches one slot.
+The tasks are moved entry by entry (each a new entry, not yet handed out: a worker that held
+one gets it again); schedules and bulk operations are renamed.
+Layouts 1 and 2 ran on one primary only, where a key may be renamed into another slot. Every
+step is idempotent: a migration cut short is run again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from okra_sidecar.instances import FINISHED_STATUSES
-from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
+from okra_sidecar.store.keys import LAYOUT_VERSION, WORKER_GROUP, RedisKeys
 from okra_sidecar.store.layout import LayoutVersionError, legacy_markers
 from okra_sidecar.store.replies import map_redis_errors, text
 
@@ -50,6 +60,7 @@ class MigrationReport:
     instances: int = 0
     indexes: int = 0
     streams: int = 0
+    records: int = 0  # schedules and bulk operations
 
 
 async def migrate_store(
@@ -63,16 +74,24 @@ async def migrate_store(
     """
     keys = RedisKeys(prefix=prefix, partitions=partitions, scope=scope)
     with map_redis_errors():
-        version = await redis.hget(keys.layout, "version")
+        version, recorded = await redis.hmget(keys.layout, ["version", "partitions"])
+        rename = redis.register_script(RENAME_SCRIPT)
         if version is not None:
             found = int(text(version))
             if found > LAYOUT_VERSION:
                 raise LayoutVersionError(found)
-            return MigrationReport(from_version=found)
+            if found == LAYOUT_VERSION:
+                return MigrationReport(from_version=found)
+            # Layout 2 recorded its partition count: the one its instances are spread over.
+            keys = RedisKeys(prefix=prefix, partitions=int(text(recorded)), scope=scope)
+            streams, records = await _from_layout_2(redis, keys, rename)
+            await _record(redis, keys)
+            report = MigrationReport(found, streams=streams, records=records)
+            logger.info("store migrated to layout %d: %s", LAYOUT_VERSION, report)
+            return report
         if not any([await redis.exists(marker) for marker in legacy_markers(prefix)]):
             await _record(redis, keys)
             return MigrationReport(from_version=LAYOUT_VERSION)
-        rename = redis.register_script(RENAME_SCRIPT)
         instances = await _move_instances(redis, keys, rename)
         indexes = await _move_indexes(redis, keys) + await _move_subscriptions(redis, keys)
         streams = 0
@@ -88,8 +107,11 @@ async def migrate_store(
         await redis.delete(f"{prefix}active")
         async for counter in redis.scan_iter(match=f"{prefix}active:wf:*", count=SCAN_BATCH):
             await redis.delete(counter)
+        task_streams, records = await _from_layout_2(redis, keys, rename)
         await _record(redis, keys)
-    report = MigrationReport(1, instances=instances, indexes=indexes, streams=streams)
+    report = MigrationReport(
+        1, instances=instances, indexes=indexes, streams=streams + task_streams, records=records
+    )
     logger.info("store migrated to layout %d: %s", LAYOUT_VERSION, report)
     return report
 
@@ -166,3 +188,73 @@ async def _move_indexes(redis: aioredis.Redis, keys: RedisKeys) -> int:
         await redis.delete(old)
         moved += 1
     return moved
+
+
+async def _from_layout_2(
+    redis: aioredis.Redis, keys: RedisKeys, rename: AsyncScript
+) -> tuple[int, int]:
+    """Layout 2's task streams, schedules and bulk operations under layout 3's names
+    (layout 1 named them as layout 2 did); returns how many streams and records moved."""
+    prefix = keys.prefix
+    records = await _rename_records(
+        redis,
+        rename,
+        [
+            (f"{prefix}schedules", keys.schedules_all),
+            (f"{prefix}schedules:due", keys.schedules_due),
+        ],
+        lambda schedule_id: [(f"{prefix}schedule:{{{schedule_id}}}", keys.schedule(schedule_id))],
+    )
+    records += await _rename_records(
+        redis,
+        rename,
+        [(f"{prefix}bulks", keys.bulks), (f"{prefix}bulks:running", keys.bulks_running)],
+        lambda op: [
+            (f"{prefix}bulk:{{{op}}}{suffix}", f"{keys.bulk(op)}{suffix}")
+            for suffix in ("", ":ids", ":items")
+        ],
+    )
+    streams = 0
+    async for raw_key in redis.scan_iter(match=f"{prefix}tasks:*", count=SCAN_BATCH):
+        await _split_task_stream(redis, keys, text(raw_key))
+        streams += 1
+    return streams, records
+
+
+async def _rename_records(
+    redis: aioredis.Redis,
+    rename: AsyncScript,
+    sets: list[tuple[str, str]],
+    record_keys: Callable[[str], list[tuple[str, str]]],
+) -> int:
+    """The sets renamed (the first lists every record by id), then each record's keys."""
+    # The sets first (renamed only if the new ones do not exist yet), then every record
+    # they list: a run cut short finds the ids in the new set.
+    await rename(keys=[key for pair in sets for key in pair])
+    ids: Any = await redis.zrange(sets[0][1], 0, -1)
+    for raw in ids:
+        await rename(keys=[key for pair in record_keys(text(raw)) for key in pair])
+    return len(ids)
+
+
+async def _split_task_stream(redis: aioredis.Redis, keys: RedisKeys, old: str) -> None:
+    """A service's one task stream split into its partitions' streams, entry by entry (each
+    XADD and XDEL in one transaction), then deleted."""
+    service = old[len(f"{keys.prefix}tasks:") :]
+    for stream in keys.all_tasks(service):
+        try:
+            await redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+    while True:
+        entries: Any = await redis.xrange(old, count=SCAN_BATCH)
+        if not entries:
+            break
+        async with redis.pipeline(transaction=True) as pipe:
+            for entry_id, fields in entries:
+                partition = keys.partition(text(fields[b"i"]))
+                pipe.xadd(keys.tasks(service, partition), fields)
+                pipe.xdel(old, entry_id)
+            await pipe.execute()
+    await redis.delete(old)

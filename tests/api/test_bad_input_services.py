@@ -111,23 +111,39 @@ WORKER_CASES: list[Case[WorkerStub]] = [
         ("task_id",),
     ),
     Case(
+        "complete: a partition the store does not have",
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/99/1-0", lease="w1.x")),
+        INVALID,
+        "is not a task id PollTasks handed out",
+        ("task_id",),
+    ),
+    Case(
+        "complete: a task id without its partition",
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0", lease="w1.x")),
+        INVALID,
+        "is not a task id PollTasks handed out",
+        ("task_id",),
+    ),
+    Case(
         "complete: no lease",
-        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0")),
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/0/1-0")),
         INVALID,
         "is required: echo the Task.lease that PollTasks handed out",
         ("lease",),
     ),
     Case(
         "complete: a lease not handed out with the task",
-        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0", lease="w1.forged")),
+        lambda w: w.CompleteTask(
+            wpb.CompleteTaskRequest(task_id="orders/0/1-0", lease="w1.forged")
+        ),
         grpc.StatusCode.PERMISSION_DENIED,
-        "the lease does not belong to task orders/1-0",
+        "the lease does not belong to task orders/0/1-0",
     ),
     Case(
         "fail: a lease not handed out with the task",
-        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/1-0", lease="w1.forged")),
+        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/0/1-0", lease="w1.forged")),
         grpc.StatusCode.PERMISSION_DENIED,
-        "the lease does not belong to task orders/1-0",
+        "the lease does not belong to task orders/0/1-0",
     ),
     Case(
         "fail: malformed task id",
@@ -138,21 +154,21 @@ WORKER_CASES: list[Case[WorkerStub]] = [
     ),
     Case(
         "fail: status above 599",
-        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/1-0", status=700)),
+        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/0/1-0", status=700)),
         INVALID,
         "700 is not an HTTP status code (100 to 599; 0 means 500)",
         ("status",),
     ),
     Case(
         "fail: negative status",
-        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/1-0", status=-1)),
+        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/0/1-0", status=-1)),
         INVALID,
         "-1 is not an HTTP status code",
         ("status",),
     ),
     Case(
         "fail: type not a URI",
-        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/1-0", type="timeout")),
+        lambda w: w.FailTask(wpb.FailTaskRequest(task_id="orders/0/1-0", type="timeout")),
         INVALID,
         "'timeout' is not an absolute URI",
         ("type",),
@@ -160,7 +176,7 @@ WORKER_CASES: list[Case[WorkerStub]] = [
     Case(
         "fail: type too long",
         lambda w: w.FailTask(
-            wpb.FailTaskRequest(task_id="orders/1-0", type="https://errors.test/" + LONG)
+            wpb.FailTaskRequest(task_id="orders/0/1-0", type="https://errors.test/" + LONG)
         ),
         INVALID,
         "at most 256 characters",
@@ -168,14 +184,14 @@ WORKER_CASES: list[Case[WorkerStub]] = [
     ),
     Case(
         "heartbeat: no worker id",
-        lambda w: w.Heartbeat(wpb.HeartbeatRequest(task_ids=["orders/1-0"])),
+        lambda w: w.Heartbeat(wpb.HeartbeatRequest(task_ids=["orders/0/1-0"])),
         INVALID,
         "must be the id given to PollTasks",
         ("worker_id",),
     ),
     Case(
         "heartbeat: no lease for a task",
-        lambda w: w.Heartbeat(wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/1-0"])),
+        lambda w: w.Heartbeat(wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/0/1-0"])),
         INVALID,
         "must hold the Task.lease of each task",
         ("leases",),
@@ -183,7 +199,7 @@ WORKER_CASES: list[Case[WorkerStub]] = [
     Case(
         "heartbeat: malformed task id",
         lambda w: w.Heartbeat(
-            wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/1-0", "x"], leases=["a", "b"])
+            wpb.HeartbeatRequest(worker_id="w1", task_ids=["orders/0/1-0", "x"], leases=["a", "b"])
         ),
         INVALID,
         "is not a task id PollTasks handed out",

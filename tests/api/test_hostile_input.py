@@ -130,13 +130,13 @@ CASES: list[tuple[str, Call, str]] = [
     (
         "complete a task id past uint64",
         lambda s: s.worker.CompleteTask(
-            wpb.CompleteTaskRequest(task_id="fz/99999999999999999999-1")
+            wpb.CompleteTaskRequest(task_id="fz/0/99999999999999999999-1")
         ),
         "task_id",
     ),
     (
         "fail a task id past uint64",
-        lambda s: s.worker.FailTask(wpb.FailTaskRequest(task_id="fz/99999999999999999999-1")),
+        lambda s: s.worker.FailTask(wpb.FailTaskRequest(task_id="fz/0/99999999999999999999-1")),
         "task_id",
     ),
     (
@@ -223,7 +223,7 @@ async def test_hostile_request_is_invalid_argument(
 
 
 async def test_heartbeat_with_a_lease_no_poll_handed_out_is_refused(stubs: Stubs) -> None:
-    request = wpb.HeartbeatRequest(worker_id="w1", task_ids=["nostream/1-1"], leases=["w1.AAAA"])
+    request = wpb.HeartbeatRequest(worker_id="w1", task_ids=["nostream/0/1-1"], leases=["w1.AAAA"])
     error = await expect_rpc_error(
         stubs.worker.Heartbeat(request), grpc.StatusCode.PERMISSION_DENIED
     )

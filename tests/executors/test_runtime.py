@@ -257,9 +257,9 @@ async def test_cancelling_a_parent_cancels_its_children(
 
 async def idle_ms(redis: Redis, task: wpb.Task) -> int:
     """How long ago the task was handed out or its lease extended (XPENDING)."""
-    service, entry_id = task.task_id.split("/", 1)
+    service, partition, entry_id = task.task_id.split("/", 2)
     pending: Any = await redis.xpending_range(
-        KEYS.tasks(service), WORKER_GROUP, entry_id, entry_id, 1
+        KEYS.tasks(service, int(partition)), WORKER_GROUP, entry_id, entry_id, 1
     )
     return int(pending[0]["time_since_delivered"])
 
@@ -418,6 +418,48 @@ async def test_get_history_pages_through_lifecycle_events(stub: Stub) -> None:
         stub.GetHistory(pb.GetHistoryRequest(instance_id="00000000-0000-0000-0000-000000000000")),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+async def test_a_poller_gets_every_partitions_tasks_within_its_capacity(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    """One read takes tasks of several partitions at once; one at a time still go out."""
+    running, stub = sidecar
+    keys = running.store.keys
+    by_partition: dict[int, str] = {}
+    while len(by_partition) < 3:
+        instance_id = await start_waiting(stub)
+        by_partition.setdefault(keys.partition(instance_id), instance_id)
+    work = {"function": "pack", "arguments": {}, "service": "packing"}
+    for instance_id in by_partition.values():
+        extras = TurnExtras(effects=[effect("pack#1", EffectKind.WORKER, work)])
+        await commit_extras(running, instance_id, extras)
+
+    async def all_enqueued() -> bool:
+        lengths = [await redis.xlen(keys.tasks("packing", p)) for p in by_partition]
+        return all(lengths)
+
+    await eventually(all_enqueued, what="a task in each of three partitions")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        worker = wpb_grpc.TaskWorkerStub(channel)
+        poll = worker.PollTasks(
+            wpb.PollTasksRequest(service="packing", worker_id="w1", max_in_flight=1)
+        )
+        seen: list[wpb.Task] = []
+        for _ in by_partition:
+            task = await read_task(poll)
+            seen.append(task)
+            done = await worker.CompleteTask(
+                wpb.CompleteTaskRequest(task_id=task.task_id, lease=task.lease)
+            )
+            assert done.accepted
+        poll.cancel()
+    assert sorted(t.instance_id for t in seen) == sorted(by_partition.values())
+    assert {t.attempt for t in seen} == {1}
+    assert {int(t.task_id.split("/")[1]) for t in seen} == set(by_partition)
+    for partition, instance_id in by_partition.items():
+        assert await redis.xlen(keys.tasks("packing", partition)) == 0
+        await wait_for_result(redis, instance_id, "pack#1")
 
 
 @pytest.mark.parametrize("bad", ["", "Payments", "a/b"])

@@ -255,7 +255,7 @@ async def delete_schedule(
 
 
 async def heartbeat(policed: Policed, s: ScheduleStub, w: WorkerStub, ids: dict[str, str]) -> Any:
-    request = wpb.HeartbeatRequest(worker_id="w-1", task_ids=["payments/1-0"])
+    request = wpb.HeartbeatRequest(worker_id="w-1", task_ids=["payments/0/1-0"])
     return await w.Heartbeat(request, metadata=GUEST)
 
 

@@ -8,17 +8,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.engine.interpreter.effects import EffectKind
 from okra_sidecar.server import migrate
+from okra_sidecar.store.base import TurnExtras
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
+from okra_sidecar.store.layout import LayoutVersionError
+from okra_sidecar.store.migration import MigrationReport
 from okra_sidecar.store.replies import text
+from tests.executors.test_runtime import (
+    commit_extras,
+    effect,
+    read_task,
+    start_waiting,
+    wait_for_result,
+)
 from tests.helpers import (
+    eventually,
     eventually_held,
     held,
     make_settings,
+    redis_fingerprint,
     running_sidecar,
     subscribed,
     value,
@@ -26,6 +42,7 @@ from tests.helpers import (
 )
 
 REPO = Path(__file__).resolve().parent.parent.parent
+SCHEDULE = "00000000-0000-4000-8000-000000000777"
 
 
 async def write_layout_1(redis: Redis, keys: RedisKeys) -> None:
@@ -134,6 +151,88 @@ async def test_the_migrate_command_says_what_it_did(redis: Redis, redis_url: str
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         f"migrated the store from layout version 1 to {LAYOUT_VERSION}: "
-        "0 instances, 0 indexes, 1 streams\n"
+        "0 instances, 0 indexes, 1 streams, 0 schedules and bulk operations\n"
     )
     assert await redis.xlen(RedisKeys().work(0)) == 1
+
+
+async def write_layout_2(redis: Redis, keys: RedisKeys) -> None:
+    """Rename a current store's task streams, schedules and bulk operations to the names
+    layout 2 gave them, and record layout 2."""
+    prefix = keys.prefix
+    for raw in [k async for k in redis.scan_iter(match=f"{prefix}{{p*}}:tasks:*")]:
+        stream = text(raw)
+        service = stream.split(":tasks:", 1)[1]
+        entries: Any = await redis.xrange(stream)
+        for _, fields in entries:
+            await redis.xadd(f"{prefix}tasks:{service}", fields)
+        await redis.delete(stream)
+    for raw in await redis.zrange(keys.schedules_all, 0, -1):
+        schedule_id = text(raw)
+        await redis.rename(keys.schedule(schedule_id), f"{prefix}schedule:{{{schedule_id}}}")
+    await redis.rename(keys.schedules_all, f"{prefix}schedules")
+    await redis.rename(keys.schedules_due, f"{prefix}schedules:due")
+    for raw in await redis.zrange(keys.bulks, 0, -1):
+        op = text(raw)
+        for suffix in ("", ":ids", ":items"):
+            await redis.rename(f"{keys.bulk(op)}{suffix}", f"{prefix}bulk:{{{op}}}{suffix}")
+    await redis.rename(keys.bulks, f"{prefix}bulks")
+    await redis.rename(keys.bulks_running, f"{prefix}bulks:running")
+    await redis.hset(keys.layout, "version", 2)
+
+
+async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = make_settings(redis_url)
+    keys = RedisKeys()
+    work = {"function": "charge", "arguments": {"amount": 3}, "service": "payments"}
+    async with running_sidecar(settings) as (running, stub):
+        instance_id = await start_waiting(stub)
+        extras = TurnExtras(effects=[effect("charge#1", EffectKind.WORKER, work)])
+        await commit_extras(running, instance_id, extras)
+
+        async def enqueued() -> bool:
+            return bool(await redis.xlen(keys.tasks("payments", keys.partition(instance_id))))
+
+        await eventually(enqueued, what="the worker task")
+    # A schedule and a bulk operation, as their stores write them (their contents do not
+    # matter to the migration).
+    await redis.hset(keys.schedule(SCHEDULE), mapping={"r": "{}", "rev": 3})
+    await redis.zadd(keys.schedules_all, {SCHEDULE: 0})
+    await redis.zadd(keys.schedules_due, {SCHEDULE: 4_102_444_800_000})  # in 2100
+    await redis.hset(keys.bulk("op1"), mapping={"state": "running"})
+    await redis.rpush(keys.bulk_ids("op1"), instance_id)
+    await redis.hset(keys.bulk_items("op1"), instance_id, "done")
+    await redis.zadd(keys.bulks, {"op1": 5})
+    await redis.sadd(keys.bulks_running, "op1")
+    before = await redis_fingerprint(redis)
+    await write_layout_2(redis, keys)
+    assert await redis.exists("okra:tasks:payments", "okra:schedules", "okra:bulks") == 3
+    with pytest.raises(LayoutVersionError, match="layout version 2.*okra-sidecar migrate"):
+        async with running_sidecar(settings):
+            pass
+
+    report = await migrate(settings)
+    assert (report.from_version, report.streams, report.records) == (2, 1, 2)
+    assert await redis.exists("okra:tasks:payments", "okra:schedules", "okra:bulks") == 0
+    assert await migrate(settings) == MigrationReport(from_version=LAYOUT_VERSION)
+    after = await redis_fingerprint(redis)
+    # Everything is where it was, but the task: a new entry (not handed out yet).
+    moved = {k for k in before if b":tasks:" in (k if isinstance(k, bytes) else k.encode())}
+    assert {k: v for k, v in after.items() if k not in moved} == {
+        k: v for k, v in before.items() if k not in moved
+    }
+
+    async with running_sidecar(settings) as (running, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            worker = wpb_grpc.TaskWorkerStub(channel)
+            poll = worker.PollTasks(wpb.PollTasksRequest(service="payments", worker_id="w1"))
+            task = await read_task(poll)
+            poll.cancel()
+            assert (task.instance_id, task.effect_id, task.attempt) == (instance_id, "charge#1", 1)
+            done = await worker.CompleteTask(
+                wpb.CompleteTaskRequest(task_id=task.task_id, lease=task.lease)
+            )
+            assert done.accepted
+        await wait_for_result(redis, instance_id, "charge#1")
