@@ -23,6 +23,7 @@ KEY_HELPERS = frozenset(
         "all_timers",
         "all_effects",
         "all_outboxes",
+        "all_tasks",
         "status_indexes",
         "instance_keys",
         "delivery_keys",

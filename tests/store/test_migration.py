@@ -167,12 +167,14 @@ async def write_layout_2(redis: Redis, keys: RedisKeys) -> None:
         for _, fields in entries:
             await redis.xadd(f"{prefix}tasks:{service}", fields)
         await redis.delete(stream)
-    for raw in await redis.zrange(keys.schedules_all, 0, -1):
+    schedule_ids: Any = await redis.zrange(keys.schedules_all, 0, -1)
+    for raw in schedule_ids:
         schedule_id = text(raw)
         await redis.rename(keys.schedule(schedule_id), f"{prefix}schedule:{{{schedule_id}}}")
     await redis.rename(keys.schedules_all, f"{prefix}schedules")
     await redis.rename(keys.schedules_due, f"{prefix}schedules:due")
-    for raw in await redis.zrange(keys.bulks, 0, -1):
+    operation_ids: Any = await redis.zrange(keys.bulks, 0, -1)
+    for raw in operation_ids:
         op = text(raw)
         for suffix in ("", ":ids", ":items"):
             await redis.rename(f"{keys.bulk(op)}{suffix}", f"{prefix}bulk:{{{op}}}{suffix}")
