@@ -1,23 +1,49 @@
-"""Every script the instance store runs keeps to one Redis Cluster slot, limits included."""
+"""Every script keeps to one Redis Cluster slot: the instance store's, and every other one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import grpc
+from okra_client.gen.schedule.v1 import schedule_pb2 as spb
+from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+import okra_sidecar.store.scripts
 from okra_sidecar.engine.interpreter.effects import Effect, EffectKind
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.instances import InstanceStatus, ParentLink
+from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnExtras
 from okra_sidecar.store.commands import PooledCommands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike, evalsha_with
+from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.store.schedule_store import RedisScheduleStore
 from okra_sidecar.store.scripts import load_script
+from okra_sidecar.tasks import cancel_and_wait
+from tests.executors.test_runtime import commit_extras, effect, read_task
+from tests.helpers import (
+    Stub,
+    eventually,
+    expect_rpc_error,
+    make_settings,
+    running_sidecar,
+    value,
+    wait_for_status,
+)
 from tests.store.test_redis_store import IDS, commit, new
 
 SCRIPTS = ("create", "signal", "commit", "cancel", "timers", "reserve", "release", "void")
@@ -95,3 +121,177 @@ async def test_every_instance_script_touches_one_slot(redis: Redis) -> None:
         assert len(slots) == 1, (names[sha], call_keys)
         seen.add(names[sha])
     assert seen == set(SCRIPTS)
+
+
+if TYPE_CHECKING:
+    from okra_client.gen.schedule.v1.schedule_pb2_grpc import (
+        ScheduleHostAPIAsyncStub as ScheduleStub,
+    )
+    from okra_client.gen.worker.v1.worker_pb2_grpc import TaskWorkerAsyncStub as WorkerStub
+    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
+        WorkflowOperatorAPIAsyncStub as OperatorStub,
+    )
+else:
+    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
+    ScheduleStub = spb_grpc.ScheduleHostAPIStub
+    WorkerStub = wpb_grpc.TaskWorkerStub
+
+FOREVER = "tests.forever.1.0.0"
+SCRIPTS_DIR = Path(okra_sidecar.store.scripts.__file__).parent
+# lib.lua is prepended to the scripts that use it, never run on its own.
+EVERY_SCRIPT = sorted(p.stem for p in SCRIPTS_DIR.glob("*.lua") if p.stem != "lib")
+
+
+@asynccontextmanager
+async def monitored(redis_url: str) -> AsyncIterator[list[tuple[str, list[str]]]]:
+    """Every script run on the Redis meanwhile, by anyone: its sha and its KEYS (MONITOR)."""
+    calls: list[tuple[str, list[str]]] = []
+    client = Redis.from_url(redis_url)
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async with client.monitor() as monitor:
+            ready.set()
+            while True:
+                info = await monitor.next_command()
+                words = info["command"].split(" ")
+                # Commands a script runs are reported too, as the client "lua".
+                if info["client_type"] != "lua" and words[0].upper() == "EVALSHA":
+                    count = int(words[2])
+                    calls.append((words[1], words[3 : 3 + count]))
+
+    task = asyncio.create_task(listen())
+    await asyncio.wait_for(ready.wait(), timeout=10)
+    try:
+        yield calls
+    finally:
+        await asyncio.sleep(0.2)  # the last commands' reports
+        await cancel_and_wait([task])
+        await client.aclose()
+
+
+async def test_every_script_of_a_running_sidecar_touches_one_slot(
+    redis: Redis, redis_url: str
+) -> None:
+    """Each script in store/scripts runs below, and each run names keys of one slot: a new
+    script fails here until it is run below and keeps to one slot."""
+    async with monitored(redis_url) as calls:
+        await run_every_script(redis, redis_url)
+    names = {MultiplexedScript(load_script(name)).sha: name for name in EVERY_SCRIPT}
+    seen: set[str] = set()
+    for sha, call_keys in calls:
+        name = names.get(sha, sha)
+        assert len({key_slot(key.encode()) for key in call_keys}) == 1, (name, call_keys)
+        seen.add(name)
+    assert sorted(seen & set(EVERY_SCRIPT)) == EVERY_SCRIPT
+
+
+async def run_every_script(redis: Redis, redis_url: str) -> None:
+    """What a sidecar does over a day, in a few seconds: every script runs at least once."""
+    async with running_sidecar(make_settings(redis_url)) as (running, stub):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            operator = opb_grpc.WorkflowOperatorAPIStub(channel)
+            await run_instance_scripts(stub, operator)
+            waiting = await run_worker_scripts(running, stub, wpb_grpc.TaskWorkerStub(channel))
+            await run_bulk_scripts(operator)
+            await run_schedule_scripts(spb_grpc.ScheduleHostAPIStub(channel))
+        # What no rpc of the test workflows reaches: an `all` trigger's collection, the slow
+        # lane, a rate limit, a policy set, and a reservation that never became an instance
+        # (trigger_collect, mark_slow, gcra, policy_set, void).
+        keys, store = running.store.keys, running.store
+        triggers = RedisScheduleStore(redis=redis, keys=keys)
+        await triggers.collect_trigger_event("tests.steps", index=0, needed=1, event={"id": "e"})
+        await store.mark_slow(waiting, now_ms=1)
+        policies = RedisPolicyStore(redis=redis, keys=keys, audit_max_length=100)
+        await policies.acquire_rate("tests", interval_ms=1.0, period_ms=1000)
+        await policies.publish_policies("{}", source="tests", digest="d")
+        await redis.zadd(keys.limit_active(keys.scope), {IDS[9]: 1})
+        await store.limits.repair()
+
+
+async def run_instance_scripts(stub: Stub, operator: OperatorStub) -> None:
+    """Run, Signal, SignalWithStart, Emit to a listener, Suspend, Resume, Retry, Cancel and
+    Delete (reserve, create, signal, signal_start, commit, timers, deliver, suspend, resume,
+    retry, cancel, release, purge)."""
+    approval = pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": 1}))
+    first = (await stub.Run(approval)).instance_id
+    second = (await stub.Run(approval)).instance_id
+    for instance_id in (first, second):
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    await stub.Signal(
+        pb.SignalRequest(instance_id=first, signal="approve", payload=value({"by": "a"}))
+    )
+    started = pb.RunRequest(
+        workflow_id="tests.approval.1.0.0", input=value({"amount": 2}), request_id="r1"
+    )
+    await stub.SignalWithStart(
+        pb.SignalWithStartRequest(
+            run=started, signal="approve", payload=value({"by": "b"}), signal_id="s1"
+        )
+    )
+    await stub.Emit(pb.EmitRequest(type="approve", source="tests", data=value({"by": "c"})))
+    await wait_for_status(stub, second, {pb.WORKFLOW_STATUS_COMPLETED})
+    forever = (await stub.Run(pb.RunRequest(workflow_id=FOREVER))).instance_id
+    await wait_for_status(stub, forever, {pb.WORKFLOW_STATUS_WAITING})
+    await operator.Suspend(opb.SuspendRequest(instance_id=forever))
+    await operator.Resume(opb.ResumeRequest(instance_id=forever))
+    failing = pb.RunRequest(workflow_id="tests.order.1.0.0", input=value({"kind": "x"}))
+    failed = (await stub.Run(failing)).instance_id
+    await wait_for_status(stub, failed, {pb.WORKFLOW_STATUS_FAILED})
+    await operator.Retry(opb.RetryRequest(instance_id=failed, reason="again"))
+    await stub.Cancel(pb.CancelRequest(instance_id=forever, reason="done"))
+    await operator.Delete(opb.DeleteRequest(instance_id=forever))
+
+
+async def run_worker_scripts(running: Sidecar, stub: Stub, worker: WorkerStub) -> str:
+    """A worker task (enqueue_task, heartbeat, complete_task); its instance."""
+    waiting: str = (await stub.Run(pb.RunRequest(workflow_id=FOREVER))).instance_id
+    await wait_for_status(stub, waiting, {pb.WORKFLOW_STATUS_WAITING})
+    work = {"function": "charge", "arguments": {}, "service": "payments"}
+    await commit_extras(
+        running, waiting, TurnExtras(effects=[effect("c#1", EffectKind.WORKER, work)])
+    )
+    poll = worker.PollTasks(wpb.PollTasksRequest(service="payments", worker_id="w1"))
+    task = await asyncio.wait_for(read_task(poll), timeout=20)
+    poll.cancel()
+    await worker.Heartbeat(
+        wpb.HeartbeatRequest(worker_id="w1", task_ids=[task.task_id], leases=[task.lease])
+    )
+    await worker.CompleteTask(wpb.CompleteTaskRequest(task_id=task.task_id, lease=task.lease))
+    return waiting
+
+
+async def run_bulk_scripts(operator: OperatorStub) -> None:
+    """A bulk operation run to its end, then cancelled (bulk_lease, bulk_claim, bulk_record,
+    bulk_cancel)."""
+    started = await operator.StartBulkOperation(
+        opb.StartBulkOperationRequest(
+            filter=pb.QueryRequest(workflow_id="tests.approval.1.0.0"),
+            action=opb.BULK_ACTION_CANCEL,
+            reason="tidy",
+        )
+    )
+    get = opb.GetBulkOperationRequest(operation_id=started.operation_id)
+
+    async def bulk_done() -> bool:
+        reply = await operator.GetBulkOperation(get)
+        return bool(reply.operation.state == opb.BULK_OPERATION_STATE_COMPLETED)
+
+    await eventually(bulk_done, what="the bulk operation")
+    # Finished already: bulk_cancel.lua says so.
+    await expect_rpc_error(
+        operator.CancelBulkOperation(
+            opb.CancelBulkOperationRequest(operation_id=started.operation_id)
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
+async def run_schedule_scripts(schedules: ScheduleStub) -> None:
+    """A schedule saved and deleted (schedule_save, schedule_delete)."""
+    created = await schedules.TriggerWorkflow(
+        spb.TriggerWorkflowRequest(
+            workflow_id="tests.steps.1.0.0", input=value({"n": 0}), cron_expression="0 0 1 1 *"
+        )
+    )
+    await schedules.DeleteSchedule(spb.DeleteScheduleRequest(schedule_id=created.schedule_id))
