@@ -10,7 +10,7 @@ from okra_sidecar.errors import StartupError
 from okra_sidecar.store.keys import LAYOUT_VERSION, RedisKeys
 from okra_sidecar.store.replies import map_redis_errors, text
 
-__all__ = ["ClusterNotSupportedError", "LayoutVersionError", "legacy_markers", "open_layout"]
+__all__ = ["LayoutVersionError", "legacy_markers", "open_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,6 @@ class LayoutVersionError(StartupError):
         self.found = found
 
 
-class ClusterNotSupportedError(StartupError):
-    """The Redis URL names a node of a Redis Cluster, which this version cannot run on yet."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the Redis at --redis-url (OKRA_REDIS_URL) is a node of a Redis Cluster; this "
-            "version needs one Redis primary (its instance limits and worker task streams "
-            "still span hash slots): point it at a standalone Redis, with replicas for "
-            "failover, or leave it unset for the embedded one"
-        )
-
-
 def legacy_markers(prefix: str) -> list[str]:
     """Keys only layout 1 (one primary, before partitions had hash tags) wrote."""
     return [f"{prefix}idx:all", f"{prefix}work:0"]
@@ -57,13 +45,9 @@ async def open_layout(redis: aioredis.Redis, *, prefix: str, partitions: int) ->
 
     Raises:
         LayoutVersionError: the store is in another layout version.
-        ClusterNotSupportedError: `redis` is a node of a Redis Cluster.
     """
     key = RedisKeys(prefix=prefix).layout
     with map_redis_errors():
-        # Said plainly here, rather than as a MOVED or CROSSSLOT error from the first command.
-        if int((await redis.info("cluster")).get("cluster_enabled", 0)):
-            raise ClusterNotSupportedError()
         version, recorded = await redis.hmget(key, ["version", "partitions"])
         if version is None:
             for marker in legacy_markers(prefix):

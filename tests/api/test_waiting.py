@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from okra_sidecar.errors import Reason
 from okra_sidecar.server import Sidecar
@@ -62,7 +62,13 @@ async def approve(stub: Stub, instance_id: str, by: str = "bo") -> None:
 
 
 async def subscribers(redis: Redis, instance_id: str) -> int:
-    ((_, count),) = await redis.pubsub_numsub(KEYS.changes(instance_id))
+    """The change feed's subscriptions to the instance's channel: on a Cluster, summed over
+    every node (a subscriber may hold its connection to any node, since PUBLISH reaches all)."""
+    if isinstance(redis, RedisCluster):
+        options: dict[str, Any] = {"target_nodes": RedisCluster.ALL_NODES}
+    else:
+        options = {}
+    ((_, count),) = await redis.pubsub_numsub(KEYS.changes(instance_id), **options)
     return int(count)
 
 

@@ -1,4 +1,4 @@
-"""A Redis Cluster node as the store: refused in one line, before anything is written."""
+"""A Redis Cluster as the store: a sidecar starts on any of its nodes, and waits for slots."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import StartupError
+from okra_sidecar.store.cluster_client import cluster_redis
 from okra_sidecar.store.embedded import find_redis_server
-from okra_sidecar.store.layout import ClusterNotSupportedError
+from okra_sidecar.store.keys import LAYOUT_VERSION
 from okra_sidecar.store.local_cluster import LocalCluster
-from tests.helpers import make_settings, running_sidecar
+from tests.helpers import make_settings, running_sidecar, value, wait_for_status
 
 
 def _free_port() -> int:
@@ -59,19 +61,22 @@ async def cluster_node(tmp_path: Path) -> AsyncIterator[str]:
         await process.wait()
 
 
-async def test_a_cluster_is_refused_in_one_line(tmp_path: Path) -> None:
+async def test_a_sidecar_starts_on_any_node_of_a_cluster(tmp_path: Path) -> None:
     async with LocalCluster(data_dir=tmp_path, masters=3) as cluster:
         for url in (cluster.url, cluster.masters()[1].url):
-            with pytest.raises(ClusterNotSupportedError, match="Redis Cluster") as refused:
-                async with running_sidecar(make_settings(url)):
-                    pass
-            assert "\n" not in str(refused.value)
-        for node in cluster.masters():
-            client = cluster.client(node)
-            try:
-                assert await client.execute("DBSIZE") == 0
-            finally:
-                await client.aclose()
+            async with running_sidecar(make_settings(url)) as (_, stub):
+                run = await stub.Run(
+                    pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+                )
+                done = await wait_for_status(stub, run.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+                assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+        # The layout was recorded once, by the first sidecar.
+        client = cluster_redis(cluster.url, max_connections=4, socket_timeout=5, connect_timeout=2)
+        try:
+            recorded = await client.hgetall("okra:layout")
+        finally:
+            await client.aclose()
+        assert recorded == {b"version": str(LAYOUT_VERSION).encode(), b"partitions": b"8"}
 
 
 async def test_a_cluster_that_serves_no_slots_is_waited_for_then_named(cluster_node: str) -> None:

@@ -98,8 +98,6 @@ async def test_a_heartbeat_lives_while_started_and_is_removed_on_stop(redis: Red
 async def test_work_a_dead_consumer_read_is_finished_by_a_live_sidecar(
     redis: Redis, redis_url: str
 ) -> None:
-    if "," in redis_url:
-        pytest.skip("a sidecar still refuses a Redis Cluster (docs/architecture.md, Cluster)")
     # claimIdleMs of ten minutes: only the missing heartbeat can hand the work over.
     engine = replace(FAST_ENGINE, claim_idle_ms=600_000, heartbeat_ms=100)
     settings = make_settings(redis_url, engine=engine)
