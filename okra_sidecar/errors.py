@@ -55,6 +55,10 @@ class Reason(StrEnum):
     INSTANCE_NOT_FINISHED = "INSTANCE_NOT_FINISHED"
     INSTANCE_NOT_FAILED = "INSTANCE_NOT_FAILED"
     NOTHING_TO_RETRY = "NOTHING_TO_RETRY"
+    UNKNOWN_TASK = "UNKNOWN_TASK"
+    INSTANCE_NOT_RESETTABLE = "INSTANCE_NOT_RESETTABLE"
+    TASK_NOT_REACHED = "TASK_NOT_REACHED"
+    RESET_POINT_NOT_KEPT = "RESET_POINT_NOT_KEPT"
     BULK_OPERATION_NOT_FOUND = "BULK_OPERATION_NOT_FOUND"
     BULK_OPERATION_FINISHED = "BULK_OPERATION_FINISHED"
     BULK_TOO_MANY_INSTANCES = "BULK_TOO_MANY_INSTANCES"
@@ -217,6 +221,40 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         action=(
             "The instance (`instance`) failed outside any task (its workflow's timeout or "
             "input), so no task can run again; start a new instance."
+        ),
+    ),
+    Reason.UNKNOWN_TASK: ReasonSpec(
+        "INVALID_ARGUMENT",
+        retryable=False,
+        action=(
+            "`task` must be the JSON pointer of a top-level task of the instance's workflow "
+            "(`workflow`); the message and `tasks` list them."
+        ),
+    ),
+    Reason.INSTANCE_NOT_RESETTABLE: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "Only a completed, failed, cancelled or waiting instance can be reset; `status` "
+            "says what the instance (`instance`) is now: wait for it to wait or end, or "
+            "Resume a suspended one first."
+        ),
+    ),
+    Reason.TASK_NOT_REACHED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The instance (`instance`) never reached the task (`task`), so there is no state "
+            "to go back to; pick a task its history shows as started."
+        ),
+    ),
+    Reason.RESET_POINT_NOT_KEPT: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The instance's state at the task (`task`) was not kept: its reset points "
+            "outgrew their budget (`limit` bytes); reset to an earlier task or start a new "
+            "instance."
         ),
     ),
     Reason.BULK_OPERATION_NOT_FOUND: ReasonSpec(
@@ -543,6 +581,20 @@ def instance_not_failed(instance_id: str, status: str) -> FailedPreconditionErro
         f"instance {instance_id} is {status}; only a failed instance can be retried",
         reason=Reason.INSTANCE_NOT_FAILED,
         violation=instance_status_violation(instance_id, "the instance must be failed"),
+        metadata={"instance": instance_id, "status": status},
+    )
+
+
+def instance_not_resettable(instance_id: str, status: str) -> FailedPreconditionError:
+    """The error for a Reset of an instance that is neither ended nor waiting."""
+    then = "Resume it first" if status == "suspended" else "wait until it waits or ends"
+    return FailedPreconditionError(
+        f"instance {instance_id} is {status}; only a completed, failed, cancelled or waiting "
+        f"instance can be reset: {then}",
+        reason=Reason.INSTANCE_NOT_RESETTABLE,
+        violation=instance_status_violation(
+            instance_id, "the instance must be completed, failed, cancelled or waiting"
+        ),
         metadata={"instance": instance_id, "status": status},
     )
 

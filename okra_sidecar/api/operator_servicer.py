@@ -1,5 +1,5 @@
-"""WorkflowOperatorServicer: suspend, resume, retry and delete instances, from protobuf to the
-store."""
+"""WorkflowOperatorServicer: suspend, resume, retry, reset and delete instances, from protobuf
+to the store."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ import grpc
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 
-from okra_sidecar.api.convert import BULK_ACTION_FROM_PB, bulk_to_pb, value_to_python
+from okra_sidecar.api.convert import (
+    BULK_ACTION_FROM_PB,
+    STATUS_TO_PB,
+    bulk_to_pb,
+    value_to_python,
+)
 from okra_sidecar.api.gate import PolicyGate
 from okra_sidecar.api.servicer import MAX_REASON, check_text, query_filter
 from okra_sidecar.bulks import BulkAction, BulkSpec
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.resetting import reset_instance
 from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.errors import (
     FailedPreconditionError,
@@ -53,6 +60,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         *,
         store: Store,
         bulks: RedisBulkStore,
+        registry: WorkflowRegistry,
         settings: HostSettings,
         gate: PolicyGate,
         clock: Clock = now_ms,
@@ -60,6 +68,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         self._gate = gate
         self._store = store
         self._bulks = bulks
+        self._registry = registry
         self._settings = settings
         self._clock = clock
 
@@ -123,6 +132,28 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
 
         return await self._gate.on_instance(
             context, "Retry", instance_id, reason=request.reason, apply=retry
+        )
+
+    async def Reset(self, request: opb.ResetRequest, context: Context) -> opb.ResetResponse:
+        instance_id = rules.check_instance_id(request.instance_id)
+
+        async def reset(grant: CallGrant) -> opb.ResetResponse:
+            # reset.lua applies it under the revision it read, and refuses a busy instance.
+            check_text(request.reason, "reason", MAX_REASON)
+            workflow_id, previous = await reset_instance(
+                self._store,
+                self._registry,
+                instance_id,
+                task=request.task,
+                reason=request.reason,
+                now_ms=self._clock(),
+                expect_status=grant.expected_status,
+            )
+            tracing.annotate(workflow_id=workflow_id)
+            return opb.ResetResponse(task=request.task, previous_status=STATUS_TO_PB[previous])
+
+        return await self._gate.on_instance(
+            context, "Reset", instance_id, reason=request.reason, apply=reset
         )
 
     async def Delete(self, request: opb.DeleteRequest, context: Context) -> opb.DeleteResponse:

@@ -330,7 +330,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
 
 @rpc_errors("instances")
 async def operate(request: web.Request) -> web.StreamResponse:
-    """Suspend, resume, retry or delete one instance, as the signed-in user."""
+    """Suspend, resume, retry, reset or delete one instance, as the signed-in user."""
     _same_origin(request)
     instance_id = request.match_info["instance_id"]
     action = request.match_info["action"]
@@ -346,6 +346,10 @@ async def operate(request: web.Request) -> web.StreamResponse:
         elif action == "retry":
             task = await operator.retry(instance_id, reason)
             raise _back(path, notice=f"runs again from {task}")
+        elif action == "reset":
+            task = str(form.get("task") or "")
+            await operator.reset(instance_id, task, reason)
+            raise _back(path, notice=f"reset: runs again from {task}")
         else:
             await operator.delete(instance_id)
             raise _back("/console/instances", notice=f"deleted {instance_id}")
@@ -464,7 +468,8 @@ def console_routes(app: web.Application, gateway: ConsoleGateway) -> None:
             web.post("/console/instances/{instance_id}/signal", signal),
             web.post("/console/instances/{instance_id}/cancel", cancel),
             web.post(
-                "/console/instances/{instance_id}/{action:suspend|resume|retry|delete}", operate
+                "/console/instances/{instance_id}/{action:suspend|resume|retry|reset|delete}",
+                operate,
             ),
             web.get("/console/workflows", workflows),
             web.get("/console/workflows/{workflow_id}", workflow),

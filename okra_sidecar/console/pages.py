@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 InstanceFilters = Mapping[str, str]
+# A top-level task's pointer (a task of the workflow's root list): what Reset goes back to.
+TOP_LEVEL_TASK_RE = re.compile(r"/do/\d+/[^/]+")
 FILTER_FIELDS = ("workflow", "status", "tag", "correlation", "after", "before")
 
 
@@ -170,9 +173,29 @@ def _action_form(base: str, action: str, label: str, confirm: str, *, reason: bo
     )
 
 
-def _actions(instance: WorkflowInstance) -> str:
+def _reset_form(base: str, events: Sequence[HistoryEvent]) -> str:
+    """Reset to one of the top-level tasks the instance started (its history shows them)."""
+    started = dict.fromkeys(
+        e.task
+        for e in events
+        if e.type == "task.started" and TOP_LEVEL_TASK_RE.fullmatch(e.task or "")
+    )
+    if not started:
+        return ""
+    options = "".join(f"<option>{esc(task)}</option>" for task in started)
+    return (
+        f'<form method=post action="{base}/reset" data-confirm="Go back to this task? What '
+        'ran since is not undone.">'
+        f"<label>task<select name=task required>{options}</select></label>"
+        "<label>reason<input name=reason></label><button type=submit>Reset to task</button></form>"
+    )
+
+
+def _actions(instance: WorkflowInstance, events: Sequence[HistoryEvent] = ()) -> str:
     base = f"/console/instances/{esc(instance.instance_id)}"
     forms: list[str] = []
+    if instance.finished or instance.status is WorkflowStatus.WAITING:
+        forms.append(_reset_form(base, events))
     if not instance.finished:
         forms.append(
             f'<form method=post action="{base}/signal" data-confirm="Send this signal?">'
@@ -227,7 +250,8 @@ def instance_page(
         f"<h1>Instance <span class=mono>{esc(instance.instance_id)}</span></h1>"
         f'<div data-stream="{stream}"><span class=live>live</span></div>'
         f"<div class=grid><div class=card id=summary>{instance_summary(instance)}</div>"
-        f'<div class=card><h2 style="margin-top:0">Actions</h2>{_actions(instance)}</div></div>'
+        f'<div class=card><h2 style="margin-top:0">Actions</h2>'
+        f"{_actions(instance, events)}</div></div>"
         f'<div class="card scroll"><h2 style="margin-top:0">Diagram</h2>'
         f"<div id=diagram>{diagram}</div></div>"
         '<div class="card scroll"><h2 style="margin-top:0">Timeline</h2>'

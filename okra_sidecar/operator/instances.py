@@ -338,6 +338,34 @@ def retry_instance(options: Options, instance_id: str, reason: str | None, varia
         click.echo(f"instance {instance_id} runs again from {task}")
 
 
+@instances.command("reset")
+@click.argument("instance_id")
+@click.option(
+    "--task", required=True, help="JSON pointer of a top-level task, as current_step shows it"
+)
+@click.option("--reason", help="recorded in the instance's history")
+@pass_options
+def reset_instance(options: Options, instance_id: str, task: str, reason: str | None) -> None:
+    """Take an ended or waiting instance back to one of its top-level tasks.
+
+    It runs on from there with the data and $context it had when it first reached that task;
+    what the tasks after it did is not undone.
+
+    \b
+    Example:
+      okra instances reset 0b6c2f9e-5d4a-4c1e-9a57-3f2d8e1c7b40 --task /do/1/charge
+    """
+
+    async def reset(client: OkraClient) -> str:
+        return (await client.operator.reset(instance_id, task, reason or "")).value
+
+    previous = call_sidecar(options.target, reset)
+    if options.json:
+        echo_json({"instanceId": instance_id, "reset": True, "task": task, "previous": previous})
+    else:
+        click.echo(f"instance {instance_id} ({previous}) runs again from {task}")
+
+
 @instances.command("delete")
 @click.argument("instance_id")
 @pass_options

@@ -66,7 +66,7 @@ TASK_ALLOWED = P + "task.allowed"
 TASK_ALLOWED_QUEUES = P + "task.allowedQueues"
 TASK_CONDITION = P + "task.condition"
 # The WorkflowOperatorAPI: a switch and a condition per verb, and one condition for them all.
-OPERATOR_VERBS = ("suspend", "resume", "retry", "delete", "bulk")
+OPERATOR_VERBS = ("suspend", "resume", "retry", "reset", "delete", "bulk")
 OPERATOR_ALLOWED = {verb: P + f"{verb}.allowed" for verb in OPERATOR_VERBS}
 OPERATOR_CONDITIONS = {verb: P + f"{verb}.condition" for verb in OPERATOR_VERBS}
 OPERATOR_CONDITION = P + "operator.condition"

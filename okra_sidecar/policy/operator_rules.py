@@ -17,7 +17,7 @@ Check = Callable[[Call, PolicySet, CallGrant], Awaitable[CallGrant]]
 
 # The operator rpcs by the verb whose `<verb>.allowed` and `<verb>.condition` decide them.
 OPERATOR_METHODS = {
-    **{method: method.lower() for method in ("Suspend", "Resume", "Retry", "Delete")},
+    **{method: method.lower() for method in ("Suspend", "Resume", "Retry", "Reset", "Delete")},
     **dict.fromkeys(
         ("StartBulkOperation", "GetBulkOperation", "CancelBulkOperation", "ListBulkOperations"),
         "bulk",

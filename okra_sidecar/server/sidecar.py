@@ -440,7 +440,11 @@ def _build_server(
             max_input_depth=settings.host.max_input_depth,
         ),
         operator=WorkflowOperatorServicer(
-            store=store, bulks=parts.bulks, settings=settings.host, gate=parts.policies.gate
+            store=store,
+            bulks=parts.bulks,
+            registry=parts.registry,
+            settings=settings.host,
+            gate=parts.policies.gate,
         ),
         credentials=credentials,
     )

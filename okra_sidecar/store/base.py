@@ -92,8 +92,9 @@ class TurnExtras:
 
     `effects` go to the executors (Effect.to_json()), `events` are published, `inbox` events go
     straight back to the instance itself (with a turn to read them), `subscriptions` replace the
-    registered ones (None: unchanged; empty filters: none) and `parent_event` is the outcome a
-    finished child hands to the parent awaiting it.
+    registered ones (None: unchanged; empty filters: none), `parent_event` is the outcome a
+    finished child hands to the parent awaiting it and `reset_points` the data and `$context`
+    at each top-level task the turn started (kept only the first time, within a budget).
     """
 
     effects: list[dict[str, Any]] = field(default_factory=list)
@@ -101,6 +102,7 @@ class TurnExtras:
     inbox: list[dict[str, Any]] = field(default_factory=list)
     subscriptions: Subscriptions | None = None
     parent_event: dict[str, Any] | None = None
+    reset_points: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,20 @@ class Store(Protocol):
         state: dict[str, Any],
         reason: str,
         task: str,
+        now_ms: int,
+    ) -> str | None: ...
+
+    async def reset_point(self, instance_id: str, task: str) -> dict[str, Any] | None: ...
+
+    async def reset(
+        self,
+        instance_id: str,
+        *,
+        revision: str,
+        state: dict[str, Any],
+        reason: str,
+        task: str,
+        previous: str,
         now_ms: int,
     ) -> str | None: ...
 

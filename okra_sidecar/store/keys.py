@@ -59,6 +59,11 @@ class RedisKeys:
         """Ids of effect results and routed events already put in the inbox (de-duplication)."""
         return f"{self.instance(instance_id)}:delivered"
 
+    def reset_points(self, instance_id: str) -> str:
+        """Top-level task pointer -> the data and `$context` the instance first reached it
+        with (JSON), what Reset goes back to; field `bytes` counts what they take."""
+        return f"{self.instance(instance_id)}:resets"
+
     def changes(self, instance_id: str) -> str:
         """The pub/sub channel the scripts that change an instance announce it on (lib.lua's
         `announce` derives the same name from the instance key)."""
@@ -72,6 +77,7 @@ class RedisKeys:
             self.inbox(instance_id),
             self.signal_ids(instance_id),
             self.delivered(instance_id),
+            self.reset_points(instance_id),
         ]
 
     def delivery_keys(self, instance_id: str) -> list[str]:

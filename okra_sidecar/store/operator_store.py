@@ -9,11 +9,12 @@ from okra_sidecar.errors import (
     Reason,
     instance_not_failed,
     instance_not_found,
+    instance_not_resettable,
     instance_status_violation,
 )
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.connections import StoreConnections
-from okra_sidecar.store.jsontext import dumps
+from okra_sidecar.store.jsontext import dumps, loads
 from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.records import INDEX_FIELDS, instance_indexes
 from okra_sidecar.store.replies import map_redis_errors, text
@@ -32,6 +33,7 @@ class OperatorStore(StoreConnections):
     _resume = MultiplexedScript(load_script("resume"))
     _purge = MultiplexedScript(load_script("purge"))
     _retry = MultiplexedScript(load_script("retry"))
+    _reset = MultiplexedScript(load_script("reset"))
 
     async def suspend(
         self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
@@ -99,12 +101,72 @@ class OperatorStore(StoreConnections):
             NotFoundError: no such instance.
             FailedPreconditionError: it is not failed (any more).
         """
+        event = {"type": "workflow.retried", "time": now_ms, "reason": reason, "task": task}
+        outcome = await self._rewind(self._retry, instance_id, revision, state, event)
+        if outcome[0] == "not-failed":
+            raise instance_not_failed(instance_id, outcome[1])
+        return outcome[1] if outcome[0] == "ok" else None
+
+    async def reset_point(self, instance_id: str, task: str) -> dict[str, Any] | None:
+        """The data and `$context` the instance first reached top-level `task` with; None if it
+        never reached it, {} if that point outgrew the instance's reset budget (not kept)."""
+        with map_redis_errors():
+            point = await self.hot.execute("HGET", self.keys.reset_points(instance_id), task)
+        if point is None:
+            return None
+        kept: dict[str, Any] = loads(point) if point else {}
+        return kept
+
+    async def reset(
+        self,
+        instance_id: str,
+        *,
+        revision: str,
+        state: dict[str, Any],
+        reason: str,
+        task: str,
+        previous: str,
+        now_ms: int,
+    ) -> str | None:
+        """Take an ended or waiting instance back to `task` with `state` (built from the state
+        at `revision`, when its status was `previous`); its workflow id, or None when the
+        instance changed since that revision (build it again).
+
+        Raises:
+            NotFoundError: no such instance.
+            FailedPreconditionError: it is running, pending or suspended (now).
+        """
+        event = {
+            "type": "workflow.reset",
+            "time": now_ms,
+            "reason": reason,
+            "task": task,
+            "from": previous,
+            # Said in the history itself: a reset runs tasks again, it takes nothing back.
+            "note": "what the tasks run since did (calls, events, child runs, signals "
+            "consumed) is not undone",
+        }
+        outcome = await self._rewind(self._reset, instance_id, revision, state, event)
+        if outcome[0] == "busy":
+            raise instance_not_resettable(instance_id, outcome[1])
+        return outcome[1] if outcome[0] == "ok" else None
+
+    async def _rewind(
+        self,
+        script: MultiplexedScript,
+        instance_id: str,
+        revision: str,
+        state: dict[str, Any],
+        event: dict[str, Any],
+    ) -> list[str]:
+        """Run retry.lua or reset.lua (same KEYS and ARGV, see their headers): the reply, with
+        'moved' when the revision moved and their own refusals left to the caller; a missing
+        instance raises, and 'ok' waits for durability."""
         keys = self.keys
         partition = keys.partition(instance_id)
-        event = dumps({"type": "workflow.retried", "time": now_ms, "reason": reason, "task": task})
         with map_redis_errors():
             result, waited = await self._durable_write(
-                self._retry,
+                script,
                 keys=[
                     keys.instance(instance_id),
                     keys.history(instance_id),
@@ -113,18 +175,16 @@ class OperatorStore(StoreConnections):
                     keys.index_finished(partition),
                 ],
                 args=[
-                    *(instance_id, now_ms, event, revision),
+                    *(instance_id, event["time"], dumps(event), revision),
                     *(dumps(state), dumps(state.get("context") or {})),
                 ],
             )
             outcome = [text(x) for x in result]
-            if outcome[0] == "moved":
-                return None
-            if outcome[0] == "not-failed":
-                raise instance_not_failed(instance_id, outcome[1])
-            self._raise_for(instance_id, outcome, "retried")
-            self._check_durable(waited)
-        return outcome[1]
+            if outcome[0] == "missing":
+                raise instance_not_found(instance_id)
+            if outcome[0] == "ok":
+                self._check_durable(waited)
+        return outcome
 
     async def _change_status(
         self,

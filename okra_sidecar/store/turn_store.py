@@ -14,7 +14,11 @@ from okra_sidecar.store.records import subscription_types
 from okra_sidecar.store.replies import json_or, map_redis_errors, pairs, text
 from okra_sidecar.store.scripts import load_script
 
-__all__ = ["TurnStore"]
+__all__ = ["RESET_POINT_BUDGET", "TurnStore"]
+
+# What one instance's reset points may take in all (bytes of JSON): a point that would pass it
+# is recorded as not kept, so Reset says why it cannot go back there.
+RESET_POINT_BUDGET = 4 * 1024 * 1024
 
 
 class TurnStore(StoreConnections):
@@ -161,6 +165,13 @@ class TurnStore(StoreConnections):
                     "new": [slot(self.keys.subscribers(partition, t)) for t in new if t not in old],
                     "record": record,
                 }
+        if extras.reset_points:
+            points: list[str] = []
+            for task, point in extras.reset_points.items():
+                points += [task, dumps(point)]
+            out["points"] = points
+            out["pointSlot"] = slot(self.keys.reset_points(iid))
+            out["pointBudget"] = RESET_POINT_BUDGET
         if extras.parent_event is not None and snapshot.parent_id:
             out["parent"] = {
                 "id": snapshot.parent_id,

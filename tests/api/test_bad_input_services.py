@@ -487,7 +487,7 @@ async def test_admin_rejection(case: Case[AdminStub], admin: AdminStub, redis: R
 # -- The operator service. -------------------------------------------------------------------
 
 OperatorCall = Callable[[OperatorStub], Awaitable[object]]
-OPERATOR_VERBS = ("Suspend", "Resume", "Retry", "Delete")
+OPERATOR_VERBS = ("Suspend", "Resume", "Retry", "Reset", "Delete")
 
 
 def on_instance(verb: str, instance_id: str) -> OperatorCall:
@@ -498,6 +498,8 @@ def on_instance(verb: str, instance_id: str) -> OperatorCall:
         return lambda o: o.Resume(opb.ResumeRequest(instance_id=instance_id))
     if verb == "Retry":
         return lambda o: o.Retry(opb.RetryRequest(instance_id=instance_id))
+    if verb == "Reset":
+        return lambda o: o.Reset(opb.ResetRequest(instance_id=instance_id, task="/do/0/a"))
     return lambda o: o.Delete(opb.DeleteRequest(instance_id=instance_id))
 
 
@@ -535,6 +537,12 @@ OPERATOR_CASES: list[Case[OperatorStub]] = [
                 "Retry",
                 lambda o: o.Retry(
                     opb.RetryRequest(instance_id=MISSING_INSTANCE, reason="x" * 1025)
+                ),
+            ),
+            (
+                "Reset",
+                lambda o: o.Reset(
+                    opb.ResetRequest(instance_id=MISSING_INSTANCE, reason="x" * 1025)
                 ),
             ),
         )

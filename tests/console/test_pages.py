@@ -255,3 +255,26 @@ async def test_a_failed_instance_offers_retry(redis: Redis, redis_url: str) -> N
             pb.GetHistoryRequest(instance_id=reply.instance_id, limit=1000)
         )
         assert "workflow.retried" in [event.type for event in history.events]
+
+
+async def test_a_completed_instance_offers_reset_to_the_tasks_it_started(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        reply = await stub.Run(
+            pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
+        )
+        await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        page = f"{base}/console/instances/{reply.instance_id}"
+        shown = await http.get(page)
+        assert f'action="/console/instances/{reply.instance_id}/reset"' in shown.text
+        assert "<option>/do/0/first</option><option>/do/1/second</option>" in shown.text
+        reset = await http.post(f"{page}/reset", data={"task": "/do/1/second", "reason": "again"})
+        assert said(reset) == "reset: runs again from /do/1/second"
+        await wait_for_status(stub, reply.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        history = await stub.GetHistory(
+            pb.GetHistoryRequest(instance_id=reply.instance_id, limit=1000)
+        )
+        assert "workflow.reset" in [event.type for event in history.events]
+        refused = await http.post(f"{page}/reset", data={"task": "/do/9/nope"})
+        assert "is not a top-level task of tests.steps.1.0.0" in said(refused)

@@ -1,4 +1,4 @@
-"""`okra instances suspend|resume|retry|delete` and `okra bulk` against a real sidecar."""
+"""`okra instances suspend|resume|retry|reset|delete` and `okra bulk` against a real sidecar."""
 
 from __future__ import annotations
 
@@ -42,6 +42,34 @@ async def test_retry_refuses_what_has_not_failed(address: str) -> None:
     assert "only a failed instance can be retried" in retried.err
     bad = await okra(address, "instances", "retry", instance_id, "--variables", "[1]")
     assert bad.code == ExitCode.USAGE and "must be a JSON object" in bad.err
+
+
+async def test_reset_takes_a_waiting_instance_back_to_a_task(address: str) -> None:
+    instance_id = await start_approval(address)
+    await wait_status(address, instance_id, "waiting")
+    reset = await okra(
+        address,
+        *("instances", "reset", instance_id, "--task", "/do/0/askForApproval"),
+        *("--reason", "asked the wrong person"),
+    )
+    assert reset.code == 0, reset.err
+    assert (
+        reset.out.strip()
+        == f"instance {instance_id} (waiting) runs again from /do/0/askForApproval"
+    )
+    await wait_status(address, instance_id, "waiting")
+    history = await okra(address, "instances", "history", instance_id, "-o", "json")
+    assert history.code == 0, history.err
+    assert "workflow.reset" in history.out
+    unknown = await okra(
+        address, "instances", "reset", instance_id, "--task", "/do/7/x", "-o", "json"
+    )
+    assert unknown.code == ExitCode.USAGE
+    assert (
+        "not a top-level task of tests.approval.1.0.0; it has /do/0/askForApproval" in unknown.err
+    )
+    missing = await okra(address, "instances", "reset", instance_id)
+    assert missing.code == ExitCode.USAGE and "--task" in missing.err
 
 
 async def test_bulk_from_dry_run_to_done(address: str) -> None:

@@ -61,7 +61,7 @@ async def status_of(policed: Policed, instance_id: str) -> int:
     return (await policed.stub.GetStatus(request)).status
 
 
-@pytest.mark.parametrize("verb", ["suspend", "resume", "retry", "delete"])
+@pytest.mark.parametrize("verb", ["suspend", "resume", "retry", "reset", "delete"])
 async def test_a_verb_that_is_switched_off_is_denied_and_writes_nothing(
     redis: Redis, redis_url: str, tmp_path: Path, verb: str
 ) -> None:
@@ -81,6 +81,8 @@ async def test_a_verb_that_is_switched_off_is_denied_and_writes_nothing(
             call = operator.Resume(opb.ResumeRequest(instance_id=instance_id))
         elif verb == "retry":
             call = operator.Retry(opb.RetryRequest(instance_id=instance_id))
+        elif verb == "reset":
+            call = operator.Reset(opb.ResetRequest(instance_id=instance_id, task="/do/0/x"))
         else:
             call = operator.Delete(opb.DeleteRequest(instance_id=instance_id))
         error = await expect_rpc_error(call, DENIED)
@@ -126,6 +128,7 @@ async def test_the_operator_condition_decides_every_operator_rpc(
             operator.Suspend(opb.SuspendRequest(instance_id=instance_id), metadata=GUEST),
             operator.Resume(opb.ResumeRequest(instance_id=instance_id), metadata=GUEST),
             operator.Retry(opb.RetryRequest(instance_id=instance_id), metadata=GUEST),
+            operator.Reset(opb.ResetRequest(instance_id=instance_id), metadata=GUEST),
             operator.Delete(opb.DeleteRequest(instance_id=instance_id), metadata=GUEST),
         ):
             error = await expect_rpc_error(call, DENIED)

@@ -58,6 +58,7 @@ __all__ = [
     "InstanceNotFailedError",
     "InstanceNotFinishedError",
     "InstanceNotFoundError",
+    "InstanceNotResettableError",
     "InstanceNotSuspendedError",
     "InternalError",
     "InvalidArgumentError",
@@ -72,14 +73,17 @@ __all__ = [
     "RateLimitedError",
     "RedisUnavailableError",
     "ReplicasNotAcknowledgedError",
+    "ResetPointNotKeptError",
     "ResourceExhaustedError",
     "ScheduleDeclaredByWorkflowError",
     "ScheduleNotFoundError",
+    "TaskNotReachedError",
     "TokenInvalidError",
     "TokenMissingError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "UnknownTaskError",
     "WorkflowNotFoundError",
     "error_from_rpc",
 ]
@@ -106,6 +110,10 @@ REASONS = frozenset(
         "INSTANCE_NOT_FINISHED",
         "INSTANCE_NOT_FAILED",
         "NOTHING_TO_RETRY",
+        "UNKNOWN_TASK",
+        "INSTANCE_NOT_RESETTABLE",
+        "TASK_NOT_REACHED",
+        "RESET_POINT_NOT_KEPT",
         "BULK_OPERATION_NOT_FOUND",
         "BULK_OPERATION_FINISHED",
         "BULK_TOO_MANY_INSTANCES",
@@ -346,6 +354,23 @@ class NothingToRetryError(FailedPreconditionError):
     """NOTHING_TO_RETRY: the instance failed outside any task; start a new one."""
 
 
+class UnknownTaskError(InvalidArgumentError):
+    """UNKNOWN_TASK: Reset's task is not a top-level task of the workflow (metadata["tasks"])."""
+
+
+class InstanceNotResettableError(FailedPreconditionError):
+    """INSTANCE_NOT_RESETTABLE: only an ended or waiting instance can be reset
+    (metadata["status"])."""
+
+
+class TaskNotReachedError(FailedPreconditionError):
+    """TASK_NOT_REACHED: the instance never reached the task it was to be reset to."""
+
+
+class ResetPointNotKeptError(FailedPreconditionError):
+    """RESET_POINT_NOT_KEPT: the instance's state at that task outgrew the reset budget."""
+
+
 class InstanceAlreadySuspendedError(FailedPreconditionError):
     """INSTANCE_ALREADY_SUSPENDED: the instance is suspended already; Resume it."""
 
@@ -381,6 +406,10 @@ ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "BULK_TOO_MANY_INSTANCES": BulkTooManyInstancesError,
     "INSTANCE_NOT_FAILED": InstanceNotFailedError,
     "NOTHING_TO_RETRY": NothingToRetryError,
+    "UNKNOWN_TASK": UnknownTaskError,
+    "INSTANCE_NOT_RESETTABLE": InstanceNotResettableError,
+    "TASK_NOT_REACHED": TaskNotReachedError,
+    "RESET_POINT_NOT_KEPT": ResetPointNotKeptError,
     "INSTANCE_ALREADY_SUSPENDED": InstanceAlreadySuspendedError,
     "INSTANCE_NOT_SUSPENDED": InstanceNotSuspendedError,
     "INSTANCE_NOT_FINISHED": InstanceNotFinishedError,

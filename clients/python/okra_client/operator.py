@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
-from okra_client.models import Json, WorkflowStatus, set_filters, to_value
+from okra_client.models import STATUS_FROM_PB, Json, WorkflowStatus, set_filters, to_value
 from okra_client.schedules import CallRunner
 
 if TYPE_CHECKING:
@@ -143,6 +143,19 @@ class OperatorClient:
             idempotent=False,
         )
         return response.task
+
+    async def reset(
+        self, instance_id: str, task: str, reason: str = "", *, timeout_s: float | None = None
+    ) -> WorkflowStatus:
+        """Take an ended or waiting instance back to the top-level `task` (a JSON pointer such
+        as `/do/1/charge`) and run it on from there; the status it had before."""
+        request = opb.ResetRequest(instance_id=instance_id, task=task, reason=reason)
+        response = await self._call(
+            lambda t: self._stub.Reset(request, timeout=t, metadata=self._metadata),
+            timeout_s=timeout_s,
+            idempotent=False,
+        )
+        return STATUS_FROM_PB[response.previous_status]
 
     async def delete(self, instance_id: str, *, timeout_s: float | None = None) -> None:
         request = opb.DeleteRequest(instance_id=instance_id)

@@ -118,6 +118,7 @@ class TurnResult:
     `history` the lifecycle events of the turn. `effects` is the outside work the turn asks for,
     to commit with the state; `subscriptions` (listening.py) what the instance listens to while
     WAITING. `changed` is False when the turn did nothing: the caller then has nothing to write.
+    `reached` maps each top-level task started in the turn to its data and `$context` then.
     """
 
     state: dict[str, Any]
@@ -132,6 +133,7 @@ class TurnResult:
     changed: bool = True
     effects: list[Effect] = field(default_factory=list)
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
+    reached: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def start_state(
@@ -285,6 +287,7 @@ class _Turn(TurnBase):
     def start_task(self, node: TaskNode) -> None:
         """Run a task from its start; it completes, pushes a frame or waits in a slot."""
         turn_board.current().enter_task(node.reference)
+        self.note_reached(node)
         raw = self.data
         args = TaskArguments(self, node, raw, self.now)
         if node.if_ is not None and not truthy(self.eval(node.if_, raw, args, node.reference)):
@@ -572,6 +575,7 @@ class _Turn(TurnBase):
             changed=self.changed,
             effects=effects,
             subscriptions=[] if outcome in _FINISHED else self.listening(),
+            reached=self.reached,
         )
 
 

@@ -85,10 +85,19 @@ class TurnBase:
         # Where the root thread was when its last error was raised (catching.py): what an
         # operator's Retry runs again if no `try` catches the error.
         self.fault_point: dict[str, Any] | None = None
+        # The data and `$context` at each top-level task started in this turn, first time
+        # only: the store keeps the first one per task ever, what an operator's Reset restores.
+        self.reached: dict[str, dict[str, Any]] = {}
         self.changed = False
         self._workflow: dict[str, Any] | None = None
         # The inbox's effect results by effect id, read once per turn (waiting.results).
         self.effect_results: dict[str, Signal] | None = None
+
+    def note_reached(self, node: TaskNode) -> None:
+        """Remember the state at a top-level task as it starts (a task of the root list)."""
+        stack = self.stack
+        if len(stack) == 1 and stack[0].get("list") == WorkflowPlan.ROOT:
+            self.reached.setdefault(node.reference, {"data": self.data, "context": self.context})
 
     def variable(self, name: str) -> Any:
         """A variable bound by an enclosing frame of the running thread (WorkflowScope)."""

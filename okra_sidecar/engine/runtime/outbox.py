@@ -50,7 +50,8 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         subs = Subscriptions(subscription_types(subscriptions), list(subscriptions))
     elif snapshot.subscriptions:
         subs = Subscriptions((), [])  # stopped waiting: drop what the last turn registered
-    if not effects and subs is None and parent_event is None:
+    reached = result.reached
+    if not effects and subs is None and parent_event is None and not reached:
         return None
     outgoing: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -73,4 +74,5 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         events=events,
         subscriptions=subs,
         parent_event=parent_event,
+        reset_points=reached,
     )

@@ -7,10 +7,10 @@ from importlib import resources
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 
 # Scripts that touch status indexes receive them as KEYS in InstanceStatus order from this slot.
-STATUS_SLOTS = {"commit": 7, "cancel": 5, "suspend": 4, "resume": 4, "retry": 4}
+STATUS_SLOTS = {"commit": 7, "cancel": 5, "suspend": 4, "resume": 4, "retry": 4, "reset": 4}
 # Scripts that hand events to instances get the helpers of lib.lua (deliver, resubscribe, ...).
 LIBRARY_USERS = frozenset(
-    {"commit", "cancel", "deliver", "complete_task", "suspend", "resume", "retry"}
+    {"commit", "cancel", "deliver", "complete_task", "suspend", "resume", "retry", "reset"}
 )
 # Scripts made of others: each part becomes a local function of its name taking KEYS and ARGV,
 # so the parts keep their own layouts and stay the single copy of what they do.

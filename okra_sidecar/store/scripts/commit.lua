@@ -49,8 +49,8 @@ for i = 13 + field_count, 12 + field_count + tonumber(ARGV[8]) do
 end
 -- Extras, only for turns that have them (so plain turns pay nothing): effects for the
 -- executors, events to publish and the outcome for a parent awaiting this child (both
--- through the partition's outbox), results for the instance's own inbox, and listen
--- subscriptions. Slots are indexes into KEYS.
+-- through the partition's outbox), results for the instance's own inbox, listen
+-- subscriptions and reset points. Slots are indexes into KEYS.
 if ARGV[10] and ARGV[10] ~= '' then
   local x = cjson.decode(ARGV[10])
   if x.effects then
@@ -77,6 +77,22 @@ if ARGV[10] and ARGV[10] ~= '' then
   end
   if x.parent then
     notify_parent(KEYS[6], x.parent)
+  end
+  if x.points then
+    -- Reset points: pointer, JSON pairs. Only the first per task is kept; one past the
+    -- instance's budget is recorded empty (not kept), so that Reset can say why.
+    local key = KEYS[x.pointSlot]
+    local used = tonumber(redis.call('HGET', key, 'bytes') or '0')
+    for i = 1, #x.points, 2 do
+      if redis.call('HEXISTS', key, x.points[i]) == 0 then
+        local point = x.points[i + 1]
+        if used + #point > x.pointBudget then
+          point = ''
+        end
+        used = used + #point
+        redis.call('HSET', key, x.points[i], point, 'bytes', used)
+      end
+    end
   end
 end
 return 1

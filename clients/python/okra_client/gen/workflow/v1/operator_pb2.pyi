@@ -235,6 +235,62 @@ class RetryResponse(_message.Message):
 Global___RetryResponse: _TypeAlias = RetryResponse  # noqa: Y015
 
 @_typing.final
+class ResetRequest(_message.Message):
+    """ResetRequest names the instance to reset and the top-level task it goes back to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance's id, as Run returned it."""
+    task: _builtins.str
+    """JSON pointer of a top-level task of its workflow, such as `/do/1/charge`."""
+    reason: _builtins.str
+    """Why it is reset; recorded in its history."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        task: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "reason", b"reason", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetRequest: _TypeAlias = ResetRequest  # noqa: Y015
+
+@_typing.final
+class ResetResponse(_message.Message):
+    """ResetResponse says what the instance was before the reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """The task it runs again from (the request's `task`)."""
+    previous_status: _workflow_pb2.WorkflowStatus.ValueType
+    """Its status before the reset."""
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        previous_status: _workflow_pb2.WorkflowStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_status", b"previous_status", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetResponse: _TypeAlias = ResetResponse  # noqa: Y015
+
+@_typing.final
 class DeleteRequest(_message.Message):
     """DeleteRequest names the finished instance to delete."""
 

@@ -52,6 +52,11 @@ class WorkflowOperatorAPIStub:
                 request_serializer=okra_dot_workflow_dot_v1_dot_operator__pb2.RetryRequest.SerializeToString,
                 response_deserializer=okra_dot_workflow_dot_v1_dot_operator__pb2.RetryResponse.FromString,
                 _registered_method=True)
+        self.Reset = channel.unary_unary(
+                '/okra.workflow.v1.WorkflowOperatorAPI/Reset',
+                request_serializer=okra_dot_workflow_dot_v1_dot_operator__pb2.ResetRequest.SerializeToString,
+                response_deserializer=okra_dot_workflow_dot_v1_dot_operator__pb2.ResetResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/okra.workflow.v1.WorkflowOperatorAPI/Delete',
                 request_serializer=okra_dot_workflow_dot_v1_dot_operator__pb2.DeleteRequest.SerializeToString,
@@ -106,6 +111,17 @@ class WorkflowOperatorAPIServicer:
         """Retry runs a failed instance again from the task whose error failed it, with the
         data that task had and the same `$context` (optionally with `variables` set in it),
         under the same instance id. Tasks that completed before it do not run again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reset(self, request, context):
+        """Reset takes a completed, failed, cancelled or waiting instance back to one of its
+        top-level tasks (`task`, a JSON pointer as `current_step` shows it, e.g. `/do/1/charge`)
+        with the data and `$context` it had when it first reached that task, and runs it on
+        from there under the same instance id. What tasks after it already did (calls, events,
+        child runs, signals consumed) is not undone; the history records the reset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +185,11 @@ def add_WorkflowOperatorAPIServicer_to_server(servicer, server):
                     servicer.Retry,
                     request_deserializer=okra_dot_workflow_dot_v1_dot_operator__pb2.RetryRequest.FromString,
                     response_serializer=okra_dot_workflow_dot_v1_dot_operator__pb2.RetryResponse.SerializeToString,
+            ),
+            'Reset': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reset,
+                    request_deserializer=okra_dot_workflow_dot_v1_dot_operator__pb2.ResetRequest.FromString,
+                    response_serializer=okra_dot_workflow_dot_v1_dot_operator__pb2.ResetResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -280,6 +301,33 @@ class WorkflowOperatorAPI:
             '/okra.workflow.v1.WorkflowOperatorAPI/Retry',
             okra_dot_workflow_dot_v1_dot_operator__pb2.RetryRequest.SerializeToString,
             okra_dot_workflow_dot_v1_dot_operator__pb2.RetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/okra.workflow.v1.WorkflowOperatorAPI/Reset',
+            okra_dot_workflow_dot_v1_dot_operator__pb2.ResetRequest.SerializeToString,
+            okra_dot_workflow_dot_v1_dot_operator__pb2.ResetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,13 @@ class WorkflowOperatorAPIStub:
     data that task had and the same `$context` (optionally with `variables` set in it),
     under the same instance id. Tasks that completed before it do not run again.
     """
+    Reset: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ResetRequest, _operator_pb2.ResetResponse]
+    """Reset takes a completed, failed, cancelled or waiting instance back to one of its
+    top-level tasks (`task`, a JSON pointer as `current_step` shows it, e.g. `/do/1/charge`)
+    with the data and `$context` it had when it first reached that task, and runs it on
+    from there under the same instance id. What tasks after it already did (calls, events,
+    child runs, signals consumed) is not undone; the history records the reset.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_operator_pb2.DeleteRequest, _operator_pb2.DeleteResponse]
     """Delete removes a completed, failed or cancelled instance with its history and
     its index entries. An unfinished instance cannot be deleted (FAILED_PRECONDITION):
@@ -90,6 +97,13 @@ class WorkflowOperatorAPIAsyncStub(WorkflowOperatorAPIStub):
     """Retry runs a failed instance again from the task whose error failed it, with the
     data that task had and the same `$context` (optionally with `variables` set in it),
     under the same instance id. Tasks that completed before it do not run again.
+    """
+    Reset: _aio.UnaryUnaryMultiCallable[_operator_pb2.ResetRequest, _operator_pb2.ResetResponse]  # type: ignore[assignment]
+    """Reset takes a completed, failed, cancelled or waiting instance back to one of its
+    top-level tasks (`task`, a JSON pointer as `current_step` shows it, e.g. `/do/1/charge`)
+    with the data and `$context` it had when it first reached that task, and runs it on
+    from there under the same instance id. What tasks after it already did (calls, events,
+    child runs, signals consumed) is not undone; the history records the reset.
     """
     Delete: _aio.UnaryUnaryMultiCallable[_operator_pb2.DeleteRequest, _operator_pb2.DeleteResponse]  # type: ignore[assignment]
     """Delete removes a completed, failed or cancelled instance with its history and
@@ -145,6 +159,19 @@ class WorkflowOperatorAPIServicer(metaclass=_abc_1.ABCMeta):
         """Retry runs a failed instance again from the task whose error failed it, with the
         data that task had and the same `$context` (optionally with `variables` set in it),
         under the same instance id. Tasks that completed before it do not run again.
+        """
+
+    @_abc_1.abstractmethod
+    def Reset(
+        self,
+        request: _operator_pb2.ResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ResetResponse, _abc.Awaitable[_operator_pb2.ResetResponse]]:
+        """Reset takes a completed, failed, cancelled or waiting instance back to one of its
+        top-level tasks (`task`, a JSON pointer as `current_step` shows it, e.g. `/do/1/charge`)
+        with the data and `$context` it had when it first reached that task, and runs it on
+        from there under the same instance id. What tasks after it already did (calls, events,
+        child runs, signals consumed) is not undone; the history records the reset.
         """
 
     @_abc_1.abstractmethod
