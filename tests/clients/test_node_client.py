@@ -66,6 +66,20 @@ async def test_node_client_runs_signals_queries_and_cancels(
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S + 30)
+async def test_node_client_operator_verbs(
+    node_client: NodeToolchain, sidecar: tuple[Sidecar, Stub]
+) -> None:
+    server, stub = sidecar
+    report = await run_script(node_client, "operator.js", f"127.0.0.1:{server.port}")
+    history = await stub.GetHistory(pb.GetHistoryRequest(instance_id=report["reset"], limit=1000))
+    types = [event.type for event in history.events]
+    assert types.count("workflow.reset") == 2 and types.count("workflow.suspended") == 1
+    for instance_id in report["cancelled"]:
+        cancelled = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+        assert cancelled.cancel_reason == "batch done"
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 30)
 async def test_node_client_over_mutual_tls(
     node_client: NodeToolchain, redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:

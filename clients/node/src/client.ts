@@ -1,6 +1,7 @@
 /**
  * Node.js client of the okra sidecar's WorkflowHostAPI, with the seed interface's method names
- * (run, signal, getStatus, query, cancel, listWorkflows). JSON in and out: `input`, `output`,
+ * (run, signal, getStatus, query, cancel, listWorkflows), and of its WorkflowOperatorAPI
+ * (`client.operator`, operator.ts). JSON in and out: `input`, `output`,
  * `payload` and `variables` are plain JavaScript values, times are ISO 8601 strings.
  *
  * The proto is loaded at run time with @grpc/proto-loader from the nearest protos/ folder
@@ -18,6 +19,10 @@ import * as path from "node:path";
 
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+
+import { OperatorClient } from "./operator";
+
+export * from "./operator";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -349,6 +354,18 @@ function fromTimestamp(stamp: PbTimestamp | null | undefined): string | undefine
 // -- the client -----------------------------------------------------------------------------
 
 const STATUS_PREFIX = "WORKFLOW_STATUS_";
+// The rpcs of okra.workflow.v1.WorkflowOperatorAPI (the others are WorkflowHostAPI's).
+const OPERATOR_METHODS: ReadonlySet<string> = new Set([
+  "Suspend",
+  "Resume",
+  "Retry",
+  "Reset",
+  "Delete",
+  "StartBulkOperation",
+  "GetBulkOperation",
+  "CancelBulkOperation",
+  "ListBulkOperations",
+]);
 
 type RawMessage = any;
 type Unary = (
@@ -457,12 +474,16 @@ function sleep(ms: number): Promise<void> {
 
 export class OkraClient {
   private readonly stub: grpc.Client & Record<string, Unary>;
+  private readonly operatorStub: grpc.Client & Record<string, Unary>;
+  /** The WorkflowOperatorAPI: suspend, resume, retry, reset, delete and bulk operations. */
+  readonly operator: OperatorClient;
   private readonly timeoutMs: number;
   private readonly retry: Required<RetryOptions>;
 
   constructor(address: string, options: ClientOptions = {}) {
     const protoDir = options.protoDir ?? findProtoDir(__dirname);
-    const definition = protoLoader.loadSync("okra/workflow/v1/workflow.proto", {
+    const files = ["okra/workflow/v1/workflow.proto", "okra/workflow/v1/operator.proto"];
+    const definition = protoLoader.loadSync(files, {
       includeDirs: [protoDir],
       keepCase: false,
       longs: String,
@@ -472,12 +493,24 @@ export class OkraClient {
     });
     const loaded = grpc.loadPackageDefinition(definition) as RawMessage;
     const Service = loaded.okra.workflow.v1.WorkflowHostAPI as grpc.ServiceClientConstructor;
+    const Operator = loaded.okra.workflow.v1.WorkflowOperatorAPI as grpc.ServiceClientConstructor;
     const secure = options.tls ? tlsCredentials(options.tls) : undefined;
-    this.stub = new Service(
-      address,
-      options.credentials ?? secure?.credentials ?? grpc.credentials.createInsecure(),
-      secure?.options ?? {},
-    ) as grpc.Client & Record<string, Unary>;
+    const credentials =
+      options.credentials ?? secure?.credentials ?? grpc.credentials.createInsecure();
+    this.stub = new Service(address, credentials, secure?.options ?? {}) as grpc.Client &
+      Record<string, Unary>;
+    // The same channel: grpc-js shares one connection between clients of equal arguments.
+    this.operatorStub = new Operator(address, credentials, secure?.options ?? {}) as grpc.Client &
+      Record<string, Unary>;
+    this.operator = new OperatorClient(
+      (method, request, idempotent) => this.call(method, request, idempotent),
+      {
+        toValue,
+        toFilters,
+        fromStatus: (status) => status.replace(STATUS_PREFIX, "").toLowerCase() as WorkflowStatus,
+        fromTimestamp,
+      },
+    );
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.retry = {
       maxAttempts: options.retry?.maxAttempts ?? 4,
@@ -488,11 +521,13 @@ export class OkraClient {
 
   close(): void {
     this.stub.close();
+    this.operatorStub.close();
   }
 
   private attempt(method: string, request: object, deadline: Date): Promise<RawMessage> {
+    const stub = OPERATOR_METHODS.has(method) ? this.operatorStub : this.stub;
     return new Promise((resolve, reject) => {
-      this.stub[method].call(this.stub, request, new grpc.Metadata(), { deadline }, (error, response) => {
+      stub[method].call(stub, request, new grpc.Metadata(), { deadline }, (error, response) => {
         if (error) reject(new OkraError(error.code, error.details, errorDetails(error)));
         else resolve(response);
       });
@@ -741,6 +776,19 @@ export class WorkflowHandle {
 
   cancel(reason?: string): Promise<void> {
     return this.client.cancel(this.id, reason);
+  }
+
+  suspend(reason?: string): Promise<void> {
+    return this.client.operator.suspend(this.id, reason);
+  }
+
+  resume(reason?: string): Promise<void> {
+    return this.client.operator.resume(this.id, reason);
+  }
+
+  /** Back to the top-level `task`; resolves to the status it had. */
+  reset(task: string, reason?: string): Promise<WorkflowStatus> {
+    return this.client.operator.reset(this.id, task, reason);
   }
 }
 
