@@ -420,6 +420,21 @@ async def schedule_action(request: web.Request) -> web.StreamResponse:
     raise _back("/console/schedules", notice=f"{action}d {schedule_id}")
 
 
+@rpc_errors("bulks")
+async def bulks(request: web.Request) -> web.StreamResponse:
+    found = await _client(request).operator.list_bulk()
+    return _html(request, "Bulk operations", pages.bulks_page(found), "bulks")
+
+
+@rpc_errors("bulks")
+async def cancel_bulk(request: web.Request) -> web.StreamResponse:
+    _same_origin(request)
+    operation_id = request.match_info["operation_id"]
+    with back_on_refusal("/console/bulks"):
+        await _client(request).operator.cancel_bulk(operation_id)
+    raise _back("/console/bulks", notice=f"cancelled {operation_id}")
+
+
 async def login_form(request: web.Request) -> web.StreamResponse:
     return _html(request, "Sign in", pages.login_page(request.query.get("error", "")), "")
 
@@ -476,5 +491,7 @@ def console_routes(app: web.Application, gateway: ConsoleGateway) -> None:
             web.post("/console/workflows/{workflow_id}/run", run),
             web.get("/console/schedules", schedules),
             web.post("/console/schedules/{schedule_id}/{action:pause|resume}", schedule_action),
+            web.get("/console/bulks", bulks),
+            web.post("/console/bulks/{operation_id}/cancel", cancel_bulk),
         ]
     )

@@ -96,7 +96,12 @@ if (live && window.EventSource) {
 }
 """
 
-NAV = (("instances", "Instances"), ("workflows", "Workflows"), ("schedules", "Schedules"))
+NAV = (
+    ("instances", "Instances"),
+    ("workflows", "Workflows"),
+    ("schedules", "Schedules"),
+    ("bulks", "Bulk operations"),
+)
 
 
 def esc(value: Any) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import yaml
 from okra_client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
+from okra_client.operator import BulkOperation
 from okra_client.schedules import Schedule
 
 from okra_sidecar.console.html import badge, esc, pretty_json, when
@@ -330,6 +331,37 @@ def schedules_page(schedules: Sequence[Schedule]) -> str:
         "<th>workflow</th><th>when</th><th>state</th><th>next fire</th><th>last fire</th>"
         f"<th>fired</th><th>last error</th><th></th></tr></thead><tbody>{body}</tbody></table>"
         "</div>"
+    )
+
+
+def bulks_page(operations: Sequence[BulkOperation]) -> str:
+    """The bulk operations, newest first, with their progress and a cancel button while running."""
+    rows = []
+    for op in operations:
+        handled = op.done + op.skipped + op.failed
+        reasons = ", ".join(f"{why}: {count}" for why, count in sorted(op.reasons.items()))
+        cancel = ""
+        if op.state == "running":
+            cancel = (
+                f'<form method=post action="/console/bulks/{esc(op.operation_id)}/cancel" '
+                'data-confirm="Stop this bulk operation? What it did stays done.">'
+                "<button class=danger type=submit>cancel</button></form>"
+            )
+        rows.append(
+            f"<tr id=bulk-{esc(op.operation_id)}><td class=mono>{esc(op.operation_id)}</td>"
+            f"<td>{esc(op.action)}</td><td>{badge(op.state)}</td>"
+            f'<td><progress max="{max(op.matched, 1)}" value="{handled}"></progress> '
+            f"<span class=progress>{handled} of {op.matched}</span></td>"
+            f"<td>{op.done}</td><td>{op.skipped}</td><td>{op.failed}</td>"
+            f"<td class=wrap>{esc(reasons)}</td><td class=wrap>{esc(op.reason)}</td>"
+            f"<td>{when(op.created_at)}</td><td>{when(op.updated_at)}</td><td>{cancel}</td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan=12 class=muted>no bulk operations</td></tr>"
+    return (
+        "<h1>Bulk operations</h1><div class='card scroll'><table><thead><tr><th>operation</th>"
+        "<th>action</th><th>state</th><th>progress</th><th>done</th><th>skipped</th>"
+        "<th>failed</th><th>why skipped or failed</th><th>reason</th><th>started</th>"
+        f"<th>last progress</th><th></th></tr></thead><tbody>{body}</tbody></table></div>"
     )
 
 

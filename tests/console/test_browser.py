@@ -153,3 +153,55 @@ async def test_a_person_suspends_and_resumes_an_instance(
         await browser.submit("form[action$='/delete']", {})
         assert await browser.evaluate("location.pathname") == "/console/instances"
         assert f"deleted {instance_id}" in await browser.evaluate("document.body.innerText")
+
+
+async def test_a_person_follows_bulk_operations_and_cancels_one(
+    redis: Redis, redis_url: str, browser: Browser, shots: Path
+) -> None:
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (sidecar, stub, base):
+        small = [
+            await run_example(stub, APPROVAL, {"requester": "lin", "amount": 250}) for _ in range(2)
+        ]
+        for instance_id in small:
+            await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        # Orders without a shipping address fail: ten of them to delete, one a second.
+        item = {"sku": "desk", "quantity": 1, "priceCents": 100}
+        slow = [
+            await run_example(
+                stub, ORDER, {"orderId": f"B-{n}", "kind": "physical", "items": [item]}
+            )
+            for n in range(10)
+        ]
+        for instance_id in slow:
+            await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_FAILED})
+        async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
+            done = await client.operator.start_bulk(
+                "signal", workflow_id=APPROVAL, signal="approve", payload={"by": "bulk"}
+            )
+            for instance_id in small:
+                await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+            # Still running when the person gets to it.
+            running = await client.operator.start_bulk(
+                "delete", workflow_id=ORDER, reason="cleanup", max_per_second=1
+            )
+        assert running.matched == len(slow)
+        await browser.open(f"{base}/console/bulks")
+        row = "document.querySelector('#bulk-{}')"
+        state = f"{row}.querySelector('.badge').textContent"
+        progress = f"{row}.querySelector('.progress').textContent"
+        await browser.wait_for(f"{state.format(done.operation_id)} == 'completed'")
+        assert await browser.evaluate(progress.format(done.operation_id)) == "2 of 2"
+        assert await browser.evaluate(state.format(running.operation_id)) == "running"
+        await browser.screenshot(shots / "console-bulks.png")
+        await browser.submit(f"form[action$='/bulks/{running.operation_id}/cancel']", {})
+        assert f"cancelled {running.operation_id}" in await browser.evaluate(
+            "document.body.innerText"
+        )
+        assert await browser.evaluate(state.format(running.operation_id)) == "cancelled"
+        # No cancel button once it has stopped, and fewer than all were deleted.
+        assert (
+            await browser.evaluate(f"{row.format(running.operation_id)}.querySelector('form')")
+            is None
+        )
+        left = await stub.Query(pb.QueryRequest(workflow_id=ORDER))
+        assert 0 < len(left.instances) <= len(slow)

@@ -278,3 +278,15 @@ async def test_a_completed_instance_offers_reset_to_the_tasks_it_started(
         assert "workflow.reset" in [event.type for event in history.events]
         refused = await http.post(f"{page}/reset", data={"task": "/do/9/nope"})
         assert "is not a top-level task of tests.steps.1.0.0" in said(refused)
+
+
+async def test_the_bulk_operations_page_lists_them_and_refuses_a_missing_one(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, _stub, base), httpx.AsyncClient() as http:
+        shown = await http.get(f"{base}/console/bulks")
+        assert shown.status_code == 200 and "no bulk operations" in shown.text
+        assert 'href="/console/bulks" class=here' in shown.text
+        missing = "00000000-0000-4000-8000-000000000000"
+        refused = await http.post(f"{base}/console/bulks/{missing}/cancel")
+        assert said(refused) == f"bulk operation {missing} does not exist"
