@@ -78,7 +78,7 @@ async function main(address: string): Promise<void> {
     const started = await operator.startBulk({ action: "cancel", tags, reason: "batch done" });
     assert.equal(started.matched, 2);
     let operation: BulkOperation = await operator.getBulk(started.operationId);
-    for (let i = 0; i < 100 && operation.state === "running"; i++) {
+    for (let i = 0; i < 300 && operation.state === "running"; i++) {
       await new Promise((resolve) => setTimeout(resolve, 100));
       operation = await operator.getBulk(started.operationId);
     }
