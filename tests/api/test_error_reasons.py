@@ -30,6 +30,7 @@ from tests.helpers import (
     expect_rpc_error,
     make_settings,
     running_sidecar,
+    to_python,
     value,
     wait_for_status,
     with_host,
@@ -426,3 +427,73 @@ async def test_internal(sidecar: tuple[Sidecar, Stub], caplog: pytest.LogCapture
     assert assert_reason(error, Reason.INTERNAL) == {}
     assert "a bug" not in (error.details() or "")
     assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_unknown_task(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).Reset(
+                opb.ResetRequest(instance_id=started.instance_id, task="/do/1/later")
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    metadata = assert_reason(error, Reason.UNKNOWN_TASK)
+    assert metadata == {"field": "task", "workflow": "tests.forever.1.0.0", "tasks": "/do/0/hold"}
+
+
+async def test_instance_not_resettable(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(pb.RunRequest(workflow_id="tests.forever.1.0.0"))
+    await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        operator = OperatorStub(channel)
+        await operator.Suspend(opb.SuspendRequest(instance_id=started.instance_id))
+        error = await expect_rpc_error(
+            operator.Reset(opb.ResetRequest(instance_id=started.instance_id, task="/do/0/hold")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.INSTANCE_NOT_RESETTABLE)
+    assert metadata == {"instance": started.instance_id, "status": "suspended"}
+
+
+async def test_task_not_reached(sidecar: tuple[Sidecar, Stub]) -> None:
+    running, stub = sidecar
+    started = await stub.Run(
+        pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": 1}))
+    )
+    await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        error = await expect_rpc_error(
+            OperatorStub(channel).Reset(
+                opb.ResetRequest(instance_id=started.instance_id, task="/do/1/decide")
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    metadata = assert_reason(error, Reason.TASK_NOT_REACHED)
+    assert metadata == {"instance": started.instance_id, "task": "/do/1/decide"}
+
+
+async def test_reset_point_not_kept(redis: Redis, redis_url: str) -> None:
+    settings = make_settings(redis_url, workflows=OPERATOR_DIR)
+    async with running_sidecar(settings) as (sidecar, stub):
+        started = await stub.Run(pb.RunRequest(workflow_id="tests.bloat.1.0.0"))
+        done = await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert to_python(done.output) == {"size": 1_500_000}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            operator = OperatorStub(channel)
+            # Two points of 1.5 MB fit the 4 MiB budget; the third does not.
+            error = await expect_rpc_error(
+                operator.Reset(
+                    opb.ResetRequest(instance_id=started.instance_id, task="/do/3/fourth")
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+            await operator.Reset(
+                opb.ResetRequest(instance_id=started.instance_id, task="/do/2/third")
+            )
+        await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    metadata = assert_reason(error, Reason.RESET_POINT_NOT_KEPT)
+    assert metadata == {"instance": started.instance_id, "task": "/do/3/fourth", "limit": "4194304"}
