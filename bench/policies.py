@@ -123,6 +123,8 @@ SEED_FULL_SET: dict[str, Any] = {
     "policy.workflow.resume.condition": "instance.status == 'suspended'",
     "policy.workflow.retry.allowed": True,
     "policy.workflow.retry.condition": "instance.status == 'failed'",
+    "policy.workflow.reset.allowed": True,
+    "policy.workflow.reset.condition": "instance.status != 'suspended'",
     "policy.workflow.delete.allowed": True,
     "policy.workflow.delete.condition": "instance.status != 'failed'",
     "policy.workflow.bulk.allowed": True,

@@ -226,36 +226,22 @@ REASONS: Mapping[Reason, ReasonSpec] = {
     Reason.UNKNOWN_TASK: ReasonSpec(
         "INVALID_ARGUMENT",
         retryable=False,
-        action=(
-            "`task` must be the JSON pointer of a top-level task of the instance's workflow "
-            "(`workflow`); the message and `tasks` list them."
-        ),
+        action="`task` must be a top-level task of the workflow; `tasks` lists them.",
     ),
     Reason.INSTANCE_NOT_RESETTABLE: ReasonSpec(
         "FAILED_PRECONDITION",
         retryable=False,
-        action=(
-            "Only a completed, failed, cancelled or waiting instance can be reset; `status` "
-            "says what the instance (`instance`) is now: wait for it to wait or end, or "
-            "Resume a suspended one first."
-        ),
+        action="Wait until the instance (`status`) ends or waits; Resume a suspended one.",
     ),
     Reason.TASK_NOT_REACHED: ReasonSpec(
         "FAILED_PRECONDITION",
         retryable=False,
-        action=(
-            "The instance (`instance`) never reached the task (`task`), so there is no state "
-            "to go back to; pick a task its history shows as started."
-        ),
+        action="The instance never reached `task`; pick a task its history shows started.",
     ),
     Reason.RESET_POINT_NOT_KEPT: ReasonSpec(
         "FAILED_PRECONDITION",
         retryable=False,
-        action=(
-            "The instance's state at the task (`task`) was not kept: its reset points "
-            "outgrew their budget (`limit` bytes); reset to an earlier task or start a new "
-            "instance."
-        ),
+        action="The state at `task` outgrew the budget (`limit` bytes); reset to an earlier task.",
     ),
     Reason.BULK_OPERATION_NOT_FOUND: ReasonSpec(
         "NOT_FOUND",
@@ -581,20 +567,6 @@ def instance_not_failed(instance_id: str, status: str) -> FailedPreconditionErro
         f"instance {instance_id} is {status}; only a failed instance can be retried",
         reason=Reason.INSTANCE_NOT_FAILED,
         violation=instance_status_violation(instance_id, "the instance must be failed"),
-        metadata={"instance": instance_id, "status": status},
-    )
-
-
-def instance_not_resettable(instance_id: str, status: str) -> FailedPreconditionError:
-    """The error for a Reset of an instance that is neither ended nor waiting."""
-    then = "Resume it first" if status == "suspended" else "wait until it waits or ends"
-    return FailedPreconditionError(
-        f"instance {instance_id} is {status}; only a completed, failed, cancelled or waiting "
-        f"instance can be reset: {then}",
-        reason=Reason.INSTANCE_NOT_RESETTABLE,
-        violation=instance_status_violation(
-            instance_id, "the instance must be completed, failed, cancelled or waiting"
-        ),
         metadata={"instance": instance_id, "status": status},
     )
 

@@ -9,7 +9,6 @@ from okra_sidecar.errors import (
     Reason,
     instance_not_failed,
     instance_not_found,
-    instance_not_resettable,
     instance_status_violation,
 )
 from okra_sidecar.instances import InstanceStatus
@@ -148,7 +147,7 @@ class OperatorStore(StoreConnections):
         }
         outcome = await self._rewind(self._reset, instance_id, revision, state, event)
         if outcome[0] == "busy":
-            raise instance_not_resettable(instance_id, outcome[1])
+            raise _not_resettable(instance_id, outcome[1])
         return outcome[1] if outcome[0] == "ok" else None
 
     async def _rewind(
@@ -261,6 +260,20 @@ def _not_finished(instance_id: str, status: str) -> FailedPreconditionError:
         reason=Reason.INSTANCE_NOT_FINISHED,
         violation=instance_status_violation(
             instance_id, "the instance must be completed, failed or cancelled"
+        ),
+        metadata={"instance": instance_id, "status": status},
+    )
+
+
+def _not_resettable(instance_id: str, status: str) -> FailedPreconditionError:
+    """The error for a Reset of an instance that is neither ended nor waiting."""
+    then = "Resume it first" if status == "suspended" else "wait until it waits or ends"
+    return FailedPreconditionError(
+        f"instance {instance_id} is {status}; only a completed, failed, cancelled or waiting "
+        f"instance can be reset: {then}",
+        reason=Reason.INSTANCE_NOT_RESETTABLE,
+        violation=instance_status_violation(
+            instance_id, "the instance must be completed, failed, cancelled or waiting"
         ),
         metadata={"instance": instance_id, "status": status},
     )

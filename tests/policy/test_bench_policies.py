@@ -13,4 +13,4 @@ def test_the_bench_sets_every_policy_key(cel: CelEngine) -> None:
         SEED_FULL_SET, cel=cel, env_names=frozenset({"DEPLOYMENT_ENV"}), source="bench"
     )
     assert policies.audit_level == "full"
-    assert len(policies.conditions) == 15  # the seed's five and those of the other rpcs
+    assert len(policies.conditions) == 16  # the seed's five and those of the other rpcs

@@ -13,24 +13,15 @@ from okra_sidecar.errors import (
     Reason,
     instance_kept_changing,
     instance_not_found,
-    instance_not_resettable,
 )
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.turn_store import RESET_POINT_BUDGET
 
-__all__ = ["RESETTABLE_STATUSES", "reset_instance"]
+__all__ = ["reset_instance"]
 
 # A state built for a Reset is committed only if nothing changed since it was read.
 RESET_ATTEMPTS = 8
-RESETTABLE_STATUSES = frozenset(
-    {
-        InstanceStatus.COMPLETED,
-        InstanceStatus.FAILED,
-        InstanceStatus.CANCELLED,
-        InstanceStatus.WAITING,
-    }
-)
 
 
 async def reset_instance(
@@ -66,8 +57,7 @@ async def reset_instance(
         point = await store.reset_point(instance_id, task)
         if not point:
             raise _no_point(instance_id, task, kept=point is None)
-        if snapshot.status not in RESETTABLE_STATUSES:
-            raise instance_not_resettable(instance_id, snapshot.status.value)
+        # A status reset.lua refuses (running, pending, suspended) is answered by the store.
         state = reset_state(snapshot.state, plan, task, point)
         workflow_id = await store.reset(
             instance_id,
