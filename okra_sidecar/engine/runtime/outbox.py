@@ -50,7 +50,7 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
         subs = Subscriptions(subscription_types(subscriptions), list(subscriptions))
     elif snapshot.subscriptions:
         subs = Subscriptions((), [])  # stopped waiting: drop what the last turn registered
-    reached = result.reached
+    reached: dict[str, dict[str, Any]] = getattr(result, "reached", None) or {}
     if not effects and subs is None and parent_event is None and not reached:
         return None
     outgoing: list[dict[str, Any]] = []
