@@ -10,7 +10,7 @@ LOCK = requirements/dev.txt
 # The Python client's own distribution, which the sidecar depends on; installed editable.
 CLIENT = clients/python
 
-.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-unit run bench chaos hostile fuzz clean
+.PHONY: all venv install lock test-latest lint-only test-only proto proto-check proto-lint proto-release stubs errors-doc format lint typecheck test test-both test-unit run bench chaos hostile fuzz clean
 
 all: lint test
 
@@ -94,6 +94,11 @@ test: install test-only
 
 test-only:
 	$(BIN)/pytest
+
+# Every test that takes a Redis, on a single primary and on a local 3-master Redis Cluster
+# (`make test` runs the ones conftest.ON_BOTH_STORES names on both); ARGS narrow it down.
+test-both: install
+	$(BIN)/pytest --stores both $(ARGS)
 
 test-unit: install
 	$(BIN)/pytest -m 'not slow'

@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit
@@ -34,25 +35,37 @@ PAGE = 100
 
 
 class RoundTrips:
-    """Counts pipeline executions of every redis-py client in the process."""
+    """Counts pipeline executions of every redis-py client in the process.
+
+    On a Redis Cluster a pipeline goes to every master it names at once: one round trip.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self._execute = Pipeline.execute
+        self._cluster_execute = ClusterPipeline.execute
 
     def __enter__(self) -> RoundTrips:
-        execute = self._execute
+        execute, cluster_execute = self._execute, self._cluster_execute
 
         async def counted(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
             self.count += 1
             return await execute(pipe, raise_on_error)
 
-        # Patched on the class: Query's pipelines are made inside the store.
+        async def cluster_counted(
+            pipe: ClusterPipeline, raise_on_error: bool = True, allow_redirections: bool = True
+        ) -> list[Any]:
+            self.count += 1
+            return await cluster_execute(pipe, raise_on_error, allow_redirections)
+
+        # Patched on the classes: Query's pipelines are made inside the store.
         Pipeline.execute = counted  # type: ignore[method-assign,assignment]
+        ClusterPipeline.execute = cluster_counted  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
         Pipeline.execute = self._execute  # type: ignore[method-assign]
+        ClusterPipeline.execute = self._cluster_execute  # type: ignore[method-assign]
 
 
 async def fill(store: RedisStore, count: int) -> None:

@@ -7,19 +7,26 @@ import io
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
 from okra_sidecar.server import Sidecar
-from okra_sidecar.store.cluster_client import cluster_redis
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.local_cluster import LocalCluster
-from tests.helpers import Stub, make_settings, running_sidecar
+from tests.helpers import Stub, make_settings, redis_for, running_sidecar
 
 TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
+# `--stores` (or this variable): which Redis the tests that take one run on.
+STORES_OPTION = "--stores"
+TEST_STORES_ENV = "OKRA_TEST_STORES"
+STORES = {"single": ("single",), "cluster": ("cluster",), "both": ("single", "cluster")}
+# Tests (node id prefixes) that run on both stores in every run, CI included; `make test-both`
+# runs every test that takes a Redis on both. The store's own tests are where the Cluster
+# differs most (slots, redirects, per-master pipelines), and they are quick.
+ON_BOTH_STORES = ("tests/store/",)
 # pytest-timeout (60 s) shows threads, not coroutines: a test whose loop waits this long
 # prints what each of its tasks is waiting on first.
 STUCK_AFTER_S = 45.0
@@ -69,12 +76,6 @@ async def single_redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
         await server.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_url(single_redis_url: str) -> str:
-    """The Redis of a test: the single one, unless its module moves it onto both."""
-    return single_redis_url
-
-
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
     """The run's Redis Cluster, 3 masters on loopback, started when a test first asks."""
@@ -94,42 +95,51 @@ async def cluster_url(redis_cluster: LocalCluster) -> AsyncIterator[str]:
     yield redis_cluster.url
 
 
-@pytest.fixture(params=["single", "cluster"])
-def either_redis_url(request: pytest.FixtureRequest) -> str:
-    """A test's Redis: once a single primary, once the run's 3-master Redis Cluster (flushed).
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        STORES_OPTION,
+        choices=sorted(STORES),
+        default=os.environ.get(TEST_STORES_ENV, "single"),
+        help="the Redis of every test that takes one: a single primary, the run's 3-master "
+        f"Redis Cluster, or both (default: ${TEST_STORES_ENV}, else single); the tests "
+        "conftest.ON_BOTH_STORES names run on both whatever this says",
+    )
 
-    A test module moves onto both by overriding `redis_url` and `redis` with these two.
-    """
-    name = "single_redis_url" if request.param == "single" else "cluster_url"
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test that takes `redis_url` (directly, or through `redis`, `sidecar`...) runs once
+    per chosen store: a parameter of the same test, never a copy of it."""
+    if "redis_url" not in metafunc.fixturenames:
+        return
+    chosen = str(metafunc.config.getoption(STORES_OPTION))
+    if metafunc.definition.nodeid.startswith(ON_BOTH_STORES):
+        chosen = "both"
+    if metafunc.definition.get_closest_marker("single_store") is not None:
+        chosen = "single"
+    if STORES[chosen] != ("single",):
+        metafunc.parametrize("redis_url", STORES[chosen], indirect=True)
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The Redis of a test: the single primary, or the run's Redis Cluster (flushed) as a
+    parameter (see pytest_generate_tests)."""
+    store = getattr(request, "param", "single")
+    pending = request.node.get_closest_marker("not_on_cluster_yet")
+    if store == "cluster" and pending is not None:
+        pytest.skip(f"not on a Redis Cluster yet: {pending.kwargs['reason']}")
+    name = "single_redis_url" if store == "single" else "cluster_url"
     return str(request.getfixturevalue(name))
 
 
 @pytest_asyncio.fixture
-async def either_redis(either_redis_url: str) -> AsyncIterator[Redis]:
-    """A client of `either_redis_url` (redis-py's RedisCluster on the Cluster), flushed."""
-    if "," not in either_redis_url:
-        client = Redis.from_url(either_redis_url, decode_responses=False)
-        await client.flushall()
-    else:
-        # RedisCluster answers the commands tests send, as server.parts.redis_client relies on.
-        client = cast(
-            Redis,
-            cluster_redis(
-                either_redis_url, max_connections=32, socket_timeout=10, connect_timeout=2
-            ),
-        )
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """A client (bytes in, bytes out) on a database flushed before the test."""
-    client = Redis.from_url(redis_url, decode_responses=False)
-    try:
+    """A client (bytes in, bytes out) on a store flushed before the test: redis-py's
+    RedisCluster on the Cluster, whose masters `cluster_url` flushed."""
+    client = redis_for(redis_url)
+    if "," not in redis_url:
         await client.flushall()
+    try:
         yield client
     finally:
         await client.aclose()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -28,6 +28,7 @@ from okra_sidecar.ctk.runner import ENGINE as CTK_ENGINE
 from okra_sidecar.errors import ERROR_DOMAIN, REASONS, Reason
 from okra_sidecar.executors.relay import OutboxRelay
 from okra_sidecar.server import Sidecar, start_sidecar
+from okra_sidecar.store.cluster_client import cluster_redis
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.outbox_store import RedisOutboxStore
@@ -57,6 +58,14 @@ class FakeClock:
 
     def __call__(self) -> int:
         return self.now
+
+
+def redis_for(url: str) -> Redis:
+    """A client (bytes in, bytes out) of `url`: redis-py's RedisCluster for a Cluster's seed
+    list, which answers the commands tests send, as server.parts.redis_client relies on."""
+    if "," not in url:
+        return Redis.from_url(url, decode_responses=False)
+    return cast(Redis, cluster_redis(url, max_connections=32, socket_timeout=10, connect_timeout=2))
 
 
 def make_settings(

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+import pytest
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
@@ -34,6 +35,7 @@ async def test_a_run_past_max_instance_duration_fails_with_a_timeout(
         await wait_for_status(stub, quick, {pb.WORKFLOW_STATUS_COMPLETED})
 
 
+@pytest.mark.not_on_cluster_yet(reason="schedule scripts span hash slots")
 async def test_scheduled_instances_get_the_same_limit(redis: Redis, redis_url: str) -> None:
     settings = with_host(make_settings(redis_url), max_instance_duration_s=0.3)
     async with (

@@ -11,19 +11,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from redis.asyncio import Redis
-
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.outbox_store import RedisOutboxStore
 from okra_sidecar.store.redis_store import RedisStore
+from tests.helpers import redis_for
 from tests.store.test_redis_store import new
 
 KEYS = RedisKeys(scope="shop")
 
 
 async def main(url: str, step: str, instance_id: str) -> None:
-    redis = Redis.from_url(url)
+    redis = redis_for(url)
     store = RedisStore(redis=redis, keys=KEYS)
     if step == "reserve":
         admission = await store.limits.reserve(instance_id, "t.w", max_active=0, max_per_workflow=0)

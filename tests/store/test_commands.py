@@ -20,6 +20,10 @@ from okra_sidecar.store.streams import read_partitions
 from okra_sidecar.tasks import cancel_and_wait
 from tests.helpers import Stub
 
+# The single-primary clients (multiplexed, pooled) and their connections; `hot_kind` runs the
+# command tests on the Cluster's ClusterCommands as well.
+pytestmark = pytest.mark.single_store
+
 SCRIPT = MultiplexedScript("return {KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], 'a')}")
 
 

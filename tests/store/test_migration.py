@@ -41,6 +41,9 @@ from tests.helpers import (
     wait_for_status,
 )
 
+# Layout 1 was written for one primary (keys of many slots in one script): no Cluster holds one.
+pytestmark = pytest.mark.single_store
+
 REPO = Path(__file__).resolve().parent.parent.parent
 SCHEDULE = "00000000-0000-4000-8000-000000000777"
 

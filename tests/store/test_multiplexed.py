@@ -16,6 +16,9 @@ from redis.asyncio import Redis
 from okra_sidecar.store.multiplexed import MultiplexedRedis, encode_command
 from okra_sidecar.store.urls import RedisAddress, parse_redis_url
 
+# The client of one Redis node; test_cluster_commands.py runs its Cluster counterpart.
+pytestmark = pytest.mark.single_store
+
 Connect = Callable[..., MultiplexedRedis]
 BLOCKED_WAIT_S = 5.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.errors import InstanceChangedError, InvalidInputError, ResourceExhaustedError
 from okra_sidecar.instances import InstanceStatus
-from okra_sidecar.store.commands import hot_commands
+from okra_sidecar.store.cluster_client import store_commands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.policy_store import RedisPolicyStore
 from okra_sidecar.store.redis_store import RedisStore
@@ -25,13 +26,18 @@ from tests.store.test_redis_store import IDS, commit, new
 async def policy_store(
     request: pytest.FixtureRequest, redis: Redis, redis_url: str
 ) -> AsyncIterator[RedisPolicyStore]:
-    """On redis-py's pool, and on the multiplexed connection the sidecar gives it."""
+    """On redis-py's pool, and on the multiplexed connections the sidecar gives it.
+
+    Each test has a prefix of its own: on a Redis Cluster a PUBLISH reaches the other nodes
+    over the cluster bus, so an earlier test's announcement may arrive after the flush.
+    """
+    keys = RedisKeys(prefix=f"okra:{uuid.uuid4().hex[:8]}:")
     if request.param == "pooled":
-        yield RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50)
+        yield RedisPolicyStore(redis=redis, keys=keys, audit_max_length=50)
         return
-    hot = hot_commands(redis_url, redis, socket_timeout=5.0, connect_timeout=5.0)
+    hot = store_commands(redis_url, redis, socket_timeout=5.0, connect_timeout=5.0)
     try:
-        yield RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50, hot=hot)
+        yield RedisPolicyStore(redis=redis, keys=keys, audit_max_length=50, hot=hot)
     finally:
         await hot.aclose()
 
@@ -46,7 +52,7 @@ async def test_gcra_allows_the_burst_then_says_when(
 ) -> None:
     # 5 per 5 s: five at once, then one a second. The script reads Redis' clock, so the wait
     # is bounded by the interval only; the six calls need just take less than a second.
-    other = RedisPolicyStore(redis=redis, keys=RedisKeys(), audit_max_length=50)
+    other = RedisPolicyStore(redis=redis, keys=policy_store.keys, audit_max_length=50)
     results = [
         await store.acquire_rate("svc:run", interval_ms=1000.0, period_ms=5000)
         for store in (policy_store, other, policy_store, other, policy_store, other)
@@ -103,7 +109,7 @@ async def test_audit_stream_is_capped_and_paged(
     # Records are written in batches behind the calls; flushing waits for them.
     await policy_store.flush_audit()
     # Trimming is approximate (whole stream nodes), but it does trim.
-    assert await redis.xlen("okra:audit") < 500
+    assert await redis.xlen(policy_store.keys.audit) < 500
     first = await policy_store.list_audit(limit=3)
     assert [e.record["n"] for e in first] == [499, 498, 497]
     second = await policy_store.list_audit(limit=2, before=first[-1].entry_id)

@@ -24,6 +24,10 @@ from okra_sidecar.store.urls import parse_redis_url
 from tests.helpers import make_settings, running_sidecar
 from tests.pki import Authority
 
+# A TLS proxy stands in front of one node (the Cluster with an ACL user is in
+# test_cluster_commands.py).
+pytestmark = pytest.mark.single_store
+
 USER = "okra-app"
 PASSWORD = "pa ss/wörd"
 

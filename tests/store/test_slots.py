@@ -26,7 +26,7 @@ from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.instances import InstanceStatus, ParentLink
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnExtras
-from okra_sidecar.store.commands import PooledCommands
+from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike, evalsha_with
 from okra_sidecar.store.policy_store import RedisPolicyStore
@@ -53,7 +53,7 @@ class RecordingCommands:
     """HotCommands on the pool that records the KEYS of every script it sends."""
 
     def __init__(self, redis: Redis) -> None:
-        self._pool = PooledCommands(redis)
+        self._pool = pooled_commands(redis)
         self.calls: list[tuple[str, list[str]]] = []
 
     def _record(self, command: Sequence[Arg]) -> None:
