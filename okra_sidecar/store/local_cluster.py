@@ -140,6 +140,22 @@ class LocalCluster:
         """SIGKILL one node, as a crash would."""
         await self._end(node, signal.SIGKILL)
 
+    async def restart(self, node: ClusterNode) -> None:
+        """Start a stopped node again on its port and nodes.conf, as an operator would bring
+        back a crashed one: a master that was failed over rejoins as its successor's replica.
+
+        Raises:
+            EmbeddedRedisError: the node did not start within the start timeout.
+        """
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                await self._spawn(find_redis_server(), node)
+        except TimeoutError:
+            raise EmbeddedRedisError(
+                f"cluster node on port {node.port} did not start again within "
+                f"{self._start_timeout:g} s; see {node.log_path}"
+            ) from None
+
     async def __aenter__(self) -> LocalCluster:
         await self.start()
         return self

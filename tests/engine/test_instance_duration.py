@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from okra_sidecar.schedules import SCHEDULE_TAG
 from tests.helpers import make_settings, running_sidecar, wait_for_status, with_host
 
+pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+
 TIMEOUT_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
 
 
