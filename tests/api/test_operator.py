@@ -32,7 +32,7 @@ from tests.helpers import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 if TYPE_CHECKING:
     from okra_client.gen.workflow.v1.operator_pb2_grpc import (

@@ -31,7 +31,7 @@ from tests.helpers import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 if TYPE_CHECKING:
     from okra_client.gen.schedule.v1.schedule_pb2_grpc import (

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar, value, wait_for_status
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
 PAIRS = 100

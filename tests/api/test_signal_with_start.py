@@ -25,7 +25,7 @@ from tests.helpers import (
     with_host,
 )
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 APPROVAL = "tests.approval.1.0.0"
 STEPS = "tests.steps.1.0.0"

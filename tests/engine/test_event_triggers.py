@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from okra_sidecar.engine.runtime.event_triggers import TRIGGER_TAG
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 TRIGGERED_DIR = Path(__file__).parent.parent / "workflows_triggered"
 

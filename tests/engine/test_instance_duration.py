@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from okra_sidecar.schedules import SCHEDULE_TAG
 from tests.helpers import make_settings, running_sidecar, wait_for_status, with_host
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 TIMEOUT_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
 
@@ -37,7 +37,6 @@ async def test_a_run_past_max_instance_duration_fails_with_a_timeout(
         await wait_for_status(stub, quick, {pb.WORKFLOW_STATUS_COMPLETED})
 
 
-@pytest.mark.not_on_cluster_yet(reason="schedule scripts span hash slots")
 async def test_scheduled_instances_get_the_same_limit(redis: Redis, redis_url: str) -> None:
     settings = with_host(make_settings(redis_url), max_instance_duration_s=0.3)
     async with (

@@ -35,9 +35,6 @@ from okra_sidecar.store.redis_store import RedisStore
 from okra_sidecar.store.schedule_store import RedisScheduleStore
 from tests.helpers import WORKFLOWS_DIR, FakeClock
 
-# The schedule scripts still span hash slots; they move to one slot with the store layout.
-pytestmark = pytest.mark.not_on_cluster_yet(reason="schedule scripts span hash slots")
-
 HOUR = 3_600_000
 DAY = 24 * HOUR
 SCHEDULED_DIR = Path(__file__).parent.parent / "workflows_scheduled"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from redis.asyncio import Redis
 
 from okra_sidecar.store.keys import RedisKeys
@@ -12,16 +11,6 @@ from okra_sidecar.store.limit_store import RedisLimitStore
 from tests.store.test_redis_store import IDS
 
 KEYS = RedisKeys(scope="shop")
-
-
-@pytest.fixture
-def redis_url(either_redis_url: str) -> str:
-    return either_redis_url
-
-
-@pytest.fixture
-def redis(either_redis: Redis) -> Redis:
-    return either_redis
 
 
 async def test_concurrent_reservations_admit_exactly_the_limit(redis: Redis) -> None:

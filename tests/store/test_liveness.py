@@ -83,7 +83,7 @@ async def test_a_heartbeat_lives_while_started_and_is_removed_on_stop(redis: Red
     assert not await redis.exists(KEYS.consumer("me"))
 
 
-@pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_work_a_dead_consumer_read_is_finished_by_a_live_sidecar(
     redis: Redis, redis_url: str
 ) -> None:

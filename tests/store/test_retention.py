@@ -33,7 +33,7 @@ from tests.helpers import (
 DAY = 86_400_000
 
 
-@pytest.mark.not_on_cluster_yet(reason="a sidecar still refuses a Redis Cluster")
+@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_finished_instances_past_retention_are_purged_with_their_keys(
     redis: Redis, redis_url: str
 ) -> None:
