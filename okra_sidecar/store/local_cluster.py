@@ -15,7 +15,7 @@ from types import TracebackType
 from okra_sidecar.store.embedded import EmbeddedRedisError, find_redis_server, terminate_with_parent
 from okra_sidecar.store.multiplexed import MultiplexedRedis
 
-__all__ = ["SLOTS", "ClusterNode", "LocalCluster"]
+__all__ = ["SLOTS", "ClusterNode", "LocalCluster", "free_node_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class ClusterNode:
         return f"redis://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
+def free_node_port() -> int:
+    """A free loopback port whose cluster bus port (10000 above it) is a port too."""
     for _ in range(PORT_TRIES):
         with contextlib.closing(socket.socket()) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -112,7 +113,7 @@ class LocalCluster:
         binary = find_redis_server()
         for index in range(self._masters * (1 + self._replicas)):
             master = None if index < self._masters else (index - self._masters) % self._masters
-            node = ClusterNode(port=_free_port(), data_dir=self._data_dir / f"node{index}")
+            node = ClusterNode(port=free_node_port(), data_dir=self._data_dir / f"node{index}")
             node.replica_of = master
             self.nodes.append(node)
         try:
