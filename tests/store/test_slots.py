@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import pytest
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_client.gen.worker.v1 import worker_pb2 as wpb
@@ -173,6 +174,8 @@ async def monitored(redis_url: str) -> AsyncIterator[list[tuple[str, list[str]]]
         await client.aclose()
 
 
+# MONITOR reports one node's commands; the slots are computed here, so one Redis shows them all.
+@pytest.mark.single_store
 async def test_every_script_of_a_running_sidecar_touches_one_slot(
     redis: Redis, redis_url: str
 ) -> None:
@@ -216,9 +219,9 @@ async def run_every_script(redis: Redis, redis_url: str) -> None:
 
 
 async def run_instance_scripts(stub: Stub, operator: OperatorStub) -> None:
-    """Run, Signal, SignalWithStart, Emit to a listener, Suspend, Resume, Retry, Cancel and
-    Delete (reserve, create, signal, signal_start, commit, timers, deliver, suspend, resume,
-    retry, cancel, release, purge)."""
+    """Run, Signal, SignalWithStart, Emit to a listener, Reset, Suspend, Resume, Retry, Cancel
+    and Delete (reserve, create, signal, signal_start, commit, timers, deliver, reset, suspend,
+    resume, retry, cancel, release, purge)."""
     approval = pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": 1}))
     first = (await stub.Run(approval)).instance_id
     second = (await stub.Run(approval)).instance_id
@@ -237,6 +240,7 @@ async def run_instance_scripts(stub: Stub, operator: OperatorStub) -> None:
     )
     await stub.Emit(pb.EmitRequest(type="approve", source="tests", data=value({"by": "c"})))
     await wait_for_status(stub, second, {pb.WORKFLOW_STATUS_COMPLETED})
+    await operator.Reset(opb.ResetRequest(instance_id=second, task="/do/1/decide"))
     forever = (await stub.Run(pb.RunRequest(workflow_id=FOREVER))).instance_id
     await wait_for_status(stub, forever, {pb.WORKFLOW_STATUS_WAITING})
     await operator.Suspend(opb.SuspendRequest(instance_id=forever))
