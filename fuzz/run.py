@@ -88,6 +88,9 @@ def _free_port() -> int:
         return port
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
 @dataclass
 class SidecarProcess:
     """The fuzzed sidecar: where it listens, its process and its log file."""
@@ -98,7 +101,15 @@ class SidecarProcess:
 
     def tracebacks(self) -> int:
         """Tracebacks the sidecar logged: each is an error it did not expect."""
-        return self.log.read_text(errors="replace").count("Traceback (most recent call last)")
+        return self.log.read_text(errors="replace").count(TRACEBACK)
+
+    def first_traceback(self) -> str:
+        """The first traceback logged, to its exception line (the log goes with the run)."""
+        text = self.log.read_text(errors="replace")
+        start = text.find(TRACEBACK)
+        lines = text[start:].splitlines() if start >= 0 else []
+        end = next((i for i, line in enumerate(lines) if i and not line[:1].isspace()), 0)
+        return "\n".join(lines[: end + 1])
 
 
 @asynccontextmanager
@@ -256,6 +267,9 @@ async def run_fuzz(count: int, *, seed: int = 1, redis_url: str | None = None) -
             report.failures.append(f"the sidecar exited with {process.returncode}")
         tracebacks = sidecar.tracebacks()
         if tracebacks:
-            report.failures.append(f"the sidecar logged {tracebacks} tracebacks")
+            report.failures.append(
+                f"the sidecar logged {tracebacks} tracebacks, the first:\n"
+                f"{sidecar.first_traceback()}"
+            )
     report.elapsed_s = time.monotonic() - began
     return report

@@ -237,6 +237,21 @@ BULK_ACTION_FROM_PB = {
     opb.BULK_ACTION_SIGNAL: BulkAction.SIGNAL,
 }
 BULK_ACTION_TO_PB = {action: number for number, action in BULK_ACTION_FROM_PB.items()}
+
+
+def bulk_action_from_pb(number: int) -> BulkAction:
+    """A StartBulkOperation's action.
+
+    Raises:
+        InvalidInputError: unspecified, or a number the enum does not name.
+    """
+    for known, action in BULK_ACTION_FROM_PB.items():
+        if known == number:
+            return action
+    names = ", ".join(opb.BulkAction.Name(n) for n in BULK_ACTION_FROM_PB)
+    raise InvalidInputError.for_field("action", f"must be one of {names}")
+
+
 BULK_STATE_TO_PB = {
     BulkState.RUNNING: opb.BULK_OPERATION_STATE_RUNNING,
     BulkState.COMPLETED: opb.BULK_OPERATION_STATE_COMPLETED,

@@ -13,8 +13,8 @@ from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 
 from okra_sidecar.api.convert import (
-    BULK_ACTION_FROM_PB,
     STATUS_TO_PB,
+    bulk_action_from_pb,
     bulk_to_pb,
     value_to_python,
 )
@@ -168,8 +168,9 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
     async def StartBulkOperation(
         self, request: opb.StartBulkOperationRequest, context: Context
     ) -> opb.StartBulkOperationResponse:
-        # Decided on the action and the filter's workflow before any other field is checked.
-        action = opb.BulkAction.Name(request.action).removeprefix("BULK_ACTION_").lower()
+        # Decided on the action and the filter's workflow before any other field is checked;
+        # an action number the enum does not name has no name to decide on.
+        action = bulk_action_from_pb(request.action).value
         workflow = None
         if request.filter.workflow_id:
             rules.check_workflow_id(request.filter.workflow_id)
@@ -203,10 +204,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         return response
 
     def _bulk_spec(self, request: opb.StartBulkOperationRequest) -> BulkSpec:
-        action = BULK_ACTION_FROM_PB.get(request.action)
-        if action is None:
-            names = ", ".join(opb.BulkAction.Name(n) for n in BULK_ACTION_FROM_PB)
-            raise InvalidInputError.for_field("action", f"must be one of {names}")
+        action = bulk_action_from_pb(request.action)
         check_text(request.reason, "reason", MAX_REASON)
         if not 0 <= request.max_per_second <= MAX_PER_SECOND:
             raise InvalidInputError.for_field(

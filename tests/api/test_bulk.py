@@ -191,6 +191,8 @@ def start(**fields: object) -> opb.StartBulkOperationRequest:
             "action: must be one of BULK_ACTION_CANCEL",
             "action",
         ),
+        # A number the enum does not name: refused before the policies are asked.
+        (start(action=999), "action: must be one of BULK_ACTION_CANCEL", "action"),
         (start(filter=pb.QueryRequest(limit=5)), "filter.limit: must be unset", "filter.limit"),
         (
             start(filter=pb.QueryRequest(cursor="x")),
