@@ -262,7 +262,7 @@ def run_engine_process() -> int:
     """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
     from okra_sidecar.engine.runtime.forking import FORK_SERVER_ENV, serve_forks
     from okra_sidecar.engine.runtime.processes import BOARD_FD_ENV, adopt_parent, read_settings
-    from okra_sidecar.server import run_engine
+    from okra_sidecar.server import run_engine, warm_engine_process
 
     if not adopt_parent():
         print("error: the engine process runs only as a child of `serve`", file=sys.stderr)
@@ -286,6 +286,7 @@ def run_engine_process() -> int:
         # A forked child asks for its own PDEATHSIG (fork clears it); its parent is ours.
         return take_turns() if adopt_parent() else 1
 
+    warm_engine_process()
     return serve_forks(int(fork_server), take_turns_forked, descriptor_env=BOARD_FD_ENV)
 
 

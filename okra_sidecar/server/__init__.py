@@ -8,7 +8,13 @@ what the command line runs (`serve`, `run_engine`, `migrate`).
 
 from __future__ import annotations
 
-from okra_sidecar.server.commands import migrate, print_hints, run_engine, serve
+from okra_sidecar.server.commands import (
+    migrate,
+    print_hints,
+    run_engine,
+    serve,
+    warm_engine_process,
+)
 from okra_sidecar.server.grpc_server import SERVICE_NAME, build_server
 from okra_sidecar.server.parts import redis_client
 from okra_sidecar.server.sidecar import Sidecar, start_sidecar
@@ -23,4 +29,5 @@ __all__ = [
     "run_engine",
     "serve",
     "start_sidecar",
+    "warm_engine_process",
 ]

@@ -202,11 +202,17 @@ class EngineProcesses:
         name = f"{socket.gethostname()}-{os.getpid()}-engine-{uuid.uuid4().hex[:8]}"
         own = {CONSUMER_ENV: name, STANDBY_ENV: "1" if standby else "", LANE_ENV: lane.value}
         if self._forks is not None:
+            forking = asyncio.ensure_future(self._forks.fork(own, fd))
             try:
-                forked = await self._forks.fork(own, fd)
+                # Shielded: a child forked for a caller cancelled meanwhile (the sidecar
+                # stopping) is killed when it arrives instead of living on unwatched.
+                forked = await asyncio.shield(forking)
             except ForkServerError as exc:
                 logger.warning("starting an engine process anew: %s", exc)
                 await self._restart_fork_server()
+            except asyncio.CancelledError:
+                forking.add_done_callback(lambda done: _discard(done, fd, board))
+                raise
             else:
                 os.close(fd)  # the child has its own copy
                 return _Spawned(forked, board, name)
@@ -364,6 +370,16 @@ class _Spawned:
     process: ChildProcess
     board: TurnBoard
     name: str
+
+
+def _discard(forking: asyncio.Future[ForkedChild], fd: int, board: TurnBoard) -> None:
+    """A fork nobody waits for any more: close its descriptors and kill the child, if any."""
+    os.close(fd)
+    board.close()
+    if forking.cancelled() or forking.exception() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        forking.result().kill()
 
 
 async def _ready(spare: _Spawned) -> bool:
