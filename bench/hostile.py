@@ -1,14 +1,14 @@
 """`python -m bench.hostile`: the normal workload's pace beside the hostile-definitions set.
 
-One sidecar as users run it (one engine process, its spare and the slow lane), then rounds of:
-W2 alone (Runs of `bench.steps` until all complete), then W2 again right after the hostile set
-starts: instances of the jq expressions of the reliability findings (endless recursion,
-`repeat`, a reduce over 10^12, a 10^9-element array), HTTP calls to a service that never
-answers (a year's timeout, enough of them to take every effect slot), and YAML and JSON bombs
-sent to SetPolicies while W2 runs. Each round's figure is the rate beside over the rate alone,
-both measured minutes apart at most on the same sidecar; the run fails when the median is under
-`--target` (normal instances slowed by more than 20%), or when a hostile instance does not end
-failed or a bomb is not refused.
+One sidecar as users run it (one engine process, its spare and the slow lane), then rounds of
+W2 (Runs of `bench.steps` until all complete) right after the hostile set starts, between two
+runs of W2 alone. The hostile set: instances of the jq expressions of the reliability findings
+(endless recursion, `repeat`, a reduce over 10^12, a 10^9-element array), HTTP calls to a
+service that never answers (a year's timeout, enough of them to take every effect slot), and
+YAML and JSON bombs sent to SetPolicies while W2 runs. Each round's figure is the rate beside
+over the mean of the rates alone just before and just after, all on the same sidecar within a
+minute or so; the run fails when the median is under `--target` (normal instances slowed by
+more than 20%), or when a hostile instance does not end failed or a bomb is not refused.
 
     python -m bench.hostile                 # 3 rounds of 2000 instances
     python -m bench.hostile --rounds 5 --count 5000
@@ -183,19 +183,24 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> list[Round]:
             admin = AdminStub(channel)
             jq = jq_workflows(args.jq)
             await warm_up(client)
+            alone, _ = await measure_completion(client, args.count)
             for number in range(1, args.rounds + 1):
-                alone, _ = await measure_completion(client, args.count)
                 failing, hanging = await start_hostile(client, jq, args.each)
                 bombs = asyncio.create_task(send_bombs(admin))
                 beside, _ = await measure_completion(client, args.count)
                 await bombs
                 await end_hostile(client, jq, failing, hanging)
+                # Alone again once the hostile set is gone: the round compares the rate beside
+                # it with the mean of the rates just before and just after, so that a host
+                # getting busier or quieter meanwhile weighs on both sides alike.
+                after, _ = await measure_completion(client, args.count)
                 done = Round(
-                    alone.rate,
+                    (alone.rate + after.rate) / 2,
                     beside.rate,
-                    percentile(alone.sorted_ms, 99),
+                    max(percentile(alone.sorted_ms, 99), percentile(after.sorted_ms, 99)),
                     percentile(beside.sorted_ms, 99),
                 )
+                alone = after
                 rounds.append(done)
                 log(
                     f"round {number}: alone {done.alone_per_s:.0f}/s (p99 "
