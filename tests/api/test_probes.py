@@ -4,6 +4,8 @@ sidecar started before its Redis waits for it instead of exiting."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -23,6 +25,7 @@ from okra_sidecar.errors import StartupError
 from okra_sidecar.server import SERVICE_NAME, Sidecar, start_sidecar
 from okra_sidecar.store.embedded import EmbeddedRedis
 from tests.helpers import expect_rpc_error, make_settings, value, wait_for_status
+from tests.store.test_durability import start_server, stop_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -31,6 +34,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 OUTAGE_S = 5.0
 PROBE_INTERVAL_S = 0.2
 MAX_PROBES = 200
+# Probes while Redis hangs: 8 s at most, less than the Redis client's 10 s socket timeout.
+HUNG_PROBES = 40
 
 
 def with_admin(settings: Settings) -> Settings:
@@ -195,3 +200,33 @@ async def test_redis_wait_bounds_the_start(tmp_path: Path) -> None:
     settings = replace(settings, redis=replace(settings.redis, wait_s=0.5))
     with pytest.raises(StartupError, match=r"waited 0.5s: --redis-wait \(OKRA_REDIS_WAIT\)"):
         await start_sidecar(settings)
+
+
+async def test_a_hung_redis_takes_readiness_away_before_the_socket_timeout(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    redis_server = await start_server(tmp_path / "redis", unused_tcp_port)
+    url = f"redis://127.0.0.1:{unused_tcp_port}"
+    try:
+        sidecar = await start_sidecar(make_settings(url))
+        try:
+            async with health_of(sidecar.port) as health:
+                assert await statuses(health) == (SERVING, SERVING)
+                os.kill(redis_server.pid, signal.SIGSTOP)  # a hung Redis: connected, silent
+                seen: list[tuple[int, int]] = []
+                try:
+                    # Well inside the client's 10 s socket timeout, which a PING without a
+                    # timeout of its own would wait out while readiness still said SERVING.
+                    for _ in range(HUNG_PROBES):
+                        seen.append(await statuses(health))
+                        if seen[-1][1] == NOT_SERVING:
+                            break
+                        await asyncio.sleep(PROBE_INTERVAL_S)
+                    assert seen[-1] == (SERVING, NOT_SERVING), seen
+                finally:
+                    os.kill(redis_server.pid, signal.SIGCONT)
+                await probe_until(health, SERVING, seen)
+        finally:
+            await sidecar.stop(None)
+    finally:
+        await stop_server(redis_server)
