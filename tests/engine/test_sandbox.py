@@ -73,3 +73,9 @@ async def test_matching_takes_an_expression_over_budget_as_the_caller_says(
     # A listening instance gets the event (its bounded engine decides); a trigger does not fire.
     assert await subscription_matches(hostile, event, sandbox.evaluate)
     assert not await subscription_matches(hostile, event, sandbox.evaluate, over_budget=False)
+
+
+async def test_a_value_that_is_not_json_is_an_expression_error(sandbox: ExpressionSandbox) -> None:
+    with pytest.raises(ExpressionError, match="not JSON") as failed:
+        await sandbox.evaluate(compile_expression("${ . + 1 }"), {1, 2})
+    assert not isinstance(failed.value, ExpressionBudgetError)

@@ -91,7 +91,10 @@ class ExpressionSandbox:
         if until is not None and time.monotonic() < until:
             raise ExpressionBudgetError(expression.text, "it ran past its budget recently")
         self._hostile.pop(expression.text, None)
-        request = json.dumps({"text": expression.source, "data": data}).encode() + b"\n"
+        try:
+            request = json.dumps({"text": expression.source, "data": data}).encode() + b"\n"
+        except (TypeError, ValueError) as exc:
+            raise ExpressionError(expression.text, f"value is not JSON: {exc}") from None
         async with self._lock:
             worker = await self._running()
             assert worker.stdin is not None and worker.stdout is not None
