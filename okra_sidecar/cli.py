@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -260,6 +261,11 @@ def run_migrate(settings: Settings) -> int:
 
 def run_engine_process() -> int:
     """An engine child of `serve` (engineProcesses > 0); its settings come on stdin."""
+    from okra_sidecar.store.embedded import terminate_with_parent
+
+    # Before the imports below, which take seconds on a busy host: a parent killed meanwhile
+    # must not leave us importing, holding its standard output open.
+    terminate_with_parent(signal.SIGKILL)
     from okra_sidecar.engine.runtime.forking import FORK_SERVER_ENV, serve_forks
     from okra_sidecar.engine.runtime.processes import BOARD_FD_ENV, adopt_parent, read_settings
     from okra_sidecar.server import run_engine, warm_engine_process

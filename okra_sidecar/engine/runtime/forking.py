@@ -213,6 +213,11 @@ class ForkServer:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def started(self) -> bool:
+        """Started (and not stopped since), though perhaps dead: `fork` then says so."""
+        return self._process is not None
+
     async def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

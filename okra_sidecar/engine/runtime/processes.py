@@ -161,13 +161,16 @@ class EngineProcesses:
         return None if self._forks is None else self._forks.pid
 
     async def start(self) -> None:
-        if self._forks is not None:
-            await self._forks.start()
+        # The first children start the old way, and the fork server only once they have set
+        # themselves up: forking them would hold up the sidecar's start for the fork server's
+        # imports, and its imports beside theirs would slow them all. It forks the rest.
         for slot in range(self._count):
             self._install(slot, await self._spawn(standby=False, lane=self._lanes[slot]))
             self._supervisors.append(asyncio.create_task(self._supervise(slot)))
         if self._keep_spare:
             self._spare = await self._spawn(standby=True)
+        if self._forks is not None:
+            self._supervisors.append(asyncio.create_task(self._start_fork_server()))
         self._supervisors.append(asyncio.create_task(self._watch(), name="okra-engine-watch"))
 
     def _install(self, slot: int, spawned: _Spawned) -> None:
@@ -196,12 +199,26 @@ class EngineProcesses:
             self._spare = await self._spawn(standby=True)
         return chosen
 
+    async def _start_fork_server(self) -> None:
+        """Start the fork server once the first children are set up (bounded wait)."""
+        assert self._forks is not None
+        deadline = time.monotonic() + SPARE_READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self._stopping:
+            boards = [*self._boards, *([] if self._spare is None else [self._spare.board])]
+            if all(board.ready for board in boards):
+                break
+            await asyncio.sleep(0.05)
+        try:
+            await self._forks.start()
+        except OSError as exc:
+            logger.warning("could not start the engine fork server: %s", exc)
+
     async def _spawn(self, *, standby: bool, lane: EngineLane | None = None) -> _Spawned:
         lane = lane or self._regular
         board, fd = TurnBoard.create()
         name = f"{socket.gethostname()}-{os.getpid()}-engine-{uuid.uuid4().hex[:8]}"
         own = {CONSUMER_ENV: name, STANDBY_ENV: "1" if standby else "", LANE_ENV: lane.value}
-        if self._forks is not None:
+        if self._forks is not None and self._forks.started:
             forking = asyncio.ensure_future(self._forks.fork(own, fd))
             try:
                 # Shielded: a child forked for a caller cancelled meanwhile (the sidecar
