@@ -195,9 +195,13 @@ class EngineProcesses:
                 await _end(spare.process)
                 spare.board.close()
             chosen = await self._spawn(standby=False)
-        if self._keep_spare and not self._stopping:
-            self._spare = await self._spawn(standby=True)
         return chosen
+
+    async def _replenish_spare(self) -> None:
+        # Only once the replacement is installed: until then the watchdog does not see its
+        # turns, and a new spare may take a while (a fork server still importing).
+        if self._keep_spare and not self._stopping and self._spare is None:
+            self._spare = await self._spawn(standby=True)
 
     async def _start_fork_server(self) -> None:
         """Start the fork server once the first children are set up (bounded wait)."""
@@ -276,6 +280,8 @@ class EngineProcesses:
             await asyncio.sleep(delay)
             if not self._stopping:
                 self._install(slot, await self._replacement(self._lanes[slot]))
+                if self._lanes[slot] is not EngineLane.SLOW:
+                    await self._replenish_spare()
 
     async def _retire(self, slot: int) -> None:
         if self._on_exit is None:
