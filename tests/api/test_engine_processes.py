@@ -58,8 +58,13 @@ async def test_children_take_the_turns_and_one_that_dies_is_replaced(
             if sidecar.engines.pids and sidecar.engines.pids != [child]:
                 break
             await asyncio.sleep(0.05)
-        # The spare, started ahead, took the dead child's place; a new spare waits behind it.
+        # The spare, started ahead, took the dead child's place; a new spare comes behind it
+        # (started once the first is installed).
         assert sidecar.engines.pids == [spare]
+        for _ in range(600):
+            if sidecar.engines.spare_pid not in (None, spare, child):
+                break
+            await asyncio.sleep(0.05)
         assert sidecar.engines.spare_pid not in (None, spare, child)
         second = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
