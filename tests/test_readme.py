@@ -56,7 +56,6 @@ def test_readme_commands_are_found() -> None:
     assert any(step.capture for step in steps)
 
 
-@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_readme_walkthrough(redis: Redis, redis_url: str) -> None:
     steps = parse_readme(README.read_text())
     env = grpcurl_env()

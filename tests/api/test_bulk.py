@@ -28,8 +28,6 @@ from tests.helpers import (
 )
 from tests.policy.support import policed_sidecar, policy_settings, settle, write_policies
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
-
 if TYPE_CHECKING:
     from okra_client.gen.workflow.v1.operator_pb2_grpc import (
         WorkflowOperatorAPIAsyncStub as OperatorStub,

@@ -21,7 +21,6 @@ from tests.helpers import Stub, detail_types, eventually, to_python, value, wait
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster"),
 ]
 
 CALLERS = 4

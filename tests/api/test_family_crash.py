@@ -16,7 +16,6 @@ from tests.helpers import KEYS, Stub, eventually, to_python, value, wait_for_sta
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster"),
 ]
 
 WORKFLOWS = Path(__file__).parent / "workflows_family"

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
@@ -31,8 +30,6 @@ from tests.helpers import (
     value,
     wait_for_status,
 )
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 if TYPE_CHECKING:
     from okra_client.gen.workflow.v1.operator_pb2_grpc import (

@@ -21,7 +21,6 @@ from tests.helpers import KEYS, WORKFLOWS_DIR, Stub, to_python, value, wait_for_
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster"),
 ]
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
 

@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import grpc
-import pytest
 from google.protobuf import timestamp_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
@@ -25,8 +24,6 @@ from tests.helpers import (
     wait_for_status,
     with_host,
 )
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
 

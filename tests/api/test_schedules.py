@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import pytest
 import pytest_asyncio
 from google.protobuf import timestamp_pb2
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
@@ -30,8 +29,6 @@ from tests.helpers import (
     value,
     wait_for_status,
 )
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 if TYPE_CHECKING:
     from okra_client.gen.schedule.v1.schedule_pb2_grpc import (

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from tests.helpers import expect_rpc_error, make_settings, running_sidecar, value, wait_for_status
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 DONE = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED}
 PAIRS = 100

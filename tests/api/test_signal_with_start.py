@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 from google.protobuf import timestamp_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
@@ -24,8 +23,6 @@ from tests.helpers import (
     value,
     with_host,
 )
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 APPROVAL = "tests.approval.1.0.0"
 STEPS = "tests.steps.1.0.0"

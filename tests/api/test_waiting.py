@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis, RedisCluster
 
@@ -22,8 +21,6 @@ from tests.helpers import (
     to_python,
     value,
 )
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 APPROVAL = "tests.approval.1.0.0"
 FINAL = {pb.WORKFLOW_STATUS_COMPLETED, pb.WORKFLOW_STATUS_FAILED, pb.WORKFLOW_STATUS_CANCELLED}

@@ -58,7 +58,6 @@ async def test_every_served_rpc_is_in_the_cookbook(sidecar: tuple[Sidecar, Stub]
     assert all(s.expected is not None or s.capture for s in parsed), "show what each prints"
 
 
-@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_cookbook_commands_print_what_it_shows(redis: Redis, redis_url: str) -> None:
     if not EXAMPLES_DIR.is_dir():
         pytest.skip("the cookbook runs the example workflows, and examples/workflows is missing")

@@ -7,15 +7,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.engine.runtime.event_triggers import TRIGGER_TAG
 from tests.helpers import Stub, make_settings, running_sidecar, to_python, value
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 TRIGGERED_DIR = Path(__file__).parent.parent / "workflows_triggered"
 

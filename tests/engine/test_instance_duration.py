@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import grpc
-import pytest
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
@@ -14,8 +13,6 @@ from redis.asyncio import Redis
 
 from okra_sidecar.schedules import SCHEDULE_TAG
 from tests.helpers import make_settings, running_sidecar, wait_for_status, with_host
-
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 
 TIMEOUT_TYPE = "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"
 

@@ -24,7 +24,6 @@ async def run_steps(stub: Stub) -> str:
     return reply.instance_id
 
 
-@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 @pytest.mark.parametrize(
     ("concurrency", "linger_ms", "lingers"),
     [(4, LONG_LINGER_MS, True), (1, LONG_LINGER_MS, False), (4, 0, False)],

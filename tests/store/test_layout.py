@@ -10,8 +10,6 @@ from okra_sidecar.store.keys import LAYOUT_VERSION
 from okra_sidecar.store.layout import LayoutVersionError, open_layout
 from tests.helpers import make_settings, running_sidecar
 
-pytestmark = pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
-
 
 async def test_a_new_store_records_its_layout_and_keeps_its_partition_count(
     redis: Redis,

@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
@@ -83,7 +82,6 @@ async def test_a_heartbeat_lives_while_started_and_is_removed_on_stop(redis: Red
     assert not await redis.exists(KEYS.consumer("me"))
 
 
-@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_work_a_dead_consumer_read_is_finished_by_a_live_sidecar(
     redis: Redis, redis_url: str
 ) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
-import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
@@ -33,7 +32,6 @@ from tests.helpers import (
 DAY = 86_400_000
 
 
-@pytest.mark.not_on_cluster_yet(reason="not yet run green on a Cluster")
 async def test_finished_instances_past_retention_are_purged_with_their_keys(
     redis: Redis, redis_url: str
 ) -> None:
