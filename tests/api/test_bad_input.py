@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 
 from tests.api.rejections import BIG, INVALID, LONG, Case, assert_rejected, tags, ts
 from tests.helpers import (
+    KEYS,
     Stub,
+    eventually,
     expect_rpc_error,
     redis_fingerprint,
     value,
@@ -525,6 +527,12 @@ async def test_rejections_on_existing_instances_write_nothing(stub: Stub, redis:
     started = await stub.Run(pb.RunRequest(workflow_id="tests.order.1.0.0", input=value({})))
     instance_id = started.instance_id
     await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_FAILED})
+
+    # The finished instance's place is given back through the outbox, just after the status.
+    async def released() -> bool:
+        return await redis.zscore(KEYS.limit_active(KEYS.scope), instance_id) is None
+
+    await eventually(released, what="the instance's place given back")
     before = await redis_fingerprint(redis)
     for call in (
         stub.Signal(pb.SignalRequest(instance_id=instance_id, signal="go")),
