@@ -8,17 +8,17 @@ same seed gives the same cases in the same order, so a failure found in CI can b
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import random
 import uuid
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from google.protobuf import descriptor, struct_pb2
 from google.protobuf.message import Message
-from okra_client.gen.admin.v1 import admin_pb2
-from okra_client.gen.schedule.v1 import schedule_pb2
-from okra_client.gen.worker.v1 import worker_pb2
-from okra_client.gen.workflow.v1 import workflow_pb2
+from okra_client import gen
 
 __all__ = ["METHODS", "FuzzCase", "Method", "RequestGenerator"]
 
@@ -38,9 +38,15 @@ class Method:
         return self.path.rpartition("/")[2]
 
 
+def _proto_modules() -> list[ModuleType]:
+    """Every generated `_pb2` module of the client: a new proto file's services are fuzzed too."""
+    names = pkgutil.walk_packages(gen.__path__, f"{gen.__name__}.")
+    return [importlib.import_module(n.name) for n in names if n.name.endswith("_pb2")]
+
+
 def _methods() -> tuple[Method, ...]:
     found = []
-    for module in (workflow_pb2, schedule_pb2, worker_pb2, admin_pb2):
+    for module in _proto_modules():
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 request = getattr(module, method.input_type.name)
@@ -49,7 +55,7 @@ def _methods() -> tuple[Method, ...]:
     return tuple(found)
 
 
-# Every rpc of the four services, read from the descriptors so a new rpc is fuzzed too.
+# Every rpc of every service, read from the descriptors so a new rpc is fuzzed too.
 METHODS = _methods()
 
 

@@ -24,7 +24,10 @@ from typing import Any
 
 import grpc
 import jwt
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from okra_client.gen.admin.v1 import admin_pb2
+from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -224,6 +227,13 @@ async def _still_serving(channel: grpc.aio.Channel, report: FuzzReport) -> None:
         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_LIMIT_S)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             report.failures.append(f"health answers {reply.status} after the run")
+        # A fuzzed SetPolicies may have left a valid set that refuses an anonymous Run: the
+        # check is that the sidecar still serves, under the set it started with.
+        await admin_grpc.PolicyAdminServiceStub(channel).SetPolicies(
+            admin_pb2.SetPoliciesRequest(policies=struct_pb2.Struct()),
+            metadata=(("authorization", f"Bearer {admin_token()}"),),
+            timeout=CALL_LIMIT_S,
+        )
         stub = pb_grpc.WorkflowHostAPIStub(channel)
         started = await stub.Run(pb.RunRequest(workflow_id="fuzz.quick.1.0.0"), timeout=10)
         for _ in range(200):
