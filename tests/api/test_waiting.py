@@ -72,6 +72,15 @@ async def subscribers(redis: Redis, instance_id: str) -> int:
     return int(count)
 
 
+async def pubsub_clients(redis: Redis) -> list[dict[str, Any]]:
+    """The pub/sub connections to the Redis: on a Cluster, those of every node."""
+    if not isinstance(redis, RedisCluster):
+        return list(await redis.client_list(_type="pubsub"))
+    nodes = redis.get_nodes()
+    replies = [await redis.client_list(_type="pubsub", target_nodes=node) for node in nodes]
+    return [client for reply in replies for client in reply]
+
+
 async def test_revision_grows_with_every_commit_and_cancel(stub: Stub) -> None:
     run = await stub.Run(pb.RunRequest(workflow_id=APPROVAL, input=value({"amount": 1})))
     created = await stub.GetStatus(pb.GetStatusRequest(instance_id=run.instance_id))
@@ -211,7 +220,7 @@ async def test_waiters_share_one_subscription_connection(
     # One subscription per instance however many wait on it, all on one connection.
     await eventually(all_subscribed, what="one subscription per instance")
     # (The policy layer's own subscription is another connection, on one channel.)
-    subs = [int(c["sub"]) for c in await redis.client_list(_type="pubsub")]
+    subs = [int(c["sub"]) for c in await pubsub_clients(redis)]
     assert max(subs) == 3 and subs.count(3) == 1, subs
     for stream in streams:
         stream.cancel()
