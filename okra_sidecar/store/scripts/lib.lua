@@ -36,6 +36,20 @@ local function reindex(ikey, old, new)
   redis.call('ZADD', KEYS[STATUS_SLOT[new]], 0, ikey)
 end
 
+-- Retry and Reset: the instance runs again from the engine state and `$context` given (JSON),
+-- among the unfinished (status index, no finished-time member, a turn) with its history event.
+local function run_again(k_instance, k_history, k_work, k_finished, instance_id, ikey, old,
+                         now_ms, event, state, context)
+  redis.call('HSET', k_instance, 'status', 'running', 'state', state, 'ctx', context,
+    'updated', now_ms, 'step', '')
+  redis.call('HDEL', k_instance, 'error', 'output', 'completed')
+  bump_revision(k_instance, 'running')
+  reindex(ikey, old, 'running')
+  redis.call('ZREM', k_finished, ikey)
+  redis.call('XADD', k_work, '*', 'i', instance_id)
+  redis.call('XADD', k_history, '*', 'e', event)
+end
+
 -- Move an instance's listen subscriptions from the `old` type sets to the `new` ones and
 -- record them (JSON) in its hash, or drop them when `record` is ''.
 local function resubscribe(k_instance, instance_id, old, new, record)

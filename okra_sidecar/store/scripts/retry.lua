@@ -17,12 +17,6 @@ end
 if cur[4] ~= ARGV[4] then
   return {'moved'}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'state', ARGV[5], 'ctx', ARGV[6],
-  'updated', ARGV[2], 'step', '')
-redis.call('HDEL', KEYS[1], 'error', 'output', 'completed')
-bump_revision(KEYS[1], 'running')
-reindex(cur[2], 'failed', 'running')
-redis.call('ZREM', KEYS[FINISHED_INDEX], cur[2])
-redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+run_again(KEYS[1], KEYS[2], KEYS[3], KEYS[FINISHED_INDEX], ARGV[1], cur[2], 'failed', ARGV[2],
+  ARGV[3], ARGV[5], ARGV[6])
 return {'ok', cur[3]}
