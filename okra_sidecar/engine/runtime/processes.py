@@ -41,6 +41,7 @@ from typing import Any
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.board import TurnBoard
+from okra_sidecar.engine.runtime.cpu_clock import EvaluationClock
 from okra_sidecar.engine.runtime.forking import (
     ForkedChild,
     ForkServer,
@@ -119,6 +120,8 @@ class EngineProcesses:
         self._verdicts: dict[int, TurnVerdict] = {}
         # Regular children killed to move an instance to the slow lane, by slot.
         self._moved: dict[int, str] = {}
+        # What each child's evaluation in progress has had of the CPU, for the slow lane.
+        self._clocks = [EvaluationClock() for _ in range(count)]
         # Crashes in the middle of a turn, by instance (this sidecar's children only).
         self._crashes: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
@@ -358,7 +361,10 @@ class EngineProcesses:
                     )
                     self._verdicts[slot] = verdict
                 elif self._lanes[slot] is EngineLane.REGULAR:
-                    slow = running_slow(reading, now, self._slow_ms)
+                    ran_ms = self._clocks[slot].elapsed_ms(
+                        child.pid, reading.evaluation_started_ns, now
+                    )
+                    slow = running_slow(reading, ran_ms, self._slow_ms)
                     if slow is None:
                         continue
                     # Marked before the kill: whoever takes over its work forwards it.

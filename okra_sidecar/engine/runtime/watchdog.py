@@ -6,8 +6,9 @@ A child that dies on its own in the middle of a turn (jq aborts when its allocat
 under the child's memory limit) leaves that turn to be retried; after `crash_retries` retries
 the instance fails with a runtime error instead of taking the next process down with it.
 
-Before any of that, an evaluation that runs past `slowExpressionMs` in a regular child moves
-its instance to the slow lane (`running_slow`), where the budgets above apply in full.
+Before any of that, an evaluation that computes past `slowExpressionMs` (CPU time, not time
+spent waiting for a busy host's CPU) in a regular child moves its instance to the slow lane
+(`running_slow`), where the budgets above apply in full.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def judge(reading: BoardReading, now_ns: int, budget: TurnBudget) -> TurnVerdict
     return None
 
 
-def running_slow(reading: BoardReading, now_ns: int, slow_ms: int) -> str | None:
-    """The instance whose evaluation has run past `slow_ms`, or None (0: never)."""
-    started_ns = reading.evaluation_started_ns
-    if not slow_ms or not started_ns or not reading.instance_id:
+def running_slow(reading: BoardReading, ran_ms: int, slow_ms: int) -> str | None:
+    """The instance whose evaluation has run (on the CPU: cpu_clock.py) past `slow_ms` after
+    `ran_ms`, or None (0: never)."""
+    if not slow_ms or not reading.evaluation_started_ns or not reading.instance_id:
         return None
-    return reading.instance_id if (now_ns - started_ns) // 1_000_000 > slow_ms else None
+    return reading.instance_id if ran_ms > slow_ms else None
 
 
 def crash_fault(reading: BoardReading, crashes: int) -> dict[str, Any]:
