@@ -59,6 +59,7 @@ class Reason(StrEnum):
     INSTANCE_NOT_RESETTABLE = "INSTANCE_NOT_RESETTABLE"
     TASK_NOT_REACHED = "TASK_NOT_REACHED"
     RESET_POINT_NOT_KEPT = "RESET_POINT_NOT_KEPT"
+    TASK_MOVED = "TASK_MOVED"
     BULK_OPERATION_NOT_FOUND = "BULK_OPERATION_NOT_FOUND"
     BULK_OPERATION_FINISHED = "BULK_OPERATION_FINISHED"
     BULK_TOO_MANY_INSTANCES = "BULK_TOO_MANY_INSTANCES"
@@ -242,6 +243,14 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         "FAILED_PRECONDITION",
         retryable=False,
         action="The state at `task` outgrew the budget (`limit` bytes); reset to an earlier task.",
+    ),
+    Reason.TASK_MOVED: ReasonSpec(
+        "FAILED_PRECONDITION",
+        retryable=False,
+        action=(
+            "The store moved the worker task (`task`) to its current layout (`okra-sidecar "
+            "migrate`) and it waits to be handed out again; drop it and keep polling."
+        ),
     ),
     Reason.BULK_OPERATION_NOT_FOUND: ReasonSpec(
         "NOT_FOUND",

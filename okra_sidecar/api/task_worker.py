@@ -28,7 +28,15 @@ from okra_sidecar.api.convert import python_to_value, value_to_python
 from okra_sidecar.api.resource_gates import TaskGate
 from okra_sidecar.clock import now_ms
 from okra_sidecar.engine.interpreter.effects import iso_time, result_event
-from okra_sidecar.errors import ERROR_TYPE_PREFIX, InvalidInputError, OkraError, PolicyDeniedError
+from okra_sidecar.errors import (
+    ERROR_TYPE_PREFIX,
+    FailedPreconditionError,
+    InvalidInputError,
+    OkraError,
+    PolicyDeniedError,
+    PreconditionViolation,
+    Reason,
+)
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.signing import Signer
 from okra_sidecar.store.effect_store import RedisEffectStore, TaskEntry
@@ -65,9 +73,13 @@ def parse_task_id(
     partition must be one of the store's.
 
     Raises:
+        FailedPreconditionError: a task id of store layout 2 (`service/entry id`), whose task
+            `okra-sidecar migrate` moved to a new entry.
         InvalidInputError: not a task id PollTasks handed out.
     """
     service, _, rest = task_id.partition("/")
+    if SERVICE_RE.fullmatch(service) and parse_stream_id(rest) is not None:
+        raise _moved(task_id)
     partition, _, entry = rest.partition("/")
     if (
         not SERVICE_RE.fullmatch(service)
@@ -77,6 +89,21 @@ def parse_task_id(
     ):
         raise InvalidInputError.for_field(field, "is not a task id PollTasks handed out")
     return service, int(partition), entry
+
+
+def _moved(task_id: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"task {task_id} was handed out before the store was migrated to its current layout "
+        "(okra-sidecar migrate), which put it back in its queue; drop it: PollTasks hands it "
+        "out again under a new id, its attempt counting on",
+        reason=Reason.TASK_MOVED,
+        violation=PreconditionViolation(
+            "TASK_LAYOUT",
+            f"task/{task_id}",
+            "the task id must be one handed out since the migration",
+        ),
+        metadata={"task": task_id},
+    )
 
 
 def check_problem(request: wpb.FailTaskRequest) -> None:
@@ -245,7 +272,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
                     fresh = await self._effects.read_tasks(
                         service, worker, count=free, block_ms=self._read_block_ms
                     )
-                    batch = [(task, 1) for task in fresh]
+                    batch = [(task, 1 + task.delivered_before) for task in fresh]
                 backlog += batch[free:]
                 batch = batch[:free]
                 for index, (task, attempt) in enumerate(batch):

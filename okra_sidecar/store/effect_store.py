@@ -28,7 +28,13 @@ from redis import exceptions as redis_errors
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.jsontext import dumps, loads
-from okra_sidecar.store.keys import EXECUTOR_GROUP, ROUTER_GROUP, WORKER_GROUP, RedisKeys
+from okra_sidecar.store.keys import (
+    EXECUTOR_GROUP,
+    ROUTER_GROUP,
+    TASK_DELIVERED_FIELD,
+    WORKER_GROUP,
+    RedisKeys,
+)
 from okra_sidecar.store.replies import map_redis_errors
 from okra_sidecar.store.replies import text as _text
 from okra_sidecar.store.scripts import load_script
@@ -70,6 +76,11 @@ class TaskEntry:
     arguments: Any
     deadline_ms: int  # 0: none
     fields: dict[str, str]
+
+    @property
+    def delivered_before(self) -> int:
+        """How many times the task was handed out before `migrate` moved it to this entry."""
+        return int(self.fields.get(TASK_DELIVERED_FIELD) or 0)
 
 
 @dataclass(frozen=True)
@@ -359,7 +370,8 @@ class RedisEffectStore:
                 task.entry_id,
                 1,
             )
-        return int(pending[0]["times_delivered"]) if pending else 1
+        # A task `migrate` moved counts on from its deliveries before the move.
+        return (int(pending[0]["times_delivered"]) if pending else 1) + task.delivered_before
 
     async def get_task(self, service: str, partition: int, entry_id: str) -> TaskEntry | None:
         with map_redis_errors():

@@ -17,6 +17,9 @@ ENGINE_GROUP = "engine"
 EXECUTOR_GROUP = "executors"
 ROUTER_GROUP = "router"
 WORKER_GROUP = "workers"
+# A worker task's field for how many times it was handed out before `migrate` moved it to a
+# new entry (whose own delivery count starts again at 1).
+TASK_DELIVERED_FIELD = "n"
 # Outbox entries are applied by every sidecar's relay: one consumer group.
 RELAY_GROUP = "relay"
 

@@ -13,7 +13,8 @@ operations likewise (`okra:bulk:{<id>}`, `okra:bulks`, `okra:bulks:running`); la
 each task in its instance's partition (`okra:{p3}:tasks:<service>`), and every schedule key
 under `{schedules}`, every bulk key under `{bulks}`, so that each script touches one slot.
 The tasks are moved entry by entry (each a new entry, not yet handed out: a worker that held
-one gets it again); schedules and bulk operations are renamed.
+one gets it again, at the attempt after the ones it had, and the old task id answers
+TASK_MOVED); schedules and bulk operations are renamed.
 Layouts 1 and 2 ran on one primary only, where a key may be renamed into another slot. Every
 step is idempotent: a migration cut short is run again.
 """
@@ -30,7 +31,7 @@ from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from okra_sidecar.instances import FINISHED_STATUSES
-from okra_sidecar.store.keys import LAYOUT_VERSION, WORKER_GROUP, RedisKeys
+from okra_sidecar.store.keys import LAYOUT_VERSION, TASK_DELIVERED_FIELD, WORKER_GROUP, RedisKeys
 from okra_sidecar.store.layout import LayoutVersionError, legacy_markers
 from okra_sidecar.store.replies import map_redis_errors, text
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_SUFFIXES = ("", ":history", ":inbox", ":signal-ids", ":delivered")
 SCAN_BATCH = 500
+_DELIVERED = TASK_DELIVERED_FIELD.encode()
 FINISHED_VALUES = frozenset(s.value for s in FINISHED_STATUSES)
 # Renames a key only if it exists and its new name does not: running twice changes nothing.
 RENAME_SCRIPT = """
@@ -251,10 +253,31 @@ async def _split_task_stream(redis: aioredis.Redis, keys: RedisKeys, old: str) -
         entries: Any = await redis.xrange(old, count=SCAN_BATCH)
         if not entries:
             break
+        delivered = await _times_delivered(redis, old, entries[0][0], entries[-1][0])
         async with redis.pipeline(transaction=True) as pipe:
             for entry_id, fields in entries:
                 partition = keys.partition(text(fields[b"i"]))
+                # The new entry is handed out afresh: it carries how often the old one was,
+                # so the worker's next attempt counts on from there.
+                before = delivered.get(text(entry_id), 0) + int(fields.get(_DELIVERED, 0))
+                if before:
+                    fields = {**fields, _DELIVERED: str(before).encode()}
                 pipe.xadd(keys.tasks(service, partition), fields)
                 pipe.xdel(old, entry_id)
             await pipe.execute()
     await redis.delete(old)
+
+
+async def _times_delivered(
+    redis: aioredis.Redis, stream: str, first: bytes, last: bytes
+) -> dict[str, int]:
+    """How many times each pending entry of `stream` between two ids was handed to a worker
+    (entries never handed out, or acknowledged, are not listed)."""
+    try:
+        pending: Any = await redis.xpending_range(stream, WORKER_GROUP, first, last, SCAN_BATCH)
+    except redis_errors.ResponseError as exc:
+        # A stream no worker ever polled has no group.
+        if "NOGROUP" not in str(exc):
+            raise
+        return {}
+    return {text(p["message_id"]): int(p["times_delivered"]) for p in pending}

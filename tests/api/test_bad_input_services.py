@@ -118,8 +118,9 @@ WORKER_CASES: list[Case[WorkerStub]] = [
         ("task_id",),
     ),
     Case(
-        "complete: a task id without its partition",
-        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/1-0", lease="w1.x")),
+        # (`orders/1-0`, a layout 2 id, is TASK_MOVED: test_error_reasons.test_task_moved.)
+        "complete: a partition that is not a number",
+        lambda w: w.CompleteTask(wpb.CompleteTaskRequest(task_id="orders/p1/1-0", lease="w1.x")),
         INVALID,
         "is not a task id PollTasks handed out",
         ("task_id",),

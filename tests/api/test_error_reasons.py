@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2
 from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
+from okra_client.gen.worker.v1 import worker_pb2 as wpb
+from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
@@ -29,6 +31,7 @@ from tests.helpers import (
     assert_reason,
     expect_rpc_error,
     make_settings,
+    redis_fingerprint,
     running_sidecar,
     to_python,
     value,
@@ -497,3 +500,25 @@ async def test_reset_point_not_kept(redis: Redis, redis_url: str) -> None:
         await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
     metadata = assert_reason(error, Reason.RESET_POINT_NOT_KEPT)
     assert metadata == {"instance": started.instance_id, "task": "/do/3/fourth", "limit": "4194304"}
+
+
+async def test_task_moved(sidecar: tuple[Sidecar, Stub], redis: Redis) -> None:
+    # A task id of store layout 2 (`service/entry id`), held by a worker across a migration.
+    running, _ = sidecar
+    before = await redis_fingerprint(redis)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        worker = wpb_grpc.TaskWorkerStub(channel)
+        error = await expect_rpc_error(
+            worker.CompleteTask(wpb.CompleteTaskRequest(task_id="payments/1700000000000-0")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        beat = await expect_rpc_error(
+            worker.Heartbeat(
+                wpb.HeartbeatRequest(worker_id="w1", task_ids=["payments/1700000000000-0"])
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+    assert assert_reason(error, Reason.TASK_MOVED) == {"task": "payments/1700000000000-0"}
+    assert assert_reason(beat, Reason.TASK_MOVED) == {"task": "payments/1700000000000-0"}
+    assert "okra-sidecar migrate" in (error.details() or "")
+    assert await redis_fingerprint(redis) == before

@@ -186,6 +186,19 @@ async def write_layout_2(redis: Redis, keys: RedisKeys) -> None:
     await redis.hset(keys.layout, "version", 2)
 
 
+async def write_schedule_and_bulk(redis: Redis, keys: RedisKeys, instance_id: str) -> None:
+    """A schedule and a bulk operation, as their stores write them (their contents do not
+    matter to the migration)."""
+    await redis.hset(keys.schedule(SCHEDULE), mapping={"r": "{}", "rev": 3})
+    await redis.zadd(keys.schedules_all, {SCHEDULE: 0})
+    await redis.zadd(keys.schedules_due, {SCHEDULE: 4_102_444_800_000})  # in 2100
+    await redis.hset(keys.bulk("op1"), mapping={"state": "running"})
+    await redis.rpush(keys.bulk_ids("op1"), instance_id)
+    await redis.hset(keys.bulk_items("op1"), instance_id, "done")
+    await redis.zadd(keys.bulks, {"op1": 5})
+    await redis.sadd(keys.bulks_running, "op1")
+
+
 async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
     redis: Redis, redis_url: str
 ) -> None:
@@ -201,16 +214,7 @@ async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
             return bool(await redis.xlen(keys.tasks("payments", keys.partition(instance_id))))
 
         await eventually(enqueued, what="the worker task")
-    # A schedule and a bulk operation, as their stores write them (their contents do not
-    # matter to the migration).
-    await redis.hset(keys.schedule(SCHEDULE), mapping={"r": "{}", "rev": 3})
-    await redis.zadd(keys.schedules_all, {SCHEDULE: 0})
-    await redis.zadd(keys.schedules_due, {SCHEDULE: 4_102_444_800_000})  # in 2100
-    await redis.hset(keys.bulk("op1"), mapping={"state": "running"})
-    await redis.rpush(keys.bulk_ids("op1"), instance_id)
-    await redis.hset(keys.bulk_items("op1"), instance_id, "done")
-    await redis.zadd(keys.bulks, {"op1": 5})
-    await redis.sadd(keys.bulks_running, "op1")
+    await write_schedule_and_bulk(redis, keys, instance_id)
     before = await redis_fingerprint(redis)
     await write_layout_2(redis, keys)
     assert await redis.exists("okra:tasks:payments", "okra:schedules", "okra:bulks") == 3
@@ -236,6 +240,51 @@ async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
             task = await read_task(poll)
             poll.cancel()
             assert (task.instance_id, task.effect_id, task.attempt) == (instance_id, "charge#1", 1)
+            done = await worker.CompleteTask(
+                wpb.CompleteTaskRequest(task_id=task.task_id, lease=task.lease)
+            )
+            assert done.accepted
+        await wait_for_result(redis, instance_id, "charge#1")
+
+
+async def test_a_task_handed_out_before_a_layout_2_migration_counts_its_attempts_on(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = make_settings(redis_url)
+    keys = RedisKeys()
+    work = {"function": "charge", "arguments": {}, "service": "payments"}
+    async with running_sidecar(settings) as (running, stub):
+        instance_id = await start_waiting(stub)
+        extras = TurnExtras(effects=[effect("charge#1", EffectKind.WORKER, work)])
+        await commit_extras(running, instance_id, extras)
+
+        async def enqueued() -> bool:
+            return bool(await redis.xlen(keys.tasks("payments", keys.partition(instance_id))))
+
+        await eventually(enqueued, what="the worker task")
+    await write_schedule_and_bulk(redis, keys, instance_id)
+    await write_layout_2(redis, keys)
+    # A layout 2 worker polled the task and its lease ran out once: handed out twice.
+    await redis.xgroup_create("okra:tasks:payments", "workers", id="0")
+    read: Any = await redis.xreadgroup("workers", "w0", {"okra:tasks:payments": ">"})
+    old_entry = text(read[0][1][0][0])
+    await redis.xclaim("okra:tasks:payments", "workers", "w0", 0, [old_entry])
+
+    await migrate(settings)
+    async with running_sidecar(settings) as (running, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            worker = wpb_grpc.TaskWorkerStub(channel)
+            poll = worker.PollTasks(wpb.PollTasksRequest(service="payments", worker_id="w1"))
+            task = await read_task(poll)
+            poll.cancel()
+            assert (task.effect_id, task.attempt) == ("charge#1", 3)
+            # The old worker's id names the move, and leaves the moved task alone.
+            with pytest.raises(grpc.aio.AioRpcError) as moved:
+                await worker.CompleteTask(
+                    wpb.CompleteTaskRequest(task_id=f"payments/{old_entry}", lease="w0.x")
+                )
+            assert moved.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "okra-sidecar migrate" in (moved.value.details() or "")
             done = await worker.CompleteTask(
                 wpb.CompleteTaskRequest(task_id=task.task_id, lease=task.lease)
             )

@@ -77,6 +77,7 @@ __all__ = [
     "ResourceExhaustedError",
     "ScheduleDeclaredByWorkflowError",
     "ScheduleNotFoundError",
+    "TaskMovedError",
     "TaskNotReachedError",
     "TokenInvalidError",
     "TokenMissingError",
@@ -114,6 +115,7 @@ REASONS = frozenset(
         "INSTANCE_NOT_RESETTABLE",
         "TASK_NOT_REACHED",
         "RESET_POINT_NOT_KEPT",
+        "TASK_MOVED",
         "BULK_OPERATION_NOT_FOUND",
         "BULK_OPERATION_FINISHED",
         "BULK_TOO_MANY_INSTANCES",
@@ -371,6 +373,11 @@ class ResetPointNotKeptError(FailedPreconditionError):
     """RESET_POINT_NOT_KEPT: the instance's state at that task outgrew the reset budget."""
 
 
+class TaskMovedError(FailedPreconditionError):
+    """TASK_MOVED: a worker task handed out before the store was migrated to a new layout; it
+    is handed out again (metadata["task"])."""
+
+
 class InstanceAlreadySuspendedError(FailedPreconditionError):
     """INSTANCE_ALREADY_SUSPENDED: the instance is suspended already; Resume it."""
 
@@ -410,6 +417,7 @@ ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "INSTANCE_NOT_RESETTABLE": InstanceNotResettableError,
     "TASK_NOT_REACHED": TaskNotReachedError,
     "RESET_POINT_NOT_KEPT": ResetPointNotKeptError,
+    "TASK_MOVED": TaskMovedError,
     "INSTANCE_ALREADY_SUSPENDED": InstanceAlreadySuspendedError,
     "INSTANCE_NOT_SUSPENDED": InstanceNotSuspendedError,
     "INSTANCE_NOT_FINISHED": InstanceNotFinishedError,
