@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 
+from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.limit_store import RedisLimitStore
-from tests.store.test_redis_store import IDS
+from okra_sidecar.store.redis_store import RedisStore
+from tests.store.test_redis_store import IDS, new
 
 KEYS = RedisKeys(scope="shop")
 
@@ -39,3 +42,30 @@ async def test_repair_releases_a_reservation_whose_instance_never_came(redis: Re
     assert (repaired.checked, repaired.released_missing) == (1, 1)
     assert await limits.held() == 0 and await limits.held_by_workflow("t.w") == 0
     assert await redis.get(KEYS.voided(IDS[0])) == b"1"
+
+
+async def test_a_run_without_limits_is_counted_even_after_an_earlier_reservation_lapsed(
+    redis: Redis,
+) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    limits = store.limits
+    await limits.reserve(IDS[0], "t.w", max_active=0, max_per_workflow=0)
+    await redis.zadd(KEYS.limit_active("shop"), {IDS[0]: 1})
+    assert (await limits.repair()).released_missing == 1  # voided, its marker left behind
+    # On a Cluster the reservation and the create go side by side when no limit applies;
+    # the marker of the earlier reservation does not refuse this one.
+    assert await store.create_instance(new(IDS[0]), max_active=0) is True
+    assert await store.create_instance(new(IDS[1]), max_active=0) is True
+    assert await limits.held() == 2 and await limits.held_by_workflow("t.w") == 2
+    assert await store.get_instance(IDS[0]) is not None
+
+
+async def test_a_run_without_limits_whose_reservation_was_voided_is_refused(redis: Redis) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    held = await store.limits.reserve(IDS[0], "t.w", max_active=0, max_per_workflow=0)
+    # The reconciler has voided this very reservation (and not yet released it): a create
+    # with it must not run uncounted, whether or not a limit applies.
+    await redis.set(KEYS.voided(IDS[0]), held.score)
+    with pytest.raises(StoreUnavailableError, match="lapsed"):
+        await store.create_instance(new(IDS[0]), max_active=0)
+    assert await store.get_instance(IDS[0]) is None

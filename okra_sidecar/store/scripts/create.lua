@@ -2,14 +2,16 @@
 -- Admission came first, in the scope's own slot (reserve.lua); the scope and workflow key are
 -- kept in the instance ('lim', 'lwf') so that finishing or cancelling releases the same ids.
 -- KEYS: instance, history, work stream, voided marker, then every index set to join.
--- ARGV: instance id, index member, the reservation's score, history event, limit scope,
---       workflow key, then the hash's fields and values (plain arguments rather than one JSON
---       list: nothing to encode twice or decode here).
+-- ARGV: instance id, index member, the reservation's score ('*' when the reservation is being
+--       made at the same time, on a Cluster, and its score is not known yet), history event,
+--       limit scope, workflow key, then the hash's fields and values (plain arguments rather
+--       than one JSON list: nothing to encode twice or decode here).
 -- A child run joins its parent's index (`idx:parent:`) in its own partition; whether the
 -- parent still waits is checked by its starter, before and after (executors/children.py).
 -- Returns 1 created, 0 exists (2 exists and finished), -3 the reconciler voided this
 -- reservation (it took too long), -4 no reservation (a caller refused by a limit that found
--- the instance, which has gone since: SignalWithStart).
+-- the instance, which has gone since: SignalWithStart), -5 with '*': a reservation of this id
+-- was voided, maybe this one; nothing was written, and the caller asks again with the score.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
   return FINISHED[status] and 2 or 0
@@ -17,7 +19,11 @@ end
 if ARGV[3] == '' then
   return -4
 end
-if redis.call('GET', KEYS[4]) == ARGV[3] then
+local voided = redis.call('GET', KEYS[4])
+if voided and ARGV[3] == '*' then
+  return -5
+end
+if voided == ARGV[3] then
   return -3
 end
 redis.call('HSET', KEYS[1], 'lim', ARGV[5], 'lwf', ARGV[6], unpack(ARGV, 7))
