@@ -206,9 +206,13 @@ class ClusterCommands:
             by_slot.setdefault(slot, (key, []))[1].append(index)
             last = slot
         groups = list(by_slot.values())
-        results = await asyncio.gather(
-            *(self._send([commands[i] for i in indexes], key) for key, indexes in groups)
-        )
+        if len(groups) == 1:
+            # One slot (a turn's load, most pipelines): no task to gather.
+            results = [await self._send(commands, groups[0][0])]
+        else:
+            results = await asyncio.gather(
+                *(self._send([commands[i] for i in indexes], key) for key, indexes in groups)
+            )
         replies: list[Any] = [None] * len(commands)
         for (_, indexes), group_replies in zip(groups, results, strict=True):
             for index, reply in zip(indexes, group_replies, strict=True):
