@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -52,6 +53,39 @@ def child_pids(pid: int) -> list[int]:
     except OSError:
         return []
     return children
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    pids = [pid]
+    for child in child_pids(pid):
+        pids += tree_pids(child)
+    return pids
+
+
+# A sidecar has settled once its processes together use less than this share of one core.
+SETTLED_SHARE = 0.15
+SETTLE_WINDOW_S = 0.5
+SETTLE_TIMEOUT_S = 60.0
+
+
+async def wait_until_settled(pid: int, *, timeout_s: float = SETTLE_TIMEOUT_S) -> float:
+    """Wait until a process and its descendants are nearly idle for two windows in a row;
+    the seconds waited (at most `timeout_s`).
+
+    A sidecar answers its health check before its engine processes, their spare and the
+    fork server have finished importing: seconds of CPU on this machine that would
+    otherwise be taken from the first workload, and counted against it.
+    """
+    started = time.monotonic()
+    quiet = 0
+    while quiet < 2 and time.monotonic() - started < timeout_s:
+        pids = tree_pids(pid)
+        before = sum(process_cpu_s(p) or 0.0 for p in pids)
+        await asyncio.sleep(SETTLE_WINDOW_S)
+        used = sum(process_cpu_s(p) or 0.0 for p in pids) - before
+        quiet = quiet + 1 if used < SETTLED_SHARE * SETTLE_WINDOW_S else 0
+    return time.monotonic() - started
 
 
 def process_name(pid: int) -> str:

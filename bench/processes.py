@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.cpu import wait_until_settled
 from bench.echo import echo_caller
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,10 @@ async def sidecar_process(
     )
     await _wait_until_ready(server, _health_serving, start_timeout_s)
     try:
+        if not launcher:
+            # Under callgrind nothing is counted until the measured calls; otherwise the
+            # engine processes' start-up would be measured with the first workload.
+            await wait_until_settled(server.pid)
         yield server
     finally:
         code = await server.stop()

@@ -26,6 +26,8 @@ from okra_sidecar.tasks import cancel_and_wait
 
 __all__ = ["OutboxRelay"]
 
+READ_COUNT = 100
+
 
 class OutboxRelay:
     def __init__(
@@ -37,6 +39,7 @@ class OutboxRelay:
         consumer: str,
         claim_idle_ms: int,
         read_block_ms: int = 1000,
+        read_linger_ms: int = 0,
         orphans: Callable[[str, Collection[str]], Awaitable[list[OutboxEntry]]] | None = None,
         orphan_interval_s: float = 0.5,
     ) -> None:
@@ -46,6 +49,7 @@ class OutboxRelay:
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
         self._read_block_ms = read_block_ms
+        self._read_linger_ms = read_linger_ms
         # Entries of relays whose heartbeat is gone (see store/liveness.py), and which are
         # being applied here (never taken from ourselves).
         self._orphans = orphans
@@ -70,8 +74,14 @@ class OutboxRelay:
         self._loops = []
 
     async def _read_once(self) -> None:
-        entries = await self._outbox.read(self._consumer, count=100, block_ms=self._read_block_ms)
+        entries = await self._outbox.read(
+            self._consumer, count=READ_COUNT, block_ms=self._read_block_ms
+        )
         await self.relay(entries)
+        if entries and len(entries) < READ_COUNT and self._read_linger_ms:
+            # Entries trickling in (one per finished instance): let more of them arrive, so
+            # that the next read, its releases and its acknowledgement each serve several.
+            await asyncio.sleep(self._read_linger_ms / 1000)
 
     async def _claim_once(self) -> None:
         await asyncio.sleep(self._claim_idle_ms / 2000)

@@ -192,4 +192,5 @@ def build_relay(
         consumer=consumer,
         claim_idle_ms=engine.claim_idle_ms,
         read_block_ms=engine.read_block_ms,
+        read_linger_ms=engine.read_linger_ms,
     )
