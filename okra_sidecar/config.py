@@ -83,7 +83,8 @@ class EngineSettings:
     max_steps_per_turn: int = 1000
     read_block_ms: int = 1000
     # After a read that found less than a full batch, wait this long before the next one
-    # (readLingerMs), so that work arriving meanwhile is read, loaded and committed together.
+    # (readLingerMs), so that work arriving meanwhile is read, loaded and committed together;
+    # the outbox relay does the same after a short read of the outboxes.
     read_linger_ms: int = 2
     # The largest definition file loaded (maxDefinitionBytes); larger ones stop the start.
     max_definition_bytes: int = 1024 * 1024

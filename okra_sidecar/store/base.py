@@ -51,6 +51,9 @@ class TurnSnapshot:
     step_started_ms: int = 0
     # Its turns go to the slow lane: an expression of it ran long in a regular engine process.
     slow: bool = False
+    # The limit scope ('' is one) and workflow key its admission is held under; None: none.
+    limit_scope: str | None = None
+    limit_workflow: str = ""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class TurnStore(StoreConnections):
                         *("HMGET", keys.instance(instance_id)),
                         *("wf", "status", "rev", "state", "ikey", "otel"),
                         *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                        *("parent", "peffect", "subs", "dlsrc", "stsrc", "slow"),
+                        *("parent", "peffect", "subs", "dlsrc", "stsrc", "slow", "lim", "lwf"),
                     ),
                     ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
                 ]
@@ -52,6 +52,8 @@ class TurnStore(StoreConnections):
             source,
             stsrc,
             slow,
+            scope,
+            workflow_key,
         ) = more
         if wf is None or status is None:
             return None
@@ -75,6 +77,8 @@ class TurnStore(StoreConnections):
             parent_effect=text(peffect),
             subscriptions=text(subs),
             slow=slow is not None,
+            limit_scope=None if scope is None else text(scope),
+            limit_workflow=text(workflow_key),
         )
 
     async def commit_turn(self, snapshot: TurnSnapshot, commit: TurnCommit) -> bool:
@@ -109,9 +113,25 @@ class TurnStore(StoreConnections):
             *keys.status_indexes(partition),
             keys.index_finished(partition),
         ]
-        extras = ""
+        out: dict[str, Any] = {}
         if commit.extras is not None:
-            extras = self._commit_extras(snapshot, commit.extras, commit_keys)
+            out = self._commit_extras(snapshot, commit.extras, commit_keys)
+        if (
+            self.one_node
+            and snapshot.limit_scope is not None
+            and commit.status in FINISHED_STATUSES
+            and not snapshot.status.finished
+        ):
+            # On a single Redis the limit scope's keys are on this node: the finishing commit
+            # gives the admission back itself, rather than through the outbox and the relay.
+            scope, workflow_key = snapshot.limit_scope, snapshot.limit_workflow
+            out["release"] = {"slot": len(commit_keys) + 1, "scope": scope, "wf": workflow_key}
+            commit_keys += [
+                keys.limit_active(scope),
+                keys.limit_held(scope),
+                keys.limit_workflow(scope, workflow_key),
+            ]
+        extras = dumps(out) if out else ""
         with map_redis_errors():
             applied = await self.hot.evalsha(
                 self._commit,
@@ -135,8 +155,10 @@ class TurnStore(StoreConnections):
             )
         return int(applied) == 1
 
-    def _commit_extras(self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]) -> str:
-        """commit.lua's extras (JSON), appending the keys they need to `keys`."""
+    def _commit_extras(
+        self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]
+    ) -> dict[str, Any]:
+        """commit.lua's extras (encoded as JSON), appending the keys they need to `keys`."""
         iid = snapshot.instance_id
         partition = self.keys.partition(iid)
 
@@ -178,4 +200,4 @@ class TurnStore(StoreConnections):
                 "dedup": extras.parent_event["id"],
                 "event": dumps(extras.parent_event),
             }
-        return dumps(out) if out else ""
+        return out

@@ -528,7 +528,8 @@ async def test_rejections_on_existing_instances_write_nothing(stub: Stub, redis:
     instance_id = started.instance_id
     await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_FAILED})
 
-    # The finished instance's place is given back through the outbox, just after the status.
+    # The finished instance's place is given back by its final commit (on a Cluster through the
+    # outbox, just after the status).
     async def released() -> bool:
         return await redis.zscore(KEYS.limit_active(KEYS.scope), instance_id) is None
 

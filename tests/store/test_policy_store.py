@@ -139,8 +139,9 @@ async def test_per_workflow_limit_is_admitted_atomically(store: RedisStore, redi
     snapshot = await store.load_turn(winner)
     assert snapshot is not None
     assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
-    # The release reaches the limit's slot through the outbox, which the relay applies.
-    assert await store.limits.held_by_workflow("t.w") == 3
+    # On a Cluster the release reaches the limit's slot through the outbox, which the relay
+    # applies; on a single Redis the finishing commit gave it back already.
+    assert await store.limits.held_by_workflow("t.w") == (2 if store.one_node else 3)
     await apply_outbox(store)
     assert await store.limits.held_by_workflow("t.w") == 2
     loser = IDS[admitted.index(False)]

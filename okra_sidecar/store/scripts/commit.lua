@@ -9,7 +9,9 @@
 --       fields and values for the hash (the next revision among them) and m history events.
 --       Fields and events are plain arguments, not JSON lists: nothing to decode here.
 -- Finishing releases the instance's admission in its limit scope ('lim', 'lwf'), another
--- slot: through the outbox, which the relay applies (release.lua).
+-- slot: through the outbox, which the relay applies (release.lua); on a single Redis, here,
+-- when the extras' `release` names the scope's keys (the scope and workflow key it expects
+-- and the KEYS slot of its active set, then its held hash and workflow set).
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'status', 'lim', 'lwf')
 if cur[1] ~= ARGV[2] then
   return 0
@@ -34,13 +36,17 @@ if ARGV[11] and ARGV[11] ~= '' then
   redis.call('XACK', KEYS[4], ARGV[12], unpack(acks))
   redis.call('XDEL', KEYS[4], unpack(acks))
 end
+local x = nil
+if ARGV[10] and ARGV[10] ~= '' then
+  x = cjson.decode(ARGV[10])
+end
 local old, new = cur[2], ARGV[4]
 if old ~= new then
   reindex(ARGV[9], old, new)
   if FINISHED[new] and not FINISHED[old] then
     redis.call('ZADD', KEYS[FINISHED_INDEX], redis.call('HGET', KEYS[1], 'completed'), ARGV[9])
     if cur[3] then
-      release_admission(KEYS[6], ARGV[1], cur[3], cur[4])
+      release_admission(KEYS[6], ARGV[1], cur[3], cur[4], x and x.release)
     end
   end
 end
@@ -51,8 +57,7 @@ end
 -- executors, events to publish and the outcome for a parent awaiting this child (both
 -- through the partition's outbox), results for the instance's own inbox, listen
 -- subscriptions and reset points. Slots are indexes into KEYS.
-if ARGV[10] and ARGV[10] ~= '' then
-  local x = cjson.decode(ARGV[10])
+if x then
   if x.effects then
     for _, effect in ipairs(x.effects) do
       redis.call('XADD', KEYS[x.effectSlot], '*', 'i', ARGV[1], 'e', effect)

@@ -75,8 +75,16 @@ local function notify_parent(k_outbox, parent)
 end
 
 -- A finished instance gives its admission back in its limit scope, another slot: through the
--- partition's outbox; the relay applies it (release.lua, idempotent).
-local function release_admission(k_outbox, instance_id, scope, workflow_key)
+-- partition's outbox; the relay applies it (release.lua, idempotent). On a single Redis the
+-- caller may pass the scope's keys instead (`here`: the scope and workflow key it expects and
+-- the KEYS slot of its active set, held hash and workflow set): released in this same step.
+local function release_admission(k_outbox, instance_id, scope, workflow_key, here)
+  if here and here.scope == scope and here.wf == (workflow_key or '') then
+    redis.call('ZREM', KEYS[here.slot + 2], instance_id)
+    redis.call('HDEL', KEYS[here.slot + 1], instance_id)
+    redis.call('ZREM', KEYS[here.slot], instance_id)
+    return
+  end
   redis.call('XADD', k_outbox, '*', 'k', 'release', 'i', instance_id, 's', scope, 'w',
     workflow_key or '')
 end
