@@ -44,6 +44,10 @@ class BulkSpec:
     signal: str = ""
     payload: Any = None
     max_per_second: int = 0
+    # Whoever started it (verified claims, client certificate): each instance it acts on is
+    # decided as that caller's own call would be.
+    owner: dict[str, Any] = field(default_factory=dict)
+    owner_peer: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,8 @@ class BulkSpec:
             "signal": self.signal,
             "payload": self.payload,
             "maxPerSecond": self.max_per_second,
+            "owner": self.owner,
+            "ownerPeer": self.owner_peer,
         }
 
     @classmethod
@@ -62,6 +68,8 @@ class BulkSpec:
             signal=str(data.get("signal", "")),
             payload=data.get("payload"),
             max_per_second=int(data.get("maxPerSecond", 0)),
+            owner=dict(data.get("owner") or {}),
+            owner_peer=str(data.get("ownerPeer", "")),
         )
 
 

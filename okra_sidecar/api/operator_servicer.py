@@ -182,7 +182,12 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
             workflow=workflow,
             reason=request.reason,
         )
-        spec = self._bulk_spec(request)
+        # Each instance is decided in the bulk runner as its caller's own call would be.
+        spec = replace(
+            self._bulk_spec(request),
+            owner=dict(grant.identity.claims),
+            owner_peer=grant.identity.peer,
+        )
         if request.filter.limit or request.filter.cursor:
             field = "filter.limit" if request.filter.limit else "filter.cursor"
             raise InvalidInputError.for_field(

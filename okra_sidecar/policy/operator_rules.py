@@ -11,7 +11,13 @@ from okra_sidecar.policy.audit import Call
 from okra_sidecar.policy.document import PolicySet
 from okra_sidecar.policy.model import CallGrant
 
-__all__ = ["OPERATOR_METHODS", "check_operator", "checks", "operator_conditions"]
+__all__ = [
+    "OPERATOR_METHODS",
+    "check_operator",
+    "checks",
+    "instance_conditions",
+    "operator_conditions",
+]
 
 Check = Callable[[Call, PolicySet, CallGrant], Awaitable[CallGrant]]
 
@@ -34,6 +40,16 @@ def operator_conditions(method: str) -> tuple[str, ...]:
     return (keys.OPERATOR_CONDITIONS[verb], keys.OPERATOR_CONDITION, keys.CONDITION)
 
 
+def instance_conditions(policies: PolicySet, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of `names` whose condition reads `instance`: a bulk rpc has no single instance,
+    so the bulk runner decides them on each instance it acts on (policy/bulk_items.py)."""
+    return tuple(
+        key
+        for key in names
+        if (program := policies.condition(key)) is not None and "instance" in program.roots
+    )
+
+
 async def check_operator(
     call: Call,
     policies: PolicySet,
@@ -47,7 +63,11 @@ async def check_operator(
     verb = OPERATOR_METHODS[call.method]
     on, what = policies.operator_allowed.get(verb, True), f"{call.method} of instances"
     await switch(call, policies, keys.OPERATOR_ALLOWED[verb], on=on, what=what)
-    await conditions(call, policies, operator_conditions(call.method))
+    names = operator_conditions(call.method)
+    if verb == "bulk" and call.instance is None:
+        deferred = instance_conditions(policies, names)
+        names = tuple(key for key in names if key not in deferred)
+    await conditions(call, policies, names)
     if verb == "bulk":
         return CallGrant(identity=call.identity, bulk_max_instances=policies.bulk_max_instances)
     if call.instance is None:

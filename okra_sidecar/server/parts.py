@@ -23,6 +23,7 @@ from okra_sidecar.engine.runtime.runner import EngineLane, EngineRunner
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
+from okra_sidecar.policy.bulk_items import PolicyBulkItemAuthorizer
 from okra_sidecar.policy.cel import CelEngine
 from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
@@ -62,6 +63,8 @@ class PolicyLayer:
     alerts: FailureAlerts
     # Schedule firings and event triggers go through the run policies too.
     firings: PolicyFiringAuthorizer
+    # Each instance a bulk operation acts on goes through its action's policies.
+    bulk_items: PolicyBulkItemAuthorizer
     # The shared rate limits (also how many instances one instance may cause).
     rates: RedisPolicyStore
 
@@ -115,6 +118,7 @@ def build_policy_layer(
         audit=audit,
         alerts=FailureAlerts(policies=manager, audit=audit),
         firings=PolicyFiringAuthorizer(evaluator=evaluator),
+        bulk_items=PolicyBulkItemAuthorizer(evaluator=evaluator),
         rates=policy_store,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ import jwt
 from google.rpc import error_details_pb2
 from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.admin.v1 import admin_pb2_grpc as admin_pb_grpc
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -37,8 +39,12 @@ from tests.helpers import (
 
 if TYPE_CHECKING:
     from okra_client.gen.admin.v1.admin_pb2_grpc import PolicyAdminServiceAsyncStub as AdminStub
+    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
+        WorkflowOperatorAPIAsyncStub as OperatorStub,
+    )
 else:
     AdminStub = admin_pb_grpc.PolicyAdminServiceStub
+    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 SECRET = "policy-tests-secret-long-enough-for-hs256"
@@ -113,6 +119,17 @@ def write_policies(directory: Path, text: str, name: str = "policies.json") -> P
     path = directory / name
     path.write_text(text)
     return path
+
+
+@asynccontextmanager
+async def operated(
+    redis_url: str, tmp_path: Path, policies: dict[str, Any]
+) -> AsyncIterator[tuple[Policed, OperatorStub]]:
+    """A policed sidecar with `policies`, and a WorkflowOperatorAPI stub on it."""
+    path = write_policies(tmp_path, json.dumps(policies))
+    async with policed_sidecar(policy_settings(redis_url, path)) as policed:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
+            yield policed, OperatorStub(channel)
 
 
 async def run(stub: Stub, workflow_id: str, data: Any = None, **kw: Any) -> str:
@@ -233,11 +250,13 @@ async def audit_records(admin: AdminStub, limit: int = 100) -> list[admin_pb.Aud
 __all__ = [
     "ADMIN",
     "AdminStub",
+    "OperatorStub",
     "Policed",
     "audit_records",
     "bearer",
     "denied_by",
     "eventually",
+    "operated",
     "policed_sidecar",
     "recording_writes",
     "policy_settings",

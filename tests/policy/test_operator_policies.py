@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
-from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
@@ -21,33 +17,14 @@ from tests.policy.support import (
     Policed,
     bearer,
     denied_by,
-    policed_sidecar,
-    policy_settings,
+    operated,
     run,
     settle,
-    write_policies,
 )
-
-if TYPE_CHECKING:
-    from okra_client.gen.workflow.v1.operator_pb2_grpc import (
-        WorkflowOperatorAPIAsyncStub as OperatorStub,
-    )
-else:
-    OperatorStub = opb_grpc.WorkflowOperatorAPIStub
 
 OPS = bearer(sub="oncall", role="ops")
 GUEST = bearer(sub="guest", role="guest")
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-
-
-@asynccontextmanager
-async def operated(
-    redis_url: str, tmp_path: Path, policies: dict[str, Any]
-) -> AsyncIterator[tuple[Policed, OperatorStub]]:
-    path = write_policies(tmp_path, json.dumps(policies))
-    async with policed_sidecar(policy_settings(redis_url, path)) as policed:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
-            yield policed, OperatorStub(channel)
 
 
 async def waiting_instance(policed: Policed) -> str:

@@ -8,6 +8,11 @@ acts on its pending instance again, and every action takes effect once however o
 applied (a signal is sent under an id derived from the operation, so a repeat is a duplicate;
 a cancel, suspend, resume, retry or delete that already happened is refused by the instance's
 status, and a pending instance found that way counts as done).
+
+Each instance is decided by the policies before it is acted on, as the action's own rpc by the
+operation's caller would be (policy/bulk_items.py); one they refuse is skipped, "denied by
+policy", and not touched. The action is applied only while the instance has the status the
+policies decided on; when it moved, they decide again.
 """
 
 from __future__ import annotations
@@ -17,23 +22,28 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from okra_sidecar.bulks import BulkAction, BulkRecord, BulkState, ItemOutcome
+from okra_sidecar.bulks import BulkAction, BulkRecord, BulkSpec, BulkState, ItemOutcome
 from okra_sidecar.engine.interpreter.effects import signal_event
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.errors import (
     FailedPreconditionError,
+    InstanceChangedError,
     NotFoundError,
     OkraError,
+    PolicyDeniedError,
+    ResourceExhaustedError,
     StoreUnavailableError,
+    instance_not_found,
 )
+from okra_sidecar.instances import InstanceRecord
 from okra_sidecar.store.base import Store
 from okra_sidecar.store.bulk_store import ClaimResult, RedisBulkStore
 from okra_sidecar.tasks import cancel_and_wait
 
-__all__ = ["BulkRunner", "bulk_signal_id"]
+__all__ = ["DENIED_BY_POLICY", "BulkItemAuthorizer", "BulkRunner", "bulk_signal_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,32 @@ ACTED_STATUS = {
     BulkAction.CANCEL: "cancelled",
     BulkAction.SUSPEND: "suspended",
 }
+
+
+# GetBulkOperation's reason for an instance the policies refused.
+DENIED_BY_POLICY = "denied by policy"
+# A status the policies decided on may move under a signal or a commit; decide again this often.
+MAX_DECISIONS = 3
+# Waits for a shared rate limit (a bulk SIGNAL spends the signal rate) before an instance fails.
+MAX_RATE_WAITS = 5
+
+
+class BulkItemAuthorizer(Protocol):
+    """Decides one instance of a bulk operation as the action's own rpc (policy/bulk_items.py).
+
+    Raises PolicyDeniedError to refuse it, ResourceExhaustedError when a rate limit holds it.
+    """
+
+    def needs_instance(self, spec: BulkSpec) -> bool: ...
+
+    async def __call__(
+        self,
+        *,
+        operation_id: str,
+        spec: BulkSpec,
+        instance_id: str,
+        instance: InstanceRecord | None,
+    ) -> None: ...
 
 
 def bulk_signal_id(operation_id: str, instance_id: str) -> str:
@@ -63,8 +99,10 @@ class BulkRunner:
         poll_s: float = 0.5,
         lease_ms: int = 3000,
         clock: Callable[[], int] | None = None,
+        authorize: BulkItemAuthorizer | None = None,
     ) -> None:
         self._store = store
+        self._authorize = authorize
         self._bulks = bulks
         self.owner = owner or f"bulk-{uuid.uuid4().hex[:12]}"
         self._poll_s = poll_s
@@ -148,9 +186,13 @@ class BulkRunner:
     ) -> tuple[ItemOutcome, str]:
         """Apply the action to one instance: its outcome and, unless done, why."""
         try:
-            await self._apply(record, instance_id)
+            await self._decided(record, instance_id)
         except StoreUnavailableError:
             raise  # the instance stays pending; whoever holds the lease next acts again
+        except PolicyDeniedError:
+            if again and await self._acted_already(record, instance_id):
+                return ItemOutcome.DONE, ""
+            return ItemOutcome.SKIPPED, DENIED_BY_POLICY
         except NotFoundError:
             if again and record.spec.action is BulkAction.DELETE:
                 return ItemOutcome.DONE, ""
@@ -169,17 +211,70 @@ class BulkRunner:
             return ItemOutcome.FAILED, exc.reason.value
         return ItemOutcome.DONE, ""
 
-    async def _apply(self, record: BulkRecord, instance_id: str) -> Any:
+    async def _decided(self, record: BulkRecord, instance_id: str) -> Any:
+        """Decide the instance, then apply the action while it still has the status decided on."""
+        for attempt in range(1, MAX_DECISIONS + 1):
+            expected = await self._authorized(record, instance_id)
+            try:
+                return await self._apply(record, instance_id, expected)
+            except InstanceChangedError:
+                if attempt == MAX_DECISIONS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _authorized(self, record: BulkRecord, instance_id: str) -> str | None:
+        """The status the policies allowed the action on (None: they did not read it)."""
+        authorize = self._authorize
+        if authorize is None:
+            return None
+        instance = None
+        if authorize.needs_instance(record.spec):
+            instance = await self._store.get_instance(instance_id)
+            if instance is None:
+                raise instance_not_found(instance_id)
+        # A rate limit is waited out while the lease lasts; then the instance fails.
+        longest_wait_s = self._lease_ms / 2000
+        for attempt in range(1, MAX_RATE_WAITS + 1):
+            try:
+                await authorize(
+                    operation_id=record.operation_id,
+                    spec=record.spec,
+                    instance_id=instance_id,
+                    instance=instance,
+                )
+            except ResourceExhaustedError as exc:
+                wait_s = exc.retry_after_s
+                if attempt == MAX_RATE_WAITS or wait_s is None or wait_s > longest_wait_s:
+                    raise
+                await asyncio.sleep(wait_s)
+                continue
+            return instance.status.value if instance is not None else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acted_already(self, record: BulkRecord, instance_id: str) -> bool:
+        """Whether a pending instance shows the action taken by the holder before a crash."""
+        instance = await self._store.get_instance(instance_id)
+        if instance is None:
+            return record.spec.action is BulkAction.DELETE
+        return ACTED_STATUS.get(record.spec.action) == instance.status.value
+
+    async def _apply(self, record: BulkRecord, instance_id: str, expected: str | None) -> Any:
         spec = record.spec
         now = self._clock()
         store = self._store
         action = spec.action
         if action is BulkAction.CANCEL:
-            return await cancel_instance(store, instance_id, reason=spec.reason, now_ms=now)
+            return await cancel_instance(
+                store, instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+            )
         if action is BulkAction.SUSPEND:
-            return await store.suspend(instance_id, reason=spec.reason, now_ms=now)
+            return await store.suspend(
+                instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+            )
         if action is BulkAction.RESUME:
-            return await store.resume(instance_id, reason=spec.reason, now_ms=now)
+            return await store.resume(
+                instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+            )
         if action is BulkAction.RETRY:
             return await retry_instance(store, instance_id, reason=spec.reason, now_ms=now)
         if action is BulkAction.DELETE:
@@ -190,6 +285,7 @@ class BulkRunner:
             signal_id=signal_id,
             event=signal_event(spec.signal, spec.payload, signal_id=signal_id, sent_ms=now),
             now_ms=now,
+            expect_status=expected,
         )
 
 
