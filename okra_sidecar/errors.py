@@ -135,8 +135,9 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         "INVALID_ARGUMENT",
         retryable=False,
         action=(
-            "Make the input match the workflow's `input.schema`; the BadRequest lists each "
-            "violation."
+            "Make the input match the workflow's `input.schema` (a signal's payload: the "
+            "schema its listen task declares in `metadata.signals`); the BadRequest lists "
+            "each violation."
         ),
     ),
     Reason.INVALID_POLICY_SET: ReasonSpec(

@@ -196,7 +196,11 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         matching = query_filter(request.filter, limit=QUERY_PAGE, field="filter.")
         granted = grant.bulk_max_instances
         limit = granted or DEFAULT_BULK_MAX_INSTANCES
-        instance_ids = await self._matching(matching, limit, policy_set=granted is not None)
+        instance_ids, workflow_ids = await self._matching(
+            matching, limit, policy_set=granted is not None
+        )
+        if spec.action is BulkAction.SIGNAL:
+            await self._check_payload(spec, workflow_ids)
         response = opb.StartBulkOperationResponse(
             matched=len(instance_ids), sample_instance_ids=instance_ids[:SAMPLE_SIZE]
         )
@@ -235,13 +239,30 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
             max_per_second=request.max_per_second,
         )
 
-    async def _matching(self, matching: QueryFilter, limit: int, *, policy_set: bool) -> list[str]:
-        """Every matching instance id, newest first; refused past `limit`."""
+    async def _check_payload(self, spec: BulkSpec, workflow_ids: set[str]) -> None:
+        """A bulk SIGNAL's payload against the schema each matched workflow declares for it."""
+        for workflow_id in sorted(workflow_ids):
+            definition = (await self._registry.get(workflow_id)).definition
+            schema = definition.signal_payloads.get(spec.signal)
+            if schema is not None:
+                rules.check_input_schema(
+                    spec.payload,
+                    schema.validator,
+                    field="payload",
+                    schema=f"signal {spec.signal}'s payload in {workflow_id}",
+                )
+
+    async def _matching(
+        self, matching: QueryFilter, limit: int, *, policy_set: bool
+    ) -> tuple[list[str], set[str]]:
+        """Every matching instance id, newest first, and their workflows; refused past `limit`."""
         found: list[str] = []
+        workflow_ids: set[str] = set()
         cursor = ""
         while True:
             page = await self._store.query(replace(matching, cursor=cursor))
             found.extend(r.instance_id for r in page.instances)
+            workflow_ids.update(r.workflow_id for r in page.instances)
             if len(found) > limit:
                 source = f" ({BULK_MAX_INSTANCES})" if policy_set else ""
                 raise ResourceExhaustedError(
@@ -252,7 +273,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
                     metadata={"limit": str(limit)},
                 )
             if not page.cursor:
-                return found
+                return found, workflow_ids
             cursor = page.cursor
 
     async def GetBulkOperation(

@@ -30,6 +30,8 @@ from okra_sidecar.api.gate import ParsedInput, PolicyGate, RunTarget
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
+from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
+from okra_sidecar.engine.definitions.tasks import SchemaCheck
 from okra_sidecar.engine.interpreter.effects import signal_event
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.registry import RegisteredWorkflow, WorkflowRegistry
@@ -286,15 +288,24 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         return await self._gate.run(context, target, create)
 
     def _signal_event(
-        self, signal: str, payload_value: Value | None, signal_id: str
+        self,
+        signal: str,
+        payload_value: Value | None,
+        signal_id: str,
+        schema: SchemaCheck | None = None,
     ) -> dict[str, Any]:
         """The CloudEvent a signal is delivered as (its name checked before the policies),
-        its fields checked by the code-level rules."""
+        its fields checked by the code-level rules and its payload by the `schema` the
+        workflow declares for it, if any."""
         size = payload_value.ByteSize() if payload_value is not None else 0
         rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
         check_text(signal_id, "signal_id")
         payload = value_to_python(payload_value) if payload_value is not None else None
         rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
+        if schema is not None:
+            rules.check_input_schema(
+                payload, schema.validator, field="payload", schema=f"signal {signal}'s payload"
+            )
         event = signal_event(
             signal, payload, signal_id=signal_id or str(uuid.uuid4()), sent_ms=self._clock()
         )
@@ -302,12 +313,16 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         return {**event, **tracing.event_trace_fields()}
 
     def _delivery(
-        self, request: pb.SignalRequest | pb.SignalWithStartRequest, grant: CallGrant
+        self,
+        request: pb.SignalRequest | pb.SignalWithStartRequest,
+        grant: CallGrant,
+        definition: WorkflowDefinition | None,
     ) -> dict[str, Any]:
         """The store's arguments for a signal: its CloudEvent, delivered once per id and only
         while the instance has the status the policy decided on."""
         payload = request.payload if request.HasField("payload") else None
-        event = self._signal_event(request.signal, payload, request.signal_id)
+        schema = definition.signal_payloads.get(request.signal) if definition else None
+        event = self._signal_event(request.signal, payload, request.signal_id, schema)
         return {
             "signal_id": event["id"],
             "event": event,
@@ -319,8 +334,15 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         instance_id = rules.check_instance_id(request.instance_id)
         rules.check_signal_name(request.signal)
 
+        # The payload's schema is its workflow's, read once: an instance never changes workflow.
+        # (No instance: the policies or the store say NOT_FOUND.)
+        record = await self._store.get_instance(instance_id)
+        definition = None
+        if record is not None:
+            definition = (await self._registry.get(record.workflow_id)).definition
+
         async def deliver(grant: CallGrant) -> pb.SignalResponse:
-            delivery = self._delivery(request, grant)
+            delivery = self._delivery(request, grant, definition)
             duplicate = await self._store.signal(instance_id, **delivery)
             if not duplicate:
                 self._metrics.signal_delivered()
@@ -343,7 +365,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         async def signal_or_start(grant: CallGrant) -> pb.SignalWithStartResponse:
             with fields_under("run."):
                 new = await self._new_instance(run, context, registered, target, grant)
-            delivery = self._delivery(request, grant)
+            # _new_instance raised NOT_FOUND if the workflow is not registered.
+            workflow = registered or await self._registry.resolve(run.workflow_id)
+            delivery = self._delivery(request, grant, workflow.definition)
             started, duplicate = await self._store.signal_with_start(
                 new, **delivery, **self._admission(grant)
             )

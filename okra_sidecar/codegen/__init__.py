@@ -53,6 +53,16 @@ def _render(definition: WorkflowDefinition, lang: str) -> tuple[str, str]:
         label="output.schema",
         taken=taken,
     )
+    payloads = {
+        signal: translate_schema(
+            check.schema,
+            root_name=f"{name}{pascal_case(signal)}Payload",
+            source=definition.id,
+            label=f"metadata.signals.{signal}.schema",
+            taken=taken,
+        )
+        for signal, check in sorted(definition.signal_payloads.items())
+    }
     shim = Shim(
         workflow_id=definition.id,
         title=definition.title,
@@ -61,6 +71,7 @@ def _render(definition: WorkflowDefinition, lang: str) -> tuple[str, str]:
         input=types,
         output=output,
         signals=listened_signals(definition),
+        payloads=payloads,
     )
     if lang == "python":
         return f"{module_name(definition)}.py", render_python(shim, snake=_snake(definition.name))

@@ -22,7 +22,7 @@ from okra_sidecar.codegen.schema import (
 
 __all__ = ["render_python"]
 
-TYPING_NAMES = ("Any", "Literal", "NotRequired", "TypeAlias", "TypedDict")
+TYPING_NAMES = ("Any", "Literal", "NotRequired", "TypeAlias", "TypedDict", "cast", "overload")
 
 PRIMITIVE = {
     "string": "str",
@@ -133,25 +133,50 @@ def _handle(shim: Shim) -> list[str]:
         f"        return cast({json.dumps(shim.output.root)}, output)",
     ]
     if shim.signals:
-        lines += [
-            "",
-            "    async def signal(",
-            "        self,",
-            f"        signal: {shim.name}Signal,",
-            "        payload: Json = None,",
-            "        *,",
-            "        signal_id: str | None = None,",
-            "        timeout_s: float | None = None,",
-            "    ) -> SignalResult:",
-            '        """Deliver one of the signals the workflow listens for."""',
-            "        return await self.handle.signal(",
-            "            signal,",
-            "            payload,",
-            "            signal_id=signal_id,",
-            "            timeout_s=timeout_s,",
-            "        )",
-        ]
+        lines += _signal(shim)
     return lines
+
+
+def _signal_def(signal: str, payload: str, ending: str) -> list[str]:
+    return [
+        "    async def signal(",
+        "        self,",
+        f"        signal: {signal},",
+        f"        payload: {payload},",
+        "        *,",
+        "        signal_id: str | None = None,",
+        "        timeout_s: float | None = None,",
+        f"    ) -> SignalResult:{ending}",
+    ]
+
+
+def _literal_of(names: tuple[str, ...]) -> str:
+    return f"Literal[{', '.join(json.dumps(name) for name in names)}]"
+
+
+def _signal(shim: Shim) -> list[str]:
+    """`signal()`: one overload per signal with a payload schema, one for the others."""
+    lines: list[str] = []
+    payload = "Json = None"
+    if shim.payloads:
+        for signal, types in shim.payloads.items():
+            lines += ["", "    @overload", *_signal_def(_literal_of((signal,)), types.root, " ...")]
+        if shim.untyped_signals:
+            literal = _literal_of(shim.untyped_signals)
+            lines += ["", "    @overload", *_signal_def(literal, "Json = None", " ...")]
+        payload = "Any = None"
+    return [
+        *lines,
+        "",
+        *_signal_def(f"{shim.name}Signal", payload, ""),
+        '        """Deliver one of the signals the workflow listens for, with its payload."""',
+        "        return await self.handle.signal(",
+        "            signal,",
+        "            payload,",
+        "            signal_id=signal_id,",
+        "            timeout_s=timeout_s,",
+        "        )",
+    ]
 
 
 # The options every starting helper takes, and how it passes them on to the client.
@@ -220,6 +245,7 @@ def _header(shim: Shim, snake: str, body: str) -> list[str]:
         "WORKFLOW_ID",
         shim.input.root,
         shim.output.root,
+        *(types.root for types in shim.payloads.values()),
         *([f"{shim.name}Signal"] if shim.signals else []),
         f"{shim.name}Handle",
         f"run_{snake}",
@@ -236,7 +262,7 @@ def _header(shim: Shim, snake: str, body: str) -> list[str]:
         "from __future__ import annotations",
         "",
         "from collections.abc import Mapping",
-        f"from typing import {', '.join([*used, 'cast'])}",
+        f"from typing import {', '.join(used)}",
         "",
         f"from okra_client import {', '.join(client_names)}",
         "",

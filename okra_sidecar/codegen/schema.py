@@ -124,6 +124,13 @@ class Shim:
     input: SchemaTypes
     output: SchemaTypes
     signals: tuple[str, ...]
+    # Signal name -> its payload's types, for the signals whose listen task declares a schema.
+    payloads: Mapping[str, SchemaTypes] = field(default_factory=dict)
+
+    @property
+    def untyped_signals(self) -> tuple[str, ...]:
+        """The signals that carry any JSON (no payload schema declared)."""
+        return tuple(s for s in self.signals if s not in self.payloads)
 
     @property
     def described(self) -> str:
@@ -140,10 +147,11 @@ class Shim:
         object_lines: Callable[[ObjectDecl], list[str]],
         alias_lines: Callable[[AliasDecl], list[str]],
     ) -> list[list[str]]:
-        """The input's declarations, then the output's, each rendered as lines."""
+        """The input's declarations, the output's, then the payloads', each rendered as lines."""
         return [
             object_lines(decl) if isinstance(decl, ObjectDecl) else alias_lines(decl)
-            for decl in (*self.input.declarations, *self.output.declarations)
+            for types in (self.input, self.output, *self.payloads.values())
+            for decl in types.declarations
         ]
 
 
@@ -359,7 +367,7 @@ def translate_schema(
     translator = _Translator(
         schema or {},
         source=source,
-        prefix=re.sub(r"(Input|Output)$", "", root_name),
+        prefix=re.sub(r"(Input|Output|Payload)$", "", root_name),
         label=label,
         taken=set() if taken is None else taken,
     )

@@ -123,13 +123,25 @@ def _handle(shim: Shim) -> list[str]:
     if shim.signals:
         lines += [
             "",
-            "  /** Deliver one of the signals the workflow listens for. */",
-            f"  signal(signal: {shim.name}Signal, payload?: unknown, signalId?: string):"
-            " Promise<void> {",
+            "  /** Deliver one of the signals the workflow listens for, with its payload. */",
+        ]
+        if shim.payloads:
+            # One overload per signal with a payload schema, one for the others.
+            for signal, types in shim.payloads.items():
+                lines.append(_signal_def(json.dumps(signal), f"payload: {types.root}") + ";")
+            if shim.untyped_signals:
+                names = " | ".join(json.dumps(name) for name in shim.untyped_signals)
+                lines.append(_signal_def(names, "payload?: unknown") + ";")
+        lines += [
+            _signal_def(f"{shim.name}Signal", "payload?: unknown") + " {",
             "    return this.handle.signal(signal, payload, signalId);",
             "  }",
         ]
     return [*lines, "}"]
+
+
+def _signal_def(signal: str, payload: str) -> str:
+    return f"  signal(signal: {signal}, {payload}, signalId?: string): Promise<void>"
 
 
 def render_typescript(shim: Shim, *, function: str) -> str:

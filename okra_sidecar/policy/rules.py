@@ -31,8 +31,15 @@ def check_workflow_id(workflow_id: str, *, field: str = "workflow_id") -> None:
         )
 
 
-def check_input_schema(data: Any, validator: Validator | None, *, field: str = "input") -> None:
-    """Rule 2: the input matches the definition's input.schema."""
+def check_input_schema(
+    data: Any,
+    validator: Validator | None,
+    *,
+    field: str = "input",
+    schema: str = "the workflow's input",
+) -> None:
+    """Rule 2: the input matches the definition's input.schema (and a signal's payload the
+    schema its listen task declares); `schema` names whose schema, in the message."""
     if validator is None:
         return
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
@@ -47,7 +54,7 @@ def check_input_schema(data: Any, validator: Validator | None, *, field: str = "
     first = violations[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise InvalidInputError(
-        f"{first.field} does not match the workflow's input schema: {first.description}{more}",
+        f"{first.field} does not match {schema} schema: {first.description}{more}",
         violations,
         reason=Reason.INPUT_SCHEMA_MISMATCH,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from okra_client import OkraClient, WorkflowStatus
+from okra_client import InputSchemaMismatchError, OkraClient, WorkflowStatus
 from redis.asyncio import Redis
 
 from okra_sidecar.cli import main as cli_main
@@ -97,6 +97,10 @@ async def wrong(client: OkraClient, order: CheckoutInput) -> None:
 async def wrong_handles(client: OkraClient) -> None:
     refund = refund_handle(client, "i-1")
     await refund.signal("aprove")  # expect-error
+    await refund.signal("approve")  # expect-error
+    await refund.signal("approve", {"by": 1})  # expect-error
+    await refund.signal("approve", {"by": "ada", "note": "x"})  # expect-error
+    await refund.signal("reject", [1, "any json"])
     decided = await refund.result()
     amount: int = decided["by"]  # expect-error
     print(decided["amount"])  # expect-error
@@ -230,6 +234,10 @@ async def test_typed_handles_send_signals_and_return_results(
     async with running_sidecar(settings) as (sidecar, _):
         async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
             approved = await refund.start_refund(client, {"amountCents": 500})
+            # Well typed but against the declared schema (minLength): the sidecar refuses it.
+            with pytest.raises(InputSchemaMismatchError) as refused:
+                await approved.signal("approve", {"by": ""})
+            assert [v.field for v in refused.value.field_violations] == ["payload.by"]
             await approved.signal("approve", {"by": "grace"})
             rejected = refund.refund_handle(
                 client, await refund.run_refund(client, {"amountCents": 9})

@@ -89,6 +89,10 @@ export async function wrong(client: OkraClient, order: CheckoutInput): Promise<v
 export async function wrongHandles(client: OkraClient): Promise<void> {{
   const refund = refundHandle(client, "i-1");
   await refund.signal("aprove"); // expect-error
+  await refund.signal("approve"); // expect-error
+  await refund.signal("approve", {{ by: 1 }}); // expect-error
+  await refund.signal("approve", {{ by: "ada", note: "x" }}); // expect-error
+  await refund.signal("reject", [1, "any json"]);
   const decided = await refund.result();
   const amount: number = decided.by; // expect-error
   console.log(decided.amount); // expect-error

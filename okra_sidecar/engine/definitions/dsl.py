@@ -13,7 +13,7 @@ from okra_sidecar.engine.definitions.call_compiler import compile_authentication
 from okra_sidecar.engine.definitions.compiler import TaskCompiler, pointer, pointer_join
 from okra_sidecar.engine.definitions.durations import DurationSpec
 from okra_sidecar.engine.definitions.listen_compiler import compile_consumption
-from okra_sidecar.engine.definitions.tasks import WorkflowPlan
+from okra_sidecar.engine.definitions.tasks import ListenSpec, SchemaCheck, WorkflowPlan
 from okra_sidecar.engine.definitions.try_compiler import compile_retry
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.parsing import ParseLimitError, ParseLimits
@@ -65,6 +65,10 @@ class WorkflowDefinition:
     title: str
     summary: str
     plan: WorkflowPlan = field(repr=False, compare=False)
+    # Signal name -> the schema its payload must match, from the listen tasks' metadata.
+    signal_payloads: Mapping[str, SchemaCheck] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def id(self) -> str:
@@ -215,7 +219,27 @@ class _DefinitionLoader:
             title=title,
             summary=summary,
             plan=plan,
+            signal_payloads=self.signal_payloads(plan),
         )
+
+    def signal_payloads(self, plan: WorkflowPlan) -> dict[str, SchemaCheck]:
+        """Every listen task's payload schemas; a signal declared twice, the same both times."""
+        payloads: dict[str, SchemaCheck] = {}
+        where: dict[str, str] = {}
+        for node in plan.nodes.values():
+            if not isinstance(node.body, ListenSpec):
+                continue
+            for name, check in node.body.payloads.items():
+                earlier = payloads.get(name)
+                if earlier is not None and earlier.schema != check.schema:
+                    self.fail(
+                        pointer_join(node.reference, "metadata", "signals", name),
+                        f"signal '{name}' has another payload schema at {where[name]}; "
+                        "declare one schema per signal (or the same one in both places)",
+                    )
+                payloads[name] = check
+                where.setdefault(name, pointer_join(node.reference, "metadata", "signals", name))
+        return payloads
 
     def header(self, value: Any) -> tuple[str, str, str, str, str]:
         if value is None:

@@ -5,7 +5,7 @@ What the compiled filters mean when events arrive is in interpreter/listening.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from okra_sidecar.engine.definitions.compiling import Compiler
@@ -21,9 +21,10 @@ from okra_sidecar.engine.definitions.tasks import (
     EventFilter,
     ForeachSpec,
     ListenSpec,
+    SchemaCheck,
 )
 
-__all__ = ["compile_consumption", "compile_listen"]
+__all__ = ["compile_consumption", "compile_listen", "listened_types"]
 
 _STRING_ATTRIBUTES = frozenset(
     {"id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "specversion"}
@@ -51,7 +52,59 @@ def compile_listen(c: Compiler, body: Mapping[str, Any], path: str) -> ListenSpe
     foreach = None
     if "foreach" in body:
         foreach = _foreach(c, body["foreach"], pointer_join(path, "foreach"))
-    return ListenSpec(to, read, foreach)
+    return ListenSpec(to, read, foreach, _payloads(c, body.get("metadata"), path, to))
+
+
+def listened_types(consumption: Consumption) -> Iterator[str]:
+    """The event types a consumption waits for by a constant `with.type` (`until`'s too).
+
+    A signal is delivered as a CloudEvent whose `type` is the signal's name, so these are the
+    names a Signal can wake the task with; a type given by an expression is known only at run
+    time.
+    """
+    for event_filter in consumption.filters:
+        for name, expected in event_filter.attributes:
+            if name == "type" and isinstance(expected, ConstantValue):
+                if isinstance(expected.value, str):
+                    yield expected.value
+    if consumption.until is not None:
+        yield from listened_types(consumption.until)
+
+
+def _payloads(c: Compiler, metadata: Any, path: str, to: Consumption) -> dict[str, SchemaCheck]:
+    """`metadata.signals`: signal name -> {schema}, the payload each must carry.
+
+    The DSL has no place for an event's data schema (an event filter holds only `with` and
+    `correlate`, and `with.dataschema` is a URI to match), so it lives in the task's free-form
+    metadata, in the DSL's own schema form (`format`, `document`).
+    """
+    if not isinstance(metadata, dict) or "signals" not in metadata:
+        return {}  # a metadata that is not an object is refused with the task's other keys
+    signals_path = pointer_join(path, "metadata", "signals")
+    declared = metadata["signals"]
+    if not isinstance(declared, dict):
+        c.fail(signals_path, "'metadata.signals' must be an object: signal name -> {schema}")
+    listened = sorted(set(listened_types(to)))
+    payloads: dict[str, SchemaCheck] = {}
+    for name, entry in declared.items():
+        entry_path = pointer_join(signals_path, name)
+        if name not in listened:
+            waits = ", ".join(listened) if listened else "no signal by a constant type"
+            c.fail(
+                entry_path,
+                f"the task does not listen for signal '{name}' (it waits for {waits}); "
+                "declare payloads only for the types its 'listen.to' names",
+            )
+        if not isinstance(entry, dict) or "schema" not in entry:
+            c.fail(entry_path, f"'metadata.signals.{name}' must be an object with 'schema'")
+        for key in entry:
+            if key != "schema":
+                c.fail(
+                    pointer_join(entry_path, key),
+                    f"unknown property '{key}' in 'metadata.signals.{name}'",
+                )
+        payloads[name] = c.schema(entry["schema"], pointer_join(entry_path, "schema"))
+    return payloads
 
 
 def _foreach(c: Compiler, value: Any, path: str) -> ForeachSpec:

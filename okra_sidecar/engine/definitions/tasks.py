@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import exceptions as schema_exceptions
@@ -141,6 +142,8 @@ class ListenSpec:
     to: Consumption
     read: str
     foreach: ForeachSpec | None = None
+    # Signal name -> the schema its payload must match (the task's `metadata.signals`).
+    payloads: Mapping[str, SchemaCheck] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

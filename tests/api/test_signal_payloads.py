@@ -1,0 +1,187 @@
+"""Signal and SignalWithStart check a payload against the schema its listen task declares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest_asyncio
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from redis.asyncio import Redis
+
+from okra_sidecar.errors import Reason
+from okra_sidecar.server import Sidecar
+from tests.helpers import (
+    Stub,
+    assert_reason,
+    bad_request_fields,
+    expect_rpc_error,
+    make_settings,
+    redis_fingerprint,
+    running_sidecar,
+    to_python,
+    value,
+    wait_for_status,
+)
+from tests.policy.support import settle
+
+WORKFLOW_ID = "tests.payloads.1.0.0"
+DEFINITION = """\
+document: {dsl: '1.0.0', namespace: tests, name: payloads, version: '1.0.0'}
+do:
+  - decide:
+      listen:
+        to:
+          any:
+            - with: {type: approve}
+            - with: {type: reject}
+        read: envelope
+      metadata:
+        signals:
+          approve:
+            schema:
+              format: json
+              document:
+                type: object
+                required: [by, amount]
+                additionalProperties: false
+                properties:
+                  by: {type: string, minLength: 1}
+                  amount: {type: integer, minimum: 0}
+  - answer:
+      set:
+        decision: ${ .[0].type }
+        data: ${ .[0].data }
+"""
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+WAITING = {pb.WORKFLOW_STATUS_WAITING}
+
+
+@pytest_asyncio.fixture
+async def served(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> AsyncIterator[tuple[Sidecar, Stub]]:
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "payloads.yaml").write_text(DEFINITION)
+    async with running_sidecar(make_settings(redis_url, workflows=workflows)) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def stub(served: tuple[Sidecar, Stub]) -> Stub:
+    return served[1]
+
+
+async def waiting(stub: Stub) -> str:
+    started = await stub.Run(pb.RunRequest(workflow_id=WORKFLOW_ID))
+    await wait_for_status(stub, started.instance_id, WAITING)
+    return started.instance_id
+
+
+def signal(instance_id: str, name: str, payload: Any = None) -> pb.SignalRequest:
+    request = pb.SignalRequest(instance_id=instance_id, signal=name)
+    if payload is not None:
+        request.payload.CopyFrom(value(payload))
+    return request
+
+
+async def test_a_payload_that_breaks_the_schema_is_refused_and_nothing_is_written(
+    stub: Stub, redis: Redis
+) -> None:
+    instance_id = await waiting(stub)
+    before = await settle(redis)
+    cases = [
+        ({"by": "grace", "amount": "ten"}, ["payload.amount"]),
+        ({"by": "", "amount": -1}, ["payload.amount", "payload.by"]),
+        ({"by": "grace", "amount": 1, "extra": True}, ["payload"]),
+        (None, ["payload"]),
+    ]
+    for payload, fields in cases:
+        error = await expect_rpc_error(
+            stub.Signal(signal(instance_id, "approve", payload)), INVALID
+        )
+        assert_reason(error, Reason.INPUT_SCHEMA_MISMATCH)
+        assert bad_request_fields(error) == fields, error.details()
+        assert f"{fields[0]} does not match signal approve's payload schema" in (
+            error.details() or ""
+        )
+    assert await redis_fingerprint(redis) == before
+    assert (
+        await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+    ).status == pb.WORKFLOW_STATUS_WAITING
+
+
+async def test_a_payload_that_matches_is_delivered(stub: Stub) -> None:
+    instance_id = await waiting(stub)
+    await stub.Signal(signal(instance_id, "approve", {"by": "grace", "amount": 10}))
+    done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output) == {
+        "decision": "approve",
+        "data": {"by": "grace", "amount": 10},
+    }
+
+
+async def test_a_signal_without_a_declared_schema_takes_any_payload(stub: Stub) -> None:
+    instance_id = await waiting(stub)
+    await stub.Signal(signal(instance_id, "reject", ["any", {"json": 1}]))
+    done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output)["decision"] == "reject"
+
+
+async def test_signal_with_start_checks_the_payload_before_starting(
+    stub: Stub, redis: Redis
+) -> None:
+    def request(payload: Any) -> pb.SignalWithStartRequest:
+        return pb.SignalWithStartRequest(
+            run=pb.RunRequest(workflow_id=WORKFLOW_ID, request_id="r-1"),
+            signal="approve",
+            payload=value(payload),
+        )
+
+    before = await settle(redis)
+    error = await expect_rpc_error(stub.SignalWithStart(request({"by": "ada"})), INVALID)
+    assert_reason(error, Reason.INPUT_SCHEMA_MISMATCH)
+    assert bad_request_fields(error) == ["payload"]
+    assert await redis_fingerprint(redis) == before
+    started = await stub.SignalWithStart(request({"by": "ada", "amount": 3}))
+    assert started.started
+    done = await wait_for_status(stub, started.instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output)["data"] == {"by": "ada", "amount": 3}
+
+
+async def test_a_bulk_signal_checks_its_payload_against_each_matched_workflow(
+    served: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    sidecar, stub = served
+    ids = [await waiting(stub), await waiting(stub)]
+    before = await settle(redis)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+        operator = opb_grpc.WorkflowOperatorAPIStub(channel)
+
+        def bulk(payload: Any, *, dry_run: bool = False) -> Any:
+            return operator.StartBulkOperation(
+                opb.StartBulkOperationRequest(
+                    filter=pb.QueryRequest(workflow_id=WORKFLOW_ID),
+                    action=opb.BULK_ACTION_SIGNAL,
+                    signal="approve",
+                    payload=value(payload),
+                    dry_run=dry_run,
+                )
+            )
+
+        for dry_run in (True, False):
+            error = await expect_rpc_error(bulk({"by": "ops"}, dry_run=dry_run), INVALID)
+            assert_reason(error, Reason.INPUT_SCHEMA_MISMATCH)
+            assert bad_request_fields(error) == ["payload"]
+            assert f"signal approve's payload in {WORKFLOW_ID} schema" in (error.details() or "")
+        assert await redis_fingerprint(redis) == before
+        started = await bulk({"by": "ops", "amount": 1})
+        assert started.matched == 2 and started.operation_id
+    for instance_id in ids:
+        done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert to_python(done.output)["data"] == {"by": "ops", "amount": 1}
