@@ -37,6 +37,9 @@ SLOTS = 16384
 MAX_REDIRECTS = 5
 # A failed node makes every caller ask for a new map; one refresh serves them all.
 REFRESH_INTERVAL_S = 0.25
+# A blocking read's connection (one per slot and reader) that no call used for this long is
+# closed: a PollTasks stream that ended, or a worker id never seen again, keeps none.
+READER_IDLE_S = 30.0
 
 # Scripts a second run leaves as the first left it, whatever its reply: by a dedup id
 # (signal, deliver, complete_task), by revision (commit: a repeat finds the revision moved
@@ -142,7 +145,9 @@ class ClusterCommands:
         connect: Makes the connection to one node from its URL.
     """
 
-    def __init__(self, seeds: Sequence[str], *, connect: NodeFactory) -> None:
+    def __init__(
+        self, seeds: Sequence[str], *, connect: NodeFactory, reader_idle_s: float = READER_IDLE_S
+    ) -> None:
         if not seeds:
             raise ValueError("a Redis Cluster needs at least one seed node")
         self._template = urlsplit(seeds[0])
@@ -154,6 +159,9 @@ class ClusterCommands:
         # Keyed by slot and command: callers reading as other consumers read side by side.
         self._readers: dict[_Read, tuple[Address, NodeCommands]] = {}
         self._reads: dict[_Read, asyncio.Task[Any]] = {}
+        self._reader_idle_s = reader_idle_s
+        self._reader_used: dict[_Read, float] = {}
+        self._swept_at = float("-inf")
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
         self._closed = False
@@ -266,6 +274,9 @@ class ClusterCommands:
                 task.add_done_callback(_retrieve)
                 self._reads[read] = task
             reads.append(read)
+        now = asyncio.get_running_loop().time()
+        self._reader_used.update(dict.fromkeys(reads, now))
+        await self._close_idle_readers(now)
         await asyncio.wait([self._reads[r] for r in reads], return_when=asyncio.FIRST_COMPLETED)
         entries: list[Any] = []
         failure: BaseException | None = None
@@ -286,6 +297,25 @@ class ClusterCommands:
         if failure is not None and not entries:
             raise failure
         return entries or None
+
+    async def _close_idle_readers(self, now: float) -> None:
+        """Close the connections of blocking reads no call asked for in `reader_idle_s` (at
+        most one sweep a second). Entries a finished read took for a caller that stopped
+        stay pending in Redis, reclaimed as those of a stopped consumer are."""
+        if now - self._swept_at < min(1.0, self._reader_idle_s):
+            return
+        self._swept_at = now
+        for read in [
+            r for r, used in self._reader_used.items() if now - used > self._reader_idle_s
+        ]:
+            task = self._reads.get(read)
+            if task is not None and not task.done():
+                continue  # Still blocked: its BLOCK ends it, and a later sweep closes it.
+            self._reads.pop(read, None)
+            del self._reader_used[read]
+            reader = self._readers.pop(read, None)
+            if reader is not None:
+                await reader[1].aclose()
 
     async def _read_slot(self, read: _Read, command: Sequence[Arg]) -> Any:
         slot = read[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,14 @@ async def commands(cluster: LocalCluster) -> AsyncIterator[ClusterCommands]:
         yield client
     finally:
         await client.aclose()
+
+
+def _blocking_reader(cluster: LocalCluster, **options: float) -> ClusterCommands:
+    return ClusterCommands(
+        split_seed_urls(cluster.url),
+        connect=lambda url: MultiplexedRedis(url, socket_timeout=5, drop_on_cancel=True),
+        **options,
+    )
 
 
 def _owner(cluster: LocalCluster, key: bytes) -> ClusterNode:
@@ -201,10 +209,7 @@ async def test_many_callers_share_one_connection_per_master(commands: ClusterCom
 async def test_a_blocking_read_over_several_slots_reads_each_slot(
     cluster: LocalCluster,
 ) -> None:
-    reader = ClusterCommands(
-        split_seed_urls(cluster.url),
-        connect=lambda url: MultiplexedRedis(url, socket_timeout=5, drop_on_cancel=True),
-    )
+    reader = _blocking_reader(cluster)
     writer = ClusterCommands(split_seed_urls(cluster.url), connect=_connect)
     streams: list[Arg] = [b"okra:{p3}:work", b"okra:{p2}:work", b"okra:{p1}:work"]
     read: tuple[Arg, ...] = (
@@ -233,6 +238,46 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
     finally:
         await reader.aclose()
         await writer.aclose()
+
+
+async def test_the_blocking_reads_of_a_reader_that_stopped_are_closed(
+    cluster: LocalCluster,
+) -> None:
+    # Every read's connection idle at once: the next call closes those no call asked for.
+    reader = _blocking_reader(cluster, reader_idle_s=0.0)
+    writer = ClusterCommands(split_seed_urls(cluster.url), connect=_connect)
+    streams: list[Arg] = [b"okra:{p3}:tasks", b"okra:{p2}:tasks", b"okra:{p1}:tasks"]
+
+    def read(consumer: str) -> tuple[Arg, ...]:
+        return (
+            *("XREADGROUP", "GROUP", "workers", consumer, "COUNT", 1, "BLOCK", 10),
+            *("STREAMS", *streams, *(">" for _ in streams)),
+        )
+
+    async def blocking_readers() -> int:
+        found = 0
+        for address in await writer.masters():
+            clients = await writer.node(address).execute("CLIENT", "LIST")
+            found += bytes(clients).count(b"cmd=xreadgroup")
+        return found
+
+    try:
+        for stream in streams:
+            await writer.execute("XGROUP", "CREATE", stream, "workers", "0", "MKSTREAM")
+        assert await reader.execute(*read("first-worker")) is None
+        assert await blocking_readers() == 3  # one per slot, each master holding one
+        # Another worker reads; the first one's connections, unused since, are closed.
+        assert await reader.execute(*read("second-worker")) is None
+        await eventually(lambda: _equals(blocking_readers(), 3), what="3 reader connections")
+        assert await reader.execute(*read("second-worker")) is None
+        assert await blocking_readers() == 3
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+
+
+async def _equals(found: Awaitable[int], expected: int) -> bool:
+    return await found == expected
 
 
 @pytest.mark.parametrize("pooled", [False, True])
