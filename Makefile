@@ -92,11 +92,11 @@ typecheck: install
 
 test: install test-only
 
+# Every test that takes a Redis runs on a single primary and on a local 3-master Redis
+# Cluster (docs/testing.md); `make test-both ARGS=tests/api` for a part.
 test-only:
-	$(BIN)/pytest
+	$(BIN)/pytest --stores both
 
-# Every test that takes a Redis, on a single primary and on a local 3-master Redis Cluster
-# (`make test` runs the ones conftest.ON_BOTH_STORES names on both); ARGS narrow it down.
 test-both: install
 	$(BIN)/pytest --stores both $(ARGS)
 

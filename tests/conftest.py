@@ -23,14 +23,11 @@ TEST_REDIS_URL_ENV = "OKRA_TEST_REDIS_URL"
 STORES_OPTION = "--stores"
 TEST_STORES_ENV = "OKRA_TEST_STORES"
 STORES = {"single": ("single",), "cluster": ("cluster",), "both": ("single", "cluster")}
-# Tests (node id prefixes) that run on both stores in every run, CI included; `make test-both`
-# runs every test that takes a Redis on both. The store's and the engine's tests, where the
-# Cluster differs most (slots, redirects, per-master pipelines, outboxes between partitions),
-# and the API's core: every rpc of the Host API, waiting and watching, the operator's verbs and
-# bulk operations, schedules, a sidecar killed and drained as a process, and the README's and
-# the cookbook's commands as a user pastes them. The rest of tests/api (rejection tables,
-# hostile input, TLS, probes, engine processes) goes through the same stores and fixtures;
-# on both it would add minutes to CI for little the Cluster changes.
+# Tests (node id prefixes) that run on both stores even in a plain `pytest` (which takes
+# single by default, for a quick run while developing): the store's and the engine's tests,
+# where the Cluster differs most (slots, redirects, per-master pipelines, outboxes between
+# partitions), and the API's core. CI (`make test`, `make test-both`) runs every test that
+# takes a Redis on both (`--stores both`).
 ON_BOTH_STORES = (
     "tests/store/",
     "tests/engine/",

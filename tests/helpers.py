@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from okra_sidecar.config import (
     EngineSettings,
@@ -66,6 +66,17 @@ def redis_for(url: str) -> Redis:
     if "," not in url:
         return Redis.from_url(url, decode_responses=False)
     return cast(Redis, cluster_redis(url, max_connections=32, socket_timeout=10, connect_timeout=2))
+
+
+async def change_subscribers(redis: Redis, instance_id: str) -> int:
+    """The change feed's subscriptions to the instance's channel: on a Cluster, summed over
+    every node (a subscriber may hold its connection to any node, since PUBLISH reaches all)."""
+    if isinstance(redis, RedisCluster):
+        options: dict[str, Any] = {"target_nodes": RedisCluster.ALL_NODES}
+    else:
+        options = {}
+    ((_, count),) = await redis.pubsub_numsub(KEYS.changes(instance_id), **options)
+    return int(count)
 
 
 def make_settings(

@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -33,6 +33,7 @@ from okra_sidecar.ctk.stand_in import STAND_IN_HOSTS, stand_in_server
 from okra_sidecar.engine.definitions.dsl import load_definition_text, parse_yaml
 from okra_sidecar.errors import DefinitionError
 from okra_sidecar.server import start_sidecar
+from okra_sidecar.store.cluster_client import cluster_redis, names_a_cluster
 from okra_sidecar.store.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ ENGINE = EngineSettings(
     turn_timeout_ms=0,
 )
 SCENARIO_TIMEOUT_S = 20.0
+# Dropping a scenario's keys after it: connecting and each command.
+DROP_TIMEOUT_S = 5.0
 
 
 class CheckFailedError(AssertionError):
@@ -236,7 +239,21 @@ async def run_scenario(
 
 
 async def _drop_prefix(redis_url: str, prefix: str) -> None:
-    client = Redis.from_url(redis_url)
+    # A Cluster's keys are spread over its masters: RedisCluster scans and deletes on each.
+    cluster = await names_a_cluster(redis_url, connect_timeout=DROP_TIMEOUT_S)
+    client: Redis = (
+        cast(
+            Redis,
+            cluster_redis(
+                redis_url,
+                max_connections=4,
+                socket_timeout=DROP_TIMEOUT_S,
+                connect_timeout=DROP_TIMEOUT_S,
+            ),
+        )
+        if cluster
+        else Redis.from_url(redis_url)
+    )
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
         if keys:

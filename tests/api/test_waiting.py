@@ -13,13 +13,15 @@ from redis.asyncio import Redis, RedisCluster
 from okra_sidecar.errors import Reason
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
-    KEYS,
     Stub,
     assert_reason,
     eventually,
     expect_rpc_error,
     to_python,
     value,
+)
+from tests.helpers import (
+    change_subscribers as subscribers,
 )
 
 APPROVAL = "tests.approval.1.0.0"
@@ -59,17 +61,6 @@ async def approve(stub: Stub, instance_id: str, by: str = "bo") -> None:
     await stub.Signal(
         pb.SignalRequest(instance_id=instance_id, signal="approve", payload=value({"by": by}))
     )
-
-
-async def subscribers(redis: Redis, instance_id: str) -> int:
-    """The change feed's subscriptions to the instance's channel: on a Cluster, summed over
-    every node (a subscriber may hold its connection to any node, since PUBLISH reaches all)."""
-    if isinstance(redis, RedisCluster):
-        options: dict[str, Any] = {"target_nodes": RedisCluster.ALL_NODES}
-    else:
-        options = {}
-    ((_, count),) = await redis.pubsub_numsub(KEYS.changes(instance_id), **options)
-    return int(count)
 
 
 async def pubsub_clients(redis: Redis) -> list[dict[str, Any]]:

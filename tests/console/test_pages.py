@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.config import AuthSettings
 from tests.console.support import console_sidecar
-from tests.helpers import KEYS, eventually, value, wait_for_status
+from tests.helpers import change_subscribers, eventually, value, wait_for_status
 
 APPROVAL = "tests.approval.1.0.0"
 SECRET = "a-console-test-secret-long-enough-for-hs256"
@@ -123,8 +123,7 @@ async def test_the_instance_page_streams_each_change_it_is_told_of(
             assert stream.headers["content-type"] == "text/event-stream"
 
             async def watching() -> bool:
-                found = await redis.pubsub_numsub(KEYS.changes(instance_id))
-                return bool(found[0][1] == 1)
+                return await change_subscribers(redis, instance_id) == 1
 
             # The view waits on the instance's changes (WatchInstance), not on a timer.
             await eventually(watching, what="the live view subscribed")

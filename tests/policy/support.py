@@ -174,57 +174,94 @@ async def settle(redis: Redis, *, timeout_s: float = 5.0) -> dict[Any, str]:
 class WriteRecorder:
     """The keys Redis reports written (keyspace notifications) while an action runs.
 
-    Exact and cheap: nothing is read before the action but one marker write, so a call can be
-    made right after the state it depends on (a spent rate limit) is reached.
+    Exact and cheap: nothing is read before the action but one marker write per node, so a
+    call can be made right after the state it depends on (a spent rate limit) is reached. On
+    a Redis Cluster each master notifies only of its own writes: every master gets its own
+    markers and subscription.
     """
 
-    def __init__(self, redis: Redis, pubsub: PubSub) -> None:
+    def __init__(self, redis: Redis, nodes: list[tuple[Redis, PubSub]]) -> None:
         self._redis = redis
-        self._pubsub = pubsub
+        self._nodes = nodes
 
     async def keys_written_by(self, action: Callable[[], Awaitable[object]]) -> set[bytes]:
         """Run `action`; the keys written from its start until it returned, audit excluded."""
-        start, end = (f"okra-test:mark:{uuid.uuid4()}".encode() for _ in range(2))
-        # Redis sends notifications in the order of the writes: everything between the two
-        # markers' notifications was written while the action ran.
-        await self._redis.set(start, b"")
+        # Redis sends notifications in the order of the writes: everything between a node's
+        # two markers' notifications was written there while the action ran.
+        marks = [_markers(self._redis, node) for node, _ in self._nodes]
+        for (node, _), (start, _) in zip(self._nodes, marks, strict=True):
+            await node.set(start, b"")
         try:
             await action()
         finally:
-            await self._redis.set(end, b"")
+            for (node, _), (_, end) in zip(self._nodes, marks, strict=True):
+                await node.set(end, b"")
         written: set[bytes] = set()
-        started = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10.0
-        while True:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is None:
-                if loop.time() > deadline:
-                    raise AssertionError("the end marker's keyspace notification never came")
-                continue
-            key = bytes(message["channel"]).split(b"__:", 1)[1]
-            if key == end:
-                break
-            if started and key != start:
-                written.add(key)
-            started = started or key == start
-        await self._redis.delete(start, end)
+        for (node, pubsub), (start, end) in zip(self._nodes, marks, strict=True):
+            written |= await _written_between(pubsub, start, end)
+            await node.delete(start, end)
         return written - {AUDIT_KEY}
+
+
+def _markers(redis: Redis, node: Redis) -> tuple[bytes, bytes]:
+    """Two marker keys that `node` serves: one hash tag of a slot of its own, on a Cluster."""
+    served_by = getattr(redis, "get_node_from_key", None)
+    where = node.connection_pool.connection_kwargs
+    for _ in range(1000):
+        tag = f"{{okra-test:mark:{uuid.uuid4()}}}"
+        owner = served_by(tag) if served_by is not None else None
+        if owner is None or (owner.host, owner.port) == (where["host"], where["port"]):
+            return f"{tag}:start".encode(), f"{tag}:end".encode()
+    raise AssertionError(f"no key of 1000 tried is served by {where['host']}:{where['port']}")
+
+
+async def _written_between(pubsub: PubSub, start: bytes, end: bytes) -> set[bytes]:
+    written: set[bytes] = set()
+    started = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message is None:
+            if loop.time() > deadline:
+                raise AssertionError("the end marker's keyspace notification never came")
+            continue
+        key = bytes(message["channel"]).split(b"__:", 1)[1]
+        if key == end:
+            return written
+        if started and key != start:
+            written.add(key)
+        started = started or key == start
+
+
+def _nodes_of(redis: Redis) -> list[Redis]:
+    """The client of each master: the client itself on a single Redis."""
+    primaries = getattr(redis, "get_primaries", None)
+    if primaries is None:
+        return [redis]
+    return [Redis(host=node.host, port=node.port) for node in primaries()]
 
 
 @asynccontextmanager
 async def recording_writes(redis: Redis) -> AsyncIterator[WriteRecorder]:
     """Keyspace notifications on for the block (as they were after it), and a recorder."""
     setting = "notify-keyspace-events"
-    previous = next(iter((await redis.config_get(setting)).values()), None) or ""
-    await redis.config_set(setting, "KA")
-    pubsub = redis.pubsub()
+    nodes = _nodes_of(redis)
+    opened: list[tuple[Redis, PubSub, str]] = []
     try:
-        await pubsub.psubscribe("__keyspace@*__:*")
-        yield WriteRecorder(redis, pubsub)
+        for node in nodes:
+            previous = next(iter((await node.config_get(setting)).values()), None) or ""
+            await node.config_set(setting, "KA")
+            pubsub = node.pubsub()
+            opened.append((node, pubsub, previous))
+            await pubsub.psubscribe("__keyspace@*__:*")
+        yield WriteRecorder(redis, [(node, pubsub) for node, pubsub, _ in opened])
     finally:
-        await pubsub.aclose()
-        await redis.config_set(setting, previous)
+        for node, pubsub, previous in opened:
+            await pubsub.aclose()
+            await node.config_set(setting, previous)
+            if node is not redis:
+                await node.aclose()
 
 
 async def writes_during(
