@@ -29,8 +29,7 @@ from typing import ClassVar
 
 # google.rpc.ErrorInfo.domain of every error the sidecar sends.
 ERROR_DOMAIN = "okra.dev"
-# The type URI of the Serverless Workflow standard errors, before the kind (`timeout`, ...):
-# what workflow faults and failed effects carry as their RFC 7807 `type`.
+# What workflow faults and failed effects carry as their RFC 7807 `type`, before the kind.
 ERROR_TYPE_PREFIX = "https://serverlessworkflow.io/spec/1.0.0/errors/"
 
 
@@ -248,10 +247,7 @@ REASONS: Mapping[Reason, ReasonSpec] = {
     Reason.TASK_MOVED: ReasonSpec(
         "FAILED_PRECONDITION",
         retryable=False,
-        action=(
-            "The store moved the worker task (`task`) to its current layout (`okra-sidecar "
-            "migrate`) and it waits to be handed out again; drop it and keep polling."
-        ),
+        action="`okra-sidecar migrate` requeued the task (`task`): drop it and keep polling.",
     ),
     Reason.BULK_OPERATION_NOT_FOUND: ReasonSpec(
         "NOT_FOUND",
@@ -291,9 +287,7 @@ REASONS: Mapping[Reason, ReasonSpec] = {
     Reason.SCHEDULE_DECLARED_BY_WORKFLOW: ReasonSpec(
         "FAILED_PRECONDITION",
         retryable=False,
-        action=(
-            "Pause the schedule, or remove `schedule` from the definition and bump its version."
-        ),
+        action="Pause the schedule, or remove `schedule` from the definition and bump its version.",
     ),
     Reason.SCHEDULE_UNREADABLE: ReasonSpec(
         "FAILED_PRECONDITION",
@@ -582,8 +576,7 @@ def instance_not_failed(instance_id: str, status: str) -> FailedPreconditionErro
 
 
 def instance_kept_changing(instance_id: str, doing: str) -> FailedPreconditionError:
-    """The error for an instance that other writers kept changing while `doing` it (e.g.
-    "being cancelled")."""
+    """The error for an instance other writers kept changing while `doing` it."""
     return FailedPreconditionError(
         f"instance {instance_id} kept changing while it was {doing}; retry the call",
         reason=Reason.CHANGED_CONCURRENTLY,
@@ -596,13 +589,10 @@ def instance_kept_changing(instance_id: str, doing: str) -> FailedPreconditionEr
 
 def schedule_changed(schedule_id: str) -> FailedPreconditionError:
     """The error for a schedule that other writers kept changing under a call."""
+    steady = "the schedule must not change while the call applies"
     return FailedPreconditionError(
         f"schedule {schedule_id} kept changing; retry the call",
         reason=Reason.CHANGED_CONCURRENTLY,
-        violation=PreconditionViolation(
-            "SCHEDULE_REVISION",
-            f"schedule/{schedule_id}",
-            "the schedule must not change while the call applies",
-        ),
+        violation=PreconditionViolation("SCHEDULE_REVISION", f"schedule/{schedule_id}", steady),
         metadata={"schedule": schedule_id},
     )
