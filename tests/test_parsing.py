@@ -49,6 +49,17 @@ def test_deep_yaml_is_refused(text: str) -> None:
         load_yaml(text, yaml.SafeLoader, LIMITS)
 
 
+def test_deep_flow_yaml_is_refused_as_it_is_scanned() -> None:
+    # The scanner refuses the 65th open bracket: it no longer reads on (up to 1024 characters
+    # for a possible key at each level, a cost that grows with the depth) to the character
+    # here that cannot start any token, which the composer's own check came after.
+    text = "[" * 65 + "`" + "]" * 65
+    with pytest.raises(ParseLimitError, match="nests more than 64 levels deep"):
+        load_yaml(text, yaml.SafeLoader, LIMITS)
+    flat = "[" * 64 + "1" + "]" * 64
+    assert load_yaml(flat, yaml.SafeLoader, LIMITS) is not None
+
+
 def test_yaml_at_the_depth_limit_loads() -> None:
     assert load_yaml(nested_yaml(64), yaml.SafeLoader, LIMITS) is not None
 
