@@ -17,10 +17,10 @@ from okra_sidecar.clock import now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime.memory import limit_memory
+from okra_sidecar.engine.runtime.priority import lower_priority
 from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
     LANE_ENV,
-    SLOW_LANE_NICENESS,
     STANDBY_ENV,
     attach_board,
 )
@@ -55,6 +55,11 @@ logger = logging.getLogger(__name__)
 async def run_engine(settings: Settings) -> None:
     """An engine child process: take turns on the parent's Redis until SIGTERM."""
     assert settings.redis.url is not None, "the parent passes its Redis URL"
+    lane = EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR)
+    if lane is EngineLane.SLOW:
+        # Its turns are the expressions that ran long: they get only the CPU the others
+        # leave, from before its own start-up (it is started anew after each one stopped).
+        logger.debug("slow lane at %s", lower_priority())
     # The parent names us, so that it can retire our heartbeat the moment we die.
     consumer = os.environ.get(CONSUMER_ENV) or consumer_name()
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)
@@ -80,10 +85,6 @@ async def run_engine(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGUSR1, go.set)
     # Ctrl-C reaches the whole process group: the parent decides when its children stop.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
-    lane = EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR)
-    if lane is EngineLane.SLOW:
-        # Its turns are the expressions that ran long: they get the CPU the others leave.
-        os.nice(SLOW_LANE_NICENESS)
     try:
         await policies.manager.start()
         runner = build_runner(

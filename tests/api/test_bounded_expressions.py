@@ -206,6 +206,15 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         assert sidecar.engines is not None
         [regular] = sidecar.engines.pids
         slow_child = sidecar.engines.slow_pid
+        assert slow_child is not None
+        if hasattr(os, "SCHED_IDLE"):
+            # The slow lane takes only the CPU nothing else wants; the regular lane is normal.
+            for _ in range(200):
+                if os.sched_getscheduler(slow_child) == os.SCHED_IDLE:
+                    break
+                await asyncio.sleep(0.05)
+            assert os.sched_getscheduler(slow_child) == os.SCHED_IDLE
+            assert os.sched_getscheduler(regular) == os.SCHED_OTHER
         hostile = await stub.Run(
             pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
         )
