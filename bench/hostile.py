@@ -38,6 +38,7 @@ from bench.cpu import CpuMeter
 from bench.load import percentile
 from bench.processes import ServerStartError, sidecar_process
 from bench.progress import ProgressTimeoutError, wait_until_none
+from bench.tree_cpu import TreeCpuMeter
 from bench.workloads import (
     NOT_FINISHED,
     BenchError,
@@ -182,18 +183,23 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> list[Round]:
             )
             admin = AdminStub(channel)
             jq = jq_workflows(args.jq)
+            tree = TreeCpuMeter(server.pid)
             await warm_up(client)
             alone, _ = await measure_completion(client, args.count)
             for number in range(1, args.rounds + 1):
                 failing, hanging = await start_hostile(client, jq, args.each)
                 bombs = asyncio.create_task(send_bombs(admin))
+                before = tree.sample()
                 beside, _ = await measure_completion(client, args.count)
+                cpu_beside = TreeCpuMeter.describe(before, tree.sample())
                 await bombs
                 await end_hostile(client, jq, failing, hanging)
                 # Alone again once the hostile set is gone: the round compares the rate beside
                 # it with the mean of the rates just before and just after, so that a host
                 # getting busier or quieter meanwhile weighs on both sides alike.
+                before = tree.sample()
                 after, _ = await measure_completion(client, args.count)
+                cpu_alone = TreeCpuMeter.describe(before, tree.sample())
                 done = Round(
                     (alone.rate + after.rate) / 2,
                     beside.rate,
@@ -208,6 +214,8 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> list[Round]:
                     f"{done.beside_per_s:.0f}/s (p99 {done.beside_p99_ms:.0f} ms): "
                     f"{done.ratio:.0%}"
                 )
+                if args.cpu:
+                    log(f"  CPU beside: {cpu_beside}\n  CPU alone after: {cpu_alone}")
     finally:
         await service.stop()
     return rounds
@@ -227,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"which hostile expressions, comma-separated ({','.join(JQ_NAMES)})",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (64)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="print the sidecar's CPU by process role per run"
+    )
     parser.add_argument("--work-dir", type=Path, help="keep the sidecar's log and data here")
     parser.add_argument(
         "--target", type=float, default=TARGET, help="least median ratio beside/alone (0.8)"
