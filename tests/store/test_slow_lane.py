@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from okra_sidecar.config import EngineSettings
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.runner import EngineLane, EngineRunner
 from okra_sidecar.instances import NewInstance
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
@@ -70,3 +73,30 @@ async def test_a_mark_sets_the_instance_and_scores_its_workflow_for_a_while(
     # An instance that no longer exists is not brought back as a hash holding only the mark.
     await store.mark_slow(IDS[3], NOW)
     assert not await redis.exists(store.keys.instance(IDS[3]))
+
+
+async def test_a_regular_runner_knows_the_slow_workflows_before_its_first_turn(
+    store: RedisStore, redis: Redis
+) -> None:
+    # A spare that takes over the work of a child killed for a slow expression must forward
+    # the other instances of that workflow from its first turn, not run them (and be killed).
+    await store.ensure_groups()
+    for instance_id in IDS[:2]:
+        assert await store.create_instance(new(instance_id), max_active=0)
+    await store.mark_slow(IDS[0], NOW)
+    work = await store.read_work("killed", count=10, block_ms=10)
+    runner = EngineRunner(
+        store=store,
+        registry=WorkflowRegistry(store=store),
+        settings=EngineSettings(),
+        consumer="spare",
+        clock=lambda: NOW + 1000,
+        lane=EngineLane.REGULAR,
+    )
+    # Started and stopped before its loops ever ran: what it knows, it learnt in start().
+    await runner.start()
+    await runner.stop()
+    other = [w for w in work if w.instance_id == IDS[1]]
+    assert await runner.run_turn(IDS[1], work=other)
+    forwarded = await store.read_work("slow", count=10, block_ms=10, slow=True)
+    assert [w.instance_id for w in forwarded] == [IDS[1]]

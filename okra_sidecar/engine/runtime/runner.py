@@ -132,6 +132,10 @@ class EngineRunner:
 
     async def start(self) -> None:
         await self._store.ensure_groups()
+        if self._lane is EngineLane.REGULAR:
+            # Known before the first turn: a spare taking over the work of a child killed for
+            # a slow expression must forward that workflow's other instances, not run them.
+            self._slow_workflows = await self._store.slow_definitions(self._clock())
         self._stopping.clear()
         self._tasks = [
             asyncio.create_task(self._loop("work", self._read_once), name="okra-work"),
