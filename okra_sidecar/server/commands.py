@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from okra_sidecar.clock import now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
-from okra_sidecar.engine.runtime.memory import limit_memory
+from okra_sidecar.engine.runtime.memory import limit_memory, refuse_core_dumps
 from okra_sidecar.engine.runtime.priority import lower_priority
 from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
@@ -103,6 +103,7 @@ async def run_engine(settings: Settings) -> None:
         board = attach_board()
         turn_board.install(board)
         limit_memory(settings.engine.memory_mb)
+        refuse_core_dumps()
         board.mark_ready()  # after the SIGUSR1 handler: the parent may send it from now on
         await go.wait()
         if not stop.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -233,6 +234,8 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         status = await stub.GetStatus(pb.GetStatusRequest(instance_id=hostile.instance_id))
         assert status.status not in DONE  # its first turn has committed nothing yet
         assert sidecar.engines.pids != [regular]  # the regular child was stopped once
+        for pid in sidecar.engines.pids:  # set up (it took the normal turn): no core dumps
+            assert resource.prlimit(pid, resource.RLIMIT_CORE) == (0, 0)
         failed = await wait_for_status(stub, hostile.instance_id, DONE, timeout_s=90)
         assert failed.status == pb.WORKFLOW_STATUS_FAILED
         assert failed.error.type == TIMEOUT_ERROR_TYPE

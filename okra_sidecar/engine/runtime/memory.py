@@ -6,7 +6,7 @@ import re
 import resource
 from pathlib import Path
 
-__all__ = ["limit_memory"]
+__all__ = ["limit_memory", "refuse_core_dumps"]
 
 
 def limit_memory(megabytes: int) -> None:
@@ -26,3 +26,10 @@ def limit_memory(megabytes: int) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def refuse_core_dumps() -> None:
+    """In a child: dump no core when jq aborts it. An abort under the memory cap is how a
+    hostile expression is expected to end, and on a host that keeps cores (systemd-coredump,
+    apport) each would write out the whole capped heap at normal priority."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from okra_sidecar.engine.definitions.expressions import ExpressionError, compile_expression
-from okra_sidecar.engine.runtime.memory import limit_memory
+from okra_sidecar.engine.runtime.memory import limit_memory, refuse_core_dumps
 from okra_sidecar.store.embedded import terminate_with_parent
 
 
@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
     terminate_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     limit_memory(int(argv[0]) if argv else 0)
+    refuse_core_dumps()
     out = sys.stdout.buffer
     out.write(b"ready\n")
     out.flush()
