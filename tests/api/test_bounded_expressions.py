@@ -210,7 +210,7 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         assert slow_child is not None
         if hasattr(os, "SCHED_IDLE"):
             # The slow lane takes only the CPU nothing else wants; the regular lane is normal.
-            for _ in range(200):
+            for _ in range(1200):  # a child started cold imports for seconds on a busy host
                 if os.sched_getscheduler(slow_child) == os.SCHED_IDLE:
                     break
                 await asyncio.sleep(0.05)
