@@ -70,9 +70,6 @@ LANE_ENV = "OKRA_ENGINE_LANE"
 # A spare child sets itself up, then waits for SIGUSR1 before it takes any turn.
 STANDBY_ENV = "OKRA_ENGINE_STANDBY"
 SPARE_READY_TIMEOUT_S = 30.0
-# The slow lane's child runs at the lowest priority: on a busy host a hostile expression there
-# takes only the CPU the regular children leave, and its budget still runs out on time.
-SLOW_LANE_NICENESS = 19
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
 # Fails an instance from outside its turn: (instance id, problem) -> whether it was failed.
