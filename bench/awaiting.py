@@ -66,7 +66,7 @@ STREAMS_PER_CHANNEL = 500
 OPEN_BATCH = 500
 START_CONCURRENCY = 64
 TARGET_P99_MS = 50.0
-TARGET_STREAM_BYTES = 20 * 1024
+TARGET_STREAM_BYTES = 20_000
 
 
 def log(message: str) -> None:
@@ -394,8 +394,9 @@ def report(observed: Observed, held: Streams | None) -> str:
         lines += [
             "",
             f"{held.count} WatchInstance streams: sidecar RSS {held.rss_before / 2**20:.1f} MiB"
-            f" -> {held.rss_after / 2**20:.1f} MiB, {held.bytes_per_stream / 1024:.1f} KiB per "
-            f"stream (target < {TARGET_STREAM_BYTES / 1024:.0f} KiB)",
+            f" -> {held.rss_after / 2**20:.1f} MiB, {held.bytes_per_stream / 1024:.1f} KiB "
+            f"({held.bytes_per_stream:.0f} bytes) per stream (target < {TARGET_STREAM_BYTES} "
+            "bytes)",
             *bare_line(held),
             "W1 Run alone:          {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_alone),
             "W1 Run beside streams: {:.0f}/s, p50 {:.1f} ms, p99 {:.1f} ms".format(*held.w1_beside),

@@ -12,6 +12,7 @@
     │   ├── InstanceChangedError   (the status a policy checked moved; re-check)
     │   └── DurabilityError        (Redis' persistence cannot give `durability`; no start)
     ├── ResourceExhaustedError     (the limit's policy key; when to retry)
+    │   └── MessageTooLargeError   (a request over the size limit)
     ├── StoreUnavailableError
     └── StartupError               (serve cannot start here: names the setting to change)
 
@@ -70,6 +71,7 @@ class Reason(StrEnum):
     DURABILITY_NOT_POSSIBLE = "DURABILITY_NOT_POSSIBLE"
     RATE_LIMITED = "RATE_LIMITED"
     INSTANCE_LIMIT_REACHED = "INSTANCE_LIMIT_REACHED"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     REDIS_UNAVAILABLE = "REDIS_UNAVAILABLE"
     REPLICAS_NOT_ACKNOWLEDGED = "REPLICAS_NOT_ACKNOWLEDGED"
     UNIMPLEMENTED = "UNIMPLEMENTED"
@@ -328,6 +330,14 @@ REASONS: Mapping[Reason, ReasonSpec] = {
             "have finished."
         ),
     ),
+    Reason.MESSAGE_TOO_LARGE: ReasonSpec(
+        "RESOURCE_EXHAUSTED",
+        retryable=False,
+        action=(
+            "The request message is over the sidecar's 8 MiB limit (`size` and `limit` in "
+            "bytes): send less in one call."
+        ),
+    ),
     Reason.REDIS_UNAVAILABLE: ReasonSpec(
         "UNAVAILABLE",
         retryable=True,
@@ -540,6 +550,19 @@ class ResourceExhaustedError(OkraError):
         super().__init__(message, reason=reason, metadata=named)
         self.policy = policy
         self.retry_after_s = retry_after_s
+
+
+class MessageTooLargeError(ResourceExhaustedError):
+    """A request message over the sidecar's size limit; `size` and `limit` in bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the request is {size} bytes, over the limit of {limit} bytes; send less in one call",
+            reason=Reason.MESSAGE_TOO_LARGE,
+            metadata={"size": str(size), "limit": str(limit)},
+        )
+        self.size = size
+        self.limit = limit
 
 
 class StoreUnavailableError(OkraError):

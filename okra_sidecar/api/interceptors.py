@@ -67,7 +67,8 @@ def _rewrap(
 
 
 def _rewrap_stream(
-    handler: grpc.RpcMethodHandler[Any, Any], behavior: StreamBehavior
+    handler: grpc.RpcMethodHandler[Any, Any],
+    behavior: Callable[[Any, Context], Awaitable[AsyncIterator[Any]]],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     return grpc.unary_stream_rpc_method_handler(
         behavior,
@@ -132,15 +133,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             stream: StreamBehavior = handler.unary_stream  # type: ignore[assignment]
 
             async def authenticated_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                # Hands the stream back (ErrorInterceptor's guard iterates it) rather than
+                # iterating it here, so no frame of this layer stays alive for a held
+                # stream's life. The identity stays set until the call ends: the call runs
+                # in a task of its own, whose context ends with it.
                 try:
-                    token = await identify(context)
+                    await identify(context)
                 except OkraError as exc:
                     await abort_with(context, exc)
-                try:
-                    async for item in stream(request, context):
-                        yield item
-                finally:
-                    reset_identity(token)
+                return stream(request, context)
 
             return _rewrap_stream(handler, authenticated_stream)
         # A client- or bidirectional-streaming rpc outside the exempt services: refuse it

@@ -11,7 +11,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from okra_sidecar.api.decoding import UndecodableRequest, tolerant
+from okra_sidecar.api.decoding import OversizedRequest, UndecodableRequest, limited, tolerant
 from okra_sidecar.errors import (
     ERROR_DOMAIN,
     AlreadyExistsError,
@@ -156,10 +156,26 @@ async def refuse_undecodable(method: str, request: UndecodableRequest, context: 
     await context.abort(code, str(exc), status_metadata(code, str(exc), exc))
 
 
+# What a request decodes to when it cannot be served (api/decoding.py).
+UNUSABLE = (UndecodableRequest, OversizedRequest)
+
+
+async def refuse_unusable(
+    method: str, request: UndecodableRequest | OversizedRequest, context: Context
+) -> None:
+    """INVALID_ARGUMENT for a request that did not decode, RESOURCE_EXHAUSTED for one over the
+    size limit."""
+    if isinstance(request, UndecodableRequest):
+        await refuse_undecodable(method, request, context)
+    if isinstance(request, OversizedRequest):
+        logger.warning("request to %s refused: %d bytes", method, request.size)
+        await _abort_for(request.error(), context)
+
+
 def _guard(method: str, behavior: Behavior) -> Behavior:
     async def guarded(request: Any, context: Context) -> Any:
-        if isinstance(request, UndecodableRequest):
-            await refuse_undecodable(method, request, context)
+        if isinstance(request, UNUSABLE):
+            await refuse_unusable(method, request, context)
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -171,22 +187,29 @@ def _guard(method: str, behavior: Behavior) -> Behavior:
 
 
 def _guard_stream(method: str, behavior: Callable[..., Any]) -> Behavior:
-    """A server-streaming behavior that refuses an undecodable request first and maps errors.
+    """A server-streaming behavior that refuses an unusable request first and maps errors.
 
     grpc.aio accepts either an async generator or a coroutine that calls `context.write`;
-    the wrapper is the latter and serves both.
+    the wrapper is the latter and serves both, and a coroutine that returns the stream too
+    (a layer that sets the call up and hands the stream back, keeping no frame of its own
+    alive while the stream is held). Client-streaming requests (an iterator) pass as they are.
     """
 
     async def guarded(request: Any, context: Context) -> Any:
-        if isinstance(request, UndecodableRequest):
-            await refuse_undecodable(method, request, context)
+        if isinstance(request, UNUSABLE):
+            await refuse_unusable(method, request, context)
         try:
             result = behavior(request, context)
-            if isinstance(result, AsyncIterator):
-                async for response in result:
-                    await context.write(response)
-                return None
-            return await result
+            if not isinstance(result, AsyncIterator):
+                result = await result
+                if not isinstance(result, AsyncIterator):
+                    return result
+            async for response in result:
+                await context.write(response)
+                # A held stream keeps no reply while it waits: most of one is the protobuf
+                # arena of the instance it carries.
+                del response
+            return None
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -223,6 +246,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 _guard_stream(method, handler.unary_stream),
                 request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Client streams (server reflection): each message is size-checked as it is read,
+        # and the error that raises there is mapped like any other.
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _guard_stream(method, handler.stream_unary),
+                request_deserializer=limited(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _guard_stream(method, handler.stream_stream),
+                request_deserializer=limited(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -20,6 +20,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from okra_sidecar.api.chain import InterceptorChain
+from okra_sidecar.api.decoding import MAX_REQUEST_BYTES
 from okra_sidecar.api.operator_servicer import WorkflowOperatorServicer
 from okra_sidecar.api.registration import GenericOnlyServer
 from okra_sidecar.api.schedule_servicer import ScheduleHostServicer
@@ -47,8 +48,16 @@ READINESS_SERVICES = (
     TASK_WORKER_SERVICE,
     OPERATOR_SERVICE_NAME,
 )
+# The health port's options: requests up to the sidecar's limit, SO_REUSEPORT off.
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+# The API port leaves the request size limit to ErrorInterceptor (api/decoding.py): with a
+# limit set, grpc core puts a message-size filter in every call's stack, whose per-call state
+# is about 1.5 KiB of each held WatchInstance stream.
+API_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -81,7 +90,9 @@ def build_server(
     if policies is not None:
         interceptors += [policies.auth, policies.policy]
     # One chain composes the layers once per method (see InterceptorChain for why).
-    server = grpc.aio.server(interceptors=[InterceptorChain(interceptors)], options=GRPC_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[InterceptorChain(interceptors)], options=API_GRPC_OPTIONS
+    )
     # Generic handlers only, WorkflowHostAPI first (see GenericOnlyServer for why).
     target: Any = GenericOnlyServer(server)
     pb_grpc.add_WorkflowHostAPIServicer_to_server(servicer, target)

@@ -522,3 +522,12 @@ async def test_task_moved(sidecar: tuple[Sidecar, Stub], redis: Redis) -> None:
     assert assert_reason(beat, Reason.TASK_MOVED) == {"task": "payments/1700000000000-0"}
     assert "okra-sidecar migrate" in (error.details() or "")
     assert await redis_fingerprint(redis) == before
+
+
+async def test_message_too_large(stub: Stub) -> None:
+    # Over the sidecar's 8 MiB request limit (test_hostile_input.py tries each kind of rpc).
+    error = await expect_rpc_error(
+        stub.Run(pb.RunRequest(workflow_id="tests.nope.1.0.0", input=value("x" * 9 * 2**20))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert assert_reason(error, Reason.MESSAGE_TOO_LARGE)["limit"] == str(8 * 2**20)

@@ -19,7 +19,10 @@ from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.api.decoding import MAX_REQUEST_BYTES
+from okra_sidecar.errors import Reason
 from tests.helpers import (
+    assert_reason,
     bad_request_fields,
     expect_rpc_error,
     redis_fingerprint,
@@ -290,3 +293,47 @@ async def test_undecodable_streaming_request_is_invalid_argument(stubs: Stubs) -
         async for _ in call:
             pass
     assert caught.value.code() == INVALID
+
+
+OVER_LIMIT = b"\x00" * (MAX_REQUEST_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("unary", "/okra.workflow.v1.WorkflowHostAPI/Run"),
+        ("server stream", "/okra.workflow.v1.WorkflowHostAPI/WatchInstance"),
+        ("client stream", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+    ],
+)
+async def test_request_over_the_size_limit_is_resource_exhausted(
+    kind: str, method: str, stubs: Stubs, redis: Redis
+) -> None:
+    # The limit is the sidecar's own (api/decoding.py), not grpc core's: the same status,
+    # now with a reason, for every kind of rpc.
+    before = await redis_fingerprint(redis)
+    channel: Any = stubs.channel
+    if kind == "unary":
+        call: Any = channel.unary_unary(method)(OVER_LIMIT)
+    elif kind == "server stream":
+        call = channel.unary_stream(method)(OVER_LIMIT)
+    else:
+        call = channel.stream_stream(method)(iter([OVER_LIMIT]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if kind == "unary":
+            await call
+        else:
+            async for _ in call:
+                pass
+    metadata = assert_reason(caught.value, Reason.MESSAGE_TOO_LARGE)
+    assert metadata == {"size": str(len(OVER_LIMIT)), "limit": str(MAX_REQUEST_BYTES)}
+    assert "over the limit" in (caught.value.details() or "")
+    assert await redis_fingerprint(redis) == before
+
+
+async def test_request_at_the_size_limit_is_read(stubs: Stubs) -> None:
+    # One byte under the limit passes the size check and reaches the rules behind it.
+    run: Any = stubs.channel.unary_unary("/okra.workflow.v1.WorkflowHostAPI/Run")
+    request = pb.RunRequest(workflow_id=WORKFLOW, input=value({"blob": "x" * (2 * 1024 * 1024)}))
+    error = await expect_rpc_error(run(request.SerializeToString()), INVALID)
+    assert bad_request_fields(error) == ["input"]
