@@ -9,7 +9,6 @@ api/resource_gates.py) with the request it parsed.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -25,7 +24,7 @@ from okra_sidecar.api.status import status_code_for, status_metadata
 from okra_sidecar.api.tls import peer_identity
 from okra_sidecar.errors import OkraError
 from okra_sidecar.policy.auth import TokenVerifier
-from okra_sidecar.policy.model import reset_identity, set_identity
+from okra_sidecar.policy.model import Identity, current_identity, reset_identity, set_identity
 from okra_sidecar.telemetry import tracing
 
 logger = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         verifier = self._verifier
         peers = self._peers
 
-        async def identify(context: Context) -> contextvars.Token[Any]:
+        async def identify(context: Context) -> Identity:
             peer = peer_identity(context) if peers else ""
             # Keys from a URL may need fetching first; keys from files and secrets never do.
             if verifier.source is None:
@@ -116,13 +115,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 identity = await verifier.identify_async(authorization_of(context), peer)
             if identity.authenticated:
                 tracing.set_caller(identity.describe(), issuer=identity.issuer)
-            return set_identity(identity)
+            return identity
 
         if handler.unary_unary is not None:
             behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
 
             async def authenticated(request: Any, context: Context) -> Any:
-                token = await identify(context)
+                token = set_identity(await identify(context))
                 try:
                     return await behavior(request, context)
                 finally:
@@ -138,9 +137,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 # stream's life. The identity stays set until the call ends: the call runs
                 # in a task of its own, whose context ends with it.
                 try:
-                    await identify(context)
+                    identity = await identify(context)
                 except OkraError as exc:
                     await abort_with(context, exc)
+                if identity is not current_identity():
+                    # Only when it differs: an entry in the call's context is kept as long
+                    # as the stream (an anonymous caller has the default).
+                    set_identity(identity)
                 return stream(request, context)
 
             return _rewrap_stream(handler, authenticated_stream)
