@@ -19,7 +19,8 @@
     │   ├── TokenMissingError / TokenInvalidError
     ├── ResourceExhaustedError
     │   ├── RateLimitedError              retryable after retry_delay_s
-    │   └── InstanceLimitReachedError     too many unfinished instances
+    │   ├── InstanceLimitReachedError     too many unfinished instances
+    │   └── MessageTooLargeError          a request over the sidecar's 8 MiB limit
     ├── UnavailableError          the sidecar or its Redis cannot be reached; retryable
     │   ├── RedisUnavailableError / ReplicasNotAcknowledgedError
     ├── DeadlineExceededError
@@ -55,6 +56,7 @@ __all__ = [
     "InstanceAlreadyFinishedError",
     "InstanceAlreadySuspendedError",
     "InstanceLimitReachedError",
+    "MessageTooLargeError",
     "InstanceNotFailedError",
     "InstanceNotFinishedError",
     "InstanceNotFoundError",
@@ -124,6 +126,7 @@ REASONS = frozenset(
         "SCHEDULE_UNREADABLE",
         "RATE_LIMITED",
         "INSTANCE_LIMIT_REACHED",
+        "MESSAGE_TOO_LARGE",
         "REDIS_UNAVAILABLE",
         "REPLICAS_NOT_ACKNOWLEDGED",
         "UNIMPLEMENTED",
@@ -328,6 +331,10 @@ class InstanceLimitReachedError(ResourceExhaustedError):
     """INSTANCE_LIMIT_REACHED: too many unfinished instances; start again later."""
 
 
+class MessageTooLargeError(ResourceExhaustedError):
+    """MESSAGE_TOO_LARGE: the request is over the sidecar's limit (metadata "size", "limit")."""
+
+
 class RedisUnavailableError(UnavailableError):
     """REDIS_UNAVAILABLE: the sidecar cannot reach Redis; retry after `retry_delay_s`."""
 
@@ -406,6 +413,7 @@ ERROR_BY_REASON: dict[str, type[OkraRpcError]] = {
     "SCHEDULE_UNREADABLE": ScheduleUnreadableError,
     "RATE_LIMITED": RateLimitedError,
     "INSTANCE_LIMIT_REACHED": InstanceLimitReachedError,
+    "MESSAGE_TOO_LARGE": MessageTooLargeError,
     "REDIS_UNAVAILABLE": RedisUnavailableError,
     "REPLICAS_NOT_ACKNOWLEDGED": ReplicasNotAcknowledgedError,
     "BULK_OPERATION_NOT_FOUND": BulkOperationNotFoundError,
