@@ -241,3 +241,32 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         assert failed.error.type == TIMEOUT_ERROR_TYPE
         assert failed.error.title == "Expression timed out in /do/1/spin"
         assert sidecar.engines.slow_pid != slow_child  # stopped over budget in the slow lane
+
+
+async def test_a_regular_child_over_its_wall_clock_budget_moves_the_instance_to_the_slow_lane(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # slowExpressionMs counts CPU time; a child starved of CPU on a busy host reaches the
+    # wall-clock budget first. A CPU mark this far away stands in for that host: the budget
+    # in a regular child must send the instance to the slow lane, where it then fails.
+    engine = replace(
+        FAST_ENGINE,
+        processes=1,
+        expression_timeout_ms=1000,
+        turn_timeout_ms=60_000,
+        slow_expression_ms=600_000,
+    )
+    settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None
+        slow_child = sidecar.engines.slow_pid
+        hostile = await stub.Run(
+            pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
+        )
+        failed = await wait_for_status(stub, hostile.instance_id, DONE, timeout_s=90)
+        assert failed.status == pb.WORKFLOW_STATUS_FAILED
+        assert failed.error.type == TIMEOUT_ERROR_TYPE
+        assert failed.error.title == "Expression timed out in /do/1/spin"
+        key = sidecar.store.keys.instance(hostile.instance_id)
+        assert await redis.hget(key, "slow") == b"1"  # judged in the slow lane, not the regular
+        assert sidecar.engines.slow_pid != slow_child

@@ -352,27 +352,36 @@ class EngineProcesses:
                     continue
                 reading = self._boards[slot].read()
                 verdict = judge(reading, now, self._budget)
-                if verdict is not None:
-                    logger.warning(
-                        "engine process %d: %s; killing it", child.pid, verdict.error["title"]
-                    )
-                    self._verdicts[slot] = verdict
-                elif self._lanes[slot] is EngineLane.REGULAR:
+                if self._lanes[slot] is EngineLane.REGULAR:
                     ran_ms = self._clocks[slot].elapsed_ms(
                         child.pid, reading.evaluation_started_ns, now
                     )
                     slow = running_slow(reading, ran_ms, self._slow_ms)
+                    why = f"an expression ran past {self._slow_ms} ms (slowExpressionMs)"
+                    if slow is None and verdict is not None:
+                        # A child starved of CPU on a busy host can reach the wall-clock
+                        # budget before slowExpressionMs of CPU: in a regular child that
+                        # earns the slow lane, whose budgets then decide, not a failure.
+                        slow, why = verdict.instance_id, verdict.error["title"]
                     if slow is None:
                         continue
                     # Marked before the kill: whoever takes over its work forwards it.
-                    why = f"an expression ran past {self._slow_ms} ms (slowExpressionMs)"
-                    if not await self._move(slow, why):
+                    if await self._move(slow, why):
+                        self._moved[slot] = slow
+                    elif verdict is not None:
+                        self._judged(slot, child.pid, verdict)
+                    else:
                         continue
-                    self._moved[slot] = slow
+                elif verdict is not None:
+                    self._judged(slot, child.pid, verdict)
                 else:
                     continue
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
+
+    def _judged(self, slot: int, pid: int, verdict: TurnVerdict) -> None:
+        logger.warning("engine process %d: %s; killing it", pid, verdict.error["title"])
+        self._verdicts[slot] = verdict
 
     async def stop(self) -> None:
         """SIGTERM every child (each finishes its turns in flight), then wait for them."""
