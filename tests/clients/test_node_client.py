@@ -136,3 +136,9 @@ def test_node_retryable_reasons_are_the_sidecars() -> None:
     assert listed is not None, "client.ts defines RETRYABLE_REASONS"
     named = set(re.findall(r'"([A-Z_]+)"', listed.group(1)))
     assert named == {reason.value for reason, spec in REASONS.items() if spec.retryable}
+
+
+async def test_node_client_reads_timestamps_without_zero_fields(node_client: NodeToolchain) -> None:
+    # A time on a whole second arrives without `nanos`: it once made an Invalid Date.
+    report = await run_script(node_client, "timestamps.js")
+    assert report == {"ok": True}

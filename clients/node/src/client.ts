@@ -296,8 +296,9 @@ interface PbStruct {
   fields?: Record<string, PbValue>;
 }
 interface PbTimestamp {
-  seconds: string | number;
-  nanos: number;
+  // Both absent when zero: the proto loader runs with `defaults: false`.
+  seconds?: string | number;
+  nanos?: number;
 }
 
 export function toValue(data: unknown): PbValue {
@@ -345,9 +346,10 @@ function toTimestamp(iso: string): PbTimestamp {
   return { seconds: Math.floor(millis / 1000), nanos: (millis % 1000) * 1e6 };
 }
 
-function fromTimestamp(stamp: PbTimestamp | null | undefined): string | undefined {
+export function fromTimestamp(stamp: PbTimestamp | null | undefined): string | undefined {
   if (!stamp) return undefined;
-  const millis = Number(stamp.seconds) * 1000 + Math.floor(stamp.nanos / 1e6);
+  // A time on a whole second has no `nanos` on the wire (one in a thousand of the sidecar's).
+  const millis = Number(stamp.seconds ?? 0) * 1000 + Math.floor((stamp.nanos ?? 0) / 1e6);
   return new Date(millis).toISOString();
 }
 
