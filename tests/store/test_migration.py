@@ -15,6 +15,7 @@ from okra_client.gen.worker.v1 import worker_pb2_grpc as wpb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.config import Settings
 from okra_sidecar.engine.interpreter.effects import EffectKind
 from okra_sidecar.server import migrate
 from okra_sidecar.store.base import TurnExtras
@@ -199,12 +200,10 @@ async def write_schedule_and_bulk(redis: Redis, keys: RedisKeys, instance_id: st
     await redis.sadd(keys.bulks_running, "op1")
 
 
-async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
-    redis: Redis, redis_url: str
-) -> None:
-    settings = make_settings(redis_url)
-    keys = RedisKeys()
-    work = {"function": "charge", "arguments": {"amount": 3}, "service": "payments"}
+async def start_with_worker_task(
+    redis: Redis, settings: Settings, keys: RedisKeys, work: dict[str, Any]
+) -> str:
+    """A waiting instance whose turn queued the worker task `charge#1` (`work`); its id."""
     async with running_sidecar(settings) as (running, stub):
         instance_id = await start_waiting(stub)
         extras = TurnExtras(effects=[effect("charge#1", EffectKind.WORKER, work)])
@@ -214,6 +213,16 @@ async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
             return bool(await redis.xlen(keys.tasks("payments", keys.partition(instance_id))))
 
         await eventually(enqueued, what="the worker task")
+    return instance_id
+
+
+async def test_migrate_converts_a_layout_2_store_that_then_runs_on(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = make_settings(redis_url)
+    keys = RedisKeys()
+    work = {"function": "charge", "arguments": {"amount": 3}, "service": "payments"}
+    instance_id = await start_with_worker_task(redis, settings, keys, work)
     await write_schedule_and_bulk(redis, keys, instance_id)
     before = await redis_fingerprint(redis)
     await write_layout_2(redis, keys)
@@ -253,15 +262,7 @@ async def test_a_task_handed_out_before_a_layout_2_migration_counts_its_attempts
     settings = make_settings(redis_url)
     keys = RedisKeys()
     work = {"function": "charge", "arguments": {}, "service": "payments"}
-    async with running_sidecar(settings) as (running, stub):
-        instance_id = await start_waiting(stub)
-        extras = TurnExtras(effects=[effect("charge#1", EffectKind.WORKER, work)])
-        await commit_extras(running, instance_id, extras)
-
-        async def enqueued() -> bool:
-            return bool(await redis.xlen(keys.tasks("payments", keys.partition(instance_id))))
-
-        await eventually(enqueued, what="the worker task")
+    instance_id = await start_with_worker_task(redis, settings, keys, work)
     await write_schedule_and_bulk(redis, keys, instance_id)
     await write_layout_2(redis, keys)
     # A layout 2 worker polled the task and its lease ran out once: handed out twice.
