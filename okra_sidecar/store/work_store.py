@@ -151,15 +151,17 @@ class WorkStore(StoreConnections):
 
     async def fire_timers(self, now_ms: int, *, limit: int) -> int:
         keys = self.keys
-        # One call per partition (one slot each), sent together on the multiplexed connection.
+        pairs = [[keys.timers(p), keys.work(p)] for p in range(keys.partitions)]
         with map_redis_errors():
-            moved = await asyncio.gather(
-                *(
-                    self.hot.evalsha(
-                        self._timers, keys=[keys.timers(p), keys.work(p)], args=[now_ms, limit]
-                    )
-                    for p in range(keys.partitions)
+            if self.one_node:
+                # Every partition on this node: one call for all of them, each tick.
+                everything = [key for pair in pairs for key in pair]
+                return int(
+                    await self.hot.evalsha(self._timers, keys=everything, args=[now_ms, limit])
                 )
+            # One call per partition (one slot each), sent together on the multiplexed connection.
+            moved = await asyncio.gather(
+                *(self.hot.evalsha(self._timers, keys=pair, args=[now_ms, limit]) for pair in pairs)
             )
         return sum(int(m) for m in moved)
 

@@ -44,7 +44,15 @@ local old, new = cur[2], ARGV[4]
 if old ~= new then
   reindex(ARGV[9], old, new)
   if FINISHED[new] and not FINISHED[old] then
-    redis.call('ZADD', KEYS[FINISHED_INDEX], redis.call('HGET', KEYS[1], 'completed'), ARGV[9])
+    -- The end time is among the fields just written ('completed'): no need to read it back.
+    local completed = nil
+    for i = 13, 12 + field_count, 2 do
+      if ARGV[i] == 'completed' then
+        completed = ARGV[i + 1]
+      end
+    end
+    completed = completed or redis.call('HGET', KEYS[1], 'completed')
+    redis.call('ZADD', KEYS[FINISHED_INDEX], completed, ARGV[9])
     if cur[3] then
       release_admission(KEYS[6], ARGV[1], cur[3], cur[4], x and x.release)
     end
@@ -85,19 +93,28 @@ if x then
   end
   if x.points then
     -- Reset points: pointer, JSON pairs. Only the first per task is kept; one past the
-    -- instance's budget is recorded empty (not kept), so that Reset can say why.
+    -- instance's budget is recorded empty (not kept), so that Reset can say why. `bytes`
+    -- is written with the first points, so its absence says there are none yet: then all
+    -- of them go in one HSET, with no per-task check (an instance's first turn).
     local key = KEYS[x.pointSlot]
-    local used = tonumber(redis.call('HGET', key, 'bytes') or '0')
+    local used = redis.call('HGET', key, 'bytes')
+    local fresh = not used
+    used = tonumber(used or '0')
+    local fields = {}
     for i = 1, #x.points, 2 do
-      if redis.call('HEXISTS', key, x.points[i]) == 0 then
-        local point = x.points[i + 1]
-        if used + #point > x.pointBudget then
-          point = ''
-        end
+      local point = x.points[i + 1]
+      if used + #point > x.pointBudget then
+        point = ''
+      end
+      if fresh then
+        fields[#fields + 1] = x.points[i]
+        fields[#fields + 1] = point
         used = used + #point
-        redis.call('HSET', key, x.points[i], point, 'bytes', used)
+      elseif redis.call('HSETNX', key, x.points[i], point) == 1 then
+        used = used + #point
       end
     end
+    redis.call('HSET', key, 'bytes', used, unpack(fields))
   end
 end
 return 1

@@ -3,9 +3,10 @@
 -- kept in the instance ('lim', 'lwf') so that finishing or cancelling releases the same ids.
 -- KEYS: instance, history, work stream, voided marker, then every index set to join.
 -- ARGV: instance id, index member, the reservation's score ('*' when the reservation is being
---       made at the same time, on a Cluster, and its score is not known yet), history event,
---       limit scope, workflow key, then the hash's fields and values (plain arguments rather
---       than one JSON list: nothing to encode twice or decode here).
+--       made at the same time, on a Cluster, and its score is not known yet; after a '+' when
+--       reserve_create.lua made it in this same step, so that nothing can have voided it),
+--       history event, limit scope, workflow key, then the hash's fields and values (plain
+--       arguments rather than one JSON list: nothing to encode twice or decode here).
 -- A child run joins its parent's index (`idx:parent:`) in its own partition; whether the
 -- parent still waits is checked by its starter, before and after (executors/children.py).
 -- Returns 1 created, 0 exists (2 exists and finished), -3 the reconciler voided this
@@ -19,12 +20,14 @@ end
 if ARGV[3] == '' then
   return -4
 end
-local voided = redis.call('GET', KEYS[4])
-if voided and ARGV[3] == '*' then
-  return -5
-end
-if voided == ARGV[3] then
-  return -3
+if string.byte(ARGV[3]) ~= 43 then -- not '+'
+  local voided = redis.call('GET', KEYS[4])
+  if voided and ARGV[3] == '*' then
+    return -5
+  end
+  if voided == ARGV[3] then
+    return -3
+  end
 end
 redis.call('HSET', KEYS[1], 'lim', ARGV[5], 'lwf', ARGV[6], unpack(ARGV, 7))
 redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])

@@ -22,4 +22,5 @@ local score = now[1] .. string.format('%06d', now[2])
 redis.call('ZADD', KEYS[1], score, ARGV[1])
 redis.call('ZADD', KEYS[2], score, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-return {'new', redis.call('ZSCORE', KEYS[1], ARGV[1])}
+-- The score as ZSCORE would give it: whole microseconds, below 2^53, print as they were written.
+return {'new', score}

@@ -13,5 +13,9 @@ if admission[1] ~= 'new' and admission[1] ~= 'held' then
 end
 local create_argv = {unpack(ARGV, 5)}
 create_argv[3] = admission[2]
+if admission[1] == 'new' then
+  -- Made in this step: nothing can have voided it, so create.lua need not look ('+').
+  create_argv[3] = '+' .. admission[2]
+end
 admission[3] = create({unpack(KEYS, 4)}, create_argv)
 return admission
