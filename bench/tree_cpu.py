@@ -75,20 +75,26 @@ class TreeCpuMeter:
         return TreeCpuSample(time.perf_counter(), server_s, reaped_s, children)
 
     @staticmethod
-    def describe(start: TreeCpuSample, end: TreeCpuSample) -> str:
-        """Percent of one core by role over the window, and the children started in it.
+    def used_s(start: TreeCpuSample, end: TreeCpuSample) -> dict[str, float]:
+        """CPU seconds by role over the window.
 
         A child alive at the end counts what it used since the start (all of it if it is new);
         children that ended in the window count together: what the parent reaped meanwhile,
         less what they had used before the window.
         """
-        wall = max(end.wall_s - start.wall_s, 1e-9)
         used = dict.fromkeys(ROLES, 0.0)
         used["server"] = end.server_s - start.server_s
         for pid, (role, seconds) in end.children.items():
             used[role] += seconds - start.children.get(pid, (role, 0.0))[1]
         gone = [seconds for pid, (_, seconds) in start.children.items() if pid not in end.children]
         used["ended"] = end.reaped_s - start.reaped_s - sum(gone)
-        shares = ", ".join(f"{role} {100 * max(used[role], 0.0) / wall:.0f}%" for role in ROLES)
+        return {role: max(seconds, 0.0) for role, seconds in used.items()}
+
+    @staticmethod
+    def describe(start: TreeCpuSample, end: TreeCpuSample) -> str:
+        """Percent of one core by role over the window, and the children started in it."""
+        wall = max(end.wall_s - start.wall_s, 1e-9)
+        used = TreeCpuMeter.used_s(start, end)
+        shares = ", ".join(f"{role} {100 * used[role] / wall:.0f}%" for role in ROLES)
         started = len(end.children.keys() - start.children.keys())
         return f"{shares}; {started} children started"

@@ -1,0 +1,145 @@
+"""`python -m bench.footprint`: what the sidecar costs at rest and per instance, in Redis
+commands and CPU time by process, figures the machine's load moves far less than rates.
+
+One sidecar process (its embedded Redis, one engine process) is started and left to settle;
+then:
+
+- at rest, for `idle` seconds: the CPU ticks (1/100 s) of each of its processes and the Redis
+  commands per second its background loops send (timers, orphan claims, heartbeats, the
+  reconciler);
+- W2's workflow: `count` `bench.steps` instances started and run to completion: the Redis
+  commands per instance by name (`INFO commandstats`, the commands inside scripts included;
+  the bench's own Query polls too) and the CPU time per instance of each process (`/proc`).
+
+Run it on two builds one after the other (or alternating, several times) to see what a change
+to a hot path or a background loop does. docs/benchmarks.md records the figures; the test
+runs it with tiny counts and asserts no speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
+
+from bench.cpu import CpuMeter
+from bench.processes import sidecar_process
+from bench.progress import wait_until_none
+from bench.tree_cpu import TreeCpuMeter
+from bench.workloads import NOT_FINISHED, STEPS, Client, start_instances, warm_up
+from okra_sidecar.store.embedded import SOCKET_NAME
+
+__all__ = ["Footprint", "measure", "report"]
+
+IDLE_S = 30.0
+COUNT = 5000
+# After the health check answers, the engine children and the fork server still import.
+SETTLE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Footprint:
+    idle_s: float
+    idle_ticks: dict[str, int]  # CPU ticks at rest by process role
+    idle_commands_per_s: dict[str, float]
+    count: int
+    cpu_us_per_instance: dict[str, float]  # by process role
+    commands_per_instance: dict[str, float]  # by command name
+
+    @property
+    def total_commands_per_instance(self) -> float:
+        return sum(self.commands_per_instance.values())
+
+
+async def _command_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls.pop("info", None)  # our own
+    return calls
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v > before.get(k, 0)}
+
+
+async def measure(
+    *, idle_s: float = IDLE_S, count: int = COUNT, settle_s: float = SETTLE_S, work_dir: Path
+) -> Footprint:
+    async with (
+        sidecar_process(work_dir, env={"OKRA_ENGINE_PROCESSES": "1"}) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        # The embedded Redis of `--data-dir work_dir/data` (bench.processes).
+        redis = Redis(unix_socket_path=str(work_dir / "data" / "redis" / SOCKET_NAME))
+        try:
+            tree = TreeCpuMeter(server.pid)
+            await asyncio.sleep(settle_s)
+            cpu, calls = tree.sample(), await _command_calls(redis)
+            await asyncio.sleep(idle_s)
+            idle_cpu = TreeCpuMeter.used_s(cpu, tree.sample())
+            idle_calls = _grown(calls, await _command_calls(redis))
+
+            client = Client(
+                stub=pb_grpc.WorkflowHostAPIStub(channel), meter=CpuMeter.for_process(server.pid)
+            )
+            await warm_up(client)
+            cpu, calls = tree.sample(), await _command_calls(redis)
+            await start_instances(client, STEPS, count)
+            await wait_until_none(client.stub, STEPS, NOT_FINISHED, count=count)
+            run_cpu = TreeCpuMeter.used_s(cpu, tree.sample())
+            run_calls = _grown(calls, await _command_calls(redis))
+        finally:
+            await redis.aclose()
+    return Footprint(
+        idle_s=idle_s,
+        idle_ticks={role: round(s * 100) for role, s in idle_cpu.items() if s},
+        idle_commands_per_s={k: round(v / idle_s, 1) for k, v in idle_calls.items()},
+        count=count,
+        cpu_us_per_instance={role: round(s * 1e6 / count) for role, s in run_cpu.items() if s},
+        commands_per_instance={k: round(v / count, 2) for k, v in run_calls.items()},
+    )
+
+
+def report(result: Footprint) -> str:
+    def listed(values: dict[str, float] | dict[str, int]) -> str:
+        return ", ".join(f"{name} {value}" for name, value in values.items())
+
+    ticks = sum(result.idle_ticks.values())
+    cpu = sum(result.cpu_us_per_instance.values())
+    return "\n".join(
+        [
+            f"at rest, {result.idle_s:.0f} s: {ticks} CPU ticks ({listed(result.idle_ticks)})",
+            f"  Redis commands/s: {listed(result.idle_commands_per_s)}",
+            f"{result.count} bench.steps instances: {cpu:.0f} µs CPU per instance "
+            f"({listed(result.cpu_us_per_instance)})",
+            f"  Redis commands per instance: {result.total_commands_per_instance:.2f} "
+            f"({listed(result.commands_per_instance)})",
+        ]
+    )
+
+
+async def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__)
+    parser.add_argument("--idle", type=float, default=IDLE_S, help="seconds at rest")
+    parser.add_argument("--count", type=int, default=COUNT, help="bench.steps instances")
+    parser.add_argument("--settle", type=float, default=SETTLE_S, help="seconds before")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="okra-footprint-") as tmp:
+        result = await measure(
+            idle_s=args.idle, count=args.count, settle_s=args.settle, work_dir=Path(tmp)
+        )
+    print(json.dumps(asdict(result), indent=1) if args.json else report(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,23 @@
+"""Smoke test for bench.footprint: tiny counts against a real sidecar process, no speed asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.footprint import measure, report
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(180)
+async def test_the_footprint_bench_counts_commands_and_cpu(tmp_path: Path) -> None:
+    result = await measure(idle_s=1, count=20, settle_s=0, work_dir=tmp_path)
+    # Every instance was created and committed by a script, and finished.
+    assert result.commands_per_instance["evalsha"] >= 2
+    assert result.cpu_us_per_instance["server"] > 0 and result.cpu_us_per_instance["engine"] > 0
+    # The background loops ran at rest (heartbeats at least).
+    assert result.idle_commands_per_s
+    text = report(result)
+    assert "20 bench.steps instances" in text and "Redis commands per instance" in text
