@@ -33,7 +33,12 @@ async def _hold(
     await asyncio.get_running_loop().create_future()
 
 
-def build_echo_server(listen: str) -> tuple[grpc.aio.Server, int]:
+# What `--unlimited` sets: the sidecar's API port leaves the request size limit to its own
+# layer, so grpc core keeps no message-size filter per call (okra_sidecar/api/decoding.py).
+UNLIMITED_OPTIONS = [("grpc.max_receive_message_length", -1)]
+
+
+def build_echo_server(listen: str, *, unlimited: bool = False) -> tuple[grpc.aio.Server, int]:
     """An unstarted server with a unary method that returns its request bytes unchanged, and
     a server-streaming one that answers with them once and then holds the stream."""
     # No serializers: the handler sees and returns the raw bytes, so no protobuf work at all.
@@ -44,7 +49,7 @@ def build_echo_server(listen: str) -> tuple[grpc.aio.Server, int]:
             "Hold": grpc.unary_stream_rpc_method_handler(_hold),
         },
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=UNLIMITED_OPTIONS if unlimited else None)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(listen)
     if port == 0:
@@ -62,8 +67,8 @@ def echo_caller(channel: grpc.aio.Channel, payload: bytes) -> Callable[[int], Aw
     return call
 
 
-async def serve(listen: str) -> None:
-    server, port = build_echo_server(listen)
+async def serve(listen: str, *, unlimited: bool = False) -> None:
+    server, port = build_echo_server(listen, unlimited=unlimited)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,8 +83,13 @@ async def serve(listen: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free)")
+    parser.add_argument(
+        "--unlimited",
+        action="store_true",
+        help="no request size limit in grpc core, as on the sidecar's API port",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen))
+    asyncio.run(serve(args.listen, unlimited=args.unlimited))
     return 0
 
 

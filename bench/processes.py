@@ -188,13 +188,18 @@ async def sidecar_process(
 
 @asynccontextmanager
 async def echo_process(
-    work_dir: Path, *, launcher: Sequence[str] = (), start_timeout_s: float = START_TIMEOUT_S
+    work_dir: Path,
+    *,
+    unlimited: bool = False,
+    launcher: Sequence[str] = (),
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> AsyncIterator[ServerProcess]:
-    """`python -m bench.echo` on a free port, stopped with SIGTERM on exit."""
+    """`python -m bench.echo` on a free port (`unlimited`: with no request size limit in grpc
+    core, as the sidecar's API port), stopped with SIGTERM on exit."""
     address = f"127.0.0.1:{free_port()}"
     server = await _spawn(
         "echo server",
-        ["-m", "bench.echo", "--listen", address],
+        ["-m", "bench.echo", "--listen", address, *(["--unlimited"] if unlimited else [])],
         log_path=work_dir / "echo.log",
         address=address,
         env=os.environ,

@@ -26,10 +26,15 @@ async def test_the_awaiting_bench_observes_completions_and_holds_streams(tmp_pat
     for callers in observed.callers.values():
         assert all(c.signal_s > 0 and c.completed_at >= c.sent_at - 1 for c in callers)
     assert len(observed.rates) == 2 and min(observed.rates) > 0
-    assert held is not None and held.count == 20 and held.rss_after > 0 and held.rss_before > 0
+    # 20 streams on fresh connections and 20 more on used ones, held at once.
+    assert held is not None and held.count == 40
+    assert {kind: h.count for kind, h in held.held.items()} == {"fresh": 20, "used": 20}
+    assert all(h.before > 0 and h.after > 0 for h in held.held.values())
     # The same streams were held on the bare grpc.aio server, to show the transport's part.
-    assert held.bare is not None and min(held.bare) > 0
+    assert {kind: h.count for kind, h in held.bare.items()} == {"fresh": 20, "used": 20}
     text = report(observed, held)
-    assert "20 WatchInstance streams" in text and "W1 Run beside streams" in text
+    assert "20 WatchInstance streams on fresh connections" in text
+    assert "20 WatchInstance streams on used connections" in text
+    assert "W1 Run beside streams" in text
     assert "completions/s" in text and "commit -> seen" in text
-    assert "on a bare grpc.aio server" in text
+    assert "bare grpc.aio server" in text and "bytes per stream" in text
