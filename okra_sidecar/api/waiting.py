@@ -139,7 +139,7 @@ class InstanceWaiting:
                         if finished:
                             return
                     del record  # a held stream waits with its revision only
-                await waiter.wait(None)
+                await waiter.changed()
                 change, resync = waiter.take()
                 # A change announced before the read that already showed it needs no read.
                 read = resync or change is None or change.revision > seen

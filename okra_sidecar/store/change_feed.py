@@ -110,8 +110,28 @@ class ChangeWaiter:
         self._woken = False
         return True
 
+    def changed(self) -> asyncio.Future[None]:
+        """A future done at the next change, or at once if one came (or the feed failed)
+        since the last `take`: what a caller with no deadline awaits, then `take`s. Unlike
+        `wait`, no coroutine frame of the waiter's is alive while the caller waits, and a
+        held WatchInstance stream waits so for its whole life."""
+        wakeup = self._wakeup
+        if wakeup is None or wakeup.done():
+            wakeup = self._wakeup = asyncio.get_running_loop().create_future()
+            if self._woken or self._error is not None:
+                wakeup.set_result(None)
+        return wakeup
+
     def take(self) -> tuple[Change | None, bool]:
-        """The newest change and whether a resync was asked for since the last take."""
+        """The newest change and whether a resync was asked for since the last take.
+
+        Raises:
+            StoreUnavailableError: the feed lost its connection, so changes may be missed.
+        """
+        self._wakeup = None
+        self._woken = False
+        if self._error is not None:
+            raise self._error
         change, resync = self.latest, self.resync
         self.latest, self.resync = None, False
         return change, resync

@@ -62,3 +62,50 @@ async def test_a_cancelled_wait_leaves_the_waiter_usable() -> None:
         await waiting
     waiter.notify(Change(1, WAITING))
     assert await waiter.wait(0.01) is True
+
+
+async def test_changed_is_done_at_once_after_a_change_and_waits_again_once_taken() -> None:
+    waiter = ChangeWaiter()
+    waiter.notify(Change(2, WAITING))
+    changed = waiter.changed()
+    assert changed.done()
+    await changed
+    assert waiter.take() == (Change(2, WAITING), False)
+    assert not waiter.changed().done()
+
+
+async def test_changed_wakes_a_caller_waiting_on_it_at_the_next_change() -> None:
+    waiter = ChangeWaiter()
+    waiting = asyncio.ensure_future(waiter.changed())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    waiter.notify(Change(7, DONE))
+    await asyncio.wait_for(waiting, 5.0)
+    assert waiter.take() == (Change(7, DONE), False)
+
+
+async def test_changed_then_take_raises_once_the_feed_failed() -> None:
+    waiter = ChangeWaiter()
+    changed = waiter.changed()
+    waiter.fail(StoreUnavailableError("the sidecar lost its Redis subscription; retry"))
+    await asyncio.wait_for(changed, 5.0)
+    with pytest.raises(StoreUnavailableError):
+        waiter.take()
+    # A later wait sees the failure at once too.
+    assert waiter.changed().done()
+
+
+async def test_a_cancelled_caller_of_changed_leaves_the_waiter_usable() -> None:
+    waiter = ChangeWaiter()
+
+    async def wait_for_change() -> None:
+        await waiter.changed()
+
+    waiting = asyncio.create_task(wait_for_change())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    waiter.notify(Change(1, WAITING))
+    assert waiter.changed().done()
+    assert waiter.take() == (Change(1, WAITING), False)
