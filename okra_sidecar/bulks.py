@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["BulkAction", "BulkRecord", "BulkSpec", "BulkState", "ItemOutcome"]
+__all__ = [
+    "BULK_OPERATION_FIELD",
+    "BulkAction",
+    "BulkRecord",
+    "BulkSpec",
+    "BulkState",
+    "ItemOutcome",
+]
+
+# The history event field naming the bulk operation that suspended, resumed or retried it.
+BULK_OPERATION_FIELD = "bulkOperation"
 
 
 class BulkAction(StrEnum):
@@ -48,6 +58,8 @@ class BulkSpec:
     # decided as that caller's own call would be.
     owner: dict[str, Any] = field(default_factory=dict)
     owner_peer: str = ""
+    # False for an operation an earlier version started: it kept no caller (no `owner`).
+    caller_kept: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +82,7 @@ class BulkSpec:
             max_per_second=int(data.get("maxPerSecond", 0)),
             owner=dict(data.get("owner") or {}),
             owner_peer=str(data.get("ownerPeer", "")),
+            caller_kept="owner" in data,
         )
 
 

@@ -240,17 +240,28 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         )
 
     async def _check_payload(self, spec: BulkSpec, workflow_ids: set[str]) -> None:
-        """A bulk SIGNAL's payload against the schema each matched workflow declares for it."""
+        """A bulk SIGNAL's payload, refused when every matched workflow declares a schema for
+        the signal that refuses it: nothing could take it. Otherwise the runner checks it per
+        instance against its own workflow's schema and skips the instances it does not fit."""
+        refusals: list[InvalidInputError] = []
         for workflow_id in sorted(workflow_ids):
             definition = (await self._registry.get(workflow_id)).definition
             schema = definition.signal_payloads.get(spec.signal)
-            if schema is not None:
+            if schema is None:
+                return
+            try:
                 rules.check_input_schema(
                     spec.payload,
                     schema.validator,
                     field="payload",
                     schema=f"signal {spec.signal}'s payload in {workflow_id}",
                 )
+            except InvalidInputError as exc:
+                refusals.append(exc)
+            else:
+                return
+        if refusals:
+            raise refusals[0]
 
     async def _matching(
         self, matching: QueryFilter, limit: int, *, policy_set: bool

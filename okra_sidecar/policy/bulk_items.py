@@ -49,6 +49,12 @@ class PolicyBulkItemAuthorizer:
         verb = BULK_VERBS[spec.action]
         return self._evaluator.needs_instance(verb, policies) or bool(_deferred(policies))
 
+    def knows_caller(self, spec: BulkSpec) -> bool:
+        """An operation an earlier version started kept no caller: decided as anonymous, its
+        instances would be refused (or allowed) for want of one, so with a policy set in force
+        the runner skips them; with none, no decision reads the caller."""
+        return spec.caller_kept or not self._evaluator.policies.document
+
     async def __call__(
         self,
         *,

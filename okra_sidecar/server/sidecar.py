@@ -369,7 +369,13 @@ async def _build_parts(
     )
     # Bulk operations go on on whichever sidecar holds an operation's lease.
     bulks = RedisBulkStore(redis=client, keys=store.keys)
-    bulk = BulkRunner(store=store, bulks=bulks, clock=now_ms, authorize=policies.bulk_items)
+    bulk = BulkRunner(
+        store=store,
+        bulks=bulks,
+        clock=now_ms,
+        authorize=policies.bulk_items,
+        registry=registry,
+    )
     effects, causation = _build_effects(
         settings,
         client,

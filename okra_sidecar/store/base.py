@@ -206,11 +206,23 @@ class Store(Protocol):
     async def children(self, instance_id: str) -> list[str]: ...
 
     async def suspend(
-        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        expect_status: str | None = None,
+        operation: str = "",
     ) -> str: ...
 
     async def resume(
-        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        expect_status: str | None = None,
+        operation: str = "",
     ) -> str: ...
 
     async def delete(self, instance_id: str) -> None: ...
@@ -224,6 +236,7 @@ class Store(Protocol):
         reason: str,
         task: str,
         now_ms: int,
+        operation: str = "",
     ) -> str | None: ...
 
     async def reset_point(self, instance_id: str, task: str) -> dict[str, Any] | None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from okra_sidecar.bulks import BULK_OPERATION_FIELD
 from okra_sidecar.errors import (
     FailedPreconditionError,
     Reason,
@@ -35,7 +36,13 @@ class OperatorStore(StoreConnections):
     _reset = MultiplexedScript(load_script("reset"))
 
     async def suspend(
-        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        expect_status: str | None = None,
+        operation: str = "",
     ) -> str:
         """Suspend an unfinished instance; its workflow id.
 
@@ -45,7 +52,10 @@ class OperatorStore(StoreConnections):
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
         """
         outcome = await self._change_status(
-            self._suspend, instance_id, "workflow.suspended", reason, now_ms, expect_status
+            self._suspend,
+            instance_id,
+            _event("workflow.suspended", now_ms, reason, operation),
+            expect_status,
         )
         if outcome[0] == "suspended":
             raise FailedPreconditionError(
@@ -60,7 +70,13 @@ class OperatorStore(StoreConnections):
         return outcome[1]
 
     async def resume(
-        self, instance_id: str, *, reason: str, now_ms: int, expect_status: str | None = None
+        self,
+        instance_id: str,
+        *,
+        reason: str,
+        now_ms: int,
+        expect_status: str | None = None,
+        operation: str = "",
     ) -> str:
         """Resume a suspended instance and queue its turn; its workflow id.
 
@@ -70,7 +86,10 @@ class OperatorStore(StoreConnections):
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
         """
         outcome = await self._change_status(
-            self._resume, instance_id, "workflow.resumed", reason, now_ms, expect_status
+            self._resume,
+            instance_id,
+            _event("workflow.resumed", now_ms, reason, operation),
+            expect_status,
         )
         if outcome[0] == "not-suspended":
             raise FailedPreconditionError(
@@ -92,6 +111,7 @@ class OperatorStore(StoreConnections):
         reason: str,
         task: str,
         now_ms: int,
+        operation: str = "",
     ) -> str | None:
         """Run a failed instance again from `state` (built from the state at `revision`); its
         workflow id, or None when the instance changed since that revision (build it again).
@@ -100,7 +120,7 @@ class OperatorStore(StoreConnections):
             NotFoundError: no such instance.
             FailedPreconditionError: it is not failed (any more).
         """
-        event = {"type": "workflow.retried", "time": now_ms, "reason": reason, "task": task}
+        event = {**_event("workflow.retried", now_ms, reason, operation), "task": task}
         outcome = await self._rewind(self._retry, instance_id, revision, state, event)
         if outcome[0] == "not-failed":
             raise instance_not_failed(instance_id, outcome[1])
@@ -189,9 +209,7 @@ class OperatorStore(StoreConnections):
         self,
         script: MultiplexedScript,
         instance_id: str,
-        event_type: str,
-        reason: str,
-        now_ms: int,
+        event: dict[str, Any],
         expect_status: str | None,
     ) -> list[str]:
         """Run suspend.lua or resume.lua (same KEYS and ARGV, see their headers); its reply.
@@ -200,7 +218,6 @@ class OperatorStore(StoreConnections):
         """
         keys = self.keys
         partition = keys.partition(instance_id)
-        event = dumps({"type": event_type, "time": now_ms, "reason": reason})
         with map_redis_errors():
             result, waited = await self._durable_write(
                 script,
@@ -210,7 +227,7 @@ class OperatorStore(StoreConnections):
                     keys.work(partition),
                     *keys.status_indexes(partition),
                 ],
-                args=[instance_id, now_ms, event, expect_status or ""],
+                args=[instance_id, event["time"], dumps(event), expect_status or ""],
             )
             outcome = [text(x) for x in result]
             if outcome[0] == "ok":
@@ -251,6 +268,15 @@ class OperatorStore(StoreConnections):
                     raise instance_not_found(instance_id)
                 raise _not_finished(instance_id, text(current))
             self._check_durable(waited)
+
+
+def _event(event_type: str, now_ms: int, reason: str, operation: str) -> dict[str, Any]:
+    """An operator verb's history event; a bulk operation's names it, so that the holder after
+    a crash can tell an instance it acted on from one it did not (engine/runtime/bulk.py)."""
+    event: dict[str, Any] = {"type": event_type, "time": now_ms, "reason": reason}
+    if operation:
+        event[BULK_OPERATION_FIELD] = operation
+    return event
 
 
 def _not_finished(instance_id: str, status: str) -> FailedPreconditionError:

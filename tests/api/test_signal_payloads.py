@@ -16,9 +16,11 @@ from redis.asyncio import Redis
 from okra_sidecar.errors import Reason
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
+    KEYS,
     Stub,
     assert_reason,
     bad_request_fields,
+    eventually,
     expect_rpc_error,
     make_settings,
     redis_fingerprint,
@@ -185,3 +187,54 @@ async def test_a_bulk_signal_checks_its_payload_against_each_matched_workflow(
     for instance_id in ids:
         done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
         assert to_python(done.output)["data"] == {"by": "ops", "amount": 1}
+
+
+async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_payload(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    # Version 2 declares another payload: a ticket instead of an amount.
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "payloads.yaml").write_text(DEFINITION)
+    v2 = DEFINITION.replace("version: '1.0.0'", "version: '2.0.0'")
+    v2 = v2.replace("[by, amount]", "[by, ticket]").replace(
+        "amount: {type: integer, minimum: 0}", "ticket: {type: string}"
+    )
+    (workflows / "payloads-v2.yaml").write_text(v2)
+    v2_id = WORKFLOW_ID.replace("1.0.0", "2.0.0")
+    async with running_sidecar(make_settings(redis_url, workflows=workflows)) as (sidecar, stub):
+        v1_ids = [await waiting(stub), await waiting(stub)]
+        started = await stub.Run(pb.RunRequest(workflow_id=v2_id))
+        await wait_for_status(stub, started.instance_id, WAITING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            operator = opb_grpc.WorkflowOperatorAPIStub(channel)
+            reply = await operator.StartBulkOperation(
+                opb.StartBulkOperationRequest(
+                    filter=pb.QueryRequest(status=[pb.WORKFLOW_STATUS_WAITING]),
+                    action=opb.BULK_ACTION_SIGNAL,
+                    signal="approve",
+                    payload=value({"by": "ops", "amount": 1}),
+                )
+            )
+            assert reply.matched == 3
+
+            async def ended() -> bool:
+                got = await operator.GetBulkOperation(
+                    opb.GetBulkOperationRequest(operation_id=reply.operation_id)
+                )
+                return got.operation.state == opb.BULK_OPERATION_STATE_COMPLETED
+
+            await eventually(ended, timeout_s=30, what="the bulk signal ended")
+            operation = (
+                await operator.GetBulkOperation(
+                    opb.GetBulkOperationRequest(operation_id=reply.operation_id)
+                )
+            ).operation
+        assert (operation.done, operation.skipped, operation.failed) == (2, 1, 0)
+        assert dict(operation.reasons) == {f"input_schema_mismatch: {v2_id}": 1}
+        for instance_id in v1_ids:
+            await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        # The refused instance got nothing: still waiting, its inbox empty.
+        refused = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
+        assert refused.status == pb.WORKFLOW_STATUS_WAITING
+        assert await redis.xlen(KEYS.inbox(started.instance_id)) == 0

@@ -13,6 +13,19 @@ Each instance is decided by the policies before it is acted on, as the action's 
 operation's caller would be (policy/bulk_items.py); one they refuse is skipped, "denied by
 policy", and not touched. The action is applied only while the instance has the status the
 policies decided on; when it moved, they decide again.
+
+An operation an earlier version started kept no caller. While a policy set is in force, its
+instances cannot be decided as its caller's own calls, so the rest are skipped, "caller
+unknown", and not touched (start it again to go on); with no policy set, no decision depends
+on the caller and it goes on.
+
+A bulk SIGNAL's payload is checked against the schema each instance's own workflow declares
+for the signal (versions may declare different ones); an instance whose schema refuses it is
+skipped, "input_schema_mismatch: <workflow id>".
+
+After a crash, a pending instance is counted once, by what it shows: a suspend, resume or retry
+names the operation in the history event it writes, a cancel leaves it cancelled, a delete
+leaves it gone; one that shows nothing is decided and acted on as a new one.
 """
 
 from __future__ import annotations
@@ -24,9 +37,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from okra_sidecar.bulks import BulkAction, BulkRecord, BulkSpec, BulkState, ItemOutcome
+from okra_sidecar.bulks import (
+    BULK_OPERATION_FIELD,
+    BulkAction,
+    BulkRecord,
+    BulkSpec,
+    BulkState,
+    ItemOutcome,
+)
 from okra_sidecar.engine.interpreter.effects import signal_event
 from okra_sidecar.engine.runtime.cancelling import cancel_instance
+from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.errors import (
     FailedPreconditionError,
@@ -34,6 +55,7 @@ from okra_sidecar.errors import (
     NotFoundError,
     OkraError,
     PolicyDeniedError,
+    Reason,
     ResourceExhaustedError,
     StoreUnavailableError,
     instance_not_found,
@@ -43,21 +65,35 @@ from okra_sidecar.store.base import Store
 from okra_sidecar.store.bulk_store import ClaimResult, RedisBulkStore
 from okra_sidecar.tasks import cancel_and_wait
 
-__all__ = ["DENIED_BY_POLICY", "BulkItemAuthorizer", "BulkRunner", "bulk_signal_id"]
+__all__ = [
+    "CALLER_UNKNOWN",
+    "DENIED_BY_POLICY",
+    "BulkItemAuthorizer",
+    "BulkRunner",
+    "bulk_signal_id",
+]
 
 logger = logging.getLogger(__name__)
 
 # Instance ids read from the operation's list at a time.
 PAGE = 100
-# The status an action leaves an instance in: a pending instance found so was acted on.
-ACTED_STATUS = {
-    BulkAction.CANCEL: "cancelled",
-    BulkAction.SUSPEND: "suspended",
+# The history event an action writes, naming the operation (BULK_OPERATION_FIELD).
+ACTED_EVENT = {
+    BulkAction.SUSPEND: "workflow.suspended",
+    BulkAction.RESUME: "workflow.resumed",
+    BulkAction.RETRY: "workflow.retried",
 }
+# History events read at a time, and at most, looking for that event after a crash.
+HISTORY_PAGE = 500
+MAX_HISTORY_PAGES = 200
 
 
 # GetBulkOperation's reason for an instance the policies refused.
 DENIED_BY_POLICY = "denied by policy"
+# ... and for every instance of an operation that kept no caller, while policies are in force.
+CALLER_UNKNOWN = (
+    "caller unknown: an earlier version started this operation and kept no caller; start it again"
+)
 # A status the policies decided on may move under a signal or a commit; decide again this often.
 MAX_DECISIONS = 3
 # Waits for a shared rate limit (a bulk SIGNAL spends the signal rate) before an instance fails.
@@ -71,6 +107,10 @@ class BulkItemAuthorizer(Protocol):
     """
 
     def needs_instance(self, spec: BulkSpec) -> bool: ...
+
+    def knows_caller(self, spec: BulkSpec) -> bool:
+        """Whether the instances can be decided as the operation's caller's own calls."""
+        ...
 
     async def __call__(
         self,
@@ -100,8 +140,10 @@ class BulkRunner:
         lease_ms: int = 3000,
         clock: Callable[[], int] | None = None,
         authorize: BulkItemAuthorizer | None = None,
+        registry: WorkflowRegistry | None = None,
     ) -> None:
         self._store = store
+        self._registry = registry or WorkflowRegistry(store=store)
         self._authorize = authorize
         self._bulks = bulks
         self.owner = owner or f"bulk-{uuid.uuid4().hex[:12]}"
@@ -185,31 +227,41 @@ class BulkRunner:
         self, record: BulkRecord, instance_id: str, *, again: bool
     ) -> tuple[ItemOutcome, str]:
         """Apply the action to one instance: its outcome and, unless done, why."""
+        if again and await self._acted_already(record, instance_id):
+            return ItemOutcome.DONE, ""
+        if self._authorize is not None and not self._authorize.knows_caller(record.spec):
+            return ItemOutcome.SKIPPED, CALLER_UNKNOWN
         try:
+            refused = await self._payload_refused(record.spec, instance_id)
+            if refused:
+                return ItemOutcome.SKIPPED, refused
             await self._decided(record, instance_id)
         except StoreUnavailableError:
             raise  # the instance stays pending; whoever holds the lease next acts again
         except PolicyDeniedError:
-            if again and await self._acted_already(record, instance_id):
-                return ItemOutcome.DONE, ""
             return ItemOutcome.SKIPPED, DENIED_BY_POLICY
         except NotFoundError:
-            if again and record.spec.action is BulkAction.DELETE:
-                return ItemOutcome.DONE, ""
             return ItemOutcome.SKIPPED, "not found"
         except FailedPreconditionError as exc:
-            status = exc.metadata.get("status", "")
-            if again and (
-                ACTED_STATUS.get(record.spec.action) == status
-                or "suspended already" in str(exc)
-                or record.spec.action in (BulkAction.RESUME, BulkAction.RETRY)
-            ):
-                return ItemOutcome.DONE, ""
             return ItemOutcome.SKIPPED, _skip_reason(exc)
         except OkraError as exc:
             logger.warning("bulk %s on %s failed: %s", record.spec.action, instance_id, exc)
             return ItemOutcome.FAILED, exc.reason.value
         return ItemOutcome.DONE, ""
+
+    async def _payload_refused(self, spec: BulkSpec, instance_id: str) -> str:
+        """Why the schema the instance's workflow declares for a bulk SIGNAL's signal refuses
+        its payload ("" when it takes it, or the action is no signal)."""
+        if spec.action is not BulkAction.SIGNAL:
+            return ""
+        instance = await self._store.get_instance(instance_id)
+        if instance is None:
+            raise instance_not_found(instance_id)
+        definition = (await self._registry.get(instance.workflow_id)).definition
+        schema = definition.signal_payloads.get(spec.signal)
+        if schema is None or schema.problem(spec.payload) is None:
+            return ""
+        return f"{Reason.INPUT_SCHEMA_MISMATCH.value.lower()}: {instance.workflow_id}"
 
     async def _decided(self, record: BulkRecord, instance_id: str) -> Any:
         """Decide the instance, then apply the action while it still has the status decided on."""
@@ -253,10 +305,35 @@ class BulkRunner:
 
     async def _acted_already(self, record: BulkRecord, instance_id: str) -> bool:
         """Whether a pending instance shows the action taken by the holder before a crash."""
+        action = record.spec.action
+        event_type = ACTED_EVENT.get(action)
+        if event_type is not None:
+            return await self._history_names(instance_id, event_type, record.operation_id)
+        if action is BulkAction.SIGNAL:
+            return False  # sent again under the same id, a signal is taken once
         instance = await self._store.get_instance(instance_id)
         if instance is None:
-            return record.spec.action is BulkAction.DELETE
-        return ACTED_STATUS.get(record.spec.action) == instance.status.value
+            return action is BulkAction.DELETE
+        return action is BulkAction.CANCEL and instance.status.value == "cancelled"
+
+    async def _history_names(self, instance_id: str, event_type: str, operation_id: str) -> bool:
+        """Whether the instance's history holds `event_type` written by the operation."""
+        cursor = ""
+        for _ in range(MAX_HISTORY_PAGES):
+            try:
+                page = await self._store.history(instance_id, after=cursor, limit=HISTORY_PAGE)
+            except NotFoundError:
+                return False
+            for _, event in page.events:
+                if (
+                    event.get("type") == event_type
+                    and event.get(BULK_OPERATION_FIELD) == operation_id
+                ):
+                    return True
+            if not page.cursor:
+                return False
+            cursor = page.cursor
+        return False
 
     async def _apply(self, record: BulkRecord, instance_id: str, expected: str | None) -> Any:
         spec = record.spec
@@ -267,16 +344,27 @@ class BulkRunner:
             return await cancel_instance(
                 store, instance_id, reason=spec.reason, now_ms=now, expect_status=expected
             )
+        operation = record.operation_id
         if action is BulkAction.SUSPEND:
             return await store.suspend(
-                instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+                instance_id,
+                reason=spec.reason,
+                now_ms=now,
+                expect_status=expected,
+                operation=operation,
             )
         if action is BulkAction.RESUME:
             return await store.resume(
-                instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+                instance_id,
+                reason=spec.reason,
+                now_ms=now,
+                expect_status=expected,
+                operation=operation,
             )
         if action is BulkAction.RETRY:
-            return await retry_instance(store, instance_id, reason=spec.reason, now_ms=now)
+            return await retry_instance(
+                store, instance_id, reason=spec.reason, now_ms=now, operation=operation
+            )
         if action is BulkAction.DELETE:
             return await store.delete(instance_id)
         signal_id = bulk_signal_id(record.operation_id, instance_id)

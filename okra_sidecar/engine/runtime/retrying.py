@@ -30,6 +30,7 @@ async def retry_instance(
     reason: str,
     now_ms: int,
     variables: Mapping[str, Any] | None = None,
+    operation: str = "",
 ) -> tuple[str, str]:
     """Run a failed instance again from the task that failed it; (its workflow id, the task).
 
@@ -62,6 +63,7 @@ async def retry_instance(
             reason=reason,
             task=task,
             now_ms=now_ms,
+            operation=operation,
         )
         if workflow_id is not None:
             return workflow_id, task

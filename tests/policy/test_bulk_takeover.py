@@ -1,0 +1,168 @@
+"""A bulk operation taken over from a holder that stopped: each instance counted once, by what
+it shows, and an operation an earlier version started (no caller kept) under policies."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from okra_client.gen.workflow.v1 import operator_pb2 as opb
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from redis.asyncio import Redis
+
+from okra_sidecar.bulks import BULK_OPERATION_FIELD, BulkAction, BulkSpec
+from okra_sidecar.engine.runtime.bulk import CALLER_UNKNOWN
+from okra_sidecar.policy import document as keys
+from okra_sidecar.store.bulk_store import RedisBulkStore
+from tests.policy.support import OperatorStub, Policed, operated
+from tests.policy.test_bulk_policies import DENIED, statuses, tally, waiting
+
+SUSPENDED = pb.WORKFLOW_STATUS_SUSPENDED
+WAITING = pb.WORKFLOW_STATUS_WAITING
+# The holder that "crashed": its lease ran out a second ago.
+CRASHED = "bulk-crashed"
+# Resume and Retry decided on the status they act on: a repeat after the action is refused.
+ONLY_SUSPENDED = {keys.OPERATOR_CONDITIONS["resume"]: "instance.status == 'suspended'"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def bulk_store(policed: Policed, redis: Redis) -> RedisBulkStore:
+    return RedisBulkStore(redis=redis, keys=policed.sidecar.store.keys)
+
+
+async def suspended(policed: Policed, operator: OperatorStub, count: int) -> list[str]:
+    ids = await waiting(policed, "test.smoke.1.0.0", count, batch="t")
+    for instance_id in ids:
+        await operator.Suspend(opb.SuspendRequest(instance_id=instance_id, reason="hold"))
+    return ids
+
+
+async def operation_of(
+    policed: Policed, operator: OperatorStub, action: opb.BulkAction.ValueType
+) -> str:
+    """A bulk operation over batch `t`, left to the test: the sidecar's own runner is stopped."""
+    await policed.sidecar.bulk.stop()
+    reply = await operator.StartBulkOperation(
+        opb.StartBulkOperationRequest(
+            filter=pb.QueryRequest(tags={"batch": "t"}), action=action, reason="takeover"
+        )
+    )
+    return reply.operation_id
+
+
+async def claimed_by_crashed_holder(bulks: RedisBulkStore, operation_id: str) -> str:
+    """The instance at the cursor, claimed (`pending`) by a holder whose lease ran out."""
+    then = now_ms() - 1000
+    assert await bulks.take_lease(operation_id, CRASHED, now_ms=then, lease_ms=1)
+    [first] = await bulks.instance_ids(operation_id, 0, 1)
+    assert await bulks.claim(operation_id, CRASHED, first, now_ms=then, lease_ms=1) == "new"
+    return first
+
+
+async def resumes(policed: Policed, instance_id: str) -> list[dict[str, Any]]:
+    """The instance's `workflow.resumed` history events."""
+    page = await policed.sidecar.store.history(instance_id, after="", limit=1000)
+    return [event for _, event in page.events if event["type"] == "workflow.resumed"]
+
+
+async def get(operator: OperatorStub, operation_id: str) -> opb.BulkOperation:
+    request = opb.GetBulkOperationRequest(operation_id=operation_id)
+    return (await operator.GetBulkOperation(request)).operation
+
+
+async def test_an_instance_resumed_before_the_crash_counts_done_once(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, ONLY_SUSPENDED) as (policed, operator):
+        ids = await suspended(policed, operator, 3)
+        operation_id = await operation_of(policed, operator, opb.BULK_ACTION_RESUME)
+        bulks = bulk_store(policed, redis)
+        first = await claimed_by_crashed_holder(bulks, operation_id)
+        # The holder resumed it, then stopped before recording it.
+        await policed.sidecar.store.resume(
+            first, reason="takeover", now_ms=now_ms(), operation=operation_id
+        )
+        # Decided again, the resume would be refused (the instance is no longer suspended):
+        # its history says this operation resumed it, so it counts done, once.
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (3, 3, 0, 0) and dict(operation.reasons) == {}
+        assert await statuses(policed, ids) == {WAITING}
+        for instance_id in ids:
+            named = [e[BULK_OPERATION_FIELD] for e in await resumes(policed, instance_id)]
+            assert named == [operation_id], instance_id
+
+
+async def test_a_pending_instance_someone_else_resumed_is_skipped_not_counted_done(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, ONLY_SUSPENDED) as (policed, operator):
+        ids = await suspended(policed, operator, 2)
+        operation_id = await operation_of(policed, operator, opb.BULK_ACTION_RESUME)
+        bulks = bulk_store(policed, redis)
+        first = await claimed_by_crashed_holder(bulks, operation_id)
+        # Claimed, never acted on; an operator's own Resume came in between.
+        await operator.Resume(opb.ResumeRequest(instance_id=first))
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (2, 1, 1, 0) and dict(operation.reasons) == {DENIED: 1}
+        assert (await bulks.item_outcomes(operation_id))[first] == "skipped"
+        assert await statuses(policed, ids) == {WAITING}
+
+
+async def test_an_instance_claimed_but_not_acted_on_is_acted_on_once(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, ONLY_SUSPENDED) as (policed, operator):
+        ids = await suspended(policed, operator, 2)
+        operation_id = await operation_of(policed, operator, opb.BULK_ACTION_RESUME)
+        first = await claimed_by_crashed_holder(bulk_store(policed, redis), operation_id)
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        assert tally(await get(operator, operation_id)) == (2, 2, 0, 0)
+        assert await statuses(policed, ids) == {WAITING}
+        assert len(await resumes(policed, first)) == 1
+
+
+async def older_operation(
+    policed: Policed, redis: Redis, action: BulkAction, instance_ids: list[str]
+) -> str:
+    """An operation as an earlier version stored it: its spec names no caller."""
+    await policed.sidecar.bulk.stop()
+    bulks = bulk_store(policed, redis)
+    operation_id = "00000000-0000-4000-8000-0000000000aa"
+    await bulks.create(operation_id, BulkSpec(action=action), instance_ids, now_ms=now_ms())
+    spec = BulkSpec(action=action).to_json()
+    del spec["owner"], spec["ownerPeer"]
+    await redis.hset(policed.sidecar.store.keys.bulk(operation_id), "spec", json.dumps(spec))
+    return operation_id
+
+
+async def test_an_operation_without_a_caller_is_not_continued_under_policies(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, ONLY_SUSPENDED) as (policed, operator):
+        ids = await suspended(policed, operator, 3)
+        operation_id = await older_operation(policed, redis, BulkAction.RESUME, ids)
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert operation.state == opb.BULK_OPERATION_STATE_COMPLETED
+        assert tally(operation) == (3, 0, 3, 0)
+        assert dict(operation.reasons) == {CALLER_UNKNOWN: 3}
+        # Nothing was decided as an anonymous caller, nothing touched.
+        assert await statuses(policed, ids) == {SUSPENDED}
+
+
+async def test_an_operation_without_a_caller_goes_on_with_no_policy_set(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids = await suspended(policed, operator, 2)
+        operation_id = await older_operation(policed, redis, BulkAction.RESUME, ids)
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        assert tally(await get(operator, operation_id)) == (2, 2, 0, 0)
+        assert await statuses(policed, ids) == {WAITING}
