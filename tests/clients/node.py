@@ -8,12 +8,15 @@ silently.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NODE_DIR = REPO_ROOT / "clients" / "node"
 STAMP_NAME = ".okra-lock-sha256"
 INSTALL_TIMEOUT_S = 300
+# How long one script may run against a sidecar.
+SCRIPT_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,26 @@ def run_tsc(toolchain: NodeToolchain, *args: str, cwd: Path) -> subprocess.Compl
     return subprocess.run(
         [*toolchain.tsc, *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
+
+
+def build_client(toolchain: NodeToolchain) -> NodeToolchain:
+    """The client and its test scripts compiled by tsc (strict) into clients/node/dist."""
+    built = run_tsc(toolchain, "-p", ".", cwd=NODE_DIR)
+    assert built.returncode == 0, f"tsc -p clients/node:\n{built.stdout}{built.stderr}"
+    return toolchain
+
+
+async def run_node(toolchain: NodeToolchain, script: Path, *args: str) -> dict[str, Any]:
+    """Run a compiled script; its last line is a JSON report with `ok`."""
+    process = await asyncio.create_subprocess_exec(
+        toolchain.node,
+        str(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), SCRIPT_TIMEOUT_S)
+    assert process.returncode == 0, f"node {script.name} failed:\n{err.decode()}{out.decode()}"
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["ok"] is True
+    return report

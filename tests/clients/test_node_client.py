@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -17,37 +15,30 @@ from okra_sidecar.config import TlsSettings
 from okra_sidecar.errors import REASONS
 from okra_sidecar.server import Sidecar
 from tests.client.test_retries import INSTANCE_ID, FlakyServicer, flaky  # noqa: F401 - fixture
-from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc
+from tests.clients.node import (
+    NODE_DIR,
+    SCRIPT_TIMEOUT_S,
+    NodeToolchain,
+    build_client,
+    ensure_node_modules,
+    run_node,
+)
 from tests.helpers import WORKFLOWS_DIR, Stub, make_settings, running_sidecar
 from tests.pki import Authority
 from tests.policy.support import policy_settings, write_policies
 
-E2E_TIMEOUT_S = 60
+E2E_TIMEOUT_S = SCRIPT_TIMEOUT_S
 
 
 @pytest.fixture(scope="session")
 def node_client() -> NodeToolchain:
     """The client and its e2e script compiled by tsc (strict) into clients/node/dist."""
-    toolchain = ensure_node_modules()
-    built = run_tsc(toolchain, "-p", ".", cwd=NODE_DIR)
-    assert built.returncode == 0, f"tsc -p clients/node:\n{built.stdout}{built.stderr}"
-    return toolchain
+    return build_client(ensure_node_modules())
 
 
 async def run_script(toolchain: NodeToolchain, script: str, *args: str) -> dict[str, Any]:
     """Run a compiled clients/node/test script; its last line is a JSON report with `ok`."""
-    process = await asyncio.create_subprocess_exec(
-        toolchain.node,
-        str(NODE_DIR / "dist" / "test" / script),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), E2E_TIMEOUT_S)
-    assert process.returncode == 0, f"node {script} failed:\n{err.decode()}{out.decode()}"
-    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    assert report["ok"] is True
-    return report
+    return await run_node(toolchain, NODE_DIR / "dist" / "test" / script, *args)
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S + 30)

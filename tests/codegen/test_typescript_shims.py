@@ -7,9 +7,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 
 from okra_sidecar.cli import main as cli_main
-from tests.clients.node import NODE_DIR, NodeToolchain, ensure_node_modules, run_tsc
+from tests.clients.node import (
+    NODE_DIR,
+    SCRIPT_TIMEOUT_S,
+    NodeToolchain,
+    build_client,
+    ensure_node_modules,
+    run_node,
+    run_tsc,
+)
 from tests.codegen.support import (
     WORKFLOWS_DIR,
     copy_workflows,
@@ -17,6 +26,7 @@ from tests.codegen.support import (
     marked_lines,
     rename_order_id,
 )
+from tests.helpers import make_settings, running_sidecar, to_python
 
 TSC_ERROR = r"^{file}\((?P<line>\d+),\d+\): error"
 CLIENT = (NODE_DIR / "src" / "client").as_posix()
@@ -114,9 +124,13 @@ def generate(workflows: Path, out: Path) -> None:
     assert cli_main(args) == 0
 
 
-def tsc(node: NodeToolchain, project: Path, *files: str) -> subprocess.CompletedProcess[str]:
+def tsc(
+    node: NodeToolchain, project: Path, *files: str, emit_to: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """tsc --strict on `files`: only a check, or JavaScript written to `emit_to`."""
     types = str(NODE_DIR / "node_modules" / "@types")
-    options = ["--noEmit", "--strict", "--target", "ES2022", "--module", "commonjs"]
+    emit = ["--outDir", str(emit_to), "--rootDir", "."] if emit_to else ["--noEmit"]
+    options = [*emit, "--strict", "--target", "ES2022", "--module", "commonjs"]
     options += ["--moduleResolution", "node", "--typeRoots", types, "--types", "node"]
     options += ["--skipLibCheck"]
     return run_tsc(node, *options, *files, cwd=project)
@@ -148,3 +162,68 @@ def test_tsc_checks_callers_and_notices_a_schema_change(
     assert "'orderId' does not exist in type 'CheckoutInput'" in result.stdout, result.stdout
     renamed = next(n for n, line in enumerate(CALLER.splitlines(), 1) if 'orderId: "A-1"' in line)
     assert error_lines(result.stdout, "caller.ts", TSC_ERROR) == {renamed}, result.stdout
+
+
+# Run, not only checked: the typed handle of shop.refund against a real sidecar, with the
+# client compiled from clients/node (its declarations type the script, its JavaScript runs).
+RUNNER = f"""\
+import {{ deepEqual, equal }} from "node:assert/strict";
+import {{ OkraClient, OkraError }} from "{(NODE_DIR / "dist" / "src" / "client").as_posix()}";
+import {{ RefundOutput, refundHandle, startRefund }} from "./shims/shop_refund_v1_0_0";
+
+async function main(address: string): Promise<void> {{
+  const client = new OkraClient(address, {{ timeoutMs: 10_000 }});
+  try {{
+    const approved = await startRefund(client, {{ amountCents: 500 }}, {{ tags: {{ via: "ts" }} }});
+    await approved.signal("approve", {{ by: "grace" }}, "typed-approve");
+    const decided: RefundOutput = await approved.result({{ timeoutMs: 30_000 }});
+    deepEqual(decided, {{ approved: true, by: "grace" }});
+
+    const rejected = refundHandle(client, await client.run({{
+      workflowId: "shop.refund.1.0.0", input: {{ amountCents: 7 }},
+    }}));
+    // Past the types (as JavaScript callers can be): the sidecar checks the payload too.
+    const untyped = rejected.handle;
+    let refused: OkraError | undefined;
+    try {{
+      await untyped.signal("approve", {{ by: "" }});
+    }} catch (error) {{
+      if (!(error instanceof OkraError)) throw error;
+      refused = error;
+    }}
+    if (refused === undefined) throw new Error("an approve payload with an empty name went in");
+    equal(refused.reason, "INPUT_SCHEMA_MISMATCH");
+    deepEqual(refused.fieldViolations.map((v) => v.field), ["payload.by"]);
+    await rejected.signal("reject", {{ note: "too late" }});
+    const no: RefundOutput = await rejected.result({{ timeoutMs: 30_000 }});
+    deepEqual(no, {{ approved: false, by: "unknown" }});
+    console.log(JSON.stringify({{ ok: true, approved: approved.id, rejected: rejected.id }}));
+  }} finally {{
+    client.close();
+  }}
+}}
+
+main(process.argv[2]).catch((error) => {{
+  console.error(error);
+  process.exit(1);
+}});
+"""
+
+
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S + 120)
+async def test_generated_typescript_runs_against_a_sidecar(
+    node: NodeToolchain, tmp_path: Path, redis_url: str
+) -> None:
+    build_client(node)
+    generate(WORKFLOWS_DIR, tmp_path / "shims")
+    (tmp_path / "runner.ts").write_text(RUNNER)
+    built = tsc(node, tmp_path, "runner.ts", emit_to=tmp_path / "out")
+    assert built.returncode == 0, built.stdout + built.stderr
+    settings = make_settings(redis_url, workflows=WORKFLOWS_DIR)
+    async with running_sidecar(settings) as (sidecar, stub):
+        report = await run_node(node, tmp_path / "out" / "runner.js", f"127.0.0.1:{sidecar.port}")
+        # What the generated code did is what the sidecar holds.
+        for instance_id, decided in ((report["approved"], True), (report["rejected"], False)):
+            done = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+            assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+            assert to_python(done.output)["approved"] is decided
