@@ -112,6 +112,7 @@ class EffectRuntime:
             claim_idle_ms=engine.claim_idle_ms,
             read_block_ms=engine.read_block_ms,
             triggers=triggers,
+            registry=registry,
         )
         if limits is None:
             limits = RedisLimitStore(redis=redis, keys=keys)

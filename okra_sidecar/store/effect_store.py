@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EffectEntry",
     "EventEntry",
+    "Listener",
     "RedisEffectStore",
     "TaskEntry",
 ]
@@ -89,6 +90,14 @@ class EventEntry:
     event: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An instance listening for routed events: its subscription record and its workflow."""
+
+    record: str
+    workflow_id: str
+
+
 class RedisEffectStore:
     """Effects, worker tasks and events in Redis, on a client it does not own."""
 
@@ -98,6 +107,7 @@ class RedisEffectStore:
         # The shared pool, replies raw, for read_partitions.
         self._pooled = pooled_commands(redis)
         self._deliver = redis.register_script(load_script("deliver"))
+        self._refuse = redis.register_script(load_script("refuse_event"))
         self._complete = redis.register_script(load_script("complete_task"))
         self._enqueue = redis.register_script(load_script("enqueue_task"))
         self._heartbeat = redis.register_script(load_script("heartbeat"))
@@ -218,6 +228,21 @@ class RedisEffectStore:
         with map_redis_errors():
             outcome = await self._deliver(
                 keys=self.keys.delivery_keys(instance_id), args=[instance_id, dedup, dumps(event)]
+            )
+        return _text(outcome)
+
+    async def refuse(self, instance_id: str, dedup: str, record: dict[str, Any]) -> str:
+        """Record in an instance's history, once per dedup id, a routed event it was not given
+        ('ok', 'duplicate', 'finished' or 'missing'); see refuse_event.lua."""
+        keys = self.keys
+        with map_redis_errors():
+            outcome = await self._refuse(
+                keys=[
+                    keys.instance(instance_id),
+                    keys.history(instance_id),
+                    keys.delivered(instance_id),
+                ],
+                args=[dedup, dumps(record)],
             )
         return _text(outcome)
 
@@ -459,8 +484,9 @@ class RedisEffectStore:
                 pipe.xdel(self.keys.events, *entry_ids)
                 await pipe.execute()
 
-    async def subscribers(self, event_types: Sequence[str]) -> dict[str, str]:
-        """Instance id -> its subscription record, for every instance listening to the types."""
+    async def subscribers(self, event_types: Sequence[str]) -> dict[str, Listener]:
+        """Instance id -> its subscription record and workflow, for every instance listening to
+        the types."""
         keys = self.keys
         with map_redis_errors():
             # Every partition's sets, one command each (they live in different slots).
@@ -474,13 +500,13 @@ class RedisEffectStore:
                 return {}
             async with self.redis.pipeline(transaction=False) as pipe:
                 for instance_id in ids:
-                    pipe.hmget(self.keys.instance(instance_id), "subs", "status")
+                    pipe.hmget(self.keys.instance(instance_id), "subs", "status", "wf")
                 rows = await pipe.execute()
-        found: dict[str, str] = {}
+        found: dict[str, Listener] = {}
         stale: list[tuple[str, str]] = []
-        for instance_id, (record, status) in zip(ids, rows, strict=True):
+        for instance_id, (record, status, workflow_id) in zip(ids, rows, strict=True):
             if record and status and InstanceStatus(_text(status)) is not InstanceStatus.CANCELLED:
-                found[instance_id] = _text(record)
+                found[instance_id] = Listener(_text(record), _text(workflow_id or b""))
             elif not record:
                 stale += [(t, instance_id) for t in event_types]
         if stale:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.errors import Reason
+from okra_sidecar.executors.router import REFUSED_EVENT
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
     KEYS,
@@ -238,3 +240,47 @@ async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_paylo
         refused = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
         assert refused.status == pb.WORKFLOW_STATUS_WAITING
         assert await redis.xlen(KEYS.inbox(started.instance_id)) == 0
+
+
+async def history(redis: Redis, instance_id: str) -> list[dict[str, Any]]:
+    entries: Any = await redis.xrange(KEYS.history(instance_id))
+    return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+def emit(event_type: str, event_id: str, data: Any) -> pb.EmitRequest:
+    return pb.EmitRequest(type=event_type, source="tests/emit", id=event_id, data=value(data))
+
+
+async def test_an_emitted_event_that_breaks_the_schema_is_not_delivered_and_history_says_why(
+    stub: Stub, redis: Redis
+) -> None:
+    instance_id = await waiting(stub)
+    # Emit cannot know which instances an event will reach: it is routed after the call
+    # returns, and checked then against each listening instance's schema.
+    sent = await stub.Emit(emit("approve", "e-1", {"by": "", "amount": 1}))
+    assert sent.id == "e-1"
+
+    async def refused() -> bool:
+        return any(e["type"] == REFUSED_EVENT for e in await history(redis, instance_id))
+
+    await eventually(refused, timeout_s=10, what="the refusal recorded")
+    # Routed again (the same source and id), it is neither delivered nor recorded twice.
+    await stub.Emit(emit("approve", "e-1", {"by": "", "amount": 1}))
+    [record] = [e for e in await history(redis, instance_id) if e["type"] == REFUSED_EVENT]
+    assert record["event"] == {"type": "approve", "id": "e-1", "source": "tests/emit"}
+    assert record["reason"] == Reason.INPUT_SCHEMA_MISMATCH.value
+    assert "/by" in record["problem"], record
+    assert await redis.xlen(KEYS.inbox(instance_id)) == 0
+    still = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+    assert still.status == pb.WORKFLOW_STATUS_WAITING
+    # An event that fits is delivered.
+    await stub.Emit(emit("approve", "e-2", {"by": "ada", "amount": 2}))
+    done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output) == {"decision": "approve", "data": {"by": "ada", "amount": 2}}
+
+
+async def test_an_emitted_event_of_a_type_without_a_schema_takes_any_data(stub: Stub) -> None:
+    instance_id = await waiting(stub)
+    await stub.Emit(emit("reject", "e-3", [1, "any json"]))
+    done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+    assert to_python(done.output) == {"decision": "reject", "data": [1, "any json"]}

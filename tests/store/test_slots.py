@@ -28,6 +28,7 @@ from okra_sidecar.instances import InstanceStatus, ParentLink
 from okra_sidecar.server import Sidecar
 from okra_sidecar.store.base import Subscriptions, TurnExtras
 from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike, evalsha_with
 from okra_sidecar.store.policy_store import RedisPolicyStore
@@ -218,8 +219,9 @@ async def run_every_script(redis: Redis, redis_url: str) -> None:
             await run_bulk_scripts(operator)
             await run_schedule_scripts(spb_grpc.ScheduleHostAPIStub(channel))
         # What no rpc of the test workflows reaches: an `all` trigger's collection, the slow
-        # lane, a rate limit, a policy set, and a reservation that never became an instance
-        # (trigger_collect, mark_slow, gcra, policy_set, void).
+        # lane, a rate limit, a policy set, a reservation that never became an instance and a
+        # routed event refused by a payload schema (trigger_collect, mark_slow, gcra,
+        # policy_set, void, refuse_event).
         keys, store = running.store.keys, running.store
         triggers = RedisScheduleStore(redis=redis, keys=keys)
         await triggers.collect_trigger_event("tests.steps", index=0, needed=1, event={"id": "e"})
@@ -229,6 +231,8 @@ async def run_every_script(redis: Redis, redis_url: str) -> None:
         await policies.publish_policies("{}", source="tests", digest="d")
         await redis.zadd(keys.limit_active(keys.scope), {IDS[9]: 1})
         await store.limits.repair()
+        refused = {"type": "event.refused", "event": {"type": "approve"}}
+        await RedisEffectStore(redis=redis, keys=keys).refuse(waiting, "event:tests\ne", refused)
 
 
 async def run_instance_scripts(stub: Stub, operator: OperatorStub) -> None:

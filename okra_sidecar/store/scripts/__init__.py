@@ -10,7 +10,17 @@ from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 STATUS_SLOTS = {"commit": 7, "cancel": 5, "suspend": 4, "resume": 4, "retry": 4, "reset": 4}
 # Scripts that hand events to instances get the helpers of lib.lua (deliver, resubscribe, ...).
 LIBRARY_USERS = frozenset(
-    {"commit", "cancel", "deliver", "complete_task", "suspend", "resume", "retry", "reset"}
+    {
+        "commit",
+        "cancel",
+        "deliver",
+        "complete_task",
+        "suspend",
+        "resume",
+        "retry",
+        "reset",
+        "refuse_event",
+    }
 )
 # Scripts made of others: each part becomes a local function of its name taking KEYS and ARGV,
 # so the parts keep their own layouts and stay the single copy of what they do.

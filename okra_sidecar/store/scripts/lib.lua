@@ -1,8 +1,8 @@
 -- Helpers shared by the scripts that hand something to an instance (prepended by load_script).
 
--- Put an event in an unfinished instance's inbox once per dedup id, and ask for a turn.
--- Returns 'ok', 'duplicate', 'finished' or 'missing'.
-local function deliver(k_instance, k_inbox, k_delivered, k_work, instance_id, dedup, event)
+-- Take dedup id `dedup` for an unfinished instance: nil once taken, else why not
+-- ('duplicate', 'finished' or 'missing').
+local function take_once(k_instance, k_delivered, dedup)
   local status = redis.call('HGET', k_instance, 'status')
   if not status then
     return 'missing'
@@ -12,6 +12,16 @@ local function deliver(k_instance, k_inbox, k_delivered, k_work, instance_id, de
   end
   if redis.call('SADD', k_delivered, dedup) == 0 then
     return 'duplicate'
+  end
+  return nil
+end
+
+-- Put an event in an unfinished instance's inbox once per dedup id, and ask for a turn.
+-- Returns 'ok', 'duplicate', 'finished' or 'missing'.
+local function deliver(k_instance, k_inbox, k_delivered, k_work, instance_id, dedup, event)
+  local refused = take_once(k_instance, k_delivered, dedup)
+  if refused then
+    return refused
   end
   redis.call('XADD', k_inbox, '*', 'e', event)
   redis.call('XADD', k_work, '*', 'i', instance_id)
