@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest_asyncio
+from google.protobuf.json_format import MessageToDict
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import operator_pb2_grpc as opb_grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
@@ -242,9 +242,10 @@ async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_paylo
         assert await redis.xlen(KEYS.inbox(started.instance_id)) == 0
 
 
-async def history(redis: Redis, instance_id: str) -> list[dict[str, Any]]:
-    entries: Any = await redis.xrange(KEYS.history(instance_id))
-    return [json.loads(fields[b"e"]) for _, fields in entries]
+async def history(stub: Stub, instance_id: str) -> list[dict[str, Any]]:
+    """The instance's history as GetHistory shows it: each event's type and details."""
+    page = await stub.GetHistory(pb.GetHistoryRequest(instance_id=instance_id, limit=1000))
+    return [{"type": e.type, **MessageToDict(e.details)} for e in page.events]
 
 
 def emit(event_type: str, event_id: str, data: Any) -> pb.EmitRequest:
@@ -261,12 +262,12 @@ async def test_an_emitted_event_that_breaks_the_schema_is_not_delivered_and_hist
     assert sent.id == "e-1"
 
     async def refused() -> bool:
-        return any(e["type"] == REFUSED_EVENT for e in await history(redis, instance_id))
+        return any(e["type"] == REFUSED_EVENT for e in await history(stub, instance_id))
 
     await eventually(refused, timeout_s=10, what="the refusal recorded")
     # Routed again (the same source and id), it is neither delivered nor recorded twice.
     await stub.Emit(emit("approve", "e-1", {"by": "", "amount": 1}))
-    [record] = [e for e in await history(redis, instance_id) if e["type"] == REFUSED_EVENT]
+    [record] = [e for e in await history(stub, instance_id) if e["type"] == REFUSED_EVENT]
     assert record["event"] == {"type": "approve", "id": "e-1", "source": "tests/emit"}
     assert record["reason"] == Reason.INPUT_SCHEMA_MISMATCH.value
     assert "/by" in record["problem"], record
