@@ -8,19 +8,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.bulks import BULK_OPERATION_FIELD, BulkAction, BulkSpec
 from okra_sidecar.engine.runtime.bulk import CALLER_UNKNOWN
+from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.policy import document as keys
+from okra_sidecar.server import Sidecar
 from okra_sidecar.store.bulk_store import RedisBulkStore
+from tests.helpers import Stub, eventually, value, wait_for_status
 from tests.policy.support import OperatorStub, Policed, operated
 from tests.policy.test_bulk_policies import DENIED, statuses, tally, waiting
 
 SUSPENDED = pb.WORKFLOW_STATUS_SUSPENDED
 WAITING = pb.WORKFLOW_STATUS_WAITING
+FAILED = pb.WORKFLOW_STATUS_FAILED
 # The holder that "crashed": its lease ran out a second ago.
 CRASHED = "bulk-crashed"
 # Resume and Retry decided on the status they act on: a repeat after the action is refused.
@@ -166,3 +171,44 @@ async def test_an_operation_without_a_caller_goes_on_with_no_policy_set(
         assert await policed.sidecar.bulk.run_once(operation_id)
         assert tally(await get(operator, operation_id)) == (2, 2, 0, 0)
         assert await statuses(policed, ids) == {WAITING}
+
+
+async def test_an_instance_retried_before_the_crash_is_not_retried_again(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    # The retried instance fails again at once: decided again, a second retry would run it.
+    running, stub = sidecar
+    failing = pb.RunRequest(
+        workflow_id="tests.order.1.0.0", input=value({"kind": "x"}), tags={"batch": "t"}
+    )
+    ids = [(await stub.Run(failing)).instance_id for _ in range(2)]
+    for instance_id in ids:
+        await wait_for_status(stub, instance_id, {FAILED})
+    await running.bulk.stop()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        operator = OperatorStub(channel)
+        reply = await operator.StartBulkOperation(
+            opb.StartBulkOperationRequest(
+                filter=pb.QueryRequest(tags={"batch": "t"}), action=opb.BULK_ACTION_RETRY
+            )
+        )
+        operation_id = reply.operation_id
+        bulks = RedisBulkStore(redis=redis, keys=running.store.keys)
+        first = await claimed_by_crashed_holder(bulks, operation_id)
+        await retry_instance(
+            running.store, first, reason="takeover", now_ms=now_ms(), operation=operation_id
+        )
+
+        async def failed_again() -> bool:
+            page = await running.store.history(first, after="", limit=1000)
+            finished = [e for _, e in page.events if e["type"] == "workflow.faulted"]
+            return len(finished) == 2
+
+        await eventually(failed_again, timeout_s=10, what="the retried instance failed again")
+        assert await running.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+    assert tally(operation) == (2, 2, 0, 0)
+    for instance_id in ids:
+        page = await running.store.history(instance_id, after="", limit=1000)
+        retried = [e for _, e in page.events if e["type"] == "workflow.retried"]
+        assert len(retried) == 1, instance_id
