@@ -49,3 +49,11 @@ class SignalStore(StoreConnections):
             if outcome[0] == "ok":
                 self._check_durable(waited)
         return outcome[0] == "duplicate"
+
+    async def signal_delivered(self, instance_id: str, signal_id: str) -> bool:
+        """Whether `signal_id` was delivered to the instance (its ids stay until it is purged)."""
+        with map_redis_errors():
+            found = await self.hot.execute(
+                "SISMEMBER", self.keys.signal_ids(instance_id), signal_id
+            )
+        return int(found) == 1

@@ -14,7 +14,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from okra_sidecar.bulks import BULK_OPERATION_FIELD, BulkAction, BulkSpec
-from okra_sidecar.engine.runtime.bulk import CALLER_UNKNOWN
+from okra_sidecar.engine.runtime.bulk import CALLER_UNKNOWN, bulk_signal_id
 from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.policy import document as keys
 from okra_sidecar.server import Sidecar
@@ -212,3 +212,31 @@ async def test_an_instance_retried_before_the_crash_is_not_retried_again(
         page = await running.store.history(instance_id, after="", limit=1000)
         retried = [e for _, e in page.events if e["type"] == "workflow.retried"]
         assert len(retried) == 1, instance_id
+
+
+async def test_an_instance_signalled_before_the_crash_counts_done_once(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # Signal decided on a waiting instance: the signal finished it, so a repeat is refused.
+    policies = {keys.SIGNAL_CONDITION: "instance.status == 'waiting'"}
+    async with operated(redis_url, tmp_path, policies) as (policed, operator):
+        ids = await waiting(policed, "test.smoke.1.0.0", 2, batch="t")
+        await policed.sidecar.bulk.stop()
+        reply = await operator.StartBulkOperation(
+            opb.StartBulkOperationRequest(
+                filter=pb.QueryRequest(tags={"batch": "t"}),
+                action=opb.BULK_ACTION_SIGNAL,
+                signal="approved",
+            )
+        )
+        operation_id = reply.operation_id
+        first = await claimed_by_crashed_holder(bulk_store(policed, redis), operation_id)
+        signal_id = bulk_signal_id(operation_id, first)
+        await policed.stub.Signal(
+            pb.SignalRequest(instance_id=first, signal="approved", signal_id=signal_id)
+        )
+        await wait_for_status(policed.stub, first, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (2, 2, 0, 0) and dict(operation.reasons) == {}
+        assert await statuses(policed, ids) == {pb.WORKFLOW_STATUS_COMPLETED}

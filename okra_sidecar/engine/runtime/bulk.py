@@ -24,8 +24,9 @@ for the signal (versions may declare different ones); an instance whose schema r
 skipped, "input_schema_mismatch: <workflow id>".
 
 After a crash, a pending instance is counted once, by what it shows: a suspend, resume or retry
-names the operation in the history event it writes, a cancel leaves it cancelled, a delete
-leaves it gone; one that shows nothing is decided and acted on as a new one.
+names the operation in the history event it writes, a signal's id is among those the instance
+was given, a cancel leaves it cancelled, a delete leaves it gone; one that shows nothing is
+decided and acted on as a new one.
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ class BulkRunner:
         if event_type is not None:
             return await self._history_names(instance_id, event_type, record.operation_id)
         if action is BulkAction.SIGNAL:
-            return False  # sent again under the same id, a signal is taken once
+            signal_id = bulk_signal_id(record.operation_id, instance_id)
+            return await self._store.signal_delivered(instance_id, signal_id)
         instance = await self._store.get_instance(instance_id)
         if instance is None:
             return action is BulkAction.DELETE
