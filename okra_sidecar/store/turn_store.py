@@ -151,6 +151,7 @@ class TurnStore(StoreConnections):
                     ENGINE_GROUP,
                     *fields,
                     *(dumps(event) for event in commit.history),
+                    *_reset_point_args(commit.extras),
                 ],
             )
         return int(applied) == 1
@@ -188,10 +189,9 @@ class TurnStore(StoreConnections):
                     "record": record,
                 }
         if extras.reset_points:
-            points: list[str] = []
-            for task, point in extras.reset_points.items():
-                points += [task, dumps(point)]
-            out["points"] = points
+            # How many: the points follow the history events as plain arguments (commit_turn),
+            # not JSON inside this JSON, which would escape every one of them once more.
+            out["points"] = len(extras.reset_points)
             out["pointSlot"] = slot(self.keys.reset_points(iid))
             out["pointBudget"] = RESET_POINT_BUDGET
         if extras.parent_event is not None and snapshot.parent_id:
@@ -201,3 +201,10 @@ class TurnStore(StoreConnections):
                 "event": dumps(extras.parent_event),
             }
         return out
+
+
+def _reset_point_args(extras: TurnExtras | None) -> list[str]:
+    """commit.lua's last arguments: each reset point's task and its JSON."""
+    if extras is None or not extras.reset_points:
+        return []
+    return [text for task, point in extras.reset_points.items() for text in (task, dumps(point))]

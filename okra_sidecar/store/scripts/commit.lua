@@ -6,7 +6,8 @@
 --       inbox ids (JSON), wake-at ms or '', requeue '1'/'0', number of history events (m),
 --       index member, extras (JSON, or '' when the turn has none; see below), work entry ids
 --       to acknowledge (JSON, or ''), the engine's consumer group; then n arguments of
---       fields and values for the hash (the next revision among them) and m history events.
+--       fields and values for the hash (the next revision among them), m history events,
+--       and the reset points' task and JSON pairs (as many as the extras' `points` says).
 --       Fields and events are plain arguments, not JSON lists: nothing to decode here.
 -- Finishing releases the instance's admission in its limit scope ('lim', 'lwf'), another
 -- slot: through the outbox, which the relay applies (release.lua); on a single Redis, here,
@@ -92,25 +93,27 @@ if x then
     notify_parent(KEYS[6], x.parent)
   end
   if x.points then
-    -- Reset points: pointer, JSON pairs. Only the first per task is kept; one past the
-    -- instance's budget is recorded empty (not kept), so that Reset can say why. `bytes`
-    -- is written with the first points, so its absence says there are none yet: then all
-    -- of them go in one HSET, with no per-task check (an instance's first turn).
+    -- Reset points: x.points pairs of task and JSON after the history events. Only the
+    -- first per task is kept; one past the instance's budget is recorded empty (not kept),
+    -- so that Reset can say why. `bytes` is written with the first points, so its absence
+    -- says there are none yet: then all of them go in one HSET, with no per-task check (an
+    -- instance's first turn).
     local key = KEYS[x.pointSlot]
     local used = redis.call('HGET', key, 'bytes')
     local fresh = not used
     used = tonumber(used or '0')
     local fields = {}
-    for i = 1, #x.points, 2 do
-      local point = x.points[i + 1]
+    local first = 13 + field_count + tonumber(ARGV[8])
+    for i = first, first + 2 * x.points - 1, 2 do
+      local point = ARGV[i + 1]
       if used + #point > x.pointBudget then
         point = ''
       end
       if fresh then
-        fields[#fields + 1] = x.points[i]
+        fields[#fields + 1] = ARGV[i]
         fields[#fields + 1] = point
         used = used + #point
-      elseif redis.call('HSETNX', key, x.points[i], point) == 1 then
+      elseif redis.call('HSETNX', key, ARGV[i], point) == 1 then
         used = used + #point
       end
     end
