@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store.cluster_client import is_cluster_client, pooled_commands
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.scripts import load_script
 from okra_sidecar.store.streams import PartitionEntry
 from okra_sidecar.tasks import cancel_and_wait
 
@@ -37,15 +41,24 @@ DEAD_MARK_MS = 60_000
 # A dead consumer with nothing pending is removed from its group once idle this long, which
 # keeps XINFO CONSUMERS short across restarts (a consumer reading again is simply re-created).
 FORGET_IDLE_MS = 60_000
+# On a single Redis a look skips empty streams, but every stream is looked at this often, so
+# that consumers with nothing pending there are still forgotten.
+FULL_LOOK_S = FORGET_IDLE_MS / 2000
 
 
 class ConsumerLiveness:
     """Heartbeats of consumer names and the claims they allow, on one Redis."""
 
+    _owners_script = MultiplexedScript(load_script("orphan_owners"))
+
     def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys, ttl_ms: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = ttl_ms
+        # On a single Redis one script call looks at all of a group's streams (orphan_owners).
+        self._one_node = not is_cluster_client(redis)
+        self._hot = pooled_commands(redis) if self._one_node else None
+        self._full_look_at: dict[str, float] = {}  # by group: when every stream was last seen
 
     async def beat(self, consumer: str) -> None:
         """Say `consumer` is alive for another `ttl_ms`. Call before its first read."""
@@ -105,7 +118,10 @@ class ConsumerLiveness:
     async def _owners(
         self, group: str, streams: Sequence[str]
     ) -> dict[str, list[tuple[int, int, int]]]:
-        """Consumer name -> (partition, pending count, idle ms) for each stream it is in."""
+        """Consumer name -> (partition, pending count, idle ms) for each stream it is in where
+        it has entries pending or has been idle for FORGET_IDLE_MS (the others need nothing)."""
+        if self._hot is not None:
+            return await self._owners_in_one_call(group, streams)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xinfo_consumers(stream, group)
@@ -115,9 +131,26 @@ class ConsumerLiveness:
             if isinstance(reply, Exception):
                 continue  # no group on that stream yet: nothing read there
             for info in reply:
-                owners.setdefault(text(info["name"]), []).append(
-                    (partition, int(info["pending"]), int(info["idle"]))
-                )
+                pending, idle = int(info["pending"]), int(info["idle"])
+                if pending or idle >= FORGET_IDLE_MS:
+                    owners.setdefault(text(info["name"]), []).append((partition, pending, idle))
+        return owners
+
+    async def _owners_in_one_call(
+        self, group: str, streams: Sequence[str]
+    ) -> dict[str, list[tuple[int, int, int]]]:
+        assert self._hot is not None
+        now = time.monotonic()
+        full = now - self._full_look_at.get(group, 0.0) >= FULL_LOOK_S
+        if full:
+            self._full_look_at[group] = now
+        reply = await self._hot.evalsha(
+            self._owners_script, streams, [group, "1" if full else "0", FORGET_IDLE_MS]
+        )
+        owners: dict[str, list[tuple[int, int, int]]] = {}
+        for i in range(0, len(reply), 4):
+            partition, name, pending, idle = reply[i : i + 4]
+            owners.setdefault(text(name), []).append((int(partition), int(pending), int(idle)))
         return owners
 
     async def _claim(

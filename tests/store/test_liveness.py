@@ -6,9 +6,11 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.store import liveness as liveness_module
 from okra_sidecar.store.keys import ENGINE_GROUP, RedisKeys
 from okra_sidecar.store.liveness import ConsumerHeartbeat, ConsumerLiveness
 from tests.helpers import FAST_ENGINE, make_settings, running_sidecar, value, wait_for_status
@@ -114,3 +116,24 @@ async def test_a_consumer_known_dead_is_taken_over_at_once(redis: Redis) -> None
     await liveness.mark_dead("child")
     claimed = await liveness.claim_orphans(GROUP, streams, "me", held=(), count=10)
     assert [eid.decode() for _, eid, _ in claimed] == ids
+
+
+async def test_a_consumer_long_idle_with_nothing_pending_is_forgotten(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(liveness_module, "FORGET_IDLE_MS", 100)
+    liveness = ConsumerLiveness(redis=redis, keys=KEYS, ttl_ms=TTL_MS)
+    streams = KEYS.all_work()
+    await redis.xgroup_create(streams[0], GROUP, id="0", mkstream=True)
+    ids = await _read_as(redis, streams[0], "gone", 1)
+    # Done with its entry (acknowledged and deleted, as every reader does): the stream is empty.
+    await redis.xack(streams[0], GROUP, *ids)
+    await redis.xdel(streams[0], *ids)
+    await liveness.beat("me")
+    assert await liveness.claim_orphans(GROUP, streams, "me", held=(), count=10) == []
+    assert [c["name"] for c in await redis.xinfo_consumers(streams[0], GROUP)] == [b"gone"]
+    await asyncio.sleep(0.2)
+    # On a single Redis empty streams are skipped between full looks; this one is due.
+    monkeypatch.setattr(liveness_module, "FULL_LOOK_S", 0)
+    assert await liveness.claim_orphans(GROUP, streams, "me", held=(), count=10) == []
+    assert await redis.xinfo_consumers(streams[0], GROUP) == []

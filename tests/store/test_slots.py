@@ -150,7 +150,7 @@ SINGLE_REDIS_ONLY = frozenset({"reserve_create"})
 SINGLE_REDIS_EXTRA_KEYS = {"commit": "limits:{ns:"}
 # Scripts that on a single Redis serve every partition in one call, their KEYS a group of this
 # many keys per partition, each group in its partition's slot (on a Cluster, a call per group).
-SINGLE_REDIS_GROUPS = {"timers": 2}
+SINGLE_REDIS_GROUPS = {"timers": 2, "orphan_owners": 1}
 
 
 @asynccontextmanager
