@@ -193,6 +193,9 @@ class TurnStore(StoreConnections):
             # not JSON inside this JSON, which would escape every one of them once more.
             out["points"] = len(extras.reset_points)
             out["pointSlot"] = slot(self.keys.reset_points(iid))
+            if snapshot.revision == "0":
+                # Never committed, so no point kept yet: the script need not look.
+                out["pointsFirst"] = True
             out["pointBudget"] = RESET_POINT_BUDGET
         if extras.parent_event is not None and snapshot.parent_id:
             out["parent"] = {

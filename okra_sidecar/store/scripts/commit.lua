@@ -97,9 +97,12 @@ if x then
     -- first per task is kept; one past the instance's budget is recorded empty (not kept),
     -- so that Reset can say why. `bytes` is written with the first points, so its absence
     -- says there are none yet: then all of them go in one HSET, with no per-task check (an
-    -- instance's first turn).
+    -- instance's first turn, which the caller marks `pointsFirst`: no need to look).
     local key = KEYS[x.pointSlot]
-    local used = redis.call('HGET', key, 'bytes')
+    local used = false
+    if not x.pointsFirst then
+      used = redis.call('HGET', key, 'bytes')
+    end
     local fresh = not used
     used = tonumber(used or '0')
     local fields = {}
