@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -38,7 +39,16 @@ def run_instance_id(workflow_id: str, request_id: str) -> str:
     """A Run's instance id: a UUIDv5 of the workflow and the request id, else a random UUID."""
     if request_id:
         return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{workflow_id}\0{request_id}"))
-    return str(uuid.uuid4())
+    return random_uuid()
+
+
+def random_uuid() -> str:
+    """str(uuid.uuid4()) without building a UUID object (a Run's id, made per call)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ class ParsedInput:
     def __init__(self, value: Value | None) -> None:
         self.value = value
 
-    @property
+    @cached_property
     def size(self) -> int:
+        """The input's size in bytes, asked by the gate and by the servicer's size rule."""
         return self.value.ByteSize() if self.value is not None else 0
 
     @cached_property
@@ -129,6 +130,8 @@ class PolicyGate:
         self, call: Call, policies: PolicySet, apply: Apply[T], grant: CallGrant
     ) -> T:
         """`apply(grant)`, then the Run's audit record: refused only by an instance limit."""
+        if policies.audit_level == "none":
+            return await apply(grant)  # nothing to record, whatever the outcome
         try:
             result = await apply(grant)
         except ResourceExhaustedError as exc:

@@ -106,13 +106,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         verifier = self._verifier
         peers = self._peers
 
-        async def identify(context: Context) -> Identity:
+        def identify_now(context: Context) -> Identity:
+            """The caller, when no key needs fetching (keys from files and secrets)."""
             peer = peer_identity(context) if peers else ""
+            identity = verifier.identify(authorization_of(context), peer)
+            if identity.authenticated:
+                tracing.set_caller(identity.describe(), issuer=identity.issuer)
+            return identity
+
+        async def identify(context: Context) -> Identity:
             # Keys from a URL may need fetching first; keys from files and secrets never do.
             if verifier.source is None:
-                identity = verifier.identify(authorization_of(context), peer)
-            else:
-                identity = await verifier.identify_async(authorization_of(context), peer)
+                return identify_now(context)
+            peer = peer_identity(context) if peers else ""
+            identity = await verifier.identify_async(authorization_of(context), peer)
             if identity.authenticated:
                 tracing.set_caller(identity.describe(), issuer=identity.issuer)
             return identity
@@ -121,7 +128,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
 
             async def authenticated(request: Any, context: Context) -> Any:
-                token = set_identity(await identify(context))
+                if verifier.source is None:
+                    identity = identify_now(context)  # no coroutine for the usual case
+                else:
+                    identity = await identify(context)
+                if identity is current_identity():
+                    # The anonymous default: each call runs in a task of its own, whose
+                    # context already holds it; nothing to set or reset.
+                    return await behavior(request, context)
+                token = set_identity(identity)
                 try:
                     return await behavior(request, context)
                 finally:

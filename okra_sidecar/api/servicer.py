@@ -50,6 +50,7 @@ from okra_sidecar.instances import (
     InstanceStatus,
     NewInstance,
     QueryFilter,
+    random_uuid,
     run_instance_id,
 )
 from okra_sidecar.policy import rules
@@ -230,7 +231,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_input_size(parsed.size, self._settings.max_input_bytes)
         check_text(request.correlation_id, "correlation_id")
         check_text(request.request_id, "request_id")
-        tags = dict(request.tags)
+        tags = target.tags
         _check_tags(tags)
         # Not registered: resolving again raises its NOT_FOUND, now that the policies allowed.
         registered = registered or await self._registry.resolve(request.workflow_id)
@@ -307,7 +308,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 payload, schema.validator, field="payload", schema=f"signal {signal}'s payload"
             )
         event = signal_event(
-            signal, payload, signal_id=signal_id or str(uuid.uuid4()), sent_ms=self._clock()
+            signal, payload, signal_id=signal_id or random_uuid(), sent_ms=self._clock()
         )
         # CloudEvents distributed tracing: the turn that consumes it links to this call.
         return {**event, **tracing.event_trace_fields()}
@@ -336,10 +337,10 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
 
         # The payload's schema is its workflow's, read once: an instance never changes workflow.
         # (No instance: the policies or the store say NOT_FOUND.)
-        record = await self._store.get_instance(instance_id)
+        workflow_id = await self._store.instance_workflow(instance_id)
         definition = None
-        if record is not None:
-            definition = (await self._registry.get(record.workflow_id)).definition
+        if workflow_id is not None:
+            definition = (await self._registry.get(workflow_id)).definition
 
         async def deliver(grant: CallGrant) -> pb.SignalResponse:
             delivery = self._delivery(request, grant, definition)

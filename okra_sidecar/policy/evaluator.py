@@ -41,6 +41,10 @@ TASK_METHODS = ("PollTasks", "CompleteTask", "FailTask", "Heartbeat")
 # Rpcs decided as other rpcs are: SignalWithStart as the Run it may be and the Signal it is.
 DECIDED_AS = {"SignalWithStart": ("Run", "Signal")}
 WORKFLOW_CACHE_SIZE = 1024
+# The conditions of their own that Signal and Cancel are decided on, beside the general one.
+INSTANCE_CONDITIONS = {"Signal": keys.SIGNAL_CONDITION, "Cancel": keys.CANCEL_CONDITION}
+# A Run's verdict from the lists (policy key and message, or None) and its limits.
+RunVerdict = tuple[tuple[str, str] | None, RunLimits]
 ALL_ROOTS = frozenset({"request", "workflow", "instance"})
 METHOD, AUTH, CLAIMS, PEER, METADATA = (
     StringType(k) for k in ("method", "auth", "claims", "peer", "metadata")
@@ -99,6 +103,9 @@ class PolicyEvaluator:
         self._service_plain = {"name": service.name, "namespace": service.namespace}
         self._env_plain = dict(env)
         self._workflows: dict[WorkflowRef, Any] = {}
+        # What a Run's lists and limits decide depends only on the policy set and the
+        # workflow: decided once per workflow while the set stays in force.
+        self._run_verdicts: tuple[PolicySet | None, dict[WorkflowRef, RunVerdict]] = (None, {})
         # Each rpc's check, by method name; built once, not per call.
         self._checks: dict[str, Check] = {
             "Run": self._check_run,
@@ -127,7 +134,9 @@ class PolicyEvaluator:
 
     def needs_instance(self, method: str, policies: PolicySet) -> bool:
         """Whether a Signal, Cancel or operator decision reads the instance (load it first)."""
-        own = {"Signal": keys.SIGNAL_CONDITION, "Cancel": keys.CANCEL_CONDITION}.get(method)
+        if not policies.conditions:
+            return False  # no policy set, or one without conditions: the usual case
+        own = INSTANCE_CONDITIONS.get(method)
         programs = (own, keys.CONDITION) if own else operator_rules.operator_conditions(method)
         return any(policies.condition(k) for k in programs if k)
 
@@ -152,13 +161,35 @@ class PolicyEvaluator:
         grant = CallGrant(identity=call.identity)
         if check is not None:
             grant = await check(call, policies, grant)
-        if record:
+        if record and policies.audit_level != "none":
             await self._audit.decision(policies.audit_level, call, allowed=True)
         return grant
 
+    def _run_verdict(self, policies: PolicySet, workflow: WorkflowRef) -> RunVerdict:
+        """run_list_problem and the RunLimits of `workflow` under `policies`, remembered
+        until another policy set is in force (at most WORKFLOW_CACHE_SIZE workflows)."""
+        held, verdicts = self._run_verdicts
+        if held is not policies or len(verdicts) >= WORKFLOW_CACHE_SIZE:
+            verdicts = {}
+            self._run_verdicts = (policies, verdicts)
+        verdict = verdicts.get(workflow)
+        if verdict is None:
+            limits = RunLimits(
+                max_active=policies.max_concurrent_instances,
+                max_active_policy=keys.MAX_CONCURRENT_INSTANCES,
+                max_per_workflow=policies.workflow_limit(workflow.key),
+                max_duration_ms=policies.max_duration_ms,
+                step_timeout_ms=policies.default_timeout_ms,
+                timeout_action=policies.timeout_action,
+            )
+            verdict = verdicts[workflow] = (self.run_list_problem(policies, workflow), limits)
+        return verdict
+
     async def _check_run(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
         workflow = call.workflow or NO_WORKFLOW
-        await self._check_runnable(call, policies, workflow)
+        problem, limits = self._run_verdict(policies, workflow)
+        if problem is not None:
+            await self._deny(call, policies, *problem)
         limit = policies.run_max_input_bytes
         if limit is not None and call.input_bytes > limit:
             await self._deny(
@@ -182,22 +213,9 @@ class PolicyEvaluator:
                     )
         await self._check_conditions(call, policies, (keys.RUN_CONDITION, keys.CONDITION))
         await self._check_rate(call, policies, "run")
-        # The servicer takes the tighter of this and the sidecar's own maxConcurrentInstances.
-        limits = RunLimits(
-            max_active=policies.max_concurrent_instances,
-            max_active_policy=keys.MAX_CONCURRENT_INSTANCES,
-            max_per_workflow=policies.workflow_limit(workflow.key),
-            max_duration_ms=policies.max_duration_ms,
-            step_timeout_ms=policies.default_timeout_ms,
-            timeout_action=policies.timeout_action,
-        )
+        # The servicer takes the tighter of `limits` and the sidecar's own
+        # maxConcurrentInstances.
         return CallGrant(identity=call.identity, run_limits=limits, instance_id=call.instance_id)
-
-    async def _check_runnable(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> None:
-        """The lists and namespace rules that decide whether a workflow may be run at all."""
-        problem = self.run_list_problem(policies, workflow)
-        if problem is not None:
-            await self._deny(call, policies, *problem)
 
     def run_list_problem(
         self, policies: PolicySet, workflow: WorkflowRef

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from okra_sidecar.admission import RunLimits
 from okra_sidecar.policy.cel import to_cel
+
+# Workflow ids parsed and kept (api callers may name any, so the cache is bounded).
+WORKFLOW_REF_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -66,21 +69,25 @@ class WorkflowRef:
 
     @classmethod
     def parse(cls, workflow_id: str) -> WorkflowRef:
-        namespace, _, rest = workflow_id.partition(".")
-        name, _, version = rest.partition(".")
-        return cls(namespace, name, version)
+        # Every Run parses the id it names: the same few ids, parsed once each.
+        return _parse_workflow_ref(workflow_id)
 
-    @property
+    # Cached on the (immutable) instance: parse hands the same one to every call.
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}.{self.name}" if self.namespace else ""
 
-    @property
+    @cached_property
     def full_id(self) -> str:
         return f"{self.key}.{self.version}" if self.version else self.key
 
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        return (self.key, self.full_id) if self.version else (self.key,)
+
     def names(self) -> tuple[str, ...]:
         """What allowed/blocked globs are matched against."""
-        return (self.key, self.full_id) if self.version else (self.key,)
+        return self._names
 
     def to_activation(self) -> dict[str, str]:
         return {
@@ -93,6 +100,13 @@ class WorkflowRef:
 
 
 NO_WORKFLOW = WorkflowRef("", "")
+
+
+@lru_cache(maxsize=WORKFLOW_REF_CACHE_SIZE)
+def _parse_workflow_ref(workflow_id: str) -> WorkflowRef:
+    namespace, _, rest = workflow_id.partition(".")
+    name, _, version = rest.partition(".")
+    return WorkflowRef(namespace, name, version)
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,10 @@ class Store(Protocol):
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None: ...
 
+    async def instance_workflow(self, instance_id: str) -> str | None:
+        """The workflow id of an instance (it never changes); None when there is none."""
+        ...
+
     async def signal(
         self,
         instance_id: str,

@@ -85,7 +85,8 @@ class StoreConnections:
         wait for the writes of their own connection, so the two go in one pipeline on one pool
         connection: on the shared multiplexed one a WAIT would hold every caller behind it.
         """
-        wait = await self._wait_command()
+        # No wait at `memory`, the default: no coroutine to ask _wait_command either.
+        wait = None if self._durability == "memory" else await self._wait_command()
         if wait is None:
             return await self.hot.evalsha(script, keys, args), None
 

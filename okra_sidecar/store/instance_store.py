@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from okra_sidecar.errors import Reason, ResourceExhaustedError, StoreUnavailableError
@@ -27,6 +27,8 @@ __all__ = ["InstanceStore"]
 
 # create.lua's score for a reservation made at the same time, whose score it cannot know yet.
 SCORE_NOT_YET_KNOWN = "*"
+# Workflow ids whose `namespace.name` is kept: every Run of one workflow asks again.
+WORKFLOW_KEY_CACHE_SIZE = 1024
 
 
 class InstanceStore(StoreConnections):
@@ -83,9 +85,11 @@ class InstanceStore(StoreConnections):
             await self._refuse_unless_exists(new, admission.refused, limits)
             return False  # a retried Run whose instance finished and left its place
         created = int(reply[2])
-        await self._settle_admission(created, new, admission)
-        with map_redis_errors():
-            self._check_durable(waited)
+        if created != 1:  # the usual outcome has nothing to settle
+            await self._settle_admission(created, new, admission)
+        if waited is not None:
+            with map_redis_errors():
+                self._check_durable(waited)
         return created == 1
 
     async def _reserve_beside_create(self, new: NewInstance) -> bool:
@@ -304,6 +308,12 @@ class InstanceStore(StoreConnections):
             )
         return decode_record(instance_id, values)
 
+    async def instance_workflow(self, instance_id: str) -> str | None:
+        """The workflow id alone: one field, not the record's JSON (a Signal's schema)."""
+        with map_redis_errors():
+            workflow_id = await self.hot.execute("HGET", self.keys.instance(instance_id), "wf")
+        return None if workflow_id is None else text(workflow_id)
+
     async def cancel_links(self, instance_id: str) -> CancelLinks:
         """What a cancel must untie: the listen subscriptions and the parent awaiting it."""
         with map_redis_errors():
@@ -413,6 +423,7 @@ def _limit_reached(refused: str, workflow_key: str, limits: _Limits) -> Resource
     )
 
 
+@lru_cache(maxsize=WORKFLOW_KEY_CACHE_SIZE)
 def _workflow_key(workflow_id: str) -> str:
     """`namespace.name`: what maxInstancesPerWorkflow counts, every version together."""
     return ".".join(workflow_id.split(".")[:2])

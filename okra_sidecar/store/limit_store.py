@@ -32,6 +32,8 @@ __all__ = ["Admission", "LimitRepair", "RedisLimitStore"]
 RESERVATION_GRACE_US = 2_000_000
 # How long a voided reservation's marker outlives it: far beyond any create still in flight.
 VOID_MARKER_MS = 3_600_000
+# Limit set names kept per (scope, workflow key); cleared when this many are held.
+SET_KEYS_CACHE_SIZE = 1024
 _FINISHED = frozenset(s.value.encode() for s in FINISHED_STATUSES)
 
 
@@ -68,14 +70,22 @@ class RedisLimitStore:
         self.keys = keys
         # Raw replies on redis-py (RedisCluster's own on a Cluster) when no hot commands are given.
         self._hot = hot if hot is not None else pooled_commands(redis)
+        self._set_key_names: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def _set_keys(self, scope: str, workflow_key: str) -> list[str]:
-        keys = self.keys
-        return [
-            keys.limit_active(scope),
-            keys.limit_workflow(scope, workflow_key),
-            keys.limit_held(scope),
-        ]
+        # Every Run names the same few: built once per scope and workflow (a fresh list each
+        # time, as callers extend it).
+        names = self._set_key_names.get((scope, workflow_key))
+        if names is None:
+            if len(self._set_key_names) >= SET_KEYS_CACHE_SIZE:
+                self._set_key_names.clear()
+            keys = self.keys
+            names = self._set_key_names[scope, workflow_key] = (
+                keys.limit_active(scope),
+                keys.limit_workflow(scope, workflow_key),
+                keys.limit_held(scope),
+            )
+        return list(names)
 
     async def reserve(
         self, instance_id: str, workflow_key: str, *, max_active: int, max_per_workflow: int

@@ -69,6 +69,13 @@ async def test_create_is_once_per_id(store: RedisStore, redis: Redis) -> None:
     assert [w.instance_id for w in work] == [IDS[0]]
 
 
+async def test_instance_workflow_reads_the_workflow_id_alone(store: RedisStore) -> None:
+    await store.ensure_groups()
+    assert await store.instance_workflow(IDS[0]) is None
+    await store.create_instance(new(IDS[0]), max_active=0)
+    assert await store.instance_workflow(IDS[0]) == "t.w.1.0.0"
+
+
 async def test_commit_is_guarded_by_revision(store: RedisStore, redis: Redis) -> None:
     await store.create_instance(new(IDS[0]), max_active=0)
     first = await store.load_turn(IDS[0])

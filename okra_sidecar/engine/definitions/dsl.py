@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NoReturn
 
 import yaml
@@ -70,12 +71,13 @@ class WorkflowDefinition:
         default_factory=dict, repr=False, compare=False
     )
 
-    @property
+    # Cached: a Run asks for both several times, and a definition never changes.
+    @cached_property
     def id(self) -> str:
         """The fully qualified id: `namespace.name.version`."""
         return f"{self.namespace}.{self.name}.{self.version}"
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The id without the version: `namespace.name`."""
         return f"{self.namespace}.{self.name}"
