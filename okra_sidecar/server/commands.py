@@ -17,7 +17,6 @@ from okra_sidecar.clock import now_ms
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime.memory import limit_memory, refuse_core_dumps
-from okra_sidecar.engine.runtime.priority import lower_priority
 from okra_sidecar.engine.runtime.processes import (
     CONSUMER_ENV,
     LANE_ENV,
@@ -56,10 +55,8 @@ async def run_engine(settings: Settings) -> None:
     """An engine child process: take turns on the parent's Redis until SIGTERM."""
     assert settings.redis.url is not None, "the parent passes its Redis URL"
     lane = EngineLane(os.environ.get(LANE_ENV) or EngineLane.REGULAR)
-    if lane is EngineLane.SLOW:
-        # Its turns are the expressions that ran long: they get only the CPU the others
-        # leave, from before its own start-up (it is started anew after each one stopped).
-        logger.debug("slow lane at %s", lower_priority())
+    # The slow lane's child sets its priority turn by turn (engine/runtime/probation.py):
+    # normal for workflows on probation, the lowest for the turns that ran long.
     # The parent names us, so that it can retire our heartbeat the moment we die.
     consumer = os.environ.get(CONSUMER_ENV) or consumer_name()
     telemetry = Telemetry.create(settings.telemetry, instance_id=consumer)

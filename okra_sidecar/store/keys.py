@@ -153,6 +153,12 @@ class RedisKeys:
         """Workflow ids whose instances all go to the slow lane, scored by when one was moved."""
         return f"{self.prefix}slowdefs"
 
+    @property
+    def proven_definitions(self) -> str:
+        """Workflow ids whose turns proved fast in the slow lane (engine/runtime/probation.py):
+        the regular engine processes take their turns; they forward every other workflow's."""
+        return f"{self.prefix}fastdefs"
+
     def lane(self, partition: int, *, slow: bool) -> str:
         """The work stream of one partition, in the slow lane or the regular one."""
         return self.slow_work(partition) if slow else self.work(partition)

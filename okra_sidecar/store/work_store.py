@@ -149,6 +149,18 @@ class WorkStore(StoreConnections):
             )
         return frozenset(text(i) for i in ids)
 
+    async def mark_proven(self, workflow_id: str) -> None:
+        """Let the regular engine processes take the workflow's turns: they proved fast."""
+        with map_redis_errors():
+            await self.redis.sadd(self.keys.proven_definitions, workflow_id)
+
+    async def proven_definitions(self) -> frozenset[str]:
+        """The workflow ids whose turns the regular engine processes take (the others are on
+        probation in the slow lane)."""
+        with map_redis_errors():
+            ids: Any = await self.redis.smembers(self.keys.proven_definitions)
+        return frozenset(text(i) for i in ids)
+
     async def fire_timers(self, now_ms: int, *, limit: int) -> int:
         keys = self.keys
         pairs = [[keys.timers(p), keys.work(p)] for p in range(keys.partitions)]

@@ -8,21 +8,26 @@ import resource
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
 from bench.cpu import child_pids
-from okra_sidecar.config import EngineSettings
+from okra_sidecar.config import EngineSettings, Settings
 from okra_sidecar.engine.interpreter.effects import RUNTIME_ERROR
 from okra_sidecar.engine.runtime.deadlines import TIMEOUT_ERROR_TYPE
+from okra_sidecar.engine.runtime.probation import PROVEN_AFTER_TURNS
+from okra_sidecar.engine.runtime.runner import SLOW_DEFINITIONS_REFRESH_S
 from okra_sidecar.errors import StartupError
 from okra_sidecar.server import start_sidecar
+from okra_sidecar.store.base import Store
 from tests.api.test_process import channel_to, start_process
 from tests.helpers import (
     FAST_ENGINE,
     WORKFLOWS_DIR,
+    Stub,
     make_settings,
     process_alive,
     running_sidecar,
@@ -73,6 +78,7 @@ async def test_each_hostile_expression_fails_its_instance_and_the_others_complet
     settings = replace(settings, engine=engine)
     async with running_sidecar(settings) as (sidecar, stub):
         assert sidecar.engines is not None and sidecar.engines.slow_pid is not None
+        regular = sidecar.engines.pids
         hostile = {
             name: (
                 await stub.Run(
@@ -95,9 +101,10 @@ async def test_each_hostile_expression_fails_its_instance_and_the_others_complet
             assert error.type in (TIMEOUT_ERROR_TYPE, RUNTIME_ERROR), (name, error)
             assert error.instance == "/do/1/spin", (name, error)
             assert "/do/1/spin" in error.title, (name, error)
-            # Each went to the slow lane after slowExpressionMs in a regular engine process.
+            # Each was marked slow in the slow lane, where its new workflow was on probation.
             key = sidecar.store.keys.instance(instance_id)
             assert await redis.hget(key, "slow") == b"1", name
+        assert sidecar.engines.pids == regular  # none of them cost a regular child
         # The sidecar still takes new work.
         again = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 2}))
@@ -120,7 +127,7 @@ async def test_a_turn_that_keeps_crashing_its_process_fails_its_instance(
     settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
     async with running_sidecar(settings) as (sidecar, stub):
         assert sidecar.engines is not None
-        first_child = sidecar.engines.pids
+        regular, slow_child = sidecar.engines.pids, sidecar.engines.slow_pid
         run = await stub.Run(
             pb.RunRequest(workflow_id="hostile.range.1.0.0", input=value(HOSTILE_INPUT))
         )
@@ -129,7 +136,9 @@ async def test_a_turn_that_keeps_crashing_its_process_fails_its_instance(
         assert failed.error.type == RUNTIME_ERROR
         assert failed.error.title == "Turn crashed its engine process in /do/1/spin"
         assert "2 times" in failed.error.detail
-        assert sidecar.engines.pids != first_child
+        # It crashed the slow lane's child, where its new workflow was on probation.
+        assert sidecar.engines.slow_pid != slow_child
+        assert sidecar.engines.pids == regular
         normal = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
         )
@@ -191,10 +200,8 @@ async def test_in_process_turns_with_budgets_refuse_to_start(redis_url: str) -> 
         await start_sidecar(settings)
 
 
-async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
-    redis: Redis, redis_url: str, tmp_path: Path
-) -> None:
-    # A budget far longer than the move takes: the normal instance must not wait it out.
+def slow_lane_settings(redis_url: str, tmp_path: Path) -> Settings:
+    """A budget far longer than the mark takes: a normal instance must not wait it out."""
     engine = replace(
         FAST_ENGINE,
         processes=1,
@@ -202,29 +209,49 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         turn_timeout_ms=60_000,
         slow_expression_ms=100,
     )
-    settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
+    return replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
+
+
+async def wait_marked_slow(redis: Redis, key: str) -> None:
+    for _ in range(600):
+        if await redis.hget(key, "slow"):
+            break
+        await asyncio.sleep(0.05)
+    assert await redis.hget(key, "slow") == b"1"
+
+
+async def prove(stub: Stub, store: Store, workflow_id: str, workflow_input: Any) -> None:
+    """Run a workflow until its turns have proved fast in the slow lane (probation.py), and
+    long enough after that for the regular runners to have read it."""
+    for _ in range(PROVEN_AFTER_TURNS):
+        run = await stub.Run(pb.RunRequest(workflow_id=workflow_id, input=value(workflow_input)))
+        done = await wait_for_status(stub, run.instance_id, DONE, timeout_s=60)
+        assert done.status == pb.WORKFLOW_STATUS_COMPLETED
+    assert workflow_id in await store.proven_definitions()
+    await asyncio.sleep(4 * SLOW_DEFINITIONS_REFRESH_S)
+
+
+async def test_a_new_slow_workflow_runs_on_probation_in_the_slow_lane_and_holds_up_nobody(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    settings = slow_lane_settings(redis_url, tmp_path)
     async with running_sidecar(settings) as (sidecar, stub):
         assert sidecar.engines is not None
+        await prove(stub, sidecar.store, "tests.steps.1.0.0", {"n": 1})
         [regular] = sidecar.engines.pids
         slow_child = sidecar.engines.slow_pid
         assert slow_child is not None
         if hasattr(os, "SCHED_IDLE"):
-            # The slow lane takes only the CPU nothing else wants; the regular lane is normal.
-            for _ in range(1200):  # a child started cold imports for seconds on a busy host
-                if os.sched_getscheduler(slow_child) == os.SCHED_IDLE:
-                    break
-                await asyncio.sleep(0.05)
-            assert os.sched_getscheduler(slow_child) == os.SCHED_IDLE
+            # Turns on probation run at normal priority, like the regular lane's.
+            assert os.sched_getscheduler(slow_child) == os.SCHED_OTHER
             assert os.sched_getscheduler(regular) == os.SCHED_OTHER
         hostile = await stub.Run(
             pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
         )
-        key = sidecar.store.keys.instance(hostile.instance_id)
-        for _ in range(600):
-            if await redis.hget(key, "slow"):
-                break
-            await asyncio.sleep(0.05)
-        assert await redis.hget(key, "slow") == b"1"
+        await wait_marked_slow(redis, sidecar.store.keys.instance(hostile.instance_id))
+        if hasattr(os, "SCHED_IDLE"):
+            # Marked slow, it spins on in the slow lane with only the CPU nothing else wants.
+            assert os.sched_getscheduler(slow_child) == os.SCHED_IDLE
         normal = await stub.Run(
             pb.RunRequest(workflow_id="tests.steps.1.0.0", input=value({"n": 1}))
         )
@@ -233,7 +260,7 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         # Done while the hostile one still spins in the slow lane, within its budget there.
         status = await stub.GetStatus(pb.GetStatusRequest(instance_id=hostile.instance_id))
         assert status.status not in DONE  # its first turn has committed nothing yet
-        assert sidecar.engines.pids != [regular]  # the regular child was stopped once
+        assert sidecar.engines.pids == [regular]  # the new hostile workflow cost no regular child
         for pid in sidecar.engines.pids:  # set up (it took the normal turn): no core dumps
             assert resource.prlimit(pid, resource.RLIMIT_CORE) == (0, 0)
         failed = await wait_for_status(stub, hostile.instance_id, DONE, timeout_s=90)
@@ -241,6 +268,26 @@ async def test_a_slow_expression_moves_to_the_slow_lane_and_holds_up_nobody(
         assert failed.error.type == TIMEOUT_ERROR_TYPE
         assert failed.error.title == "Expression timed out in /do/1/spin"
         assert sidecar.engines.slow_pid != slow_child  # stopped over budget in the slow lane
+
+
+async def test_a_proven_workflow_slow_on_some_input_moves_to_the_slow_lane(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # Proven fast on small counts, the reduce then runs long in a regular child on 10^12.
+    settings = slow_lane_settings(redis_url, tmp_path)
+    async with running_sidecar(settings) as (sidecar, stub):
+        assert sidecar.engines is not None
+        await prove(stub, sidecar.store, "hostile.reduce.1.0.0", {"count": 10})
+        [regular] = sidecar.engines.pids
+        hostile = await stub.Run(
+            pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))
+        )
+        await wait_marked_slow(redis, sidecar.store.keys.instance(hostile.instance_id))
+        for _ in range(600):  # the regular child that ran it is stopped and replaced
+            if sidecar.engines.pids and sidecar.engines.pids != [regular]:
+                break
+            await asyncio.sleep(0.05)
+        assert sidecar.engines.pids and sidecar.engines.pids != [regular]
 
 
 async def test_a_regular_child_over_its_wall_clock_budget_moves_the_instance_to_the_slow_lane(
@@ -259,6 +306,8 @@ async def test_a_regular_child_over_its_wall_clock_budget_moves_the_instance_to_
     settings = replace(make_settings(redis_url, workflows=write_workflows(tmp_path)), engine=engine)
     async with running_sidecar(settings) as (sidecar, stub):
         assert sidecar.engines is not None
+        # Proven on small counts, so that the hostile input's turn is taken by a regular child.
+        await prove(stub, sidecar.store, "hostile.reduce.1.0.0", {"count": 10})
         slow_child = sidecar.engines.slow_pid
         hostile = await stub.Run(
             pb.RunRequest(workflow_id="hostile.reduce.1.0.0", input=value(HOSTILE_INPUT))

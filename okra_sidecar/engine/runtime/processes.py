@@ -20,7 +20,10 @@ budget allows. So one more child keeps the slow lane: an evaluation that runs pa
 `slowExpressionMs` in a regular child (or a turn that crashes one) gets its instance marked
 slow and the child killed at once; the spare takes its place, and from then on the regular
 children forward that instance's work to the slow lane, where its expressions have their whole
-budget and hold up only instances like it.
+budget and hold up only instances like it. Workflows not yet proven fast go there from their
+first instance (probation.py), so that a new hostile workflow costs no regular child: an
+evaluation past `slowExpressionMs` in the slow lane's child marks its instance slow and lowers
+that child's priority, without killing it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from okra_sidecar.config import Settings
-from okra_sidecar.engine.runtime.board import TurnBoard
+from okra_sidecar.engine.runtime.board import BoardReading, TurnBoard
 from okra_sidecar.engine.runtime.cpu_clock import EvaluationClock
 from okra_sidecar.engine.runtime.forking import (
     ForkedChild,
@@ -49,6 +52,7 @@ from okra_sidecar.engine.runtime.forking import (
     fork_supported,
     start_engine_command,
 )
+from okra_sidecar.engine.runtime.priority import lower_priority
 from okra_sidecar.engine.runtime.runner import EngineLane
 from okra_sidecar.engine.runtime.watchdog import (
     TurnBudget,
@@ -117,6 +121,8 @@ class EngineProcesses:
         self._verdicts: dict[int, TurnVerdict] = {}
         # Regular children killed to move an instance to the slow lane, by slot.
         self._moved: dict[int, str] = {}
+        # The evaluation (its start stamp) the slow lane's child was last lowered for.
+        self._lowered_for: dict[int, int] = {}
         # What each child's evaluation in progress has had of the CPU, for the slow lane.
         self._clocks = [EvaluationClock() for _ in range(count)]
         # Crashes in the middle of a turn, by instance (this sidecar's children only).
@@ -294,25 +300,45 @@ class EngineProcesses:
 
     async def _move_crashed(self, slot: int) -> str | None:
         """A regular child that died mid-turn: move that instance to the slow lane, where its
-        crashes are counted; None when there is no slow lane or no turn was in progress."""
-        if not self._slow_ms or self._lanes[slot] is not EngineLane.REGULAR:
+        crashes are counted; None when there is no slow lane or no turn was in progress (or
+        the child was the slow lane's: its instance is marked slow, its crash counted)."""
+        if not self._slow_ms or self._lanes[slot] is EngineLane.ALL:
             return None
         reading = self._boards[slot].read()
         if not reading.turn_started_ns or not reading.instance_id:
             return None
-        if not await self._move(reading.instance_id, "its turn crashed an engine process"):
+        why = "its turn crashed an engine process"
+        if self._lanes[slot] is EngineLane.SLOW:
+            # On probation, most likely: its workflow's next instances must not be proven.
+            await self._move(reading.instance_id, why)
+            return None
+        if not await self._move(reading.instance_id, why):
             return None
         return reading.instance_id
 
     async def _move(self, instance_id: str, why: str) -> bool:
+        """Mark the instance slow (and its workflow for a while); False if that failed."""
         assert self._on_slow is not None
         try:
             await self._on_slow(instance_id, int(time.time() * 1000))
         except Exception as exc:
             logger.warning("could not move instance %s to the slow lane: %s", instance_id, exc)
             return False
-        logger.warning("instance %s moves to the slow lane: %s", instance_id, why)
+        logger.warning("instance %s is slow: %s", instance_id, why)
         return True
+
+    async def _lower_slow_lane(self, slot: int, pid: int, reading: BoardReading, now: int) -> None:
+        """An evaluation in the slow lane's child past slowExpressionMs (a workflow on
+        probation, most likely): mark its instance slow and lower the child's priority, once
+        per evaluation; its budget there still decides whether it fails."""
+        ran_ms = self._clocks[slot].elapsed_ms(pid, reading.evaluation_started_ns, now)
+        slow = running_slow(reading, ran_ms, self._slow_ms)
+        if slow is None or self._lowered_for.get(slot) == reading.evaluation_started_ns:
+            return
+        self._lowered_for[slot] = reading.evaluation_started_ns
+        with contextlib.suppress(OSError):
+            lower_priority(pid)
+        await self._move(slow, f"an expression ran past {self._slow_ms} ms (slowExpressionMs)")
 
     def _crashed(self, slot: int) -> TurnVerdict | None:
         """A child that died mid-turn: count it against the instance; fail it past the limit."""
@@ -373,8 +399,17 @@ class EngineProcesses:
                     else:
                         continue
                 elif verdict is not None:
+                    if (
+                        self._slow_ms
+                        and self._lowered_for.get(slot) != reading.evaluation_started_ns
+                    ):
+                        # Over budget on probation before its CPU told (a starved child):
+                        # its workflow must not be proven by its next instances' turns.
+                        await self._move(verdict.instance_id, verdict.error["title"])
                     self._judged(slot, child.pid, verdict)
                 else:
+                    if self._slow_ms:
+                        await self._lower_slow_lane(slot, child.pid, reading, now)
                     continue
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()

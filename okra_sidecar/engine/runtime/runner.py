@@ -22,6 +22,7 @@ from okra_sidecar.engine.interpreter.interpreter import (
 from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime import deadlines
 from okra_sidecar.engine.runtime.outbox import turn_extras
+from okra_sidecar.engine.runtime.probation import Probation
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
@@ -39,7 +40,7 @@ OUTCOME_STATUS = {
     TurnOutcome.FAILED: InstanceStatus.FAILED,
 }
 MAX_COMMIT_ATTEMPTS = 8
-# How often a regular runner reads which workflows go to the slow lane.
+# How often a runner of either lane reads which workflows go to the slow lane.
 SLOW_DEFINITIONS_REFRESH_S = 0.5
 
 
@@ -47,8 +48,10 @@ class EngineLane(StrEnum):
     """Which work a runner takes (engine/processes.py keeps a slow lane beside the others).
 
     ALL: every regular work item, whatever the instance (turns in the serving process).
-    REGULAR: regular work items; those of instances marked slow move to the slow lane.
-    SLOW: only the slow lane, where an instance's expressions may use their whole budget.
+    REGULAR: regular work items; those of instances marked slow, and of workflows not yet
+        proven fast (probation.py), move to the slow lane.
+    SLOW: only the slow lane, where an instance's expressions may use their whole budget and
+        workflows on probation prove themselves.
     """
 
     ALL = "all"
@@ -108,8 +111,13 @@ class EngineRunner:
         self._store = store
         self._lane = lane
         self._slow = lane is EngineLane.SLOW
-        # Workflows whose instances all go to the slow lane for now (regular lane only).
+        # Workflows whose instances all go to the slow lane for now, and those proven fast
+        # (probation.py), whose turns the regular lane takes (both lanes but ALL read them).
         self._slow_workflows: frozenset[str] = frozenset()
+        self._proven: frozenset[str] = frozenset()
+        self._probation = (
+            Probation(store, slow_ms=settings.slow_expression_ms) if self._slow else None
+        )
         self._orphans = orphans
         self._on_failure = on_failure
         self._turn_telemetry = turns or TurnTracer(tracer=None, metrics=SidecarMetrics())
@@ -132,10 +140,10 @@ class EngineRunner:
 
     async def start(self) -> None:
         await self._store.ensure_groups()
-        if self._lane is EngineLane.REGULAR:
+        if self._lane is not EngineLane.ALL:
             # Known before the first turn: a spare taking over the work of a child killed for
             # a slow expression must forward that workflow's other instances, not run them.
-            self._slow_workflows = await self._store.slow_definitions(self._clock())
+            await self._read_lane_definitions()
         self._stopping.clear()
         self._tasks = [
             asyncio.create_task(self._loop("work", self._read_once), name="okra-work"),
@@ -147,7 +155,7 @@ class EngineRunner:
                 self._loop("timers", self._timers_once), name="okra-timers"
             )
             self._tasks.append(timers)
-        if self._lane is EngineLane.REGULAR:
+        if self._lane is not EngineLane.ALL:
             watch = asyncio.create_task(self._loop("slow lane", self._slow_definitions_once))
             self._tasks.append(watch)
         if self._orphans is not None:
@@ -195,8 +203,12 @@ class EngineRunner:
             await asyncio.sleep(linger / 1000)
 
     async def _slow_definitions_once(self) -> None:
-        self._slow_workflows = await self._store.slow_definitions(self._clock())
+        await self._read_lane_definitions()
         await asyncio.sleep(SLOW_DEFINITIONS_REFRESH_S)
+
+    async def _read_lane_definitions(self) -> None:
+        self._slow_workflows = await self._store.slow_definitions(self._clock())
+        self._proven = await self._store.proven_definitions()
 
     async def _timers_once(self) -> None:
         await self._store.fire_timers(self._clock(), limit=1000)
@@ -258,9 +270,13 @@ class EngineRunner:
     async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> bool:
         """Carry one instance forward until it blocks or ends, retrying on a revision race.
 
-        Returns True when the turn's commit also acknowledged `work`.
+        Returns True when `work` is acknowledged (by the turn's commit, or forwarded).
         """
-        acks = tuple(item.entry_id for item in work or ())
+        # The commit acknowledges entries of the regular work stream only: a slow lane entry's
+        # id named there could be another entry's of that stream (ids are per stream), so those
+        # are acknowledged by the caller, in their own stream, once the turn returns False.
+        acks = tuple(item.entry_id for item in work or () if not item.slow)
+        acked = len(acks) == len(work or ())
         due = [item.due_ms for item in work or () if item.due_ms is not None]
         timer_fired = bool(due)
         for _ in range(MAX_COMMIT_ATTEMPTS):
@@ -270,10 +286,12 @@ class EngineRunner:
                 return False
             if snapshot.status is InstanceStatus.SUSPENDED:
                 return False
-            slow = snapshot.slow or snapshot.workflow_id in self._slow_workflows
-            if slow and self._lane is EngineLane.REGULAR:
-                # Its expressions ran long here once: the slow lane's process takes its turns,
-                # so that they never hold up the other instances of this one again.
+            workflow_id = snapshot.workflow_id
+            slow = snapshot.slow or workflow_id in self._slow_workflows
+            on_probation = not slow and workflow_id not in self._proven
+            if self._lane is EngineLane.REGULAR and (slow or on_probation):
+                # Its expressions ran long once, or have not yet shown they never do: the slow
+                # lane's process takes its turns, so that they never hold up the others'.
                 await self._store.forward_to_slow_lane(list(work or ()))
                 return True
             # Each attempt is a span in the Run's trace, current while it runs.
@@ -292,11 +310,14 @@ class EngineRunner:
                     turn.finish(outcome, committed=committed, status=commit.status.value)
                     if committed:
                         await self._after_commit(snapshot, commit)
-                        return True
+                        return acked
                     continue
                 interpreting_ns = time.time_ns()
-                result = await self._advance(snapshot, now)
+                result, cpu_ns = await self._advance(snapshot, now, slow=slow)
                 turn.interpreted(interpreting_ns)
+                if self._probation is not None and on_probation:
+                    if await self._probation.end_turn(workflow_id, cpu_ns):
+                        self._proven |= {workflow_id}
                 # A timer that fired early took the policy timer with it: commit to re-arm it.
                 rearm = timer_fired and deadlines.has_policy_timeouts(snapshot)
                 if not result.changed and result.wake_at_ms is None and not rearm:
@@ -307,7 +328,7 @@ class EngineRunner:
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
                     await self._after_commit(snapshot, commit)
-                    return True
+                    return acked
         logger.warning("instance %s kept changing under its turn; requeued", instance_id)
         return False
 
@@ -326,17 +347,22 @@ class EngineRunner:
             # An alert that cannot be raised must not undo or repeat the turn.
             logger.exception("failure hook for instance %s failed", snapshot.instance_id)
 
-    async def _advance(self, snapshot: TurnSnapshot, now: int) -> TurnResult:
+    async def _advance(
+        self, snapshot: TurnSnapshot, now: int, *, slow: bool
+    ) -> tuple[TurnResult, int]:
+        """The turn's result, and the CPU its interpretation took (slow lane only, else 0)."""
         signals = [InboxSignal(entry.entry_id, entry.event) for entry in snapshot.inbox]
         try:
             registered = await self._registry.get(snapshot.workflow_id)
         except NotFoundError as exc:
-            return self._fault(snapshot, now, "definition not found", str(exc))
+            return self._fault(snapshot, now, "definition not found", str(exc)), 0
         # The board tells an engine child's watchdog whose turn this is (engine/runtime/board.py).
         board = turn_board.current()
         board.begin_turn(snapshot.instance_id)
+        # Read around the interpretation alone: other turns run in this thread at any await.
+        began_cpu_ns = 0 if self._probation is None else self._probation.begin_turn(slow=slow)
         try:
-            return advance(
+            result = advance(
                 registered.definition,
                 snapshot.state,
                 signals=signals,
@@ -346,9 +372,10 @@ class EngineRunner:
         except Exception as exc:
             # A bug must fail one instance, not loop on it forever.
             logger.exception("interpreter failed on instance %s", snapshot.instance_id)
-            return self._fault(snapshot, now, "runtime error", f"{type(exc).__name__}: {exc}")
+            result = self._fault(snapshot, now, "runtime error", f"{type(exc).__name__}: {exc}")
         finally:
             board.end_turn()
+        return result, (time.thread_time_ns() - began_cpu_ns if began_cpu_ns else 0)
 
     async def fail_instance(self, instance_id: str, error: dict[str, Any]) -> bool:
         """Fail an instance from outside its turn: its turn was stopped over budget, or kept
