@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from okra_sidecar.errors import InvalidInputError, instance_not_found
 from okra_sidecar.instances import FINISHED_STATUSES, InstanceRecord, InstanceStatus
 from okra_sidecar.store.base import Store
-from okra_sidecar.store.change_feed import Change, ChangeFeed
+from okra_sidecar.store.change_feed import Change, ChangeFeed, Watching
 
 __all__ = ["MAX_AWAIT_S", "InstanceWaiting", "await_budget", "check_revision"]
 
@@ -103,7 +104,7 @@ class InstanceWaiting:
                 record = await self._read(instance_id)
             return record
 
-    async def watch(
+    def watch(
         self,
         instance_id: str,
         convert: Callable[[InstanceRecord], T],
@@ -114,35 +115,91 @@ class InstanceWaiting:
         after a final status. Between changes only the revision is kept, not the record.
         `decide` (the policy gate) runs first: a denied stream reads nothing.
 
-        Raises:
+        Its iteration raises:
             NotFoundError: the instance does not exist (or was purged while watched).
             StoreUnavailableError: Redis is unreachable, or the feed lost its connection.
             PolicyDeniedError: `decide` refused the call.
         """
-        if decide is not None:
-            await decide()
-            del decide  # a held stream keeps no reference to its call
-        record = await self._read(instance_id)
-        if record.status.finished:
-            # Nothing more can change: no subscription is made.
-            yield convert(record)
-            return
-        del record
-        async with self._changes.watch(instance_id) as waiter:
-            seen, read = -1, True
+        return _InstanceWatch(self._read, self._changes, instance_id, convert, decide)
+
+
+class _InstanceWatch(Generic[T]):
+    """WatchInstance's stream (`InstanceWaiting.watch`). A slotted class rather than an async
+    generator: a held stream keeps this object and the coroutine of the `__anext__` that
+    waits, not a generator's frame, its `asend` and its entry in the loop's set of async
+    generators. It leaves the feed's channel when it ends, fails, is cancelled, or is
+    dropped unfinished (`__del__`, what an async generator's finalizer would do)."""
+
+    __slots__ = ("_changes", "_convert", "_decide", "_ended", "_id", "_read", "_seen", "_watching")
+
+    def __init__(
+        self,
+        read: Callable[[str], Awaitable[InstanceRecord]],
+        changes: ChangeFeed,
+        instance_id: str,
+        convert: Callable[[InstanceRecord], T],
+        decide: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self._read = read
+        self._changes = changes
+        self._id = instance_id
+        self._convert = convert
+        self._decide = decide
+        self._watching: Watching | None = None
+        self._seen = -1
+        self._ended = False
+
+    def __aiter__(self) -> _InstanceWatch[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            watching = self._watching
+            if watching is None:
+                decide, self._decide = self._decide, None  # a held stream keeps no call
+                if decide is not None:
+                    await decide()
+                record = await self._read(self._id)
+                if record.status.finished:
+                    # Nothing more can change: no subscription is made.
+                    self._ended = True
+                    return self._convert(record)
+                del record
+                watching = self._watching = self._changes.watch(self._id)
+                await watching.__aenter__()
+                read = True
+            else:
+                read = False  # the last answer is what was read: wait for a change first
+            waiter = watching.waiter
             while True:
                 if read:
-                    record = await self._read(instance_id)
-                    if record.revision > seen:
-                        seen, finished = record.revision, record.status.finished
-                        yield convert(record)
-                        if finished:
-                            return
+                    record = await self._read(self._id)
+                    if record.revision > self._seen:
+                        self._seen = record.revision
+                        if record.status.finished:
+                            self._end()
+                        return self._convert(record)
                     del record  # a held stream waits with its revision only
                 await waiter.changed()
                 change, resync = waiter.take()
                 # A change announced before the read that already showed it needs no read.
-                read = resync or change is None or change.revision > seen
+                read = resync or change is None or change.revision > self._seen
+        except BaseException:
+            self._end()
+            raise
+
+    def _end(self) -> None:
+        self._ended = True
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            watching.leave()
+
+    def __del__(self) -> None:
+        if self._watching is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the feed is gone too
+                self._end()
 
 
 def _of(change: Change) -> tuple[InstanceStatus, int]:

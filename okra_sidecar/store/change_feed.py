@@ -25,7 +25,7 @@ from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.tasks import cancel_and_wait
 
-__all__ = ["Change", "ChangeFeed", "ChangeWaiter"]
+__all__ = ["Change", "ChangeFeed", "ChangeWaiter", "Watching"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ChangeWaiter:
         return change, resync
 
 
-class _Watching:
+class Watching:
     """`async with feed.watch(id) as waiter`: joins the channel on entry, leaves on exit.
 
     A class rather than an asynccontextmanager: a held stream keeps this for its whole
@@ -146,16 +146,24 @@ class _Watching:
 
     __slots__ = ("_channel", "_feed", "_waiter")
 
-    def __init__(self, feed: ChangeFeed, channel: str) -> None:
+    def __init__(self, feed: ChangeFeed, channel: bytes) -> None:
         self._feed = feed
         self._channel = channel
         self._waiter = ChangeWaiter()
+
+    @property
+    def waiter(self) -> ChangeWaiter:
+        return self._waiter
 
     async def __aenter__(self) -> ChangeWaiter:
         await self._feed._join(self._channel, self._waiter)
         return self._waiter
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self.leave()
+
+    def leave(self) -> None:
+        """Leave the channel (again: no effect), for a holder that cannot await its exit."""
         self._feed._leave(self._channel, self._waiter)
 
 
@@ -166,9 +174,11 @@ class ChangeFeed:
         self._redis = redis
         self._keys = keys
         # A list, not a set: most channels have one waiter, and a held stream pays for it.
-        self._waiters: dict[str, list[ChangeWaiter]] = {}
+        # Keyed by the channel's name in bytes, the very object redis-py keeps in its own map
+        # of subscribed channels: one copy of the name per held stream, not two.
+        self._waiters: dict[bytes, list[ChangeWaiter]] = {}
         # SUBSCRIBE confirmations awaited, per channel, in the order the commands were sent.
-        self._confirmations: dict[str, deque[asyncio.Future[None]]] = {}
+        self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._pubsub: Any = None  # redis.asyncio.client.PubSub while anybody waits
         self._reader: asyncio.Task[None] | None = None
         # Commands go out in call order, so an UNSUBSCRIBE never overtakes a later SUBSCRIBE.
@@ -179,16 +189,16 @@ class ChangeFeed:
         """How many instance channels this sidecar is subscribed to now."""
         return len(self._waiters)
 
-    def watch(self, instance_id: str) -> _Watching:
+    def watch(self, instance_id: str) -> Watching:
         """`async with feed.watch(id) as waiter`: wait on one instance, subscribed (confirmed
         by Redis) on entry, so a caller that reads the instance afterwards cannot miss a
         change committed after that read.
 
         Entering raises StoreUnavailableError when Redis did not confirm the subscription.
         """
-        return _Watching(self, self._keys.changes(instance_id))
+        return Watching(self, self._keys.changes(instance_id).encode())
 
-    async def _join(self, channel: str, waiter: ChangeWaiter) -> None:
+    async def _join(self, channel: bytes, waiter: ChangeWaiter) -> None:
         waiters = self._waiters.get(channel)
         confirmed: asyncio.Future[None] | None = None
         if waiters is None:
@@ -214,17 +224,17 @@ class ChangeFeed:
                 self._leave(channel, waiter)
                 raise
 
-    async def _confirmed(self, channel: str, confirmed: asyncio.Future[None]) -> None:
+    async def _confirmed(self, channel: bytes, confirmed: asyncio.Future[None]) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
         except TimeoutError:
             raise StoreUnavailableError(
-                f"Redis did not confirm the subscription to {channel} within "
+                f"Redis did not confirm the subscription to {channel.decode()} within "
                 f"{SUBSCRIBE_TIMEOUT_S:g} s; retry",
                 reason=Reason.REDIS_UNAVAILABLE,
             ) from None
 
-    def _leave(self, channel: str, waiter: ChangeWaiter) -> None:
+    def _leave(self, channel: bytes, waiter: ChangeWaiter) -> None:
         waiters = self._waiters.get(channel)
         if waiters is None:
             return
@@ -235,14 +245,14 @@ class ChangeFeed:
             task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
             task.add_done_callback(_log_failure)
 
-    async def _unsubscribe(self, channel: str) -> None:
+    async def _unsubscribe(self, channel: bytes) -> None:
         async with self._send_lock:
             # A waiter may have come back to the channel meanwhile: then it stays.
             if channel not in self._waiters and self._pubsub is not None:
                 with map_redis_errors():
                     await self._pubsub.unsubscribe(channel)
 
-    async def _subscribe(self, channel: str) -> None:
+    async def _subscribe(self, channel: bytes) -> None:
         async with self._send_lock:
             pubsub = self._pubsub
             opened = pubsub is None
@@ -304,7 +314,8 @@ class ChangeFeed:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        channel = text(message.get("channel"))
+        name = message.get("channel")
+        channel = name.encode() if isinstance(name, str) else bytes(name or b"")
         waiters = self._waiters.get(channel, ())
         if kind == "message":
             change = _parse(message.get("data"))

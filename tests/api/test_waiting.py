@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,9 @@ import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis, RedisCluster
 
+from okra_sidecar.api.waiting import InstanceWaiting
 from okra_sidecar.errors import Reason
+from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.server import Sidecar
 from tests.helpers import (
     Stub,
@@ -275,3 +278,31 @@ async def test_waiting_on_a_final_instance_subscribes_to_nothing(stub: Stub, red
     stream = stub.WatchInstance(pb.WatchInstanceRequest(instance_id=waiting.instance_id))
     assert [instance async for instance in watched(stream)] == [done]
     assert await subscribe_calls(redis) == before
+
+
+async def test_a_watch_dropped_unfinished_leaves_its_channel(
+    sidecar: tuple[Sidecar, Stub], redis: Redis
+) -> None:
+    # What an async generator's finalizer would do: a stream its caller stops reading (and
+    # drops) without cancelling it still leaves the feed's channel.
+    running, stub = sidecar
+    waiting = await start_waiting(stub)
+    watcher = InstanceWaiting(store=running.store, changes=running.store.changes)
+    stream = watcher.watch(waiting.instance_id, lambda record: record.revision)
+    assert await anext(stream) == waiting.revision
+
+    async def subscribed() -> bool:
+        return await subscribers(redis, waiting.instance_id) == 1
+
+    await eventually(subscribed, what="the watch subscribed")
+    del stream
+    gc.collect()
+
+    async def left() -> bool:
+        return await subscribers(redis, waiting.instance_id) == 0
+
+    await eventually(left, what="the dropped watch's channel left")
+    # The instance goes on and a new watch still sees it end.
+    await approve(stub, waiting.instance_id)
+    statuses = [r async for r in watcher.watch(waiting.instance_id, lambda r: r.status)]
+    assert statuses[-1] is InstanceStatus.COMPLETED
