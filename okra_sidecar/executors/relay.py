@@ -3,8 +3,9 @@
 Every sidecar runs one; they share the outboxes through one consumer group, so each entry is
 applied by one relay, and again by whoever claims it if that relay stops before acknowledging
 it, which the dedup ids make harmless: a parent gets its child's outcome once. A parent that
-has finished meanwhile no longer takes deliveries, and the entry is dropped. A release is
-idempotent by instance id.
+has finished meanwhile no longer takes deliveries, and the entry is dropped. Reservations and
+releases are idempotent by instance id; one applied out of order (a reservation claimed from a
+dead relay after its instance's release) is repaired by executors/reconciler.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from okra_sidecar.store.outbox_store import (
     DELIVER,
     PUBLISH,
     RELEASE,
+    RESERVE,
     OutboxEntry,
     RedisOutboxStore,
 )
@@ -105,16 +107,23 @@ class OutboxRelay:
             self._applying -= ids
 
     async def _apply(self, entries: list[OutboxEntry]) -> None:
-        # Releases commute with each other and with deliveries: one script call per scope.
+        # Reservations and releases commute with deliveries and among their kind: one script
+        # call per scope for each. An instance's reservation comes before its release in its
+        # partition's outbox, so every reservation of the batch is made before any release.
+        reserves: dict[str, list[tuple[str, str]]] = {}
         releases: dict[str, list[tuple[str, str, str]]] = {}
         for entry in entries:
             if entry.kind == DELIVER:
                 await self._effects.deliver(entry.instance_id, entry.dedup, entry.event)
             elif entry.kind == PUBLISH:
                 await self._effects.publish(entry.event)
+            elif entry.kind == RESERVE:
+                reserves.setdefault(entry.scope, []).append((entry.instance_id, entry.workflow_key))
             elif entry.kind == RELEASE:
                 place = (entry.instance_id, entry.workflow_key, "")
                 releases.setdefault(entry.scope, []).append(place)
+        for scope, admitted in reserves.items():
+            await self._limits.admit_many(scope, admitted)
         for scope, places in releases.items():
             await self._limits.release_many(scope, places)
         await self._outbox.ack(entries)

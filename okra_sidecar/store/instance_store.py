@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
@@ -25,8 +24,8 @@ from okra_sidecar.store.scripts import load_script
 
 __all__ = ["InstanceStore"]
 
-# create.lua's score for a reservation made at the same time, whose score it cannot know yet.
-SCORE_NOT_YET_KNOWN = "*"
+# create.lua's score for a reservation it hands to the outbox, for the relay to make.
+OUTBOX_RESERVATION = ">"
 # Workflow ids whose `namespace.name` is kept: every Run of one workflow asks again.
 WORKFLOW_KEY_CACHE_SIZE = 1024
 
@@ -58,7 +57,7 @@ class InstanceStore(StoreConnections):
         if self.one_node:
             return await self._reserve_and_create(new, limits)
         if not limits.max_active and not limits.max_per_workflow:
-            return await self._reserve_beside_create(new)
+            return await self._create_reserving_through_outbox(new)
         admission = await self._admit(new, limits)
         if admission.refused:
             return False  # a retried Run whose instance finished and left its place
@@ -92,40 +91,17 @@ class InstanceStore(StoreConnections):
                 self._check_durable(waited)
         return created == 1
 
-    async def _reserve_beside_create(self, new: NewInstance) -> bool:
+    async def _create_reserving_through_outbox(self, new: NewInstance) -> bool:
         """create_instance on a Cluster when no limit applies: nothing can refuse the
-        reservation, so it goes to its slot while the create goes to the instance's, side by
-        side, one round trip instead of two in a row. It is still made, so that a limit set
-        later counts the instances already running.
-
-        The create cannot know the reservation's score, which create.lua checks against the
-        reconciler's void marker; when this id has a marker it creates nothing (-5), and the
-        create is asked again with the score.
-        """
-        workflow_key = _workflow_key(new.workflow_id)
-        keys, args = self._create_call(new, Admission(score=SCORE_NOT_YET_KNOWN))
-        # Both run to the end whatever the other does: a create that came without its
-        # reservation (that call failed) is counted once the caller retries the Run.
-        reserved, written = await asyncio.gather(
-            self.limits.reserve(new.instance_id, workflow_key, max_active=0, max_per_workflow=0),
-            self._created_durably(keys, args),
-            return_exceptions=True,
-        )
-        if isinstance(reserved, BaseException):
-            raise reserved
-        if isinstance(written, BaseException):
-            raise written
-        created, waited = written
-        if int(created) == -5:
-            return await self.create_admitted(new, reserved)
-        await self._settle_admission(int(created), new, reserved)
+        reservation, so create.lua hands it to the partition's outbox (score '>') and the
+        relay makes it in the scope's slot, in a batch: one script on the Run's path instead
+        of two. It is still made, so that a limit set later counts the instances already
+        running (once the relay has applied it, a few milliseconds later)."""
+        keys, args = self._create_call(new, Admission(score=OUTBOX_RESERVATION))
         with map_redis_errors():
+            created, waited = await self._durable_write(self._create, keys=keys, args=args)
             self._check_durable(waited)
         return int(created) == 1
-
-    async def _created_durably(self, keys: list[str], args: list[Arg]) -> tuple[Any, Any]:
-        with map_redis_errors():
-            return await self._durable_write(self._create, keys=keys, args=args)
 
     async def _admit(self, new: NewInstance, limits: _Limits) -> Admission:
         """Reserve `new`'s place in the limit scope's slot, before it is created in its own;
@@ -264,6 +240,7 @@ class InstanceStore(StoreConnections):
             keys.history(new.instance_id),
             keys.work(partition),
             keys.voided(new.instance_id),
+            keys.outbox(partition),
             *index_keys,
         ]
         args: list[Arg] = [

@@ -2,12 +2,14 @@
 
 `maxConcurrentInstances` and `maxInstancesPerWorkflow` are counted as sets of admitted
 instance ids under the scope's hash tag (`okra:limits:{ns:<scope>}:...`), not beside the
-instances, which live in their partitions' slots. A Run reserves its id there first
-(reserve.lua, atomic, so concurrent Runs never overshoot), then creates the instance in its
-partition; finishing or cancelling hands a release to the partition's outbox, which the relay
-applies (release.lua). Both steps are idempotent by instance id. What a process that died
-between two steps leaves behind (a reservation without an instance, a finished instance still
-held) is repaired by `repair`, which executors/reconciler.py runs every second.
+instances, which live in their partitions' slots. A Run a limit applies to reserves its id there
+first (reserve.lua, atomic, so concurrent Runs never overshoot), then creates the instance in
+its partition; on a Cluster, a Run no limit applies to creates it at once and hands its
+reservation to the partition's outbox, which the relay applies (admit.lua); finishing or
+cancelling hands a release to the partition's outbox, which the relay applies (release.lua).
+Every step is idempotent by instance id. What a process that died between two steps leaves
+behind (a reservation without an instance, a finished instance still held) is repaired by
+`repair`, which executors/reconciler.py runs every second.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class RedisLimitStore:
     """The limit sets of every scope; reserve and release are one script each, in one slot."""
 
     _reserve = MultiplexedScript(load_script("reserve"))
+    _admit = MultiplexedScript(load_script("admit"))
     _release = MultiplexedScript(load_script("release"))
     _void = MultiplexedScript(load_script("void"))
 
@@ -112,6 +115,17 @@ class RedisLimitStore:
         if outcome in ("active", "workflow"):
             return Admission(refused=outcome)
         return Admission(score=text(reply[1]), fresh=outcome == "new")
+
+    async def admit_many(self, scope: str, admitted: Sequence[tuple[str, str]]) -> int:
+        """Record the admissions (instance id, workflow key) of one scope that creates handed
+        to the outbox, in one script call (admit.lua); how many were not held before."""
+        keys = self.keys
+        set_keys = [keys.limit_active(scope), keys.limit_held(scope)]
+        set_keys += [keys.limit_workflow(scope, workflow_key) for _, workflow_key in admitted]
+        args = [workflow_key for _, workflow_key in admitted]
+        args += [instance_id for instance_id, _ in admitted]
+        with map_redis_errors():
+            return int(await self._hot.evalsha(self._admit, set_keys, args))
 
     async def release(
         self, instance_id: str, scope: str, workflow_key: str, *, score: str = ""

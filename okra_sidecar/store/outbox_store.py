@@ -24,12 +24,14 @@ from okra_sidecar.store.liveness import ConsumerLiveness
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.streams import claim_partitions, read_partitions
 
-__all__ = ["DELIVER", "PUBLISH", "RELEASE", "OutboxEntry", "RedisOutboxStore"]
+__all__ = ["DELIVER", "PUBLISH", "RELEASE", "RESERVE", "OutboxEntry", "RedisOutboxStore"]
 
-# Entry kinds, field `k`: an event for one instance's inbox, one for the events stream, or a
-# finished instance's admission to give back in its limit scope (store/limit_store.py).
+# Entry kinds, field `k`: an event for one instance's inbox, one for the events stream, a new
+# instance's admission to record in its limit scope (a Run no limit applied to, on a Cluster),
+# or a finished instance's admission to give back there (store/limit_store.py).
 DELIVER = "deliver"
 PUBLISH = "publish"
+RESERVE = "reserve"
 RELEASE = "release"
 
 
@@ -41,9 +43,9 @@ class OutboxEntry:
     entry_id: str
     kind: str
     event: dict[str, Any]
-    instance_id: str = ""  # the instance a DELIVER or RELEASE entry is for
+    instance_id: str = ""  # the instance a DELIVER, RESERVE or RELEASE entry is for
     dedup: str = ""  # its dedup id in that instance's `delivered` set
-    scope: str = ""  # a RELEASE entry's limit scope and workflow key
+    scope: str = ""  # a RESERVE or RELEASE entry's limit scope and workflow key
     workflow_key: str = ""
 
 

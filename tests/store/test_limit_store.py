@@ -7,11 +7,13 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.errors import ResourceExhaustedError, StoreUnavailableError
+from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.limit_store import RedisLimitStore
 from okra_sidecar.store.redis_store import RedisStore
-from tests.store.test_redis_store import IDS, new
+from tests.helpers import apply_outbox
+from tests.store.test_redis_store import IDS, commit, new
 
 KEYS = RedisKeys(scope="shop")
 
@@ -52,20 +54,52 @@ async def test_a_run_without_limits_is_counted_even_after_an_earlier_reservation
     await limits.reserve(IDS[0], "t.w", max_active=0, max_per_workflow=0)
     await redis.zadd(KEYS.limit_active("shop"), {IDS[0]: 1})
     assert (await limits.repair()).released_missing == 1  # voided, its marker left behind
-    # On a Cluster the reservation and the create go side by side when no limit applies;
-    # the marker of the earlier reservation does not refuse this one.
+    # On a Cluster a Run without limits hands its reservation to the outbox; the marker of
+    # the earlier reservation refuses neither the create nor the reservation the relay makes.
     assert await store.create_instance(new(IDS[0]), max_active=0) is True
     assert await store.create_instance(new(IDS[1]), max_active=0) is True
+    assert await apply_outbox(store) == (0 if store.one_node else 2)
     assert await limits.held() == 2 and await limits.held_by_workflow("t.w") == 2
     assert await store.get_instance(IDS[0]) is not None
 
 
-async def test_a_run_without_limits_whose_reservation_was_voided_is_refused(redis: Redis) -> None:
+async def test_a_voided_reservation_refuses_its_create_or_is_made_again(redis: Redis) -> None:
     store = RedisStore(redis=redis, keys=KEYS)
     held = await store.limits.reserve(IDS[0], "t.w", max_active=0, max_per_workflow=0)
-    # The reconciler has voided this very reservation (and not yet released it): a create
-    # with it must not run uncounted, whether or not a limit applies.
+    # The reconciler has voided this very reservation (and not yet released it).
     await redis.set(KEYS.voided(IDS[0]), held.score)
-    with pytest.raises(StoreUnavailableError, match="lapsed"):
-        await store.create_instance(new(IDS[0]), max_active=0)
-    assert await store.get_instance(IDS[0]) is None
+    if store.one_node:
+        # The create runs with that reservation: refused, so that it never runs uncounted.
+        with pytest.raises(StoreUnavailableError, match="lapsed"):
+            await store.create_instance(new(IDS[0]), max_active=0)
+        assert await store.get_instance(IDS[0]) is None
+        return
+    # On a Cluster a Run without limits makes its own reservation through the outbox, under
+    # a new score: the reconciler's release of the voided one (by its score) keeps it.
+    assert await store.create_instance(new(IDS[0]), max_active=0) is True
+    assert await apply_outbox(store) == 1
+    assert not await store.limits.release(IDS[0], "shop", "t.w", score=held.score)
+    assert await store.limits.held() == 1 and await store.limits.held_by_workflow("t.w") == 1
+
+
+async def test_the_relay_makes_an_outbox_reservation_once_and_before_its_release(
+    redis: Redis,
+) -> None:
+    store = RedisStore(redis=redis, keys=KEYS)
+    if store.one_node:
+        pytest.skip("on a single Redis the Run's one script makes the reservation itself")
+    assert await store.create_instance(new(IDS[0]), max_active=0) is True
+    assert await store.create_instance(new(IDS[1]), max_active=0) is True
+    assert await store.limits.held() == 0  # nothing in the scope's slot until the relay runs
+    snapshot = await store.load_turn(IDS[0])
+    assert snapshot is not None
+    assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED))
+    # One batch: both reservations, then the finished instance's release.
+    assert await apply_outbox(store) == 3
+    assert await store.limits.held() == 1 and await store.limits.held_by_workflow("t.w") == 1
+    # An entry applied again (its relay died before acknowledging it) holds no second place.
+    assert await store.limits.admit_many("shop", [(IDS[1], "t.w")]) == 0
+    assert await store.limits.held() == 1
+    # A limit set now counts the instance that runs.
+    with pytest.raises(ResourceExhaustedError, match="limit of 1"):
+        await store.create_instance(new(IDS[2]), max_active=1)

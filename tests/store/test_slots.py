@@ -48,7 +48,7 @@ from tests.helpers import (
 )
 from tests.store.test_redis_store import IDS, commit, new
 
-SCRIPTS = ("create", "signal", "commit", "cancel", "timers", "reserve", "release", "void")
+SCRIPTS = tuple("create signal commit cancel timers reserve admit release void".split())
 
 
 class RecordingCommands:
@@ -110,7 +110,10 @@ async def test_every_instance_script_touches_one_slot(redis: Redis) -> None:
     assert await store.commit_turn(snapshot, commit(InstanceStatus.COMPLETED, extras=outcome))
     await store.fire_timers(10, limit=10)
     await cancel_instance(store, parent, reason="done", now_ms=20)
-    # The relay's release of the child's place, and a reservation the reconciler voids.
+    # A Run without limits, whose reservation the relay makes; the relay's release of the
+    # child's place, and a reservation the reconciler voids.
+    await store.create_instance(new(IDS[4]), max_active=0)
+    await store.limits.admit_many("shop", [(IDS[4], "t.w")])
     await store.limits.release(child, "shop", "t.w")
     await store.limits.reserve(IDS[3], "t.w", max_active=0, max_per_workflow=0)
     await redis.zadd(keys.limit_active("shop"), {IDS[3]: 1})

@@ -2,7 +2,7 @@
 -- signal to it (signal.lua), in one step. load_script prepends both scripts as the functions
 -- create(KEYS, ARGV) and signal(KEYS, ARGV), so each keeps its own KEYS and ARGV layout.
 -- KEYS: inbox, delivered signal ids, then create.lua's KEYS (instance, history, work stream,
---       voided marker, index sets).
+--       voided marker, outbox, index sets).
 -- ARGV: n, create.lua's n ARGV, then signal.lua's ARGV (instance id, signal id, event, now
 --       ms, expected status).
 -- Returns {created, signal outcome...}: created as create.lua returns it (1, 0, 2, -3, -4); the
