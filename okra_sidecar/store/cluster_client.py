@@ -25,6 +25,7 @@ __all__ = [
     "PooledNode",
     "SeededRedisCluster",
     "pooled_commands",
+    "stream_commands",
     "store_commands",
     "cluster_commands",
     "cluster_enabled",
@@ -80,6 +81,7 @@ class SeededRedisCluster(RedisCluster):
         self.url = url
         self._timeouts = (kwargs["socket_timeout"], kwargs["socket_connect_timeout"])
         self._raw: ClusterCommands | None = None
+        self._streams: ClusterCommands | None = None
 
     def raw_commands(self) -> ClusterCommands:
         """Replies as Redis sent them, as PooledCommands gives them on a single Redis: a
@@ -91,9 +93,24 @@ class SeededRedisCluster(RedisCluster):
             )
         return self._raw
 
+    def stream_commands(self) -> ClusterCommands:
+        """Blocking stream reads and their acknowledgements on multiplexed connections (one
+        per slot read, one per master), replies raw: redis-py spends several times the CPU
+        per command, and a busy relay sends a read per partition and an ack per batch."""
+        if self._streams is None:
+            socket_timeout, connect_timeout = self._timeouts
+            self._streams = cluster_commands(
+                self.url,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                blocking_reads=True,
+            )
+        return self._streams
+
     async def aclose(self) -> None:
-        if self._raw is not None:
-            await self._raw.aclose()
+        for commands in (self._raw, self._streams):
+            if commands is not None:
+                await commands.aclose()
         await super().aclose()
 
 
@@ -102,6 +119,15 @@ def pooled_commands(client: aioredis.Redis) -> HotCommands:
     connection per master, closed with `client`)."""
     if isinstance(client, SeededRedisCluster):
         return client.raw_commands()
+    return PooledCommands(client)
+
+
+def stream_commands(client: aioredis.Redis) -> HotCommands:
+    """HotCommands for blocking stream reads on `client`: on a Cluster, multiplexed
+    connections (SeededRedisCluster.stream_commands); else `client`'s pool, as
+    `pooled_commands`."""
+    if isinstance(client, SeededRedisCluster):
+        return client.stream_commands()
     return PooledCommands(client)
 
 

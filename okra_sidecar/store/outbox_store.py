@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from okra_sidecar.store.cluster_client import pooled_commands
+from okra_sidecar.store.cluster_client import stream_commands
 from okra_sidecar.store.jsontext import loads
 from okra_sidecar.store.keys import RELAY_GROUP, RedisKeys
 from okra_sidecar.store.liveness import ConsumerLiveness
@@ -55,8 +55,9 @@ class RedisOutboxStore:
     def __init__(self, *, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
-        # The shared pool, replies raw, for read_partitions.
-        self._pooled = pooled_commands(redis)
+        # Replies raw, for read_partitions and the acknowledgements (on a Cluster, multiplexed
+        # connections of the client's, closed with it).
+        self._streams = stream_commands(redis)
         self._partition_of = {k.encode(): p for p, k in enumerate(keys.all_outboxes())}
 
     async def ensure_groups(self) -> None:
@@ -70,7 +71,7 @@ class RedisOutboxStore:
 
     async def read(self, consumer: str, *, count: int, block_ms: int) -> list[OutboxEntry]:
         entries = await read_partitions(
-            self._pooled,
+            self._streams,
             RELAY_GROUP,
             consumer,
             self.keys.all_outboxes(),
@@ -119,7 +120,7 @@ class RedisOutboxStore:
             stream = self.keys.outbox(partition)
             commands += [("XACK", stream, RELAY_GROUP, *entry_ids), ("XDEL", stream, *entry_ids)]
         with map_redis_errors():
-            await self._pooled.pipeline(commands)
+            await self._streams.pipeline(commands)
 
 
 def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxEntry:
