@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,45 +28,56 @@ from redis.asyncio.cluster import ClusterPipeline
 
 from okra_sidecar.instances import InstanceStatus, NewInstance, QueryFilter
 from okra_sidecar.store.base import TurnCommit
+from okra_sidecar.store.cluster_commands import ClusterCommands
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.keys import RedisKeys
+from okra_sidecar.store.multiplexed import MultiplexedRedis
 from okra_sidecar.store.redis_store import RedisStore
 
 PAGE = 100
 
 
 class RoundTrips:
-    """Counts pipeline executions of every redis-py client in the process.
+    """Counts the pipelines sent in the process: redis-py's, and those of the store's hot
+    commands (MultiplexedRedis, ClusterCommands), each counted once where one is sent
+    through another (ClusterCommands over redis-py's pool).
 
     On a Redis Cluster a pipeline goes to every master it names at once: one round trip.
     """
 
+    _PATCHED = (
+        (Pipeline, "execute"),
+        (ClusterPipeline, "execute"),
+        (MultiplexedRedis, "pipeline"),
+        (ClusterCommands, "pipeline"),
+    )
+
     def __init__(self) -> None:
         self.count = 0
-        self._execute = Pipeline.execute
-        self._cluster_execute = ClusterPipeline.execute
+        self._inside: ContextVar[bool] = ContextVar("inside_a_pipeline", default=False)
+        self._originals = [getattr(owner, name) for owner, name in self._PATCHED]
 
     def __enter__(self) -> RoundTrips:
-        execute, cluster_execute = self._execute, self._cluster_execute
-
-        async def counted(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
-            self.count += 1
-            return await execute(pipe, raise_on_error)
-
-        async def cluster_counted(
-            pipe: ClusterPipeline, raise_on_error: bool = True, allow_redirections: bool = True
-        ) -> list[Any]:
-            self.count += 1
-            return await cluster_execute(pipe, raise_on_error, allow_redirections)
-
-        # Patched on the classes: Query's pipelines are made inside the store.
-        Pipeline.execute = counted  # type: ignore[method-assign,assignment]
-        ClusterPipeline.execute = cluster_counted  # type: ignore[method-assign,assignment]
+        for (owner, name), original in zip(self._PATCHED, self._originals, strict=True):
+            setattr(owner, name, self._counting(original))
         return self
 
+    def _counting(self, original: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if self._inside.get():
+                return await original(*args, **kwargs)
+            self.count += 1
+            token = self._inside.set(True)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self._inside.reset(token)
+
+        return counted
+
     def __exit__(self, *exc: object) -> None:
-        Pipeline.execute = self._execute  # type: ignore[method-assign]
-        ClusterPipeline.execute = self._cluster_execute  # type: ignore[method-assign]
+        for (owner, name), original in zip(self._PATCHED, self._originals, strict=True):
+            setattr(owner, name, original)
 
 
 async def fill(store: RedisStore, count: int) -> None:

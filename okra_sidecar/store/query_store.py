@@ -153,14 +153,21 @@ class QueryStore(StoreConnections):
         indexes = self._query_indexes(query)
         lower, upper = self._lex_bounds(query, cursor=query.cursor)
         found: list[InstanceRecord] = []
-        scanned = 0
+        scanned = batch = 0
         with map_redis_errors():
             while True:
-                batch = min(QUERY_SCAN_BATCH, max(query.limit - len(found), 1) * 2)
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for index in indexes:
-                        pipe.zrange(index, upper, lower, desc=True, bylex=True, offset=0, num=batch)
-                    per_partition: list[list[bytes]] = await pipe.execute()
+                # Twice what is still wanted, and twice the last round's at least: a sparse
+                # filter (most records re-checked out) takes a few rounds, not one per record.
+                wanted = max(query.limit - len(found), 1) * 2
+                batch = min(QUERY_SCAN_BATCH, max(wanted, batch * 2))
+                # On the hot commands: on a Cluster each slot's commands go to its master side
+                # by side, without redis-py's cluster pipeline (several times the CPU).
+                per_partition: list[list[bytes]] = await self.hot.pipeline(
+                    [
+                        ("ZRANGE", i, upper, lower, "BYLEX", "REV", "LIMIT", 0, batch)
+                        for i in indexes
+                    ]
+                )
                 members = list(islice(heapq.merge(*per_partition, reverse=True), batch))
                 # Nothing beyond this round: no partition may hold more, and all was taken.
                 exhausted = all(len(part) < batch for part in per_partition) and sum(
@@ -168,10 +175,12 @@ class QueryStore(StoreConnections):
                 ) == len(members)
                 if not members:
                     return QueryPage(found, "")
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for raw in members:
-                        pipe.hmget(self.keys.instance(text(raw).split(":", 1)[1]), RECORD_FIELDS)
-                    rows = await pipe.execute()
+                rows = await self.hot.pipeline(
+                    [
+                        ("HMGET", self.keys.instance(text(raw).split(":", 1)[1]), *RECORD_FIELDS)
+                        for raw in members
+                    ]
+                )
                 for raw, values in zip(members, rows, strict=True):
                     member = text(raw)
                     record = decode_record(member.split(":", 1)[1], values)
