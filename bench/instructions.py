@@ -10,9 +10,10 @@ only around the measured calls (`callgrind_control`):
 - the sidecar's serving process, per Run (W1's workflow) and per GetStatus;
 - its engine child, per Run, until every instance has had its first turn.
 
-The client and redis-server are not counted. Counts are per call; valgrind makes the servers
-about fifty times slower, so the counts use small batches. Needs valgrind (Debian package
-`valgrind`); without it the command says so and exits 2.
+With `--redis-cluster` the sidecar runs on a local Redis Cluster of three masters instead of
+its embedded Redis. The client and redis-server are not counted. Counts are per call; valgrind
+makes the servers about fifty times slower, so the counts use small batches. Needs valgrind
+(Debian package `valgrind`); without it the command says so and exits 2.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.load import drive
 from bench.processes import echo_process, sidecar_process
 from bench.progress import wait_until_none
 from bench.workloads import HOLD, NOT_STARTED, run_request
+from okra_sidecar.store.local_cluster import LocalCluster
 
 WARM_UP_CALLS = 200
 # Under valgrind every server is slow to start: the sidecar loads its definitions and Redis.
@@ -106,7 +108,9 @@ async def count_echo(work_dir: Path, calls: int, concurrency: int) -> list[Count
     return [Count("echo server, per call", server_ir / calls)]
 
 
-async def count_sidecar(work_dir: Path, calls: int, concurrency: int) -> list[Count]:
+async def count_sidecar(
+    work_dir: Path, calls: int, concurrency: int, *, redis_url: str | None = None
+) -> list[Count]:
     out_dir = work_dir / "sidecar-callgrind"
     out_dir.mkdir()
     # One engine child and no spare: the child counted is the one taking the turns.
@@ -118,7 +122,11 @@ async def count_sidecar(work_dir: Path, calls: int, concurrency: int) -> list[Co
     }
     async with (
         sidecar_process(
-            work_dir, env=env, launcher=callgrind_launcher(out_dir), start_timeout_s=START_TIMEOUT_S
+            work_dir,
+            redis_url=redis_url,
+            env=env,
+            launcher=callgrind_launcher(out_dir),
+            start_timeout_s=START_TIMEOUT_S,
         ) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
@@ -171,7 +179,7 @@ def format_counts(counts: Sequence[Count]) -> str:
     return "\n".join(lines)
 
 
-async def measure(calls: int, concurrency: int) -> list[Count]:
+async def measure(calls: int, concurrency: int, *, cluster: bool = False) -> list[Count]:
     with tempfile.TemporaryDirectory(prefix="okra-instructions-") as scratch:
         work_dir = Path(scratch)
         print(f"echo server under callgrind: {calls} calls", file=sys.stderr, flush=True)
@@ -179,19 +187,29 @@ async def measure(calls: int, concurrency: int) -> list[Count]:
         print(
             f"sidecar under callgrind: {calls} Runs, {calls} GetStatus", file=sys.stderr, flush=True
         )
-        counts += await count_sidecar(work_dir, calls, concurrency)
-    return counts
+        if not cluster:
+            return counts + await count_sidecar(work_dir, calls, concurrency)
+        async with LocalCluster(data_dir=work_dir / "cluster", masters=3) as local:
+            print(f"on a Redis Cluster of 3 masters: {local.url}", file=sys.stderr, flush=True)
+            return counts + await count_sidecar(work_dir, calls, concurrency, redis_url=local.url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--calls", type=int, default=1000, help="counted calls of each kind")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (64)")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="on a local Redis Cluster of 3 masters"
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("error: valgrind is not installed (Debian: apt install valgrind)", file=sys.stderr)
         return 2
-    print(format_counts(asyncio.run(measure(args.calls, args.concurrency))))
+    print(
+        format_counts(
+            asyncio.run(measure(args.calls, args.concurrency, cluster=args.redis_cluster))
+        )
+    )
     return 0
 
 
