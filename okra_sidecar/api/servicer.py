@@ -27,6 +27,7 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.api.gate import ParsedInput, PolicyGate, RunTarget
+from okra_sidecar.api.instance_workflows import InstanceWorkflows
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
@@ -56,7 +57,7 @@ from okra_sidecar.instances import (
 from okra_sidecar.policy import rules
 from okra_sidecar.policy.causation import CAUSE_METADATA, CausationGuard
 from okra_sidecar.policy.model import CallGrant, WorkflowRef, current_identity
-from okra_sidecar.store.base import Store
+from okra_sidecar.store.base import Store, WorkflowMismatchError
 from okra_sidecar.store.change_feed import ChangeFeed
 from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.telemetry import SidecarMetrics, tracing
@@ -191,6 +192,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         self._registry = registry
         self._settings = settings
         self._metrics = metrics or SidecarMetrics()
+        self._instance_workflows = InstanceWorkflows()
 
     async def _ancestors(self, context: Context, workflow_id: str) -> tuple[str, ...]:
         """The chain behind a Run that a workflow's gRPC call made (signed `okra-cause`)."""
@@ -284,6 +286,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         async def create(grant: CallGrant) -> pb.RunResponse:
             new = await self._new_instance(request, context, registered, target, grant)
             await self._store.create_instance(new, **self._admission(grant))
+            self._instance_workflows.remember(new.instance_id, new.workflow_id)
             return pb.RunResponse(instance_id=new.instance_id)
 
         return await self._gate.run(context, target, create)
@@ -331,23 +334,48 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             "expect_status": grant.expected_status,
         }
 
+    async def _signal_workflow(self, instance_id: str) -> tuple[str | None, bool]:
+        """The instance's workflow (its payload schemas) and whether it was remembered rather
+        than read: an instance never changes workflow, so a Signal to one this sidecar started
+        or signalled needs no read (the store checks the remembered id as it writes; see
+        InstanceWorkflows)."""
+        remembered = self._instance_workflows.get(instance_id)
+        if remembered is not None:
+            return remembered, True
+        # No instance: the policies or the store say NOT_FOUND.
+        workflow_id = await self._store.instance_workflow(instance_id)
+        if workflow_id is not None:
+            self._instance_workflows.remember(instance_id, workflow_id)
+        return workflow_id, False
+
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
         instance_id = rules.check_instance_id(request.instance_id)
         rules.check_signal_name(request.signal)
+        workflow_id, remembered = await self._signal_workflow(instance_id)
 
-        # The payload's schema is its workflow's, read once: an instance never changes workflow.
-        # (No instance: the policies or the store say NOT_FOUND.)
-        workflow_id = await self._store.instance_workflow(instance_id)
-        definition = None
-        if workflow_id is not None:
-            definition = (await self._registry.get(workflow_id)).definition
-
-        async def deliver(grant: CallGrant) -> pb.SignalResponse:
+        async def send(
+            grant: CallGrant, workflow_id: str | None, remembered: bool
+        ) -> pb.SignalResponse:
+            definition = None
+            if workflow_id is not None:
+                definition = (await self._registry.get(workflow_id)).definition
             delivery = self._delivery(request, grant, definition)
-            duplicate = await self._store.signal(instance_id, **delivery)
+            expect_workflow = workflow_id if remembered else None
+            duplicate = await self._store.signal(
+                instance_id, **delivery, expect_workflow=expect_workflow
+            )
             if not duplicate:
                 self._metrics.signal_delivered()
             return pb.SignalResponse(signal_id=delivery["signal_id"], duplicate=duplicate)
+
+        async def deliver(grant: CallGrant) -> pb.SignalResponse:
+            try:
+                return await send(grant, workflow_id, remembered)
+            except WorkflowMismatchError:
+                # The instance runs another workflow than remembered: read it afresh.
+                self._instance_workflows.forget(instance_id)
+                fresh, _ = await self._signal_workflow(instance_id)
+                return await send(grant, fresh, False)
 
         return await self._gate.on_instance(
             context, "Signal", instance_id, signal=request.signal, apply=deliver

@@ -15,6 +15,11 @@ from okra_sidecar.instances import (
 from okra_sidecar.schedules import PreviousRun, SchedulePage, ScheduleRecord
 
 
+class WorkflowMismatchError(Exception):
+    """A signal named the workflow its payload was checked against, and the instance (deleted
+    and started again under the same id) now runs another one; nothing was written."""
+
+
 @dataclass(frozen=True)
 class InboxEntry:
     """A signal waiting in an instance's inbox."""
@@ -192,6 +197,7 @@ class Store(Protocol):
         event: dict[str, Any],
         now_ms: int,
         expect_status: str | None = None,
+        expect_workflow: str | None = None,
     ) -> bool: ...
 
     async def signal_delivered(self, instance_id: str, signal_id: str) -> bool: ...

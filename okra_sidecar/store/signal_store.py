@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from okra_sidecar.store.base import WorkflowMismatchError
 from okra_sidecar.store.connections import StoreConnections
 from okra_sidecar.store.jsontext import dumps
 from okra_sidecar.store.multiplexed import MultiplexedScript
@@ -26,11 +27,14 @@ class SignalStore(StoreConnections):
         event: dict[str, Any],
         now_ms: int,
         expect_status: str | None = None,
+        expect_workflow: str | None = None,
     ) -> bool:
         """Deliver a signal; returns True when signal_id was delivered before.
 
         Raises:
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
+            WorkflowMismatchError: the instance does not run `expect_workflow`; nothing was
+                written.
         """
         keys = self.keys
         with map_redis_errors():
@@ -42,9 +46,18 @@ class SignalStore(StoreConnections):
                     keys.signal_ids(instance_id),
                     keys.work(keys.partition(instance_id)),
                 ],
-                args=[instance_id, signal_id, dumps(event), now_ms, expect_status or ""],
+                args=[
+                    instance_id,
+                    signal_id,
+                    dumps(event),
+                    now_ms,
+                    expect_status or "",
+                    expect_workflow or "",
+                ],
             )
             outcome = [text(x) for x in result]
+            if outcome[0] == "workflow":
+                raise WorkflowMismatchError(instance_id)
             self._raise_for(instance_id, outcome, "signal")
             if outcome[0] == "ok":
                 self._check_durable(waited)

@@ -191,18 +191,27 @@ async def test_a_bulk_signal_checks_its_payload_against_each_matched_workflow(
         assert to_python(done.output)["data"] == {"by": "ops", "amount": 1}
 
 
-async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_payload(
-    tmp_path: Path, redis: Redis, redis_url: str
-) -> None:
-    # Version 2 declares another payload: a ticket instead of an amount.
+def version_two() -> str:
+    """Version 2 of the workflow: its approval carries a ticket instead of an amount."""
+    v2 = DEFINITION.replace("version: '1.0.0'", "version: '2.0.0'")
+    return v2.replace("[by, amount]", "[by, ticket]").replace(
+        "amount: {type: integer, minimum: 0}", "ticket: {type: string}"
+    )
+
+
+def both_versions(tmp_path: Path) -> Path:
+    """A workflows folder with versions 1 and 2."""
     workflows = tmp_path / "workflows"
     workflows.mkdir()
     (workflows / "payloads.yaml").write_text(DEFINITION)
-    v2 = DEFINITION.replace("version: '1.0.0'", "version: '2.0.0'")
-    v2 = v2.replace("[by, amount]", "[by, ticket]").replace(
-        "amount: {type: integer, minimum: 0}", "ticket: {type: string}"
-    )
-    (workflows / "payloads-v2.yaml").write_text(v2)
+    (workflows / "payloads-v2.yaml").write_text(version_two())
+    return workflows
+
+
+async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_payload(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    workflows = both_versions(tmp_path)
     v2_id = WORKFLOW_ID.replace("1.0.0", "2.0.0")
     async with running_sidecar(make_settings(redis_url, workflows=workflows)) as (sidecar, stub):
         v1_ids = [await waiting(stub), await waiting(stub)]
@@ -240,6 +249,30 @@ async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_paylo
         refused = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
         assert refused.status == pb.WORKFLOW_STATUS_WAITING
         assert await redis.xlen(KEYS.inbox(started.instance_id)) == 0
+
+
+async def test_a_signal_checks_the_workflow_the_instance_runs_not_the_one_remembered(
+    tmp_path: Path, redis: Redis, redis_url: str
+) -> None:
+    # The sidecar remembers the workflow of an instance it started, so a Signal reads nothing
+    # before it writes; the store checks the remembered id as it writes. Ids are derived from
+    # the full workflow id, so an instance cannot change workflow through the API: rewriting
+    # its record stands in for a store where that happened.
+    workflows = both_versions(tmp_path)
+    async with running_sidecar(make_settings(redis_url, workflows=workflows)) as (_, stub):
+        instance_id = await waiting(stub)
+        await redis.hset(KEYS.instance(instance_id), "wf", WORKFLOW_ID.replace("1.0.0", "2.0.0"))
+        before = await settle(redis)
+        error = await expect_rpc_error(
+            stub.Signal(signal(instance_id, "approve", {"by": "ada", "amount": 2})), INVALID
+        )
+        assert_reason(error, Reason.INPUT_SCHEMA_MISMATCH)
+        # Version 2's schema decided: it wants a ticket and takes no amount.
+        assert "'ticket' is a required property" in (error.details() or "")
+        assert await redis_fingerprint(redis) == before
+        await stub.Signal(signal(instance_id, "approve", {"by": "ada", "ticket": "T-1"}))
+        done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+        assert to_python(done.output)["data"] == {"by": "ada", "ticket": "T-1"}
 
 
 async def history(stub: Stub, instance_id: str) -> list[dict[str, Any]]:

@@ -1,9 +1,12 @@
 -- Deliver a signal to an unfinished instance once per signal id, and ask for a turn.
 -- A signal id already delivered answers 'duplicate' first, even once the instance finished.
 -- KEYS: instance, inbox, delivered signal ids, work stream.
--- ARGV: instance id, signal id, event (JSON), now ms, expected status ('' = any).
--- As in cancel.lua, a status that moved since the policy checked it writes nothing.
-local status = redis.call('HGET', KEYS[1], 'status')
+-- ARGV: instance id, signal id, event (JSON), now ms, expected status ('' = any), expected
+-- workflow id ('' = any).
+-- As in cancel.lua, a status that moved since the policy checked it writes nothing. The
+-- expected workflow is the one whose payload schema the caller checked, remembered from an
+-- earlier call: an instance running another answers 'workflow' (see InstanceWorkflows).
+local status, workflow = unpack(redis.call('HMGET', KEYS[1], 'status', 'wf'))
 if not status then
   return {'missing'}
 end
@@ -14,6 +17,10 @@ if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
 end
 if FINISHED[status] then
   return {'finished', status}
+end
+local expected_workflow = ARGV[6] or ''  -- signal_start.lua passes none
+if expected_workflow ~= '' and workflow ~= expected_workflow then
+  return {'workflow'}
 end
 if ARGV[5] ~= '' and status ~= ARGV[5] then
   return {'changed', status}
