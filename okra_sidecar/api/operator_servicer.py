@@ -19,7 +19,7 @@ from okra_sidecar.api.convert import (
     value_to_python,
 )
 from okra_sidecar.api.gate import PolicyGate
-from okra_sidecar.api.servicer import MAX_REASON, check_text, query_filter
+from okra_sidecar.api.request_checks import MAX_REASON, check_text, query_filter
 from okra_sidecar.bulks import BulkAction, BulkSpec
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -28,6 +27,14 @@ from okra_sidecar.api.convert import (
 )
 from okra_sidecar.api.gate import ParsedInput, PolicyGate, RunTarget
 from okra_sidecar.api.instance_workflows import InstanceWorkflows
+from okra_sidecar.api.request_checks import (
+    MAX_REASON,
+    check_request_id,
+    check_tags,
+    check_text,
+    fields_under,
+    query_filter,
+)
 from okra_sidecar.api.waiting import InstanceWaiting, await_budget, check_revision
 from okra_sidecar.clock import Clock, now_ms
 from okra_sidecar.config import HostSettings
@@ -39,7 +46,6 @@ from okra_sidecar.engine.runtime.registry import RegisteredWorkflow, WorkflowReg
 from okra_sidecar.engine.runtime.starter import admission, build_instance, timeout_fields
 from okra_sidecar.errors import (
     FailedPreconditionError,
-    FieldViolation,
     InvalidInputError,
     NotFoundError,
     PreconditionViolation,
@@ -50,7 +56,6 @@ from okra_sidecar.instances import (
     InstanceRecord,
     InstanceStatus,
     NewInstance,
-    QueryFilter,
     random_uuid,
     run_instance_id,
 )
@@ -65,25 +70,7 @@ from okra_sidecar.telemetry import SidecarMetrics, tracing
 Context = grpc.aio.ServicerContext[Any, Any]
 # Run ids derived from a request_id are stable, so a retried Run lands on the same instance.
 CALLER_WORKFLOW_METADATA = "okra-caller-workflow"
-MAX_TAGS = 64
-MAX_TEXT = 256
-MAX_REASON = 1024
 RESERVED_EVENT_PREFIX = "io.okra."
-
-
-def check_text(value: str, field: str, limit: int = MAX_TEXT) -> None:
-    if len(value) > limit:
-        raise InvalidInputError.for_field(field, f"is {len(value)} characters; at most {limit}")
-
-
-def _check_tags(tags: dict[str, str], field: str = "tags") -> None:
-    if len(tags) > MAX_TAGS:
-        raise InvalidInputError.for_field(field, f"has {len(tags)} tags; at most {MAX_TAGS}")
-    for name, value in tags.items():
-        if not name:
-            raise InvalidInputError.for_field(field, "a tag name may not be empty")
-        check_text(name, f"{field}.{name}")
-        check_text(value, f"{field}.{name}")
 
 
 def _metadata_value(context: Context, name: str) -> str:
@@ -104,63 +91,6 @@ def _what_starts(triggers: tuple[str, ...]) -> str:
     if starts:
         return "starts only from " + " and ".join(starts)
     return "has no schedule, so here it starts only as a child run of another workflow"
-
-
-@contextlib.contextmanager
-def fields_under(prefix: str) -> Iterator[None]:
-    """Name the fields of a nested message's violations from the request (`run.input`)."""
-    try:
-        yield
-    except InvalidInputError as exc:
-        if not exc.violations:
-            raise
-        violations = [FieldViolation(prefix + v.field, v.description) for v in exc.violations]
-        raise InvalidInputError(f"{prefix}{exc}", violations, reason=exc.reason) from None
-
-
-def query_filter(
-    request: pb.QueryRequest | pb.CountRequest,
-    *,
-    limit: int = 0,
-    cursor: str = "",
-    field: str = "",
-) -> QueryFilter:
-    """Query's and Count's filters (a bulk operation's too), checked by the code-level rules;
-    `field` prefixes the names of bad fields (`filter.`).
-
-    Raises:
-        InvalidInputError: a filter breaks a rule.
-    """
-    if request.workflow_id:
-        rules.check_workflow_id(request.workflow_id)
-    statuses = check_statuses(request.status, f"{field}status")
-    tags = dict(request.tags)
-    _check_tags(tags, f"{field}tags")
-    check_text(request.correlation_id, f"{field}correlation_id")
-    after = optional_time_ms(request, "started_after")
-    before = optional_time_ms(request, "started_before")
-    if after is not None and before is not None and after >= before:
-        raise InvalidInputError.for_field(
-            f"{field}started_after", "must be earlier than started_before"
-        )
-    return QueryFilter(
-        workflow_id=request.workflow_id,
-        statuses=statuses,
-        tags=tags,
-        correlation_id=request.correlation_id,
-        started_after_ms=after,
-        started_before_ms=before,
-        limit=limit,
-        cursor=cursor,
-    )
-
-
-def check_request_id(request_id: str) -> None:
-    """SignalWithStart's Run needs a request_id: it names the instance to signal or start."""
-    if not request_id:
-        raise InvalidInputError.for_field(
-            "request_id", "is required: it names the instance to signal or start"
-        )
 
 
 def _caller_workflow(context: Context) -> str:
@@ -234,7 +164,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         check_text(request.correlation_id, "correlation_id")
         check_text(request.request_id, "request_id")
         tags = target.tags
-        _check_tags(tags)
+        check_tags(tags)
         # Not registered: resolving again raises its NOT_FOUND, now that the policies allowed.
         registered = registered or await self._registry.resolve(request.workflow_id)
         definition = registered.definition
@@ -592,11 +522,4 @@ def _watch_response(record: InstanceRecord) -> pb.WatchInstanceResponse:
     return pb.WatchInstanceResponse(instance=record_to_pb(record))
 
 
-__all__ = [
-    "MAX_REASON",
-    "WorkflowHostServicer",
-    "check_request_id",
-    "check_text",
-    "fields_under",
-    "query_filter",
-]
+__all__ = ["WorkflowHostServicer"]

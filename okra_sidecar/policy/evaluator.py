@@ -15,7 +15,6 @@ from typing import Any, NoReturn, Protocol
 
 from celpy.celtypes import MapType, StringType
 
-from okra_sidecar.admission import RunLimits
 from okra_sidecar.errors import PolicyDeniedError, Reason, ResourceExhaustedError
 from okra_sidecar.policy import document as keys
 from okra_sidecar.policy import operator_rules
@@ -25,6 +24,7 @@ from okra_sidecar.policy.document import PolicySet
 from okra_sidecar.policy.globs import GlobList
 from okra_sidecar.policy.model import NO_WORKFLOW, CallGrant, WorkflowRef, same_owner
 from okra_sidecar.policy.operator_rules import Check
+from okra_sidecar.policy.run_verdicts import WORKFLOW_CACHE_SIZE, RunVerdicts, listed
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,9 @@ SCHEDULE_METHODS = (
 TASK_METHODS = ("PollTasks", "CompleteTask", "FailTask", "Heartbeat")
 # Rpcs decided as other rpcs are: SignalWithStart as the Run it may be and the Signal it is.
 DECIDED_AS = {"SignalWithStart": ("Run", "Signal")}
-WORKFLOW_CACHE_SIZE = 1024
 # The conditions of their own that Signal and Cancel are decided on, beside the general one.
 INSTANCE_CONDITIONS = {"Signal": keys.SIGNAL_CONDITION, "Cancel": keys.CANCEL_CONDITION}
 # A Run's verdict from the lists (policy key and message, or None) and its limits.
-RunVerdict = tuple[tuple[str, str] | None, RunLimits]
 ALL_ROOTS = frozenset({"request", "workflow", "instance"})
 METHOD, AUTH, CLAIMS, PEER, METADATA = (
     StringType(k) for k in ("method", "auth", "claims", "peer", "metadata")
@@ -64,10 +62,6 @@ class RateLimiter(Protocol):
     async def acquire_rate(
         self, name: str, *, interval_ms: float, period_ms: int
     ) -> float | None: ...
-
-
-def _listed(patterns: tuple[str, ...]) -> str:
-    return ", ".join(patterns)
 
 
 def _has_field(data: Any, path: str) -> bool:
@@ -103,9 +97,7 @@ class PolicyEvaluator:
         self._service_plain = {"name": service.name, "namespace": service.namespace}
         self._env_plain = dict(env)
         self._workflows: dict[WorkflowRef, Any] = {}
-        # What a Run's lists and limits decide depends only on the policy set and the
-        # workflow: decided once per workflow while the set stays in force.
-        self._run_verdicts: tuple[PolicySet | None, dict[WorkflowRef, RunVerdict]] = (None, {})
+        self._run_verdicts = RunVerdicts(service.namespace)
         # Each rpc's check, by method name; built once, not per call.
         self._checks: dict[str, Check] = {
             "Run": self._check_run,
@@ -165,29 +157,9 @@ class PolicyEvaluator:
             await self._audit.decision(policies.audit_level, call, allowed=True)
         return grant
 
-    def _run_verdict(self, policies: PolicySet, workflow: WorkflowRef) -> RunVerdict:
-        """run_list_problem and the RunLimits of `workflow` under `policies`, remembered
-        until another policy set is in force (at most WORKFLOW_CACHE_SIZE workflows)."""
-        held, verdicts = self._run_verdicts
-        if held is not policies or len(verdicts) >= WORKFLOW_CACHE_SIZE:
-            verdicts = {}
-            self._run_verdicts = (policies, verdicts)
-        verdict = verdicts.get(workflow)
-        if verdict is None:
-            limits = RunLimits(
-                max_active=policies.max_concurrent_instances,
-                max_active_policy=keys.MAX_CONCURRENT_INSTANCES,
-                max_per_workflow=policies.workflow_limit(workflow.key),
-                max_duration_ms=policies.max_duration_ms,
-                step_timeout_ms=policies.default_timeout_ms,
-                timeout_action=policies.timeout_action,
-            )
-            verdict = verdicts[workflow] = (self.run_list_problem(policies, workflow), limits)
-        return verdict
-
     async def _check_run(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
         workflow = call.workflow or NO_WORKFLOW
-        problem, limits = self._run_verdict(policies, workflow)
+        problem, limits = self._run_verdicts.verdict(policies, workflow)
         if problem is not None:
             await self._deny(call, policies, *problem)
         limit = policies.run_max_input_bytes
@@ -217,45 +189,6 @@ class PolicyEvaluator:
         # maxConcurrentInstances.
         return CallGrant(identity=call.identity, run_limits=limits, instance_id=call.instance_id)
 
-    def run_list_problem(
-        self, policies: PolicySet, workflow: WorkflowRef
-    ) -> tuple[str, str] | None:
-        """(policy key, message) when the allow/block lists or namespace rules forbid a run."""
-        names = workflow.names()
-        blocked = policies.run_blocked.match(names)
-        if blocked is not None:
-            return (
-                keys.RUN_BLOCKED,
-                f"{keys.RUN_BLOCKED} lists {blocked!r}; remove it from that list to run "
-                f"{workflow.key}",
-            )
-        allowed = policies.run_allowed
-        if allowed and allowed.match(names) is None:
-            return (
-                keys.RUN_ALLOWED,
-                f"{workflow.key} is not in {keys.RUN_ALLOWED} ({_listed(allowed.patterns)}); "
-                "add it to that list to run it",
-            )
-        own = self._service.namespace
-        if workflow.namespace != own:
-            namespaces = policies.run_allowed_namespaces
-            if namespaces and namespaces.match([workflow.namespace]) is None:
-                return (
-                    keys.RUN_ALLOWED_NAMESPACES,
-                    f"namespace {workflow.namespace!r} is not in {keys.RUN_ALLOWED_NAMESPACES} "
-                    f"({_listed(namespaces.patterns)}) and is not this service's namespace "
-                    f"{own!r}; add it to that list to run {workflow.key}",
-                )
-            if not namespaces and not policies.run_cross_namespace:
-                return (
-                    keys.RUN_CROSS_NAMESPACE,
-                    f"{workflow.key} is in namespace {workflow.namespace!r}, not this service's "
-                    f"namespace {own!r} (serviceNamespace), and {keys.RUN_CROSS_NAMESPACE} is "
-                    f"false; set it to true or list {workflow.namespace!r} in "
-                    f"{keys.RUN_ALLOWED_NAMESPACES}",
-                )
-        return None
-
     async def _check_signal(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
         if not policies.signal_allowed:
             await self._deny(
@@ -271,7 +204,7 @@ class PolicyEvaluator:
                 policies,
                 keys.SIGNAL_ALLOWED_SIGNALS,
                 f"signal {call.signal!r} is not in {keys.SIGNAL_ALLOWED_SIGNALS} "
-                f"({_listed(allowed.patterns)}); send one of those or add it to the list",
+                f"({listed(allowed.patterns)}); send one of those or add it to the list",
             )
         await self._check_conditions(call, policies, (keys.SIGNAL_CONDITION, keys.CONDITION))
         await self._check_rate(call, policies, "signal")
@@ -357,7 +290,7 @@ class PolicyEvaluator:
                 call, policies, key, f"{what} is turned off ({key} is false); set it to true"
             )
 
-    async def _check_listed(
+    async def _checklisted(
         self, call: Call, policies: PolicySet, key: str, allowed: GlobList, *, name: str, noun: str
     ) -> None:
         if allowed and allowed.match([name]) is None:
@@ -365,7 +298,7 @@ class PolicyEvaluator:
                 call,
                 policies,
                 key,
-                f"{noun} {name!r} is not in {key} ({_listed(allowed.patterns)}); use one of "
+                f"{noun} {name!r} is not in {key} ({listed(allowed.patterns)}); use one of "
                 "those or add it to the list",
             )
 
@@ -374,7 +307,7 @@ class PolicyEvaluator:
             call, policies, keys.EMIT_ALLOWED, on=policies.emit_allowed, what="emitting events"
         )
         event_type = str(call.resource[1].get("type", "")) if call.resource else ""
-        await self._check_listed(
+        await self._checklisted(
             call,
             policies,
             keys.EMIT_ALLOWED_TYPES,
@@ -423,7 +356,7 @@ class PolicyEvaluator:
             call, policies, keys.TASK_ALLOWED, on=policies.task_allowed, what="worker tasks"
         )
         queue = str(call.resource[1].get("queue", "")) if call.resource else ""
-        await self._check_listed(
+        await self._checklisted(
             call,
             policies,
             keys.TASK_ALLOWED_QUEUES,
@@ -463,7 +396,7 @@ class PolicyEvaluator:
 
     def may_run(self, call: Call, policies: PolicySet, workflow: WorkflowRef) -> bool:
         """Whether ListWorkflows shows `workflow` to this caller (a failing condition hides it)."""
-        if self.run_list_problem(policies, workflow) is not None:
+        if self._run_verdicts.verdict(policies, workflow)[0] is not None:
             return False
         probe = Call(
             method="Run", identity=call.identity, metadata=call.metadata, workflow=workflow

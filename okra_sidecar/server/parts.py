@@ -17,19 +17,26 @@ from okra_sidecar.api.admin import PolicyAdminServicer
 from okra_sidecar.api.gate import PolicyGate
 from okra_sidecar.api.interceptors import AuthInterceptor, PolicyInterceptor
 from okra_sidecar.api.resource_gates import ScheduleGate, TaskGate
+from okra_sidecar.clock import Clock
 from okra_sidecar.config import Settings
+from okra_sidecar.engine.runtime.event_triggers import EventTriggers
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry
 from okra_sidecar.engine.runtime.runner import EngineLane, EngineRunner
+from okra_sidecar.engine.runtime.sandbox import expression_sandbox
+from okra_sidecar.engine.runtime.scheduler import Scheduler
+from okra_sidecar.executors.runtime import EffectRuntime
 from okra_sidecar.policy.alerts import FailureAlerts
 from okra_sidecar.policy.audit import AuditLog, ServiceIdentity
 from okra_sidecar.policy.auth import TokenVerifier
 from okra_sidecar.policy.bulk_items import PolicyBulkItemAuthorizer
+from okra_sidecar.policy.causation import CausationGuard
 from okra_sidecar.policy.cel import CelEngine
 from okra_sidecar.policy.evaluator import PolicyEvaluator
 from okra_sidecar.policy.firing import PolicyFiringAuthorizer
 from okra_sidecar.policy.live import PolicyManager
 from okra_sidecar.store.base import WorkItem
 from okra_sidecar.store.cluster_client import cluster_redis, store_commands
+from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.layout import open_layout
 from okra_sidecar.store.liveness import ConsumerLiveness
@@ -235,3 +242,54 @@ def build_runner(
         orphans=orphans,
         lane=lane,
     )
+
+
+def build_effects(
+    settings: Settings,
+    client: aioredis.Redis,
+    store: RedisStore,
+    registry: WorkflowRegistry,
+    consumer: str,
+    telemetry: Telemetry,
+    liveness: ConsumerLiveness,
+    policies: PolicyLayer,
+    scheduler: Scheduler,
+    clock: Clock,
+) -> tuple[EffectRuntime, CausationGuard]:
+    """The executors, the event router with its triggers, and the causation guard."""
+    # Which instance caused which: chains that loop back stop, fan-out is bounded.
+    causes = RedisEffectStore(redis=client, keys=store.keys)
+    causation = CausationGuard(
+        instances=causes,
+        limiter=policies.rates,
+        secret=causes.shared_secret,
+        per_minute=settings.host.max_caused_per_minute,
+    )
+    # Bounds the router's and the triggers' filter expressions; the router stops it.
+    sandbox = expression_sandbox(settings)
+    triggers = EventTriggers(
+        sandbox=sandbox,
+        store=store,
+        schedules=scheduler.schedules,
+        registry=registry,
+        host=settings.host,
+        clock=clock,
+        authorize=policies.firings,
+        causation=causation,
+    )
+    effects = EffectRuntime.build(
+        redis=client,
+        keys=store.keys,
+        store=store,
+        registry=registry,
+        settings=settings,
+        consumer=consumer,
+        liveness=liveness,
+        limits=store.limits,
+        tracer=telemetry.tracer,
+        triggers=triggers.offer,
+        sandbox=sandbox,
+        authorize=policies.firings,
+        causation=causation,
+    )
+    return effects, causation

@@ -24,14 +24,12 @@ from okra_sidecar.config import Settings, unbounded_engine
 from okra_sidecar.console.gateway import ConsoleGateway, loopback_target
 from okra_sidecar.engine.definitions.dsl import WorkflowDefinition
 from okra_sidecar.engine.runtime.bulk import BulkRunner
-from okra_sidecar.engine.runtime.event_triggers import EventTriggers
 from okra_sidecar.engine.runtime.processes import (
     EngineProcesses,
 )
 from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_directory
 from okra_sidecar.engine.runtime.retention import RetentionKeeper
 from okra_sidecar.engine.runtime.runner import EngineRunner
-from okra_sidecar.engine.runtime.sandbox import expression_sandbox
 from okra_sidecar.engine.runtime.scheduler import Scheduler
 from okra_sidecar.errors import StartupError, StoreUnavailableError
 from okra_sidecar.executors.runtime import EffectRuntime
@@ -42,6 +40,7 @@ from okra_sidecar.server.grpc_server import READINESS_SERVICES, build_health_ser
 from okra_sidecar.server.parts import (
     REDIS_CONNECT_TIMEOUT_S,
     PolicyLayer,
+    build_effects,
     build_liveness,
     build_policy_layer,
     build_runner,
@@ -56,7 +55,6 @@ from okra_sidecar.startup import (
 )
 from okra_sidecar.store.bulk_store import RedisBulkStore
 from okra_sidecar.store.cluster_client import names_a_cluster
-from okra_sidecar.store.effect_store import RedisEffectStore
 from okra_sidecar.store.embedded import EmbeddedRedis
 from okra_sidecar.store.liveness import ConsumerHeartbeat, ConsumerLiveness
 from okra_sidecar.store.persistence import check_durability
@@ -376,7 +374,7 @@ async def _build_parts(
         authorize=policies.bulk_items,
         registry=registry,
     )
-    effects, causation = _build_effects(
+    effects, causation = build_effects(
         settings,
         client,
         store,
@@ -468,57 +466,6 @@ async def _register_definitions(
     )
     await registry.register(definitions)
     return definitions
-
-
-def _build_effects(
-    settings: Settings,
-    client: aioredis.Redis,
-    store: RedisStore,
-    registry: WorkflowRegistry,
-    consumer: str,
-    telemetry: Telemetry,
-    liveness: ConsumerLiveness,
-    policies: PolicyLayer,
-    scheduler: Scheduler,
-    clock: Clock,
-) -> tuple[EffectRuntime, CausationGuard]:
-    """The executors, the event router with its triggers, and the causation guard."""
-    # Which instance caused which: chains that loop back stop, fan-out is bounded.
-    causes = RedisEffectStore(redis=client, keys=store.keys)
-    causation = CausationGuard(
-        instances=causes,
-        limiter=policies.rates,
-        secret=causes.shared_secret,
-        per_minute=settings.host.max_caused_per_minute,
-    )
-    # Bounds the router's and the triggers' filter expressions; the router stops it.
-    sandbox = expression_sandbox(settings)
-    triggers = EventTriggers(
-        sandbox=sandbox,
-        store=store,
-        schedules=scheduler.schedules,
-        registry=registry,
-        host=settings.host,
-        clock=clock,
-        authorize=policies.firings,
-        causation=causation,
-    )
-    effects = EffectRuntime.build(
-        redis=client,
-        keys=store.keys,
-        store=store,
-        registry=registry,
-        settings=settings,
-        consumer=consumer,
-        liveness=liveness,
-        limits=store.limits,
-        tracer=telemetry.tracer,
-        triggers=triggers.offer,
-        sandbox=sandbox,
-        authorize=policies.firings,
-        causation=causation,
-    )
-    return effects, causation
 
 
 async def _start_admin(
