@@ -213,6 +213,7 @@ class Store(Protocol):
         links: CancelLinks,
         parent_event: dict[str, Any] | None = None,
         expect_status: str | None = None,
+        operation: str = "",
     ) -> str | None: ...
 
     async def children(self, instance_id: str) -> list[str]: ...

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
+from okra_sidecar.bulks import verb_event
 from okra_sidecar.errors import Reason, ResourceExhaustedError, StoreUnavailableError
 from okra_sidecar.instances import InstanceRecord, InstanceStatus, NewInstance
 from okra_sidecar.store.base import CancelLinks
@@ -308,16 +309,17 @@ class InstanceStore(StoreConnections):
         links: CancelLinks,
         parent_event: dict[str, Any] | None = None,
         expect_status: str | None = None,
+        operation: str = "",
     ) -> str | None:
         """Cancel one unfinished instance; its workflow id, or None if its `links` (read by
         `cancel_links`) moved meanwhile and nothing was written. `parent_event` goes to the
-        parent's inbox in the same step.
+        parent's inbox in the same step; a bulk `operation` is named in the history event.
 
         Raises:
             InstanceChangedError: the status is no longer `expect_status`; nothing was written.
         """
         keys = self.keys
-        event = dumps({"type": "workflow.cancelled", "time": now_ms, "reason": reason})
+        event = dumps(verb_event("workflow.cancelled", now_ms, reason, operation))
         partition = keys.partition(instance_id)
         base = [
             keys.instance(instance_id),

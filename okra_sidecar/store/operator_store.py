@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from okra_sidecar.bulks import BULK_OPERATION_FIELD
+from okra_sidecar.bulks import verb_event
 from okra_sidecar.errors import (
     FailedPreconditionError,
     Reason,
@@ -54,7 +54,7 @@ class OperatorStore(StoreConnections):
         outcome = await self._change_status(
             self._suspend,
             instance_id,
-            _event("workflow.suspended", now_ms, reason, operation),
+            verb_event("workflow.suspended", now_ms, reason, operation),
             expect_status,
         )
         if outcome[0] == "suspended":
@@ -88,7 +88,7 @@ class OperatorStore(StoreConnections):
         outcome = await self._change_status(
             self._resume,
             instance_id,
-            _event("workflow.resumed", now_ms, reason, operation),
+            verb_event("workflow.resumed", now_ms, reason, operation),
             expect_status,
         )
         if outcome[0] == "not-suspended":
@@ -120,7 +120,7 @@ class OperatorStore(StoreConnections):
             NotFoundError: no such instance.
             FailedPreconditionError: it is not failed (any more).
         """
-        event = {**_event("workflow.retried", now_ms, reason, operation), "task": task}
+        event = {**verb_event("workflow.retried", now_ms, reason, operation), "task": task}
         outcome = await self._rewind(self._retry, instance_id, revision, state, event)
         if outcome[0] == "not-failed":
             raise instance_not_failed(instance_id, outcome[1])
@@ -268,15 +268,6 @@ class OperatorStore(StoreConnections):
                     raise instance_not_found(instance_id)
                 raise _not_finished(instance_id, text(current))
             self._check_durable(waited)
-
-
-def _event(event_type: str, now_ms: int, reason: str, operation: str) -> dict[str, Any]:
-    """An operator verb's history event; a bulk operation's names it, so that the holder after
-    a crash can tell an instance it acted on from one it did not (engine/runtime/bulk.py)."""
-    event: dict[str, Any] = {"type": event_type, "time": now_ms, "reason": reason}
-    if operation:
-        event[BULK_OPERATION_FIELD] = operation
-    return event
 
 
 def _not_finished(instance_id: str, status: str) -> FailedPreconditionError:

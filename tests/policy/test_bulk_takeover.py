@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from okra_sidecar.bulks import BULK_OPERATION_FIELD, BulkAction, BulkSpec
 from okra_sidecar.engine.runtime.bulk import CALLER_UNKNOWN, bulk_signal_id
+from okra_sidecar.engine.runtime.cancelling import cancel_instance
 from okra_sidecar.engine.runtime.retrying import retry_instance
 from okra_sidecar.policy import document as keys
 from okra_sidecar.server import Sidecar
@@ -118,6 +119,72 @@ async def test_a_pending_instance_someone_else_resumed_is_skipped_not_counted_do
         assert tally(operation) == (2, 1, 1, 0) and dict(operation.reasons) == {DENIED: 1}
         assert (await bulks.item_outcomes(operation_id))[first] == "skipped"
         assert await statuses(policed, ids) == {WAITING}
+
+
+# GetBulkOperation's reason for an instance that was cancelled already when a cancel came.
+ALREADY_CANCELLED = "instance_already_finished: cancelled"
+
+
+async def cancels(policed: Policed, instance_id: str) -> list[dict[str, Any]]:
+    """The instance's `workflow.cancelled` history events."""
+    page = await policed.sidecar.store.history(instance_id, after="", limit=1000)
+    return [event for _, event in page.events if event["type"] == "workflow.cancelled"]
+
+
+async def pending_cancel(
+    policed: Policed, operator: OperatorStub, redis: Redis
+) -> tuple[list[str], str, str]:
+    """Two waiting instances, a bulk CANCEL over them and the first claimed by a crashed holder:
+    the instance ids, the operation id and the pending instance."""
+    ids = await waiting(policed, "test.smoke.1.0.0", 2, batch="t")
+    operation_id = await operation_of(policed, operator, opb.BULK_ACTION_CANCEL)
+    first = await claimed_by_crashed_holder(bulk_store(policed, redis), operation_id)
+    return ids, operation_id, first
+
+
+async def test_an_instance_cancelled_before_the_crash_counts_done_once(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids, operation_id, first = await pending_cancel(policed, operator, redis)
+        # The holder cancelled it, then stopped before recording it.
+        await cancel_instance(
+            policed.sidecar.store,
+            first,
+            reason="takeover",
+            now_ms=now_ms(),
+            operation=operation_id,
+        )
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (2, 2, 0, 0) and dict(operation.reasons) == {}
+        for instance_id in ids:
+            named = [e.get(BULK_OPERATION_FIELD) for e in await cancels(policed, instance_id)]
+            assert named == [operation_id], instance_id
+
+
+async def test_a_pending_instance_someone_else_cancelled_is_skipped_as_without_a_crash(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids, operation_id, first = await pending_cancel(policed, operator, redis)
+        # Claimed, never acted on; an operator's own Cancel came in between.
+        await policed.stub.Cancel(pb.CancelRequest(instance_id=first, reason="by hand"))
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (2, 1, 1, 0)
+        assert dict(operation.reasons) == {ALREADY_CANCELLED: 1}
+        outcomes = await bulk_store(policed, redis).item_outcomes(operation_id)
+        assert outcomes[first] == "skipped"
+        # Only the operator's cancel is in its history; the other was cancelled by the operation.
+        assert [e.get(BULK_OPERATION_FIELD) for e in await cancels(policed, first)] == [None]
+        assert await statuses(policed, ids) == {pb.WORKFLOW_STATUS_CANCELLED}
+        # Without a crash, a bulk CANCEL reports an instance cancelled already the same way.
+        again = await operation_of(policed, operator, opb.BULK_ACTION_CANCEL)
+        assert await policed.sidecar.bulk.run_once(again)
+        operation = await get(operator, again)
+        assert tally(operation) == (2, 0, 2, 0)
+        assert dict(operation.reasons) == {ALREADY_CANCELLED: 2}
 
 
 async def test_an_instance_claimed_but_not_acted_on_is_acted_on_once(

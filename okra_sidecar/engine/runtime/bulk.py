@@ -7,7 +7,8 @@ own keys, so that each is acted on once: when a holder stops between the two, th
 acts on its pending instance again, and every action takes effect once however often it is
 applied (a signal is sent under an id derived from the operation, so a repeat is a duplicate;
 a cancel, suspend, resume, retry or delete that already happened is refused by the instance's
-status, and a pending instance found that way counts as done).
+status, and a pending instance found that way counts as done when it shows that this
+operation did it, below).
 
 Each instance is decided by the policies before it is acted on, as the action's own rpc by the
 operation's caller would be (policy/bulk_items.py); one they refuse is skipped, "denied by
@@ -23,10 +24,11 @@ A bulk SIGNAL's payload is checked against the schema each instance's own workfl
 for the signal (versions may declare different ones); an instance whose schema refuses it is
 skipped, "input_schema_mismatch: <workflow id>".
 
-After a crash, a pending instance is counted once, by what it shows: a suspend, resume or retry
-names the operation in the history event it writes, a signal's id is among those the instance
-was given, a cancel leaves it cancelled, a delete leaves it gone; one that shows nothing is
-decided and acted on as a new one.
+After a crash, a pending instance is counted once, by what it shows: a cancel, suspend, resume
+or retry names the operation in the history event it writes, a signal's id is among those the
+instance was given, a delete leaves it gone; one that shows nothing is decided and acted on as
+a new one (one that someone else cancelled meanwhile is then skipped, as it would have been
+without the crash).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ logger = logging.getLogger(__name__)
 PAGE = 100
 # The history event an action writes, naming the operation (BULK_OPERATION_FIELD).
 ACTED_EVENT = {
+    BulkAction.CANCEL: "workflow.cancelled",
     BulkAction.SUSPEND: "workflow.suspended",
     BulkAction.RESUME: "workflow.resumed",
     BulkAction.RETRY: "workflow.retried",
@@ -313,10 +316,7 @@ class BulkRunner:
         if action is BulkAction.SIGNAL:
             signal_id = bulk_signal_id(record.operation_id, instance_id)
             return await self._store.signal_delivered(instance_id, signal_id)
-        instance = await self._store.get_instance(instance_id)
-        if instance is None:
-            return action is BulkAction.DELETE
-        return action is BulkAction.CANCEL and instance.status.value == "cancelled"
+        return action is BulkAction.DELETE and await self._store.get_instance(instance_id) is None
 
     async def _history_names(self, instance_id: str, event_type: str, operation_id: str) -> bool:
         """Whether the instance's history holds `event_type` written by the operation."""
@@ -342,11 +342,16 @@ class BulkRunner:
         now = self._clock()
         store = self._store
         action = spec.action
+        operation = record.operation_id
         if action is BulkAction.CANCEL:
             return await cancel_instance(
-                store, instance_id, reason=spec.reason, now_ms=now, expect_status=expected
+                store,
+                instance_id,
+                reason=spec.reason,
+                now_ms=now,
+                expect_status=expected,
+                operation=operation,
             )
-        operation = record.operation_id
         if action is BulkAction.SUSPEND:
             return await store.suspend(
                 instance_id,

@@ -20,9 +20,12 @@ async def cancel_instance(
     reason: str,
     now_ms: int,
     expect_status: str | None = None,
+    operation: str = "",
 ) -> str:
     """Cancel an unfinished instance, then its child runs (whose parent then can start no
     more); returns its workflow id. A child run's parent gets a runtime error as its outcome.
+    A bulk operation's cancel names the `operation` in the history event it writes (not its
+    children's, which it did not match).
 
     Raises:
         NotFoundError: no such instance.
@@ -41,6 +44,7 @@ async def cancel_instance(
             links=links,
             parent_event=parent_event,
             expect_status=expect_status,
+            operation=operation,
         )
         if workflow_id is not None:
             break
