@@ -196,11 +196,10 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         matching = query_filter(request.filter, limit=QUERY_PAGE, field="filter.")
         granted = grant.bulk_max_instances
         limit = granted or DEFAULT_BULK_MAX_INSTANCES
-        instance_ids, workflow_ids = await self._matching(
-            matching, limit, policy_set=granted is not None
-        )
+        workflows = await self._matching(matching, limit, policy_set=granted is not None)
+        instance_ids = list(workflows)
         if spec.action is BulkAction.SIGNAL:
-            await self._check_payload(spec, workflow_ids)
+            await self._check_payload(spec, set(workflows.values()))
         response = opb.StartBulkOperationResponse(
             matched=len(instance_ids), sample_instance_ids=instance_ids[:SAMPLE_SIZE]
         )
@@ -208,7 +207,14 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
             return response
         operation_id = str(uuid.uuid4())
         tracing.annotate(bulk_id=operation_id)
-        await self._bulks.create(operation_id, spec, instance_ids, now_ms=self._clock())
+        await self._bulks.create(
+            operation_id,
+            spec,
+            instance_ids,
+            now_ms=self._clock(),
+            # Each instance's payload schema, handed to the runner with its claim.
+            workflows=workflows if spec.action is BulkAction.SIGNAL else None,
+        )
         response.operation_id = operation_id
         return response
 
@@ -265,15 +271,13 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
 
     async def _matching(
         self, matching: QueryFilter, limit: int, *, policy_set: bool
-    ) -> tuple[list[str], set[str]]:
-        """Every matching instance id, newest first, and their workflows; refused past `limit`."""
-        found: list[str] = []
-        workflow_ids: set[str] = set()
+    ) -> dict[str, str]:
+        """Every matching instance id, newest first, with its workflow; refused past `limit`."""
+        found: dict[str, str] = {}
         cursor = ""
         while True:
             page = await self._store.query(replace(matching, cursor=cursor))
-            found.extend(r.instance_id for r in page.instances)
-            workflow_ids.update(r.workflow_id for r in page.instances)
+            found.update((r.instance_id, r.workflow_id) for r in page.instances)
             if len(found) > limit:
                 source = f" ({BULK_MAX_INSTANCES})" if policy_set else ""
                 raise ResourceExhaustedError(
@@ -284,7 +288,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
                     metadata={"limit": str(limit)},
                 )
             if not page.cursor:
-                return found, workflow_ids
+                return found
             cursor = page.cursor
 
     async def GetBulkOperation(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -13,7 +13,7 @@ from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.replies import map_redis_errors, text
 from okra_sidecar.store.scripts import load_script
 
-__all__ = ["ClaimResult", "RedisBulkStore"]
+__all__ = ["Claim", "ClaimResult", "RedisBulkStore"]
 
 # Instance ids are written to the operation's list this many per command.
 IDS_PER_PUSH = 1000
@@ -31,6 +31,15 @@ class ClaimResult:
     STOPPED = "stopped"
 
 
+class Claim(NamedTuple):
+    """A ClaimResult value and, for a new or repeated claim, the workflow the instance ran
+    when the operation matched it ('' when the operation kept none: it is no bulk SIGNAL, or
+    an earlier version started it)."""
+
+    result: str
+    workflow: str = ""
+
+
 class RedisBulkStore:
     """Every write of an operation is one script on its own hash-tagged keys."""
 
@@ -43,16 +52,27 @@ class RedisBulkStore:
         self._cancel = redis.register_script(load_script("bulk_cancel"))
 
     async def create(
-        self, operation_id: str, spec: BulkSpec, instance_ids: Sequence[str], *, now_ms: int
+        self,
+        operation_id: str,
+        spec: BulkSpec,
+        instance_ids: Sequence[str],
+        *,
+        now_ms: int,
+        workflows: Mapping[str, str] | None = None,
     ) -> None:
-        """Store a new operation with the instances it matched, for any sidecar to run."""
+        """Store a new operation with the instances it matched, for any sidecar to run, and
+        the `workflows` they run when its action needs them (a bulk SIGNAL's schemas)."""
         keys = self.keys
+        workflow_pairs = list((workflows or {}).items())
         state = BulkState.RUNNING if instance_ids else BulkState.COMPLETED
         with map_redis_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 for start in range(0, len(instance_ids), IDS_PER_PUSH):
                     chunk = instance_ids[start : start + IDS_PER_PUSH]
                     pipe.rpush(keys.bulk_ids(operation_id), *chunk)
+                for start in range(0, len(workflow_pairs), IDS_PER_PUSH):
+                    pairs: dict[Any, Any] = dict(workflow_pairs[start : start + IDS_PER_PUSH])
+                    pipe.hset(keys.bulk_workflows(operation_id), mapping=pairs)
                 pipe.hset(
                     keys.bulk(operation_id),
                     mapping={
@@ -119,15 +139,22 @@ class RedisBulkStore:
 
     async def claim(
         self, operation_id: str, owner: str, instance_id: str, *, now_ms: int, lease_ms: int
-    ) -> str:
-        """Claim one instance for the lease holder; a ClaimResult value."""
+    ) -> Claim:
+        """Claim one instance for the lease holder."""
         keys = self.keys
         with map_redis_errors():
             result = await self._claim(
-                keys=[keys.bulk(operation_id), keys.bulk_items(operation_id)],
+                keys=[
+                    keys.bulk(operation_id),
+                    keys.bulk_items(operation_id),
+                    keys.bulk_workflows(operation_id),
+                ],
                 args=[owner, instance_id, now_ms, lease_ms],
             )
-        return text(result[0])
+        outcome = text(result[0])
+        if outcome in (ClaimResult.NEW, ClaimResult.AGAIN):
+            return Claim(outcome, text(result[1]))
+        return Claim(outcome)
 
     async def record(
         self,

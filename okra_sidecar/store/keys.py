@@ -279,6 +279,11 @@ class RedisKeys:
         """Instance id -> what a bulk operation did to it (`pending` while it acts)."""
         return f"{self.bulk(operation_id)}:items"
 
+    def bulk_workflows(self, operation_id: str) -> str:
+        """Instance id -> the workflow it ran when a bulk SIGNAL matched it (its payload
+        schema), handed out with each claim so that no instance is read for it."""
+        return f"{self.bulk(operation_id)}:wf"
+
     @property
     def bulks(self) -> str:
         """Every bulk operation's id, scored by when it started."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 from google.protobuf.json_format import MessageToDict
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
@@ -249,6 +250,62 @@ async def test_a_bulk_signal_skips_the_instances_whose_version_refuses_its_paylo
         refused = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
         assert refused.status == pb.WORKFLOW_STATUS_WAITING
         assert await redis.xlen(KEYS.inbox(started.instance_id)) == 0
+
+
+async def test_a_bulk_signal_reads_no_instance_yet_checks_the_workflow_each_runs(
+    tmp_path: Path, redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each instance's workflow comes with its claim, kept when the operation matched it; the
+    # store writes the signal only while the instance runs that workflow. As in the test
+    # below, rewriting a record stands in for an instance that runs another workflow.
+    v2_id = WORKFLOW_ID.replace("1.0.0", "2.0.0")
+    settings = make_settings(redis_url, workflows=both_versions(tmp_path))
+    async with running_sidecar(settings) as (sidecar, stub):
+        ids = [await waiting(stub) for _ in range(3)]
+        await sidecar.bulk.stop()  # the test runs the operation itself
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            operator = opb_grpc.WorkflowOperatorAPIStub(channel)
+            reply = await operator.StartBulkOperation(
+                opb.StartBulkOperationRequest(
+                    filter=pb.QueryRequest(workflow_id=WORKFLOW_ID),
+                    action=opb.BULK_ACTION_SIGNAL,
+                    signal="approve",
+                    payload=value({"by": "ops", "amount": 1}),
+                )
+            )
+            assert reply.matched == 3
+            moved = ids[2]
+            await redis.hset(KEYS.instance(moved), "wf", v2_id)
+            read: list[str] = []
+            store = sidecar.store
+            for name in ("get_instance", "instance_workflow"):
+                real = getattr(store, name)
+
+                async def reading(instance_id: str, real: Any = real) -> Any:
+                    read.append(instance_id)
+                    return await real(instance_id)
+
+                monkeypatch.setattr(store, name, reading)
+            assert await sidecar.bulk.run_once(reply.operation_id)
+            operation = (
+                await operator.GetBulkOperation(
+                    opb.GetBulkOperationRequest(operation_id=reply.operation_id)
+                )
+            ).operation
+        assert (operation.matched, operation.done, operation.skipped, operation.failed) == (
+            3,
+            2,
+            1,
+            0,
+        )
+        # Version 2 wants a ticket: its schema refused the amount, and nothing was written.
+        assert dict(operation.reasons) == {f"input_schema_mismatch: {v2_id}": 1}
+        assert await redis.xlen(KEYS.inbox(moved)) == 0
+        # Only the instance whose kept workflow was wrong was read, once.
+        assert read == [moved]
+        for instance_id in ids[:2]:
+            done = await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_COMPLETED})
+            assert to_python(done.output)["data"] == {"by": "ops", "amount": 1}
 
 
 async def test_a_signal_checks_the_workflow_the_instance_runs_not_the_one_remembered(

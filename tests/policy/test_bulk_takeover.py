@@ -66,7 +66,8 @@ async def claimed_by_crashed_holder(bulks: RedisBulkStore, operation_id: str) ->
     then = now_ms() - 1000
     assert await bulks.take_lease(operation_id, CRASHED, now_ms=then, lease_ms=1)
     [first] = await bulks.instance_ids(operation_id, 0, 1)
-    assert await bulks.claim(operation_id, CRASHED, first, now_ms=then, lease_ms=1) == "new"
+    claim = await bulks.claim(operation_id, CRASHED, first, now_ms=then, lease_ms=1)
+    assert claim.result == "new"
     return first
 
 

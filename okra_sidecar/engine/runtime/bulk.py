@@ -22,7 +22,10 @@ on the caller and it goes on.
 
 A bulk SIGNAL's payload is checked against the schema each instance's own workflow declares
 for the signal (versions may declare different ones); an instance whose schema refuses it is
-skipped, "input_schema_mismatch: <workflow id>".
+skipped, "input_schema_mismatch: <workflow id>". The workflow comes with the instance's claim,
+kept when the operation matched it, so no instance is read for it; the signal is written only
+while the instance runs that workflow (signal.lua), and one that runs another is read and
+checked afresh.
 
 After a crash, a pending instance is counted once, by what it shows: a cancel, suspend, resume
 or retry names the operation in the history event it writes, a signal's id is among those the
@@ -64,8 +67,8 @@ from okra_sidecar.errors import (
     instance_not_found,
 )
 from okra_sidecar.instances import InstanceRecord
-from okra_sidecar.store.base import Store
-from okra_sidecar.store.bulk_store import ClaimResult, RedisBulkStore
+from okra_sidecar.store.base import Store, WorkflowMismatchError
+from okra_sidecar.store.bulk_store import Claim, ClaimResult, RedisBulkStore
 from okra_sidecar.tasks import cancel_and_wait
 
 __all__ = [
@@ -206,13 +209,11 @@ class BulkRunner:
                     now_ms=self._clock(),
                     lease_ms=self._lease_ms,
                 )
-                if claim in (ClaimResult.LOST, ClaimResult.STOPPED):
+                if claim.result in (ClaimResult.LOST, ClaimResult.STOPPED):
                     return
                 outcome, why = ItemOutcome.DONE, ""
-                if claim != ClaimResult.ACTED:
-                    outcome, why = await self._act(
-                        record, instance_id, again=claim == ClaimResult.AGAIN
-                    )
+                if claim.result != ClaimResult.ACTED:
+                    outcome, why = await self._act(record, instance_id, claim)
                 cursor += 1
                 if not await self._bulks.record(
                     operation_id,
@@ -228,18 +229,21 @@ class BulkRunner:
                     await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def _act(
-        self, record: BulkRecord, instance_id: str, *, again: bool
+        self, record: BulkRecord, instance_id: str, claim: Claim
     ) -> tuple[ItemOutcome, str]:
         """Apply the action to one instance: its outcome and, unless done, why."""
-        if again and await self._acted_already(record, instance_id):
+        if claim.result == ClaimResult.AGAIN and await self._acted_already(record, instance_id):
             return ItemOutcome.DONE, ""
         if self._authorize is not None and not self._authorize.knows_caller(record.spec):
             return ItemOutcome.SKIPPED, CALLER_UNKNOWN
         try:
-            refused = await self._payload_refused(record.spec, instance_id)
+            try:
+                refused = await self._checked_and_decided(record, instance_id, claim.workflow)
+            except WorkflowMismatchError:
+                # It runs another workflow than the one kept: check that one's schema.
+                refused = await self._checked_and_decided(record, instance_id, "")
             if refused:
                 return ItemOutcome.SKIPPED, refused
-            await self._decided(record, instance_id)
         except StoreUnavailableError:
             raise  # the instance stays pending; whoever holds the lease next acts again
         except PolicyDeniedError:
@@ -253,26 +257,38 @@ class BulkRunner:
             return ItemOutcome.FAILED, exc.reason.value
         return ItemOutcome.DONE, ""
 
-    async def _payload_refused(self, spec: BulkSpec, instance_id: str) -> str:
-        """Why the schema the instance's workflow declares for a bulk SIGNAL's signal refuses
-        its payload ("" when it takes it, or the action is no signal)."""
-        if spec.action is not BulkAction.SIGNAL:
-            return ""
-        instance = await self._store.get_instance(instance_id)
-        if instance is None:
-            raise instance_not_found(instance_id)
-        definition = (await self._registry.get(instance.workflow_id)).definition
-        schema = definition.signal_payloads.get(spec.signal)
-        if schema is None or schema.problem(spec.payload) is None:
-            return ""
-        return f"{Reason.INPUT_SCHEMA_MISMATCH.value.lower()}: {instance.workflow_id}"
+    async def _checked_and_decided(
+        self, record: BulkRecord, instance_id: str, workflow_id: str
+    ) -> str:
+        """Check a bulk SIGNAL's payload against `workflow_id` (read from the instance when
+        '') and, if it fits, decide and act on the instance; why its schema refused it, or ''.
 
-    async def _decided(self, record: BulkRecord, instance_id: str) -> Any:
-        """Decide the instance, then apply the action while it still has the status decided on."""
+        Raises:
+            WorkflowMismatchError: the instance does not run `workflow_id`; nothing written.
+        """
+        spec = record.spec
+        if spec.action is BulkAction.SIGNAL:
+            workflow_id = workflow_id or await self._workflow_of(instance_id)
+            definition = (await self._registry.get(workflow_id)).definition
+            schema = definition.signal_payloads.get(spec.signal)
+            if schema is not None and schema.problem(spec.payload) is not None:
+                return f"{Reason.INPUT_SCHEMA_MISMATCH.value.lower()}: {workflow_id}"
+        await self._decided(record, instance_id, workflow_id or None)
+        return ""
+
+    async def _workflow_of(self, instance_id: str) -> str:
+        workflow_id = await self._store.instance_workflow(instance_id)
+        if workflow_id is None:
+            raise instance_not_found(instance_id)
+        return workflow_id
+
+    async def _decided(self, record: BulkRecord, instance_id: str, workflow_id: str | None) -> Any:
+        """Decide the instance, then apply the action while it still has the status decided on
+        (and, for a signal, runs `workflow_id`, whose schema took the payload)."""
         for attempt in range(1, MAX_DECISIONS + 1):
             expected = await self._authorized(record, instance_id)
             try:
-                return await self._apply(record, instance_id, expected)
+                return await self._apply(record, instance_id, expected, workflow_id)
             except InstanceChangedError:
                 if attempt == MAX_DECISIONS:
                     raise
@@ -337,7 +353,13 @@ class BulkRunner:
             cursor = page.cursor
         return False
 
-    async def _apply(self, record: BulkRecord, instance_id: str, expected: str | None) -> Any:
+    async def _apply(
+        self,
+        record: BulkRecord,
+        instance_id: str,
+        expected: str | None,
+        workflow_id: str | None = None,
+    ) -> Any:
         spec = record.spec
         now = self._clock()
         store = self._store
@@ -381,6 +403,7 @@ class BulkRunner:
             event=signal_event(spec.signal, spec.payload, signal_id=signal_id, sent_ms=now),
             now_ms=now,
             expect_status=expected,
+            expect_workflow=workflow_id,
         )
 
 
