@@ -330,6 +330,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             started, duplicate = await self._store.signal_with_start(
                 new, **delivery, **self._admission(grant)
             )
+            # Its id derives from the workflow's full id, so it runs `new`'s workflow whether
+            # this call started it or not: a Signal that follows reads nothing.
+            self._instance_workflows.remember(new.instance_id, new.workflow_id)
             if not duplicate:
                 self._metrics.signal_delivered()
             return pb.SignalWithStartResponse(

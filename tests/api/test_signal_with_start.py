@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from okra_sidecar.errors import Reason
 from tests.helpers import (
@@ -112,6 +113,46 @@ async def test_racing_calls_start_one_instance_and_deliver_every_signal(
     assert await held(redis) == 1  # one place, however many calls raced for it
     count = await stub.Count(pb.CountRequest(workflow_id=APPROVAL))
     assert count.count == 1
+
+
+async def command_calls(redis: Redis, command: str) -> int:
+    """How often Redis ran `command` so far (INFO commandstats, summed over a Cluster's
+    masters; commands that scripts run count too)."""
+    if isinstance(redis, RedisCluster):
+        by_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        nodes = list(by_node.values())
+    else:
+        nodes = [await redis.info("commandstats")]
+    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in nodes)
+
+
+async def test_a_signal_after_signal_with_start_reads_nothing(
+    stub: Stub, redis: Redis, redis_url: str
+) -> None:
+    # The sidecar remembers the workflow of an instance SignalWithStart started or signalled,
+    # as it does after Run: a Signal then sends its one script and reads nothing before (an
+    # HGET of the workflow). The repeated signal id makes it a duplicate: nothing is written,
+    # so no turn follows whose commands would count too.
+    first = pb.SignalWithStartRequest(
+        run=pb.RunRequest(workflow_id="tests.forever.1.0.0", request_id="sws-remembered"),
+        signal="poke",
+        signal_id="poke-1",
+    )
+    started = await stub.SignalWithStart(first)
+    assert started.started
+    again = pb.SignalRequest(instance_id=started.instance_id, signal="poke", signal_id="poke-1")
+
+    async def reads_of(signalling: Stub) -> int:
+        before = await command_calls(redis, "hget")
+        reply = await signalling.Signal(again)
+        assert reply.duplicate and reply.signal_id == "poke-1"
+        return await command_calls(redis, "hget") - before
+
+    assert await reads_of(stub) == 0
+    # Another sidecar has not seen the instance: it reads the workflow first.
+    async with running_sidecar(make_settings(redis_url)) as (_, other):
+        assert await reads_of(other) == 1
+        assert await reads_of(other) == 0
 
 
 async def test_a_limit_refuses_the_start_and_delivers_nothing(redis: Redis, redis_url: str) -> None:
