@@ -11,6 +11,10 @@ then:
   commands per instance by name (`INFO commandstats`, the commands inside scripts included;
   the bench's own Query polls too) and the CPU time per instance of each process (`/proc`).
 
+With `--redis-cluster` the sidecar runs against a local Redis Cluster of three masters instead
+of its embedded Redis: the commands are summed over the masters and the masters' CPU counts as
+`redis`, so the two runs side by side show what the Cluster adds per instance.
+
 Run it on two builds one after the other (or alternating, several times) to see what a change
 to a hot path or a background loop does. docs/benchmarks.md records the figures; the test
 runs it with tiny counts and asserts no speed.
@@ -23,7 +27,8 @@ import asyncio
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,12 +36,14 @@ import grpc
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
-from bench.cpu import CpuMeter
+from bench.cli import CLUSTER_MASTERS
+from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import sidecar_process
 from bench.progress import wait_until_none
-from bench.tree_cpu import TreeCpuMeter
+from bench.tree_cpu import TreeCpuMeter, TreeCpuSample
 from bench.workloads import NOT_FINISHED, STEPS, Client, start_instances, warm_up
 from okra_sidecar.store.embedded import SOCKET_NAME
+from okra_sidecar.store.local_cluster import LocalCluster
 
 __all__ = ["Footprint", "measure", "report"]
 
@@ -60,11 +67,51 @@ class Footprint:
         return sum(self.commands_per_instance.values())
 
 
-async def _command_calls(redis: Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+async def _command_calls(redises: Sequence[Redis]) -> dict[str, int]:
+    """Calls by command name, summed over `redises` (a Cluster's masters)."""
+    calls: dict[str, int] = {}
+    for redis in redises:
+        stats = await redis.info("commandstats")
+        for name, values in stats.items():
+            command = name.removeprefix("cmdstat_")
+            calls[command] = calls.get(command, 0) + int(values["calls"])
     calls.pop("info", None)  # our own
     return calls
+
+
+@dataclass
+class _Target:
+    """Where the sidecar keeps its data: the URL it is given (None: its embedded Redis),
+    clients of every master to count commands on, and the masters' processes when they are
+    not the sidecar's children (a Cluster's), whose CPU counts as `redis`."""
+
+    redis_url: str | None
+    redises: list[Redis]
+    redis_pids: tuple[int, ...] = ()
+
+    def redis_cpu_s(self) -> float:
+        return sum(process_cpu_s(pid) or 0.0 for pid in self.redis_pids)
+
+
+@asynccontextmanager
+async def _target(work_dir: Path, *, cluster_masters: int) -> AsyncIterator[_Target]:
+    if not cluster_masters:
+        # The embedded Redis of `--data-dir work_dir/data` (bench.processes).
+        redis = Redis(unix_socket_path=str(work_dir / "data" / "redis" / SOCKET_NAME))
+        try:
+            yield _Target(None, [redis])
+        finally:
+            await redis.aclose()
+        return
+    async with LocalCluster(data_dir=work_dir / "cluster", masters=cluster_masters) as cluster:
+        masters = cluster.masters()
+        redises = [Redis(host="127.0.0.1", port=node.port) for node in masters]
+        pids = tuple(node.process.pid for node in masters if node.process is not None)
+        try:
+            yield _Target(cluster.url, redises, pids)
+        finally:
+            for redis in redises:
+                await redis.aclose()
 
 
 def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -72,33 +119,48 @@ def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 async def measure(
-    *, idle_s: float = IDLE_S, count: int = COUNT, settle_s: float = SETTLE_S, work_dir: Path
+    *,
+    idle_s: float = IDLE_S,
+    count: int = COUNT,
+    settle_s: float = SETTLE_S,
+    work_dir: Path,
+    cluster_masters: int = 0,
 ) -> Footprint:
+    """The figures of one sidecar on its embedded Redis, or on a local Redis Cluster of
+    `cluster_masters` masters when that is not 0."""
     async with (
-        sidecar_process(work_dir, env={"OKRA_ENGINE_PROCESSES": "1"}) as server,
+        _target(work_dir, cluster_masters=cluster_masters) as target,
+        sidecar_process(
+            work_dir, redis_url=target.redis_url, env={"OKRA_ENGINE_PROCESSES": "1"}
+        ) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
-        # The embedded Redis of `--data-dir work_dir/data` (bench.processes).
-        redis = Redis(unix_socket_path=str(work_dir / "data" / "redis" / SOCKET_NAME))
-        try:
-            tree = TreeCpuMeter(server.pid)
-            await asyncio.sleep(settle_s)
-            cpu, calls = tree.sample(), await _command_calls(redis)
-            await asyncio.sleep(idle_s)
-            idle_cpu = TreeCpuMeter.used_s(cpu, tree.sample())
-            idle_calls = _grown(calls, await _command_calls(redis))
+        tree = TreeCpuMeter(server.pid)
 
-            client = Client(
-                stub=pb_grpc.WorkflowHostAPIStub(channel), meter=CpuMeter.for_process(server.pid)
-            )
-            await warm_up(client)
-            cpu, calls = tree.sample(), await _command_calls(redis)
-            await start_instances(client, STEPS, count)
-            await wait_until_none(client.stub, STEPS, NOT_FINISHED, count=count)
-            run_cpu = TreeCpuMeter.used_s(cpu, tree.sample())
-            run_calls = _grown(calls, await _command_calls(redis))
-        finally:
-            await redis.aclose()
+        def cpu_sample() -> tuple[TreeCpuSample, float]:
+            return tree.sample(), target.redis_cpu_s()
+
+        def cpu_used(start: tuple[TreeCpuSample, float]) -> dict[str, float]:
+            end = cpu_sample()
+            used = TreeCpuMeter.used_s(start[0], end[0])
+            used["redis"] += end[1] - start[1]
+            return used
+
+        await asyncio.sleep(settle_s)
+        cpu, calls = cpu_sample(), await _command_calls(target.redises)
+        await asyncio.sleep(idle_s)
+        idle_cpu = cpu_used(cpu)
+        idle_calls = _grown(calls, await _command_calls(target.redises))
+
+        client = Client(
+            stub=pb_grpc.WorkflowHostAPIStub(channel), meter=CpuMeter.for_process(server.pid)
+        )
+        await warm_up(client)
+        cpu, calls = cpu_sample(), await _command_calls(target.redises)
+        await start_instances(client, STEPS, count)
+        await wait_until_none(client.stub, STEPS, NOT_FINISHED, count=count)
+        run_cpu = cpu_used(cpu)
+        run_calls = _grown(calls, await _command_calls(target.redises))
     return Footprint(
         idle_s=idle_s,
         idle_ticks={role: round(s * 100) for role, s in idle_cpu.items() if s},
@@ -133,10 +195,19 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--count", type=int, default=COUNT, help="bench.steps instances")
     parser.add_argument("--settle", type=float, default=SETTLE_S, help="seconds before")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help=f"against a local Redis Cluster of {CLUSTER_MASTERS} masters, not an embedded Redis",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="okra-footprint-") as tmp:
         result = await measure(
-            idle_s=args.idle, count=args.count, settle_s=args.settle, work_dir=Path(tmp)
+            idle_s=args.idle,
+            count=args.count,
+            settle_s=args.settle,
+            work_dir=Path(tmp),
+            cluster_masters=CLUSTER_MASTERS if args.redis_cluster else 0,
         )
     print(json.dumps(asdict(result), indent=1) if args.json else report(result))
 

@@ -21,3 +21,11 @@ async def test_the_footprint_bench_counts_commands_and_cpu(tmp_path: Path) -> No
     assert result.idle_commands_per_s
     text = report(result)
     assert "20 bench.steps instances" in text and "Redis commands per instance" in text
+
+
+@pytest.mark.timeout(240)
+async def test_the_footprint_bench_runs_against_a_local_cluster(tmp_path: Path) -> None:
+    result = await measure(idle_s=1, count=20, settle_s=0, work_dir=tmp_path, cluster_masters=3)
+    # The commands are counted on the masters, and the masters' CPU is measured.
+    assert result.commands_per_instance["evalsha"] >= 2
+    assert result.cpu_us_per_instance["redis"] > 0 and result.cpu_us_per_instance["server"] > 0

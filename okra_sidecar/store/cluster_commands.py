@@ -40,6 +40,8 @@ REFRESH_INTERVAL_S = 0.25
 # A blocking read's connection (one per slot and reader) that no call used for this long is
 # closed: a PollTasks stream that ended, or a worker id never seen again, keeps none.
 READER_IDLE_S = 30.0
+# Busy readers remembered at most; forgetting one costs it a blocked read per slot once.
+MAX_BUSY_READERS = 1024
 
 # Scripts a second run leaves as the first left it, whatever its reply: by a dedup id
 # (signal, deliver, complete_task), by revision (commit: a repeat finds the revision moved
@@ -162,6 +164,9 @@ class ClusterCommands:
         self._reader_idle_s = reader_idle_s
         self._reader_used: dict[_Read, float] = {}
         self._swept_at = float("-inf")
+        # Blocking reads (the command, COUNT and BLOCK values blanked) whose last call found
+        # entries: their next call first reads without blocking (see `_read_slots`).
+        self._busy_readers: set[tuple[Arg, ...]] = set()
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
         self._closed = False
@@ -242,8 +247,14 @@ class ClusterCommands:
         await asyncio.gather(*reads.values(), return_exceptions=True)
 
     async def _read_slots(self, args: Sequence[Arg], at: int, streams: Sequence[Arg]) -> Any:
-        """A blocking XREADGROUP over streams of several slots: one read per slot, each on
-        a connection of its own, answered as soon as one of them has entries.
+        """A blocking XREADGROUP over streams of several slots: one read per slot.
+
+        A reader whose last call found entries (under load) first reads every slot that no
+        blocked read of its waits on without blocking, the slots of one master in one write
+        on that master's connection (`_sweep`): one round trip per master for what all its
+        partitions hold, rather than a blocked read per slot that wakes for each entry.
+        When that finds nothing, or the reader was idle, each slot gets a blocking read on a
+        connection of its own, and the call answers as soon as one of them has entries.
 
         The reads still blocked keep going; what they take is handed out by the next call
         with the same command, so no entry read into this consumer's pending list is left
@@ -255,6 +266,7 @@ class ClusterCommands:
         for index, stream in enumerate(streams):
             by_slot.setdefault(key_slot(_encode(stream)), []).append(index)
         reads: list[_Read] = []
+        commands: dict[_Read, tuple[Arg, ...]] = {}
         for slot, indexes in by_slot.items():
             command = (
                 *args[: at + 1],
@@ -268,15 +280,25 @@ class ClusterCommands:
             if left is not None and left.done() and not _has_reply(left):
                 # A read of an earlier call that found nothing: read again, afresh.
                 del self._reads[read]
-            if read not in self._reads:
-                task = asyncio.ensure_future(self._read_slot(read, command))
-                # Its error is raised to a caller, or dropped with it if none is left.
-                task.add_done_callback(_retrieve)
-                self._reads[read] = task
             reads.append(read)
+            commands[read] = command
         now = asyncio.get_running_loop().time()
         self._reader_used.update(dict.fromkeys(reads, now))
         await self._close_idle_readers(now)
+        reader = _without_values(args, ("COUNT", "BLOCK"))
+        if reader in self._busy_readers and not any(
+            r in self._reads and self._reads[r].done() for r in reads
+        ):
+            free = [(r[0], commands[r]) for r in reads if r not in self._reads]
+            swept = await self._sweep(free) if free else []
+            if swept:
+                return swept
+        for read in reads:
+            if read not in self._reads:
+                task = asyncio.ensure_future(self._read_slot(read, commands[read]))
+                # Its error is raised to a caller, or dropped with it if none is left.
+                task.add_done_callback(_retrieve)
+                self._reads[read] = task
         await asyncio.wait([self._reads[r] for r in reads], return_when=asyncio.FIRST_COMPLETED)
         entries: list[Any] = []
         failure: BaseException | None = None
@@ -291,12 +313,62 @@ class ClusterCommands:
             if error is not None:
                 failure = error
             elif task.result():
-                reply = task.result()
-                # RESP3 (redis-py's pool) answers a map of stream to entries.
-                entries.extend(reply.items() if isinstance(reply, dict) else reply)
+                entries.extend(_stream_entries(task.result()))
         if failure is not None and not entries:
             raise failure
+        self._note_reader(reader, busy=bool(entries))
         return entries or None
+
+    async def _sweep(self, reads: Sequence[tuple[int, tuple[Arg, ...]]]) -> list[Any]:
+        """Each slot's read without BLOCK, the reads of one master in one write on its
+        connection, the masters side by side: the entries found, [] when none was.
+
+        A slot that moved (a redirect) is read again through `_send_to_slot`, which follows
+        it. An error (NOGROUP) is raised unless another slot's read found entries: those are
+        in this consumer's pending list now and must reach the caller (the failed slot is
+        read again by the next call).
+        """
+        by_node: dict[Address, list[tuple[int, tuple[Arg, ...]]]] = {}
+        for slot, command in reads:
+            at = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
+            block = at.index("BLOCK")
+            unblocked = (*command[:block], *command[block + 2 :])
+            by_node.setdefault(await self._address_of(slot), []).append((slot, unblocked))
+        try:
+            answers = await asyncio.gather(
+                *(
+                    self.node(address).replies([command for _, command in batch])
+                    for address, batch in by_node.items()
+                )
+            )
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            await self._refresh()
+            raise
+        entries: list[Any] = []
+        failure: BaseException | None = None
+        for batch, replies in zip(by_node.values(), answers, strict=True):
+            for (_, command), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, redis_errors.AskError):
+                    try:
+                        reply = (await self._send_to_slot([command], command_key(command)))[0]
+                    except redis_errors.RedisError as exc:
+                        reply = exc
+                if isinstance(reply, BaseException):
+                    failure = reply
+                elif reply:
+                    entries.extend(_stream_entries(reply))
+        if failure is not None and not entries:
+            raise failure
+        return entries
+
+    def _note_reader(self, reader: tuple[Arg, ...], *, busy: bool) -> None:
+        """Remember whether `reader`'s last call found entries (see `_read_slots`)."""
+        if not busy:
+            self._busy_readers.discard(reader)
+        elif reader not in self._busy_readers:
+            if len(self._busy_readers) >= MAX_BUSY_READERS:
+                self._busy_readers.clear()  # PollTasks worker ids come and go
+            self._busy_readers.add(reader)
 
     async def _close_idle_readers(self, now: float) -> None:
         """Close the connections of blocking reads no call asked for in `reader_idle_s` (at
@@ -463,6 +535,12 @@ def _without_values(command: Sequence[Arg], names: Sequence[str]) -> tuple[Arg, 
     return tuple(
         "" if index > 0 and words[index - 1] in names else arg for index, arg in enumerate(command)
     )
+
+
+def _stream_entries(reply: Any) -> Any:
+    """A stream read's reply as (stream, entries) pairs: RESP3 (redis-py's pool) answers a
+    map of stream to entries."""
+    return reply.items() if isinstance(reply, dict) else reply
 
 
 def _has_reply(task: asyncio.Task[Any]) -> bool:

@@ -240,6 +240,56 @@ async def test_a_blocking_read_over_several_slots_reads_each_slot(
         await writer.aclose()
 
 
+async def test_a_busy_reader_reads_every_slot_without_blocking(cluster: LocalCluster) -> None:
+    reader = _blocking_reader(cluster)
+    writer = ClusterCommands(split_seed_urls(cluster.url), connect=_connect)
+    streams: list[Arg] = [b"okra:{p3}:work", b"okra:{p2}:work", b"okra:{p1}:work"]
+    read: tuple[Arg, ...] = (
+        *("XREADGROUP", "GROUP", "engine", "me", "COUNT", 10, "BLOCK", 1000),
+        *("STREAMS", *streams, *(">" for _ in streams)),
+    )
+
+    async def blocked_clients() -> int:
+        found = 0
+        for address in await writer.masters():
+            info = bytes(await writer.node(address).execute("INFO", "clients"))
+            found += int(info.split(b"blocked_clients:")[1].split(b"\r\n")[0])
+        return found
+
+    try:
+        for stream in streams:
+            await writer.execute("XGROUP", "CREATE", stream, "engine", "0", "MKSTREAM")
+            await writer.execute("XADD", stream, "*", "i", "first")
+        # An idle reader blocks on each slot; every read finds its entry (a read blocked
+        # again meanwhile ends within its BLOCK).
+        taken = 0
+        for _ in range(10):
+            taken += sum(len(entries) for _, entries in await reader.execute(*read) or [])
+            if taken == 3:
+                break
+        assert taken == 3
+        await eventually(lambda: _equals(blocked_clients(), 0), what="no blocked read")
+        # Busy now: entries in two slots come in one call, and no slot's read blocks (the
+        # third slot, with nothing, is not waited on).
+        for stream in streams[1:]:
+            for n in range(4):
+                await writer.execute("XADD", stream, "*", "n", n)
+        found = await reader.execute(*read)
+        assert sorted((stream, len(entries)) for stream, entries in found) == [
+            (streams[2], 4),
+            (streams[1], 4),
+        ]
+        assert await blocked_clients() == 0
+        # Nothing anywhere: the reader blocks again, and a new entry ends its wait.
+        pending = asyncio.ensure_future(reader.execute(*read))
+        await eventually(lambda: _equals(blocked_clients(), 3), what="3 blocked reads")
+        await writer.execute("XADD", streams[0], "*", "i", "late")
+        assert [stream for stream, _ in await pending] == [streams[0]]
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+
+
 async def test_the_blocking_reads_of_a_reader_that_stopped_are_closed(
     cluster: LocalCluster,
 ) -> None:
