@@ -7,8 +7,13 @@ same within a few percent whatever else the machine does. This runs each server 
 only around the measured calls (`callgrind_control`):
 
 - the echo server, per call;
-- the sidecar's serving process, per Run (W1's workflow) and per GetStatus;
-- its engine child, per Run, until every instance has had its first turn.
+- the sidecar's serving process, per Run (W1's workflow), per GetStatus and per Signal (W3's
+  workflow, to instances parked in its `listen`);
+- its engine child, per Run, until every instance has had its first turn;
+- the serving process at rest, per second: its background loops (timers, orphan claims, the
+  reconciler, heartbeats) wake on the clock, and under callgrind a call takes about fifty times
+  longer, so they count far more per call than in a real run. Each per-call count is also
+  given without them: the at-rest rate times the counted window's length, subtracted.
 
 With `--redis-cluster` the sidecar runs on a local Redis Cluster of three masters instead of
 its embedded Redis. The client and redis-server are not counted. Counts are per call; valgrind
@@ -24,11 +29,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf import struct_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
@@ -37,18 +45,45 @@ from bench.echo import echo_caller
 from bench.load import drive
 from bench.processes import echo_process, sidecar_process
 from bench.progress import wait_until_none
-from bench.workloads import HOLD, NOT_STARTED, run_request
+from bench.workloads import APPROVE, HOLD, NOT_FINISHED, NOT_STARTED, SIGNAL, run_request
 from okra_sidecar.store.local_cluster import LocalCluster
+
+if TYPE_CHECKING:
+    from okra_client.gen.workflow.v1.workflow_pb2_grpc import WorkflowHostAPIAsyncStub
 
 WARM_UP_CALLS = 200
 # Under valgrind every server is slow to start: the sidecar loads its definitions and Redis.
 START_TIMEOUT_S = 300.0
+# How long the serving process is counted at rest, for its background loops' rate.
+AT_REST_S = 10.0
 
 
 @dataclass(frozen=True)
 class Count:
     name: str
     instructions_per_call: float
+    # The part of it the process's background loops would have taken at rest in the same
+    # window (None where not estimated: the echo server and the engine child).
+    at_rest_per_call: float | None = None
+
+    @property
+    def net_per_call(self) -> float | None:
+        """Instructions per call without the background loops' estimated share."""
+        if self.at_rest_per_call is None:
+            return None
+        return self.instructions_per_call - self.at_rest_per_call
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one process executed over one counted window, and how long the window lasted."""
+
+    instructions: int
+    seconds: float
+
+    def per_call(self, name: str, calls: int, at_rest_per_s: float | None = None) -> Count:
+        at_rest = None if at_rest_per_s is None else at_rest_per_s * self.seconds / calls
+        return Count(name, self.instructions / calls, at_rest)
 
 
 def callgrind_launcher(out_dir: Path) -> list[str]:
@@ -90,6 +125,13 @@ async def counted(
     for pid in pids:
         control(pid, "-d", "-i off")
     return [last_dump(out_dir, pid) for pid in pids]
+
+
+async def timed(out_dir: Path, pid: int, work: Callable[[], Awaitable[object]]) -> Window:
+    """Instructions one process executed while `work` ran, and the window's length."""
+    started = time.monotonic()
+    [instructions] = await counted(out_dir, [pid], work)
+    return Window(instructions, time.monotonic() - started)
 
 
 async def count_echo(work_dir: Path, calls: int, concurrency: int) -> list[Count]:
@@ -142,31 +184,66 @@ async def count_sidecar(
         # instance has had its first turn (the progress polling would count in the former).
         for pid in (server.pid, engine):
             control(pid, "-i on", "-z")
+        started = time.monotonic()
         await drive(lambda _: stub.Run(request), count=calls, concurrency=concurrency)
         control(server.pid, "-d", "-i off")
+        run = Window(last_dump(out_dir, server.pid), time.monotonic() - started)
         await wait_until_none(stub, HOLD, NOT_STARTED, count=calls)
         control(engine, "-d", "-i off")
-        server_ir, engine_ir = last_dump(out_dir, server.pid), last_dump(out_dir, engine)
+        engine_ir = last_dump(out_dir, engine)
         ids = [reply.instance_id for reply in warm.replies]
         gets = [pb.GetStatusRequest(instance_id=i) for i in ids]
-        [status_ir] = await counted(
+        status = await timed(
             out_dir,
-            [server.pid],
+            server.pid,
             lambda: drive(
                 lambda i: stub.GetStatus(gets[i % len(gets)]), count=calls, concurrency=concurrency
             ),
         )
+        signals = await signal_requests(stub, calls, concurrency)
+        signal = await timed(
+            out_dir,
+            server.pid,
+            lambda: drive(lambda i: stub.Signal(signals[i]), count=calls, concurrency=concurrency),
+        )
+        # At rest: once the signalled instances have finished, nothing but the loops runs.
+        await wait_until_none(stub, APPROVE, NOT_FINISHED, count=calls)
+        rest = await timed(out_dir, server.pid, lambda: asyncio.sleep(AT_REST_S))
+    at_rest_per_s = rest.instructions / rest.seconds
     return [
-        Count("sidecar serving process, per Run", server_ir / calls),
+        run.per_call("sidecar serving process, per Run", calls, at_rest_per_s),
         Count("sidecar engine child, per Run (its first turn)", engine_ir / calls),
-        Count("sidecar serving process, per GetStatus", status_ir / calls),
+        status.per_call("sidecar serving process, per GetStatus", calls, at_rest_per_s),
+        signal.per_call("sidecar serving process, per Signal", calls, at_rest_per_s),
+        Count("sidecar serving process at rest, per second", at_rest_per_s),
+    ]
+
+
+async def signal_requests(
+    stub: WorkflowHostAPIAsyncStub, calls: int, concurrency: int
+) -> list[pb.SignalRequest]:
+    """W3's Signals, one each to `calls` instances parked in the approve workflow's `listen`
+    (started and parked here, uncounted)."""
+    request = run_request(APPROVE)
+    started = await drive(lambda _: stub.Run(request), count=calls, concurrency=concurrency)
+    await wait_until_none(stub, APPROVE, NOT_STARTED, count=calls)
+    payload = struct_pb2.Value()
+    payload.struct_value.fields["by"].string_value = "bench"
+    return [
+        pb.SignalRequest(instance_id=reply.instance_id, signal=SIGNAL, payload=payload)
+        for reply in started.replies
     ]
 
 
 def format_counts(counts: Sequence[Count]) -> str:
+    """A table of the counts (millions), with each serving-process count also given without
+    its at-rest loops' share, and the echo server's ratios to the serving process."""
     width = max(len(c.name) for c in counts)
-    lines = [f"{'instructions per call':<{width}}  millions", "-" * (width + 10)]
-    lines += [f"{c.name:<{width}}  {c.instructions_per_call / 1e6:8.3f}" for c in counts]
+    lines = [f"{'instructions per call':<{width}}  millions  without at-rest loops"]
+    lines.append("-" * (width + 33))
+    for c in counts:
+        net = "" if c.net_per_call is None else f"  {c.net_per_call / 1e6:8.3f}"
+        lines.append(f"{c.name:<{width}}  {c.instructions_per_call / 1e6:8.3f}{net}")
     by_name = {c.name: c.instructions_per_call for c in counts}
     echo = by_name["echo server, per call"]
     lines.append("")
@@ -185,7 +262,10 @@ async def measure(calls: int, concurrency: int, *, cluster: bool = False) -> lis
         print(f"echo server under callgrind: {calls} calls", file=sys.stderr, flush=True)
         counts = await count_echo(work_dir, calls, concurrency)
         print(
-            f"sidecar under callgrind: {calls} Runs, {calls} GetStatus", file=sys.stderr, flush=True
+            f"sidecar under callgrind: {calls} Runs, {calls} GetStatus, {calls} Signals,"
+            f" {AT_REST_S:.0f} s at rest",
+            file=sys.stderr,
+            flush=True,
         )
         if not cluster:
             return counts + await count_sidecar(work_dir, calls, concurrency)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import Count, format_counts, last_dump, measure
+from bench.instructions import Count, Window, format_counts, last_dump, measure
 
 
 def test_last_dump_reads_the_newest_part(tmp_path: Path) -> None:
@@ -28,6 +28,27 @@ def test_format_counts_gives_the_echo_ratios() -> None:
     assert "echo / serving process: Run 40%, GetStatus 50%" in text
 
 
+def test_a_window_takes_off_the_at_rest_loops_share() -> None:
+    # 3 M instructions over 2 s for 10 calls, with loops taking 500 k a second at rest:
+    # 300 k per call, of which 100 k the loops'.
+    count = Window(3_000_000, 2.0).per_call("per Signal", 10, at_rest_per_s=500_000)
+    assert count.instructions_per_call == 300_000
+    assert count.net_per_call == 200_000
+    assert Window(3_000_000, 2.0).per_call("per Signal", 10).net_per_call is None
+
+
+def test_format_counts_gives_the_count_without_the_loops_beside_it() -> None:
+    text = format_counts(
+        [
+            Count("echo server, per call", 400_000),
+            Count("sidecar serving process, per Run", 1_000_000, at_rest_per_call=150_000),
+            Count("sidecar serving process, per GetStatus", 800_000, at_rest_per_call=50_000),
+        ]
+    )
+    [run] = [line for line in text.splitlines() if "per Run" in line]
+    assert run.split()[-2:] == ["1.000", "0.850"]
+
+
 @pytest.mark.slow
 # Two servers under valgrind, each about fifty times slower: well past the default 60 s on a
 # busy machine.
@@ -40,5 +61,7 @@ async def test_counts_every_process_under_callgrind() -> None:
         "sidecar serving process, per Run",
         "sidecar engine child, per Run (its first turn)",
         "sidecar serving process, per GetStatus",
+        "sidecar serving process, per Signal",
+        "sidecar serving process at rest, per second",
     ]
     assert all(c.instructions_per_call > 10_000 for c in counts)
