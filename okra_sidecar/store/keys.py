@@ -47,13 +47,17 @@ class RedisKeys:
         return f"{self.prefix}{{p{partition}}}"
 
     def instance(self, instance_id: str) -> str:
-        return f"{self.prefix}{{p{self.partition(instance_id)}}}:{instance_id}"
+        return self.instance_in(self.partition(instance_id), instance_id)
+
+    def instance_in(self, partition: int, instance_id: str) -> str:
+        """`instance`, its partition known: an engine turn works it out once, not per key."""
+        return f"{self.prefix}{{p{partition}}}:{instance_id}"
 
     def history(self, instance_id: str) -> str:
-        return f"{self.instance(instance_id)}:history"
+        return history_of(self.instance(instance_id))
 
     def inbox(self, instance_id: str) -> str:
-        return f"{self.instance(instance_id)}:inbox"
+        return inbox_of(self.instance(instance_id))
 
     def signal_ids(self, instance_id: str) -> str:
         return f"{self.instance(instance_id)}:signal-ids"
@@ -65,7 +69,7 @@ class RedisKeys:
     def reset_points(self, instance_id: str) -> str:
         """Top-level task pointer -> the data and `$context` the instance first reached it
         with (JSON), what Reset goes back to; field `bytes` counts what they take."""
-        return f"{self.instance(instance_id)}:resets"
+        return reset_points_of(self.instance(instance_id))
 
     def changes(self, instance_id: str) -> str:
         """The pub/sub channel the scripts that change an instance announce it on (lib.lua's
@@ -228,6 +232,24 @@ class RedisKeys:
         # The name's length keeps `a=b=c` unambiguous whichever side holds the `=`.
         return f"{self.tag(partition)}:idx:tag:{len(name)}:{name}={value}"
 
+    def commit_keys(self, partition: int) -> tuple[str, ...]:
+        """The partition's keys every engine commit passes after the instance's own (commit.lua
+        KEYS[4..]): work, timers, outbox, each status index, finished. Built once per partition."""
+        return self._commit_keys[partition]
+
+    @cached_property
+    def _commit_keys(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(
+            (
+                self.work(p),
+                self.timers(p),
+                self.outbox(p),
+                *self.status_indexes(p),
+                self.index_finished(p),
+            )
+            for p in range(self.partitions)
+        )
+
     def status_indexes(self, partition: int) -> tuple[str, ...]:
         # Every engine commit passes all of them: built once per partition, not per turn.
         return self._status_indexes[partition]
@@ -297,3 +319,18 @@ class RedisKeys:
     def trigger_events(self, workflow_key: str) -> str:
         """Events collected so far for a definition's `schedule.on: all`, by filter index."""
         return f"{self.prefix}trigger:{{{workflow_key}}}"
+
+
+# An instance's own keys, from its instance key: what a turn derives without hashing its id again.
+
+
+def history_of(instance_key: str) -> str:
+    return f"{instance_key}:history"
+
+
+def inbox_of(instance_key: str) -> str:
+    return f"{instance_key}:inbox"
+
+
+def reset_points_of(instance_key: str) -> str:
+    return f"{instance_key}:resets"

@@ -8,7 +8,7 @@ from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 from okra_sidecar.store.base import InboxEntry, TurnCommit, TurnExtras, TurnSnapshot
 from okra_sidecar.store.connections import StoreConnections
 from okra_sidecar.store.jsontext import dumps, loads
-from okra_sidecar.store.keys import ENGINE_GROUP
+from okra_sidecar.store.keys import ENGINE_GROUP, history_of, inbox_of, reset_points_of
 from okra_sidecar.store.multiplexed import MultiplexedScript
 from okra_sidecar.store.records import subscription_types
 from okra_sidecar.store.replies import json_or, map_redis_errors, pairs, text
@@ -19,6 +19,12 @@ __all__ = ["RESET_POINT_BUDGET", "TurnStore"]
 # What one instance's reset points may take in all (bytes of JSON): a point that would pass it
 # is recorded as not kept, so Reset says why it cannot go back there.
 RESET_POINT_BUDGET = 4 * 1024 * 1024
+# What a turn reads of the instance hash (HMGET), in load_turn's order.
+_TURN_FIELDS = (
+    *("wf", "status", "rev", "state", "ikey", "otel"),
+    *("deadline", "steptmo", "tmoact", "step", "stepat"),
+    *("parent", "peffect", "subs", "dlsrc", "stsrc", "slow", "lim", "lwf"),
+)
 
 
 class TurnStore(StoreConnections):
@@ -27,17 +33,12 @@ class TurnStore(StoreConnections):
     _commit = MultiplexedScript(load_script("commit"))
 
     async def load_turn(self, instance_id: str) -> TurnSnapshot | None:
-        keys = self.keys
+        key = self.keys.instance(instance_id)
         with map_redis_errors():
             (wf, status, rev, state, ikey, otel, *more), inbox = await self.hot.pipeline(
                 [
-                    (
-                        *("HMGET", keys.instance(instance_id)),
-                        *("wf", "status", "rev", "state", "ikey", "otel"),
-                        *("deadline", "steptmo", "tmoact", "step", "stepat"),
-                        *("parent", "peffect", "subs", "dlsrc", "stsrc", "slow", "lim", "lwf"),
-                    ),
-                    ("XRANGE", keys.inbox(instance_id), "-", "+", "COUNT", 1000),
+                    ("HMGET", key, *_TURN_FIELDS),
+                    ("XRANGE", inbox_of(key), "-", "+", "COUNT", 1000),
                 ]
             )
         (
@@ -103,19 +104,11 @@ class TurnStore(StoreConnections):
         if commit.clear_deadline:
             fields += ["deadline", ""]
         partition = keys.partition(iid)
-        commit_keys = [
-            keys.instance(iid),
-            keys.inbox(iid),
-            keys.history(iid),
-            keys.work(partition),
-            keys.timers(partition),
-            keys.outbox(partition),
-            *keys.status_indexes(partition),
-            keys.index_finished(partition),
-        ]
+        key = keys.instance_in(partition, iid)
+        commit_keys = [key, inbox_of(key), history_of(key), *keys.commit_keys(partition)]
         out: dict[str, Any] = {}
         if commit.extras is not None:
-            out = self._commit_extras(snapshot, commit.extras, commit_keys)
+            out = self._commit_extras(snapshot, commit.extras, commit_keys, partition)
         if (
             self.one_node
             and snapshot.limit_scope is not None
@@ -157,11 +150,10 @@ class TurnStore(StoreConnections):
         return int(applied) == 1
 
     def _commit_extras(
-        self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str]
+        self, snapshot: TurnSnapshot, extras: TurnExtras, keys: list[str], partition: int
     ) -> dict[str, Any]:
-        """commit.lua's extras (encoded as JSON), appending the keys they need to `keys`."""
-        iid = snapshot.instance_id
-        partition = self.keys.partition(iid)
+        """commit.lua's extras (encoded as JSON), appending the keys they need to `keys`
+        (`keys[0]`, the instance's key, first)."""
 
         def slot(key: str) -> int:
             keys.append(key)
@@ -192,7 +184,7 @@ class TurnStore(StoreConnections):
             # How many: the points follow the history events as plain arguments (commit_turn),
             # not JSON inside this JSON, which would escape every one of them once more.
             out["points"] = len(extras.reset_points)
-            out["pointSlot"] = slot(self.keys.reset_points(iid))
+            out["pointSlot"] = slot(reset_points_of(keys[0]))
             if snapshot.revision == "0":
                 # Never committed, so no point kept yet: the script need not look.
                 out["pointsFirst"] = True

@@ -71,7 +71,7 @@ class TurnBoard:
         page = self._page
         if page is None:
             return
-        _put_text(page, _TASK_AT, _TASK_MAX, "")
+        _TEXT_LEN.pack_into(page, _TASK_AT, 0)  # no task yet: an empty text
         _put_text(page, _INSTANCE_AT, _INSTANCE_MAX, instance_id)
         _STAMPS.pack_into(page, 0, time.monotonic_ns(), 0)
 

@@ -56,8 +56,8 @@ def turn_extras(snapshot: TurnSnapshot, result: TurnResult, now_ms: int) -> Turn
     outgoing: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     # The turn's span context (CloudEvents' traceparent): executors and event consumers
-    # continue its trace.
-    trace_fields = tracing.event_trace_fields()
+    # continue its trace. Read only for what carries it: most turns hand out reset points alone.
+    trace_fields = tracing.event_trace_fields() if effects or parent_event is not None else {}
     if parent_event is not None:
         parent_event.update(trace_fields)  # the parent's turn links to the child's last one
     for effect in effects:

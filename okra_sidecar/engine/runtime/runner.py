@@ -23,7 +23,7 @@ from okra_sidecar.engine.runtime import board as turn_board
 from okra_sidecar.engine.runtime import deadlines
 from okra_sidecar.engine.runtime.outbox import turn_extras
 from okra_sidecar.engine.runtime.probation import Probation
-from okra_sidecar.engine.runtime.registry import WorkflowRegistry
+from okra_sidecar.engine.runtime.registry import RegisteredWorkflow, WorkflowRegistry
 from okra_sidecar.errors import NotFoundError, StoreUnavailableError
 from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
@@ -249,11 +249,13 @@ class EngineRunner:
     async def _serve_instance(self, first: WorkItem) -> None:
         instance_id = first.instance_id
         batch = [first]
+        held = self._held
         try:
             while batch:
                 if not await self.run_turn(instance_id, work=batch):
                     await self._store.ack_work(batch)
-                self._held.difference_update(item.entry_id for item in batch)
+                for item in batch:
+                    held.discard(item.entry_id)
                 batch = self._inflight.get(instance_id) or []
                 self._inflight[instance_id] = []
         except StoreUnavailableError as exc:
@@ -263,9 +265,9 @@ class EngineRunner:
             logger.exception("turn of %s failed; its work will be retried", instance_id)
         finally:
             # Whatever is left stays pending: the orphan claim takes it back once idle.
-            self._held.difference_update(item.entry_id for item in batch)
-            waiting = self._inflight.pop(instance_id, None) or []
-            self._held.difference_update(item.entry_id for item in waiting)
+            # (Usually nothing: the loop above ends on an empty batch.)
+            for item in (*batch, *(self._inflight.pop(instance_id, None) or ())):
+                held.discard(item.entry_id)
 
     async def run_turn(self, instance_id: str, *, work: list[WorkItem] | None = None) -> bool:
         """Carry one instance forward until it blocks or ends, retrying on a revision race.
@@ -298,7 +300,10 @@ class EngineRunner:
             with self._turn_telemetry.turn(snapshot, started_ns=started_ns, due_ms=due) as turn:
                 due = []
                 now = self._clock()
-                definition = await self._definition_of(snapshot)
+                registered = await self._registered(snapshot.workflow_id)
+                definition = (
+                    None if isinstance(registered, NotFoundError) else registered.definition
+                )
                 # Policy timeouts (maxDurationMinutes, defaultTimeoutMs) come before the turn.
                 expiry = deadlines.expired(snapshot, definition, now)
                 if expiry is not None:
@@ -313,7 +318,7 @@ class EngineRunner:
                         return acked
                     continue
                 interpreting_ns = time.time_ns()
-                result, cpu_ns = await self._advance(snapshot, now, slow=slow)
+                result, cpu_ns = self._advance(snapshot, registered, now, slow=slow)
                 turn.interpreted(interpreting_ns)
                 if self._probation is not None and on_probation:
                     if await self._probation.end_turn(workflow_id, cpu_ns):
@@ -322,8 +327,8 @@ class EngineRunner:
                 rearm = timer_fired and deadlines.has_policy_timeouts(snapshot)
                 if not result.changed and result.wake_at_ms is None and not rearm:
                     return False
-                commit = self._to_commit(result, now, snapshot)
-                commit = replace(deadlines.arm(commit, snapshot, definition), acks=acks)
+                commit = self._to_commit(result, now, snapshot, acks=acks)
+                commit = deadlines.arm(commit, snapshot, definition)
                 committed = await self._store.commit_turn(snapshot, commit)
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
@@ -332,11 +337,12 @@ class EngineRunner:
         logger.warning("instance %s kept changing under its turn; requeued", instance_id)
         return False
 
-    async def _definition_of(self, snapshot: TurnSnapshot) -> Any:
+    async def _registered(self, workflow_id: str) -> RegisteredWorkflow | NotFoundError:
+        """The turn's workflow, or why there is none (the turn fails the instance with it)."""
         try:
-            return (await self._registry.get(snapshot.workflow_id)).definition
-        except NotFoundError:
-            return None
+            return await self._registry.get(workflow_id)
+        except NotFoundError as exc:
+            return exc
 
     async def _after_commit(self, snapshot: TurnSnapshot, commit: TurnCommit) -> None:
         if commit.status is not InstanceStatus.FAILED or self._on_failure is None:
@@ -347,15 +353,18 @@ class EngineRunner:
             # An alert that cannot be raised must not undo or repeat the turn.
             logger.exception("failure hook for instance %s failed", snapshot.instance_id)
 
-    async def _advance(
-        self, snapshot: TurnSnapshot, now: int, *, slow: bool
+    def _advance(
+        self,
+        snapshot: TurnSnapshot,
+        registered: RegisteredWorkflow | NotFoundError,
+        now: int,
+        *,
+        slow: bool,
     ) -> tuple[TurnResult, int]:
         """The turn's result, and the CPU its interpretation took (slow lane only, else 0)."""
+        if isinstance(registered, NotFoundError):
+            return self._fault(snapshot, now, "definition not found", str(registered)), 0
         signals = [InboxSignal(entry.entry_id, entry.event) for entry in snapshot.inbox]
-        try:
-            registered = await self._registry.get(snapshot.workflow_id)
-        except NotFoundError as exc:
-            return self._fault(snapshot, now, "definition not found", str(exc)), 0
         # The board tells an engine child's watchdog whose turn this is (engine/runtime/board.py).
         board = turn_board.current()
         board.begin_turn(snapshot.instance_id)
@@ -402,7 +411,9 @@ class EngineRunner:
         return fault_result(snapshot, now, {**error, "instance": "/"})
 
     @staticmethod
-    def _to_commit(result: TurnResult, now: int, snapshot: TurnSnapshot) -> TurnCommit:
+    def _to_commit(
+        result: TurnResult, now: int, snapshot: TurnSnapshot, *, acks: tuple[str, ...] = ()
+    ) -> TurnCommit:
         return TurnCommit(
             status=OUTCOME_STATUS[result.outcome],
             state=result.state,
@@ -416,6 +427,7 @@ class EngineRunner:
             history=result.history,
             now_ms=now,
             extras=turn_extras(snapshot, result, now),
+            acks=acks,
         )
 
 
