@@ -153,7 +153,7 @@ class RedisEffectStore:
     ) -> list[EffectEntry]:
         """Effects another executor read but neither finished nor kept alive (it stopped)."""
         entries = await claim_partitions(
-            self.redis,
+            self._pooled,
             EXECUTOR_GROUP,
             consumer,
             self.keys.all_effects(),
@@ -325,7 +325,7 @@ class RedisEffectStore:
         """Tasks whose worker let the lease run out (it stopped): they go to `worker`."""
         await self.ensure_task_group(service)
         entries = await claim_partitions(
-            self.redis,
+            self._pooled,
             WORKER_GROUP,
             worker,
             self.keys.all_tasks(service),

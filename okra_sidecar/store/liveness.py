@@ -21,10 +21,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from okra_sidecar.errors import StoreUnavailableError
-from okra_sidecar.store.cluster_client import is_cluster_client, pooled_commands
+from okra_sidecar.store.cluster_client import is_cluster_client, stream_commands
 from okra_sidecar.store.keys import RedisKeys
-from okra_sidecar.store.multiplexed import MultiplexedScript
-from okra_sidecar.store.replies import map_redis_errors, text
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript
+from okra_sidecar.store.replies import map_redis_errors, pairs, text
 from okra_sidecar.store.scripts import load_script
 from okra_sidecar.store.streams import PartitionEntry
 from okra_sidecar.tasks import cancel_and_wait
@@ -57,7 +57,9 @@ class ConsumerLiveness:
         self.ttl_ms = ttl_ms
         # On a single Redis one script call looks at all of a group's streams (orphan_owners).
         self._one_node = not is_cluster_client(redis)
-        self._hot = pooled_commands(redis) if self._one_node else None
+        # Replies raw; on a Cluster, the multiplexed connections (one per master) rather
+        # than redis-py's RedisCluster, which spends several times the CPU per command.
+        self._hot = stream_commands(redis)
         self._full_look_at: dict[str, float] = {}  # by group: when every stream was last seen
 
     async def beat(self, consumer: str) -> None:
@@ -87,16 +89,16 @@ class ConsumerLiveness:
         """Give `consumer` what dead consumers of `group` left pending in `streams` (one per
         partition, by index), and its own pending entries outside `held`, up to `count` per
         stream and owner; each only once idle for `ttl_ms`."""
-        found: list[PartitionEntry] = []
         with map_redis_errors():
             owners = await self._owners(group, streams)
             if not owners:
-                return found
+                return []
             names = sorted(owners)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.get(self.keys.consumer(name))
-                alive = dict(zip(names, await pipe.execute(), strict=True))
+            beats = await self._hot.pipeline([("GET", self.keys.consumer(n)) for n in names])
+            alive = dict(zip(names, beats, strict=True))
+            # (stream, partition, owner, min idle ms) of every owner's pending entries to
+            # take, each owner's consumers with nothing pending but long idle to forget.
+            takes: list[tuple[str, int, str, int]] = []
             for name in names:
                 if name != consumer and alive[name] == ALIVE:
                     continue
@@ -104,78 +106,80 @@ class ConsumerLiveness:
                 min_idle_ms = 0 if alive[name] == DEAD else self.ttl_ms
                 for partition, pending, idle_ms in owners[name]:
                     stream = streams[partition]
-                    if not pending:
-                        if name != consumer and idle_ms >= FORGET_IDLE_MS:
-                            await self.redis.xgroup_delconsumer(stream, group, name)
-                        continue
-                    found.extend(
-                        await self._claim(
-                            stream, partition, group, (name, consumer), held, count, min_idle_ms
-                        )
-                    )
-        return found
+                    if pending:
+                        takes.append((stream, partition, name, min_idle_ms))
+                    elif name != consumer and idle_ms >= FORGET_IDLE_MS:
+                        await self._hot.execute("XGROUP", "DELCONSUMER", stream, group, name)
+            if not takes:
+                return []
+            return await self._claim(group, consumer, takes, held, count)
 
     async def _owners(
         self, group: str, streams: Sequence[str]
     ) -> dict[str, list[tuple[int, int, int]]]:
         """Consumer name -> (partition, pending count, idle ms) for each stream it is in where
-        it has entries pending or has been idle for FORGET_IDLE_MS (the others need nothing)."""
-        if self._hot is not None:
-            return await self._owners_in_one_call(group, streams)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xinfo_consumers(stream, group)
-            replies = await pipe.execute(raise_on_error=False)
-        owners: dict[str, list[tuple[int, int, int]]] = {}
-        for partition, reply in enumerate(replies):
-            if isinstance(reply, Exception):
-                continue  # no group on that stream yet: nothing read there
-            for info in reply:
-                pending, idle = int(info["pending"]), int(info["idle"])
-                if pending or idle >= FORGET_IDLE_MS:
-                    owners.setdefault(text(info["name"]), []).append((partition, pending, idle))
-        return owners
+        it has entries pending or has been idle for FORGET_IDLE_MS (the others need nothing).
 
-    async def _owners_in_one_call(
-        self, group: str, streams: Sequence[str]
-    ) -> dict[str, list[tuple[int, int, int]]]:
-        assert self._hot is not None
+        One orphan_owners.lua call for every stream on a single Redis; on a Cluster, where a
+        script may touch one slot only, one per stream, the calls side by side (each
+        master's in one write on its connection)."""
         now = time.monotonic()
         full = now - self._full_look_at.get(group, 0.0) >= FULL_LOOK_S
         if full:
             self._full_look_at[group] = now
-        reply = await self._hot.evalsha(
-            self._owners_script, streams, [group, "1" if full else "0", FORGET_IDLE_MS]
-        )
+        args = [group, "1" if full else "0", FORGET_IDLE_MS]
+        if self._one_node:
+            looks = [(0, await self._hot.evalsha(self._owners_script, streams, args))]
+        else:
+            replies = await asyncio.gather(
+                *(self._hot.evalsha(self._owners_script, [stream], args) for stream in streams)
+            )
+            looks = list(enumerate(replies))
         owners: dict[str, list[tuple[int, int, int]]] = {}
-        for i in range(0, len(reply), 4):
-            partition, name, pending, idle = reply[i : i + 4]
-            owners.setdefault(text(name), []).append((int(partition), int(pending), int(idle)))
+        for first, reply in looks:
+            for i in range(0, len(reply), 4):
+                partition, name, pending, idle = reply[i : i + 4]
+                owners.setdefault(text(name), []).append(
+                    (first + int(partition), int(pending), int(idle))
+                )
         return owners
 
     async def _claim(
         self,
-        stream: str,
-        partition: int,
         group: str,
-        owner_and_taker: tuple[str, str],
+        consumer: str,
+        takes: Sequence[tuple[str, int, str, int]],
         held: Collection[str],
         count: int,
-        min_idle_ms: int,
     ) -> list[PartitionEntry]:
-        owner, consumer = owner_and_taker
-        pending: Any = await self.redis.xpending_range(
-            stream, group, min="-", max="+", count=count, consumername=owner, idle=min_idle_ms
+        """XPENDING for every (stream, owner) in `takes`, in one pipeline, then XCLAIM of
+        what was found idle long enough, in another (on a Cluster, each master's share in
+        one write)."""
+        pending: list[Any] = await self._hot.pipeline(
+            [
+                ("XPENDING", stream, group, "IDLE", min_idle_ms, "-", "+", count, owner)
+                for stream, _, owner, min_idle_ms in takes
+            ]
         )
-        ids: list[Any] = [text(entry["message_id"]) for entry in pending]
-        if owner == consumer:
-            ids = [eid for eid in ids if eid not in held]
-        if not ids:
+        claims: list[tuple[int, tuple[Arg, ...]]] = []
+        for (stream, partition, owner, min_idle_ms), entries in zip(takes, pending, strict=True):
+            # Each entry: [id, consumer, idle ms, deliveries].
+            ids = [text(entry[0]) for entry in entries]
+            if owner == consumer:
+                ids = [eid for eid in ids if eid not in held]
+            if ids:
+                # XCLAIM checks the idle time again, atomically: an entry its owner touched
+                # since XPENDING stays with it.
+                claims.append((partition, ("XCLAIM", stream, group, consumer, min_idle_ms, *ids)))
+        if not claims:
             return []
-        # XCLAIM checks the idle time again, atomically: an entry its owner touched since
-        # XPENDING stays with it.
-        claimed: Any = await self.redis.xclaim(stream, group, consumer, min_idle_ms, ids)
-        return [(partition, eid, fields) for eid, fields in claimed if fields]
+        claimed: list[Any] = await self._hot.pipeline([command for _, command in claims])
+        return [
+            (partition, eid, pairs(fields))
+            for (partition, _), entries in zip(claims, claimed, strict=True)
+            for eid, fields in entries
+            if fields
+        ]
 
 
 class ConsumerHeartbeat:

@@ -87,7 +87,7 @@ class RedisOutboxStore:
     ) -> list[OutboxEntry]:
         """Entries another relay read but never acknowledged (it stopped)."""
         entries = await claim_partitions(
-            self.redis,
+            self._streams,
             RELAY_GROUP,
             consumer,
             self.keys.all_outboxes(),

@@ -89,7 +89,7 @@ class WorkStore(StoreConnections):
         """Take over entries another worker read but never acknowledged (it died)."""
         streams, _ = self._lane(slow)
         entries = await claim_partitions(
-            self.redis,
+            self.hot,
             ENGINE_GROUP,
             consumer,
             streams,

@@ -1,5 +1,5 @@
--- On a single Redis (every stream on one node), the consumers of a group worth a look across
--- its streams, in one call instead of an XINFO CONSUMERS per stream parsed by the caller.
+-- The consumers of a group worth a look across its streams, in one call instead of an XINFO
+-- CONSUMERS per stream parsed by the caller (on a Cluster, one call per stream: one slot each).
 -- KEYS: the streams (one per partition). ARGV: the group, '1' to look at every stream or '0'
 -- to skip the empty ones (acknowledged entries are deleted: an empty stream has no entry left
 -- to take over), the idle time (ms) past which a consumer with nothing pending is reported.
