@@ -10,6 +10,8 @@ then:
 - W2's workflow: `count` `bench.steps` instances started and run to completion: the Redis
   commands per instance by name (`INFO commandstats`, the commands inside scripts included;
   the bench's own Query polls too) and the CPU time per instance of each process (`/proc`).
+  With `--workflow approve`, W3's instead: `bench.approve` instances started, parked in their
+  `listen`, each sent the Signal that completes it; the figures cover the whole of that.
 
 With `--redis-cluster` the sidecar runs against a local Redis Cluster of three masters instead
 of its embedded Redis: the commands are summed over the masters and the masters' CPU counts as
@@ -41,13 +43,24 @@ from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import sidecar_process
 from bench.progress import wait_until_none
 from bench.tree_cpu import TreeCpuMeter, TreeCpuSample
-from bench.workloads import NOT_FINISHED, STEPS, Client, start_instances, warm_up
+from bench.workloads import (
+    APPROVE,
+    NOT_FINISHED,
+    NOT_STARTED,
+    STEPS,
+    Client,
+    signal_approvals,
+    start_instances,
+    warm_up,
+)
 from okra_sidecar.store.embedded import SOCKET_NAME
 from okra_sidecar.store.local_cluster import LocalCluster
 
 __all__ = ["Footprint", "measure", "report"]
 
 IDLE_S = 30.0
+# The workflows measured per instance, by the name --workflow takes: W2's and W3's.
+WORKFLOWS = {"steps": STEPS, "approve": APPROVE}
 COUNT = 5000
 # After the health check answers, the engine children and the fork server still import.
 SETTLE_S = 10.0
@@ -59,6 +72,7 @@ class Footprint:
     idle_ticks: dict[str, int]  # CPU ticks at rest by process role
     idle_commands_per_s: dict[str, float]
     count: int
+    workflow: str  # a name of WORKFLOWS
     cpu_us_per_instance: dict[str, float]  # by process role
     commands_per_instance: dict[str, float]  # by command name
 
@@ -125,9 +139,12 @@ async def measure(
     settle_s: float = SETTLE_S,
     work_dir: Path,
     cluster_masters: int = 0,
+    workflow: str = "steps",
 ) -> Footprint:
     """The figures of one sidecar on its embedded Redis, or on a local Redis Cluster of
-    `cluster_masters` masters when that is not 0."""
+    `cluster_masters` masters when that is not 0, for `count` instances of `workflow` (a name
+    of WORKFLOWS)."""
+    workflow_id = WORKFLOWS[workflow]
     async with (
         _target(work_dir, cluster_masters=cluster_masters) as target,
         sidecar_process(
@@ -157,8 +174,11 @@ async def measure(
         )
         await warm_up(client)
         cpu, calls = cpu_sample(), await _command_calls(target.redises)
-        await start_instances(client, STEPS, count)
-        await wait_until_none(client.stub, STEPS, NOT_FINISHED, count=count)
+        ids, _ = await start_instances(client, workflow_id, count)
+        if workflow_id == APPROVE:
+            await wait_until_none(client.stub, APPROVE, NOT_STARTED, count=count)
+            await signal_approvals(client, ids)
+        await wait_until_none(client.stub, workflow_id, NOT_FINISHED, count=count)
         run_cpu = cpu_used(cpu)
         run_calls = _grown(calls, await _command_calls(target.redises))
     return Footprint(
@@ -166,6 +186,7 @@ async def measure(
         idle_ticks={role: round(s * 100) for role, s in idle_cpu.items() if s},
         idle_commands_per_s={k: round(v / idle_s, 1) for k, v in idle_calls.items()},
         count=count,
+        workflow=workflow,
         cpu_us_per_instance={role: round(s * 1e6 / count) for role, s in run_cpu.items() if s},
         commands_per_instance={k: round(v / count, 2) for k, v in run_calls.items()},
     )
@@ -181,7 +202,7 @@ def report(result: Footprint) -> str:
         [
             f"at rest, {result.idle_s:.0f} s: {ticks} CPU ticks ({listed(result.idle_ticks)})",
             f"  Redis commands/s: {listed(result.idle_commands_per_s)}",
-            f"{result.count} bench.steps instances: {cpu:.0f} µs CPU per instance "
+            f"{result.count} bench.{result.workflow} instances: {cpu:.0f} µs CPU per instance "
             f"({listed(result.cpu_us_per_instance)})",
             f"  Redis commands per instance: {result.total_commands_per_instance:.2f} "
             f"({listed(result.commands_per_instance)})",
@@ -192,7 +213,13 @@ def report(result: Footprint) -> str:
 async def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__)
     parser.add_argument("--idle", type=float, default=IDLE_S, help="seconds at rest")
-    parser.add_argument("--count", type=int, default=COUNT, help="bench.steps instances")
+    parser.add_argument("--count", type=int, default=COUNT, help="instances measured")
+    parser.add_argument(
+        "--workflow",
+        choices=sorted(WORKFLOWS),
+        default="steps",
+        help="W2's bench.steps (run to completion) or W3's bench.approve (run, then signalled)",
+    )
     parser.add_argument("--settle", type=float, default=SETTLE_S, help="seconds before")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
@@ -208,6 +235,7 @@ async def main(argv: Sequence[str]) -> None:
             settle_s=args.settle,
             work_dir=Path(tmp),
             cluster_masters=CLUSTER_MASTERS if args.redis_cluster else 0,
+            workflow=args.workflow,
         )
     print(json.dumps(asdict(result), indent=1) if args.json else report(result))
 

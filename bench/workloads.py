@@ -146,15 +146,22 @@ async def measure_completion(client: Client, count: int) -> tuple[Result, list[s
     return row, ids
 
 
+async def signal_approvals(client: Client, ids: Sequence[str]) -> Timing[pb.SignalResponse]:
+    """Send each bench.approve instance (parked in its `listen`) the signal that completes it."""
+    payload = _value({"by": struct_pb2.Value(string_value="bench")})
+    requests = [pb.SignalRequest(instance_id=i, signal=SIGNAL, payload=payload) for i in ids]
+    signal = client.stub.Signal
+    return await drive(
+        lambda i: signal(requests[i]), count=len(requests), concurrency=client.concurrency
+    )
+
+
 async def measure_signal(client: Client, count: int) -> list[Result]:
     """W3: signal instances parked in a `listen` and time each until it reads COMPLETED."""
     ids, _ = await start_instances(client, APPROVE, count)
     await wait_until_none(client.stub, APPROVE, NOT_STARTED, count=count)
-    payload = _value({"by": struct_pb2.Value(string_value="bench")})
-    requests = [pb.SignalRequest(instance_id=i, signal=SIGNAL, payload=payload) for i in ids]
-    signal = client.stub.Signal
     start = client.meter.sample()
-    timing = await drive(lambda i: signal(requests[i]), count=count, concurrency=client.concurrency)
+    timing = await signal_approvals(client, ids)
     await wait_until_none(client.stub, APPROVE, NOT_FINISHED, count=count)
     cpu = client.meter.share_since(start)
     return [

@@ -23,6 +23,17 @@ async def test_the_footprint_bench_counts_commands_and_cpu(tmp_path: Path) -> No
     assert "20 bench.steps instances" in text and "Redis commands per instance" in text
 
 
+@pytest.mark.timeout(180)
+async def test_the_footprint_bench_measures_w3s_workflow_signals_included(tmp_path: Path) -> None:
+    result = await measure(idle_s=1, count=20, settle_s=0, work_dir=tmp_path, workflow="approve")
+    # Each instance was created, signalled and committed twice (parked, then completed) by
+    # scripts, each after a work item was read: had the Signals not been sent, the wait for
+    # every instance to finish would not have returned.
+    assert result.commands_per_instance["evalsha"] >= 4
+    assert result.cpu_us_per_instance["engine"] > 0
+    assert "20 bench.approve instances" in report(result)
+
+
 @pytest.mark.timeout(240)
 async def test_the_footprint_bench_runs_against_a_local_cluster(tmp_path: Path) -> None:
     result = await measure(idle_s=1, count=20, settle_s=0, work_dir=tmp_path, cluster_masters=3)
