@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -31,25 +31,50 @@ def pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-@contextmanager
-def map_redis_errors() -> Iterator[None]:
+def map_redis_errors() -> _RedisErrors:
     """Turn a lost connection into StoreUnavailableError, the one error the api maps to it."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly") from exc
-    except redis_errors.BusyLoadingError as exc:
-        raise StoreUnavailableError("Redis is loading its data; retry shortly") from exc
-    except (redis_errors.ClusterError, redis_errors.TryAgainError) as exc:
+    return _MAP_REDIS_ERRORS
+
+
+class _RedisErrors:
+    """map_redis_errors' context manager. A class rather than a generator (@contextmanager):
+    every store call enters one, and a generator costs several times more to enter and leave."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Returning leaves any error as it is: only an outage becomes another.
+        if exc is not None and (outage := _outage(exc)) is not None:
+            raise outage from exc
+
+
+def _outage(exc: BaseException) -> StoreUnavailableError | None:
+    """The StoreUnavailableError an error of Redis means, or None when it is not an outage."""
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+        return StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly")
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return StoreUnavailableError("Redis is loading its data; retry shortly")
+    if isinstance(exc, redis_errors.ClusterError | redis_errors.TryAgainError):
         # A failover or a slot migration under way: it settles by itself.
-        raise StoreUnavailableError(
-            f"the Redis Cluster is settling ({exc}); retry shortly"
-        ) from exc
-    except redis_errors.RedisClusterException as exc:
+        return StoreUnavailableError(f"the Redis Cluster is settling ({exc}); retry shortly")
+    if isinstance(exc, redis_errors.RedisClusterException) and (
+        isinstance(
+            exc, redis_errors.SlotNotCoveredError | redis_errors.RedisClusterUnreachableError
+        )
+        or "not covered" in str(exc)
+    ):
         # redis-py's RedisCluster without a full slot map (nodes down, slots unserved); its
         # other refusals (keys of several slots in one command) are bugs, not outages.
-        if not isinstance(
-            exc, redis_errors.SlotNotCoveredError | redis_errors.RedisClusterUnreachableError
-        ) and "not covered" not in str(exc):
-            raise
-        raise StoreUnavailableError(f"the Redis Cluster is not serving ({exc})") from exc
+        return StoreUnavailableError(f"the Redis Cluster is not serving ({exc})")
+    return None
+
+
+_MAP_REDIS_ERRORS = _RedisErrors()

@@ -13,7 +13,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from okra_sidecar.errors import ERROR_TYPE_PREFIX
@@ -168,28 +168,37 @@ def timeout_commit(
     )
 
 
-def arm(commit: TurnCommit, snapshot: TurnSnapshot, definition: Any) -> TurnCommit:
-    """Start the step clock on a new step and wake the instance when a policy timeout is due."""
-    if commit.status in FINISHED_STATUSES:
-        return commit
-    changes: dict[str, Any] = {}
+def arm(
+    status: InstanceStatus,
+    current_step: str,
+    wake_at_ms: int | None,
+    now_ms: int,
+    snapshot: TurnSnapshot,
+    definition: Any,
+) -> tuple[int | None, int | None]:
+    """Start the step clock on a new step and wake the instance when a policy timeout is due.
+
+    For a turn that leaves the instance `status` in `current_step`, waking at `wake_at_ms`:
+    returns the step's start to record (None: unchanged) and when to wake the instance. The
+    turn's commit is built with both at once (runner.py), not copied to set them.
+    """
+    if status in FINISHED_STATUSES:
+        return None, wake_at_ms
+    recorded: int | None = None
     step_started = snapshot.step_started_ms
-    if commit.current_step != snapshot.current_step or not step_started:
-        step_started = commit.now_ms
-        changes["step_started_ms"] = step_started
-    wakes = [commit.wake_at_ms] if commit.wake_at_ms is not None else []
+    if current_step != snapshot.current_step or not step_started:
+        step_started = recorded = now_ms
+    wakes = [wake_at_ms] if wake_at_ms is not None else []
     if snapshot.deadline_ms is not None:
         wakes.append(snapshot.deadline_ms)
     if (
         snapshot.step_timeout_ms is not None
-        and commit.status is InstanceStatus.WAITING
-        and commit.current_step
-        and not _step_has_own_timeout(definition, commit.current_step)
+        and status is InstanceStatus.WAITING
+        and current_step
+        and not _step_has_own_timeout(definition, current_step)
     ):
         wakes.append(step_started + snapshot.step_timeout_ms)
-    if wakes:
-        changes["wake_at_ms"] = min(wakes)
-    return replace(commit, **changes) if changes else commit
+    return recorded, min(wakes) if wakes else wake_at_ms
 
 
 def has_policy_timeouts(snapshot: TurnSnapshot) -> bool:

@@ -327,8 +327,18 @@ class EngineRunner:
                 rearm = timer_fired and deadlines.has_policy_timeouts(snapshot)
                 if not result.changed and result.wake_at_ms is None and not rearm:
                     return False
-                commit = self._to_commit(result, now, snapshot, acks=acks)
-                commit = deadlines.arm(commit, snapshot, definition)
+                status = OUTCOME_STATUS[result.outcome]
+                step_started, wake_at = deadlines.arm(
+                    status, result.current_step, result.wake_at_ms, now, snapshot, definition
+                )
+                commit = self._to_commit(
+                    result,
+                    now,
+                    snapshot,
+                    acks=acks,
+                    step_started_ms=step_started,
+                    wake_at_ms=wake_at,
+                )
                 committed = await self._store.commit_turn(snapshot, commit)
                 turn.finish(result, committed=committed, status=commit.status.value)
                 if committed:
@@ -412,8 +422,16 @@ class EngineRunner:
 
     @staticmethod
     def _to_commit(
-        result: TurnResult, now: int, snapshot: TurnSnapshot, *, acks: tuple[str, ...] = ()
+        result: TurnResult,
+        now: int,
+        snapshot: TurnSnapshot,
+        *,
+        acks: tuple[str, ...] = (),
+        step_started_ms: int | None = None,
+        wake_at_ms: int | None = None,
     ) -> TurnCommit:
+        """The commit of `result`; `step_started_ms` and `wake_at_ms` as deadlines.arm gives
+        them (a `wake_at_ms` of None: the result's own)."""
         return TurnCommit(
             status=OUTCOME_STATUS[result.outcome],
             state=result.state,
@@ -422,7 +440,8 @@ class EngineRunner:
             output=result.output,
             error=result.error,
             consumed=result.consumed,
-            wake_at_ms=result.wake_at_ms,
+            wake_at_ms=result.wake_at_ms if wake_at_ms is None else wake_at_ms,
+            step_started_ms=step_started_ms,
             requeue=result.outcome is TurnOutcome.RUNNING,
             history=result.history,
             now_ms=now,
