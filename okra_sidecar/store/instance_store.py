@@ -66,7 +66,9 @@ class InstanceStore(StoreConnections):
 
     async def _reserve_and_create(self, new: NewInstance, limits: _Limits) -> bool:
         """create_instance on one node: the admission and the create in one script
-        (reserve_create.lua), one round trip instead of two."""
+        (reserve_create.lua), one round trip instead of two. A scope no limit has applied to
+        yet counts nothing; the first Run a limit applies to counts it (`limits.track`) and
+        calls again."""
         reserve_keys, reserve_args = self.limits.reserve_call(
             new.instance_id,
             _workflow_key(new.workflow_id),
@@ -74,13 +76,19 @@ class InstanceStore(StoreConnections):
             max_per_workflow=limits.max_per_workflow,
         )
         create_keys, create_args = self._create_call(new, Admission())
+        keys = [*reserve_keys, self.keys.limit_tracked(self.keys.scope), *create_keys]
         with map_redis_errors():
             reply, waited = await self._durable_write(
-                self._reserve_create,
-                keys=[*reserve_keys, *create_keys],
-                args=[*reserve_args, *create_args],
+                self._reserve_create, keys=keys, args=[*reserve_args, *create_args]
             )
         admission = self.limits.admission(reply)
+        if admission.refused == "untracked":
+            await self.limits.track()
+            with map_redis_errors():
+                reply, waited = await self._durable_write(
+                    self._reserve_create, keys=keys, args=[*reserve_args, *create_args]
+                )
+            admission = self.limits.admission(reply)
         if admission.refused:
             await self._refuse_unless_exists(new, admission.refused, limits)
             return False  # a retried Run whose instance finished and left its place
@@ -111,6 +119,9 @@ class InstanceStore(StoreConnections):
         Raises:
             ResourceExhaustedError: a limit refused it and there is no such instance.
         """
+        if self.one_node and (limits.max_active or limits.max_per_workflow):
+            # reserve.lua counts only what is reserved: the scope must count every Run first.
+            await self.limits.track()
         admission = await self.limits.reserve(
             new.instance_id,
             _workflow_key(new.workflow_id),

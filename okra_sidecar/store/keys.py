@@ -9,7 +9,7 @@ from functools import cached_property
 from okra_sidecar.instances import InstanceStatus
 
 # The store layout these names describe; see store/layout.py.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 
 ENGINE_GROUP = "engine"
 # Effects are read by every sidecar's executors, events by every sidecar's router, worker
@@ -195,6 +195,11 @@ class RedisKeys:
     def limit_held(self, scope: str) -> str:
         """Admitted id -> the workflow key whose set also holds it."""
         return f"{self.limit_tag(scope)}:held"
+
+    def limit_tracked(self, scope: str) -> str:
+        """Set once the scope counts its instances (a limit applied to one of its Runs); on a
+        single Redis, until then, a Run no limit applies to is created uncounted."""
+        return f"{self.limit_tag(scope)}:tracked"
 
     def voided(self, instance_id: str) -> str:
         """A lapsed reservation's time, in the instance's slot: a create that comes after the

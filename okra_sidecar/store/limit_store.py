@@ -4,8 +4,10 @@
 instance ids under the scope's hash tag (`okra:limits:{ns:<scope>}:...`), not beside the
 instances, which live in their partitions' slots. A Run a limit applies to reserves its id there
 first (reserve.lua, atomic, so concurrent Runs never overshoot), then creates the instance in
-its partition; on a Cluster, a Run no limit applies to creates it at once and hands its
-reservation to the partition's outbox, which the relay applies (admit.lua); finishing or
+its partition (on a single Redis in one script, reserve_create.lua, which creates a Run
+uncounted while no limit has applied to its scope yet: `track` counts those when one does);
+on a Cluster, a Run no limit applies to creates it at once and hands its reservation to the
+partition's outbox, which the relay applies (admit.lua); finishing or
 cancelling hands a release to the partition's outbox, which the relay applies (release.lua).
 Every step is idempotent by instance id. What a process that died between two steps leaves
 behind (a reservation without an instance, a finished instance still held) is repaired by
@@ -20,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from okra_sidecar.instances import FINISHED_STATUSES
+from okra_sidecar.instances import FINISHED_STATUSES, InstanceStatus
 from okra_sidecar.store.cluster_client import pooled_commands
 from okra_sidecar.store.commands import HotCommands
 from okra_sidecar.store.keys import RedisKeys
@@ -41,7 +43,8 @@ _FINISHED = frozenset(s.value.encode() for s in FINISHED_STATUSES)
 
 @dataclass(frozen=True)
 class Admission:
-    """reserve's answer: `refused` names the limit reached ('active', 'workflow') or is ''."""
+    """reserve's answer: `refused` names the limit reached ('active', 'workflow') or is ''
+    ('untracked' from reserve_create.lua: the scope counts nothing yet, see `track`)."""
 
     refused: str = ""
     score: str = ""  # the reservation's time (µs), which names it
@@ -65,6 +68,7 @@ class RedisLimitStore:
     _admit = MultiplexedScript(load_script("admit"))
     _release = MultiplexedScript(load_script("release"))
     _void = MultiplexedScript(load_script("void"))
+    _track = MultiplexedScript(load_script("track"))
 
     def __init__(
         self, *, redis: aioredis.Redis, keys: RedisKeys, hot: HotCommands | None = None
@@ -112,9 +116,26 @@ class RedisLimitStore:
     def admission(reply: list[Any]) -> Admission:
         """reserve.lua's reply as an Admission."""
         outcome = text(reply[0])
-        if outcome in ("active", "workflow"):
+        if outcome in ("active", "workflow", "untracked"):
             return Admission(refused=outcome)
         return Admission(score=text(reply[1]), fresh=outcome == "new")
+
+    async def track(self) -> int:
+        """Start counting this sidecar's scope, on a single Redis (track.lua: every partition
+        at once): reserve its unfinished instances created uncounted, then mark the scope
+        counted, in one step; how many it reserved (0 if it was counted already)."""
+        keys, scope = self.keys, self.keys.scope
+        unfinished = [s for s in InstanceStatus if not s.finished]
+        indexes = [
+            (keys.index_status(p, s), keys.tag(p))
+            for p in range(keys.partitions)
+            for s in unfinished
+        ]
+        script_keys = [keys.limit_active(scope), keys.limit_held(scope), keys.limit_tracked(scope)]
+        script_keys += [index for index, _ in indexes]
+        args = [scope, keys.limit_tag(scope), *(tag for _, tag in indexes)]
+        with map_redis_errors():
+            return int(await self._hot.evalsha(self._track, script_keys, args))
 
     async def admit_many(self, scope: str, admitted: Sequence[tuple[str, str]]) -> int:
         """Record the admissions (instance id, workflow key) of one scope that creates handed

@@ -15,6 +15,8 @@ under `{schedules}`, every bulk key under `{bulks}`, so that each script touches
 The tasks are moved entry by entry (each a new entry, not yet handed out: a worker that held
 one gets it again, at the attempt after the ones it had, and the old task id answers
 TASK_MOVED); schedules and bulk operations are renamed.
+Layout 4 adds a limit scope's `tracked` flag and an uncounted instance's `ulim` and `ulwf`
+(store/limit_store.py), which layout 3 never wrote: from layout 3 only the version changes.
 Layouts 1 and 2 ran on one primary only, where a key may be renamed into another slot. Every
 step is idempotent: a migration cut short is run again.
 """
@@ -83,6 +85,12 @@ async def migrate_store(
             if found > LAYOUT_VERSION:
                 raise LayoutVersionError(found)
             if found == LAYOUT_VERSION:
+                return MigrationReport(from_version=found)
+            if found == 3:
+                # Layout 4 only adds what layout 3 never wrote (a scope's `tracked` flag, an
+                # uncounted instance's `ulim`): every scope starts uncounted, and the
+                # reservations layout 3 made stay held until their instances finish.
+                await _record(redis, keys)
                 return MigrationReport(from_version=found)
             # Layout 2 recorded its partition count: the one its instances are spread over.
             keys = RedisKeys(prefix=prefix, partitions=int(text(recorded)), scope=scope)

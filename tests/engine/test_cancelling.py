@@ -28,6 +28,8 @@ def store(redis: Redis) -> RedisStore:
 async def _family(store: RedisStore) -> tuple[str, str, str]:
     """A parent, its child run (effect `c#1`) and the child's own child (effect `g#1`)."""
     parent, child, grandchild = IDS[0], IDS[1], IDS[2]
+    if store.one_node:
+        await store.limits.track()  # a scope that counts: each instance holds a place
     await store.create_instance(new(parent), max_active=0)
     link = ParentLink(parent, "c#1", ("t.w.1.0.0",))
     await store.create_instance(replace(new(child), parent=link), max_active=0)

@@ -16,7 +16,10 @@ async def test_a_new_store_records_its_layout_and_keeps_its_partition_count(
 ) -> None:
     keys = await open_layout(redis, prefix="okra:", partitions=4)
     assert keys.partitions == 4
-    assert await redis.hgetall("okra:layout") == {b"version": b"3", b"partitions": b"4"}
+    assert await redis.hgetall("okra:layout") == {
+        b"version": str(LAYOUT_VERSION).encode(),
+        b"partitions": b"4",
+    }
     # A sidecar configured with another count uses the store's: instances stay where they are.
     assert (await open_layout(redis, prefix="okra:", partitions=16)).partitions == 4
 

@@ -291,3 +291,31 @@ async def test_a_task_handed_out_before_a_layout_2_migration_counts_its_attempts
             )
             assert done.accepted
         await wait_for_result(redis, instance_id, "charge#1")
+
+
+async def test_migrate_from_layout_3_keeps_the_store_and_its_held_places(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = make_settings(redis_url)
+    async with running_sidecar(settings) as (_, stub):
+        request = pb.RunRequest(workflow_id="tests.approval.1.0.0", input=value({"amount": 1}))
+        instance_id = (await stub.Run(request)).instance_id
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    # Layout 3 wrote nothing layout 4 does not read: a place it held stays held.
+    keys = RedisKeys()
+    await redis.zadd(keys.limit_active(keys.scope), {instance_id: 1})
+    await redis.hset(keys.layout, "version", 3)
+    before = await redis_fingerprint(redis)
+    with pytest.raises(LayoutVersionError, match="layout version 3.*okra-sidecar migrate"):
+        async with running_sidecar(settings):
+            pass
+    assert await migrate(settings) == MigrationReport(from_version=3)
+    after = await redis_fingerprint(redis)
+    layout = {keys.layout, keys.layout.encode()}
+    assert {k: v for k, v in after.items() if k not in layout} == {
+        k: v for k, v in before.items() if k not in layout
+    }
+    assert await redis.hget(keys.layout, "version") == str(LAYOUT_VERSION).encode()
+    async with running_sidecar(settings) as (_, stub):
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+    assert await held(redis) == 1

@@ -146,8 +146,9 @@ SCRIPTS_DIR = Path(okra_sidecar.store.scripts.__file__).parent
 # lib.lua is prepended to the scripts that use it, never run on its own.
 EVERY_SCRIPT = sorted(p.stem for p in SCRIPTS_DIR.glob("*.lua") if p.stem != "lib")
 # Scripts run only where every key is on one node, a single Redis (never on a Cluster, where
-# the store runs their parts one by one): reserve_create is reserve and create in one call.
-SINGLE_REDIS_ONLY = frozenset({"reserve_create"})
+# the store runs their parts one by one): reserve_create is reserve and create in one call,
+# track counts a scope's instances of every partition.
+SINGLE_REDIS_ONLY = frozenset({"reserve_create", "track"})
 # Keys a script names besides its own slot's only on a single Redis: a finishing commit gives
 # its instance's place back in the limit scope's keys itself (on a Cluster, via its outbox).
 SINGLE_REDIS_EXTRA_KEYS = {"commit": "limits:{ns:"}
@@ -222,9 +223,9 @@ async def run_every_script(redis: Redis, redis_url: str) -> None:
             await run_bulk_scripts(operator)
             await run_schedule_scripts(spb_grpc.ScheduleHostAPIStub(channel))
         # What no rpc of the test workflows reaches: an `all` trigger's collection, the slow
-        # lane, a rate limit, a policy set, a reservation that never became an instance and a
-        # routed event refused by a payload schema (trigger_collect, mark_slow, gcra,
-        # policy_set, void, refuse_event).
+        # lane, a rate limit, a policy set, a reservation that never became an instance, the
+        # first count of a limit scope and a routed event refused by a payload schema
+        # (trigger_collect, mark_slow, gcra, policy_set, void, track, refuse_event).
         keys, store = running.store.keys, running.store
         triggers = RedisScheduleStore(redis=redis, keys=keys)
         await triggers.collect_trigger_event("tests.steps", index=0, needed=1, event={"id": "e"})
@@ -234,6 +235,7 @@ async def run_every_script(redis: Redis, redis_url: str) -> None:
         await policies.publish_policies("{}", source="tests", digest="d")
         await redis.zadd(keys.limit_active(keys.scope), {IDS[9]: 1})
         await store.limits.repair()
+        await store.limits.track()
         refused = {"type": "event.refused", "event": {"type": "approve"}}
         await RedisEffectStore(redis=redis, keys=keys).refuse(waiting, "event:tests\ne", refused)
 

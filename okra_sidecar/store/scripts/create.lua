@@ -8,7 +8,9 @@
 -- ARGV: instance id, index member, the reservation's score ('>' on a Cluster when no limit
 --       applies: the reservation is handed to the outbox with the create, and the relay makes
 --       it in the scope's slot; see docs/architecture.md, "Instance limits"; after a '+' when
---       reserve_create.lua made it in this same step, so that nothing can have voided it),
+--       reserve_create.lua made it in this same step, so that nothing can have voided it;
+--       '-' when its scope counts nothing yet: the scope and workflow key go in 'ulim' and
+--       'ulwf', where track.lua finds them once a limit comes, and nothing is released),
 --       history event, limit scope, workflow key, then the hash's fields and values (plain
 --       arguments rather than one JSON list: nothing to encode twice or decode here).
 -- A child run joins its parent's index (`idx:parent:`) in its own partition; whether the
@@ -23,12 +25,15 @@ end
 if ARGV[3] == '' then
   return -4
 end
+local lim, lwf = 'lim', 'lwf'
 if ARGV[3] == '>' then
   redis.call('XADD', KEYS[5], '*', 'k', 'reserve', 'i', ARGV[1], 's', ARGV[5], 'w', ARGV[6])
+elseif ARGV[3] == '-' then
+  lim, lwf = 'ulim', 'ulwf'
 elseif string.byte(ARGV[3]) ~= 43 and redis.call('GET', KEYS[4]) == ARGV[3] then -- not '+'
   return -3
 end
-redis.call('HSET', KEYS[1], 'lim', ARGV[5], 'lwf', ARGV[6], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], lim, ARGV[5], lwf, ARGV[6], unpack(ARGV, 7))
 redis.call('XADD', KEYS[3], '*', 'i', ARGV[1])
 for i = 6, #KEYS do
   redis.call('ZADD', KEYS[i], 0, ARGV[2])

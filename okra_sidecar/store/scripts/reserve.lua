@@ -1,7 +1,8 @@
 -- Admit one instance id against its scope's limits, before the instance is created.
 -- KEYS: the scope's active set, the workflow's set, the held hash (one slot: the scope's tag).
 -- ARGV: instance id, max active (0 = no limit), max per workflow (0 = no limit), workflow key.
--- Every admission is recorded, limit or none, so that a limit set later counts what runs.
+-- Every admission is recorded, limit or none, so that a limit set later counts what runs (on
+-- a single Redis a scope is counted from the first Run a limit applies to: track.lua).
 -- Returns {'held', score} for an id already admitted (a retried Run), {'new', score} for a
 -- fresh admission, {'active'} or {'workflow'} when that limit is reached. The score (Redis'
 -- clock in µs) names this reservation: create.lua refuses it once the reconciler voided it.
