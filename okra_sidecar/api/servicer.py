@@ -181,7 +181,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_not_self(definition.key, _caller_workflow(context))
         ancestors = await self._ancestors(context, definition.id)
         data = parsed.data if parsed.value is not None else {}
-        rules.check_input_depth(data, self._settings.max_input_depth)
+        rules.check_input_depth(data, self._settings.max_input_depth, encoded_bytes=parsed.size)
         rules.check_input_schema(data, registered.input_validator)
         created_us = time.time_ns() // 1000
         tracing.annotate(instance_id=instance_id)
@@ -235,7 +235,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
         check_text(signal_id, "signal_id")
         payload = value_to_python(payload_value) if payload_value is not None else None
-        rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
+        rules.check_input_depth(
+            payload, self._settings.max_input_depth, field="payload", encoded_bytes=size
+        )
         if schema is not None:
             rules.check_input_schema(
                 payload, schema.validator, field="payload", schema=f"signal {signal}'s payload"

@@ -77,13 +77,22 @@ def check_input_size(size_bytes: int, limit_bytes: int, *, field: str = "input")
         )
 
 
-def check_input_depth(data: Any, limit: int, *, field: str = "input") -> None:
+def check_input_depth(
+    data: Any, limit: int, *, field: str = "input", encoded_bytes: int | None = None
+) -> None:
     """Rule 4, depth: objects and arrays nest at most `limit` deep (32 by default).
 
     Protobuf decoders stop at 100 nested messages and each JSON level is two of them (Value,
     then Struct or ListValue), so deeper input would be stored but its Query pages could not
     be read by clients.
+
+    `encoded_bytes` is the size of the protobuf Value `data` was converted from, if it was:
+    each object or array in it is a field of its own (a tag and a length, two bytes at least)
+    inside its parent's, so a Value under 2 * (limit + 1) bytes cannot nest too deep, and is
+    not walked.
     """
+    if encoded_bytes is not None and encoded_bytes < 2 * (limit + 1):
+        return
     try:
         check_depth(data, limit)
     except ParseLimitError:
