@@ -124,10 +124,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         self._metrics = metrics or SidecarMetrics()
         self._instance_workflows = InstanceWorkflows()
 
-    async def _ancestors(self, context: Context, workflow_id: str) -> tuple[str, ...]:
-        """The chain behind a Run that a workflow's gRPC call made (signed `okra-cause`)."""
-        signed = _metadata_value(context, CAUSE_METADATA)
-        if not signed or self._causation is None:
+    async def _ancestors(self, signed: str, workflow_id: str) -> tuple[str, ...]:
+        """The chain behind a Run that a workflow's gRPC call made (its signed `okra-cause`)."""
+        if self._causation is None:
             return ()
         cause = await self._causation.verify(signed)
         return await self._causation.admit(cause, workflow_id)
@@ -179,7 +178,9 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 metadata={"workflow": definition.id},
             )
         rules.check_not_self(definition.key, _caller_workflow(context))
-        ancestors = await self._ancestors(context, definition.id)
+        signed_cause = _metadata_value(context, CAUSE_METADATA)
+        # No coroutine for the usual Run, which no workflow's call made.
+        ancestors = await self._ancestors(signed_cause, definition.id) if signed_cause else ()
         data = parsed.data if parsed.value is not None else {}
         rules.check_input_depth(data, self._settings.max_input_depth, encoded_bytes=parsed.size)
         rules.check_input_schema(data, registered.input_validator)
