@@ -267,24 +267,24 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             "expect_status": grant.expected_status,
         }
 
-    async def _signal_workflow(self, instance_id: str) -> tuple[str | None, bool]:
-        """The instance's workflow (its payload schemas) and whether it was remembered rather
-        than read: an instance never changes workflow, so a Signal to one this sidecar started
-        or signalled needs no read (the store checks the remembered id as it writes; see
-        InstanceWorkflows)."""
-        remembered = self._instance_workflows.get(instance_id)
-        if remembered is not None:
-            return remembered, True
-        # No instance: the policies or the store say NOT_FOUND.
+    async def _read_workflow(self, instance_id: str) -> str | None:
+        """The instance's workflow (its payload schemas), read and then remembered; None when
+        there is no instance (the policies or the store then say NOT_FOUND)."""
         workflow_id = await self._store.instance_workflow(instance_id)
         if workflow_id is not None:
             self._instance_workflows.remember(instance_id, workflow_id)
-        return workflow_id, False
+        return workflow_id
 
     async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
         instance_id = rules.check_instance_id(request.instance_id)
         rules.check_signal_name(request.signal)
-        workflow_id, remembered = await self._signal_workflow(instance_id)
+        # An instance never changes workflow, so a Signal to one this sidecar started or
+        # signalled reads nothing (the store checks the remembered id as it writes; see
+        # InstanceWorkflows), and awaits nothing for it.
+        workflow_id = self._instance_workflows.get(instance_id)
+        remembered = workflow_id is not None
+        if not remembered:
+            workflow_id = await self._read_workflow(instance_id)
 
         async def send(
             grant: CallGrant, workflow_id: str | None, remembered: bool
@@ -307,8 +307,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             except WorkflowMismatchError:
                 # The instance runs another workflow than remembered: read it afresh.
                 self._instance_workflows.forget(instance_id)
-                fresh, _ = await self._signal_workflow(instance_id)
-                return await send(grant, fresh, False)
+                return await send(grant, await self._read_workflow(instance_id), False)
 
         return await self._gate.on_instance(
             context, "Signal", instance_id, signal=request.signal, apply=deliver
