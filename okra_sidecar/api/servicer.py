@@ -73,11 +73,18 @@ CALLER_WORKFLOW_METADATA = "okra-caller-workflow"
 RESERVED_EVENT_PREFIX = "io.okra."
 
 
-def _metadata_value(context: Context, name: str) -> str:
+def _run_metadata(context: Context) -> tuple[str, str]:
+    """A Run's caller workflow and signed cause, in one pass over the call's metadata (grpc
+    builds it afresh on every read)."""
+    caller: str | None = None
+    cause: str | None = None
     for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+        # The first value of each counts, as grpc's own lookups would.
+        if key == CALLER_WORKFLOW_METADATA and caller is None:
+            caller = value if isinstance(value, str) else value.decode()
+        elif key == CAUSE_METADATA and cause is None:
+            cause = value if isinstance(value, str) else value.decode()
+    return caller or "", cause or ""
 
 
 def _what_starts(triggers: tuple[str, ...]) -> str:
@@ -91,10 +98,6 @@ def _what_starts(triggers: tuple[str, ...]) -> str:
     if starts:
         return "starts only from " + " and ".join(starts)
     return "has no schedule, so here it starts only as a child run of another workflow"
-
-
-def _caller_workflow(context: Context) -> str:
-    return _metadata_value(context, CALLER_WORKFLOW_METADATA)
 
 
 class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
@@ -177,8 +180,8 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
                 ),
                 metadata={"workflow": definition.id},
             )
-        rules.check_not_self(definition.key, _caller_workflow(context))
-        signed_cause = _metadata_value(context, CAUSE_METADATA)
+        caller_workflow, signed_cause = _run_metadata(context)
+        rules.check_not_self(definition.key, caller_workflow)
         # No coroutine for the usual Run, which no workflow's call made.
         ancestors = await self._ancestors(signed_cause, definition.id) if signed_cause else ()
         data = parsed.data if parsed.value is not None else {}
