@@ -41,18 +41,8 @@ from redis.asyncio import Redis
 from bench.cli import CLUSTER_MASTERS
 from bench.cpu import CpuMeter, process_cpu_s
 from bench.processes import sidecar_process
-from bench.progress import wait_until_none
 from bench.tree_cpu import TreeCpuMeter, TreeCpuSample
-from bench.workloads import (
-    APPROVE,
-    NOT_FINISHED,
-    NOT_STARTED,
-    STEPS,
-    Client,
-    signal_approvals,
-    start_instances,
-    warm_up,
-)
+from bench.workloads import APPROVE, STEPS, Client, run_to_the_end, warm_up
 from okra_sidecar.store.embedded import SOCKET_NAME
 from okra_sidecar.store.local_cluster import LocalCluster
 
@@ -174,11 +164,7 @@ async def measure(
         )
         await warm_up(client)
         cpu, calls = cpu_sample(), await _command_calls(target.redises)
-        ids, _ = await start_instances(client, workflow_id, count)
-        if workflow_id == APPROVE:
-            await wait_until_none(client.stub, APPROVE, NOT_STARTED, count=count)
-            await signal_approvals(client, ids)
-        await wait_until_none(client.stub, workflow_id, NOT_FINISHED, count=count)
+        await run_to_the_end(client, workflow_id, count)
         run_cpu = cpu_used(cpu)
         run_calls = _grown(calls, await _command_calls(target.redises))
     return Footprint(

@@ -156,6 +156,17 @@ async def signal_approvals(client: Client, ids: Sequence[str]) -> Timing[pb.Sign
     )
 
 
+async def run_to_the_end(client: Client, workflow_id: str, count: int) -> list[str]:
+    """`count` instances of W2's or W3's workflow until all ended (W3's signalled once parked
+    in their `listen`); returns their ids."""
+    ids, _ = await start_instances(client, workflow_id, count)
+    if workflow_id == APPROVE:
+        await wait_until_none(client.stub, APPROVE, NOT_STARTED, count=count)
+        await signal_approvals(client, ids)
+    await wait_until_none(client.stub, workflow_id, NOT_FINISHED, count=count)
+    return ids
+
+
 async def measure_signal(client: Client, count: int) -> list[Result]:
     """W3: signal instances parked in a `listen` and time each until it reads COMPLETED."""
     ids, _ = await start_instances(client, APPROVE, count)
