@@ -25,6 +25,8 @@ KEY_HELPERS = frozenset(
         "all_outboxes",
         "all_tasks",
         "status_indexes",
+        "commit_keys",
+        "instance_in",
         "instance_keys",
         "delivery_keys",
         "tag",
