@@ -183,8 +183,11 @@ class PolicyEvaluator:
                         f"{keys.RUN_REQUIRED_INPUT_FIELDS} requires for {patterns.patterns[0]}; "
                         "add them to the input",
                     )
-        await self._check_conditions(call, policies, (keys.RUN_CONDITION, keys.CONDITION))
-        await self._check_rate(call, policies, "run")
+        # Guarded here, on the hot rpcs: no coroutine when no condition or rate applies.
+        if policies.conditions:
+            await self._check_conditions(call, policies, (keys.RUN_CONDITION, keys.CONDITION))
+        if "run" in policies.rates:
+            await self._check_rate(call, policies, "run")
         # The servicer takes the tighter of `limits` and the sidecar's own
         # maxConcurrentInstances.
         return CallGrant(identity=call.identity, run_limits=limits, instance_id=call.instance_id)
@@ -206,8 +209,10 @@ class PolicyEvaluator:
                 f"signal {call.signal!r} is not in {keys.SIGNAL_ALLOWED_SIGNALS} "
                 f"({listed(allowed.patterns)}); send one of those or add it to the list",
             )
-        await self._check_conditions(call, policies, (keys.SIGNAL_CONDITION, keys.CONDITION))
-        await self._check_rate(call, policies, "signal")
+        if policies.conditions:
+            await self._check_conditions(call, policies, (keys.SIGNAL_CONDITION, keys.CONDITION))
+        if "signal" in policies.rates:
+            await self._check_rate(call, policies, "signal")
         return self._with_expectation(call, grant)
 
     async def _check_cancel(self, call: Call, policies: PolicySet, grant: CallGrant) -> CallGrant:
