@@ -40,8 +40,8 @@ REFRESH_INTERVAL_S = 0.25
 # A blocking read's connection (one per slot and reader) that no call used for this long is
 # closed: a PollTasks stream that ended, or a worker id never seen again, keeps none.
 READER_IDLE_S = 30.0
-# Busy readers remembered at most; forgetting one costs it a blocked read per slot once.
-MAX_BUSY_READERS = 1024
+# Busy slot reads remembered at most; forgetting one costs it a blocked read once.
+MAX_WARM_READS = 4096
 
 # Scripts a second run leaves as the first left it, whatever its reply: by a dedup id
 # (signal, deliver, complete_task), by revision (commit: a repeat finds the revision moved
@@ -164,9 +164,9 @@ class ClusterCommands:
         self._reader_idle_s = reader_idle_s
         self._reader_used: dict[_Read, float] = {}
         self._swept_at = float("-inf")
-        # Blocking reads (the command, COUNT and BLOCK values blanked) whose last call found
-        # entries: their next call first reads without blocking (see `_read_slots`).
-        self._busy_readers: set[tuple[Arg, ...]] = set()
+        # Reads of one slot whose last read found entries: the next call reads them first
+        # without blocking (see `_read_slots`).
+        self._warm_reads: set[_Read] = set()
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
         self._closed = False
@@ -249,12 +249,13 @@ class ClusterCommands:
     async def _read_slots(self, args: Sequence[Arg], at: int, streams: Sequence[Arg]) -> Any:
         """A blocking XREADGROUP over streams of several slots: one read per slot.
 
-        A reader whose last call found entries (under load) first reads every slot that no
-        blocked read of its waits on without blocking, the slots of one master in one write
-        on that master's connection (`_sweep`): one round trip per master for what all its
-        partitions hold, rather than a blocked read per slot that wakes for each entry.
-        When that finds nothing, or the reader was idle, each slot gets a blocking read on a
-        connection of its own, and the call answers as soon as one of them has entries.
+        The slots whose last read found entries (busy partitions) are read first without
+        blocking, the slots of one master in one write on that master's connection
+        (`_sweep`): one round trip per master for what all of them hold, rather than a
+        blocked read per slot that wakes for each entry. Every other slot gets a blocking
+        read on a connection of its own, as do the swept ones when the sweep found nothing,
+        and the call then answers as soon as one of them has entries. A slot swept empty
+        waits in a blocked read from then on, until it has entries again.
 
         The reads still blocked keep going; what they take is handed out by the next call
         with the same command, so no entry read into this consumer's pending list is left
@@ -285,26 +286,24 @@ class ClusterCommands:
         now = asyncio.get_running_loop().time()
         self._reader_used.update(dict.fromkeys(reads, now))
         await self._close_idle_readers(now)
-        reader = _without_values(args, ("COUNT", "BLOCK"))
-        if reader in self._busy_readers and not any(
-            r in self._reads and self._reads[r].done() for r in reads
-        ):
-            free = [(r[0], commands[r]) for r in reads if r not in self._reads]
-            swept = await self._sweep(free) if free else []
-            if swept:
-                return swept
-        for read in reads:
-            if read not in self._reads:
-                task = asyncio.ensure_future(self._read_slot(read, commands[read]))
-                # Its error is raised to a caller, or dropped with it if none is left.
-                task.add_done_callback(_retrieve)
-                self._reads[read] = task
-        await asyncio.wait([self._reads[r] for r in reads], return_when=asyncio.FIRST_COMPLETED)
+        if not any(r in self._reads and self._reads[r].done() for r in reads):
+            warm = [r for r in reads if r in self._warm_reads and r not in self._reads]
+            if warm:
+                # The quiet slots wait meanwhile, so that none is left unread under load.
+                quiet = [r for r in reads if r not in self._reads and r not in warm]
+                self._block(commands, quiet)
+                swept = await self._sweep(warm, commands)
+                if swept:
+                    return swept
+            self._block(commands, [r for r in reads if r not in self._reads])
+        # (Reads that have answered are handed out first, the free slots read next time.)
+        waiting = [self._reads[r] for r in reads if r in self._reads]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         entries: list[Any] = []
         failure: BaseException | None = None
         for read in reads:
-            task = self._reads[read]
-            if not task.done():
+            task = self._reads.get(read)
+            if task is None or not task.done():
                 continue
             del self._reads[read]
             if task.cancelled():
@@ -314,26 +313,38 @@ class ClusterCommands:
                 failure = error
             elif task.result():
                 entries.extend(_stream_entries(task.result()))
+                self._note_warm(read, warm=True)
         if failure is not None and not entries:
             raise failure
-        self._note_reader(reader, busy=bool(entries))
         return entries or None
 
-    async def _sweep(self, reads: Sequence[tuple[int, tuple[Arg, ...]]]) -> list[Any]:
+    def _block(self, commands: dict[_Read, tuple[Arg, ...]], reads: Sequence[_Read]) -> None:
+        """Start a blocked read of each of `reads`, each on a connection of its own."""
+        for read in reads:
+            task = asyncio.ensure_future(self._read_slot(read, commands[read]))
+            # Its error is raised to a caller, or dropped with it if none is left.
+            task.add_done_callback(_retrieve)
+            self._reads[read] = task
+
+    async def _sweep(
+        self, reads: Sequence[_Read], commands: dict[_Read, tuple[Arg, ...]]
+    ) -> list[Any]:
         """Each slot's read without BLOCK, the reads of one master in one write on its
-        connection, the masters side by side: the entries found, [] when none was.
+        connection, the masters side by side: the entries found, [] when none was. A slot
+        that found none is no longer swept (`_note_warm`).
 
         A slot that moved (a redirect) is read again through `_send_to_slot`, which follows
         it. An error (NOGROUP) is raised unless another slot's read found entries: those are
         in this consumer's pending list now and must reach the caller (the failed slot is
         read again by the next call).
         """
-        by_node: dict[Address, list[tuple[int, tuple[Arg, ...]]]] = {}
-        for slot, command in reads:
+        by_node: dict[Address, list[tuple[_Read, tuple[Arg, ...]]]] = {}
+        for read in reads:
+            command = commands[read]
             at = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
             block = at.index("BLOCK")
             unblocked = (*command[:block], *command[block + 2 :])
-            by_node.setdefault(await self._address_of(slot), []).append((slot, unblocked))
+            by_node.setdefault(await self._address_of(read[0]), []).append((read, unblocked))
         try:
             answers = await asyncio.gather(
                 *(
@@ -347,7 +358,7 @@ class ClusterCommands:
         entries: list[Any] = []
         failure: BaseException | None = None
         for batch, replies in zip(by_node.values(), answers, strict=True):
-            for (_, command), reply in zip(batch, replies, strict=True):
+            for (read, command), reply in zip(batch, replies, strict=True):
                 if isinstance(reply, redis_errors.AskError):
                     try:
                         reply = (await self._send_to_slot([command], command_key(command)))[0]
@@ -357,18 +368,19 @@ class ClusterCommands:
                     failure = reply
                 elif reply:
                     entries.extend(_stream_entries(reply))
+                self._note_warm(read, warm=bool(reply) and not isinstance(reply, BaseException))
         if failure is not None and not entries:
             raise failure
         return entries
 
-    def _note_reader(self, reader: tuple[Arg, ...], *, busy: bool) -> None:
-        """Remember whether `reader`'s last call found entries (see `_read_slots`)."""
-        if not busy:
-            self._busy_readers.discard(reader)
-        elif reader not in self._busy_readers:
-            if len(self._busy_readers) >= MAX_BUSY_READERS:
-                self._busy_readers.clear()  # PollTasks worker ids come and go
-            self._busy_readers.add(reader)
+    def _note_warm(self, read: _Read, *, warm: bool) -> None:
+        """Remember whether `read`'s last read found entries (see `_read_slots`)."""
+        if not warm:
+            self._warm_reads.discard(read)
+        elif read not in self._warm_reads:
+            if len(self._warm_reads) >= MAX_WARM_READS:
+                self._warm_reads.clear()  # PollTasks worker ids come and go
+            self._warm_reads.add(read)
 
     async def _close_idle_readers(self, now: float) -> None:
         """Close the connections of blocking reads no call asked for in `reader_idle_s` (at
@@ -384,6 +396,7 @@ class ClusterCommands:
             if task is not None and not task.done():
                 continue  # Still blocked: its BLOCK ends it, and a later sweep closes it.
             self._reads.pop(read, None)
+            self._warm_reads.discard(read)
             del self._reader_used[read]
             reader = self._readers.pop(read, None)
             if reader is not None:
