@@ -161,6 +161,7 @@ async def test_signal_and_cancel_apply_only_on_the_checked_status(
     with pytest.raises(InstanceChangedError):
         await cancel_instance(store, IDS[0], reason="r", now_ms=1, expect_status="running")
     assert await redis.xlen(store.keys.inbox(IDS[0])) == 0
+    assert not await redis.exists(store.keys.signal_ids(IDS[0]))  # the id given back
     assert await redis.hget(store.keys.instance(IDS[0]), "status") == b"pending"
     assert not await store.signal(
         IDS[0], signal_id="s1", event=event, now_ms=1, expect_status="pending"

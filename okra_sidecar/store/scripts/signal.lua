@@ -12,20 +12,28 @@ if not status then
 end
 -- A repeat is a success whatever happened since: the ids stay until retention purges the
 -- instance, so a client retrying a lost reply after the signal finished it gets 'duplicate'.
-if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
-  return {'duplicate'}
-end
 if FINISHED[status] then
+  if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
+    return {'duplicate'}
+  end
   return {'finished', status}
 end
+-- Taking the id says in one command whether it was delivered before; a refusal below gives it
+-- back, so that nothing is left written.
+if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
+  return {'duplicate'}
+end
+local refused = nil
 local expected_workflow = ARGV[6] or ''  -- signal_start.lua passes none
 if expected_workflow ~= '' and workflow ~= expected_workflow then
-  return {'workflow'}
+  refused = {'workflow'}
+elseif ARGV[5] ~= '' and status ~= ARGV[5] then
+  refused = {'changed', status}
 end
-if ARGV[5] ~= '' and status ~= ARGV[5] then
-  return {'changed', status}
+if refused then
+  redis.call('SREM', KEYS[3], ARGV[2])
+  return refused
 end
-redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
 return {'ok'}
