@@ -76,6 +76,12 @@ class RedisKeys:
         `announce` derives the same name from the instance key)."""
         return f"{self.instance(instance_id)}:changes"
 
+    def deleted_by(self, instance_id: str) -> str:
+        """The bulk operation that deleted the instance, written by the delete's own script
+        and outliving the instance's keys: what a holder after a crash looks for
+        (engine/runtime/bulk.py); it forgets it once the outcome is recorded."""
+        return f"{self.instance(instance_id)}:deleted-by"
+
     def instance_keys(self, instance_id: str) -> list[str]:
         """Every key of one instance, as retention deletes them."""
         return [

@@ -24,6 +24,10 @@ __all__ = ["OperatorStore"]
 
 # purge.lua deletes what finished before its cutoff; Delete takes any finished instance.
 ANY_TIME_MS = 2**62
+# How long a bulk DELETE's record of an instance it deleted outlives the instance when no
+# holder records its outcome (one stopped in between): a holder taking over later than this
+# finds the instance gone and skips it, "not found".
+DELETED_BY_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 class OperatorStore(StoreConnections):
@@ -234,8 +238,10 @@ class OperatorStore(StoreConnections):
                 self._check_durable(waited)
         return outcome
 
-    async def delete(self, instance_id: str) -> None:
-        """Delete a finished instance: its keys and its member in every index.
+    async def delete(self, instance_id: str, *, operation: str = "") -> None:
+        """Delete a finished instance: its keys and its member in every index. A bulk
+        `operation`'s delete leaves its id under `deleted_by` in the same script, so that a
+        holder after a crash can tell the instance it deleted from one someone else did.
 
         Raises:
             NotFoundError: no such instance.
@@ -252,22 +258,36 @@ class OperatorStore(StoreConnections):
             if not InstanceStatus(status).finished:
                 raise _not_finished(instance_id, status)
             instance_keys = keys.instance_keys(instance_id)
+            script_keys = [
+                keys.index_finished(partition),
+                *instance_keys,
+                *instance_indexes(keys, partition, fields),
+            ]
+            args: list[Any] = [text(member), ANY_TIME_MS, len(instance_keys)]
+            if operation:
+                script_keys.append(keys.deleted_by(instance_id))
+                args += [operation, DELETED_BY_TTL_MS]
             # purge.lua checks again that it finished: a Retry may have run it meanwhile.
-            deleted, waited = await self._durable_write(
-                self._purge,
-                keys=[
-                    keys.index_finished(partition),
-                    *instance_keys,
-                    *instance_indexes(keys, partition, fields),
-                ],
-                args=[text(member), ANY_TIME_MS, len(instance_keys)],
-            )
+            deleted, waited = await self._durable_write(self._purge, keys=script_keys, args=args)
             if int(deleted) != 1:
                 current = await self.hot.execute("HGET", keys.instance(instance_id), "status")
-                if current is None:
+                if current is not None:
+                    raise _not_finished(instance_id, text(current))
+                # A repeat of a script whose reply was lost finds the instance gone.
+                if not operation or await self.deleted_by(instance_id) != operation:
                     raise instance_not_found(instance_id)
-                raise _not_finished(instance_id, text(current))
             self._check_durable(waited)
+
+    async def deleted_by(self, instance_id: str) -> str | None:
+        """The bulk operation that deleted the instance, while its record of it is kept."""
+        with map_redis_errors():
+            found = await self.hot.execute("GET", self.keys.deleted_by(instance_id))
+        return None if found is None else text(found)
+
+    async def forget_deleted_by(self, instance_id: str) -> None:
+        """Drop a bulk operation's record of the delete, once its outcome is recorded."""
+        with map_redis_errors():
+            await self.hot.execute("DEL", self.keys.deleted_by(instance_id))
 
 
 def _not_finished(instance_id: str, status: str) -> FailedPreconditionError:

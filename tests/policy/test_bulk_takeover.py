@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
@@ -186,6 +187,90 @@ async def test_a_pending_instance_someone_else_cancelled_is_skipped_as_without_a
         operation = await get(operator, again)
         assert tally(operation) == (2, 0, 2, 0)
         assert dict(operation.reasons) == {ALREADY_CANCELLED: 2}
+
+
+# GetBulkOperation's reason for an instance gone when a delete came (as for a bulk CANCEL).
+NOT_FOUND = "not found"
+
+
+async def delete_operation(policed: Policed, operator: OperatorStub) -> tuple[list[str], str]:
+    """Two cancelled instances and a bulk DELETE over them: their ids and the operation id."""
+    ids = await waiting(policed, "test.smoke.1.0.0", 2, batch="t")
+    for instance_id in ids:
+        await policed.stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="ended"))
+    return ids, await operation_of(policed, operator, opb.BULK_ACTION_DELETE)
+
+
+async def pending_delete(
+    policed: Policed, operator: OperatorStub, redis: Redis
+) -> tuple[list[str], str, str]:
+    """delete_operation's, with the first instance claimed by a crashed holder: the instance
+    ids, the operation id and the pending instance."""
+    ids, operation_id = await delete_operation(policed, operator)
+    first = await claimed_by_crashed_holder(bulk_store(policed, redis), operation_id)
+    return ids, operation_id, first
+
+
+async def deleted_all_once(
+    policed: Policed, operator: OperatorStub, operation_id: str, ids: list[str]
+) -> None:
+    """Run the operation: each of `ids` deleted and counted done, once, and the operation's
+    record of each delete dropped once its outcome is recorded."""
+    assert await policed.sidecar.bulk.run_once(operation_id)
+    operation = await get(operator, operation_id)
+    assert tally(operation) == (2, 2, 0, 0) and dict(operation.reasons) == {}
+    for instance_id in ids:
+        assert await policed.sidecar.store.get_instance(instance_id) is None
+        assert await policed.sidecar.store.deleted_by(instance_id) is None
+
+
+async def test_an_instance_deleted_before_the_crash_counts_done_once(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids, operation_id, first = await pending_delete(policed, operator, redis)
+        store = policed.sidecar.store
+        # The holder deleted it, then stopped before recording it: the instance is gone, the
+        # operation's record of the delete is not.
+        await store.delete(first, operation=operation_id)
+        assert await store.deleted_by(first) == operation_id
+        await deleted_all_once(policed, operator, operation_id, ids)
+
+
+async def test_a_pending_instance_someone_else_deleted_is_skipped_as_without_a_crash(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids, operation_id, first = await pending_delete(policed, operator, redis)
+        # Claimed, never acted on; an operator deleted it, and the other instance, meanwhile:
+        # the pending one is reported as the one the operation never claimed.
+        for instance_id in ids:
+            await operator.Delete(opb.DeleteRequest(instance_id=instance_id))
+            assert await policed.sidecar.store.deleted_by(instance_id) is None
+        assert await policed.sidecar.bulk.run_once(operation_id)
+        operation = await get(operator, operation_id)
+        assert tally(operation) == (2, 0, 2, 0)
+        assert dict(operation.reasons) == {NOT_FOUND: 2}
+        outcomes = await bulk_store(policed, redis).item_outcomes(operation_id)
+        assert outcomes == {instance_id: "skipped" for instance_id in ids}
+
+
+async def test_a_delete_repeated_after_its_reply_was_lost_counts_done(
+    redis: Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with operated(redis_url, tmp_path, {}) as (policed, operator):
+        ids, operation_id = await delete_operation(policed, operator)
+        store = policed.sidecar.store
+        write = store._durable_write
+
+        async def reply_lost(script: Any, keys: Any, args: Any) -> tuple[Any, Any]:
+            # As the Cluster client does after a lost reply: the script runs again, and the
+            # repeat finds the instance gone.
+            await write(script, keys, args)
+            return await write(script, keys, args)
+
+        monkeypatch.setattr(store, "_durable_write", reply_lost)
+        await deleted_all_once(policed, operator, operation_id, ids)
 
 
 async def test_an_instance_claimed_but_not_acted_on_is_acted_on_once(

@@ -29,9 +29,10 @@ checked afresh.
 
 After a crash, a pending instance is counted once, by what it shows: a cancel, suspend, resume
 or retry names the operation in the history event it writes, a signal's id is among those the
-instance was given, a delete leaves it gone; one that shows nothing is decided and acted on as
-a new one (one that someone else cancelled meanwhile is then skipped, as it would have been
-without the crash).
+instance was given, a delete leaves the operation's id under the instance's `deleted_by` (the
+instance has no history left; the holder forgets it once the outcome is recorded); one that
+shows nothing is decided and acted on as a new one (one that someone else cancelled or deleted
+meanwhile is then skipped, as it would have been without the crash).
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ class BulkRunner:
                     now_ms=self._clock(),
                 ):
                     return
+                if record.spec.action is BulkAction.DELETE and outcome is ItemOutcome.DONE:
+                    await self._store.forget_deleted_by(instance_id)
                 if interval_s:
                     await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
@@ -332,7 +335,9 @@ class BulkRunner:
         if action is BulkAction.SIGNAL:
             signal_id = bulk_signal_id(record.operation_id, instance_id)
             return await self._store.signal_delivered(instance_id, signal_id)
-        return action is BulkAction.DELETE and await self._store.get_instance(instance_id) is None
+        if action is BulkAction.DELETE:
+            return await self._store.deleted_by(instance_id) == record.operation_id
+        return False
 
     async def _history_names(self, instance_id: str, event_type: str, operation_id: str) -> bool:
         """Whether the instance's history holds `event_type` written by the operation."""
@@ -395,7 +400,7 @@ class BulkRunner:
                 store, instance_id, reason=spec.reason, now_ms=now, operation=operation
             )
         if action is BulkAction.DELETE:
-            return await store.delete(instance_id)
+            return await store.delete(instance_id, operation=operation)
         signal_id = bulk_signal_id(record.operation_id, instance_id)
         return await store.signal(
             instance_id,
