@@ -79,6 +79,17 @@ async def change_subscribers(redis: Redis, instance_id: str) -> int:
     return int(count)
 
 
+async def command_calls(redis: Redis, command: str) -> int:
+    """How often Redis ran `command` so far (INFO commandstats, summed over a Cluster's
+    masters; commands that scripts run count too)."""
+    if isinstance(redis, RedisCluster):
+        by_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        nodes = list(by_node.values())
+    else:
+        nodes = [await redis.info("commandstats")]
+    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in nodes)
+
+
 def make_settings(
     redis_url: str,
     *,

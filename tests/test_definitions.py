@@ -16,7 +16,7 @@ from okra_sidecar.engine.runtime.registry import WorkflowRegistry, read_director
 from okra_sidecar.errors import AlreadyExistsError, DefinitionError, NotFoundError
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
-from tests.helpers import WORKFLOWS_DIR
+from tests.helpers import WORKFLOWS_DIR, command_calls
 
 STEPS = yaml.safe_load((WORKFLOWS_DIR / "steps.yaml").read_text())
 
@@ -119,11 +119,6 @@ async def test_other_sidecars_see_registered_definitions(redis: Redis) -> None:
 def version_of(version: str, **document: object) -> dict[str, object]:
     """The steps definition under another version (and other document fields)."""
     return {**STEPS, "document": {**STEPS["document"], "version": version, **document}}
-
-
-async def command_calls(redis: Redis, command: str) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_resolve_reads_the_version_index_not_every_definition(redis: Redis) -> None:

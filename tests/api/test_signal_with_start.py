@@ -8,13 +8,13 @@ import grpc
 from google.protobuf import timestamp_pb2
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from okra_sidecar.errors import Reason
 from tests.helpers import (
     KEYS,
     Stub,
     assert_reason,
+    command_calls,
     expect_rpc_error,
     held,
     make_settings,
@@ -113,17 +113,6 @@ async def test_racing_calls_start_one_instance_and_deliver_every_signal(
     assert await held(redis) == 1  # one place, however many calls raced for it
     count = await stub.Count(pb.CountRequest(workflow_id=APPROVAL))
     assert count.count == 1
-
-
-async def command_calls(redis: Redis, command: str) -> int:
-    """How often Redis ran `command` so far (INFO commandstats, summed over a Cluster's
-    masters; commands that scripts run count too)."""
-    if isinstance(redis, RedisCluster):
-        by_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
-        nodes = list(by_node.values())
-    else:
-        nodes = [await redis.info("commandstats")]
-    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in nodes)
 
 
 async def test_a_signal_after_signal_with_start_reads_nothing(

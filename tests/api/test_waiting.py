@@ -18,6 +18,7 @@ from okra_sidecar.server import Sidecar
 from tests.helpers import (
     Stub,
     assert_reason,
+    command_calls,
     eventually,
     expect_rpc_error,
     to_python,
@@ -261,23 +262,18 @@ async def test_a_watch_of_a_missing_instance_subscribes_to_nothing(
     await eventually(unsubscribed, what="the channel left after NOT_FOUND")
 
 
-async def subscribe_calls(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
-
-
 async def test_waiting_on_a_final_instance_subscribes_to_nothing(stub: Stub, redis: Redis) -> None:
     waiting = await start_waiting(stub)
     await approve(stub, waiting.instance_id)
     request = pb.AwaitInstanceRequest(instance_id=waiting.instance_id)
     done = await await_instance(stub, request)
     assert done.status == pb.WORKFLOW_STATUS_COMPLETED
-    before = await subscribe_calls(redis)
+    before = await command_calls(redis, "subscribe")
     # Answered from one read: nothing is left to wait for.
     assert await await_instance(stub, request) == done
     stream = stub.WatchInstance(pb.WatchInstanceRequest(instance_id=waiting.instance_id))
     assert [instance async for instance in watched(stream)] == [done]
-    assert await subscribe_calls(redis) == before
+    assert await command_calls(redis, "subscribe") == before
 
 
 async def test_a_watch_dropped_unfinished_leaves_its_channel(
