@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from opentelemetry import context as context_api
@@ -96,6 +96,12 @@ class TurnScope:
         self._span = span
         self._started_ns = started_ns
         self.interpreted_ns: tuple[int, int] | None = None
+
+    def __enter__(self) -> TurnScope:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
     def interpreted(self, started_ns: int) -> None:
         """Mark the interpreter's run: from `started_ns` until now."""
@@ -212,10 +218,9 @@ class TurnTracer:
         self._metrics = metrics
         self._sink = sink
 
-    @contextmanager
     def turn(
         self, snapshot: TurnInput, *, started_ns: int, due_ms: Sequence[int] = ()
-    ) -> Iterator[TurnScope]:
+    ) -> AbstractContextManager[TurnScope]:
         """The scope of one turn attempt, its span current while the block runs.
 
         `due_ms` are the due times of the timers that asked for this turn (first attempt only).
@@ -224,8 +229,14 @@ class TurnTracer:
             self._metrics.timer_fired((started_ns / NS_PER_MS - due) / 1000)
         tracer = self._tracer
         if tracer is None:
-            yield TurnScope(None, self._metrics, snapshot, None, started_ns)
-            return
+            # No span to make current: the scope is its own context (no generator per turn).
+            return TurnScope(None, self._metrics, snapshot, None, started_ns)
+        return self._traced(tracer, snapshot, started_ns, due_ms)
+
+    @contextmanager
+    def _traced(
+        self, tracer: Tracer, snapshot: TurnInput, started_ns: int, due_ms: Sequence[int]
+    ) -> Iterator[TurnScope]:
         parent = tracing.load_context(snapshot.trace_context)
         attributes: dict[str, str | int] = {
             tracing.WORKFLOW_ID: snapshot.workflow_id,
