@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
-from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike, evalsha_with
+from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike
 from okra_sidecar.store.scripts import load_script
 
 __all__ = [
@@ -193,16 +193,17 @@ class ClusterCommands:
         self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
         key = _encode(keys[0]) if keys else None
-
-        async def on_slot(*command: Arg) -> Any:
-            # SCRIPT LOAD goes to every master, the script's other slots included.
-            where = None if _upper(command[0]) == "SCRIPT" else key
-            reply = (await self._send([command], where))[0]
-            if isinstance(reply, BaseException):
-                raise reply
-            return reply
-
-        return await evalsha_with(on_slot, script, keys, args)
+        # Straight to the slot's master (no closure, no SCRIPT check): the common case.
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        reply = (await self._send_to_slot([command], key))[0]
+        if isinstance(reply, redis_errors.NoScriptError):
+            # A restarted or failed-over master forgot it: SCRIPT LOAD goes to every master
+            # (the script's other slots included), then the call runs once more.
+            await self._send([("SCRIPT", "LOAD", script.script)], None)
+            reply = (await self._send_to_slot([command], key))[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Several commands, each on its slot's master; replies in order (first error raised).
@@ -461,7 +462,10 @@ class ClusterCommands:
         asking: Address | None = None
         retried = False
         for _ in range(MAX_REDIRECTS):
-            address = asking or await self._address_of(slot)
+            # The slot's master from the map at once, without a coroutine, when it is known.
+            address = asking or (slot is not None and self._slots[slot]) or None
+            if address is None:
+                address = await self._address_of(slot)
             batch = [("ASKING",), *commands] if asking else list(commands)
             try:
                 replies = await self.node(address).replies(batch)
