@@ -68,7 +68,20 @@ async def start_process(
         process.kill()
         await process.wait()
         raise
+    # Keep reading what it logs: with nobody reading, a full pipe blocks the sidecar in its
+    # next log line (a failover logs many), so that it can no longer answer or stop.
+    drain = asyncio.create_task(_drain(process.stdout))
+    _DRAINS.add(drain)
+    drain.add_done_callback(_DRAINS.discard)
     return process
+
+
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _drain(output: asyncio.StreamReader) -> None:
+    while await output.read(65536):
+        pass
 
 
 async def start_processes(
