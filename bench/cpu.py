@@ -35,7 +35,31 @@ class CpuSample:
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of a process and its threads; None if unreadable."""
+    """CPU seconds of a process and its live threads; None if unreadable.
+
+    From each thread's run time in ns (/proc/PID/task/*/schedstat): /proc/PID/stat counts in
+    clock ticks (10 ms), so a process that ran a few ms in a window could show none at all.
+    A thread that ended in the window takes its time with it; the sidecar's threads, its
+    Redis's and its engine children's live as long as their process. Falls back to
+    /proc/PID/stat where there is no schedstat.
+    """
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    total_ns = 0
+    for task in tasks:
+        try:
+            total_ns += int((task / "schedstat").read_bytes().split(maxsplit=1)[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return _ticks_cpu_s(pid)
+    return total_ns / 1e9
+
+
+def _ticks_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds from /proc/PID/stat, in clock ticks."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
     except OSError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from bench.cpu import PROC, STAT_UTIME_INDEX, TICKS_PER_S, child_pids, process_name
+from bench.cpu import PROC, STAT_UTIME_INDEX, TICKS_PER_S, child_pids, process_cpu_s, process_name
 
 __all__ = ["TreeCpuMeter", "TreeCpuSample"]
 
@@ -40,7 +40,11 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text.rpartition(")")[2].split()
 
 
-def _own_s(fields: list[str]) -> float:
+def _own_s(pid: int, fields: list[str]) -> float:
+    """Its threads' run time in ns where /proc shows it, else its ticks from `fields`."""
+    precise = process_cpu_s(pid)
+    if precise is not None:
+        return precise
     return (int(fields[STAT_UTIME_INDEX]) + int(fields[STAT_UTIME_INDEX + 1])) / TICKS_PER_S
 
 
@@ -64,14 +68,14 @@ class TreeCpuMeter:
         fields = _stat_fields(self._pid)
         server_s = reaped_s = 0.0
         if fields is not None:
-            server_s = _own_s(fields)
+            server_s = _own_s(self._pid, fields)
             cutime = int(fields[CUTIME_INDEX]) + int(fields[CUTIME_INDEX + 1])
             reaped_s = cutime / TICKS_PER_S
         children: dict[int, tuple[str, float]] = {}
         for child in child_pids(self._pid):
             child_fields = _stat_fields(child)
             if child_fields is not None:
-                children[child] = (_role(child, child_fields), _own_s(child_fields))
+                children[child] = (_role(child, child_fields), _own_s(child, child_fields))
         return TreeCpuSample(time.perf_counter(), server_s, reaped_s, children)
 
     @staticmethod
