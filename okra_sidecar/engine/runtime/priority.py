@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 
-__all__ = ["LOWEST_NICENESS", "LanePriority", "lower_priority"]
+__all__ = ["LOWEST_NICENESS", "LanePriority", "is_lowered", "lower_priority"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,16 @@ def _restore_priority() -> bool:
     return True
 
 
-def _is_low() -> bool:
+def is_lowered(pid: int = 0) -> bool:
+    """Whether `pid` (0: this process) runs at SCHED_IDLE or above nice 0; False if it is
+    gone."""
     idle = getattr(os, "SCHED_IDLE", None)
-    if idle is not None and os.sched_getscheduler(0) == idle:
-        return True
-    return os.getpriority(os.PRIO_PROCESS, 0) > 0
+    try:
+        if idle is not None and os.sched_getscheduler(pid) == idle:
+            return True
+        return os.getpriority(os.PRIO_PROCESS, pid) > 0
+    except OSError:
+        return False
 
 
 class LanePriority:
@@ -77,7 +82,7 @@ class LanePriority:
         self._can_raise = True
 
     def for_turn(self, *, slow: bool) -> None:
-        low = _is_low()
+        low = is_lowered()
         if slow and not low:
             lower_priority()
         elif not slow and low and self._can_raise:

@@ -44,7 +44,7 @@ from typing import Any
 
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.board import BoardReading, TurnBoard
-from okra_sidecar.engine.runtime.cpu_clock import EvaluationClock
+from okra_sidecar.engine.runtime.cpu_clock import EvaluationClock, thread_cpu_ns
 from okra_sidecar.engine.runtime.forking import (
     ForkedChild,
     ForkServer,
@@ -54,6 +54,7 @@ from okra_sidecar.engine.runtime.forking import (
 )
 from okra_sidecar.engine.runtime.priority import lower_priority
 from okra_sidecar.engine.runtime.runner import EngineLane
+from okra_sidecar.engine.runtime.throttle import SlowLaneThrottle
 from okra_sidecar.engine.runtime.watchdog import (
     TurnBudget,
     TurnVerdict,
@@ -125,6 +126,8 @@ class EngineProcesses:
         self._lowered_for: dict[int, int] = {}
         # What each child's evaluation in progress has had of the CPU, for the slow lane.
         self._clocks = [EvaluationClock() for _ in range(count)]
+        # Holds the slow lane's child in part while regular turns run (throttle.py).
+        self._throttle = SlowLaneThrottle()
         # Crashes in the middle of a turn, by instance (this sidecar's children only).
         self._crashes: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
@@ -413,6 +416,17 @@ class EngineProcesses:
                     continue
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
+            if self._lanes[-1] is EngineLane.SLOW:
+                self._give_way()
+
+    def _give_way(self) -> None:
+        """Hold or release the slow lane's child for the next interval (throttle.py)."""
+        busy = self._throttle.regular_busy(sum(thread_cpu_ns(pid) or 0 for pid in self.pids))
+        slot = len(self._lanes) - 1
+        child = self._children[slot]
+        live = child is not None and child.returncode is None and slot not in self._verdicts
+        evaluating = bool(self._boards[slot].read().evaluation_started_ns)
+        self._throttle.tick(child.pid if live and child else None, evaluating=evaluating, busy=busy)
 
     def _judged(self, slot: int, pid: int, verdict: TurnVerdict) -> None:
         logger.warning("engine process %d: %s; killing it", pid, verdict.error["title"])
@@ -422,6 +436,7 @@ class EngineProcesses:
         """SIGTERM every child (each finishes its turns in flight), then wait for them."""
         self._stopping = True
         await cancel_and_wait(self._supervisors)
+        self._throttle.release()  # a held child would not see its SIGTERM
         children = [*self._children, None if self._spare is None else self._spare.process]
         live = [c for c in children if c is not None and c.returncode is None]
         for child in live:
