@@ -207,3 +207,28 @@ def test_variables_in_scope_are_read_from_the_arguments() -> None:
         compile_expression("${ $color }")
     with pytest.raises(ExpressionError, match="syntax error"):
         compile_expression("${ $color | }", variables=scope)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # What the input's JSON text must carry through: UTF-8 text, integers beyond 64 bits
+        # (orjson refuses them; the stdlib writes them), keys that are not strings.
+        ({"v": "é☃"}, "é☃"),
+        ({"v": 2**70}, 2**70),
+        ({"v": {1: "one"}}, {"1": "one"}),
+        # NaN and infinities are null, as the store writes them between turns.
+        ({"v": float("nan")}, None),
+        ({"v": float("inf")}, None),
+    ],
+)
+def test_input_reaches_jq_as_json(data: dict[str, Any], expected: Any) -> None:
+    assert compile_expression("${ .v | . }").evaluate(data, {}) == expected
+    template = compile_value({"x": "${ .v | . }", "y": "${ [.v] | .[0] }"})
+    assert isinstance(template, TemplateValue) and template._combined is not None
+    assert template.evaluate(data, {}) == {"x": expected, "y": expected}
+
+
+def test_input_that_is_not_json_is_an_expression_error() -> None:
+    with pytest.raises(ExpressionError, match="value is not JSON"):
+        compile_expression("${ .v | . }").evaluate({"v": {1, 2}}, {})
