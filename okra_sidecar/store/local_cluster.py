@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from redis.exceptions import RedisError
+
 from okra_sidecar.store.embedded import EmbeddedRedisError, find_redis_server, terminate_with_parent
 from okra_sidecar.store.multiplexed import MultiplexedRedis
 
@@ -25,6 +27,8 @@ BUS_OFFSET = 10000
 # Asks one node whether it sees the cluster as formed so far (given the node count).
 _Check = Callable[[MultiplexedRedis, int], Awaitable[bool]]
 PORT_TRIES = 50
+# Starts of one node that died by a signal before it answered (see `_spawn`).
+SPAWN_TRIES = 3
 
 
 @dataclass
@@ -119,7 +123,7 @@ class LocalCluster:
         try:
             async with asyncio.timeout(self._start_timeout):
                 for node in self.nodes:
-                    await self._spawn(binary, node)
+                    await self._spawn_anywhere(binary, node)
                 await self._form()
         except TimeoutError:
             await self.stop()
@@ -169,6 +173,19 @@ class LocalCluster:
     ) -> None:
         await self.stop()
 
+    async def role(self, node: ClusterNode) -> str:
+        """`master`, or `slave` with its link `up` or `down`; '' while the node does not answer."""
+        client = self.client(node)
+        try:
+            fields = _fields(await client.execute("INFO", "replication"))
+        except (RedisError, OSError):  # Not answering (yet): no role to tell.
+            return ""
+        finally:
+            await client.aclose()
+        if fields.get("role") == "slave":
+            return f"slave {fields.get('master_link_status', '')}"
+        return fields.get("role", "")
+
     def client(self, node: ClusterNode) -> MultiplexedRedis:
         """A connection to one node (the caller closes it)."""
         auth = f"{self._user or ''}:{self._password}@" if self._password is not None else ""
@@ -197,26 +214,54 @@ class LocalCluster:
                 lines.append(f"requirepass {self._password}")
         config = node.data_dir / "redis.conf"
         config.write_text("\n".join(lines) + "\n")
-        node.process = await asyncio.create_subprocess_exec(
-            binary,
-            str(config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=terminate_with_parent,
-        )
+        for attempt in range(1, SPAWN_TRIES + 1):
+            node.process = await asyncio.create_subprocess_exec(
+                binary,
+                str(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=terminate_with_parent,
+            )
+            code = await self._until_answering(node, node.process)
+            if code is None:
+                return
+            # Killed by a signal before it answered: the child of a fork in a process with
+            # other threads (gRPC's) can crash before it runs redis-server at all.
+            if code >= 0 or attempt == SPAWN_TRIES:
+                raise EmbeddedRedisError(
+                    f"cluster node on port {node.port} exited with code {code}; see {node.log_path}"
+                )
+            logger.warning("cluster node on port %d died at start (%d); again", node.port, code)
+
+    async def _spawn_anywhere(self, binary: str, node: ClusterNode) -> None:
+        """Start a new node, on another free port while the one picked was taken meanwhile
+        (its own or its bus port, by another process of the host)."""
+        for attempt in range(1, SPAWN_TRIES + 1):
+            try:
+                await self._spawn(binary, node)
+                return
+            except EmbeddedRedisError:
+                taken = "Address already in use" in node.log_path.read_text(errors="replace")
+                if not taken or attempt == SPAWN_TRIES:
+                    raise
+            node.log_path.unlink()
+            node.port = free_node_port()
+
+    async def _until_answering(
+        self, node: ClusterNode, process: asyncio.subprocess.Process
+    ) -> int | None:
+        """Wait until the node answers (None), or its exit code if it ends first (bounded by
+        the caller's asyncio.timeout)."""
         client = self.client(node)
         try:
             while True:
-                if node.process.returncode is not None:
-                    raise EmbeddedRedisError(
-                        f"cluster node on port {node.port} exited with code "
-                        f"{node.process.returncode}; see {node.log_path}"
-                    )
+                if process.returncode is not None:
+                    return process.returncode
                 with contextlib.suppress(Exception):
                     node.node_id = (await client.execute("CLUSTER", "MYID")).decode()
-                    return
+                    return None
                 await asyncio.sleep(0.02)
         finally:
             await client.aclose()

@@ -13,10 +13,9 @@ import grpc
 import pytest
 import pytest_asyncio
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
-from redis.exceptions import RedisError
 
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
-from tests.api.test_process import channel_to, free_port, start_process
+from tests.api.test_process import channel_to, free_port, keep_output, start_process
 from tests.helpers import Stub, detail_types, eventually, to_python, value, wait_for_status
 
 pytestmark = [
@@ -41,14 +40,19 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 
 
 @pytest_asyncio.fixture
-async def stubs(cluster: LocalCluster) -> AsyncIterator[list[Stub]]:
-    """Two sidecar processes on the Cluster, waiting for one replica on every write."""
+async def stubs(cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[list[Stub]]:
+    """Two sidecar processes on the Cluster, waiting for one replica on every write.
+
+    Their logs go to the test's tmp_path and to its captured output, which pytest shows when
+    the test fails.
+    """
     ports = [free_port(), free_port()]
+    outputs = [bytearray() for _ in ports]
     processes: list[asyncio.subprocess.Process] = []
     try:
-        for port in ports:
+        for port, output in zip(ports, outputs, strict=True):
             env = {"OKRA_DURABILITY": "replicas"}
-            processes.append(await start_process(cluster.url, port, env=env))
+            processes.append(await start_process(cluster.url, port, env=env, output=output))
         async with channel_to(ports[0]) as first, channel_to(ports[1]) as second:
             yield [first, second]
     finally:
@@ -56,6 +60,8 @@ async def stubs(cluster: LocalCluster) -> AsyncIterator[list[Stub]]:
             if process.returncode is None:
                 process.terminate()
             await process.wait()
+        for n, output in enumerate(outputs):
+            keep_output(tmp_path / f"sidecar-{n}.log", output)
 
 
 class Callers:
@@ -91,23 +97,8 @@ class Callers:
                 self.enough.set()
 
 
-async def _role(cluster: LocalCluster, node: ClusterNode) -> str:
-    """`master`, or `slave` with its link `up` or `down` ('' while the node does not answer)."""
-    client = cluster.client(node)
-    try:
-        info: str = (await client.execute("INFO", "replication")).decode()
-    except (RedisError, OSError):  # Not answering (yet): no role to tell.
-        return ""
-    finally:
-        await client.aclose()
-    fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
-    if fields.get("role") == "slave":
-        return f"slave {fields.get('master_link_status', '')}"
-    return fields.get("role", "")
-
-
 async def _is(cluster: LocalCluster, node: ClusterNode, role: str) -> bool:
-    return await _role(cluster, node) == role
+    return await cluster.role(node) == role
 
 
 @pytest.mark.timeout(DEADLINE_S + 60)

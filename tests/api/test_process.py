@@ -37,8 +37,14 @@ async def start_process(
     *,
     workflows: Path = WORKFLOWS_DIR,
     env: Mapping[str, str] | None = None,
+    output: bytearray | None = None,
 ) -> asyncio.subprocess.Process:
-    """A sidecar process serving `workflows` on `port`, once it says it is listening."""
+    """A sidecar process serving `workflows` on `port`, once it says it is listening.
+
+    Args:
+        output: Where to keep everything the sidecar prints (its log), for a test to show when
+            it fails; without it the output is read and dropped.
+    """
     environ = {
         **os.environ,
         "OKRA_CLAIM_IDLE_MS": "500",
@@ -62,6 +68,8 @@ async def start_process(
     try:
         # Generous: on a busy 2-core host a start takes tens of seconds.
         line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        if output is not None:
+            output += line
         assert b"listening on" in line, line
     except BaseException:
         # A sidecar left running would write into the next test's Redis.
@@ -70,7 +78,7 @@ async def start_process(
         raise
     # Keep reading what it logs: with nobody reading, a full pipe blocks the sidecar in its
     # next log line (a failover logs many), so that it can no longer answer or stop.
-    drain = asyncio.create_task(_drain(process.stdout))
+    drain = asyncio.create_task(_drain(process.stdout, output))
     _DRAINS.add(drain)
     drain.add_done_callback(_DRAINS.discard)
     return process
@@ -79,9 +87,17 @@ async def start_process(
 _DRAINS: set[asyncio.Task[None]] = set()
 
 
-async def _drain(output: asyncio.StreamReader) -> None:
-    while await output.read(65536):
-        pass
+async def _drain(stdout: asyncio.StreamReader, output: bytearray | None) -> None:
+    while chunk := await stdout.read(65536):
+        if output is not None:
+            output += chunk
+
+
+def keep_output(path: Path, output: bytes | bytearray) -> None:
+    """Write a sidecar's output to `path` and print it, for pytest to show if the test failed."""
+    path.write_bytes(output)
+    print(f"--- {path.name} ({path})")
+    print(output.decode(errors="replace"))
 
 
 async def start_processes(
