@@ -449,10 +449,18 @@ class ClusterCommands:
         SCRIPT (LOAD, FLUSH) goes to every master: the next EVALSHA may run on any of them.
         """
         if key is None and _upper(commands[0][0]) == "SCRIPT":
-            answers = await asyncio.gather(
-                *(self.node(address).replies(commands) for address in await self.masters())
+            try:
+                answers = await asyncio.gather(
+                    *(self.node(address).replies(commands) for address in await self.masters())
+                )
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                # A master in the map went away: the caller's retry finds the new map.
+                await self._refresh()
+                raise
+            # Every master must have taken it: a refusal anywhere is the caller's to see.
+            return next(
+                (a for a in answers if any(isinstance(r, BaseException) for r in a)), answers[0]
             )
-            return answers[0]
         return await self._send_to_slot(commands, key)
 
     async def _send_to_slot(

@@ -11,7 +11,13 @@ from redis import exceptions as redis_errors
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.jsontext import loads
 
-__all__ = ["json_or", "map_redis_errors", "pairs", "text"]
+__all__ = ["json_or", "map_redis_errors", "not_a_master", "pairs", "text"]
+
+# How a node that is no longer the master a client took it for (a failover demoted it, or
+# it restarted as a replica) answers a write, a WAIT or a blocked read. redis-py has a class
+# only for READONLY; the others come as ResponseError, the code still leading the text, or,
+# for WAIT, behind ERR, which redis-py strips.
+_NOT_A_MASTER = ("NOREPLICAS", "UNBLOCKED", "WAIT cannot be used with replica")
 
 
 def text(value: bytes | str | None) -> str:
@@ -56,12 +62,24 @@ class _RedisErrors:
             raise outage from exc
 
 
+def not_a_master(exc: BaseException) -> bool:
+    """Whether `exc` is a node's answer that it is not the master (any more): the call goes
+    to the new master once the client has learnt the new slot map."""
+    if isinstance(exc, redis_errors.ReadOnlyError):
+        return True
+    return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(_NOT_A_MASTER)
+
+
 def _outage(exc: BaseException) -> StoreUnavailableError | None:
     """The StoreUnavailableError an error of Redis means, or None when it is not an outage."""
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
         return StoreUnavailableError(f"Redis is unreachable ({exc}); retry shortly")
     if isinstance(exc, redis_errors.BusyLoadingError):
         return StoreUnavailableError("Redis is loading its data; retry shortly")
+    if not_a_master(exc):
+        return StoreUnavailableError(
+            f"a Redis node changed role ({exc}); the call goes to the new master on retry"
+        )
     if isinstance(exc, redis_errors.ClusterError | redis_errors.TryAgainError):
         # A failover or a slot migration under way: it settles by itself.
         return StoreUnavailableError(f"the Redis Cluster is settling ({exc}); retry shortly")

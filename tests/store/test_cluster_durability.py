@@ -12,10 +12,13 @@ import pytest_asyncio
 from redis.crc import key_slot
 
 from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.store import cluster_commands as cluster_commands_module
 from okra_sidecar.store.cluster_client import cluster_commands, cluster_redis
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
 from okra_sidecar.store.redis_store import RedisStore
+from okra_sidecar.store.replies import map_redis_errors
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +96,47 @@ async def test_a_write_waits_for_the_replica_of_its_own_master(
     # The refused signal was written (and is a duplicate now); the replica caught up.
     assert await _signal(store, instances[0], "second") is True
     assert await _signal(store, instances[0], "third") is False
+
+
+async def _roles(cluster: LocalCluster, nodes: list[ClusterNode]) -> list[str]:
+    return [await cluster.role(node) for node in nodes]
+
+
+async def test_a_durable_write_after_a_failover_loads_its_script_on_the_new_master(
+    cluster: LocalCluster, store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The slot map refreshes at most once a minute here, so it stays as stale as a failover
+    # can leave it between two refreshes: the old master, a replica now, still among the
+    # masters it lists.
+    monkeypatch.setattr(cluster_commands_module, "REFRESH_INTERVAL_S", 60.0)
+    instance_id = _instances_by_master(cluster, store.keys)[0]
+    await store.hot.execute("HSET", store.keys.instance(instance_id), "status", "running")
+    assert await _signal(store, instance_id, "first") is False
+    old, heir = cluster.masters()[0], _replica_of(cluster, 0)
+    promoted = cluster.client(heir)
+    try:
+        # TAKEOVER: no election, which a cluster this young may not win in time.
+        await promoted.execute("CLUSTER", "FAILOVER", "TAKEOVER")
+
+        async def swapped() -> bool:
+            return await _roles(cluster, [heir, old]) == ["master", "slave up"]
+
+        await eventually(swapped, timeout_s=20, what="the manual failover")
+        # A new master that never ran the script (Redis does not replicate SCRIPT LOAD).
+        await promoted.execute("SCRIPT", "FLUSH")
+    finally:
+        await promoted.aclose()
+    # NOSCRIPT from the new master: the script is loaded (with no WAIT: the old master is a
+    # replica now, which refuses one) and the signal written and waited for.
+    assert await _signal(store, instance_id, "second") is False
+    assert await _signal(store, instance_id, "second") is True
+
+
+async def test_a_wait_on_a_replica_is_an_outage(cluster: LocalCluster) -> None:
+    """What a demoted master answers a durable write's WAIT: retry, on the new master."""
+    replica = cluster.client(_replica_of(cluster, 0))
+    try:
+        with pytest.raises(StoreUnavailableError, match="replica"), map_redis_errors():
+            await replica.execute("WAIT", 1, 10)
+    finally:
+        await replica.aclose()

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 from redis import exceptions as redis_errors
+from redis._parsers import BaseParser
 
 from okra_sidecar.errors import StoreUnavailableError
 from okra_sidecar.store.replies import map_redis_errors
+
+
+def _parsed(reply: str) -> Exception:
+    """An error reply as the clients' parser hands it on."""
+    error: Exception = BaseParser.parse_error(reply)  # type: ignore[no-untyped-call]  # untyped
+    return error
 
 
 @pytest.mark.parametrize(
@@ -20,6 +27,14 @@ from okra_sidecar.store.replies import map_redis_errors
         redis_errors.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
         redis_errors.RedisClusterException("All slots are not covered after query all nodes."),
         redis_errors.SlotNotCoveredError("Slot 5 is not covered by the cluster."),
+        # A master demoted by a failover, as the parser hands its replies on.
+        _parsed("READONLY You can't write against a read only replica."),
+        _parsed("NOREPLICAS Not enough good replicas to write."),
+        _parsed(
+            "UNBLOCKED force unblock from blocking operation, instance state changed "
+            "(master -> replica?)"
+        ),
+        _parsed("ERR WAIT cannot be used with replica instances."),
     ],
 )
 def test_outages_are_store_unavailable(error: Exception) -> None:
