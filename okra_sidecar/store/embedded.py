@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -24,6 +25,7 @@ __all__ = [
     "EmbeddedRedisError",
     "find_redis_server",
     "terminate_with_parent",
+    "with_parent_death",
 ]
 
 logger = logging.getLogger(__name__)
@@ -306,6 +308,19 @@ def terminate_with_parent(signum: int = signal.SIGTERM) -> None:
     """
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signum)
+
+
+def with_parent_death(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """`argv` to run so that it gets SIGTERM when this process dies, and the preexec_fn for it.
+
+    Through util-linux `setpriv --pdeathsig` where it is installed: no Python code then runs
+    in the child between fork and exec, which in a process with other threads (gRPC's) can
+    crash the child. Else `terminate_with_parent` as the preexec_fn.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return argv, terminate_with_parent
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv], None
 
 
 def _load_libc() -> ctypes.CDLL | None:

@@ -14,7 +14,7 @@ from types import TracebackType
 
 from redis.exceptions import RedisError
 
-from okra_sidecar.store.embedded import EmbeddedRedisError, find_redis_server, terminate_with_parent
+from okra_sidecar.store.embedded import EmbeddedRedisError, find_redis_server, with_parent_death
 from okra_sidecar.store.multiplexed import MultiplexedRedis
 
 __all__ = ["SLOTS", "ClusterNode", "LocalCluster", "free_node_port"]
@@ -214,21 +214,21 @@ class LocalCluster:
                 lines.append(f"requirepass {self._password}")
         config = node.data_dir / "redis.conf"
         config.write_text("\n".join(lines) + "\n")
+        argv, preexec = with_parent_death([binary, str(config)])
         for attempt in range(1, SPAWN_TRIES + 1):
             node.process = await asyncio.create_subprocess_exec(
-                binary,
-                str(config),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=terminate_with_parent,
+                preexec_fn=preexec,
             )
             code = await self._until_answering(node, node.process)
             if code is None:
                 return
-            # Killed by a signal before it answered: the child of a fork in a process with
-            # other threads (gRPC's) can crash before it runs redis-server at all.
+            # Killed by a signal before it answered: without setpriv, the child of a fork in
+            # a process with other threads (gRPC's) can crash before it runs redis-server.
             if code >= 0 or attempt == SPAWN_TRIES:
                 raise EmbeddedRedisError(
                     f"cluster node on port {node.port} exited with code {code}; see {node.log_path}"
