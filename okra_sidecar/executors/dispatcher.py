@@ -39,10 +39,13 @@ from okra_sidecar.store.effect_store import EffectEntry, RedisEffectStore
 from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry import tracing
 from okra_sidecar.telemetry.effects import EffectTracer
+from okra_sidecar.telemetry.repeats import RepeatedWarnings
 
 __all__ = ["EffectDispatcher"]
 
 logger = logging.getLogger(__name__)
+# A failover fails each attempt for seconds: a line per kind every few seconds.
+_outages = RepeatedWarnings(logger)
 
 CALL_KINDS = frozenset({EffectKind.HTTP.value, EffectKind.GRPC.value, EffectKind.OPENAPI.value})
 ABORT_INTERVAL_S = 0.5
@@ -235,7 +238,13 @@ class EffectDispatcher:
             await self._acknowledge(entry)
         except StoreUnavailableError as exc:
             # Left pending: it is taken up again when Redis is back.
-            logger.warning("effect %s of %s: %s", entry.effect.get("id"), entry.instance_id, exc)
+            _outages.warning(
+                ("run", exc.reason),
+                "effect %s of %s: %s",
+                entry.effect.get("id"),
+                entry.instance_id,
+                exc,
+            )
 
     async def _execute_call(self, entry: EffectEntry) -> None:
         workflow, status = await self._effects.instance_fields(entry.instance_id, "wf", "status")
@@ -256,7 +265,9 @@ class EffectDispatcher:
         try:
             await self._effects.ack_effect(entry)
         except StoreUnavailableError as exc:
-            logger.warning("effect %s not acknowledged: %s", entry.effect.get("id"), exc)
+            _outages.warning(
+                ("ack", exc.reason), "effect %s not acknowledged: %s", entry.effect.get("id"), exc
+            )
 
     async def _traced(self, entry: EffectEntry) -> None:
         # A span in the trace of the turn that asked for the effect, current while it runs.
@@ -296,7 +307,13 @@ class EffectDispatcher:
             event.update(tracing.event_trace_fields())
             await self._effects.deliver_result(entry, event)
         except StoreUnavailableError as exc:
-            logger.warning("effect %s of %s not delivered: %s", effect_id, entry.instance_id, exc)
+            _outages.warning(
+                ("deliver", exc.reason),
+                "effect %s of %s not delivered: %s",
+                effect_id,
+                entry.instance_id,
+                exc,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -7,17 +7,20 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from okra_sidecar.errors import StoreUnavailableError
+from okra_sidecar.telemetry.repeats import RepeatedWarnings
 
 __all__ = ["run_forever"]
 
 logger = logging.getLogger(__name__)
+_outages = RepeatedWarnings(logger)
 
 
 async def run_forever(
     once: Callable[[], Awaitable[None]], *, what: str, until: asyncio.Event | None = None
 ) -> None:
     """Call `once` until cancelled (or `until` is set); after a failure log it and back off
-    (0.1 s doubling to 5 s)."""
+    (0.1 s doubling to 5 s). An outage logs a line per loop and reason every few seconds,
+    without a traceback; anything else is a bug and logs each time, with one."""
     backoff = 0.1
     while until is None or not until.is_set():
         try:
@@ -25,8 +28,11 @@ async def run_forever(
             backoff = 0.1
         except asyncio.CancelledError:
             raise
+        except StoreUnavailableError as exc:
+            _outages.warning((what, exc.reason), "%s: %s; retrying", what, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
         except Exception as exc:
-            level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
-            logger.log(level, "%s: %s; retrying", what, exc, exc_info=True)
+            logger.error("%s: %s; retrying", what, exc, exc_info=True)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

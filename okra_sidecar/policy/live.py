@@ -33,11 +33,14 @@ from okra_sidecar.policy.document import (
 )
 from okra_sidecar.policy.model import Identity
 from okra_sidecar.tasks import cancel_and_wait
+from okra_sidecar.telemetry.repeats import RepeatedWarnings
 
 if TYPE_CHECKING:
     from okra_sidecar.store.policy_store import StoredPolicies
 
 logger = logging.getLogger(__name__)
+# A failover fails each attempt for seconds: a line per kind every few seconds.
+_outages = RepeatedWarnings(logger)
 
 RESYNC_INTERVAL_S = 5.0
 AUDIT_FLUSH_TIMEOUT_S = 5.0
@@ -215,7 +218,9 @@ class PolicyManager:
             except asyncio.CancelledError:
                 raise
             except StoreUnavailableError as exc:
-                logger.warning("policy updates paused: %s; retrying in %.1fs", exc, backoff)
+                _outages.warning(
+                    exc.reason, "policy updates paused: %s; retrying in %.1fs", exc, backoff
+                )
             except Exception:
                 logger.exception("policy updates failed; retrying in %.1fs", backoff)
             await asyncio.sleep(backoff)

@@ -28,10 +28,13 @@ from okra_sidecar.store.replies import map_redis_errors, pairs, text
 from okra_sidecar.store.scripts import load_script
 from okra_sidecar.store.streams import PartitionEntry
 from okra_sidecar.tasks import cancel_and_wait
+from okra_sidecar.telemetry.repeats import RepeatedWarnings
 
 __all__ = ["ConsumerHeartbeat", "ConsumerLiveness"]
 
 logger = logging.getLogger(__name__)
+# A failover fails each attempt for seconds: a line per kind every few seconds.
+_outages = RepeatedWarnings(logger)
 
 ALIVE = b"1"
 # Written over a consumer's heartbeat by whoever saw its process die (an engine child's parent):
@@ -214,4 +217,4 @@ class ConsumerHeartbeat:
             try:
                 await self.liveness.beat(self._consumer)
             except StoreUnavailableError as exc:
-                logger.warning("heartbeat of %s: %s", self._consumer, exc)
+                _outages.warning(exc.reason, "heartbeat of %s: %s", self._consumer, exc)

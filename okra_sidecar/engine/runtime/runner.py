@@ -29,9 +29,12 @@ from okra_sidecar.instances import InstanceStatus
 from okra_sidecar.store.base import Store, TurnCommit, TurnSnapshot, WorkItem
 from okra_sidecar.tasks import cancel_and_wait
 from okra_sidecar.telemetry.metrics import SidecarMetrics
+from okra_sidecar.telemetry.repeats import RepeatedWarnings
 from okra_sidecar.telemetry.turns import TurnTracer
 
 logger = logging.getLogger(__name__)
+# A failover fails every loop and turn for seconds: a line per kind every few seconds.
+_outages = RepeatedWarnings(logger)
 
 OUTCOME_STATUS = {
     TurnOutcome.RUNNING: InstanceStatus.RUNNING,
@@ -180,7 +183,9 @@ class EngineRunner:
             except asyncio.CancelledError:
                 raise
             except StoreUnavailableError as exc:
-                logger.warning("engine %s loop: %s; retrying in %.1fs", name, exc, backoff)
+                _outages.warning(
+                    (name, exc.reason), "engine %s loop: %s; retrying in %.1fs", name, exc, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
@@ -260,7 +265,7 @@ class EngineRunner:
                 self._inflight[instance_id] = []
         except StoreUnavailableError as exc:
             # Unacknowledged: the work stays pending and is reclaimed when Redis is back.
-            logger.warning("turn of %s interrupted: %s", instance_id, exc)
+            _outages.warning(("turn", exc.reason), "turn of %s interrupted: %s", instance_id, exc)
         except Exception:
             logger.exception("turn of %s failed; its work will be retried", instance_id)
         finally:
