@@ -20,7 +20,7 @@ from okra_sidecar.store.base import TurnCommit
 from okra_sidecar.store.cluster_client import is_cluster_client
 from okra_sidecar.store.keys import RedisKeys
 from okra_sidecar.store.redis_store import RedisStore
-from tests.helpers import apply_outbox
+from tests.helpers import apply_outbox, command_calls
 
 IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(10)]
 
@@ -248,6 +248,33 @@ async def test_a_page_of_100_from_16_partitions_takes_two_round_trips(redis: Red
         rest = await store.query(QueryFilter(limit=100, cursor=page.cursor))
         assert [r.instance_id for r in rest.instances] == ids[::-1][100:200]
         assert trips.count == 4
+
+
+async def test_query_reads_the_index_with_fewest_members_in_range(redis: Redis) -> None:
+    # "The WAITING instances of a workflow" among 300 of it: the five, from the status index,
+    # not the workflow's 300 records re-checked one by one.
+    store = RedisStore(redis=redis, keys=RedisKeys(partitions=16))
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(300)]
+    for n, instance_id in enumerate(ids):
+        await store.create_instance(new(instance_id, 1_000_000 + n, team="a"), max_active=0)
+    waiting = ids[10:300:60]
+    for instance_id in waiting:
+        snapshot = await store.load_turn(instance_id)
+        assert snapshot is not None
+        await store.commit_turn(snapshot, commit(InstanceStatus.WAITING))
+    wanted = QueryFilter(limit=100, workflow_id="t.w.1.0.0", statuses={InstanceStatus.WAITING})
+    records_read = await command_calls(redis, "hmget")
+    with RoundTrips() as trips:
+        page = await store.query(wanted)
+        # The sizes of both indexes in range, the status index's members, their records.
+        assert trips.count == 3
+    assert await command_calls(redis, "hmget") - records_read == len(waiting)
+    assert [r.instance_id for r in page.instances] == waiting[::-1]
+    assert page.cursor == ""
+    # Two statuses: both indexes merged newest first, whatever the other filters.
+    either = {InstanceStatus.WAITING, InstanceStatus.PENDING}
+    page = await store.query(QueryFilter(limit=500, statuses=either, tags={"team": "a"}))
+    assert [r.instance_id for r in page.instances] == ids[::-1]
 
 
 async def test_the_gauges_sum_16_partitions_in_one_round_trip(redis: Redis) -> None:
