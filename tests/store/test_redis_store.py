@@ -262,7 +262,9 @@ async def test_query_reads_the_index_with_fewest_members_in_range(redis: Redis) 
         snapshot = await store.load_turn(instance_id)
         assert snapshot is not None
         await store.commit_turn(snapshot, commit(InstanceStatus.WAITING))
-    wanted = QueryFilter(limit=100, workflow_id="t.w.1.0.0", statuses={InstanceStatus.WAITING})
+    wanted = QueryFilter(
+        limit=100, workflow_id="t.w.1.0.0", statuses=frozenset({InstanceStatus.WAITING})
+    )
     records_read = await command_calls(redis, "hmget")
     with RoundTrips() as trips:
         page = await store.query(wanted)
@@ -272,7 +274,7 @@ async def test_query_reads_the_index_with_fewest_members_in_range(redis: Redis) 
     assert [r.instance_id for r in page.instances] == waiting[::-1]
     assert page.cursor == ""
     # Two statuses: both indexes merged newest first, whatever the other filters.
-    either = {InstanceStatus.WAITING, InstanceStatus.PENDING}
+    either = frozenset({InstanceStatus.WAITING, InstanceStatus.PENDING})
     page = await store.query(QueryFilter(limit=500, statuses=either, tags={"team": "a"}))
     assert [r.instance_id for r in page.instances] == ids[::-1]
 
