@@ -88,9 +88,11 @@ def _outage(exc: BaseException) -> StoreUnavailableError | None:
             exc, redis_errors.SlotNotCoveredError | redis_errors.RedisClusterUnreachableError
         )
         or "not covered" in str(exc)
+        or "could not agree" in str(exc)
     ):
-        # redis-py's RedisCluster without a full slot map (nodes down, slots unserved); its
-        # other refusals (keys of several slots in one command) are bugs, not outages.
+        # redis-py's RedisCluster without a full slot map (nodes down, slots unserved, or
+        # nodes that disagree on it mid-failover); its other refusals (keys of several slots
+        # in one command) are bugs, not outages.
         return StoreUnavailableError(f"the Redis Cluster is not serving ({exc})")
     return None
 

@@ -27,6 +27,11 @@ def _parsed(reply: str) -> Exception:
         redis_errors.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
         redis_errors.RedisClusterException("All slots are not covered after query all nodes."),
         redis_errors.SlotNotCoveredError("Slot 5 is not covered by the cluster."),
+        # redis-py's RedisCluster asking nodes that a failover has not yet brought to agree.
+        redis_errors.RedisClusterException(
+            "startup_nodes could not agree on a valid slots cache: 127.0.0.1:7000 vs "
+            "127.0.0.1:7003 on slot: 5"
+        ),
         # A master demoted by a failover, as the parser hands its replies on.
         _parsed("READONLY You can't write against a read only replica."),
         _parsed("NOREPLICAS Not enough good replicas to write."),
