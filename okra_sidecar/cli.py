@@ -267,7 +267,12 @@ def run_engine_process() -> int:
     # must not leave us importing, holding its standard output open.
     terminate_with_parent(signal.SIGKILL)
     from okra_sidecar.engine.runtime.forking import FORK_SERVER_ENV, serve_forks
-    from okra_sidecar.engine.runtime.processes import BOARD_FD_ENV, adopt_parent, read_settings
+    from okra_sidecar.engine.runtime.processes import (
+        BOARD_FD_ENV,
+        STORE_UNAVAILABLE_EXIT,
+        adopt_parent,
+        read_settings,
+    )
     from okra_sidecar.server import run_engine, warm_engine_process
 
     if not adopt_parent():
@@ -281,7 +286,7 @@ def run_engine_process() -> int:
             asyncio.run(run_engine(settings))
         except StoreUnavailableError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return STORE_UNAVAILABLE_EXIT
         return 0
 
     fork_server = os.environ.get(FORK_SERVER_ENV)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +18,11 @@ from redis.asyncio import Redis
 from bench.cpu import child_pids, process_name
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.runtime.forking import CHILD_NAME, FORK_SERVER_NAME
-from okra_sidecar.engine.runtime.processes import EngineProcesses
+from okra_sidecar.engine.runtime.processes import (
+    PARENT_PID_ENV,
+    STORE_UNAVAILABLE_EXIT,
+    EngineProcesses,
+)
 from tests.api.test_process import start_process
 from tests.helpers import (
     make_settings,
@@ -172,3 +178,24 @@ async def test_the_engine_command_refuses_to_run_on_its_own() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 1
     assert b"runs only as a child of `serve`" in stderr
+
+
+async def test_an_engine_child_that_cannot_reach_redis_exits_for_its_parent_to_retry() -> None:
+    # A port nobody listens on: the child's store cannot open, as in a failover or a restart.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(f"redis://127.0.0.1:{port}", workflows=None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "okra_sidecar",
+        "engine",
+        stdin=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(pickle.dumps(settings)), timeout=60)
+    # Not an ordinary crash: the parent starts another without counting it against a turn.
+    assert process.returncode == STORE_UNAVAILABLE_EXIT, stderr
+    assert stderr.startswith(b"error: ") and b"Traceback" not in stderr

@@ -74,6 +74,9 @@ CONSUMER_ENV = "OKRA_ENGINE_CONSUMER"
 LANE_ENV = "OKRA_ENGINE_LANE"
 # A spare child sets itself up, then waits for SIGUSR1 before it takes any turn.
 STANDBY_ENV = "OKRA_ENGINE_STANDBY"
+# An engine child's exit when it could not reach Redis (a failover, a restart): no turn of
+# its own was at fault, so nothing is counted against an instance; the parent starts another.
+STORE_UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL
 SPARE_READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.1
@@ -275,7 +278,11 @@ class EngineProcesses:
                 return
             verdict = self._verdicts.pop(slot, None)
             moved = self._moved.pop(slot, None)
-            if verdict is None and moved is None:
+            if verdict is None and moved is None and code == STORE_UNAVAILABLE_EXIT:
+                logger.warning(
+                    "engine process %d could not reach Redis; starting another", child.pid
+                )
+            elif verdict is None and moved is None:
                 logger.error("engine process %d exited with %s; starting another", child.pid, code)
                 moved = await self._move_crashed(slot)
                 if moved is None:
