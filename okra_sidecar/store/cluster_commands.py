@@ -4,15 +4,14 @@ Each command goes to the master that serves the slot of its keys, on that master
 multiplexed connection (store/multiplexed.py). `MOVED` updates the slot map and resends;
 `ASK` resends once to the importing node behind `ASKING`. A connection that fails (a master
 died) refreshes the whole map from any node that answers, and the call is resent only when
-sending it twice cannot do harm: reads, and the scripts in `RETRY_SAFE_SCRIPTS`. Anything
-else fails with the ConnectionError, which the store turns into UNAVAILABLE, and the caller
-retries with its request id.
+sending it twice cannot do harm: reads, and the scripts in `RETRY_SAFE_SCRIPTS`
+(cluster_routing.py). Anything else fails with the ConnectionError, which the store turns
+into UNAVAILABLE, and the caller retries with its request id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -21,14 +20,19 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
+from okra_sidecar.store.cluster_routing import (
+    blocking_read_streams,
+    command_key,
+    encode,
+    retry_safe,
+    upper,
+    without_values,
+)
 from okra_sidecar.store.multiplexed import Arg, MultiplexedScript, ScriptLike
-from okra_sidecar.store.scripts import load_script
 
 __all__ = [
-    "RETRY_SAFE_SCRIPTS",
     "ClusterCommands",
     "NodeCommands",
-    "command_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,29 +46,6 @@ REFRESH_INTERVAL_S = 0.25
 READER_IDLE_S = 30.0
 # Busy slot reads remembered at most; forgetting one costs it a blocked read once.
 MAX_WARM_READS = 4096
-
-# Scripts a second run leaves as the first left it, whatever its reply: by a dedup id
-# (signal, deliver, complete_task), by revision (commit: a repeat finds the revision moved
-# and the turn runs again), or by what is already gone (timers, purge, enqueue_task,
-# heartbeat). Not create (a repeat would answer "exists" to the caller that made it; the
-# caller retries with its request id instead), cancel (a repeat answers "already
-# cancelled"), gcra (a repeat counts the call twice) or the schedule and policy writes.
-RETRY_SAFE_SCRIPTS = frozenset(
-    {"signal", "deliver", "complete_task", "commit", "timers", "purge", "enqueue_task", "heartbeat"}
-)
-# Commands that change nothing, so a lost reply can be asked again.
-READ_COMMANDS = frozenset(
-    {"GET", "MGET", "HGET", "HMGET", "HGETALL", "EXISTS", "XRANGE", "XREVRANGE", "XLEN"}
-    | {"ZRANGE", "ZCARD", "ZSCORE", "SISMEMBER", "SMEMBERS", "SCARD", "TYPE", "PING"}
-    | {"WAIT", "CLUSTER", "INFO", "SCRIPT"}
-)
-# Commands that name no key: any master answers them (WAIT: see `pipeline`).
-KEYLESS_COMMANDS = frozenset(
-    {"PING", "WAIT", "WAITAOF", "CLUSTER", "INFO", "SCRIPT", "ASKING", "TIME", "DBSIZE", "ECHO"}
-)
-_SCRIPT_SHAS = frozenset(
-    hashlib.sha1(load_script(name).encode()).hexdigest().encode() for name in RETRY_SAFE_SCRIPTS
-)
 
 
 class NodeCommands(Protocol):
@@ -82,60 +63,6 @@ Address = tuple[str, int]
 # values left out: see `_read_slots`).
 _Read = tuple[int, tuple[Arg, ...]]
 NodeFactory = Callable[[str], NodeCommands]
-
-
-def _upper(value: Arg) -> str:
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).decode(errors="replace").upper()
-    return str(value).upper()
-
-
-def _encode(value: Arg) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | memoryview):
-        return bytes(value)
-    return str(value).encode()
-
-
-def command_key(args: Sequence[Arg]) -> bytes | None:
-    """The key that places a command on a node, or None for a command without keys.
-
-    A command with several keys must keep them in one slot (Redis answers CROSSSLOT
-    otherwise), so the first one decides.
-    """
-    name = _upper(args[0])
-    if name in ("EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL"):
-        return _encode(args[3]) if int(_encode(args[2])) > 0 else None
-    if name in ("XREADGROUP", "XREAD"):
-        for index, arg in enumerate(args):
-            if _upper(arg) == "STREAMS":
-                return _encode(args[index + 1])
-        return None
-    if name in KEYLESS_COMMANDS:
-        return None
-    if name in ("XGROUP", "XINFO", "OBJECT", "MEMORY"):  # A subcommand, then the key.
-        return _encode(args[2]) if len(args) > 2 else None
-    return _encode(args[1]) if len(args) > 1 else None
-
-
-def _blocking_read_streams(args: Sequence[Arg]) -> tuple[int, Sequence[Arg]] | None:
-    """For XREADGROUP or XREAD with BLOCK: where STREAMS stands, and the stream names."""
-    if _upper(args[0]) not in ("XREADGROUP", "XREAD"):
-        return None
-    words = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in args]
-    if "BLOCK" not in words or "STREAMS" not in words:
-        return None
-    at = words.index("STREAMS")
-    count = (len(args) - at - 1) // 2
-    return at, args[at + 1 : at + 1 + count]
-
-
-def _retry_safe(args: Sequence[Arg]) -> bool:
-    name = _upper(args[0])
-    if name == "EVALSHA":
-        return _encode(args[1]) in _SCRIPT_SHAS
-    return name in READ_COMMANDS
 
 
 class ClusterCommands:
@@ -180,8 +107,8 @@ class ClusterCommands:
         A blocking stream read over several slots becomes one read per slot (see
         `_read_slots`), since one command may only name keys of one slot.
         """
-        streams = _blocking_read_streams(args)
-        if streams is not None and len({key_slot(_encode(k)) for k in streams[1]}) > 1:
+        streams = blocking_read_streams(args)
+        if streams is not None and len({key_slot(encode(k)) for k in streams[1]}) > 1:
             return await self._read_slots(args, *streams)
         replies = await self._send([args], command_key(args))
         reply = replies[0]
@@ -192,7 +119,7 @@ class ClusterCommands:
     async def evalsha(
         self, script: ScriptLike, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
     ) -> Any:
-        key = _encode(keys[0]) if keys else None
+        key = encode(keys[0]) if keys else None
         # Straight to the slot's master (no closure, no SCRIPT check): the common case.
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         reply = (await self._send_to_slot([command], key))[0]
@@ -266,7 +193,7 @@ class ClusterCommands:
         ids = args[at + 1 + len(streams) :]
         by_slot: dict[int, list[int]] = {}
         for index, stream in enumerate(streams):
-            by_slot.setdefault(key_slot(_encode(stream)), []).append(index)
+            by_slot.setdefault(key_slot(encode(stream)), []).append(index)
         reads: list[_Read] = []
         commands: dict[_Read, tuple[Arg, ...]] = {}
         for slot, indexes in by_slot.items():
@@ -277,7 +204,7 @@ class ClusterCommands:
             )
             # A caller's COUNT follows its free capacity: a read still blocked with the
             # last count is the same read, else its entries would wait for a reclaim.
-            read = (slot, _without_values(command, ("COUNT", "BLOCK")))
+            read = (slot, without_values(command, ("COUNT", "BLOCK")))
             left = self._reads.get(read)
             if left is not None and left.done() and not _has_reply(left):
                 # A read of an earlier call that found nothing: read again, afresh.
@@ -342,7 +269,7 @@ class ClusterCommands:
         by_node: dict[Address, list[tuple[_Read, tuple[Arg, ...]]]] = {}
         for read in reads:
             command = commands[read]
-            at = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
+            at = [upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
             block = at.index("BLOCK")
             unblocked = (*command[:block], *command[block + 2 :])
             by_node.setdefault(await self._address_of(read[0]), []).append((read, unblocked))
@@ -448,7 +375,7 @@ class ClusterCommands:
 
         SCRIPT (LOAD, FLUSH) goes to every master: the next EVALSHA may run on any of them.
         """
-        if key is None and _upper(commands[0][0]) == "SCRIPT":
+        if key is None and upper(commands[0][0]) == "SCRIPT":
             try:
                 answers = await asyncio.gather(
                     *(self.node(address).replies(commands) for address in await self.masters())
@@ -481,7 +408,7 @@ class ClusterCommands:
                 # The node went away (a failover?): learn the new map, and resend only what
                 # cannot do harm twice; the caller sees the error otherwise.
                 await self._refresh()
-                if retried or not all(_retry_safe(command) for command in commands):
+                if retried or not all(retry_safe(command) for command in commands):
                     raise
                 retried = True
                 asking = None
@@ -554,14 +481,6 @@ class ClusterCommands:
             await self._nodes.pop(address).aclose()
 
 
-def _without_values(command: Sequence[Arg], names: Sequence[str]) -> tuple[Arg, ...]:
-    """`command` with the value after each option in `names` blanked out."""
-    words = [_upper(arg) if isinstance(arg, str | bytes) else "" for arg in command]
-    return tuple(
-        "" if index > 0 and words[index - 1] in names else arg for index, arg in enumerate(command)
-    )
-
-
 def _stream_entries(reply: Any) -> Any:
     """A stream read's reply as (stream, entries) pairs: RESP3 (redis-py's pool) answers a
     map of stream to entries."""
@@ -595,7 +514,7 @@ def _slot_map(reply: Any, asked: Address) -> list[Address | None]:
     address answers with an empty host: the one it was reached at."""
     slots: list[Address | None] = [None] * SLOTS
     for first, last, master, *_replicas in reply:
-        host = _encode(master[0]).decode() or asked[0]
+        host = encode(master[0]).decode() or asked[0]
         address = (host, int(master[1]))
         for slot in range(int(first), int(last) + 1):
             slots[slot] = address

@@ -12,7 +12,8 @@ from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
 from okra_sidecar.store.cluster_client import cluster_commands, durable_cluster_commands
-from okra_sidecar.store.cluster_commands import ClusterCommands, command_key
+from okra_sidecar.store.cluster_commands import ClusterCommands
+from okra_sidecar.store.cluster_routing import command_key
 from okra_sidecar.store.local_cluster import ClusterNode, LocalCluster
 from okra_sidecar.store.multiplexed import Arg, MultiplexedRedis, MultiplexedScript
 from okra_sidecar.store.scripts import load_script
