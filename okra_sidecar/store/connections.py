@@ -91,14 +91,12 @@ class StoreConnections:
             return await self.hot.evalsha(script, keys, args), None
 
         async def then_wait(*command: Arg) -> Any:
-            if command[0] != "EVALSHA":
-                # The SCRIPT LOAD after a NOSCRIPT (a restarted or new master) writes no data
-                # to wait for; on a Cluster it goes to every master the slot map lists, and
-                # one that was failed over since refuses a WAIT.
-                return await self._pooled.execute(*command)
             return await self._pooled.pipeline([command, wait])
 
-        reply, waited = await evalsha_with(then_wait, script, keys, args)
+        # The SCRIPT LOAD after a NOSCRIPT (a restarted or new master) writes no data to wait
+        # for, so it goes alone: on a Cluster it goes to every master the slot map lists, and
+        # one that was failed over since refuses a WAIT.
+        reply, waited = await evalsha_with(then_wait, script, keys, args, load=self._pooled.execute)
         return reply, waited
 
     async def _wait_command(self) -> tuple[Arg, ...] | None:

@@ -89,13 +89,16 @@ async def evalsha_with(
     script: ScriptLike,
     keys: Sequence[Arg],
     args: Sequence[Arg],
+    *,
+    load: Callable[..., Awaitable[Any]] | None = None,
 ) -> Any:
-    """EVALSHA through `execute`, loading the script when Redis does not know it."""
+    """EVALSHA through `execute`, loading the script (through `load`, else `execute`) when
+    Redis does not know it."""
     try:
         return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
     except redis_errors.NoScriptError:
         # A restarted or flushed Redis forgets scripts; load it and try exactly once more.
-        await execute("SCRIPT", "LOAD", script.script)
+        await (load or execute)("SCRIPT", "LOAD", script.script)
         return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
 

@@ -278,15 +278,18 @@ class EngineProcesses:
                 return
             verdict = self._verdicts.pop(slot, None)
             moved = self._moved.pop(slot, None)
-            if verdict is None and moved is None and code == STORE_UNAVAILABLE_EXIT:
-                logger.warning(
-                    "engine process %d could not reach Redis; starting another", child.pid
-                )
-            elif verdict is None and moved is None:
-                logger.error("engine process %d exited with %s; starting another", child.pid, code)
-                moved = await self._move_crashed(slot)
-                if moved is None:
-                    verdict = self._crashed(slot)
+            if verdict is None and moved is None:
+                if code == STORE_UNAVAILABLE_EXIT:
+                    logger.warning(
+                        "engine process %d could not reach Redis; starting another", child.pid
+                    )
+                else:
+                    logger.error(
+                        "engine process %d exited with %s; starting another", child.pid, code
+                    )
+                    moved = await self._move_crashed(slot)
+                    if moved is None:
+                        verdict = self._crashed(slot)
             # Retired after any move: its work is taken over at once, and must find the mark.
             await self._retire(slot)
             if verdict is not None:
@@ -432,8 +435,9 @@ class EngineProcesses:
         slot = len(self._lanes) - 1
         child = self._children[slot]
         live = child is not None and child.returncode is None and slot not in self._verdicts
+        pid = child.pid if live and child is not None else None
         evaluating = bool(self._boards[slot].read().evaluation_started_ns)
-        self._throttle.tick(child.pid if live and child else None, evaluating=evaluating, busy=busy)
+        self._throttle.tick(pid, evaluating=evaluating, busy=busy)
 
     def _judged(self, slot: int, pid: int, verdict: TurnVerdict) -> None:
         logger.warning("engine process %d: %s; killing it", pid, verdict.error["title"])
