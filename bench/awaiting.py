@@ -20,6 +20,9 @@ Two measurements against one sidecar process (embedded Redis, one engine process
   connection). W1 (Runs of `bench.hold`) is measured before the streams and again beside
   them. The same streams held on the bare grpc.aio server of `bench.echo` give what the
   transport alone costs per stream, so the sidecar's own part shows.
+- The transport's floor (`bench.echo_burst`): the same bursts of callers on the bare echo
+  server, two calls each (as a Signal and an AwaitInstance), so the W3 figures stand next to
+  what this client and grpc.aio take for the burst with no work on the server at all.
 
 docs/benchmarks.md records the figures; the tests run it with tiny counts and assert no speed.
 """
@@ -44,6 +47,7 @@ from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
 
 from bench.echo import HOLD_METHOD
+from bench.echo_burst import CALLS_EACH, measure_echo_floor
 from bench.load import drive, percentile
 from bench.processes import echo_process, sidecar_process
 from bench.workloads import APPROVE, HOLD, SIGNAL, run_request
@@ -106,6 +110,9 @@ class Observed:
     rates: list[float] = field(default_factory=list)
     signals: int = 0  # per round
     in_flight: int = 0
+    signal_bytes: bytes = b""  # a Signal request as W3 sends it: the floor's echo payload
+    # The same bursts on the bare echo server: each caller's seconds (bench.echo_burst).
+    floor_s: list[float] = field(default_factory=list)
 
     @property
     def latencies_s(self) -> dict[str, list[float]]:
@@ -205,6 +212,12 @@ async def bounded(work: Callable[[str], Awaitable[Any]], items: Sequence[str], l
     await asyncio.gather(*(one(item) for item in items))
 
 
+def signal_request(instance_id: str) -> pb.SignalRequest:
+    signal = pb.SignalRequest(instance_id=instance_id, signal=SIGNAL)
+    signal.payload.struct_value.fields["by"].string_value = "bench"
+    return signal
+
+
 async def observe_all(
     stub: Stub, ids: Sequence[str], style: str, in_flight: int
 ) -> tuple[list[Caller], int, float]:
@@ -219,8 +232,7 @@ async def observe_all(
 
     async def observe(instance_id: str) -> Caller:
         nonlocal calls
-        signal = pb.SignalRequest(instance_id=instance_id, signal=SIGNAL)
-        signal.payload.struct_value.fields["by"].string_value = "bench"
+        signal = signal_request(instance_id)
         waiting = None
         if style == AWAITING_FIRST:
             # Already waiting when the Signal goes: commit -> seen is the wake-up alone.
@@ -270,6 +282,7 @@ async def measure_observed(stub: Stub, *, count: int, rounds: int, in_flight: in
             styles.reverse()
         for style in styles:
             ids = await start_parked(stub, APPROVE, count)
+            observed.signal_bytes = signal_request(ids[0]).SerializeToString()
             callers, calls, rate = await observe_all(stub, ids, style, in_flight)
             observed.add(style, callers, calls, rate)
             log(f"round {round_number + 1}: {style}: {count} observed, {rate:.0f} completions/s")
@@ -413,6 +426,15 @@ async def measure(
         held = None
         if streams:
             held = await measure_streams(server.address, stub, server.pid, count=streams, w1=w1)
+    if rounds:
+        observed.floor_s = await measure_echo_floor(
+            work_dir,
+            observed.signal_bytes,
+            callers=count,
+            rounds=rounds,
+            in_flight=observed.in_flight,
+        )
+        log(floor_line(observed))
     if held is not None:
         held.bare = await measure_bare_streams(work_dir, streams)
     return observed, held
@@ -430,6 +452,19 @@ def little_line(observed: Observed) -> str:
     return head + (
         f"{observed.in_flight} in flight: {observed.in_flight / rate * 1000:.0f} ms each on "
         "average (Little's law)"
+    )
+
+
+def floor_line(observed: Observed) -> str:
+    """The same bursts on the bare echo server: the transport's own time for them."""
+    p50, p99 = _p50_p99(observed.floor_s)
+    if observed.in_flight >= observed.signals:
+        callers = f"{observed.signals} callers at once"
+    else:
+        callers = f"{observed.signals} callers, {observed.in_flight} at a time"
+    return (
+        f"bare grpc.aio echo server, {callers}, {CALLS_EACH} calls each (as Signal, then"
+        f" AwaitInstance): p50 {p50:.1f} ms, p99 {p99:.1f} ms, with no work on the server"
     )
 
 
@@ -469,6 +504,8 @@ def report(observed: Observed, held: Streams | None) -> str:
     ]
     if observed.rates:
         lines.append(little_line(observed))
+    if observed.floor_s:
+        lines.append(floor_line(observed))
     if held is not None:
         lines += [
             "",
@@ -480,10 +517,14 @@ def report(observed: Observed, held: Streams | None) -> str:
     if awaited:
         p99 = percentile(awaited, 99) * 1000
         verdict = "meets" if p99 <= TARGET_P99_MS else "misses"
-        lines.append(
+        line = (
             f"AwaitInstance p99 {p99:.1f} ms {verdict} the {TARGET_P99_MS:.0f} ms target "
             f"(p50 {percentile(awaited, 50) * 1000:.1f} ms)"
         )
+        if observed.floor_s:
+            floor_p99 = _p50_p99(observed.floor_s)[1]
+            line += f"; the bare echo server's p99 for the same bursts: {floor_p99:.1f} ms"
+        lines.append(line)
     return "\n".join(lines)
 
 
