@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from okra_client import (
     InstanceAlreadyFinishedError,
+    InstanceNotFailedError,
     InstanceNotFoundError,
     InvalidArgumentError,
     OkraClient,
@@ -109,6 +110,27 @@ async def test_watch_yields_each_change_until_finished(
     assert seen[0].status is WorkflowStatus.WAITING
     assert seen[-1].status is WorkflowStatus.COMPLETED
     assert [i.revision for i in seen] == sorted({i.revision for i in seen})
+
+
+async def test_a_handle_carries_the_operator_verbs(
+    counted: tuple[OkraClient, CallCounter],
+) -> None:
+    client, _ = counted
+    handle = await client.start(APPROVAL, {"amount": 6})
+    await handle.wait(until=["waiting"])
+    await handle.suspend("audit")
+    assert (await handle.describe()).status is WorkflowStatus.SUSPENDED
+    await handle.signal("approve", {"by": "op"})  # kept until Resume
+    await handle.resume("audit done")
+    assert await handle.result(timeout_s=10) == {"amount": 6, "approvedBy": "op"}
+    with pytest.raises(InstanceNotFailedError):
+        await handle.retry("nothing failed", variables={"attempt": 2})
+    assert await handle.reset("/do/0/askForApproval", "again") is WorkflowStatus.COMPLETED
+    await handle.wait(until=["waiting"])
+    await handle.cancel("done with it")
+    await handle.delete()
+    with pytest.raises(InstanceNotFoundError):
+        await handle.describe()
 
 
 async def test_signal_with_start_and_count(counted: tuple[OkraClient, CallCounter]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from okra_client.models import (
@@ -98,6 +98,37 @@ class WorkflowHandle:
     async def cancel(self, reason: str | None = None, *, timeout_s: float | None = None) -> None:
         """Cancel the instance (see OkraClient.cancel)."""
         await self._client.cancel(self.id, reason, timeout_s=timeout_s)
+
+    async def suspend(self, reason: str = "", *, timeout_s: float | None = None) -> None:
+        """Pause the instance: it starts no task until `resume` (see OperatorClient.suspend)."""
+        await self._client.operator.suspend(self.id, reason, timeout_s=timeout_s)
+
+    async def resume(self, reason: str = "", *, timeout_s: float | None = None) -> None:
+        """Let the suspended instance carry on where it stopped (see OperatorClient.resume)."""
+        await self._client.operator.resume(self.id, reason, timeout_s=timeout_s)
+
+    async def retry(
+        self,
+        reason: str = "",
+        *,
+        variables: Mapping[str, Json] | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Run the failed instance again from the task that failed it; that task's pointer."""
+        return await self._client.operator.retry(
+            self.id, reason, variables=variables, timeout_s=timeout_s
+        )
+
+    async def reset(
+        self, task: str, reason: str = "", *, timeout_s: float | None = None
+    ) -> WorkflowStatus:
+        """Take the instance back to the top-level `task` (e.g. `/do/1/charge`) and run it on
+        from there; the status it had before (see OperatorClient.reset)."""
+        return await self._client.operator.reset(self.id, task, reason, timeout_s=timeout_s)
+
+    async def delete(self, *, timeout_s: float | None = None) -> None:
+        """Delete the finished instance with its history (see OperatorClient.delete)."""
+        await self._client.operator.delete(self.id, timeout_s=timeout_s)
 
     async def history(self, *, page_size: int | None = None) -> AsyncIterator[HistoryEvent]:
         """Every lifecycle event, oldest first, page by page."""
