@@ -23,6 +23,7 @@ from okra_sidecar.operator.render import (
     echo_json,
     echo_record,
     echo_table,
+    iso_time,
     short_time,
 )
 from okra_sidecar.operator.session import call_sidecar
@@ -38,14 +39,15 @@ def instance_json(instance: WorkflowInstance) -> dict[str, Json]:
     if instance.error is not None:
         data["error"] = dataclasses.asdict(instance.error)
     if instance.updated_at is not None:
-        data["updatedAt"] = short_time(instance.updated_at)
+        data["updatedAt"] = iso_time(instance.updated_at)
     if instance.cancel_reason:
         data["cancelReason"] = instance.cancel_reason
+    data["revision"] = instance.revision
     return data
 
 
 def event_json(event: HistoryEvent) -> dict[str, Json]:
-    data: dict[str, Json] = {"id": event.id, "type": event.type, "time": short_time(event.time)}
+    data: dict[str, Json] = {"id": event.id, "type": event.type, "time": iso_time(event.time)}
     if event.task:
         data["task"] = event.task
     if event.details:

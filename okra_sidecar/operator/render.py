@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["echo_json", "echo_record", "echo_table", "short_time"]
+__all__ = ["echo_json", "echo_record", "echo_table", "iso_time", "short_time"]
 
 # Columns wider than this are cut with an ellipsis in tables; JSON output is never cut.
 MAX_CELL = 60
@@ -21,6 +21,13 @@ def short_time(moment: datetime | None) -> str:
     if moment is None:
         return ""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def iso_time(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC, as the client's `to_json()` writes times, for JSON output."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def compact(data: Any) -> str:

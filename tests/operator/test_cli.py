@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.pki import Authority
 
 OKRA = Path(sys.executable).with_name("okra")
 TIMEOUT_S = 30.0
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ async def test_an_instance_from_start_to_signal(address: str) -> None:
     assert signalled.code == 0 and signalled.out.strip() == "signal s-1 delivered"
     done = await wait_status(address, instance_id, "completed")
     assert done["output"] == {"amount": 7, "approvedBy": "grace"}
+    # Every time in JSON output is RFC 3339, as jq's `fromdate` and other parsers read it.
+    for field in ("startTime", "endTime", "updatedAt"):
+        assert RFC3339.fullmatch(done[field]), (field, done[field])
+    assert done["revision"] >= 2
 
     finished = await okra(address, "instances", "signal", instance_id, "approve")
     assert finished.code == ExitCode.PRECONDITION, finished.err
@@ -139,6 +145,7 @@ async def test_an_instance_from_start_to_signal(address: str) -> None:
     types = [event["type"] for event in history.json()]
     assert types[0] == "workflow.created" and types[-1] == "workflow.completed"
     assert "task.completed" in types
+    assert all(RFC3339.fullmatch(event["time"]) for event in history.json())
     history_table = await okra(address, "instances", "history", instance_id)
     assert history_table.out.splitlines()[0].split() == ["TIME", "EVENT", "TASK", "DETAILS"]
 
