@@ -109,7 +109,9 @@ def call_sidecar(target: Target, work: Callable[[OkraClient], Awaitable[T]]) -> 
 def _describe(error: OkraRpcError) -> str:
     text = f"{error.code.name}: {error.message}"
     for violation in error.field_violations:
-        text += f"\n  {violation.field}: {violation.description}"
+        line = f"{violation.field}: {violation.description}"
+        if line != error.message:  # a lone violation is often the message itself
+            text += f"\n  {line}"
     if error.retry_delay_s is not None:
         text += f"\n  retry after {error.retry_delay_s:g}s"
     return text

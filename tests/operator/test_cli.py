@@ -236,6 +236,21 @@ async def test_failures_exit_with_their_code(
     assert result.out == ""
 
 
+async def test_a_field_at_fault_is_said_once(address: str) -> None:
+    bad_id = await okra(address, "instances", "get", "not-an-id")
+    assert bad_id.err.splitlines() == [
+        "error: INVALID_ARGUMENT: instance_id: 'not-an-id' is not an instance id:"
+        " expected the UUID that Run returned"
+    ]
+    # Several fields at fault: the message sums them up, each is listed below it.
+    bad_input = await okra(
+        address, "instances", "start", "tests.approval.1.0.0", "--input", '{"amount": "x"}'
+    )
+    first, *fields = bad_input.err.splitlines()
+    assert first.startswith("error: INVALID_ARGUMENT: input.amount does not match")
+    assert fields == ["  input.amount: 'x' is not of type 'number'"]
+
+
 async def test_an_unreachable_sidecar_is_unavailable(address: str) -> None:
     result = await okra("127.0.0.1:1", "--timeout", "1", "workflows", "list")
     assert result.code == ExitCode.UNAVAILABLE
