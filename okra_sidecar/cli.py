@@ -74,7 +74,12 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="okra-sidecar", description="A durable workflow sidecar over Redis."
+        prog="okra-sidecar",
+        description="A durable workflow sidecar over Redis.",
+        # Operators look here first; their verbs live in the `okra` command beside this one.
+        epilog="To operate a running sidecar's instances (list, signal, cancel, suspend, "
+        "resume, retry, reset, delete, watch, bulk operations) and schedules, use the `okra` "
+        "command installed beside this one: `okra --help`.",
     )
     parser.add_argument("--version", action="version", version=f"okra-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--key", help="PEM private key of --cert")
     health.add_argument("--servername", help="name to check the sidecar's certificate against")
     codegen = commands.add_parser(
-        "codegen", help="write typed input types and run helpers from workflow input schemas"
+        "codegen",
+        help="write typed modules (input, output, signals, run helpers and handles) "
+        "from workflow definitions",
     )
     codegen.add_argument("--lang", required=True, choices=["python", "typescript"])
     codegen.add_argument(

@@ -43,6 +43,13 @@ def test_serve_help_prints_them(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(env OKRA_REDIS_URL)" in text and "(env OKRA_LOG_FORMAT)" in text
 
 
+def test_help_points_operators_at_the_okra_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "use the `okra` command" in text and "`okra --help`" in text
+
+
 def test_validate_takes_one_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["validate", str(EXAMPLES / "order.yaml")]) == 0
     assert capsys.readouterr().out == "ok examples.order.1.0.0\n"

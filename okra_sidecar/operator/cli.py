@@ -91,7 +91,7 @@ def okra(
     Examples:
       okra workflows list
       okra instances list --status waiting
-      okra instances signal INSTANCE_ID approval --payload '{"approved": true}'
+      okra instances signal INSTANCE_ID approve --payload '{"by": "grace"}'
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together (mutual TLS needs both)")
