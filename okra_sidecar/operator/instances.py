@@ -258,7 +258,7 @@ def signal_instance(
 @click.option("--reason", help="recorded on the instance and in its history")
 @pass_options
 def cancel_instance(options: Options, instance_id: str, reason: str | None) -> None:
-    """Cancel a pending, running or waiting instance.
+    """Cancel a pending, running, waiting or suspended instance.
 
     \b
     Example:

@@ -135,14 +135,18 @@ class StoreConnections:
         if outcome[0] == "changed":
             raise InstanceChangedError(instance_id, outcome[1])
         if outcome[0] == "finished":
+            # A suspended instance takes signals and Cancel, but cannot be suspended again.
+            allowed = (
+                "pending, running, waiting or suspended"
+                if verb in ("signal", "cancelled")
+                else "pending, running or waiting"
+            )
             raise FailedPreconditionError(
-                f"instance {instance_id} is already {outcome[1]}; only a pending, running "
-                f"or waiting instance can be sent a {verb}"
+                f"instance {instance_id} is already {outcome[1]}; only a {allowed} instance "
+                f"can be sent a {verb}"
                 if verb == "signal"
                 else f"instance {instance_id} is already {outcome[1]} and cannot be {verb}",
                 reason=Reason.INSTANCE_ALREADY_FINISHED,
-                violation=instance_status_violation(
-                    instance_id, "the instance must be pending, running or waiting"
-                ),
+                violation=instance_status_violation(instance_id, f"the instance must be {allowed}"),
                 metadata={"instance": instance_id, "status": outcome[1]},
             )

@@ -84,7 +84,7 @@ async def test_finished_instance_names_the_precondition(client: OkraClient) -> N
         PreconditionViolation(
             "INSTANCE_STATUS",
             f"instance/{instance_id}",
-            "the instance must be pending, running or waiting",
+            "the instance must be pending, running, waiting or suspended",
         ),
     )
 

@@ -66,7 +66,7 @@ async function main(address: string): Promise<void> {
       {
         type: "INSTANCE_STATUS",
         subject: `instance/${cancelled}`,
-        description: "the instance must be pending, running or waiting",
+        description: "the instance must be pending, running, waiting or suspended",
       },
     ]);
     assert.equal(finished.retryable, false);

@@ -302,7 +302,7 @@ class OkraClient:
     async def cancel(
         self, instance_id: str, reason: str | None = None, *, timeout_s: float | None = None
     ) -> None:
-        """Cancel a pending, running or waiting instance (never retried)."""
+        """Cancel a pending, running, waiting or suspended instance (never retried)."""
         request = pb.CancelRequest(instance_id=instance_id, reason=reason or "")
         await self._call(
             lambda t: self._stub.Cancel(request, timeout=t, metadata=self._metadata),
