@@ -84,12 +84,15 @@ def start_bulk(
             }
         )
         return
+    instances = "1 instance" if started.matched == 1 else f"{started.matched} instances"
     if dry_run:
-        click.echo(f"{started.matched} instances match; nothing was changed")
+        click.echo(
+            f"{instances} {'matches' if started.matched == 1 else 'match'}; nothing was changed"
+        )
         for instance_id in started.sample_instance_ids:
             click.echo(f"  {instance_id}")
         return
-    click.echo(f"bulk operation {started.operation_id} started on {started.matched} instances")
+    click.echo(f"bulk operation {started.operation_id} started on {instances}")
 
 
 @bulk.command("get")

@@ -78,6 +78,11 @@ async def test_bulk_from_dry_run_to_done(address: str) -> None:
         await wait_status(address, instance_id, "waiting")
     dry = await okra(address, "bulk", "start", "signal", "--tag", "batch=7", "--dry-run")
     assert dry.code == ExitCode.USAGE  # a signal bulk needs --signal
+    three = await okra(address, "bulk", "start", "cancel", "--tag", "batch=7", "--dry-run")
+    assert three.out.splitlines()[0] == "3 instances match; nothing was changed"
+    solo = await start_approval(address, 5, "--tag", "solo=1")
+    one = await okra(address, "bulk", "start", "cancel", "--tag", "solo=1", "--dry-run")
+    assert one.out.splitlines() == ["1 instance matches; nothing was changed", f"  {solo}"]
     dry = await okra(
         address, "bulk", "start", "cancel", "--tag", "batch=7", "--dry-run", "-o", "json"
     )
