@@ -130,6 +130,9 @@ async def test_errors_are_typed_with_their_details(client: OkraClient) -> None:
     )
     with pytest.raises(ValueError):
         await client.query(status=["sleeping"])
+    # A bulk action is named as the client names it, and a wrong one is refused the same way.
+    with pytest.raises(ValueError, match="'pause' is not a bulk action: use one of cancel, "):
+        await client.operator.start_bulk("pause", dry_run=True)
 
 
 async def test_history_pages_and_emit(client: OkraClient) -> None:

@@ -183,9 +183,17 @@ class OperatorClient:
         timeout_s: float | None = None,
     ) -> BulkStart:
         """Start a bulk operation (`action` one of BULK_ACTIONS) on every instance that Query's
-        filters (the same keywords as `OkraClient.query`) match."""
+        filters (the same keywords as `OkraClient.query`) match.
+
+        Raises:
+            ValueError: `action` is not one of BULK_ACTIONS (as a bad status is, in `query`).
+        """
+        if action not in BULK_ACTIONS:
+            raise ValueError(
+                f"{action!r} is not a bulk action: use one of {', '.join(BULK_ACTIONS)}"
+            )
         request = opb.StartBulkOperationRequest(
-            action=BULK_ACTIONS.get(action, opb.BULK_ACTION_UNSPECIFIED),
+            action=BULK_ACTIONS[action],
             reason=reason,
             signal=signal,
             dry_run=dry_run,
