@@ -76,7 +76,7 @@ async def test_wait_does_not_poll_while_nothing_changes(
     handle = await client.start(APPROVAL, {"amount": 1})
     await handle.wait(until=["waiting"])
     before = counter.calls["AwaitInstance"]
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"was not cancelled, completed or failed within 1.5 s"):
         await handle.wait(timeout_s=1.5)
     # One long poll for the whole wait (the sidecar answers just before its deadline, and
     # the client stops there), where polling every 100 ms would have made about fifteen.

@@ -412,9 +412,10 @@ class OkraClient:
         while True:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left < MIN_AWAIT_S:
+                *others, last = sorted(wanted)
+                statuses = f"{', '.join(others)} or {last}" if others else last
                 raise TimeoutError(
-                    f"instance {instance_id} was not {', '.join(sorted(wanted))} "
-                    f"within {timeout_s} s"
+                    f"instance {instance_id} was not {statuses} within {timeout_s} s"
                 )
             instance = await self.await_instance(
                 instance_id,
