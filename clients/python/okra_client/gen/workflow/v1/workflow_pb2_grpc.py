@@ -113,7 +113,8 @@ class WorkflowHostAPIServicer:
 
     def Signal(self, request, context):
         """Signal delivers a named signal (a CloudEvent whose type is the signal name)
-        to an instance. Signals are kept until a `listen` task consumes them.
+        to a pending, running, waiting or suspended instance (a finished one refuses it
+        with FAILED_PRECONDITION). Signals are kept until a `listen` task consumes them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,7 +135,8 @@ class WorkflowHostAPIServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Cancel moves a pending, running or waiting instance to cancelled.
+        """Cancel moves a pending, running, waiting or suspended instance to cancelled (a
+        finished one refuses it with FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +186,9 @@ class WorkflowHostAPIServicer:
     def SignalWithStart(self, request, context):
         """SignalWithStart starts the instance that `run.request_id` names if it does not exist
         yet, then delivers the signal to it, both in one atomic step: two callers racing with
-        the same request id start one instance and deliver both signals.
+        the same request id start one instance and deliver both signals. As for Signal, the
+        instance must be pending, running, waiting or suspended: a finished one refuses the
+        signal with FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,14 +43,17 @@ class WorkflowHostAPIStub:
     """
     Signal: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.SignalRequest, _workflow_pb2.SignalResponse]
     """Signal delivers a named signal (a CloudEvent whose type is the signal name)
-    to an instance. Signals are kept until a `listen` task consumes them.
+    to a pending, running, waiting or suspended instance (a finished one refuses it
+    with FAILED_PRECONDITION). Signals are kept until a `listen` task consumes them.
     """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.GetStatusRequest, _workflow_pb2.WorkflowInstance]
     """GetStatus returns the current snapshot of one instance."""
     Query: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.QueryRequest, _workflow_pb2.QueryResponse]
     """Query lists instances matching every given filter, newest first."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.CancelRequest, _workflow_pb2.CancelResponse]
-    """Cancel moves a pending, running or waiting instance to cancelled."""
+    """Cancel moves a pending, running, waiting or suspended instance to cancelled (a
+    finished one refuses it with FAILED_PRECONDITION).
+    """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.ListWorkflowsRequest, _workflow_pb2.ListWorkflowsResponse]
     """ListWorkflows returns every registered workflow version this caller may run."""
     Emit: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.EmitRequest, _workflow_pb2.EmitResponse]
@@ -73,7 +76,9 @@ class WorkflowHostAPIStub:
     SignalWithStart: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.SignalWithStartRequest, _workflow_pb2.SignalWithStartResponse]
     """SignalWithStart starts the instance that `run.request_id` names if it does not exist
     yet, then delivers the signal to it, both in one atomic step: two callers racing with
-    the same request id start one instance and deliver both signals.
+    the same request id start one instance and deliver both signals. As for Signal, the
+    instance must be pending, running, waiting or suspended: a finished one refuses the
+    signal with FAILED_PRECONDITION.
     """
     Count: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.CountRequest, _workflow_pb2.CountResponse]
     """Count returns the exact number of instances matching every given filter, as Query
@@ -93,14 +98,17 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     """
     Signal: _aio.UnaryUnaryMultiCallable[_workflow_pb2.SignalRequest, _workflow_pb2.SignalResponse]  # type: ignore[assignment]
     """Signal delivers a named signal (a CloudEvent whose type is the signal name)
-    to an instance. Signals are kept until a `listen` task consumes them.
+    to a pending, running, waiting or suspended instance (a finished one refuses it
+    with FAILED_PRECONDITION). Signals are kept until a `listen` task consumes them.
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_workflow_pb2.GetStatusRequest, _workflow_pb2.WorkflowInstance]  # type: ignore[assignment]
     """GetStatus returns the current snapshot of one instance."""
     Query: _aio.UnaryUnaryMultiCallable[_workflow_pb2.QueryRequest, _workflow_pb2.QueryResponse]  # type: ignore[assignment]
     """Query lists instances matching every given filter, newest first."""
     Cancel: _aio.UnaryUnaryMultiCallable[_workflow_pb2.CancelRequest, _workflow_pb2.CancelResponse]  # type: ignore[assignment]
-    """Cancel moves a pending, running or waiting instance to cancelled."""
+    """Cancel moves a pending, running, waiting or suspended instance to cancelled (a
+    finished one refuses it with FAILED_PRECONDITION).
+    """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflow_pb2.ListWorkflowsRequest, _workflow_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """ListWorkflows returns every registered workflow version this caller may run."""
     Emit: _aio.UnaryUnaryMultiCallable[_workflow_pb2.EmitRequest, _workflow_pb2.EmitResponse]  # type: ignore[assignment]
@@ -123,7 +131,9 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     SignalWithStart: _aio.UnaryUnaryMultiCallable[_workflow_pb2.SignalWithStartRequest, _workflow_pb2.SignalWithStartResponse]  # type: ignore[assignment]
     """SignalWithStart starts the instance that `run.request_id` names if it does not exist
     yet, then delivers the signal to it, both in one atomic step: two callers racing with
-    the same request id start one instance and deliver both signals.
+    the same request id start one instance and deliver both signals. As for Signal, the
+    instance must be pending, running, waiting or suspended: a finished one refuses the
+    signal with FAILED_PRECONDITION.
     """
     Count: _aio.UnaryUnaryMultiCallable[_workflow_pb2.CountRequest, _workflow_pb2.CountResponse]  # type: ignore[assignment]
     """Count returns the exact number of instances matching every given filter, as Query
@@ -152,7 +162,8 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_pb2.SignalResponse, _abc.Awaitable[_workflow_pb2.SignalResponse]]:
         """Signal delivers a named signal (a CloudEvent whose type is the signal name)
-        to an instance. Signals are kept until a `listen` task consumes them.
+        to a pending, running, waiting or suspended instance (a finished one refuses it
+        with FAILED_PRECONDITION). Signals are kept until a `listen` task consumes them.
         """
 
     @_abc_1.abstractmethod
@@ -177,7 +188,9 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_pb2.CancelResponse, _abc.Awaitable[_workflow_pb2.CancelResponse]]:
-        """Cancel moves a pending, running or waiting instance to cancelled."""
+        """Cancel moves a pending, running, waiting or suspended instance to cancelled (a
+        finished one refuses it with FAILED_PRECONDITION).
+        """
 
     @_abc_1.abstractmethod
     def ListWorkflows(
@@ -236,7 +249,9 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflow_pb2.SignalWithStartResponse, _abc.Awaitable[_workflow_pb2.SignalWithStartResponse]]:
         """SignalWithStart starts the instance that `run.request_id` names if it does not exist
         yet, then delivers the signal to it, both in one atomic step: two callers racing with
-        the same request id start one instance and deliver both signals.
+        the same request id start one instance and deliver both signals. As for Signal, the
+        instance must be pending, running, waiting or suspended: a finished one refuses the
+        signal with FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
