@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 KIND_DECISION = "decision"
 KIND_ALERT = "alert"
 KIND_POLICY = "policy"
+# The rpcs that start the instance they name (their denials name the workflow).
+STARTING_METHODS = frozenset({"Run"})
 
 
 class AuditSink(Protocol):
@@ -64,11 +66,14 @@ class Call:
 
     @property
     def target(self) -> str:
-        """The workflow or instance the call is about, for messages."""
-        if self.workflow is not None and self.workflow.key:
-            return self.workflow.full_id
-        if self.instance_id:
-            return self.instance_id
+        """What the call is about, for messages: the instance, then its workflow where the
+        call knows it (`<id> (<workflow>)`); the workflow alone for a Run; else the resource."""
+        workflow = self.workflow.full_id if self.workflow is not None and self.workflow.key else ""
+        # A Run's instance id is the one the sidecar chose for it: the caller named a workflow.
+        if self.instance_id and self.method not in STARTING_METHODS:
+            return f"{self.instance_id} ({workflow})" if workflow else self.instance_id
+        if workflow:
+            return workflow
         if self.resource is not None:
             root, fields = self.resource
             name = fields.get("id") or fields.get("type") or fields.get("queue") or ""

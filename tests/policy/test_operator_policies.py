@@ -11,8 +11,15 @@ from okra_client.gen.workflow.v1 import operator_pb2 as opb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
+from okra_sidecar.errors import Reason
 from okra_sidecar.policy import document as keys
-from tests.helpers import expect_rpc_error, redis_fingerprint, wait_for_status
+from tests.helpers import (
+    assert_reason,
+    detail_types,
+    expect_rpc_error,
+    redis_fingerprint,
+    wait_for_status,
+)
 from tests.policy.support import (
     Policed,
     bearer,
@@ -67,6 +74,8 @@ async def test_a_verb_that_is_switched_off_is_denied_and_writes_nothing(
         assert f"({keys.OPERATOR_ALLOWED[verb]} is false); set it to true" in (
             error.details() or ""
         )
+        # No condition reads the instance, so the workflow is not known: the id alone.
+        assert (error.details() or "").startswith(f"{verb.title()} of {instance_id} denied: ")
         assert await redis_fingerprint(redis) == before
 
 
@@ -142,3 +151,59 @@ async def test_a_delete_condition_on_the_status_keeps_cancelled_instances(
             grpc.StatusCode.NOT_FOUND,
         )
         assert await status_of(policed, cancelled) == pb.WORKFLOW_STATUS_CANCELLED
+
+
+async def test_each_verbs_denial_names_the_verb_the_instance_then_its_workflow(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Conditions that read `instance`, so the decision knows the instance's workflow.
+    condition = "request.auth.claims.role == 'ops' && instance.status != ''"
+    policies = {
+        keys.OPERATOR_CONDITION: condition,
+        keys.SIGNAL_CONDITION: condition,
+        keys.CANCEL_CONDITION: condition,
+    }
+    async with operated(redis_url, tmp_path, policies) as (policed, operator):
+        instance_id = await waiting_instance(policed)
+        calls: dict[str, tuple[Awaitable[object], str]] = {
+            "Suspend": (
+                operator.Suspend(opb.SuspendRequest(instance_id=instance_id), metadata=GUEST),
+                keys.OPERATOR_CONDITION,
+            ),
+            "Resume": (
+                operator.Resume(opb.ResumeRequest(instance_id=instance_id), metadata=GUEST),
+                keys.OPERATOR_CONDITION,
+            ),
+            "Retry": (
+                operator.Retry(opb.RetryRequest(instance_id=instance_id), metadata=GUEST),
+                keys.OPERATOR_CONDITION,
+            ),
+            "Reset": (
+                operator.Reset(
+                    opb.ResetRequest(instance_id=instance_id, task="/do/0/x"), metadata=GUEST
+                ),
+                keys.OPERATOR_CONDITION,
+            ),
+            "Delete": (
+                operator.Delete(opb.DeleteRequest(instance_id=instance_id), metadata=GUEST),
+                keys.OPERATOR_CONDITION,
+            ),
+            "Signal": (
+                policed.stub.Signal(
+                    pb.SignalRequest(instance_id=instance_id, signal="approved"), metadata=GUEST
+                ),
+                keys.SIGNAL_CONDITION,
+            ),
+            "Cancel": (
+                policed.stub.Cancel(pb.CancelRequest(instance_id=instance_id), metadata=GUEST),
+                keys.CANCEL_CONDITION,
+            ),
+        }
+        for verb, (call, policy) in calls.items():
+            error = await expect_rpc_error(call, DENIED)
+            assert (error.details() or "").startswith(
+                f"{verb} of {instance_id} (test.smoke.1.0.0) denied: {policy} `{condition}` "
+                "is false for this call by guest;"
+            ), error.details()
+            assert assert_reason(error, Reason.POLICY_DENIED) == {"policy": policy}
+            assert detail_types(error) == {"google.rpc.ErrorInfo"}
