@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from okra_client import (
     InstanceNotFoundError,
     InvalidArgumentError,
     OkraClient,
+    StatusUnreachableError,
     WorkflowFailedError,
     WorkflowHandle,
     WorkflowStatus,
@@ -94,6 +96,36 @@ async def test_result_of_a_cancelled_instance_raises(
         await handle.result()
     assert raised.value.instance.status is WorkflowStatus.CANCELLED
     assert "not needed" in str(raised.value)
+
+
+async def test_wait_for_a_status_a_finished_instance_cannot_reach_raises_at_once(
+    counted: tuple[OkraClient, CallCounter],
+) -> None:
+    client, counter = counted
+    handle = await client.start(APPROVAL, {"amount": 7})
+    await handle.wait(until=["waiting"])
+    # Finishing while waited on for another status ends the wait, with no deadline given.
+    suspended = asyncio.create_task(handle.wait(until=["suspended"], timeout_s=None))
+    await asyncio.sleep(0.2)
+    assert not suspended.done()
+    await handle.signal("approve", {"by": "ed"})
+    with pytest.raises(StatusUnreachableError) as raised:
+        await asyncio.wait_for(suspended, 5)
+    assert raised.value.instance.status is WorkflowStatus.COMPLETED
+    assert raised.value.until == {WorkflowStatus.SUSPENDED}
+    assert str(raised.value) == (
+        f"instance {handle.id} is completed and will not be suspended unless an operator "
+        "resets or retries it"
+    )
+    # Already finished: one AwaitInstance call answers at once.
+    before = counter.calls["AwaitInstance"]
+    with pytest.raises(StatusUnreachableError, match="will not be running or waiting"):
+        await asyncio.wait_for(handle.wait(until=["waiting", "running"], timeout_s=None), 5)
+    assert counter.calls["AwaitInstance"] - before == 1
+    # A status in `until` still wins, and a Reset makes waiting reachable again.
+    assert (await handle.wait(until=["completed", "waiting"])).status is WorkflowStatus.COMPLETED
+    await handle.reset("/do/0/askForApproval", "again")
+    assert (await handle.wait(until=["waiting"])).status is WorkflowStatus.WAITING
 
 
 async def test_watch_yields_each_change_until_finished(

@@ -637,10 +637,14 @@ export class OkraClient {
 
   /**
    * The instance once its status is in `until` (finished by default), through AwaitInstance
-   * calls that the sidecar answers when the instance changes: nothing polls.
+   * calls that the sidecar answers when the instance changes: nothing polls. The calls ask
+   * for the final statuses too: a finished instance takes another status only if an operator
+   * resets or retries it, so one found finished in a status not in `until` rejects at once
+   * with StatusUnreachableError (the check reads the sidecar's answer, one snapshot: no race).
    */
   async wait(instanceId: string, options: WaitOptions = {}): Promise<WorkflowInstance> {
     const until = options.until ?? FINAL_STATUSES;
+    const statuses = [...new Set([...until, ...FINAL_STATUSES])];
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
     for (;;) {
       const left = deadline - Date.now();
@@ -650,10 +654,11 @@ export class OkraClient {
         throw error;
       }
       const instance = await this.awaitInstance(instanceId, {
-        statuses: [...until],
+        statuses,
         timeoutMs: Math.min(AWAIT_CALL_MS, left),
       });
       if (until.includes(instance.status)) return instance;
+      if (FINAL_STATUSES.includes(instance.status)) throw new StatusUnreachableError(instance, until);
     }
   }
 
@@ -743,6 +748,24 @@ export class WorkflowFailedError extends Error {
         : `instance ${instance.instanceId} failed${instance.error ? `: ${instance.error}` : ""}`,
     );
     this.name = "WorkflowFailedError";
+  }
+}
+
+/**
+ * `wait({ until })` found the instance finished in a status not in `until`: only an operator's
+ * Reset or Retry could give it another, so waiting on would only end at the deadline.
+ * `instance` is the finished instance as the sidecar answered it.
+ */
+export class StatusUnreachableError extends Error {
+  constructor(
+    readonly instance: WorkflowInstance,
+    readonly until: readonly WorkflowStatus[],
+  ) {
+    super(
+      `instance ${instance.instanceId} is ${instance.status} and will not be ` +
+        `${until.join(" or ")} unless an operator resets or retries it`,
+    );
+    this.name = "StatusUnreachableError";
   }
 }
 

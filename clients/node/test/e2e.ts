@@ -9,7 +9,13 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 
-import { OkraClient, OkraError, WorkflowFailedError, WorkflowInstance } from "../src/client";
+import {
+  OkraClient,
+  OkraError,
+  StatusUnreachableError,
+  WorkflowFailedError,
+  WorkflowInstance,
+} from "../src/client";
 
 async function rejects(call: Promise<unknown>, code: grpc.status): Promise<OkraError> {
   try {
@@ -151,6 +157,19 @@ async function main(address: string): Promise<void> {
     });
     await cancelledHandle.cancel("stop");
     await assert.rejects(cancelledHandle.result(), WorkflowFailedError);
+    // Waiting for a status that a finished instance cannot reach rejects at once, not at the
+    // deadline: only an operator's Reset or Retry could change it.
+    const waitStarted = Date.now();
+    await assert.rejects(
+      cancelledHandle.wait({ until: ["waiting", "suspended"], timeoutMs: 20_000 }),
+      (error: unknown) =>
+        error instanceof StatusUnreachableError &&
+        error.instance.status === "cancelled" &&
+        error.message ===
+          `instance ${cancelledHandle.id} is cancelled and will not be waiting or suspended ` +
+            "unless an operator resets or retries it",
+    );
+    assert.ok(Date.now() - waitStarted < 5_000, "rejected before the deadline");
     assert.equal(await client.count({ tags: { client: "node-handle" } }), 1);
     assert.equal(await client.count({ tags: { client: "node" }, status: ["completed"] }), 1);
     const watchMissing = (async () => {

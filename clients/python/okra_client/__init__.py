@@ -44,7 +44,7 @@ from okra_client.errors import (
     UnimplementedError,
     WorkflowNotFoundError,
 )
-from okra_client.handle import WorkflowFailedError, WorkflowHandle
+from okra_client.handle import StatusUnreachableError, WorkflowFailedError, WorkflowHandle
 from okra_client.models import (
     HistoryEvent,
     HistoryPage,
@@ -109,6 +109,7 @@ __all__ = [
     "ScheduleNotFoundError",
     "SignalResult",
     "SignalWithStartResult",
+    "StatusUnreachableError",
     "TokenInvalidError",
     "TokenMissingError",
     "UnauthenticatedError",

@@ -20,7 +20,7 @@ import grpc
 from okra_client.errors import REASONS, OkraRpcError, error_from_rpc
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from okra_client.gen.workflow.v1 import workflow_pb2_grpc as pb_grpc
-from okra_client.handle import WorkflowHandle
+from okra_client.handle import StatusUnreachableError, WorkflowHandle, join_statuses
 from okra_client.models import (
     FINISHED_STATUSES,
     STATUS_TO_PB,
@@ -401,9 +401,13 @@ class OkraClient:
         """The instance once its status is in `until` (finished by default).
 
         Nothing polls: each AwaitInstance call returns when the instance changes to a status
-        in `until`, or just before its deadline, and then the next call waits on.
+        in `until` or to a final one, or just before its deadline, and then the next call
+        waits on. A finished instance takes another status only if an operator resets or
+        retries it, so one found finished in a status not in `until` raises at once instead
+        of waiting for ever (the check reads the sidecar's answer, one snapshot: no race).
 
         Raises:
+            StatusUnreachableError: it has finished in a status not in `until`.
             TimeoutError: it did not within `timeout_s` seconds (None: wait for ever).
         """
         wanted = frozenset(WorkflowStatus(s) for s in until)
@@ -412,18 +416,18 @@ class OkraClient:
         while True:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left < MIN_AWAIT_S:
-                *others, last = sorted(wanted)
-                statuses = f"{', '.join(others)} or {last}" if others else last
                 raise TimeoutError(
-                    f"instance {instance_id} was not {statuses} within {timeout_s} s"
+                    f"instance {instance_id} was not {join_statuses(wanted)} within {timeout_s} s"
                 )
             instance = await self.await_instance(
                 instance_id,
-                statuses=wanted,
+                statuses=wanted | FINISHED_STATUSES,
                 timeout_s=AWAIT_CALL_S if left is None else min(AWAIT_CALL_S, left),
             )
             if instance.status in wanted:
                 return instance
+            if instance.status in FINISHED_STATUSES:
+                raise StatusUnreachableError(instance, wanted)
 
     async def await_instance(
         self,

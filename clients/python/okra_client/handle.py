@@ -17,7 +17,13 @@ from okra_client.models import (
 if TYPE_CHECKING:
     from okra_client.client import OkraClient
 
-__all__ = ["WorkflowFailedError", "WorkflowHandle"]
+__all__ = ["StatusUnreachableError", "WorkflowFailedError", "WorkflowHandle", "join_statuses"]
+
+
+def join_statuses(statuses: Iterable[WorkflowStatus]) -> str:
+    """`cancelled, completed or failed`: the statuses in a message, in a stable order."""
+    *others, last = sorted(statuses)
+    return f"{', '.join(others)} or {last}" if others else last
 
 
 class WorkflowFailedError(Exception):
@@ -33,6 +39,23 @@ class WorkflowFailedError(Exception):
             message = f"instance {instance.instance_id} failed{detail}"
         super().__init__(message)
         self.instance = instance
+
+
+class StatusUnreachableError(Exception):
+    """`wait(until=...)` found the instance finished in a status not in `until`.
+
+    A finished instance takes another status only when an operator resets or retries it, so
+    waiting on could only end at the deadline. `instance` is the finished instance as the
+    sidecar answered it, `until` the statuses asked for.
+    """
+
+    def __init__(self, instance: WorkflowInstance, until: Iterable[WorkflowStatus]) -> None:
+        self.instance = instance
+        self.until = frozenset(until)
+        super().__init__(
+            f"instance {instance.instance_id} is {instance.status} and will not be "
+            f"{join_statuses(self.until)} unless an operator resets or retries it"
+        )
 
 
 class WorkflowHandle:
@@ -62,6 +85,8 @@ class WorkflowHandle:
         """The instance once its status is in `until` (finished by default).
 
         Raises:
+            StatusUnreachableError: it has finished in a status not in `until` (see
+                OkraClient.wait).
             TimeoutError: it was not within `timeout_s` seconds (None: wait for ever).
         """
         return await self._client.wait(self.id, until=until, timeout_s=timeout_s)

@@ -168,7 +168,10 @@ class WorkflowHostAPIServicer:
         """AwaitInstance waits, without polling, until the instance is in one of `statuses`
         (any final status when none is given) or its revision differs from `revision`, and
         returns it. Near the call's deadline (or after a minute without one) it returns the
-        instance as it is, so a caller can call again with the revision it got.
+        instance as it is, so a caller can call again with the revision it got. A final
+        instance still changes when an operator resets, retries or deletes it, so statuses it
+        is not in (e.g. WAITING for a completed one) wait until the deadline like any other;
+        to learn at once that the instance has finished, list the final statuses too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,10 @@ class WorkflowHostAPIStub:
     """AwaitInstance waits, without polling, until the instance is in one of `statuses`
     (any final status when none is given) or its revision differs from `revision`, and
     returns it. Near the call's deadline (or after a minute without one) it returns the
-    instance as it is, so a caller can call again with the revision it got.
+    instance as it is, so a caller can call again with the revision it got. A final
+    instance still changes when an operator resets, retries or deletes it, so statuses it
+    is not in (e.g. WAITING for a completed one) wait until the deadline like any other;
+    to learn at once that the instance has finished, list the final statuses too.
     """
     WatchInstance: _grpc.UnaryStreamMultiCallable[_workflow_pb2.WatchInstanceRequest, _workflow_pb2.WatchInstanceResponse]
     """WatchInstance streams the instance: its current snapshot first, then one snapshot per
@@ -121,7 +124,10 @@ class WorkflowHostAPIAsyncStub(WorkflowHostAPIStub):
     """AwaitInstance waits, without polling, until the instance is in one of `statuses`
     (any final status when none is given) or its revision differs from `revision`, and
     returns it. Near the call's deadline (or after a minute without one) it returns the
-    instance as it is, so a caller can call again with the revision it got.
+    instance as it is, so a caller can call again with the revision it got. A final
+    instance still changes when an operator resets, retries or deletes it, so statuses it
+    is not in (e.g. WAITING for a completed one) wait until the deadline like any other;
+    to learn at once that the instance has finished, list the final statuses too.
     """
     WatchInstance: _aio.UnaryStreamMultiCallable[_workflow_pb2.WatchInstanceRequest, _workflow_pb2.WatchInstanceResponse]  # type: ignore[assignment]
     """WatchInstance streams the instance: its current snapshot first, then one snapshot per
@@ -227,7 +233,10 @@ class WorkflowHostAPIServicer(metaclass=_abc_1.ABCMeta):
         """AwaitInstance waits, without polling, until the instance is in one of `statuses`
         (any final status when none is given) or its revision differs from `revision`, and
         returns it. Near the call's deadline (or after a minute without one) it returns the
-        instance as it is, so a caller can call again with the revision it got.
+        instance as it is, so a caller can call again with the revision it got. A final
+        instance still changes when an operator resets, retries or deletes it, so statuses it
+        is not in (e.g. WAITING for a completed one) wait until the deadline like any other;
+        to learn at once that the instance has finished, list the final statuses too.
         """
 
     @_abc_1.abstractmethod
