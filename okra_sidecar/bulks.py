@@ -23,9 +23,12 @@ BULK_OPERATION_FIELD = "bulkOperation"
 
 
 def verb_event(event_type: str, now_ms: int, reason: str, operation: str) -> dict[str, Any]:
-    """An operator verb's history event; a bulk operation's names it, so that the holder after
-    a crash can tell an instance it acted on from one it did not (engine/runtime/bulk.py)."""
-    event: dict[str, Any] = {"type": event_type, "time": now_ms, "reason": reason}
+    """An operator verb's history event, with its reason when one was given; a bulk
+    operation's names it, so that the holder after a crash can tell an instance it acted on
+    from one it did not (engine/runtime/bulk.py)."""
+    event: dict[str, Any] = {"type": event_type, "time": now_ms}
+    if reason:
+        event["reason"] = reason
     if operation:
         event[BULK_OPERATION_FIELD] = operation
     return event

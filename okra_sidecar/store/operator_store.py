@@ -160,9 +160,7 @@ class OperatorStore(StoreConnections):
             FailedPreconditionError: it is running, pending or suspended (now).
         """
         event = {
-            "type": "workflow.reset",
-            "time": now_ms,
-            "reason": reason,
+            **verb_event("workflow.reset", now_ms, reason, ""),
             "task": task,
             "from": previous,
             # Said in the history itself: a reset runs tasks again, it takes nothing back.

@@ -274,3 +274,48 @@ async def test_watchers_see_suspend_and_resume(stub: Stub, operator: OperatorStu
         assert resumed.instance.status == WAITING
     finally:
         stream.cancel()
+
+
+async def test_a_verb_given_no_reason_records_none_in_the_history(
+    stub: Stub, operator: OperatorStub
+) -> None:
+    waiting = await start_waiting(stub)
+    await operator.Suspend(opb.SuspendRequest(instance_id=waiting))
+    await operator.Resume(opb.ResumeRequest(instance_id=waiting))
+    await operator.Suspend(opb.SuspendRequest(instance_id=waiting))
+    started = await operator.StartBulkOperation(
+        opb.StartBulkOperationRequest(
+            filter=pb.QueryRequest(status=[SUSPENDED]), action=opb.BULK_ACTION_RESUME
+        )
+    )
+
+    async def resumed_by_bulk() -> bool:
+        return (await history_types(stub, waiting)).count("workflow.resumed") == 2
+
+    await eventually(resumed_by_bulk, what="the bulk operation resumed the instance")
+    await stub.Cancel(pb.CancelRequest(instance_id=waiting))
+    failed = await stub.Run(
+        pb.RunRequest(workflow_id="tests.order.1.0.0", input=value({"kind": "crate"}))
+    )
+    await wait_for_status(stub, failed.instance_id, {pb.WORKFLOW_STATUS_FAILED})
+    await operator.Retry(opb.RetryRequest(instance_id=failed.instance_id))
+    await wait_for_status(stub, failed.instance_id, {pb.WORKFLOW_STATUS_FAILED})
+    await operator.Reset(opb.ResetRequest(instance_id=failed.instance_id, task="/do/0/route"))
+
+    verbs = {"workflow.suspended", "workflow.resumed", "workflow.cancelled"}
+    verbs |= {"workflow.retried", "workflow.reset"}
+    recorded = []
+    for instance_id in (waiting, failed.instance_id):
+        page = await stub.GetHistory(pb.GetHistoryRequest(instance_id=instance_id, limit=1000))
+        for event in page.events:
+            if event.type in verbs:
+                recorded.append((event.type, json_format.MessageToDict(event.details)))
+    assert sorted(t for t, _ in recorded) == sorted(
+        ["workflow.suspended"] * 2
+        + ["workflow.resumed"] * 2
+        + ["workflow.cancelled", "workflow.retried", "workflow.reset"]
+    )
+    for event_type, details in recorded:
+        assert "reason" not in details, (event_type, details)
+    bulk_events = [d for _, d in recorded if "bulkOperation" in d]
+    assert [d["bulkOperation"] for d in bulk_events] == [started.operation_id]
