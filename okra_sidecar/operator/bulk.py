@@ -11,12 +11,15 @@ from okra_client.operator import BULK_ACTIONS
 from okra_sidecar.operator.context import Options, pass_options
 from okra_sidecar.operator.instances import query_kwargs
 from okra_sidecar.operator.params import JSON_VALUE, query_filters
-from okra_sidecar.operator.render import echo_json, echo_record, echo_table
+from okra_sidecar.operator.render import echo_json, echo_record, echo_table, short_time
 from okra_sidecar.operator.session import call_sidecar
 
 __all__ = ["bulk"]
 
-COLUMNS = ["OPERATION", "ACTION", "STATE", "MATCHED", "DONE", "SKIPPED", "FAILED"]
+COLUMNS = [
+    *("OPERATION", "ACTION", "STATE", "MATCHED", "DONE", "SKIPPED", "FAILED"),
+    *("CREATED", "UPDATED"),
+]
 
 
 def _row(operation: BulkOperation) -> list[str]:
@@ -26,6 +29,8 @@ def _row(operation: BulkOperation) -> list[str]:
         operation.state,
         *(str(n) for n in (operation.matched, operation.done, operation.skipped)),
         str(operation.failed),
+        short_time(operation.created_at),
+        short_time(operation.updated_at),
     ]
 
 
@@ -121,6 +126,8 @@ def get_bulk(options: Options, operation_id: str) -> None:
         "done": operation.done,
         "skipped": operation.skipped,
         "failed": operation.failed,
+        "created": short_time(operation.created_at),
+        "updated": short_time(operation.updated_at),
     }
     if operation.reasons:
         fields["reasons"] = operation.reasons

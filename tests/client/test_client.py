@@ -153,3 +153,16 @@ async def test_history_pages_and_emit(client: OkraClient) -> None:
     with pytest.raises(InvalidArgumentError) as refused:
         await client.emit("com.example.order.paid.v1", source="")
     assert [v.field for v in refused.value.field_violations] == ["source"]
+
+
+async def test_a_bulk_operations_times_are_utc_like_an_instances(client: OkraClient) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    await client.run("tests.approval.1.0.0", {"amount": 1}, tags={"bulk": "times"})
+    started = await client.operator.start_bulk("cancel", tags={"bulk": "times"})
+    operation = await client.operator.get_bulk(started.operation_id)
+    assert operation.created_at is not None and operation.updated_at is not None
+    assert operation.created_at.tzinfo is UTC and operation.updated_at.tzinfo is UTC
+    assert before <= operation.created_at <= operation.updated_at <= datetime.now(UTC)
+    shape = operation.to_json()
+    assert shape["createdAt"] == operation.created_at.isoformat().replace("+00:00", "Z")
+    assert shape["updatedAt"] == operation.updated_at.isoformat().replace("+00:00", "Z")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from okra_sidecar.operator.session import ExitCode
-from tests.operator.test_cli import address, okra, start_approval, wait_status
+from tests.operator.test_cli import RFC3339, address, okra, start_approval, wait_status
 
 __all__ = ["address"]  # the fixture, used by name
 
@@ -106,7 +106,12 @@ async def test_bulk_from_dry_run_to_done(address: str) -> None:
         if got.json()["state"] == "completed":
             break
         await asyncio.sleep(0.1)
-    assert got.json() == {
+    operation = got.json()
+    # When it started and last moved, ISO 8601 as every time in JSON output.
+    created, updated = operation.pop("createdAt"), operation.pop("updatedAt")
+    assert RFC3339.fullmatch(created) and RFC3339.fullmatch(updated), (created, updated)
+    assert created <= updated
+    assert operation == {
         "operationId": operation_id,
         "action": "signal",
         "state": "completed",
@@ -119,8 +124,18 @@ async def test_bulk_from_dry_run_to_done(address: str) -> None:
     }
     for instance_id in ids:
         await wait_status(address, instance_id, "completed")
+    shown = await okra(address, "bulk", "get", operation_id)
+    assert shown.code == 0, shown.err
+    lines = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in shown.out.splitlines()
+    }
+    assert lines["created"] == f"{created[:10]} {created[11:19]}Z", shown.out
+    assert lines["updated"] == f"{updated[:10]} {updated[11:19]}Z", shown.out
     listed = await okra(address, "bulk", "list")
     assert listed.code == 0 and operation_id in listed.out and "completed" in listed.out
+    header, row = listed.out.splitlines()[:2]
+    assert header.split()[-2:] == ["CREATED", "UPDATED"]
+    assert row.split()[-4:] == [*lines["created"].split(), *lines["updated"].split()]
     cancelled = await okra(address, "bulk", "cancel", operation_id)
     assert cancelled.code == ExitCode.PRECONDITION and "completed already" in cancelled.err
     unknown = await okra(address, "bulk", "get", "00000000-0000-4000-8000-000000000000")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
@@ -63,8 +63,8 @@ class BulkOperation:
     updated_at: datetime | None = None
 
     def to_json(self) -> dict[str, Json]:
-        """camelCase keys, as grpcurl prints the message."""
-        return {
+        """camelCase keys and ISO 8601 times, as grpcurl prints the message."""
+        data: dict[str, Json] = {
             "operationId": self.operation_id,
             "action": self.action,
             "state": self.state,
@@ -75,6 +75,19 @@ class BulkOperation:
             "reasons": dict(self.reasons),
             "reason": self.reason,
         }
+        for key, moment in (("createdAt", self.created_at), ("updatedAt", self.updated_at)):
+            if moment is not None:
+                data[key] = moment.isoformat().replace("+00:00", "Z")
+        return data
+
+
+def _time(message: opb.BulkOperation, name: str) -> datetime | None:
+    """A time of the operation, in UTC as the instances' times are; None when unset."""
+    if not message.HasField(name):  # type: ignore[arg-type]  # name is a Timestamp field
+        return None
+    stamp = getattr(message, name)
+    moment: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return moment
 
 
 def _operation(message: opb.BulkOperation) -> BulkOperation:
@@ -88,8 +101,8 @@ def _operation(message: opb.BulkOperation) -> BulkOperation:
         failed=message.failed,
         reasons=dict(message.reasons),
         reason=message.reason,
-        created_at=message.created_at.ToDatetime() if message.HasField("created_at") else None,
-        updated_at=message.updated_at.ToDatetime() if message.HasField("updated_at") else None,
+        created_at=_time(message, "created_at"),
+        updated_at=_time(message, "updated_at"),
     )
 
 
