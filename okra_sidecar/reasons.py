@@ -249,7 +249,8 @@ REASONS: Mapping[Reason, ReasonSpec] = {
         retryable=False,
         action=(
             "The filter matches more instances than one bulk operation may act on (`limit`, "
-            "`policy` when a policy set it); narrow the filter or split the work."
+            "`policy` when a policy set it); narrow the filter or split the work. A dry run "
+            "answers over the limit, with `matched` and `max_instances`, to preview it."
         ),
     ),
     Reason.MANUAL_RUNS_DISABLED: ReasonSpec(

@@ -49,6 +49,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_BULK_MAX_INSTANCES = 10_000
 MAX_PER_SECOND = 10_000
 SAMPLE_SIZE = 10
+# StartBulkOperationResponse.matched is an int32.
+INT32_MAX = 2**31 - 1
 QUERY_PAGE = 1000
 
 
@@ -196,12 +198,22 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         matching = query_filter(request.filter, limit=QUERY_PAGE, field="filter.")
         granted = grant.bulk_max_instances
         limit = granted or DEFAULT_BULK_MAX_INSTANCES
-        workflows = await self._matching(matching, limit, policy_set=granted is not None)
+        workflows = await self._matching(matching, limit)
+        over = len(workflows) > limit
+        if over and not request.dry_run:
+            raise _too_many_instances(limit, policy_set=granted is not None)
         instance_ids = list(workflows)
         if spec.action is BulkAction.SIGNAL:
             await self._check_payload(spec, set(workflows.values()))
+        matched = len(instance_ids)
+        if over:
+            # A dry run is a preview: past the limit it counts from the indexes rather than
+            # reading every match, and says the limit a real run would be refused over.
+            matched = max(matched, await self._store.count(matching))
         response = opb.StartBulkOperationResponse(
-            matched=len(instance_ids), sample_instance_ids=instance_ids[:SAMPLE_SIZE]
+            matched=min(matched, INT32_MAX),
+            sample_instance_ids=instance_ids[:SAMPLE_SIZE],
+            max_instances=limit,
         )
         if request.dry_run:
             return response
@@ -269,25 +281,15 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         if refusals:
             raise refusals[0]
 
-    async def _matching(
-        self, matching: QueryFilter, limit: int, *, policy_set: bool
-    ) -> dict[str, str]:
-        """Every matching instance id, newest first, with its workflow; refused past `limit`."""
+    async def _matching(self, matching: QueryFilter, limit: int) -> dict[str, str]:
+        """Every matching instance id, newest first, with its workflow; past `limit` it stops
+        reading, so more than `limit` entries mean the filter matches too many."""
         found: dict[str, str] = {}
         cursor = ""
         while True:
             page = await self._store.query(replace(matching, cursor=cursor))
             found.update((r.instance_id, r.workflow_id) for r in page.instances)
-            if len(found) > limit:
-                source = f" ({BULK_MAX_INSTANCES})" if policy_set else ""
-                raise ResourceExhaustedError(
-                    f"the filter matches more than {limit} instances, the most one bulk "
-                    f"operation may act on{source}; narrow the filter or split the work",
-                    reason=Reason.BULK_TOO_MANY_INSTANCES,
-                    policy=BULK_MAX_INSTANCES if policy_set else "",
-                    metadata={"limit": str(limit)},
-                )
-            if not page.cursor:
+            if len(found) > limit or not page.cursor:
                 return found
             cursor = page.cursor
 
@@ -329,6 +331,17 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
         return opb.ListBulkOperationsResponse(
             operations=[bulk_to_pb(r) for r in await self._bulks.recent()]
         )
+
+
+def _too_many_instances(limit: int, *, policy_set: bool) -> ResourceExhaustedError:
+    source = f" ({BULK_MAX_INSTANCES})" if policy_set else ""
+    return ResourceExhaustedError(
+        f"the filter matches more than {limit} instances, the most one bulk "
+        f"operation may act on{source}; narrow the filter or split the work",
+        reason=Reason.BULK_TOO_MANY_INSTANCES,
+        policy=BULK_MAX_INSTANCES if policy_set else "",
+        metadata={"limit": str(limit)},
+    )
 
 
 def _check_operation_id(operation_id: str) -> str:

@@ -86,6 +86,7 @@ def start_bulk(
                 "operationId": started.operation_id or None,
                 "matched": started.matched,
                 "sampleInstanceIds": started.sample_instance_ids,
+                "maxInstances": started.max_instances,
             }
         )
         return
@@ -94,6 +95,12 @@ def start_bulk(
         click.echo(
             f"{instances} {'matches' if started.matched == 1 else 'match'}; nothing was changed"
         )
+        if started.over_limit:
+            click.echo(
+                f"a real run would be refused: {started.matched} is over the limit of "
+                f"{started.max_instances} instances per bulk operation; narrow the filter "
+                "or split the work"
+            )
         for instance_id in started.sample_instance_ids:
             click.echo(f"  {instance_id}")
         return

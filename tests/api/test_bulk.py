@@ -241,7 +241,7 @@ async def test_unknown_and_malformed_operation_ids(operator: OperatorStub) -> No
     assert bad_request_fields(error) == ["operation_id"]
 
 
-async def test_bulk_max_instances_refuses_a_wide_filter(
+async def test_bulk_max_instances_refuses_a_wide_filter_but_a_dry_run_previews_it(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
     policies = write_policies(
@@ -250,20 +250,37 @@ async def test_bulk_max_instances_refuses_a_wide_filter(
         ' "policy.workflow.bulk.condition": "bulk.action != \'delete\'"}',
     )
     async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
-        for _ in range(3):
-            await policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0"))
+        ids = [
+            (await policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0"))).instance_id
+            for _ in range(3)
+        ]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
             operator = OperatorStub(channel)
             before = await settle(redis)  # the three instances' first turns are done
+            # The dry run answers over the limit: the count, a sample and the limit.
+            dry = await operator.StartBulkOperation(start(dry_run=True))
+            assert dry == opb.StartBulkOperationResponse(
+                matched=3, sample_instance_ids=list(reversed(ids)), max_instances=2
+            )
+            # The same filter for real is refused, as before, and starts nothing.
             error = await expect_rpc_error(
-                operator.StartBulkOperation(start(dry_run=True)),
+                operator.StartBulkOperation(start(reason="too wide")),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
             metadata = assert_reason(error, Reason.BULK_TOO_MANY_INSTANCES)
             assert metadata == {"limit": "2", "policy": "policy.workflow.bulk.maxInstances"}
-            error = await expect_rpc_error(
-                operator.StartBulkOperation(start(action=opb.BULK_ACTION_DELETE)),
-                grpc.StatusCode.PERMISSION_DENIED,
-            )
-            assert "policy.workflow.bulk.condition" in (error.details() or "")
+            assert "matches more than 2 instances" in (error.details() or "")
+            # Within the limit a dry run says the limit too.
+            narrow = pb.QueryRequest(workflow_id="test.smoke.1.0.0", correlation_id="none")
+            within = await operator.StartBulkOperation(start(filter=narrow, dry_run=True))
+            assert within == opb.StartBulkOperationResponse(matched=0, max_instances=2)
+            # The policies that decide the action itself still refuse a dry run.
+            for dry_run in (True, False):
+                error = await expect_rpc_error(
+                    operator.StartBulkOperation(
+                        start(action=opb.BULK_ACTION_DELETE, dry_run=dry_run)
+                    ),
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
+                assert "policy.workflow.bulk.condition" in (error.details() or "")
             assert await redis_fingerprint(redis) == before

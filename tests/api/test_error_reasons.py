@@ -272,7 +272,8 @@ async def test_bulk_too_many_instances(redis: Redis, redis_url: str, tmp_path: P
         async with grpc.aio.insecure_channel(f"127.0.0.1:{policed.sidecar.port}") as channel:
             error = await expect_rpc_error(
                 OperatorStub(channel).StartBulkOperation(
-                    opb.StartBulkOperationRequest(action=opb.BULK_ACTION_CANCEL, dry_run=True)
+                    # A real run: a dry run answers over the limit, to preview it.
+                    opb.StartBulkOperationRequest(action=opb.BULK_ACTION_CANCEL)
                 ),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import pytest
+from okra_client import BulkTooManyInstancesError, OkraClient
+from okra_client.gen.workflow.v1 import workflow_pb2 as pb
+from redis.asyncio import Redis
 
 from okra_sidecar.operator.session import ExitCode
+from tests.helpers import redis_fingerprint
 from tests.operator.test_cli import RFC3339, address, okra, start_approval, wait_status
+from tests.policy.support import policed_sidecar, policy_settings, settle, write_policies
 
 __all__ = ["address"]  # the fixture, used by name
 
@@ -91,6 +99,7 @@ async def test_bulk_from_dry_run_to_done(address: str) -> None:
         "operationId": None,
         "matched": 3,
         "sampleInstanceIds": list(reversed(ids)),
+        "maxInstances": 10_000,
     }
     started = await okra(
         address,
@@ -140,3 +149,38 @@ async def test_bulk_from_dry_run_to_done(address: str) -> None:
     assert cancelled.code == ExitCode.PRECONDITION and "completed already" in cancelled.err
     unknown = await okra(address, "bulk", "get", "00000000-0000-4000-8000-000000000000")
     assert unknown.code == ExitCode.NOT_FOUND
+
+
+async def test_a_dry_run_over_bulk_max_instances_previews_what_a_real_run_refuses(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    policies = write_policies(tmp_path, '{"policy.workflow.bulk.maxInstances": 2}')
+    async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
+        ids = [
+            (await policed.stub.Run(pb.RunRequest(workflow_id="test.smoke.1.0.0"))).instance_id
+            for _ in range(3)
+        ]
+        target = f"127.0.0.1:{policed.sidecar.port}"
+        before = await settle(redis)
+        async with OkraClient(target, timeout_s=5.0) as client:
+            preview = await client.operator.start_bulk("cancel", dry_run=True)
+            assert (preview.operation_id, preview.matched, preview.max_instances) == ("", 3, 2)
+            assert preview.sample_instance_ids == list(reversed(ids))
+            assert preview.over_limit
+            with pytest.raises(BulkTooManyInstancesError) as refused:
+                await client.operator.start_bulk("cancel", reason="too wide")
+            assert refused.value.metadata["limit"] == "2"
+        dry = await okra(target, "bulk", "start", "cancel", "--dry-run")
+        assert dry.code == 0, dry.err
+        assert dry.out.splitlines()[:2] == [
+            "3 instances match; nothing was changed",
+            "a real run would be refused: 3 is over the limit of 2 instances per bulk "
+            "operation; narrow the filter or split the work",
+        ]
+        as_json = await okra(target, "bulk", "start", "cancel", "--dry-run", "-o", "json")
+        assert as_json.json()["maxInstances"] == 2 and as_json.json()["matched"] == 3
+        real = await okra(target, "bulk", "start", "cancel", "--reason", "too wide")
+        assert real.code != 0 and "matches more than 2 instances" in real.err
+        narrow = await okra(target, "bulk", "start", "cancel", "--tag", "none=1", "--dry-run")
+        assert narrow.out.splitlines() == ["0 instances match; nothing was changed"]
+        assert await redis_fingerprint(redis) == before

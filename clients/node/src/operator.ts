@@ -18,7 +18,10 @@ export interface BulkStartOptions extends FilterOptions {
   /** For `signal`: the signal's name and payload. */
   signal?: string;
   payload?: unknown;
-  /** Only count the matching instances and show up to ten; change nothing. */
+  /**
+   * Only count the matching instances and show up to ten; change nothing. Answers even when
+   * more match than a real run may act on (`maxInstances`).
+   */
   dryRun?: boolean;
   /** At most this many instances a second (0: as fast as it goes). */
   maxPerSecond?: number;
@@ -29,6 +32,11 @@ export interface BulkStart {
   operationId: string;
   matched: number;
   sampleInstanceIds: string[];
+  /**
+   * The most instances a real run may act on (policy.workflow.bulk.maxInstances, or the
+   * sidecar's default); a real run over it is refused. 0 from a sidecar that does not say.
+   */
+  maxInstances: number;
 }
 
 export interface BulkOperation {
@@ -128,6 +136,7 @@ export class OperatorClient {
       operationId: response.operationId ?? "",
       matched: Number(response.matched ?? 0),
       sampleInstanceIds: response.sampleInstanceIds ?? [],
+      maxInstances: Number(response.maxInstances ?? 0),
     };
   }
 

@@ -74,7 +74,12 @@ async function main(address: string): Promise<void> {
     ];
     await rejects(operator.delete(held[0]), grpc.status.FAILED_PRECONDITION, "INSTANCE_NOT_FINISHED");
     const dry = await operator.startBulk({ action: "cancel", tags, dryRun: true });
-    assert.deepEqual(dry, { operationId: "", matched: 2, sampleInstanceIds: [held[1], held[0]] });
+    assert.deepEqual(dry, {
+      operationId: "",
+      matched: 2,
+      sampleInstanceIds: [held[1], held[0]],
+      maxInstances: 10_000, // the sidecar's default: no policy sets bulk.maxInstances here
+    });
     const started = await operator.startBulk({ action: "cancel", tags, reason: "batch done" });
     assert.equal(started.matched, 2);
     let operation: BulkOperation = await operator.getBulk(started.operationId);

@@ -39,11 +39,19 @@ _STATE_NAMES = {
 
 @dataclass(frozen=True)
 class BulkStart:
-    """What StartBulkOperation answered: the operation id ('' for a dry run) and the matches."""
+    """What StartBulkOperation answered: the operation id ('' for a dry run), the matches, and
+    the most instances a real run may act on (0 from a sidecar that does not say)."""
 
     operation_id: str
     matched: int
     sample_instance_ids: list[str]
+    max_instances: int = 0
+
+    @property
+    def over_limit(self) -> bool:
+        """True when a real run would be refused: more instances match than it may act on
+        (a dry run still answers, to preview)."""
+        return 0 < self.max_instances < self.matched
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,10 @@ class OperatorClient:
         """Start a bulk operation (`action` one of BULK_ACTIONS) on every instance that Query's
         filters (the same keywords as `OkraClient.query`) match.
 
+        A `dry_run` changes nothing and answers even when more instances match than a real
+        run may act on: `max_instances` is that limit and `over_limit` says whether a real
+        run would be refused (BulkTooManyInstancesError).
+
         Raises:
             ValueError: `action` is not one of BULK_ACTIONS (as a bad status is, in `query`).
         """
@@ -229,7 +241,10 @@ class OperatorClient:
             idempotent=dry_run,
         )
         return BulkStart(
-            response.operation_id, response.matched, list(response.sample_instance_ids)
+            response.operation_id,
+            response.matched,
+            list(response.sample_instance_ids),
+            response.max_instances,
         )
 
     async def get_bulk(self, operation_id: str, *, timeout_s: float | None = None) -> BulkOperation:

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from okra_client.gen.workflow.v1 import workflow_pb2 as okra_dot_workflow_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fokra/workflow/v1/operator.proto\x12\x10okra.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fokra/workflow/v1/workflow.proto\"5\n\x0eSuspendRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fSuspendResponse\"4\n\rResumeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0eResumeResponse\"_\n\x0cRetryRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\tvariables\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1d\n\rRetryResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\"A\n\x0cResetRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"X\n\rResetResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x39\n\x0fprevious_status\x18\x02 \x01(\x0e\x32 .okra.workflow.v1.WorkflowStatus\"$\n\rDeleteRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x10\n\x0e\x44\x65leteResponse\"\xeb\x01\n\x19StartBulkOperationRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.okra.workflow.v1.QueryRequest\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.okra.workflow.v1.BulkAction\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\'\n\x07payload\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12\x16\n\x0emax_per_second\x18\x07 \x01(\x05\"`\n\x1aStartBulkOperationResponse\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0f\n\x07matched\x18\x02 \x01(\x05\x12\x1b\n\x13sample_instance_ids\x18\x03 \x03(\t\"/\n\x17GetBulkOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"N\n\x18GetBulkOperationResponse\x12\x32\n\toperation\x18\x01 \x01(\x0b\x32\x1f.okra.workflow.v1.BulkOperation\"\xa7\x03\n\rBulkOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.okra.workflow.v1.BulkAction\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32$.okra.workflow.v1.BulkOperationState\x12\x0f\n\x07matched\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x05\x12\x0f\n\x07skipped\x18\x06 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x05\x12=\n\x07reasons\x18\x08 \x03(\x0b\x32,.okra.workflow.v1.BulkOperation.ReasonsEntry\x12\x0e\n\x06reason\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"2\n\x1a\x43\x61ncelBulkOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"\x1d\n\x1b\x43\x61ncelBulkOperationResponse\"\x1b\n\x19ListBulkOperationsRequest\"Q\n\x1aListBulkOperationsResponse\x12\x33\n\noperations\x18\x01 \x03(\x0b\x32\x1f.okra.workflow.v1.BulkOperation*\xb9\x01\n\nBulkAction\x12\x1b\n\x17\x42ULK_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42ULK_ACTION_CANCEL\x10\x01\x12\x17\n\x13\x42ULK_ACTION_SUSPEND\x10\x02\x12\x16\n\x12\x42ULK_ACTION_RESUME\x10\x03\x12\x15\n\x11\x42ULK_ACTION_RETRY\x10\x04\x12\x16\n\x12\x42ULK_ACTION_DELETE\x10\x05\x12\x16\n\x12\x42ULK_ACTION_SIGNAL\x10\x06*\xa4\x01\n\x12\x42ulkOperationState\x12$\n BULK_OPERATION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_OPERATION_STATE_RUNNING\x10\x01\x12\"\n\x1e\x42ULK_OPERATION_STATE_COMPLETED\x10\x02\x12\"\n\x1e\x42ULK_OPERATION_STATE_CANCELLED\x10\x03\x32\xd4\x06\n\x13WorkflowOperatorAPI\x12N\n\x07Suspend\x12 .okra.workflow.v1.SuspendRequest\x1a!.okra.workflow.v1.SuspendResponse\x12K\n\x06Resume\x12\x1f.okra.workflow.v1.ResumeRequest\x1a .okra.workflow.v1.ResumeResponse\x12H\n\x05Retry\x12\x1e.okra.workflow.v1.RetryRequest\x1a\x1f.okra.workflow.v1.RetryResponse\x12H\n\x05Reset\x12\x1e.okra.workflow.v1.ResetRequest\x1a\x1f.okra.workflow.v1.ResetResponse\x12K\n\x06\x44\x65lete\x12\x1f.okra.workflow.v1.DeleteRequest\x1a .okra.workflow.v1.DeleteResponse\x12o\n\x12StartBulkOperation\x12+.okra.workflow.v1.StartBulkOperationRequest\x1a,.okra.workflow.v1.StartBulkOperationResponse\x12i\n\x10GetBulkOperation\x12).okra.workflow.v1.GetBulkOperationRequest\x1a*.okra.workflow.v1.GetBulkOperationResponse\x12r\n\x13\x43\x61ncelBulkOperation\x12,.okra.workflow.v1.CancelBulkOperationRequest\x1a-.okra.workflow.v1.CancelBulkOperationResponse\x12o\n\x12ListBulkOperations\x12+.okra.workflow.v1.ListBulkOperationsRequest\x1a,.okra.workflow.v1.ListBulkOperationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fokra/workflow/v1/operator.proto\x12\x10okra.workflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fokra/workflow/v1/workflow.proto\"5\n\x0eSuspendRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fSuspendResponse\"4\n\rResumeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0eResumeResponse\"_\n\x0cRetryRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\tvariables\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1d\n\rRetryResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\"A\n\x0cResetRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"X\n\rResetResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x39\n\x0fprevious_status\x18\x02 \x01(\x0e\x32 .okra.workflow.v1.WorkflowStatus\"$\n\rDeleteRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x10\n\x0e\x44\x65leteResponse\"\xeb\x01\n\x19StartBulkOperationRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.okra.workflow.v1.QueryRequest\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.okra.workflow.v1.BulkAction\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\'\n\x07payload\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12\x16\n\x0emax_per_second\x18\x07 \x01(\x05\"w\n\x1aStartBulkOperationResponse\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0f\n\x07matched\x18\x02 \x01(\x05\x12\x1b\n\x13sample_instance_ids\x18\x03 \x03(\t\x12\x15\n\rmax_instances\x18\x04 \x01(\x05\"/\n\x17GetBulkOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"N\n\x18GetBulkOperationResponse\x12\x32\n\toperation\x18\x01 \x01(\x0b\x32\x1f.okra.workflow.v1.BulkOperation\"\xa7\x03\n\rBulkOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.okra.workflow.v1.BulkAction\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32$.okra.workflow.v1.BulkOperationState\x12\x0f\n\x07matched\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x05\x12\x0f\n\x07skipped\x18\x06 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x05\x12=\n\x07reasons\x18\x08 \x03(\x0b\x32,.okra.workflow.v1.BulkOperation.ReasonsEntry\x12\x0e\n\x06reason\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"2\n\x1a\x43\x61ncelBulkOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"\x1d\n\x1b\x43\x61ncelBulkOperationResponse\"\x1b\n\x19ListBulkOperationsRequest\"Q\n\x1aListBulkOperationsResponse\x12\x33\n\noperations\x18\x01 \x03(\x0b\x32\x1f.okra.workflow.v1.BulkOperation*\xb9\x01\n\nBulkAction\x12\x1b\n\x17\x42ULK_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42ULK_ACTION_CANCEL\x10\x01\x12\x17\n\x13\x42ULK_ACTION_SUSPEND\x10\x02\x12\x16\n\x12\x42ULK_ACTION_RESUME\x10\x03\x12\x15\n\x11\x42ULK_ACTION_RETRY\x10\x04\x12\x16\n\x12\x42ULK_ACTION_DELETE\x10\x05\x12\x16\n\x12\x42ULK_ACTION_SIGNAL\x10\x06*\xa4\x01\n\x12\x42ulkOperationState\x12$\n BULK_OPERATION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1c\x42ULK_OPERATION_STATE_RUNNING\x10\x01\x12\"\n\x1e\x42ULK_OPERATION_STATE_COMPLETED\x10\x02\x12\"\n\x1e\x42ULK_OPERATION_STATE_CANCELLED\x10\x03\x32\xd4\x06\n\x13WorkflowOperatorAPI\x12N\n\x07Suspend\x12 .okra.workflow.v1.SuspendRequest\x1a!.okra.workflow.v1.SuspendResponse\x12K\n\x06Resume\x12\x1f.okra.workflow.v1.ResumeRequest\x1a .okra.workflow.v1.ResumeResponse\x12H\n\x05Retry\x12\x1e.okra.workflow.v1.RetryRequest\x1a\x1f.okra.workflow.v1.RetryResponse\x12H\n\x05Reset\x12\x1e.okra.workflow.v1.ResetRequest\x1a\x1f.okra.workflow.v1.ResetResponse\x12K\n\x06\x44\x65lete\x12\x1f.okra.workflow.v1.DeleteRequest\x1a .okra.workflow.v1.DeleteResponse\x12o\n\x12StartBulkOperation\x12+.okra.workflow.v1.StartBulkOperationRequest\x1a,.okra.workflow.v1.StartBulkOperationResponse\x12i\n\x10GetBulkOperation\x12).okra.workflow.v1.GetBulkOperationRequest\x1a*.okra.workflow.v1.GetBulkOperationResponse\x12r\n\x13\x43\x61ncelBulkOperation\x12,.okra.workflow.v1.CancelBulkOperationRequest\x1a-.okra.workflow.v1.CancelBulkOperationResponse\x12o\n\x12ListBulkOperations\x12+.okra.workflow.v1.ListBulkOperationsRequest\x1a,.okra.workflow.v1.ListBulkOperationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BULKOPERATION_REASONSENTRY']._loaded_options = None
   _globals['_BULKOPERATION_REASONSENTRY']._serialized_options = b'8\001'
-  _globals['_BULKACTION']._serialized_start=1723
-  _globals['_BULKACTION']._serialized_end=1908
-  _globals['_BULKOPERATIONSTATE']._serialized_start=1911
-  _globals['_BULKOPERATIONSTATE']._serialized_end=2075
+  _globals['_BULKACTION']._serialized_start=1746
+  _globals['_BULKACTION']._serialized_end=1931
+  _globals['_BULKOPERATIONSTATE']._serialized_start=1934
+  _globals['_BULKOPERATIONSTATE']._serialized_end=2098
   _globals['_SUSPENDREQUEST']._serialized_start=149
   _globals['_SUSPENDREQUEST']._serialized_end=202
   _globals['_SUSPENDRESPONSE']._serialized_start=204
@@ -63,23 +63,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTBULKOPERATIONREQUEST']._serialized_start=637
   _globals['_STARTBULKOPERATIONREQUEST']._serialized_end=872
   _globals['_STARTBULKOPERATIONRESPONSE']._serialized_start=874
-  _globals['_STARTBULKOPERATIONRESPONSE']._serialized_end=970
-  _globals['_GETBULKOPERATIONREQUEST']._serialized_start=972
-  _globals['_GETBULKOPERATIONREQUEST']._serialized_end=1019
-  _globals['_GETBULKOPERATIONRESPONSE']._serialized_start=1021
-  _globals['_GETBULKOPERATIONRESPONSE']._serialized_end=1099
-  _globals['_BULKOPERATION']._serialized_start=1102
-  _globals['_BULKOPERATION']._serialized_end=1525
-  _globals['_BULKOPERATION_REASONSENTRY']._serialized_start=1479
-  _globals['_BULKOPERATION_REASONSENTRY']._serialized_end=1525
-  _globals['_CANCELBULKOPERATIONREQUEST']._serialized_start=1527
-  _globals['_CANCELBULKOPERATIONREQUEST']._serialized_end=1577
-  _globals['_CANCELBULKOPERATIONRESPONSE']._serialized_start=1579
-  _globals['_CANCELBULKOPERATIONRESPONSE']._serialized_end=1608
-  _globals['_LISTBULKOPERATIONSREQUEST']._serialized_start=1610
-  _globals['_LISTBULKOPERATIONSREQUEST']._serialized_end=1637
-  _globals['_LISTBULKOPERATIONSRESPONSE']._serialized_start=1639
-  _globals['_LISTBULKOPERATIONSRESPONSE']._serialized_end=1720
-  _globals['_WORKFLOWOPERATORAPI']._serialized_start=2078
-  _globals['_WORKFLOWOPERATORAPI']._serialized_end=2930
+  _globals['_STARTBULKOPERATIONRESPONSE']._serialized_end=993
+  _globals['_GETBULKOPERATIONREQUEST']._serialized_start=995
+  _globals['_GETBULKOPERATIONREQUEST']._serialized_end=1042
+  _globals['_GETBULKOPERATIONRESPONSE']._serialized_start=1044
+  _globals['_GETBULKOPERATIONRESPONSE']._serialized_end=1122
+  _globals['_BULKOPERATION']._serialized_start=1125
+  _globals['_BULKOPERATION']._serialized_end=1548
+  _globals['_BULKOPERATION_REASONSENTRY']._serialized_start=1502
+  _globals['_BULKOPERATION_REASONSENTRY']._serialized_end=1548
+  _globals['_CANCELBULKOPERATIONREQUEST']._serialized_start=1550
+  _globals['_CANCELBULKOPERATIONREQUEST']._serialized_end=1600
+  _globals['_CANCELBULKOPERATIONRESPONSE']._serialized_start=1602
+  _globals['_CANCELBULKOPERATIONRESPONSE']._serialized_end=1631
+  _globals['_LISTBULKOPERATIONSREQUEST']._serialized_start=1633
+  _globals['_LISTBULKOPERATIONSREQUEST']._serialized_end=1660
+  _globals['_LISTBULKOPERATIONSRESPONSE']._serialized_start=1662
+  _globals['_LISTBULKOPERATIONSRESPONSE']._serialized_end=1743
+  _globals['_WORKFLOWOPERATORAPI']._serialized_start=2101
+  _globals['_WORKFLOWOPERATORAPI']._serialized_end=2953
 # @@protoc_insertion_point(module_scope)

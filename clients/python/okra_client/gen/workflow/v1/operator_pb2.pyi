@@ -349,7 +349,10 @@ class StartBulkOperationRequest(_message.Message):
     signal: _builtins.str
     """For BULK_ACTION_SIGNAL: the signal's name."""
     dry_run: _builtins.bool
-    """Only count the matching instances and show a sample; change nothing."""
+    """Only count the matching instances and show a sample; change nothing. A dry run
+    answers even when more instances match than a real run may act on (`max_instances`
+    in the response says how many).
+    """
     max_per_second: _builtins.int
     """At most this many instances a second, 1 to 10000; 0 means as fast as it goes."""
     @_builtins.property
@@ -388,10 +391,17 @@ class StartBulkOperationResponse(_message.Message):
     OPERATION_ID_FIELD_NUMBER: _builtins.int
     MATCHED_FIELD_NUMBER: _builtins.int
     SAMPLE_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     """Pass to GetBulkOperation; empty for a dry run."""
     matched: _builtins.int
     """How many instances match the filter."""
+    max_instances: _builtins.int
+    """The most instances a real run may act on: `policy.workflow.bulk.maxInstances`, or
+    10000 where no policy sets it. A real run whose filter matches more is refused
+    (RESOURCE_EXHAUSTED, reason BULK_TOO_MANY_INSTANCES) and starts nothing; a dry run
+    answers with `matched` over it, so a preview shows how far over the limit it is.
+    """
     @_builtins.property
     def sample_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 10 of them, newest first."""
@@ -402,10 +412,11 @@ class StartBulkOperationResponse(_message.Message):
         operation_id: _builtins.str = ...,
         matched: _builtins.int = ...,
         sample_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_instances: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched", "operation_id", b"operation_id", "sample_instance_ids", b"sample_instance_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched", "max_instances", b"max_instances", "operation_id", b"operation_id", "sample_instance_ids", b"sample_instance_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
