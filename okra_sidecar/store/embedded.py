@@ -17,6 +17,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from okra_sidecar.errors import StartupError
+from okra_sidecar.subprocesses import signal_child
 
 __all__ = [
     "APPENDFSYNC_CHOICES",
@@ -186,15 +187,13 @@ class EmbeddedRedis:
         try:
             if process is not None and process.returncode is None:
                 # Redis handles SIGTERM as SHUTDOWN: it fsyncs the AOF and removes the socket.
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
+                signal_child(process, signal.SIGTERM)
                 try:
                     async with asyncio.timeout(self._stop_timeout):
                         await process.wait()
                 except TimeoutError:
                     logger.warning("redis-server (pid %d) ignored SIGTERM; killing", process.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
+                    signal_child(process, signal.SIGKILL)
                     await process.wait()
         finally:
             self._release_lock()

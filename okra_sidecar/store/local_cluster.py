@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from okra_sidecar.store.embedded import EmbeddedRedisError, find_redis_server, with_parent_death
 from okra_sidecar.store.multiplexed import MultiplexedRedis
+from okra_sidecar.subprocesses import signal_child
 
 __all__ = ["SLOTS", "ClusterNode", "LocalCluster", "free_node_port"]
 
@@ -299,15 +300,13 @@ class LocalCluster:
         process, node.process = node.process, None
         if process is None or process.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
+        signal_child(process, signum)
         try:
             async with asyncio.timeout(10):
                 await process.wait()
         except TimeoutError:
             logger.warning("cluster node on port %d ignored SIGTERM; killing", node.port)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            signal_child(process, signal.SIGKILL)
             await process.wait()
 
 

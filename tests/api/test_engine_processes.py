@@ -199,3 +199,25 @@ async def test_an_engine_child_that_cannot_reach_redis_exits_for_its_parent_to_r
     # Not an ordinary crash: the parent starts another without counting it against a turn.
     assert process.returncode == STORE_UNAVAILABLE_EXIT, stderr
     assert stderr.startswith(b"error: ") and b"Traceback" not in stderr
+
+
+@pytest.mark.timeout(240)
+async def test_a_sidecar_stopped_with_sigterm_reaps_each_child_once(
+    redis_url: str, unused_tcp_port: int
+) -> None:
+    # Each round stops it at another point of its children's start (importing, setting up,
+    # taking turns, the fork server starting), where they exit on SIGTERM at once or soon.
+    for delay_s in (0.0, 0.5, 1.0, 2.0):
+        output = bytearray()
+        process = await start_process(
+            redis_url,
+            unused_tcp_port,
+            env={"OKRA_ENGINE_PROCESSES": "1", "OKRA_SLOW_EXPRESSION_MS": "100"},
+            output=output,
+        )
+        await asyncio.sleep(delay_s)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+        # asyncio says this when something else reaped a child its watcher waits for.
+        assert b"Unknown child process" not in output, output.decode(errors="replace")
+        assert b"returncode 255" not in output, output.decode(errors="replace")

@@ -28,6 +28,8 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 
+from okra_sidecar.subprocesses import signal_child
+
 __all__ = [
     "FORK_SERVER_ENV",
     "ForkServer",
@@ -296,6 +298,5 @@ async def wait_or_kill(process: asyncio.subprocess.Process, timeout_s: float) ->
     try:
         await asyncio.wait_for(process.wait(), timeout_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        signal_child(process, signal.SIGKILL)
         await process.wait()

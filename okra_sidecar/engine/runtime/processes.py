@@ -63,6 +63,7 @@ from okra_sidecar.engine.runtime.watchdog import (
     running_slow,
 )
 from okra_sidecar.store.embedded import terminate_with_parent
+from okra_sidecar.subprocesses import signal_child
 from okra_sidecar.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class EngineProcesses:
             return await self._spawn(standby=False, lane=lane)
         spare, self._spare = self._spare, None
         if spare is not None and await _ready(spare):
-            spare.process.send_signal(signal.SIGUSR1)
+            _signal(spare.process, signal.SIGUSR1)
             chosen = spare
         else:
             if spare is not None:
@@ -424,8 +425,7 @@ class EngineProcesses:
                     if self._slow_ms:
                         await self._lower_slow_lane(slot, child.pid, reading, now)
                     continue
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+                _signal(child, signal.SIGKILL)
             if self._lanes[-1] is EngineLane.SLOW:
                 self._give_way()
 
@@ -451,8 +451,7 @@ class EngineProcesses:
         children = [*self._children, None if self._spare is None else self._spare.process]
         live = [c for c in children if c is not None and c.returncode is None]
         for child in live:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
+            _signal(child, signal.SIGTERM)
         for child in live:
             await _end(child)
         if self._forks is not None:
@@ -488,15 +487,23 @@ async def _ready(spare: _Spawned) -> bool:
     return False
 
 
+def _signal(child: ChildProcess, signum: int) -> None:
+    """Signal a child unless it has exited, leaving its reaping to its one owner: the pidfd
+    of a forked child, asyncio's child watcher for one started here (subprocesses.py)."""
+    if isinstance(child, ForkedChild):
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+    else:
+        signal_child(child, signum)
+
+
 async def _end(child: ChildProcess) -> None:
     """Wait for a child told to stop; kill it after STOP_TIMEOUT_S."""
-    if child.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
+    _signal(child, signal.SIGTERM)
     try:
         await asyncio.wait_for(child.wait(), timeout=STOP_TIMEOUT_S)
     except TimeoutError:
-        child.kill()
+        _signal(child, signal.SIGKILL)
         await child.wait()
 
 

@@ -16,9 +16,9 @@ at 0 (what the settings allow only without engine processes) everything is evalu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +27,7 @@ from typing import Any
 from okra_sidecar.config import Settings
 from okra_sidecar.engine.definitions.expressions import CompiledExpression, ExpressionError
 from okra_sidecar.engine.runtime.forking import wait_or_kill
+from okra_sidecar.subprocesses import signal_child
 
 __all__ = [
     "ExpressionBudgetError",
@@ -155,8 +156,8 @@ class ExpressionSandbox:
         worker, self._worker = self._worker, None
         if worker is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            worker.kill()
+        # Not worker.kill(): a worker that crashed would be reaped there, before asyncio.
+        signal_child(worker, signal.SIGKILL)
         await worker.wait()
 
     async def close(self) -> None:
