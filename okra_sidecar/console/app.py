@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlparse
 
 import grpc
 from aiohttp import web
-from okra_client import HistoryEvent, OkraClient, WorkflowInstance
+from okra_client import HistoryEvent, OkraClient, WorkflowInstance, WorkflowStatus
 from okra_client.errors import OkraRpcError
 
 from okra_sidecar.console import pages
@@ -37,6 +37,7 @@ __all__ = ["TOKEN_COOKIE", "console_routes"]
 
 TOKEN_COOKIE = "okra_console_token"
 PAGE_SIZE = 50
+STATUSES = tuple(s.value for s in WorkflowStatus)
 LIST_REFRESH_S = 1.0
 # A stream ends after this long; the browser's EventSource reconnects by itself.
 STREAM_MAX_S = 600.0
@@ -114,7 +115,12 @@ def back_on_refusal(path: str) -> Iterator[None]:
     except OkraRpcError as error:
         if error.code == grpc.StatusCode.UNAUTHENTICATED:
             raise
-        details = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
+        # The sidecar's message usually says the same already: add only what it leaves out.
+        details = "; ".join(
+            said
+            for said in (f"{v.field}: {v.description}" for v in error.field_violations)
+            if said not in error.message
+        )
         raise _back(path, error=f"{error.message}{' — ' + details if details else ''}") from None
 
 
@@ -145,9 +151,12 @@ def _query_args(filters: Mapping[str, str]) -> dict[str, Any]:
         if not sep or not key:
             raise FormError(f"tag {filters['tag']!r} is not key=value")
         tags[key] = value
+    status = filters.get("status") or ""
+    if status and status not in STATUSES:
+        raise FormError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     return {
         "workflow_id": filters.get("workflow") or None,
-        "status": [filters["status"]] if filters.get("status") else [],
+        "status": [status] if status else [],
         "tags": tags,
         "correlation_id": filters.get("correlation") or None,
         "started_after": _time(filters.get("after", "")),

@@ -36,6 +36,8 @@ th, td { text-align:left; padding:.45rem .6rem; border-bottom:1px solid var(--li
   white-space:nowrap; vertical-align:top; }
 th { color:var(--muted); font-weight:600; font-size:12px; text-transform:uppercase; }
 td.wrap { white-space:normal; }
+/* A long word (an id, a payload, a reason) wraps instead of widening the page. */
+td.wrap, dd, .notice, pre { overflow-wrap:anywhere; }
 code, pre, .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; }
 pre { margin:0; white-space:pre-wrap; word-break:break-word; }
 .badge { display:inline-block; padding:.05rem .5rem; border-radius:999px; font-size:12px;
@@ -93,6 +95,10 @@ if (live && window.EventSource) {
     for (const [id, html] of Object.entries(update)) {
       const el = document.getElementById(id); if (el) el.innerHTML = html; }
   };
+  // A page left for the back-forward cache keeps its stream open otherwise, and a few of them
+  // take every connection the browser allows to the console: the next page never loads.
+  addEventListener('pagehide', () => source.close());
+  addEventListener('pageshow', e => { if (e.persisted) location.reload(); });
 }
 """
 

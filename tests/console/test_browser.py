@@ -6,6 +6,7 @@ ones docs/console.md shows.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -205,3 +206,36 @@ async def test_a_person_follows_bulk_operations_and_cancels_one(
         )
         left = await stub.Query(pb.QueryRequest(workflow_id=ORDER))
         assert 0 < len(left.instances) <= len(slow)
+
+
+async def test_the_console_still_loads_after_many_actions_on_a_live_page(
+    redis: Redis, redis_url: str, browser: Browser
+) -> None:
+    # Each action leaves a live page behind; kept in the back-forward cache with its event
+    # stream open, six of them took every connection Chromium allows to one host.
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (_, stub, base):
+        instance_id = await run_example(stub, APPROVAL, {"requester": "ada", "amount": 250})
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        await browser.open(f"{base}/console/instances/{instance_id}")
+        badge = "document.querySelector('#summary .badge').textContent"
+        async with asyncio.timeout(20):
+            for _ in range(4):
+                await browser.submit("form[action$='/suspend']", {"reason": "audit"})
+                await browser.wait_for(f"{badge} == 'suspended'")
+                await browser.submit("form[action$='/resume']", {"reason": "audit done"})
+                await browser.wait_for(f"{badge} == 'waiting'")
+
+
+async def test_long_text_wraps_instead_of_widening_the_page(
+    redis: Redis, redis_url: str, browser: Browser
+) -> None:
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (_, stub, base):
+        instance_id = await run_example(stub, APPROVAL, {"requester": "ada", "amount": 250})
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        reason = "<script>alert('x')</script>" + "c" * 990
+        await stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason=reason))
+        await browser.open(f"{base}/console/instances/{instance_id}")
+        assert reason in await browser.evaluate("document.getElementById('summary').innerText")
+        assert await browser.evaluate("document.querySelectorAll('script').length") == 1
+        width = "document.documentElement.scrollWidth <= window.innerWidth"
+        assert await browser.evaluate(width), "the page scrolls sideways"

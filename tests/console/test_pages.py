@@ -49,6 +49,8 @@ async def test_the_instances_page_lists_and_filters(redis: Redis, redis_url: str
         assert "no matching instances" in none.text and "id=count>0<" in none.text
         bad = await http.get(f"{base}/console/instances", params={"tag": "novalue"})
         assert "'novalue' is not key=value" in said(bad)
+        unknown = await http.get(f"{base}/console/instances", params={"status": "done"})
+        assert "status 'done' is not one of pending, running" in said(unknown)
 
 
 async def test_an_instance_page_shows_its_diagram_and_timeline(
@@ -228,6 +230,9 @@ async def test_operator_buttons_suspend_resume_cancel_and_delete(
         shown = await http.get(page)
         assert f'action="/console/instances/{instance_id}/resume"' in shown.text
         assert "is suspended already" in said(await http.post(f"{page}/suspend"))
+        # The refusal says what is wrong once, not again from its field violations.
+        long = said(await http.post(f"{page}/resume", data={"reason": "r" * 1100}))
+        assert long == "reason: is 1100 characters; at most 1024"
         assert said(await http.post(f"{page}/resume")) == "resumed"
         await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
         assert "cancel it first" in said(await http.post(f"{page}/delete"))
