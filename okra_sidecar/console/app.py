@@ -278,22 +278,27 @@ async def instance_stream(request: web.Request) -> web.StreamResponse:
     """
     client = _client(request)
     instance_id = request.match_info["instance_id"]
+    # The revision and status the page shows; without them, the first message is taken as shown.
+    revision = request.query.get("revision", "")
+    shown: int | None = int(revision) if revision.isdigit() else None
+    status = request.query.get("status")
     response = await _sse(request)
 
     async def forward() -> None:
-        shown = False  # the page itself shows the instance as it was
+        nonlocal shown, status
         async for found in client.watch(instance_id, timeout_s=STREAM_MAX_S):
-            if shown:
+            if shown is not None and found.revision != shown:
                 events = await _history(client, instance_id)
-                await _send(
-                    response,
-                    {
-                        "summary": pages.instance_summary(found),
-                        "diagram": await _diagram(request, found, events),
-                        "timeline": pages.timeline_rows(events),
-                    },
-                )
-            shown = True
+                update = {
+                    "summary": pages.instance_summary(found),
+                    "diagram": await _diagram(request, found, events),
+                    "timeline": pages.timeline_rows(events),
+                }
+                # Only on a new status: a person may be typing a reason into these forms.
+                if found.status.value != status:
+                    update["actions"] = pages.instance_actions(found, events)
+                await _send(response, update)
+            shown, status = found.revision, found.status.value
 
     forwarding = asyncio.ensure_future(forward())
     closing = asyncio.ensure_future(_closing(request, STREAM_MAX_S))

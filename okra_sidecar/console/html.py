@@ -82,8 +82,10 @@ svg.diagram .group text { text-anchor:start; font-size:10px; fill:var(--muted); 
 
 # Replaces the element of each server-sent event's name with the HTML the event carries.
 SCRIPT = """
-document.querySelectorAll('form[data-confirm]').forEach(f => f.addEventListener('submit', e => {
-  if (!confirm(f.dataset.confirm)) e.preventDefault(); }));
+// On the document, so that forms a live update puts in the page ask as well.
+document.addEventListener('submit', e => {
+  const f = e.target;
+  if (f.dataset && f.dataset.confirm && !confirm(f.dataset.confirm)) e.preventDefault(); });
 const live = document.querySelector('[data-stream]');
 if (live && window.EventSource) {
   const badge = document.querySelector('.live');

@@ -18,6 +18,7 @@ from okra_sidecar.console.html import badge, esc, pretty_json, when
 
 __all__ = [
     "InstanceFilters",
+    "instance_actions",
     "instance_page",
     "instance_rows",
     "instance_summary",
@@ -192,7 +193,8 @@ def _reset_form(base: str, events: Sequence[HistoryEvent]) -> str:
     )
 
 
-def _actions(instance: WorkflowInstance, events: Sequence[HistoryEvent] = ()) -> str:
+def instance_actions(instance: WorkflowInstance, events: Sequence[HistoryEvent] = ()) -> str:
+    """The buttons the instance's status allows; the live view sends them again when it changes."""
     base = f"/console/instances/{esc(instance.instance_id)}"
     forms: list[str] = []
     if instance.finished or instance.status is WorkflowStatus.WAITING:
@@ -237,7 +239,9 @@ def _actions(instance: WorkflowInstance, events: Sequence[HistoryEvent] = ()) ->
 def instance_page(
     *, instance: WorkflowInstance, events: Sequence[HistoryEvent], diagram: str
 ) -> str:
-    stream = f"/console/instances/{esc(instance.instance_id)}/stream"
+    # What the page shows, so that the live view sends any change made before it connected.
+    shown = urlencode({"revision": instance.revision, "status": instance.status.value})
+    stream = f"/console/instances/{esc(instance.instance_id)}/stream?{esc(shown)}"
     data = "".join(
         f"<h2>{name}</h2>{pretty_json(value)}"
         for name, value in (
@@ -252,7 +256,7 @@ def instance_page(
         f'<div data-stream="{stream}"><span class=live>live</span></div>'
         f"<div class=grid><div class=card id=summary>{instance_summary(instance)}</div>"
         f'<div class=card><h2 style="margin-top:0">Actions</h2>'
-        f"{_actions(instance, events)}</div></div>"
+        f"<div id=actions>{instance_actions(instance, events)}</div></div></div>"
         f'<div class="card scroll"><h2 style="margin-top:0">Diagram</h2>'
         f"<div id=diagram>{diagram}</div></div>"
         '<div class="card scroll"><h2 style="margin-top:0">Timeline</h2>'

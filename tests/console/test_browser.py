@@ -239,3 +239,21 @@ async def test_long_text_wraps_instead_of_widening_the_page(
         assert await browser.evaluate("document.querySelectorAll('script').length") == 1
         width = "document.documentElement.scrollWidth <= window.innerWidth"
         assert await browser.evaluate(width), "the page scrolls sideways"
+
+
+async def test_the_buttons_follow_a_change_made_elsewhere(
+    redis: Redis, redis_url: str, browser: Browser
+) -> None:
+    async with console_sidecar(redis_url, workflows=EXAMPLES) as (sidecar, stub, base):
+        instance_id = await run_example(stub, APPROVAL, {"requester": "ada", "amount": 250})
+        await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_WAITING})
+        await browser.open(f"{base}/console/instances/{instance_id}")
+        await browser.wait_for("document.querySelector('.live.on') !== null")
+        async with OkraClient(f"127.0.0.1:{sidecar.port}") as client:
+            await client.operator.suspend(instance_id, "from the command line")
+        await browser.wait_for("document.querySelector(\"form[action$='/resume']\") !== null")
+        assert (
+            await browser.evaluate("document.querySelector(\"form[action$='/suspend']\")") is None
+        )
+        await browser.submit("form[action$='/resume']", {"reason": "back"})
+        assert "resumed" in await browser.evaluate("document.body.innerText")

@@ -142,6 +142,32 @@ async def test_the_instance_page_streams_each_change_it_is_told_of(
             assert "cancelled" in update["summary"] and "seen live" in update["summary"]
 
 
+async def test_the_instance_page_is_sent_a_change_made_before_its_stream_opened(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        instance_id = await run_waiting(stub)
+        shown = await http.get(f"{base}/console/instances/{instance_id}")
+        found = re.search(r'data-stream="([^"]+)"', shown.text)
+        assert found is not None
+        # Cancelled between the page and its stream: the stream says so, buttons included.
+        await stub.Cancel(pb.CancelRequest(instance_id=instance_id, reason="raced"))
+        url = f"{base}{found.group(1).replace('&amp;', '&')}"
+        async with http.stream("GET", url, timeout=30) as stream:
+            lines = stream.aiter_lines()
+
+            async def next_update() -> dict[str, str]:
+                async for line in lines:
+                    if line.startswith("data: "):
+                        return dict(json.loads(line[6:]))
+                raise AssertionError("the stream ended")
+
+            update = await asyncio.wait_for(next_update(), 10)
+            assert "cancelled" in update["summary"]
+            assert f"/console/instances/{instance_id}/delete" in update["actions"]
+            assert "/suspend" not in update["actions"]
+
+
 async def test_workflows_page_runs_from_the_generated_form(redis: Redis, redis_url: str) -> None:
     async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
         listed = await http.get(f"{base}/console/workflows")
