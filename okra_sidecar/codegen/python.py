@@ -58,11 +58,15 @@ def _literal(value: str | int | bool) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
+def _in_docstring(text: str) -> str:
+    """`text` escaped for a \"\"\"docstring\"\"\": a `"` next to the closing quotes would end it."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _docstring(text: str, indent: str) -> list[str]:
     if not text:
         return []
-    clean = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
-    return [f'{indent}"""{clean}"""']
+    return [f'{indent}"""{_in_docstring(text.strip())}"""']
 
 
 def _object(decl: ObjectDecl) -> list[str]:
@@ -253,7 +257,7 @@ def _header(shim: Shim, snake: str, body: str) -> list[str]:
         f"{snake}_handle",
     ]
     return [
-        f'"""Typed input, output and helpers for workflow {shim.described}.',
+        f'"""Typed input, output and helpers for workflow {_in_docstring(shim.described)}.',
         "",
         f"{shim.marker} from the workflow's input.schema, output.schema and",
         "listen tasks; do not edit.",

@@ -134,7 +134,9 @@ class Shim:
 
     @property
     def described(self) -> str:
-        return f"{self.workflow_id} ({self.title})" if self.title else self.workflow_id
+        """The id and title on one line (a title's line breaks would end a `//` comment)."""
+        title = " ".join(self.title.split())
+        return f"{self.workflow_id} ({title})" if title else self.workflow_id
 
     @property
     def handle_summary(self) -> str:
@@ -156,6 +158,9 @@ class Shim:
 
 
 PRIMITIVES = ("string", "integer", "number", "boolean", "null")
+# How deep schemas may nest counting through $refs: a definition nests at most 64 levels, but
+# a chain of $refs has no bound, and each level is a few Python frames of the recursion below.
+MAX_TYPE_DEPTH = 100
 
 
 def pascal_case(text: str) -> str:
@@ -183,6 +188,7 @@ class _Translator:
         self.result = SchemaTypes(root="")
         self.taken = taken
         self.by_pointer: dict[str, str] = {}
+        self.depth = 0
 
     def fail(self, where: str, problem: str) -> CodegenError:
         return CodegenError(f"{self.source}: {self.label} at {where or '/'}: {problem}")
@@ -239,11 +245,20 @@ class _Translator:
             )
         return NamedType(name)
 
-    def is_object(self, schema: Mapping[str, Any], where: str) -> bool:
+    def is_object(
+        self, schema: Mapping[str, Any], where: str, within: frozenset[int] = frozenset()
+    ) -> bool:
         if "$ref" in schema or any(k in schema for k in ("anyOf", "oneOf", "enum", "const")):
             return False
         if "allOf" in schema:
-            return all(self.is_object(self.part(p, where), where) for p in schema["allOf"])
+            # `within`: the allOfs being looked into, so that one reached again through a
+            # $ref is refused instead of recursing until Python gives up.
+            if id(schema) in within:
+                raise self.fail(where, "allOf includes itself through a $ref: it has no end")
+            if len(within) >= MAX_TYPE_DEPTH:
+                raise self.fail(where, f"allOfs nest more than {MAX_TYPE_DEPTH} levels deep")
+            inner = within | {id(schema)}
+            return all(self.is_object(self.part(p, where), where, inner) for p in schema["allOf"])
         kind = schema.get("type")
         return (kind == "object" or (kind is None and "properties" in schema)) and bool(
             schema.get("properties") or schema.get("allOf")
@@ -276,6 +291,17 @@ class _Translator:
         return list(fields.values())
 
     def type_of(self, schema: Any, where: str, name_hint: str) -> TypeRef:
+        if self.depth >= MAX_TYPE_DEPTH:
+            raise self.fail(
+                where, f"schemas nest more than {MAX_TYPE_DEPTH} levels deep through $refs"
+            )
+        self.depth += 1
+        try:
+            return self.type_of_nested(schema, where, name_hint)
+        finally:
+            self.depth -= 1
+
+    def type_of_nested(self, schema: Any, where: str, name_hint: str) -> TypeRef:
         if schema is True or schema == {}:
             return AnyType()
         if schema is False:
@@ -336,6 +362,47 @@ class _Translator:
             return PrimitiveType("number")
         return AnyType()
 
+    def refuse_bare_cycles(self) -> None:
+        """Refuse aliases that reach themselves through no object, array or map.
+
+        `type A = B; type B = A` or `type A = string | A` is invalid TypeScript and a mypy
+        error; recursion through an array, a map or an object's property is a valid type.
+        """
+        aliases = {d.name: d.type for d in self.result.declarations if isinstance(d, AliasDecl)}
+        pointers = {name: pointer for pointer, name in self.by_pointer.items()}
+        # Depth-first, without recursion: state 1 while a name is on `path`, 2 once done.
+        state: dict[str, int] = {}
+        for root in aliases:
+            if root in state:
+                continue
+            state[root] = 1
+            path, pending = [root], [iter(_bare_names(aliases[root]))]
+            while path:
+                name = next(pending[-1], None)
+                if name is None:
+                    state[path.pop()] = 2
+                    pending.pop()
+                elif name in aliases and state.get(name) == 1:
+                    cycle = " -> ".join([*path[path.index(name) :], name])
+                    raise self.fail(
+                        pointers.get(name, ""),
+                        f"the $ref cycle {cycle} passes through no object or array, so it "
+                        "has no type; recurse through an array or an object's property",
+                    )
+                elif name in aliases and name not in state:
+                    state[name] = 1
+                    path.append(name)
+                    pending.append(iter(_bare_names(aliases[name])))
+
+
+def _bare_names(ref: TypeRef) -> list[str]:
+    """The named types `ref` is, or is a union of: not inside a list or a map."""
+    if isinstance(ref, NamedType):
+        return [ref.name]
+    if isinstance(ref, UnionType):
+        return [name for option in ref.options for name in _bare_names(option)]
+    return []
+
 
 def union(options: list[TypeRef]) -> TypeRef:
     flat: list[TypeRef] = []
@@ -382,4 +449,5 @@ def translate_schema(
         translator.result.declarations[0] = AliasDecl(
             translator.result.root, kind, str(root.get("description") or "")
         )
+    translator.refuse_bare_cycles()
     return translator.result

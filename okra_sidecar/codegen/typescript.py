@@ -52,7 +52,12 @@ def _type(ref: TypeRef) -> str:
 def _doc(text: str, indent: str) -> list[str]:
     if not text:
         return []
-    return [f"{indent}/** {' '.join(text.split()).replace('*/', '* /')} */"]
+    return [f"{indent}/** {_in_comment(text)} */"]
+
+
+def _in_comment(text: str) -> str:
+    """`text` on one line that cannot end a `/** */` comment."""
+    return " ".join(text.split()).replace("*/", "* /")
 
 
 def _object(decl: ObjectDecl) -> list[str]:
@@ -148,6 +153,7 @@ def render_typescript(shim: Shim, *, function: str) -> str:
     """The module's source: the input and output types, the signals, WORKFLOW_ID, a typed
     handle, `run<Name>()`, `start<Name>()` and `<name>Handle()`."""
     blocks = shim.declarations(_object, _alias)
+    described = _in_comment(shim.described)
     if shim.signals:
         names = " | ".join(json.dumps(name) for name in shim.signals)
         blocks.append(
@@ -160,7 +166,7 @@ def render_typescript(shim: Shim, *, function: str) -> str:
     handle_function = f"{function[0].lower()}{function[1:]}Handle"
     blocks += [
         [
-            f"/** Start {shim.described}; resolves to the instance id. */",
+            f"/** Start {described}; resolves to the instance id. */",
             f"export function run{function}(",
             "  client: WorkflowRunner,",
             f"  input: {shim.input.root},",
@@ -170,7 +176,7 @@ def render_typescript(shim: Shim, *, function: str) -> str:
             "}",
         ],
         [
-            f"/** Start {shim.described}; resolves to a typed handle on the instance. */",
+            f"/** Start {described}; resolves to a typed handle on the instance. */",
             f"export async function start{function}(",
             "  client: WorkflowRunner & HandleSource,",
             f"  input: {shim.input.root},",
@@ -190,7 +196,7 @@ def render_typescript(shim: Shim, *, function: str) -> str:
         ],
     ]
     header = [
-        f"// Typed input, output and helpers for workflow {shim.described}.",
+        f"// Typed input, output and helpers for workflow {described}.",
         f"// {shim.marker} from the workflow's input.schema, output.schema and listen",
         "// tasks; do not edit.",
         "",

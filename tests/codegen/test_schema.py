@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -206,3 +207,82 @@ def test_signals_are_the_constant_types_that_listen_tasks_wait_for() -> None:
     )
     assert listened_signals(checkout) == ()
     assert "signal" not in render_typescript(shim(None), function="Order").lower()
+
+
+@pytest.mark.parametrize(
+    ("schema", "cycle"),
+    [
+        ({"$ref": "#"}, "OrderInput -> OrderInput"),
+        (
+            {
+                "properties": {"a": {"$ref": "#/$defs/a"}},
+                "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+            },
+            "OrderA -> OrderB -> OrderA",
+        ),
+        (
+            {
+                "properties": {"a": {"$ref": "#/$defs/a"}},
+                "$defs": {"a": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/a"}]}},
+            },
+            "OrderA -> OrderA",
+        ),
+    ],
+)
+def test_a_ref_cycle_through_no_object_or_array_is_refused(
+    schema: dict[str, Any], cycle: str
+) -> None:
+    # `type A = B; type B = A` would be invalid TypeScript and a mypy error: refuse it instead.
+    with pytest.raises(CodegenError, match=f"{cycle} passes through no object or array"):
+        translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+    # Recursion through an array or an object's property stays a valid recursive type.
+    recursive = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#"}}]}
+    assert ts(recursive).strip() == "export type OrderInput = string | Array<OrderInput>;"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"allOf": [{"$ref": "#"}]},
+        {
+            "properties": {"x": {"$ref": "#/$defs/a"}},
+            "$defs": {
+                "a": {"allOf": [{"$ref": "#/$defs/b"}]},
+                "b": {"allOf": [{"$ref": "#/$defs/a"}]},
+            },
+        },
+    ],
+)
+def test_an_all_of_that_includes_itself_is_refused_not_a_recursion_error(
+    schema: dict[str, Any],
+) -> None:
+    with pytest.raises(CodegenError, match="allOf includes itself"):
+        translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+
+
+def test_a_title_or_description_cannot_break_out_of_a_comment_or_docstring() -> None:
+    title = 'Quote """ and */ and \\N{x}\nsecond line'
+    quoted = {"type": "object", "description": 'ends "quoted"', "properties": {"a": {}}}
+    python = render_python(replace(shim(quoted), title=title), snake="order")
+    compile(python, "shim.py", "exec")
+    assert '(Quote \\"\\"\\" and */ and \\\\N{x} second line).' in python
+    assert '"""ends \\"quoted\\""""' in python
+    typescript = render_typescript(replace(shim(None), title=title), function="Order")
+    assert 'workflow t.order.1.0.0 (Quote """ and * / and \\N{x} second line).' in typescript
+    assert "*/ and" not in typescript and "\nsecond line" not in typescript
+
+
+@pytest.mark.parametrize(
+    "link", [{"$ref": "#/$defs/a{next}"}, {"allOf": [{"$ref": "#/$defs/a{next}"}]}]
+)
+def test_a_long_chain_of_refs_is_refused_not_a_recursion_error(link: dict[str, Any]) -> None:
+    # A definition nests at most 64 levels, but $refs can chain without end.
+    chain = {
+        f"a{i}": json.loads(json.dumps(link).replace("{next}", str(i + 1))) for i in range(2000)
+    }
+    schema = {"properties": {"x": {"$ref": "#/$defs/a0"}}, "$defs": chain | {"a2000": {}}}
+    with pytest.raises(CodegenError, match="more than 100 levels deep"):
+        translate_schema(schema, root_name="OrderInput", source="t.order.1.0.0")
+    short = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(50)}
+    schema = {"properties": {"x": {"$ref": "#/$defs/a0"}}, "$defs": short | {"a50": {}}}
+    assert "x?: OrderA0;" in ts(schema)
