@@ -22,10 +22,12 @@ from tests.clients.node import (
     build_client,
     ensure_node_modules,
     run_node,
+    run_tsc,
 )
 from tests.helpers import WORKFLOWS_DIR, Stub, make_settings, running_sidecar
 from tests.pki import Authority
 from tests.policy.support import policy_settings, write_policies
+from tests.test_examples import EXAMPLES_DIR
 
 E2E_TIMEOUT_S = SCRIPT_TIMEOUT_S
 
@@ -133,3 +135,39 @@ async def test_node_client_reads_timestamps_without_zero_fields(node_client: Nod
     # A time on a whole second arrives without `nanos`: it once made an Invalid Date.
     report = await run_script(node_client, "timestamps.js")
     assert report == {"ok": True}
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 60)
+async def test_node_readme_example_runs_as_written(
+    node_client: NodeToolchain, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    # The README's example, compiled by tsc (strict) and run to its end against the examples:
+    # it once watched an instance that nothing signalled, so it never ended.
+    readme = (NODE_DIR / "README.md").read_text()
+    example = re.search(r"```ts\n(.*?)```", readme, re.S)
+    assert example is not None, "clients/node/README.md has a ```ts example"
+    code, found = re.subn(
+        r'^import \{ OkraClient \} from "./src/client";\n',
+        "",
+        example.group(1).replace('"127.0.0.1:50051"', "process.argv[2]"),
+        flags=re.M,
+    )
+    assert found == 1, "the example imports OkraClient from ./src/client"
+    client = (NODE_DIR / "dist" / "src" / "client").as_posix()
+    script = tmp_path / "readme.ts"
+    script.write_text(
+        f'import {{ OkraClient }} from "{client}";\n\nasync function main(): Promise<void> {{\n'
+        f"{code}console.log(JSON.stringify({{ ok: true, output }}));\n}}\n\nvoid main();\n"
+    )
+    types = NODE_DIR / "node_modules" / "@types"
+    built = run_tsc(
+        node_client,
+        *("--strict", "--target", "ES2022", "--module", "commonjs", "--skipLibCheck"),
+        *("--typeRoots", str(types), "--types", "node", "--outDir", str(tmp_path), str(script)),
+        cwd=tmp_path,
+    )
+    assert built.returncode == 0, f"tsc of the README's example:\n{built.stdout}{built.stderr}"
+    settings = make_settings(redis_url, workflows=EXAMPLES_DIR)
+    async with running_sidecar(settings) as (server, _):
+        report = await run_node(node_client, tmp_path / "readme.js", f"127.0.0.1:{server.port}")
+    assert report["output"]["requester"] == "bo"
