@@ -440,6 +440,23 @@ async def bulks(request: web.Request) -> web.StreamResponse:
     return _html(request, "Bulk operations", pages.bulks_page(found), "bulks")
 
 
+async def bulks_stream(request: web.Request) -> web.StreamResponse:
+    """The bulk operations' rows, sent again whenever their progress changes."""
+    operator = _client(request).operator
+    response = await _sse(request)
+    last = None
+    with contextlib.suppress(ConnectionError, OkraRpcError, TimeoutError):
+        async with asyncio.timeout(STREAM_MAX_S):
+            while True:
+                rows = pages.bulk_rows(await operator.list_bulk())
+                if rows != last:
+                    last = rows
+                    await _send(response, {"bulks": rows})
+                if await _closing(request, LIST_REFRESH_S):
+                    break
+    return response
+
+
 @rpc_errors("bulks")
 async def cancel_bulk(request: web.Request) -> web.StreamResponse:
     _same_origin(request)
@@ -506,6 +523,7 @@ def console_routes(app: web.Application, gateway: ConsoleGateway) -> None:
             web.get("/console/schedules", schedules),
             web.post("/console/schedules/{schedule_id}/{action:pause|resume}", schedule_action),
             web.get("/console/bulks", bulks),
+            web.get("/console/bulks/stream", bulks_stream),
             web.post("/console/bulks/{operation_id}/cancel", cancel_bulk),
         ]
     )

@@ -18,6 +18,8 @@ from okra_sidecar.console.html import badge, esc, pretty_json, when
 
 __all__ = [
     "InstanceFilters",
+    "bulk_rows",
+    "bulks_page",
     "instance_actions",
     "instance_page",
     "instance_rows",
@@ -338,8 +340,8 @@ def schedules_page(schedules: Sequence[Schedule]) -> str:
     )
 
 
-def bulks_page(operations: Sequence[BulkOperation]) -> str:
-    """The bulk operations, newest first, with their progress and a cancel button while running."""
+def bulk_rows(operations: Sequence[BulkOperation]) -> str:
+    """A row per bulk operation with its progress, and a cancel button while it runs."""
     rows = []
     for op in operations:
         handled = op.done + op.skipped + op.failed
@@ -360,12 +362,18 @@ def bulks_page(operations: Sequence[BulkOperation]) -> str:
             f"<td class=wrap>{esc(reasons)}</td><td class=wrap>{esc(op.reason)}</td>"
             f"<td>{when(op.created_at)}</td><td>{when(op.updated_at)}</td><td>{cancel}</td></tr>"
         )
-    body = "".join(rows) or "<tr><td colspan=12 class=muted>no bulk operations</td></tr>"
+    return "".join(rows) or "<tr><td colspan=12 class=muted>no bulk operations</td></tr>"
+
+
+def bulks_page(operations: Sequence[BulkOperation]) -> str:
+    """The bulk operations, newest first, following their progress live."""
     return (
-        "<h1>Bulk operations</h1><div class='card scroll'><table><thead><tr><th>operation</th>"
+        "<h1>Bulk operations</h1><div class='card scroll' data-stream=/console/bulks/stream>"
+        "<span class=live>live</span><table><thead><tr><th>operation</th>"
         "<th>action</th><th>state</th><th>progress</th><th>done</th><th>skipped</th>"
         "<th>failed</th><th>why skipped or failed</th><th>reason</th><th>started</th>"
-        f"<th>last progress</th><th></th></tr></thead><tbody>{body}</tbody></table></div>"
+        "<th>last progress</th><th></th></tr></thead>"
+        f"<tbody id=bulks>{bulk_rows(operations)}</tbody></table></div>"
     )
 
 

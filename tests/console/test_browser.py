@@ -193,6 +193,9 @@ async def test_a_person_follows_bulk_operations_and_cancels_one(
         await browser.wait_for(f"{state.format(done.operation_id)} == 'completed'")
         assert await browser.evaluate(progress.format(done.operation_id)) == "2 of 2"
         assert await browser.evaluate(state.format(running.operation_id)) == "running"
+        # Its progress moves on without a reload.
+        shown = await browser.evaluate(progress.format(running.operation_id))
+        await browser.wait_for(f"{progress.format(running.operation_id)} != {shown!r}")
         await browser.screenshot(shots / "console-bulks.png")
         await browser.submit(f"form[action$='/bulks/{running.operation_id}/cancel']", {})
         assert f"cancelled {running.operation_id}" in await browser.evaluate(
