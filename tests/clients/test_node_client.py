@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from okra_client import OkraClient, ScheduleNotFoundError
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
 
@@ -70,6 +71,18 @@ async def test_node_client_operator_verbs(
     for instance_id in report["cancelled"]:
         cancelled = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
         assert cancelled.cancel_reason == "batch done"
+
+
+@pytest.mark.timeout(E2E_TIMEOUT_S + 30)
+async def test_node_client_schedule_verbs(
+    node_client: NodeToolchain, sidecar: tuple[Sidecar, Stub]
+) -> None:
+    server, _ = sidecar
+    report = await run_script(node_client, "schedules.js", f"127.0.0.1:{server.port}")
+    # What the Node client deleted is gone for the Python client too.
+    async with OkraClient(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(ScheduleNotFoundError):
+            await client.schedules.get(report["scheduleId"])
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S + 30)
@@ -138,36 +151,38 @@ async def test_node_client_reads_timestamps_without_zero_fields(node_client: Nod
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S + 60)
-async def test_node_readme_example_runs_as_written(
+async def test_node_readme_examples_run_as_written(
     node_client: NodeToolchain, redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    # The README's example, compiled by tsc (strict) and run to its end against the examples:
-    # it once watched an instance that nothing signalled, so it never ended.
+    # Each of the README's examples, compiled by tsc (strict) and run to its end against the
+    # examples: the first once watched an instance that nothing signalled, so it never ended.
     readme = (NODE_DIR / "README.md").read_text()
-    example = re.search(r"```ts\n(.*?)```", readme, re.S)
-    assert example is not None, "clients/node/README.md has a ```ts example"
-    code, found = re.subn(
-        r'^import \{ OkraClient \} from "./src/client";\n',
-        "",
-        example.group(1).replace('"127.0.0.1:50051"', "process.argv[2]"),
-        flags=re.M,
-    )
-    assert found == 1, "the example imports OkraClient from ./src/client"
+    examples = re.findall(r"```ts\n(.*?)```", readme, re.S)
+    assert len(examples) == 2, "clients/node/README.md has two ```ts examples"
     client = (NODE_DIR / "dist" / "src" / "client").as_posix()
-    script = tmp_path / "readme.ts"
-    script.write_text(
-        f'import {{ OkraClient }} from "{client}";\n\nasync function main(): Promise<void> {{\n'
-        f"{code}console.log(JSON.stringify({{ ok: true, output }}));\n}}\n\nvoid main();\n"
-    )
     types = NODE_DIR / "node_modules" / "@types"
-    built = run_tsc(
-        node_client,
-        *("--strict", "--target", "ES2022", "--module", "commonjs", "--skipLibCheck"),
-        *("--typeRoots", str(types), "--types", "node", "--outDir", str(tmp_path), str(script)),
-        cwd=tmp_path,
-    )
-    assert built.returncode == 0, f"tsc of the README's example:\n{built.stdout}{built.stderr}"
     settings = make_settings(redis_url, workflows=EXAMPLES_DIR)
     async with running_sidecar(settings) as (server, _):
-        report = await run_node(node_client, tmp_path / "readme.js", f"127.0.0.1:{server.port}")
-    assert report["output"]["requester"] == "bo"
+        for n, example in enumerate(examples):
+            code, found = re.subn(
+                r'^import \{ OkraClient \} from "./src/client";\n',
+                "",
+                example.replace('"127.0.0.1:50051"', "process.argv[2]"),
+                flags=re.M,
+            )
+            assert found == 1, f"example {n} imports OkraClient from ./src/client"
+            script = tmp_path / f"readme{n}.ts"
+            script.write_text(
+                f'import {{ OkraClient }} from "{client}";\n\n'
+                f"async function main(): Promise<void> {{\n{code}"
+                "console.log(JSON.stringify({ ok: true }));\n}\n\nvoid main();\n"
+            )
+            built = run_tsc(
+                node_client,
+                *("--strict", "--target", "ES2022", "--module", "commonjs", "--skipLibCheck"),
+                *("--typeRoots", str(types), "--types", "node", "--outDir", str(tmp_path)),
+                str(script),
+                cwd=tmp_path,
+            )
+            assert built.returncode == 0, f"tsc of example {n}:\n{built.stdout}{built.stderr}"
+            await run_node(node_client, tmp_path / f"readme{n}.js", f"127.0.0.1:{server.port}")

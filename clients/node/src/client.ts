@@ -21,8 +21,10 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
 import { OperatorClient } from "./operator";
+import { ScheduleClient } from "./schedules";
 
 export * from "./operator";
+export * from "./schedules";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -369,6 +371,16 @@ const OPERATOR_METHODS: ReadonlySet<string> = new Set([
   "ListBulkOperations",
 ]);
 
+// The rpcs of okra.schedule.v1.ScheduleHostAPI.
+const SCHEDULE_METHODS: ReadonlySet<string> = new Set([
+  "TriggerWorkflow",
+  "ListSchedules",
+  "GetSchedule",
+  "PauseSchedule",
+  "ResumeSchedule",
+  "DeleteSchedule",
+]);
+
 type RawMessage = any;
 type Unary = (
   request: object,
@@ -477,14 +489,21 @@ function sleep(ms: number): Promise<void> {
 export class OkraClient {
   private readonly stub: grpc.Client & Record<string, Unary>;
   private readonly operatorStub: grpc.Client & Record<string, Unary>;
+  private readonly scheduleStub: grpc.Client & Record<string, Unary>;
   /** The WorkflowOperatorAPI: suspend, resume, retry, reset, delete and bulk operations. */
   readonly operator: OperatorClient;
+  /** The ScheduleHostAPI: trigger (create), get, list, pause, resume and delete schedules. */
+  readonly schedules: ScheduleClient;
   private readonly timeoutMs: number;
   private readonly retry: Required<RetryOptions>;
 
   constructor(address: string, options: ClientOptions = {}) {
     const protoDir = options.protoDir ?? findProtoDir(__dirname);
-    const files = ["okra/workflow/v1/workflow.proto", "okra/workflow/v1/operator.proto"];
+    const files = [
+      "okra/workflow/v1/workflow.proto",
+      "okra/workflow/v1/operator.proto",
+      "okra/schedule/v1/schedule.proto",
+    ];
     const definition = protoLoader.loadSync(files, {
       includeDirs: [protoDir],
       keepCase: false,
@@ -496,6 +515,7 @@ export class OkraClient {
     const loaded = grpc.loadPackageDefinition(definition) as RawMessage;
     const Service = loaded.okra.workflow.v1.WorkflowHostAPI as grpc.ServiceClientConstructor;
     const Operator = loaded.okra.workflow.v1.WorkflowOperatorAPI as grpc.ServiceClientConstructor;
+    const Schedules = loaded.okra.schedule.v1.ScheduleHostAPI as grpc.ServiceClientConstructor;
     const secure = options.tls ? tlsCredentials(options.tls) : undefined;
     const credentials =
       options.credentials ?? secure?.credentials ?? grpc.credentials.createInsecure();
@@ -504,6 +524,12 @@ export class OkraClient {
     // The same channel: grpc-js shares one connection between clients of equal arguments.
     this.operatorStub = new Operator(address, credentials, secure?.options ?? {}) as grpc.Client &
       Record<string, Unary>;
+    this.scheduleStub = new Schedules(address, credentials, secure?.options ?? {}) as grpc.Client &
+      Record<string, Unary>;
+    this.schedules = new ScheduleClient(
+      (method, request, idempotent) => this.call(method, request, idempotent),
+      { toValue, fromValue, toTimestamp, fromTimestamp },
+    );
     this.operator = new OperatorClient(
       (method, request, idempotent) => this.call(method, request, idempotent),
       {
@@ -524,10 +550,15 @@ export class OkraClient {
   close(): void {
     this.stub.close();
     this.operatorStub.close();
+    this.scheduleStub.close();
   }
 
   private attempt(method: string, request: object, deadline: Date): Promise<RawMessage> {
-    const stub = OPERATOR_METHODS.has(method) ? this.operatorStub : this.stub;
+    const stub = OPERATOR_METHODS.has(method)
+      ? this.operatorStub
+      : SCHEDULE_METHODS.has(method)
+        ? this.scheduleStub
+        : this.stub;
     return new Promise((resolve, reject) => {
       stub[method].call(stub, request, new grpc.Metadata(), { deadline }, (error, response) => {
         if (error) reject(new OkraError(error.code, error.details, errorDetails(error)));
