@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -278,13 +278,26 @@ class _Translator:
         if schema.get("allOf") and schema.get("properties"):
             parts.append(schema)
         fields: dict[str, Field] = {}
+
+        def add(found: Field) -> None:
+            # allOf: a key required by any part is required.
+            earlier = fields.get(found.key)
+            required = found.required or bool(earlier and earlier.required)
+            fields[found.key] = replace(found, required=required)
+
         for part in parts:
+            if part is not schema and part.get("allOf"):
+                # An allOf within the allOf (often behind a $ref): its parts' fields too. It
+                # ends: is_object refused an allOf that includes itself.
+                for nested in self.object_fields(name, part, where):
+                    add(nested)
+                continue
             required = set(part.get("required", []))
             for key, sub in (part.get("properties") or {}).items():
                 at = f"{where}/properties/{key}"
                 kind = self.type_of(sub, at, name + pascal_case(key))
                 description = str(sub.get("description") or "") if isinstance(sub, Mapping) else ""
-                fields[key] = Field(key, kind, key in required, description)
+                add(Field(key, kind, key in required, description))
             for key in required - set(part.get("properties") or {}):
                 if key in fields:
                     fields[key] = Field(key, fields[key].type, True, fields[key].description)

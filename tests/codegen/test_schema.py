@@ -144,6 +144,33 @@ def test_unions_and_all_of() -> None:
     assert "vague?: unknown;" in text
 
 
+def test_an_all_of_within_an_all_of_keeps_every_part() -> None:
+    # The fields of an allOf behind a $ref were lost: only the outer parts' own were typed.
+    schema = {
+        "allOf": [{"$ref": "#/$defs/base"}, {"properties": {"c": {"type": "string"}}}],
+        "$defs": {
+            "base": {
+                "allOf": [
+                    {"$ref": "#/$defs/named"},
+                    {"required": ["b"], "properties": {"b": {"type": "integer"}}},
+                ]
+            },
+            "named": {"required": ["a"], "properties": {"a": {"type": "string"}}},
+        },
+    }
+    assert ts(schema).strip() == (
+        "export interface OrderInput {\n  a: string;\n  b: number;\n  c?: string;\n}"
+    )
+    # A key required by one part and declared by another is required.
+    split = {
+        "allOf": [
+            {"required": ["a"], "properties": {"a": {"type": "string"}}},
+            {"properties": {"a": {"type": "string"}}},
+        ]
+    }
+    assert "  a: string;" in ts(split)
+
+
 def test_non_object_root() -> None:
     assert ts({"type": "array", "items": {"type": "integer"}}).strip() == (
         "export type OrderInput = Array<number>;"
