@@ -90,8 +90,16 @@ def generate(lang: str, definitions: Iterable[WorkflowDefinition], out: Path) ->
     if lang not in LANGUAGES:
         raise CodegenError(f"unknown language {lang!r}; choose {' or '.join(LANGUAGES)}")
     files: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for definition in sorted(definitions, key=lambda d: d.id):
         file_name, source = _render(definition, lang)
+        if file_name in owners:
+            # `shop` + `a-b` and `shop-a` + `b`: one module would silently replace the other.
+            raise CodegenError(
+                f"{owners[file_name]} and {definition.id} would both be {file_name}; "
+                "rename one of them (its namespace or name)"
+            )
+        owners[file_name] = definition.id
         files[file_name] = source
     if lang == "python":
         listing = "\n".join(f"- `{name[:-3]}`" for name in sorted(files))

@@ -87,3 +87,27 @@ def test_broken_definitions_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert code == 1
     assert "none: cannot be read: No such file or directory" in capsys.readouterr().err
+
+
+def test_two_workflows_with_one_module_name_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # shop + a-b and shop-a + b are both shop_a_b_v1_0_0: the second module overwrote the first.
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    ping = (WORKFLOWS_DIR / "ping.yaml").read_text()
+    assert "namespace: shop\n" in ping and "name: ping\n" in ping
+    (workflows / "one.yaml").write_text(ping.replace("name: ping\n", "name: a-b\n"))
+    (workflows / "two.yaml").write_text(
+        ping.replace("namespace: shop\n", "namespace: shop-a\n").replace(
+            "name: ping\n", "name: b\n"
+        )
+    )
+    out = tmp_path / "out"
+    code = cli_main(
+        ["codegen", "--lang", "python", "--workflows", str(workflows), "--out", str(out)]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "shop-a.b.1.0.0 and shop.a-b.1.0.0 would both be shop_a_b_v1_0_0.py" in error
+    assert not out.exists()
