@@ -21,6 +21,7 @@ import grpc
 from aiohttp import web
 from okra_client import HistoryEvent, OkraClient, WorkflowInstance, WorkflowStatus
 from okra_client.errors import OkraRpcError
+from okra_client.operator import BULK_ACTIONS
 
 from okra_sidecar.console import pages
 from okra_sidecar.console.diagram import render_svg
@@ -108,8 +109,9 @@ def rpc_errors(section: str) -> Callable[[Handler], Handler]:
 
 
 @contextlib.contextmanager
-def back_on_refusal(path: str) -> Iterator[None]:
-    """A refused action goes back to `path` saying why; no token at all goes to sign-in."""
+def back_on_refusal(path: str, **kept: str) -> Iterator[None]:
+    """A refused action goes back to `path` (with `kept` in its query) saying why; no token at
+    all goes to sign-in."""
     try:
         yield
     except OkraRpcError as error:
@@ -121,7 +123,8 @@ def back_on_refusal(path: str) -> Iterator[None]:
             for said in (f"{v.field}: {v.description}" for v in error.field_violations)
             if said not in error.message
         )
-        raise _back(path, error=f"{error.message}{' — ' + details if details else ''}") from None
+        message = f"{error.message}{' — ' + details if details else ''}"
+        raise _back(path, error=message, **kept) from None
 
 
 def _same_origin(request: web.Request) -> None:
@@ -437,7 +440,47 @@ async def schedule_action(request: web.Request) -> web.StreamResponse:
 @rpc_errors("bulks")
 async def bulks(request: web.Request) -> web.StreamResponse:
     found = await _client(request).operator.list_bulk()
-    return _html(request, "Bulk operations", pages.bulks_page(found), "bulks")
+    body = pages.bulks_page(found, dict(request.query))
+    return _html(request, "Bulk operations", body, "bulks")
+
+
+@rpc_errors("bulks")
+async def start_bulk(request: web.Request) -> web.StreamResponse:
+    """Start a bulk operation from the form, or dry-run it; the form comes back filled in."""
+    _same_origin(request)
+    posted = await request.post()
+    dry_run = "dry_run" in posted
+    form = {k: str(v) for k, v in posted.items() if k != "dry_run"}
+    kept = {k: v for k, v in form.items() if v}
+    if form.get("action") not in BULK_ACTIONS:
+        raise _back("/console/bulks", error=f"action: use one of {', '.join(BULK_ACTIONS)}")
+    try:
+        args = _query_args(form)
+        payload = json.loads(form.get("payload") or "null")
+        per_second = int(form.get("max_per_second") or 0)
+    except FormError as error:
+        raise _back("/console/bulks", error=str(error), **kept) from None
+    except json.JSONDecodeError as exc:
+        raise _back("/console/bulks", error=f"payload: not JSON ({exc.msg})", **kept) from None
+    except ValueError:
+        raise _back("/console/bulks", error="per second: not a whole number", **kept) from None
+    with back_on_refusal("/console/bulks", **kept):
+        started = await _client(request).operator.start_bulk(
+            form["action"],
+            **args,
+            reason=form.get("reason", ""),
+            signal=form.get("signal", ""),
+            payload=payload,
+            dry_run=dry_run,
+            max_per_second=per_second,
+        )
+    if not dry_run:
+        notice = f"started {started.operation_id} on {started.matched} instance(s)"
+        raise _back("/console/bulks", notice=notice)
+    limit = f" (a real run may act on {started.max_instances})" if started.over_limit else ""
+    sample = ", ".join(started.sample_instance_ids)
+    notice = f"dry run: {started.matched} instance(s) match{limit}; nothing was changed. {sample}"
+    raise _back("/console/bulks", notice=notice, **kept)
 
 
 async def bulks_stream(request: web.Request) -> web.StreamResponse:
@@ -524,6 +567,7 @@ def console_routes(app: web.Application, gateway: ConsoleGateway) -> None:
             web.post("/console/schedules/{schedule_id}/{action:pause|resume}", schedule_action),
             web.get("/console/bulks", bulks),
             web.get("/console/bulks/stream", bulks_stream),
+            web.post("/console/bulks/start", start_bulk),
             web.post("/console/bulks/{operation_id}/cancel", cancel_bulk),
         ]
     )

@@ -85,7 +85,9 @@ SCRIPT = """
 // On the document, so that forms a live update puts in the page ask as well.
 document.addEventListener('submit', e => {
   const f = e.target;
-  if (f.dataset && f.dataset.confirm && !confirm(f.dataset.confirm)) e.preventDefault(); });
+  const quiet = e.submitter && 'noConfirm' in e.submitter.dataset;  // a dry run changes nothing
+  const asks = f.dataset && f.dataset.confirm && !quiet;
+  if (asks && !confirm(f.dataset.confirm)) e.preventDefault(); });
 const live = document.querySelector('[data-stream]');
 if (live && window.EventSource) {
   const badge = document.querySelector('.live');

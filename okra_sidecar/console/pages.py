@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import yaml
 from okra_client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowStatus
-from okra_client.operator import BulkOperation
+from okra_client.operator import BULK_ACTIONS, BulkOperation
 from okra_client.schedules import Schedule
 
 from okra_sidecar.console.html import badge, esc, pretty_json, when
@@ -365,10 +365,40 @@ def bulk_rows(operations: Sequence[BulkOperation]) -> str:
     return "".join(rows) or "<tr><td colspan=12 class=muted>no bulk operations</td></tr>"
 
 
-def bulks_page(operations: Sequence[BulkOperation]) -> str:
-    """The bulk operations, newest first, following their progress live."""
+def _bulk_form(shown: InstanceFilters) -> str:
+    """Start a bulk operation, or only count what it would act on (a dry run)."""
+
+    def field(name: str, label: str, extra: str = "") -> str:
+        return f'<label>{label}<input name={name} value="{esc(shown.get(name))}"{extra}></label>'
+
+    def choice(name: str, options: Sequence[str], label: str) -> str:
+        listed = "".join(
+            f"<option{' selected' if shown.get(name) == o else ''}>{esc(o)}</option>"
+            for o in options
+        )
+        return f"<label>{label}<select name={name}>{listed}</select></label>"
+
     return (
-        "<h1>Bulk operations</h1><div class='card scroll' data-stream=/console/bulks/stream>"
+        '<form class=filters method=post action="/console/bulks/start" '
+        'data-confirm="Start this bulk operation on every matching instance?">'
+        f"{choice('action', list(BULK_ACTIONS), 'action')}"
+        f"{field('workflow', 'workflow version')}"
+        f"{choice('status', ['', *(s.value for s in WorkflowStatus)], 'status')}"
+        f"{field('tag', 'tag', ' placeholder=key=value')}{field('correlation', 'correlation id')}"
+        f"{field('reason', 'reason')}{field('signal', 'signal (for signal)')}"
+        f"{field('payload', 'payload (JSON, for signal)')}"
+        f"{field('max_per_second', 'per second (0: no limit)', ' type=number min=0')}"
+        "<button type=submit name=dry_run value=1 data-no-confirm>Dry run</button>"
+        "<button type=submit class=danger>Start</button></form>"
+    )
+
+
+def bulks_page(operations: Sequence[BulkOperation], shown: InstanceFilters) -> str:
+    """The bulk operations, newest first, following their progress live; a form to start one."""
+    return (
+        "<h1>Bulk operations</h1>"
+        f'<div class=card><h2 style="margin-top:0">Start</h2>{_bulk_form(shown)}</div>'
+        "<div class='card scroll' data-stream=/console/bulks/stream>"
         "<span class=live>live</span><table><thead><tr><th>operation</th>"
         "<th>action</th><th>state</th><th>progress</th><th>done</th><th>skipped</th>"
         "<th>failed</th><th>why skipped or failed</th><th>reason</th><th>started</th>"

@@ -320,3 +320,30 @@ async def test_the_bulk_operations_page_lists_them_and_refuses_a_missing_one(
         missing = "00000000-0000-4000-8000-000000000000"
         refused = await http.post(f"{base}/console/bulks/{missing}/cancel")
         assert said(refused) == f"bulk operation {missing} does not exist"
+
+
+async def test_a_bulk_operation_is_dry_run_then_started_from_the_page(
+    redis: Redis, redis_url: str
+) -> None:
+    async with console_sidecar(redis_url) as (_, stub, base), httpx.AsyncClient() as http:
+        waiting = [await run_waiting(stub) for _ in range(2)]
+        shown = await http.get(f"{base}/console/bulks")
+        assert 'action="/console/bulks/start"' in shown.text
+        start = f"{base}/console/bulks/start"
+        fields = {"action": "cancel", "workflow": APPROVAL, "status": "waiting", "reason": "r"}
+        dry = await http.post(start, data={**fields, "dry_run": "1"})
+        assert "dry run: 2 instance(s) match; nothing was changed" in said(dry)
+        assert all(i in said(dry) for i in waiting)
+        # The form comes back as it was sent, for the real run.
+        assert "status=waiting" in dry.headers["location"]
+        for instance_id in waiting:
+            status = await stub.GetStatus(pb.GetStatusRequest(instance_id=instance_id))
+            assert status.status == pb.WORKFLOW_STATUS_WAITING
+        bad = await http.post(start, data={**fields, "action": "signal", "payload": "{"})
+        assert said(bad).startswith("payload: not JSON")
+        refused = await http.post(start, data={**fields, "action": "signal", "signal": "a b"})
+        assert "'a b' is not a signal name" in said(refused)
+        started = await http.post(start, data=fields)
+        assert "on 2 instance(s)" in said(started)
+        for instance_id in waiting:
+            await wait_for_status(stub, instance_id, {pb.WORKFLOW_STATUS_CANCELLED})
