@@ -296,6 +296,7 @@ async def instance_stream(request: web.Request) -> web.StreamResponse:
                     "summary": pages.instance_summary(found),
                     "diagram": await _diagram(request, found, events),
                     "timeline": pages.timeline_rows(events),
+                    "data": pages.instance_data(found),
                 }
                 # Only on a new status: a person may be typing a reason into these forms.
                 if found.status.value != status:
@@ -510,7 +511,8 @@ async def cancel_bulk(request: web.Request) -> web.StreamResponse:
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    return _html(request, "Sign in", pages.login_page(request.query.get("error", "")), "")
+    # The frame shows the error of the query string already.
+    return _html(request, "Sign in", pages.login_page(), "")
 
 
 async def login(request: web.Request) -> web.StreamResponse:

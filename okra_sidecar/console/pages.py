@@ -21,6 +21,7 @@ __all__ = [
     "bulk_rows",
     "bulks_page",
     "instance_actions",
+    "instance_data",
     "instance_page",
     "instance_rows",
     "instance_summary",
@@ -238,13 +239,9 @@ def instance_actions(instance: WorkflowInstance, events: Sequence[HistoryEvent] 
     return "<div class=actions>" + "".join(forms) + "</div>"
 
 
-def instance_page(
-    *, instance: WorkflowInstance, events: Sequence[HistoryEvent], diagram: str
-) -> str:
-    # What the page shows, so that the live view sends any change made before it connected.
-    shown = urlencode({"revision": instance.revision, "status": instance.status.value})
-    stream = f"/console/instances/{esc(instance.instance_id)}/stream?{esc(shown)}"
-    data = "".join(
+def instance_data(instance: WorkflowInstance) -> str:
+    """Its input, and its output and variables once it has them."""
+    return "".join(
         f"<h2>{name}</h2>{pretty_json(value)}"
         for name, value in (
             ("Input", instance.input),
@@ -253,6 +250,14 @@ def instance_page(
         )
         if value not in (None, {}) or name == "Input"
     )
+
+
+def instance_page(
+    *, instance: WorkflowInstance, events: Sequence[HistoryEvent], diagram: str
+) -> str:
+    # What the page shows, so that the live view sends any change made before it connected.
+    shown = urlencode({"revision": instance.revision, "status": instance.status.value})
+    stream = f"/console/instances/{esc(instance.instance_id)}/stream?{esc(shown)}"
     return (
         f"<h1>Instance <span class=mono>{esc(instance.instance_id)}</span></h1>"
         f'<div data-stream="{stream}"><span class=live>live</span></div>'
@@ -264,7 +269,7 @@ def instance_page(
         '<div class="card scroll"><h2 style="margin-top:0">Timeline</h2>'
         "<table><thead><tr><th>time</th><th>event</th><th>task</th><th>took</th>"
         f"<th>details</th></tr></thead><tbody id=timeline>{timeline_rows(events)}</tbody>"
-        f"</table></div><div class=card id=data>{data}</div>"
+        f"</table></div><div class=card id=data>{instance_data(instance)}</div>"
     )
 
 

@@ -87,6 +87,8 @@ async def test_a_person_follows_an_instance_and_signals_it(
         badge = "document.querySelector('#summary .badge').textContent"
         await browser.wait_for(f"{badge} == 'completed'")
         assert await browser.evaluate("document.querySelector('svg.diagram .node.current')") is None
+        # Its output appears without a reload too.
+        assert "grace" in await browser.evaluate("document.getElementById('data').innerText")
         await browser.screenshot(shots / "console-instance-completed.png")
 
 

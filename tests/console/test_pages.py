@@ -140,6 +140,7 @@ async def test_the_instance_page_streams_each_change_it_is_told_of(
 
             update = await asyncio.wait_for(next_update(), 20)
             assert "cancelled" in update["summary"] and "seen live" in update["summary"]
+            assert "<h2>Input</h2>" in update["data"]
 
 
 async def test_the_instance_page_is_sent_a_change_made_before_its_stream_opened(
@@ -224,6 +225,8 @@ async def test_the_console_calls_as_the_signed_in_user(redis: Redis, redis_url: 
         anonymous = await http.get(f"{base}/console/instances")
         assert anonymous.status_code == 303
         assert anonymous.headers["location"].startswith("/console/login?error=")
+        refused = await http.get(f"{base}/console/login", params={"error": "token expired"})
+        assert refused.text.count("token expired") == 1
         form = await http.get(f"{base}/console/login")
         assert "name=token" in form.text
         token = jwt.encode({"sub": "ada", "exp": 4102444800}, SECRET)
