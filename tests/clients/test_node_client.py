@@ -186,3 +186,12 @@ async def test_node_readme_examples_run_as_written(
             )
             assert built.returncode == 0, f"tsc of example {n}:\n{built.stdout}{built.stderr}"
             await run_node(node_client, tmp_path / f"readme{n}.js", f"127.0.0.1:{server.port}")
+
+
+async def test_node_client_sends_json_as_json_stringify_writes_it(
+    node_client: NodeToolchain,
+) -> None:
+    # An undefined property is absent (it was sent as null and broke `type: string`), and
+    # NaN and Infinity are refused (the sidecar stored them as null).
+    report = await run_script(node_client, "values.js")
+    assert report == {"ok": True}

@@ -303,19 +303,31 @@ interface PbTimestamp {
   nanos?: number;
 }
 
+/** `data` as google.protobuf.Value, as JSON.stringify would write it. */
 export function toValue(data: unknown): PbValue {
   if (data === null || data === undefined) return { nullValue: "NULL_VALUE" };
-  if (typeof data === "number") return { numberValue: data };
+  if (typeof data === "number") {
+    // The sidecar would store NaN and Infinity as null, after checking them as numbers.
+    if (!Number.isFinite(data)) {
+      throw new TypeError(`not a JSON value: ${data} (JSON has no NaN or Infinity)`);
+    }
+    return { numberValue: data };
+  }
   if (typeof data === "string") return { stringValue: data };
   if (typeof data === "boolean") return { boolValue: data };
   if (Array.isArray(data)) return { listValue: { values: data.map(toValue) } };
-  if (typeof data === "object") return { structValue: toStruct(data as Record<string, unknown>) };
+  if (typeof data === "object") {
+    const { toJSON } = data as { toJSON?: unknown };
+    if (typeof toJSON === "function") return toValue(toJSON.call(data)); // a Date: its ISO string
+    return { structValue: toStruct(data as Record<string, unknown>) };
+  }
   throw new TypeError(`not a JSON value: ${typeof data}`);
 }
 
 function toStruct(data: Record<string, unknown>): PbStruct {
   const fields: Record<string, PbValue> = {};
-  for (const [key, item] of Object.entries(data)) fields[key] = toValue(item);
+  // A property left undefined is absent, as in JSON.stringify (an optional field not given).
+  for (const [key, item] of Object.entries(data)) if (item !== undefined) fields[key] = toValue(item);
   return { fields };
 }
 
