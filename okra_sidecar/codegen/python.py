@@ -114,6 +114,11 @@ def _alias(decl: AliasDecl) -> list[str]:
     return lines
 
 
+def _handle_function(snake: str) -> str:
+    """`<snake>_handle`; `handle_<snake>` for a name starting with a digit (`2fa-check`)."""
+    return f"{snake}_handle" if snake[0].isalpha() else f"handle_{snake}"
+
+
 def _handle(shim: Shim) -> list[str]:
     """`<Name>Handle`: the client's WorkflowHandle with a typed result and typed signals."""
     lines = [
@@ -229,7 +234,7 @@ def _helpers(shim: Shim, snake: str) -> list[list[str]]:
         f"    return {shim.name}Handle(handle)",
     ]
     handle = [
-        f"def {snake}_handle(",
+        f"def {_handle_function(snake)}(",
         "    client: OkraClient,",
         "    instance_id: str,",
         f") -> {shim.name}Handle:",
@@ -254,7 +259,7 @@ def _header(shim: Shim, snake: str, body: str) -> list[str]:
         f"{shim.name}Handle",
         f"run_{snake}",
         f"start_{snake}",
-        f"{snake}_handle",
+        f"{_handle_function(snake)}",
     ]
     return [
         f'"""Typed input, output and helpers for workflow {_in_docstring(shim.described)}.',

@@ -163,7 +163,12 @@ def render_typescript(shim: Shim, *, function: str) -> str:
             ]
         )
     blocks.append(_handle(shim))
-    handle_function = f"{function[0].lower()}{function[1:]}Handle"
+    # `_2faCheck` (a name starting with a digit) would give the class's own name.
+    handle_function = (
+        f"{function[0].lower()}{function[1:]}Handle"
+        if function[0].isalpha()
+        else f"handle{function.lstrip('_')}"
+    )
     blocks += [
         [
             f"/** Start {described}; resolves to the instance id. */",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,26 @@ def test_two_workflows_with_one_module_name_are_refused(
     error = capsys.readouterr().err
     assert "shop-a.b.1.0.0 and shop.a-b.1.0.0 would both be shop_a_b_v1_0_0.py" in error
     assert not out.exists()
+
+
+def test_a_workflow_name_starting_with_a_digit_gives_valid_names(tmp_path: Path) -> None:
+    # `2fa-check` gave `def 2fa_check_handle(` and a TypeScript function named as its class.
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    ping = (WORKFLOWS_DIR / "ping.yaml").read_text()
+    (workflows / "2fa.yaml").write_text(ping.replace("name: ping\n", "name: 2fa-check\n"))
+    for lang in ("python", "typescript"):
+        out = tmp_path / lang
+        args = ["codegen", "--lang", lang, "--workflows", str(workflows), "--out", str(out)]
+        assert cli_main(args) == 0
+    python = (tmp_path / "python" / "shop_2fa_check_v1_0_0.py").read_text()
+    compile(python, "shop_2fa_check_v1_0_0.py", "exec")
+    assert "def handle_2fa_check(" in python and "async def run_2fa_check(" in python
+    typescript = (tmp_path / "typescript" / "shop_2fa_check_v1_0_0.ts").read_text()
+    declared = re.findall(r"^export (?:async )?(?:function|class) (\w+)", typescript, re.M)
+    assert sorted(declared) == [
+        "_2faCheckHandle",
+        "handle2faCheck",
+        "run_2faCheck",
+        "start_2faCheck",
+    ]
