@@ -247,7 +247,8 @@ async def test_bulk_max_instances_refuses_a_wide_filter_but_a_dry_run_previews_i
     policies = write_policies(
         tmp_path,
         '{"policy.workflow.bulk.maxInstances": 2,'
-        ' "policy.workflow.bulk.condition": "bulk.action != \'delete\'"}',
+        # As docs/policies.md gives it: Get, Cancel and List have no action to read.
+        ' "policy.workflow.bulk.condition": "!has(bulk.action) || bulk.action != \'delete\'"}',
     )
     async with policed_sidecar(policy_settings(redis_url, policies)) as policed:
         ids = [
@@ -284,3 +285,12 @@ async def test_bulk_max_instances_refuses_a_wide_filter_but_a_dry_run_previews_i
                 )
                 assert "policy.workflow.bulk.condition" in (error.details() or "")
             assert await redis_fingerprint(redis) == before
+            # The condition leaves the rpcs without an action to the other policies.
+            listed = await operator.ListBulkOperations(opb.ListBulkOperationsRequest())
+            assert list(listed.operations) == []
+            missing = "00000000-0000-4000-8000-000000000000"
+            for call in (
+                operator.GetBulkOperation(opb.GetBulkOperationRequest(operation_id=missing)),
+                operator.CancelBulkOperation(opb.CancelBulkOperationRequest(operation_id=missing)),
+            ):
+                await expect_rpc_error(call, grpc.StatusCode.NOT_FOUND)
