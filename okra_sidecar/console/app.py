@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode, urlparse
+from urllib.parse import quote, urlencode, urlparse
 
 import grpc
 from aiohttp import web
@@ -84,6 +84,11 @@ def _html(
 
 def _back(path: str, **message: str) -> web.HTTPSeeOther:
     return web.HTTPSeeOther(f"{path}?{urlencode(message)}" if message else path)
+
+
+def _instance_page(instance_id: str) -> str:
+    # Quoted: an id from the request's path goes back into a Location header.
+    return "/console/instances/" + quote(instance_id, safe="")
 
 
 def rpc_errors(section: str) -> Callable[[Handler], Handler]:
@@ -324,7 +329,7 @@ async def signal(request: web.Request) -> web.StreamResponse:
     _same_origin(request)
     instance_id = request.match_info["instance_id"]
     form = await request.post()
-    path = f"/console/instances/{instance_id}"
+    path = _instance_page(instance_id)
     try:
         payload = json.loads(str(form.get("payload") or "null"))
     except json.JSONDecodeError as exc:
@@ -340,7 +345,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     _same_origin(request)
     instance_id = request.match_info["instance_id"]
     form = await request.post()
-    path = f"/console/instances/{instance_id}"
+    path = _instance_page(instance_id)
     with back_on_refusal(path):
         await _client(request).cancel(instance_id, str(form.get("reason") or "") or None)
     raise _back(path, notice="cancelled")
@@ -354,7 +359,7 @@ async def operate(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     form = await request.post()
     reason = str(form.get("reason") or "")
-    path = f"/console/instances/{instance_id}"
+    path = _instance_page(instance_id)
     operator = _client(request).operator
     with back_on_refusal(path):
         if action == "suspend":
@@ -407,7 +412,7 @@ async def workflow(request: web.Request) -> web.StreamResponse:
 async def run(request: web.Request) -> web.StreamResponse:
     _same_origin(request)
     workflow_id = request.match_info["workflow_id"]
-    path = f"/console/workflows/{workflow_id}"
+    path = "/console/workflows/" + quote(workflow_id, safe="")
     form = await request.post()
     try:
         data = input_from_form({k: str(v) for k, v in form.items()})
@@ -415,7 +420,7 @@ async def run(request: web.Request) -> web.StreamResponse:
         raise _back(path, error=str(error)) from None
     with back_on_refusal(path):
         instance_id = await _client(request).run(workflow_id, data)
-    raise _back(f"/console/instances/{instance_id}", notice="started")
+    raise _back(_instance_page(instance_id), notice="started")
 
 
 @rpc_errors("schedules")

@@ -14,7 +14,11 @@ from okra_client import HistoryEvent, WorkflowInfo, WorkflowInstance, WorkflowSt
 from okra_client.operator import BULK_ACTIONS, BulkOperation
 from okra_client.schedules import Schedule
 
+from okra_sidecar.api.request_checks import MAX_REASON
 from okra_sidecar.console.html import badge, esc, pretty_json, when
+
+# The Host API refuses a longer reason; the browser stops the typing there.
+REASON_FIELD = f"<label>reason<input name=reason maxlength={MAX_REASON}></label>"
 
 __all__ = [
     "InstanceFilters",
@@ -170,7 +174,7 @@ def timeline_rows(events: Sequence[HistoryEvent]) -> str:
 
 def _action_form(base: str, action: str, label: str, confirm: str, *, reason: bool) -> str:
     """One operator button (a POST form), with a reason field when the action records one."""
-    field = "<label>reason<input name=reason></label>" if reason else ""
+    field = REASON_FIELD if reason else ""
     style = " class=danger" if action in ("cancel", "delete") else ""
     return (
         f'<form method=post action="{base}/{action}" data-confirm="{confirm}">'
@@ -192,7 +196,7 @@ def _reset_form(base: str, events: Sequence[HistoryEvent]) -> str:
         f'<form method=post action="{base}/reset" data-confirm="Go back to this task? What '
         'ran since is not undone.">'
         f"<label>task<select name=task required>{options}</select></label>"
-        "<label>reason<input name=reason></label><button type=submit>Reset to task</button></form>"
+        f"{REASON_FIELD}<button type=submit>Reset to task</button></form>"
     )
 
 
@@ -390,7 +394,8 @@ def _bulk_form(shown: InstanceFilters) -> str:
         f"{field('workflow', 'workflow version')}"
         f"{choice('status', ['', *(s.value for s in WorkflowStatus)], 'status')}"
         f"{field('tag', 'tag', ' placeholder=key=value')}{field('correlation', 'correlation id')}"
-        f"{field('reason', 'reason')}{field('signal', 'signal (for signal)')}"
+        f"{field('reason', 'reason', f' maxlength={MAX_REASON}')}"
+        f"{field('signal', 'signal (for signal)')}"
         f"{field('payload', 'payload (JSON, for signal)')}"
         f"{field('max_per_second', 'per second (0: no limit)', ' type=number min=0')}"
         "<button type=submit name=dry_run value=1 data-no-confirm>Dry run</button>"

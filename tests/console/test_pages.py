@@ -258,6 +258,7 @@ async def test_operator_buttons_suspend_resume_cancel_and_delete(
         assert status.status == pb.WORKFLOW_STATUS_SUSPENDED
         shown = await http.get(page)
         assert f'action="/console/instances/{instance_id}/resume"' in shown.text
+        assert "<input name=reason maxlength=1024>" in shown.text  # the Host API's limit
         assert "is suspended already" in said(await http.post(f"{page}/suspend"))
         # The refusal says what is wrong once, not again from its field violations.
         long = said(await http.post(f"{page}/resume", data={"reason": "r" * 1100}))
@@ -273,6 +274,9 @@ async def test_operator_buttons_suspend_resume_cancel_and_delete(
         assert said(deleted) == f"deleted {instance_id}"
         assert deleted.headers["location"].startswith("/console/instances?")
         assert (await http.get(page)).status_code == 404
+        # An id from the path goes back quoted: its '?' starts no query of its own.
+        odd = await http.post(f"{base}/console/instances/a%3Fb/suspend")
+        assert odd.headers["location"].startswith("/console/instances/a%3Fb?error=")
 
 
 async def test_a_failed_instance_offers_retry(redis: Redis, redis_url: str) -> None:
