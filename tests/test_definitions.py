@@ -150,3 +150,15 @@ async def test_definitions_registered_before_the_index_are_found_and_indexed(
     await redis.delete("okra:definitions:versions:tests.steps")  # as an older sidecar left it
     assert (await WorkflowRegistry(store=store).resolve("tests.steps")).definition.id == steps.id
     assert await redis.smembers("okra:definitions:versions:tests.steps") == {steps.id.encode()}
+
+
+def test_a_schema_that_would_never_end_refuses_the_directory(tmp_path: Path) -> None:
+    write(tmp_path, "good.yaml", STEPS)
+    looping = {"format": "json", "document": {"anyOf": [{"type": "string"}, {"$ref": "#"}]}}
+    bad = write(tmp_path, "bad.yaml", {**STEPS, "input": {"schema": looping}})
+    with pytest.raises(DefinitionError) as raised:
+        read_directory(tmp_path)
+    assert f"{bad} at /input/schema/document: invalid JSON schema: the $ref cycle" in str(
+        raised.value
+    )
+    assert "(at /anyOf/1)" in str(raised.value)

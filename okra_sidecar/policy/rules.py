@@ -42,7 +42,16 @@ def check_input_schema(
     schema its listen task declares); `schema` names whose schema, in the message."""
     if validator is None:
         return
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    except RecursionError:
+        # A recursive schema with a deeply nested value: refuse the value, not the server.
+        problem = f"nests too deeply to check against {schema} schema; send a flatter value"
+        raise InvalidInputError(
+            f"{field} {problem}",
+            [FieldViolation(field, problem)],
+            reason=Reason.INPUT_SCHEMA_MISMATCH,
+        ) from None
     if not errors:
         return
     violations = [

@@ -12,6 +12,7 @@ from jsonschema.protocols import Validator
 
 from okra_sidecar.engine.definitions.durations import DurationSpec
 from okra_sidecar.engine.definitions.expressions import CompiledValue
+from okra_sidecar.engine.definitions.schema_refs import ref_problem
 
 __all__ = [
     "CONTINUE",
@@ -51,6 +52,10 @@ EXIT = FlowDirective("exit")
 END = FlowDirective("end")
 
 
+# A value so deeply nested that checking it against a recursive schema exhausts the stack.
+TOO_DEEP = "the value nests too deeply to check against its schema; send a flatter value"
+
+
 class SchemaCheck:
     """A JSON schema compiled once; `problem` names the first violation, or None."""
 
@@ -61,9 +66,12 @@ class SchemaCheck:
         self.validator = validator
 
     def problem(self, value: Any) -> str | None:
-        if self.validator.is_valid(value):
-            return None
-        error = schema_exceptions.best_match(self.validator.iter_errors(value))
+        try:
+            if self.validator.is_valid(value):
+                return None
+            error = schema_exceptions.best_match(self.validator.iter_errors(value))
+        except RecursionError:
+            return TOO_DEEP
         if error is None:  # pragma: no cover - is_valid said there is one
             return "invalid"
         where = "".join(f"/{part}" for part in error.absolute_path)
@@ -86,6 +94,9 @@ def compile_schema(schema: Any) -> SchemaCheck:
         raise ValueError(
             f"invalid JSON schema: {exc.message}" + (f" (at {where})" if where else "")
         ) from None
+    found = ref_problem(schema)
+    if found is not None:
+        raise ValueError(f"invalid JSON schema: {found[1]} (at {found[0] or 'the root'})")
     return SchemaCheck(schema, cls(schema))
 
 

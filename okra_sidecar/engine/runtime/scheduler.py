@@ -250,11 +250,15 @@ class Scheduler:
             registered = await self._registry.resolve(spec.workflow_id)
             validator = registered.input_validator
             if validator is not None:
-                error = next(iter(validator.iter_errors(spec.input)), None)
-                if error is not None:
+                try:
+                    error = next(iter(validator.iter_errors(spec.input)), None)
+                    problem = "" if error is None else error.message
+                except RecursionError:
+                    problem = "the input nests too deeply to check against the schema"
+                if problem:
                     raise FailedPreconditionError(
                         f"the schedule's input does not match {registered.definition.id}'s "
-                        f"input schema: {error.message}",
+                        f"input schema: {problem}",
                         reason=Reason.SCHEDULE_INPUT_MISMATCH,
                         violation=PreconditionViolation(
                             "INPUT_SCHEMA",
