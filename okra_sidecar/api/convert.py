@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from math import isfinite
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -27,27 +29,71 @@ STATUS_TO_PB = {
 STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 
 
-def value_to_python(value: struct_pb2.Value) -> Any:
-    """A google.protobuf.Value as plain JSON data (an unset Value is null).
+def value_to_python(value: struct_pb2.Value, field: str) -> Any:
+    """A google.protobuf.Value as plain JSON data (an unset Value is null); `field` names it
+    in the request (`input`, `payload`), for the error.
 
     A Value carries every number as a double; whole numbers come back as ints, as they were
     written in the caller's JSON, so that `{petId}` in a URI becomes `1`, not `1.0`. Walks the
     message directly: json_format.MessageToDict is pure Python per field and costs several
     times more on Run's path.
+
+    Raises:
+        InvalidInputError: the value holds NaN or an infinity, which JSON cannot write (stored,
+            it would become null); the violation names the number's place (`input.amount`).
     """
+    try:
+        return _to_python(value)
+    except _NonFiniteNumberError:
+        place, number = _non_finite_at(value, field) or (field, math.nan)
+        raise InvalidInputError.for_field(
+            place, f"{_JSON_NAMES.get(number, 'NaN')} is not a JSON number; send a finite number"
+        ) from None
+
+
+class _NonFiniteNumberError(Exception):
+    """Raised inside the walk, which keeps no path: the caller looks for the place again."""
+
+
+_JSON_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _to_python(value: struct_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "struct_value":
-        return {key: value_to_python(item) for key, item in value.struct_value.fields.items()}
+        return {key: _to_python(item) for key, item in value.struct_value.fields.items()}
     if kind == "list_value":
-        return [value_to_python(item) for item in value.list_value.values]
+        return [_to_python(item) for item in value.list_value.values]
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        # NaN and the infinities are not whole numbers, so only fractions pay for the check.
+        if isfinite(number):
+            return number
+        raise _NonFiniteNumberError
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
     return None  # null_value, or no kind at all
+
+
+def _non_finite_at(value: struct_pb2.Value, place: str) -> tuple[str, float] | None:
+    """The place (`input.items[2].price`) and value of the first NaN or infinity in `value`."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return None if isfinite(value.number_value) else (place, value.number_value)
+    items: Iterable[tuple[str, struct_pb2.Value]] = ()
+    if kind == "struct_value":
+        items = ((f"{place}.{key}", item) for key, item in value.struct_value.fields.items())
+    elif kind == "list_value":
+        items = ((f"{place}[{i}]", item) for i, item in enumerate(value.list_value.values))
+    for inner, item in items:
+        found = _non_finite_at(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def python_to_value(data: Any, target: struct_pb2.Value) -> None:

@@ -57,10 +57,11 @@ class ParsedInput:
     read: a Run reads both once.
     """
 
-    __slots__ = ("_data", "_converted", "size", "value")
+    __slots__ = ("_data", "_converted", "field", "size", "value")
 
-    def __init__(self, value: Value | None) -> None:
+    def __init__(self, value: Value | None, field: str = "input") -> None:
         self.value = value
+        self.field = field  # its name in the request, for a refusal (`run.input.amount`)
         # The input's size in bytes: the gate and the servicer's size rule both ask for it.
         self.size = value.ByteSize() if value is not None else 0
         self._data: Any = None
@@ -68,9 +69,13 @@ class ParsedInput:
 
     @property
     def data(self) -> Any:
-        """The input as JSON data; None when the request has none."""
+        """The input as JSON data; None when the request has none.
+
+        Raises:
+            InvalidInputError: the input holds NaN or an infinity (named under `field`).
+        """
         if not self._converted:
-            self._data = value_to_python(self.value) if self.value is not None else None
+            self._data = value_to_python(self.value, self.field) if self.value is not None else None
             self._converted = True
         return self._data
 

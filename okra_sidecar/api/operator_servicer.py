@@ -118,7 +118,10 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
                 rules.check_input_size(
                     request.variables.ByteSize(), self._settings.max_input_bytes, field="variables"
                 )
-                variables = {k: value_to_python(v) for k, v in request.variables.fields.items()}
+                variables = {
+                    k: value_to_python(v, f"variables.{k}")
+                    for k, v in request.variables.fields.items()
+                }
                 rules.check_input_depth(
                     variables, self._settings.max_input_depth, field="variables"
                 )
@@ -244,7 +247,7 @@ class WorkflowOperatorServicer(opb_grpc.WorkflowOperatorAPIServicer):
                 request.payload.ByteSize(), self._settings.max_input_bytes, field="payload"
             )
             if request.HasField("payload"):
-                payload = value_to_python(request.payload)
+                payload = value_to_python(request.payload, "payload")
             rules.check_input_depth(payload, self._settings.max_input_depth, field="payload")
         elif request.signal or request.HasField("payload"):
             field = "signal" if request.signal else "payload"

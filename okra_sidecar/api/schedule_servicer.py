@@ -130,7 +130,7 @@ class ScheduleHostServicer(spb_grpc.ScheduleHostAPIServicer):
         if start is not None and end is not None and start >= end:
             raise InvalidInputError.for_field("start_time", "must be earlier than end_time")
         registered = await self._registry.resolve(request.workflow_id)
-        data = value_to_python(request.input) if request.HasField("input") else {}
+        data = value_to_python(request.input, "input") if request.HasField("input") else {}
         rules.check_input_depth(data, self._settings.max_input_depth)
         rules.check_input_schema(data, registered.input_validator)
         owner = self._owner()

@@ -135,7 +135,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         return await self._causation.admit(cause, workflow_id)
 
     async def _run_target(
-        self, request: pb.RunRequest
+        self, request: pb.RunRequest, input_field: str = "input"
     ) -> tuple[RegisteredWorkflow | None, RunTarget]:
         """The workflow a Run names, looked up once for the policies and the instance
         (`namespace.name` is its newest version), and what the policies decide on. None when
@@ -149,7 +149,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             workflow=workflow,
             instance_id=run_instance_id(workflow.full_id, request.request_id),
             tags=dict(request.tags),
-            parsed=ParsedInput(request.input if request.HasField("input") else None),
+            parsed=ParsedInput(request.input if request.HasField("input") else None, input_field),
         )
 
     async def _new_instance(
@@ -238,7 +238,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
         size = payload_value.ByteSize() if payload_value is not None else 0
         rules.check_input_size(size, self._settings.max_input_bytes, field="payload")
         check_text(signal_id, "signal_id")
-        payload = value_to_python(payload_value) if payload_value is not None else None
+        payload = value_to_python(payload_value, "payload") if payload_value is not None else None
         rules.check_input_depth(
             payload, self._settings.max_input_depth, field="payload", encoded_bytes=size
         )
@@ -324,9 +324,11 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             rules.check_workflow_id(run.workflow_id)
             check_request_id(run.request_id)
         rules.check_signal_name(request.signal)
-        registered, target = await self._run_target(run)
+        registered, target = await self._run_target(run, "run.input")
 
         async def signal_or_start(grant: CallGrant) -> pb.SignalWithStartResponse:
+            # Converted (if the gate did not) before fields_under: ParsedInput names run.input.
+            _ = target.parsed.data
             with fields_under("run."):
                 new = await self._new_instance(run, context, registered, target, grant)
             # _new_instance raised NOT_FOUND if the workflow is not registered.
@@ -498,7 +500,7 @@ class WorkflowHostServicer(pb_grpc.WorkflowHostAPIServicer):
             event["subject"] = request.subject
         if request.HasField("data"):
             event["datacontenttype"] = "application/json"
-            event["data"] = value_to_python(request.data)
+            event["data"] = value_to_python(request.data, "data")
             rules.check_input_depth(event["data"], self._settings.max_input_depth, field="data")
         if self._effects is None:
             raise FailedPreconditionError(

@@ -358,7 +358,7 @@ class TaskWorkerServicer(wpb_grpc.TaskWorkerServicer):
     ) -> wpb.CompleteTaskResponse:
         entry = parse_task_id(request.task_id, partitions=self._effects.keys.partitions)
         await self._gate.queue(context, "CompleteTask", entry[0])
-        result = value_to_python(request.result) if request.HasField("result") else None
+        result = value_to_python(request.result, "result") if request.HasField("result") else None
         rules.check_input_depth(result, self._max_input_depth, field="result")
         accepted = await self._finish(request.task_id, entry, request.lease, result, None)
         return wpb.CompleteTaskResponse(accepted=accepted)

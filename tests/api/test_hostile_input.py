@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.schedule.v1 import schedule_pb2 as spb
 from okra_client.gen.schedule.v1 import schedule_pb2_grpc as spb_grpc
@@ -80,6 +81,13 @@ def trigger(start_s: int) -> spb.TriggerWorkflowRequest:
     return spb.TriggerWorkflowRequest(
         workflow_id=WORKFLOW, cron_expression="* * * * *", start_time=at(start_s)
     )
+
+
+def amount(number: float) -> struct_pb2.Value:
+    """{"order": {"amount": number}}, built with Struct.update: ParseDict refuses NaN."""
+    built = struct_pb2.Value()
+    built.struct_value.update({"order": {"amount": number}})
+    return built
 
 
 Call = Callable[[Stubs], Awaitable[object]]
@@ -193,6 +201,40 @@ CASES: list[tuple[str, Call, str]] = [
         "payload",
     ),
     (
+        "run with NaN in its input",
+        lambda s: s.policed.stub.Run(pb.RunRequest(workflow_id=WORKFLOW, input=amount(math.nan))),
+        "input.order.amount",
+    ),
+    (
+        "run with Infinity in its input",
+        lambda s: s.policed.stub.Run(pb.RunRequest(workflow_id=WORKFLOW, input=amount(math.inf))),
+        "input.order.amount",
+    ),
+    (
+        "signal with NaN in its payload",
+        lambda s: s.policed.stub.Signal(
+            pb.SignalRequest(instance_id=s.instance_id, signal="go", payload=amount(math.nan))
+        ),
+        "payload.order.amount",
+    ),
+    (
+        "signal-with-start with -Infinity in its run's input",
+        lambda s: s.policed.stub.SignalWithStart(
+            pb.SignalWithStartRequest(
+                run=pb.RunRequest(workflow_id=WORKFLOW, request_id="r1", input=amount(-math.inf)),
+                signal="go",
+            )
+        ),
+        "run.input.order.amount",
+    ),
+    (
+        "complete a task with NaN in its result",
+        lambda s: s.worker.CompleteTask(
+            wpb.CompleteTaskRequest(task_id="fz/0/1-1", result=amount(math.nan))
+        ),
+        "result.order.amount",
+    ),
+    (
         "instance id with a trailing newline",
         lambda s: s.policed.stub.GetStatus(pb.GetStatusRequest(instance_id=MISSING_ID + "\n")),
         "instance_id",
@@ -240,6 +282,16 @@ async def test_input_at_the_depth_limit_is_readable_back(stubs: Stubs) -> None:
     assert started.instance_id in [i.instance_id for i in page.instances]
     status = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
     assert status.input.list_value.values[0].list_value.values
+
+
+async def test_nan_refusal_says_what_to_send_and_a_finite_float_is_kept(stubs: Stubs) -> None:
+    stub = stubs.policed.stub
+    refused = pb.RunRequest(workflow_id=WORKFLOW, input=amount(math.nan))
+    error = await expect_rpc_error(stub.Run(refused), INVALID)
+    assert "NaN is not a JSON number; send a finite number" in (error.details() or "")
+    started = await stub.Run(pb.RunRequest(workflow_id=WORKFLOW, input=amount(12.5)))
+    status = await stub.GetStatus(pb.GetStatusRequest(instance_id=started.instance_id))
+    assert status.input == amount(12.5)
 
 
 def _varint(number: int) -> bytes:

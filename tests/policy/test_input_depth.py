@@ -41,7 +41,7 @@ def _value(data: Any) -> struct_pb2.Value:
     else:
         value.list_value.SetInParent()
         value.list_value.extend(data)
-    assert value_to_python(value) == data
+    assert value_to_python(value, "input") == data
     return value
 
 
@@ -59,10 +59,15 @@ def test_a_value_one_level_too_deep_is_refused_with_its_size_given(shape: Any) -
         value = _value(shape(limit + 1))
         with pytest.raises(InvalidInputError, match=f"more than {limit} deep"):
             check_input_depth(
-                value_to_python(value), limit, field="payload", encoded_bytes=value.ByteSize()
+                value_to_python(value, "payload"),
+                limit,
+                field="payload",
+                encoded_bytes=value.ByteSize(),
             )
         allowed = _value(shape(limit))
-        check_input_depth(value_to_python(allowed), limit, encoded_bytes=allowed.ByteSize())
+        check_input_depth(
+            value_to_python(allowed, "input"), limit, encoded_bytes=allowed.ByteSize()
+        )
 
 
 def test_without_a_size_the_data_is_walked() -> None:

@@ -3,12 +3,14 @@ cancels, audit, namespaces and timeouts (1 to 6 are in test_seed_snippets.py).""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest_asyncio
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from okra_client.gen.admin.v1 import admin_pb2 as admin_pb
 from okra_client.gen.workflow.v1 import workflow_pb2 as pb
 from redis.asyncio import Redis
@@ -20,7 +22,10 @@ from okra_sidecar.policy import document as keys
 from tests.helpers import (
     FAST_ENGINE,
     KEYS,
+    bad_request_fields,
     eventually,
+    expect_rpc_error,
+    redis_fingerprint,
     value,
     wait_for_status,
 )
@@ -71,6 +76,7 @@ async def inputs(tmp_path: Path, redis: Redis, redis_url: str) -> AsyncIterator[
         yield running
 
 
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PAYMENT = {"amount": 12.5, "currency": "EUR", "customerId": "c-1"}
 
 
@@ -98,6 +104,26 @@ async def test_8_missing_fields_and_big_inputs_are_denied(inputs: Policed, redis
         message="and policy.workflow.run.maxInputSizeKb allows 102400 bytes (100 KiB); send a "
         "smaller input or raise the limit",
     )
+
+
+async def test_8_nan_in_an_input_the_policy_reads_is_refused_at_its_place(
+    inputs: Policed, redis: Redis
+) -> None:
+    """The policy converts the input before the servicer does: its refusal names the field
+    as the request does (SignalWithStart's under `run.`), and nothing is written."""
+    nan_input = struct_pb2.Value()
+    nan_input.struct_value.update({"amount": math.nan, "currency": "EUR", "customerId": "c-1"})
+    before = await redis_fingerprint(redis)
+    plain = pb.RunRequest(workflow_id="payment.process.1.0.0", input=nan_input)
+    error = await expect_rpc_error(inputs.stub.Run(plain), INVALID)
+    assert bad_request_fields(error) == ["input.amount"]
+    with_start = pb.SignalWithStartRequest(
+        run=pb.RunRequest(workflow_id="payment.process.1.0.0", request_id="r1", input=nan_input),
+        signal="go",
+    )
+    error = await expect_rpc_error(inputs.stub.SignalWithStart(with_start), INVALID)
+    assert bad_request_fields(error) == ["run.input.amount"]
+    assert await redis_fingerprint(redis) == before
 
 
 @pytest_asyncio.fixture
