@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from math import isfinite
+from math import inf, isfinite, nan
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -45,7 +44,7 @@ def value_to_python(value: struct_pb2.Value, field: str) -> Any:
     try:
         return _to_python(value)
     except _NonFiniteNumberError:
-        place, number = _non_finite_at(value, field) or (field, math.nan)
+        place, number = _non_finite_at(value, field) or (field, nan)
         raise InvalidInputError.for_field(
             place, f"{_JSON_NAMES.get(number, 'NaN')} is not a JSON number; send a finite number"
         ) from None
@@ -55,7 +54,7 @@ class _NonFiniteNumberError(Exception):
     """Raised inside the walk, which keeps no path: the caller looks for the place again."""
 
 
-_JSON_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_JSON_NAMES = {inf: "Infinity", -inf: "-Infinity"}
 
 
 def _to_python(value: struct_pb2.Value) -> Any:

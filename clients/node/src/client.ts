@@ -21,6 +21,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
 import { OperatorClient } from "./operator";
+import type { RawMessage } from "./rpc";
 import { ScheduleClient } from "./schedules";
 
 export * from "./operator";
@@ -393,7 +394,6 @@ const SCHEDULE_METHODS: ReadonlySet<string> = new Set([
   "DeleteSchedule",
 ]);
 
-type RawMessage = any;
 type Unary = (
   request: object,
   metadata: grpc.Metadata,

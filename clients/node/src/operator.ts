@@ -7,6 +7,7 @@
  * second Suspend, Resume, Retry, Reset or StartBulkOperation could act twice.
  */
 import type { FilterOptions, WorkflowStatus } from "./client";
+import type { RawMessage, ServiceCall } from "./rpc";
 
 /** What a bulk operation does to each instance. */
 export type BulkAction = "cancel" | "suspend" | "resume" | "retry" | "delete" | "signal";
@@ -54,10 +55,6 @@ export interface BulkOperation {
   updatedAt?: string;
 }
 
-type RawMessage = any;
-/** OkraClient's call: one rpc of the named service within the client's deadline. */
-export type OperatorCall = (method: string, request: object, idempotent: boolean) => Promise<RawMessage>;
-
 export interface OperatorCodecs {
   toValue(data: unknown): object;
   toFilters(options: FilterOptions): Record<string, unknown>;
@@ -70,7 +67,7 @@ const STATE_PREFIX = "BULK_OPERATION_STATE_";
 
 export class OperatorClient {
   constructor(
-    private readonly call: OperatorCall,
+    private readonly call: ServiceCall,
     private readonly codecs: OperatorCodecs,
   ) {}
 

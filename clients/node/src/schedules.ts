@@ -7,6 +7,7 @@
  * (the sidecar de-duplicates it); delete is not: a second one finds nothing.
  */
 import type { Json } from "./client";
+import type { RawMessage, ServiceCall } from "./rpc";
 
 export type OverlapPolicy = "allow" | "skip" | "buffer_one";
 export type CatchUpPolicy = "skip_missed" | "fire_once";
@@ -57,10 +58,6 @@ export interface Schedule {
   updateTime?: string;
 }
 
-type RawMessage = any;
-/** OkraClient's call: one rpc of the named service within the client's deadline. */
-export type ScheduleCall = (method: string, request: object, idempotent: boolean) => Promise<RawMessage>;
-
 export interface ScheduleCodecs {
   toValue(data: unknown): object;
   fromValue(value: RawMessage): Json;
@@ -74,7 +71,7 @@ const SOURCE_PREFIX = "SCHEDULE_SOURCE_";
 
 export class ScheduleClient {
   constructor(
-    private readonly call: ScheduleCall,
+    private readonly call: ServiceCall,
     private readonly codecs: ScheduleCodecs,
   ) {}
 

@@ -11,22 +11,11 @@ import * as grpc from "@grpc/grpc-js";
 
 import {
   OkraClient,
-  OkraError,
   StatusUnreachableError,
   WorkflowFailedError,
   WorkflowInstance,
 } from "../src/client";
-
-async function rejects(call: Promise<unknown>, code: grpc.status): Promise<OkraError> {
-  try {
-    await call;
-  } catch (error) {
-    assert.ok(error instanceof OkraError, String(error));
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${grpc.status[code]}, the call succeeded`);
-}
+import { rejects } from "./rejects";
 
 async function main(address: string): Promise<void> {
   const client = new OkraClient(address, { timeoutMs: 5_000 });

@@ -8,19 +8,8 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 
-import { OkraClient, OkraError } from "../src/client";
-
-async function rejects(call: Promise<unknown>, code: grpc.status, reason: string): Promise<OkraError> {
-  try {
-    await call;
-  } catch (error) {
-    assert.ok(error instanceof OkraError, String(error));
-    assert.equal(error.code, code, error.message);
-    assert.equal(error.reason, reason, error.message);
-    return error;
-  }
-  assert.fail(`expected ${grpc.status[code]}, the call succeeded`);
-}
+import { OkraClient } from "../src/client";
+import { rejects } from "./rejects";
 
 async function main(address: string): Promise<void> {
   const client = new OkraClient(address, { timeoutMs: 5_000 });
