@@ -95,7 +95,8 @@ async def test_export_timeout(redis: Redis, redis_url: str) -> None:
         async with running_sidecar(settings) as (_, stub):
             await calls(stub, 1)
         assert received.deadlines, "the span was exported"
-        # The exporter's own timeout is 10 s; the variable bounds each export's deadline.
-        assert all(left is not None and left <= 0.5 for left in received.deadlines), (
+        # The exporter's own timeout is 10 s; the variable bounds each export's deadline. grpc
+        # rounds the timeout it sends up (0.5006 s seen in CI), hence the 10 ms of slack.
+        assert all(left is not None and left <= 0.51 for left in received.deadlines), (
             received.deadlines
         )
